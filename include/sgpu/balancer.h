@@ -1,0 +1,19 @@
+/* Worker choice for one request: a pure function over the endpoint's workers. */
+#ifndef SGPU_BALANCER_H
+#define SGPU_BALANCER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sg_balancer_slot {
+  bool ready;
+  int in_flight;
+  int64_t last_used_ms;
+} sg_balancer_slot_t;
+
+/* Returns the index of the ready worker with the fewest outstanding requests
+ * below max_concurrency (ties: the one used least recently), or -1 if none. */
+int sg_balancer_pick(const sg_balancer_slot_t *slots, size_t n, int max_concurrency);
+
+#endif

@@ -1,0 +1,76 @@
+/* Endpoint specs: parsing with full validation, defaults, and serialization. */
+#ifndef SGPU_SPEC_H
+#define SGPU_SPEC_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "sgpu/error.h"
+
+typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
+
+#define SG_SPEC_MAX_ARGS 64
+#define SG_SPEC_MAX_ENV 128
+#define SG_SPEC_MAX_WORKERS 1000
+#define SG_SPEC_MAX_GPUS 16
+
+typedef struct sg_spec {
+  char *name;
+  char *type;    /* "sync" */
+  char *runtime; /* "process" */
+  char *image;   /* may be NULL */
+  char **command;
+  size_t n_command;
+  char **env_keys;
+  char **env_values;
+  size_t n_env;
+  int port;
+  struct {
+    char *path;
+    double period_s;
+    double timeout_s;
+    int failure_threshold;
+    double startup_timeout_s;
+  } health;
+  struct {
+    char *type; /* NULL when count == 0 */
+    int count;
+  } gpu;
+  struct {
+    int min;
+    int max;
+    double idle_timeout_s;
+    int max_concurrency;
+    double request_timeout_s;
+    int max_queue;
+  } workers;
+  struct {
+    sg_scale_policy_t policy;
+    double value;
+  } scale;
+} sg_spec_t;
+
+/* True when s is a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends. */
+bool sg_name_valid(const char *s);
+
+/* Builds a spec from a JSON object, filling defaults. Rejects unknown fields,
+ * wrong types and out-of-range values with an SG_EINVAL error naming the field.
+ * Returns a new spec the caller frees with sg_spec_free(), or NULL. */
+sg_spec_t *sg_spec_from_json(json_t *j, sg_error_t **err);
+
+/* Parses and validates spec JSON text (SG_EJSON when it is not a JSON object). */
+sg_spec_t *sg_spec_parse(const char *text, size_t len, sg_error_t **err);
+
+/* The normalized spec as JSON, every default spelled out. New reference. */
+json_t *sg_spec_to_json(const sg_spec_t *spec);
+
+void sg_spec_free(sg_spec_t *spec);
+static inline void sg_spec_freep(sg_spec_t **s) {
+  if (*s)
+    sg_spec_free(*s);
+}
+#define cleanup_spec __attribute__((cleanup(sg_spec_freep)))
+
+const char *sg_scale_policy_name(sg_scale_policy_t p);
+
+#endif

@@ -1,0 +1,78 @@
+/* The store: sgpud's durable state in one SQLite database (WAL mode).
+ * This is the only module that speaks SQL. All calls run on the caller's
+ * thread and may block on disk; they are short single-row operations or
+ * batched writes. */
+#ifndef SGPU_STORE_H
+#define SGPU_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sgpu/error.h"
+
+typedef struct sg_store sg_store_t;
+
+/* Opens (creating and migrating) the database at path. */
+sg_store_t *sg_store_open(const char *path, sg_error_t **err);
+void sg_store_close(sg_store_t *store);
+
+typedef struct sg_endpoint_record {
+  const char *name;
+  const char *spec_json;
+  int version;
+  int64_t created_ms;
+  int64_t updated_ms;
+} sg_endpoint_record_t;
+
+/* Inserts a new endpoint; SG_EEXIST when the name is taken. */
+int sg_store_endpoint_insert(sg_store_t *store, const sg_endpoint_record_t *rec, sg_error_t **err);
+/* Replaces an endpoint's spec, version and updated time; SG_ENOTFOUND if absent. */
+int sg_store_endpoint_update(sg_store_t *store, const sg_endpoint_record_t *rec, sg_error_t **err);
+int sg_store_endpoint_delete(sg_store_t *store, const char *name, sg_error_t **err);
+/* Calls cb for every endpoint, in name order; the record is valid during the call. */
+int sg_store_endpoint_each(sg_store_t *store, void (*cb)(void *ud, const sg_endpoint_record_t *rec),
+                           void *ud, sg_error_t **err);
+
+/* Workers that sgpud started, so a restart can find and clean up leftovers. */
+typedef struct sg_worker_record {
+  const char *id;
+  const char *endpoint;
+  const char *runtime;
+  int pid;
+  int64_t started_ms;
+} sg_worker_record_t;
+
+int sg_store_worker_add(sg_store_t *store, const sg_worker_record_t *rec, sg_error_t **err);
+int sg_store_worker_remove(sg_store_t *store, const char *id, sg_error_t **err);
+/* Forgets every worker record. */
+int sg_store_worker_clear(sg_store_t *store, sg_error_t **err);
+int sg_store_worker_each(sg_store_t *store, void (*cb)(void *ud, const sg_worker_record_t *rec),
+                         void *ud, sg_error_t **err);
+
+typedef struct sg_log_line {
+  int64_t ts_ms; /* wall clock */
+  const char *endpoint;
+  const char *worker; /* may be NULL for endpoint events */
+  const char *stream; /* "stdout", "stderr", "event" */
+  const char *line;
+} sg_log_line_t;
+
+/* Appends lines in one transaction. */
+int sg_store_logs_append(sg_store_t *store, const sg_log_line_t *lines, size_t n, sg_error_t **err);
+
+typedef struct sg_log_query {
+  const char *endpoint;
+  const char *worker;  /* NULL: any */
+  const char *stream;  /* NULL: any */
+  const char *text;    /* NULL: any; substring match */
+  int64_t since_ms;    /* 0: no bound */
+  int64_t until_ms;    /* 0: no bound */
+  int limit;           /* newest `limit` lines, returned oldest first */
+} sg_log_query_t;
+
+int sg_store_logs_query(sg_store_t *store, const sg_log_query_t *q,
+                        void (*cb)(void *ud, const sg_log_line_t *line), void *ud, sg_error_t **err);
+/* Keeps the newest keep lines of an endpoint; deletes all when keep is 0. */
+int sg_store_logs_trim(sg_store_t *store, const char *endpoint, int64_t keep, sg_error_t **err);
+
+#endif

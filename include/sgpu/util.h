@@ -1,0 +1,65 @@
+/* Small helpers every module uses: allocation that aborts on failure,
+ * scope-bound cleanup, clocks, string helpers. */
+#ifndef SGPU_UTIL_H
+#define SGPU_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd) {
+  if (*fd >= 0)
+    close(*fd);
+}
+static inline void fclosep(FILE **f) {
+  if (*f)
+    fclose(*f);
+}
+#define cleanup_free __attribute__((cleanup(freep)))
+#define cleanup_close __attribute__((cleanup(closep)))
+#define cleanup_fclose __attribute__((cleanup(fclosep)))
+
+/* Takes ownership: returns *pp and sets it to NULL. */
+#define steal_pointer(pp) \
+  ({ __typeof__(*(pp)) _p = *(pp); *(pp) = NULL; _p; })
+
+#define SG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Monotonic milliseconds (for durations and timers). */
+int64_t sg_now_ms(void);
+/* Wall-clock milliseconds since the epoch (for records shown to people). */
+int64_t sg_wall_ms(void);
+/* Formats wall-clock ms as RFC 3339 UTC with milliseconds into buf (>= 32 bytes). */
+char *sg_format_time(int64_t wall_ms, char *buf, size_t len);
+
+/* Parses "10m", "30s", "2h", "500ms", "1d" into milliseconds; -1 if malformed. */
+int64_t sg_parse_duration_ms(const char *s);
+
+/* Fills buf with n random bytes from the kernel; 0 or a negative errno. */
+int sg_random_bytes(void *buf, size_t n);
+/* A new id: prefix + 12 lowercase hex chars. Caller frees. */
+char *sg_new_id(const char *prefix);
+
+/* Writes data to path atomically (temp file + rename) with the given mode. */
+int sg_write_file_atomic(const char *path, const char *data, size_t len, int mode);
+/* Reads a whole small file (< max bytes); NULL with errno set on failure. */
+char *sg_read_file(const char *path, size_t max, size_t *len_out);
+
+/* Creates dir and its parents (mode 0700 for the last one); 0 or -errno. */
+int sg_mkdir_p(const char *dir, int mode);
+
+bool sg_str_has_prefix(const char *s, const char *prefix);
+
+#endif

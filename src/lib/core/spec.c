@@ -1,0 +1,403 @@
+#include "sgpu/spec.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <string.h>
+
+#include "sgpu/util.h"
+
+#define MAX_ARG_LEN 4096
+#define MAX_ENV_VALUE 32768
+
+static void json_decrefp(json_t **j) {
+  if (*j)
+    json_decref(*j);
+}
+#define cleanup_json __attribute__((cleanup(json_decrefp)))
+
+bool sg_name_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 63)
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+      return false;
+  }
+  return s[0] != '-' && s[n - 1] != '-';
+}
+
+static bool env_name_valid(const char *s) {
+  if (!*s || strlen(s) > 256 || !(isalpha((unsigned char)*s) || *s == '_'))
+    return false;
+  for (; *s; s++)
+    if (!(isalnum((unsigned char)*s) || *s == '_'))
+      return false;
+  return true;
+}
+
+static bool gpu_type_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 32)
+    return false;
+  for (; *s; s++)
+    if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' || *s == '_'))
+      return false;
+  return true;
+}
+
+static bool printable(const char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return false;
+  return true;
+}
+
+/* Rejects keys of obj not in allowed (NULL-terminated); prefix names the object. */
+static int check_keys(json_t *obj, const char *prefix, const char *const *allowed, sg_error_t **err) {
+  const char *key;
+  json_t *v;
+  json_object_foreach(obj, key, v) {
+    bool ok = false;
+    for (const char *const *a = allowed; *a; a++)
+      if (!strcmp(*a, key))
+        ok = true;
+    if (!ok) {
+      cleanup_free char *f = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
+      return sg_make_field_error(err, f, "unknown field");
+    }
+  }
+  return 0;
+}
+
+static int get_int(json_t *obj, const char *prefix, const char *key, long long lo, long long hi,
+                   int def, int *out, sg_error_t **err) {
+  json_t *v = json_object_get(obj, key);
+  cleanup_free char *f = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
+  if (!v || json_is_null(v)) {
+    *out = def;
+    return 0;
+  }
+  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+    return sg_make_field_error(err, f, "must be an integer between %lld and %lld", lo, hi);
+  *out = (int)json_integer_value(v);
+  return 0;
+}
+
+static int get_num(json_t *obj, const char *prefix, const char *key, double lo, double hi, double def,
+                   double *out, sg_error_t **err) {
+  json_t *v = json_object_get(obj, key);
+  cleanup_free char *f = xasprintf("%s.%s", prefix, key);
+  if (!v || json_is_null(v)) {
+    *out = def;
+    return 0;
+  }
+  if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) < lo ||
+      json_number_value(v) > hi)
+    return sg_make_field_error(err, f, "must be a number between %g and %g", lo, hi);
+  *out = json_number_value(v);
+  return 0;
+}
+
+/* Fetches an optional sub-object; NULL (no error) when absent. */
+static int get_obj(json_t *root, const char *key, json_t **out, sg_error_t **err) {
+  json_t *v = json_object_get(root, key);
+  *out = NULL;
+  if (!v || json_is_null(v))
+    return 0;
+  if (!json_is_object(v))
+    return sg_make_field_error(err, key, "must be an object");
+  *out = v;
+  return 0;
+}
+
+static int get_str(json_t *obj, const char *field, const char *key, size_t maxlen, char **out,
+                   sg_error_t **err) {
+  json_t *v = json_object_get(obj, key);
+  *out = NULL;
+  if (!v || json_is_null(v))
+    return 0;
+  if (!json_is_string(v))
+    return sg_make_field_error(err, field, "must be a string");
+  const char *s = json_string_value(v);
+  if (strlen(s) != json_string_length(v) || !printable(s))
+    return sg_make_field_error(err, field, "must not contain control characters");
+  if (strlen(s) > maxlen)
+    return sg_make_field_error(err, field, "must be at most %zu bytes", maxlen);
+  *out = xstrdup(s);
+  return 0;
+}
+
+static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  json_t *cmd = json_object_get(root, "command");
+  if (!cmd || json_is_null(cmd))
+    return sg_make_field_error(err, "command", "is required (the worker's argv)");
+  if (!json_is_array(cmd) || json_array_size(cmd) < 1 || json_array_size(cmd) > SG_SPEC_MAX_ARGS)
+    return sg_make_field_error(err, "command", "must be an array of 1 to %d strings", SG_SPEC_MAX_ARGS);
+  s->n_command = json_array_size(cmd);
+  s->command = xcalloc(s->n_command + 1, sizeof(char *));
+  for (size_t i = 0; i < s->n_command; i++) {
+    json_t *a = json_array_get(cmd, i);
+    cleanup_free char *f = xasprintf("command[%zu]", i);
+    if (!json_is_string(a) || strlen(json_string_value(a)) != json_string_length(a))
+      return sg_make_field_error(err, f, "must be a string without NUL bytes");
+    if (json_string_length(a) > MAX_ARG_LEN)
+      return sg_make_field_error(err, f, "must be at most %d bytes", MAX_ARG_LEN);
+    s->command[i] = xstrdup(json_string_value(a));
+  }
+  if (s->command[0][0] != '/')
+    return sg_make_field_error(err, "command[0]", "must be an absolute path (it is executed directly, without a shell)");
+  return 0;
+}
+
+static int parse_env(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  json_t *env = json_object_get(root, "env");
+  if (!env || json_is_null(env))
+    return 0;
+  if (!json_is_object(env))
+    return sg_make_field_error(err, "env", "must be an object of strings");
+  if (json_object_size(env) > SG_SPEC_MAX_ENV)
+    return sg_make_field_error(err, "env", "must have at most %d entries", SG_SPEC_MAX_ENV);
+  size_t n = json_object_size(env);
+  s->env_keys = xcalloc(n + 1, sizeof(char *));
+  s->env_values = xcalloc(n + 1, sizeof(char *));
+  const char *key;
+  json_t *v;
+  json_object_foreach(env, key, v) {
+    cleanup_free char *f = xasprintf("env.%s", key);
+    if (!env_name_valid(key))
+      return sg_make_field_error(err, f, "is not a valid environment variable name");
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
+      return sg_make_field_error(err, f, "must be a string without NUL bytes");
+    if (json_string_length(v) > MAX_ENV_VALUE)
+      return sg_make_field_error(err, f, "must be at most %d bytes", MAX_ENV_VALUE);
+    s->env_keys[s->n_env] = xstrdup(key);
+    s->env_values[s->n_env] = xstrdup(json_string_value(v));
+    s->n_env++;
+  }
+  return 0;
+}
+
+static int parse_health(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"path", "period_s", "timeout_s", "failure_threshold",
+                                     "startup_timeout_s", NULL};
+  json_t *h;
+  if (get_obj(root, "health", &h, err) < 0)
+    return -SG_EINVAL;
+  json_t *empty = json_object();
+  if (!h)
+    h = empty;
+  int r = check_keys(h, "health", keys, err);
+  if (r == 0)
+    r = get_str(h, "health.path", "path", 1024, &s->health.path, err);
+  if (r == 0 && !s->health.path)
+    s->health.path = xstrdup("/health");
+  if (r == 0 && s->health.path[0] != '/')
+    r = sg_make_field_error(err, "health.path", "must start with '/'");
+  if (r == 0)
+    r = get_num(h, "health", "period_s", 0.05, 3600, 2, &s->health.period_s, err);
+  if (r == 0)
+    r = get_num(h, "health", "timeout_s", 0.05, 600, 2, &s->health.timeout_s, err);
+  if (r == 0)
+    r = get_int(h, "health", "failure_threshold", 1, 100, 3, &s->health.failure_threshold, err);
+  if (r == 0)
+    r = get_num(h, "health", "startup_timeout_s", 0.1, 86400, 600, &s->health.startup_timeout_s, err);
+  json_decref(empty);
+  return r;
+}
+
+static int parse_gpu(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"type", "count", NULL};
+  json_t *g;
+  if (get_obj(root, "gpu", &g, err) < 0)
+    return -SG_EINVAL;
+  if (!g)
+    return 0;
+  int r = check_keys(g, "gpu", keys, err);
+  if (r == 0)
+    r = get_int(g, "gpu", "count", 0, SG_SPEC_MAX_GPUS, 1, &s->gpu.count, err);
+  if (r == 0)
+    r = get_str(g, "gpu.type", "type", 32, &s->gpu.type, err);
+  if (r < 0)
+    return r;
+  if (s->gpu.count > 0 && !s->gpu.type)
+    return sg_make_field_error(err, "gpu.type", "is required when gpu.count > 0");
+  if (s->gpu.type && !gpu_type_valid(s->gpu.type))
+    return sg_make_field_error(err, "gpu.type", "must be 1-32 of [a-z0-9_-], e.g. \"a100\"");
+  if (s->gpu.count == 0) {
+    free(s->gpu.type);
+    s->gpu.type = NULL;
+  }
+  return 0;
+}
+
+static int parse_workers(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"min", "max", "idle_timeout_s", "max_concurrency",
+                                     "request_timeout_s", "max_queue", NULL};
+  json_t *w;
+  if (get_obj(root, "workers", &w, err) < 0)
+    return -SG_EINVAL;
+  json_t *empty = json_object();
+  if (!w)
+    w = empty;
+  int r = check_keys(w, "workers", keys, err);
+  if (r == 0)
+    r = get_int(w, "workers", "max", 1, SG_SPEC_MAX_WORKERS, 4, &s->workers.max, err);
+  if (r == 0)
+    r = get_int(w, "workers", "min", 0, s->workers.max, 0, &s->workers.min, err);
+  if (r == 0)
+    r = get_num(w, "workers", "idle_timeout_s", 0, 86400, 30, &s->workers.idle_timeout_s, err);
+  if (r == 0)
+    r = get_int(w, "workers", "max_concurrency", 1, 10000, 1, &s->workers.max_concurrency, err);
+  if (r == 0)
+    r = get_num(w, "workers", "request_timeout_s", 0.1, 86400, 600, &s->workers.request_timeout_s, err);
+  if (r == 0)
+    r = get_int(w, "workers", "max_queue", 0, 100000, 1000, &s->workers.max_queue, err);
+  json_decref(empty);
+  return r;
+}
+
+static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"policy", "value", NULL};
+  json_t *sc;
+  if (get_obj(root, "scale", &sc, err) < 0)
+    return -SG_EINVAL;
+  json_t *empty = json_object();
+  if (!sc)
+    sc = empty;
+  cleanup_free char *policy = NULL;
+  int r = check_keys(sc, "scale", keys, err);
+  if (r == 0)
+    r = get_str(sc, "scale.policy", "policy", 32, &policy, err);
+  if (r == 0) {
+    if (!policy || !strcmp(policy, "concurrency"))
+      s->scale.policy = SG_SCALE_CONCURRENCY;
+    else if (!strcmp(policy, "queue_delay"))
+      s->scale.policy = SG_SCALE_QUEUE_DELAY;
+    else
+      r = sg_make_field_error(err, "scale.policy", "must be \"concurrency\" or \"queue_delay\"");
+  }
+  if (r == 0) {
+    double def = s->scale.policy == SG_SCALE_CONCURRENCY ? s->workers.max_concurrency : 2;
+    r = s->scale.policy == SG_SCALE_CONCURRENCY
+            ? get_num(sc, "scale", "value", 0.01, 10000, def, &s->scale.value, err)
+            : get_num(sc, "scale", "value", 0, 3600, def, &s->scale.value, err);
+  }
+  json_decref(empty);
+  return r;
+}
+
+sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"name", "type", "runtime", "image", "command", "env", "port",
+                                     "health", "gpu", "workers", "scale", NULL};
+  if (!json_is_object(root)) {
+    sg_make_error(err, SG_EJSON, "the spec must be a JSON object");
+    return NULL;
+  }
+  cleanup_spec sg_spec_t *s = xcalloc(1, sizeof(*s));
+  if (check_keys(root, NULL, keys, err) < 0)
+    return NULL;
+  if (get_str(root, "name", "name", 63, &s->name, err) < 0)
+    return NULL;
+  if (!s->name) {
+    sg_make_field_error(err, "name", "is required");
+    return NULL;
+  }
+  if (!sg_name_valid(s->name)) {
+    sg_make_field_error(err, "name", "must be a DNS label: 1-63 of [a-z0-9-], starting and ending with a letter or digit");
+    return NULL;
+  }
+  if (get_str(root, "type", "type", 16, &s->type, err) < 0)
+    return NULL;
+  if (!s->type)
+    s->type = xstrdup("sync");
+  if (!strcmp(s->type, "async")) {
+    sg_make_field_error(err, "type", "async endpoints are not available in this version; use \"sync\"");
+    return NULL;
+  }
+  if (strcmp(s->type, "sync")) {
+    sg_make_field_error(err, "type", "must be \"sync\"");
+    return NULL;
+  }
+  if (get_str(root, "runtime", "runtime", 16, &s->runtime, err) < 0)
+    return NULL;
+  if (!s->runtime)
+    s->runtime = xstrdup("process");
+  if (!strcmp(s->runtime, "oci") || !strcmp(s->runtime, "slurm")) {
+    sg_make_field_error(err, "runtime", "the %s runtime is not available in this version; use \"process\"", s->runtime);
+    return NULL;
+  }
+  if (strcmp(s->runtime, "process")) {
+    sg_make_field_error(err, "runtime", "must be \"process\"");
+    return NULL;
+  }
+  if (get_str(root, "image", "image", 512, &s->image, err) < 0)
+    return NULL;
+  if (parse_command(s, root, err) < 0 || parse_env(s, root, err) < 0)
+    return NULL;
+  if (get_int(root, NULL, "port", 1, 65535, 8000, &s->port, err) < 0)
+    return NULL;
+  if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 ||
+      parse_workers(s, root, err) < 0 || parse_scale(s, root, err) < 0)
+    return NULL;
+  return steal_pointer(&s);
+}
+
+sg_spec_t *sg_spec_parse(const char *text, size_t len, sg_error_t **err) {
+  json_error_t jerr;
+  cleanup_json json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!j) {
+    sg_make_error(err, SG_EJSON, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+    return NULL;
+  }
+  return sg_spec_from_json(j, err);
+}
+
+json_t *sg_spec_to_json(const sg_spec_t *s) {
+  json_t *cmd = json_array();
+  for (size_t i = 0; i < s->n_command; i++)
+    json_array_append_new(cmd, json_string(s->command[i]));
+  json_t *env = json_object();
+  for (size_t i = 0; i < s->n_env; i++)
+    json_object_set_new(env, s->env_keys[i], json_string(s->env_values[i]));
+  json_t *gpu = json_pack("{s:i}", "count", s->gpu.count);
+  json_object_set_new(gpu, "type", s->gpu.type ? json_string(s->gpu.type) : json_null());
+  return json_pack(
+      "{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:s, s:f, s:f, s:i, s:f}, s:o,"
+      " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f}}",
+      "name", s->name, "type", s->type, "runtime", s->runtime, "image",
+      s->image ? json_string(s->image) : json_null(), "command", cmd, "env", env, "port", s->port,
+      "health", "path", s->health.path, "period_s", s->health.period_s, "timeout_s", s->health.timeout_s,
+      "failure_threshold", s->health.failure_threshold, "startup_timeout_s", s->health.startup_timeout_s,
+      "gpu", gpu, "workers", "min", s->workers.min, "max", s->workers.max, "idle_timeout_s",
+      s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
+      s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
+      sg_scale_policy_name(s->scale.policy), "value", s->scale.value);
+}
+
+const char *sg_scale_policy_name(sg_scale_policy_t p) {
+  return p == SG_SCALE_QUEUE_DELAY ? "queue_delay" : "concurrency";
+}
+
+static void free_strv(char **v, size_t n) {
+  if (!v)
+    return;
+  for (size_t i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+}
+
+void sg_spec_free(sg_spec_t *s) {
+  if (!s)
+    return;
+  free(s->name);
+  free(s->type);
+  free(s->runtime);
+  free(s->image);
+  free_strv(s->command, s->n_command);
+  free_strv(s->env_keys, s->n_env);
+  free_strv(s->env_values, s->n_env);
+  free(s->health.path);
+  free(s->gpu.type);
+  free(s);
+}

@@ -1,0 +1,209 @@
+#include "sgpu/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+
+void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p)
+    abort();
+  return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p)
+    abort();
+  return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+  p = realloc(p, n ? n : 1);
+  if (!p)
+    abort();
+  return p;
+}
+
+char *xstrdup(const char *s) {
+  char *p = strdup(s);
+  if (!p)
+    abort();
+  return p;
+}
+
+char *xstrndup(const char *s, size_t n) {
+  char *p = strndup(s, n);
+  if (!p)
+    abort();
+  return p;
+}
+
+char *xasprintf(const char *fmt, ...) {
+  va_list ap;
+  char *s;
+  va_start(ap, fmt);
+  int r = vasprintf(&s, fmt, ap);
+  va_end(ap);
+  if (r < 0)
+    abort();
+  return s;
+}
+
+int64_t sg_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t sg_wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *sg_format_time(int64_t wall_ms, char *buf, size_t len) {
+  time_t secs = (time_t)(wall_ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char base[24];
+  strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(buf, len, "%s.%03dZ", base, (int)(wall_ms % 1000));
+  return buf;
+}
+
+int64_t sg_parse_duration_ms(const char *s) {
+  if (!s || !*s)
+    return -1;
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || v < 0 || v > 1e12)
+    return -1;
+  double mult;
+  if (!*end || !strcmp(end, "s"))
+    mult = 1000;
+  else if (!strcmp(end, "ms"))
+    mult = 1;
+  else if (!strcmp(end, "m"))
+    mult = 60000;
+  else if (!strcmp(end, "h"))
+    mult = 3600000;
+  else if (!strcmp(end, "d"))
+    mult = 86400000;
+  else
+    return -1;
+  return (int64_t)(v * mult);
+}
+
+int sg_random_bytes(void *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = getrandom((char *)buf + got, n - got, 0);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+char *sg_new_id(const char *prefix) {
+  unsigned char raw[6];
+  if (sg_random_bytes(raw, sizeof(raw)) < 0)
+    abort();
+  char hex[13];
+  for (size_t i = 0; i < sizeof(raw); i++)
+    snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  return xasprintf("%s%s", prefix, hex);
+}
+
+int sg_write_file_atomic(const char *path, const char *data, size_t len, int mode) {
+  cleanup_free char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0)
+    return -errno;
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, data + off, len - off);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      int e = errno;
+      close(fd);
+      unlink(tmp);
+      return -e;
+    }
+    off += (size_t)w;
+  }
+  if (fchmod(fd, (mode_t)mode) < 0 || fsync(fd) < 0) {
+    int e = errno;
+    close(fd);
+    unlink(tmp);
+    return -e;
+  }
+  close(fd);
+  if (rename(tmp, path) < 0) {
+    int e = errno;
+    unlink(tmp);
+    return -e;
+  }
+  return 0;
+}
+
+char *sg_read_file(const char *path, size_t max, size_t *len_out) {
+  cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return NULL;
+  size_t cap = 4096, len = 0;
+  char *buf = xmalloc(cap);
+  for (;;) {
+    if (len + 1 >= cap) {
+      if (cap >= max) {
+        free(buf);
+        errno = EFBIG;
+        return NULL;
+      }
+      cap *= 2;
+      buf = xrealloc(buf, cap);
+    }
+    ssize_t r = read(fd, buf + len, cap - len - 1);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      free(buf);
+      return NULL;
+    }
+    if (r == 0)
+      break;
+    len += (size_t)r;
+  }
+  buf[len] = '\0';
+  if (len_out)
+    *len_out = len;
+  return buf;
+}
+
+int sg_mkdir_p(const char *dir, int mode) {
+  cleanup_free char *p = xstrdup(dir);
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/')
+      continue;
+    *s = '\0';
+    if (mkdir(p, 0755) < 0 && errno != EEXIST)
+      return -errno;
+    *s = '/';
+  }
+  if (mkdir(p, (mode_t)mode) < 0 && errno != EEXIST)
+    return -errno;
+  return 0;
+}
+
+bool sg_str_has_prefix(const char *s, const char *prefix) {
+  return strncmp(s, prefix, strlen(prefix)) == 0;
+}

@@ -1,0 +1,182 @@
+/* sgpud's live state, shared by the modules that run on its event loop
+ * (api, gateway, scaler, worker lifecycle). Loop-thread only. */
+#ifndef SGPU_DAEMON_INTERNAL_H
+#define SGPU_DAEMON_INTERNAL_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "sgpu/daemon.h"
+#include "sgpu/gpu.h"
+#include "sgpu/runtime.h"
+#include "sgpu/spec.h"
+#include "sgpu/store.h"
+
+typedef struct sg_endpoint sg_endpoint_t;
+typedef struct sg_worker sg_worker_t;
+typedef struct sg_proxy sg_proxy_t;
+typedef struct sg_follower sg_follower_t;
+
+enum sg_worker_state { SG_W_STARTING, SG_W_READY, SG_W_DRAINING, SG_W_STOPPED, SG_W_FAILED };
+
+#define SG_RECENT_LINES 20
+
+struct sg_worker {
+  TAILQ_ENTRY(sg_worker) link;
+  sg_daemon_t *d;
+  sg_endpoint_t *ep;
+  char *id;
+  int version;
+  enum sg_worker_state state;
+  const sg_runtime_ops_t *rt;
+  sg_instance_t *inst;
+  int port;
+  pid_t pid;
+  int gpus[SG_SPEC_MAX_GPUS];
+  int n_gpus;
+  int64_t started_mono, ready_mono, last_used_mono;
+  int64_t started_wall, ready_wall, ended_wall;
+  int in_flight;
+  uint64_t served;
+  bool exited;
+  int exit_status;
+  bool stopping;   /* sgpud asked it to stop */
+  bool counted_failure;
+  char *last_error;
+  char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
+  int recent_next;
+  /* health */
+  struct evhttp_connection *probe_conn;
+  struct evhttp_request *probe_req;
+  struct event *probe_timer;
+  int probe_failures;
+  struct event *kill_timer;
+  /* upstream connections not in use */
+  struct evhttp_connection **idle_conns;
+  size_t n_idle, cap_idle;
+};
+
+TAILQ_HEAD(sg_worker_list, sg_worker);
+TAILQ_HEAD(sg_proxy_list, sg_proxy);
+
+struct sg_endpoint {
+  TAILQ_ENTRY(sg_endpoint) link;
+  sg_daemon_t *d;
+  char *name;
+  sg_spec_t *spec;
+  int version;
+  int64_t created_wall, updated_wall;
+  bool deleted;
+  struct sg_worker_list workers; /* live and recently ended */
+  struct sg_proxy_list queue;    /* requests waiting for a worker */
+  int queued;
+  int in_flight;
+  int proxies; /* sg_proxy objects referring to this endpoint */
+  uint64_t served;
+  /* crash-loop tracking: failures before reaching ready */
+  int consecutive_failures;
+  int64_t backoff_until_mono;
+  char *last_error;
+  char *last_logs[SG_RECENT_LINES];
+  int n_last_logs;
+  char *last_decision;
+  int desired;
+};
+
+TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
+
+struct sg_daemon {
+  sg_daemon_config_t cfg;
+  struct event_base *base;
+  struct evhttp *http;
+  sg_store_t *store;
+  sg_gpu_inventory_t *gpus;
+  char *api_key;
+  char *url;
+  char *self_dir; /* directory of the sgpud binary */
+  struct sg_endpoint_list endpoints;
+  struct sg_endpoint_list deleted; /* freed once nothing refers to them */
+  struct event *tick;
+  struct event *log_flush;
+  struct event *sigterm, *sigint;
+  struct event *kick; /* deferred scaler pass */
+  bool kick_pending;
+  bool shutting_down;
+  /* log lines waiting to be written in one transaction */
+  struct {
+    sg_log_line_t *lines;
+    size_t n, cap;
+    uint64_t dropped;
+  } logbuf;
+  LIST_HEAD(, sg_follower) followers;
+};
+
+/* daemon.c */
+sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name);
+/* Creates live state for a stored or new endpoint (takes spec). */
+sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated);
+/* Replaces the spec: workers of older versions drain and are replaced. Takes spec. */
+void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated);
+/* Stops all workers, fails queued requests; frees once nothing refers to it. */
+void sg_endpoint_delete(sg_endpoint_t *ep);
+/* Frees a deleted endpoint once nothing refers to it. Only from a fresh
+ * stack frame (a timer), never from inside a connection's callback. */
+void sg_endpoint_maybe_free(sg_endpoint_t *ep);
+json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
+
+/* worker.c */
+sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
+/* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period. */
+void sg_worker_stop(sg_worker_t *w, const char *why);
+const char *sg_worker_state_name(enum sg_worker_state s);
+json_t *sg_worker_to_json(const sg_worker_t *w);
+bool sg_worker_live(const sg_worker_t *w);
+/* Frees ended workers no one refers to, keeping the newest few for display.
+ * Only from a fresh stack frame (a timer). */
+void sg_worker_prune(sg_endpoint_t *ep);
+/* Called by the gateway when a request ends on w. */
+void sg_worker_release_request(sg_worker_t *w);
+/* Called by health checks: first 200, or too many failed probes. */
+void sg_worker_became_ready(sg_worker_t *w);
+void sg_worker_unhealthy(sg_worker_t *w, const char *why);
+/* Upstream connection pool. */
+struct evhttp_connection *sg_worker_get_conn(sg_worker_t *w);
+void sg_worker_put_conn(sg_worker_t *w, struct evhttp_connection *conn, bool reusable);
+
+/* health.c */
+void sg_health_start(sg_worker_t *w);
+void sg_health_stop(sg_worker_t *w);
+
+/* proxy.c */
+void sg_gateway_handle(sg_daemon_t *d, struct evhttp_request *req, const char *name, const char *rest);
+/* Hands queued requests to free workers of ep. */
+void sg_gateway_pump(sg_endpoint_t *ep);
+/* Fails every queued request of ep with status/code/message. */
+void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, const char *message);
+int64_t sg_gateway_oldest_wait(sg_endpoint_t *ep, int64_t now);
+
+/* scaler.c */
+void sg_scaler_kick(sg_daemon_t *d);
+void sg_scaler_run(sg_daemon_t *d);
+
+/* logs.c */
+void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
+                  size_t len);
+void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void sg_logs_flush(sg_daemon_t *d);
+void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep);
+void sg_logs_shutdown(sg_daemon_t *d);
+
+/* api/ */
+void sg_api_send_json(struct evhttp_request *req, int status, json_t *body); /* steals body */
+void sg_api_send_error(struct evhttp_request *req, int status, const char *code, const char *message,
+                       const char *field);
+void sg_api_send_sg_error(struct evhttp_request *req, const sg_error_t *err);
+void sg_api_handle(sg_daemon_t *d, struct evhttp_request *req, const char *path);
+
+#endif

@@ -1,0 +1,473 @@
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include "daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define TICK_MS 250
+
+void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->listen = xstrdup("127.0.0.1:8080");
+  const char *env = getenv("SGPU_DATA_DIR");
+  const char *home = getenv("HOME");
+  cfg->data_dir = env && *env ? xstrdup(env) : xasprintf("%s/.sgpu", home && *home ? home : ".");
+  cfg->gpus_fallback = xstrdup("a100:4");
+  cfg->log_level = SG_LOG_INFO;
+  cfg->stop_grace_s = 10;
+  cfg->max_body = 20u << 20;
+  cfg->log_keep_lines = 100000;
+}
+
+void sg_daemon_config_clear(sg_daemon_config_t *cfg) {
+  free(cfg->listen);
+  free(cfg->data_dir);
+  free(cfg->gpus);
+  free(cfg->gpus_fallback);
+  memset(cfg, 0, sizeof(*cfg));
+}
+
+static int set_str(json_t *v, const char *key, char **out, sg_error_t **err) {
+  if (!json_is_string(v))
+    return sg_make_error(err, SG_EINVAL, "config: %s must be a string", key);
+  free(*out);
+  *out = xstrdup(json_string_value(v));
+  return 0;
+}
+
+int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t **err) {
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root)
+    return sg_make_error(err, SG_EINVAL, "config %s: line %d: %s", path, jerr.line, jerr.text);
+  int r = 0;
+  const char *key;
+  json_t *v;
+  json_object_foreach(root, key, v) {
+    if (!strcmp(key, "listen"))
+      r = set_str(v, key, &cfg->listen, err);
+    else if (!strcmp(key, "data_dir"))
+      r = set_str(v, key, &cfg->data_dir, err);
+    else if (!strcmp(key, "gpus"))
+      r = set_str(v, key, &cfg->gpus, err);
+    else if (!strcmp(key, "log_level")) {
+      int lvl = json_is_string(v) ? sg_log_parse_level(json_string_value(v)) : -1;
+      if (lvl < 0)
+        r = sg_make_error(err, SG_EINVAL, "config: log_level must be debug, info, warn or error");
+      else
+        cfg->log_level = lvl;
+    } else if (!strcmp(key, "stop_grace_s")) {
+      if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 3600)
+        r = sg_make_error(err, SG_EINVAL, "config: stop_grace_s must be a number of seconds 0..3600");
+      else
+        cfg->stop_grace_s = json_number_value(v);
+    } else if (!strcmp(key, "max_body_bytes")) {
+      if (!json_is_integer(v) || json_integer_value(v) < 1024 || json_integer_value(v) > (1ll << 32))
+        r = sg_make_error(err, SG_EINVAL, "config: max_body_bytes must be an integer 1024..4294967296");
+      else
+        cfg->max_body = (size_t)json_integer_value(v);
+    } else if (!strcmp(key, "log_keep_lines")) {
+      if (!json_is_integer(v) || json_integer_value(v) < 100)
+        r = sg_make_error(err, SG_EINVAL, "config: log_keep_lines must be an integer >= 100");
+      else
+        cfg->log_keep_lines = json_integer_value(v);
+    } else
+      r = sg_make_error(err, SG_EINVAL, "config: unknown key \"%s\"", key);
+    if (r < 0)
+      break;
+  }
+  json_decref(root);
+  return r;
+}
+
+sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name) {
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (!strcmp(ep->name, name))
+      return ep;
+  }
+  return NULL;
+}
+
+sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated) {
+  sg_endpoint_t *ep = xcalloc(1, sizeof(*ep));
+  ep->d = d;
+  ep->name = xstrdup(spec->name);
+  ep->spec = spec;
+  ep->version = version;
+  ep->created_wall = created;
+  ep->updated_wall = updated;
+  TAILQ_INIT(&ep->workers);
+  TAILQ_INIT(&ep->queue);
+  TAILQ_INSERT_TAIL(&d->endpoints, ep, link);
+  sg_scaler_kick(d);
+  return ep;
+}
+
+static void clear_failure_state(sg_endpoint_t *ep) {
+  ep->consecutive_failures = 0;
+  ep->backoff_until_mono = 0;
+  free(ep->last_error);
+  ep->last_error = NULL;
+}
+
+void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
+  sg_spec_free(ep->spec);
+  ep->spec = spec;
+  ep->version = version;
+  ep->updated_wall = updated;
+  clear_failure_state(ep);
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (sg_worker_live(w) && w->version != version)
+      sg_worker_stop(w, "endpoint updated");
+  }
+  sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d", version);
+  sg_scaler_kick(ep->d);
+}
+
+void sg_endpoint_delete(sg_endpoint_t *ep) {
+  sg_daemon_t *d = ep->d;
+  ep->deleted = true;
+  TAILQ_REMOVE(&d->endpoints, ep, link);
+  TAILQ_INSERT_TAIL(&d->deleted, ep, link);
+  sg_gateway_fail_queue(ep, 404, "not_found", "endpoint was deleted");
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (sg_worker_live(w))
+      sg_worker_stop(w, "endpoint deleted");
+  }
+}
+
+void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
+  if (!ep->deleted)
+    return;
+  sg_worker_prune(ep);
+  if (!TAILQ_EMPTY(&ep->workers) || ep->proxies > 0)
+    return;
+  TAILQ_REMOVE(&ep->d->deleted, ep, link);
+  free(ep->name);
+  sg_spec_free(ep->spec);
+  free(ep->last_error);
+  free(ep->last_decision);
+  for (int i = 0; i < ep->n_last_logs; i++)
+    free(ep->last_logs[i]);
+  free(ep);
+}
+
+json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
+  json_t *j = sg_spec_to_json(ep->spec);
+  char t1[32], t2[32];
+  json_object_set_new(j, "version", json_integer(ep->version));
+  json_object_set_new(j, "created_at", json_string(sg_format_time(ep->created_wall, t1, sizeof(t1))));
+  json_object_set_new(j, "updated_at", json_string(sg_format_time(ep->updated_wall, t2, sizeof(t2))));
+  int n[5] = {0};
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) n[w->state]++;
+  json_t *logs = json_array();
+  for (int i = 0; i < ep->n_last_logs; i++)
+    json_array_append_new(logs, json_string(ep->last_logs[i]));
+  json_t *status = json_pack("{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired",
+                             ep->desired, "workers", "starting", n[SG_W_STARTING], "ready", n[SG_W_READY],
+                             "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued", ep->queued,
+                             "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3,
+                             "consecutive_failures", ep->consecutive_failures, "last_error",
+                             ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs,
+                             "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
+  json_object_set_new(j, "status", status);
+  return j;
+}
+
+static void load_endpoint(void *ud, const sg_endpoint_record_t *rec) {
+  sg_daemon_t *d = ud;
+  cleanup_error sg_error_t *err = NULL;
+  sg_spec_t *spec = sg_spec_parse(rec->spec_json, strlen(rec->spec_json), &err);
+  if (!spec) {
+    sg_errlog("endpoint %s in the store is invalid, skipped: %s", rec->name, err->message);
+    return;
+  }
+  sg_endpoint_new(d, spec, rec->version, rec->created_ms, rec->updated_ms);
+}
+
+static void reconcile_worker(void *ud, const sg_worker_record_t *rec) {
+  if (!strcmp(rec->runtime, sg_process_runtime.name))
+    sg_process_runtime.cleanup_orphan(rec->id, rec->pid);
+}
+
+/* Workers recorded by an earlier sgpud cannot be adopted by the process
+ * runtime (their output pipes are gone): they are stopped and forgotten, and
+ * the scaler starts fresh ones as the specs require. */
+static int reconcile(sg_daemon_t *d, sg_error_t **err) {
+  if (sg_store_worker_each(d->store, reconcile_worker, d, err) < 0)
+    return -1;
+  return sg_store_worker_clear(d->store, err);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_daemon_t *d = arg;
+  sg_scaler_run(d);
+  sg_endpoint_t *ep, *tmp;
+  TAILQ_FOREACH(ep, &d->endpoints, link) sg_worker_prune(ep);
+  for (ep = TAILQ_FIRST(&d->deleted); ep; ep = tmp) {
+    tmp = TAILQ_NEXT(ep, link);
+    sg_endpoint_maybe_free(ep);
+  }
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg) {
+  sg_daemon_t *d = arg;
+  sg_info("signal %d: stopping", (int)sig);
+  d->shutting_down = true;
+  event_base_loopbreak(d->base);
+}
+
+static void http_cb(struct evhttp_request *req, void *arg) {
+  sg_daemon_t *d = arg;
+  const char *uri = evhttp_request_get_uri(req);
+  const char *path_end = uri + strcspn(uri, "?#");
+  cleanup_free char *path = xstrndup(uri, (size_t)(path_end - uri));
+  sg_api_handle(d, req, path);
+}
+
+static int write_key(sg_daemon_t *d, sg_error_t **err) {
+  cleanup_free char *path = xasprintf("%s/admin.key", d->cfg.data_dir);
+  size_t len;
+  char *key = sg_read_file(path, 4096, &len);
+  if (key) {
+    while (len > 0 && (key[len - 1] == '\n' || key[len - 1] == ' '))
+      key[--len] = '\0';
+    if (len < 16) {
+      free(key);
+      return sg_make_error(err, EINVAL, "%s is too short to be a key", path);
+    }
+    d->api_key = key;
+    return 0;
+  }
+  if (errno != ENOENT)
+    return sg_make_error(err, errno, "cannot read %s: %s", path, strerror(errno));
+  unsigned char raw[24];
+  sg_random_bytes(raw, sizeof(raw));
+  char hex[2 * sizeof(raw) + 1];
+  for (size_t i = 0; i < sizeof(raw); i++)
+    snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  cleanup_free char *content = xasprintf("sg_%s\n", hex);
+  int r = sg_write_file_atomic(path, content, strlen(content), 0600);
+  if (r < 0)
+    return sg_make_error(err, -r, "cannot write %s: %s", path, strerror(-r));
+  d->api_key = xasprintf("sg_%s", hex);
+  sg_info("wrote a new admin API key to %s", path);
+  return 0;
+}
+
+static int bind_http(sg_daemon_t *d, sg_error_t **err) {
+  cleanup_free char *addr = xstrdup(d->cfg.listen);
+  char *colon = strrchr(addr, ':');
+  if (!colon)
+    return sg_make_error(err, EINVAL, "--listen: expected HOST:PORT, got %s", d->cfg.listen);
+  *colon = '\0';
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535)
+    return sg_make_error(err, EINVAL, "--listen: bad port in %s", d->cfg.listen);
+  const char *host = addr;
+  if (host[0] == '[') {
+    host++;
+    addr[strlen(addr) - 1] = '\0';
+  }
+  d->http = evhttp_new(d->base);
+  evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                          EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+  evhttp_set_max_body_size(d->http, (ev_ssize_t)d->cfg.max_body);
+  evhttp_set_max_headers_size(d->http, 64 * 1024);
+  evhttp_set_timeout(d->http, 120);
+  evhttp_set_default_content_type(d->http, "application/json");
+  evhttp_set_gencb(d->http, http_cb, d);
+  struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(d->http, host, (ev_uint16_t)port);
+  if (!sock)
+    return sg_make_error(err, errno ? errno : EADDRINUSE, "cannot listen on %s: %s", d->cfg.listen,
+                         strerror(errno ? errno : EADDRINUSE));
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl);
+  int bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  d->url = strchr(host, ':') ? xasprintf("http://[%s]:%d", host, bound) : xasprintf("http://%s:%d", host, bound);
+  return 0;
+}
+
+static void create_sample(sg_daemon_t *d) {
+  if (!TAILQ_EMPTY(&d->endpoints))
+    return;
+  cleanup_free char *worker = xasprintf("%s/echo-worker", d->self_dir);
+  if (access(worker, X_OK) < 0) {
+    sg_warn("sample endpoint not created: %s is missing", worker);
+    return;
+  }
+  json_t *j = json_pack("{s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:s, s:i}, s:{s:i, s:i, s:i}}", "name", "echo",
+                        "command", worker, "env", "MODEL", "tiny-echo", "WARMUP_MS", "500", "health", "path",
+                        "/health", "gpu", "type", "a100", "count", 1, "workers", "min", 0, "max", 2,
+                        "idle_timeout_s", 60);
+  cleanup_error sg_error_t *err = NULL;
+  sg_spec_t *spec = sg_spec_from_json(j, &err);
+  json_decref(j);
+  if (!spec) {
+    sg_errlog("sample endpoint: %s", err->message);
+    return;
+  }
+  json_t *sj = sg_spec_to_json(spec);
+  cleanup_free char *text = json_dumps(sj, JSON_COMPACT);
+  json_decref(sj);
+  int64_t now = sg_wall_ms();
+  sg_endpoint_record_t rec = {spec->name, text, 1, now, now};
+  if (sg_store_endpoint_insert(d->store, &rec, &err) < 0) {
+    sg_errlog("sample endpoint: %s", err->message);
+    sg_spec_free(spec);
+    return;
+  }
+  sg_endpoint_new(d, spec, 1, now, now);
+  sg_info("created the sample endpoint \"echo\" (%s)", worker);
+}
+
+sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
+  sg_daemon_t *d = xcalloc(1, sizeof(*d));
+  d->cfg = *cfg;
+  memset(cfg, 0, sizeof(*cfg));
+  TAILQ_INIT(&d->endpoints);
+  TAILQ_INIT(&d->deleted);
+  LIST_INIT(&d->followers);
+  sg_log_set_level(d->cfg.log_level);
+  signal(SIGPIPE, SIG_IGN);
+
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  self[n > 0 ? n : 0] = '\0';
+  d->self_dir = xstrdup(n > 0 ? dirname(self) : ".");
+
+  int r = sg_mkdir_p(d->cfg.data_dir, 0700);
+  if (r < 0) {
+    sg_make_error(err, -r, "cannot create data dir %s: %s", d->cfg.data_dir, strerror(-r));
+    goto fail;
+  }
+  if (write_key(d, err) < 0)
+    goto fail;
+  cleanup_free char *db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
+  d->store = sg_store_open(db, err);
+  if (!d->store)
+    goto fail;
+  d->gpus = sg_gpu_inventory_new(d->cfg.gpus, d->cfg.gpus_fallback, err);
+  if (!d->gpus)
+    goto fail;
+  d->base = event_base_new();
+  if (!d->base) {
+    sg_make_error(err, ENOMEM, "cannot create the event loop");
+    goto fail;
+  }
+  if (sg_process_runtime_init(d->base, err) < 0)
+    goto fail;
+  if (reconcile(d, err) < 0)
+    goto fail;
+  if (sg_store_endpoint_each(d->store, load_endpoint, d, err) < 0)
+    goto fail;
+  if (d->cfg.sample_endpoint)
+    create_sample(d);
+  if (bind_http(d, err) < 0)
+    goto fail;
+  cleanup_free char *url_path = xasprintf("%s/url", d->cfg.data_dir);
+  cleanup_free char *url_line = xasprintf("%s\n", d->url);
+  sg_write_file_atomic(url_path, url_line, strlen(url_line), 0644);
+
+  d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
+  struct timeval tv = {0, TICK_MS * 1000};
+  event_add(d->tick, &tv);
+  d->sigterm = evsignal_new(d->base, SIGTERM, stop_cb, d);
+  d->sigint = evsignal_new(d->base, SIGINT, stop_cb, d);
+  evsignal_add(d->sigterm, NULL);
+  evsignal_add(d->sigint, NULL);
+  return d;
+fail:
+  sg_daemon_free(d);
+  return NULL;
+}
+
+/* Stops every worker and waits (bounded) for them to exit. */
+static void stop_all(sg_daemon_t *d) {
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    sg_gateway_fail_queue(ep, 503, "shutting_down", "sgpud is shutting down");
+    sg_worker_t *w;
+    TAILQ_FOREACH(w, &ep->workers, link) {
+      if (sg_worker_live(w))
+        sg_worker_stop(w, "sgpud shutting down");
+    }
+  }
+  int64_t deadline = sg_now_ms() + (int64_t)(d->cfg.stop_grace_s * 1000) + 2000;
+  for (;;) {
+    bool live = false;
+    TAILQ_FOREACH(ep, &d->endpoints, link) {
+      sg_worker_t *w;
+      TAILQ_FOREACH(w, &ep->workers, link) live |= !w->exited && w->inst;
+    }
+    if (!live || sg_now_ms() > deadline)
+      break;
+    event_base_loop(d->base, EVLOOP_ONCE);
+  }
+}
+
+int sg_daemon_run(sg_daemon_t *d) {
+  sg_info("listening on %s (data dir %s, %zu GPU(s))", d->url, d->cfg.data_dir, d->gpus->n);
+  sg_scaler_kick(d);
+  event_base_dispatch(d->base);
+  stop_all(d);
+  sg_logs_flush(d);
+  return 0;
+}
+
+void sg_daemon_free(sg_daemon_t *d) {
+  if (!d)
+    return;
+  sg_endpoint_t *ep;
+  while ((ep = TAILQ_FIRST(&d->endpoints))) {
+    TAILQ_REMOVE(&d->endpoints, ep, link);
+    TAILQ_INSERT_TAIL(&d->deleted, ep, link);
+  }
+  while ((ep = TAILQ_FIRST(&d->deleted))) {
+    sg_worker_t *w;
+    TAILQ_FOREACH(w, &ep->workers, link) {
+      if (!w->exited && w->inst)
+        w->rt->signal(w->inst, SIGKILL);
+      w->exited = true;
+      w->in_flight = 0;
+      w->probe_req = NULL;
+    }
+    ep->deleted = true;
+    ep->proxies = 0;
+    sg_endpoint_maybe_free(ep);
+  }
+  sg_logs_shutdown(d);
+  if (d->http)
+    evhttp_free(d->http);
+  if (d->tick)
+    event_free(d->tick);
+  if (d->kick)
+    event_free(d->kick);
+  if (d->sigterm)
+    event_free(d->sigterm);
+  if (d->sigint)
+    event_free(d->sigint);
+  sg_process_runtime_shutdown();
+  if (d->base)
+    event_base_free(d->base);
+  sg_store_close(d->store);
+  sg_gpu_inventory_free(d->gpus);
+  sg_daemon_config_clear(&d->cfg);
+  free(d->api_key);
+  free(d->url);
+  free(d->self_dir);
+  free(d);
+}

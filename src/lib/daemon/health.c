@@ -1,0 +1,105 @@
+/* Health checks: a worker gets traffic only after its health path answered
+ * 200. While starting it is probed every few milliseconds (cold start is
+ * measured to its first 200); once ready, every health.period_s, and
+ * health.failure_threshold failures in a row take it out of rotation. */
+#include <event2/http.h>
+
+#include "daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define STARTUP_PROBE_MIN_MS 2
+#define STARTUP_PROBE_MAX_MS 100
+
+static void schedule(sg_worker_t *w, int64_t delay_ms) {
+  struct timeval tv = {(time_t)(delay_ms / 1000), (suseconds_t)((delay_ms % 1000) * 1000)};
+  evtimer_add(w->probe_timer, &tv);
+}
+
+static int64_t startup_delay(const sg_worker_t *w) {
+  int64_t elapsed = sg_now_ms() - w->started_mono;
+  int64_t delay = STARTUP_PROBE_MIN_MS + elapsed / 20;
+  return delay > STARTUP_PROBE_MAX_MS ? STARTUP_PROBE_MAX_MS : delay;
+}
+
+static void probe_done(struct evhttp_request *req, void *arg) {
+  sg_worker_t *w = arg;
+  w->probe_req = NULL;
+  int code = req ? evhttp_request_get_response_code(req) : 0;
+  if (w->exited || w->stopping)
+    return;
+  const sg_spec_t *spec = w->ep->spec;
+  if (w->state == SG_W_STARTING) {
+    if (code == 200) {
+      sg_worker_became_ready(w);
+      schedule(w, (int64_t)(spec->health.period_s * 1000));
+      return;
+    }
+    if (sg_now_ms() - w->started_mono > (int64_t)(spec->health.startup_timeout_s * 1000)) {
+      cleanup_free char *why = xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: %s)",
+                                         spec->health.startup_timeout_s, code ? "" : "no answer");
+      if (code) {
+        free(why);
+        why = xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: HTTP %d)",
+                        spec->health.startup_timeout_s, code);
+      }
+      sg_logs_event(w->d, w->ep->name, w->id, "%s", why);
+      sg_worker_unhealthy(w, why);
+      return;
+    }
+    schedule(w, startup_delay(w));
+    return;
+  }
+  if (code == 200) {
+    w->probe_failures = 0;
+  } else if (++w->probe_failures >= spec->health.failure_threshold) {
+    cleanup_free char *why = code ? xasprintf("failed %d health checks in a row (HTTP %d)", w->probe_failures, code)
+                                  : xasprintf("failed %d health checks in a row (no answer)", w->probe_failures);
+    sg_logs_event(w->d, w->ep->name, w->id, "unhealthy: %s", why);
+    sg_worker_unhealthy(w, why);
+    return;
+  } else {
+    sg_logs_event(w->d, w->ep->name, w->id, "health check failed (%d of %d)", w->probe_failures,
+                  spec->health.failure_threshold);
+  }
+  schedule(w, (int64_t)(spec->health.period_s * 1000));
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_worker_t *w = arg;
+  if (w->exited || w->stopping || w->probe_req)
+    return;
+  const sg_spec_t *spec = w->ep->spec;
+  if (!w->probe_conn) {
+    w->probe_conn = evhttp_connection_base_new(w->d->base, NULL, "127.0.0.1", (ev_uint16_t)w->port);
+    evhttp_connection_set_retries(w->probe_conn, 0);
+  }
+  struct timeval tv = {(time_t)spec->health.timeout_s,
+                       (suseconds_t)((spec->health.timeout_s - (double)(time_t)spec->health.timeout_s) * 1e6)};
+  evhttp_connection_set_timeout_tv(w->probe_conn, &tv);
+  struct evhttp_request *req = evhttp_request_new(probe_done, w);
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  char host[32];
+  snprintf(host, sizeof(host), "127.0.0.1:%d", w->port);
+  evhttp_add_header(h, "Host", host);
+  evhttp_add_header(h, "User-Agent", "sgpu-health");
+  if (evhttp_make_request(w->probe_conn, req, EVHTTP_REQ_GET, spec->health.path) < 0) {
+    schedule(w, 100);
+    return;
+  }
+  w->probe_req = req;
+}
+
+void sg_health_start(sg_worker_t *w) {
+  w->probe_timer = evtimer_new(w->d->base, probe_cb, w);
+  schedule(w, STARTUP_PROBE_MIN_MS);
+}
+
+void sg_health_stop(sg_worker_t *w) {
+  if (w->probe_timer) {
+    event_free(w->probe_timer);
+    w->probe_timer = NULL;
+  }
+  /* The connection may be inside its own callback here: it is freed with the
+   * worker, after any pending probe has ended. */
+}

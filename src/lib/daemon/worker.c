@@ -1,0 +1,372 @@
+/* Worker lifecycle: start through the endpoint's runtime, capture output,
+ * health-gate traffic, stop (SIGTERM then SIGKILL), notice exits. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define KEEP_ENDED 10
+#define BACKOFF_BASE_MS 500
+#define BACKOFF_MAX_MS 60000
+
+const char *sg_worker_state_name(enum sg_worker_state s) {
+  static const char *names[] = {"starting", "ready", "draining", "stopped", "failed"};
+  return names[s];
+}
+
+bool sg_worker_live(const sg_worker_t *w) { return w->state == SG_W_STARTING || w->state == SG_W_READY; }
+
+/* A free TCP port on loopback, chosen by the kernel. */
+static int pick_port(sg_error_t **err) {
+  cleanup_close int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return sg_make_error(err, errno, "socket: %s", strerror(errno));
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof(sa);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+    return sg_make_error(err, errno, "cannot find a free port: %s", strerror(errno));
+  return ntohs(sa.sin_port);
+}
+
+static void remember_line(sg_worker_t *w, const char *stream, const char *line, size_t len) {
+  free(w->recent[w->recent_next]);
+  w->recent[w->recent_next] = xasprintf("%s: %.*s", stream, (int)(len > 1024 ? 1024 : len), line);
+  w->recent_next = (w->recent_next + 1) % SG_RECENT_LINES;
+}
+
+static void on_line(void *ud, const char *stream, const char *line, size_t len) {
+  sg_worker_t *w = ud;
+  remember_line(w, stream, line, len);
+  sg_logs_emit(w->d, w->ep->name, w->id, stream, line, len);
+}
+
+/* Copies a failed worker's last lines into its endpoint's state. */
+static void keep_last_logs(sg_worker_t *w) {
+  sg_endpoint_t *ep = w->ep;
+  for (int i = 0; i < ep->n_last_logs; i++)
+    free(ep->last_logs[i]);
+  ep->n_last_logs = 0;
+  for (int i = 0; i < SG_RECENT_LINES; i++) {
+    char *l = w->recent[(w->recent_next + i) % SG_RECENT_LINES];
+    if (l)
+      ep->last_logs[ep->n_last_logs++] = xstrdup(l);
+  }
+}
+
+static void set_error(char **slot, const char *msg) {
+  free(*slot);
+  *slot = msg ? xstrdup(msg) : NULL;
+}
+
+/* Counts a start that never reached ready and sets the backoff before the next. */
+static void note_start_failure(sg_worker_t *w, const char *why) {
+  sg_endpoint_t *ep = w->ep;
+  if (w->counted_failure || w->version != ep->version)
+    return;
+  w->counted_failure = true;
+  ep->consecutive_failures++;
+  int shift = ep->consecutive_failures - 1 < 7 ? ep->consecutive_failures - 1 : 7;
+  int64_t backoff = (int64_t)BACKOFF_BASE_MS << shift;
+  if (backoff > BACKOFF_MAX_MS)
+    backoff = BACKOFF_MAX_MS;
+  ep->backoff_until_mono = sg_now_ms() + backoff;
+  set_error(&ep->last_error, why);
+  keep_last_logs(w);
+  if (ep->consecutive_failures >= 3)
+    sg_logs_event(w->d, ep->name, w->id, "crash loop: %d starts failed in a row (%s); next start in %lld ms",
+                  ep->consecutive_failures, why, (long long)backoff);
+}
+
+static void release_resources(sg_worker_t *w) {
+  sg_health_stop(w);
+  if (w->kill_timer) {
+    event_free(w->kill_timer);
+    w->kill_timer = NULL;
+  }
+  sg_gpu_release(w->d->gpus, w->id);
+  sg_store_worker_remove(w->d->store, w->id, NULL);
+}
+
+static void on_exit_cb(void *ud, int status) {
+  sg_worker_t *w = ud;
+  sg_endpoint_t *ep = w->ep;
+  w->exited = true;
+  w->exit_status = status;
+  w->ended_wall = sg_wall_ms();
+  char desc[96];
+  if (WIFEXITED(status))
+    snprintf(desc, sizeof(desc), "exited with status %d", WEXITSTATUS(status));
+  else if (WIFSIGNALED(status))
+    snprintf(desc, sizeof(desc), "killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  else
+    snprintf(desc, sizeof(desc), "ended (status 0x%x)", status);
+  if (w->stopping) {
+    w->state = SG_W_STOPPED;
+    sg_logs_event(w->d, ep->name, w->id, "worker stopped: %s", desc);
+  } else {
+    bool was_ready = w->ready_mono > 0;
+    w->state = SG_W_FAILED;
+    cleanup_free char *msg = xasprintf("worker %s %s%s", w->id, desc, was_ready ? "" : " before it became healthy");
+    set_error(&w->last_error, msg);
+    sg_logs_event(w->d, ep->name, w->id, "worker crashed: %s", desc);
+    if (!was_ready)
+      note_start_failure(w, msg);
+    else
+      set_error(&ep->last_error, msg);
+  }
+  release_resources(w);
+  sg_scaler_kick(w->d);
+}
+
+static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
+  size_t cap = spec->n_env + 16, n = 0;
+  char **env = xcalloc(cap, sizeof(char *));
+  const char *path = getenv("PATH");
+  env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
+  const char *home = getenv("HOME");
+  if (home)
+    env[n++] = xasprintf("HOME=%s", home);
+  for (size_t i = 0; i < spec->n_env; i++)
+    env[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
+  char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
+  size_t off = 0;
+  for (int i = 0; i < w->n_gpus; i++)
+    off += (size_t)snprintf(gpus + off, sizeof(gpus) - off, "%s%d", i ? "," : "", w->gpus[i]);
+  /* Set last so that a spec cannot override what sgpud assigns. */
+  env[n++] = xasprintf("PORT=%d", w->port);
+  env[n++] = xasprintf("CUDA_VISIBLE_DEVICES=%s", w->n_gpus ? gpus : "");
+  env[n++] = xasprintf("NVIDIA_VISIBLE_DEVICES=%s", w->n_gpus ? gpus : "void");
+  env[n++] = xstrdup("CUDA_DEVICE_ORDER=PCI_BUS_ID");
+  env[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
+  env[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
+  return env;
+}
+
+/* Replaces every "$PORT" in arg with the port. */
+static char *subst_port(const char *arg, int port) {
+  char portstr[16];
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  size_t cap = strlen(arg) + 1, n = 0;
+  for (const char *p = arg; (p = strstr(p, "$PORT")); p += 5)
+    cap += strlen(portstr);
+  char *out = xmalloc(cap);
+  for (const char *p = arg; *p;) {
+    if (!strncmp(p, "$PORT", 5)) {
+      memcpy(out + n, portstr, strlen(portstr));
+      n += strlen(portstr);
+      p += 5;
+    } else {
+      out[n++] = *p++;
+    }
+  }
+  out[n] = '\0';
+  return out;
+}
+
+static void free_strv(char **v) {
+  if (!v)
+    return;
+  for (char **p = v; *p; p++)
+    free(*p);
+  free(v);
+}
+
+static void free_worker(sg_worker_t *w) {
+  release_resources(w);
+  if (w->probe_conn)
+    evhttp_connection_free(w->probe_conn);
+  for (size_t i = 0; i < w->n_idle; i++)
+    evhttp_connection_free(w->idle_conns[i]);
+  free(w->idle_conns);
+  if (w->inst)
+    w->rt->release(w->inst);
+  for (int i = 0; i < SG_RECENT_LINES; i++)
+    free(w->recent[i]);
+  free(w->last_error);
+  free(w->id);
+  free(w);
+}
+
+sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
+  sg_daemon_t *d = ep->d;
+  const sg_spec_t *spec = ep->spec;
+  sg_worker_t *w = xcalloc(1, sizeof(*w));
+  w->d = d;
+  w->ep = ep;
+  w->id = sg_new_id("w-");
+  w->version = ep->version;
+  w->rt = &sg_process_runtime;
+  w->state = SG_W_STARTING;
+  if (spec->gpu.count > 0) {
+    if (sg_gpu_acquire(d->gpus, spec->gpu.type, spec->gpu.count, w->id, ep->name, w->gpus) < 0) {
+      sg_make_error(err, EBUSY, "no %d free %s GPU(s)", spec->gpu.count, spec->gpu.type);
+      free(w->id);
+      free(w);
+      return NULL;
+    }
+    w->n_gpus = spec->gpu.count;
+  }
+  int port = pick_port(err);
+  if (port < 0) {
+    free_worker(w);
+    return NULL;
+  }
+  w->port = port;
+  char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
+  for (size_t i = 0; i < spec->n_command; i++)
+    argv[i] = subst_port(spec->command[i], port);
+  char **envp = build_env(w, spec);
+  sg_launch_t launch = {w->id, argv, envp};
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb};
+  w->started_mono = sg_now_ms();
+  w->started_wall = sg_wall_ms();
+  w->inst = w->rt->start(d->base, &launch, &cbs, w, err);
+  free_strv(argv);
+  free_strv(envp);
+  TAILQ_INSERT_TAIL(&ep->workers, w, link);
+  if (!w->inst) {
+    w->state = SG_W_FAILED;
+    w->exited = true;
+    w->ended_wall = sg_wall_ms();
+    set_error(&w->last_error, (*err)->message);
+    sg_logs_event(d, ep->name, w->id, "worker failed to start: %s", (*err)->message);
+    note_start_failure(w, (*err)->message);
+    release_resources(w);
+    return NULL;
+  }
+  w->pid = w->rt->pid(w->inst);
+  sg_worker_record_t rec = {w->id, ep->name, w->rt->name, w->pid, w->started_wall};
+  cleanup_error sg_error_t *serr = NULL;
+  if (sg_store_worker_add(d->store, &rec, &serr) < 0)
+    sg_warn("worker %s not recorded: %s", w->id, serr->message);
+  sg_logs_event(d, ep->name, w->id, "worker started: pid %d, port %d, GPUs [%s]", (int)w->pid, w->port,
+                w->n_gpus ? "assigned" : "none");
+  sg_health_start(w);
+  return w;
+}
+
+static void kill_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_worker_t *w = arg;
+  if (!w->exited && w->inst) {
+    sg_logs_event(w->d, w->ep->name, w->id, "worker did not stop within the grace period: SIGKILL");
+    w->rt->signal(w->inst, SIGKILL);
+  }
+}
+
+void sg_worker_stop(sg_worker_t *w, const char *why) {
+  if (w->stopping || w->exited)
+    return;
+  w->stopping = true;
+  if (w->state == SG_W_STARTING || w->state == SG_W_READY)
+    w->state = SG_W_DRAINING;
+  sg_health_stop(w);
+  sg_logs_event(w->d, w->ep->name, w->id, "stopping worker: %s", why);
+  w->rt->signal(w->inst, SIGTERM);
+  w->kill_timer = evtimer_new(w->d->base, kill_cb, w);
+  double grace = w->d->cfg.stop_grace_s;
+  struct timeval tv = {(time_t)grace, (suseconds_t)((grace - (double)(time_t)grace) * 1e6)};
+  evtimer_add(w->kill_timer, &tv);
+}
+
+void sg_worker_release_request(sg_worker_t *w) {
+  w->in_flight--;
+  w->ep->in_flight--;
+  w->last_used_mono = sg_now_ms();
+}
+
+static void free_conn_cb(evutil_socket_t fd, short what, void *arg) { evhttp_connection_free(arg); }
+
+struct evhttp_connection *sg_worker_get_conn(sg_worker_t *w) {
+  if (w->n_idle > 0)
+    return w->idle_conns[--w->n_idle];
+  struct evhttp_connection *c = evhttp_connection_base_new(w->d->base, NULL, "127.0.0.1", (ev_uint16_t)w->port);
+  evhttp_connection_set_retries(c, 0);
+  int secs = (int)w->ep->spec->workers.request_timeout_s + 5;
+  evhttp_connection_set_timeout(c, secs);
+  return c;
+}
+
+void sg_worker_put_conn(sg_worker_t *w, struct evhttp_connection *conn, bool reusable) {
+  if (!reusable || w->exited || w->stopping) {
+    /* Freed from a fresh stack frame: the caller may be inside its callback. */
+    event_base_once(w->d->base, -1, EV_TIMEOUT, free_conn_cb, conn, NULL);
+    return;
+  }
+  if (w->n_idle == w->cap_idle) {
+    w->cap_idle = w->cap_idle ? 2 * w->cap_idle : 4;
+    w->idle_conns = xrealloc(w->idle_conns, w->cap_idle * sizeof(*w->idle_conns));
+  }
+  w->idle_conns[w->n_idle++] = conn;
+}
+
+void sg_worker_prune(sg_endpoint_t *ep) {
+  int ended = 0;
+  sg_worker_t *w, *tmp;
+  /* Newest last: count from the end, drop the older ended ones. */
+  for (w = TAILQ_LAST(&ep->workers, sg_worker_list); w; w = tmp) {
+    tmp = TAILQ_PREV(w, sg_worker_list, link);
+    if (!w->exited || w->in_flight > 0 || w->probe_req)
+      continue;
+    if (ep->deleted || ++ended > KEEP_ENDED) {
+      TAILQ_REMOVE(&ep->workers, w, link);
+      free_worker(w);
+    }
+  }
+}
+
+json_t *sg_worker_to_json(const sg_worker_t *w) {
+  char t1[32], t2[32], t3[32];
+  json_t *gpus = json_array();
+  for (int i = 0; i < w->n_gpus; i++)
+    json_array_append_new(gpus, json_integer(w->gpus[i]));
+  json_t *exit_status = json_null();
+  if (w->exited && w->inst) {
+    if (WIFEXITED(w->exit_status))
+      exit_status = json_pack("{s:i}", "code", WEXITSTATUS(w->exit_status));
+    else if (WIFSIGNALED(w->exit_status))
+      exit_status = json_pack("{s:i}", "signal", WTERMSIG(w->exit_status));
+  }
+  return json_pack(
+      "{s:s, s:s, s:i, s:s, s:i, s:i, s:o, s:o, s:s, s:o, s:o, s:o, s:i, s:I, s:o, s:o}", "id", w->id, "endpoint",
+      w->ep->name, "version", w->version, "state", sg_worker_state_name(w->state), "port", w->port, "pid",
+      (int)w->pid, "gpus", gpus, "gpu_type", w->n_gpus ? json_string(w->ep->spec->gpu.type) : json_null(),
+      "started_at", sg_format_time(w->started_wall, t1, sizeof(t1)), "ready_at",
+      w->ready_wall ? json_string(sg_format_time(w->ready_wall, t2, sizeof(t2))) : json_null(), "ended_at",
+      w->ended_wall ? json_string(sg_format_time(w->ended_wall, t3, sizeof(t3))) : json_null(), "cold_start_ms",
+      w->ready_mono ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight", w->in_flight,
+      "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
+      w->last_error ? json_string(w->last_error) : json_null());
+}
+
+void sg_worker_became_ready(sg_worker_t *w) {
+  sg_endpoint_t *ep = w->ep;
+  w->state = SG_W_READY;
+  w->ready_mono = sg_now_ms();
+  w->ready_wall = sg_wall_ms();
+  w->last_used_mono = w->ready_mono;
+  if (w->version == ep->version) {
+    ep->consecutive_failures = 0;
+    ep->backoff_until_mono = 0;
+    set_error(&ep->last_error, NULL);
+  }
+  sg_logs_event(w->d, ep->name, w->id, "worker ready: healthy after %lld ms",
+                (long long)(w->ready_mono - w->started_mono));
+  sg_gateway_pump(ep);
+  sg_scaler_kick(w->d);
+}
+
+void sg_worker_unhealthy(sg_worker_t *w, const char *why) {
+  cleanup_free char *msg = xasprintf("worker %s %s", w->id, why);
+  set_error(&w->last_error, msg);
+  if (w->state == SG_W_STARTING)
+    note_start_failure(w, msg);
+  else
+    set_error(&w->ep->last_error, msg);
+  sg_worker_stop(w, why);
+  sg_scaler_kick(w->d);
+}

@@ -1,0 +1,359 @@
+"""Control API: authentication, endpoint CRUD, spec validation, nodes."""
+
+import json
+import os
+import stat
+import unittest
+
+from harness import (DELETE, ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, error_of,
+                     http_request, unique_name)
+
+
+class AuthTest(SgpudTestCase):
+    SHARED = {"gpus": "a100:4"}
+
+    def test_healthz_needs_no_key(self):
+        resp = self.sg.api("GET", "/healthz", key=None)
+        self.assertEqual(resp.status, 200, resp.body)
+        # a key, even a wrong one, does not hurt
+        self.assertEqual(self.sg.api("GET", "/healthz", key="wrong").status, 200)
+
+    def test_admin_key_and_url_files(self):
+        key_path = os.path.join(self.sg.data_dir, "admin.key")
+        mode = stat.S_IMODE(os.stat(key_path).st_mode)
+        self.assertEqual(mode, 0o600, "admin.key mode is %o" % mode)
+        self.assertGreaterEqual(len(self.sg.key), 16, "admin key looks too short")
+        with open(os.path.join(self.sg.data_dir, "url")) as f:
+            url = f.read().strip()
+        self.assertIn("127.0.0.1:%d" % self.sg.port, url)
+
+    def test_every_route_needs_the_key(self):
+        name = unique_name("auth")
+        self.create(echo_spec(name))
+        spec = echo_spec(name)
+        routes = [
+            ("GET", "/v1/endpoints", None),
+            ("POST", "/v1/endpoints", echo_spec(unique_name("auth-new"))),
+            ("GET", "/v1/endpoints/%s" % name, None),
+            ("PUT", "/v1/endpoints/%s" % name, spec),
+            ("DELETE", "/v1/endpoints/%s" % name, None),
+            ("GET", "/v1/endpoints/%s/workers" % name, None),
+            ("DELETE", "/v1/endpoints/%s/workers/w-doesnotexist" % name, None),
+            ("GET", "/v1/endpoints/%s/logs" % name, None),
+            ("GET", "/v1/endpoints/%s/logs?follow=1" % name, None),
+            ("GET", "/v1/nodes", None),
+            ("GET", "/v1/endpoints/nosuchendpoint", None),
+            ("GET", "/e/%s/infer" % name, None),
+            ("POST", "/e/%s/infer" % name, {"x": 1}),
+            ("GET", "/e/%s/" % name, None),
+            ("GET", "/e/nosuchendpoint/infer", None),
+        ]
+        bad_auth = [
+            ("no key", None, {}),
+            ("wrong key", "wrong-" + self.sg.key, {}),
+            ("key prefix", self.sg.key[:-1], {}),
+            ("empty key", "", {}),
+            ("basic scheme", None, {"Authorization": "Basic " + self.sg.key}),
+            ("no scheme", None, {"Authorization": self.sg.key}),
+        ]
+        for method, path, body in routes:
+            for label, key, headers in bad_auth:
+                with self.subTest(route="%s %s" % (method, path), auth=label):
+                    resp = self.sg.api(method, path, body=body, key=key, headers=headers,
+                                       timeout=10)
+                    self.assertError(resp, 401, "unauthorized")
+                    self.assertTrue(resp.headers.get("WWW-Authenticate", "").startswith("Bearer"),
+                                    "WWW-Authenticate: %r" % resp.headers.get("WWW-Authenticate"))
+        # nothing was changed or started by the rejected requests
+        ep = self.sg.get(name)
+        self.assertEqual(ep["version"], 1)
+        self.assertEqual(self.sg.active_workers(name), [])
+        self.assertNotIn("auth-new", " ".join(self.sg.list_names()))
+
+
+class EndpointCrudTest(SgpudTestCase):
+    SHARED = {"gpus": "a100:4"}
+
+    def test_create_get_list_delete(self):
+        name = unique_name("crud")
+        resp = self.sg.api("POST", "/v1/endpoints", echo_spec(name))
+        ep = self.assertOk(resp, 201)
+        self.assertEqual(ep["name"], name)
+        self.assertEqual(ep["version"], 1)
+        for field in ("created_at", "updated_at"):
+            self.assertRegex(ep[field], RFC3339_MS, field)
+        self.assertIsInstance(ep["status"], dict)
+
+        got = self.sg.get(name)
+        self.assertEqual(got["name"], name)
+        self.assertEqual(got["command"], [ECHO_WORKER])
+        self.assertEqual(got["env"]["MODEL"], "tiny")
+        self.assertEqual(got["created_at"], ep["created_at"])
+
+        listing = self.assertOk(self.sg.api("GET", "/v1/endpoints"))
+        self.assertIn(name, [e["name"] for e in listing["endpoints"]])
+
+        resp = self.sg.api("DELETE", "/v1/endpoints/%s" % name)
+        self.assertEqual(self.assertOk(resp), {"name": name, "deleted": True})
+        self.assertError(self.sg.api("GET", "/v1/endpoints/%s" % name), 404, "not_found")
+        self.assertNotIn(name, self.sg.list_names())
+        self.assertError(self.sg.api("DELETE", "/v1/endpoints/%s" % name), 404, "not_found")
+
+    def test_defaults_are_filled_in(self):
+        name = unique_name("defaults")
+        ep = self.create({"name": name, "command": [ECHO_WORKER]})
+        self.assertEqual(ep["type"], "sync")
+        self.assertEqual(ep["runtime"], "process")
+        self.assertIsNone(ep.get("image"))
+        self.assertEqual(ep["port"], 8000)
+        self.assertEqual(ep["health"], {"path": "/health", "period_s": 2, "timeout_s": 2,
+                                        "failure_threshold": 3, "startup_timeout_s": 600})
+        self.assertEqual(ep["gpu"]["count"], 0)
+        self.assertEqual(ep["workers"], {"min": 0, "max": 4, "idle_timeout_s": 30,
+                                         "max_concurrency": 1, "request_timeout_s": 600,
+                                         "max_queue": 1000})
+        self.assertEqual(ep["scale"], {"policy": "concurrency", "value": 1})
+        st = ep["status"]
+        for key in ("desired", "workers", "in_flight", "queued", "served", "crash_loop",
+                    "last_error", "last_logs"):
+            self.assertIn(key, st)
+        self.assertEqual(st["workers"], {"starting": 0, "ready": 0, "draining": 0})
+        self.assertIs(st["crash_loop"], False)
+        self.assertEqual(self.sg.get(name)["workers"], ep["workers"])
+
+    def test_duplicate_create_is_409(self):
+        name = unique_name("dup")
+        self.create(echo_spec(name))
+        before = self.sg.list_names()
+        resp = self.sg.api("POST", "/v1/endpoints", echo_spec(name, env={"MODEL": "other"}))
+        self.assertError(resp, 409, "conflict")
+        self.assertEqual(self.sg.list_names(), before)
+        ep = self.sg.get(name)
+        self.assertEqual(ep["version"], 1)
+        self.assertEqual(ep["env"]["MODEL"], "tiny")
+
+    def test_put_bumps_version(self):
+        name = unique_name("put")
+        ep1 = self.create(echo_spec(name))
+        resp = self.sg.api("PUT", "/v1/endpoints/%s" % name,
+                           echo_spec(name, env={"MODEL": "big"}, workers={"max": 3}))
+        ep2 = self.assertOk(resp)
+        self.assertEqual(ep2["version"], ep1["version"] + 1)
+        self.assertEqual(ep2["env"]["MODEL"], "big")
+        self.assertEqual(ep2["workers"]["max"], 3)
+        self.assertEqual(ep2["created_at"], ep1["created_at"])
+        self.assertRegex(ep2["updated_at"], RFC3339_MS)
+        self.assertGreaterEqual(ep2["updated_at"], ep1["updated_at"])
+        got = self.sg.get(name)
+        self.assertEqual(got["version"], ep1["version"] + 1)
+        self.assertEqual(got["env"]["MODEL"], "big")
+        ep3 = self.assertOk(self.sg.api("PUT", "/v1/endpoints/%s" % name, echo_spec(name)))
+        self.assertEqual(ep3["version"], ep1["version"] + 2)
+
+    def test_put_naming_another_endpoint_is_409(self):
+        a, b = unique_name("puta"), unique_name("putb")
+        self.create(echo_spec(a))
+        self.create(echo_spec(b))
+        resp = self.sg.api("PUT", "/v1/endpoints/%s" % a, echo_spec(b, env={"MODEL": "x"}))
+        self.assertError(resp, 409, "conflict")
+        self.assertEqual(self.sg.get(a)["version"], 1)
+        self.assertEqual(self.sg.get(b)["version"], 1)
+        self.assertEqual(self.sg.get(b)["env"]["MODEL"], "tiny")
+
+    def test_put_unknown_endpoint_is_404(self):
+        name = unique_name("putnone")
+        resp = self.sg.api("PUT", "/v1/endpoints/%s" % name, echo_spec(name))
+        self.assertError(resp, 404, "not_found")
+        self.assertNotIn(name, self.sg.list_names())
+
+    def test_put_invalid_leaves_endpoint_unchanged(self):
+        name = unique_name("putbad")
+        self.create(echo_spec(name))
+        cases = [
+            (b"{not json", 400, "invalid_json", None),
+            (echo_spec(name, workers={"max": "many"}), 422, "invalid_field", "workers.max"),
+            (echo_spec(name, bogus=True), 422, "invalid_field", "bogus"),
+        ]
+        for body, status, code, field in cases:
+            with self.subTest(body=body if isinstance(body, bytes) else field):
+                resp = self.sg.api("PUT", "/v1/endpoints/%s" % name, body,
+                                   headers={"Content-Type": "application/json"})
+                self.assertError(resp, status, code, field)
+                ep = self.sg.get(name)
+                self.assertEqual(ep["version"], 1)
+                self.assertEqual(ep["workers"]["max"], 2)
+
+    def test_unknown_routes_and_methods(self):
+        name = unique_name("routes")
+        self.create(echo_spec(name))
+        self.assertError(self.sg.api("GET", "/v1/nosuchthing"), 404, "not_found")
+        self.assertError(self.sg.api("GET", "/v1/endpoints/nosuchendpoint"), 404, "not_found")
+        self.assertError(self.sg.api("GET", "/v1/endpoints/nosuchendpoint/workers"), 404,
+                         "not_found")
+        self.assertError(self.sg.api("DELETE", "/v1/endpoints/%s/workers/w-nosuchworker" % name),
+                         404, "not_found")
+        self.assertError(self.sg.api("DELETE", "/v1/endpoints"), 405, "method_not_allowed")
+        self.assertError(self.sg.api("PATCH", "/v1/endpoints/%s" % name, {}), 405,
+                         "method_not_allowed")
+        self.assertError(self.sg.api("POST", "/v1/nodes", {}), 405, "method_not_allowed")
+        self.assertError(self.sg.invoke("nosuchendpoint", "/infer", body={}), 404, "not_found")
+
+    def test_nodes_show_declared_gpus(self):
+        nodes = self.sg.nodes()
+        self.assertEqual(len(nodes), 1, nodes)
+        node = nodes[0]
+        self.assertIsInstance(node["name"], str)
+        self.assertEqual(node["gpus_total"], 4)
+        self.assertEqual(node["gpus_free"], 4)
+        self.assertEqual(sorted(g["index"] for g in node["gpus"]), [0, 1, 2, 3])
+        for g in node["gpus"]:
+            self.assertEqual(g["type"], "a100")
+            self.assertEqual(g["source"], "declared")
+            self.assertIsNone(g["worker"])
+            self.assertIsNone(g["endpoint"])
+
+
+def _big_env(n):
+    return {"V%d" % i: "x" for i in range(n)}
+
+
+class SpecValidationTest(SgpudTestCase):
+    """Every bad spec gets the right 4xx with an error naming the field, and the store
+    is left as it was."""
+
+    SHARED = {}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.sg.create(echo_spec("existing"))
+
+    def post_and_check(self, body, status, code, field=None, name=None):
+        before = self.sg.list_names()
+        headers = {"Content-Type": "application/json"}
+        resp = self.sg.api("POST", "/v1/endpoints", body, headers=headers)
+        self.assertError(resp, status, code, field)
+        self.assertEqual(self.sg.list_names(), before, "store changed by a rejected create")
+        if name:
+            self.assertEqual(self.sg.api("GET", "/v1/endpoints/%s" % name).status, 404)
+
+    def test_malformed_json_is_400(self):
+        for body in [b"{", b"{\"name\": \"x\",}", b"not json at all", b"", b"[]",
+                     b"[{\"name\": \"x\"}]", b"\"a string\"", b"42", b"null",
+                     b"{\"name\": \"x\"} trailing", b"\xff\xfe{}"]:
+            with self.subTest(body=body):
+                self.post_and_check(body, 400, "invalid_json")
+
+    def test_unknown_fields_are_422(self):
+        cases = [
+            ({"bogus": 1}, "bogus"),
+            ({"Name": "x"}, "Name"),
+            ({"workers": {"maximum": 3}}, "workers.maximum"),
+            ({"health": {"interval": 1}}, "health.interval"),
+            ({"gpu": {"model": "a100"}}, "gpu.model"),
+            ({"scale": {"target": 1}}, "scale.target"),
+        ]
+        for extra, field in cases:
+            with self.subTest(field=field):
+                name = unique_name("unknown")
+                self.post_and_check(echo_spec(name, **extra), 422, "invalid_field", field, name)
+
+    def test_wrong_types_are_422(self):
+        cases = [
+            ({"name": 5}, "name"),
+            ({"type": 1}, "type"),
+            ({"runtime": ["process"]}, "runtime"),
+            ({"image": 5}, "image"),
+            ({"command": "/bin/echo-worker"}, "command"),
+            ({"command": [ECHO_WORKER, 5]}, "command"),
+            ({"env": ["MODEL=tiny"]}, "env"),
+            ({"env": {"MODEL": 5}}, "env"),
+            ({"port": "8000"}, "port"),
+            ({"health": "/health"}, "health"),
+            ({"health": {"path": 5}}, "health.path"),
+            ({"health": {"period_s": "fast"}}, "health.period_s"),
+            ({"gpu": {"type": "a100", "count": "1"}}, "gpu.count"),
+            ({"gpu": {"type": 100, "count": 1}}, "gpu.type"),
+            ({"workers": "many"}, "workers"),
+            ({"workers": {"max": "2"}}, "workers.max"),
+            ({"workers": {"max": 2.5}}, "workers.max"),
+            ({"workers": {"min": True}}, "workers.min"),
+            ({"workers": {"idle_timeout_s": None}}, "workers.idle_timeout_s"),
+            ({"workers": {"max_queue": "10"}}, "workers.max_queue"),
+            ({"scale": {"policy": 1}}, "scale.policy"),
+        ]
+        for override, field in cases:
+            with self.subTest(field=field, override=override):
+                name = unique_name("types")
+                spec = echo_spec(name, **override)
+                self.post_and_check(spec, 422, "invalid_field", field,
+                                    name if isinstance(spec.get("name"), str) else None)
+
+    def test_out_of_range_and_missing_are_422(self):
+        cases = [
+            ({"name": DELETE}, "name"),
+            ({"command": DELETE}, "command"),
+            ({"command": []}, "command"),
+            ({"command": ["echo-worker"]}, "command"),
+            ({"command": [ECHO_WORKER] + ["a"] * 64}, "command"),
+            ({"env": _big_env(129)}, "env"),
+            ({"env": {"BAD=NAME": "x"}}, "env"),
+            ({"type": "async"}, "type"),
+            ({"type": "bogus"}, "type"),
+            ({"runtime": "oci"}, "runtime"),
+            ({"runtime": "bogus"}, "runtime"),
+            ({"port": 0}, "port"),
+            ({"port": 70000}, "port"),
+            ({"gpu": {"type": "a100", "count": 17}}, "gpu.count"),
+            ({"gpu": {"type": "a100", "count": -1}}, "gpu.count"),
+            ({"gpu": {"count": 1}}, "gpu.type"),
+            ({"workers": {"max": 0}}, "workers.max"),
+            ({"workers": {"max": 1001}}, "workers.max"),
+            ({"workers": {"min": -1}}, "workers.min"),
+            ({"workers": {"min": 3, "max": 2}}, ("workers.min", "workers.max")),
+            ({"scale": {"policy": "bogus"}}, "scale.policy"),
+        ]
+        for override, field in cases:
+            with self.subTest(field=field, override=json.dumps(override, default=repr)[:80]):
+                name = unique_name("range")
+                spec = echo_spec(name, **override)
+                self.post_and_check(spec, 422, "invalid_field", field,
+                                    name if "name" in spec else None)
+
+    def test_bad_names_are_422(self):
+        for bad in ["Echo", "ECHO", "echo_1", "echo.1", "-echo", "echo-", "", "a" * 64,
+                    "ec ho", "échо", "echo/1"]:
+            with self.subTest(name=bad):
+                self.post_and_check(echo_spec(bad), 422, "invalid_field", "name")
+
+    def test_good_names_are_accepted(self):
+        for good in ["a", "9", "a" * 63, "e-1-x", "0abc9"]:
+            with self.subTest(name=good):
+                resp = self.sg.api("POST", "/v1/endpoints", echo_spec(good))
+                self.assertOk(resp, 201)
+                self.assertEqual(resp.body["name"], good)
+                self.assertOk(self.sg.api("DELETE", "/v1/endpoints/%s" % good))
+
+    def test_oversize_body_is_413(self):
+        name = unique_name("big")
+        spec = echo_spec(name, env={"PAD": "x" * (1024 * 1024 + 10)})
+        before = self.sg.list_names()
+        resp = self.sg.api("POST", "/v1/endpoints", spec)
+        self.assertError(resp, 413, "too_large")
+        self.assertEqual(self.sg.list_names(), before)
+        # the daemon is still fine afterwards
+        self.assertEqual(self.sg.api("GET", "/healthz", key=None).status, 200)
+        resp = self.sg.api("PUT", "/v1/endpoints/existing",
+                           echo_spec("existing", env={"PAD": "y" * (2 * 1024 * 1024)}))
+        self.assertError(resp, 413, "too_large")
+        self.assertEqual(self.sg.get("existing")["version"], 1)
+
+    def test_store_intact_after_rejections(self):
+        self.assertIn("existing", self.sg.list_names())
+        ep = self.sg.get("existing")
+        self.assertEqual(ep["version"], 1)
+        self.assertEqual(ep["env"]["MODEL"], "tiny")
+
+
+if __name__ == "__main__":
+    unittest.main()
