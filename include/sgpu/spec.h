@@ -7,6 +7,9 @@
 
 #include "sgpu/error.h"
 
+/* Scope-bound release of a JSON reference (json_decrefp() is jansson's). */
+#define cleanup_json __attribute__((cleanup(json_decrefp)))
+
 typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 
 #define SG_SPEC_MAX_ARGS 64

@@ -9,11 +9,6 @@
 #define MAX_ARG_LEN 4096
 #define MAX_ENV_VALUE 32768
 
-static void json_decrefp(json_t **j) {
-  if (*j)
-    json_decref(*j);
-}
-#define cleanup_json __attribute__((cleanup(json_decrefp)))
 
 bool sg_name_valid(const char *s) {
   size_t n = strlen(s);

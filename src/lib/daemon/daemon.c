@@ -335,6 +335,7 @@ static void create_sample(sg_daemon_t *d) {
 }
 
 sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
+  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL;
   sg_daemon_t *d = xcalloc(1, sizeof(*d));
   d->cfg = *cfg;
   memset(cfg, 0, sizeof(*cfg));
@@ -356,7 +357,7 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   }
   if (write_key(d, err) < 0)
     goto fail;
-  cleanup_free char *db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
+  db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
   d->store = sg_store_open(db, err);
   if (!d->store)
     goto fail;
@@ -378,8 +379,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     create_sample(d);
   if (bind_http(d, err) < 0)
     goto fail;
-  cleanup_free char *url_path = xasprintf("%s/url", d->cfg.data_dir);
-  cleanup_free char *url_line = xasprintf("%s\n", d->url);
+  url_path = xasprintf("%s/url", d->cfg.data_dir);
+  url_line = xasprintf("%s\n", d->url);
   sg_write_file_atomic(url_path, url_line, strlen(url_line), 0644);
 
   d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);

@@ -28,12 +28,13 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, sg
   } else {
     /* Busy workers are needed; more are added only while the oldest queued
      * request has waited longer than the configured delay, or when there is
-     * demand and nothing at all runs (scale from zero). */
+     * demand and nothing at all runs (scale from zero). Workers already
+     * starting take the queue first, so a burst does not start them twice. */
     need = ceil_div(m->in_flight, p->max_concurrency);
     why = "queue_delay";
     if (m->queued > 0 && (active == 0 || m->oldest_wait_ms >= (int64_t)(p->value * 1000))) {
-      int extra = ceil_div(m->queued, p->max_concurrency);
-      need = active + extra;
+      int extra = ceil_div(m->queued, p->max_concurrency) - m->starting;
+      need = active + (extra > 0 ? extra : 0);
     } else if (m->queued > 0 && need < active) {
       need = active;
     }

@@ -1,0 +1,27 @@
+/* /v1/nodes: this node's GPU inventory and who holds what. */
+#include <event2/http.h>
+
+#include "api-internal.h"
+#include "sgpu/util.h"
+
+static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+void sg_api_nodes(sg_daemon_t *d, struct evhttp_request *req) {
+  char host[256] = "localhost";
+  if (gethostname(host, sizeof(host) - 1) < 0)
+    snprintf(host, sizeof(host), "localhost");
+  json_t *gpus = json_array();
+  int free_n = 0;
+  for (size_t i = 0; i < d->gpus->n; i++) {
+    const sg_gpu_t *g = &d->gpus->gpus[i];
+    if (!g->holder)
+      free_n++;
+    json_array_append_new(gpus, json_pack("{s:i, s:s, s:o, s:o, s:s, s:o, s:o}", "index", g->index, "type", g->type,
+                                          "name", str_or_null(g->name), "uuid", str_or_null(g->uuid), "source",
+                                          g->source, "worker", str_or_null(g->holder), "endpoint",
+                                          str_or_null(g->endpoint)));
+  }
+  json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", "process", "gpus_total",
+                           (int)d->gpus->n, "gpus_free", free_n, "gpus", gpus);
+  sg_api_send_json(req, 200, json_pack("{s:[o]}", "nodes", node));
+}

@@ -1,0 +1,40 @@
+/* /v1/endpoints/{name}/workers: list an endpoint's workers, stop one. */
+#include <event2/http.h>
+
+#include "api-internal.h"
+#include "sgpu/util.h"
+
+static void list(struct evhttp_request *req, sg_endpoint_t *ep) {
+  json_t *arr = json_array();
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) json_array_append_new(arr, sg_worker_to_json(w));
+  sg_api_send_json(req, 200, json_pack("{s:o}", "workers", arr));
+}
+
+/* Stops one worker; the scaler starts a replacement when the spec needs one. */
+static void stop(struct evhttp_request *req, sg_endpoint_t *ep, const char *id) {
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (!strcmp(w->id, id))
+      break;
+  }
+  if (!w || w->exited || w->stopping) {
+    cleanup_free char *msg = xasprintf("endpoint %s has no running worker %s", ep->name, id);
+    return sg_api_send_error(req, 404, "not_found", msg, NULL);
+  }
+  sg_worker_stop(w, "stopped through the API");
+  sg_scaler_kick(ep->d);
+  sg_api_send_json(req, 202, sg_worker_to_json(w));
+}
+
+void sg_api_workers(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep, const char *id) {
+  enum evhttp_cmd_type m = evhttp_request_get_command(req);
+  if (!id) {
+    if (m != EVHTTP_REQ_GET)
+      return sg_api_method_not_allowed(req, "GET");
+    return list(req, ep);
+  }
+  if (m != EVHTTP_REQ_DELETE)
+    return sg_api_method_not_allowed(req, "DELETE");
+  stop(req, ep, id);
+}

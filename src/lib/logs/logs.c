@@ -1,0 +1,366 @@
+/* The log store's live half: worker output and platform events are buffered
+ * on the loop, written to the store in one transaction every flush interval,
+ * and handed at once to every follower whose filter they match.
+ *
+ * Queries (GET .../logs) read the store after a flush, so a query never
+ * misses a line that was emitted before it arrived. Followers are
+ * connections kept open with a chunked answer; a follower that reads slower
+ * than lines come is cut off once its unsent output passes a bound, rather
+ * than holding memory without limit. */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdarg.h>
+
+#include "daemon/daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define FLUSH_MS 100
+#define MAX_PENDING 20000        /* lines buffered before a forced flush */
+#define TRIM_EVERY_MS 30000
+#define FOLLOWER_MAX_UNSENT (4u << 20)
+#define KEEPALIVE_S 15
+#define MAX_LINE_BYTES 16384
+#define QUERY_DEFAULT_LIMIT 1000
+#define QUERY_MAX_LIMIT 10000
+
+struct sg_follower {
+  LIST_ENTRY(sg_follower) link;
+  sg_daemon_t *d;
+  struct evhttp_request *req;
+  char *endpoint;
+  char *worker; /* NULL: any */
+  char *stream; /* NULL: any */
+  char *text;   /* NULL: any */
+  int64_t until_ms; /* 0: no bound */
+  bool sse;
+  struct event *keepalive;
+};
+
+static int64_t last_trim_mono;
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg) { sg_logs_flush(arg); }
+
+static bool line_matches(const sg_follower_t *f, const sg_log_line_t *l) {
+  if (strcmp(f->endpoint, l->endpoint))
+    return false;
+  if (f->worker && (!l->worker || strcmp(f->worker, l->worker)))
+    return false;
+  if (f->stream && strcmp(f->stream, l->stream))
+    return false;
+  if (f->text && !strstr(l->line, f->text))
+    return false;
+  if (f->until_ms && l->ts_ms > f->until_ms)
+    return false;
+  return true;
+}
+
+/* Appends one line as NDJSON or an SSE event to buf. */
+static void format_line(struct evbuffer *buf, const sg_log_line_t *l, bool sse) {
+  char t[32];
+  json_t *j = json_pack("{s:I, s:s, s:s, s:o, s:s, s:s}", "ts", (json_int_t)l->ts_ms, "time",
+                        sg_format_time(l->ts_ms, t, sizeof(t)), "endpoint", l->endpoint, "worker",
+                        l->worker ? json_string(l->worker) : json_null(), "stream", l->stream, "line", l->line);
+  if (!j) /* a line that is not valid UTF-8 */
+    j = json_pack("{s:I, s:s, s:s, s:o, s:s, s:s}", "ts", (json_int_t)l->ts_ms, "time",
+                  sg_format_time(l->ts_ms, t, sizeof(t)), "endpoint", l->endpoint, "worker",
+                  l->worker ? json_string(l->worker) : json_null(), "stream", l->stream, "line",
+                  "(line is not valid UTF-8)");
+  cleanup_free char *text = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  if (sse)
+    evbuffer_add_printf(buf, "data: %s\n\n", text);
+  else
+    evbuffer_add_printf(buf, "%s\n", text);
+}
+
+static void follower_free(sg_follower_t *f) {
+  LIST_REMOVE(f, link);
+  if (f->keepalive)
+    event_free(f->keepalive);
+  free(f->endpoint);
+  free(f->worker);
+  free(f->stream);
+  free(f->text);
+  free(f);
+}
+
+/* Ends a follower's answer (the request is freed by libevent) and forgets it. */
+static void follower_end(sg_follower_t *f) {
+  struct evhttp_connection *evcon = evhttp_request_get_connection(f->req);
+  if (evcon)
+    evhttp_connection_set_closecb(evcon, NULL, NULL);
+  evhttp_send_reply_end(f->req);
+  follower_free(f);
+}
+
+static void follower_closed(struct evhttp_connection *evcon, void *arg) {
+  sg_follower_t *f = arg;
+  /* The client went away: the request was detached from its connection and
+   * is released by the end of the reply. */
+  evhttp_connection_set_closecb(evcon, NULL, NULL);
+  evhttp_send_reply_end(f->req);
+  follower_free(f);
+}
+
+static size_t unsent(sg_follower_t *f) {
+  struct evhttp_connection *evcon = evhttp_request_get_connection(f->req);
+  if (!evcon)
+    return 0;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+  return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+static void follower_send(sg_follower_t *f, struct evbuffer *buf) {
+  if (unsent(f) > FOLLOWER_MAX_UNSENT) {
+    sg_warn("log follower of %s is too slow; closing its stream", f->endpoint);
+    follower_end(f);
+    return;
+  }
+  evhttp_send_reply_chunk(f->req, buf);
+}
+
+static void keepalive_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_follower_t *f = arg;
+  if (f->until_ms && sg_wall_ms() > f->until_ms) {
+    follower_end(f);
+    return;
+  }
+  struct evbuffer *buf = evbuffer_new();
+  evbuffer_add_printf(buf, f->sse ? ": keep-alive\n\n" : "\n");
+  follower_send(f, buf);
+  evbuffer_free(buf);
+}
+
+static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
+  sg_follower_t *f, *tmp;
+  for (f = LIST_FIRST(&d->followers); f; f = tmp) {
+    tmp = LIST_NEXT(f, link);
+    if (!line_matches(f, l))
+      continue;
+    struct evbuffer *buf = evbuffer_new();
+    format_line(buf, l, f->sse);
+    follower_send(f, buf);
+    evbuffer_free(buf);
+  }
+}
+
+void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
+                  size_t len) {
+  if (len > MAX_LINE_BYTES)
+    len = MAX_LINE_BYTES;
+  if (d->logbuf.n == d->logbuf.cap) {
+    if (d->logbuf.n >= MAX_PENDING) {
+      sg_logs_flush(d);
+      if (d->logbuf.n >= MAX_PENDING) { /* the store is failing: keep the newest lines */
+        d->logbuf.dropped++;
+        return;
+      }
+    }
+    if (d->logbuf.n == d->logbuf.cap) {
+      d->logbuf.cap = d->logbuf.cap ? 2 * d->logbuf.cap : 256;
+      d->logbuf.lines = xrealloc(d->logbuf.lines, d->logbuf.cap * sizeof(*d->logbuf.lines));
+    }
+  }
+  sg_log_line_t *l = &d->logbuf.lines[d->logbuf.n++];
+  l->ts_ms = sg_wall_ms();
+  l->endpoint = xstrdup(endpoint);
+  l->worker = worker ? xstrdup(worker) : NULL;
+  l->stream = xstrdup(stream);
+  l->line = xstrndup(line, len);
+  fan_out(d, l);
+  if (!d->log_flush)
+    d->log_flush = evtimer_new(d->base, flush_cb, d);
+  if (!evtimer_pending(d->log_flush, NULL)) {
+    struct timeval tv = {0, FLUSH_MS * 1000};
+    evtimer_add(d->log_flush, &tv);
+  }
+}
+
+void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *msg = NULL;
+  if (vasprintf(&msg, fmt, ap) < 0)
+    abort();
+  va_end(ap);
+  sg_info("%s%s%s: %s", endpoint, worker ? "/" : "", worker ? worker : "", msg);
+  sg_logs_emit(d, endpoint, worker, "event", msg, strlen(msg));
+  free(msg);
+}
+
+static void free_pending(sg_daemon_t *d) {
+  for (size_t i = 0; i < d->logbuf.n; i++) {
+    sg_log_line_t *l = &d->logbuf.lines[i];
+    free((char *)l->endpoint);
+    free((char *)l->worker);
+    free((char *)l->stream);
+    free((char *)l->line);
+  }
+  d->logbuf.n = 0;
+}
+
+/* Keeps each endpoint's newest cfg.log_keep_lines lines; the lines of deleted
+ * endpoints are kept as well, bounded the same way, until their name is reused. */
+static void trim(sg_daemon_t *d) {
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    cleanup_error sg_error_t *err = NULL;
+    if (sg_store_logs_trim(d->store, ep->name, d->cfg.log_keep_lines, &err) < 0)
+      sg_warn("log trim of %s failed: %s", ep->name, err->message);
+  }
+}
+
+void sg_logs_flush(sg_daemon_t *d) {
+  if (!d->store)
+    return;
+  if (d->logbuf.n > 0) {
+    cleanup_error sg_error_t *err = NULL;
+    if (sg_store_logs_append(d->store, d->logbuf.lines, d->logbuf.n, &err) < 0) {
+      sg_errlog("%zu log lines lost: %s", d->logbuf.n, err->message);
+      d->logbuf.dropped += d->logbuf.n;
+    }
+    free_pending(d);
+  }
+  int64_t now = sg_now_ms();
+  if (now - last_trim_mono > TRIM_EVERY_MS) {
+    last_trim_mono = now;
+    trim(d);
+  }
+}
+
+/* Reads an epoch-ms value or a duration before now ("10m"); -1 if malformed. */
+static int64_t parse_time(const char *s, int64_t now) {
+  if (!*s)
+    return -1;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (!*end && errno == 0 && v >= 0)
+    return v;
+  int64_t dur = sg_parse_duration_ms(s);
+  return dur < 0 ? -1 : now - dur;
+}
+
+struct query_ctx {
+  struct evbuffer *buf;
+  bool sse;
+};
+
+static void query_line(void *ud, const sg_log_line_t *l) {
+  struct query_ctx *c = ud;
+  format_line(c->buf, l, c->sse);
+}
+
+void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep) {
+  struct evkeyvalq params;
+  TAILQ_INIT(&params);
+  const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+  if (query && evhttp_parse_query_str(query, &params) < 0) {
+    sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    return;
+  }
+  int64_t now = sg_wall_ms();
+  sg_log_query_t q = {.endpoint = ep->name, .limit = QUERY_DEFAULT_LIMIT};
+  bool follow = false;
+  struct evkeyval *kv;
+  const char *bad = NULL, *why = NULL;
+  TAILQ_FOREACH(kv, &params, next) {
+    const char *k = kv->key, *v = kv->value;
+    if (!strcmp(k, "worker"))
+      q.worker = *v ? v : NULL;
+    else if (!strcmp(k, "stream")) {
+      if (*v && strcmp(v, "stdout") && strcmp(v, "stderr") && strcmp(v, "event"))
+        bad = k, why = "must be stdout, stderr or event";
+      q.stream = *v ? v : NULL;
+    } else if (!strcmp(k, "q"))
+      q.text = *v ? v : NULL;
+    else if (!strcmp(k, "since") || !strcmp(k, "until")) {
+      int64_t t = parse_time(v, now);
+      if (t < 0)
+        bad = k, why = "must be epoch milliseconds or a duration such as 10m, 30s, 2h";
+      else if (!strcmp(k, "since"))
+        q.since_ms = t;
+      else
+        q.until_ms = t;
+    } else if (!strcmp(k, "limit")) {
+      char *end;
+      long n = strtol(v, &end, 10);
+      if (!*v || *end || n < 1 || n > QUERY_MAX_LIMIT)
+        bad = k, why = "must be an integer between 1 and 10000";
+      else
+        q.limit = (int)n;
+    } else if (!strcmp(k, "follow")) {
+      if (strcmp(v, "1") && strcmp(v, "0") && strcmp(v, "true") && strcmp(v, "false"))
+        bad = k, why = "must be 1 or 0";
+      follow = !strcmp(v, "1") || !strcmp(v, "true");
+    } else {
+      bad = k, why = "is not a known parameter (worker, stream, since, until, q, limit, follow)";
+    }
+    if (bad)
+      break;
+  }
+  if (bad) {
+    cleanup_free char *msg = xasprintf("%s: %s", bad, why);
+    sg_api_send_error(req, 400, "invalid_query", msg, bad);
+    evhttp_clear_headers(&params);
+    return;
+  }
+  const char *accept = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+  bool sse = accept && strstr(accept, "text/event-stream");
+
+  sg_logs_flush(d);
+  struct query_ctx ctx = {evbuffer_new(), sse};
+  cleanup_error sg_error_t *err = NULL;
+  if (sg_store_logs_query(d->store, &q, query_line, &ctx, &err) < 0) {
+    evbuffer_free(ctx.buf);
+    evhttp_clear_headers(&params);
+    sg_api_send_sg_error(req, err);
+    return;
+  }
+  struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+  evhttp_add_header(out, "Content-Type", sse ? "text/event-stream" : "application/x-ndjson");
+  evhttp_add_header(out, "Cache-Control", "no-cache");
+  if (!follow) {
+    evhttp_send_reply(req, 200, "OK", ctx.buf);
+    evbuffer_free(ctx.buf);
+    evhttp_clear_headers(&params);
+    return;
+  }
+  sg_follower_t *f = xcalloc(1, sizeof(*f));
+  f->d = d;
+  f->req = req;
+  f->endpoint = xstrdup(ep->name);
+  f->worker = q.worker ? xstrdup(q.worker) : NULL;
+  f->stream = q.stream ? xstrdup(q.stream) : NULL;
+  f->text = q.text ? xstrdup(q.text) : NULL;
+  f->until_ms = q.until_ms;
+  f->sse = sse;
+  evhttp_clear_headers(&params);
+  LIST_INSERT_HEAD(&d->followers, f, link);
+  evhttp_send_reply_start(req, 200, "OK");
+  evhttp_send_reply_chunk(req, ctx.buf);
+  evbuffer_free(ctx.buf);
+  evhttp_connection_set_closecb(evhttp_request_get_connection(req), follower_closed, f);
+  f->keepalive = event_new(d->base, -1, EV_PERSIST, keepalive_cb, f);
+  struct timeval tv = {KEEPALIVE_S, 0};
+  event_add(f->keepalive, &tv);
+}
+
+void sg_logs_shutdown(sg_daemon_t *d) {
+  sg_follower_t *f;
+  while ((f = LIST_FIRST(&d->followers)))
+    follower_end(f);
+  sg_logs_flush(d);
+  free_pending(d);
+  free(d->logbuf.lines);
+  d->logbuf.lines = NULL;
+  d->logbuf.cap = 0;
+  if (d->log_flush) {
+    event_free(d->log_flush);
+    d->log_flush = NULL;
+  }
+}

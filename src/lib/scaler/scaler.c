@@ -1,0 +1,113 @@
+/* The scaler loop: gathers each endpoint's metrics, asks the pure policy
+ * (policy.c) for a decision, and carries it out by starting or stopping
+ * workers. It runs on every tick and, through sg_scaler_kick(), at once after
+ * anything that changes demand or supply (a request queued at zero workers, a
+ * worker ready or gone, a spec changed), so scale-from-zero waits for no tick. */
+#include "daemon/daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/policy.h"
+#include "sgpu/util.h"
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_daemon_t *d = arg;
+  d->kick_pending = false;
+  sg_scaler_run(d);
+}
+
+void sg_scaler_kick(sg_daemon_t *d) {
+  if (d->kick_pending || d->shutting_down || !d->base)
+    return;
+  if (!d->kick)
+    d->kick = evtimer_new(d->base, kick_cb, d);
+  struct timeval tv = {0, 0};
+  evtimer_add(d->kick, &tv);
+  d->kick_pending = true;
+}
+
+static bool idle_expired(const sg_worker_t *w, int64_t now) {
+  return w->state == SG_W_READY && w->in_flight == 0 &&
+         now - w->last_used_mono >= (int64_t)(w->ep->spec->workers.idle_timeout_s * 1000);
+}
+
+/* How many more workers may start now: bounded by free GPUs, and to one at a
+ * time while the endpoint's starts keep failing (after the backoff). */
+static int start_slots(sg_endpoint_t *ep, int starting, int64_t now) {
+  const sg_spec_t *spec = ep->spec;
+  if (ep->backoff_until_mono > now)
+    return 0;
+  int slots = -1;
+  if (spec->gpu.count > 0)
+    slots = sg_gpu_free_count(ep->d->gpus, spec->gpu.type) / spec->gpu.count;
+  if (ep->consecutive_failures > 0)
+    slots = starting > 0 ? 0 : (slots < 0 || slots > 1 ? 1 : slots);
+  return slots;
+}
+
+/* The idle-expired worker idle the longest, or NULL. */
+static sg_worker_t *longest_idle(sg_endpoint_t *ep, int64_t now) {
+  sg_worker_t *w, *best = NULL;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (idle_expired(w, now) && (!best || w->last_used_mono < best->last_used_mono))
+      best = w;
+  }
+  return best;
+}
+
+static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
+  bool acted = dec->start > 0 || dec->stop > 0;
+  bool changed = !ep->last_decision || strcmp(ep->last_decision, dec->reason);
+  /* Actions are always logged; a waiting or holding state once when it begins. */
+  if (acted || (changed && dec->desired != ep->desired))
+    sg_logs_event(ep->d, ep->name, NULL, "scaler: %s", dec->reason);
+  if (changed) {
+    free(ep->last_decision);
+    ep->last_decision = xstrdup(dec->reason);
+  }
+  ep->desired = dec->desired;
+}
+
+static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
+  sg_scale_params_t params;
+  sg_scale_params_from_spec(ep->spec, &params);
+  sg_scale_metrics_t m = {0};
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (w->state == SG_W_READY) {
+      m.ready++;
+      if (idle_expired(w, now))
+        m.idle_expired++;
+    } else if (w->state == SG_W_STARTING) {
+      m.starting++;
+    }
+  }
+  m.in_flight = ep->in_flight;
+  m.queued = ep->queued;
+  m.oldest_wait_ms = sg_gateway_oldest_wait(ep, now);
+  m.start_slots = start_slots(ep, m.starting, now);
+
+  sg_scale_decision_t dec;
+  sg_scale_decide(&params, &m, &dec);
+  set_decision(ep, &dec);
+
+  for (int i = 0; i < dec.stop; i++) {
+    sg_worker_t *idle = longest_idle(ep, now);
+    if (!idle)
+      break;
+    sg_worker_stop(idle, "idle past workers.idle_timeout_s");
+  }
+  for (int i = 0; i < dec.start; i++) {
+    cleanup_error sg_error_t *err = NULL;
+    if (!sg_worker_start(ep, &err)) {
+      sg_warn("endpoint %s: cannot start a worker: %s", ep->name, err->message);
+      break;
+    }
+  }
+}
+
+void sg_scaler_run(sg_daemon_t *d) {
+  if (d->shutting_down)
+    return;
+  int64_t now = sg_now_ms();
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) scale_endpoint(ep, now);
+}
