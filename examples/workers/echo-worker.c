@@ -1136,7 +1136,7 @@ static int handle_echo(struct conn *c, struct request *r) {
     buf_json_cstr(&b, r->hdrs[i].value);
     buf_adds(&b, "]");
   }
-  buf_printf(&b, "],\"body_bytes\":%zu,\"body_crc32\":\"%08" PRIx32 "\",\"worker_pid\":%ld,"
+  buf_printf(&b, "],\"body_length\":%zu,\"body_crc32\":\"%08" PRIx32 "\",\"worker_pid\":%ld,"
                  "\"port\":%d}",
              r->body_len, crc32_of(r->body ? r->body : "", r->body_len), (long)getpid(),
              bound_port);

@@ -169,7 +169,7 @@ def wait_for(predicate, timeout, interval=0.05, message=None, ignore_errors=Fals
 
 def _merge(base, overrides):
     for key, value in overrides.items():
-        if value is _DELETE:
+        if value is DELETE:
             base.pop(key, None)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
@@ -187,7 +187,7 @@ class _Delete:
 DELETE = _Delete()
 
 
-def echo_spec(name, args=(), **overrides):
+def echo_spec(name, args=(), /, **overrides):
     """An endpoint spec running build/echo-worker with the process runtime.
 
     Keyword overrides are merged into the spec (dicts deep-merged, DELETE drops a key),

@@ -69,7 +69,7 @@ static int get_int(json_t *obj, const char *prefix, const char *key, long long l
                    int def, int *out, sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   cleanup_free char *f = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
-  if (!v || json_is_null(v)) {
+  if (!v) {
     *out = def;
     return 0;
   }
@@ -83,7 +83,7 @@ static int get_num(json_t *obj, const char *prefix, const char *key, double lo, 
                    double *out, sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   cleanup_free char *f = xasprintf("%s.%s", prefix, key);
-  if (!v || json_is_null(v)) {
+  if (!v) {
     *out = def;
     return 0;
   }

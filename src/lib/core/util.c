@@ -81,7 +81,7 @@ int64_t sg_parse_duration_ms(const char *s) {
   char *end;
   errno = 0;
   double v = strtod(s, &end);
-  if (errno || end == s || v < 0 || v > 1e12)
+  if (errno || end == s || !(v >= 0 && v <= 1e12)) /* also refuses NaN */
     return -1;
   double mult;
   if (!*end || !strcmp(end, "s"))
@@ -164,11 +164,6 @@ char *sg_read_file(const char *path, size_t max, size_t *len_out) {
   char *buf = xmalloc(cap);
   for (;;) {
     if (len + 1 >= cap) {
-      if (cap >= max) {
-        free(buf);
-        errno = EFBIG;
-        return NULL;
-      }
       cap *= 2;
       buf = xrealloc(buf, cap);
     }
@@ -182,11 +177,28 @@ char *sg_read_file(const char *path, size_t max, size_t *len_out) {
     if (r == 0)
       break;
     len += (size_t)r;
+    if (len >= max) {
+      free(buf);
+      errno = EFBIG;
+      return NULL;
+    }
   }
   buf[len] = '\0';
   if (len_out)
     *len_out = len;
   return buf;
+}
+
+/* mkdir that accepts an existing directory, and only a directory. */
+static int make_dir(const char *path, mode_t mode) {
+  if (mkdir(path, mode) == 0)
+    return 0;
+  if (errno != EEXIST)
+    return -errno;
+  struct stat st;
+  if (stat(path, &st) < 0)
+    return -errno;
+  return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
 int sg_mkdir_p(const char *dir, int mode) {
@@ -195,13 +207,12 @@ int sg_mkdir_p(const char *dir, int mode) {
     if (*s != '/')
       continue;
     *s = '\0';
-    if (mkdir(p, 0755) < 0 && errno != EEXIST)
-      return -errno;
+    int r = make_dir(p, 0755);
+    if (r < 0)
+      return r;
     *s = '/';
   }
-  if (mkdir(p, (mode_t)mode) < 0 && errno != EEXIST)
-    return -errno;
-  return 0;
+  return make_dir(p, (mode_t)mode);
 }
 
 bool sg_str_has_prefix(const char *s, const char *prefix) {

@@ -45,6 +45,7 @@ struct sg_worker {
   bool exited;
   int exit_status;
   bool stopping;   /* sgpud asked it to stop */
+  bool unhealthy;  /* stopped for failing its health checks: ends as failed */
   bool counted_failure;
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */

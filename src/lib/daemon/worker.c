@@ -106,7 +106,7 @@ static void on_exit_cb(void *ud, int status) {
   else
     snprintf(desc, sizeof(desc), "ended (status 0x%x)", status);
   if (w->stopping) {
-    w->state = SG_W_STOPPED;
+    w->state = w->unhealthy ? SG_W_FAILED : SG_W_STOPPED;
     sg_logs_event(w->d, ep->name, w->id, "worker stopped: %s", desc);
   } else {
     bool was_ready = w->ready_mono > 0;
@@ -363,6 +363,7 @@ void sg_worker_became_ready(sg_worker_t *w) {
 void sg_worker_unhealthy(sg_worker_t *w, const char *why) {
   cleanup_free char *msg = xasprintf("worker %s %s", w->id, why);
   set_error(&w->last_error, msg);
+  w->unhealthy = true;
   if (w->state == SG_W_STARTING)
     note_start_failure(w, msg);
   else

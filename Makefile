@@ -1,0 +1,46 @@
+# The two commands a new user needs:
+#   make run     installs what is missing, builds, starts sgpud with the sample endpoint "echo"
+#   make check   installs what is missing, builds, runs every test (unit, fuzz, integration)
+# Other targets: make (build), make check-asan (the suite under ASan+UBSan), make bench.
+
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+MESON_TEST_FLAGS ?= --print-errorlogs
+
+.PHONY: all deps build run check check-unit check-asan bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja: | deps
+	meson setup $(BUILD)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+run: build
+	./$(BUILD)/sgpud --sample-endpoint $(SGPUD_ARGS)
+
+check: build
+	meson test -C $(BUILD) $(MESON_TEST_FLAGS)
+
+check-unit: build
+	meson test -C $(BUILD) --suite unit $(MESON_TEST_FLAGS)
+
+$(ASAN_BUILD)/build.ninja: | deps
+	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+
+# Integration timeouts are scaled: sanitized binaries are slower.
+check-asan: deps $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	SGPU_TEST_TIMEOUT_SCALE=3 meson test -C $(ASAN_BUILD) $(MESON_TEST_FLAGS) --timeout-multiplier 3
+
+bench: build
+	./$(BUILD)/bench-coldstart
+	./$(BUILD)/bench-gateway
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
