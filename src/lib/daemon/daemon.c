@@ -420,8 +420,25 @@ static void stop_all(sg_daemon_t *d) {
   }
 }
 
+/* Tells a person who just ran `make run` how to call the sample endpoint. */
+static void print_hint(sg_daemon_t *d) {
+  if (!d->cfg.sample_endpoint || !sg_daemon_find_endpoint(d, "echo"))
+    return;
+  printf("\nsgpud is serving on %s with the sample endpoint \"echo\". Try, in another shell:\n\n"
+         "  export SGPU_URL=%s SGPU_API_KEY=$(cat %s/admin.key)\n"
+         "  curl -H \"Authorization: Bearer $SGPU_API_KEY\" $SGPU_URL/e/echo/infer -d 'hello'\n"
+         "  curl -N -H \"Authorization: Bearer $SGPU_API_KEY\" \"$SGPU_URL/e/echo/infer?stream=1\" -d 'hi'\n"
+         "  build/sgpu endpoint list\n"
+         "  build/sgpu workers echo\n"
+         "  build/sgpu logs echo -f\n\n"
+         "Stop with Ctrl-C (workers are stopped with it).\n\n",
+         d->url, d->url, d->cfg.data_dir);
+  fflush(stdout);
+}
+
 int sg_daemon_run(sg_daemon_t *d) {
   sg_info("listening on %s (data dir %s, %zu GPU(s))", d->url, d->cfg.data_dir, d->gpus->n);
+  print_hint(d);
   sg_scaler_kick(d);
   event_base_dispatch(d->base);
   stop_all(d);

@@ -123,6 +123,14 @@ static void on_exit_cb(void *ud, int status) {
   sg_scaler_kick(w->d);
 }
 
+/* Writes the worker's GPU indexes as "0,1" into buf. */
+static void gpu_list(const sg_worker_t *w, char *buf, size_t len) {
+  size_t off = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < w->n_gpus && off < len; i++)
+    off += (size_t)snprintf(buf + off, len - off, "%s%d", i ? "," : "", w->gpus[i]);
+}
+
 static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   size_t cap = spec->n_env + 16, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
@@ -134,9 +142,7 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   for (size_t i = 0; i < spec->n_env; i++)
     env[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
   char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
-  size_t off = 0;
-  for (int i = 0; i < w->n_gpus; i++)
-    off += (size_t)snprintf(gpus + off, sizeof(gpus) - off, "%s%d", i ? "," : "", w->gpus[i]);
+  gpu_list(w, gpus, sizeof(gpus));
   /* Set last so that a spec cannot override what sgpud assigns. */
   env[n++] = xasprintf("PORT=%d", w->port);
   env[n++] = xasprintf("CUDA_VISIBLE_DEVICES=%s", w->n_gpus ? gpus : "");
@@ -244,8 +250,10 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   cleanup_error sg_error_t *serr = NULL;
   if (sg_store_worker_add(d->store, &rec, &serr) < 0)
     sg_warn("worker %s not recorded: %s", w->id, serr->message);
+  char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
+  gpu_list(w, gpus, sizeof(gpus));
   sg_logs_event(d, ep->name, w->id, "worker started: pid %d, port %d, GPUs [%s]", (int)w->pid, w->port,
-                w->n_gpus ? "assigned" : "none");
+                w->n_gpus ? gpus : "none");
   sg_health_start(w);
   return w;
 }

@@ -126,7 +126,7 @@ int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_
   sqlite3_bind_int64(st, 4, rec->created_ms);
   sqlite3_bind_int64(st, 5, rec->updated_ms);
   int rc = sqlite3_step(st);
-  if (rc == SQLITE_CONSTRAINT)
+  if (rc == SQLITE_CONSTRAINT && sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY)
     return sg_make_error(err, SG_EEXIST, "endpoint %s already exists", rec->name);
   if (rc != SQLITE_DONE)
     return db_error(s->db, err, "insert endpoint");
