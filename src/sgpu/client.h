@@ -13,6 +13,31 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
+
+/* ---- memory and cleanup ------------------------------------------------- */
+
+/* Allocation that aborts on failure: running out of memory is not an error path. */
+void *xmalloc(size_t n);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void curl_slist_freep(struct curl_slist **l) { curl_slist_free_all(*l); }
+static inline void fclosep(FILE **f) {
+  if (*f)
+    fclose(*f);
+}
+#define cleanup_free __attribute__((cleanup(freep)))
+#define cleanup_json __attribute__((cleanup(json_decrefp))) /* jansson >= 2.11 */
+#define cleanup_slist __attribute__((cleanup(curl_slist_freep)))
+#define cleanup_fclose __attribute__((cleanup(fclosep)))
+#define cleanup_response __attribute__((cleanup(sg_response_free)))
+#define cleanup_client __attribute__((cleanup(sg_client_close)))
+#define cleanup_table __attribute__((cleanup(sg_table_freep)))
+
+#define SG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Exit statuses of the sgpu command. */
 enum {
@@ -50,7 +75,7 @@ enum {
 bool sg_cli_global_option(int ch, const char *arg);
 
 /* Reports a getopt_long failure (ch is '?' or ':'; short option strings start
- * with ':') for command cmd. Returns SG_EXIT_USAGE. */
+ * with ':') for command cmd (NULL: the global options). Returns SG_EXIT_USAGE. */
 int sg_cli_getopt_error(const char *cmd, int ch, char **argv);
 
 /* Prints "sgpu: <message>" and, when cmd is not NULL, a pointer to its help.
@@ -68,7 +93,8 @@ void sg_cli_print_help(const char *cmd, FILE *f);
 struct sg_client {
   char *url; /* base URL, no trailing slash */
   char *key; /* API key, or NULL when none was found */
-  const char *key_source;
+  const char *key_source; /* where the key came from, for error messages */
+  char *key_file;         /* the admin.key file read, or NULL */
   CURL *curl;
   char errbuf[CURL_ERROR_SIZE];
 };
@@ -130,7 +156,8 @@ char *sg_url_escape(const char *s);
 void sg_print_json(const json_t *j);
 
 /* Formats a JSON scalar for a table cell into buf: strings as is, numbers,
- * booleans; null or missing as "-". Returns buf. */
+ * booleans; null or missing as "-"; an array as its cells joined by ","
+ * ("-" when empty). Returns buf. */
 const char *sg_cell(const json_t *j, char *buf, size_t len);
 
 /* A table printed with columns padded to their widest cell. */
@@ -140,10 +167,16 @@ struct sg_table *sg_table_new(size_t ncols, const char *const *headers);
 void sg_table_add(struct sg_table *t, const char *const *cells);
 void sg_table_print(const struct sg_table *t, FILE *f);
 void sg_table_free(struct sg_table *t);
+static inline void sg_table_freep(struct sg_table **t) { sg_table_free(*t); }
 
 /* Reads a JSON object from path ("-": standard input). Returns NULL after
  * printing why. */
 json_t *sg_load_json_file(const char *path);
+
+/* Reads a whole file ("-": standard input) of at most max bytes into a
+ * NUL-terminated buffer; *len gets its length. Returns NULL after printing
+ * why. The caller frees the buffer. */
+char *sg_load_file(const char *path, size_t max, size_t *len);
 
 /* ---- commands ------------------------------------------------------------- */
 

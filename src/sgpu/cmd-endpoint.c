@@ -1,0 +1,215 @@
+/* sgpu endpoint: create, list, get, update and delete endpoints. */
+#include "client.h"
+
+#include <string.h>
+
+const char sg_endpoint_help[] =
+    "Usage: sgpu endpoint create -f SPEC.json\n"
+    "       sgpu endpoint list\n"
+    "       sgpu endpoint get NAME\n"
+    "       sgpu endpoint update NAME -f SPEC.json\n"
+    "       sgpu endpoint delete NAME\n"
+    "\n"
+    "Manages endpoints. create sends a new spec; update replaces the spec of NAME\n"
+    "(its version is bumped and running workers are replaced); get prints the\n"
+    "endpoint with its status as JSON; delete stops its workers and removes it.\n"
+    "\n"
+    "Options:\n"
+    "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
+
+#define CMD "endpoint"
+
+struct endpoint_args {
+  const char *file;
+  int nargs;
+  char **args; /* the positional arguments after the action */
+};
+
+static char *endpoint_path(const char *name) {
+  cleanup_free char *esc = sg_url_escape(name);
+  return xasprintf("/v1/endpoints/%s", esc);
+}
+
+static json_t *get_path(const json_t *j, const char *a, const char *b) {
+  json_t *v = json_object_get(j, a);
+  return b ? json_object_get(v, b) : v;
+}
+
+static void add_row(struct sg_table *t, const json_t *ep) {
+  char name[128], version[32], runtime[32], gpu[96], workers[64], minmax[64], queued[32], served[32];
+  char a[32], b[32];
+
+  sg_cell(json_object_get(ep, "name"), name, sizeof name);
+  sg_cell(json_object_get(ep, "version"), version, sizeof version);
+  sg_cell(json_object_get(ep, "runtime"), runtime, sizeof runtime);
+
+  json_int_t count = json_integer_value(get_path(ep, "gpu", "count"));
+  if (count > 0)
+    snprintf(gpu, sizeof gpu, "%s:%" JSON_INTEGER_FORMAT,
+             sg_cell(get_path(ep, "gpu", "type"), a, sizeof a), count);
+  else
+    snprintf(gpu, sizeof gpu, "-");
+
+  const json_t *st = json_object_get(ep, "status");
+  const json_t *sw = json_object_get(st, "workers");
+  snprintf(workers, sizeof workers, "%s/%s", sg_cell(json_object_get(sw, "ready"), a, sizeof a),
+           sg_cell(json_object_get(sw, "starting"), b, sizeof b));
+  snprintf(minmax, sizeof minmax, "%s/%s", sg_cell(get_path(ep, "workers", "min"), a, sizeof a),
+           sg_cell(get_path(ep, "workers", "max"), b, sizeof b));
+  sg_cell(json_object_get(st, "queued"), queued, sizeof queued);
+  sg_cell(json_object_get(st, "served"), served, sizeof served);
+
+  const char *cells[] = {name, version, runtime, gpu, workers, minmax, queued, served};
+  sg_table_add(t, cells);
+}
+
+static int do_list(struct sg_client *c) {
+  cleanup_response struct sg_response r = {0};
+  if (sg_client_request(c, "GET", "/v1/endpoints", NULL, &r) < 0)
+    return SG_EXIT_FAIL;
+  if (sg_cli_opts.json) {
+    fwrite(r.body, 1, r.len, stdout);
+    if (r.len && r.body[r.len - 1] != '\n')
+      putchar('\n');
+    return SG_EXIT_OK;
+  }
+  json_t *list = json_object_get(r.json, "endpoints");
+  if (!json_is_array(list)) {
+    sg_cli_errorf("unexpected answer from the server: no endpoints list");
+    return SG_EXIT_FAIL;
+  }
+  static const char *const headers[] = {"NAME",    "VERSION", "RUNTIME", "GPU",
+                                        "WORKERS", "MIN/MAX", "QUEUED",  "SERVED"};
+  cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
+  size_t i;
+  json_t *ep;
+  json_array_foreach(list, i, ep) add_row(t, ep);
+  sg_table_print(t, stdout);
+  return SG_EXIT_OK;
+}
+
+static int do_get(struct sg_client *c, struct endpoint_args *a) {
+  cleanup_free char *path = endpoint_path(a->args[0]);
+  cleanup_response struct sg_response r = {0};
+  if (sg_client_request(c, "GET", path, NULL, &r) < 0)
+    return SG_EXIT_FAIL;
+  if (r.json && !sg_cli_opts.json)
+    sg_print_json(r.json);
+  else
+    fwrite(r.body, 1, r.len, stdout);
+  return SG_EXIT_OK;
+}
+
+/* Prints what a create or update answered: the JSON, or one line. */
+static void report(const struct sg_response *r, const char *verb, const char *fallback_name) {
+  if (sg_cli_opts.json || !r->json) {
+    fwrite(r->body, 1, r->len, stdout);
+    if (r->len && r->body[r->len - 1] != '\n')
+      putchar('\n');
+    return;
+  }
+  char name[128], version[32];
+  const json_t *jn = json_object_get(r->json, "name");
+  sg_cell(json_object_get(r->json, "version"), version, sizeof version);
+  printf("endpoint %s %s (version %s)\n", jn ? sg_cell(jn, name, sizeof name) : fallback_name, verb,
+         version);
+}
+
+static int do_create(struct sg_client *c, struct endpoint_args *a, json_t *spec) {
+  cleanup_response struct sg_response r = {0};
+  if (sg_client_request(c, "POST", "/v1/endpoints", spec, &r) < 0)
+    return SG_EXIT_FAIL;
+  report(&r, "created", json_string_value(json_object_get(spec, "name")));
+  return SG_EXIT_OK;
+}
+
+static int do_update(struct sg_client *c, struct endpoint_args *a, json_t *spec) {
+  /* The spec's name may be left out: it is the one on the command line. */
+  if (!json_object_get(spec, "name"))
+    json_object_set_new(spec, "name", json_string(a->args[0]));
+  cleanup_free char *path = endpoint_path(a->args[0]);
+  cleanup_response struct sg_response r = {0};
+  if (sg_client_request(c, "PUT", path, spec, &r) < 0)
+    return SG_EXIT_FAIL;
+  report(&r, "updated", a->args[0]);
+  return SG_EXIT_OK;
+}
+
+static int do_delete(struct sg_client *c, struct endpoint_args *a) {
+  cleanup_free char *path = endpoint_path(a->args[0]);
+  cleanup_response struct sg_response r = {0};
+  if (sg_client_request(c, "DELETE", path, NULL, &r) < 0)
+    return SG_EXIT_FAIL;
+  if (sg_cli_opts.json)
+    fwrite(r.body, 1, r.len, stdout);
+  else
+    printf("endpoint %s deleted\n", a->args[0]);
+  return SG_EXIT_OK;
+}
+
+int sg_cmd_endpoint(int argc, char **argv) {
+  static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS,
+                                          {"file", required_argument, NULL, 'f'},
+                                          {NULL, 0, NULL, 0}};
+  struct endpoint_args a = {0};
+  int ch;
+  while ((ch = getopt_long(argc, argv, ":hf:", options, NULL)) != -1) {
+    if (sg_cli_global_option(ch, optarg))
+      continue;
+    switch (ch) {
+    case 'h':
+      sg_cli_print_help(CMD, stdout);
+      return SG_EXIT_OK;
+    case 'f':
+      a.file = optarg;
+      break;
+    default:
+      return sg_cli_getopt_error(CMD, ch, argv);
+    }
+  }
+  if (optind >= argc)
+    return sg_cli_usage_error(CMD, "endpoint: needs an action: create, list, get, update or delete");
+  const char *action = argv[optind];
+  a.args = argv + optind + 1;
+  a.nargs = argc - optind - 1;
+
+  bool is_create = strcmp(action, "create") == 0, is_update = strcmp(action, "update") == 0;
+  bool is_list = strcmp(action, "list") == 0 || strcmp(action, "ls") == 0;
+  bool is_get = strcmp(action, "get") == 0 || strcmp(action, "show") == 0;
+  bool is_delete = strcmp(action, "delete") == 0 || strcmp(action, "rm") == 0;
+  if (!is_create && !is_update && !is_list && !is_get && !is_delete)
+    return sg_cli_usage_error(CMD, "endpoint: unknown action '%s'", action);
+
+  /* Everything the command line says is checked before the server is asked. */
+  cleanup_json json_t *spec = NULL;
+  if (is_create || is_update) {
+    if (is_create && a.nargs != 0)
+      return sg_cli_usage_error(CMD, "endpoint create: takes no arguments besides -f SPEC");
+    if (is_update && a.nargs != 1)
+      return sg_cli_usage_error(CMD, "endpoint update: needs one endpoint NAME");
+    if (!a.file)
+      return sg_cli_usage_error(CMD, "endpoint %s: needs -f SPEC.json", action);
+    spec = sg_load_json_file(a.file);
+    if (!spec)
+      return SG_EXIT_USAGE;
+  } else if (a.file) {
+    return sg_cli_usage_error(CMD, "endpoint %s: -f is for create and update", action);
+  }
+  if (is_list && a.nargs != 0)
+    return sg_cli_usage_error(CMD, "endpoint list: takes no arguments");
+  if ((is_get || is_delete) && a.nargs != 1)
+    return sg_cli_usage_error(CMD, "endpoint %s: needs one endpoint NAME", action);
+
+  cleanup_client struct sg_client c = {0};
+  if (sg_client_open(&c) < 0)
+    return SG_EXIT_FAIL;
+  if (is_create)
+    return do_create(&c, &a, spec);
+  if (is_update)
+    return do_update(&c, &a, spec);
+  if (is_list)
+    return do_list(&c);
+  if (is_get)
+    return do_get(&c, &a);
+  return do_delete(&c, &a);
+}
