@@ -1,0 +1,595 @@
+/* The store against a real SQLite file in a fresh temporary directory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "sgpu/store.h"
+#include "sgpu/util.h"
+
+typedef struct fixture {
+  char *dir;
+  char *path;
+  sg_store_t *store;
+} fixture_t;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int setup(void **state) {
+  char tmpl[] = "/tmp/sgpu-test-store-XXXXXX";
+  if (!mkdtemp(tmpl))
+    return -1;
+  fixture_t *f = xcalloc(1, sizeof(*f));
+  f->dir = xstrdup(tmpl);
+  f->path = xasprintf("%s/state.db", tmpl);
+  sg_error_t *err = NULL;
+  f->store = sg_store_open(f->path, &err);
+  if (!f->store) {
+    fprintf(stderr, "open: %s\n", err ? err->message : "?");
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture_t *f = *state;
+  sg_store_close(f->store);
+  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  free(f->dir);
+  free(f->path);
+  free(f);
+  return 0;
+}
+
+static void reopen(fixture_t *f) {
+  sg_store_close(f->store);
+  sg_error_t *err = NULL;
+  f->store = sg_store_open(f->path, &err);
+  if (!f->store)
+    fail_msg("reopen: %s", err ? err->message : "?");
+}
+
+/* ---- collected rows ---- */
+
+typedef struct row {
+  char *a, *b, *c, *d;
+  int64_t x, y, z;
+} row_t;
+
+typedef struct rows {
+  row_t r[64];
+  size_t n;
+} rows_t;
+
+static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
+
+static void rows_free(rows_t *rs) {
+  for (size_t i = 0; i < rs->n; i++) {
+    free(rs->r[i].a);
+    free(rs->r[i].b);
+    free(rs->r[i].c);
+    free(rs->r[i].d);
+  }
+  rs->n = 0;
+}
+
+static void collect_endpoint(void *ud, const sg_endpoint_record_t *rec) {
+  rows_t *rs = ud;
+  assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
+  rs->r[rs->n++] = (row_t){dup_or_null(rec->name), dup_or_null(rec->spec_json), NULL, NULL, rec->version,
+                           rec->created_ms, rec->updated_ms};
+}
+
+static void collect_worker(void *ud, const sg_worker_record_t *rec) {
+  rows_t *rs = ud;
+  assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
+  rs->r[rs->n++] = (row_t){dup_or_null(rec->id), dup_or_null(rec->endpoint), dup_or_null(rec->runtime), NULL,
+                           rec->pid, rec->started_ms, 0};
+}
+
+static void collect_log(void *ud, const sg_log_line_t *l) {
+  rows_t *rs = ud;
+  assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
+  rs->r[rs->n++] = (row_t){dup_or_null(l->endpoint), dup_or_null(l->worker), dup_or_null(l->stream),
+                           dup_or_null(l->line), l->ts_ms, 0, 0};
+}
+
+static void list_endpoints(fixture_t *f, rows_t *rs) {
+  rows_free(rs);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_endpoint_each(f->store, collect_endpoint, rs, &err), 0);
+  assert_null(err);
+}
+
+static void list_workers(fixture_t *f, rows_t *rs) {
+  rows_free(rs);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_worker_each(f->store, collect_worker, rs, &err), 0);
+  assert_null(err);
+}
+
+static void query(fixture_t *f, const sg_log_query_t *q, rows_t *rs) {
+  rows_free(rs);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_logs_query(f->store, q, collect_log, rs, &err), 0);
+  assert_null(err);
+}
+
+/* The lines of rs joined with '|', for compact comparisons. */
+static char *lines_of(const rows_t *rs) {
+  size_t cap = 1;
+  for (size_t i = 0; i < rs->n; i++)
+    cap += strlen(rs->r[i].d) + 1;
+  char *s = xcalloc(1, cap);
+  for (size_t i = 0; i < rs->n; i++) {
+    if (i)
+      strcat(s, "|");
+    strcat(s, rs->r[i].d);
+  }
+  return s;
+}
+
+#define assert_lines(rs, want)            \
+  do {                                    \
+    char *got_ = lines_of(rs);            \
+    assert_string_equal(got_, (want));    \
+    free(got_);                           \
+  } while (0)
+
+/* ---- endpoints ---- */
+
+static void test_endpoint_crud(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  sg_error_t *err = NULL;
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 0);
+
+  sg_endpoint_record_t b = {"bravo", "{\"name\":\"bravo\"}", 1, 1000, 1000};
+  sg_endpoint_record_t a = {"alpha", "{\"name\":\"alpha\"}", 1, 2000, 2000};
+  sg_endpoint_record_t c = {"charlie", "{\"name\":\"charlie\"}", 3, 3000, 3500};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &b, &err), 0);
+  assert_int_equal(sg_store_endpoint_insert(f->store, &a, &err), 0);
+  assert_int_equal(sg_store_endpoint_insert(f->store, &c, &err), 0);
+  assert_null(err);
+
+  /* In name order, every field kept. */
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 3);
+  assert_string_equal(rs.r[0].a, "alpha");
+  assert_string_equal(rs.r[1].a, "bravo");
+  assert_string_equal(rs.r[2].a, "charlie");
+  assert_string_equal(rs.r[2].b, "{\"name\":\"charlie\"}");
+  assert_int_equal(rs.r[2].x, 3);
+  assert_int_equal(rs.r[2].y, 3000);
+  assert_int_equal(rs.r[2].z, 3500);
+
+  /* A taken name. */
+  sg_endpoint_record_t dup = {"alpha", "{}", 9, 9, 9};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &dup, &err), -SG_EEXIST);
+  assert_non_null(err);
+  assert_int_equal(err->status, SG_EEXIST);
+  sg_error_free(err);
+  err = NULL;
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 3);
+  assert_string_equal(rs.r[0].b, "{\"name\":\"alpha\"}");
+  assert_int_equal(rs.r[0].x, 1);
+
+  /* Update replaces spec, version and updated time, not the created time. */
+  sg_endpoint_record_t upd = {"alpha", "{\"name\":\"alpha\",\"port\":1}", 2, 99999, 7777};
+  assert_int_equal(sg_store_endpoint_update(f->store, &upd, &err), 0);
+  assert_null(err);
+  list_endpoints(f, &rs);
+  assert_string_equal(rs.r[0].b, "{\"name\":\"alpha\",\"port\":1}");
+  assert_int_equal(rs.r[0].x, 2);
+  assert_int_equal(rs.r[0].y, 2000);
+  assert_int_equal(rs.r[0].z, 7777);
+  /* Others untouched. */
+  assert_string_equal(rs.r[1].b, "{\"name\":\"bravo\"}");
+  assert_int_equal(rs.r[1].x, 1);
+
+  sg_endpoint_record_t ghost = {"ghost", "{}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_update(f->store, &ghost, &err), -SG_ENOTFOUND);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  err = NULL;
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 3);
+
+  /* Delete, then delete again. */
+  assert_int_equal(sg_store_endpoint_delete(f->store, "bravo", &err), 0);
+  assert_null(err);
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 2);
+  assert_string_equal(rs.r[0].a, "alpha");
+  assert_string_equal(rs.r[1].a, "charlie");
+  assert_int_equal(sg_store_endpoint_delete(f->store, "bravo", &err), -SG_ENOTFOUND);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  err = NULL;
+  /* The name is free again. */
+  assert_int_equal(sg_store_endpoint_insert(f->store, &b, &err), 0);
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 3);
+  rows_free(&rs);
+}
+
+static void test_endpoint_insert_other_failure(void **state) {
+  fixture_t *f = *state;
+  /* A failure that is not a taken name is not reported as one. */
+  sg_endpoint_record_t bad = {"nospec", NULL, 1, 1, 1};
+  sg_error_t *err = NULL;
+  int r = sg_store_endpoint_insert(f->store, &bad, &err);
+  assert_true(r < 0);
+  assert_non_null(err);
+  assert_int_not_equal(err->status, SG_EEXIST);
+  assert_int_equal(r, -err->status);
+  sg_error_free(err);
+  rows_t rs = {0};
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 0);
+}
+
+static void test_endpoint_text_kept_exactly(void **state) {
+  fixture_t *f = *state;
+  const char *spec = "{\"env\":{\"Q\":\"it's \\\"quoted\\\"; DROP TABLE endpoints; --\"},\"x\":\"\xe2\x98\x83\"}";
+  sg_endpoint_record_t r = {"q", spec, 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &r, NULL), 0);
+  rows_t rs = {0};
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 1);
+  assert_string_equal(rs.r[0].b, spec);
+  rows_free(&rs);
+}
+
+/* ---- workers ---- */
+
+static void test_workers(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  rows_t rs = {0};
+  sg_worker_record_t w1 = {"w-1", "alpha", "process", 101, 3000};
+  sg_worker_record_t w2 = {"w-2", "alpha", "process", 102, 1000};
+  sg_worker_record_t w3 = {"w-3", "bravo", "oci", 103, 2000};
+  assert_int_equal(sg_store_worker_add(f->store, &w1, &err), 0);
+  assert_int_equal(sg_store_worker_add(f->store, &w2, &err), 0);
+  assert_int_equal(sg_store_worker_add(f->store, &w3, &err), 0);
+  assert_null(err);
+
+  /* In start order. */
+  list_workers(f, &rs);
+  assert_int_equal(rs.n, 3);
+  assert_string_equal(rs.r[0].a, "w-2");
+  assert_string_equal(rs.r[1].a, "w-3");
+  assert_string_equal(rs.r[2].a, "w-1");
+  assert_string_equal(rs.r[1].b, "bravo");
+  assert_string_equal(rs.r[1].c, "oci");
+  assert_int_equal(rs.r[1].x, 103);
+  assert_int_equal(rs.r[1].y, 2000);
+
+  /* Adding an id again replaces it. */
+  sg_worker_record_t w1b = {"w-1", "alpha", "process", 201, 500};
+  assert_int_equal(sg_store_worker_add(f->store, &w1b, &err), 0);
+  list_workers(f, &rs);
+  assert_int_equal(rs.n, 3);
+  assert_string_equal(rs.r[0].a, "w-1");
+  assert_int_equal(rs.r[0].x, 201);
+
+  assert_int_equal(sg_store_worker_remove(f->store, "w-2", &err), 0);
+  list_workers(f, &rs);
+  assert_int_equal(rs.n, 2);
+  assert_string_equal(rs.r[0].a, "w-1");
+  assert_string_equal(rs.r[1].a, "w-3");
+  /* Removing an unknown id is not an error. */
+  assert_int_equal(sg_store_worker_remove(f->store, "w-2", &err), 0);
+  assert_null(err);
+
+  /* Survives a reopen. */
+  reopen(f);
+  list_workers(f, &rs);
+  assert_int_equal(rs.n, 2);
+
+  assert_int_equal(sg_store_worker_clear(f->store, &err), 0);
+  assert_null(err);
+  list_workers(f, &rs);
+  assert_int_equal(rs.n, 0);
+  assert_int_equal(sg_store_worker_clear(f->store, &err), 0);
+  rows_free(&rs);
+}
+
+/* ---- logs ---- */
+
+static void seed_logs(fixture_t *f) {
+  const sg_log_line_t lines[] = {
+      {1000, "alpha", NULL, "event", "worker w-1 starting"},
+      {1100, "alpha", "w-1", "stdout", "listening on 8001"},
+      {1200, "alpha", "w-1", "stderr", "warning: slow disk"},
+      {1300, "alpha", "w-2", "stdout", "listening on 8002"},
+      {1300, "bravo", "w-9", "stdout", "bravo says hi"},
+      {1400, "alpha", "w-2", "stdout", "request 1 ok"},
+      {1500, "alpha", "w-1", "stdout", "request 2 ok"},
+      {1600, "alpha", "w-2", "stderr", "error: request 3 failed"},
+      {1700, "alpha", NULL, "event", "worker w-2 stopped"},
+  };
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_logs_append(f->store, lines, SG_ARRAY_SIZE(lines), &err), 0);
+  assert_null(err);
+}
+
+static void test_logs_append_query(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  assert_int_equal(sg_store_logs_append(f->store, NULL, 0, NULL), 0);
+  seed_logs(f);
+
+  sg_log_query_t q = {.endpoint = "alpha", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 8);
+  assert_lines(&rs, "worker w-1 starting|listening on 8001|warning: slow disk|listening on 8002|request 1 ok|"
+                    "request 2 ok|error: request 3 failed|worker w-2 stopped");
+  /* Every field comes back. */
+  assert_string_equal(rs.r[0].a, "alpha");
+  assert_null(rs.r[0].b);
+  assert_string_equal(rs.r[0].c, "event");
+  assert_int_equal(rs.r[0].x, 1000);
+  assert_string_equal(rs.r[2].b, "w-1");
+  assert_string_equal(rs.r[2].c, "stderr");
+  assert_int_equal(rs.r[2].x, 1200);
+
+  q = (sg_log_query_t){.endpoint = "bravo", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "bravo says hi");
+  q = (sg_log_query_t){.endpoint = "nobody", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+  rows_free(&rs);
+}
+
+static void test_logs_filters(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  seed_logs(f);
+  sg_log_query_t q = {.endpoint = "alpha", .worker = "w-1", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "listening on 8001|warning: slow disk|request 2 ok");
+
+  q = (sg_log_query_t){.endpoint = "alpha", .stream = "stderr", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "warning: slow disk|error: request 3 failed");
+  q = (sg_log_query_t){.endpoint = "alpha", .stream = "event", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "worker w-1 starting|worker w-2 stopped");
+
+  /* Substring, case-sensitive, and not a pattern. */
+  q = (sg_log_query_t){.endpoint = "alpha", .text = "request", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "request 1 ok|request 2 ok|error: request 3 failed");
+  q = (sg_log_query_t){.endpoint = "alpha", .text = "REQUEST", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+  q = (sg_log_query_t){.endpoint = "alpha", .text = "%", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+  q = (sg_log_query_t){.endpoint = "alpha", .text = "on 800", .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "listening on 8001|listening on 8002");
+
+  /* Time bounds are inclusive. */
+  q = (sg_log_query_t){.endpoint = "alpha", .since_ms = 1300, .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "listening on 8002|request 1 ok|request 2 ok|error: request 3 failed|worker w-2 stopped");
+  q = (sg_log_query_t){.endpoint = "alpha", .until_ms = 1200, .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "worker w-1 starting|listening on 8001|warning: slow disk");
+  q = (sg_log_query_t){.endpoint = "alpha", .since_ms = 1200, .until_ms = 1400, .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "warning: slow disk|listening on 8002|request 1 ok");
+  q = (sg_log_query_t){.endpoint = "alpha", .since_ms = 1800, .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+
+  /* Filters combine. */
+  q = (sg_log_query_t){.endpoint = "alpha", .worker = "w-2", .stream = "stdout", .text = "ok",
+                       .since_ms = 1350, .until_ms = 1650, .limit = 100};
+  query(f, &q, &rs);
+  assert_lines(&rs, "request 1 ok");
+  q = (sg_log_query_t){.endpoint = "alpha", .worker = "w-9", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+  rows_free(&rs);
+}
+
+static void test_logs_limit(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  seed_logs(f);
+  /* The newest N, oldest first. */
+  sg_log_query_t q = {.endpoint = "alpha", .limit = 3};
+  query(f, &q, &rs);
+  assert_lines(&rs, "request 2 ok|error: request 3 failed|worker w-2 stopped");
+  assert_int_equal(rs.r[0].x, 1500);
+  assert_int_equal(rs.r[2].x, 1700);
+  q.limit = 1;
+  query(f, &q, &rs);
+  assert_lines(&rs, "worker w-2 stopped");
+  q.limit = 8;
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 8);
+  assert_string_equal(rs.r[0].d, "worker w-1 starting");
+  /* The limit applies after the filters. */
+  q = (sg_log_query_t){.endpoint = "alpha", .worker = "w-1", .limit = 2};
+  query(f, &q, &rs);
+  assert_lines(&rs, "warning: slow disk|request 2 ok");
+  q = (sg_log_query_t){.endpoint = "alpha", .until_ms = 1400, .limit = 2};
+  query(f, &q, &rs);
+  assert_lines(&rs, "listening on 8002|request 1 ok");
+
+  /* Lines with equal timestamps keep their order of arrival. */
+  const sg_log_line_t same[] = {
+      {5000, "gamma", "w", "stdout", "first"},
+      {5000, "gamma", "w", "stdout", "second"},
+      {5000, "gamma", "w", "stdout", "third"},
+  };
+  assert_int_equal(sg_store_logs_append(f->store, same, 3, NULL), 0);
+  q = (sg_log_query_t){.endpoint = "gamma", .limit = 2};
+  query(f, &q, &rs);
+  assert_lines(&rs, "second|third");
+  rows_free(&rs);
+}
+
+static void test_logs_trim(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  sg_error_t *err = NULL;
+  seed_logs(f);
+  /* More than there are: nothing goes. */
+  assert_int_equal(sg_store_logs_trim(f->store, "alpha", 100, &err), 0);
+  assert_int_equal(sg_store_logs_trim(f->store, "alpha", 8, &err), 0);
+  sg_log_query_t q = {.endpoint = "alpha", .limit = 100};
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 8);
+
+  assert_int_equal(sg_store_logs_trim(f->store, "alpha", 3, &err), 0);
+  assert_null(err);
+  query(f, &q, &rs);
+  assert_lines(&rs, "request 2 ok|error: request 3 failed|worker w-2 stopped");
+  /* Another endpoint's lines stay. */
+  q.endpoint = "bravo";
+  query(f, &q, &rs);
+  assert_lines(&rs, "bravo says hi");
+
+  /* New lines go after the kept ones. */
+  const sg_log_line_t more[] = {{1800, "alpha", "w-3", "stdout", "later"}};
+  assert_int_equal(sg_store_logs_append(f->store, more, 1, NULL), 0);
+  q.endpoint = "alpha";
+  query(f, &q, &rs);
+  assert_lines(&rs, "request 2 ok|error: request 3 failed|worker w-2 stopped|later");
+
+  /* keep 0 deletes all of that endpoint only. */
+  assert_int_equal(sg_store_logs_trim(f->store, "alpha", 0, &err), 0);
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 0);
+  q.endpoint = "bravo";
+  query(f, &q, &rs);
+  assert_int_equal(rs.n, 1);
+  assert_int_equal(sg_store_logs_trim(f->store, "nobody", 0, &err), 0);
+  assert_int_equal(sg_store_logs_trim(f->store, "nobody", 5, &err), 0);
+  assert_null(err);
+  rows_free(&rs);
+}
+
+/* ---- durability and migrations ---- */
+
+static int user_version(const char *path) {
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int v = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+static void test_reopen_keeps_data(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  sg_endpoint_record_t a = {"alpha", "{\"v\":1}", 4, 10, 20};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &a, NULL), 0);
+  sg_worker_record_t w = {"w-1", "alpha", "process", 4242, 30};
+  assert_int_equal(sg_store_worker_add(f->store, &w, NULL), 0);
+  seed_logs(f);
+  int v = user_version(f->path);
+  assert_true(v >= 1);
+
+  for (int i = 0; i < 3; i++) {
+    reopen(f);
+    assert_int_equal(user_version(f->path), v);
+    list_endpoints(f, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_string_equal(rs.r[0].a, "alpha");
+    assert_string_equal(rs.r[0].b, "{\"v\":1}");
+    assert_int_equal(rs.r[0].x, 4);
+    assert_int_equal(rs.r[0].y, 10);
+    assert_int_equal(rs.r[0].z, 20);
+    list_workers(f, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.r[0].x, 4242);
+    sg_log_query_t q = {.endpoint = "alpha", .limit = 2};
+    query(f, &q, &rs);
+    assert_lines(&rs, "error: request 3 failed|worker w-2 stopped");
+  }
+  /* Still writable after the reopens, and duplicates still caught. */
+  assert_int_equal(sg_store_endpoint_insert(f->store, &a, NULL), -SG_EEXIST);
+  sg_endpoint_record_t b = {"bravo", "{}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &b, NULL), 0);
+  rows_free(&rs);
+}
+
+static void test_two_stores_same_file(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_store_t *other = sg_store_open(f->path, &err);
+  assert_non_null(other);
+  sg_endpoint_record_t a = {"alpha", "{}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(other, &a, NULL), 0);
+  sg_store_close(other);
+  rows_t rs = {0};
+  list_endpoints(f, &rs);
+  assert_int_equal(rs.n, 1);
+  rows_free(&rs);
+}
+
+static void test_open_errors(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  char *missing = xasprintf("%s/no/such/dir/state.db", f->dir);
+  assert_null(sg_store_open(missing, &err));
+  assert_non_null(err);
+  assert_int_equal(err->status, SG_ESTORE);
+  sg_error_free(err);
+  err = NULL;
+  free(missing);
+
+  char *junk = xasprintf("%s/junk.db", f->dir);
+  char garbage[4096];
+  memset(garbage, 'z', sizeof(garbage));
+  assert_int_equal(sg_write_file_atomic(junk, garbage, sizeof(garbage), 0600), 0);
+  assert_null(sg_store_open(junk, &err));
+  assert_non_null(err);
+  assert_int_equal(err->status, SG_ESTORE);
+  sg_error_free(err);
+  free(junk);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_endpoint_insert_other_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_endpoint_text_kept_exactly, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_workers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_logs_append_query, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_logs_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_logs_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_logs_trim, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_two_stores_same_file, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
