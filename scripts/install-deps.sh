@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config meson ninja-build
   libevent-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
-  libcmocka-dev
+  libcmocka-dev libhttp-parser-dev
   python3 curl
   nginx-light wrk
 )

@@ -20,6 +20,9 @@ typedef struct sg_daemon_config {
   double stop_grace_s;  /* SIGTERM -> SIGKILL */
   size_t max_body;      /* invocation body limit in bytes */
   int64_t log_keep_lines; /* per endpoint */
+  double header_timeout_s; /* a request's head must arrive within this */
+  double idle_timeout_s;   /* idle keep-alive client connections are closed after this */
+  double io_timeout_s;     /* a body read or answer write stalled this long ends the connection */
 } sg_daemon_config_t;
 
 /* Fills cfg with the embedded defaults. */

@@ -3,28 +3,22 @@
  * "Authorization: Bearer <key>"; invocations (/e/...) are handed to the
  * gateway after the same check. */
 #include <event2/buffer.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <strings.h>
 
 #include "api-internal.h"
 #include "sgpu/util.h"
 
-void sg_api_send_json(struct evhttp_request *req, int status, json_t *body) {
-  struct evbuffer *buf = evbuffer_new();
+void sg_api_send_json(sg_http_req_t *req, int status, json_t *body) {
   char *text = json_dumps(body, JSON_COMPACT);
   json_decref(body);
-  evbuffer_add(buf, text, strlen(text));
-  evbuffer_add(buf, "\n", 1);
+  size_t len = strlen(text);
+  text = xrealloc(text, len + 2);
+  text[len++] = '\n';
+  sg_http_reply(req, status, "application/json", text, len);
   free(text);
-  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-  evhttp_remove_header(h, "Content-Type");
-  evhttp_add_header(h, "Content-Type", "application/json");
-  evhttp_send_reply(req, status, NULL, buf);
-  evbuffer_free(buf);
 }
 
-void sg_api_send_error(struct evhttp_request *req, int status, const char *code, const char *message,
+void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const char *message,
                        const char *field) {
   json_t *e = json_pack("{s:s, s:s}", "code", code, "message", message);
   if (!e) /* message not valid UTF-8 */
@@ -34,7 +28,7 @@ void sg_api_send_error(struct evhttp_request *req, int status, const char *code,
   sg_api_send_json(req, status, json_pack("{s:o}", "error", e));
 }
 
-void sg_api_send_sg_error(struct evhttp_request *req, const sg_error_t *err) {
+void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err) {
   int status = 500;
   const char *code = "internal";
   switch (err->status) {
@@ -63,14 +57,14 @@ void sg_api_send_sg_error(struct evhttp_request *req, const sg_error_t *err) {
   sg_api_send_error(req, status, code, err->message, err->field);
 }
 
-void sg_api_method_not_allowed(struct evhttp_request *req, const char *allow) {
-  evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+void sg_api_method_not_allowed(sg_http_req_t *req, const char *allow) {
+  sg_http_add_header(req, "Allow", allow);
   cleanup_free char *msg = xasprintf("method not allowed here; allowed: %s", allow);
   sg_api_send_error(req, 405, "method_not_allowed", msg, NULL);
 }
 
-json_t *sg_api_read_json(struct evhttp_request *req) {
-  struct evbuffer *buf = evhttp_request_get_input_buffer(req);
+json_t *sg_api_read_json(sg_http_req_t *req) {
+  struct evbuffer *buf = sg_http_body(req);
   size_t len = evbuffer_get_length(buf);
   if (len > SG_API_MAX_BODY) {
     sg_api_send_error(req, 413, "too_large", "request body is over the 1 MiB limit of the control API", NULL);
@@ -106,8 +100,8 @@ static bool key_equal(const char *a, size_t alen, const char *b) {
   return diff == 0;
 }
 
-static bool authorized(sg_daemon_t *d, struct evhttp_request *req) {
-  const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+static bool authorized(sg_daemon_t *d, sg_http_req_t *req) {
+  const char *h = sg_http_header(req, "Authorization");
   if (!h || strncasecmp(h, "Bearer ", 7))
     return false;
   const char *key = h + 7;
@@ -140,11 +134,11 @@ static int split(const char *path, char **seg, int n, char *storage, size_t cap)
   return count;
 }
 
-static void not_found(struct evhttp_request *req, const char *what) {
+static void not_found(sg_http_req_t *req, const char *what) {
   sg_api_send_error(req, 404, "not_found", what, NULL);
 }
 
-static void route_v1(sg_daemon_t *d, struct evhttp_request *req, const char *rest) {
+static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
   char storage[1024];
   char *seg[4];
   if (strlen(rest) >= sizeof(storage)) {
@@ -152,9 +146,9 @@ static void route_v1(sg_daemon_t *d, struct evhttp_request *req, const char *res
     return;
   }
   int n = split(rest, seg, 4, storage, sizeof(storage));
-  enum evhttp_cmd_type m = evhttp_request_get_command(req);
+  bool get = sg_http_method_is(req, "GET");
   if (n == 1 && !strcmp(seg[0], "nodes")) {
-    if (m != EVHTTP_REQ_GET)
+    if (!get)
       return sg_api_method_not_allowed(req, "GET");
     return sg_api_nodes(d, req);
   }
@@ -168,7 +162,7 @@ static void route_v1(sg_daemon_t *d, struct evhttp_request *req, const char *res
     return sg_api_endpoint(d, req, seg[1]);
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, seg[1]);
   if (n == 3 && !strcmp(seg[2], "logs")) {
-    if (m != EVHTTP_REQ_GET)
+    if (!get)
       return sg_api_method_not_allowed(req, "GET");
     if (!ep)
       return not_found(req, "no such endpoint");
@@ -182,30 +176,39 @@ static void route_v1(sg_daemon_t *d, struct evhttp_request *req, const char *res
   not_found(req, "no such route");
 }
 
-void sg_api_handle(sg_daemon_t *d, struct evhttp_request *req, const char *path) {
+sg_http_head_action_t sg_api_on_head(void *ud, sg_http_req_t *req) {
+  sg_daemon_t *d = ud;
+  const char *path = sg_http_path(req);
   if (!strcmp(path, "/healthz")) {
     sg_api_send_json(req, 200, json_pack("{s:s}", "status", "ok"));
-    return;
+    return SG_HTTP_DONE;
   }
   if (!authorized(d, req)) {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer realm=\"sgpu\"");
+    sg_http_add_header(req, "WWW-Authenticate", "Bearer realm=\"sgpu\"");
     sg_api_send_error(req, 401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)", NULL);
-    return;
+    return SG_HTTP_DONE;
   }
-  if (sg_str_has_prefix(path, "/v1/")) {
-    route_v1(d, req, path + 4);
-    return;
+  if (!strcmp(path, "/metrics")) {
+    if (!sg_http_method_is(req, "GET"))
+      sg_api_method_not_allowed(req, "GET");
+    else
+      sg_metrics_handle(d, req);
+    return SG_HTTP_DONE;
   }
   if (sg_str_has_prefix(path, "/e/")) {
     const char *name = path + 3;
-    size_t len = strcspn(name, "/");
-    cleanup_free char *ename = xstrndup(name, len);
+    cleanup_free char *ename = xstrndup(name, strcspn(name, "/"));
     if (!sg_name_valid(ename)) {
       not_found(req, "no such endpoint");
-      return;
+      return SG_HTTP_DONE;
     }
-    sg_gateway_handle(d, req, ename, name + len);
-    return;
+    return sg_gateway_handle(d, req, ename);
   }
-  not_found(req, "no such route");
+  if (!sg_str_has_prefix(path, "/v1/")) {
+    not_found(req, "no such route");
+    return SG_HTTP_DONE;
+  }
+  return SG_HTTP_BUFFER;
 }
+
+void sg_api_on_request(void *ud, sg_http_req_t *req) { route_v1(ud, req, sg_http_path(req) + 4); }

@@ -1,7 +1,6 @@
 /* /v1/endpoints: create, list, get, replace and delete endpoint specs.
  * The store is written first; live state changes only once it succeeded, so
  * a rejected or failed request leaves both as they were. */
-#include <event2/http.h>
 
 #include "api-internal.h"
 #include "sgpu/util.h"
@@ -13,7 +12,7 @@ static char *spec_text(const sg_spec_t *spec) {
   return text;
 }
 
-static void create(sg_daemon_t *d, struct evhttp_request *req) {
+static void create(sg_daemon_t *d, sg_http_req_t *req) {
   cleanup_json json_t *body = sg_api_read_json(req);
   if (!body)
     return;
@@ -35,25 +34,22 @@ static void create(sg_daemon_t *d, struct evhttp_request *req) {
   sg_api_send_json(req, 201, sg_endpoint_to_json(ep));
 }
 
-static void list(sg_daemon_t *d, struct evhttp_request *req) {
+static void list(sg_daemon_t *d, sg_http_req_t *req) {
   json_t *arr = json_array();
   sg_endpoint_t *ep;
   TAILQ_FOREACH(ep, &d->endpoints, link) json_array_append_new(arr, sg_endpoint_to_json(ep));
   sg_api_send_json(req, 200, json_pack("{s:o}", "endpoints", arr));
 }
 
-void sg_api_endpoints(sg_daemon_t *d, struct evhttp_request *req) {
-  switch (evhttp_request_get_command(req)) {
-  case EVHTTP_REQ_GET:
+void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req) {
+  if (sg_http_method_is(req, "GET"))
     return list(d, req);
-  case EVHTTP_REQ_POST:
+  if (sg_http_method_is(req, "POST"))
     return create(d, req);
-  default:
-    return sg_api_method_not_allowed(req, "GET, POST");
-  }
+  sg_api_method_not_allowed(req, "GET, POST");
 }
 
-static void replace(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep) {
+static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   cleanup_json json_t *body = sg_api_read_json(req);
   if (!body)
     return;
@@ -78,7 +74,7 @@ static void replace(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *e
   sg_api_send_json(req, 200, sg_endpoint_to_json(ep));
 }
 
-static void delete(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep) {
+static void delete(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_endpoint_delete(d->store, ep->name, &err) < 0)
     return sg_api_send_sg_error(req, err);
@@ -88,18 +84,18 @@ static void delete(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep
   sg_api_send_json(req, 200, answer);
 }
 
-void sg_api_endpoint(sg_daemon_t *d, struct evhttp_request *req, const char *name) {
-  enum evhttp_cmd_type m = evhttp_request_get_command(req);
-  if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_PUT && m != EVHTTP_REQ_DELETE)
+void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
+  bool get = sg_http_method_is(req, "GET"), put = sg_http_method_is(req, "PUT");
+  if (!get && !put && !sg_http_method_is(req, "DELETE"))
     return sg_api_method_not_allowed(req, "GET, PUT, DELETE");
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
     return sg_api_send_error(req, 404, "not_found", msg, NULL);
   }
-  if (m == EVHTTP_REQ_GET)
+  if (get)
     return sg_api_send_json(req, 200, sg_endpoint_to_json(ep));
-  if (m == EVHTTP_REQ_PUT)
+  if (put)
     return replace(d, req, ep);
   delete(d, req, ep);
 }

@@ -1,12 +1,11 @@
 /* /v1/nodes: this node's GPU inventory and who holds what. */
-#include <event2/http.h>
 
 #include "api-internal.h"
 #include "sgpu/util.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
-void sg_api_nodes(sg_daemon_t *d, struct evhttp_request *req) {
+void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
   char host[256] = "localhost";
   if (gethostname(host, sizeof(host) - 1) < 0)
     snprintf(host, sizeof(host), "localhost");

@@ -1,10 +1,9 @@
 /* /v1/endpoints/{name}/workers: list an endpoint's workers, stop one. */
-#include <event2/http.h>
 
 #include "api-internal.h"
 #include "sgpu/util.h"
 
-static void list(struct evhttp_request *req, sg_endpoint_t *ep) {
+static void list(sg_http_req_t *req, sg_endpoint_t *ep) {
   json_t *arr = json_array();
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) json_array_append_new(arr, sg_worker_to_json(w));
@@ -12,7 +11,7 @@ static void list(struct evhttp_request *req, sg_endpoint_t *ep) {
 }
 
 /* Stops one worker; the scaler starts a replacement when the spec needs one. */
-static void stop(struct evhttp_request *req, sg_endpoint_t *ep, const char *id) {
+static void stop(sg_http_req_t *req, sg_endpoint_t *ep, const char *id) {
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
     if (!strcmp(w->id, id))
@@ -27,14 +26,13 @@ static void stop(struct evhttp_request *req, sg_endpoint_t *ep, const char *id) 
   sg_api_send_json(req, 202, sg_worker_to_json(w));
 }
 
-void sg_api_workers(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep, const char *id) {
-  enum evhttp_cmd_type m = evhttp_request_get_command(req);
+void sg_api_workers(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, const char *id) {
   if (!id) {
-    if (m != EVHTTP_REQ_GET)
+    if (!sg_http_method_is(req, "GET"))
       return sg_api_method_not_allowed(req, "GET");
     return list(req, ep);
   }
-  if (m != EVHTTP_REQ_DELETE)
+  if (!sg_http_method_is(req, "DELETE"))
     return sg_api_method_not_allowed(req, "DELETE");
   stop(req, ep, id);
 }

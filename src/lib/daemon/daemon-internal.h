@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "gateway/http-internal.h"
+#include "gateway/upstream.h"
 #include "sgpu/daemon.h"
 #include "sgpu/gpu.h"
 #include "sgpu/runtime.h"
@@ -57,11 +59,33 @@ struct sg_worker {
   int probe_failures;
   struct event *kill_timer;
   /* upstream connections not in use */
-  struct evhttp_connection **idle_conns;
+  sg_upstream_t **idle_conns;
   size_t n_idle, cap_idle;
 };
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
+
+/* Upper bounds (seconds) of the latency and queue-wait histogram buckets. */
+#define SG_METRIC_BUCKETS 14
+extern const double sg_metric_bounds[SG_METRIC_BUCKETS];
+
+typedef struct sg_histogram {
+  uint64_t buckets[SG_METRIC_BUCKETS + 1]; /* the last one is +Inf */
+  uint64_t count;
+  double sum;
+} sg_histogram_t;
+
+/* Counters of one endpoint, exposed at /metrics. */
+typedef struct sg_ep_metrics {
+  uint64_t requests;          /* invocations that arrived */
+  uint64_t by_status[600];    /* answers by status code */
+  uint64_t aborted;           /* clients that went away before their answer */
+  uint64_t retries;           /* attempts sent again to another worker */
+  uint64_t cold_starts;       /* workers that became ready */
+  uint64_t scale_ups, scale_downs;
+  sg_histogram_t latency;     /* arrival to end of answer */
+  sg_histogram_t queue_wait;  /* arrival to dispatch */
+} sg_ep_metrics_t;
 TAILQ_HEAD(sg_proxy_list, sg_proxy);
 
 struct sg_endpoint {
@@ -86,6 +110,7 @@ struct sg_endpoint {
   int n_last_logs;
   char *last_decision;
   int desired;
+  sg_ep_metrics_t metrics;
 };
 
 TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
@@ -93,7 +118,7 @@ TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
 struct sg_daemon {
   sg_daemon_config_t cfg;
   struct event_base *base;
-  struct evhttp *http;
+  sg_http_server_t *http;
   sg_store_t *store;
   sg_gpu_inventory_t *gpus;
   char *api_key;
@@ -145,20 +170,30 @@ void sg_worker_release_request(sg_worker_t *w);
 void sg_worker_became_ready(sg_worker_t *w);
 void sg_worker_unhealthy(sg_worker_t *w, const char *why);
 /* Upstream connection pool. */
-struct evhttp_connection *sg_worker_get_conn(sg_worker_t *w);
-void sg_worker_put_conn(sg_worker_t *w, struct evhttp_connection *conn, bool reusable);
+/* An idle keep-alive connection to w, or a new one. */
+sg_upstream_t *sg_worker_get_conn(sg_worker_t *w);
+/* Takes u back into w's pool when it may carry another request, else frees it. */
+void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u);
 
 /* health.c */
 void sg_health_start(sg_worker_t *w);
 void sg_health_stop(sg_worker_t *w);
 
 /* proxy.c */
-void sg_gateway_handle(sg_daemon_t *d, struct evhttp_request *req, const char *name, const char *rest);
+/* Takes an invocation of endpoint `name` whose head has arrived. */
+sg_http_head_action_t sg_gateway_handle(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 /* Hands queued requests to free workers of ep. */
 void sg_gateway_pump(sg_endpoint_t *ep);
 /* Fails every queued request of ep with status/code/message. */
 void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, const char *message);
 int64_t sg_gateway_oldest_wait(sg_endpoint_t *ep, int64_t now);
+
+/* metrics.c */
+void sg_histogram_observe(sg_histogram_t *h, double value);
+/* Counts an answer (status) given after `seconds`. */
+void sg_metrics_response(sg_endpoint_t *ep, int status, double seconds);
+/* GET /metrics in Prometheus text format. */
+void sg_metrics_handle(sg_daemon_t *d, sg_http_req_t *req);
 
 /* scaler.c */
 void sg_scaler_kick(sg_daemon_t *d);
@@ -170,14 +205,16 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
 void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void sg_logs_flush(sg_daemon_t *d);
-void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep);
+void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 void sg_logs_shutdown(sg_daemon_t *d);
 
 /* api/ */
-void sg_api_send_json(struct evhttp_request *req, int status, json_t *body); /* steals body */
-void sg_api_send_error(struct evhttp_request *req, int status, const char *code, const char *message,
+void sg_api_send_json(sg_http_req_t *req, int status, json_t *body); /* steals body */
+void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const char *message,
                        const char *field);
-void sg_api_send_sg_error(struct evhttp_request *req, const sg_error_t *err);
-void sg_api_handle(sg_daemon_t *d, struct evhttp_request *req, const char *path);
+void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err);
+/* The server's callbacks: a request's head arrived; a buffered request is whole. */
+sg_http_head_action_t sg_api_on_head(void *d, sg_http_req_t *req);
+void sg_api_on_request(void *d, sg_http_req_t *req);
 
 #endif

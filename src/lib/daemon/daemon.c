@@ -7,7 +7,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include "daemon-internal.h"
+#include "api/api-internal.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -24,6 +24,9 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   cfg->stop_grace_s = 10;
   cfg->max_body = 20u << 20;
   cfg->log_keep_lines = 100000;
+  cfg->header_timeout_s = 10;
+  cfg->idle_timeout_s = 75;
+  cfg->io_timeout_s = 60;
 }
 
 void sg_daemon_config_clear(sg_daemon_config_t *cfg) {
@@ -73,6 +76,15 @@ int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t 
         r = sg_make_error(err, SG_EINVAL, "config: max_body_bytes must be an integer 1024..4294967296");
       else
         cfg->max_body = (size_t)json_integer_value(v);
+    } else if (!strcmp(key, "header_timeout_s") || !strcmp(key, "idle_timeout_s") ||
+               !strcmp(key, "io_timeout_s")) {
+      double *slot = !strcmp(key, "header_timeout_s") ? &cfg->header_timeout_s
+                     : !strcmp(key, "idle_timeout_s") ? &cfg->idle_timeout_s
+                                                      : &cfg->io_timeout_s;
+      if (!json_is_number(v) || json_number_value(v) < 0.1 || json_number_value(v) > 86400)
+        r = sg_make_error(err, SG_EINVAL, "config: %s must be a number of seconds 0.1..86400", key);
+      else
+        *slot = json_number_value(v);
     } else if (!strcmp(key, "log_keep_lines")) {
       if (!json_is_integer(v) || json_integer_value(v) < 100)
         r = sg_make_error(err, SG_EINVAL, "config: log_keep_lines must be an integer >= 100");
@@ -228,14 +240,6 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg) {
   event_base_loopbreak(d->base);
 }
 
-static void http_cb(struct evhttp_request *req, void *arg) {
-  sg_daemon_t *d = arg;
-  const char *uri = evhttp_request_get_uri(req);
-  const char *path_end = uri + strcspn(uri, "?#");
-  cleanup_free char *path = xstrndup(uri, (size_t)(path_end - uri));
-  sg_api_handle(d, req, path);
-}
-
 static int write_key(sg_daemon_t *d, sg_error_t **err) {
   cleanup_free char *path = xasprintf("%s/admin.key", d->cfg.data_dir);
   size_t len;
@@ -274,29 +278,27 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
   *colon = '\0';
   char *end;
   long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535)
+  if (!colon[1] || *end || port < 0 || port > 65535)
     return sg_make_error(err, EINVAL, "--listen: bad port in %s", d->cfg.listen);
   const char *host = addr;
-  if (host[0] == '[') {
+  if (host[0] == '[' && colon > addr + 1 && colon[-1] == ']') {
     host++;
-    addr[strlen(addr) - 1] = '\0';
+    colon[-1] = '\0';
   }
-  d->http = evhttp_new(d->base);
-  evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-                                          EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-  evhttp_set_max_body_size(d->http, (ev_ssize_t)d->cfg.max_body);
-  evhttp_set_max_headers_size(d->http, 64 * 1024);
-  evhttp_set_timeout(d->http, 120);
-  evhttp_set_default_content_type(d->http, "application/json");
-  evhttp_set_gencb(d->http, http_cb, d);
-  struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(d->http, host, (ev_uint16_t)port);
-  if (!sock)
-    return sg_make_error(err, errno ? errno : EADDRINUSE, "cannot listen on %s: %s", d->cfg.listen,
-                         strerror(errno ? errno : EADDRINUSE));
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof(ss);
-  getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl);
-  int bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  sg_http_server_config_t hc = {
+      .max_header_bytes = 64 * 1024,
+      .max_buffered_body = SG_API_MAX_BODY,
+      .header_timeout_s = d->cfg.header_timeout_s,
+      .idle_timeout_s = d->cfg.idle_timeout_s,
+      .io_timeout_s = d->cfg.io_timeout_s,
+      .on_head = sg_api_on_head,
+      .on_request = sg_api_on_request,
+      .ud = d,
+  };
+  int bound = 0;
+  d->http = sg_http_server_new(d->base, &hc, host, (int)port, &bound, err);
+  if (!d->http)
+    return -1;
   d->url = strchr(host, ':') ? xasprintf("http://[%s]:%d", host, bound) : xasprintf("http://%s:%d", host, bound);
   return 0;
 }
@@ -468,8 +470,7 @@ void sg_daemon_free(sg_daemon_t *d) {
     sg_endpoint_maybe_free(ep);
   }
   sg_logs_shutdown(d);
-  if (d->http)
-    evhttp_free(d->http);
+  sg_http_server_free(d->http);
   if (d->tick)
     event_free(d->tick);
   if (d->kick)

@@ -187,7 +187,7 @@ static void free_worker(sg_worker_t *w) {
   if (w->probe_conn)
     evhttp_connection_free(w->probe_conn);
   for (size_t i = 0; i < w->n_idle; i++)
-    evhttp_connection_free(w->idle_conns[i]);
+    sg_upstream_free(w->idle_conns[i]);
   free(w->idle_conns);
   if (w->inst)
     w->rt->release(w->inst);
@@ -287,29 +287,28 @@ void sg_worker_release_request(sg_worker_t *w) {
   w->last_used_mono = sg_now_ms();
 }
 
-static void free_conn_cb(evutil_socket_t fd, short what, void *arg) { evhttp_connection_free(arg); }
+#define UPSTREAM_CONNECT_TIMEOUT_S 5.0
 
-struct evhttp_connection *sg_worker_get_conn(sg_worker_t *w) {
-  if (w->n_idle > 0)
-    return w->idle_conns[--w->n_idle];
-  struct evhttp_connection *c = evhttp_connection_base_new(w->d->base, NULL, "127.0.0.1", (ev_uint16_t)w->port);
-  evhttp_connection_set_retries(c, 0);
-  int secs = (int)w->ep->spec->workers.request_timeout_s + 5;
-  evhttp_connection_set_timeout(c, secs);
-  return c;
+sg_upstream_t *sg_worker_get_conn(sg_worker_t *w) {
+  while (w->n_idle > 0) {
+    sg_upstream_t *u = w->idle_conns[--w->n_idle];
+    if (sg_upstream_usable(u))
+      return u;
+    sg_upstream_free(u); /* closed by the worker while idle */
+  }
+  return sg_upstream_new(w->d->base, w->port, UPSTREAM_CONNECT_TIMEOUT_S);
 }
 
-void sg_worker_put_conn(sg_worker_t *w, struct evhttp_connection *conn, bool reusable) {
-  if (!reusable || w->exited || w->stopping) {
-    /* Freed from a fresh stack frame: the caller may be inside its callback. */
-    event_base_once(w->d->base, -1, EV_TIMEOUT, free_conn_cb, conn, NULL);
+void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u) {
+  if (!sg_upstream_usable(u) || w->exited || w->stopping) {
+    sg_upstream_free(u);
     return;
   }
   if (w->n_idle == w->cap_idle) {
     w->cap_idle = w->cap_idle ? 2 * w->cap_idle : 4;
     w->idle_conns = xrealloc(w->idle_conns, w->cap_idle * sizeof(*w->idle_conns));
   }
-  w->idle_conns[w->n_idle++] = conn;
+  w->idle_conns[w->n_idle++] = u;
 }
 
 void sg_worker_prune(sg_endpoint_t *ep) {
@@ -357,6 +356,7 @@ void sg_worker_became_ready(sg_worker_t *w) {
   w->ready_mono = sg_now_ms();
   w->ready_wall = sg_wall_ms();
   w->last_used_mono = w->ready_mono;
+  ep->metrics.cold_starts++;
   if (w->version == ep->version) {
     ep->consecutive_failures = 0;
     ep->backoff_until_mono = 0;

@@ -2,57 +2,75 @@
  *
  * A request (an sg_proxy) is dispatched at once to the ready worker with the
  * fewest outstanding requests below workers.max_concurrency, or waits in the
- * endpoint's bounded FIFO queue until one is free; the queue's first arrival
+ * endpoint's bounded FIFO queue until one is free; an arrival that queues
  * kicks the scaler, so a request at zero workers starts one without waiting
- * for a tick. The answer is streamed: the worker's status and headers are
- * sent as soon as they arrive and every piece of body after them, so
- * server-sent events pass through as they are produced.
+ * for a tick. Bodies stream both ways: the client's body goes to the worker
+ * as it arrives (held, bounded, while the request waits), and the worker's
+ * answer goes to the client piece by piece, so server-sent events pass
+ * through as they are produced. Each side pauses the other when its output
+ * backs up.
  *
- * Lifetime: an sg_proxy lives from arrival until both its answer is finished
- * and nothing (queue, timer, upstream request) refers to it. The client's
- * request object is released by libevent when the reply ends, also when the
- * client went away first (libevent detaches the request from the connection
- * and frees it on the reply's end). */
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+ * Connections to workers are kept alive in a per-worker pool. A request that
+ * never reached a worker (the connection was refused), or that died on a
+ * reused connection before any answer came and may be repeated (idempotent
+ * method), is sent again to another worker, with its body replayed if it was
+ * small enough to keep.
+ *
+ * Lifetime: an sg_proxy lives from the arrival of the request's head until
+ * its answer ended or the client went away, whichever is first; then it
+ * releases its worker and upstream connection at once. */
 #include <strings.h>
-#include <sys/socket.h>
 
 #include "daemon/daemon-internal.h"
 #include "sgpu/balancer.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
+#define BODY_HOLD_MAX (1u << 20)   /* client body held while waiting, before pausing the client */
+#define REPLAY_MAX (1u << 20)      /* body kept for a retry */
+#define CLIENT_UNSENT_MAX (1u << 20) /* answer bytes queued for the client before pausing the worker */
+#define UPSTREAM_UNSENT_MAX (1u << 20)
+#define MAX_ATTEMPTS 3
+
 enum proxy_state { P_QUEUED, P_SENT, P_DONE };
 
 struct sg_proxy {
   TAILQ_ENTRY(sg_proxy) link; /* in ep->queue while queued */
   sg_endpoint_t *ep;
-  struct evhttp_request *req; /* the client's request */
-  struct evhttp_connection *client;
-  enum evhttp_cmd_type method;
-  char *uri; /* path and query on the worker */
+  sg_http_req_t *req;
   enum proxy_state state;
   int64_t arrived_mono;
   struct event *timer; /* workers.request_timeout_s */
   sg_worker_t *w;
-  struct evhttp_connection *conn; /* upstream */
-  struct evhttp_request *up;      /* upstream request while in flight */
-  bool replying;                  /* the answer's head was sent */
-  bool cancelling;                /* inside evhttp_cancel_request() */
-  bool client_gone;
+  sg_upstream_t *u;
+  struct evbuffer *pending; /* body received and not yet given to the worker */
+  struct evbuffer *replay;  /* every body byte so far, while small enough; NULL once not */
+  size_t body_total;
+  bool body_done;
+  bool chunked_up;   /* the body goes to the worker chunked (length unknown) */
+  bool replying;
+  int status; /* of the worker's answer */
+  bool client_paused, upstream_paused;
+  int attempts;
+  char *tried[MAX_ATTEMPTS]; /* ids of workers an attempt failed on */
 };
+
+static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t n);
+static void up_body(void *arg, struct evbuffer *data);
+static void up_done(void *arg);
+static void up_error(void *arg, sg_upstream_error_t e, bool answer_started);
+static void up_drain(void *arg);
+
+static const sg_upstream_handler_t handler = {up_head, up_body, up_done, up_error, up_drain};
 
 static const char *const hop_by_hop[] = {"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
                                          "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade"};
 
+/* True for headers that belong to one connection, not to the message. */
 static bool is_hop_by_hop(const char *name, const char *connection_header) {
   for (size_t i = 0; i < SG_ARRAY_SIZE(hop_by_hop); i++)
     if (!strcasecmp(name, hop_by_hop[i]))
       return true;
-  /* Headers named in Connection are hop-by-hop too. */
   if (connection_header) {
     size_t n = strlen(name);
     for (const char *p = connection_header; *p;) {
@@ -66,320 +84,412 @@ static bool is_hop_by_hop(const char *name, const char *connection_header) {
   return false;
 }
 
-static void copy_headers(struct evkeyvalq *from, struct evkeyvalq *to, bool request) {
-  const char *conn = evhttp_find_header(from, "Connection");
-  struct evkeyval *kv;
-  TAILQ_FOREACH(kv, from, next) {
-    if (is_hop_by_hop(kv->key, conn))
-      continue;
-    if (request && (!strcasecmp(kv->key, "Authorization") || !strcasecmp(kv->key, "Host") ||
-                    !strcasecmp(kv->key, "Content-Length")))
-      continue;
-    evhttp_add_header(to, kv->key, kv->value);
-  }
-}
-
-/* Releases the proxy once nothing refers to it any more. */
 static void proxy_free(sg_proxy_t *p) {
   if (p->timer)
     event_free(p->timer);
+  if (p->pending)
+    evbuffer_free(p->pending);
+  if (p->replay)
+    evbuffer_free(p->replay);
+  for (int i = 0; i < MAX_ATTEMPTS; i++)
+    free(p->tried[i]);
   p->ep->proxies--;
-  free(p->uri);
   free(p);
 }
 
-static void detach_client(sg_proxy_t *p) {
-  if (p->client)
-    evhttp_connection_set_closecb(p->client, NULL, NULL);
-  p->client = NULL;
-}
-
-/* Sends a complete error answer, unless the head of an answer was sent. */
-static void reply_error(sg_proxy_t *p, int status, const char *code, const char *message) {
-  if (p->replying) {
-    /* Mid-answer: the client must see a broken answer, not a short one that
-     * looks complete. Shutting the socket down makes libevent drop the
-     * connection on its own; the reply's end then releases the request. */
-    struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    if (bev && bufferevent_getfd(bev) >= 0)
-      shutdown(bufferevent_getfd(bev), SHUT_RDWR);
-    detach_client(p);
-    evhttp_send_reply_end(p->req);
-    return;
-  }
-  detach_client(p);
-  sg_api_send_error(p->req, status, code, message, NULL);
-}
-
-/* Ends the client side of p; p is freed unless an upstream request still runs. */
-static void finish(sg_proxy_t *p) {
-  p->state = P_DONE;
-  detach_client(p);
-  if (p->timer)
-    evtimer_del(p->timer);
-  if (!p->up)
-    proxy_free(p);
-}
-
-/* Gives the worker back after the request ended on it. */
-static void release_worker(sg_proxy_t *p, bool conn_reusable) {
+/* Gives the worker back after the request ended on it; the connection goes
+ * back to the pool only when the exchange completed. */
+static void release_worker(sg_proxy_t *p, bool completed) {
   sg_worker_t *w = p->w;
+  sg_upstream_t *u = p->u;
+  p->w = NULL;
+  p->u = NULL;
+  if (u) {
+    if (completed)
+      sg_worker_put_conn(w, u);
+    else {
+      sg_upstream_detach(u);
+      sg_upstream_free(u);
+    }
+  }
   if (!w)
     return;
-  if (p->conn)
-    sg_worker_put_conn(w, p->conn, conn_reusable);
-  p->conn = NULL;
-  p->w = NULL;
   sg_worker_release_request(w);
-  sg_endpoint_t *ep = p->ep;
-  sg_gateway_pump(ep);
-  sg_scaler_kick(ep->d);
+  sg_gateway_pump(p->ep);
+  sg_scaler_kick(p->ep->d);
 }
 
-static int up_header_cb(struct evhttp_request *up, void *arg) {
+/* Answers an error, or breaks the answer if its head went out already. */
+static void fail(sg_proxy_t *p, int status, const char *code, const char *message) {
+  sg_http_set_close_cb(p->req, NULL, NULL);
+  sg_http_set_drain_cb(p->req, 0, NULL, NULL);
+  if (p->replying) {
+    sg_http_reply_abort(p->req);
+    status = p->status;
+  } else {
+    sg_api_send_error(p->req, status, code, message, NULL);
+  }
+  sg_metrics_response(p->ep, status, (double)(sg_now_ms() - p->arrived_mono) / 1000);
+}
+
+/* ---- the answer, worker to client ---- */
+
+static void client_drained(sg_http_req_t *req, void *arg) {
   sg_proxy_t *p = arg;
-  if (p->state == P_DONE)
-    return -1;
-  int code = evhttp_request_get_response_code(up);
-  const char *reason = evhttp_request_get_response_code_line(up);
-  copy_headers(evhttp_request_get_input_headers(up), evhttp_request_get_output_headers(p->req), false);
-  evhttp_send_reply_start(p->req, code, reason && *reason ? reason : NULL);
+  if (p->upstream_paused && p->u) {
+    p->upstream_paused = false;
+    sg_upstream_pause(p->u, false);
+  }
+}
+
+static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t n) {
+  sg_proxy_t *p = arg;
+  const char *conn = NULL;
+  for (size_t i = 0; i < n; i++)
+    if (!strcasecmp(h[i].name, "Connection"))
+      conn = h[i].value;
+  for (size_t i = 0; i < n; i++)
+    if (!is_hop_by_hop(h[i].name, conn))
+      sg_http_add_header(p->req, h[i].name, h[i].value);
+  p->status = status;
+  sg_http_reply_start(p->req, status, NULL);
   p->replying = true;
-  return 0;
+  sg_http_set_drain_cb(p->req, CLIENT_UNSENT_MAX / 2, client_drained, p);
 }
 
-static void up_chunk_cb(struct evhttp_request *up, void *arg) {
+static void up_body(void *arg, struct evbuffer *data) {
   sg_proxy_t *p = arg;
-  if (p->state == P_DONE || !p->replying)
-    return;
-  evhttp_send_reply_chunk(p->req, evhttp_request_get_input_buffer(up));
+  sg_http_reply_chunk(p->req, data);
+  if (!p->upstream_paused && sg_http_unsent(p->req) > CLIENT_UNSENT_MAX) {
+    p->upstream_paused = true;
+    sg_upstream_pause(p->u, true);
+  }
 }
 
-static void up_done_cb(struct evhttp_request *up, void *arg) {
+static void up_done(void *arg) {
   sg_proxy_t *p = arg;
-  if (p->cancelling)
-    return;
-  p->up = NULL;
-  int code = up ? evhttp_request_get_response_code(up) : 0;
+  if (p->w) {
+    p->w->served++;
+    p->ep->served++;
+  }
+  sg_metrics_response(p->ep, p->status, (double)(sg_now_ms() - p->arrived_mono) / 1000);
+  sg_http_set_close_cb(p->req, NULL, NULL);
+  sg_http_set_drain_cb(p->req, 0, NULL, NULL);
+  /* The client may still be sending a body the worker did not wait for: the
+   * server closes that connection after the answer. */
+  sg_http_reply_end(p->req);
+  release_worker(p, p->body_done);
+  p->state = P_DONE;
+  proxy_free(p);
+}
+
+static bool tried(const sg_proxy_t *p, const sg_worker_t *w) {
+  for (int i = 0; i < MAX_ATTEMPTS; i++)
+    if (p->tried[i] && !strcmp(p->tried[i], w->id))
+      return true;
+  return false;
+}
+
+static void send_to(sg_proxy_t *p, sg_worker_t *w);
+static sg_worker_t *pick(sg_endpoint_t *ep, const sg_proxy_t *p);
+
+static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
+  sg_proxy_t *p = arg;
   sg_worker_t *w = p->w;
-  if (p->state == P_DONE) {
-    /* The client side ended first (timeout, client gone). */
+  bool reused = p->u && sg_upstream_reused(p->u);
+  bool gone = w && (w->exited || w->stopping);
+  bool replayable = p->replay != NULL;
+  bool retry = !answer_started && replayable && p->attempts < MAX_ATTEMPTS &&
+               (e == SG_UP_CONNECT_FAILED ||
+                (e == SG_UP_BROKEN && reused && sg_http_method_idempotent(p->req)));
+  if (w && p->attempts <= MAX_ATTEMPTS)
+    p->tried[p->attempts - 1] = xstrdup(w->id);
+  release_worker(p, false);
+  if (retry) {
+    p->ep->metrics.retries++;
+    /* The body so far goes again, from the replay copy. */
+    evbuffer_free(p->pending);
+    p->pending = evbuffer_new();
+    evbuffer_add_buffer_reference(p->pending, p->replay);
+    sg_worker_t *next = pick(p->ep, p);
+    if (next) {
+      send_to(p, next);
+      return;
+    }
+    p->state = P_QUEUED;
+    TAILQ_INSERT_HEAD(&p->ep->queue, p, link);
+    p->ep->queued++;
+    sg_scaler_kick(p->ep->d);
+    return;
+  }
+  const char *msg = e == SG_UP_BAD_RESPONSE ? "the worker sent an answer that is not valid HTTP"
+                    : gone                  ? "the worker ended before it answered"
+                    : e == SG_UP_CONNECT_FAILED ? "the worker refused the connection"
+                                                : "the worker closed the connection before it answered";
+  fail(p, 502, "no_worker", msg);
+  p->state = P_DONE;
+  proxy_free(p);
+}
+
+/* ---- the request body, client to worker ---- */
+
+static void write_body(sg_proxy_t *p, struct evbuffer *data) {
+  size_t len = evbuffer_get_length(data);
+  if (len == 0)
+    return;
+  struct evbuffer *out = sg_upstream_output(p->u);
+  if (p->chunked_up)
+    evbuffer_add_printf(out, "%zx\r\n", len);
+  evbuffer_add_buffer(out, data);
+  if (p->chunked_up)
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void end_body(sg_proxy_t *p) {
+  if (p->chunked_up)
+    evbuffer_add(sg_upstream_output(p->u), "0\r\n\r\n", 5);
+}
+
+static void client_data(sg_http_req_t *req, struct evbuffer *data, void *arg) {
+  sg_proxy_t *p = arg;
+  size_t len = evbuffer_get_length(data);
+  p->body_total += len;
+  if (p->body_total > p->ep->d->cfg.max_body) {
+    cleanup_free char *msg = xasprintf("request body is over the gateway's limit of %zu bytes", p->ep->d->cfg.max_body);
+    enum proxy_state st = p->state;
+    if (st == P_QUEUED) {
+      TAILQ_REMOVE(&p->ep->queue, p, link);
+      p->ep->queued--;
+    }
     release_worker(p, false);
+    fail(p, 413, "too_large", msg);
+    p->state = P_DONE;
     proxy_free(p);
     return;
   }
-  if (code == 0) {
-    bool crashed = w && (w->exited || w->stopping);
-    release_worker(p, false);
-    reply_error(p, 502, "no_worker",
-                crashed ? "the worker ended before it answered" : "the worker closed the connection before it answered");
-    finish(p);
+  if (p->replay) {
+    if (evbuffer_get_length(p->replay) + len > REPLAY_MAX) {
+      evbuffer_free(p->replay);
+      p->replay = NULL;
+    } else {
+      evbuffer_add(p->replay, evbuffer_pullup(data, -1), len);
+    }
+  }
+  if (p->state == P_SENT && p->u) {
+    write_body(p, data);
+    if (!p->client_paused && sg_upstream_unsent(p->u) > UPSTREAM_UNSENT_MAX) {
+      p->client_paused = true;
+      sg_http_pause_body(req, true);
+    }
     return;
   }
-  if (w) {
-    w->served++;
-    p->ep->served++;
+  evbuffer_add_buffer(p->pending, data);
+  if (!p->client_paused && evbuffer_get_length(p->pending) > BODY_HOLD_MAX) {
+    p->client_paused = true;
+    sg_http_pause_body(req, true);
   }
-  if (!p->replying) /* an answer whose head never went through the header callback */
-    evhttp_send_reply_start(p->req, code, NULL);
-  if (evbuffer_get_length(evhttp_request_get_input_buffer(up)) > 0)
-    evhttp_send_reply_chunk(p->req, evhttp_request_get_input_buffer(up));
-  detach_client(p);
-  evhttp_send_reply_end(p->req);
-  release_worker(p, true);
-  finish(p);
+}
+
+static void client_end(sg_http_req_t *req, void *arg) {
+  sg_proxy_t *p = arg;
+  p->body_done = true;
+  if (p->state == P_SENT && p->u)
+    end_body(p);
+}
+
+static void up_drain(void *arg) {
+  sg_proxy_t *p = arg;
+  if (p->client_paused) {
+    p->client_paused = false;
+    sg_http_pause_body(p->req, false);
+  }
+}
+
+/* ---- dispatch ---- */
+
+static void write_head(sg_proxy_t *p, sg_worker_t *w) {
+  sg_http_req_t *req = p->req;
+  struct evbuffer *out = sg_upstream_output(p->u);
+  const char *target = sg_http_target(req) + 3 + strlen(p->ep->name); /* after "/e/name" */
+  evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", sg_http_method(req),
+                      *target == '/' ? "" : "/", target, w->port);
+  const char *conn = sg_http_header(req, "Connection");
+  const char *xff = NULL;
+  size_t n = sg_http_header_count(req);
+  for (size_t i = 0; i < n; i++) {
+    const char *name, *value;
+    sg_http_header_at(req, i, &name, &value);
+    if (is_hop_by_hop(name, conn) || !strcasecmp(name, "Authorization") || !strcasecmp(name, "Host") ||
+        !strcasecmp(name, "Content-Length") || !strcasecmp(name, "Expect"))
+      continue;
+    if (!strcasecmp(name, "X-Forwarded-For")) {
+      xff = value;
+      continue;
+    }
+    evbuffer_add_printf(out, "%s: %s\r\n", name, value);
+  }
+  if (xff)
+    evbuffer_add_printf(out, "X-Forwarded-For: %s, %s\r\n", xff, sg_http_peer(req));
+  else
+    evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", sg_http_peer(req));
+  int64_t cl = sg_http_content_length(req);
+  p->chunked_up = false;
+  if (cl >= 0)
+    evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)cl);
+  else if (p->body_done)
+    evbuffer_add_printf(out, "Content-Length: %zu\r\n", p->body_total);
+  else {
+    p->chunked_up = true;
+    evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+  }
+  evbuffer_add(out, "\r\n", 2);
 }
 
 static void send_to(sg_proxy_t *p, sg_worker_t *w) {
+  if (p->attempts == 0)
+    sg_histogram_observe(&p->ep->metrics.queue_wait, (double)(sg_now_ms() - p->arrived_mono) / 1000);
   p->state = P_SENT;
   p->w = w;
+  p->attempts++;
   w->in_flight++;
   w->last_used_mono = sg_now_ms();
   p->ep->in_flight++;
-  p->conn = sg_worker_get_conn(w);
-  struct evhttp_request *up = evhttp_request_new(up_done_cb, p);
-  evhttp_request_set_header_cb(up, up_header_cb);
-  evhttp_request_set_chunked_cb(up, up_chunk_cb);
-  struct evkeyvalq *in = evhttp_request_get_input_headers(p->req);
-  struct evkeyvalq *out = evhttp_request_get_output_headers(up);
-  copy_headers(in, out, true);
-  char host[32];
-  snprintf(host, sizeof(host), "127.0.0.1:%d", w->port);
-  evhttp_add_header(out, "Host", host);
-  struct evhttp_connection *evcon = evhttp_request_get_connection(p->req);
-  if (evcon) {
-    char *peer = NULL;
-    ev_uint16_t port = 0;
-    evhttp_connection_get_peer(evcon, &peer, &port);
-    if (peer) {
-      const char *xff = evhttp_find_header(in, "X-Forwarded-For");
-      cleanup_free char *v = xff ? xasprintf("%s, %s", xff, peer) : xstrdup(peer);
-      evhttp_remove_header(out, "X-Forwarded-For");
-      evhttp_add_header(out, "X-Forwarded-For", v);
-    }
-  }
-  struct evbuffer *body = evhttp_request_get_input_buffer(p->req);
-  size_t len = evbuffer_get_length(body);
-  if (len > 0 || p->method == EVHTTP_REQ_POST || p->method == EVHTTP_REQ_PUT || p->method == EVHTTP_REQ_PATCH) {
-    char cl[32];
-    snprintf(cl, sizeof(cl), "%zu", len);
-    evhttp_add_header(out, "Content-Length", cl);
-    evbuffer_add_buffer(evhttp_request_get_output_buffer(up), body);
-  }
-  p->up = up;
-  if (evhttp_make_request(p->conn, up, p->method, p->uri) < 0) {
-    /* libevent freed up */
-    p->up = NULL;
-    release_worker(p, false);
-    reply_error(p, 502, "no_worker", "could not send the request to the worker");
-    finish(p);
+  p->u = sg_worker_get_conn(w);
+  sg_upstream_begin(p->u, &handler, p, sg_http_is_head(p->req));
+  sg_upstream_set_drain(p->u, UPSTREAM_UNSENT_MAX / 2);
+  write_head(p, w);
+  write_body(p, p->pending);
+  if (p->body_done)
+    end_body(p);
+  if (p->client_paused && sg_upstream_unsent(p->u) <= UPSTREAM_UNSENT_MAX) {
+    p->client_paused = false;
+    sg_http_pause_body(p->req, false);
   }
 }
 
-/* The worker that should take the next request, or NULL when all are busy. */
-static sg_worker_t *pick(sg_endpoint_t *ep) {
+/* The worker that should take the next request, or NULL when all are busy.
+ * Workers an attempt of p failed on are skipped. */
+static sg_worker_t *pick(sg_endpoint_t *ep, const sg_proxy_t *p) {
   sg_balancer_slot_t slots[64];
   sg_worker_t *ws[64];
   size_t n = 0;
   sg_worker_t *w;
+  int maxc = ep->spec->workers.max_concurrency;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state != SG_W_READY)
+    if (w->state != SG_W_READY || (p && tried(p, w)))
       continue;
     if (n == SG_ARRAY_SIZE(slots)) {
-      int i = sg_balancer_pick(slots, n, ep->spec->workers.max_concurrency);
-      if (i >= 0 && slots[i].in_flight == 0)
-        return ws[i];
-      /* keep the best of this batch and go on */
+      /* Keep the best of this batch and go on with the rest. */
+      int i = sg_balancer_pick(slots, n, maxc);
+      n = 0;
       if (i >= 0) {
         slots[0] = slots[i];
         ws[0] = ws[i];
         n = 1;
-      } else {
-        n = 0;
       }
     }
     slots[n] = (sg_balancer_slot_t){true, w->in_flight, w->last_used_mono};
     ws[n++] = w;
   }
-  int i = sg_balancer_pick(slots, n, ep->spec->workers.max_concurrency);
+  int i = sg_balancer_pick(slots, n, maxc);
   return i >= 0 ? ws[i] : NULL;
 }
 
 void sg_gateway_pump(sg_endpoint_t *ep) {
   sg_proxy_t *p;
   while ((p = TAILQ_FIRST(&ep->queue))) {
-    sg_worker_t *w = pick(ep);
-    if (!w)
-      return;
+    sg_worker_t *w = pick(ep, p);
+    if (!w) {
+      if (p->attempts == 0 || !pick(ep, NULL))
+        return;
+      /* Only workers this request failed on are free: let it use them. */
+      for (int i = 0; i < MAX_ATTEMPTS; i++) {
+        free(p->tried[i]);
+        p->tried[i] = NULL;
+      }
+      w = pick(ep, p);
+    }
     TAILQ_REMOVE(&ep->queue, p, link);
     ep->queued--;
     send_to(p, w);
   }
 }
 
-/* Abandons an upstream request; its callbacks do not run for p afterwards. */
-static void cancel_upstream(sg_proxy_t *p, struct evhttp_request *up) {
-  p->up = NULL;
-  p->cancelling = true;
-  evhttp_cancel_request(up);
-  p->cancelling = false;
-}
-
 static void timeout_cb(evutil_socket_t fd, short what, void *arg) {
   sg_proxy_t *p = arg;
-  cleanup_free char *msg = xasprintf("no answer within workers.request_timeout_s=%gs",
-                                     p->ep->spec->workers.request_timeout_s);
+  cleanup_free char *msg =
+      xasprintf("no answer within workers.request_timeout_s=%gs", p->ep->spec->workers.request_timeout_s);
   if (p->state == P_QUEUED) {
     TAILQ_REMOVE(&p->ep->queue, p, link);
     p->ep->queued--;
-    reply_error(p, 504, "timeout", msg);
-    finish(p);
-    return;
   }
-  if (p->state == P_SENT) {
-    /* Abandon the upstream request: its connection cannot be reused. */
-    struct evhttp_request *up = p->up;
-    p->state = P_DONE;
-    reply_error(p, 504, "timeout", msg);
-    detach_client(p);
-    if (up)
-      cancel_upstream(p, up);
-    release_worker(p, false);
-    proxy_free(p);
-  }
+  release_worker(p, false);
+  fail(p, 504, "timeout", msg);
+  p->state = P_DONE;
+  proxy_free(p);
 }
 
-static void client_closed(struct evhttp_connection *evcon, void *arg) {
+static void client_closed(sg_http_req_t *req, void *arg) {
   sg_proxy_t *p = arg;
-  p->client_gone = true;
-  p->client = NULL;
-  evhttp_connection_set_closecb(evcon, NULL, NULL);
   if (p->state == P_QUEUED) {
     TAILQ_REMOVE(&p->ep->queue, p, link);
     p->ep->queued--;
-    evhttp_send_reply_end(p->req); /* releases the detached request */
-    finish(p);
-  } else if (p->state == P_SENT) {
-    struct evhttp_request *up = p->up;
-    p->state = P_DONE;
-    evhttp_send_reply_end(p->req);
-    if (up)
-      cancel_upstream(p, up);
-    release_worker(p, false);
-    if (p->timer)
-      evtimer_del(p->timer);
-    proxy_free(p);
   }
+  release_worker(p, false);
+  p->ep->metrics.aborted++;
+  p->state = P_DONE;
+  proxy_free(p);
 }
 
-/* The path and query on the worker: "/e/name/rest?q" -> "/rest?q". */
-static char *worker_uri(const char *uri, const char *name) {
-  const char *rest = uri + 3 + strlen(name); /* after "/e/name" */
-  if (*rest == '/')
-    return xstrdup(rest);
-  return xasprintf("/%s", rest);
-}
-
-void sg_gateway_handle(sg_daemon_t *d, struct evhttp_request *req, const char *name, const char *rest) {
+sg_http_head_action_t sg_gateway_handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
     sg_api_send_error(req, 404, "not_found", msg, NULL);
-    return;
+    return SG_HTTP_DONE;
+  }
+  ep->metrics.requests++;
+  int64_t cl = sg_http_content_length(req);
+  if (cl > (int64_t)d->cfg.max_body) {
+    cleanup_free char *msg = xasprintf("request body is over the gateway's limit of %zu bytes", d->cfg.max_body);
+    sg_api_send_error(req, 413, "too_large", msg, NULL);
+    sg_metrics_response(ep, 413, 0);
+    return SG_HTTP_DONE;
   }
   sg_proxy_t *p = xcalloc(1, sizeof(*p));
   p->ep = ep;
   ep->proxies++;
   p->req = req;
-  p->method = evhttp_request_get_command(req);
-  p->uri = worker_uri(evhttp_request_get_uri(req), name);
+  p->pending = evbuffer_new();
+  p->replay = evbuffer_new();
+  p->body_done = cl == 0 || (cl < 0 && !sg_http_header(req, "Transfer-Encoding"));
   p->arrived_mono = sg_now_ms();
-  p->client = evhttp_request_get_connection(req);
-  if (p->client)
-    evhttp_connection_set_closecb(p->client, client_closed, p);
+  sg_http_stream_body(req, client_data, client_end, p);
+  sg_http_set_close_cb(req, client_closed, p);
   p->timer = evtimer_new(d->base, timeout_cb, p);
   double t = ep->spec->workers.request_timeout_s;
   struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
   evtimer_add(p->timer, &tv);
 
-  sg_worker_t *w = TAILQ_EMPTY(&ep->queue) ? pick(ep) : NULL;
+  sg_worker_t *w = TAILQ_EMPTY(&ep->queue) ? pick(ep, NULL) : NULL;
   if (w) {
     send_to(p, w);
-    return;
+    return SG_HTTP_STREAM;
   }
   if (ep->queued >= ep->spec->workers.max_queue) {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    sg_http_add_header(req, "Retry-After", "1");
     cleanup_free char *msg =
         xasprintf("no worker is free and the queue is full (workers.max_queue=%d)", ep->spec->workers.max_queue);
-    reply_error(p, 503, "queue_full", msg);
-    finish(p);
-    return;
+    fail(p, 503, "queue_full", msg);
+    p->state = P_DONE;
+    proxy_free(p);
+    return SG_HTTP_DONE;
   }
   p->state = P_QUEUED;
   TAILQ_INSERT_TAIL(&ep->queue, p, link);
   ep->queued++;
   sg_scaler_kick(d);
+  return SG_HTTP_STREAM;
 }
 
 void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, const char *message) {
@@ -387,8 +497,9 @@ void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, cons
   while ((p = TAILQ_FIRST(&ep->queue))) {
     TAILQ_REMOVE(&ep->queue, p, link);
     ep->queued--;
-    reply_error(p, status, code, message);
-    finish(p);
+    fail(p, status, code, message);
+    p->state = P_DONE;
+    proxy_free(p);
   }
 }
 

@@ -9,7 +9,6 @@
  * than holding memory without limit. */
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
@@ -30,7 +29,7 @@
 struct sg_follower {
   LIST_ENTRY(sg_follower) link;
   sg_daemon_t *d;
-  struct evhttp_request *req;
+  sg_http_req_t *req;
   char *endpoint;
   char *worker; /* NULL: any */
   char *stream; /* NULL: any */
@@ -88,39 +87,23 @@ static void follower_free(sg_follower_t *f) {
   free(f);
 }
 
-/* Ends a follower's answer (the request is freed by libevent) and forgets it. */
+/* Ends a follower's answer and forgets it. */
 static void follower_end(sg_follower_t *f) {
-  struct evhttp_connection *evcon = evhttp_request_get_connection(f->req);
-  if (evcon)
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-  evhttp_send_reply_end(f->req);
+  sg_http_set_close_cb(f->req, NULL, NULL);
+  sg_http_reply_end(f->req);
   follower_free(f);
 }
 
-static void follower_closed(struct evhttp_connection *evcon, void *arg) {
-  sg_follower_t *f = arg;
-  /* The client went away: the request was detached from its connection and
-   * is released by the end of the reply. */
-  evhttp_connection_set_closecb(evcon, NULL, NULL);
-  evhttp_send_reply_end(f->req);
-  follower_free(f);
-}
-
-static size_t unsent(sg_follower_t *f) {
-  struct evhttp_connection *evcon = evhttp_request_get_connection(f->req);
-  if (!evcon)
-    return 0;
-  struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-  return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
-}
+/* The client went away; the server frees the request. */
+static void follower_closed(sg_http_req_t *req, void *arg) { follower_free(arg); }
 
 static void follower_send(sg_follower_t *f, struct evbuffer *buf) {
-  if (unsent(f) > FOLLOWER_MAX_UNSENT) {
+  if (sg_http_unsent(f->req) > FOLLOWER_MAX_UNSENT) {
     sg_warn("log follower of %s is too slow; closing its stream", f->endpoint);
     follower_end(f);
     return;
   }
-  evhttp_send_reply_chunk(f->req, buf);
+  sg_http_reply_chunk(f->req, buf);
 }
 
 static void keepalive_cb(evutil_socket_t fd, short what, void *arg) {
@@ -255,10 +238,10 @@ static void query_line(void *ud, const sg_log_line_t *l) {
   format_line(c->buf, l, c->sse);
 }
 
-void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *ep) {
+void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   struct evkeyvalq params;
   TAILQ_INIT(&params);
-  const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+  const char *query = sg_http_query(req);
   if (query && evhttp_parse_query_str(query, &params) < 0) {
     sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
     return;
@@ -309,7 +292,7 @@ void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *e
     evhttp_clear_headers(&params);
     return;
   }
-  const char *accept = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+  const char *accept = sg_http_header(req, "Accept");
   bool sse = accept && strstr(accept, "text/event-stream");
 
   sg_logs_flush(d);
@@ -321,11 +304,11 @@ void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *e
     sg_api_send_sg_error(req, err);
     return;
   }
-  struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-  evhttp_add_header(out, "Content-Type", sse ? "text/event-stream" : "application/x-ndjson");
-  evhttp_add_header(out, "Cache-Control", "no-cache");
+  const char *type = sse ? "text/event-stream" : "application/x-ndjson";
+  sg_http_add_header(req, "Cache-Control", "no-cache");
   if (!follow) {
-    evhttp_send_reply(req, 200, "OK", ctx.buf);
+    size_t len = evbuffer_get_length(ctx.buf);
+    sg_http_reply(req, 200, type, evbuffer_pullup(ctx.buf, -1), len);
     evbuffer_free(ctx.buf);
     evhttp_clear_headers(&params);
     return;
@@ -341,10 +324,11 @@ void sg_logs_handle(sg_daemon_t *d, struct evhttp_request *req, sg_endpoint_t *e
   f->sse = sse;
   evhttp_clear_headers(&params);
   LIST_INSERT_HEAD(&d->followers, f, link);
-  evhttp_send_reply_start(req, 200, "OK");
-  evhttp_send_reply_chunk(req, ctx.buf);
+  sg_http_add_header(req, "Content-Type", type);
+  sg_http_reply_start(req, 200, NULL);
+  sg_http_reply_chunk(req, ctx.buf);
   evbuffer_free(ctx.buf);
-  evhttp_connection_set_closecb(evhttp_request_get_connection(req), follower_closed, f);
+  sg_http_set_close_cb(req, follower_closed, f);
   f->keepalive = event_new(d->base, -1, EV_PERSIST, keepalive_cb, f);
   struct timeval tv = {KEEPALIVE_S, 0};
   event_add(f->keepalive, &tv);

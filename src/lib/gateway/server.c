@@ -1,0 +1,751 @@
+/* The HTTP/1.1 server: connections, request parsing, answer framing and the
+ * timeouts that keep slow clients from holding resources. The contract is in
+ * http-internal.h. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "gateway/http-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define MAX_HEADERS 128
+#define READ_HIGH_WATER (256u << 10)
+
+typedef struct conn conn_t;
+
+struct sg_http_server {
+  struct event_base *base;
+  struct evconnlistener *listener;
+  sg_http_server_config_t cfg;
+  LIST_HEAD(, conn) conns;
+};
+
+struct hdr {
+  char *name;
+  char *value;
+};
+
+struct sg_http_req {
+  conn_t *c;
+  char method[24];
+  bool head, idempotent;
+  char *target, *path, *query;
+  size_t target_len;
+  struct hdr in[MAX_HEADERS];
+  size_t n_in;
+  bool in_value; /* the parser is inside a header value */
+  int64_t content_length;
+  int major, minor;
+  bool keep_alive;
+  bool expect_continue;
+  struct evbuffer *body;
+  sg_http_head_action_t action;
+  bool message_complete;
+  void (*on_data)(sg_http_req_t *, struct evbuffer *, void *);
+  void (*on_end)(sg_http_req_t *, void *);
+  void *body_arg;
+  struct evbuffer *chunk; /* scratch for streamed body pieces */
+  void (*close_cb)(sg_http_req_t *, void *);
+  void *close_arg;
+  /* answer */
+  struct hdr out[MAX_HEADERS];
+  size_t n_out;
+  bool started, chunked, no_body, close_after;
+  void (*drain_cb)(sg_http_req_t *, void *);
+  void *drain_arg;
+  size_t low_water;
+};
+
+struct conn {
+  LIST_ENTRY(conn) link;
+  sg_http_server_t *srv;
+  struct bufferevent *bev;
+  http_parser parser;
+  char peer[INET6_ADDRSTRLEN];
+  sg_http_req_t *req; /* being read or answered */
+  struct event *timer; /* header or idle timeout */
+  struct event *resume; /* deferred processing of buffered input */
+  bool in_process;
+  bool body_paused;
+  bool closing; /* closed when the output is flushed, then freed */
+  bool dead;    /* freed when processing unwinds */
+};
+
+static const http_parser_settings settings;
+
+const char *sg_http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 415: return "Unsupported Media Type";
+  case 418: return "I'm a teapot";
+  case 422: return "Unprocessable Content";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+/* ---- timers ---- */
+
+static void set_timer(conn_t *c, double secs) {
+  if (secs <= 0) {
+    evtimer_del(c->timer);
+    return;
+  }
+  struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+  evtimer_add(c->timer, &tv);
+}
+
+static void set_read_timeout(conn_t *c, bool on) {
+  double s = c->srv->cfg.io_timeout_s;
+  struct timeval tv = {(time_t)s, (suseconds_t)((s - (double)(time_t)s) * 1e6)};
+  bufferevent_set_timeouts(c->bev, on ? &tv : NULL, &tv);
+}
+
+/* ---- requests ---- */
+
+static void req_free(sg_http_req_t *r) {
+  if (!r)
+    return;
+  for (size_t i = 0; i < r->n_in; i++) {
+    free(r->in[i].name);
+    free(r->in[i].value);
+  }
+  for (size_t i = 0; i < r->n_out; i++) {
+    free(r->out[i].name);
+    free(r->out[i].value);
+  }
+  free(r->target);
+  free(r->path);
+  free(r->query);
+  if (r->body)
+    evbuffer_free(r->body);
+  if (r->chunk)
+    evbuffer_free(r->chunk);
+  free(r);
+}
+
+static void conn_free(conn_t *c) {
+  LIST_REMOVE(c, link);
+  if (c->req) {
+    sg_http_req_t *r = c->req;
+    c->req = NULL;
+    r->c = NULL;
+    if (r->close_cb)
+      r->close_cb(r, r->close_arg);
+    req_free(r);
+  }
+  event_free(c->timer);
+  event_free(c->resume);
+  bufferevent_free(c->bev);
+  free(c);
+}
+
+/* Frees c now, or when the processing on the stack unwinds. */
+static void conn_kill(conn_t *c) {
+  if (c->in_process) {
+    c->dead = true;
+    return;
+  }
+  conn_free(c);
+}
+
+/* Closes c once what is queued for the client is written. */
+static void conn_close_after_flush(conn_t *c) {
+  c->closing = true;
+  bufferevent_disable(c->bev, EV_READ);
+  bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+  evtimer_del(c->timer);
+  if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    conn_kill(c);
+}
+
+static void process(conn_t *c);
+
+static void schedule_process(conn_t *c) { event_active(c->resume, EV_TIMEOUT, 0); }
+
+/* The answer ended: forget the request and go on with the next one. */
+static void req_done(sg_http_req_t *r) {
+  conn_t *c = r->c;
+  r->c = NULL;
+  bool close = r->close_after || !r->keep_alive || !r->message_complete;
+  req_free(r);
+  if (!c)
+    return;
+  c->req = NULL;
+  c->body_paused = false;
+  if (close) {
+    conn_close_after_flush(c);
+    return;
+  }
+  http_parser_pause(&c->parser, 0);
+  set_read_timeout(c, false);
+  bufferevent_enable(c->bev, EV_READ);
+  set_timer(c, c->srv->cfg.idle_timeout_s);
+  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+    schedule_process(c);
+}
+
+/* ---- parser callbacks ---- */
+
+static int on_message_begin(http_parser *p) {
+  conn_t *c = p->data;
+  if (c->closing || c->dead)
+    return -1;
+  sg_http_req_t *r = xcalloc(1, sizeof(*r));
+  r->c = c;
+  r->content_length = -1;
+  c->req = r;
+  set_timer(c, c->srv->cfg.header_timeout_s);
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  sg_http_req_t *r = c->req;
+  if (r->target_len + len > c->srv->cfg.max_header_bytes)
+    return -1;
+  r->target = xrealloc(r->target, r->target_len + len + 1);
+  memcpy(r->target + r->target_len, at, len);
+  r->target_len += len;
+  r->target[r->target_len] = '\0';
+  return 0;
+}
+
+static char *append(char *s, const char *at, size_t len) {
+  size_t n = s ? strlen(s) : 0;
+  s = xrealloc(s, n + len + 1);
+  memcpy(s + n, at, len);
+  s[n + len] = '\0';
+  return s;
+}
+
+static size_t header_bytes(const sg_http_req_t *r) {
+  size_t n = r->target_len;
+  for (size_t i = 0; i < r->n_in; i++)
+    n += strlen(r->in[i].name) + (r->in[i].value ? strlen(r->in[i].value) : 0) + 4;
+  return n;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  sg_http_req_t *r = c->req;
+  if (r->in_value || r->n_in == 0) {
+    if (r->n_in == MAX_HEADERS)
+      return -1;
+    r->n_in++;
+    r->in_value = false;
+  }
+  struct hdr *h = &r->in[r->n_in - 1];
+  h->name = append(h->name, at, len);
+  return header_bytes(r) > c->srv->cfg.max_header_bytes ? -1 : 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  sg_http_req_t *r = c->req;
+  r->in_value = true;
+  struct hdr *h = &r->in[r->n_in - 1];
+  h->value = append(h->value, at, len);
+  return header_bytes(r) > c->srv->cfg.max_header_bytes ? -1 : 0;
+}
+
+static void split_target(sg_http_req_t *r) {
+  const char *t = r->target ? r->target : "/";
+  const char *q = strchr(t, '?');
+  const char *frag = strchr(t, '#');
+  size_t plen = q ? (size_t)(q - t) : frag ? (size_t)(frag - t) : strlen(t);
+  r->path = xstrndup(t, plen);
+  if (q) {
+    size_t qlen = frag && frag > q ? (size_t)(frag - q - 1) : strlen(q + 1);
+    r->query = xstrndup(q + 1, qlen);
+  }
+}
+
+static void send_continue(conn_t *c) {
+  static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  bufferevent_write(c->bev, line, sizeof(line) - 1);
+}
+
+/* Answers an error for a request whose body will not be read, then closes. */
+static void reject(sg_http_req_t *r, int status, const char *code, const char *msg) {
+  char body[512];
+  int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code, msg);
+  r->close_after = true;
+  sg_http_reply(r, status, "application/json", body, (size_t)n);
+}
+
+static int on_headers_complete(http_parser *p) {
+  conn_t *c = p->data;
+  sg_http_server_t *srv = c->srv;
+  sg_http_req_t *r = c->req;
+  evtimer_del(c->timer);
+  snprintf(r->method, sizeof(r->method), "%s", http_method_str((enum http_method)p->method));
+  r->head = p->method == HTTP_HEAD;
+  r->idempotent = p->method == HTTP_GET || p->method == HTTP_HEAD || p->method == HTTP_PUT ||
+                  p->method == HTTP_DELETE || p->method == HTTP_OPTIONS || p->method == HTTP_TRACE;
+  r->major = p->http_major;
+  r->minor = p->http_minor;
+  r->keep_alive = http_should_keep_alive(p);
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length != ULLONG_MAX)
+    r->content_length = (int64_t)p->content_length;
+  const char *expect = sg_http_header(r, "Expect");
+  r->expect_continue = expect && !strcasecmp(expect, "100-continue") && r->minor >= 1;
+  split_target(r);
+  if (p->upgrade) {
+    reject(r, 501, "not_implemented", "protocol upgrades are not supported");
+    return 0;
+  }
+  r->action = srv->cfg.on_head(srv->cfg.ud, r);
+  if (!c->req) /* answered and done */
+    return 0;
+  if (r->action == SG_HTTP_BUFFER) {
+    if (r->content_length > (int64_t)srv->cfg.max_buffered_body) {
+      reject(r, 413, "too_large", "request body is over the limit");
+      return 0;
+    }
+    r->body = evbuffer_new();
+  }
+  if (r->action != SG_HTTP_DONE && r->expect_continue && !r->started)
+    send_continue(c);
+  set_read_timeout(c, true);
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  sg_http_req_t *r = c->req;
+  if (!r || r->action == SG_HTTP_DONE || r->started)
+    return 0; /* answered early: the rest of the body is read and dropped */
+  if (r->action == SG_HTTP_BUFFER) {
+    if (evbuffer_get_length(r->body) + len > c->srv->cfg.max_buffered_body) {
+      reject(r, 413, "too_large", "request body is over the limit");
+      return 0;
+    }
+    evbuffer_add(r->body, at, len);
+    return 0;
+  }
+  if (!r->chunk)
+    r->chunk = evbuffer_new();
+  evbuffer_add(r->chunk, at, len);
+  r->on_data(r, r->chunk, r->body_arg);
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  conn_t *c = p->data;
+  sg_http_req_t *r = c->req;
+  http_parser_pause(p, 1);
+  if (!r)
+    return 0;
+  r->message_complete = true;
+  set_read_timeout(c, false);
+  if (r->action == SG_HTTP_BUFFER && !r->started)
+    c->srv->cfg.on_request(c->srv->cfg.ud, r);
+  else if (r->action == SG_HTTP_STREAM && r->on_end)
+    r->on_end(r, r->body_arg);
+  return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* Parses what the input buffer holds, one request at a time. */
+static void process(conn_t *c) {
+  if (c->in_process)
+    return;
+  c->in_process = true;
+  struct evbuffer *in = bufferevent_get_input(c->bev);
+  while (!c->dead && !c->closing) {
+    if (c->req && (c->req->message_complete || c->body_paused))
+      break;
+    size_t avail = evbuffer_get_length(in);
+    if (avail == 0)
+      break;
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+      break;
+    size_t n = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
+    evbuffer_drain(in, n);
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+    if (c->dead || c->closing)
+      break;
+    if (e == HPE_PAUSED)
+      continue; /* a message ended; the loop head decides */
+    if (e != HPE_OK || c->parser.upgrade) {
+      sg_http_req_t *r = c->req;
+      if (r && r->started) {
+        sg_http_reply_abort(r);
+        break;
+      }
+      if (!r) {
+        on_message_begin(&c->parser);
+        r = c->req;
+      }
+      bool too_big = e == HPE_HEADER_OVERFLOW || e == HPE_CB_url || e == HPE_CB_header_field ||
+                     e == HPE_CB_header_value;
+      r->keep_alive = false;
+      if (too_big)
+        reject(r, 431, "too_large", "request head is over the limit");
+      else
+        reject(r, 400, "bad_request", http_errno_description(e));
+      break;
+    }
+  }
+  c->in_process = false;
+  if (c->dead)
+    conn_free(c);
+}
+
+/* ---- connection events ---- */
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg) { process(arg); }
+
+static void read_cb(struct bufferevent *bev, void *arg) { process(arg); }
+
+static void write_cb(struct bufferevent *bev, void *arg) {
+  conn_t *c = arg;
+  if (c->closing) {
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+      conn_kill(c);
+    return;
+  }
+  sg_http_req_t *r = c->req;
+  if (r && r->drain_cb && evbuffer_get_length(bufferevent_get_output(bev)) <= r->low_water)
+    r->drain_cb(r, r->drain_arg);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg) {
+  conn_t *c = arg;
+  if ((what & BEV_EVENT_EOF) && c->req && !c->req->message_complete && !c->closing) {
+    /* The client stopped sending in the middle of a request. */
+    conn_kill(c);
+    return;
+  }
+  if ((what & BEV_EVENT_EOF) && !c->req && !c->closing) {
+    conn_kill(c);
+    return;
+  }
+  /* EOF while an answer is pending means the client went away: half-closed
+   * clients that still read are rare for this API and would hold a request
+   * slot for nothing. Errors and timeouts end the connection too. */
+  conn_kill(c);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg) {
+  conn_t *c = arg;
+  sg_http_req_t *r = c->req;
+  if (r && !r->started && !r->message_complete) {
+    r->keep_alive = false;
+    reject(r, 408, "timeout", "the request head did not arrive in time");
+    return;
+  }
+  conn_kill(c); /* idle keep-alive connection */
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
+  sg_http_server_t *srv = arg;
+  conn_t *c = xcalloc(1, sizeof(*c));
+  c->srv = srv;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof(c->peer));
+  c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->timer = evtimer_new(srv->base, timer_cb, c);
+  c->resume = event_new(srv->base, -1, 0, resume_cb, c);
+  bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+  bufferevent_setwatermark(c->bev, EV_READ, 0, READ_HIGH_WATER);
+  set_read_timeout(c, false);
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+  set_timer(c, srv->cfg.idle_timeout_s);
+  LIST_INSERT_HEAD(&srv->conns, c, link);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg) {
+  int e = EVUTIL_SOCKET_ERROR();
+  sg_warn("accept: %s", evutil_socket_error_to_string(e));
+  if (e == EMFILE || e == ENFILE) {
+    /* Out of descriptors: pause accepting for a moment rather than spin. */
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    event_base_once(evconnlistener_get_base(l), -1, EV_TIMEOUT,
+                    (event_callback_fn)(void (*)(void))evconnlistener_enable, l, &tv);
+  }
+}
+
+sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_server_config_t *cfg, const char *host,
+                                     int port, int *bound_port, sg_error_t **err) {
+  struct sockaddr_storage ss = {0};
+  int sslen;
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    sslen = sizeof(*sin);
+  } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    sslen = sizeof(*sin6);
+  } else if (!strcmp(host, "localhost")) {
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin->sin_port = htons((uint16_t)port);
+    sslen = sizeof(*sin);
+  } else {
+    sg_make_error(err, EINVAL, "listen address \"%s\" is not an IP address", host);
+    return NULL;
+  }
+  sg_http_server_t *srv = xcalloc(1, sizeof(*srv));
+  srv->base = base;
+  srv->cfg = *cfg;
+  LIST_INIT(&srv->conns);
+  srv->listener = evconnlistener_new_bind(base, accept_cb, srv,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+                                          (struct sockaddr *)&ss, sslen);
+  if (!srv->listener) {
+    int e = errno ? errno : EADDRINUSE;
+    sg_make_error(err, e, "cannot listen on %s:%d: %s", host, port, strerror(e));
+    free(srv);
+    return NULL;
+  }
+  evconnlistener_set_error_cb(srv->listener, accept_error_cb);
+  struct sockaddr_storage bound;
+  socklen_t bl = sizeof(bound);
+  getsockname(evconnlistener_get_fd(srv->listener), (struct sockaddr *)&bound, &bl);
+  *bound_port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                  : ((struct sockaddr_in *)&bound)->sin_port);
+  return srv;
+}
+
+void sg_http_server_free(sg_http_server_t *srv) {
+  if (!srv)
+    return;
+  evconnlistener_free(srv->listener);
+  conn_t *c;
+  while ((c = LIST_FIRST(&srv->conns)))
+    conn_free(c);
+  free(srv);
+}
+
+/* ---- request accessors ---- */
+
+const char *sg_http_method(const sg_http_req_t *req) { return req->method; }
+bool sg_http_method_is(const sg_http_req_t *req, const char *name) { return !strcmp(req->method, name); }
+bool sg_http_method_idempotent(const sg_http_req_t *req) { return req->idempotent; }
+bool sg_http_is_head(const sg_http_req_t *req) { return req->head; }
+const char *sg_http_target(const sg_http_req_t *req) { return req->target ? req->target : "/"; }
+const char *sg_http_path(const sg_http_req_t *req) { return req->path; }
+const char *sg_http_query(const sg_http_req_t *req) { return req->query; }
+int64_t sg_http_content_length(const sg_http_req_t *req) { return req->content_length; }
+const char *sg_http_peer(const sg_http_req_t *req) { return req->c ? req->c->peer : ""; }
+struct evbuffer *sg_http_body(sg_http_req_t *req) {
+  if (!req->body)
+    req->body = evbuffer_new();
+  return req->body;
+}
+int sg_http_version_minor(const sg_http_req_t *req) { return req->minor; }
+
+const char *sg_http_header(const sg_http_req_t *req, const char *name) {
+  for (size_t i = 0; i < req->n_in; i++)
+    if (!strcasecmp(req->in[i].name, name))
+      return req->in[i].value ? req->in[i].value : "";
+  return NULL;
+}
+
+size_t sg_http_header_count(const sg_http_req_t *req) { return req->n_in; }
+
+void sg_http_header_at(const sg_http_req_t *req, size_t i, const char **name, const char **value) {
+  *name = req->in[i].name;
+  *value = req->in[i].value ? req->in[i].value : "";
+}
+
+void sg_http_set_close_cb(sg_http_req_t *req, void (*cb)(sg_http_req_t *, void *), void *arg) {
+  req->close_cb = cb;
+  req->close_arg = arg;
+}
+
+void sg_http_stream_body(sg_http_req_t *req, void (*on_data)(sg_http_req_t *, struct evbuffer *, void *),
+                         void (*on_end)(sg_http_req_t *, void *), void *arg) {
+  req->on_data = on_data;
+  req->on_end = on_end;
+  req->body_arg = arg;
+}
+
+void sg_http_pause_body(sg_http_req_t *req, bool paused) {
+  conn_t *c = req->c;
+  if (!c || c->body_paused == paused)
+    return;
+  c->body_paused = paused;
+  if (paused) {
+    http_parser_pause(&c->parser, 1);
+  } else {
+    http_parser_pause(&c->parser, 0);
+    schedule_process(c);
+  }
+}
+
+/* ---- answers ---- */
+
+void sg_http_add_header(sg_http_req_t *req, const char *name, const char *value) {
+  if (req->n_out == MAX_HEADERS)
+    return;
+  req->out[req->n_out].name = xstrdup(name);
+  req->out[req->n_out].value = xstrdup(value);
+  req->n_out++;
+}
+
+static const char *out_header(const sg_http_req_t *req, const char *name) {
+  for (size_t i = 0; i < req->n_out; i++)
+    if (!strcasecmp(req->out[i].name, name))
+      return req->out[i].value;
+  return NULL;
+}
+
+bool sg_http_reply_started(const sg_http_req_t *req) { return req->started; }
+
+void sg_http_reply_start(sg_http_req_t *req, int status, const char *reason) {
+  conn_t *c = req->c;
+  req->started = true;
+  if (!c)
+    return;
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", req->minor >= 1 ? 1 : 0, status,
+                      reason && *reason ? reason : sg_http_reason(status));
+  for (size_t i = 0; i < req->n_out; i++)
+    evbuffer_add_printf(out, "%s: %s\r\n", req->out[i].name, req->out[i].value);
+  req->no_body = req->head || status == 204 || status == 304 || (status >= 100 && status < 200);
+  if (!req->no_body && !out_header(req, "Content-Length")) {
+    if (req->minor >= 1) {
+      req->chunked = true;
+      evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    } else {
+      req->close_after = true;
+    }
+  }
+  /* A request whose body is still unread cannot be followed by another. */
+  if (!req->message_complete)
+    req->close_after = true;
+  if (req->close_after || !req->keep_alive)
+    evbuffer_add(out, "Connection: close\r\n", 19);
+  else if (req->minor == 0)
+    evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+  evbuffer_add(out, "\r\n", 2);
+}
+
+void sg_http_reply_chunk(sg_http_req_t *req, struct evbuffer *data) {
+  size_t len = evbuffer_get_length(data);
+  conn_t *c = req->c;
+  if (!c || req->no_body || len == 0) {
+    evbuffer_drain(data, len);
+    return;
+  }
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  if (req->chunked)
+    evbuffer_add_printf(out, "%zx\r\n", len);
+  evbuffer_add_buffer(out, data);
+  if (req->chunked)
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void sg_http_reply_chunk_mem(sg_http_req_t *req, const void *data, size_t len) {
+  conn_t *c = req->c;
+  if (!c || req->no_body || len == 0)
+    return;
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  if (req->chunked)
+    evbuffer_add_printf(out, "%zx\r\n", len);
+  evbuffer_add(out, data, len);
+  if (req->chunked)
+    evbuffer_add(out, "\r\n", 2);
+}
+
+void sg_http_reply_end(sg_http_req_t *req) {
+  conn_t *c = req->c;
+  if (c && req->chunked)
+    evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+  req_done(req);
+}
+
+void sg_http_reply(sg_http_req_t *req, int status, const char *content_type, const void *body, size_t len) {
+  if (content_type)
+    sg_http_add_header(req, "Content-Type", content_type);
+  char cl[24];
+  snprintf(cl, sizeof(cl), "%zu", len);
+  sg_http_add_header(req, "Content-Length", cl);
+  sg_http_reply_start(req, status, NULL);
+  sg_http_reply_chunk_mem(req, body, len);
+  sg_http_reply_end(req);
+}
+
+void sg_http_reply_abort(sg_http_req_t *req) {
+  conn_t *c = req->c;
+  req->c = NULL;
+  req_free(req);
+  if (!c)
+    return;
+  c->req = NULL;
+  /* Drop what is queued: a truncated answer must not look complete. */
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  evbuffer_drain(out, evbuffer_get_length(out));
+  conn_kill(c);
+}
+
+size_t sg_http_unsent(const sg_http_req_t *req) {
+  return req->c ? evbuffer_get_length(bufferevent_get_output(req->c->bev)) : 0;
+}
+
+void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_http_req_t *, void *), void *arg) {
+  req->drain_cb = cb;
+  req->drain_arg = arg;
+  req->low_water = low_water;
+  if (req->c)
+    bufferevent_setwatermark(req->c->bev, EV_WRITE, cb ? low_water : 0, 0);
+}

@@ -1,0 +1,304 @@
+/* Connections from the gateway to workers: bufferevents with an
+ * http-parser response parser. See upstream.h. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include "gateway/upstream.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define MAX_HEADERS 128
+#define MAX_HEAD_BYTES (64u << 10)
+
+enum up_state { U_CONNECTING, U_IDLE, U_BUSY, U_DEAD };
+
+struct sg_upstream {
+  struct bufferevent *bev;
+  http_parser parser;
+  enum up_state state;
+  bool connected;
+  bool reused;
+  bool head_request;
+  bool answer_started;
+  bool in_cb;
+  bool free_pending;
+  const sg_upstream_handler_t *h;
+  void *arg;
+  /* the answer's head while it is parsed */
+  char *names[MAX_HEADERS];
+  char *values[MAX_HEADERS];
+  size_t n_headers;
+  size_t head_bytes;
+  bool in_value;
+  struct evbuffer *piece;
+};
+
+static const http_parser_settings settings;
+
+static void clear_headers(sg_upstream_t *u) {
+  for (size_t i = 0; i < u->n_headers; i++) {
+    free(u->names[i]);
+    free(u->values[i]);
+    u->names[i] = u->values[i] = NULL;
+  }
+  u->n_headers = 0;
+  u->head_bytes = 0;
+  u->in_value = false;
+}
+
+static void really_free(sg_upstream_t *u) {
+  clear_headers(u);
+  if (u->bev)
+    bufferevent_free(u->bev);
+  evbuffer_free(u->piece);
+  free(u);
+}
+
+void sg_upstream_free(sg_upstream_t *u) {
+  if (!u)
+    return;
+  u->h = NULL;
+  u->state = U_DEAD;
+  if (u->in_cb) {
+    u->free_pending = true;
+    return;
+  }
+  really_free(u);
+}
+
+/* Ends the exchange with an error and marks the connection dead. */
+static void fail(sg_upstream_t *u, sg_upstream_error_t e) {
+  const sg_upstream_handler_t *h = u->h;
+  bool started = u->answer_started;
+  u->state = U_DEAD;
+  u->h = NULL;
+  if (u->bev)
+    bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+  if (h && h->on_error)
+    h->on_error(u->arg, e, started);
+}
+
+static char *append(char *s, const char *at, size_t len) {
+  size_t n = s ? strlen(s) : 0;
+  s = xrealloc(s, n + len + 1);
+  memcpy(s + n, at, len);
+  s[n + len] = '\0';
+  return s;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+  sg_upstream_t *u = p->data;
+  if (u->in_value || u->n_headers == 0) {
+    if (u->n_headers == MAX_HEADERS)
+      return -1;
+    u->n_headers++;
+    u->in_value = false;
+  }
+  u->head_bytes += len;
+  u->names[u->n_headers - 1] = append(u->names[u->n_headers - 1], at, len);
+  return u->head_bytes > MAX_HEAD_BYTES ? -1 : 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+  sg_upstream_t *u = p->data;
+  u->in_value = true;
+  u->head_bytes += len;
+  u->values[u->n_headers - 1] = append(u->values[u->n_headers - 1], at, len);
+  return u->head_bytes > MAX_HEAD_BYTES ? -1 : 0;
+}
+
+static int on_headers_complete(http_parser *p) {
+  sg_upstream_t *u = p->data;
+  if (p->status_code >= 100 && p->status_code < 200)
+    return 0; /* an interim answer: its headers are dropped with it */
+  u->answer_started = true;
+  sg_upstream_header_t hs[MAX_HEADERS];
+  for (size_t i = 0; i < u->n_headers; i++) {
+    hs[i].name = u->names[i];
+    hs[i].value = u->values[i] ? u->values[i] : "";
+  }
+  if (u->h && u->h->on_head)
+    u->h->on_head(u->arg, p->status_code, hs, u->n_headers);
+  clear_headers(u);
+  return u->head_request ? 1 : 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len) {
+  sg_upstream_t *u = p->data;
+  if (!u->h)
+    return 0;
+  evbuffer_add(u->piece, at, len);
+  u->h->on_body(u->arg, u->piece);
+  evbuffer_drain(u->piece, evbuffer_get_length(u->piece));
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  sg_upstream_t *u = p->data;
+  if (!u->answer_started) { /* the end of an interim answer */
+    clear_headers(u);
+    return 0;
+  }
+  const sg_upstream_handler_t *h = u->h;
+  bool keep = http_should_keep_alive(p) && u->state == U_BUSY;
+  u->state = keep ? U_IDLE : U_DEAD;
+  u->h = NULL;
+  http_parser_pause(p, 1);
+  if (h && h->on_done)
+    h->on_done(u->arg);
+  return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void parse(sg_upstream_t *u, bool eof) {
+  struct evbuffer *in = bufferevent_get_input(u->bev);
+  if (u->state != U_BUSY) {
+    /* Bytes (or a close) on an idle connection: it cannot be reused. */
+    if (evbuffer_get_length(in) > 0 || eof)
+      u->state = U_DEAD;
+    return;
+  }
+  while (u->state == U_BUSY && evbuffer_get_length(in) > 0) {
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+      break;
+    size_t n = http_parser_execute(&u->parser, &settings, v.iov_base, v.iov_len);
+    evbuffer_drain(in, n);
+    enum http_errno e = HTTP_PARSER_ERRNO(&u->parser);
+    if (e == HPE_PAUSED) {
+      http_parser_pause(&u->parser, 0);
+      if (u->state == U_IDLE && evbuffer_get_length(in) > 0)
+        u->state = U_DEAD; /* more than one answer came */
+      return;
+    }
+    if (e != HPE_OK) {
+      fail(u, SG_UP_BAD_RESPONSE);
+      return;
+    }
+    if (u->free_pending)
+      return;
+  }
+  if (eof && u->state == U_BUSY) {
+    /* A body delimited by the close ends here. */
+    http_parser_execute(&u->parser, &settings, NULL, 0);
+    if (u->state == U_BUSY)
+      fail(u, SG_UP_BROKEN);
+  }
+}
+
+static void read_cb(struct bufferevent *bev, void *arg) {
+  sg_upstream_t *u = arg;
+  u->in_cb = true;
+  parse(u, false);
+  u->in_cb = false;
+  if (u->free_pending)
+    really_free(u);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg) {
+  sg_upstream_t *u = arg;
+  if (u->state == U_BUSY && u->h && u->h->on_drain) {
+    u->in_cb = true;
+    u->h->on_drain(u->arg);
+    u->in_cb = false;
+    if (u->free_pending)
+      really_free(u);
+  }
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg) {
+  sg_upstream_t *u = arg;
+  u->in_cb = true;
+  if (what & BEV_EVENT_CONNECTED) {
+    u->connected = true;
+    int one = 1;
+    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    bufferevent_set_timeouts(bev, NULL, NULL);
+  } else if (!u->connected) {
+    fail(u, SG_UP_CONNECT_FAILED);
+  } else if (what & BEV_EVENT_EOF) {
+    parse(u, true);
+    u->state = U_DEAD;
+  } else {
+    if (u->state == U_BUSY)
+      fail(u, SG_UP_BROKEN);
+    u->state = U_DEAD;
+  }
+  u->in_cb = false;
+  if (u->free_pending)
+    really_free(u);
+}
+
+sg_upstream_t *sg_upstream_new(struct event_base *base, int port, double connect_timeout_s) {
+  sg_upstream_t *u = xcalloc(1, sizeof(*u));
+  u->piece = evbuffer_new();
+  u->state = U_CONNECTING;
+  http_parser_init(&u->parser, HTTP_RESPONSE);
+  u->parser.data = u;
+  u->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent_setcb(u->bev, read_cb, write_cb, event_cb, u);
+  struct timeval tv = {(time_t)connect_timeout_s,
+                       (suseconds_t)((connect_timeout_s - (double)(time_t)connect_timeout_s) * 1e6)};
+  bufferevent_set_timeouts(u->bev, NULL, &tv);
+  bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+    u->state = U_DEAD; /* reported as a connect failure at begin */
+  return u;
+}
+
+bool sg_upstream_reused(const sg_upstream_t *u) { return u->reused; }
+
+bool sg_upstream_usable(const sg_upstream_t *u) { return u->state == U_IDLE && !u->free_pending; }
+
+void sg_upstream_begin(sg_upstream_t *u, const sg_upstream_handler_t *h, void *arg, bool head_request) {
+  u->h = h;
+  u->arg = arg;
+  u->head_request = head_request;
+  u->answer_started = false;
+  if (u->state == U_DEAD && !u->connected) {
+    /* The connect failed at once: report it from a fresh stack frame. */
+    bufferevent_trigger_event(u->bev, BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
+    return;
+  }
+  if (u->state == U_IDLE)
+    u->reused = true;
+  u->state = U_BUSY;
+  http_parser_init(&u->parser, HTTP_RESPONSE);
+  u->parser.data = u;
+  bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+}
+
+struct evbuffer *sg_upstream_output(sg_upstream_t *u) { return bufferevent_get_output(u->bev); }
+
+size_t sg_upstream_unsent(const sg_upstream_t *u) { return evbuffer_get_length(bufferevent_get_output(u->bev)); }
+
+void sg_upstream_set_drain(sg_upstream_t *u, size_t low_water) {
+  bufferevent_setwatermark(u->bev, EV_WRITE, low_water, 0);
+}
+
+void sg_upstream_pause(sg_upstream_t *u, bool paused) {
+  if (paused)
+    bufferevent_disable(u->bev, EV_READ);
+  else if (u->state != U_DEAD)
+    bufferevent_enable(u->bev, EV_READ);
+}
+
+void sg_upstream_detach(sg_upstream_t *u) {
+  u->h = NULL;
+  if (u->state == U_BUSY)
+    u->state = U_DEAD;
+}
