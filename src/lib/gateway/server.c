@@ -4,7 +4,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
-#include <event2/bufferevent.h>
 #include <event2/listener.h>
 #include <http_parser.h>
 #include <netinet/in.h>
@@ -14,6 +13,7 @@
 #include <sys/socket.h>
 
 #include "gateway/http-internal.h"
+#include "gateway/stream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -68,7 +68,7 @@ struct sg_http_req {
 struct conn {
   LIST_ENTRY(conn) link;
   sg_http_server_t *srv;
-  struct bufferevent *bev;
+  sg_stream_t *s;
   http_parser parser;
   char peer[INET6_ADDRSTRLEN];
   sg_http_req_t *req; /* being read or answered */
@@ -132,9 +132,8 @@ static void set_timer(conn_t *c, double secs) {
 }
 
 static void set_read_timeout(conn_t *c, bool on) {
-  double s = c->srv->cfg.io_timeout_s;
-  struct timeval tv = {(time_t)s, (suseconds_t)((s - (double)(time_t)s) * 1e6)};
-  bufferevent_set_timeouts(c->bev, on ? &tv : NULL, &tv);
+  double io = c->srv->cfg.io_timeout_s;
+  sg_stream_set_timeouts(c->s, on ? io : 0, io);
 }
 
 /* ---- requests ---- */
@@ -172,7 +171,7 @@ static void conn_free(conn_t *c) {
   }
   event_free(c->timer);
   event_free(c->resume);
-  bufferevent_free(c->bev);
+  sg_stream_free(c->s);
   free(c);
 }
 
@@ -188,10 +187,10 @@ static void conn_kill(conn_t *c) {
 /* Closes c once what is queued for the client is written. */
 static void conn_close_after_flush(conn_t *c) {
   c->closing = true;
-  bufferevent_disable(c->bev, EV_READ);
-  bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+  sg_stream_read(c->s, false);
+  sg_stream_set_low_water(c->s, 0);
   evtimer_del(c->timer);
-  if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+  if (evbuffer_get_length(sg_stream_output(c->s)) == 0)
     conn_kill(c);
 }
 
@@ -215,9 +214,9 @@ static void req_done(sg_http_req_t *r) {
   }
   http_parser_pause(&c->parser, 0);
   set_read_timeout(c, false);
-  bufferevent_enable(c->bev, EV_READ);
+  sg_stream_read(c->s, true);
   set_timer(c, c->srv->cfg.idle_timeout_s);
-  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+  if (evbuffer_get_length(sg_stream_input(c->s)) > 0)
     schedule_process(c);
 }
 
@@ -299,7 +298,7 @@ static void split_target(sg_http_req_t *r) {
 
 static void send_continue(conn_t *c) {
   static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
-  bufferevent_write(c->bev, line, sizeof(line) - 1);
+  evbuffer_add(sg_stream_output(c->s), line, sizeof(line) - 1);
 }
 
 /* Answers an error for a request whose body will not be read, then closes. */
@@ -397,7 +396,7 @@ static void process(conn_t *c) {
   if (c->in_process)
     return;
   c->in_process = true;
-  struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *in = sg_stream_input(c->s);
   while (!c->dead && !c->closing) {
     if (c->req && (c->req->message_complete || c->body_paused))
       break;
@@ -443,36 +442,27 @@ static void process(conn_t *c) {
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg) { process(arg); }
 
-static void read_cb(struct bufferevent *bev, void *arg) { process(arg); }
+static void read_cb(sg_stream_t *s, void *arg) { process(arg); }
 
-static void write_cb(struct bufferevent *bev, void *arg) {
+static void drain_cb(sg_stream_t *s, void *arg) {
   conn_t *c = arg;
   if (c->closing) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(sg_stream_output(s)) == 0)
       conn_kill(c);
     return;
   }
   sg_http_req_t *r = c->req;
-  if (r && r->drain_cb && evbuffer_get_length(bufferevent_get_output(bev)) <= r->low_water)
+  if (r && r->drain_cb && evbuffer_get_length(sg_stream_output(s)) <= r->low_water)
     r->drain_cb(r, r->drain_arg);
 }
 
-static void event_cb(struct bufferevent *bev, short what, void *arg) {
-  conn_t *c = arg;
-  if ((what & BEV_EVENT_EOF) && c->req && !c->req->message_complete && !c->closing) {
-    /* The client stopped sending in the middle of a request. */
-    conn_kill(c);
-    return;
-  }
-  if ((what & BEV_EVENT_EOF) && !c->req && !c->closing) {
-    conn_kill(c);
-    return;
-  }
-  /* EOF while an answer is pending means the client went away: half-closed
-   * clients that still read are rare for this API and would hold a request
-   * slot for nothing. Errors and timeouts end the connection too. */
-  conn_kill(c);
-}
+/* EOF while a request is read or answered means the client went away
+ * (half-closed clients that still read are rare for this API and would hold
+ * a request slot for nothing); errors and stalled reads or writes end the
+ * connection too. */
+static void event_cb(sg_stream_t *s, int what, void *arg) { conn_kill(arg); }
+
+static const sg_stream_callbacks_t stream_cbs = {read_cb, drain_cb, event_cb};
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg) {
   conn_t *c = arg;
@@ -495,15 +485,13 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
   else if (sa->sa_family == AF_INET6)
     inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof(c->peer));
-  c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+  c->s = sg_stream_new(srv->base, fd, &stream_cbs, c);
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
   c->timer = evtimer_new(srv->base, timer_cb, c);
   c->resume = event_new(srv->base, -1, 0, resume_cb, c);
-  bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-  bufferevent_setwatermark(c->bev, EV_READ, 0, READ_HIGH_WATER);
+  sg_stream_set_read_limit(c->s, READ_HIGH_WATER);
   set_read_timeout(c, false);
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
   set_timer(c, srv->cfg.idle_timeout_s);
   LIST_INSERT_HEAD(&srv->conns, c, link);
 }
@@ -656,7 +644,7 @@ void sg_http_reply_start(sg_http_req_t *req, int status, const char *reason) {
   req->started = true;
   if (!c)
     return;
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = sg_stream_output(c->s);
   evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", req->minor >= 1 ? 1 : 0, status,
                       reason && *reason ? reason : sg_http_reason(status));
   for (size_t i = 0; i < req->n_out; i++)
@@ -687,7 +675,7 @@ void sg_http_reply_chunk(sg_http_req_t *req, struct evbuffer *data) {
     evbuffer_drain(data, len);
     return;
   }
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = sg_stream_output(c->s);
   if (req->chunked)
     evbuffer_add_printf(out, "%zx\r\n", len);
   evbuffer_add_buffer(out, data);
@@ -699,7 +687,7 @@ void sg_http_reply_chunk_mem(sg_http_req_t *req, const void *data, size_t len) {
   conn_t *c = req->c;
   if (!c || req->no_body || len == 0)
     return;
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = sg_stream_output(c->s);
   if (req->chunked)
     evbuffer_add_printf(out, "%zx\r\n", len);
   evbuffer_add(out, data, len);
@@ -710,7 +698,7 @@ void sg_http_reply_chunk_mem(sg_http_req_t *req, const void *data, size_t len) {
 void sg_http_reply_end(sg_http_req_t *req) {
   conn_t *c = req->c;
   if (c && req->chunked)
-    evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+    evbuffer_add(sg_stream_output(c->s), "0\r\n\r\n", 5);
   req_done(req);
 }
 
@@ -733,13 +721,13 @@ void sg_http_reply_abort(sg_http_req_t *req) {
     return;
   c->req = NULL;
   /* Drop what is queued: a truncated answer must not look complete. */
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = sg_stream_output(c->s);
   evbuffer_drain(out, evbuffer_get_length(out));
   conn_kill(c);
 }
 
 size_t sg_http_unsent(const sg_http_req_t *req) {
-  return req->c ? evbuffer_get_length(bufferevent_get_output(req->c->bev)) : 0;
+  return req->c ? evbuffer_get_length(sg_stream_output(req->c->s)) : 0;
 }
 
 void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_http_req_t *, void *), void *arg) {
@@ -747,5 +735,5 @@ void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_ht
   req->drain_arg = arg;
   req->low_water = low_water;
   if (req->c)
-    bufferevent_setwatermark(req->c->bev, EV_WRITE, cb ? low_water : 0, 0);
+    sg_stream_set_low_water(req->c->s, cb ? low_water : 0);
 }

@@ -1,13 +1,13 @@
-/* Connections from the gateway to workers: bufferevents with an
- * http-parser response parser. See upstream.h. */
+/* Connections from the gateway to workers: streams with an http-parser
+ * response parser. See upstream.h. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <event2/bufferevent.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include "gateway/stream.h"
 #include "gateway/upstream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -18,7 +18,7 @@
 enum up_state { U_CONNECTING, U_IDLE, U_BUSY, U_DEAD };
 
 struct sg_upstream {
-  struct bufferevent *bev;
+  sg_stream_t *s;
   http_parser parser;
   enum up_state state;
   bool connected;
@@ -53,8 +53,7 @@ static void clear_headers(sg_upstream_t *u) {
 
 static void really_free(sg_upstream_t *u) {
   clear_headers(u);
-  if (u->bev)
-    bufferevent_free(u->bev);
+  sg_stream_free(u->s);
   evbuffer_free(u->piece);
   free(u);
 }
@@ -77,8 +76,7 @@ static void fail(sg_upstream_t *u, sg_upstream_error_t e) {
   bool started = u->answer_started;
   u->state = U_DEAD;
   u->h = NULL;
-  if (u->bev)
-    bufferevent_disable(u->bev, EV_READ | EV_WRITE);
+  sg_stream_read(u->s, false);
   if (h && h->on_error)
     h->on_error(u->arg, e, started);
 }
@@ -163,7 +161,7 @@ static const http_parser_settings settings = {
 };
 
 static void parse(sg_upstream_t *u, bool eof) {
-  struct evbuffer *in = bufferevent_get_input(u->bev);
+  struct evbuffer *in = sg_stream_input(u->s);
   if (u->state != U_BUSY) {
     /* Bytes (or a close) on an idle connection: it cannot be reused. */
     if (evbuffer_get_length(in) > 0 || eof)
@@ -198,7 +196,7 @@ static void parse(sg_upstream_t *u, bool eof) {
   }
 }
 
-static void read_cb(struct bufferevent *bev, void *arg) {
+static void read_cb(sg_stream_t *s, void *arg) {
   sg_upstream_t *u = arg;
   u->in_cb = true;
   parse(u, false);
@@ -207,7 +205,7 @@ static void read_cb(struct bufferevent *bev, void *arg) {
     really_free(u);
 }
 
-static void write_cb(struct bufferevent *bev, void *arg) {
+static void drain_cb(sg_stream_t *s, void *arg) {
   sg_upstream_t *u = arg;
   if (u->state == U_BUSY && u->h && u->h->on_drain) {
     u->in_cb = true;
@@ -218,17 +216,18 @@ static void write_cb(struct bufferevent *bev, void *arg) {
   }
 }
 
-static void event_cb(struct bufferevent *bev, short what, void *arg) {
+static void event_cb(sg_stream_t *s, int what, void *arg) {
   sg_upstream_t *u = arg;
   u->in_cb = true;
-  if (what & BEV_EVENT_CONNECTED) {
+  if (what & SG_STREAM_CONNECTED) {
     u->connected = true;
-    int one = 1;
-    setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    bufferevent_set_timeouts(bev, NULL, NULL);
+    sg_stream_set_timeouts(u->s, 0, 0);
+    if (u->state == U_CONNECTING)
+      u->state = U_IDLE;
   } else if (!u->connected) {
+    u->state = U_DEAD;
     fail(u, SG_UP_CONNECT_FAILED);
-  } else if (what & BEV_EVENT_EOF) {
+  } else if (what & SG_STREAM_EOF) {
     parse(u, true);
     u->state = U_DEAD;
   } else {
@@ -241,60 +240,49 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
     really_free(u);
 }
 
+static const sg_stream_callbacks_t stream_cbs = {read_cb, drain_cb, event_cb};
+
 sg_upstream_t *sg_upstream_new(struct event_base *base, int port, double connect_timeout_s) {
   sg_upstream_t *u = xcalloc(1, sizeof(*u));
   u->piece = evbuffer_new();
   u->state = U_CONNECTING;
   http_parser_init(&u->parser, HTTP_RESPONSE);
   u->parser.data = u;
-  u->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-  bufferevent_setcb(u->bev, read_cb, write_cb, event_cb, u);
-  struct timeval tv = {(time_t)connect_timeout_s,
-                       (suseconds_t)((connect_timeout_s - (double)(time_t)connect_timeout_s) * 1e6)};
-  bufferevent_set_timeouts(u->bev, NULL, &tv);
-  bufferevent_enable(u->bev, EV_READ | EV_WRITE);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-    u->state = U_DEAD; /* reported as a connect failure at begin */
+  u->s = sg_stream_connect_loopback(base, port, &stream_cbs, u);
+  sg_stream_set_timeouts(u->s, 0, connect_timeout_s);
   return u;
 }
 
 bool sg_upstream_reused(const sg_upstream_t *u) { return u->reused; }
 
-bool sg_upstream_usable(const sg_upstream_t *u) { return u->state == U_IDLE && !u->free_pending; }
+bool sg_upstream_usable(const sg_upstream_t *u) {
+  return (u->state == U_IDLE || u->state == U_CONNECTING) && !u->free_pending;
+}
 
 void sg_upstream_begin(sg_upstream_t *u, const sg_upstream_handler_t *h, void *arg, bool head_request) {
   u->h = h;
   u->arg = arg;
   u->head_request = head_request;
   u->answer_started = false;
-  if (u->state == U_DEAD && !u->connected) {
-    /* The connect failed at once: report it from a fresh stack frame. */
-    bufferevent_trigger_event(u->bev, BEV_EVENT_ERROR, BEV_TRIG_DEFER_CALLBACKS);
-    return;
-  }
-  if (u->state == U_IDLE)
+  if (u->state == U_IDLE && u->connected)
     u->reused = true;
   u->state = U_BUSY;
   http_parser_init(&u->parser, HTTP_RESPONSE);
   u->parser.data = u;
-  bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+  sg_stream_read(u->s, true);
 }
 
-struct evbuffer *sg_upstream_output(sg_upstream_t *u) { return bufferevent_get_output(u->bev); }
+struct evbuffer *sg_upstream_output(sg_upstream_t *u) { return sg_stream_output(u->s); }
 
-size_t sg_upstream_unsent(const sg_upstream_t *u) { return evbuffer_get_length(bufferevent_get_output(u->bev)); }
+size_t sg_upstream_unsent(const sg_upstream_t *u) { return evbuffer_get_length(sg_stream_output(u->s)); }
 
-void sg_upstream_set_drain(sg_upstream_t *u, size_t low_water) {
-  bufferevent_setwatermark(u->bev, EV_WRITE, low_water, 0);
-}
+void sg_upstream_set_drain(sg_upstream_t *u, size_t low_water) { sg_stream_set_low_water(u->s, low_water); }
 
 void sg_upstream_pause(sg_upstream_t *u, bool paused) {
   if (paused)
-    bufferevent_disable(u->bev, EV_READ);
+    sg_stream_read(u->s, false);
   else if (u->state != U_DEAD)
-    bufferevent_enable(u->bev, EV_READ);
+    sg_stream_read(u->s, true);
 }
 
 void sg_upstream_detach(sg_upstream_t *u) {
