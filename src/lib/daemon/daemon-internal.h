@@ -139,6 +139,8 @@ struct sg_daemon {
     uint64_t dropped;
   } logbuf;
   LIST_HEAD(, sg_follower) followers;
+  struct sg_log_writer *log_writer;
+  uint64_t log_seq; /* the newest batch handed to the writer */
 };
 
 /* daemon.c */
@@ -204,6 +206,8 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
                   size_t len);
 void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Starts the log writer on its own connection to the database. */
+int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err);
 void sg_logs_flush(sg_daemon_t *d);
 void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 void sg_logs_shutdown(sg_daemon_t *d);

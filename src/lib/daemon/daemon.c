@@ -363,6 +363,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   d->store = sg_store_open(db, err);
   if (!d->store)
     goto fail;
+  if (sg_logs_init(d, db, err) < 0)
+    goto fail;
   d->gpus = sg_gpu_inventory_new(d->cfg.gpus, d->cfg.gpus_fallback, err);
   if (!d->gpus)
     goto fail;

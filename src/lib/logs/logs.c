@@ -14,12 +14,13 @@
 #include <stdarg.h>
 
 #include "daemon/daemon-internal.h"
+#include "logs/writer.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-#define FLUSH_MS 100
+#define FLUSH_MS 50
 #define MAX_PENDING 20000        /* lines buffered before a forced flush */
-#define TRIM_EVERY_MS 30000
+#define MAX_BACKLOG 500000       /* lines waiting for the writer before new ones are dropped */
 #define FOLLOWER_MAX_UNSENT (4u << 20)
 #define KEEPALIVE_S 15
 #define MAX_LINE_BYTES 16384
@@ -38,8 +39,6 @@ struct sg_follower {
   bool sse;
   struct event *keepalive;
 };
-
-static int64_t last_trim_mono;
 
 static void flush_cb(evutil_socket_t fd, short what, void *arg) { sg_logs_flush(arg); }
 
@@ -135,18 +134,11 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
                   size_t len) {
   if (len > MAX_LINE_BYTES)
     len = MAX_LINE_BYTES;
+  if (d->logbuf.n >= MAX_PENDING)
+    sg_logs_flush(d);
   if (d->logbuf.n == d->logbuf.cap) {
-    if (d->logbuf.n >= MAX_PENDING) {
-      sg_logs_flush(d);
-      if (d->logbuf.n >= MAX_PENDING) { /* the store is failing: keep the newest lines */
-        d->logbuf.dropped++;
-        return;
-      }
-    }
-    if (d->logbuf.n == d->logbuf.cap) {
-      d->logbuf.cap = d->logbuf.cap ? 2 * d->logbuf.cap : 256;
-      d->logbuf.lines = xrealloc(d->logbuf.lines, d->logbuf.cap * sizeof(*d->logbuf.lines));
-    }
+    d->logbuf.cap = d->logbuf.cap ? 2 * d->logbuf.cap : 256;
+    d->logbuf.lines = xrealloc(d->logbuf.lines, d->logbuf.cap * sizeof(*d->logbuf.lines));
   }
   sg_log_line_t *l = &d->logbuf.lines[d->logbuf.n++];
   l->ts_ms = sg_wall_ms();
@@ -175,44 +167,37 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
   free(msg);
 }
 
-static void free_pending(sg_daemon_t *d) {
-  for (size_t i = 0; i < d->logbuf.n; i++) {
-    sg_log_line_t *l = &d->logbuf.lines[i];
-    free((char *)l->endpoint);
-    free((char *)l->worker);
-    free((char *)l->stream);
-    free((char *)l->line);
-  }
-  d->logbuf.n = 0;
+int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
+  d->log_writer = sg_log_writer_start(db_path, d->cfg.log_keep_lines, err);
+  return d->log_writer ? 0 : -1;
 }
 
-/* Keeps each endpoint's newest cfg.log_keep_lines lines; the lines of deleted
- * endpoints are kept as well, bounded the same way, until their name is reused. */
-static void trim(sg_daemon_t *d) {
-  sg_endpoint_t *ep;
-  TAILQ_FOREACH(ep, &d->endpoints, link) {
-    cleanup_error sg_error_t *err = NULL;
-    if (sg_store_logs_trim(d->store, ep->name, d->cfg.log_keep_lines, &err) < 0)
-      sg_warn("log trim of %s failed: %s", ep->name, err->message);
-  }
-}
-
+/* Hands the buffered lines to the writer, or drops them (counted) while the
+ * writer is too far behind. */
 void sg_logs_flush(sg_daemon_t *d) {
-  if (!d->store)
+  if (d->logbuf.n == 0 || !d->log_writer)
     return;
-  if (d->logbuf.n > 0) {
-    cleanup_error sg_error_t *err = NULL;
-    if (sg_store_logs_append(d->store, d->logbuf.lines, d->logbuf.n, &err) < 0) {
-      sg_errlog("%zu log lines lost: %s", d->logbuf.n, err->message);
-      d->logbuf.dropped += d->logbuf.n;
+  if (sg_log_writer_backlog(d->log_writer) > MAX_BACKLOG) {
+    d->logbuf.dropped += d->logbuf.n;
+    sg_log_lines_free(d->logbuf.lines, d->logbuf.n);
+  } else {
+    d->log_seq = sg_log_writer_submit(d->log_writer, d->logbuf.lines, d->logbuf.n);
+    if (d->logbuf.dropped) {
+      uint64_t dropped = d->logbuf.dropped;
+      d->logbuf.dropped = 0;
+      sg_warn("%llu log lines were dropped: the store could not keep up", (unsigned long long)dropped);
     }
-    free_pending(d);
   }
-  int64_t now = sg_now_ms();
-  if (now - last_trim_mono > TRIM_EVERY_MS) {
-    last_trim_mono = now;
-    trim(d);
-  }
+  d->logbuf.lines = NULL;
+  d->logbuf.n = d->logbuf.cap = 0;
+}
+
+/* Makes every line emitted so far visible to queries. Blocks for at most the
+ * batches in flight. */
+static void sync_writer(sg_daemon_t *d) {
+  sg_logs_flush(d);
+  if (d->log_writer && d->log_seq)
+    sg_log_writer_wait(d->log_writer, d->log_seq);
 }
 
 /* Reads an epoch-ms value or a duration before now ("10m"); -1 if malformed. */
@@ -295,7 +280,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   const char *accept = sg_http_header(req, "Accept");
   bool sse = accept && strstr(accept, "text/event-stream");
 
-  sg_logs_flush(d);
+  sync_writer(d);
   struct query_ctx ctx = {evbuffer_new(), sse};
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_logs_query(d->store, &q, query_line, &ctx, &err) < 0) {
@@ -339,10 +324,11 @@ void sg_logs_shutdown(sg_daemon_t *d) {
   while ((f = LIST_FIRST(&d->followers)))
     follower_end(f);
   sg_logs_flush(d);
-  free_pending(d);
-  free(d->logbuf.lines);
+  sg_log_lines_free(d->logbuf.lines, d->logbuf.n); /* left when there was no writer */
   d->logbuf.lines = NULL;
-  d->logbuf.cap = 0;
+  d->logbuf.n = d->logbuf.cap = 0;
+  sg_log_writer_stop(d->log_writer);
+  d->log_writer = NULL;
   if (d->log_flush) {
     event_free(d->log_flush);
     d->log_flush = NULL;
