@@ -11,6 +11,10 @@
  *   ANY  /status/NNN         answers with status NNN
  *   ANY  /crash              the process exits with status 3 at once
  *   GET  /env                PORT, CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, MODEL
+ *   GET  /stats              connections accepted since start and open now
+ *   ANY  /close-listener     stops accepting (new connections are refused) and closes
+ *                            every connection after its current answer; the process
+ *                            keeps running: a worker that vanished from the network
  *   ANY  anything else       echoes method, path, query, headers and body size as JSON
  *
  * Every request is logged to stdout as "METHOD TARGET STATUS DURATIONms".
@@ -62,6 +66,9 @@ static struct config cfg = {.host = "127.0.0.1", .port = 8000};
 static int bound_port;
 static struct timespec start_time;
 static atomic_int active_conns;
+static atomic_ulong accepted_conns;  /* connections accepted since start */
+static atomic_bool refusing;         /* /close-listener was called */
+static int listen_fd = -1;
 static uint32_t crc_table[256];
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -1088,6 +1095,14 @@ static int handle_env(struct conn *c, struct request *r) {
   return respond_json(c, r, 200, &b);
 }
 
+static int handle_stats(struct conn *c, struct request *r) {
+  struct buf b = {0};
+  buf_printf(&b, "{\"pid\":%ld,\"connections_accepted\":%lu,\"connections_open\":%d,\"refusing\":%s}",
+             (long)getpid(), (unsigned long)atomic_load(&accepted_conns), atomic_load(&active_conns),
+             atomic_load(&refusing) ? "true" : "false");
+  return respond_json(c, r, 200, &b);
+}
+
 static int handle_echo(struct conn *c, struct request *r) {
   struct buf b = {0};
   buf_adds(&b, "{\"method\":");
@@ -1166,6 +1181,14 @@ static int dispatch(struct conn *c, struct request *r) {
   }
   if (strcmp(path, "/env") == 0)
     return handle_env(c, r);
+  if (strcmp(path, "/stats") == 0)
+    return handle_stats(c, r);
+  if (strcmp(path, "/close-listener") == 0) {
+    atomic_store(&refusing, true);
+    shutdown(listen_fd, SHUT_RDWR); /* wakes accept(); connects are refused from now on */
+    r->keep_alive = false;
+    return handle_stats(c, r);
+  }
   return handle_echo(c, r);
 }
 
@@ -1216,8 +1239,10 @@ static void *conn_main(void *arg) {
       lingering_close(c->fd);
       break;
     }
+    if (atomic_load(&refusing))
+      r.keep_alive = false;
     rc = dispatch(c, &r);
-    bool again = rc == 0 && r.keep_alive;
+    bool again = rc == 0 && r.keep_alive && !atomic_load(&refusing);
     request_free(&r);
     if (!again)
       break;
@@ -1373,7 +1398,7 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-  int lfd = listen_socket();
+  int lfd = listen_fd = listen_socket();
   printf("listening on %s:%d (pid %ld)\n", cfg.host, bound_port, (long)getpid());
   if (cfg.warmup_ms == 0)
     printf("model loaded\n");
@@ -1390,6 +1415,10 @@ int main(int argc, char **argv) {
 
   for (;;) {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0 && atomic_load(&refusing)) {
+      for (;;)
+        pause(); /* serve what is open; the signal thread ends the process */
+    }
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED)
         continue;
@@ -1398,6 +1427,7 @@ int main(int argc, char **argv) {
       sleep_ms(10);
       continue;
     }
+    atomic_fetch_add(&accepted_conns, 1);
     if (atomic_fetch_add(&active_conns, 1) >= MAX_CONNS) {
       atomic_fetch_sub(&active_conns, 1);
       close(fd);

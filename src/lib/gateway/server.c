@@ -50,6 +50,7 @@ struct sg_http_req {
   struct evbuffer *body;
   sg_http_head_action_t action;
   bool message_complete;
+  bool has_body; /* the request announced a body (length > 0 or chunked) */
   void (*on_data)(sg_http_req_t *, struct evbuffer *, void *);
   void (*on_end)(sg_http_req_t *, void *);
   void *body_arg;
@@ -202,7 +203,7 @@ static void schedule_process(conn_t *c) { event_active(c->resume, EV_TIMEOUT, 0)
 static void req_done(sg_http_req_t *r) {
   conn_t *c = r->c;
   r->c = NULL;
-  bool close = r->close_after || !r->keep_alive || !r->message_complete;
+  bool close = r->close_after || !r->keep_alive || (!r->message_complete && r->has_body);
   req_free(r);
   if (!c)
     return;
@@ -323,6 +324,7 @@ static int on_headers_complete(http_parser *p) {
   r->keep_alive = http_should_keep_alive(p);
   if ((p->flags & F_CONTENTLENGTH) && p->content_length != ULLONG_MAX)
     r->content_length = (int64_t)p->content_length;
+  r->has_body = (p->flags & F_CHUNKED) || r->content_length > 0;
   const char *expect = sg_http_header(r, "Expect");
   r->expect_continue = expect && !strcasecmp(expect, "100-continue") && r->minor >= 1;
   split_target(r);
@@ -369,9 +371,9 @@ static int on_body(http_parser *p, const char *at, size_t len) {
 static int on_message_complete(http_parser *p) {
   conn_t *c = p->data;
   sg_http_req_t *r = c->req;
-  http_parser_pause(p, 1);
-  if (!r)
+  if (!r) /* answered before its (empty) body ended */
     return 0;
+  http_parser_pause(p, 1);
   r->message_complete = true;
   set_read_timeout(c, false);
   if (r->action == SG_HTTP_BUFFER && !r->started)
@@ -659,7 +661,7 @@ void sg_http_reply_start(sg_http_req_t *req, int status, const char *reason) {
     }
   }
   /* A request whose body is still unread cannot be followed by another. */
-  if (!req->message_complete)
+  if (!req->message_complete && req->has_body)
     req->close_after = true;
   if (req->close_after || !req->keep_alive)
     evbuffer_add(out, "Connection: close\r\n", 19);
