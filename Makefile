@@ -39,8 +39,8 @@ check-asan: deps $(ASAN_BUILD)/build.ninja
 	SGPU_TEST_TIMEOUT_SCALE=3 meson test -C $(ASAN_BUILD) $(MESON_TEST_FLAGS) --timeout-multiplier 3
 
 bench: build
-	./$(BUILD)/bench-coldstart
-	./$(BUILD)/bench-gateway
+	./$(BUILD)/bench/bench-coldstart
+	./$(BUILD)/bench/bench-gateway
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

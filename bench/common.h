@@ -1,0 +1,115 @@
+/* Shared pieces of the benchmark programs: a temporary directory, child
+ * processes that are always stopped on exit, a private sgpud, a small
+ * libcurl client and order statistics.
+ *
+ * Every failure is fatal: bench_die() prints one line and exits, and the
+ * exit handler stops every child still tracked and removes the temporary
+ * directory, so callers need no error paths of their own. */
+#ifndef SGPU_BENCH_COMMON_H
+#define SGPU_BENCH_COMMON_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Sets up signal handling, the exit handler and libcurl; prog prefixes messages. */
+void bench_init(const char *prog);
+
+/* Dies unless path names an executable file; what names it in the message. */
+void bench_need_executable(const char *what, const char *path);
+
+/* Prints "prog: message" on stderr and exits with status 1 (cleaning up). */
+__attribute__((format(printf, 1, 2), noreturn)) void bench_die(const char *fmt, ...);
+
+/* Prints "prog: message" on stderr (progress and warnings). */
+__attribute__((format(printf, 1, 2))) void bench_note(const char *fmt, ...);
+
+/* True once SIGINT or SIGTERM arrived; long loops stop when it is. */
+bool bench_interrupted(void);
+
+/* The private temporary directory of this run, created on first use and
+ * removed with everything in it at exit. */
+const char *bench_tmpdir(void);
+
+/* asprintf() that aborts when out of memory. */
+__attribute__((format(printf, 1, 2))) char *bench_asprintf(const char *fmt, ...);
+
+/* Returns a malloc'ed "tmpdir/name". */
+char *bench_tmp_path(const char *name);
+
+/* Monotonic clock in milliseconds, with sub-millisecond precision. */
+double bench_now_ms(void);
+void bench_sleep_ms(double ms);
+
+/* A loopback TCP port that was free a moment ago. */
+int bench_free_port(void);
+
+/* Writes text to path (mode 0600), dying on failure. */
+void bench_write_file(const char *path, const char *text);
+
+/* Reads a whole small file; returns NULL when it does not exist (yet). */
+char *bench_read_file(const char *path);
+
+/* Options of bench_spawn(). */
+typedef struct {
+  char *const *argv;    /* argv[0] is the path executed */
+  char *const *envp;    /* NULL: inherit this environment, and search PATH for argv[0] */
+  const char *out_path; /* stdout and stderr go here; NULL: /dev/null */
+  bool own_session;     /* setsid() and die with this process, as sgpud's runtime does */
+} bench_spawn_opts_t;
+
+/* Forks and executes; returns once the exec succeeded (an exec failure is
+ * fatal). The child is tracked: it is stopped at exit unless
+ * bench_stop_child() reaped it first. */
+pid_t bench_spawn(const bench_spawn_opts_t *o);
+
+/* Sends SIGTERM, waits up to grace_ms, then SIGKILL; reaps and untracks the
+ * child. Returns its wait status. */
+int bench_stop_child(pid_t pid, double grace_ms);
+
+/* Reaps pid if it already exited; returns true (and untracks it) when it did. */
+bool bench_child_exited(pid_t pid, int *status);
+
+/* A private sgpud on 127.0.0.1 with its data directory under bench_tmpdir(). */
+typedef struct {
+  pid_t pid;
+  char *url; /* "http://127.0.0.1:PORT" */
+  char *key; /* admin key */
+  char *data_dir;
+  char *log_path;
+} bench_sgpud_t;
+
+/* Starts sgpud on a free port and waits until /healthz answers 200. */
+void bench_sgpud_start(bench_sgpud_t *s, const char *sgpud_path);
+
+/* Stops sgpud (it stops its workers) and frees s's strings. */
+void bench_sgpud_stop(bench_sgpud_t *s);
+
+/* A libcurl easy handle with one reused connection and an answer buffer. */
+typedef struct {
+  void *curl;
+  void *headers; /* struct curl_slist * */
+  char *body;    /* the last answer's body, NUL-terminated */
+  size_t len;
+  size_t cap;
+} bench_http_t;
+
+/* key may be NULL (no Authorization header). */
+void bench_http_init(bench_http_t *c, const char *key);
+void bench_http_cleanup(bench_http_t *c);
+
+/* Sends one request (body NULL: none) and reads the whole answer into
+ * c->body. Returns the HTTP status, or 0 when no answer came (connection
+ * refused, timeout). */
+long bench_http(bench_http_t *c, const char *method, const char *url, const char *body, long timeout_ms);
+
+/* bench_http() whose answer must be status want with a JSON object body;
+ * returns the parsed object (the caller owns it). */
+json_t *bench_http_json(bench_http_t *c, const char *method, const char *url, const char *body, long want);
+
+/* Percentile p in [0, 100] of v[0..n-1] by linear interpolation between
+ * closest ranks; v is not changed. Returns NAN for n == 0. */
+double bench_percentile(const double *v, size_t n, double p);
+
+#endif
