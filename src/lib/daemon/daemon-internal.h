@@ -48,6 +48,8 @@ struct sg_worker {
   int exit_status;
   bool stopping;   /* sgpud asked it to stop */
   bool unhealthy;  /* stopped for failing its health checks: ends as failed */
+  bool suspect;    /* a request to it failed at the connection level: no new
+                      requests until a health probe answers 200 */
   bool counted_failure;
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
@@ -180,6 +182,8 @@ void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u);
 /* health.c */
 void sg_health_start(sg_worker_t *w);
 void sg_health_stop(sg_worker_t *w);
+/* Takes a ready worker out of rotation until a probe, sent at once, passes. */
+void sg_health_suspect(sg_worker_t *w);
 
 /* proxy.c */
 /* Takes an invocation of endpoint `name` whose head has arrived. */

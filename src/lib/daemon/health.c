@@ -52,6 +52,10 @@ static void probe_done(struct evhttp_request *req, void *arg) {
   }
   if (code == 200) {
     w->probe_failures = 0;
+    if (w->suspect) {
+      w->suspect = false;
+      sg_gateway_pump(w->ep);
+    }
   } else if (++w->probe_failures >= spec->health.failure_threshold) {
     cleanup_free char *why = code ? xasprintf("failed %d health checks in a row (HTTP %d)", w->probe_failures, code)
                                   : xasprintf("failed %d health checks in a row (no answer)", w->probe_failures);
@@ -93,6 +97,15 @@ static void probe_cb(evutil_socket_t fd, short what, void *arg) {
 void sg_health_start(sg_worker_t *w) {
   w->probe_timer = evtimer_new(w->d->base, probe_cb, w);
   schedule(w, STARTUP_PROBE_MIN_MS);
+}
+
+void sg_health_suspect(sg_worker_t *w) {
+  if (w->state != SG_W_READY || w->suspect || !w->probe_timer)
+    return;
+  w->suspect = true;
+  sg_logs_event(w->d, w->ep->name, w->id, "a request failed at the connection level: out of rotation until a health check passes");
+  if (!w->probe_req)
+    schedule(w, 0);
 }
 
 void sg_health_stop(sg_worker_t *w) {

@@ -204,6 +204,8 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
                 (e == SG_UP_BROKEN && reused && sg_http_method_idempotent(p->req)));
   if (w && p->attempts <= MAX_ATTEMPTS)
     p->tried[p->attempts - 1] = xstrdup(w->id);
+  if (w && e != SG_UP_BAD_RESPONSE)
+    sg_health_suspect(w);
   release_worker(p, false);
   if (retry) {
     p->ep->metrics.retries++;
@@ -376,7 +378,7 @@ static sg_worker_t *pick(sg_endpoint_t *ep, const sg_proxy_t *p) {
   sg_worker_t *w;
   int maxc = ep->spec->workers.max_concurrency;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state != SG_W_READY || (p && tried(p, w)))
+    if (w->state != SG_W_READY || w->suspect || (p && tried(p, w)))
       continue;
     if (n == SG_ARRAY_SIZE(slots)) {
       /* Keep the best of this batch and go on with the rest. */

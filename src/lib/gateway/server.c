@@ -332,9 +332,10 @@ static int on_headers_complete(http_parser *p) {
     reject(r, 501, "not_implemented", "protocol upgrades are not supported");
     return 0;
   }
-  r->action = srv->cfg.on_head(srv->cfg.ud, r);
-  if (!c->req) /* answered and done */
+  sg_http_head_action_t action = srv->cfg.on_head(srv->cfg.ud, r);
+  if (c->req != r) /* answered and done: r is gone */
     return 0;
+  r->action = action;
   if (r->action == SG_HTTP_BUFFER) {
     if (r->content_length > (int64_t)srv->cfg.max_buffered_body) {
       reject(r, 413, "too_large", "request body is over the limit");
