@@ -328,7 +328,10 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
       xff = value;
       continue;
     }
-    evbuffer_add_printf(out, "%s: %s\r\n", name, value);
+    evbuffer_add(out, name, strlen(name));
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, value, strlen(value));
+    evbuffer_add(out, "\r\n", 2);
   }
   if (xff)
     evbuffer_add_printf(out, "X-Forwarded-For: %s, %s\r\n", xff, sg_http_peer(req));

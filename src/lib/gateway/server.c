@@ -29,10 +29,14 @@ struct sg_http_server {
   LIST_HEAD(, conn) conns;
 };
 
+/* A header of the request: offsets of its NUL-terminated name and value in
+ * the request's header arena. */
 struct hdr {
-  char *name;
-  char *value;
+  uint32_t name;
+  uint32_t value; /* NO_VALUE when the header has none */
 };
+
+#define NO_VALUE UINT32_MAX
 
 struct sg_http_req {
   conn_t *c;
@@ -42,6 +46,8 @@ struct sg_http_req {
   size_t target_len;
   struct hdr in[MAX_HEADERS];
   size_t n_in;
+  char *hbuf; /* header arena */
+  size_t hlen, hcap;
   bool in_value; /* the parser is inside a header value */
   int64_t content_length;
   int major, minor;
@@ -58,8 +64,8 @@ struct sg_http_req {
   void (*close_cb)(sg_http_req_t *, void *);
   void *close_arg;
   /* answer */
-  struct hdr out[MAX_HEADERS];
-  size_t n_out;
+  struct evbuffer *out_head; /* "Name: value\r\n" lines added by the handler */
+  bool out_has_length;
   bool started, chunked, no_body, close_after;
   void (*drain_cb)(sg_http_req_t *, void *);
   void *drain_arg;
@@ -142,14 +148,9 @@ static void set_read_timeout(conn_t *c, bool on) {
 static void req_free(sg_http_req_t *r) {
   if (!r)
     return;
-  for (size_t i = 0; i < r->n_in; i++) {
-    free(r->in[i].name);
-    free(r->in[i].value);
-  }
-  for (size_t i = 0; i < r->n_out; i++) {
-    free(r->out[i].name);
-    free(r->out[i].value);
-  }
+  free(r->hbuf);
+  if (r->out_head)
+    evbuffer_free(r->out_head);
   free(r->target);
   free(r->path);
   free(r->query);
@@ -247,19 +248,15 @@ static int on_url(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
-static char *append(char *s, const char *at, size_t len) {
-  size_t n = s ? strlen(s) : 0;
-  s = xrealloc(s, n + len + 1);
-  memcpy(s + n, at, len);
-  s[n + len] = '\0';
-  return s;
-}
-
-static size_t header_bytes(const sg_http_req_t *r) {
-  size_t n = r->target_len;
-  for (size_t i = 0; i < r->n_in; i++)
-    n += strlen(r->in[i].name) + (r->in[i].value ? strlen(r->in[i].value) : 0) + 4;
-  return n;
+static void arena_add(sg_http_req_t *r, const char *at, size_t len) {
+  if (r->hlen + len + 1 > r->hcap) {
+    r->hcap = r->hcap ? 2 * r->hcap : 1024;
+    while (r->hcap < r->hlen + len + 1)
+      r->hcap *= 2;
+    r->hbuf = xrealloc(r->hbuf, r->hcap);
+  }
+  memcpy(r->hbuf + r->hlen, at, len);
+  r->hlen += len;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
@@ -268,21 +265,27 @@ static int on_header_field(http_parser *p, const char *at, size_t len) {
   if (r->in_value || r->n_in == 0) {
     if (r->n_in == MAX_HEADERS)
       return -1;
+    if (r->n_in > 0)
+      arena_add(r, "", 1); /* ends the previous value */
+    r->in[r->n_in].name = (uint32_t)r->hlen;
+    r->in[r->n_in].value = NO_VALUE;
     r->n_in++;
     r->in_value = false;
   }
-  struct hdr *h = &r->in[r->n_in - 1];
-  h->name = append(h->name, at, len);
-  return header_bytes(r) > c->srv->cfg.max_header_bytes ? -1 : 0;
+  arena_add(r, at, len);
+  return r->hlen + r->target_len > c->srv->cfg.max_header_bytes ? -1 : 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   conn_t *c = p->data;
   sg_http_req_t *r = c->req;
-  r->in_value = true;
-  struct hdr *h = &r->in[r->n_in - 1];
-  h->value = append(h->value, at, len);
-  return header_bytes(r) > c->srv->cfg.max_header_bytes ? -1 : 0;
+  if (!r->in_value) {
+    arena_add(r, "", 1); /* ends the name */
+    r->in[r->n_in - 1].value = (uint32_t)r->hlen;
+    r->in_value = true;
+  }
+  arena_add(r, at, len);
+  return r->hlen + r->target_len > c->srv->cfg.max_header_bytes ? -1 : 0;
 }
 
 static void split_target(sg_http_req_t *r) {
@@ -315,6 +318,8 @@ static int on_headers_complete(http_parser *p) {
   sg_http_server_t *srv = c->srv;
   sg_http_req_t *r = c->req;
   evtimer_del(c->timer);
+  if (r->n_in > 0)
+    arena_add(r, "", 1); /* ends the last name or value */
   snprintf(r->method, sizeof(r->method), "%s", http_method_str((enum http_method)p->method));
   r->head = p->method == HTTP_HEAD;
   r->idempotent = p->method == HTTP_GET || p->method == HTTP_HEAD || p->method == HTTP_PUT ||
@@ -586,16 +591,16 @@ int sg_http_version_minor(const sg_http_req_t *req) { return req->minor; }
 
 const char *sg_http_header(const sg_http_req_t *req, const char *name) {
   for (size_t i = 0; i < req->n_in; i++)
-    if (!strcasecmp(req->in[i].name, name))
-      return req->in[i].value ? req->in[i].value : "";
+    if (!strcasecmp(req->hbuf + req->in[i].name, name))
+      return req->in[i].value == NO_VALUE ? "" : req->hbuf + req->in[i].value;
   return NULL;
 }
 
 size_t sg_http_header_count(const sg_http_req_t *req) { return req->n_in; }
 
 void sg_http_header_at(const sg_http_req_t *req, size_t i, const char **name, const char **value) {
-  *name = req->in[i].name;
-  *value = req->in[i].value ? req->in[i].value : "";
+  *name = req->hbuf + req->in[i].name;
+  *value = req->in[i].value == NO_VALUE ? "" : req->hbuf + req->in[i].value;
 }
 
 void sg_http_set_close_cb(sg_http_req_t *req, void (*cb)(sg_http_req_t *, void *), void *arg) {
@@ -626,18 +631,14 @@ void sg_http_pause_body(sg_http_req_t *req, bool paused) {
 /* ---- answers ---- */
 
 void sg_http_add_header(sg_http_req_t *req, const char *name, const char *value) {
-  if (req->n_out == MAX_HEADERS)
-    return;
-  req->out[req->n_out].name = xstrdup(name);
-  req->out[req->n_out].value = xstrdup(value);
-  req->n_out++;
-}
-
-static const char *out_header(const sg_http_req_t *req, const char *name) {
-  for (size_t i = 0; i < req->n_out; i++)
-    if (!strcasecmp(req->out[i].name, name))
-      return req->out[i].value;
-  return NULL;
+  if (!req->out_head)
+    req->out_head = evbuffer_new();
+  if (!strcasecmp(name, "Content-Length"))
+    req->out_has_length = true;
+  evbuffer_add(req->out_head, name, strlen(name));
+  evbuffer_add(req->out_head, ": ", 2);
+  evbuffer_add(req->out_head, value, strlen(value));
+  evbuffer_add(req->out_head, "\r\n", 2);
 }
 
 bool sg_http_reply_started(const sg_http_req_t *req) { return req->started; }
@@ -650,10 +651,10 @@ void sg_http_reply_start(sg_http_req_t *req, int status, const char *reason) {
   struct evbuffer *out = sg_stream_output(c->s);
   evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", req->minor >= 1 ? 1 : 0, status,
                       reason && *reason ? reason : sg_http_reason(status));
-  for (size_t i = 0; i < req->n_out; i++)
-    evbuffer_add_printf(out, "%s: %s\r\n", req->out[i].name, req->out[i].value);
+  if (req->out_head)
+    evbuffer_add_buffer(out, req->out_head);
   req->no_body = req->head || status == 204 || status == 304 || (status >= 100 && status < 200);
-  if (!req->no_body && !out_header(req, "Content-Length")) {
+  if (!req->no_body && !req->out_has_length) {
     if (req->minor >= 1) {
       req->chunked = true;
       evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "gateway/stream.h"
 #include "sgpu/util.h"
@@ -141,13 +142,42 @@ static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, voi
   }
 }
 
+/* Reads up to READ_SIZE bytes straight into the buffer's free space (one
+ * readv; evbuffer_read would first ask the kernel how much is there). */
+static int read_into(struct evbuffer *in, int fd) {
+  struct evbuffer_iovec v[2];
+  int nv = evbuffer_reserve_space(in, READ_SIZE, v, 2);
+  if (nv < 1) {
+    errno = ENOMEM;
+    return -1;
+  }
+  struct iovec iov[2];
+  for (int i = 0; i < nv; i++) {
+    iov[i].iov_base = v[i].iov_base;
+    iov[i].iov_len = v[i].iov_len;
+  }
+  ssize_t n = readv(fd, iov, nv);
+  if (n <= 0) {
+    evbuffer_commit_space(in, v, 0);
+    return (int)n;
+  }
+  size_t left = (size_t)n;
+  for (int i = 0; i < nv; i++) {
+    size_t take = left < v[i].iov_len ? left : v[i].iov_len;
+    v[i].iov_len = take;
+    left -= take;
+  }
+  evbuffer_commit_space(in, v, nv);
+  return (int)n;
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg) {
   sg_stream_t *s = arg;
   if (what & EV_TIMEOUT) {
     deliver_event(s, SG_STREAM_TIMEOUT);
     return;
   }
-  int n = evbuffer_read(s->in, s->fd, READ_SIZE);
+  int n = read_into(s->in, s->fd);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
     return;
   if (n <= 0) {
