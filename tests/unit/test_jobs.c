@@ -1,0 +1,398 @@
+/* The pure parts of the job API (gateway/jobs-proto.c), the jobs table
+ * (store/jobs.c) and the job writer's group commit (gateway/job-writer.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "gateway/job-writer.h"
+#include "gateway/jobs-proto.h"
+#include "sgpu/jobs-store.h"
+#include "sgpu/util.h"
+
+/* ---- submissions ---- */
+
+static int submit(const char *body, size_t max, sg_job_submit_t *s, sg_error_t **err) {
+  return sg_job_submit_parse(body, strlen(body), max, s, err);
+}
+
+static void expect_submit_error(const char *body, int status, const char *field) {
+  sg_job_submit_t s;
+  sg_error_t *err = NULL;
+  assert_true(submit(body, 1000, &s, &err) < 0);
+  assert_non_null(err);
+  assert_int_equal(err->status, status);
+  if (field) {
+    assert_non_null(err->field);
+    assert_string_equal(err->field, field);
+  }
+  assert_null(s.input);
+  sg_error_free(err);
+}
+
+static void test_submit_valid(void **state) {
+  (void)state;
+  sg_job_submit_t s;
+  sg_error_t *err = NULL;
+  assert_int_equal(submit("{\"input\": {\"a\": [1, 2]}, \"webhook\": \"https://example.com/h?x=1\","
+                          " \"policy\": {\"executionTimeout\": 5000, \"ttl\": 60000}}",
+                          1000, &s, &err),
+                   0);
+  assert_string_equal(s.input, "{\"a\":[1,2]}");
+  assert_int_equal(s.input_len, strlen(s.input));
+  assert_string_equal(s.webhook, "https://example.com/h?x=1");
+  assert_int_equal(s.exec_timeout_ms, 5000);
+  assert_int_equal(s.ttl_ms, 60000);
+  sg_job_submit_clear(&s);
+  assert_int_equal(submit("{\"input\": \"text\"}", 1000, &s, &err), 0);
+  assert_string_equal(s.input, "\"text\"");
+  assert_null(s.webhook);
+  assert_int_equal(s.exec_timeout_ms, 0);
+  sg_job_submit_clear(&s);
+  assert_int_equal(submit("{\"input\": null, \"webhook\": null, \"policy\": null}", 1000, &s, &err), 0);
+  assert_string_equal(s.input, "null");
+  sg_job_submit_clear(&s);
+}
+
+static void test_submit_invalid(void **state) {
+  (void)state;
+  expect_submit_error("", SG_EJSON, NULL);
+  expect_submit_error("{", SG_EJSON, NULL);
+  expect_submit_error("[1]", SG_EJSON, NULL);
+  expect_submit_error("{\"input\": 1, \"input\": 2}", SG_EJSON, NULL);
+  expect_submit_error("{}", SG_EINVAL, "input");
+  expect_submit_error("{\"input\": 1, \"extra\": 2}", SG_EINVAL, "extra");
+  expect_submit_error("{\"input\": 1, \"webhook\": 3}", SG_EINVAL, "webhook");
+  expect_submit_error("{\"input\": 1, \"webhook\": \"file:///etc/passwd\"}", SG_EINVAL, "webhook");
+  expect_submit_error("{\"input\": 1, \"webhook\": \"http://u:p@host/\"}", SG_EINVAL, "webhook");
+  expect_submit_error("{\"input\": 1, \"webhook\": \"http://a b/\"}", SG_EINVAL, "webhook");
+  expect_submit_error("{\"input\": 1, \"policy\": 5}", SG_EINVAL, "policy");
+  expect_submit_error("{\"input\": 1, \"policy\": {\"ttl\": 0}}", SG_EINVAL, "policy.ttl");
+  expect_submit_error("{\"input\": 1, \"policy\": {\"ttl\": 1.5}}", SG_EINVAL, "policy.ttl");
+  expect_submit_error("{\"input\": 1, \"policy\": {\"executionTimeout\": 999999999999}}", SG_EINVAL,
+                      "policy.executionTimeout");
+  expect_submit_error("{\"input\": 1, \"policy\": {\"priority\": 1}}", SG_EINVAL, "policy.priority");
+  /* The limit applies to the input as compact JSON. */
+  sg_job_submit_t s;
+  sg_error_t *err = NULL;
+  assert_int_equal(submit("{\"input\": \"12345678\"}", 10, &s, &err), 0);
+  sg_job_submit_clear(&s);
+  assert_true(submit("{\"input\": \"123456789\"}", 10, &s, &err) < 0);
+  assert_int_equal(err->status, SG_ETOOLARGE);
+  sg_error_free(err);
+}
+
+/* ---- worker answers ---- */
+
+static void expect_result(int status, const char *body, sg_job_status_t want, const char *output, const char *error) {
+  sg_job_result_t r;
+  sg_job_result_parse(status, body, strlen(body), &r);
+  assert_int_equal(r.status, want);
+  if (output)
+    assert_string_equal(r.output, output);
+  else
+    assert_null(r.output);
+  if (error)
+    assert_string_equal(r.error, error);
+  else if (want == SG_JOB_COMPLETED)
+    assert_null(r.error);
+  sg_job_result_clear(&r);
+}
+
+static void test_result(void **state) {
+  (void)state;
+  expect_result(200, "{\"output\": {\"x\": 1}}", SG_JOB_COMPLETED, "{\"x\":1}", NULL);
+  expect_result(200, "{\"output\": null}", SG_JOB_COMPLETED, "null", NULL);
+  expect_result(200, "{\"error\": \"boom\"}", SG_JOB_FAILED, NULL, "\"boom\"");
+  expect_result(200, "{\"error\": {\"code\": 7}, \"output\": 1}", SG_JOB_FAILED, NULL, "{\"code\":7}");
+  expect_result(200, "{\"error\": null, \"output\": 2}", SG_JOB_COMPLETED, "2", NULL);
+  expect_result(200, "{\"error\": \"\", \"output\": 2}", SG_JOB_COMPLETED, "2", NULL);
+  expect_result(200, "{\"result\": 3}", SG_JOB_COMPLETED, "{\"result\":3}", NULL);
+  expect_result(200, "[1,2]", SG_JOB_COMPLETED, "[1,2]", NULL);
+  expect_result(200, "plain text", SG_JOB_COMPLETED, "\"plain text\"", NULL);
+  expect_result(204, "", SG_JOB_COMPLETED, "null", NULL);
+  sg_job_result_t r;
+  sg_job_result_parse(500, "oops", 4, &r);
+  assert_int_equal(r.status, SG_JOB_FAILED);
+  assert_non_null(strstr(r.error, "HTTP 500"));
+  assert_non_null(strstr(r.error, "oops"));
+  assert_null(r.output);
+  sg_job_result_clear(&r);
+}
+
+/* ---- ids and states ---- */
+
+static void test_ids_and_states(void **state) {
+  (void)state;
+  char *a = sg_job_new_id(), *b = sg_job_new_id();
+  assert_int_equal(strlen(a), 36);
+  assert_true(sg_job_id_valid(a));
+  assert_string_not_equal(a, b);
+  assert_int_equal(a[14], '4');
+  free(a);
+  free(b);
+  assert_false(sg_job_id_valid(""));
+  assert_false(sg_job_id_valid("a/b"));
+  assert_false(sg_job_id_valid("a b"));
+  char long_id[80];
+  memset(long_id, 'a', 65);
+  long_id[65] = '\0';
+  assert_false(sg_job_id_valid(long_id));
+  long_id[64] = '\0';
+  assert_true(sg_job_id_valid(long_id));
+  for (int s = SG_JOB_IN_QUEUE; s <= SG_JOB_TIMED_OUT; s++)
+    assert_int_equal(sg_job_status_parse(sg_job_status_name(s)), s);
+  assert_int_equal(sg_job_status_parse("DONE"), -1);
+  assert_false(sg_job_status_final(SG_JOB_IN_PROGRESS));
+  assert_true(sg_job_status_final(SG_JOB_TIMED_OUT));
+}
+
+/* ---- webhook allow-list ---- */
+
+static struct sockaddr_storage addr(const char *text) {
+  struct sockaddr_storage ss = {0};
+  struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, text, &s4->sin_addr) == 1)
+    s4->sin_family = AF_INET;
+  else if (inet_pton(AF_INET6, text, &s6->sin6_addr) == 1)
+    s6->sin6_family = AF_INET6;
+  else
+    fail_msg("bad address %s", text);
+  return ss;
+}
+
+static bool public(const char *text) {
+  struct sockaddr_storage ss = addr(text);
+  return sg_addr_is_public((struct sockaddr *)&ss);
+}
+
+static bool allowed(const sg_addr_rule_t *rules, size_t n, const char *text) {
+  struct sockaddr_storage ss = addr(text);
+  return sg_addr_allowed(rules, n, (struct sockaddr *)&ss);
+}
+
+static void test_allow_list(void **state) {
+  (void)state;
+  assert_true(public("8.8.8.8"));
+  assert_true(public("1.1.1.1"));
+  assert_true(public("2606:4700::1111"));
+  const char *internal[] = {"127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
+                            "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255",
+                            "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+                            "2001:db8::1"};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(internal); i++)
+    assert_false(public(internal[i]));
+  assert_true(public("172.32.0.1"));
+  assert_true(public("::ffff:8.8.8.8"));
+
+  sg_addr_rule_t rules[3];
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_addr_rule_parse("public", &rules[0], &err), 0);
+  assert_int_equal(sg_addr_rule_parse("127.0.0.1/32", &rules[1], &err), 0);
+  assert_int_equal(sg_addr_rule_parse("fd00::/8", &rules[2], &err), 0);
+  assert_true(allowed(rules, 1, "8.8.8.8"));
+  assert_false(allowed(rules, 1, "127.0.0.1"));
+  assert_true(allowed(rules, 2, "127.0.0.1"));
+  assert_true(allowed(rules, 2, "::ffff:127.0.0.1"));
+  assert_false(allowed(rules, 2, "127.0.0.2"));
+  assert_false(allowed(rules, 2, "fd12::1"));
+  assert_true(allowed(rules, 3, "fd12::1"));
+  assert_false(allowed(rules, 3, "fe80::1"));
+  assert_false(allowed(rules, 0, "8.8.8.8"));
+  assert_int_equal(sg_addr_rule_parse("10.0.0.0/8", &rules[0], &err), 0);
+  assert_true(allowed(rules, 1, "10.200.1.1"));
+  assert_false(allowed(rules, 1, "11.0.0.1"));
+  assert_int_equal(sg_addr_rule_parse("10.0.0.0/12", &rules[0], &err), 0);
+  assert_true(allowed(rules, 1, "10.15.0.1"));
+  assert_false(allowed(rules, 1, "10.16.0.1"));
+  const char *bad[] = {"", "localhost", "10.0.0.0/33", "10.0.0.0/", "::1/129", "1.2.3.4/x", "everything"};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
+    assert_true(sg_addr_rule_parse(bad[i], &rules[0], &err) < 0);
+    sg_error_free(err);
+    err = NULL;
+  }
+}
+
+/* ---- the store and the writer ---- */
+
+typedef struct fixture {
+  char *dir, *path;
+  sg_store_t *store;
+} fixture_t;
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static int setup(void **state) {
+  char tmpl[] = "/tmp/sgpu-test-jobs-XXXXXX";
+  if (!mkdtemp(tmpl))
+    return -1;
+  fixture_t *f = xcalloc(1, sizeof(*f));
+  f->dir = xstrdup(tmpl);
+  f->path = xasprintf("%s/state.db", tmpl);
+  sg_error_t *err = NULL;
+  f->store = sg_store_open(f->path, &err);
+  if (!f->store)
+    return -1;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture_t *f = *state;
+  sg_store_close(f->store);
+  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  free(f->dir);
+  free(f->path);
+  free(f);
+  return 0;
+}
+
+static sg_job_record_t record(const char *id, sg_job_status_t status) {
+  return (sg_job_record_t){.id = id, .endpoint = "ep", .status = status, .input = "{\"x\":1}",
+                           .exec_timeout_ms = 1000, .ttl_ms = 60000, .created_ms = 1000};
+}
+
+typedef struct seen {
+  char ids[16][40];
+  sg_job_status_t status[16];
+  int attempts[16];
+  char output[64];
+  size_t n;
+} seen_t;
+
+static void collect(void *ud, const sg_job_record_t *r) {
+  seen_t *s = ud;
+  assert_true(s->n < 16);
+  snprintf(s->ids[s->n], sizeof(s->ids[0]), "%s", r->id);
+  s->status[s->n] = r->status;
+  s->attempts[s->n] = r->attempts;
+  snprintf(s->output, sizeof(s->output), "%s", r->output ? r->output : "");
+  s->n++;
+}
+
+static void test_store_apply_get_recover(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_job_write_t w[4] = {
+      {true, record("a", SG_JOB_IN_QUEUE), 0},
+      {true, record("b", SG_JOB_IN_QUEUE), 0},
+      {true, record("a", SG_JOB_IN_QUEUE), 0}, /* a taken id fails alone */
+      {false, record("zz", SG_JOB_FAILED), 0}, /* no such row */
+  };
+  assert_int_equal(sg_store_jobs_apply(f->store, w, 4, &err), 0);
+  assert_int_equal(w[0].result, 0);
+  assert_int_equal(w[1].result, 0);
+  assert_int_equal(w[2].result, -SG_EEXIST);
+  assert_int_equal(w[3].result, -SG_ENOTFOUND);
+
+  sg_job_write_t u[2] = {{false, record("a", SG_JOB_IN_PROGRESS), 0}, {false, record("b", SG_JOB_COMPLETED), 0}};
+  u[0].rec.attempts = 1;
+  u[1].rec.output = "{\"ok\":true}";
+  u[1].rec.finished_ms = 5000;
+  u[1].rec.expires_ms = 9000;
+  assert_int_equal(sg_store_jobs_apply(f->store, u, 2, &err), 0);
+
+  seen_t s = {0};
+  assert_int_equal(sg_store_jobs_get(f->store, "ep", "b", collect, &s, &err), 0);
+  assert_int_equal(s.status[0], SG_JOB_COMPLETED);
+  assert_string_equal(s.output, "{\"ok\":true}");
+  assert_true(sg_store_jobs_get(f->store, "other", "b", collect, &s, &err) < 0);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  err = NULL;
+
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(sg_store_jobs_each_open(f->store, collect, &s, &err), 0);
+  assert_int_equal(s.n, 1);
+  assert_string_equal(s.ids[0], "a");
+  assert_int_equal(s.status[0], SG_JOB_IN_PROGRESS);
+  assert_int_equal(s.attempts[0], 1);
+
+  assert_int_equal(sg_store_jobs_expire(f->store, 8999, &err), 0);
+  assert_int_equal(sg_store_jobs_expire(f->store, 9000, &err), 1);
+  assert_true(sg_store_jobs_get(f->store, "ep", "b", collect, &s, &err) < 0);
+  sg_error_free(err);
+}
+
+typedef struct wstate {
+  struct event_base *base;
+  int done, failed, order_errors;
+  int last;
+  int want;
+} wstate_t;
+
+static int tags[64];
+static wstate_t wst;
+
+/* Checks that callbacks come in the order the writes were queued. */
+static void on_written(void *arg, int result) {
+  int tag = *(int *)arg;
+  if (result < 0)
+    wst.failed++;
+  if (tag != wst.last + 1)
+    wst.order_errors++;
+  wst.last = tag;
+  if (++wst.done == wst.want)
+    event_base_loopbreak(wst.base);
+}
+
+static void test_writer_group_commit(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  memset(&wst, 0, sizeof(wst));
+  wst.base = event_base_new();
+  sg_job_writer_t *w = sg_job_writer_start(wst.base, f->path, 0, &err);
+  assert_non_null(w);
+  char ids[64][8];
+  for (int i = 0; i < 64; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "j%d", i);
+    tags[i] = i + 1;
+    sg_job_record_t r = record(ids[i], SG_JOB_IN_QUEUE);
+    if (i < 63)
+      sg_job_writer_put(w, true, &r, on_written, &tags[i]);
+  }
+  tags[63] = 64;
+  sg_job_writer_barrier(w, on_written, &tags[63]);
+  wst.want = 64;
+  event_base_dispatch(wst.base);
+  assert_int_equal(wst.done, 64);
+  assert_int_equal(wst.failed, 0);
+  assert_int_equal(wst.order_errors, 0);
+  sg_job_writer_stats_t st;
+  sg_job_writer_get_stats(w, &st);
+  assert_int_equal(st.writes, 63);
+  assert_true(st.commits >= 1 && st.commits <= 63);
+  assert_int_equal(sg_job_writer_backlog(w), 0);
+  sg_job_writer_stop(w);
+  event_base_free(wst.base);
+  seen_t s = {0};
+  assert_int_equal(sg_store_jobs_get(f->store, "ep", "j62", collect, &s, &err), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_submit_valid),
+      cmocka_unit_test(test_submit_invalid),
+      cmocka_unit_test(test_result),
+      cmocka_unit_test(test_ids_and_states),
+      cmocka_unit_test(test_allow_list),
+      cmocka_unit_test_setup_teardown(test_store_apply_get_recover, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_writer_group_commit, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
