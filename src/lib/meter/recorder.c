@@ -1,0 +1,229 @@
+/* The meter's live half: every worker is metered from the moment sgpud
+ * starts it until its exit is noticed, split into starting, busy and idle
+ * time. Its usage record is written when it starts, becomes ready and ends,
+ * and every checkpoint interval while it runs, so that after a crash of
+ * sgpud the bill reaches the last checkpoint and no further. A worker's
+ * records are cut at each hour boundary (one record per worker and hour).
+ *
+ * Durations come from the monotonic clock; a worker's wall-clock times are
+ * its start's wall time plus monotonic time since, so a wall clock step does
+ * not make time appear or vanish. Records are written by the usage writer
+ * thread; this file runs on the loop only. */
+#include "daemon/daemon-internal.h"
+#include "meter/writer.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define HOUR_MS 3600000LL
+
+struct sg_meter {
+  sg_price_table_t prices;
+  sg_usage_writer_t *writer;
+  uint64_t seq; /* newest batch submitted */
+  int64_t interval_ms;
+  int64_t last_checkpoint;
+  sg_usage_record_t *recs; /* records gathered for the next batch */
+  size_t n, cap;
+};
+
+static int64_t wall_of(const sg_worker_t *w, int64_t mono) { return w->started_wall + (mono - w->started_mono); }
+
+/* Adds a copy of w's current record to the next batch. */
+static void snapshot(sg_meter_t *m, sg_worker_t *w, int64_t end_wall, bool closed, int64_t round_ms) {
+  sg_worker_meter_t *wm = &w->meter;
+  if (m->n == m->cap) {
+    m->cap = m->cap ? 2 * m->cap : 16;
+    m->recs = xrealloc(m->recs, m->cap * sizeof(*m->recs));
+  }
+  m->recs[m->n++] = (sg_usage_record_t){
+      .worker = xstrdup(w->id),
+      .seg = wm->seg,
+      .endpoint = xstrdup(w->ep->name),
+      .gpu_type = wm->gpu_count > 0 ? xstrdup(wm->gpu_type) : NULL,
+      .gpu_count = wm->gpu_count,
+      .price = wm->price,
+      .start_ms = wm->seg_start_wall,
+      .end_ms = end_wall,
+      .starting_ms = wm->acc.ms[SG_METER_STARTING],
+      .busy_ms = wm->acc.ms[SG_METER_BUSY],
+      .idle_ms = wm->acc.ms[SG_METER_IDLE],
+      .requests = wm->requests,
+      .round_ms = round_ms,
+      .closed = closed,
+  };
+}
+
+static void submit(sg_meter_t *m) {
+  if (m->n == 0 || !m->writer)
+    return;
+  m->seq = sg_usage_writer_submit(m->writer, m->recs, m->n);
+  m->recs = NULL;
+  m->n = m->cap = 0;
+}
+
+/* Ends w's record at each hour boundary passed before now: the finished
+ * hours' records are written closed, and a new record starts. */
+static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
+  sg_worker_meter_t *wm = &w->meter;
+  while (sg_meter_hour_start(wall_of(w, now)) > wm->seg_start_hour) {
+    int64_t boundary_wall = wm->seg_start_hour + HOUR_MS;
+    sg_meter_acc_advance(&wm->acc, w->started_mono + (boundary_wall - w->started_wall));
+    snapshot(m, w, boundary_wall, true, 0);
+    wm->closed_ms += sg_meter_acc_total(&wm->acc);
+    sg_meter_acc_reset(&wm->acc);
+    wm->requests = 0;
+    wm->seg++;
+    wm->seg_start_wall = boundary_wall;
+    wm->seg_start_hour = boundary_wall;
+  }
+}
+
+/* The state w's load puts it in, once it is past starting. */
+static sg_meter_state_t load_state(const sg_worker_t *w) {
+  return w->in_flight > 0 ? SG_METER_BUSY : SG_METER_IDLE;
+}
+
+static void checkpoint(sg_meter_t *m, sg_worker_t *w, int64_t now) {
+  sg_worker_meter_t *wm = &w->meter;
+  cut_hours(m, w, now);
+  if (wm->acc.state != SG_METER_STARTING && wm->acc.state != load_state(w))
+    sg_meter_acc_set(&wm->acc, load_state(w), now);
+  sg_meter_acc_advance(&wm->acc, now);
+  snapshot(m, w, wall_of(w, now), false, 0);
+}
+
+int sg_meter_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
+  sg_meter_t *m = xcalloc(1, sizeof(*m));
+  d->meter = m;
+  m->interval_ms = (int64_t)(d->cfg.meter_checkpoint_s * 1000);
+  if (m->interval_ms < 100)
+    m->interval_ms = 100;
+  if (sg_price_table_parse(&m->prices, d->cfg.prices, err) < 0)
+    return -1;
+  /* Records left open by a sgpud that did not stop cleanly end at their
+   * last checkpoint. */
+  if (sg_store_usage_close_open(d->store, err) < 0)
+    return -1;
+  m->writer = sg_usage_writer_start(db_path, err);
+  if (!m->writer)
+    return -1;
+  m->last_checkpoint = sg_now_ms();
+  cleanup_free char *text = sg_price_table_format(&m->prices);
+  sg_info("prices per GPU-second: %s", *text ? text : "none (usage is metered at no cost)");
+  return 0;
+}
+
+const sg_price_table_t *sg_meter_prices(sg_daemon_t *d) { return &d->meter->prices; }
+
+void sg_meter_worker_started(sg_worker_t *w) {
+  sg_meter_t *m = w->d->meter;
+  sg_worker_meter_t *wm = &w->meter;
+  if (!m)
+    return;
+  memset(wm, 0, sizeof(*wm));
+  wm->on = true;
+  sg_meter_acc_init(&wm->acc, SG_METER_STARTING, w->started_mono);
+  wm->seg_start_wall = w->started_wall;
+  wm->seg_start_hour = sg_meter_hour_start(w->started_wall);
+  wm->gpu_count = w->n_gpus;
+  if (w->n_gpus > 0 && w->ep->spec->gpu.type)
+    snprintf(wm->gpu_type, sizeof(wm->gpu_type), "%s", w->ep->spec->gpu.type);
+  wm->price = w->n_gpus > 0 ? sg_price_lookup(&m->prices, wm->gpu_type) : 0;
+  snapshot(m, w, w->started_wall, false, 0);
+  submit(m);
+}
+
+void sg_meter_worker_ready(sg_worker_t *w) {
+  sg_meter_t *m = w->d->meter;
+  if (!m || !w->meter.on)
+    return;
+  int64_t now = sg_now_ms();
+  cut_hours(m, w, now);
+  sg_meter_acc_set(&w->meter.acc, load_state(w), now);
+  checkpoint(m, w, now);
+  submit(m);
+}
+
+void sg_meter_worker_load(sg_worker_t *w, int delta) {
+  sg_worker_meter_t *wm = &w->meter;
+  if (!wm->on)
+    return;
+  if (delta < 0)
+    wm->requests++;
+  if (wm->acc.state == SG_METER_STARTING || wm->acc.state == load_state(w))
+    return;
+  int64_t now = sg_now_ms();
+  if (w->d->meter)
+    cut_hours(w->d->meter, w, now);
+  sg_meter_acc_set(&wm->acc, load_state(w), now);
+}
+
+static void end_worker(sg_meter_t *m, sg_worker_t *w, int64_t now) {
+  sg_worker_meter_t *wm = &w->meter;
+  cut_hours(m, w, now);
+  sg_meter_acc_advance(&wm->acc, now);
+  int64_t round_ms = sg_meter_round_ms(wm->closed_ms + sg_meter_acc_total(&wm->acc));
+  snapshot(m, w, wall_of(w, now), true, round_ms);
+  wm->on = false;
+}
+
+void sg_meter_worker_ended(sg_worker_t *w) {
+  sg_meter_t *m = w->d->meter;
+  if (!m || !w->meter.on)
+    return;
+  end_worker(m, w, sg_now_ms());
+  submit(m);
+}
+
+/* Calls fn for every metered worker, of live and deleted endpoints. */
+static void each_metered(sg_daemon_t *d, void (*fn)(sg_meter_t *m, sg_worker_t *w, int64_t now), int64_t now) {
+  struct sg_endpoint_list *lists[] = {&d->endpoints, &d->deleted};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(lists); i++) {
+    sg_endpoint_t *ep;
+    TAILQ_FOREACH(ep, lists[i], link) {
+      sg_worker_t *w;
+      TAILQ_FOREACH(w, &ep->workers, link) {
+        if (w->meter.on)
+          fn(d->meter, w, now);
+      }
+    }
+  }
+}
+
+void sg_meter_checkpoint_all(sg_daemon_t *d) {
+  if (!d->meter)
+    return;
+  int64_t now = sg_now_ms();
+  each_metered(d, checkpoint, now);
+  d->meter->last_checkpoint = now;
+  submit(d->meter);
+}
+
+void sg_meter_tick(sg_daemon_t *d) {
+  if (d->meter && sg_now_ms() - d->meter->last_checkpoint >= d->meter->interval_ms)
+    sg_meter_checkpoint_all(d);
+}
+
+void sg_meter_sync(sg_daemon_t *d) {
+  sg_meter_t *m = d->meter;
+  if (!m)
+    return;
+  sg_meter_checkpoint_all(d);
+  if (m->writer && m->seq)
+    sg_usage_writer_wait(m->writer, m->seq);
+}
+
+void sg_meter_shutdown(sg_daemon_t *d) {
+  sg_meter_t *m = d->meter;
+  if (!m)
+    return;
+  if (m->writer) {
+    each_metered(d, end_worker, sg_now_ms());
+    submit(m);
+  }
+  sg_usage_writer_stop(m->writer);
+  sg_usage_records_free(m->recs, m->n);
+  sg_price_table_clear(&m->prices);
+  free(m);
+  d->meter = NULL;
+}

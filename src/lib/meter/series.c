@@ -1,0 +1,103 @@
+/* Per-endpoint time series of the last hour, for the console's charts:
+ * one point every STEP_MS with the requests per second that arrived, the
+ * longest queue seen, and the workers (live and ready) and requests in
+ * flight at the end of the step. Sampled on the daemon's tick; kept in a
+ * fixed ring, so an endpoint costs the same memory however long it lives. */
+#include <math.h>
+
+#include "daemon/daemon-internal.h"
+#include "sgpu/util.h"
+
+#define STEP_MS 5000
+#define POINTS 720 /* one hour */
+
+struct point {
+  int64_t t; /* wall-clock start of the step */
+  double rps;
+  int queue, workers, ready, in_flight;
+};
+
+struct sg_series {
+  struct point ring[POINTS];
+  size_t head, n; /* the oldest point, and how many there are */
+  /* the step being gathered */
+  int64_t cur_wall, cur_mono;
+  uint64_t cur_requests;
+  int cur_queue_max;
+};
+
+static void live_counts(sg_endpoint_t *ep, int *live, int *ready) {
+  *live = *ready = 0;
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    *live += sg_worker_live(w);
+    *ready += w->state == SG_W_READY;
+  }
+}
+
+/* The step being gathered as a point, as of now. */
+static struct point current(sg_endpoint_t *ep, int64_t now_mono) {
+  sg_series_t *s = ep->series;
+  struct point p = {.t = s->cur_wall, .queue = s->cur_queue_max, .in_flight = ep->in_flight};
+  int64_t elapsed = now_mono - s->cur_mono;
+  p.rps = elapsed > 0 ? (double)(ep->metrics.requests - s->cur_requests) * 1000.0 / (double)elapsed : 0;
+  live_counts(ep, &p.workers, &p.ready);
+  return p;
+}
+
+static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
+  sg_series_t *s = ep->series;
+  s->cur_wall = wall;
+  s->cur_mono = mono;
+  s->cur_requests = ep->metrics.requests;
+  s->cur_queue_max = ep->queued;
+}
+
+static void sample(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
+  if (!ep->series) {
+    ep->series = xcalloc(1, sizeof(*ep->series));
+    begin_step(ep, wall, mono);
+    return;
+  }
+  sg_series_t *s = ep->series;
+  if (ep->queued > s->cur_queue_max)
+    s->cur_queue_max = ep->queued;
+  if (mono - s->cur_mono < STEP_MS)
+    return;
+  struct point p = current(ep, mono);
+  s->ring[(s->head + s->n) % POINTS] = p;
+  if (s->n < POINTS)
+    s->n++;
+  else
+    s->head = (s->head + 1) % POINTS;
+  begin_step(ep, wall, mono);
+}
+
+void sg_series_tick(sg_daemon_t *d) {
+  int64_t wall = sg_wall_ms(), mono = sg_now_ms();
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) sample(ep, wall, mono);
+}
+
+void sg_series_free(sg_series_t *s) { free(s); }
+
+json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms) {
+  json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(),
+         *ready = json_array(), *in_flight = json_array();
+  sg_series_t *s = ep->series;
+  size_t n = s ? s->n : 0;
+  for (size_t i = 0; i <= n && s; i++) {
+    struct point p = i < n ? s->ring[(s->head + i) % POINTS] : current(ep, sg_now_ms());
+    if (p.t < since_wall_ms)
+      continue;
+    json_array_append_new(t, json_integer(p.t));
+    json_array_append_new(rps, json_real(round(p.rps * 1000) / 1000));
+    json_array_append_new(queue, json_integer(p.queue));
+    json_array_append_new(workers, json_integer(p.workers));
+    json_array_append_new(ready, json_integer(p.ready));
+    json_array_append_new(in_flight, json_integer(p.in_flight));
+  }
+  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s", STEP_MS / 1000,
+                   "points", (int)json_array_size(t), "t", t, "requests_per_s", rps, "queue", queue, "workers",
+                   workers, "ready", ready, "in_flight", in_flight);
+}

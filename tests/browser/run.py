@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Console test in a real browser: Playwright (playwright-core) drives Debian's
+headless Chromium against a real sgpud with real echo workers.
+
+Installs the npm packages if they are missing (install.sh), starts sgpud, then
+runs console.test.mjs, which logs in, finds the endpoint, watches a worker's log
+line arrive in the log panel, filters it, pauses, and sees usage grow; it also
+checks that the console's API calls are refused without a valid key. Screenshots
+go to $SGPU_BUILD_DIR/browser-screenshots.
+
+Exits 77 (skipped) with a message only when Chromium is missing or cannot start.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+from harness import BUILD_DIR, Sgpud, echo_spec, scaled  # noqa: E402
+
+SKIP = 77
+
+
+def find_chromium():
+    for name in (os.environ.get("SGPU_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name:
+            path = shutil.which(name)
+            if path:
+                return path
+    return None
+
+
+def main():
+    node = shutil.which("node")
+    if not node:
+        print("FAIL: node is missing (run scripts/install-deps.sh)")
+        return 1
+    subprocess.run(["bash", os.path.join(HERE, "install.sh")], check=True)
+    chromium = find_chromium()
+    if not chromium:
+        print("SKIP: chromium is not installed (apt-get install chromium, or scripts/install-deps.sh)")
+        return SKIP
+    env = dict(os.environ, CHROMIUM=chromium, SGPU_TEST_TIMEOUT_SCALE=str(scaled(1)))
+    probe = subprocess.run([node, os.path.join(HERE, "console.test.mjs"), "--probe"], env=env,
+                           capture_output=True, text=True, timeout=scaled(120))
+    if probe.returncode != 0:
+        print("SKIP: chromium (%s) cannot start here:\n%s%s" % (chromium, probe.stdout, probe.stderr))
+        return SKIP
+
+    shots = os.path.join(BUILD_DIR, "browser-screenshots")
+    os.makedirs(shots, exist_ok=True)
+    sg = Sgpud(gpus="a100:2", args=["--price", "a100=0.0004"])
+    try:
+        sg.start()
+        name = "console-echo"
+        sg.create(echo_spec(name, gpu={"type": "a100", "count": 1},
+                            workers={"min": 1, "max": 1, "idle_timeout_s": 600}))
+        sg.wait_ready(name, 1, timeout=20)
+        env.update(SGPU_URL=sg.base_url, SGPU_KEY=sg.key, SGPU_ENDPOINT=name, SHOTS_DIR=shots)
+        r = subprocess.run([node, os.path.join(HERE, "console.test.mjs")], env=env, timeout=scaled(300))
+        if r.returncode != 0:
+            sys.stderr.write("----- sgpud log -----\n%s\n" % sg.log_tail(80))
+        print("screenshots: %s" % shots)
+        return r.returncode
+    finally:
+        sg.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
