@@ -1,0 +1,146 @@
+/* The image store: image references, a registry v2 client, layer unpacking
+ * and a cache of pulled images (layers unpacked once, shared read-only by
+ * every worker's overlay root). */
+#ifndef SGPU_IMAGE_H
+#define SGPU_IMAGE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sgpu/error.h"
+#include "sgpu/pool.h"
+#include "sgpu/store.h"
+
+struct event_base;
+
+/* ---- references (ref.c) ---------------------------------------------------- */
+
+/* A parsed reference, normalized the way Docker does: "busybox" is
+ * docker.io/library/busybox:latest. */
+typedef struct sg_image_ref {
+  char *domain;     /* "docker.io", "127.0.0.1:5000" */
+  char *repository; /* "library/busybox", "ns/name" */
+  char *tag;        /* NULL when only a digest was given */
+  char *digest;     /* "sha256:<64 hex>" or NULL */
+} sg_image_ref_t;
+
+/* Parses s; SG_EINVAL with a message saying what is wrong. */
+int sg_image_ref_parse(const char *s, sg_image_ref_t *ref, sg_error_t **err);
+void sg_image_ref_clear(sg_image_ref_t *ref);
+/* "domain/repository[:tag][@digest]". Caller frees. */
+char *sg_image_ref_string(const sg_image_ref_t *ref);
+/* The host serving the registry API ("registry-1.docker.io" for docker.io). */
+const char *sg_image_ref_api_host(const sg_image_ref_t *ref);
+/* True when s is "sha256:" and 64 lowercase hex digits. */
+bool sg_digest_valid(const char *s);
+
+/* ---- registry client (registry.c); blocking, for pool threads ---------------- */
+
+typedef struct sg_registry_auth {
+  char *username;
+  char *password;
+} sg_registry_auth_t;
+
+typedef struct sg_registry_opts {
+  bool insecure;                  /* plain HTTP */
+  const sg_registry_auth_t *auth; /* NULL: anonymous */
+  double timeout_s;               /* per stalled transfer */
+} sg_registry_opts_t;
+
+typedef struct sg_layer_desc {
+  char *digest;
+  char *media_type;
+  int64_t size;
+} sg_layer_desc_t;
+
+/* What a pull resolved: the platform manifest's digest, its config blob and layers. */
+typedef struct sg_manifest {
+  char *digest;
+  char *config_digest;
+  sg_layer_desc_t *layers;
+  size_t n_layers;
+} sg_manifest_t;
+
+/* Fetches the manifest of ref, resolving an image index to linux/amd64. */
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
+                         sg_error_t **err);
+void sg_manifest_clear(sg_manifest_t *m);
+/* Downloads blob `digest` to path (through path.partial, verified while it
+ * streams; the file appears only when the digest matched). */
+int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
+                     const char *path, sg_error_t **err);
+
+/* Makes transfers in progress fail at once (shutdown). */
+void sg_registry_abort_all(void);
+
+/* ---- layers (unpack.c) ------------------------------------------------------ */
+
+typedef enum { SG_WH_NONE, SG_WH_FILE, SG_WH_OPAQUE } sg_whiteout_t;
+
+/* Classifies a layer entry path: ".wh..wh..opq" marks its directory opaque;
+ * ".wh.NAME" deletes NAME (*target gets "dir/NAME", caller frees). */
+sg_whiteout_t sg_whiteout_classify(const char *path, char **target);
+
+/* Unpacks a layer archive (tar, any compression) into the existing directory
+ * dest, converting OCI whiteouts to overlayfs ones (0/0 character devices and
+ * the trusted.overlay.opaque xattr). Entries escaping dest are refused.
+ * *bytes gets the size of the regular files written. */
+int sg_layer_unpack(const char *archive, const char *dest, int64_t *bytes, sg_error_t **err);
+
+/* Removes path and everything under it (no symlink is followed). */
+int sg_rm_rf(const char *path);
+
+/* ---- image cache (images.c); loop thread ---------------------------------- */
+
+typedef struct sg_image {
+  char *ref;    /* normalized reference */
+  char *digest; /* manifest digest */
+  char **entrypoint, **cmd, **env; /* NULL-terminated, may be NULL */
+  char *workdir, *user;
+  char **layer_dirs; /* lowest first, NULL-terminated */
+  size_t n_layers;
+  char **layer_digests;
+  int64_t *layer_bytes;
+  int64_t size_bytes, compressed_bytes;
+  int64_t pulled_wall, pull_ms, last_used_wall;
+  int in_use;
+} sg_image_t;
+
+typedef struct sg_images sg_images_t;
+
+typedef struct sg_images_config {
+  const char *dir;             /* cache root */
+  int64_t max_bytes;           /* 0: no limit */
+  char *const *insecure;       /* registries reached over HTTP ("127.0.0.1:5000"); NULL-terminated */
+} sg_images_config_t;
+
+sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err);
+void sg_images_free(sg_images_t *images);
+
+/* The cached image for a reference string, or NULL. */
+sg_image_t *sg_images_lookup(sg_images_t *images, const char *ref);
+
+/* Called once on the loop thread: img (valid until unused) or err. */
+typedef void (*sg_image_cb)(void *ud, sg_image_t *img, const sg_error_t *err);
+typedef struct sg_image_wait sg_image_wait_t;
+
+/* Makes ref available: starts (or joins) its pull. cb runs later on the loop
+ * thread, never from inside this call. auth may be NULL and is copied.
+ * Returns a handle for sg_images_cancel(), valid until cb ran. */
+sg_image_wait_t *sg_images_pull(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth,
+                                sg_image_cb cb, void *ud);
+/* The callback will not be called. */
+void sg_images_cancel(sg_image_wait_t *wait);
+
+/* Pins img against eviction while a worker uses it; marks it recently used. */
+void sg_images_use(sg_images_t *images, sg_image_t *img);
+void sg_images_unuse(sg_images_t *images, sg_image_t *img);
+
+/* {"images": [...], "pulls": [...], "total_bytes", "max_bytes"}. New reference. */
+json_t *sg_images_to_json(sg_images_t *images);
+/* The state of ref's last pull: NULL when none; "pulling", "failed". */
+const char *sg_images_pull_state(sg_images_t *images, const char *ref, const char **error);
+
+#endif

@@ -1,0 +1,146 @@
+/* /v1/images (preheat, list) and /v1/registry-auths (registry credentials,
+ * stored by name, never returned: answers carry the name, registry and
+ * username only). */
+#include "api-internal.h"
+#include "sgpu/image.h"
+#include "sgpu/images-store.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define MAX_SECRET 8192
+
+static void images_post(sg_daemon_t *d, sg_http_req_t *req) {
+  cleanup_json json_t *j = sg_api_read_json(req);
+  if (!j)
+    return;
+  const char *key;
+  json_t *v;
+  json_object_foreach(j, key, v) {
+    if (strcmp(key, "image") && strcmp(key, "registry_auth"))
+      return sg_api_send_error(req, 422, "invalid_field", "unknown field", key);
+  }
+  const char *ref = json_string_value(json_object_get(j, "image"));
+  if (!ref)
+    return sg_api_send_error(req, 422, "invalid_field", "is required (an image reference)", "image");
+  sg_image_ref_t r;
+  cleanup_error sg_error_t *err = NULL;
+  if (sg_image_ref_parse(ref, &r, &err) < 0)
+    return sg_api_send_error(req, 422, "invalid_field", err->message, "image");
+  cleanup_free char *norm = sg_image_ref_string(&r);
+  sg_image_ref_clear(&r);
+  json_t *auth_name = json_object_get(j, "registry_auth");
+  if (auth_name && !json_is_string(auth_name))
+    return sg_api_send_error(req, 422, "invalid_field", "must be a string", "registry_auth");
+  sg_registry_auth_t *auth = NULL;
+  if (auth_name) {
+    auth = sg_daemon_registry_auth(d, json_string_value(auth_name), &err);
+    if (!auth)
+      return sg_api_send_sg_error(req, err);
+  }
+  sg_image_t *img = sg_images_lookup(d->images, norm);
+  if (img && !auth) {
+    sg_api_send_json(req, 200, json_pack("{s:s, s:s, s:s}", "image", norm, "state", "cached", "digest", img->digest));
+    return;
+  }
+  sg_daemon_pull(d, norm, auth);
+  sg_registry_auth_free(auth);
+  sg_api_send_json(req, 202, json_pack("{s:s, s:s}", "image", norm, "state", "pulling"));
+}
+
+void sg_api_images(sg_daemon_t *d, sg_http_req_t *req) {
+  if (sg_http_method_is(req, "GET"))
+    return sg_api_send_json(req, 200, sg_images_to_json(d->images));
+  if (sg_http_method_is(req, "POST"))
+    return images_post(d, req);
+  sg_api_method_not_allowed(req, "GET, POST");
+}
+
+static json_t *auth_json(const sg_registry_auth_record_t *r) {
+  char t1[32], t2[32];
+  return json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", r->name, "registry", r->registry, "username", r->username,
+                   "created_at", sg_format_time(r->created_ms, t1, sizeof(t1)), "updated_at",
+                   sg_format_time(r->updated_ms, t2, sizeof(t2)));
+}
+
+static void add_auth(void *ud, const sg_registry_auth_record_t *r) { json_array_append_new(ud, auth_json(r)); }
+
+static void keep_auth(void *ud, const sg_registry_auth_record_t *r) { *(json_t **)ud = auth_json(r); }
+
+static bool printable(const char *s) {
+  for (; *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f)
+      return false;
+  return true;
+}
+
+/* Creates (name NULL: from the body) or replaces (PUT) a credential. */
+static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool replace) {
+  cleanup_json json_t *j = sg_api_read_json(req);
+  if (!j)
+    return;
+  const char *key;
+  json_t *v;
+  json_object_foreach(j, key, v) {
+    if (strcmp(key, "name") && strcmp(key, "registry") && strcmp(key, "username") && strcmp(key, "password"))
+      return sg_api_send_error(req, 422, "invalid_field", "unknown field", key);
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
+        !printable(json_string_value(v)) || json_string_length(v) > MAX_SECRET)
+      return sg_api_send_error(req, 422, "invalid_field", "must be a string of printable characters", key);
+  }
+  const char *bname = json_string_value(json_object_get(j, "name"));
+  if (name && bname && strcmp(name, bname))
+    return sg_api_send_error(req, 422, "invalid_field", "does not match the name in the path", "name");
+  if (!name)
+    name = bname;
+  if (!name || !sg_name_valid(name))
+    return sg_api_send_error(req, 422, "invalid_field", "must be a DNS label: 1-63 of [a-z0-9-]", "name");
+  const char *registry = json_string_value(json_object_get(j, "registry"));
+  const char *user = json_string_value(json_object_get(j, "username"));
+  const char *pass = json_string_value(json_object_get(j, "password"));
+  if (!registry || !*registry || strchr(registry, '/'))
+    return sg_api_send_error(req, 422, "invalid_field", "is required: the registry host[:port], e.g. \"ghcr.io\"",
+                             "registry");
+  if (!user || !*user)
+    return sg_api_send_error(req, 422, "invalid_field", "is required", "username");
+  if (!pass || !*pass)
+    return sg_api_send_error(req, 422, "invalid_field", "is required (password or token)", "password");
+  int64_t now = sg_wall_ms();
+  sg_registry_auth_record_t rec = {name, registry, user, pass, now, now};
+  cleanup_error sg_error_t *err = NULL;
+  if (sg_store_auth_put(d->store, &rec, replace, &err) < 0)
+    return sg_api_send_sg_error(req, err);
+  json_t *out = NULL;
+  sg_store_auth_get(d->store, name, keep_auth, &out, NULL);
+  sg_info("registry auth %s %s (registry %s, user %s)", name, replace ? "stored" : "created",
+                registry, user);
+  sg_api_send_json(req, replace ? 200 : 201, out ? out : json_object());
+}
+
+void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
+  cleanup_error sg_error_t *err = NULL;
+  if (!name) {
+    if (sg_http_method_is(req, "POST"))
+      return auth_put(d, req, NULL, false);
+    if (!sg_http_method_is(req, "GET"))
+      return sg_api_method_not_allowed(req, "GET, POST");
+    json_t *arr = json_array();
+    if (sg_store_auth_each(d->store, add_auth, arr, &err) < 0) {
+      json_decref(arr);
+      return sg_api_send_sg_error(req, err);
+    }
+    return sg_api_send_json(req, 200, json_pack("{s:o}", "registry_auths", arr));
+  }
+  if (sg_http_method_is(req, "PUT"))
+    return auth_put(d, req, name, true);
+  if (sg_http_method_is(req, "DELETE")) {
+    if (sg_store_auth_delete(d->store, name, &err) < 0)
+      return sg_api_send_sg_error(req, err);
+    return sg_api_send_json(req, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+  }
+  if (!sg_http_method_is(req, "GET"))
+    return sg_api_method_not_allowed(req, "GET, PUT, DELETE");
+  json_t *out = NULL;
+  if (sg_store_auth_get(d->store, name, keep_auth, &out, &err) < 0)
+    return sg_api_send_sg_error(req, err);
+  sg_api_send_json(req, 200, out);
+}

@@ -1,0 +1,158 @@
+/* The daemon's side of the image store: the thread pool, the image cache and
+ * the oci runtime are set up here; pulls start as soon as an endpoint names
+ * an image it does not have yet, and their failures become the endpoint's
+ * last_error. Loop thread. */
+#include <errno.h>
+
+#include "daemon-internal.h"
+#include "sgpu/image.h"
+#include "sgpu/images-store.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define POOL_THREADS 4
+
+int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
+  d->pool = sg_pool_new(d->base, POOL_THREADS, err);
+  if (!d->pool)
+    return -1;
+  cleanup_free char *dir = xasprintf("%s/images", d->cfg.data_dir);
+  sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries};
+  d->images = sg_images_new(d->pool, d->store, &ic, err);
+  if (!d->images)
+    return -1;
+  cleanup_free char *odir = xasprintf("%s/oci", d->cfg.data_dir);
+  sg_oci_config_t oc = {d->cfg.oci_runtime, odir, d->cfg.cdi_dir};
+  return sg_oci_runtime_init(d->base, d->pool, d->images, &oc, err);
+}
+
+void sg_daemon_images_free(sg_daemon_t *d) {
+  sg_oci_runtime_shutdown();
+  sg_registry_abort_all();
+  sg_pool_free(d->pool);
+  sg_images_free(d->images);
+  d->pool = NULL;
+  d->images = NULL;
+}
+
+static void copy_auth(void *ud, const sg_registry_auth_record_t *r) {
+  sg_registry_auth_t *a = ud;
+  a->username = xstrdup(r->username);
+  a->password = xstrdup(r->secret);
+}
+
+sg_registry_auth_t *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg_error_t **err) {
+  sg_registry_auth_t *a = xcalloc(1, sizeof(*a));
+  if (sg_store_auth_get(d->store, name, copy_auth, a, err) < 0 || !a->username) {
+    sg_registry_auth_free(a);
+    return NULL;
+  }
+  return a;
+}
+
+void sg_registry_auth_free(sg_registry_auth_t *a) {
+  if (!a)
+    return;
+  if (a->password)
+    explicit_bzero(a->password, strlen(a->password));
+  free(a->username);
+  free(a->password);
+  free(a);
+}
+
+typedef struct prepull {
+  sg_daemon_t *d;
+  char *endpoint; /* NULL for a preheat */
+  int version;
+} prepull_t;
+
+static void pulled(void *ud, sg_image_t *img, const sg_error_t *err) {
+  prepull_t *p = ud;
+  sg_endpoint_t *ep = p->endpoint ? sg_daemon_find_endpoint(p->d, p->endpoint) : NULL;
+  if (ep && ep->version == p->version) {
+    if (img) {
+      sg_logs_event(p->d, ep->name, NULL, "image %s pulled in %lld ms", img->ref, (long long)img->pull_ms);
+    } else {
+      cleanup_free char *msg = xasprintf("image %s could not be pulled: %s", ep->spec->image,
+                                         err ? err->message : "unknown error");
+      free(ep->last_error);
+      ep->last_error = xstrdup(msg);
+      sg_logs_event(p->d, ep->name, NULL, "%s", msg);
+    }
+  }
+  free(p->endpoint);
+  free(p);
+}
+
+void sg_daemon_pull(sg_daemon_t *d, const char *ref, const sg_registry_auth_t *auth) {
+  prepull_t *p = xcalloc(1, sizeof(*p));
+  p->d = d;
+  if (!sg_images_pull(d->images, ref, auth, pulled, p))
+    free(p);
+}
+
+void sg_endpoint_prepull(sg_endpoint_t *ep) {
+  sg_daemon_t *d = ep->d;
+  const sg_spec_t *spec = ep->spec;
+  if (!d->images || !spec->image || strcmp(spec->runtime, "oci") || sg_images_lookup(d->images, spec->image))
+    return;
+  cleanup_error sg_error_t *err = NULL;
+  sg_registry_auth_t *auth = NULL;
+  if (spec->registry_auth && !(auth = sg_daemon_registry_auth(d, spec->registry_auth, &err))) {
+    cleanup_free char *msg = xasprintf("image %s: %s", spec->image, err->message);
+    free(ep->last_error);
+    ep->last_error = xstrdup(msg);
+    return;
+  }
+  prepull_t *p = xcalloc(1, sizeof(*p));
+  p->d = d;
+  p->endpoint = xstrdup(ep->name);
+  p->version = ep->version;
+  if (!sg_images_pull(d->images, spec->image, auth, pulled, p)) {
+    free(p->endpoint);
+    free(p);
+  }
+  sg_registry_auth_free(auth);
+}
+
+int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  if (!strcmp(key, "oci_runtime") || !strcmp(key, "cdi_dir")) {
+    if (!json_is_string(v) || !*json_string_value(v))
+      return sg_make_error(err, SG_EINVAL, "config: %s must be a non-empty string", key);
+    char **slot = !strcmp(key, "oci_runtime") ? &cfg->oci_runtime : &cfg->cdi_dir;
+    free(*slot);
+    *slot = xstrdup(json_string_value(v));
+    return 0;
+  }
+  if (!strcmp(key, "insecure_registries")) {
+    if (!json_is_array(v) || json_array_size(v) > 256)
+      return sg_make_error(err, SG_EINVAL, "config: insecure_registries must be an array of host[:port] strings");
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) if (!json_is_string(e) || !*json_string_value(e) || strchr(json_string_value(e), '/'))
+        return sg_make_error(err, SG_EINVAL, "config: insecure_registries[%zu] must be a host[:port]", i);
+    for (char **p = cfg->insecure_registries; p && *p; p++)
+      free(*p);
+    free(cfg->insecure_registries);
+    cfg->insecure_registries = xcalloc(json_array_size(v) + 1, sizeof(char *));
+    json_array_foreach(v, i, e) cfg->insecure_registries[i] = xstrdup(json_string_value(e));
+    return 0;
+  }
+  if (!strcmp(key, "image_cache_max_bytes")) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+      return sg_make_error(err, SG_EINVAL, "config: image_cache_max_bytes must be an integer >= 0 (0: no limit)");
+    cfg->image_cache_max_bytes = json_integer_value(v);
+    return 0;
+  }
+  return 1;
+}
+
+void sg_daemon_config_clear_oci(sg_daemon_config_t *cfg) {
+  free(cfg->oci_runtime);
+  free(cfg->cdi_dir);
+  for (char **p = cfg->insecure_registries; p && *p; p++)
+    free(*p);
+  free(cfg->insecure_registries);
+  cfg->oci_runtime = cfg->cdi_dir = NULL;
+  cfg->insecure_registries = NULL;
+}

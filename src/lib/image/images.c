@@ -1,0 +1,667 @@
+/* The image cache. Loop-thread state: the pulled images (also in the store)
+ * and the pulls in flight, each a pool job that fetches the manifest and the
+ * config, then every layer not yet on disk: downloaded (digest verified as
+ * it streams), unpacked into a temporary directory and renamed into
+ * DIR/layers/<hex> once whole, so a layer directory is always complete.
+ * Eviction removes the least recently used images not in use while the
+ * layers on disk exceed max_bytes; it waits while pulls run so that a layer a
+ * pull just found is never removed under it. */
+#include <errno.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+
+#include "sgpu/image.h"
+#include "sgpu/images-store.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define MAX_IMAGES 4096
+
+typedef struct pull pull_t;
+
+struct sg_image_wait {
+  LIST_ENTRY(sg_image_wait) link;
+  pull_t *pull;
+  sg_image_cb cb;
+  void *ud;
+};
+
+struct pull {
+  LIST_ENTRY(pull) link;
+  sg_images_t *images;
+  char *ref;
+  bool running;
+  char *error; /* last failure, kept for display until the next pull */
+  int64_t started_wall;
+  LIST_HEAD(, sg_image_wait) waits;
+};
+
+struct sg_images {
+  sg_pool_t *pool;
+  sg_store_t *store;
+  char *dir;
+  int64_t max_bytes;
+  char **insecure;
+  sg_image_t **imgs;
+  size_t n;
+  sg_image_t **retired; /* replaced while in use; freed when unused */
+  size_t n_retired;
+  LIST_HEAD(, pull) pulls;
+  int running;
+};
+
+/* ---- images ----------------------------------------------------------------- */
+
+static void free_strv(char **v) {
+  if (!v)
+    return;
+  for (char **p = v; *p; p++)
+    free(*p);
+  free(v);
+}
+
+static void image_free(sg_image_t *img) {
+  if (!img)
+    return;
+  free(img->ref);
+  free(img->digest);
+  free_strv(img->entrypoint);
+  free_strv(img->cmd);
+  free_strv(img->env);
+  free(img->workdir);
+  free(img->user);
+  free_strv(img->layer_dirs);
+  free_strv(img->layer_digests);
+  free(img->layer_bytes);
+  free(img);
+}
+
+static char **strv_from_json(json_t *a) {
+  if (!json_is_array(a))
+    return NULL;
+  char **v = xcalloc(json_array_size(a) + 1, sizeof(char *));
+  size_t i, n = 0;
+  json_t *x;
+  json_array_foreach(a, i, x) if (json_is_string(x)) v[n++] = xstrdup(json_string_value(x));
+  return v;
+}
+
+static json_t *strv_to_json(char **v) {
+  if (!v)
+    return json_null();
+  json_t *a = json_array();
+  for (char **p = v; *p; p++)
+    json_array_append_new(a, json_string(*p));
+  return a;
+}
+
+static const char *hex_of(const char *digest) { return digest + 7; }
+
+/* Fills img's config fields from {"entrypoint","cmd","env","workdir","user"}. */
+static void image_set_config(sg_image_t *img, json_t *c) {
+  img->entrypoint = strv_from_json(json_object_get(c, "entrypoint"));
+  img->cmd = strv_from_json(json_object_get(c, "cmd"));
+  img->env = strv_from_json(json_object_get(c, "env"));
+  const char *wd = json_string_value(json_object_get(c, "workdir"));
+  const char *user = json_string_value(json_object_get(c, "user"));
+  img->workdir = wd && *wd ? xstrdup(wd) : NULL;
+  img->user = user && *user ? xstrdup(user) : NULL;
+}
+
+static json_t *image_config_json(const sg_image_t *img) {
+  return json_pack("{s:o, s:o, s:o, s:s?, s:s?}", "entrypoint", strv_to_json(img->entrypoint), "cmd",
+                   strv_to_json(img->cmd), "env", strv_to_json(img->env), "workdir", img->workdir, "user", img->user);
+}
+
+static void image_set_layers(sg_images_t *im, sg_image_t *img, size_t n, char **digests, int64_t *bytes) {
+  img->n_layers = n;
+  img->layer_digests = digests;
+  img->layer_bytes = bytes;
+  img->layer_dirs = xcalloc(n + 1, sizeof(char *));
+  img->size_bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    img->layer_dirs[i] = xasprintf("%s/layers/%s", im->dir, hex_of(digests[i]));
+    img->size_bytes += bytes[i];
+  }
+}
+
+static void persist(sg_images_t *im, const sg_image_t *img) {
+  json_t *layers = json_array();
+  for (size_t i = 0; i < img->n_layers; i++)
+    json_array_append_new(layers,
+                          json_pack("{s:s, s:I}", "digest", img->layer_digests[i], "bytes", (json_int_t)img->layer_bytes[i]));
+  json_t *cfg = image_config_json(img);
+  cleanup_free char *lt = json_dumps(layers, JSON_COMPACT);
+  cleanup_free char *ct = json_dumps(cfg, JSON_COMPACT);
+  json_decref(layers);
+  json_decref(cfg);
+  sg_image_record_t rec = {img->ref,        img->digest,       ct,           lt, img->size_bytes, img->compressed_bytes,
+                           img->pulled_wall, img->pull_ms, img->last_used_wall};
+  cleanup_error sg_error_t *err = NULL;
+  if (sg_store_image_put(im->store, &rec, &err) < 0)
+    sg_warn("image %s not recorded: %s", img->ref, err->message);
+}
+
+static void load_one(void *ud, const sg_image_record_t *rec) {
+  sg_images_t *im = ud;
+  json_t *layers = json_loads(rec->layers_json, 0, NULL);
+  json_t *cfg = json_loads(rec->config_json, 0, NULL);
+  size_t n = json_array_size(layers);
+  bool ok = json_is_array(layers) && json_is_object(cfg) && im->n < MAX_IMAGES;
+  char **digests = xcalloc(n + 1, sizeof(char *));
+  int64_t *bytes = xcalloc(n + 1, sizeof(int64_t));
+  for (size_t i = 0; ok && i < n; i++) {
+    const char *d = json_string_value(json_object_get(json_array_get(layers, i), "digest"));
+    ok = d && sg_digest_valid(d);
+    if (!ok)
+      break;
+    digests[i] = xstrdup(d);
+    bytes[i] = json_integer_value(json_object_get(json_array_get(layers, i), "bytes"));
+    cleanup_free char *dir = xasprintf("%s/layers/%s", im->dir, hex_of(d));
+    struct stat st;
+    ok = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+  }
+  if (!ok) {
+    sg_warn("image %s: cached layers are missing; it will be pulled again", rec->ref);
+    sg_store_image_delete(im->store, rec->ref, NULL);
+    free_strv(digests);
+    free(bytes);
+  } else {
+    sg_image_t *img = xcalloc(1, sizeof(*img));
+    img->ref = xstrdup(rec->ref);
+    img->digest = xstrdup(rec->digest);
+    image_set_config(img, cfg);
+    image_set_layers(im, img, n, digests, bytes);
+    img->compressed_bytes = rec->compressed_bytes;
+    img->pulled_wall = rec->pulled_ms;
+    img->pull_ms = rec->pull_ms;
+    img->last_used_wall = rec->last_used_ms;
+    im->imgs = xrealloc(im->imgs, (im->n + 1) * sizeof(*im->imgs));
+    im->imgs[im->n++] = img;
+  }
+  json_decref(layers);
+  json_decref(cfg);
+}
+
+sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err) {
+  sg_images_t *im = xcalloc(1, sizeof(*im));
+  im->pool = pool;
+  im->store = store;
+  im->dir = xstrdup(cfg->dir);
+  im->max_bytes = cfg->max_bytes;
+  size_t n = 0;
+  while (cfg->insecure && cfg->insecure[n])
+    n++;
+  im->insecure = xcalloc(n + 1, sizeof(char *));
+  for (size_t i = 0; i < n; i++)
+    im->insecure[i] = xstrdup(cfg->insecure[i]);
+  LIST_INIT(&im->pulls);
+  const char *subs[] = {"layers", "blobs", "tmp"};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(subs); i++) {
+    cleanup_free char *d = xasprintf("%s/%s", im->dir, subs[i]);
+    int r = sg_mkdir_p(d, 0700);
+    if (r < 0) {
+      sg_make_error(err, -r, "cannot create %s: %s", d, strerror(-r));
+      sg_images_free(im);
+      return NULL;
+    }
+  }
+  /* Leftovers of pulls interrupted by a crash are never used. */
+  cleanup_free char *tmp = xasprintf("%s/tmp", im->dir);
+  cleanup_free char *blobs = xasprintf("%s/blobs", im->dir);
+  sg_rm_rf(tmp);
+  sg_rm_rf(blobs);
+  sg_mkdir_p(tmp, 0700);
+  sg_mkdir_p(blobs, 0700);
+  if (sg_store_image_each(store, load_one, im, err) < 0) {
+    sg_images_free(im);
+    return NULL;
+  }
+  return im;
+}
+
+static void pull_free(pull_t *p) {
+  free(p->ref);
+  free(p->error);
+  free(p);
+}
+
+void sg_images_free(sg_images_t *im) {
+  if (!im)
+    return;
+  pull_t *p;
+  while ((p = LIST_FIRST(&im->pulls))) {
+    LIST_REMOVE(p, link);
+    sg_image_wait_t *w;
+    while ((w = LIST_FIRST(&p->waits))) {
+      LIST_REMOVE(w, link);
+      free(w);
+    }
+    if (p->running)
+      p->images = NULL; /* the job's done() frees it */
+    else
+      pull_free(p);
+  }
+  for (size_t i = 0; i < im->n; i++)
+    image_free(im->imgs[i]);
+  for (size_t i = 0; i < im->n_retired; i++)
+    image_free(im->retired[i]);
+  free(im->imgs);
+  free(im->retired);
+  free_strv(im->insecure);
+  free(im->dir);
+  free(im);
+}
+
+sg_image_t *sg_images_lookup(sg_images_t *im, const char *ref) {
+  sg_image_ref_t r;
+  if (sg_image_ref_parse(ref, &r, NULL) < 0)
+    return NULL;
+  cleanup_free char *norm = sg_image_ref_string(&r);
+  sg_image_ref_clear(&r);
+  for (size_t i = 0; i < im->n; i++)
+    if (!strcmp(im->imgs[i]->ref, norm))
+      return im->imgs[i];
+  return NULL;
+}
+
+/* ---- eviction --------------------------------------------------------------- */
+
+static bool layer_referenced(sg_images_t *im, const char *digest) {
+  for (size_t i = 0; i < im->n; i++)
+    for (size_t j = 0; j < im->imgs[i]->n_layers; j++)
+      if (!strcmp(im->imgs[i]->layer_digests[j], digest))
+        return true;
+  for (size_t i = 0; i < im->n_retired; i++)
+    for (size_t j = 0; j < im->retired[i]->n_layers; j++)
+      if (!strcmp(im->retired[i]->layer_digests[j], digest))
+        return true;
+  return false;
+}
+
+static int64_t disk_bytes(sg_images_t *im) {
+  int64_t total = 0;
+  for (size_t i = 0; i < im->n; i++)
+    for (size_t j = 0; j < im->imgs[i]->n_layers; j++) {
+      bool seen = false;
+      for (size_t a = 0; a <= i && !seen; a++)
+        for (size_t b = 0; b < (a == i ? j : im->imgs[a]->n_layers) && !seen; b++)
+          seen = !strcmp(im->imgs[a]->layer_digests[b], im->imgs[i]->layer_digests[j]);
+      if (!seen)
+        total += im->imgs[i]->layer_bytes[j];
+    }
+  return total;
+}
+
+typedef struct rm_job {
+  char **paths;
+} rm_job_t;
+
+static void rm_work(void *data) {
+  rm_job_t *j = data;
+  for (char **p = j->paths; *p; p++)
+    sg_rm_rf(*p);
+}
+
+static void rm_done(void *data, bool cancelled) {
+  rm_job_t *j = data;
+  if (cancelled)
+    rm_work(j);
+  free_strv(j->paths);
+  free(j);
+}
+
+static const sg_pool_job_ops_t rm_ops = {rm_work, rm_done};
+
+/* Drops img from the cache and removes the layers no other image uses. */
+static void drop_image(sg_images_t *im, size_t idx) {
+  sg_image_t *img = im->imgs[idx];
+  im->imgs[idx] = im->imgs[--im->n];
+  sg_store_image_delete(im->store, img->ref, NULL);
+  char **paths = xcalloc(img->n_layers + 1, sizeof(char *));
+  size_t n = 0;
+  for (size_t j = 0; j < img->n_layers; j++)
+    if (!layer_referenced(im, img->layer_digests[j]))
+      paths[n++] = xstrdup(img->layer_dirs[j]);
+  rm_job_t *job = xcalloc(1, sizeof(*job));
+  job->paths = paths;
+  sg_pool_submit(im->pool, &rm_ops, job);
+  image_free(img);
+}
+
+static void evict(sg_images_t *im) {
+  if (im->max_bytes <= 0 || im->running > 0)
+    return;
+  for (;;) {
+    int64_t total = disk_bytes(im);
+    if (total <= im->max_bytes)
+      return;
+    ssize_t victim = -1;
+    for (size_t i = 0; i < im->n; i++)
+      if (im->imgs[i]->in_use == 0 && (victim < 0 || im->imgs[i]->last_used_wall < im->imgs[victim]->last_used_wall))
+        victim = (ssize_t)i;
+    if (victim < 0) {
+      sg_warn("image cache holds %lld bytes over its limit of %lld, all of it in use", (long long)total,
+              (long long)im->max_bytes);
+      return;
+    }
+    sg_info("image cache: evicting %s (%lld bytes; least recently used)", im->imgs[victim]->ref,
+            (long long)im->imgs[victim]->size_bytes);
+    drop_image(im, (size_t)victim);
+  }
+}
+
+void sg_images_use(sg_images_t *im, sg_image_t *img) {
+  img->in_use++;
+  img->last_used_wall = sg_wall_ms();
+}
+
+void sg_images_unuse(sg_images_t *im, sg_image_t *img) {
+  img->in_use--;
+  /* Recorded when a use ends, off the path of a start. */
+  img->last_used_wall = sg_wall_ms();
+  sg_store_image_touch(im->store, img->ref, img->last_used_wall, NULL);
+  for (size_t i = 0; i < im->n_retired; i++) {
+    if (im->retired[i] == img && img->in_use == 0) {
+      im->retired[i] = im->retired[--im->n_retired];
+      image_free(img);
+      return;
+    }
+  }
+  evict(im);
+}
+
+/* ---- pulls ------------------------------------------------------------------ */
+
+typedef struct pull_job {
+  pull_t *pull;
+  char *ref;
+  char *dir;
+  bool insecure;
+  sg_registry_auth_t auth;
+  bool has_auth;
+  int64_t started_mono;
+  /* results */
+  sg_error_t *err;
+  sg_image_t *img;
+} pull_job_t;
+
+static int fetch_config(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest,
+                        sg_image_t *img, sg_error_t **err) {
+  cleanup_free char *path = xasprintf("%s/tmp/config-%s-%p", j->dir, hex_of(digest), (void *)j);
+  if (sg_registry_blob(ref, o, digest, -1, path, err) < 0)
+    return -1;
+  json_error_t jerr;
+  json_t *c = json_load_file(path, 0, &jerr);
+  unlink(path);
+  if (!json_is_object(c)) {
+    json_decref(c);
+    return sg_make_error(err, EBADMSG, "image %s: its config is not a JSON object", j->ref);
+  }
+  json_t *cc = json_object_get(c, "config");
+  json_t *norm = json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?}", "entrypoint", json_object_get(cc, "Entrypoint"), "cmd",
+                           json_object_get(cc, "Cmd"), "env", json_object_get(cc, "Env"), "workdir",
+                           json_object_get(cc, "WorkingDir"), "user", json_object_get(cc, "User"));
+  const char *os = json_string_value(json_object_get(c, "os"));
+  int r = 0;
+  if (os && strcmp(os, "linux"))
+    r = sg_make_error(err, EINVAL, "image %s is for %s, not linux", j->ref, os);
+  else
+    image_set_config(img, norm);
+  json_decref(norm);
+  json_decref(c);
+  return r;
+}
+
+static int64_t read_bytes_file(const char *path) {
+  cleanup_free char *s = sg_read_file(path, 64, NULL);
+  return s ? strtoll(s, NULL, 10) : 0;
+}
+
+/* Makes DIR/layers/<hex> exist and whole; *bytes gets its unpacked size. */
+static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o,
+                        const sg_layer_desc_t *l, int64_t *bytes, sg_error_t **err) {
+  const char *hex = hex_of(l->digest);
+  cleanup_free char *final = xasprintf("%s/layers/%s", j->dir, hex);
+  cleanup_free char *size_path = xasprintf("%s/layers/%s.bytes", j->dir, hex);
+  struct stat st;
+  if (stat(final, &st) == 0 && S_ISDIR(st.st_mode)) {
+    *bytes = read_bytes_file(size_path);
+    return 0;
+  }
+  cleanup_free char *blob = xasprintf("%s/blobs/%s-%p", j->dir, hex, (void *)j);
+  if (sg_registry_blob(ref, o, l->digest, l->size, blob, err) < 0)
+    return -1;
+  cleanup_free char *tmp = xasprintf("%s/tmp/%s-%p", j->dir, hex, (void *)j);
+  int r = mkdir(tmp, 0755) < 0 ? sg_make_error(err, errno, "cannot create %s: %s", tmp, strerror(errno)) : 0;
+  if (r == 0)
+    r = sg_layer_unpack(blob, tmp, bytes, err);
+  unlink(blob);
+  if (r == 0) {
+    char num[32];
+    snprintf(num, sizeof(num), "%lld\n", (long long)*bytes);
+    sg_write_file_atomic(size_path, num, strlen(num), 0600);
+    if (rename(tmp, final) < 0 && errno != EEXIST && errno != ENOTEMPTY)
+      r = sg_make_error(err, errno, "cannot move layer %s into place: %s", hex, strerror(errno));
+  }
+  sg_rm_rf(tmp);
+  return r;
+}
+
+static void pull_work(void *data) {
+  pull_job_t *j = data;
+  sg_image_ref_t ref;
+  if (sg_image_ref_parse(j->ref, &ref, &j->err) < 0)
+    return;
+  sg_registry_opts_t o = {j->insecure, j->has_auth ? &j->auth : NULL, 60};
+  sg_manifest_t m;
+  sg_image_t *img = xcalloc(1, sizeof(*img));
+  int r = sg_registry_manifest(&ref, &o, &m, &j->err);
+  if (r == 0) {
+    r = fetch_config(j, &ref, &o, m.config_digest, img, &j->err);
+    char **digests = xcalloc(m.n_layers + 1, sizeof(char *));
+    int64_t *bytes = xcalloc(m.n_layers + 1, sizeof(int64_t));
+    for (size_t i = 0; r == 0 && i < m.n_layers; i++) {
+      r = ensure_layer(j, &ref, &o, &m.layers[i], &bytes[i], &j->err);
+      img->compressed_bytes += m.layers[i].size;
+    }
+    for (size_t i = 0; i < m.n_layers; i++)
+      digests[i] = xstrdup(m.layers[i].digest);
+    img->n_layers = m.n_layers;
+    img->layer_digests = digests;
+    img->layer_bytes = bytes;
+    img->digest = xstrdup(m.digest);
+    sg_manifest_clear(&m);
+  }
+  sg_image_ref_clear(&ref);
+  if (r < 0) {
+    image_free(img);
+    return;
+  }
+  j->img = img;
+}
+
+static void pull_job_free(pull_job_t *j) {
+  free(j->ref);
+  free(j->dir);
+  if (j->has_auth) {
+    explicit_bzero(j->auth.password, strlen(j->auth.password));
+    free(j->auth.username);
+    free(j->auth.password);
+  }
+  if (j->err)
+    sg_error_free(j->err);
+  image_free(j->img);
+  free(j);
+}
+
+static void add_image(sg_images_t *im, sg_image_t *img) {
+  for (size_t i = 0; i < im->n; i++) {
+    if (strcmp(im->imgs[i]->ref, img->ref))
+      continue;
+    sg_image_t *old = im->imgs[i];
+    im->imgs[i] = img;
+    if (old->in_use > 0) {
+      im->retired = xrealloc(im->retired, (im->n_retired + 1) * sizeof(*im->retired));
+      im->retired[im->n_retired++] = old;
+    } else {
+      image_free(old);
+    }
+    return;
+  }
+  im->imgs = xrealloc(im->imgs, (im->n + 1) * sizeof(*im->imgs));
+  im->imgs[im->n++] = img;
+}
+
+static void pull_done(void *data, bool cancelled) {
+  pull_job_t *j = data;
+  pull_t *p = j->pull;
+  sg_images_t *im = p->images;
+  if (!im || cancelled) {
+    if (!im)
+      pull_free(p);
+    pull_job_free(j);
+    return;
+  }
+  im->running--;
+  p->running = false;
+  sg_image_t *img = steal_pointer(&j->img);
+  if (img) {
+    /* Layer sizes from the pull; directories from the cache's layout. */
+    char **digests = steal_pointer(&img->layer_digests);
+    int64_t *bytes = steal_pointer(&img->layer_bytes);
+    image_set_layers(im, img, img->n_layers, digests, bytes);
+    img->ref = xstrdup(p->ref);
+    img->pulled_wall = img->last_used_wall = sg_wall_ms();
+    img->pull_ms = sg_now_ms() - j->started_mono;
+    add_image(im, img);
+    persist(im, img);
+    sg_info("image %s pulled in %lld ms (%s, %zu layers, %lld bytes)", img->ref, (long long)img->pull_ms,
+            img->digest, img->n_layers, (long long)img->size_bytes);
+    free(p->error);
+    p->error = NULL;
+  } else {
+    free(p->error);
+    p->error = xstrdup(j->err ? j->err->message : "pull failed");
+    sg_warn("image %s: pull failed: %s", p->ref, p->error);
+  }
+  sg_image_wait_t *w;
+  while ((w = LIST_FIRST(&p->waits))) {
+    LIST_REMOVE(w, link);
+    sg_image_cb cb = w->cb;
+    void *ud = w->ud;
+    free(w);
+    /* A callback may pin the image before eviction runs below. */
+    cb(ud, img, img ? NULL : j->err);
+  }
+  if (img) {
+    LIST_REMOVE(p, link);
+    pull_free(p);
+  }
+  pull_job_free(j);
+  evict(im);
+}
+
+static const sg_pool_job_ops_t pull_ops = {pull_work, pull_done};
+
+static bool is_insecure(sg_images_t *im, const char *domain) {
+  for (char **p = im->insecure; p && *p; p++)
+    if (!strcmp(*p, domain))
+      return true;
+  return false;
+}
+
+sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth, sg_image_cb cb,
+                                void *ud) {
+  sg_image_ref_t ref;
+  if (sg_image_ref_parse(refstr, &ref, NULL) < 0)
+    return NULL;
+  cleanup_free char *norm = sg_image_ref_string(&ref);
+  bool insecure = is_insecure(im, ref.domain);
+  sg_image_ref_clear(&ref);
+  pull_t *p;
+  LIST_FOREACH(p, &im->pulls, link) {
+    if (!strcmp(p->ref, norm))
+      break;
+  }
+  if (!p) {
+    p = xcalloc(1, sizeof(*p));
+    p->images = im;
+    p->ref = xstrdup(norm);
+    LIST_INIT(&p->waits);
+    LIST_INSERT_HEAD(&im->pulls, p, link);
+  }
+  if (!p->running) {
+    p->running = true;
+    p->started_wall = sg_wall_ms();
+    im->running++;
+    pull_job_t *j = xcalloc(1, sizeof(*j));
+    j->pull = p;
+    j->ref = xstrdup(norm);
+    j->dir = xstrdup(im->dir);
+    j->insecure = insecure;
+    j->started_mono = sg_now_ms();
+    if (auth) {
+      j->has_auth = true;
+      j->auth.username = xstrdup(auth->username);
+      j->auth.password = xstrdup(auth->password);
+    }
+    sg_info("image %s: pulling%s", norm, insecure ? " over plain HTTP (insecure_registries)" : "");
+    sg_pool_submit(im->pool, &pull_ops, j);
+  }
+  sg_image_wait_t *w = xcalloc(1, sizeof(*w));
+  w->pull = p;
+  w->cb = cb;
+  w->ud = ud;
+  LIST_INSERT_HEAD(&p->waits, w, link);
+  return w;
+}
+
+void sg_images_cancel(sg_image_wait_t *w) {
+  if (!w)
+    return;
+  LIST_REMOVE(w, link);
+  free(w);
+}
+
+const char *sg_images_pull_state(sg_images_t *im, const char *refstr, const char **error) {
+  sg_image_ref_t ref;
+  *error = NULL;
+  if (sg_image_ref_parse(refstr, &ref, NULL) < 0)
+    return NULL;
+  cleanup_free char *norm = sg_image_ref_string(&ref);
+  sg_image_ref_clear(&ref);
+  pull_t *p;
+  LIST_FOREACH(p, &im->pulls, link) {
+    if (!strcmp(p->ref, norm)) {
+      *error = p->error;
+      return p->running ? "pulling" : p->error ? "failed" : NULL;
+    }
+  }
+  return NULL;
+}
+
+json_t *sg_images_to_json(sg_images_t *im) {
+  json_t *arr = json_array();
+  for (size_t i = 0; i < im->n; i++) {
+    sg_image_t *img = im->imgs[i];
+    char t1[32], t2[32];
+    json_array_append_new(
+        arr, json_pack("{s:s, s:s, s:I, s:I, s:i, s:s, s:I, s:s, s:i}", "image", img->ref, "digest", img->digest,
+                       "size_bytes", (json_int_t)img->size_bytes, "compressed_bytes", (json_int_t)img->compressed_bytes,
+                       "layers", (int)img->n_layers, "pulled_at", sg_format_time(img->pulled_wall, t1, sizeof(t1)),
+                       "pull_ms", (json_int_t)img->pull_ms, "last_used_at",
+                       sg_format_time(img->last_used_wall, t2, sizeof(t2)), "in_use", img->in_use));
+  }
+  json_t *pulls = json_array();
+  pull_t *p;
+  LIST_FOREACH(p, &im->pulls, link) {
+    char t[32];
+    json_array_append_new(pulls, json_pack("{s:s, s:s, s:s, s:s?}", "image", p->ref, "state",
+                                           p->running ? "pulling" : "failed", "started_at",
+                                           sg_format_time(p->started_wall, t, sizeof(t)), "error",
+                                           p->running ? NULL : p->error));
+  }
+  return json_pack("{s:o, s:o, s:I, s:I}", "images", arr, "pulls", pulls, "total_bytes", (json_int_t)disk_bytes(im),
+                   "max_bytes", (json_int_t)im->max_bytes);
+}

@@ -1,0 +1,488 @@
+/* A client of the OCI distribution API (registry v2) over libcurl. Blocking:
+ * it runs on pool threads only. Authentication follows the registry's
+ * challenge: anonymous first; on 401, "Bearer realm=,service=,scope=" sends
+ * us to a token server (with basic credentials when we have them), "Basic"
+ * asks for the credentials directly. Credentials never appear in errors. */
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+
+#include "sgpu/image.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+#define MAX_MANIFEST (4 << 20)
+#define MAX_TOKEN_BODY (1 << 20)
+
+static atomic_bool aborting;
+
+void sg_registry_abort_all(void) { atomic_store(&aborting, true); }
+
+static int progress_cb(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
+  return atomic_load(&aborting) ? 1 : 0;
+}
+
+static const char *const manifest_accept =
+    "Accept: application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+typedef struct client {
+  const sg_image_ref_t *ref;
+  const sg_registry_opts_t *o;
+  char *bearer; /* token from the token server */
+  bool basic;   /* the registry asked for basic auth */
+} client_t;
+
+typedef struct response {
+  long status;
+  char *challenge;    /* WWW-Authenticate */
+  char *content_type;
+  char *digest;       /* Docker-Content-Digest */
+  /* body into memory (limit) or into a file with a running sha256 */
+  char *body;
+  size_t len, limit;
+  FILE *file;
+  EVP_MD_CTX *sha;
+  int64_t written, max_write;
+  bool overflow;
+} response_t;
+
+static void response_reset_headers(response_t *r) {
+  free(r->challenge);
+  free(r->content_type);
+  free(r->digest);
+  r->challenge = r->content_type = r->digest = NULL;
+}
+
+static void response_clear(response_t *r) {
+  response_reset_headers(r);
+  free(r->body);
+  r->body = NULL;
+  r->len = 0;
+}
+
+static size_t header_cb(char *buf, size_t size, size_t n, void *ud) {
+  response_t *r = ud;
+  size_t len = size * n;
+  if (len >= 5 && !strncmp(buf, "HTTP/", 5)) {
+    response_reset_headers(r); /* a new response (after a redirect or 100) */
+    return len;
+  }
+  char *colon = memchr(buf, ':', len);
+  if (!colon)
+    return len;
+  size_t klen = (size_t)(colon - buf);
+  const char *v = colon + 1;
+  size_t vlen = len - klen - 1;
+  while (vlen && (*v == ' ' || *v == '\t'))
+    v++, vlen--;
+  while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+    vlen--;
+  char **slot = NULL;
+  if (klen == 16 && !strncasecmp(buf, "WWW-Authenticate", 16))
+    slot = &r->challenge;
+  else if (klen == 12 && !strncasecmp(buf, "Content-Type", 12))
+    slot = &r->content_type;
+  else if (klen == 21 && !strncasecmp(buf, "Docker-Content-Digest", 21))
+    slot = &r->digest;
+  if (slot) {
+    free(*slot);
+    *slot = xstrndup(v, vlen);
+  }
+  return len;
+}
+
+static size_t write_cb(char *buf, size_t size, size_t n, void *ud) {
+  response_t *r = ud;
+  size_t len = size * n;
+  if (r->file) {
+    if (r->max_write >= 0 && r->written + (int64_t)len > r->max_write) {
+      r->overflow = true;
+      return 0;
+    }
+    if (fwrite(buf, 1, len, r->file) != len)
+      return 0;
+    EVP_DigestUpdate(r->sha, buf, len);
+    r->written += (int64_t)len;
+    return len;
+  }
+  if (r->len + len > r->limit) {
+    r->overflow = true;
+    return 0;
+  }
+  r->body = xrealloc(r->body, r->len + len + 1);
+  memcpy(r->body + r->len, buf, len);
+  r->len += len;
+  r->body[r->len] = '\0';
+  return len;
+}
+
+/* One GET. Returns 0 with r->status set, or a negative error for transport failures. */
+static int get(client_t *c, const char *url, const char *accept, const char *authz, bool send_basic, response_t *r,
+               sg_error_t **err) {
+  CURL *h = curl_easy_init();
+  if (!h)
+    return sg_make_error(err, ENOMEM, "cannot create an HTTP client");
+  struct curl_slist *hdrs = NULL;
+  if (accept)
+    hdrs = curl_slist_append(hdrs, accept);
+  if (authz)
+    hdrs = curl_slist_append(hdrs, authz);
+  char errbuf[CURL_ERROR_SIZE] = "";
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)(c->o->timeout_s > 0 ? c->o->timeout_s : 60));
+  curl_easy_setopt(h, CURLOPT_USERAGENT, "sgpu/0.1");
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
+  if (send_basic && c->o->auth) {
+    curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(h, CURLOPT_USERNAME, c->o->auth->username);
+    curl_easy_setopt(h, CURLOPT_PASSWORD, c->o->auth->password);
+  }
+  CURLcode rc = curl_easy_perform(h);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_slist_free_all(hdrs);
+  curl_easy_cleanup(h);
+  if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && r->overflow))
+    return sg_make_error(err, EIO, "registry %s: %s", c->ref->domain, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+  return 0;
+}
+
+/* Reads param="value" (or param=value) from a challenge. Caller frees. */
+static char *challenge_param(const char *ch, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = ch; *p; p++) {
+    if ((p == ch || p[-1] == ' ' || p[-1] == ',') && !strncasecmp(p, name, n) && p[n] == '=') {
+      const char *v = p + n + 1;
+      if (*v == '"') {
+        const char *e = strchr(v + 1, '"');
+        return e ? xstrndup(v + 1, (size_t)(e - v - 1)) : NULL;
+      }
+      return xstrndup(v, strcspn(v, ", "));
+    }
+  }
+  return NULL;
+}
+
+static char *url_escape(const char *s) {
+  char *e = curl_easy_escape(NULL, s, 0);
+  char *out = xstrdup(e ? e : "");
+  curl_free(e);
+  return out;
+}
+
+/* Answers a challenge: gets a bearer token or switches to basic auth. */
+static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
+  if (!strncasecmp(challenge, "Basic", 5)) {
+    if (!c->o->auth)
+      return sg_make_error(err, EACCES, "registry %s requires credentials for %s (set registry_auth)", c->ref->domain,
+                           c->ref->repository);
+    if (c->basic)
+      return sg_make_error(err, EACCES, "registry %s refused the credentials for %s (HTTP 401 unauthorized)",
+                           c->ref->domain, c->ref->repository);
+    c->basic = true;
+    return 0;
+  }
+  if (strncasecmp(challenge, "Bearer", 6))
+    return sg_make_error(err, EACCES, "registry %s: unsupported authentication scheme", c->ref->domain);
+  if (c->bearer)
+    return sg_make_error(err, EACCES, "registry %s refused access to %s (HTTP 401 unauthorized)%s", c->ref->domain,
+                         c->ref->repository, c->o->auth ? "" : "; it may need credentials (registry_auth)");
+  cleanup_free char *realm = challenge_param(challenge, "realm");
+  cleanup_free char *service = challenge_param(challenge, "service");
+  cleanup_free char *scope = challenge_param(challenge, "scope");
+  if (!realm || !(sg_str_has_prefix(realm, "https://") || sg_str_has_prefix(realm, "http://")))
+    return sg_make_error(err, EACCES, "registry %s: bearer challenge without a usable realm", c->ref->domain);
+  cleanup_free char *esvc = service ? url_escape(service) : NULL;
+  cleanup_free char *default_scope = xasprintf("repository:%s:pull", c->ref->repository);
+  cleanup_free char *escope = url_escape(scope ? scope : default_scope);
+  cleanup_free char *url = xasprintf("%s%sscope=%s%s%s", realm, strchr(realm, '?') ? "&" : "?", escope,
+                                     esvc ? "&service=" : "", esvc ? esvc : "");
+  response_t r = {.limit = MAX_TOKEN_BODY};
+  if (get(c, url, "Accept: application/json", NULL, c->o->auth != NULL, &r, err) < 0) {
+    response_clear(&r);
+    return -EIO;
+  }
+  if (r.status == 401 || r.status == 403) {
+    response_clear(&r);
+    return sg_make_error(err, EACCES, "registry %s: the token server refused the %s for %s (HTTP %ld)",
+                         c->ref->domain, c->o->auth ? "credentials" : "anonymous request", c->ref->repository,
+                         r.status);
+  }
+  json_t *j = r.status == 200 && r.body ? json_loads(r.body, 0, NULL) : NULL;
+  long st = r.status;
+  response_clear(&r);
+  const char *tok = j ? json_string_value(json_object_get(j, "token")) : NULL;
+  if (!tok && j)
+    tok = json_string_value(json_object_get(j, "access_token"));
+  if (!tok) {
+    json_decref(j);
+    return sg_make_error(err, EACCES, "registry %s: the token server answered HTTP %ld without a token",
+                         c->ref->domain, st);
+  }
+  c->bearer = xasprintf("Authorization: Bearer %s", tok);
+  json_decref(j);
+  return 0;
+}
+
+/* GET with the challenge flow: at most two challenges are answered. */
+static int get_authed(client_t *c, const char *url, const char *accept, response_t *r, sg_error_t **err) {
+  for (int attempt = 0;; attempt++) {
+    if (get(c, url, accept, c->bearer, c->basic, r, err) < 0)
+      return -EIO;
+    if (r->status != 401 || attempt == 2)
+      break;
+    if (!r->challenge)
+      return sg_make_error(err, EACCES, "registry %s answered 401 without a challenge", c->ref->domain);
+    cleanup_free char *ch = xstrdup(r->challenge);
+    response_clear(r);
+    if (r->file) {
+      rewind(r->file);
+      if (ftruncate(fileno(r->file), 0) < 0)
+        return sg_make_error(err, errno, "truncate: %s", strerror(errno));
+      EVP_DigestInit_ex(r->sha, EVP_sha256(), NULL);
+      r->written = 0;
+    }
+    r->overflow = false;
+    if (authenticate(c, ch, err) < 0)
+      return -EACCES;
+  }
+  if (r->status == 401)
+    return sg_make_error(err, EACCES, "registry %s refused access to %s (HTTP 401 unauthorized)", c->ref->domain,
+                         c->ref->repository);
+  return 0;
+}
+
+static char *base_url(const client_t *c) {
+  return xasprintf("%s://%s/v2/%s", c->o->insecure ? "http" : "https", sg_image_ref_api_host(c->ref),
+                   c->ref->repository);
+}
+
+static void sha256_hex(const void *data, size_t len, char out[72]) {
+  unsigned char md[32];
+  unsigned int n = 0;
+  EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+  strcpy(out, "sha256:");
+  for (int i = 0; i < 32; i++)
+    snprintf(out + 7 + 2 * i, 3, "%02x", md[i]);
+}
+
+static bool is_index(const char *mt) {
+  return mt && (!strcmp(mt, "application/vnd.oci.image.index.v1+json") ||
+                !strcmp(mt, "application/vnd.docker.distribution.manifest.list.v2+json"));
+}
+
+static bool is_manifest(const char *mt) {
+  return mt && (!strcmp(mt, "application/vnd.oci.image.manifest.v1+json") ||
+                !strcmp(mt, "application/vnd.docker.distribution.manifest.v2+json"));
+}
+
+/* Fetches one manifest by tag or digest; verifies a digest reference. */
+static json_t *fetch_manifest(client_t *c, const char *reference, bool by_digest, char **digest_out,
+                              sg_error_t **err) {
+  cleanup_free char *base = base_url(c);
+  cleanup_free char *url = xasprintf("%s/manifests/%s", base, reference);
+  response_t r = {.limit = MAX_MANIFEST};
+  if (get_authed(c, url, manifest_accept, &r, err) < 0) {
+    response_clear(&r);
+    return NULL;
+  }
+  if (r.overflow) {
+    response_clear(&r);
+    sg_make_error(err, EFBIG, "registry %s: manifest of %s is over %d bytes", c->ref->domain, c->ref->repository,
+                  MAX_MANIFEST);
+    return NULL;
+  }
+  if (r.status != 200) {
+    long st = r.status;
+    response_clear(&r);
+    if (st == 404)
+      sg_make_error(err, ENOENT, "image %s/%s:%s not found in the registry (HTTP 404)", c->ref->domain,
+                    c->ref->repository, reference);
+    else
+      sg_make_error(err, EIO, "registry %s: manifest %s answered HTTP %ld", c->ref->domain, reference, st);
+    return NULL;
+  }
+  char digest[72];
+  sha256_hex(r.body ? r.body : "", r.len, digest);
+  if (by_digest && strcmp(digest, reference)) {
+    response_clear(&r);
+    sg_make_error(err, EBADMSG, "registry %s: manifest %s does not match its digest", c->ref->domain, reference);
+    return NULL;
+  }
+  json_error_t jerr;
+  json_t *j = r.body ? json_loadb(r.body, r.len, 0, &jerr) : NULL;
+  if (!json_is_object(j)) {
+    json_decref(j);
+    response_clear(&r);
+    sg_make_error(err, EBADMSG, "registry %s: manifest %s is not a JSON object", c->ref->domain, reference);
+    return NULL;
+  }
+  /* The media type: the body's field, else the Content-Type. */
+  const char *mt = json_string_value(json_object_get(j, "mediaType"));
+  if (!mt && r.content_type) {
+    char *semi = strchr(r.content_type, ';');
+    if (semi)
+      *semi = '\0';
+    json_object_set_new(j, "mediaType", json_string(r.content_type));
+  }
+  *digest_out = xstrdup(digest);
+  response_clear(&r);
+  return j;
+}
+
+void sg_manifest_clear(sg_manifest_t *m) {
+  free(m->digest);
+  free(m->config_digest);
+  for (size_t i = 0; i < m->n_layers; i++) {
+    free(m->layers[i].digest);
+    free(m->layers[i].media_type);
+  }
+  free(m->layers);
+  memset(m, 0, sizeof(*m));
+}
+
+static bool layer_type_ok(const char *mt) {
+  return mt && (sg_str_has_prefix(mt, "application/vnd.oci.image.layer.v1.tar") ||
+                sg_str_has_prefix(mt, "application/vnd.docker.image.rootfs.diff.tar"));
+}
+
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
+                         sg_error_t **err) {
+  memset(out, 0, sizeof(*out));
+  client_t c = {ref, o, NULL, false};
+  char *digest = NULL;
+  json_t *j = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &digest, err);
+  int r = -EBADMSG;
+  if (!j)
+    goto out;
+  const char *mt = json_string_value(json_object_get(j, "mediaType"));
+  if (is_index(mt)) {
+    json_t *list = json_object_get(j, "manifests"), *m;
+    size_t i;
+    const char *pick = NULL;
+    json_array_foreach(list, i, m) {
+      json_t *p = json_object_get(m, "platform");
+      const char *os = json_string_value(json_object_get(p, "os"));
+      const char *arch = json_string_value(json_object_get(p, "architecture"));
+      const char *d = json_string_value(json_object_get(m, "digest"));
+      if (os && arch && d && !strcmp(os, "linux") && !strcmp(arch, "amd64") && sg_digest_valid(d)) {
+        pick = d;
+        break;
+      }
+    }
+    if (!pick) {
+      sg_make_error(err, ENOENT, "image %s/%s has no linux/amd64 manifest", ref->domain, ref->repository);
+      goto out;
+    }
+    cleanup_free char *want = xstrdup(pick);
+    json_decref(j);
+    free(digest);
+    digest = NULL;
+    j = fetch_manifest(&c, want, true, &digest, err);
+    if (!j)
+      goto out;
+    mt = json_string_value(json_object_get(j, "mediaType"));
+  }
+  if (!is_manifest(mt)) {
+    sg_make_error(err, EBADMSG, "image %s/%s: unsupported manifest type %s (OCI or Docker v2 schema 2 expected)",
+                  ref->domain, ref->repository, mt ? mt : "(none)");
+    goto out;
+  }
+  const char *cfg = json_string_value(json_object_get(json_object_get(j, "config"), "digest"));
+  json_t *layers = json_object_get(j, "layers");
+  if (!cfg || !sg_digest_valid(cfg) || !json_is_array(layers) || json_array_size(layers) > 1000) {
+    sg_make_error(err, EBADMSG, "image %s/%s: manifest without a valid config or layers", ref->domain,
+                  ref->repository);
+    goto out;
+  }
+  out->digest = steal_pointer(&digest);
+  out->config_digest = xstrdup(cfg);
+  out->layers = xcalloc(json_array_size(layers) + 1, sizeof(sg_layer_desc_t));
+  json_t *l;
+  size_t i;
+  json_array_foreach(layers, i, l) {
+    const char *d = json_string_value(json_object_get(l, "digest"));
+    const char *lmt = json_string_value(json_object_get(l, "mediaType"));
+    json_t *sz = json_object_get(l, "size");
+    if (!d || !sg_digest_valid(d) || !json_is_integer(sz) || json_integer_value(sz) < 0 || !layer_type_ok(lmt)) {
+      sg_make_error(err, EBADMSG, "image %s/%s: layer %zu is invalid or of an unsupported type", ref->domain,
+                    ref->repository, i);
+      sg_manifest_clear(out);
+      goto out;
+    }
+    out->layers[out->n_layers].digest = xstrdup(d);
+    out->layers[out->n_layers].media_type = xstrdup(lmt);
+    out->layers[out->n_layers].size = json_integer_value(sz);
+    out->n_layers++;
+  }
+  r = 0;
+out:
+  json_decref(j);
+  free(digest);
+  free(c.bearer);
+  return r;
+}
+
+int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
+                     const char *path, sg_error_t **err) {
+  client_t c = {ref, o, NULL, false};
+  cleanup_free char *partial = xasprintf("%s.partial", path);
+  int fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return sg_make_error(err, errno, "cannot create %s: %s", partial, strerror(errno));
+  response_t r = {.file = fdopen(fd, "wb"), .sha = EVP_MD_CTX_new(), .max_write = size};
+  EVP_DigestInit_ex(r.sha, EVP_sha256(), NULL);
+  cleanup_free char *base = base_url(&c);
+  cleanup_free char *url = xasprintf("%s/blobs/%s", base, digest);
+  int ret = get_authed(&c, url, NULL, &r, err);
+  if (fflush(r.file) != 0 && ret == 0)
+    ret = sg_make_error(err, errno, "cannot write %s: %s", partial, strerror(errno));
+  if (ret == 0 && r.status != 200)
+    ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: blob %s answered HTTP %ld",
+                        ref->domain, digest, r.status);
+  if (ret == 0 && r.overflow)
+    ret = sg_make_error(err, EBADMSG, "registry %s: blob %s is larger than the manifest says", ref->domain, digest);
+  if (ret == 0 && size >= 0 && r.written != size)
+    ret = sg_make_error(err, EBADMSG, "registry %s: blob %s has %lld bytes, the manifest says %lld", ref->domain,
+                        digest, (long long)r.written, (long long)size);
+  if (ret == 0) {
+    unsigned char md[32];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(r.sha, md, &n);
+    char got[72] = "sha256:";
+    for (int i = 0; i < 32; i++)
+      snprintf(got + 7 + 2 * i, 3, "%02x", md[i]);
+    if (strcmp(got, digest))
+      ret = sg_make_error(err, EBADMSG, "digest mismatch for blob %s of %s/%s (got %s): refused", digest,
+                          ref->domain, ref->repository, got);
+  }
+  if (ret == 0 && fsync(fileno(r.file)) < 0)
+    ret = sg_make_error(err, errno, "cannot write %s: %s", partial, strerror(errno));
+  fclose(r.file);
+  EVP_MD_CTX_free(r.sha);
+  response_clear(&r);
+  free(c.bearer);
+  if (ret == 0 && rename(partial, path) < 0)
+    ret = sg_make_error(err, errno, "cannot rename %s: %s", partial, strerror(errno));
+  if (ret < 0)
+    unlink(partial);
+  return ret;
+}

@@ -1,0 +1,1145 @@
+/* The oci runtime: a worker is a container run by an OCI runtime binary
+ * (crun by default, runc accepted) in the foreground, so that its stdout and
+ * stderr arrive on our pipes and its exit is the runtime's exit, both
+ * through the process runtime. A start is asynchronous:
+ *
+ *   image   cached, or pulled through the image cache (pool)
+ *   rootfs  a per-worker overlayfs root over the image's read-only layers
+ *           and config.json written into the bundle (pool)
+ *   run     `crun run` spawned; the pid file it writes marks the container
+ *           created (inotify), and the worker may be probed from the spawn on
+ *
+ * On exit the container is deleted and the overlay unmounted and removed
+ * (pool) before the worker hears of it. Everything lives under DIR: bundles
+ * in DIR/workers/<id>, runtime state in DIR/state, so that a restarted sgpud
+ * finds and removes what an earlier one left.
+ *
+ * Hybrid cgroup hosts (cgroup v1 controllers plus a cgroup2 mount at
+ * /sys/fs/cgroup/unified) make crun refuse to start; there crun runs in a
+ * private mount namespace without that mount and with
+ * --cgroup-manager=disabled. Helper invocations (delete, list) run to
+ * completion on pool threads; the process runtime's reaper may take their
+ * exit status first, so what they print is what counts. */
+#include <dirent.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/mount.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <yaml.h>
+
+#include "sgpu/image.h"
+#include "sgpu/log.h"
+#include "sgpu/pool.h"
+#include "sgpu/runtime.h"
+#include "sgpu/spec.h"
+#include "sgpu/util.h"
+
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
+
+enum oci_state { O_PULLING, O_PREPARING, O_RUNNING, O_CLEANING, O_DONE };
+
+typedef struct oci {
+  LIST_ENTRY(oci) link;
+  char *id, *dir, *rootfs;
+  sg_instance_callbacks_t cbs;
+  void *ud;
+  char **argv, **envp;
+  int *gpus;
+  int n_gpus;
+  char *image_ref;
+  sg_registry_auth_t auth;
+  bool has_auth;
+  sg_image_t *img;
+  sg_image_wait_t *wait;
+  sg_instance_t *proc; /* the runtime's foreground process */
+  pid_t crun_pid, pid;
+  int ino_fd;
+  struct event *ino_ev;
+  enum oci_state state;
+  int stop_sig;  /* a signal asked for before the container ran */
+  int jobs;      /* pool jobs holding this */
+  bool released; /* the worker let go; free when jobs end */
+  int exit_status;
+  int64_t t0, t_image, t_rootfs, t_created;
+} oci_t;
+
+static struct {
+  struct event_base *base;
+  sg_pool_t *pool;
+  sg_images_t *images;
+  char *runtime;   /* absolute path */
+  bool is_crun;
+  bool hide_cgroup2;
+  char *dir, *state_dir, *workers_dir;
+  char *unavailable;
+  json_t *cdi; /* array of nvidia.com/gpu CDI specs */
+  LIST_HEAD(, oci) all;
+} rt;
+
+const char *sg_oci_unavailable(void) { return rt.unavailable; }
+
+/* ---- helper commands ------------------------------------------------------ */
+
+typedef struct cmd_ctx {
+  char *const *argv;
+  bool hide;
+  int out; /* write end for stdout+stderr */
+} cmd_ctx_t;
+
+static int cmd_child(void *arg) {
+  cmd_ctx_t *c = arg;
+  if (c->hide) {
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+      _exit(126);
+    umount2("/sys/fs/cgroup/unified", MNT_DETACH);
+  }
+  int devnull = open("/dev/null", O_RDONLY);
+  if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(c->out, 1) < 0 || dup2(c->out, 2) < 0)
+    _exit(126);
+  char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+  execve(c->argv[0], c->argv, envp);
+  _exit(127);
+}
+
+/* Runs argv to completion (blocking) and returns its wait status, -1 when it
+ * could not run, or -2 when its status was reaped elsewhere; *out (optional)
+ * gets what it printed. */
+static int run_cmd(char *const *argv, char **out) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0)
+    return -1;
+  cmd_ctx_t c = {argv, rt.hide_cgroup2 && rt.is_crun, p[1]};
+  pid_t pid = fork();
+  if (pid == 0)
+    cmd_child(&c);
+  int e = errno;
+  close(p[1]);
+  if (pid < 0) {
+    close(p[0]);
+    errno = e;
+    return -1;
+  }
+  size_t len = 0, cap = 256;
+  char *buf = xmalloc(cap);
+  for (;;) {
+    if (len + 1 >= cap)
+      buf = xrealloc(buf, cap *= 2);
+    ssize_t r = read(p[0], buf + len, cap - len - 1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    if (len < 65536)
+      len += (size_t)r;
+  }
+  buf[len] = '\0';
+  close(p[0]);
+  int status = -1, r;
+  while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+    ;
+  if (r < 0)
+    status = -2;
+  if (out)
+    *out = buf;
+  else
+    free(buf);
+  return status;
+}
+
+static int runtime_cmd(const char *verb, const char *a1, const char *a2, char **out) {
+  char *argv[10];
+  int n = 0;
+  argv[n++] = rt.runtime;
+  argv[n++] = "--root";
+  argv[n++] = rt.state_dir;
+  if (rt.hide_cgroup2 && rt.is_crun)
+    argv[n++] = "--cgroup-manager=disabled";
+  argv[n++] = (char *)verb;
+  if (a1)
+    argv[n++] = (char *)a1;
+  if (a2)
+    argv[n++] = (char *)a2;
+  argv[n] = NULL;
+  return run_cmd(argv, out);
+}
+
+/* ---- CDI -------------------------------------------------------------------- */
+
+static json_t *yaml_node_json(yaml_document_t *doc, yaml_node_t *n, int depth) {
+  if (!n || depth > 64)
+    return json_null();
+  switch (n->type) {
+  case YAML_SCALAR_NODE: {
+    const char *v = (const char *)n->data.scalar.value;
+    size_t len = n->data.scalar.length;
+    if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+      char *end;
+      errno = 0;
+      long long x = strtoll(v, &end, 10);
+      if (len && *end == '\0' && !errno)
+        return json_integer(x);
+      if (!strcmp(v, "true") || !strcmp(v, "false"))
+        return json_boolean(!strcmp(v, "true"));
+      if (!strcmp(v, "null") || !strcmp(v, "~") || len == 0)
+        return json_null();
+    }
+    return json_stringn(v, len);
+  }
+  case YAML_SEQUENCE_NODE: {
+    json_t *a = json_array();
+    for (yaml_node_item_t *i = n->data.sequence.items.start; i < n->data.sequence.items.top; i++)
+      json_array_append_new(a, yaml_node_json(doc, yaml_document_get_node(doc, *i), depth + 1));
+    return a;
+  }
+  case YAML_MAPPING_NODE: {
+    json_t *o = json_object();
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+      yaml_node_t *k = yaml_document_get_node(doc, p->key);
+      if (k && k->type == YAML_SCALAR_NODE)
+        json_object_set_new(o, (const char *)k->data.scalar.value,
+                            yaml_node_json(doc, yaml_document_get_node(doc, p->value), depth + 1));
+    }
+    return o;
+  }
+  default:
+    return json_null();
+  }
+}
+
+static json_t *load_yaml(const char *path) {
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return NULL;
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  json_t *j = NULL;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_file(&parser, f);
+  if (yaml_parser_load(&parser, &doc)) {
+    j = yaml_node_json(&doc, yaml_document_get_root_node(&doc), 0);
+    yaml_document_delete(&doc);
+  }
+  yaml_parser_delete(&parser);
+  fclose(f);
+  return j;
+}
+
+static void load_cdi(const char *dir) {
+  rt.cdi = json_array();
+  DIR *d = opendir(dir);
+  if (!d)
+    return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *dot = strrchr(de->d_name, '.');
+    if (!dot || (strcmp(dot, ".json") && strcmp(dot, ".yaml") && strcmp(dot, ".yml")))
+      continue;
+    cleanup_free char *path = xasprintf("%s/%s", dir, de->d_name);
+    json_t *j = !strcmp(dot, ".json") ? json_load_file(path, 0, NULL) : load_yaml(path);
+    const char *kind = json_string_value(json_object_get(j, "kind"));
+    if (!kind || strcmp(kind, "nvidia.com/gpu") || !json_is_array(json_object_get(j, "devices"))) {
+      if (j)
+        sg_debug("oci: %s is not an NVIDIA GPU CDI spec; ignored", path);
+      else
+        sg_warn("oci: cannot parse CDI spec %s; ignored", path);
+      json_decref(j);
+      continue;
+    }
+    sg_info("oci: CDI spec %s: %zu NVIDIA device(s)", path, json_array_size(json_object_get(j, "devices")));
+    json_array_append_new(rt.cdi, j);
+  }
+  closedir(d);
+}
+
+/* The container edits for GPUs gpus[0..n): each spec's global edits (once)
+ * and each device's, matched by name (the GPU index). New reference. */
+static json_t *cdi_edits(const int *gpus, int n) {
+  json_t *edits = json_array();
+  size_t i;
+  json_t *spec;
+  json_array_foreach(rt.cdi, i, spec) {
+    bool used = false;
+    for (int g = 0; g < n; g++) {
+      char name[16];
+      snprintf(name, sizeof(name), "%d", gpus[g]);
+      size_t k;
+      json_t *dev;
+      json_array_foreach(json_object_get(spec, "devices"), k, dev) {
+        const char *dn = json_string_value(json_object_get(dev, "name"));
+        if (dn && !strcmp(dn, name) && json_object_get(dev, "containerEdits")) {
+          json_array_append(edits, json_object_get(dev, "containerEdits"));
+          used = true;
+        }
+      }
+    }
+    if (used && json_object_get(spec, "containerEdits"))
+      json_array_append(edits, json_object_get(spec, "containerEdits"));
+  }
+  return edits;
+}
+
+/* ---- bundle ----------------------------------------------------------------- */
+
+static void env_set(json_t *env, const char *kv) {
+  size_t klen = strcspn(kv, "=");
+  size_t i;
+  json_t *v;
+  json_array_foreach(env, i, v) {
+    const char *s = json_string_value(v);
+    if (s && !strncmp(s, kv, klen) && s[klen] == '=') {
+      json_array_set_new(env, i, json_string(kv));
+      return;
+    }
+  }
+  json_array_append_new(env, json_string(kv));
+}
+
+static json_t *strings(const char *const *v) {
+  json_t *a = json_array();
+  for (; v && *v; v++)
+    json_array_append_new(a, json_string(*v));
+  return a;
+}
+
+static const char *const default_caps[] = {
+    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",      "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID",      "CAP_SETUID",           "CAP_SETFCAP",     "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",     "CAP_AUDIT_WRITE", NULL};
+
+static json_t *mount_entry(const char *dst, const char *type, const char *src, const char *const *opts) {
+  return json_pack("{s:s, s:s, s:s, s:o}", "destination", dst, "type", type, "source", src, "options", strings(opts));
+}
+
+/* The OCI config for o (user resolved later, on the pool). New reference. */
+static json_t *build_config(oci_t *o) {
+  sg_image_t *img = o->img;
+  json_t *args = json_array();
+  if (o->argv[0]) {
+    for (char **a = o->argv; *a; a++)
+      json_array_append_new(args, json_string(*a));
+  } else {
+    for (char **a = img->entrypoint; a && *a; a++)
+      json_array_append_new(args, json_string(*a));
+    for (char **a = img->cmd; a && *a; a++)
+      json_array_append_new(args, json_string(*a));
+  }
+  json_t *env = json_array();
+  env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  for (char **e = img->env; e && *e; e++)
+    env_set(env, *e);
+  for (char **e = o->envp; e && *e; e++)
+    env_set(env, *e);
+  json_t *caps = strings(default_caps);
+  /* Raising a hard limit needs more than the container keeps: stay within ours. */
+  struct rlimit nofile = {65536, 65536};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  json_t *process = json_pack("{s:b, s:{s:i, s:i}, s:o, s:o, s:s, s:{s:O, s:O, s:O}, s:b, s:[{s:s, s:i, s:i}]}",
+                              "terminal", 0, "user", "uid", 0, "gid", 0, "args", args, "env", env, "cwd",
+                              img->workdir ? img->workdir : "/", "capabilities", "bounding", caps, "effective", caps,
+                              "permitted", caps, "noNewPrivileges", 1, "rlimits", "type", "RLIMIT_NOFILE", "hard",
+                              (int)nofile.rlim_max, "soft", (int)nofile.rlim_max);
+  json_decref(caps);
+  json_t *mounts = json_array();
+  json_array_append_new(mounts, mount_entry("/proc", "proc", "proc", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev", "tmpfs", "tmpfs",
+                                            (const char *const[]){"nosuid", "strictatime", "mode=755", "size=65536k", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/pts", "devpts", "devpts",
+                                            (const char *const[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
+                                                                  "mode=0620", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
+                                            (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
+  /* Host network: the host's resolver and hosts files. */
+  const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
+  if (access("/etc/resolv.conf", R_OK) == 0)
+    json_array_append_new(mounts, mount_entry("/etc/resolv.conf", "bind", "/etc/resolv.conf", bind_ro));
+  if (access("/etc/hosts", R_OK) == 0)
+    json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
+  json_t *linux_ = json_pack(
+      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:[{s:b, s:s}]}, s:o, s:o}", "namespaces", "type", "pid", "type",
+      "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", "allow", 0, "access", "rwm",
+      "maskedPaths",
+      strings((const char *const[]){"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                                    "/sys/firmware", NULL}),
+      "readonlyPaths",
+      strings((const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL}));
+  json_t *c = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o, s:o}", "ociVersion", "1.0.2", "process", process,
+                        "root", "path", o->rootfs, "readonly", 0, "hostname", o->id, "mounts", mounts, "linux", linux_,
+                        "annotations", json_pack("{s:s, s:s}", "sgpu.worker", o->id, "sgpu.image", img->ref));
+  if (o->n_gpus > 0 && json_array_size(rt.cdi) > 0) {
+    json_t *edits = cdi_edits(o->gpus, o->n_gpus);
+    if (json_array_size(edits) > 0) {
+      json_object_set_new(c, "cdi", edits);
+      /* Only the worker's devices are in the container: CUDA numbers them from 0. */
+      char vis[SG_SPEC_MAX_GPUS * 4 + 32] = "CUDA_VISIBLE_DEVICES=";
+      for (int g = 0; g < o->n_gpus; g++)
+        snprintf(vis + strlen(vis), sizeof(vis) - strlen(vis), "%s%d", g ? "," : "", g);
+      env_set(env, vis);
+    } else {
+      json_decref(edits);
+    }
+  }
+  return c;
+}
+
+/* Applies CDI edits (c["cdi"]) to the config: env, device nodes, mounts,
+ * hooks. Device numbers come from the host's nodes. Pool thread. */
+static int apply_cdi(json_t *c, sg_error_t **err) {
+  json_t *edits = json_object_get(c, "cdi");
+  if (!edits)
+    return 0;
+  json_t *process = json_object_get(c, "process");
+  json_t *env = json_object_get(process, "env");
+  json_t *linux_ = json_object_get(c, "linux");
+  json_t *devices = json_object_get(linux_, "devices");
+  json_t *rdev = json_object_get(json_object_get(linux_, "resources"), "devices");
+  json_t *mounts = json_object_get(c, "mounts");
+  size_t i;
+  json_t *e;
+  json_array_foreach(edits, i, e) {
+    size_t k;
+    json_t *x;
+    json_array_foreach(json_object_get(e, "env"), k, x) if (json_is_string(x) && strchr(json_string_value(x), '='))
+        env_set(env, json_string_value(x));
+    json_array_foreach(json_object_get(e, "deviceNodes"), k, x) {
+      const char *path = json_string_value(json_object_get(x, "path"));
+      const char *host = json_string_value(json_object_get(x, "hostPath"));
+      if (!path)
+        continue;
+      struct stat st;
+      if (stat(host ? host : path, &st) < 0)
+        return sg_make_error(err, errno, "CDI device %s: %s", host ? host : path, strerror(errno));
+      if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode))
+        return sg_make_error(err, EINVAL, "CDI device %s is not a device node", host ? host : path);
+      const char *type = S_ISCHR(st.st_mode) ? "c" : "b";
+      json_array_append_new(devices, json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i}", "path", path, "type", type,
+                                               "major", (json_int_t)major(st.st_rdev), "minor",
+                                               (json_int_t)minor(st.st_rdev), "fileMode", (int)(st.st_mode & 0777),
+                                               "uid", 0, "gid", 0));
+      const char *perm = json_string_value(json_object_get(x, "permissions"));
+      json_array_append_new(rdev, json_pack("{s:b, s:s, s:I, s:I, s:s}", "allow", 1, "type", type, "major",
+                                            (json_int_t)major(st.st_rdev), "minor", (json_int_t)minor(st.st_rdev),
+                                            "access", perm ? perm : "rwm"));
+    }
+    json_array_foreach(json_object_get(e, "mounts"), k, x) {
+      const char *hp = json_string_value(json_object_get(x, "hostPath"));
+      const char *cp = json_string_value(json_object_get(x, "containerPath"));
+      if (!hp || !cp)
+        continue;
+      json_t *opts = json_object_get(x, "options");
+      json_array_append_new(mounts, json_pack("{s:s, s:s, s:s, s:O}", "destination", cp, "type", "bind", "source", hp,
+                                              "options", json_is_array(opts) ? opts : json_pack("[s, s]", "rbind", "ro")));
+      if (!json_is_array(opts))
+        json_decref(json_object_get(json_array_get(mounts, json_array_size(mounts) - 1), "options"));
+    }
+    json_array_foreach(json_object_get(e, "hooks"), k, x) {
+      const char *name = json_string_value(json_object_get(x, "hookName"));
+      const char *path = json_string_value(json_object_get(x, "path"));
+      if (!name || !path)
+        continue;
+      json_t *hooks = json_object_get(c, "hooks");
+      if (!hooks)
+        json_object_set_new(c, "hooks", hooks = json_object());
+      json_t *list = json_object_get(hooks, name);
+      if (!list)
+        json_object_set_new(hooks, name, list = json_array());
+      json_t *h = json_pack("{s:s}", "path", path);
+      if (json_object_get(x, "args"))
+        json_object_set(h, "args", json_object_get(x, "args"));
+      if (json_object_get(x, "env"))
+        json_object_set(h, "env", json_object_get(x, "env"));
+      json_array_append_new(list, h);
+    }
+  }
+  json_object_del(c, "cdi");
+  return 0;
+}
+
+/* Looks name up in the root's /etc/passwd (or /etc/group when group). */
+static long lookup_id(const char *rootfs, const char *name, bool group) {
+  char *end;
+  long n = strtol(name, &end, 10);
+  if (*name && !*end)
+    return n;
+  cleanup_free char *path = xasprintf("%s/etc/%s", rootfs, group ? "group" : "passwd");
+  cleanup_fclose FILE *f = fopen(path, "re");
+  if (!f)
+    return -1;
+  char line[1024];
+  size_t len = strlen(name);
+  while (fgets(line, sizeof(line), f)) {
+    if (!strncmp(line, name, len) && line[len] == ':') {
+      char *p = strchr(line + len + 1, ':');
+      if (p)
+        return strtol(p + 1, NULL, 10);
+    }
+  }
+  return -1;
+}
+
+static int resolve_user(json_t *c, const char *rootfs, const char *user, sg_error_t **err) {
+  if (!user || !*user)
+    return 0;
+  cleanup_free char *u = xstrdup(user);
+  char *colon = strchr(u, ':');
+  if (colon)
+    *colon++ = '\0';
+  long uid = lookup_id(rootfs, u, false);
+  long gid = colon ? lookup_id(rootfs, colon, true) : 0;
+  if (uid < 0 || gid < 0)
+    return sg_make_error(err, EINVAL, "image user \"%s\" is not in the image's /etc/passwd or /etc/group", user);
+  if (!colon) {
+    /* The user's primary group. */
+    cleanup_free char *path = xasprintf("%s/etc/passwd", rootfs);
+    cleanup_fclose FILE *f = fopen(path, "re");
+    char line[1024];
+    while (f && fgets(line, sizeof(line), f)) {
+      char *fields[4] = {line};
+      int nf = 1;
+      for (char *p = line; *p && nf < 4; p++)
+        if (*p == ':')
+          *p = '\0', fields[nf++] = p + 1;
+      if (nf == 4 && strtol(fields[2], NULL, 10) == uid) {
+        gid = strtol(fields[3], NULL, 10);
+        break;
+      }
+    }
+  }
+  json_t *ju = json_object_get(json_object_get(c, "process"), "user");
+  json_object_set_new(ju, "uid", json_integer(uid));
+  json_object_set_new(ju, "gid", json_integer(gid));
+  return 0;
+}
+
+/* ---- jobs -------------------------------------------------------------------- */
+
+typedef struct prep_job {
+  oci_t *o;
+  json_t *config;
+  char *dir, *rootfs, *user;
+  char **lower; /* top first */
+  sg_error_t *err;
+} prep_job_t;
+
+static void prep_work(void *data) {
+  prep_job_t *j = data;
+  cleanup_free char *upper = xasprintf("%s/upper", j->dir);
+  cleanup_free char *work = xasprintf("%s/work", j->dir);
+  if (mkdir(j->dir, 0700) < 0 || mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0 || mkdir(j->rootfs, 0755) < 0) {
+    sg_make_error(&j->err, errno, "cannot create the bundle %s: %s", j->dir, strerror(errno));
+    return;
+  }
+  size_t cap = 256, len = 0;
+  char *opts = xmalloc(cap);
+  opts[0] = '\0';
+  for (char **l = j->lower; *l; l++) {
+    size_t need = len + strlen(*l) + 2;
+    if (need >= cap)
+      opts = xrealloc(opts, cap = need * 2);
+    len += (size_t)snprintf(opts + len, cap - len, "%s%s", len ? ":" : "lowerdir=", *l);
+  }
+  cleanup_free char *data_opts = NULL;
+  if (!j->lower[0]) {
+    /* An image without layers: an empty lower directory. */
+    cleanup_free char *empty = xasprintf("%s/empty", j->dir);
+    mkdir(empty, 0755);
+    data_opts = xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", empty, upper, work);
+  } else {
+    data_opts = xasprintf("%s,upperdir=%s,workdir=%s", opts, upper, work);
+  }
+  free(opts);
+  if (strlen(data_opts) >= 4096) {
+    sg_make_error(&j->err, E2BIG, "the image has too many layers for one overlay mount");
+    return;
+  }
+  if (mount("overlay", j->rootfs, "overlay", 0, data_opts) < 0) {
+    sg_make_error(&j->err, errno, "cannot mount the overlay root %s: %s", j->rootfs, strerror(errno));
+    return;
+  }
+  if (resolve_user(j->config, j->rootfs, j->user, &j->err) < 0 || apply_cdi(j->config, &j->err) < 0)
+    return;
+  cleanup_free char *path = xasprintf("%s/config.json", j->dir);
+  cleanup_free char *text = json_dumps(j->config, JSON_COMPACT);
+  int r = sg_write_file_atomic(path, text, strlen(text), 0600);
+  if (r < 0)
+    sg_make_error(&j->err, -r, "cannot write %s: %s", path, strerror(-r));
+}
+
+/* Removes a bundle: container, overlay mount, directories. Pool thread or shutdown. */
+static void remove_bundle(const char *id, const char *dir) {
+  if (rt.runtime)
+    runtime_cmd("delete", "--force", id, NULL);
+  cleanup_free char *rootfs = xasprintf("%s/rootfs", dir);
+  while (umount2(rootfs, MNT_DETACH) == 0)
+    ;
+  sg_rm_rf(dir);
+}
+
+typedef struct clean_job {
+  oci_t *o;
+  char *id, *dir;
+  bool silent; /* after a failed start: no exit to report */
+} clean_job_t;
+
+static void clean_work(void *data) {
+  clean_job_t *j = data;
+  remove_bundle(j->id, j->dir);
+}
+
+static void oci_free(oci_t *o);
+static void spawn(oci_t *o);
+
+static void fail_start(oci_t *o, const char *msg);
+
+static void clean_done(void *data, bool cancelled) {
+  clean_job_t *j = data;
+  oci_t *o = j->o;
+  if (cancelled)
+    remove_bundle(j->id, j->dir);
+  bool silent = j->silent;
+  free(j->id);
+  free(j->dir);
+  free(j);
+  o->jobs--;
+  if (o->released || silent) {
+    if (silent)
+      o->state = O_DONE;
+    if (o->released && o->jobs == 0)
+      oci_free(o);
+    return;
+  }
+  o->state = O_DONE;
+  if (o->img) {
+    sg_images_unuse(rt.images, o->img);
+    o->img = NULL;
+  }
+  o->cbs.on_exit(o->ud, o->exit_status);
+}
+
+static const sg_pool_job_ops_t clean_ops = {clean_work, clean_done};
+
+/* Removes the bundle on the pool, then reports status as the exit. */
+static void cleanup_then_exit(oci_t *o, int status) {
+  o->state = O_CLEANING;
+  o->exit_status = status;
+  clean_job_t *j = xcalloc(1, sizeof(*j));
+  j->o = o;
+  j->id = xstrdup(o->id);
+  j->dir = xstrdup(o->dir);
+  o->jobs++;
+  sg_pool_submit(rt.pool, &clean_ops, j);
+}
+
+static void prep_done(void *data, bool cancelled) {
+  prep_job_t *j = data;
+  oci_t *o = j->o;
+  o->jobs--;
+  cleanup_error sg_error_t *err = steal_pointer(&j->err);
+  json_decref(j->config);
+  free(j->dir);
+  free(j->rootfs);
+  free(j->user);
+  for (char **l = j->lower; *l; l++)
+    free(*l);
+  free(j->lower);
+  free(j);
+  if (o->released || cancelled) {
+    if (cancelled)
+      remove_bundle(o->id, o->dir);
+    if (o->released && o->jobs == 0)
+      oci_free(o);
+    return;
+  }
+  o->t_rootfs = sg_now_ms();
+  if (err) {
+    cleanup_free char *msg = xasprintf("cannot prepare the container: %s", err->message);
+    fail_start(o, msg);
+    return;
+  }
+  if (o->stop_sig) {
+    cleanup_then_exit(o, o->stop_sig);
+    return;
+  }
+  spawn(o);
+}
+
+static const sg_pool_job_ops_t prep_ops = {prep_work, prep_done};
+
+/* ---- the instance ------------------------------------------------------------ */
+
+static void free_strv(char **v) {
+  for (char **p = v; p && *p; p++)
+    free(*p);
+  free(v);
+}
+
+static char **copy_strv(char *const *v) {
+  size_t n = 0;
+  while (v && v[n])
+    n++;
+  char **c = xcalloc(n + 1, sizeof(char *));
+  for (size_t i = 0; i < n; i++)
+    c[i] = xstrdup(v[i]);
+  return c;
+}
+
+static void oci_free(oci_t *o) {
+  LIST_REMOVE(o, link);
+  if (o->wait)
+    sg_images_cancel(o->wait);
+  if (o->ino_ev)
+    event_free(o->ino_ev);
+  if (o->ino_fd >= 0)
+    close(o->ino_fd);
+  if (o->proc)
+    sg_process_runtime.release(o->proc);
+  if (o->img && rt.images)
+    sg_images_unuse(rt.images, o->img);
+  free(o->id);
+  free(o->dir);
+  free(o->rootfs);
+  free_strv(o->argv);
+  free_strv(o->envp);
+  free(o->gpus);
+  free(o->image_ref);
+  if (o->has_auth) {
+    explicit_bzero(o->auth.password, strlen(o->auth.password));
+    free(o->auth.username);
+    free(o->auth.password);
+  }
+  free(o);
+}
+
+typedef struct deferred {
+  oci_t *o;
+  int status;
+  char *msg;
+} deferred_t;
+
+static void deferred_cb(evutil_socket_t fd, short what, void *arg) {
+  deferred_t *d = arg;
+  oci_t *o = d->o;
+  o->jobs--;
+  if (o->released) {
+    if (o->jobs == 0)
+      oci_free(o);
+  } else if (d->msg) {
+    o->state = O_DONE;
+    o->cbs.on_fail(o->ud, d->msg);
+  } else {
+    o->state = O_DONE;
+    o->cbs.on_exit(o->ud, d->status);
+  }
+  free(d->msg);
+  free(d);
+}
+
+/* Reports a failure or exit from a fresh stack frame. */
+static void defer(oci_t *o, int status, const char *msg) {
+  deferred_t *d = xcalloc(1, sizeof(*d));
+  d->o = o;
+  d->status = status;
+  d->msg = msg ? xstrdup(msg) : NULL;
+  o->jobs++;
+  o->state = O_CLEANING;
+  event_base_once(rt.base, -1, EV_TIMEOUT, deferred_cb, d, &(struct timeval){0, 0});
+}
+
+static void fail_start(oci_t *o, const char *msg) {
+  if (o->img) {
+    sg_images_unuse(rt.images, o->img);
+    o->img = NULL;
+  }
+  /* The bundle may be half made: it is removed on the pool, silently. */
+  clean_job_t *j = xcalloc(1, sizeof(*j));
+  j->o = o;
+  j->id = xstrdup(o->id);
+  j->dir = xstrdup(o->dir);
+  j->silent = true;
+  o->jobs++;
+  o->state = O_CLEANING;
+  sg_pool_submit(rt.pool, &clean_ops, j);
+  o->cbs.on_fail(o->ud, msg);
+}
+
+static void prepare(oci_t *o) {
+  o->state = O_PREPARING;
+  if (!o->t_image)
+    o->t_image = sg_now_ms();
+  prep_job_t *j = xcalloc(1, sizeof(*j));
+  j->o = o;
+  j->config = build_config(o);
+  j->dir = xstrdup(o->dir);
+  j->rootfs = xstrdup(o->rootfs);
+  j->user = o->img->user ? xstrdup(o->img->user) : NULL;
+  j->lower = xcalloc(o->img->n_layers + 1, sizeof(char *));
+  for (size_t i = 0; i < o->img->n_layers; i++)
+    j->lower[i] = xstrdup(o->img->layer_dirs[o->img->n_layers - 1 - i]);
+  o->jobs++;
+  sg_pool_submit(rt.pool, &prep_ops, j);
+}
+
+static void pulled(void *ud, sg_image_t *img, const sg_error_t *err) {
+  oci_t *o = ud;
+  o->wait = NULL;
+  if (o->stop_sig) {
+    defer(o, o->stop_sig, NULL);
+    return;
+  }
+  if (!img) {
+    cleanup_free char *msg = xasprintf("image %s: %s", o->image_ref, err ? err->message : "pull failed");
+    defer(o, 0, msg);
+    return;
+  }
+  o->img = img;
+  sg_images_use(rt.images, img);
+  prepare(o);
+}
+
+static void proc_line(void *ud, const char *stream, const char *line, size_t len) {
+  oci_t *o = ud;
+  if (!o->released)
+    o->cbs.on_line(o->ud, stream, line, len);
+}
+
+static void proc_exit(void *ud, int status) {
+  oci_t *o = ud;
+  if (o->ino_ev) {
+    event_free(o->ino_ev);
+    o->ino_ev = NULL;
+  }
+  if (o->released)
+    return;
+  cleanup_then_exit(o, status);
+}
+
+static void pid_file_cb(evutil_socket_t fd, short what, void *arg) {
+  oci_t *o = arg;
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  bool seen = false;
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) {
+    for (char *p = buf; p < buf + n;) {
+      struct inotify_event *ev = (struct inotify_event *)p;
+      if (ev->len && !strcmp(ev->name, "pid"))
+        seen = true;
+      p += sizeof(*ev) + ev->len;
+    }
+  }
+  if (!seen)
+    return;
+  cleanup_free char *path = xasprintf("%s/pid", o->dir);
+  cleanup_free char *text = sg_read_file(path, 64, NULL);
+  if (!text || atoi(text) <= 0)
+    return;
+  o->pid = atoi(text);
+  o->t_created = sg_now_ms();
+  event_free(o->ino_ev);
+  o->ino_ev = NULL;
+  close(o->ino_fd);
+  o->ino_fd = -1;
+}
+
+static void spawn(oci_t *o) {
+  cleanup_free char *pidfile = xasprintf("%s/pid", o->dir);
+  char *argv[12];
+  int n = 0;
+  argv[n++] = rt.runtime;
+  argv[n++] = "--root";
+  argv[n++] = rt.state_dir;
+  if (rt.hide_cgroup2 && rt.is_crun)
+    argv[n++] = "--cgroup-manager=disabled";
+  argv[n++] = "run";
+  argv[n++] = "--bundle";
+  argv[n++] = o->dir;
+  argv[n++] = "--pid-file";
+  argv[n++] = pidfile;
+  argv[n++] = o->id;
+  argv[n] = NULL;
+  char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+  sg_launch_t l = {.id = o->id, .argv = argv, .envp = envp,
+                   .flags = rt.hide_cgroup2 && rt.is_crun ? SG_LAUNCH_HIDE_CGROUP2 : 0};
+  o->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (o->ino_fd >= 0 && inotify_add_watch(o->ino_fd, o->dir, IN_CLOSE_WRITE | IN_MOVED_TO) >= 0) {
+    o->ino_ev = event_new(rt.base, o->ino_fd, EV_READ | EV_PERSIST, pid_file_cb, o);
+    event_add(o->ino_ev, NULL);
+  }
+  sg_instance_callbacks_t cbs = {proc_line, proc_exit, NULL, NULL};
+  cleanup_error sg_error_t *err = NULL;
+  o->proc = sg_process_runtime.start(rt.base, &l, &cbs, o, &err);
+  if (!o->proc) {
+    cleanup_free char *msg = xasprintf("cannot run %s: %s", rt.runtime, err->message);
+    fail_start(o, msg);
+    return;
+  }
+  o->crun_pid = sg_process_runtime.pid(o->proc);
+  o->state = O_RUNNING;
+  o->cbs.on_running(o->ud);
+}
+
+static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const sg_instance_callbacks_t *cbs,
+                            void *ud, sg_error_t **err) {
+  if (rt.unavailable) {
+    sg_make_error(err, SG_EUNAVAIL, "the oci runtime is not available on this node: %s", rt.unavailable);
+    return NULL;
+  }
+  if (!l->image) {
+    sg_make_error(err, SG_EINVAL, "the oci runtime needs an image");
+    return NULL;
+  }
+  oci_t *o = xcalloc(1, sizeof(*o));
+  o->id = xstrdup(l->id);
+  o->dir = xasprintf("%s/%s", rt.workers_dir, l->id);
+  o->rootfs = xasprintf("%s/rootfs", o->dir);
+  o->cbs = *cbs;
+  o->ud = ud;
+  o->argv = copy_strv(l->argv);
+  o->envp = copy_strv(l->envp);
+  o->n_gpus = l->n_gpus;
+  o->gpus = xcalloc((size_t)l->n_gpus + 1, sizeof(int));
+  if (l->n_gpus)
+    memcpy(o->gpus, l->gpus, (size_t)l->n_gpus * sizeof(int));
+  o->image_ref = xstrdup(l->image);
+  o->ino_fd = -1;
+  if (l->auth) {
+    o->has_auth = true;
+    o->auth.username = xstrdup(l->auth->username);
+    o->auth.password = xstrdup(l->auth->password);
+  }
+  o->t0 = sg_now_ms();
+  LIST_INSERT_HEAD(&rt.all, o, link);
+  sg_image_t *img = sg_images_lookup(rt.images, l->image);
+  if (img) {
+    o->img = img;
+    o->t_image = o->t0; /* cached: no wait */
+    sg_images_use(rt.images, img);
+    prepare(o);
+  } else {
+    o->state = O_PULLING;
+    o->wait = sg_images_pull(rt.images, l->image, o->has_auth ? &o->auth : NULL, pulled, o);
+  }
+  return (sg_instance_t *)o;
+}
+
+static void signal_instance(sg_instance_t *inst, int sig) {
+  oci_t *o = (oci_t *)inst;
+  switch (o->state) {
+  case O_PULLING:
+    if (o->wait) {
+      sg_images_cancel(o->wait);
+      o->wait = NULL;
+      defer(o, sig, NULL);
+    }
+    break;
+  case O_PREPARING:
+    o->stop_sig = sig;
+    break;
+  case O_RUNNING:
+    /* The runtime in the foreground forwards signals to the container;
+     * SIGKILL cannot be forwarded: the runtime dies and the cleanup's
+     * forced delete kills the container. */
+    if (sig == SIGKILL)
+      kill(-o->crun_pid, SIGKILL);
+    else
+      kill(o->crun_pid, sig);
+    break;
+  default:
+    break;
+  }
+}
+
+static pid_t instance_pid(const sg_instance_t *inst) {
+  const oci_t *o = (const oci_t *)inst;
+  return o->pid ? o->pid : o->crun_pid;
+}
+
+static void release(sg_instance_t *inst) {
+  oci_t *o = (oci_t *)inst;
+  if (!o)
+    return;
+  if (o->state != O_DONE) {
+    /* Teardown with the container still there: remove it now (blocks). */
+    if (o->crun_pid > 0 && o->state == O_RUNNING)
+      kill(-o->crun_pid, SIGKILL);
+    if (o->state == O_RUNNING || o->state == O_PREPARING)
+      remove_bundle(o->id, o->dir);
+  }
+  o->released = true;
+  if (o->jobs == 0)
+    oci_free(o);
+}
+
+static void phases(const sg_instance_t *inst, sg_start_phases_t *out) {
+  const oci_t *o = (const oci_t *)inst;
+  out->pull_ms = o->t_image ? o->t_image - o->t0 : -1;
+  out->rootfs_ms = o->t_rootfs && o->t_image ? o->t_rootfs - o->t_image : -1;
+  out->container_ms = o->t_created && o->t_rootfs ? o->t_created - o->t_rootfs : -1;
+}
+
+static void cleanup_orphan(const char *id, pid_t pid) {
+  /* Containers are found through the runtime at init, not by pid. */
+}
+
+const sg_runtime_ops_t sg_oci_runtime = {
+    .name = "oci",
+    .start = start,
+    .signal = signal_instance,
+    .pid = instance_pid,
+    .release = release,
+    .cleanup_orphan = cleanup_orphan,
+    .async_start = true,
+    .phases = phases,
+};
+
+/* ---- init -------------------------------------------------------------------- */
+
+static char *find_binary(const char *name) {
+  if (strchr(name, '/'))
+    return access(name, X_OK) == 0 ? xstrdup(name) : NULL;
+  const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  cleanup_free char *copy = xstrdup(path);
+  char *save = NULL;
+  for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+    char *p = xasprintf("%s/%s", d, name);
+    if (access(p, X_OK) == 0)
+      return p;
+    free(p);
+  }
+  return NULL;
+}
+
+static bool is_fs(const char *path, long magic) {
+  struct statfs sf;
+  return statfs(path, &sf) == 0 && (long)sf.f_type == magic;
+}
+
+/* Removes what an earlier sgpud left: containers, overlay mounts, bundles. */
+static void reconcile(void) {
+  int removed = 0;
+  cleanup_free char *out = NULL;
+  int st = runtime_cmd("list", "-q", NULL, &out);
+  if (st != 0 && st != -2)
+    sg_warn("oci: %s list failed (status %d): %s", rt.runtime, st, out ? out : "");
+  if ((st == 0 || st == -2) && out) {
+    char *save = NULL;
+    for (char *id = strtok_r(out, "\n", &save); id; id = strtok_r(NULL, "\n", &save)) {
+      if (!sg_str_has_prefix(id, "w-"))
+        continue;
+      runtime_cmd("delete", "--force", id, NULL);
+      removed++;
+    }
+  }
+  /* Overlay roots still mounted under our bundles. */
+  cleanup_fclose FILE *f = fopen("/proc/self/mountinfo", "re");
+  char line[4096];
+  size_t plen = strlen(rt.workers_dir);
+  char **mps = NULL;
+  size_t nmp = 0;
+  while (f && fgets(line, sizeof(line), f)) {
+    char mp[PATH_MAX];
+    if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strncmp(mp, rt.workers_dir, plen) && mp[plen] == '/') {
+      mps = xrealloc(mps, (nmp + 1) * sizeof(char *));
+      mps[nmp++] = xstrdup(mp);
+    }
+  }
+  for (size_t i = nmp; i-- > 0;) {
+    umount2(mps[i], MNT_DETACH);
+    free(mps[i]);
+  }
+  free(mps);
+  DIR *d = opendir(rt.workers_dir);
+  struct dirent *de;
+  int bundles = 0;
+  while (d && (de = readdir(d))) {
+    if (de->d_name[0] == '.')
+      continue;
+    cleanup_free char *p = xasprintf("%s/%s", rt.workers_dir, de->d_name);
+    sg_rm_rf(p);
+    bundles++;
+  }
+  if (d)
+    closedir(d);
+  if (removed || nmp || bundles)
+    sg_info("oci: removed %d container(s), %zu mount(s) and %d bundle(s) left by an earlier sgpud", removed, nmp,
+            bundles);
+}
+
+int sg_oci_runtime_init(struct event_base *base, sg_pool_t *pool, sg_images_t *images, const sg_oci_config_t *cfg,
+                        sg_error_t **err) {
+  rt.base = base;
+  rt.pool = pool;
+  rt.images = images;
+  LIST_INIT(&rt.all);
+  rt.dir = xstrdup(cfg->dir);
+  rt.state_dir = xasprintf("%s/state", cfg->dir);
+  rt.workers_dir = xasprintf("%s/workers", cfg->dir);
+  int r;
+  if ((r = sg_mkdir_p(rt.state_dir, 0700)) < 0 || (r = sg_mkdir_p(rt.workers_dir, 0700)) < 0)
+    return sg_make_error(err, -r, "cannot create %s: %s", cfg->dir, strerror(-r));
+  load_cdi(cfg->cdi_dir ? cfg->cdi_dir : "/etc/cdi");
+  const char *name = cfg->runtime && *cfg->runtime ? cfg->runtime : "crun";
+  rt.runtime = find_binary(name);
+  if (!rt.runtime) {
+    rt.unavailable = xasprintf("OCI runtime \"%s\" not found", name);
+    sg_warn("oci: %s; oci workers cannot start", rt.unavailable);
+    return 0;
+  }
+  const char *base_name = strrchr(rt.runtime, '/') ? strrchr(rt.runtime, '/') + 1 : rt.runtime;
+  rt.is_crun = !strcmp(base_name, "crun");
+  if (geteuid() != 0) {
+    rt.unavailable = xstrdup("sgpud does not run as root (overlay mounts and containers need it)");
+    sg_warn("oci: %s; oci workers cannot start", rt.unavailable);
+    return 0;
+  }
+  const char *layout;
+  if (is_fs("/sys/fs/cgroup", CGROUP2_SUPER_MAGIC))
+    layout = "unified (cgroup v2)";
+  else if (is_fs("/sys/fs/cgroup/unified", CGROUP2_SUPER_MAGIC)) {
+    layout = "hybrid (cgroup v1 with a cgroup2 mount at /sys/fs/cgroup/unified)";
+    rt.hide_cgroup2 = true;
+  } else
+    layout = "legacy (cgroup v1)";
+  if (rt.hide_cgroup2 && rt.is_crun)
+    sg_info("oci: runtime %s; cgroup layout %s: containers run in a private mount namespace without "
+            "/sys/fs/cgroup/unified, with --cgroup-manager=disabled (no cgroup resource limits)",
+            rt.runtime, layout);
+  else
+    sg_info("oci: runtime %s; cgroup layout %s", rt.runtime, layout);
+  reconcile();
+  return 0;
+}
+
+void sg_oci_runtime_shutdown(void) {
+  oci_t *o;
+  LIST_FOREACH(o, &rt.all, link) {
+    if (o->state == O_RUNNING || o->state == O_PREPARING) {
+      if (o->crun_pid > 0)
+        kill(-o->crun_pid, SIGKILL);
+      remove_bundle(o->id, o->dir);
+      o->state = O_CLEANING;
+    }
+  }
+  json_decref(rt.cdi);
+  rt.cdi = NULL;
+  free(rt.runtime);
+  free(rt.dir);
+  free(rt.state_dir);
+  free(rt.workers_dir);
+  free(rt.unavailable);
+  rt.runtime = rt.dir = rt.state_dir = rt.workers_dir = rt.unavailable = NULL;
+  rt.images = NULL;
+}

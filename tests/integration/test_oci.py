@@ -1,0 +1,353 @@
+"""The oci runtime with real images: the static echo worker built into an OCI image
+with umoci, pushed with skopeo to docker-registry servers on 127.0.0.1, pulled and
+run by sgpud through crun.
+
+Skips (with the reason) only when containers cannot run here: not root, a tool
+missing, or crun failing to run the image's own bundle."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import (HERE, REPO, RUN_ID, SgpudTestCase, free_port, pid_alive, scaled,
+                     unique_name, wait_for)
+
+TOOLS = ("crun", "umoci", "skopeo", "docker-registry", "htpasswd", "cc")
+USER, PASSWORD = "alice", "pw-%s-secret" % RUN_ID
+IMAGE_SCRIPT = os.path.join(HERE, "oci-image.sh")
+
+
+def _sh(*args, **kw):
+    return subprocess.run(list(args), check=True, capture_output=True, text=True, **kw)
+
+
+class Registry:
+    """docker-registry on a free loopback port (htpasswd auth when htpasswd is given)."""
+
+    def __init__(self, root, htpasswd=None):
+        self.root = root
+        self.port = free_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        os.makedirs(os.path.join(root, "data"), exist_ok=True)
+        conf = ["version: 0.1", "log:", "  level: error", "storage:", "  filesystem:",
+                "    rootdirectory: %s" % os.path.join(root, "data"), "  delete:", "    enabled: true",
+                "http:", "  addr: %s" % self.addr]
+        if htpasswd:
+            conf += ["auth:", "  htpasswd:", "    realm: sgpu-test", "    path: %s" % htpasswd]
+        self.conf = os.path.join(root, "config.yml")
+        with open(self.conf, "w") as f:
+            f.write("\n".join(conf) + "\n")
+        self.proc = None
+
+    def start(self):
+        with open(os.path.join(self.root, "log"), "ab") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", self.conf], stdout=subprocess.DEVNULL,
+                                         stderr=log)
+        import socket
+
+        def up():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+        wait_for(up, 10, message="docker-registry on %s" % self.addr)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def crun_works(workdir, layout):
+    """None when crun can run the image's bundle here, else the reason."""
+    if os.geteuid() != 0:
+        return "not root"
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        return "missing tools: %s (scripts/install-deps.sh installs them)" % ", ".join(missing)
+    bundle = os.path.join(workdir, "probe-bundle")
+    try:
+        _sh("umoci", "unpack", "--image", layout + ":latest", bundle)
+        with open(os.path.join(bundle, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["process"]["terminal"] = False
+        cfg["process"]["args"] = ["/echo-worker", "--help"]
+        cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        hybrid = os.path.ismount("/sys/fs/cgroup/unified")
+        state = os.path.join(workdir, "probe-state")
+        crun = "crun --root %s %s run --bundle %s probe-%s" % (
+            state, "--cgroup-manager=disabled" if hybrid else "", bundle, RUN_ID)
+        cmd = ["unshare", "-m", "sh", "-c", "umount /sys/fs/cgroup/unified 2>/dev/null; exec " + crun]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            return "crun cannot run a container here: %s" % (r.stderr.strip() or r.stdout.strip())
+    except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired) as e:
+        return "cannot prepare a probe container: %s" % getattr(e, "stderr", e)
+    finally:
+        shutil.rmtree(bundle, ignore_errors=True)
+    return None
+
+
+class OciTest(SgpudTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="sgpu-oci-")
+        cls.img = os.path.join(cls.tmp, "img")
+        try:
+            _sh("bash", IMAGE_SCRIPT, "build", cls.img, REPO)
+        except (subprocess.CalledProcessError, OSError) as e:
+            why = getattr(e, "stderr", str(e))
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            if any(not shutil.which(t) for t in TOOLS):
+                raise unittest.SkipTest("cannot build the test image: %s" % why)
+            raise
+        why = crun_works(cls.tmp, os.path.join(cls.img, "layout"))
+        if why:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest(why)
+        cls.public = Registry(os.path.join(cls.tmp, "public"))
+        cls.public.start()
+        htpasswd = os.path.join(cls.tmp, "htpasswd")
+        with open(htpasswd, "w") as f:
+            f.write(_sh("htpasswd", "-Bbn", USER, PASSWORD).stdout)
+        cls.private = Registry(os.path.join(cls.tmp, "private"), htpasswd=htpasswd)
+        cls.private.start()
+        _sh("bash", IMAGE_SCRIPT, "push", cls.img, cls.public.addr, "demo/echo:latest")
+        _sh("bash", IMAGE_SCRIPT, "push", cls.img, cls.public.addr, "demo/echo:second")
+        _sh("bash", IMAGE_SCRIPT, "push", cls.img, cls.private.addr, "private/echo:latest",
+            "%s:%s" % (USER, PASSWORD))
+
+    @classmethod
+    def tearDownClass(cls):
+        for r in ("public", "private"):
+            if getattr(cls, r, None):
+                getattr(cls, r).stop()
+        shutil.rmtree(getattr(cls, "tmp", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    # ---- helpers
+
+    def start_oci_sgpud(self, **extra):
+        sg_tmp = tempfile.mkdtemp(prefix="sgpu-oci-d-", dir=self.tmp)
+        cfg = {"insecure_registries": [self.public.addr, self.private.addr], "stop_grace_s": 2,
+               "cdi_dir": os.path.join(sg_tmp, "cdi")}
+        cfg.update(extra)
+        path = os.path.join(sg_tmp, "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        sg = self.start_sgpud(config=path, gpus="a100:2")
+        sg.cfg = cfg
+        return sg
+
+    def spec(self, name, image, **over):
+        s = {"name": name, "image": image, "env": {"MODEL": "from-spec", "SGPU_IT_RUN": RUN_ID},
+             "health": {"path": "/health"}, "workers": {"min": 0, "max": 2, "idle_timeout_s": 30}}
+        s.update(over)
+        return s
+
+    def containers(self, sg):
+        state = os.path.join(sg.data_dir, "oci", "state")
+        r = subprocess.run(["crun", "--root", state, "list", "-q"], capture_output=True, text=True)
+        return sorted(x for x in r.stdout.split() if x)
+
+    def our_mounts(self, sg):
+        with open("/proc/self/mountinfo") as f:
+            return [l.split()[4] for l in f if os.path.join(sg.data_dir, "oci") in l.split()[4]]
+
+    # ---- tests
+
+    def test_pull_run_invoke_and_cache_hit(self):
+        sg = self.start_oci_sgpud()
+        name = unique_name("oci")
+        image = "%s/demo/echo:latest" % self.public.addr
+        ep = self.create(self.spec(name, image), sg=sg)
+        self.assertEqual(ep["runtime"], "oci", "an image makes oci the default runtime")
+        body = self.assertOk(sg.invoke(name, "/env", timeout=60))
+        self.assertEqual(body["MODEL"], "from-spec", "spec env overrides image env")
+        self.assertEqual(body["pid"], 1, "the worker runs as pid 1 of its own container")
+        self.assertTrue(body["PORT"])
+        (w,) = sg.wait_ready(name, 1)
+        self.assertEqual(w["runtime"], "oci")
+        cs = w["cold_start"]
+        for k in ("pull_ms", "rootfs_ms", "container_ms", "probe_ms", "total_ms"):
+            self.assertIsInstance(cs[k], int, "%s in %r" % (k, cs))
+        # the image's whiteout hides /etc/gone; /etc/kept is there
+        root = "/proc/%d/root" % w["pid"]
+        self.assertTrue(os.path.exists(root + "/etc/kept"))
+        self.assertFalse(os.path.exists(root + "/etc/gone"), "layer 2's whiteout not honoured")
+        self.assertTrue(os.path.exists(root + "/echo-worker"))
+        # output is captured like the process runtime's
+        lines = [l["line"] for l in sg.logs(name) if l.get("worker") == w["id"]]
+        self.assertTrue(any("GET /env 200" in l for l in lines), lines[-10:])
+        images = self.assertOk(sg.api("GET", "/v1/images"))
+        (img,) = [i for i in images["images"] if i["image"] == image]
+        self.assertGreater(img["size_bytes"], 100000)
+        self.assertEqual(img["layers"], 2)
+        self.assertEqual(img["in_use"], 1)
+        # a second worker starts from the cache with the registry down
+        self.public.stop()
+        try:
+            sg.update(name, self.spec(name, image, workers={"min": 2, "max": 2}))
+            ws = sg.wait_ready(name, 2, timeout=30)
+            for x in ws:
+                self.assertEqual(x["cold_start"]["pull_ms"], 0, x)
+        finally:
+            self.public.start()
+        # stopping a worker removes its container, overlay and bundle
+        sg.update(name, self.spec(name, image, workers={"min": 0, "max": 2, "idle_timeout_s": 0.5}))
+        self.wait_for(lambda: not sg.active_workers(name), 30, message="scale to zero")
+        self.wait_for(lambda: not self.containers(sg) and not self.our_mounts(sg), 10,
+                      message="containers and mounts removed")
+        self.assertEqual(os.listdir(os.path.join(sg.data_dir, "oci", "workers")), [])
+
+    def test_private_registry(self):
+        sg = self.start_oci_sgpud()
+        name = unique_name("priv")
+        image = "%s/private/echo:latest" % self.private.addr
+        # no credentials at all
+        self.create(self.spec(name, image, workers={"min": 1, "max": 1}), sg=sg)
+        err = self.wait_for(lambda: sg.status(name)["last_error"], 30, message="pull error")
+        self.assertIn("credentials", err)
+        sg.delete(name)
+        # wrong password
+        r = sg.api("POST", "/v1/registry-auths", {"name": "priv", "registry": self.private.addr,
+                                                   "username": USER, "password": "wrong-" + PASSWORD})
+        self.assertEqual(r.status, 201, r.body)
+        self.assertNotIn("password", r.body)
+        self.create(self.spec(name, image, registry_auth="priv", workers={"min": 1, "max": 1}), sg=sg)
+        err = self.wait_for(lambda: sg.status(name)["last_error"], 30, message="pull error")
+        self.assertIn("refused", err)
+        self.assertIn("401", err)
+        # the right one
+        r = sg.api("PUT", "/v1/registry-auths/priv", {"registry": self.private.addr, "username": USER,
+                                                      "password": PASSWORD})
+        self.assertEqual(r.status, 200, r.body)
+        sg.update(name, self.spec(name, image, registry_auth="priv", workers={"min": 1, "max": 1}))
+        sg.wait_ready(name, 1, timeout=60)
+        self.assertOk(sg.invoke(name, "/infer", body=b"x"))
+        # the password is nowhere in answers or logs
+        listed = sg.api("GET", "/v1/registry-auths", raw=True).body
+        one = sg.api("GET", "/v1/registry-auths/priv", raw=True).body
+        ep = sg.api("GET", "/v1/endpoints/%s" % name, raw=True).body
+        logs = sg.api("GET", "/v1/endpoints/%s/logs" % name, raw=True).body
+        for blob in (listed, one, ep, logs, sg.log_text().encode()):
+            self.assertNotIn(PASSWORD.encode(), blob)
+        self.assertIn(b'"username":"alice"', one)
+
+    def test_digest_mismatch_refused(self):
+        sg = self.start_oci_sgpud()
+        name = unique_name("tamper")
+        repo = "tampered/echo"
+        _sh("bash", IMAGE_SCRIPT, "push", self.img, self.public.addr, repo + ":latest")
+        # corrupt the largest layer blob in the registry's storage (same size)
+        blobs = os.path.join(self.public.root, "data", "docker", "registry", "v2", "blobs")
+        biggest = max((os.path.join(d, f) for d, _, fs in os.walk(blobs) for f in fs if f == "data"),
+                      key=os.path.getsize)
+        with open(biggest, "rb") as f:
+            original = f.read()
+        try:
+            with open(biggest, "r+b") as f:
+                f.seek(len(original) // 2)
+                f.write(bytes([original[len(original) // 2] ^ 0xff]))
+            self.create(self.spec(name, "%s/%s:latest" % (self.public.addr, repo)), sg=sg)
+            err = self.wait_for(lambda: sg.status(name)["last_error"], 30, message="pull error")
+            self.assertIn("digest mismatch", err)
+            images = self.assertOk(sg.api("GET", "/v1/images"))
+            self.assertFalse([i for i in images["images"] if repo in i["image"]])
+            leftovers = [f for d, _, fs in os.walk(os.path.join(sg.data_dir, "images")) for f in fs
+                         if "partial" in f]
+            self.assertEqual(leftovers, [])
+        finally:
+            with open(biggest, "wb") as f:
+                f.write(original)
+
+    def test_preheat_then_create_has_zero_pull_time(self):
+        sg = self.start_oci_sgpud()
+        image = "%s/demo/echo:second" % self.public.addr
+        r = sg.api("POST", "/v1/images", {"image": image})
+        self.assertEqual(r.status, 202, r.body)
+        r = sg.api("POST", "/v1/images", {"image": "Bad Ref"})
+        self.assertEqual(r.status, 422, r.body)
+
+        def cached():
+            imgs = self.assertOk(sg.api("GET", "/v1/images"))["images"]
+            return [i for i in imgs if i["image"] == image]
+        (img,) = self.wait_for(cached, 60, message="preheated image")
+        self.assertGreaterEqual(img["pull_ms"], 0)
+        self.assertEqual(sg.api("POST", "/v1/images", {"image": image}).status, 200)
+        name = unique_name("warm")
+        self.create(self.spec(name, image), sg=sg)
+        self.assertOk(sg.invoke(name, "/infer", body=b"x"))
+        (w,) = sg.wait_ready(name, 1)
+        self.assertEqual(w["cold_start"]["pull_ms"], 0, w["cold_start"])
+
+    def test_cdi_gpu_injection(self):
+        sg_tmp = tempfile.mkdtemp(prefix="cdi-", dir=self.tmp)
+        lib = os.path.join(sg_tmp, "libnvidia-fake.so")
+        with open(lib, "w") as f:
+            f.write("fake")
+        cdi_dir = os.path.join(sg_tmp, "cdi")
+        os.makedirs(cdi_dir)
+        spec = {"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+                "devices": [{"name": str(i), "containerEdits": {
+                    "deviceNodes": [{"path": "/dev/nvidia%d" % i, "hostPath": "/dev/null"}]}}
+                    for i in range(2)],
+                "containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=void", "CDI_TEST=1"],
+                                   "deviceNodes": [{"path": "/dev/nvidiactl", "hostPath": "/dev/zero"}],
+                                   "mounts": [{"hostPath": lib, "containerPath": "/usr/lib/libnvidia-fake.so",
+                                               "options": ["ro", "nosuid", "nodev", "bind"]}]}}
+        with open(os.path.join(cdi_dir, "nvidia.json"), "w") as f:
+            json.dump(spec, f)
+        sg = self.start_oci_sgpud(cdi_dir=cdi_dir)
+        name = unique_name("gpu")
+        self.create(self.spec(name, "%s/demo/echo:latest" % self.public.addr,
+                              gpu={"type": "a100", "count": 1}), sg=sg)
+        env = self.assertOk(sg.invoke(name, "/env", timeout=60))
+        (w,) = sg.wait_ready(name, 1)
+        gpu = w["gpus"][0]
+        self.assertEqual(env["NVIDIA_VISIBLE_DEVICES"], "void")
+        self.assertEqual(env["CUDA_VISIBLE_DEVICES"], "0")
+        root = "/proc/%d/root" % w["pid"]
+        self.assertTrue(os.path.exists("%s/dev/nvidia%d" % (root, gpu)))
+        self.assertFalse(os.path.exists("%s/dev/nvidia%d" % (root, 1 - gpu)), "another worker's GPU")
+        self.assertTrue(os.path.exists(root + "/dev/nvidiactl"))
+        with open(root + "/usr/lib/libnvidia-fake.so") as f:
+            self.assertEqual(f.read(), "fake")
+
+    def test_restart_leaks_nothing(self):
+        sg = self.start_oci_sgpud()
+        name = unique_name("rst")
+        self.create(self.spec(name, "%s/demo/echo:latest" % self.public.addr,
+                              gpu={"type": "a100", "count": 1}, workers={"min": 1, "max": 1}), sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=60)
+        self.assertEqual(len(self.containers(sg)), 1)
+        self.assertTrue(self.our_mounts(sg))
+        sg.stop(sig=signal.SIGKILL)
+        sg.start()
+        self.wait_for(lambda: not pid_alive(w["pid"]), 15, message="old container gone")
+        (w2,) = sg.wait_ready(name, 1, timeout=60)
+        self.assertNotEqual(w2["id"], w["id"])
+        self.assertEqual(self.containers(sg), [w2["id"]])
+        mounts = self.our_mounts(sg)
+        self.assertEqual(len(mounts), 1, mounts)
+        self.assertIn(w2["id"], mounts[0])
+        self.assertEqual(sorted(os.listdir(os.path.join(sg.data_dir, "oci", "workers"))), [w2["id"]])
+        node = sg.nodes()[0]
+        self.assertEqual(node["gpus_free"], 1, node)
+        self.assertOk(sg.invoke(name, "/infer", body=b"x"))
+        # and a clean stop removes everything
+        sg.stop()
+        self.assertEqual(self.containers(sg), [])
+        self.assertEqual(self.our_mounts(sg), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
