@@ -41,6 +41,8 @@ check-asan: deps $(ASAN_BUILD)/build.ninja
 bench: build
 	./$(BUILD)/bench/bench-coldstart
 	./$(BUILD)/bench/bench-gateway
+	./$(BUILD)/bench/scaler-sim
+	cd $(BUILD) && ./bench/bench-jobs-submit
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

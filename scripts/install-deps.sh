@@ -9,7 +9,14 @@ packages=(
   libcmocka-dev libhttp-parser-dev
   python3 curl
   nginx-light wrk
+  libarchive-dev libyaml-dev crun runc
+  docker-registry umoci skopeo apache2-utils
+  chromium
 )
+# The console tests run Playwright (npm playwright-core) on Node.js; a Node.js
+# from elsewhere (with its own npm) is kept.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

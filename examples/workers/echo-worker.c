@@ -12,6 +12,15 @@
  *   ANY  /crash              the process exits with status 3 at once
  *   GET  /env                PORT, CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, MODEL
  *   GET  /stats              connections accepted since start and open now
+ *   POST /run                an async job {"id", "input"} (sgpu's push dispatch): answers
+ *                            {"output": ...}. Input fields steer it: "sleep_ms" waits first,
+ *                            "fail" answers {"error": <its value>}, "crash" exits the process
+ *                            (status 3) without answering, "status" answers that HTTP status,
+ *                            "stream" answers that many NDJSON lines {"output": "tok-i"}
+ *                            ("interval_ms" apart), "output" is the output as given; else the
+ *                            output echoes {"id", "input", "worker_pid"}. With JOBS_RECORD_FILE
+ *                            set, the id of every job answered with an output is appended to
+ *                            that file (one line "ID PID MS_SINCE_EPOCH") before the answer.
  *   ANY  /close-listener     stops accepting (new connections are refused) and closes
  *                            every connection after its current answer; the process
  *                            keeps running: a worker that vanished from the network
@@ -21,6 +30,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -1158,6 +1168,136 @@ static int handle_echo(struct conn *c, struct request *r) {
   return respond_json(c, r, 200, &b);
 }
 
+/* Finds key in the top-level JSON object s[0..n) (keys compared as written);
+ * *v and *vn get its value's text. Returns true when found. */
+static bool json_member(const char *s, size_t n, const char *key, const char **v, size_t *vn) {
+  struct jparse p = {s, s + n, 0};
+  j_ws(&p);
+  if (p.s >= p.e || *p.s != '{')
+    return false;
+  p.s++;
+  size_t kl = strlen(key);
+  for (;;) {
+    j_ws(&p);
+    const char *ks = p.s;
+    if (!j_string(&p))
+      return false;
+    bool match = (size_t)(p.s - ks) == kl + 2 && memcmp(ks + 1, key, kl) == 0;
+    j_ws(&p);
+    if (p.s >= p.e || *p.s != ':')
+      return false;
+    p.s++;
+    j_ws(&p);
+    const char *vs = p.s;
+    if (!j_value(&p))
+      return false;
+    if (match) {
+      *v = vs;
+      *vn = (size_t)(p.s - vs);
+      return true;
+    }
+    j_ws(&p);
+    if (p.s >= p.e || *p.s != ',')
+      return false;
+    p.s++;
+  }
+}
+
+/* A member holding a non-negative integer; def when absent or not one. */
+static long json_member_long(const char *s, size_t n, const char *key, long max, long def) {
+  const char *v;
+  size_t vn;
+  long out;
+  if (!json_member(s, n, key, &v, &vn) || parse_long(v, vn, 0, max, &out) < 0)
+    return def;
+  return out;
+}
+
+static void record_job(const char *id, size_t n) {
+  const char *path = getenv("JOBS_RECORD_FILE");
+  if (!path || !*path)
+    return;
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  char line[256];
+  int len = snprintf(line, sizeof line, "%.*s %ld %lld\n", (int)(n > 128 ? 128 : n), id, (long)getpid(),
+                     (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return;
+  if (write(fd, line, (size_t)len) < 0) {
+  }
+  close(fd);
+}
+
+static int handle_run(struct conn *c, struct request *r) {
+  const char *body = r->body ? r->body : "";
+  size_t blen = r->body_len;
+  const char *id = "", *input = "null";
+  size_t idn = 0, inn = 4;
+  if (!json_valid(body, blen) || !json_member(body, blen, "input", &input, &inn))
+    return respond_error(c, r, 400, "body must be a JSON object {\"id\", \"input\"}");
+  if (json_member(body, blen, "id", &id, &idn) && idn >= 2 && id[0] == '"') {
+    id++;
+    idn -= 2;
+  }
+  sleep_ms(json_member_long(input, inn, "sleep_ms", MAX_DELAY_MS, 0));
+  const char *v;
+  size_t vn;
+  if (json_member(input, inn, "crash", &v, &vn) && !(vn == 5 && !memcmp(v, "false", 5))) {
+    printf("%s %s job %.*s: crashing (exit 3)\n", r->method, r->target, (int)idn, id);
+    fflush(stdout);
+    _exit(3);
+  }
+  long status = json_member_long(input, inn, "status", 599, 200);
+  struct buf b = {0};
+  if (status < 200 || status > 299) {
+    buf_printf(&b, "{\"status\":%ld}", status);
+    return respond_json(c, r, (int)status, &b);
+  }
+  if (json_member(input, inn, "fail", &v, &vn)) {
+    buf_adds(&b, "{\"error\":");
+    buf_add(&b, v, vn);
+    buf_adds(&b, "}");
+    return respond_json(c, r, 200, &b);
+  }
+  long tokens = json_member_long(input, inn, "stream", MAX_STREAM_TOKENS, -1);
+  if (tokens >= 0) {
+    long interval = json_member_long(input, inn, "interval_ms", MAX_DELAY_MS, 20);
+    record_job(id, idn);
+    struct buf h = {0};
+    buf_printf(&h, "HTTP/1.1 200 OK\r\nServer: echo-worker\r\nContent-Type: application/x-ndjson\r\n"
+                   "Transfer-Encoding: chunked\r\n%s\r\n",
+               r->keep_alive ? "" : "Connection: close\r\n");
+    int rc = send_all(c->fd, h.p, h.len);
+    buf_free(&h);
+    for (long i = 0; i < tokens && rc == 0; i++) {
+      if (i > 0)
+        sleep_ms(interval);
+      char line[64];
+      int len = snprintf(line, sizeof line, "{\"output\":\"tok-%ld\"}\n", i);
+      rc = send_chunk(c, r, line, (size_t)len);
+    }
+    if (rc == 0)
+      rc = send_all(c->fd, "0\r\n\r\n", 5);
+    log_request(r, 200);
+    return rc;
+  }
+  record_job(id, idn);
+  if (json_member(input, inn, "output", &v, &vn)) {
+    buf_adds(&b, "{\"output\":");
+    buf_add(&b, v, vn);
+    buf_adds(&b, "}");
+  } else {
+    buf_adds(&b, "{\"output\":{\"id\":");
+    buf_json_str(&b, id, idn);
+    buf_adds(&b, ",\"input\":");
+    buf_add(&b, input, inn);
+    buf_printf(&b, ",\"worker_pid\":%ld}}", (long)getpid());
+  }
+  return respond_json(c, r, 200, &b);
+}
+
 static int dispatch(struct conn *c, struct request *r) {
   const char *path = r->path;
   if (strcmp(path, "/health") == 0)
@@ -1172,6 +1312,8 @@ static int dispatch(struct conn *c, struct request *r) {
   }
   if (strcmp(path, "/stream") == 0)
     return handle_stream(c, r, 0);
+  if (strcmp(path, "/run") == 0 && strcmp(r->method, "POST") == 0)
+    return handle_run(c, r);
   if (strncmp(path, "/status/", 8) == 0)
     return handle_status(c, r);
   if (strcmp(path, "/crash") == 0) {

@@ -10,6 +10,15 @@
 
 typedef struct sg_daemon sg_daemon_t;
 
+/* Log retention of one endpoint (endpoint NULL: every endpoint without its
+ * own). A limit of 0 is no limit, -1 the default limit. */
+typedef struct sg_log_retention {
+  char *endpoint;
+  int64_t max_lines;
+  int64_t max_bytes; /* bytes of line text */
+  double max_age_s;
+} sg_log_retention_t;
+
 typedef struct sg_daemon_config {
   char *listen;        /* "127.0.0.1:8080" */
   char *data_dir;
@@ -23,6 +32,24 @@ typedef struct sg_daemon_config {
   double header_timeout_s; /* a request's head must arrive within this */
   double idle_timeout_s;   /* idle keep-alive client connections are closed after this */
   double io_timeout_s;     /* a body read or answer write stalled this long ends the connection */
+  char *prices;            /* "a100=0.0004,default=0.0001": price per GPU-second by type */
+  double meter_checkpoint_s; /* usage records are written at least this often */
+  int64_t log_max_bytes;   /* per endpoint, default retention */
+  double log_max_age_s;    /* per endpoint, default retention */
+  sg_log_retention_t *log_retention; /* per-endpoint retention overrides */
+  size_t n_log_retention;
+  double log_trim_interval_s; /* how often retention is applied */
+  double log_rate_lines_s;    /* per worker; 0: no limit */
+  double log_burst_lines;     /* per worker */
+  char *web_dir;           /* serve the console from this directory instead of the embedded copy */
+  char **webhook_allow;    /* webhook allow-list: "public", addresses, CIDR networks */
+  size_t n_webhook_allow;
+  double webhook_retry_s;  /* delay between webhook attempts */
+  int jobs_max_batch;      /* job writes per commit (0: no bound; 1: one commit per write) */
+  char *oci_runtime;           /* OCI runtime binary: "crun" (default) or "runc", or a path */
+  char *cdi_dir;               /* CDI specs of GPUs ("/etc/cdi") */
+  char **insecure_registries;  /* registries reached over plain HTTP ("127.0.0.1:5000"); NULL-terminated */
+  int64_t image_cache_max_bytes; /* unpacked layers kept; least recently used images go first (0: no limit) */
 } sg_daemon_config_t;
 
 /* Fills cfg with the embedded defaults. */

@@ -1,42 +1,141 @@
-/* Scale policy: a pure function from (spec bounds, metrics, now) to the
- * number of workers an endpoint should have and why. No I/O, no clocks:
- * the same code runs in sgpud and in the trace simulator. */
+/* Scale policy: a pure function from (spec bounds, a metrics window, now) to
+ * the number of workers an endpoint should have and why. No I/O, no clocks:
+ * the same code runs in sgpud and in the trace simulator (bench/scaler-sim).
+ *
+ * The caller keeps one sg_scale_window_t per endpoint and feeds it every
+ * observation (sg_scale_window_observe) and every measured worker start
+ * (sg_scale_window_note_start); sg_scale_decide() reads it and never changes
+ * it. All times are milliseconds on one monotonic clock chosen by the caller. */
 #ifndef SGPU_POLICY_H
 #define SGPU_POLICY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sgpu/spec.h"
+
+/* The window is a ring of one-second buckets, enough for the stable window
+ * plus the panic window with room to spare (and for idle timeouts up to two
+ * minutes; longer ones rely on per-worker idle times alone). */
+#define SG_SCALE_BUCKET_MS 1000
+#define SG_SCALE_BUCKETS 128
+/* A pause in demand at least this long ends a busy period. */
+#define SG_SCALE_QUIET_MS 5000
+
+/* Defaults learned from Knative's KPA. */
+#define SG_SCALE_STABLE_MS 60000
+#define SG_SCALE_PANIC_MS 6000
+#define SG_SCALE_PANIC_THRESHOLD 2.0
 
 typedef struct sg_scale_params {
   int min;
   int max;
   int max_concurrency;
   sg_scale_policy_t policy;
-  double value; /* concurrency target per worker, or queue delay in seconds */
+  double value;            /* concurrency target per worker, or queue delay in seconds */
+  int64_t idle_timeout_ms; /* capacity is stopped only after being idle this long */
+  int64_t stable_ms;       /* stable window */
+  int64_t panic_ms;        /* panic window */
+  double panic_threshold;  /* panic when the panic-window need is this many times the ready workers */
 } sg_scale_params_t;
 
+/* One second of history: time integrals, so averages are exact whatever the
+ * observation rate. */
+typedef struct sg_scale_bucket {
+  int64_t tag;        /* start time / SG_SCALE_BUCKET_MS + 1; 0 when never used */
+  double demand_ms;   /* integral of (in flight + queued) over the covered time */
+  int32_t covered_ms; /* observed part of the second */
+  int32_t ready;      /* ready workers at the last observation */
+  int32_t min_idle;   /* fewest ready workers with nothing in flight */
+  int32_t arrived;    /* requests that arrived */
+} sg_scale_bucket_t;
+
+/* All zeroes is an empty window. */
+typedef struct sg_scale_window {
+  sg_scale_bucket_t b[SG_SCALE_BUCKETS];
+  bool seen;        /* false before the first observation */
+  int64_t first_ms; /* time of the first observation */
+  int64_t last_ms;  /* time of the last observation */
+  int in_flight, queued, ready, idle_workers;
+  uint64_t completed;
+  /* Busy periods: a pause shorter than SG_SCALE_QUIET_MS does not end one. */
+  bool idle;             /* demand has been zero since idle_since_ms */
+  int64_t idle_since_ms;
+  int64_t busy_since_ms; /* start of the current (or, while idle, the last) busy period */
+  /* Estimates that outlive the ring; 0 while unknown. */
+  double service_ms; /* mean time a request holds a worker slot */
+  double start_ms;   /* mean time from start to ready */
+  double busy_sum_ms, done_sum; /* the service time's sums, fading while busy */
+} sg_scale_window_t;
+
+/* What is true now, besides the window. */
 typedef struct sg_scale_metrics {
-  int ready;          /* workers taking traffic */
-  int starting;       /* workers started and not yet healthy */
-  int idle_expired;   /* ready workers idle for at least the idle timeout */
-  int in_flight;      /* requests being served */
-  int queued;         /* requests waiting for a worker */
-  int64_t oldest_wait_ms; /* how long the oldest queued request has waited */
-  int start_slots;    /* workers that could still be started (GPUs, backoff); -1: unlimited */
+  int ready;               /* workers taking traffic */
+  int starting;            /* workers started and not yet ready */
+  int64_t starting_age_ms; /* sum over starting workers of the time since each was started */
+  int idle_expired;        /* ready workers idle for at least the idle timeout */
+  int in_flight;           /* requests being served */
+  int queued;              /* requests waiting for a worker */
+  int64_t oldest_wait_ms;  /* how long the oldest queued request has waited */
+  int start_slots;         /* workers that could still be started (GPUs, backoff); -1: unlimited */
+  const sg_scale_window_t *window; /* may be NULL: no history */
 } sg_scale_metrics_t;
+
+/* The rule that set the decision, for logs and tests. */
+typedef enum {
+  SG_SCALE_RULE_HOLD,      /* nothing to change */
+  SG_SCALE_RULE_ZERO,      /* a request arrived at zero workers */
+  SG_SCALE_RULE_DEMAND,    /* observed demand (concurrency) or queue wait (queue_delay) */
+  SG_SCALE_RULE_PANIC,     /* a burst: the panic window sees twice the ready workers' worth */
+  SG_SCALE_RULE_MIN,       /* raised to workers.min */
+  SG_SCALE_RULE_IDLE,      /* idle past the idle timeout, and not needed by the stable window or recent peak */
+  SG_SCALE_RULE_WAIT_GPUS, /* more wanted, none can start now */
+} sg_scale_rule_t;
 
 typedef struct sg_scale_decision {
   int desired;
   int start; /* workers to start now */
-  int stop;  /* idle-expired workers to stop now */
-  char reason[160];
+  int stop;  /* idle workers to stop now, those unused the longest */
+  bool panic;
+  sg_scale_rule_t rule;
+  char reason[224];
 } sg_scale_decision_t;
 
 void sg_scale_params_from_spec(const sg_spec_t *spec, sg_scale_params_t *out);
 
-/* Decides the worker count. Never below min, never above max, never stops a
- * worker that is not idle-expired, never starts more than start_slots. */
-void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, sg_scale_decision_t *out);
+/* An empty window (no history, nothing known). */
+void sg_scale_window_init(sg_scale_window_t *w);
+
+/* Records the endpoint's state at now: the previous state is integrated over
+ * the time since the last observation, then the new one is kept. ready
+ * counts workers taking traffic, idle_workers those of them with nothing in
+ * flight; completed counts every request that ever completed (it only
+ * grows). Observations with now earlier than the last one are ignored. */
+void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready,
+                             int idle_workers, uint64_t completed);
+
+/* The fewest idle workers (ready, nothing in flight) at any time in the
+ * span_ms before now: capacity that was spare all along. 0 unless the window
+ * covers the whole span. */
+int sg_scale_window_spare(const sg_scale_window_t *w, int64_t now, int64_t span_ms);
+
+/* Records that a worker took start_to_ready_ms to become ready. */
+void sg_scale_window_note_start(sg_scale_window_t *w, int64_t start_to_ready_ms);
+
+/* Average demand (in flight + queued) over the span_ms before now; 0 without
+ * history. */
+double sg_scale_window_avg(const sg_scale_window_t *w, int64_t now, int64_t span_ms);
+
+/* Decides the worker count. Never below min, never above max, never starts
+ * more than start_slots, never scales down while panicking (except down to
+ * max). Stops only capacity idle for the idle timeout: at most the larger of
+ * idle_expired and the workers that were all idle at once for the whole
+ * timeout (with a balancer that spreads requests over idle workers, no
+ * single worker stays idle that long although the capacity does); the
+ * caller stops the idle workers unused the longest. */
+void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, int64_t now,
+                     sg_scale_decision_t *out);
+
+const char *sg_scale_rule_name(sg_scale_rule_t rule);
 
 #endif

@@ -19,9 +19,10 @@ typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 
 typedef struct sg_spec {
   char *name;
-  char *type;    /* "sync" */
-  char *runtime; /* "process" */
-  char *image;   /* may be NULL */
+  char *type;    /* "sync" or "async" */
+  char *runtime; /* "process" or "oci" */
+  char *image;   /* may be NULL; required by "oci" (the default when set) */
+  char *registry_auth; /* name of stored registry credentials, or NULL */
   char **command;
   size_t n_command;
   char **env_keys;
@@ -51,7 +52,19 @@ typedef struct sg_spec {
     sg_scale_policy_t policy;
     double value;
   } scale;
+  /* Jobs of "async" endpoints (defaults filled for every type). */
+  struct {
+    char *path;              /* where jobs are POSTed on the worker ("/run") */
+    int max_retries;         /* re-runs after the worker was lost (2) */
+    double retention_s;      /* results kept after a job ends (1800) */
+    double ttl_s;            /* default whole life of a job (86400) */
+    int64_t max_input_bytes; /* input as JSON (10 MiB) */
+    int max_queue;           /* jobs waiting (100000) */
+  } async;
 } sg_spec_t;
+
+/* True for "type": "async". */
+bool sg_spec_is_async(const sg_spec_t *spec);
 
 /* True when s is a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends. */
 bool sg_name_valid(const char *s);

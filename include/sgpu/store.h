@@ -5,6 +5,7 @@
 #ifndef SGPU_STORE_H
 #define SGPU_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,6 +16,9 @@ typedef struct sg_store sg_store_t;
 /* Opens (creating and migrating) the database at path. */
 sg_store_t *sg_store_open(const char *path, sg_error_t **err);
 void sg_store_close(sg_store_t *store);
+/* Lets this connection cache up to bytes of database pages (a writer of
+ * many rows keeps its index pages in memory). */
+void sg_store_set_cache(sg_store_t *store, int64_t bytes);
 
 typedef struct sg_endpoint_record {
   const char *name;
@@ -68,11 +72,48 @@ typedef struct sg_log_query {
   int64_t since_ms;    /* 0: no bound */
   int64_t until_ms;    /* 0: no bound */
   int limit;           /* newest `limit` lines, returned oldest first */
+  bool oldest_first;   /* the oldest `limit` lines instead */
 } sg_log_query_t;
 
 int sg_store_logs_query(sg_store_t *store, const sg_log_query_t *q,
                         void (*cb)(void *ud, const sg_log_line_t *line), void *ud, sg_error_t **err);
 /* Keeps the newest keep lines of an endpoint; deletes all when keep is 0. */
 int sg_store_logs_trim(sg_store_t *store, const char *endpoint, int64_t keep, sg_error_t **err);
+/* Deletes an endpoint's oldest lines until the text of those left is at
+ * most max_bytes. */
+int sg_store_logs_trim_bytes(sg_store_t *store, const char *endpoint, int64_t max_bytes, sg_error_t **err);
+/* Deletes an endpoint's lines older than before_ms. */
+int sg_store_logs_trim_age(sg_store_t *store, const char *endpoint, int64_t before_ms, sg_error_t **err);
+/* Calls cb with each endpoint that has log lines. */
+int sg_store_logs_endpoints(sg_store_t *store, void (*cb)(void *ud, const char *endpoint), void *ud,
+                            sg_error_t **err);
+
+/* Usage: one record per worker and hour (seg numbers a worker's records
+ * from 0). Times are wall-clock ms; the *_ms durations are metered time by
+ * state; round_ms is what rounding the worker's whole time up to the second
+ * added, set on its last record when it closes. */
+typedef struct sg_usage_record {
+  const char *worker;
+  int seg;
+  const char *endpoint;
+  const char *gpu_type; /* NULL without GPUs */
+  int gpu_count;
+  double price; /* per GPU-second */
+  int64_t start_ms, end_ms;
+  int64_t starting_ms, busy_ms, idle_ms;
+  int64_t requests;
+  int64_t round_ms;
+  bool closed;
+} sg_usage_record_t;
+
+/* Writes records (insert or update by worker and seg) in one transaction.
+ * A closed record is never changed again, so a record written twice is
+ * billed once. */
+int sg_store_usage_put(sg_store_t *store, const sg_usage_record_t *recs, size_t n, sg_error_t **err);
+/* Closes every open record at its last checkpoint (after a crash). */
+int sg_store_usage_close_open(sg_store_t *store, sg_error_t **err);
+/* Calls cb for each record of endpoint (NULL: all) that overlaps [from_ms, to_ms). */
+int sg_store_usage_each(sg_store_t *store, const char *endpoint, int64_t from_ms, int64_t to_ms,
+                        void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err);
 
 #endif

@@ -6,11 +6,13 @@
 
 #include "sgpu/daemon.h"
 #include "sgpu/log.h"
+#include "sgpu/meter.h"
 #include "sgpu/util.h"
 
 static const char usage[] =
     "usage: sgpud [--listen HOST:PORT] [--data-dir DIR] [--gpus TYPE:N,...] [--config FILE]\n"
     "             [--log-level debug|info|warn|error] [--sample-endpoint]\n"
+    "             [--price TYPE=PRICE,...] [--web-dir DIR]\n"
     "\n"
     "Runs the sgpu daemon: control API (/v1), gateway (/e/NAME/...), workers.\n"
     "\n"
@@ -19,16 +21,20 @@ static const char usage[] =
     "  --gpus TYPE:N,...    declare this node's GPUs instead of discovering them through NVML\n"
     "  --config FILE        JSON config file; command-line options override it\n"
     "  --log-level LEVEL    daemon diagnostics on stderr (default info)\n"
-    "  --sample-endpoint    create the sample endpoint \"echo\" when the store is empty\n";
+    "  --sample-endpoint    create the sample endpoint \"echo\" when the store is empty\n"
+    "  --price TYPE=PRICE,... price per GPU-second by GPU type (\"a100=0.0004,default=0.0002\");\n"
+    "                       replaces the config file's \"prices\"; applies from this start on\n"
+    "  --web-dir DIR        serve the web console from DIR instead of the copy built in\n";
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"listen", required_argument, NULL, 'l'},   {"data-dir", required_argument, NULL, 'd'},
       {"gpus", required_argument, NULL, 'g'},     {"config", required_argument, NULL, 'c'},
       {"log-level", required_argument, NULL, 'v'}, {"sample-endpoint", no_argument, NULL, 's'},
+      {"price", required_argument, NULL, 'p'},     {"web-dir", required_argument, NULL, 'w'},
       {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
   };
-  const char *listen = NULL, *data_dir = NULL, *gpus = NULL, *config = NULL;
+  const char *listen = NULL, *data_dir = NULL, *gpus = NULL, *config = NULL, *prices = NULL, *web_dir = NULL;
   int level = -1;
   bool sample = false;
   int ch;
@@ -55,6 +61,12 @@ int main(int argc, char **argv) {
       break;
     case 's':
       sample = true;
+      break;
+    case 'p':
+      prices = optarg;
+      break;
+    case 'w':
+      web_dir = optarg;
       break;
     case 'h':
       fputs(usage, stdout);
@@ -91,6 +103,21 @@ int main(int argc, char **argv) {
   }
   if (level >= 0)
     cfg.log_level = level;
+  if (prices) {
+    sg_price_table_t t = {0};
+    if (sg_price_table_parse(&t, prices, &err) < 0) {
+      fprintf(stderr, "sgpud: --price: %s\n", err->message);
+      sg_daemon_config_clear(&cfg);
+      return 2;
+    }
+    sg_price_table_clear(&t);
+    free(cfg.prices);
+    cfg.prices = xstrdup(prices);
+  }
+  if (web_dir) {
+    free(cfg.web_dir);
+    cfg.web_dir = xstrdup(web_dir);
+  }
   cfg.sample_endpoint |= sample;
 
   sg_daemon_t *d = sg_daemon_new(&cfg, &err);

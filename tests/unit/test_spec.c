@@ -361,23 +361,28 @@ static void test_invalid_name(void **state) {
 static void test_invalid_type_runtime_image(void **state) {
   (void)state;
   expect_invalid("type", "1", "type");
-  expect_invalid("type", "\"async\"", "type");
+  expect_valid("type", "\"async\"");
   expect_invalid("type", "\"batch\"", "type");
   expect_invalid("type", "\"SYNC\"", "type");
   expect_valid("type", "\"sync\"");
   expect_invalid("runtime", "5", "runtime");
-  expect_invalid("runtime", "\"oci\"", "runtime");
+  expect_invalid("runtime", "\"oci\"", "image"); /* oci needs an image */
+  expect_invalid("image", "\"Bad/Name\"", "image");
+  expect_invalid("image", "\"x@sha256:12\"", "image");
+  expect_valid("image", "\"127.0.0.1:5000/demo/echo:v1\"");
   expect_invalid("runtime", "\"slurm\"", "runtime");
   expect_invalid("runtime", "\"docker\"", "runtime");
   expect_valid("runtime", "\"process\"");
   expect_invalid("image", "5", "image");
   expect_invalid("image", "[\"x\"]", "image");
   expect_invalid("image", "\"a\\nb\"", "image");
-  char *s513 = json_str_of('i', 513), *s512 = json_str_of('i', 512);
+  char *s513 = json_str_of('i', 513), *s256 = json_str_of('i', 256), *s255 = json_str_of('i', 255);
   expect_invalid("image", s513, "image");
-  expect_valid("image", s512);
+  expect_invalid("image", s256, "image"); /* a reference's name is at most 255 characters */
+  expect_valid("image", s255);
   free(s513);
-  free(s512);
+  free(s256);
+  free(s255);
 }
 
 static void test_invalid_command(void **state) {

@@ -21,7 +21,18 @@ void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 /* workers.c: /v1/endpoints/{name}/workers[/{id}] (id NULL for the list) */
 void sg_api_workers(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, const char *id);
 
+/* images.c: /v1/images, /v1/registry-auths[/{name}] (name NULL for the list) */
+void sg_api_images(sg_daemon_t *d, sg_http_req_t *req);
+void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+
 /* nodes.c: /v1/nodes */
 void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req);
+
+/* usage.c: GET /v1/usage */
+void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req);
+
+/* console.c: answers a request for a console file (/, /console/...) and
+ * returns true; false when the path is not the console's. */
+bool sg_console_handle(sg_daemon_t *d, sg_http_req_t *req);
 
 #endif

@@ -1,11 +1,13 @@
 /* The HTTP front door: routing, authentication and the JSON answer helpers
- * every handler uses. Every route but /healthz needs the admin key as
- * "Authorization: Bearer <key>"; invocations (/e/...) are handed to the
- * gateway after the same check. */
+ * every handler uses. Every route but /healthz and the console's static
+ * files (/, /console/...) needs the admin key as "Authorization: Bearer
+ * <key>"; invocations (/e/...) are handed to the gateway after the same
+ * check. */
 #include <event2/buffer.h>
 #include <strings.h>
 
 #include "api-internal.h"
+#include "gateway/jobs.h"
 #include "sgpu/util.h"
 
 void sg_api_send_json(sg_http_req_t *req, int status, json_t *body) {
@@ -152,6 +154,15 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
       return sg_api_method_not_allowed(req, "GET");
     return sg_api_nodes(d, req);
   }
+  if (n == 1 && !strcmp(seg[0], "images"))
+    return sg_api_images(d, req);
+  if ((n == 1 || n == 2) && !strcmp(seg[0], "registry-auths"))
+    return sg_api_registry_auths(d, req, n == 2 ? seg[1] : NULL);
+  if (n == 1 && !strcmp(seg[0], "usage")) {
+    if (!get)
+      return sg_api_method_not_allowed(req, "GET");
+    return sg_api_usage(d, req);
+  }
   if (n < 1 || strcmp(seg[0], "endpoints")) {
     not_found(req, "no such route");
     return;
@@ -168,6 +179,13 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
       return not_found(req, "no such endpoint");
     return sg_logs_handle(d, req, ep);
   }
+  if (n == 3 && !strcmp(seg[2], "series")) {
+    if (!get)
+      return sg_api_method_not_allowed(req, "GET");
+    if (!ep)
+      return not_found(req, "no such endpoint");
+    return sg_api_send_json(req, 200, sg_series_to_json(ep, 0));
+  }
   if ((n == 3 || n == 4) && !strcmp(seg[2], "workers")) {
     if (!ep)
       return not_found(req, "no such endpoint");
@@ -183,6 +201,8 @@ sg_http_head_action_t sg_api_on_head(void *ud, sg_http_req_t *req) {
     sg_api_send_json(req, 200, json_pack("{s:s}", "status", "ok"));
     return SG_HTTP_DONE;
   }
+  if (sg_console_handle(d, req))
+    return SG_HTTP_DONE;
   if (!authorized(d, req)) {
     sg_http_add_header(req, "WWW-Authenticate", "Bearer realm=\"sgpu\"");
     sg_api_send_error(req, 401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)", NULL);
@@ -204,6 +224,8 @@ sg_http_head_action_t sg_api_on_head(void *ud, sg_http_req_t *req) {
     }
     return sg_gateway_handle(d, req, ename);
   }
+  if (sg_str_has_prefix(path, "/v2/"))
+    return sg_jobs_handle(d, req, path + 4);
   if (!sg_str_has_prefix(path, "/v1/")) {
     not_found(req, "no such route");
     return SG_HTTP_DONE;

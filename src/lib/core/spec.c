@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "sgpu/image.h"
 #include "sgpu/util.h"
 
 #define MAX_ARG_LEN 4096
@@ -125,6 +126,9 @@ static int get_str(json_t *obj, const char *field, const char *key, size_t maxle
 
 static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
   json_t *cmd = json_object_get(root, "command");
+  bool oci = !strcmp(s->runtime, "oci");
+  if ((!cmd || json_is_null(cmd) || (json_is_array(cmd) && json_array_size(cmd) == 0)) && oci)
+    return 0; /* the image's entrypoint and cmd */
   if (!cmd || json_is_null(cmd))
     return sg_make_field_error(err, "command", "is required (the worker's argv)");
   if (!json_is_array(cmd) || json_array_size(cmd) < 1 || json_array_size(cmd) > SG_SPEC_MAX_ARGS)
@@ -140,7 +144,7 @@ static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
       return sg_make_field_error(err, f, "must be at most %d bytes", MAX_ARG_LEN);
     s->command[i] = xstrdup(json_string_value(a));
   }
-  if (s->command[0][0] != '/')
+  if (s->command[0][0] != '/' && !oci)
     return sg_make_field_error(err, "command[0]", "must be an absolute path (it is executed directly, without a shell)");
   return 0;
 }
@@ -282,9 +286,53 @@ static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
   return r;
 }
 
+bool sg_spec_is_async(const sg_spec_t *s) { return s->type && !strcmp(s->type, "async"); }
+
+#define ASYNC_MAX_INPUT_DEFAULT (10ll << 20)
+#define ASYNC_MAX_INPUT_LIMIT (64ll << 20)
+
+static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"path", "max_retries", "retention_s", "ttl_s", "max_input_bytes",
+                                     "max_queue", NULL};
+  json_t *a;
+  if (get_obj(root, "async", &a, err) < 0)
+    return -SG_EINVAL;
+  if (a && !sg_spec_is_async(s))
+    return sg_make_field_error(err, "async", "is only for endpoints of \"type\": \"async\"");
+  json_t *empty = json_object();
+  if (!a)
+    a = empty;
+  int r = check_keys(a, "async", keys, err);
+  if (r == 0)
+    r = get_str(a, "async.path", "path", 1024, &s->async.path, err);
+  if (r == 0 && !s->async.path)
+    s->async.path = xstrdup("/run");
+  if (r == 0 && (s->async.path[0] != '/' || strpbrk(s->async.path, " #")))
+    r = sg_make_field_error(err, "async.path", "must start with '/' and hold no spaces or '#'");
+  if (r == 0)
+    r = get_int(a, "async", "max_retries", 0, 100, 2, &s->async.max_retries, err);
+  if (r == 0)
+    r = get_num(a, "async", "retention_s", 1, 30 * 86400, 1800, &s->async.retention_s, err);
+  if (r == 0)
+    r = get_num(a, "async", "ttl_s", 1, 7 * 86400, 86400, &s->async.ttl_s, err);
+  if (r == 0) {
+    json_t *v = json_object_get(a, "max_input_bytes");
+    s->async.max_input_bytes = ASYNC_MAX_INPUT_DEFAULT;
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > ASYNC_MAX_INPUT_LIMIT))
+      r = sg_make_field_error(err, "async.max_input_bytes", "must be an integer between 1 and %lld",
+                              ASYNC_MAX_INPUT_LIMIT);
+    else if (v)
+      s->async.max_input_bytes = json_integer_value(v);
+  }
+  if (r == 0)
+    r = get_int(a, "async", "max_queue", 1, 1000000, 100000, &s->async.max_queue, err);
+  json_decref(empty);
+  return r;
+}
+
 sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
   static const char *const keys[] = {"name", "type", "runtime", "image", "command", "env", "port",
-                                     "health", "gpu", "workers", "scale", NULL};
+                                     "health", "gpu", "workers", "scale", "async", "registry_auth", NULL};
   if (!json_is_object(root)) {
     sg_make_error(err, SG_EJSON, "the spec must be a JSON object");
     return NULL;
@@ -306,34 +354,49 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
     return NULL;
   if (!s->type)
     s->type = xstrdup("sync");
-  if (!strcmp(s->type, "async")) {
-    sg_make_field_error(err, "type", "async endpoints are not available in this version; use \"sync\"");
-    return NULL;
-  }
-  if (strcmp(s->type, "sync")) {
-    sg_make_field_error(err, "type", "must be \"sync\"");
+  if (strcmp(s->type, "sync") && strcmp(s->type, "async")) {
+    sg_make_field_error(err, "type", "must be \"sync\" or \"async\"");
     return NULL;
   }
   if (get_str(root, "runtime", "runtime", 16, &s->runtime, err) < 0)
     return NULL;
-  if (!s->runtime)
-    s->runtime = xstrdup("process");
-  if (!strcmp(s->runtime, "oci") || !strcmp(s->runtime, "slurm")) {
-    sg_make_field_error(err, "runtime", "the %s runtime is not available in this version; use \"process\"", s->runtime);
-    return NULL;
-  }
-  if (strcmp(s->runtime, "process")) {
-    sg_make_field_error(err, "runtime", "must be \"process\"");
-    return NULL;
-  }
   if (get_str(root, "image", "image", 512, &s->image, err) < 0)
     return NULL;
+  if (s->image) {
+    sg_image_ref_t ref;
+    cleanup_error sg_error_t *rerr = NULL;
+    if (sg_image_ref_parse(s->image, &ref, &rerr) < 0) {
+      sg_make_field_error(err, "image", "%s", rerr->message);
+      return NULL;
+    }
+    sg_image_ref_clear(&ref);
+  }
+  if (!s->runtime)
+    s->runtime = xstrdup(s->image ? "oci" : "process");
+  if (!strcmp(s->runtime, "slurm")) {
+    sg_make_field_error(err, "runtime", "the slurm runtime is not available in this version; use \"process\" or \"oci\"");
+    return NULL;
+  }
+  if (strcmp(s->runtime, "process") && strcmp(s->runtime, "oci")) {
+    sg_make_field_error(err, "runtime", "must be \"process\" or \"oci\"");
+    return NULL;
+  }
+  if (!strcmp(s->runtime, "oci") && !s->image) {
+    sg_make_field_error(err, "image", "is required by the oci runtime");
+    return NULL;
+  }
+  if (get_str(root, "registry_auth", "registry_auth", 63, &s->registry_auth, err) < 0)
+    return NULL;
+  if (s->registry_auth && !sg_name_valid(s->registry_auth)) {
+    sg_make_field_error(err, "registry_auth", "must name a registry auth (a DNS label)");
+    return NULL;
+  }
   if (parse_command(s, root, err) < 0 || parse_env(s, root, err) < 0)
     return NULL;
   if (get_int(root, NULL, "port", 1, 65535, 8000, &s->port, err) < 0)
     return NULL;
   if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 ||
-      parse_workers(s, root, err) < 0 || parse_scale(s, root, err) < 0)
+      parse_workers(s, root, err) < 0 || parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0)
     return NULL;
   return steal_pointer(&s);
 }
@@ -348,7 +411,22 @@ sg_spec_t *sg_spec_parse(const char *text, size_t len, sg_error_t **err) {
   return sg_spec_from_json(j, err);
 }
 
+static json_t *spec_to_json(const sg_spec_t *s);
+
 json_t *sg_spec_to_json(const sg_spec_t *s) {
+  json_t *j = spec_to_json(s);
+  if (s->registry_auth)
+    json_object_set_new(j, "registry_auth", json_string(s->registry_auth));
+  if (sg_spec_is_async(s))
+    json_object_set_new(j, "async",
+                        json_pack("{s:s, s:i, s:f, s:f, s:I, s:i}", "path", s->async.path, "max_retries",
+                                  s->async.max_retries, "retention_s", s->async.retention_s, "ttl_s",
+                                  s->async.ttl_s, "max_input_bytes", (json_int_t)s->async.max_input_bytes,
+                                  "max_queue", s->async.max_queue));
+  return j;
+}
+
+static json_t *spec_to_json(const sg_spec_t *s) {
   json_t *cmd = json_array();
   for (size_t i = 0; i < s->n_command; i++)
     json_array_append_new(cmd, json_string(s->command[i]));
@@ -394,5 +472,7 @@ void sg_spec_free(sg_spec_t *s) {
   free_strv(s->env_values, s->n_env);
   free(s->health.path);
   free(s->gpu.type);
+  free(s->async.path);
+  free(s->registry_auth);
   free(s);
 }

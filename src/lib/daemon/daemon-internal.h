@@ -12,8 +12,11 @@
 
 #include "gateway/http-internal.h"
 #include "gateway/upstream.h"
+#include "logs/limit.h"
 #include "sgpu/daemon.h"
 #include "sgpu/gpu.h"
+#include "sgpu/meter.h"
+#include "sgpu/policy.h"
 #include "sgpu/runtime.h"
 #include "sgpu/spec.h"
 #include "sgpu/store.h"
@@ -22,10 +25,26 @@ typedef struct sg_endpoint sg_endpoint_t;
 typedef struct sg_worker sg_worker_t;
 typedef struct sg_proxy sg_proxy_t;
 typedef struct sg_follower sg_follower_t;
+typedef struct sg_meter sg_meter_t;
+typedef struct sg_series sg_series_t;
 
 enum sg_worker_state { SG_W_STARTING, SG_W_READY, SG_W_DRAINING, SG_W_STOPPED, SG_W_FAILED };
 
 #define SG_RECENT_LINES 20
+
+/* A worker's meter (meter/recorder.c): its current usage record. */
+typedef struct sg_worker_meter {
+  bool on;                /* metered: started and its last record not closed */
+  sg_meter_acc_t acc;     /* the current record's time by state */
+  int seg;                /* the current record's number */
+  int64_t seg_start_wall; /* the current record's start */
+  int64_t seg_start_hour; /* the hour it is in */
+  int64_t closed_ms;      /* metered time of the worker's earlier records */
+  int64_t requests;       /* requests that ended during the current record */
+  double price;           /* per GPU-second, fixed when the worker started */
+  int gpu_count;
+  char gpu_type[64];
+} sg_worker_meter_t;
 
 struct sg_worker {
   TAILQ_ENTRY(sg_worker) link;
@@ -51,6 +70,8 @@ struct sg_worker {
   bool suspect;    /* a request to it failed at the connection level: no new
                       requests until a health probe answers 200 */
   bool counted_failure;
+  bool never_ran;        /* its start failed before any process ran */
+  int64_t running_mono;  /* its process started (probing from then on) */
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
   int recent_next;
@@ -63,6 +84,8 @@ struct sg_worker {
   /* upstream connections not in use */
   sg_upstream_t **idle_conns;
   size_t n_idle, cap_idle;
+  sg_worker_meter_t meter;
+  sg_log_limit_t log_limit; /* output lines per second */
 };
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
@@ -112,7 +135,12 @@ struct sg_endpoint {
   int n_last_logs;
   char *last_decision;
   int desired;
+  /* scaler: demand history, and the newest worker ready time it has measured */
+  sg_scale_window_t scale_window;
+  int64_t scale_seen_ready_mono;
   sg_ep_metrics_t metrics;
+  struct sg_ep_jobs *jobs; /* async jobs (gateway/jobs.c); NULL until used */
+  sg_series_t *series; /* the last hour, for charts (meter/series.c) */
 };
 
 TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
@@ -143,7 +171,32 @@ struct sg_daemon {
   LIST_HEAD(, sg_follower) followers;
   struct sg_log_writer *log_writer;
   uint64_t log_seq; /* the newest batch handed to the writer */
+  struct sg_jobs *jobs; /* async jobs (gateway/jobs.c) */
+  struct {
+    uint64_t lines;        /* lines emitted (worker output and events) */
+    uint64_t rate_dropped; /* worker lines over their rate limit */
+    uint64_t backlog_dropped; /* lines dropped while the writer was behind */
+  } log_stats;
+  sg_meter_t *meter;
+  struct sg_pool *pool;     /* threads for work that blocks */
+  struct sg_images *images; /* image cache (image/images.c) */
 };
+
+/* images.c: thread pool, image cache and oci runtime */
+struct sg_registry_auth;
+int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
+/* Config keys oci_runtime, cdi_dir, insecure_registries, image_cache_max_bytes:
+ * 0, a negative error, or 1 when key is not one of them. */
+int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err);
+void sg_daemon_config_clear_oci(sg_daemon_config_t *cfg);
+void sg_daemon_images_free(sg_daemon_t *d);
+/* The stored credential `name` (a copy the caller frees), or NULL with *err. */
+struct sg_registry_auth *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg_error_t **err);
+void sg_registry_auth_free(struct sg_registry_auth *auth);
+/* Starts pulling ref (a preheat); the outcome shows in GET /v1/images. */
+void sg_daemon_pull(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
+/* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
+void sg_endpoint_prepull(sg_endpoint_t *ep);
 
 /* daemon.c */
 sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name);
@@ -215,6 +268,34 @@ int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err);
 void sg_logs_flush(sg_daemon_t *d);
 void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 void sg_logs_shutdown(sg_daemon_t *d);
+
+/* logs.c: reports the lines each worker lost to its rate limit as events. */
+void sg_logs_report_drops(sg_daemon_t *d, bool force);
+/* Appends the log store's counters to a /metrics answer. */
+void sg_logs_metrics(sg_daemon_t *d, struct evbuffer *b);
+
+/* meter/recorder.c */
+int sg_meter_init(sg_daemon_t *d, const char *db_path, sg_error_t **err);
+const sg_price_table_t *sg_meter_prices(sg_daemon_t *d);
+/* Worker lifecycle: started (the runtime started it), ready (healthy),
+ * load (in_flight changed by delta; a negative delta is a request that
+ * ended), ended (its exit was noticed). */
+void sg_meter_worker_started(sg_worker_t *w);
+void sg_meter_worker_ready(sg_worker_t *w);
+void sg_meter_worker_load(sg_worker_t *w, int delta);
+void sg_meter_worker_ended(sg_worker_t *w);
+/* Checkpoints every worker when the interval passed (called every tick). */
+void sg_meter_tick(sg_daemon_t *d);
+void sg_meter_checkpoint_all(sg_daemon_t *d);
+/* Checkpoints every worker and waits until the records are written. */
+void sg_meter_sync(sg_daemon_t *d);
+/* Closes every open record now and stops the writer. */
+void sg_meter_shutdown(sg_daemon_t *d);
+
+/* meter/series.c: per-endpoint time series of the last hour */
+void sg_series_tick(sg_daemon_t *d);
+void sg_series_free(sg_series_t *s);
+json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms);
 
 /* api/ */
 void sg_api_send_json(sg_http_req_t *req, int status, json_t *body); /* steals body */

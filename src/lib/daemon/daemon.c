@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "api/api-internal.h"
+#include "gateway/jobs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -27,13 +28,78 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   cfg->header_timeout_s = 10;
   cfg->idle_timeout_s = 75;
   cfg->io_timeout_s = 60;
+  cfg->webhook_allow = xcalloc(2, sizeof(char *));
+  cfg->webhook_allow[0] = xstrdup("public");
+  cfg->n_webhook_allow = 1;
+  cfg->webhook_retry_s = 10;
+  cfg->prices = xstrdup("");
+  cfg->meter_checkpoint_s = 2;
+  cfg->log_max_bytes = 256ll << 20;
+  cfg->log_max_age_s = 7 * 86400;
+  cfg->log_trim_interval_s = 30;
+  cfg->log_rate_lines_s = 2000;
+  cfg->log_burst_lines = 10000;
+  cfg->image_cache_max_bytes = 100ll << 30;
+}
+
+static void free_allow(sg_daemon_config_t *cfg) {
+  for (size_t i = 0; i < cfg->n_webhook_allow; i++)
+    free(cfg->webhook_allow[i]);
+  free(cfg->webhook_allow);
+  cfg->webhook_allow = NULL;
+  cfg->n_webhook_allow = 0;
+}
+
+/* webhook_allow: an array of "public", addresses and CIDR networks. */
+static int set_allow(sg_daemon_config_t *cfg, json_t *v, sg_error_t **err) {
+  if (!json_is_array(v) || json_array_size(v) > 256)
+    return sg_make_error(err, SG_EINVAL, "config: webhook_allow must be an array of at most 256 strings");
+  size_t i;
+  json_t *e;
+  json_array_foreach(v, i, e) {
+    sg_addr_rule_t rule;
+    if (!json_is_string(e))
+      return sg_make_error(err, SG_EINVAL, "config: webhook_allow[%zu] must be a string", i);
+    if (sg_addr_rule_parse(json_string_value(e), &rule, err) < 0)
+      return -SG_EINVAL;
+  }
+  free_allow(cfg);
+  cfg->webhook_allow = xcalloc(json_array_size(v) + 1, sizeof(char *));
+  json_array_foreach(v, i, e) cfg->webhook_allow[cfg->n_webhook_allow++] = xstrdup(json_string_value(e));
+  return 0;
+}
+
+/* The config keys of async jobs: 0, -1 (error), or 1 for a key not theirs. */
+static int load_jobs_key(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  if (!strcmp(key, "webhook_allow"))
+    return set_allow(cfg, v, err);
+  if (!strcmp(key, "webhook_retry_s")) {
+    if (!json_is_number(v) || json_number_value(v) < 0.01 || json_number_value(v) > 3600)
+      return sg_make_error(err, SG_EINVAL, "config: webhook_retry_s must be a number of seconds 0.01..3600");
+    cfg->webhook_retry_s = json_number_value(v);
+    return 0;
+  }
+  if (!strcmp(key, "jobs_max_batch")) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000000)
+      return sg_make_error(err, SG_EINVAL, "config: jobs_max_batch must be an integer 0..1000000");
+    cfg->jobs_max_batch = (int)json_integer_value(v);
+    return 0;
+  }
+  return 1;
 }
 
 void sg_daemon_config_clear(sg_daemon_config_t *cfg) {
+  free_allow(cfg);
   free(cfg->listen);
   free(cfg->data_dir);
   free(cfg->gpus);
   free(cfg->gpus_fallback);
+  free(cfg->prices);
+  for (size_t i = 0; i < cfg->n_log_retention; i++)
+    free(cfg->log_retention[i].endpoint);
+  free(cfg->log_retention);
+  free(cfg->web_dir);
+  sg_daemon_config_clear_oci(cfg);
   memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -43,6 +109,110 @@ static int set_str(json_t *v, const char *key, char **out, sg_error_t **err) {
   free(*out);
   *out = xstrdup(json_string_value(v));
   return 0;
+}
+
+static int number_in(json_t *v, const char *key, double lo, double hi, double *out, sg_error_t **err) {
+  if (!json_is_number(v) || json_number_value(v) < lo || json_number_value(v) > hi)
+    return sg_make_error(err, SG_EINVAL, "config: %s must be a number %g..%g", key, lo, hi);
+  *out = json_number_value(v);
+  return 0;
+}
+
+/* "prices": {"a100": 0.0004, ...} or the command line's text form. */
+static int load_prices(sg_daemon_config_t *cfg, json_t *v, sg_error_t **err) {
+  cleanup_free char *text = NULL;
+  if (json_is_string(v)) {
+    text = xstrdup(json_string_value(v));
+  } else if (json_is_object(v)) {
+    text = xstrdup("");
+    const char *type;
+    json_t *p;
+    json_object_foreach(v, type, p) {
+      if (!json_is_number(p))
+        return sg_make_error(err, SG_EINVAL, "config: prices.%s must be a number (price per GPU-second)", type);
+      char *next = xasprintf("%s%s%s=%.17g", text, *text ? "," : "", type, json_number_value(p));
+      free(text);
+      text = next;
+    }
+  } else {
+    return sg_make_error(err, SG_EINVAL, "config: prices must be an object {\"TYPE\": price per GPU-second}");
+  }
+  sg_price_table_t t = {0};
+  int r = sg_price_table_parse(&t, text, err);
+  sg_price_table_clear(&t);
+  if (r < 0)
+    return r;
+  free(cfg->prices);
+  cfg->prices = steal_pointer(&text);
+  return 0;
+}
+
+/* "log_retention": {"NAME": {"max_lines": N, "max_bytes": N, "max_age_s": S}, ...} */
+static int load_retention(sg_daemon_config_t *cfg, json_t *v, sg_error_t **err) {
+  if (!json_is_object(v))
+    return sg_make_error(err, SG_EINVAL, "config: log_retention must be an object of endpoint names");
+  const char *name;
+  json_t *r;
+  json_object_foreach(v, name, r) {
+    if (!json_is_object(r))
+      return sg_make_error(err, SG_EINVAL, "config: log_retention.%s must be an object", name);
+    sg_log_retention_t ret = {NULL, -1, -1, -1}; /* -1: the default */
+    const char *k;
+    json_t *x;
+    json_object_foreach(r, k, x) {
+      bool integer = strcmp(k, "max_age_s") != 0;
+      if (strcmp(k, "max_lines") && strcmp(k, "max_bytes") && strcmp(k, "max_age_s"))
+        return sg_make_error(err, SG_EINVAL, "config: log_retention.%s.%s is not max_lines, max_bytes or max_age_s",
+                             name, k);
+      if ((integer ? !json_is_integer(x) : !json_is_number(x)) || json_number_value(x) < 0)
+        return sg_make_error(err, SG_EINVAL, "config: log_retention.%s.%s must be a number >= 0", name, k);
+      if (!strcmp(k, "max_lines"))
+        ret.max_lines = json_integer_value(x);
+      else if (!strcmp(k, "max_bytes"))
+        ret.max_bytes = json_integer_value(x);
+      else
+        ret.max_age_s = json_number_value(x);
+    }
+    ret.endpoint = xstrdup(name);
+    cfg->log_retention = xrealloc(cfg->log_retention, (cfg->n_log_retention + 1) * sizeof(*cfg->log_retention));
+    cfg->log_retention[cfg->n_log_retention++] = ret;
+  }
+  return 0;
+}
+
+/* The keys of the meter, the log store and the console. 1 when key is not one of them. */
+static int load_more(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  double num;
+  int r = 0;
+  if (!strcmp(key, "prices"))
+    return load_prices(cfg, v, err);
+  if (!strcmp(key, "log_retention"))
+    return load_retention(cfg, v, err);
+  if (!strcmp(key, "web_dir"))
+    return set_str(v, key, &cfg->web_dir, err);
+  if (!strcmp(key, "meter_checkpoint_s")) {
+    if ((r = number_in(v, key, 0.1, 3600, &num, err)) == 0)
+      cfg->meter_checkpoint_s = num;
+  } else if (!strcmp(key, "log_max_bytes")) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+      return sg_make_error(err, SG_EINVAL, "config: log_max_bytes must be an integer >= 0 (0: no limit)");
+    cfg->log_max_bytes = json_integer_value(v);
+  } else if (!strcmp(key, "log_max_age_s")) {
+    if ((r = number_in(v, key, 0, 1e9, &num, err)) == 0)
+      cfg->log_max_age_s = num;
+  } else if (!strcmp(key, "log_trim_interval_s")) {
+    if ((r = number_in(v, key, 0.1, 86400, &num, err)) == 0)
+      cfg->log_trim_interval_s = num;
+  } else if (!strcmp(key, "log_rate_lines_s")) {
+    if ((r = number_in(v, key, 0, 1e9, &num, err)) == 0)
+      cfg->log_rate_lines_s = num;
+  } else if (!strcmp(key, "log_burst_lines")) {
+    if ((r = number_in(v, key, 1, 1e9, &num, err)) == 0)
+      cfg->log_burst_lines = num;
+  } else {
+    return 1;
+  }
+  return r;
 }
 
 int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t **err) {
@@ -90,7 +260,8 @@ int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t 
         r = sg_make_error(err, SG_EINVAL, "config: log_keep_lines must be an integer >= 100");
       else
         cfg->log_keep_lines = json_integer_value(v);
-    } else
+    } else if ((r = load_more(cfg, key, v, err)) == 1 && (r = load_jobs_key(cfg, key, v, err)) == 1 &&
+               (r = sg_daemon_config_load_oci(cfg, key, v, err)) == 1)
       r = sg_make_error(err, SG_EINVAL, "config: unknown key \"%s\"", key);
     if (r < 0)
       break;
@@ -119,6 +290,7 @@ sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int
   TAILQ_INIT(&ep->workers);
   TAILQ_INIT(&ep->queue);
   TAILQ_INSERT_TAIL(&d->endpoints, ep, link);
+  sg_endpoint_prepull(ep);
   sg_scaler_kick(d);
   return ep;
 }
@@ -142,6 +314,7 @@ void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t
       sg_worker_stop(w, "endpoint updated");
   }
   sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d", version);
+  sg_endpoint_prepull(ep);
   sg_scaler_kick(ep->d);
 }
 
@@ -151,6 +324,7 @@ void sg_endpoint_delete(sg_endpoint_t *ep) {
   TAILQ_REMOVE(&d->endpoints, ep, link);
   TAILQ_INSERT_TAIL(&d->deleted, ep, link);
   sg_gateway_fail_queue(ep, 404, "not_found", "endpoint was deleted");
+  sg_jobs_endpoint_deleted(ep);
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
     if (sg_worker_live(w))
@@ -165,12 +339,14 @@ void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
   if (!TAILQ_EMPTY(&ep->workers) || ep->proxies > 0)
     return;
   TAILQ_REMOVE(&ep->d->deleted, ep, link);
+  sg_jobs_endpoint_free(ep);
   free(ep->name);
   sg_spec_free(ep->spec);
   free(ep->last_error);
   free(ep->last_decision);
   for (int i = 0; i < ep->n_last_logs; i++)
     free(ep->last_logs[i]);
+  sg_series_free(ep->series);
   free(ep);
 }
 
@@ -225,6 +401,9 @@ static int reconcile(sg_daemon_t *d, sg_error_t **err) {
 static void tick_cb(evutil_socket_t fd, short what, void *arg) {
   sg_daemon_t *d = arg;
   sg_scaler_run(d);
+  sg_meter_tick(d);
+  sg_series_tick(d);
+  sg_logs_report_drops(d, false);
   sg_endpoint_t *ep, *tmp;
   TAILQ_FOREACH(ep, &d->endpoints, link) sg_worker_prune(ep);
   for (ep = TAILQ_FIRST(&d->deleted); ep; ep = tmp) {
@@ -365,6 +544,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   if (sg_logs_init(d, db, err) < 0)
     goto fail;
+  if (sg_meter_init(d, db, err) < 0)
+    goto fail;
   d->gpus = sg_gpu_inventory_new(d->cfg.gpus, d->cfg.gpus_fallback, err);
   if (!d->gpus)
     goto fail;
@@ -381,9 +562,13 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   }
   if (sg_process_runtime_init(d->base, err) < 0)
     goto fail;
+  if (sg_daemon_images_init(d, err) < 0)
+    goto fail;
   if (reconcile(d, err) < 0)
     goto fail;
   if (sg_store_endpoint_each(d->store, load_endpoint, d, err) < 0)
+    goto fail;
+  if (sg_jobs_init(d, db, err) < 0)
     goto fail;
   if (d->cfg.sample_endpoint)
     create_sample(d);
@@ -459,6 +644,8 @@ int sg_daemon_run(sg_daemon_t *d) {
 void sg_daemon_free(sg_daemon_t *d) {
   if (!d)
     return;
+  sg_meter_shutdown(d);
+  sg_jobs_shutdown(d);
   sg_endpoint_t *ep;
   while ((ep = TAILQ_FIRST(&d->endpoints))) {
     TAILQ_REMOVE(&d->endpoints, ep, link);
@@ -477,6 +664,7 @@ void sg_daemon_free(sg_daemon_t *d) {
     ep->proxies = 0;
     sg_endpoint_maybe_free(ep);
   }
+  sg_daemon_images_free(d);
   sg_logs_shutdown(d);
   sg_http_server_free(d->http);
   if (d->tick)

@@ -17,7 +17,7 @@ static void schedule(sg_worker_t *w, int64_t delay_ms) {
 }
 
 static int64_t startup_delay(const sg_worker_t *w) {
-  int64_t elapsed = sg_now_ms() - w->started_mono;
+  int64_t elapsed = sg_now_ms() - (w->running_mono ? w->running_mono : w->started_mono);
   int64_t delay = STARTUP_PROBE_MIN_MS + elapsed / 20;
   return delay > STARTUP_PROBE_MAX_MS ? STARTUP_PROBE_MAX_MS : delay;
 }

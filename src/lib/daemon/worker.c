@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 
 #include "daemon-internal.h"
+#include "gateway/jobs.h"
+#include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -41,6 +43,8 @@ static void remember_line(sg_worker_t *w, const char *stream, const char *line, 
 
 static void on_line(void *ud, const char *stream, const char *line, size_t len) {
   sg_worker_t *w = ud;
+  if (!sg_log_limit_take(&w->log_limit, w->d->cfg.log_rate_lines_s, w->d->cfg.log_burst_lines, sg_now_ms()))
+    return;
   remember_line(w, stream, line, len);
   sg_logs_emit(w->d, w->ep->name, w->id, stream, line, len);
 }
@@ -98,6 +102,7 @@ static void on_exit_cb(void *ud, int status) {
   w->exited = true;
   w->exit_status = status;
   w->ended_wall = sg_wall_ms();
+  sg_meter_worker_ended(w);
   char desc[96];
   if (WIFEXITED(status))
     snprintf(desc, sizeof(desc), "exited with status %d", WEXITSTATUS(status));
@@ -134,10 +139,13 @@ static void gpu_list(const sg_worker_t *w, char *buf, size_t len) {
 static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   size_t cap = spec->n_env + 16, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
+  /* A container's PATH and HOME come from its image, not from this host. */
+  bool host = !w->ep->spec->image || strcmp(w->ep->spec->runtime, "oci");
   const char *path = getenv("PATH");
-  env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
+  if (host)
+    env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
   const char *home = getenv("HOME");
-  if (home)
+  if (home && host)
     env[n++] = xasprintf("HOME=%s", home);
   for (size_t i = 0; i < spec->n_env; i++)
     env[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
@@ -198,6 +206,55 @@ static void free_worker(sg_worker_t *w) {
   free(w);
 }
 
+/* A start that never got a process running. */
+static void start_failed(sg_worker_t *w, const char *msg) {
+  w->state = SG_W_FAILED;
+  w->exited = true;
+  w->never_ran = true;
+  w->ended_wall = sg_wall_ms();
+  set_error(&w->last_error, msg);
+  sg_logs_event(w->d, w->ep->name, w->id, "worker failed to start: %s", msg);
+  note_start_failure(w, msg);
+  release_resources(w);
+}
+
+/* Async starts: the worker's process runs; probing begins. */
+static void on_running(void *ud) {
+  sg_worker_t *w = ud;
+  w->running_mono = sg_now_ms();
+  w->pid = w->rt->pid(w->inst);
+  sg_logs_event(w->d, w->ep->name, w->id, "worker started: %s runtime process %d, port %d", w->rt->name,
+                (int)w->pid, w->port);
+  if (!w->stopping)
+    sg_health_start(w);
+}
+
+static void on_fail(void *ud, const char *message) {
+  sg_worker_t *w = ud;
+  sg_meter_worker_ended(w);
+  start_failed(w, message);
+  sg_scaler_kick(w->d);
+}
+
+/* The start's steps: image, root filesystem, container, first healthy probe. */
+static json_t *cold_start_json(const sg_worker_t *w) {
+  sg_start_phases_t ph = {0, 0, -1};
+  if (w->rt->phases && w->inst)
+    w->rt->phases(w->inst, &ph);
+  else if (w->running_mono)
+    ph.container_ms = w->running_mono - w->started_mono;
+  if (ph.container_ms < 0 && w->running_mono && ph.pull_ms >= 0 && ph.rootfs_ms >= 0)
+    ph.container_ms = w->running_mono - w->started_mono - ph.pull_ms - ph.rootfs_ms;
+  int64_t probe = -1;
+  if (w->ready_mono && ph.pull_ms >= 0 && ph.rootfs_ms >= 0 && ph.container_ms >= 0)
+    probe = w->ready_mono - w->started_mono - ph.pull_ms - ph.rootfs_ms - ph.container_ms;
+#define MS(x) ((x) >= 0 ? json_integer(x) : json_null())
+  return json_pack("{s:o, s:o, s:o, s:o, s:o}", "pull_ms", MS(ph.pull_ms), "rootfs_ms", MS(ph.rootfs_ms),
+                   "container_ms", MS(ph.container_ms), "probe_ms", MS(probe), "total_ms",
+                   MS(w->ready_mono ? w->ready_mono - w->started_mono : -1));
+#undef MS
+}
+
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
@@ -206,7 +263,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   w->ep = ep;
   w->id = sg_new_id("w-");
   w->version = ep->version;
-  w->rt = &sg_process_runtime;
+  w->rt = !strcmp(spec->runtime, "oci") ? &sg_oci_runtime : &sg_process_runtime;
   w->state = SG_W_STARTING;
   if (spec->gpu.count > 0) {
     if (sg_gpu_acquire(d->gpus, spec->gpu.type, spec->gpu.count, w->id, ep->name, w->gpus) < 0) {
@@ -227,25 +284,33 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   for (size_t i = 0; i < spec->n_command; i++)
     argv[i] = subst_port(spec->command[i], port);
   char **envp = build_env(w, spec);
-  sg_launch_t launch = {w->id, argv, envp};
-  sg_instance_callbacks_t cbs = {on_line, on_exit_cb};
+  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .gpus = w->gpus,
+                        .n_gpus = w->n_gpus};
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();
-  w->inst = w->rt->start(d->base, &launch, &cbs, w, err);
+  sg_registry_auth_t *auth = NULL;
+  if (spec->registry_auth && w->rt == &sg_oci_runtime) {
+    auth = sg_daemon_registry_auth(d, spec->registry_auth, err);
+    launch.auth = auth;
+  }
+  if (!spec->registry_auth || auth)
+    w->inst = w->rt->start(d->base, &launch, &cbs, w, err);
+  sg_registry_auth_free(auth);
   free_strv(argv);
   free_strv(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   if (!w->inst) {
-    w->state = SG_W_FAILED;
-    w->exited = true;
-    w->ended_wall = sg_wall_ms();
-    set_error(&w->last_error, (*err)->message);
-    sg_logs_event(d, ep->name, w->id, "worker failed to start: %s", (*err)->message);
-    note_start_failure(w, (*err)->message);
-    release_resources(w);
+    start_failed(w, (*err)->message);
     return NULL;
   }
   w->pid = w->rt->pid(w->inst);
+  sg_meter_worker_started(w);
+  if (w->rt->async_start) {
+    sg_logs_event(d, ep->name, w->id, "worker starting: image %s, port %d", spec->image, w->port);
+    return w;
+  }
+  w->running_mono = sg_now_ms();
   sg_worker_record_t rec = {w->id, ep->name, w->rt->name, w->pid, w->started_wall};
   cleanup_error sg_error_t *serr = NULL;
   if (sg_store_worker_add(d->store, &rec, &serr) < 0)
@@ -285,6 +350,8 @@ void sg_worker_release_request(sg_worker_t *w) {
   w->in_flight--;
   w->ep->in_flight--;
   w->last_used_mono = sg_now_ms();
+  sg_jobs_kick(w->ep);
+  sg_meter_worker_load(w, -1);
 }
 
 #define UPSTREAM_CONNECT_TIMEOUT_S 5.0
@@ -332,22 +399,26 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
   for (int i = 0; i < w->n_gpus; i++)
     json_array_append_new(gpus, json_integer(w->gpus[i]));
   json_t *exit_status = json_null();
-  if (w->exited && w->inst) {
+  if (w->exited && w->inst && !w->never_ran) {
     if (WIFEXITED(w->exit_status))
       exit_status = json_pack("{s:i}", "code", WEXITSTATUS(w->exit_status));
     else if (WIFSIGNALED(w->exit_status))
       exit_status = json_pack("{s:i}", "signal", WTERMSIG(w->exit_status));
   }
-  return json_pack(
+  pid_t pid = w->inst && !w->exited ? w->rt->pid(w->inst) : w->pid;
+  json_t *j = json_pack(
       "{s:s, s:s, s:i, s:s, s:i, s:i, s:o, s:o, s:s, s:o, s:o, s:o, s:i, s:I, s:o, s:o}", "id", w->id, "endpoint",
       w->ep->name, "version", w->version, "state", sg_worker_state_name(w->state), "port", w->port, "pid",
-      (int)w->pid, "gpus", gpus, "gpu_type", w->n_gpus ? json_string(w->ep->spec->gpu.type) : json_null(),
+      (int)pid, "gpus", gpus, "gpu_type", w->n_gpus ? json_string(w->ep->spec->gpu.type) : json_null(),
       "started_at", sg_format_time(w->started_wall, t1, sizeof(t1)), "ready_at",
       w->ready_wall ? json_string(sg_format_time(w->ready_wall, t2, sizeof(t2))) : json_null(), "ended_at",
       w->ended_wall ? json_string(sg_format_time(w->ended_wall, t3, sizeof(t3))) : json_null(), "cold_start_ms",
       w->ready_mono ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight", w->in_flight,
       "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
       w->last_error ? json_string(w->last_error) : json_null());
+  json_object_set_new(j, "runtime", json_string(w->rt->name));
+  json_object_set_new(j, "cold_start", cold_start_json(w));
+  return j;
 }
 
 void sg_worker_became_ready(sg_worker_t *w) {
@@ -357,6 +428,7 @@ void sg_worker_became_ready(sg_worker_t *w) {
   w->ready_wall = sg_wall_ms();
   w->last_used_mono = w->ready_mono;
   ep->metrics.cold_starts++;
+  sg_meter_worker_ready(w);
   if (w->version == ep->version) {
     ep->consecutive_failures = 0;
     ep->backoff_until_mono = 0;
@@ -365,6 +437,7 @@ void sg_worker_became_ready(sg_worker_t *w) {
   sg_logs_event(w->d, ep->name, w->id, "worker ready: healthy after %lld ms",
                 (long long)(w->ready_mono - w->started_mono));
   sg_gateway_pump(ep);
+  sg_jobs_kick(ep);
   sg_scaler_kick(w->d);
 }
 

@@ -106,6 +106,7 @@ void sg_metrics_handle(sg_daemon_t *d, sg_http_req_t *req) {
     evbuffer_add_printf(b, "sgpu_gpus{type=\"%s\",state=\"free\"} %d\n", type, free_n);
     evbuffer_add_printf(b, "sgpu_gpus{type=\"%s\",state=\"held\"} %d\n", type, total - free_n);
   }
+  sg_logs_metrics(d, b);
   size_t len = evbuffer_get_length(b);
   sg_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(b, -1), len);
   evbuffer_free(b);

@@ -359,6 +359,7 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
   w->in_flight++;
   w->last_used_mono = sg_now_ms();
   p->ep->in_flight++;
+  sg_meter_worker_load(w, 1);
   p->u = sg_worker_get_conn(w);
   sg_upstream_begin(p->u, &handler, p, sg_http_is_head(p->req));
   sg_upstream_set_drain(p->u, UPSTREAM_UNSENT_MAX / 2);

@@ -142,11 +142,22 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
   }
   sg_log_line_t *l = &d->logbuf.lines[d->logbuf.n++];
   l->ts_ms = sg_wall_ms();
-  l->endpoint = xstrdup(endpoint);
-  l->worker = worker ? xstrdup(worker) : NULL;
-  l->stream = xstrdup(stream);
-  l->line = xstrndup(line, len);
-  fan_out(d, l);
+  /* One block per line: endpoint, worker, stream and text, each NUL-ended. */
+  size_t le = strlen(endpoint) + 1, lw = worker ? strlen(worker) + 1 : 0, ls = strlen(stream) + 1;
+  char *block = xmalloc(le + lw + ls + len + 1);
+  memcpy(block, endpoint, le);
+  if (worker)
+    memcpy(block + le, worker, lw);
+  memcpy(block + le + lw, stream, ls);
+  memcpy(block + le + lw + ls, line, len);
+  block[le + lw + ls + len] = '\0';
+  l->endpoint = block;
+  l->worker = worker ? block + le : NULL;
+  l->stream = block + le + lw;
+  l->line = block + le + lw + ls;
+  d->log_stats.lines++;
+  if (!LIST_EMPTY(&d->followers))
+    fan_out(d, l);
   if (!d->log_flush)
     d->log_flush = evtimer_new(d->base, flush_cb, d);
   if (!evtimer_pending(d->log_flush, NULL)) {
@@ -168,7 +179,9 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
 }
 
 int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
-  d->log_writer = sg_log_writer_start(db_path, d->cfg.log_keep_lines, err);
+  sg_log_retention_t def = {NULL, d->cfg.log_keep_lines, d->cfg.log_max_bytes, d->cfg.log_max_age_s};
+  d->log_writer = sg_log_writer_start(db_path, &def, d->cfg.log_retention, d->cfg.n_log_retention,
+                                      d->cfg.log_trim_interval_s, err);
   return d->log_writer ? 0 : -1;
 }
 
@@ -179,6 +192,7 @@ void sg_logs_flush(sg_daemon_t *d) {
     return;
   if (sg_log_writer_backlog(d->log_writer) > MAX_BACKLOG) {
     d->logbuf.dropped += d->logbuf.n;
+    d->log_stats.backlog_dropped += d->logbuf.n;
     sg_log_lines_free(d->logbuf.lines, d->logbuf.n);
   } else {
     d->log_seq = sg_log_writer_submit(d->log_writer, d->logbuf.lines, d->logbuf.n);
@@ -261,12 +275,16 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
         bad = k, why = "must be an integer between 1 and 10000";
       else
         q.limit = (int)n;
+    } else if (!strcmp(k, "order")) {
+      if (strcmp(v, "newest") && strcmp(v, "oldest"))
+        bad = k, why = "must be newest (the newest lines, the default) or oldest (the first lines from since on)";
+      q.oldest_first = !strcmp(v, "oldest");
     } else if (!strcmp(k, "follow")) {
       if (strcmp(v, "1") && strcmp(v, "0") && strcmp(v, "true") && strcmp(v, "false"))
         bad = k, why = "must be 1 or 0";
       follow = !strcmp(v, "1") || !strcmp(v, "true");
     } else {
-      bad = k, why = "is not a known parameter (worker, stream, since, until, q, limit, follow)";
+      bad = k, why = "is not a known parameter (worker, stream, since, until, q, limit, order, follow)";
     }
     if (bad)
       break;
@@ -333,4 +351,50 @@ void sg_logs_shutdown(sg_daemon_t *d) {
     event_free(d->log_flush);
     d->log_flush = NULL;
   }
+}
+
+#define DROP_REPORT_MS 1000
+
+void sg_logs_report_drops(sg_daemon_t *d, bool force) {
+  int64_t now = sg_now_ms();
+  struct sg_endpoint_list *lists[] = {&d->endpoints, &d->deleted};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(lists); i++) {
+    sg_endpoint_t *ep;
+    TAILQ_FOREACH(ep, lists[i], link) {
+      sg_worker_t *w;
+      TAILQ_FOREACH(w, &ep->workers, link) {
+        sg_log_limit_t *l = &w->log_limit;
+        if (!sg_log_limit_report_due(l, now, DROP_REPORT_MS, force || w->exited))
+          continue;
+        d->log_stats.rate_dropped += l->dropped;
+        sg_logs_event(d, ep->name, w->id,
+                      "lines dropped: %llu (worker over its log rate limit of %g lines/s, burst %g; "
+                      "%llu since it started)",
+                      (unsigned long long)l->dropped, d->cfg.log_rate_lines_s, d->cfg.log_burst_lines,
+                      (unsigned long long)l->dropped_total);
+        l->dropped = 0;
+        l->reported_ms = now;
+      }
+    }
+  }
+}
+
+void sg_logs_metrics(sg_daemon_t *d, struct evbuffer *b) {
+  evbuffer_add_printf(b,
+                      "# HELP sgpu_log_lines_total Log lines emitted (worker output and events).\n"
+                      "# TYPE sgpu_log_lines_total counter\nsgpu_log_lines_total %llu\n"
+                      "# HELP sgpu_log_lines_stored_total Log lines written to the store.\n"
+                      "# TYPE sgpu_log_lines_stored_total counter\nsgpu_log_lines_stored_total %llu\n"
+                      "# HELP sgpu_log_lines_dropped_total Log lines dropped, by reason.\n"
+                      "# TYPE sgpu_log_lines_dropped_total counter\n"
+                      "sgpu_log_lines_dropped_total{reason=\"rate_limit\"} %llu\n"
+                      "sgpu_log_lines_dropped_total{reason=\"backlog\"} %llu\n"
+                      "# HELP sgpu_log_followers Log streams open now.\n# TYPE sgpu_log_followers gauge\n",
+                      (unsigned long long)d->log_stats.lines,
+                      (unsigned long long)(d->log_writer ? sg_log_writer_stored(d->log_writer) : 0),
+                      (unsigned long long)d->log_stats.rate_dropped, (unsigned long long)d->log_stats.backlog_dropped);
+  int n = 0;
+  sg_follower_t *f;
+  LIST_FOREACH(f, &d->followers, link) n++;
+  evbuffer_add_printf(b, "sgpu_log_followers %d\n", n);
 }

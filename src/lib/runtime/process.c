@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/queue.h>
 #include <sys/wait.h>
@@ -175,6 +177,14 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     setsid();
     /* A worker must not outlive sgpud unnoticed. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (launch->flags & SG_LAUNCH_HIDE_CGROUP2) {
+      if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+        int e = errno;
+        write_all(execp[1], &e, sizeof(e));
+        _exit(127);
+      }
+      umount2("/sys/fs/cgroup/unified", MNT_DETACH);
+    }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0) {
       int e = errno;

@@ -1,8 +1,10 @@
-/* The scaler loop: gathers each endpoint's metrics, asks the pure policy
- * (policy.c) for a decision, and carries it out by starting or stopping
- * workers. It runs on every tick and, through sg_scaler_kick(), at once after
- * anything that changes demand or supply (a request queued at zero workers, a
- * worker ready or gone, a spec changed), so scale-from-zero waits for no tick. */
+/* The scaler loop: feeds each endpoint's metrics window (one observation
+ * per pass, plus the start delay of every worker that became ready), asks the
+ * pure policy (policy.c) for a decision, logs it when it changes something,
+ * and carries it out by starting or stopping workers. It runs on every tick
+ * and, through sg_scaler_kick(), at once after anything that changes demand
+ * or supply (a request queued, a request done, a worker ready or gone, a spec
+ * changed), so scale-from-zero waits for no tick. */
 #include "daemon/daemon-internal.h"
 #include "sgpu/log.h"
 #include "sgpu/policy.h"
@@ -43,57 +45,85 @@ static int start_slots(sg_endpoint_t *ep, int starting, int64_t now) {
   return slots;
 }
 
-/* The idle-expired worker idle the longest, or NULL. */
-static sg_worker_t *longest_idle(sg_endpoint_t *ep, int64_t now) {
+/* The ready worker with nothing in flight that was used the longest ago, or
+ * NULL. */
+static sg_worker_t *longest_idle(sg_endpoint_t *ep) {
   sg_worker_t *w, *best = NULL;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (idle_expired(w, now) && (!best || w->last_used_mono < best->last_used_mono))
+    if (w->state == SG_W_READY && w->in_flight == 0 && !w->stopping &&
+        (!best || w->last_used_mono < best->last_used_mono))
       best = w;
   }
   return best;
 }
 
+/* Logs a decision that changes something (workers started or stopped, or a
+ * new count wanted that cannot start yet) as an endpoint event with its
+ * reason; the last one logged is the endpoint's status.last_decision. */
 static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
   bool acted = dec->start > 0 || dec->stop > 0;
-  bool changed = !ep->last_decision || strcmp(ep->last_decision, dec->reason);
-  /* Actions are always logged; a waiting or holding state once when it begins. */
-  if (acted || (changed && dec->desired != ep->desired))
+  if (acted || dec->desired != ep->desired) {
     sg_logs_event(ep->d, ep->name, NULL, "scaler: %s", dec->reason);
-  if (changed) {
     free(ep->last_decision);
     ep->last_decision = xstrdup(dec->reason);
   }
+  if (dec->start > 0)
+    ep->metrics.scale_ups++;
+  if (dec->stop > 0)
+    ep->metrics.scale_downs++;
   ep->desired = dec->desired;
+}
+
+/* Feeds the endpoint's window: its state now and the start delay of every
+ * worker that became ready since the last pass. */
+static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
+  int64_t newest = ep->scale_seen_ready_mono;
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (w->ready_mono > ep->scale_seen_ready_mono && w->started_mono > 0) {
+      sg_scale_window_note_start(&ep->scale_window, w->ready_mono - w->started_mono);
+      if (w->ready_mono > newest)
+        newest = w->ready_mono;
+    }
+  }
+  ep->scale_seen_ready_mono = newest;
+  sg_scale_window_observe(&ep->scale_window, now, ep->in_flight, ep->queued, ready, idle, ep->served);
 }
 
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   sg_scale_params_t params;
   sg_scale_params_from_spec(ep->spec, &params);
   sg_scale_metrics_t m = {0};
+  int idle = 0;
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
     if (w->state == SG_W_READY) {
       m.ready++;
+      if (w->in_flight == 0)
+        idle++;
       if (idle_expired(w, now))
         m.idle_expired++;
     } else if (w->state == SG_W_STARTING) {
       m.starting++;
+      m.starting_age_ms += now - w->started_mono;
     }
   }
+  observe(ep, m.ready, idle, now);
   m.in_flight = ep->in_flight;
   m.queued = ep->queued;
   m.oldest_wait_ms = sg_gateway_oldest_wait(ep, now);
   m.start_slots = start_slots(ep, m.starting, now);
+  m.window = &ep->scale_window;
 
   sg_scale_decision_t dec;
-  sg_scale_decide(&params, &m, &dec);
+  sg_scale_decide(&params, &m, now, &dec);
   set_decision(ep, &dec);
 
   for (int i = 0; i < dec.stop; i++) {
-    sg_worker_t *idle = longest_idle(ep, now);
-    if (!idle)
+    sg_worker_t *victim = longest_idle(ep);
+    if (!victim)
       break;
-    sg_worker_stop(idle, "idle past workers.idle_timeout_s");
+    sg_worker_stop(victim, "idle past workers.idle_timeout_s");
   }
   for (int i = 0; i < dec.start; i++) {
     cleanup_error sg_error_t *err = NULL;

@@ -6,10 +6,7 @@
 
 #include "sgpu/log.h"
 #include "sgpu/util.h"
-
-struct sg_store {
-  sqlite3 *db;
-};
+#include "store/store-internal.h"
 
 static void finalizep(sqlite3_stmt **st) {
   if (*st)
@@ -39,6 +36,45 @@ static const char *const migrations[] = {
     "  stream TEXT NOT NULL,"
     "  line TEXT NOT NULL);"
     "CREATE INDEX logs_endpoint_id ON logs(endpoint, id);",
+    /* 2: usage records, one per worker and hour (seg counts them per worker) */
+    "CREATE TABLE usage ("
+    "  worker TEXT NOT NULL,"
+    "  seg INTEGER NOT NULL,"
+    "  endpoint TEXT NOT NULL,"
+    "  gpu_type TEXT,"
+    "  gpu_count INTEGER NOT NULL,"
+    "  price REAL NOT NULL,"
+    "  start_ms INTEGER NOT NULL,"
+    "  end_ms INTEGER NOT NULL,"
+    "  starting_ms INTEGER NOT NULL,"
+    "  busy_ms INTEGER NOT NULL,"
+    "  idle_ms INTEGER NOT NULL,"
+    "  requests INTEGER NOT NULL,"
+    "  round_ms INTEGER NOT NULL,"
+    "  closed INTEGER NOT NULL,"
+    "  PRIMARY KEY (worker, seg));"
+    "CREATE INDEX usage_end ON usage(end_ms);"
+    "CREATE INDEX usage_open ON usage(closed) WHERE closed = 0;",
+    /* 3: the image cache and registry credentials (store/images.c) */
+    "CREATE TABLE images ("
+    "  ref TEXT PRIMARY KEY,"
+    "  digest TEXT NOT NULL,"
+    "  config TEXT NOT NULL,"
+    "  layers TEXT NOT NULL,"
+    "  size_bytes INTEGER NOT NULL,"
+    "  compressed_bytes INTEGER NOT NULL,"
+    "  pulled_ms INTEGER NOT NULL,"
+    "  pull_ms INTEGER NOT NULL,"
+    "  last_used_ms INTEGER NOT NULL);"
+    "CREATE TABLE registry_auths ("
+    "  name TEXT PRIMARY KEY,"
+    "  registry TEXT NOT NULL,"
+    "  username TEXT NOT NULL,"
+    "  secret TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL);",
+    /* 4: jobs of async endpoints (store/jobs.c) */
+    SG_STORE_JOBS_MIGRATION,
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
@@ -97,6 +133,11 @@ sg_store_t *sg_store_open(const char *path, sg_error_t **err) {
   sg_store_t *s = xcalloc(1, sizeof(*s));
   s->db = db;
   return s;
+}
+
+void sg_store_set_cache(sg_store_t *s, int64_t bytes) {
+  cleanup_free char *sql = xasprintf("PRAGMA cache_size = -%lld", (long long)(bytes / 1024));
+  exec(s->db, sql, NULL);
 }
 
 void sg_store_close(sg_store_t *store) {
@@ -219,26 +260,53 @@ int sg_store_worker_each(sg_store_t *s, void (*cb)(void *ud, const sg_worker_rec
   return 0;
 }
 
+#define LOG_ROWS_PER_INSERT 50
+
+static void bind_line(sqlite3_stmt *st, int base, const sg_log_line_t *l) {
+  /* The strings outlive each step: bound without a copy. */
+  sqlite3_bind_int64(st, base + 1, l->ts_ms);
+  sqlite3_bind_text(st, base + 2, l->endpoint, -1, SQLITE_STATIC);
+  if (l->worker)
+    sqlite3_bind_text(st, base + 3, l->worker, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, base + 3);
+  sqlite3_bind_text(st, base + 4, l->stream, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, base + 5, l->line, -1, SQLITE_STATIC);
+}
+
 int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg_error_t **err) {
   if (n == 0)
     return 0;
-  cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s->db, "INSERT INTO logs(ts_ms, endpoint, worker, stream, line) VALUES(?,?,?,?,?)", &st, err) < 0)
+  /* Rows go in groups of LOG_ROWS_PER_INSERT per statement (less work per
+   * row than one statement each), the rest one by one. */
+  cleanup_stmt sqlite3_stmt *one = NULL, *many = NULL;
+  if (prepare(s->db, "INSERT INTO logs(ts_ms, endpoint, worker, stream, line) VALUES(?,?,?,?,?)", &one, err) < 0)
     return -SG_ESTORE;
+  if (n >= LOG_ROWS_PER_INSERT) {
+    cleanup_free char *sql = xstrdup("INSERT INTO logs(ts_ms, endpoint, worker, stream, line) VALUES(?,?,?,?,?)");
+    for (int i = 1; i < LOG_ROWS_PER_INSERT; i++) {
+      char *next = xasprintf("%s,(?,?,?,?,?)", sql);
+      free(sql);
+      sql = next;
+    }
+    if (prepare(s->db, sql, &many, err) < 0)
+      return -SG_ESTORE;
+  }
   if (exec(s->db, "BEGIN", err) < 0)
     return -SG_ESTORE;
-  for (size_t i = 0; i < n; i++) {
-    sqlite3_bind_int64(st, 1, lines[i].ts_ms);
-    bind_text(st, 2, lines[i].endpoint);
-    bind_text(st, 3, lines[i].worker);
-    bind_text(st, 4, lines[i].stream);
-    bind_text(st, 5, lines[i].line);
+  size_t i = 0;
+  while (i < n) {
+    sqlite3_stmt *st = many && n - i >= LOG_ROWS_PER_INSERT ? many : one;
+    size_t rows = st == many ? LOG_ROWS_PER_INSERT : 1;
+    for (size_t r = 0; r < rows; r++)
+      bind_line(st, (int)(5 * r), &lines[i + r]);
     if (sqlite3_step(st) != SQLITE_DONE) {
-      int r = db_error(s->db, err, "append logs");
+      int ret = db_error(s->db, err, "append logs");
       exec(s->db, "ROLLBACK", NULL);
-      return r;
+      return ret;
     }
     sqlite3_reset(st);
+    i += rows;
   }
   return exec(s->db, "COMMIT", err);
 }
@@ -258,6 +326,15 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
       "  AND (?6 = 0 OR ts_ms <= ?6)"
       " ORDER BY id DESC LIMIT ?7)"
       " ORDER BY id ASC";
+  if (q->oldest_first)
+    sql = "SELECT ts_ms, endpoint, worker, stream, line FROM logs"
+          " WHERE endpoint = ?1"
+          "  AND (?2 IS NULL OR worker = ?2)"
+          "  AND (?3 IS NULL OR stream = ?3)"
+          "  AND (?4 IS NULL OR instr(line, ?4) > 0)"
+          "  AND (?5 = 0 OR ts_ms >= ?5)"
+          "  AND (?6 = 0 OR ts_ms <= ?6)"
+          " ORDER BY id ASC LIMIT ?7";
   if (prepare(s->db, sql, &st, err) < 0)
     return -SG_ESTORE;
   bind_text(st, 1, q->endpoint);
@@ -290,5 +367,155 @@ int sg_store_logs_trim(sg_store_t *s, const char *endpoint, int64_t keep, sg_err
   sqlite3_bind_int64(st, 2, keep);
   if (sqlite3_step(st) != SQLITE_DONE)
     return db_error(s->db, err, "trim logs");
+  return 0;
+}
+
+int sg_store_usage_put(sg_store_t *s, const sg_usage_record_t *recs, size_t n, sg_error_t **err) {
+  if (n == 0)
+    return 0;
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  /* Values are absolute, so writing a record again changes nothing. */
+  const char *sql =
+      "INSERT INTO usage(worker, seg, endpoint, gpu_type, gpu_count, price, start_ms, end_ms, starting_ms,"
+      " busy_ms, idle_ms, requests, round_ms, closed) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+      " ON CONFLICT(worker, seg) DO UPDATE SET end_ms = excluded.end_ms, starting_ms = excluded.starting_ms,"
+      " busy_ms = excluded.busy_ms, idle_ms = excluded.idle_ms, requests = excluded.requests,"
+      " round_ms = excluded.round_ms, closed = excluded.closed WHERE usage.closed = 0";
+  if (prepare(s->db, sql, &st, err) < 0)
+    return -SG_ESTORE;
+  if (exec(s->db, "BEGIN", err) < 0)
+    return -SG_ESTORE;
+  for (size_t i = 0; i < n; i++) {
+    const sg_usage_record_t *r = &recs[i];
+    bind_text(st, 1, r->worker);
+    sqlite3_bind_int(st, 2, r->seg);
+    bind_text(st, 3, r->endpoint);
+    bind_text(st, 4, r->gpu_type);
+    sqlite3_bind_int(st, 5, r->gpu_count);
+    sqlite3_bind_double(st, 6, r->price);
+    sqlite3_bind_int64(st, 7, r->start_ms);
+    sqlite3_bind_int64(st, 8, r->end_ms);
+    sqlite3_bind_int64(st, 9, r->starting_ms);
+    sqlite3_bind_int64(st, 10, r->busy_ms);
+    sqlite3_bind_int64(st, 11, r->idle_ms);
+    sqlite3_bind_int64(st, 12, r->requests);
+    sqlite3_bind_int64(st, 13, r->round_ms);
+    sqlite3_bind_int(st, 14, r->closed);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+      int ret = db_error(s->db, err, "write usage");
+      exec(s->db, "ROLLBACK", NULL);
+      return ret;
+    }
+    sqlite3_reset(st);
+  }
+  return exec(s->db, "COMMIT", err);
+}
+
+int sg_store_usage_close_open(sg_store_t *s, sg_error_t **err) {
+  /* Each open record ends at its last checkpoint; its worker's metered time
+   * is rounded up to the whole second on it. */
+  return exec(s->db,
+              "UPDATE usage SET closed = 1, round_ms = ((t.total + 999) / 1000) * 1000 - t.total"
+              " FROM (SELECT worker, sum(starting_ms + busy_ms + idle_ms) AS total FROM usage"
+              "       WHERE worker IN (SELECT worker FROM usage WHERE closed = 0) GROUP BY worker) AS t"
+              " WHERE usage.closed = 0 AND usage.worker = t.worker",
+              err);
+}
+
+int sg_store_usage_each(sg_store_t *s, const char *endpoint, int64_t from_ms, int64_t to_ms,
+                        void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  const char *sql = "SELECT worker, seg, endpoint, gpu_type, gpu_count, price, start_ms, end_ms, starting_ms,"
+                    " busy_ms, idle_ms, requests, round_ms, closed FROM usage"
+                    " WHERE end_ms >= ?2 AND start_ms < ?3 AND (?1 IS NULL OR endpoint = ?1)"
+                    " ORDER BY start_ms, worker, seg";
+  if (prepare(s->db, sql, &st, err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, endpoint);
+  sqlite3_bind_int64(st, 2, from_ms);
+  sqlite3_bind_int64(st, 3, to_ms);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    sg_usage_record_t r = {
+        .worker = col_text(st, 0),
+        .seg = sqlite3_column_int(st, 1),
+        .endpoint = col_text(st, 2),
+        .gpu_type = col_text(st, 3),
+        .gpu_count = sqlite3_column_int(st, 4),
+        .price = sqlite3_column_double(st, 5),
+        .start_ms = sqlite3_column_int64(st, 6),
+        .end_ms = sqlite3_column_int64(st, 7),
+        .starting_ms = sqlite3_column_int64(st, 8),
+        .busy_ms = sqlite3_column_int64(st, 9),
+        .idle_ms = sqlite3_column_int64(st, 10),
+        .requests = sqlite3_column_int64(st, 11),
+        .round_ms = sqlite3_column_int64(st, 12),
+        .closed = sqlite3_column_int(st, 13) != 0,
+    };
+    cb(ud, &r);
+  }
+  if (rc != SQLITE_DONE)
+    return db_error(s->db, err, "query usage");
+  return 0;
+}
+
+int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_bytes, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  /* Walks from the newest line back until the bytes kept pass max_bytes;
+   * that line and every older one go. */
+  if (prepare(s->db, "SELECT id, length(CAST(line AS BLOB)) FROM logs WHERE endpoint = ? ORDER BY id DESC", &st,
+              err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, endpoint);
+  int64_t total = 0, cut = -1;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    total += sqlite3_column_int64(st, 1);
+    if (total > max_bytes) {
+      cut = sqlite3_column_int64(st, 0);
+      break;
+    }
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return db_error(s->db, err, "trim logs by size");
+  sqlite3_finalize(st);
+  st = NULL;
+  if (cut < 0)
+    return 0;
+  if (prepare(s->db, "DELETE FROM logs WHERE endpoint = ? AND id <= ?", &st, err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, endpoint);
+  sqlite3_bind_int64(st, 2, cut);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    return db_error(s->db, err, "trim logs by size");
+  return 0;
+}
+
+int sg_store_logs_trim_age(sg_store_t *s, const char *endpoint, int64_t before_ms, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  /* Lines are stored in time order: everything before the first line at or
+   * after before_ms goes (all of them when there is none). The scan stops
+   * at that line, so the cost follows what is deleted. */
+  const char *sql = "DELETE FROM logs WHERE endpoint = ?1 AND id < coalesce("
+                    " (SELECT id FROM logs WHERE endpoint = ?1 AND ts_ms >= ?2 ORDER BY id LIMIT 1),"
+                    " (SELECT max(id) + 1 FROM logs WHERE endpoint = ?1))";
+  if (prepare(s->db, sql, &st, err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, endpoint);
+  sqlite3_bind_int64(st, 2, before_ms);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    return db_error(s->db, err, "trim logs by age");
+  return 0;
+}
+
+int sg_store_logs_endpoints(sg_store_t *s, void (*cb)(void *ud, const char *endpoint), void *ud, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "SELECT DISTINCT endpoint FROM logs", &st, err) < 0)
+    return -SG_ESTORE;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    cb(ud, col_text(st, 0));
+  if (rc != SQLITE_DONE)
+    return db_error(s->db, err, "list log endpoints");
   return 0;
 }
