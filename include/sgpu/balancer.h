@@ -13,7 +13,9 @@ typedef struct sg_balancer_slot {
 } sg_balancer_slot_t;
 
 /* Returns the index of the ready worker with the fewest outstanding requests
- * below max_concurrency (ties: the one used least recently), or -1 if none. */
+ * below max_concurrency, or -1 if none. Ties go to the worker used most
+ * recently: light load stays on few workers, so the others become idle and
+ * the scaler can stop them after their idle timeout. */
 int sg_balancer_pick(const sg_balancer_slot_t *slots, size_t n, int max_concurrency);
 
 #endif

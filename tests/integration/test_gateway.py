@@ -10,7 +10,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (SgpudTestCase, echo_spec, http_request, scaled, unique_name)
+from harness import (SgpudTestCase, echo_spec, http_request, run_concurrently, scaled, unique_name)
 
 
 def worker_get(port, path):
@@ -79,13 +79,19 @@ class GatewayTest(SgpudTestCase):
             self.assertOk(self.sg.invoke(name, "/infer", body=b"warm"))
         gone, alive = workers
         worker_get(gone["port"], "/close-listener")
+        # Overlapping requests spread over both workers (fewest in flight first),
+        # so some are sent to the vanished one and must be retried.
         pids = []
-        for i in range(20):
-            resp = self.sg.invoke(name, "/infer", body=b"after %d" % i)
-            self.assertOk(resp)
-            pids.append(resp.body["worker_pid"])
+        for i in range(6):
+            results = run_concurrently(
+                lambda k: self.sg.invoke(name, "/infer?delay_ms=50", body=b"after %d" % k), [(j,) for j in range(4)])
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+                self.assertOk(r)
+                pids.append(r.body["worker_pid"])
         # after its pooled connections closed, the vanished worker gets nothing
-        self.assertEqual(set(pids[-10:]), {alive["pid"]}, pids)
+        self.assertEqual(set(pids[-12:]), {alive["pid"]}, pids)
         samples, _ = parse_prometheus(self.sg.api("GET", "/metrics", raw=True).body.decode())
         (retries,) = series(samples, "sgpu_retries_total", endpoint=name).values()
         self.assertGreaterEqual(retries, 1)

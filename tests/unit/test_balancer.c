@@ -1,5 +1,5 @@
 /* Worker choice: fewest in flight, below max_concurrency, ready only,
- * ties to the least recently used, -1 when nothing can take the request. */
+ * ties to the most recently used, -1 when nothing can take the request. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,17 +57,17 @@ static void test_not_ready_skipped(void **state) {
   assert_int_equal(sg_balancer_pick(s, 3, 4), -1);
 }
 
-static void test_ties_least_recently_used(void **state) {
+static void test_ties_most_recently_used(void **state) {
   (void)state;
-  sg_balancer_slot_t s[4] = {{true, 1, 500}, {true, 1, 200}, {true, 1, 300}, {true, 0, 900}};
+  sg_balancer_slot_t s[4] = {{true, 1, 500}, {true, 1, 200}, {true, 1, 300}, {true, 0, 100}};
   /* The idle one wins over recency. */
   assert_int_equal(sg_balancer_pick(s, 4, 2), 3);
   s[3].in_flight = 1;
-  assert_int_equal(sg_balancer_pick(s, 4, 2), 1);
+  assert_int_equal(sg_balancer_pick(s, 4, 2), 0);
   s[1].last_used_ms = 1000;
-  assert_int_equal(sg_balancer_pick(s, 4, 2), 2);
-  /* Not-ready slots are ignored even when least recently used. */
-  sg_balancer_slot_t t[3] = {{false, 0, 1}, {true, 0, 20}, {true, 0, 10}};
+  assert_int_equal(sg_balancer_pick(s, 4, 2), 1);
+  /* Not-ready slots are ignored even when most recently used. */
+  sg_balancer_slot_t t[3] = {{false, 0, 99}, {true, 0, 10}, {true, 0, 20}};
   assert_int_equal(sg_balancer_pick(t, 3, 1), 2);
 }
 
@@ -89,24 +89,20 @@ static void test_fills_every_slot(void **state) {
   assert_int_equal(sg_balancer_pick(s, 5, 1), -1);
 }
 
-/* Round robin emerges from least-recent ties when work finishes at once. */
-static void test_rotates(void **state) {
+/* Sequential requests that finish before the next arrives stay on one
+ * worker, so the others idle and can be stopped. */
+static void test_light_load_concentrates(void **state) {
   (void)state;
-  sg_balancer_slot_t s[3] = {{true, 0, 0}, {true, 0, 0}, {true, 0, 0}};
-  int64_t now = 1;
-  int order[6];
+  sg_balancer_slot_t s[3] = {{true, 0, 3}, {true, 0, 2}, {true, 0, 1}};
+  int64_t now = 10;
   for (int k = 0; k < 6; k++) {
     int i = sg_balancer_pick(s, 3, 1);
-    assert_true(i >= 0);
-    order[k] = i;
+    assert_int_equal(i, 0);
     s[i].last_used_ms = now++;
   }
-  assert_int_equal(order[0], 0);
-  assert_int_equal(order[1], 1);
-  assert_int_equal(order[2], 2);
-  assert_int_equal(order[3], 0);
-  assert_int_equal(order[4], 1);
-  assert_int_equal(order[5], 2);
+  /* Overlapping requests still spread: the busy one is not chosen. */
+  s[0].in_flight = 1;
+  assert_int_equal(sg_balancer_pick(s, 3, 1), 1);
 }
 
 int main(void) {
@@ -116,9 +112,9 @@ int main(void) {
       cmocka_unit_test(test_fewest_in_flight),
       cmocka_unit_test(test_never_at_or_above_max),
       cmocka_unit_test(test_not_ready_skipped),
-      cmocka_unit_test(test_ties_least_recently_used),
+      cmocka_unit_test(test_ties_most_recently_used),
       cmocka_unit_test(test_fills_every_slot),
-      cmocka_unit_test(test_rotates),
+      cmocka_unit_test(test_light_load_concentrates),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

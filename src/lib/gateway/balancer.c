@@ -7,7 +7,7 @@ int sg_balancer_pick(const sg_balancer_slot_t *slots, size_t n, int max_concurre
     if (!s->ready || s->in_flight >= max_concurrency)
       continue;
     if (best < 0 || s->in_flight < slots[best].in_flight ||
-        (s->in_flight == slots[best].in_flight && s->last_used_ms < slots[best].last_used_ms))
+        (s->in_flight == slots[best].in_flight && s->last_used_ms > slots[best].last_used_ms))
       best = (int)i;
   }
   return best;
