@@ -106,6 +106,20 @@ class JobsTest(SgpudTestCase):
         for key in ("delayTime", "executionTime", "workerId"):
             self.assertIn(key, final)
 
+    def test_job_at_zero_workers_scales_up_and_back(self):
+        name = unique_name("jzero")
+        self.create(async_spec(name, workers={"min": 0, "max": 2, "idle_timeout_s": 1}))
+        self.assertEqual(self.sg.active_workers(name), [])
+        ids = [self.run_job(name, {"input": {"n": i, "sleep_ms": 200}})["id"] for i in range(4)]
+        for job_id in ids:
+            self.assertEqual(self.wait_final(name, job_id)["status"], "COMPLETED")
+        started = {w["id"] for w in self.sg.workers(name)}
+        self.assertTrue(1 <= len(started) <= 2, started)
+        events = [l["line"] for l in self.sg.logs(name, stream="event")]
+        self.assertTrue(any("scale up" in e for e in events), events)
+        wait_for(lambda: self.sg.active_workers(name) == [], 90,
+                 message="async endpoint back to zero workers")
+
     def test_runsync_answers_the_finished_job(self):
         name = self.endpoint("jsync")
         resp = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"output": {"answer": 42}}})

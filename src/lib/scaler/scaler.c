@@ -6,6 +6,7 @@
  * or supply (a request queued, a request done, a worker ready or gone, a spec
  * changed), so scale-from-zero waits for no tick. */
 #include "daemon/daemon-internal.h"
+#include "gateway/jobs.h"
 #include "sgpu/log.h"
 #include "sgpu/policy.h"
 #include "sgpu/util.h"
@@ -74,6 +75,9 @@ static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
   ep->desired = dec->desired;
 }
 
+/* Requests and jobs waiting for a worker: the scaler treats both alike. */
+static int queued_demand(const sg_endpoint_t *ep) { return ep->queued + sg_jobs_queued(ep); }
+
 /* Feeds the endpoint's window: its state now and the start delay of every
  * worker that became ready since the last pass. */
 static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
@@ -87,7 +91,7 @@ static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
     }
   }
   ep->scale_seen_ready_mono = newest;
-  sg_scale_window_observe(&ep->scale_window, now, ep->in_flight, ep->queued, ready, idle, ep->served);
+  sg_scale_window_observe(&ep->scale_window, now, ep->in_flight, queued_demand(ep), ready, idle, ep->served);
 }
 
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
@@ -110,8 +114,9 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   }
   observe(ep, m.ready, idle, now);
   m.in_flight = ep->in_flight;
-  m.queued = ep->queued;
-  m.oldest_wait_ms = sg_gateway_oldest_wait(ep, now);
+  m.queued = queued_demand(ep);
+  int64_t request_wait = sg_gateway_oldest_wait(ep, now), job_wait = sg_jobs_oldest_wait(ep, now);
+  m.oldest_wait_ms = request_wait > job_wait ? request_wait : job_wait;
   m.start_slots = start_slots(ep, m.starting, now);
   m.window = &ep->scale_window;
 
