@@ -3,20 +3,12 @@
  * loop. The loop submits batches and, before a query, waits until what it
  * submitted is committed. Lines beyond a bounded backlog are dropped and
  * counted rather than growing memory without limit. */
-#include <pthread.h>
-#include <time.h>
-
 #include "logs/writer.h"
+
+#include "sgpu/batcher.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-
-struct batch {
-  struct batch *next;
-  sg_log_line_t *lines;
-  size_t n;
-  uint64_t seq;
-};
 
 /* A set of endpoint names (writer thread only). */
 struct names {
@@ -25,20 +17,12 @@ struct names {
 };
 
 struct sg_log_writer {
-  pthread_t thread;
-  pthread_mutex_t mu;
-  pthread_cond_t work, done; /* work waits on the monotonic clock */
-  struct batch *head, *tail;
-  size_t backlog;      /* lines queued */
-  uint64_t submitted;  /* seq of the newest batch submitted */
-  uint64_t committed;  /* seq of the newest batch written (or failed) */
-  bool stop;
-  uint64_t stored;     /* lines written */
+  sg_batcher_t *batcher;
+  sg_batcher_ops_t ops;
   sg_store_t *store;
   sg_log_retention_t def; /* endpoint NULL */
   sg_log_retention_t *rules;
   size_t n_rules;
-  int64_t trim_every_ms;
   /* writer thread only: endpoints that have lines, and those that got new
    * lines since the last trim */
   struct names known, fresh;
@@ -114,73 +98,38 @@ static void trim(sg_log_writer_t *w) {
   names_clear(&w->fresh);
 }
 
-static void write_batch(sg_log_writer_t *w, struct batch *b) {
+static int write_batch(void *ctx, void *items, size_t n) {
+  sg_log_writer_t *w = ctx;
+  sg_log_line_t *lines = items;
   cleanup_error sg_error_t *err = NULL;
-  bool ok = sg_store_logs_append(w->store, b->lines, b->n, &err) == 0;
-  if (!ok)
-    sg_errlog("%zu log lines lost: %s", b->n, err->message);
+  int r = sg_store_logs_append(w->store, lines, n, &err);
+  if (r < 0)
+    sg_errlog("%zu log lines lost: %s", n, err->message);
   const char *prev = NULL;
-  for (size_t i = 0; i < b->n; i++) {
-    if (!prev || strcmp(prev, b->lines[i].endpoint)) {
-      names_add(&w->fresh, b->lines[i].endpoint);
-      names_add(&w->known, b->lines[i].endpoint);
+  for (size_t i = 0; i < n; i++) {
+    if (!prev || strcmp(prev, lines[i].endpoint)) {
+      names_add(&w->fresh, lines[i].endpoint);
+      names_add(&w->known, lines[i].endpoint);
     }
-    prev = b->lines[i].endpoint;
+    prev = lines[i].endpoint;
   }
-  uint64_t seq = b->seq;
-  size_t n = b->n;
-  sg_log_lines_free(b->lines, b->n);
-  free(b);
-
-  pthread_mutex_lock(&w->mu);
-  w->backlog -= n;
-  if (ok)
-    w->stored += n;
-  w->committed = seq;
-  pthread_cond_broadcast(&w->done);
-  pthread_mutex_unlock(&w->mu);
+  return r < 0 ? -1 : 0;
 }
 
-static void *run(void *arg) {
-  sg_log_writer_t *w = arg;
-  cleanup_error sg_error_t *err = NULL;
-  if (sg_store_logs_endpoints(w->store, note_known, w, &err) < 0)
-    sg_warn("log retention: %s", err->message);
-  int64_t next_trim = sg_now_ms() + w->trim_every_ms;
-  pthread_mutex_lock(&w->mu);
-  for (;;) {
-    while (!w->head && !w->stop && sg_now_ms() < next_trim) {
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      int64_t wait_ms = next_trim - sg_now_ms();
-      ts.tv_sec += wait_ms / 1000;
-      ts.tv_nsec += (wait_ms % 1000) * 1000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
-      pthread_cond_timedwait(&w->work, &w->mu, &ts);
-    }
-    if (!w->head && w->stop)
-      break;
-    struct batch *b = w->head;
-    if (b) {
-      w->head = b->next;
-      if (!w->head)
-        w->tail = NULL;
-    }
-    pthread_mutex_unlock(&w->mu);
-    if (b)
-      write_batch(w, b);
-    if (sg_now_ms() >= next_trim) {
-      trim(w);
-      next_trim = sg_now_ms() + w->trim_every_ms;
-    }
-    pthread_mutex_lock(&w->mu);
-  }
-  pthread_mutex_unlock(&w->mu);
-  trim(w);
-  return NULL;
+static void trim_cb(void *ctx) { trim(ctx); }
+
+static void free_lines(void *items, size_t n) { sg_log_lines_free(items, n); }
+
+static void free_writer(sg_log_writer_t *w) {
+  sg_store_close(w->store);
+  names_clear(&w->known);
+  names_clear(&w->fresh);
+  free(w->known.v);
+  free(w->fresh.v);
+  for (size_t i = 0; i < w->n_rules; i++)
+    free(w->rules[i].endpoint);
+  free(w->rules);
+  free(w);
 }
 
 sg_log_writer_t *sg_log_writer_start(const char *db_path, const sg_log_retention_t *def,
@@ -200,84 +149,32 @@ sg_log_writer_t *sg_log_writer_start(const char *db_path, const sg_log_retention
     w->rules[i].endpoint = xstrdup(rules[i].endpoint);
   }
   w->n_rules = n_rules;
-  w->trim_every_ms = (int64_t)(trim_every_s * 1000);
-  pthread_mutex_init(&w->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&w->work, &ca);
-  pthread_condattr_destroy(&ca);
-  pthread_cond_init(&w->done, NULL);
-  int r = pthread_create(&w->thread, NULL, run, w);
-  if (r != 0) {
-    sg_store_close(store);
-    for (size_t i = 0; i < w->n_rules; i++)
-      free(w->rules[i].endpoint);
-    free(w->rules);
-    free(w);
-    sg_make_error(err, r, "cannot start the log writer thread: %s", strerror(r));
+  w->ops = (sg_batcher_ops_t){write_batch, free_lines, trim_cb, (int64_t)(trim_every_s * 1000)};
+  /* What is in the store already is subject to retention too. */
+  cleanup_error sg_error_t *lerr = NULL;
+  if (sg_store_logs_endpoints(store, note_known, w, &lerr) < 0)
+    sg_warn("log retention: %s", lerr->message);
+  w->batcher = sg_batcher_start("log writer", &w->ops, w, err);
+  if (!w->batcher) {
+    free_writer(w);
     return NULL;
   }
   return w;
 }
 
 uint64_t sg_log_writer_submit(sg_log_writer_t *w, sg_log_line_t *lines, size_t n) {
-  struct batch *b = xcalloc(1, sizeof(*b));
-  b->lines = lines;
-  b->n = n;
-  pthread_mutex_lock(&w->mu);
-  b->seq = ++w->submitted;
-  if (w->tail)
-    w->tail->next = b;
-  else
-    w->head = b;
-  w->tail = b;
-  w->backlog += n;
-  pthread_cond_signal(&w->work);
-  uint64_t seq = b->seq;
-  pthread_mutex_unlock(&w->mu);
-  return seq;
+  return sg_batcher_submit(w->batcher, lines, n);
 }
 
-void sg_log_writer_wait(sg_log_writer_t *w, uint64_t seq) {
-  pthread_mutex_lock(&w->mu);
-  while (w->committed < seq)
-    pthread_cond_wait(&w->done, &w->mu);
-  pthread_mutex_unlock(&w->mu);
-}
+void sg_log_writer_wait(sg_log_writer_t *w, uint64_t seq) { sg_batcher_wait(w->batcher, seq); }
 
-uint64_t sg_log_writer_stored(sg_log_writer_t *w) {
-  pthread_mutex_lock(&w->mu);
-  uint64_t n = w->stored;
-  pthread_mutex_unlock(&w->mu);
-  return n;
-}
+uint64_t sg_log_writer_stored(sg_log_writer_t *w) { return sg_batcher_written(w->batcher); }
 
-size_t sg_log_writer_backlog(sg_log_writer_t *w) {
-  pthread_mutex_lock(&w->mu);
-  size_t n = w->backlog;
-  pthread_mutex_unlock(&w->mu);
-  return n;
-}
+size_t sg_log_writer_backlog(sg_log_writer_t *w) { return sg_batcher_backlog(w->batcher); }
 
 void sg_log_writer_stop(sg_log_writer_t *w) {
   if (!w)
     return;
-  pthread_mutex_lock(&w->mu);
-  w->stop = true;
-  pthread_cond_signal(&w->work);
-  pthread_mutex_unlock(&w->mu);
-  pthread_join(w->thread, NULL);
-  pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->work);
-  pthread_cond_destroy(&w->done);
-  sg_store_close(w->store);
-  names_clear(&w->known);
-  names_clear(&w->fresh);
-  free(w->known.v);
-  free(w->fresh.v);
-  for (size_t i = 0; i < w->n_rules; i++)
-    free(w->rules[i].endpoint);
-  free(w->rules);
-  free(w);
+  sg_batcher_stop(w->batcher);
+  free_writer(w);
 }
