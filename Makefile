@@ -40,6 +40,7 @@ check-asan: deps $(ASAN_BUILD)/build.ninja
 
 bench: build
 	./$(BUILD)/bench/bench-coldstart
+	./$(BUILD)/bench/bench-coldstart-oci
 	./$(BUILD)/bench/bench-gateway
 	./$(BUILD)/bench/scaler-sim
 	cd $(BUILD) && ./bench/bench-jobs-submit

@@ -13,7 +13,7 @@
  *          scale an existing one down.
  *   bare   the same echo-worker is forked and executed directly with PORT
  *          set, GET /health is polled on sgpud's start-up schedule (first
- *          probe 2 ms after fork, then 2 ms + elapsed/20 after each failed
+ *          probe 0.5 ms after fork, then 0.5 ms + elapsed/20 after each failed
  *          one), and the times from fork to the first 200 and to the first
  *          /infer answer are taken. The same is done once more polling every
  *          0.1 ms from the start: the floor, when the worker can first answer.
@@ -32,7 +32,7 @@
 #define INFER_BODY "{\"prompt\":\"hello\"}"
 #define ZERO_TIMEOUT_MS 15000.0
 #define HEALTH_TIMEOUT_MS 10000.0
-#define PROBE_MIN_MS 2.0
+#define PROBE_MIN_MS 0.5
 #define PROBE_MAX_MS 100.0
 #define TIGHT_PROBE_MS 0.1
 #define SETTLE_MS 50.0

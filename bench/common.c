@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/close_range.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -238,6 +240,13 @@ pid_t bench_spawn(const bench_spawn_opts_t *o) {
       if (getppid() != parent)
         _exit(127);
     }
+    if (o->hide_cgroup2) {
+      if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+        write_errno(execp[1], errno);
+        _exit(127);
+      }
+      umount2("/sys/fs/cgroup/unified", MNT_DETACH);
+    }
     /* Nothing of this process leaks into the child but its standard streams. */
     close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
     int in = open("/dev/null", O_RDONLY);
@@ -322,16 +331,22 @@ static char *trimmed(char *s) {
   return s;
 }
 
-void bench_sgpud_start(bench_sgpud_t *s, const char *sgpud_path) {
+void bench_sgpud_start(bench_sgpud_t *s, const char *sgpud_path) { bench_sgpud_start_config(s, sgpud_path, NULL); }
+
+void bench_sgpud_start_config(bench_sgpud_t *s, const char *sgpud_path, const char *config_json) {
   memset(s, 0, sizeof(*s));
   s->data_dir = bench_tmp_path("sgpud-data");
   s->log_path = bench_tmp_path("sgpud.log");
   if (mkdir(s->data_dir, 0700) < 0)
     bench_die("mkdir %s: %s", s->data_dir, strerror(errno));
-  char *argv[] = {(char *)sgpud_path, "--listen",    "127.0.0.1:0", "--data-dir",
-                  s->data_dir,        "--log-level", "warn",        NULL};
+  char *config_path = bench_tmp_path("sgpud.json");
+  if (config_json)
+    bench_write_file(config_path, config_json);
+  char *argv[] = {(char *)sgpud_path, "--listen", "127.0.0.1:0", "--data-dir", s->data_dir, "--log-level", "warn",
+                  config_json ? "--config" : NULL, config_path, NULL};
   bench_spawn_opts_t o = {.argv = argv, .out_path = s->log_path};
   s->pid = bench_spawn(&o);
+  free(config_path);
 
   char *url_path = bench_tmp_path("sgpud-data/url");
   char *key_path = bench_tmp_path("sgpud-data/admin.key");
@@ -489,4 +504,22 @@ double bench_percentile(const double *v, size_t n, double p) {
   double r = lo + 1 < n ? s[lo] + frac * (s[lo + 1] - s[lo]) : s[lo];
   free(s);
   return r;
+}
+
+void bench_run_tool(char *const *argv) {
+  char *log = bench_tmp_path("tool.log");
+  unlink(log);
+  bench_spawn_opts_t o = {.argv = argv, .out_path = log};
+  pid_t pid = bench_spawn(&o);
+  int st = 0;
+  while (!bench_child_exited(pid, &st)) {
+    if (interrupted)
+      bench_die("interrupted");
+    bench_sleep_ms(5);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    print_log_tail(log);
+    bench_die("%s failed (status 0x%x)", argv[0], st);
+  }
+  free(log);
 }

@@ -57,6 +57,8 @@ typedef struct {
   char *const *envp;    /* NULL: inherit this environment, and search PATH for argv[0] */
   const char *out_path; /* stdout and stderr go here; NULL: /dev/null */
   bool own_session;     /* setsid() and die with this process, as sgpud's runtime does */
+  bool hide_cgroup2;    /* a private mount namespace without /sys/fs/cgroup/unified, as
+                           sgpud starts crun on hybrid cgroup hosts */
 } bench_spawn_opts_t;
 
 /* Forks and executes; returns once the exec succeeded (an exec failure is
@@ -82,6 +84,13 @@ typedef struct {
 
 /* Starts sgpud on a free port and waits until /healthz answers 200. */
 void bench_sgpud_start(bench_sgpud_t *s, const char *sgpud_path);
+
+/* bench_sgpud_start() with config_json (may be NULL) as its --config file. */
+void bench_sgpud_start_config(bench_sgpud_t *s, const char *sgpud_path, const char *config_json);
+
+/* Runs argv (PATH searched) to completion with its output in a file of the
+ * temporary directory; dies, showing that output, unless it exits with 0. */
+void bench_run_tool(char *const *argv);
 
 /* Stops sgpud (it stops its workers) and frees s's strings. */
 void bench_sgpud_stop(bench_sgpud_t *s);

@@ -43,10 +43,22 @@ typedef struct sg_registry_auth {
   char *password;
 } sg_registry_auth_t;
 
+/* What one pull learnt about authenticating: the bearer token, or that the
+ * registry asked for basic auth. Shared by the requests of that pull so that
+ * the 401 challenge is answered once; zero-initialized, then
+ * sg_registry_session_clear(). Never shown anywhere. */
+typedef struct sg_registry_session {
+  char *bearer; /* "Authorization: Bearer ..." */
+  bool basic;
+} sg_registry_session_t;
+
+void sg_registry_session_clear(sg_registry_session_t *s);
+
 typedef struct sg_registry_opts {
   bool insecure;                  /* plain HTTP */
   const sg_registry_auth_t *auth; /* NULL: anonymous */
   double timeout_s;               /* per stalled transfer */
+  sg_registry_session_t *session; /* optional: carries authentication between calls */
 } sg_registry_opts_t;
 
 typedef struct sg_layer_desc {
@@ -67,6 +79,10 @@ typedef struct sg_manifest {
 int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
                          sg_error_t **err);
 void sg_manifest_clear(sg_manifest_t *m);
+/* HEAD of ref's manifest by tag: *digest (caller frees) gets the digest the
+ * registry names for it (of an image index when the tag names one). */
+int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
+                            sg_error_t **err);
 /* Downloads blob `digest` to path (through path.partial, verified while it
  * streams; the file appears only when the digest matched). */
 int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
@@ -133,6 +149,19 @@ sg_image_wait_t *sg_images_pull(sg_images_t *images, const char *ref, const sg_r
                                 sg_image_cb cb, void *ud);
 /* The callback will not be called. */
 void sg_images_cancel(sg_image_wait_t *wait);
+
+/* For a cached image named by tag: asks the registry whether the tag still
+ * names the cached manifest (a HEAD, then the manifest when the tag names an
+ * index) and pulls it again when it changed; the cached image serves starts
+ * meanwhile. cb as for sg_images_pull() (with the cached image when nothing
+ * changed). Returns NULL when ref is not cached or names a digest. */
+sg_image_wait_t *sg_images_recheck(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth,
+                                   sg_image_cb cb, void *ud);
+
+/* Removes ref from the cache with the layers no other image uses. Returns 0,
+ * -ENOENT when it is not cached, or -EBUSY while a worker uses it or any
+ * pull runs (one may have just found a layer on disk that this would remove). */
+int sg_images_remove(sg_images_t *images, const char *ref);
 
 /* Pins img against eviction while a worker uses it; marks it recently used. */
 void sg_images_use(sg_images_t *images, sg_image_t *img);

@@ -62,6 +62,72 @@ class Registry:
         self.proc = None
 
 
+class TokenProxy:
+    """A registry that wants bearer tokens: answers 401 with a Bearer challenge
+    unless the request carries the token its /token endpoint hands out, and
+    forwards everything else to a real registry. Counts token requests."""
+
+    def __init__(self, upstream):
+        import http.client
+        import http.server
+        import threading
+        proxy = self
+        self.token_requests = 0
+        self.token = "tok-%s" % RUN_ID
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _answer(self, status, headers, body):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self):
+                if self.path.startswith("/token"):
+                    proxy.token_requests += 1
+                    body = json.dumps({"token": proxy.token}).encode()
+                    return self._answer(200, [("Content-Type", "application/json")], body)
+                if self.headers.get("Authorization") != "Bearer " + proxy.token:
+                    ch = 'Bearer realm="http://%s/token",service="sgpu-test"' % proxy.addr
+                    return self._answer(401, [("WWW-Authenticate", ch)], b"{}")
+                c = http.client.HTTPConnection(upstream, timeout=30)
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("accept",)}
+                c.request(self.command, self.path, headers=hdrs)
+                r = c.getresponse()
+                body = r.read()
+                keep = [(k, v) for k, v in r.getheaders()
+                        if k.lower() not in ("content-length", "connection", "transfer-encoding")]
+                c.close()
+                if self.command == "HEAD":
+                    keep.append(("Content-Length", r.getheader("Content-Length") or "0"))
+                    self.send_response(r.status)
+                    for k, v in keep:
+                        self.send_header(k, v)
+                    self.end_headers()
+                    return
+                self._answer(r.status, keep, body)
+
+            do_GET = _handle
+            do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def crun_works(workdir, layout):
     """None when crun can run the image's bundle here, else the reason."""
     if os.geteuid() != 0:
@@ -288,6 +354,75 @@ class OciTest(SgpudTestCase):
         self.assertOk(sg.invoke(name, "/infer", body=b"x"))
         (w,) = sg.wait_ready(name, 1)
         self.assertEqual(w["cold_start"]["pull_ms"], 0, w["cold_start"])
+
+    def test_bearer_token_reused_across_one_pull(self):
+        proxy = TokenProxy(self.public.addr)
+        try:
+            sg = self.start_oci_sgpud(insecure_registries=[self.public.addr, proxy.addr])
+            image = "%s/demo/echo:latest" % proxy.addr
+            self.assertEqual(sg.api("POST", "/v1/images", {"image": image}).status, 202)
+
+            def cached():
+                j = self.assertOk(sg.api("GET", "/v1/images"))
+                failed = [p for p in j["pulls"] if p.get("error")]
+                self.assertFalse(failed)
+                return [i for i in j["images"] if i["image"] == image]
+            self.wait_for(cached, 60, message="image pulled through the token registry")
+            # manifest, config and two layers: one challenge, one token
+            self.assertEqual(proxy.token_requests, 1)
+        finally:
+            proxy.stop()
+
+    def test_delete_image(self):
+        sg = self.start_oci_sgpud()
+        image = "%s/demo/echo:latest" % self.public.addr
+        path = "/v1/images/" + image
+
+        def listed():
+            return [i for i in self.assertOk(sg.api("GET", "/v1/images"))["images"] if i["image"] == image]
+        self.assertEqual(sg.api("DELETE", path).status, 404)
+        name = unique_name("del")
+        self.create(self.spec(name, image, workers={"min": 1, "max": 1}), sg=sg)
+        sg.wait_ready(name, 1, timeout=60)
+        r = sg.api("DELETE", path)
+        self.assertEqual(r.status, 409, r.body)
+        self.assertTrue(listed())
+        sg.delete(name)
+        self.wait_for(lambda: listed() and listed()[0]["in_use"] == 0, 30, message="image no longer in use")
+        r = sg.api("DELETE", path.replace("/demo/", "%2Fdemo%2F"))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertFalse(listed())
+        layers = os.path.join(sg.data_dir, "images", "layers")
+        self.wait_for(lambda: not [x for x in os.listdir(layers) if not x.endswith(".bytes")], 10,
+                      message="layer directories removed")
+        self.assertEqual(sg.api("DELETE", path).status, 404)
+        self.assertEqual(sg.api("DELETE", "/v1/images/Bad%20Ref").status, 422)
+
+    def test_preheat_rechecks_a_cached_tag(self):
+        sg = self.start_oci_sgpud()
+        image = "%s/demo/moving:latest" % self.public.addr
+        _sh("bash", IMAGE_SCRIPT, "push", self.img, self.public.addr, "demo/moving:latest")
+
+        def listed():
+            return [i for i in self.assertOk(sg.api("GET", "/v1/images"))["images"] if i["image"] == image]
+        self.assertEqual(sg.api("POST", "/v1/images", {"image": image}).status, 202)
+        (first,) = self.wait_for(listed, 60, message="first pull")
+        # unchanged: a check, no new pull
+        r = self.assertOk(sg.api("POST", "/v1/images", {"image": image}))
+        self.assertEqual((r["state"], r["checking"], r["digest"]), ("cached", True, first["digest"]))
+        self.wait_for(lambda: not self.assertOk(sg.api("GET", "/v1/images"))["pulls"], 30, message="check done")
+        (same,) = listed()
+        self.assertEqual((same["digest"], same["pulled_at"]), (first["digest"], first["pulled_at"]))
+        # the tag now names another manifest (Docker schema 2): pulled again
+        _sh("skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "--format", "v2s2",
+            "oci:%s/layout:latest" % self.img, "docker://%s/demo/moving:latest" % self.public.addr)
+        self.assertEqual(self.assertOk(sg.api("POST", "/v1/images", {"image": image}))["checking"], True)
+        (new,) = self.wait_for(lambda: [i for i in listed() if i["digest"] != first["digest"]], 60,
+                               message="newer manifest pulled")
+        self.assertEqual(new["layers"], 2)
+        name = unique_name("mv")
+        self.create(self.spec(name, image), sg=sg)
+        self.assertOk(sg.invoke(name, "/infer", body=b"x", timeout=60))
 
     def test_cdi_gpu_injection(self):
         sg_tmp = tempfile.mkdtemp(prefix="cdi-", dir=self.tmp)

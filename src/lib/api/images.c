@@ -1,6 +1,9 @@
 /* /v1/images (preheat, list) and /v1/registry-auths (registry credentials,
  * stored by name, never returned: answers carry the name, registry and
  * username only). */
+#include <ctype.h>
+#include <errno.h>
+
 #include "api-internal.h"
 #include "sgpu/image.h"
 #include "sgpu/images-store.h"
@@ -38,13 +41,53 @@ static void images_post(sg_daemon_t *d, sg_http_req_t *req) {
       return sg_api_send_sg_error(req, err);
   }
   sg_image_t *img = sg_images_lookup(d->images, norm);
-  if (img && !auth) {
-    sg_api_send_json(req, 200, json_pack("{s:s, s:s, s:s}", "image", norm, "state", "cached", "digest", img->digest));
+  if (img) {
+    /* Cached: usable now; a tag is checked against the registry, and pulled
+     * again when it names a newer manifest. */
+    bool checking = sg_daemon_recheck(d, norm, auth);
+    json_t *out = json_pack("{s:s, s:s, s:s, s:b}", "image", norm, "state", "cached", "digest", img->digest,
+                            "checking", checking);
+    sg_registry_auth_free(auth);
+    sg_api_send_json(req, 200, out);
     return;
   }
   sg_daemon_pull(d, norm, auth);
   sg_registry_auth_free(auth);
   sg_api_send_json(req, 202, json_pack("{s:s, s:s}", "image", norm, "state", "pulling"));
+}
+
+/* DELETE /v1/images/{ref}: ref as written in the path (percent-decoded). */
+static void image_delete(sg_daemon_t *d, sg_http_req_t *req, const char *raw) {
+  char ref[1024];
+  size_t n = 0;
+  for (const char *p = raw; *p && n + 1 < sizeof(ref); p++) {
+    if (p[0] == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])) {
+      char hex[3] = {p[1], p[2], 0};
+      ref[n++] = (char)strtol(hex, NULL, 16);
+      p += 2;
+    } else {
+      ref[n++] = *p;
+    }
+  }
+  ref[n] = '\0';
+  sg_image_ref_t r;
+  cleanup_error sg_error_t *err = NULL;
+  if (sg_image_ref_parse(ref, &r, &err) < 0)
+    return sg_api_send_error(req, 422, "invalid_field", err->message, "image");
+  cleanup_free char *norm = sg_image_ref_string(&r);
+  sg_image_ref_clear(&r);
+  int rc = sg_images_remove(d->images, norm);
+  if (rc == -ENOENT)
+    return sg_api_send_error(req, 404, "not_found", "no such image in the cache", NULL);
+  if (rc == -EBUSY)
+    return sg_api_send_error(req, 409, "conflict", "the image is in use by a worker, or a pull is running", NULL);
+  sg_api_send_json(req, 200, json_pack("{s:s, s:b}", "image", norm, "deleted", 1));
+}
+
+void sg_api_image(sg_daemon_t *d, sg_http_req_t *req, const char *ref) {
+  if (sg_http_method_is(req, "DELETE"))
+    return image_delete(d, req, ref);
+  sg_api_method_not_allowed(req, "DELETE");
 }
 
 void sg_api_images(sg_daemon_t *d, sg_http_req_t *req) {

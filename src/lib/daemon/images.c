@@ -91,6 +91,16 @@ void sg_daemon_pull(sg_daemon_t *d, const char *ref, const sg_registry_auth_t *a
     free(p);
 }
 
+bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const sg_registry_auth_t *auth) {
+  prepull_t *p = xcalloc(1, sizeof(*p));
+  p->d = d;
+  if (!sg_images_recheck(d->images, ref, auth, pulled, p)) {
+    free(p);
+    return false;
+  }
+  return true;
+}
+
 void sg_endpoint_prepull(sg_endpoint_t *ep) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;

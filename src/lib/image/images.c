@@ -381,9 +381,11 @@ typedef struct pull_job {
   sg_registry_auth_t auth;
   bool has_auth;
   int64_t started_mono;
+  char *known_digest; /* a re-check: the cached image's manifest digest */
   /* results */
   sg_error_t *err;
   sg_image_t *img;
+  bool unchanged; /* a re-check found the cached manifest */
 } pull_job_t;
 
 static int fetch_config(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest,
@@ -453,10 +455,34 @@ static void pull_work(void *data) {
   sg_image_ref_t ref;
   if (sg_image_ref_parse(j->ref, &ref, &j->err) < 0)
     return;
-  sg_registry_opts_t o = {j->insecure, j->has_auth ? &j->auth : NULL, 60};
+  sg_registry_session_t session = {0};
+  sg_registry_opts_t o = {j->insecure, j->has_auth ? &j->auth : NULL, 60, &session};
+  if (j->known_digest) {
+    cleanup_free char *head = NULL;
+    if (sg_registry_head_digest(&ref, &o, &head, &j->err) < 0) {
+      sg_registry_session_clear(&session);
+      sg_image_ref_clear(&ref);
+      return;
+    }
+    if (!strcmp(head, j->known_digest)) {
+      j->unchanged = true;
+      sg_registry_session_clear(&session);
+      sg_image_ref_clear(&ref);
+      return;
+    }
+  }
   sg_manifest_t m;
   sg_image_t *img = xcalloc(1, sizeof(*img));
   int r = sg_registry_manifest(&ref, &o, &m, &j->err);
+  if (r == 0 && j->known_digest && !strcmp(m.digest, j->known_digest)) {
+    /* The tag names an index whose linux/amd64 manifest is the cached one. */
+    j->unchanged = true;
+    sg_manifest_clear(&m);
+    image_free(img);
+    sg_registry_session_clear(&session);
+    sg_image_ref_clear(&ref);
+    return;
+  }
   if (r == 0) {
     r = fetch_config(j, &ref, &o, m.config_digest, img, &j->err);
     char **digests = xcalloc(m.n_layers + 1, sizeof(char *));
@@ -473,6 +499,7 @@ static void pull_work(void *data) {
     img->digest = xstrdup(m.digest);
     sg_manifest_clear(&m);
   }
+  sg_registry_session_clear(&session);
   sg_image_ref_clear(&ref);
   if (r < 0) {
     image_free(img);
@@ -483,6 +510,7 @@ static void pull_work(void *data) {
 
 static void pull_job_free(pull_job_t *j) {
   free(j->ref);
+  free(j->known_digest);
   free(j->dir);
   if (j->has_auth) {
     explicit_bzero(j->auth.password, strlen(j->auth.password));
@@ -526,7 +554,19 @@ static void pull_done(void *data, bool cancelled) {
   im->running--;
   p->running = false;
   sg_image_t *img = steal_pointer(&j->img);
-  if (img) {
+  if (j->unchanged) {
+    img = sg_images_lookup(im, p->ref);
+    if (img) {
+      sg_info("image %s: the registry still names %s; the cached image is current", p->ref, img->digest);
+      free(p->error);
+      p->error = NULL;
+    } else {
+      sg_make_error(&j->err, ENOENT, "image %s left the cache while it was checked", p->ref);
+    }
+  }
+  if (img && j->unchanged) {
+    /* nothing to add */
+  } else if (img) {
     /* Layer sizes from the pull; directories from the cache's layout. */
     char **digests = steal_pointer(&img->layer_digests);
     int64_t *bytes = steal_pointer(&img->layer_bytes);
@@ -571,8 +611,8 @@ static bool is_insecure(sg_images_t *im, const char *domain) {
   return false;
 }
 
-sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth, sg_image_cb cb,
-                                void *ud) {
+static sg_image_wait_t *start_pull(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth,
+                                   const char *known_digest, sg_image_cb cb, void *ud) {
   sg_image_ref_t ref;
   if (sg_image_ref_parse(refstr, &ref, NULL) < 0)
     return NULL;
@@ -601,12 +641,14 @@ sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *refstr, const sg_re
     j->dir = xstrdup(im->dir);
     j->insecure = insecure;
     j->started_mono = sg_now_ms();
+    j->known_digest = known_digest ? xstrdup(known_digest) : NULL;
     if (auth) {
       j->has_auth = true;
       j->auth.username = xstrdup(auth->username);
       j->auth.password = xstrdup(auth->password);
     }
-    sg_info("image %s: pulling%s", norm, insecure ? " over plain HTTP (insecure_registries)" : "");
+    sg_info("image %s: %s%s", norm, known_digest ? "checking the registry for a newer manifest" : "pulling",
+            insecure ? " over plain HTTP (insecure_registries)" : "");
     sg_pool_submit(im->pool, &pull_ops, j);
   }
   sg_image_wait_t *w = xcalloc(1, sizeof(*w));
@@ -615,6 +657,42 @@ sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *refstr, const sg_re
   w->ud = ud;
   LIST_INSERT_HEAD(&p->waits, w, link);
   return w;
+}
+
+sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *ref, const sg_registry_auth_t *auth, sg_image_cb cb,
+                                void *ud) {
+  return start_pull(im, ref, auth, NULL, cb, ud);
+}
+
+sg_image_wait_t *sg_images_recheck(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth,
+                                   sg_image_cb cb, void *ud) {
+  sg_image_ref_t ref;
+  if (sg_image_ref_parse(refstr, &ref, NULL) < 0)
+    return NULL;
+  bool by_digest = ref.digest != NULL;
+  sg_image_ref_clear(&ref);
+  sg_image_t *img = sg_images_lookup(im, refstr);
+  if (!img || by_digest)
+    return NULL;
+  cleanup_free char *known = xstrdup(img->digest);
+  return start_pull(im, refstr, auth, known, cb, ud);
+}
+
+int sg_images_remove(sg_images_t *im, const char *refstr) {
+  sg_image_t *img = sg_images_lookup(im, refstr);
+  if (!img)
+    return -ENOENT;
+  /* A running pull may have just found a layer on disk that this would remove. */
+  if (img->in_use > 0 || im->running > 0)
+    return -EBUSY;
+  for (size_t i = 0; i < im->n; i++) {
+    if (im->imgs[i] == img) {
+      sg_info("image %s removed from the cache", img->ref);
+      drop_image(im, i);
+      break;
+    }
+  }
+  return 0;
 }
 
 void sg_images_cancel(sg_image_wait_t *w) {

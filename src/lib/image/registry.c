@@ -35,7 +35,42 @@ typedef struct client {
   const sg_registry_opts_t *o;
   char *bearer; /* token from the token server */
   bool basic;   /* the registry asked for basic auth */
+  bool reused;  /* bearer came from an earlier request of the session */
+  bool head;    /* HEAD instead of GET */
 } client_t;
+
+void sg_registry_session_clear(sg_registry_session_t *s) {
+  if (s->bearer) {
+    explicit_bzero(s->bearer, strlen(s->bearer));
+    free(s->bearer);
+  }
+  s->bearer = NULL;
+  s->basic = false;
+}
+
+/* A client starting from what the session knows. */
+static client_t client_open(const sg_image_ref_t *ref, const sg_registry_opts_t *o) {
+  client_t c = {ref, o, NULL, false, false, false};
+  if (o->session) {
+    c.bearer = steal_pointer(&o->session->bearer);
+    c.basic = o->session->basic;
+    c.reused = c.bearer != NULL;
+  }
+  return c;
+}
+
+/* Hands what c learnt back to the session (or forgets it). */
+static void client_close(client_t *c) {
+  if (c->o->session) {
+    sg_registry_session_clear(c->o->session);
+    c->o->session->bearer = steal_pointer(&c->bearer);
+    c->o->session->basic = c->basic;
+  }
+  if (c->bearer)
+    explicit_bzero(c->bearer, strlen(c->bearer));
+  free(c->bearer);
+  c->bearer = NULL;
+}
 
 typedef struct response {
   long status;
@@ -151,6 +186,8 @@ static int get(client_t *c, const char *url, const char *accept, const char *aut
   curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
+  if (c->head)
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
   if (send_basic && c->o->auth) {
     curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
     curl_easy_setopt(h, CURLOPT_USERNAME, c->o->auth->username);
@@ -202,9 +239,13 @@ static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
   }
   if (strncasecmp(challenge, "Bearer", 6))
     return sg_make_error(err, EACCES, "registry %s: unsupported authentication scheme", c->ref->domain);
-  if (c->bearer)
+  if (c->bearer && !c->reused)
     return sg_make_error(err, EACCES, "registry %s refused access to %s (HTTP 401 unauthorized)%s", c->ref->domain,
                          c->ref->repository, c->o->auth ? "" : "; it may need credentials (registry_auth)");
+  /* A token from an earlier request that no longer works: ask for a new one. */
+  free(c->bearer);
+  c->bearer = NULL;
+  c->reused = false;
   cleanup_free char *realm = challenge_param(challenge, "realm");
   cleanup_free char *service = challenge_param(challenge, "service");
   cleanup_free char *scope = challenge_param(challenge, "scope");
@@ -367,7 +408,7 @@ static bool layer_type_ok(const char *mt) {
 int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
                          sg_error_t **err) {
   memset(out, 0, sizeof(*out));
-  client_t c = {ref, o, NULL, false};
+  client_t c = client_open(ref, o);
   char *digest = NULL;
   json_t *j = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &digest, err);
   int r = -EBADMSG;
@@ -437,13 +478,37 @@ int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o,
 out:
   json_decref(j);
   free(digest);
-  free(c.bearer);
+  client_close(&c);
   return r;
+}
+
+int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
+                            sg_error_t **err) {
+  *digest = NULL;
+  if (!ref->tag)
+    return sg_make_error(err, EINVAL, "image %s/%s names no tag", ref->domain, ref->repository);
+  client_t c = client_open(ref, o);
+  c.head = true;
+  cleanup_free char *base = base_url(&c);
+  cleanup_free char *url = xasprintf("%s/manifests/%s", base, ref->tag);
+  response_t r = {.limit = MAX_MANIFEST};
+  int ret = get_authed(&c, url, manifest_accept, &r, err);
+  if (ret == 0 && r.status != 200)
+    ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: manifest %s/%s:%s answered HTTP %ld",
+                        ref->domain, ref->domain, ref->repository, ref->tag, r.status);
+  if (ret == 0 && !(r.digest && sg_digest_valid(r.digest)))
+    ret = sg_make_error(err, EBADMSG, "registry %s: no Docker-Content-Digest for %s:%s", ref->domain,
+                        ref->repository, ref->tag);
+  if (ret == 0)
+    *digest = xstrdup(r.digest);
+  response_clear(&r);
+  client_close(&c);
+  return ret;
 }
 
 int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
                      const char *path, sg_error_t **err) {
-  client_t c = {ref, o, NULL, false};
+  client_t c = client_open(ref, o);
   cleanup_free char *partial = xasprintf("%s.partial", path);
   int fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
@@ -479,7 +544,7 @@ int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, con
   fclose(r.file);
   EVP_MD_CTX_free(r.sha);
   response_clear(&r);
-  free(c.bearer);
+  client_close(&c);
   if (ret == 0 && rename(partial, path) < 0)
     ret = sg_make_error(err, errno, "cannot rename %s: %s", partial, strerror(errno));
   if (ret < 0)
