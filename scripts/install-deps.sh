@@ -12,6 +12,7 @@ packages=(
   libarchive-dev libyaml-dev crun runc
   docker-registry umoci skopeo apache2-utils
   chromium
+  slurm-wlm slurm-client munge
 )
 # The console tests run Playwright (npm playwright-core) on Node.js; a Node.js
 # from elsewhere (with its own npm) is kept.

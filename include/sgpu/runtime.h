@@ -28,6 +28,9 @@ typedef struct sg_instance_callbacks {
    * on_fail with the reason it could not be started (then nothing else). */
   void (*on_running)(void *ud);
   void (*on_fail)(void *ud, const char *message);
+  /* Optional, after on_running: the worker's own process is about to run
+   * (its container was created); a good moment to probe it. */
+  void (*on_started)(void *ud);
 } sg_instance_callbacks_t;
 
 /* How long each step of a start took, in ms; -1 for a step not reached. */
@@ -55,7 +58,31 @@ typedef struct sg_launch {
   const struct sg_registry_auth *auth; /* NULL: anonymous */
   const int *gpus;                     /* GPU indexes held, for CDI */
   int n_gpus;
+  /* Remote runtimes (ops.remote, slurm): argv still holds "$PORT", which is
+   * replaced on the node by the port chosen there; envp holds only what the
+   * spec adds (PORT and the GPU variables are set on the node). */
+  const char *endpoint;
+  const char *gpu_type; /* NULL when gpu_count == 0 */
+  int gpu_count;
+  const char *partition;  /* NULL: the runtime's default */
+  const char *account;    /* NULL: the runtime's default */
+  const char *time_limit; /* Slurm's time format; NULL: the runtime's default */
 } sg_launch_t;
+
+/* Where a worker of a remote runtime runs, as its scheduler reports it. The
+ * strings belong to the instance and change on the loop thread only. */
+typedef struct sg_placement {
+  const char *job_id;  /* the scheduler's id, NULL until submitted */
+  const char *state;   /* the scheduler's job state ("PENDING", "RUNNING", ...) */
+  const char *reason;  /* why it waits or ended ("Resources"), or NULL */
+  const char *node;    /* the node it runs on, or NULL */
+  const char *addr;    /* numeric address of the node, NULL until known */
+  int port;            /* chosen on the node, 0 until known */
+  int gpus[16];        /* GPU indexes on the node */
+  int n_gpus;
+  int64_t start_wall;  /* ms since the epoch as the scheduler reports them; 0: unknown */
+  int64_t end_wall;
+} sg_placement_t;
 
 typedef struct sg_runtime_ops {
   const char *name;
@@ -73,6 +100,10 @@ typedef struct sg_runtime_ops {
   bool async_start;
   /* Optional: the start's steps so far. */
   void (*phases)(const sg_instance_t *inst, sg_start_phases_t *out);
+  /* true: the worker runs on a node the runtime chooses; its address, port
+   * and GPUs come from placement() once on_running was called. */
+  bool remote;
+  void (*placement)(const sg_instance_t *inst, sg_placement_t *out);
 } sg_runtime_ops_t;
 
 extern const sg_runtime_ops_t sg_process_runtime;
@@ -100,5 +131,41 @@ int sg_oci_runtime_init(struct event_base *base, struct sg_pool *pool, struct sg
 void sg_oci_runtime_shutdown(void);
 /* Why oci workers cannot start here, or NULL when they can. */
 const char *sg_oci_unavailable(void);
+
+/* The slurm runtime: a worker is one Slurm batch job (see slurm.c). */
+extern const sg_runtime_ops_t sg_slurm_runtime;
+
+typedef struct sg_slurm_config {
+  const char *dir;        /* job scripts, addresses and output: shared with the nodes */
+  const char *partition;  /* defaults for specs that name none; NULL: Slurm's */
+  const char *account;
+  const char *time_limit;
+  bool cleanup;           /* cancel jobs left by an earlier sgpud of this dir (blocks) */
+} sg_slurm_config_t;
+
+/* Sets the runtime up; with cfg->cleanup, cancels every job an earlier sgpud
+ * of the same dir submitted (blocks; at startup). Without Slurm's commands it
+ * logs why and returns 0: starting a slurm worker then fails with that reason. */
+int sg_slurm_runtime_init(struct event_base *base, struct sg_pool *pool, const sg_slurm_config_t *cfg,
+                          sg_error_t **err);
+/* Cancels what jobs remain (blocks) and frees the runtime; after the pool is freed. */
+void sg_slurm_runtime_shutdown(void);
+/* Why slurm workers cannot start here, or NULL when they can. */
+const char *sg_slurm_unavailable(void);
+
+/* One node as Slurm reports it. */
+typedef struct sg_slurm_node {
+  char name[128];
+  char state[64];
+  char partitions[128];
+  char gpu_type[64];
+  int gpus_total;
+  int gpus_used;
+} sg_slurm_node_t;
+
+/* The cluster's nodes from the last refresh (every few seconds while the
+ * runtime is set up); *n gets their count, *age_ms how old they are (-1:
+ * never refreshed). The array lives until the next refresh; loop thread. */
+const sg_slurm_node_t *sg_slurm_nodes(size_t *n, int64_t *age_ms);
 
 #endif

@@ -20,7 +20,7 @@ typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 typedef struct sg_spec {
   char *name;
   char *type;    /* "sync" or "async" */
-  char *runtime; /* "process" or "oci" */
+  char *runtime; /* "process", "oci" or "slurm" */
   char *image;   /* may be NULL; required by "oci" (the default when set) */
   char *registry_auth; /* name of stored registry credentials, or NULL */
   char **command;
@@ -61,6 +61,12 @@ typedef struct sg_spec {
     int64_t max_input_bytes; /* input as JSON (10 MiB) */
     int max_queue;           /* jobs waiting (100000) */
   } async;
+  /* The slurm runtime's job options; NULL: the daemon's default. */
+  struct {
+    char *partition;
+    char *account;
+    char *time_limit; /* Slurm's format: "30", "1:00:00", "1-00:00:00" */
+  } slurm;
 } sg_spec_t;
 
 /* True for "type": "async". */

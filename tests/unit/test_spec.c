@@ -370,7 +370,8 @@ static void test_invalid_type_runtime_image(void **state) {
   expect_invalid("image", "\"Bad/Name\"", "image");
   expect_invalid("image", "\"x@sha256:12\"", "image");
   expect_valid("image", "\"127.0.0.1:5000/demo/echo:v1\"");
-  expect_invalid("runtime", "\"slurm\"", "runtime");
+  expect_valid("runtime", "\"slurm\"");
+  expect_invalid("slurm", "{\"partition\": \"gpu\"}", "slurm"); /* only with the slurm runtime */
   expect_invalid("runtime", "\"docker\"", "runtime");
   expect_valid("runtime", "\"process\"");
   expect_invalid("image", "5", "image");

@@ -23,6 +23,8 @@ void sg_api_workers(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, const
 
 /* images.c: /v1/images, /v1/registry-auths[/{name}] (name NULL for the list) */
 void sg_api_images(sg_daemon_t *d, sg_http_req_t *req);
+/* DELETE /v1/images/{ref}; ref is the rest of the path, not yet decoded. */
+void sg_api_image(sg_daemon_t *d, sg_http_req_t *req, const char *ref);
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
 /* nodes.c: /v1/nodes */

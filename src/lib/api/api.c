@@ -143,6 +143,8 @@ static void not_found(sg_http_req_t *req, const char *what) {
 static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
   char storage[1024];
   char *seg[4];
+  if (!strncmp(rest, "images/", 7) && rest[7])
+    return sg_api_image(d, req, rest + 7);
   if (strlen(rest) >= sizeof(storage)) {
     not_found(req, "no such route");
     return;

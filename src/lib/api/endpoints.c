@@ -17,6 +17,7 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   if (!body)
     return;
   cleanup_error sg_error_t *err = NULL;
+  sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
     return sg_api_send_sg_error(req, err);
@@ -62,6 +63,7 @@ static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
     return sg_api_send_error(req, 409, "conflict", msg, "name");
   }
   cleanup_error sg_error_t *err = NULL;
+  sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
     return sg_api_send_sg_error(req, err);

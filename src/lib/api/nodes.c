@@ -1,4 +1,6 @@
-/* /v1/nodes: this node's GPU inventory and who holds what. */
+/* /v1/nodes: this node's GPU inventory and who holds what, and with the
+ * slurm runtime configured, the cluster's nodes and free GPUs as Slurm
+ * reports them. */
 
 #include "api-internal.h"
 #include "sgpu/util.h"
@@ -22,5 +24,10 @@ void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
   }
   json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", "process", "gpus_total",
                            (int)d->gpus->n, "gpus_free", free_n, "gpus", gpus);
-  sg_api_send_json(req, 200, json_pack("{s:[o]}", "nodes", node));
+  json_t *nodes = json_pack("[o]", node);
+  json_t *cluster = sg_daemon_cluster_nodes(d);
+  if (cluster)
+    json_array_extend(nodes, cluster);
+  json_decref(cluster);
+  sg_api_send_json(req, 200, json_pack("{s:o}", "nodes", nodes));
 }

@@ -330,9 +330,40 @@ static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
   return r;
 }
 
+/* "slurm": {"partition", "account", "time_limit"}, each optional; only with
+ * the slurm runtime. */
+static int parse_slurm(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"partition", "account", "time_limit", NULL};
+  json_t *o;
+  if (get_obj(root, "slurm", &o, err) < 0)
+    return -1;
+  if (!o)
+    return 0;
+  if (strcmp(s->runtime, "slurm"))
+    return sg_make_field_error(err, "slurm", "is only used by the slurm runtime");
+  if (check_keys(o, "slurm", keys, err) < 0)
+    return -1;
+  if (get_str(o, "slurm.partition", "partition", 128, &s->slurm.partition, err) < 0 ||
+      get_str(o, "slurm.account", "account", 128, &s->slurm.account, err) < 0 ||
+      get_str(o, "slurm.time_limit", "time_limit", 32, &s->slurm.time_limit, err) < 0)
+    return -1;
+  const char *names[] = {s->slurm.partition, s->slurm.account};
+  for (int i = 0; i < 2; i++) {
+    for (const char *c = names[i]; c && *c; c++)
+      if (!isalnum((unsigned char)*c) && !strchr("_-.", *c))
+        return sg_make_field_error(err, i ? "slurm.account" : "slurm.partition",
+                                   "must be a name of [A-Za-z0-9_.-]");
+  }
+  if (s->slurm.time_limit && (!*s->slurm.time_limit || strspn(s->slurm.time_limit, "0123456789:-") !=
+                                                            strlen(s->slurm.time_limit)))
+    return sg_make_field_error(err, "slurm.time_limit",
+                               "must be in Slurm's time format: MINUTES, HH:MM:SS or DAYS-HH:MM:SS");
+  return 0;
+}
+
 sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
   static const char *const keys[] = {"name", "type", "runtime", "image", "command", "env", "port",
-                                     "health", "gpu", "workers", "scale", "async", "registry_auth", NULL};
+                                     "health", "gpu", "workers", "scale", "async", "registry_auth", "slurm", NULL};
   if (!json_is_object(root)) {
     sg_make_error(err, SG_EJSON, "the spec must be a JSON object");
     return NULL;
@@ -373,14 +404,16 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
   }
   if (!s->runtime)
     s->runtime = xstrdup(s->image ? "oci" : "process");
-  if (!strcmp(s->runtime, "slurm")) {
-    sg_make_field_error(err, "runtime", "the slurm runtime is not available in this version; use \"process\" or \"oci\"");
+  if (strcmp(s->runtime, "process") && strcmp(s->runtime, "oci") && strcmp(s->runtime, "slurm")) {
+    sg_make_field_error(err, "runtime", "must be \"process\", \"oci\" or \"slurm\"");
     return NULL;
   }
-  if (strcmp(s->runtime, "process") && strcmp(s->runtime, "oci")) {
-    sg_make_field_error(err, "runtime", "must be \"process\" or \"oci\"");
+  if (!strcmp(s->runtime, "slurm") && s->image) {
+    sg_make_field_error(err, "image", "is not supported by the slurm runtime yet (it runs the command as is)");
     return NULL;
   }
+  if (parse_slurm(s, root, err) < 0)
+    return NULL;
   if (!strcmp(s->runtime, "oci") && !s->image) {
     sg_make_field_error(err, "image", "is required by the oci runtime");
     return NULL;
@@ -417,6 +450,16 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
   json_t *j = spec_to_json(s);
   if (s->registry_auth)
     json_object_set_new(j, "registry_auth", json_string(s->registry_auth));
+  if (!strcmp(s->runtime, "slurm")) {
+    json_t *o = json_object();
+    if (s->slurm.partition)
+      json_object_set_new(o, "partition", json_string(s->slurm.partition));
+    if (s->slurm.account)
+      json_object_set_new(o, "account", json_string(s->slurm.account));
+    if (s->slurm.time_limit)
+      json_object_set_new(o, "time_limit", json_string(s->slurm.time_limit));
+    json_object_set_new(j, "slurm", o);
+  }
   if (sg_spec_is_async(s))
     json_object_set_new(j, "async",
                         json_pack("{s:s, s:i, s:f, s:f, s:I, s:i}", "path", s->async.path, "max_retries",
@@ -474,5 +517,8 @@ void sg_spec_free(sg_spec_t *s) {
   free(s->gpu.type);
   free(s->async.path);
   free(s->registry_auth);
+  free(s->slurm.partition);
+  free(s->slurm.account);
+  free(s->slurm.time_limit);
   free(s);
 }

@@ -42,6 +42,8 @@ typedef struct sg_worker_meter {
   int64_t closed_ms;      /* metered time of the worker's earlier records */
   int64_t requests;       /* requests that ended during the current record */
   double price;           /* per GPU-second, fixed when the worker started */
+  int64_t base_wall;      /* the metered start: wall time ... */
+  int64_t base_mono;      /* ... and the monotonic time it corresponds to */
   int gpu_count;
   char gpu_type[64];
 } sg_worker_meter_t;
@@ -56,6 +58,7 @@ struct sg_worker {
   const sg_runtime_ops_t *rt;
   sg_instance_t *inst;
   int port;
+  char *host; /* numeric address of its node; NULL: 127.0.0.1 */
   pid_t pid;
   int gpus[SG_SPEC_MAX_GPUS];
   int n_gpus;
@@ -72,6 +75,7 @@ struct sg_worker {
   bool counted_failure;
   bool never_ran;        /* its start failed before any process ran */
   int64_t running_mono;  /* its process started (probing from then on) */
+  int64_t probe_since_us; /* the start-up probe schedule counts from here (monotonic us) */
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
   int recent_next;
@@ -195,8 +199,24 @@ struct sg_registry_auth *sg_daemon_registry_auth(sg_daemon_t *d, const char *nam
 void sg_registry_auth_free(struct sg_registry_auth *auth);
 /* Starts pulling ref (a preheat); the outcome shows in GET /v1/images. */
 void sg_daemon_pull(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
+/* A preheat of a cached tag: pulls again when the registry names a newer
+ * manifest for it. Returns false when ref is not a cached tag. */
+bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
 /* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
 void sg_endpoint_prepull(sg_endpoint_t *ep);
+
+/* cluster.c: the slurm runtime's config, setup and nodes */
+/* Config keys default_runtime and slurm: 0, a negative error, or 1 when key is not one of them. */
+int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err);
+void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg);
+/* Sets the slurm runtime up when configured (after the pool); blocks. */
+int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err);
+/* After the pool is freed. */
+void sg_daemon_cluster_free(sg_daemon_t *d);
+/* Sets "runtime" of a spec that names none to the daemon's default. */
+void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec);
+/* The cluster's nodes as /v1/nodes entries (new reference), or NULL without Slurm. */
+json_t *sg_daemon_cluster_nodes(sg_daemon_t *d);
 
 /* daemon.c */
 sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name);
@@ -234,6 +254,9 @@ void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u);
 
 /* health.c */
 void sg_health_start(sg_worker_t *w);
+/* The runtime says the worker's process is about to run (a container was
+ * created): a starting worker is probed at once, then on the tight schedule. */
+void sg_health_process_started(sg_worker_t *w);
 void sg_health_stop(sg_worker_t *w);
 /* Takes a ready worker out of rotation until a probe, sent at once, passes. */
 void sg_health_suspect(sg_worker_t *w);
@@ -284,6 +307,10 @@ void sg_meter_worker_started(sg_worker_t *w);
 void sg_meter_worker_ready(sg_worker_t *w);
 void sg_meter_worker_load(sg_worker_t *w, int delta);
 void sg_meter_worker_ended(sg_worker_t *w);
+/* The same for a worker whose scheduler reports when it started and ended
+ * (wall ms; 0: now): its record spans exactly that time. */
+void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall);
+void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall);
 /* Checkpoints every worker when the interval passed (called every tick). */
 void sg_meter_tick(sg_daemon_t *d);
 void sg_meter_checkpoint_all(sg_daemon_t *d);

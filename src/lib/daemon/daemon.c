@@ -100,6 +100,7 @@ void sg_daemon_config_clear(sg_daemon_config_t *cfg) {
   free(cfg->log_retention);
   free(cfg->web_dir);
   sg_daemon_config_clear_oci(cfg);
+  sg_daemon_config_clear_cluster(cfg);
   memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -261,7 +262,8 @@ int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t 
       else
         cfg->log_keep_lines = json_integer_value(v);
     } else if ((r = load_more(cfg, key, v, err)) == 1 && (r = load_jobs_key(cfg, key, v, err)) == 1 &&
-               (r = sg_daemon_config_load_oci(cfg, key, v, err)) == 1)
+               (r = sg_daemon_config_load_oci(cfg, key, v, err)) == 1 &&
+               (r = sg_daemon_config_load_cluster(cfg, key, v, err)) == 1)
       r = sg_make_error(err, SG_EINVAL, "config: unknown key \"%s\"", key);
     if (r < 0)
       break;
@@ -564,6 +566,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   if (sg_daemon_images_init(d, err) < 0)
     goto fail;
+  if (sg_daemon_cluster_init(d, err) < 0)
+    goto fail;
   if (reconcile(d, err) < 0)
     goto fail;
   if (sg_store_endpoint_each(d->store, load_endpoint, d, err) < 0)
@@ -665,6 +669,7 @@ void sg_daemon_free(sg_daemon_t *d) {
     sg_endpoint_maybe_free(ep);
   }
   sg_daemon_images_free(d);
+  sg_daemon_cluster_free(d);
   sg_logs_shutdown(d);
   sg_http_server_free(d->http);
   if (d->tick)

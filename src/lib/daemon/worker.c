@@ -102,7 +102,13 @@ static void on_exit_cb(void *ud, int status) {
   w->exited = true;
   w->exit_status = status;
   w->ended_wall = sg_wall_ms();
-  sg_meter_worker_ended(w);
+  if (w->rt->remote) {
+    sg_placement_t pl;
+    w->rt->placement(w->inst, &pl);
+    sg_meter_worker_ended_at(w, pl.end_wall);
+  } else {
+    sg_meter_worker_ended(w);
+  }
   char desc[96];
   if (WIFEXITED(status))
     snprintf(desc, sizeof(desc), "exited with status %d", WEXITSTATUS(status));
@@ -202,6 +208,7 @@ static void free_worker(sg_worker_t *w) {
   for (int i = 0; i < SG_RECENT_LINES; i++)
     free(w->recent[i]);
   free(w->last_error);
+  free(w->host);
   free(w->id);
   free(w);
 }
@@ -218,15 +225,42 @@ static void start_failed(sg_worker_t *w, const char *msg) {
   release_resources(w);
 }
 
+/* A remote worker's node, port and GPUs, from its runtime; it is metered
+ * from the start its scheduler reports. */
+static void take_placement(sg_worker_t *w) {
+  sg_placement_t pl;
+  w->rt->placement(w->inst, &pl);
+  w->port = pl.port;
+  free(w->host);
+  w->host = pl.addr ? xstrdup(pl.addr) : NULL;
+  w->n_gpus = pl.n_gpus < SG_SPEC_MAX_GPUS ? pl.n_gpus : SG_SPEC_MAX_GPUS;
+  memcpy(w->gpus, pl.gpus, (size_t)w->n_gpus * sizeof(int));
+  sg_meter_worker_started_at(w, pl.start_wall);
+  sg_logs_event(w->d, w->ep->name, w->id, "worker started: Slurm job %s on node %s (%s), port %d",
+                pl.job_id ? pl.job_id : "?", pl.node ? pl.node : "?", pl.addr ? pl.addr : "?", w->port);
+}
+
 /* Async starts: the worker's process runs; probing begins. */
 static void on_running(void *ud) {
   sg_worker_t *w = ud;
   w->running_mono = sg_now_ms();
+  if (w->rt->remote) {
+    take_placement(w);
+    if (!w->stopping)
+      sg_health_start(w);
+    return;
+  }
   w->pid = w->rt->pid(w->inst);
   sg_logs_event(w->d, w->ep->name, w->id, "worker started: %s runtime process %d, port %d", w->rt->name,
                 (int)w->pid, w->port);
   if (!w->stopping)
     sg_health_start(w);
+}
+
+static void on_started(void *ud) {
+  sg_worker_t *w = ud;
+  if (!w->stopping)
+    sg_health_process_started(w);
 }
 
 static void on_fail(void *ud, const char *message) {
@@ -255,6 +289,41 @@ static json_t *cold_start_json(const sg_worker_t *w) {
 #undef MS
 }
 
+/* A worker on a node the runtime chooses: its scheduler allocates the GPUs
+ * and the port is chosen there, so argv keeps "$PORT" and envp only what the
+ * spec adds. Metered from when it runs (see take_placement). */
+static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
+  sg_endpoint_t *ep = w->ep;
+  const sg_spec_t *spec = ep->spec;
+  char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
+  for (size_t i = 0; i < spec->n_command; i++)
+    argv[i] = xstrdup(spec->command[i]);
+  char **envp = xcalloc(spec->n_env + 3, sizeof(char *));
+  size_t n = 0;
+  for (size_t i = 0; i < spec->n_env; i++)
+    envp[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
+  envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
+  envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
+  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .endpoint = ep->name,
+                        .gpu_type = spec->gpu.count ? spec->gpu.type : NULL, .gpu_count = spec->gpu.count,
+                        .partition = spec->slurm.partition, .account = spec->slurm.account,
+                        .time_limit = spec->slurm.time_limit};
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
+  w->started_mono = sg_now_ms();
+  w->started_wall = sg_wall_ms();
+  w->inst = w->rt->start(w->d->base, &launch, &cbs, w, err);
+  free_strv(argv);
+  free_strv(envp);
+  TAILQ_INSERT_TAIL(&ep->workers, w, link);
+  if (!w->inst) {
+    start_failed(w, (*err)->message);
+    return NULL;
+  }
+  sg_logs_event(w->d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
+                spec->gpu.count ? spec->gpu.type : "");
+  return w;
+}
+
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
@@ -263,8 +332,12 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   w->ep = ep;
   w->id = sg_new_id("w-");
   w->version = ep->version;
-  w->rt = !strcmp(spec->runtime, "oci") ? &sg_oci_runtime : &sg_process_runtime;
+  w->rt = !strcmp(spec->runtime, "oci")     ? &sg_oci_runtime
+          : !strcmp(spec->runtime, "slurm") ? &sg_slurm_runtime
+                                            : &sg_process_runtime;
   w->state = SG_W_STARTING;
+  if (w->rt->remote)
+    return start_remote(w, err);
   if (spec->gpu.count > 0) {
     if (sg_gpu_acquire(d->gpus, spec->gpu.type, spec->gpu.count, w->id, ep->name, w->gpus) < 0) {
       sg_make_error(err, EBUSY, "no %d free %s GPU(s)", spec->gpu.count, spec->gpu.type);
@@ -286,7 +359,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   char **envp = build_env(w, spec);
   sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .gpus = w->gpus,
                         .n_gpus = w->n_gpus};
-  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail, on_started};
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();
   sg_registry_auth_t *auth = NULL;
@@ -363,7 +436,7 @@ sg_upstream_t *sg_worker_get_conn(sg_worker_t *w) {
       return u;
     sg_upstream_free(u); /* closed by the worker while idle */
   }
-  return sg_upstream_new(w->d->base, w->port, UPSTREAM_CONNECT_TIMEOUT_S);
+  return sg_upstream_new(w->d->base, w->host, w->port, UPSTREAM_CONNECT_TIMEOUT_S);
 }
 
 void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u) {
@@ -417,6 +490,26 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
       "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
       w->last_error ? json_string(w->last_error) : json_null());
   json_object_set_new(j, "runtime", json_string(w->rt->name));
+  json_object_set_new(j, "host", json_string(w->host ? w->host : "127.0.0.1"));
+  if (w->rt->placement && w->inst) {
+    sg_placement_t pl;
+    w->rt->placement(w->inst, &pl);
+    json_t *s = json_pack("{s:o, s:o, s:o, s:o}", "job_id", pl.job_id ? json_string(pl.job_id) : json_null(),
+                          "state", pl.state ? json_string(pl.state) : json_null(), "reason",
+                          pl.reason ? json_string(pl.reason) : json_null(), "node",
+                          pl.node ? json_string(pl.node) : json_null());
+    char t[32];
+    json_object_set_new(s, "start_time", pl.start_wall ? json_string(sg_format_time(pl.start_wall, t, sizeof(t)))
+                                                       : json_null());
+    json_object_set_new(s, "end_time", pl.end_wall && w->exited
+                                           ? json_string(sg_format_time(pl.end_wall, t, sizeof(t)))
+                                           : json_null());
+    json_object_set_new(j, "slurm", s);
+    if (w->state == SG_W_STARTING && !w->last_error && pl.state && !strcmp(pl.state, "PENDING")) {
+      cleanup_free char *msg = xasprintf("pending in Slurm: %s", pl.reason ? pl.reason : "waiting");
+      json_object_set_new(j, "last_error", json_string(msg));
+    }
+  }
   json_object_set_new(j, "cold_start", cold_start_json(w));
   return j;
 }

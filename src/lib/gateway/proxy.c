@@ -313,8 +313,8 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
   sg_http_req_t *req = p->req;
   struct evbuffer *out = sg_upstream_output(p->u);
   const char *target = sg_http_target(req) + 3 + strlen(p->ep->name); /* after "/e/name" */
-  evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n", sg_http_method(req),
-                      *target == '/' ? "" : "/", target, w->port);
+  evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: %s:%d\r\n", sg_http_method(req),
+                      *target == '/' ? "" : "/", target, w->host ? w->host : "127.0.0.1", w->port);
   const char *conn = sg_http_header(req, "Connection");
   const char *xff = NULL;
   size_t n = sg_http_header_count(req);

@@ -257,6 +257,20 @@ sg_stream_t *sg_stream_new(struct event_base *base, int fd, const sg_stream_call
 
 sg_stream_t *sg_stream_connect_loopback(struct event_base *base, int port, const sg_stream_callbacks_t *cbs,
                                         void *arg) {
+  return sg_stream_connect(base, NULL, port, cbs, arg);
+}
+
+sg_stream_t *sg_stream_connect(struct event_base *base, const char *host, int port, const sg_stream_callbacks_t *cbs,
+                               void *arg) {
+  struct in_addr in = {htonl(INADDR_LOOPBACK)};
+  if (host && inet_pton(AF_INET, host, &in) != 1) {
+    sg_stream_t *s = stream_alloc(base, -1, cbs, arg);
+    s->reading = true;
+    s->err = EINVAL;
+    s->pending = SG_STREAM_ERROR;
+    schedule(s);
+    return s;
+  }
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   sg_stream_t *s = stream_alloc(base, fd, cbs, arg);
   s->reading = true;
@@ -266,8 +280,7 @@ sg_stream_t *sg_stream_connect_loopback(struct event_base *base, int port, const
     schedule(s);
     return s;
   }
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = in};
   int r;
   do
     r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));

@@ -242,13 +242,13 @@ static void event_cb(sg_stream_t *s, int what, void *arg) {
 
 static const sg_stream_callbacks_t stream_cbs = {read_cb, drain_cb, event_cb};
 
-sg_upstream_t *sg_upstream_new(struct event_base *base, int port, double connect_timeout_s) {
+sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int port, double connect_timeout_s) {
   sg_upstream_t *u = xcalloc(1, sizeof(*u));
   u->piece = evbuffer_new();
   u->state = U_CONNECTING;
   http_parser_init(&u->parser, HTTP_RESPONSE);
   u->parser.data = u;
-  u->s = sg_stream_connect_loopback(base, port, &stream_cbs, u);
+  u->s = sg_stream_connect(base, host, port, &stream_cbs, u);
   sg_stream_set_timeouts(u->s, 0, connect_timeout_s);
   return u;
 }

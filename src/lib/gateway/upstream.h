@@ -39,8 +39,9 @@ typedef struct sg_upstream_handler {
   void (*on_drain)(void *arg);
 } sg_upstream_handler_t;
 
-/* Starts connecting to 127.0.0.1:port. Never NULL. */
-sg_upstream_t *sg_upstream_new(struct event_base *base, int port, double connect_timeout_s);
+/* Starts connecting to host:port (host: a numeric IPv4 address; NULL for
+ * 127.0.0.1). Never NULL. */
+sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int port, double connect_timeout_s);
 /* True once the connection carried an earlier exchange. */
 bool sg_upstream_reused(const sg_upstream_t *u);
 /* True when the connection may take another request (idle, open). */

@@ -26,7 +26,9 @@ struct sg_meter {
   size_t n, cap;
 };
 
-static int64_t wall_of(const sg_worker_t *w, int64_t mono) { return w->started_wall + (mono - w->started_mono); }
+static int64_t wall_of(const sg_worker_t *w, int64_t mono) {
+  return w->meter.base_wall + (mono - w->meter.base_mono);
+}
 
 /* Adds a copy of w's current record to the next batch. */
 static void snapshot(sg_meter_t *m, sg_worker_t *w, int64_t end_wall, bool closed, int64_t round_ms) {
@@ -67,7 +69,7 @@ static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
   sg_worker_meter_t *wm = &w->meter;
   while (sg_meter_hour_start(wall_of(w, now)) > wm->seg_start_hour) {
     int64_t boundary_wall = wm->seg_start_hour + HOUR_MS;
-    sg_meter_acc_advance(&wm->acc, w->started_mono + (boundary_wall - w->started_wall));
+    sg_meter_acc_advance(&wm->acc, wm->base_mono + (boundary_wall - wm->base_wall));
     snapshot(m, w, boundary_wall, true, 0);
     wm->closed_ms += sg_meter_acc_total(&wm->acc);
     sg_meter_acc_reset(&wm->acc);
@@ -115,22 +117,33 @@ int sg_meter_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
 
 const sg_price_table_t *sg_meter_prices(sg_daemon_t *d) { return &d->meter->prices; }
 
-void sg_meter_worker_started(sg_worker_t *w) {
+static void start_worker(sg_worker_t *w, int64_t base_wall, int64_t base_mono) {
   sg_meter_t *m = w->d->meter;
   sg_worker_meter_t *wm = &w->meter;
   if (!m)
     return;
   memset(wm, 0, sizeof(*wm));
   wm->on = true;
-  sg_meter_acc_init(&wm->acc, SG_METER_STARTING, w->started_mono);
-  wm->seg_start_wall = w->started_wall;
-  wm->seg_start_hour = sg_meter_hour_start(w->started_wall);
+  wm->base_wall = base_wall;
+  wm->base_mono = base_mono;
+  sg_meter_acc_init(&wm->acc, SG_METER_STARTING, base_mono);
+  wm->seg_start_wall = base_wall;
+  wm->seg_start_hour = sg_meter_hour_start(base_wall);
   wm->gpu_count = w->n_gpus;
   if (w->n_gpus > 0 && w->ep->spec->gpu.type)
     snprintf(wm->gpu_type, sizeof(wm->gpu_type), "%s", w->ep->spec->gpu.type);
   wm->price = w->n_gpus > 0 ? sg_price_lookup(&m->prices, wm->gpu_type) : 0;
-  snapshot(m, w, w->started_wall, false, 0);
+  snapshot(m, w, base_wall, false, 0);
   submit(m);
+}
+
+void sg_meter_worker_started(sg_worker_t *w) { start_worker(w, w->started_wall, w->started_mono); }
+
+void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall) {
+  int64_t now_wall = sg_wall_ms(), now = sg_now_ms();
+  if (start_wall <= 0 || start_wall > now_wall)
+    start_wall = now_wall;
+  start_worker(w, start_wall, now - (now_wall - start_wall));
 }
 
 void sg_meter_worker_ready(sg_worker_t *w) {
@@ -172,6 +185,27 @@ void sg_meter_worker_ended(sg_worker_t *w) {
   if (!m || !w->meter.on)
     return;
   end_worker(m, w, sg_now_ms());
+  submit(m);
+}
+
+void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall) {
+  sg_meter_t *m = w->d->meter;
+  sg_worker_meter_t *wm = &w->meter;
+  if (!m || !wm->on)
+    return;
+  int64_t now = sg_now_ms();
+  int64_t end = end_wall > 0 ? wm->base_mono + (end_wall - wm->base_wall) : now;
+  if (end > now)
+    end = now;
+  if (end < wm->base_mono)
+    end = wm->base_mono;
+  /* Checkpoints taken after the end (it is noticed late) are taken back. */
+  if (wm->acc.since_ms > end) {
+    int64_t over = wm->acc.since_ms - end;
+    wm->acc.ms[wm->acc.state] -= over < wm->acc.ms[wm->acc.state] ? over : wm->acc.ms[wm->acc.state];
+    wm->acc.since_ms = end;
+  }
+  end_worker(m, w, end);
   submit(m);
 }
 

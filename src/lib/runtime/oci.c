@@ -7,7 +7,10 @@
  *   rootfs  a per-worker overlayfs root over the image's read-only layers
  *           and config.json written into the bundle (pool)
  *   run     `crun run` spawned; the pid file it writes marks the container
- *           created (inotify), and the worker may be probed from the spawn on
+ *           created (one inotify instance for all workers: closing one
+ *           waits for an RCU grace period, which would stall the loop), and
+ *           the worker may be probed from the spawn on, at once when the pid
+ *           file appears
  *
  * On exit the container is deleted and the overlay unmounted and removed
  * (pool) before the worker hears of it. Everything lives under DIR: bundles
@@ -65,8 +68,7 @@ typedef struct oci {
   sg_image_wait_t *wait;
   sg_instance_t *proc; /* the runtime's foreground process */
   pid_t crun_pid, pid;
-  int ino_fd;
-  struct event *ino_ev;
+  int wd; /* inotify watch on dir while waiting for the pid file, or -1 */
   enum oci_state state;
   int stop_sig;  /* a signal asked for before the container ran */
   int jobs;      /* pool jobs holding this */
@@ -84,9 +86,11 @@ static struct {
   bool hide_cgroup2;
   char *dir, *state_dir, *workers_dir;
   char *unavailable;
+  int ino_fd; /* watches bundles for their pid files */
+  struct event *ino_ev;
   json_t *cdi; /* array of nvidia.com/gpu CDI specs */
   LIST_HEAD(, oci) all;
-} rt;
+} rt = {.ino_fd = -1};
 
 const char *sg_oci_unavailable(void) { return rt.unavailable; }
 
@@ -572,11 +576,21 @@ static void prep_work(void *data) {
   }
   if (resolve_user(j->config, j->rootfs, j->user, &j->err) < 0 || apply_cdi(j->config, &j->err) < 0)
     return;
+  /* The bundle lives as long as the container: nothing to keep over a crash. */
   cleanup_free char *path = xasprintf("%s/config.json", j->dir);
   cleanup_free char *text = json_dumps(j->config, JSON_COMPACT);
-  int r = sg_write_file_atomic(path, text, strlen(text), 0600);
-  if (r < 0)
-    sg_make_error(&j->err, -r, "cannot write %s: %s", path, strerror(-r));
+  cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  size_t tlen = strlen(text), off = 0;
+  while (fd >= 0 && off < tlen) {
+    ssize_t w = write(fd, text + off, tlen - off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      break;
+    off += (size_t)w;
+  }
+  if (off < tlen)
+    sg_make_error(&j->err, errno, "cannot write %s: %s", path, strerror(errno));
 }
 
 /* Removes a bundle: container, overlay mount, directories. Pool thread or shutdown. */
@@ -697,14 +711,17 @@ static char **copy_strv(char *const *v) {
   return c;
 }
 
+static void unwatch(oci_t *o) {
+  if (o->wd >= 0 && rt.ino_fd >= 0)
+    inotify_rm_watch(rt.ino_fd, o->wd);
+  o->wd = -1;
+}
+
 static void oci_free(oci_t *o) {
   LIST_REMOVE(o, link);
   if (o->wait)
     sg_images_cancel(o->wait);
-  if (o->ino_ev)
-    event_free(o->ino_ev);
-  if (o->ino_fd >= 0)
-    close(o->ino_fd);
+  unwatch(o);
   if (o->proc)
     sg_process_runtime.release(o->proc);
   if (o->img && rt.images)
@@ -818,40 +835,51 @@ static void proc_line(void *ud, const char *stream, const char *line, size_t len
 
 static void proc_exit(void *ud, int status) {
   oci_t *o = ud;
-  if (o->ino_ev) {
-    event_free(o->ino_ev);
-    o->ino_ev = NULL;
-  }
+  unwatch(o);
   if (o->released)
     return;
   cleanup_then_exit(o, status);
 }
 
-static void pid_file_cb(evutil_socket_t fd, short what, void *arg) {
-  oci_t *o = arg;
-  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-  bool seen = false;
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) {
-    for (char *p = buf; p < buf + n;) {
-      struct inotify_event *ev = (struct inotify_event *)p;
-      if (ev->len && !strcmp(ev->name, "pid"))
-        seen = true;
-      p += sizeof(*ev) + ev->len;
-    }
-  }
-  if (!seen)
-    return;
+/* The pid file of o appeared: the container exists and its process is
+ * about to run. */
+static void pid_file_seen(oci_t *o) {
   cleanup_free char *path = xasprintf("%s/pid", o->dir);
   cleanup_free char *text = sg_read_file(path, 64, NULL);
   if (!text || atoi(text) <= 0)
     return;
   o->pid = atoi(text);
   o->t_created = sg_now_ms();
-  event_free(o->ino_ev);
-  o->ino_ev = NULL;
-  close(o->ino_fd);
-  o->ino_fd = -1;
+  unwatch(o);
+  if (!o->released && o->cbs.on_started)
+    o->cbs.on_started(o->ud);
+}
+
+static oci_t *by_watch(int wd) {
+  oci_t *o;
+  LIST_FOREACH(o, &rt.all, link) {
+    if (o->wd == wd)
+      return o;
+  }
+  return NULL;
+}
+
+static void pid_file_cb(evutil_socket_t fd, short what, void *arg) {
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) {
+    for (char *p = buf; p < buf + n;) {
+      struct inotify_event *ev = (struct inotify_event *)p;
+      p += sizeof(*ev) + ev->len;
+      oci_t *o = by_watch(ev->wd);
+      if (!o)
+        continue;
+      if (ev->mask & IN_IGNORED)
+        o->wd = -1; /* the bundle went away */
+      else if (ev->len && !strcmp(ev->name, "pid"))
+        pid_file_seen(o);
+    }
+  }
 }
 
 static void spawn(oci_t *o) {
@@ -873,11 +901,8 @@ static void spawn(oci_t *o) {
   char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
   sg_launch_t l = {.id = o->id, .argv = argv, .envp = envp,
                    .flags = rt.hide_cgroup2 && rt.is_crun ? SG_LAUNCH_HIDE_CGROUP2 : 0};
-  o->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (o->ino_fd >= 0 && inotify_add_watch(o->ino_fd, o->dir, IN_CLOSE_WRITE | IN_MOVED_TO) >= 0) {
-    o->ino_ev = event_new(rt.base, o->ino_fd, EV_READ | EV_PERSIST, pid_file_cb, o);
-    event_add(o->ino_ev, NULL);
-  }
+  if (rt.ino_fd >= 0)
+    o->wd = inotify_add_watch(rt.ino_fd, o->dir, IN_CLOSE_WRITE | IN_MOVED_TO);
   sg_instance_callbacks_t cbs = {proc_line, proc_exit, NULL, NULL};
   cleanup_error sg_error_t *err = NULL;
   o->proc = sg_process_runtime.start(rt.base, &l, &cbs, o, &err);
@@ -914,7 +939,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   if (l->n_gpus)
     memcpy(o->gpus, l->gpus, (size_t)l->n_gpus * sizeof(int));
   o->image_ref = xstrdup(l->image);
-  o->ino_fd = -1;
+  o->wd = -1;
   if (l->auth) {
     o->has_auth = true;
     o->auth.username = xstrdup(l->auth->username);
@@ -1087,6 +1112,13 @@ int sg_oci_runtime_init(struct event_base *base, sg_pool_t *pool, sg_images_t *i
   rt.dir = xstrdup(cfg->dir);
   rt.state_dir = xasprintf("%s/state", cfg->dir);
   rt.workers_dir = xasprintf("%s/workers", cfg->dir);
+  rt.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (rt.ino_fd >= 0) {
+    rt.ino_ev = event_new(base, rt.ino_fd, EV_READ | EV_PERSIST, pid_file_cb, NULL);
+    event_add(rt.ino_ev, NULL);
+  } else {
+    sg_warn("oci: inotify: %s; container start times will lack their container step", strerror(errno));
+  }
   int r;
   if ((r = sg_mkdir_p(rt.state_dir, 0700)) < 0 || (r = sg_mkdir_p(rt.workers_dir, 0700)) < 0)
     return sg_make_error(err, -r, "cannot create %s: %s", cfg->dir, strerror(-r));
@@ -1135,6 +1167,12 @@ void sg_oci_runtime_shutdown(void) {
   }
   json_decref(rt.cdi);
   rt.cdi = NULL;
+  if (rt.ino_ev)
+    event_free(rt.ino_ev);
+  if (rt.ino_fd >= 0)
+    close(rt.ino_fd);
+  rt.ino_ev = NULL;
+  rt.ino_fd = -1;
   free(rt.runtime);
   free(rt.dir);
   free(rt.state_dir);

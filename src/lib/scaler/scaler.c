@@ -32,14 +32,16 @@ static bool idle_expired(const sg_worker_t *w, int64_t now) {
          now - w->last_used_mono >= (int64_t)(w->ep->spec->workers.idle_timeout_s * 1000);
 }
 
-/* How many more workers may start now: bounded by free GPUs, and to one at a
- * time while the endpoint's starts keep failing (after the backoff). */
+/* How many more workers may start now: bounded by this node's free GPUs
+ * (not for slurm workers: Slurm holds the ones it cannot place pending), and
+ * to one at a time while the endpoint's starts keep failing (after the
+ * backoff). */
 static int start_slots(sg_endpoint_t *ep, int starting, int64_t now) {
   const sg_spec_t *spec = ep->spec;
   if (ep->backoff_until_mono > now)
     return 0;
   int slots = -1;
-  if (spec->gpu.count > 0)
+  if (spec->gpu.count > 0 && strcmp(spec->runtime, "slurm"))
     slots = sg_gpu_free_count(ep->d->gpus, spec->gpu.type) / spec->gpu.count;
   if (ep->consecutive_failures > 0)
     slots = starting > 0 ? 0 : (slots < 0 || slots > 1 ? 1 : slots);

@@ -1,0 +1,115 @@
+/* The daemon's side of the slurm runtime: its config keys, its setup after
+ * the thread pool, the daemon-wide default runtime, and the cluster's nodes
+ * for GET /v1/nodes. Loop thread. */
+#include <errno.h>
+#include <sys/stat.h>
+
+#include "daemon-internal.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+static int opt_str(json_t *obj, const char *key, char **out, sg_error_t **err) {
+  json_t *v = json_object_get(obj, key);
+  if (!v || json_is_null(v))
+    return 0;
+  if (!json_is_string(v) || !*json_string_value(v) ||
+      strlen(json_string_value(v)) > 255)
+    return sg_make_error(err, SG_EINVAL,
+                         "config: slurm.%s must be a non-empty string", key);
+  free(*out);
+  *out = xstrdup(json_string_value(v));
+  return 0;
+}
+
+int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key,
+                                  json_t *v, sg_error_t **err) {
+  if (!strcmp(key, "default_runtime")) {
+    const char *s = json_is_string(v) ? json_string_value(v) : "";
+    if (strcmp(s, "process") && strcmp(s, "oci") && strcmp(s, "slurm"))
+      return sg_make_error(
+          err, SG_EINVAL,
+          "config: default_runtime must be \"process\", \"oci\" or \"slurm\"");
+    free(cfg->default_runtime);
+    cfg->default_runtime = xstrdup(s);
+    if (!strcmp(s, "slurm"))
+      cfg->slurm.configured = true;
+    return 0;
+  }
+  if (!strcmp(key, "slurm")) {
+    if (!json_is_object(v))
+      return sg_make_error(err, SG_EINVAL,
+                           "config: slurm must be an object {dir, partition, "
+                           "account, time_limit}");
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) {
+      if (strcmp(k, "dir") && strcmp(k, "partition") && strcmp(k, "account") &&
+          strcmp(k, "time_limit"))
+        return sg_make_error(
+            err, SG_EINVAL,
+            "config: slurm.%s is not dir, partition, account or time_limit", k);
+    }
+    if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 ||
+        opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
+        opt_str(v, "account", &cfg->slurm.account, err) < 0 ||
+        opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0)
+      return -SG_EINVAL;
+    cfg->slurm.configured = true;
+    return 0;
+  }
+  return 1;
+}
+
+void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg) {
+  free(cfg->default_runtime);
+  free(cfg->slurm.dir);
+  free(cfg->slurm.partition);
+  free(cfg->slurm.account);
+  free(cfg->slurm.time_limit);
+  cfg->default_runtime = NULL;
+  memset(&cfg->slurm, 0, sizeof(cfg->slurm));
+}
+
+int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
+  cleanup_free char *dir = d->cfg.slurm.dir
+                               ? xstrdup(d->cfg.slurm.dir)
+                               : xasprintf("%s/slurm", d->cfg.data_dir);
+  struct stat st;
+  /* Jobs of an earlier sgpud are looked for only where one used Slurm. */
+  bool used = stat(dir, &st) == 0;
+  if (!d->cfg.slurm.configured && !used)
+    return 0;
+  sg_slurm_config_t sc = {dir, d->cfg.slurm.partition, d->cfg.slurm.account,
+                          d->cfg.slurm.time_limit, true};
+  return sg_slurm_runtime_init(d->base, d->pool, &sc, err);
+}
+
+void sg_daemon_cluster_free(sg_daemon_t *d) { sg_slurm_runtime_shutdown(); }
+
+void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec) {
+  json_t *r = json_object_get(spec, "runtime");
+  if (d->cfg.default_runtime && json_is_object(spec) && (!r || json_is_null(r)))
+    json_object_set_new(spec, "runtime", json_string(d->cfg.default_runtime));
+}
+
+json_t *sg_daemon_cluster_nodes(sg_daemon_t *d) {
+  if (!d->cfg.slurm.configured)
+    return NULL;
+  size_t n;
+  int64_t age;
+  const sg_slurm_node_t *nodes = sg_slurm_nodes(&n, &age);
+  json_t *arr = json_array();
+  for (size_t i = 0; i < n; i++) {
+    const sg_slurm_node_t *x = &nodes[i];
+    int free_n = x->gpus_total - x->gpus_used;
+    json_array_append_new(
+        arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:s, s:I}", "name",
+                       x->name, "runtime", "slurm", "state", x->state,
+                       "partitions", x->partitions, "gpu_type",
+                       *x->gpu_type ? json_string(x->gpu_type) : json_null(),
+                       "gpus_total", x->gpus_total, "gpus_free",
+                       free_n < 0 ? 0 : free_n, "source", "slurm", "age_ms",
+                       (json_int_t)age));
+  }
+  return arr;
+}

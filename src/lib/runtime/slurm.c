@@ -1,0 +1,1252 @@
+/* The slurm runtime: a worker is one Slurm batch job. Every Slurm command
+ * (sbatch, squeue, scontrol, scancel) runs on the thread pool, never on the
+ * loop.
+ *
+ * The job's script picks a free port on its node, writes "NODE PORT GPUS" to
+ * an address file in the runtime's dir (which must be shared with the nodes)
+ * and execs the worker with PORT, CUDA_VISIBLE_DEVICES (Slurm's allocation)
+ * and "$PORT" in its argv replaced. Its stdout and stderr go to files in the
+ * same dir, which are followed while it runs.
+ *
+ * One poll at a time runs on the pool: squeue for the state of every job
+ * (often while a job starts, every second or so after), the address files of
+ * started jobs, the new bytes of every output file, and every few seconds the
+ * cluster's nodes. Its results are applied on the loop: on_running once a job
+ * runs and has written its address, on_exit (after its last output lines)
+ * once Slurm says it ended.
+ *
+ * Jobs are named "sgpu.WORKER_ID" and carry the comment "sgpu:TAG:ENDPOINT",
+ * TAG being fixed per dir; a new sgpud of the same dir cancels every job with
+ * its tag that it finds (they cannot be adopted: their workers' requests and
+ * meters were lost with the earlier sgpud), and the scaler starts fresh ones.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "sgpu/log.h"
+#include "sgpu/pool.h"
+#include "sgpu/runtime.h"
+#include "sgpu/util.h"
+
+#define MAX_LINE 16384
+#define READ_CHUNK (256 * 1024)
+#define CMD_TIMEOUT_MS 30000
+#define FAST_POLL_MS 100 /* while a job is being placed */
+#define SLOW_POLL_MS 500 /* otherwise (output) */
+#define SQUEUE_EVERY_MS 1000
+#define NODES_EVERY_MS 3000
+#define MISSING_POLLS 5 /* a job absent this many polls in a row has ended */
+
+enum phase { P_SUBMITTING, P_QUEUED, P_RUNNING, P_ENDED };
+
+typedef struct out_stream {
+  off_t off;
+  char *partial; /* a line not yet ended */
+  size_t plen;
+} out_stream_t;
+
+struct sg_instance {
+  LIST_ENTRY(sg_instance) link;
+  char *id;
+  char *job_id; /* NULL until sbatch answered */
+  enum phase phase;
+  bool running_reported, exit_reported, released;
+  bool cancel_after_submit;
+  int missing;
+  char *state, *reason, *node, *addr;
+  int port;
+  int gpus[16];
+  int n_gpus;
+  int64_t start_wall, end_wall;
+  int exit_status;
+  char *end_desc;
+  char *script_path, *addr_path, *out_path[2];
+  out_stream_t out[2];
+  sg_instance_callbacks_t cbs;
+  void *ud;
+};
+
+static struct {
+  struct event_base *base;
+  sg_pool_t *pool;
+  char *dir;
+  char *tag;
+  char *partition, *account, *time_limit;
+  char *unavailable;
+  bool ready;
+  struct event *timer;
+  bool poll_busy;
+  int64_t last_squeue, last_nodes;
+  sg_slurm_node_t *nodes;
+  size_t n_nodes;
+  int64_t nodes_at;
+} rt;
+
+static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
+
+static void schedule_poll(int64_t ms);
+
+/* ---- commands ---- */
+
+/* The file argv0 names, looked up in PATH as execvp would; NULL if none. */
+static char *find_program(const char *argv0) {
+  if (strchr(argv0, '/'))
+    return access(argv0, X_OK) == 0 ? xstrdup(argv0) : NULL;
+  const char *path = getenv("PATH");
+  if (!path || !*path)
+    path = "/usr/local/bin:/usr/bin:/bin";
+  for (const char *p = path; *p;) {
+    size_t n = strcspn(p, ":");
+    char *cand = xasprintf("%.*s/%s", (int)n, p, argv0);
+    if (n > 0 && access(cand, X_OK) == 0)
+      return cand;
+    free(cand);
+    p += n;
+    if (*p == ':')
+      p++;
+  }
+  return NULL;
+}
+
+static int write_full(int fd, const void *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    buf = (const char *)buf + w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Runs argv (looked up in PATH) to completion, at most CMD_TIMEOUT_MS, and
+ * returns its wait status or -1 when it could not run; *out (optional) gets
+ * what it printed (at most 4 MiB). Blocks: pool threads and startup only.
+ *
+ * The command runs as a grandchild: the child waits for it and writes its
+ * pid and then its wait status to a pipe. The loop's SIGCHLD reaper waits
+ * for any child, so a direct child's status could be taken by it. */
+static int run_cmd(char *const *argv, char **out) {
+  cleanup_free char *prog = find_program(argv[0]);
+  if (!prog) {
+    errno = ENOENT;
+    return -1;
+  }
+  int p[2], st[2];
+  if (pipe2(p, O_CLOEXEC) < 0)
+    return -1;
+  if (pipe2(st, O_CLOEXEC) < 0) {
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  extern char **environ;
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* Only async-signal-safe calls from here on. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    pid_t g = fork();
+    if (g == 0) {
+      int devnull = open("/dev/null", O_RDONLY);
+      if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(p[1], 1) < 0 ||
+          dup2(p[1], 2) < 0)
+        _exit(126);
+      execve(prog, argv, environ);
+      _exit(127);
+    }
+    close(p[1]);
+    int status = -1;
+    if (g > 0) {
+      write_full(st[1], &g, sizeof(g));
+      while (waitpid(g, &status, 0) < 0 && errno == EINTR)
+        ;
+    }
+    write_full(st[1], &status, sizeof(status));
+    _exit(0);
+  }
+  int e = errno;
+  close(p[1]);
+  close(st[1]);
+  if (pid < 0) {
+    close(p[0]);
+    close(st[0]);
+    errno = e;
+    return -1;
+  }
+  pid_t g = -1;
+  ssize_t r;
+  do
+    r = read(st[0], &g, sizeof(g));
+  while (r < 0 && errno == EINTR);
+  size_t len = 0, cap = 4096;
+  char *buf = xmalloc(cap);
+  int64_t deadline = sg_now_ms() + CMD_TIMEOUT_MS;
+  bool killed = false;
+  for (;;) {
+    int64_t left = deadline - sg_now_ms();
+    if (left <= 0 && !killed && g > 0) {
+      kill(g, SIGKILL);
+      killed = true;
+    }
+    struct pollfd pfd = {p[0], POLLIN, 0};
+    int pr = poll(&pfd, 1, left > 0 ? (int)left : 1000);
+    if (pr < 0 && errno == EINTR)
+      continue;
+    if (pr == 0)
+      continue;
+    if (len + 1 >= cap && cap < (4u << 20))
+      buf = xrealloc(buf, cap *= 2);
+    char sink[4096];
+    bool full = len + 1 >= cap;
+    ssize_t n = full ? read(p[0], sink, sizeof(sink))
+                     : read(p[0], buf + len, cap - len - 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    if (!full)
+      len += (size_t)n;
+  }
+  buf[len] = '\0';
+  close(p[0]);
+  int status = -1;
+  do
+    r = read(st[0], &status, sizeof(status));
+  while (r < 0 && errno == EINTR);
+  if (r != sizeof(status))
+    status = -1;
+  close(st[0]);
+  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  if (out)
+    *out = buf;
+  else
+    free(buf);
+  return status;
+}
+
+static bool cmd_ok(int status) {
+  return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* The last non-empty line of text, trimmed, for error messages. */
+static char *last_line(const char *text) {
+  const char *end = text + strlen(text);
+  while (end > text && isspace((unsigned char)end[-1]))
+    end--;
+  const char *start = end;
+  while (start > text && start[-1] != '\n')
+    start--;
+  return xstrndup(start, (size_t)(end - start));
+}
+
+/* ---- job scripts ---- */
+
+/* Appends s to *buf single-quoted for sh. */
+static void append_quoted(char **buf, const char *s, size_t n) {
+  size_t len = strlen(*buf);
+  size_t cap = len + 4 * n + 3;
+  *buf = xrealloc(*buf, cap);
+  char *o = *buf + len;
+  *o++ = '\'';
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\'') {
+      memcpy(o, "'\\''", 4);
+      o += 4;
+    } else {
+      *o++ = s[i];
+    }
+  }
+  *o++ = '\'';
+  *o = '\0';
+}
+
+static void append(char **buf, const char *s) {
+  size_t len = strlen(*buf), n = strlen(s);
+  *buf = xrealloc(*buf, len + n + 1);
+  memcpy(*buf + len, s, n + 1);
+}
+
+/* An argument for sh: quoted pieces, each "$PORT" left for the shell. */
+static void append_arg(char **buf, const char *arg) {
+  const char *p = arg;
+  for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
+    if (q > p)
+      append_quoted(buf, p, (size_t)(q - p));
+    append(buf, "\"$PORT\"");
+  }
+  if (*p || p == arg)
+    append_quoted(buf, p, strlen(p));
+}
+
+static bool node_sets(const char *kv) {
+  static const char *const keys[] = {"PORT=",
+                                     "CUDA_VISIBLE_DEVICES=",
+                                     "NVIDIA_VISIBLE_DEVICES=",
+                                     "CUDA_DEVICE_ORDER=",
+                                     "PATH=",
+                                     "HOME=",
+                                     NULL};
+  for (const char *const *k = keys; *k; k++)
+    if (!strncmp(kv, *k, strlen(*k)))
+      return true;
+  return false;
+}
+
+static const char script_head[] =
+    "#!/bin/sh\n"
+    "set -u\n"
+    "# A free port on this node: not among the listening ones.\n"
+    "used=$(awk 'NR > 1 && $4 == \"0A\" { split($2, a, \":\"); printf \" %s\", "
+    "a[2] }' /proc/net/tcp "
+    "/proc/net/tcp6 2>/dev/null)\n"
+    "port=\n"
+    "i=0\n"
+    "while [ $i -lt 200 ]; do\n"
+    "  p=$((20000 + $(od -An -N2 -tu2 /dev/urandom) % 40000))\n"
+    "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
+    "esac\n"
+    "  i=$((i + 1))\n"
+    "done\n"
+    "[ -n \"$port\" ] || { echo \"sgpu: no free port on $(hostname)\" >&2; "
+    "exit 75; }\n"
+    "# GPUs: as Slurm set them, else the indexes of the job's GRES.\n"
+    "gpus=${CUDA_VISIBLE_DEVICES-}\n"
+    "if [ -z \"$gpus\" ] && [ -n \"${SLURM_JOB_ID-}\" ]; then\n"
+    "  gpus=$(scontrol show job -d \"$SLURM_JOB_ID\" 2>/dev/null | sed -n "
+    "'s/.*GRES=[^ ]*(IDX:\\([0-9,-]*\\)).*/\\1/p' |\n"
+    "    head -n 1 | awk -F, '{ s = \"\"; for (i = 1; i <= NF; i++) { n = "
+    "split($i, r, \"-\"); hi = n > 1 ? r[2] : r[1];\n"
+    "      for (g = r[1]; g <= hi; g++) s = s (s == \"\" ? \"\" : \",\") g } "
+    "print s }')\n"
+    "fi\n"
+    "node=${SLURMD_NODENAME:-$(hostname)}\n";
+
+/* The batch script of a worker. */
+static char *make_script(const sg_launch_t *l, const char *addr_path) {
+  char *s = xstrdup(script_head);
+  append(&s, "addr_file=");
+  append_quoted(&s, addr_path, strlen(addr_path));
+  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" "
+             ">\"$addr_file.tmp\" && "
+             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n"
+             "export PORT=$port CUDA_VISIBLE_DEVICES=$gpus "
+             "NVIDIA_VISIBLE_DEVICES=${gpus:-void} "
+             "CUDA_DEVICE_ORDER=PCI_BUS_ID\n");
+  for (char *const *e = l->envp; e && *e; e++) {
+    const char *eq = strchr(*e, '=');
+    if (!eq || eq == *e || node_sets(*e))
+      continue;
+    bool name_ok = true;
+    for (const char *c = *e; c < eq; c++)
+      name_ok &= isalnum((unsigned char)*c) || *c == '_';
+    if (!name_ok)
+      continue;
+    append(&s, "export ");
+    cleanup_free char *name = xstrndup(*e, (size_t)(eq - *e));
+    append(&s, name);
+    append(&s, "=");
+    append_quoted(&s, eq + 1, strlen(eq + 1));
+    append(&s, "\n");
+  }
+  append(&s, "exec");
+  for (char *const *a = l->argv; *a; a++) {
+    append(&s, " ");
+    append_arg(&s, *a);
+  }
+  append(&s, "\n");
+  return s;
+}
+
+/* ---- submit ---- */
+
+typedef struct submit_job {
+  char *id;
+  char **argv;
+  char *script, *script_path;
+  char *job_id; /* out */
+  char *error;  /* out */
+} submit_job_t;
+
+static void submit_work(void *data) {
+  submit_job_t *s = data;
+  int r =
+      sg_write_file_atomic(s->script_path, s->script, strlen(s->script), 0700);
+  if (r < 0) {
+    s->error = xasprintf("cannot write %s: %s", s->script_path, strerror(-r));
+    return;
+  }
+  cleanup_free char *out = NULL;
+  int status = run_cmd(s->argv, &out);
+  /* --parsable: "JOBID" or "JOBID;CLUSTER" */
+  const char *p = out ? out : "";
+  while (*p && isspace((unsigned char)*p))
+    p++;
+  size_t n = strspn(p, "0123456789");
+  if (cmd_ok(status) && n > 0 && n < 32) {
+    s->job_id = xstrndup(p, n);
+    return;
+  }
+  cleanup_free char *why = last_line(p);
+  s->error = status < 0
+                 ? xasprintf("cannot run sbatch: %s", strerror(errno))
+                 : xasprintf("sbatch failed: %s", *why ? why : "no output");
+}
+
+static void cancel_sync(const char *job_id, bool term);
+static void submit_cmd(char **argv);
+
+static void instance_free(sg_instance_t *inst) {
+  free(inst->id);
+  free(inst->job_id);
+  free(inst->state);
+  free(inst->reason);
+  free(inst->node);
+  free(inst->addr);
+  free(inst->end_desc);
+  free(inst->script_path);
+  free(inst->addr_path);
+  for (int i = 0; i < 2; i++) {
+    free(inst->out_path[i]);
+    free(inst->out[i].partial);
+  }
+  free(inst);
+}
+
+static sg_instance_t *find(const char *id) {
+  sg_instance_t *inst;
+  LIST_FOREACH(inst, &instances, link) {
+    if (!strcmp(inst->id, id))
+      return inst;
+  }
+  return NULL;
+}
+
+static void set_str(char **slot, const char *v) {
+  if (*slot && v && !strcmp(*slot, v))
+    return;
+  free(*slot);
+  *slot = v ? xstrdup(v) : NULL;
+}
+
+static char **cancel_argv(const char *job_id, bool term) {
+  char **argv = xcalloc(6, sizeof(char *));
+  int n = 0;
+  argv[n++] = xstrdup("scancel");
+  if (term) {
+    argv[n++] = xstrdup("--full");
+    argv[n++] = xstrdup("--signal=TERM");
+  }
+  argv[n++] = xstrdup(job_id);
+  return argv;
+}
+
+static void submit_done(void *data, bool cancelled) {
+  submit_job_t *s = data;
+  sg_instance_t *inst = find(s->id);
+  if (inst && !cancelled) {
+    if (s->job_id) {
+      inst->job_id = steal_pointer(&s->job_id);
+      inst->phase = P_QUEUED;
+      set_str(&inst->state, "PENDING");
+      if (inst->released) {
+        cancel_sync(inst->job_id, false);
+      } else if (inst->cancel_after_submit) {
+        submit_cmd(cancel_argv(inst->job_id, false));
+      }
+      schedule_poll(0);
+    } else {
+      inst->phase = P_ENDED;
+      inst->exit_reported = true;
+      if (!inst->released)
+        inst->cbs.on_fail(inst->ud, s->error ? s->error : "sbatch failed");
+    }
+  } else if (inst && s->job_id) {
+    cancel_sync(s->job_id, false); /* shutdown */
+  }
+  if (inst && inst->released) {
+    LIST_REMOVE(inst, link);
+    instance_free(inst);
+  }
+  for (char **a = s->argv; *a; a++)
+    free(*a);
+  free(s->argv);
+  free(s->id);
+  free(s->script);
+  free(s->script_path);
+  free(s->job_id);
+  free(s->error);
+  free(s);
+}
+
+static const sg_pool_job_ops_t submit_ops = {submit_work, submit_done};
+
+/* ---- fire-and-forget commands (scancel) ---- */
+
+typedef struct cmd_job {
+  char **argv;
+  char *out;
+  int status;
+} cmd_job_t;
+
+static void cmd_work(void *data) {
+  cmd_job_t *c = data;
+  c->status = run_cmd(c->argv, &c->out);
+}
+
+static void cmd_done(void *data, bool cancelled) {
+  cmd_job_t *c = data;
+  if (!cancelled && !cmd_ok(c->status)) {
+    cleanup_free char *why = last_line(c->out ? c->out : "");
+    sg_warn("%s %s failed: %s", c->argv[0], c->argv[1] ? c->argv[1] : "", why);
+  }
+  for (char **a = c->argv; *a; a++)
+    free(*a);
+  free(c->argv);
+  free(c->out);
+  free(c);
+}
+
+static const sg_pool_job_ops_t cmd_ops = {cmd_work, cmd_done};
+
+static void submit_cmd(char **argv) {
+  cmd_job_t *c = xcalloc(1, sizeof(*c));
+  c->argv = argv;
+  sg_pool_submit(rt.pool, &cmd_ops, c);
+}
+
+/* Cancels a job now (blocks; shutdown only). */
+static void cancel_sync(const char *job_id, bool term) {
+  char **argv = cancel_argv(job_id, term);
+  run_cmd(argv, NULL);
+  for (char **a = argv; *a; a++)
+    free(*a);
+  free(argv);
+}
+
+/* ---- poll ---- */
+
+typedef struct poll_item {
+  char *id, *job_id, *addr_path, *out_path[2];
+  off_t off[2];
+  bool want_addr;
+  /* out */
+  char *chunk[2];
+  size_t chunk_len[2];
+  bool seen; /* in squeue's answer */
+  char state[32], reason[128], node[128];
+  int64_t start_wall, end_wall;
+  char exit_code[32];
+  bool have_addr;
+  char addr_node[128], addr[64];
+  int port;
+  int gpus[16];
+  int n_gpus;
+} poll_item_t;
+
+typedef struct poll_job {
+  poll_item_t *items;
+  size_t n;
+  bool squeue, nodes;
+  bool squeue_ok;
+  char *squeue_error;
+  sg_slurm_node_t *node_list;
+  size_t n_nodes;
+  bool nodes_ok;
+} poll_job_t;
+
+/* Slurm's local time "2024-05-01T12:00:00" as ms since the epoch; 0 for none.
+ */
+static int64_t parse_time(const char *s) {
+  struct tm tm = {0};
+  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end || *end)
+    return 0;
+  tm.tm_isdst = -1;
+  time_t t = mktime(&tm);
+  return t < 0 ? 0 : (int64_t)t * 1000;
+}
+
+/* The value of " KEY=" in a one-line scontrol record, up to the next space. */
+static bool field(const char *rec, const char *key, char *out, size_t len) {
+  size_t kl = strlen(key);
+  for (const char *p = rec; (p = strstr(p, key)); p += kl) {
+    if ((p == rec || p[-1] == ' ') && p[kl] == '=') {
+      const char *v = p + kl + 1;
+      size_t n = strcspn(v, " \n");
+      if (n >= len)
+        n = len - 1;
+      memcpy(out, v, n);
+      out[n] = '\0';
+      return true;
+    }
+  }
+  out[0] = '\0';
+  return false;
+}
+
+static void copy_field(char *dst, size_t len, const char *src, size_t n) {
+  if (n >= len)
+    n = len - 1;
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
+static void run_squeue(poll_job_t *pj) {
+  size_t cap = 64;
+  for (size_t i = 0; i < pj->n; i++)
+    cap += strlen(pj->items[i].job_id) + 1;
+  cleanup_free char *ids = xcalloc(1, cap);
+  for (size_t i = 0; i < pj->n; i++) {
+    if (i)
+      strcat(ids, ",");
+    strcat(ids, pj->items[i].job_id);
+  }
+  char *argv[] = {"squeue", "--noheader", "--states=all",
+                  "--jobs", ids,          "--format=%i|%T|%r|%N|%S|%e",
+                  NULL};
+  cleanup_free char *out = NULL;
+  int status = run_cmd(argv, &out);
+  if (!cmd_ok(status) && !(out && strstr(out, "Invalid job id"))) {
+    cleanup_free char *why = last_line(out ? out : "");
+    pj->squeue_error = status < 0
+                           ? xasprintf("cannot run squeue: %s", strerror(errno))
+                           : xasprintf("squeue failed: %s", why);
+    return;
+  }
+  pj->squeue_ok = true;
+  for (char *line = out, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    char *f[6] = {0};
+    int nf = 0;
+    for (char *p = line; nf < 6; nf++) {
+      f[nf] = p;
+      char *bar = strchr(p, '|');
+      if (!bar) {
+        nf++;
+        break;
+      }
+      *bar = '\0';
+      p = bar + 1;
+    }
+    if (nf < 6)
+      continue;
+    for (size_t i = 0; i < pj->n; i++) {
+      poll_item_t *it = &pj->items[i];
+      if (strcmp(it->job_id, f[0]))
+        continue;
+      it->seen = true;
+      copy_field(it->state, sizeof(it->state), f[1], strlen(f[1]));
+      copy_field(it->reason, sizeof(it->reason), f[2], strlen(f[2]));
+      copy_field(it->node, sizeof(it->node), f[3], strlen(f[3]));
+      it->start_wall = strcmp(it->state, "PENDING") ? parse_time(f[4]) : 0;
+      it->end_wall = parse_time(f[5]);
+    }
+  }
+}
+
+static bool ended_state(const char *s) {
+  return *s && strcmp(s, "PENDING") && strcmp(s, "RUNNING") &&
+         strcmp(s, "CONFIGURING") && strcmp(s, "COMPLETING") &&
+         strcmp(s, "SUSPENDED") && strcmp(s, "REQUEUED") &&
+         strcmp(s, "RESIZING") && strcmp(s, "SIGNALING") &&
+         strcmp(s, "STAGE_OUT");
+}
+
+/* For an ended job: its exit code and exact times from scontrol. */
+static void read_end(poll_item_t *it) {
+  char *argv[] = {"scontrol", "--oneliner", "show", "job", it->job_id, NULL};
+  cleanup_free char *out = NULL;
+  if (!cmd_ok(run_cmd(argv, &out)) || !out)
+    return;
+  char v[64];
+  field(out, "ExitCode", it->exit_code, sizeof(it->exit_code));
+  if (field(out, "StartTime", v, sizeof(v)) && parse_time(v))
+    it->start_wall = parse_time(v);
+  if (field(out, "EndTime", v, sizeof(v)) && parse_time(v))
+    it->end_wall = parse_time(v);
+}
+
+static void read_addr(poll_item_t *it) {
+  size_t len;
+  cleanup_free char *text = sg_read_file(it->addr_path, 4096, &len);
+  if (!text)
+    return;
+  char node[128], gpus[256];
+  int port;
+  if (sscanf(text, "%127s %d %255s", node, &port, gpus) != 3 || port <= 0 ||
+      port > 65535)
+    return;
+  it->n_gpus = 0;
+  if (strcmp(gpus, "-")) {
+    for (char *tok = strtok(gpus, ","); tok && it->n_gpus < 16;
+         tok = strtok(NULL, ","))
+      it->gpus[it->n_gpus++] = atoi(tok);
+  }
+  /* The node's name as the cluster resolves it. */
+  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM},
+                  *res = NULL;
+  if (getaddrinfo(node, NULL, &hints, &res) != 0 || !res)
+    return;
+  inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, it->addr,
+            sizeof(it->addr));
+  freeaddrinfo(res);
+  snprintf(it->addr_node, sizeof(it->addr_node), "%s", node);
+  it->port = port;
+  it->have_addr = true;
+}
+
+static void read_output(poll_item_t *it) {
+  for (int i = 0; i < 2; i++) {
+    cleanup_close int fd = open(it->out_path[i], O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    char *buf = xmalloc(READ_CHUNK);
+    ssize_t n;
+    do
+      n = pread(fd, buf, READ_CHUNK, it->off[i]);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+      it->chunk[i] = buf;
+      it->chunk_len[i] = (size_t)n;
+    } else {
+      free(buf);
+    }
+  }
+}
+
+/* "gpu:a100:4(S:0)" -> type a100, count 4; "gpu:a100:2(IDX:0-1)" -> count 2. */
+static void parse_gres(const char *g, char *type, size_t tlen, int *count) {
+  *count = 0;
+  for (const char *p = g; (p = strstr(p, "gpu:")); p += 4) {
+    if (p != g && p[-1] != ',')
+      continue;
+    const char *a = p + 4;
+    const char *colon = strchr(a, ':');
+    const char *stop = a + strcspn(a, ",(");
+    if (colon && colon < stop) {
+      if (type && !*type)
+        copy_field(type, tlen, a, (size_t)(colon - a));
+      *count += atoi(colon + 1);
+    } else {
+      *count += atoi(a);
+    }
+  }
+}
+
+static void run_nodes(poll_job_t *pj) {
+  char *argv[] = {"scontrol", "--oneliner", "--details", "show", "node", NULL};
+  cleanup_free char *out = NULL;
+  if (!cmd_ok(run_cmd(argv, &out)) || !out)
+    return;
+  pj->nodes_ok = true;
+  for (char *line = out, *next; *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    else
+      next = line + strlen(line);
+    sg_slurm_node_t n = {0};
+    if (!field(line, "NodeName", n.name, sizeof(n.name)))
+      continue;
+    field(line, "State", n.state, sizeof(n.state));
+    field(line, "Partitions", n.partitions, sizeof(n.partitions));
+    char g[512];
+    field(line, "Gres", g, sizeof(g));
+    parse_gres(g, n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
+    field(line, "GresUsed", g, sizeof(g));
+    parse_gres(g, NULL, 0, &n.gpus_used);
+    pj->node_list =
+        xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
+    pj->node_list[pj->n_nodes++] = n;
+  }
+}
+
+static void poll_work(void *data) {
+  poll_job_t *pj = data;
+  if (pj->squeue && pj->n > 0)
+    run_squeue(pj);
+  for (size_t i = 0; i < pj->n; i++) {
+    poll_item_t *it = &pj->items[i];
+    if (it->seen && ended_state(it->state))
+      read_end(it);
+    if (it->want_addr && it->seen && !strcmp(it->state, "RUNNING"))
+      read_addr(it);
+    /* Output after the state: what the job wrote before it ended is read
+     * before its end is reported. */
+    read_output(it);
+  }
+  if (pj->nodes)
+    run_nodes(pj);
+}
+
+/* Hands complete lines of a chunk to on_line; keeps the rest. */
+static void deliver(sg_instance_t *inst, int i, const char *data, size_t len,
+                    bool eof) {
+  out_stream_t *o = &inst->out[i];
+  const char *stream = i == 0 ? "stdout" : "stderr";
+  o->partial = xrealloc(o->partial, o->plen + len + 1);
+  memcpy(o->partial + o->plen, data, len);
+  o->plen += len;
+  size_t start = 0;
+  for (size_t k = 0; k < o->plen; k++) {
+    if (o->partial[k] != '\n' && k - start < MAX_LINE)
+      continue;
+    size_t l = k - start;
+    bool nl = o->partial[k] == '\n';
+    if (l > 0 && o->partial[start + l - 1] == '\r')
+      l--;
+    o->partial[start + l] = '\0';
+    if (!inst->released)
+      inst->cbs.on_line(inst->ud, stream, o->partial + start, l);
+    start = nl ? k + 1 : k;
+  }
+  if (eof && start < o->plen) {
+    o->partial[o->plen] = '\0';
+    if (!inst->released)
+      inst->cbs.on_line(inst->ud, stream, o->partial + start, o->plen - start);
+    start = o->plen;
+  }
+  memmove(o->partial, o->partial + start, o->plen - start);
+  o->plen -= start;
+}
+
+/* Slurm's "CODE:SIGNAL" as a wait status. */
+static int wait_status(const char *exit_code) {
+  int code = 0, sig = 0;
+  if (sscanf(exit_code, "%d:%d", &code, &sig) < 1)
+    return 0;
+  if (sig > 0 && sig < 128)
+    return sig; /* WIFSIGNALED */
+  return (code & 0xff) << 8;
+}
+
+static void report_end(sg_instance_t *inst) {
+  if (inst->exit_reported)
+    return;
+  inst->exit_reported = true;
+  inst->phase = P_ENDED;
+  for (int i = 0; i < 2; i++)
+    deliver(inst, i, "", 0, true);
+  if (inst->released)
+    return;
+  if (!inst->running_reported) {
+    cleanup_free char *msg =
+        xasprintf("Slurm job %s ended before the worker started: %s",
+                  inst->job_id, inst->end_desc ? inst->end_desc : "unknown");
+    /* A job that ran (its script failed) reports an exit; one that never ran, a
+     * failed start. */
+    if (inst->start_wall) {
+      inst->cbs.on_line(inst->ud, "stderr", msg, strlen(msg));
+      inst->cbs.on_exit(inst->ud, inst->exit_status);
+    } else {
+      inst->cbs.on_fail(inst->ud, msg);
+    }
+    return;
+  }
+  cleanup_free char *msg =
+      xasprintf("Slurm job %s ended: %s", inst->job_id, inst->end_desc);
+  inst->cbs.on_line(inst->ud, "stderr", msg, strlen(msg));
+  inst->cbs.on_exit(inst->ud, inst->exit_status);
+}
+
+static void apply(poll_job_t *pj, poll_item_t *it) {
+  sg_instance_t *inst = find(it->id);
+  if (!inst || inst->exit_reported)
+    return;
+  for (int i = 0; i < 2; i++) {
+    if (it->chunk[i]) {
+      inst->out[i].off += (off_t)it->chunk_len[i];
+      deliver(inst, i, it->chunk[i], it->chunk_len[i], false);
+    }
+  }
+  if (!pj->squeue_ok)
+    return;
+  if (!it->seen) {
+    if (++inst->missing >= MISSING_POLLS) {
+      set_str(&inst->state, "UNKNOWN");
+      set_str(&inst->end_desc, "no longer known to Slurm");
+      inst->exit_status = 0;
+      report_end(inst);
+    }
+    return;
+  }
+  inst->missing = 0;
+  set_str(&inst->state, it->state);
+  set_str(&inst->reason, strcmp(it->reason, "None") ? it->reason : NULL);
+  if (*it->node)
+    set_str(&inst->node, it->node);
+  if (it->start_wall)
+    inst->start_wall = it->start_wall;
+  if (ended_state(it->state)) {
+    inst->end_wall = it->end_wall;
+    inst->exit_status = wait_status(it->exit_code);
+    free(inst->end_desc);
+    inst->end_desc =
+        xasprintf("%s%s%s, exit code %s", it->state, inst->reason ? " " : "",
+                  inst->reason ? inst->reason : "",
+                  *it->exit_code ? it->exit_code : "unknown");
+    report_end(inst);
+    return;
+  }
+  if (!strcmp(it->state, "RUNNING"))
+    inst->phase = P_RUNNING;
+  if (it->have_addr && !inst->running_reported) {
+    set_str(&inst->addr, it->addr);
+    set_str(&inst->node, it->addr_node);
+    inst->port = it->port;
+    inst->n_gpus = it->n_gpus;
+    memcpy(inst->gpus, it->gpus, sizeof(inst->gpus));
+    inst->running_reported = true;
+    if (!inst->released)
+      inst->cbs.on_running(inst->ud);
+  }
+}
+
+static void poll_job_free(poll_job_t *pj) {
+  for (size_t i = 0; i < pj->n; i++) {
+    poll_item_t *it = &pj->items[i];
+    free(it->id);
+    free(it->job_id);
+    free(it->addr_path);
+    for (int k = 0; k < 2; k++) {
+      free(it->out_path[k]);
+      free(it->chunk[k]);
+    }
+  }
+  free(pj->items);
+  free(pj->squeue_error);
+  free(pj->node_list);
+  free(pj);
+}
+
+static bool placing(void) {
+  sg_instance_t *inst;
+  LIST_FOREACH(inst, &instances, link) {
+    if (!inst->exit_reported && !inst->running_reported)
+      return true;
+  }
+  return false;
+}
+
+static void poll_done(void *data, bool cancelled) {
+  poll_job_t *pj = data;
+  rt.poll_busy = false;
+  if (!cancelled) {
+    if (pj->squeue_error)
+      sg_warn("slurm: %s", pj->squeue_error);
+    for (size_t i = 0; i < pj->n; i++)
+      apply(pj, &pj->items[i]);
+    if (pj->nodes_ok) {
+      free(rt.nodes);
+      rt.nodes = steal_pointer(&pj->node_list);
+      rt.n_nodes = pj->n_nodes;
+      rt.nodes_at = sg_now_ms();
+    }
+    schedule_poll(placing() ? FAST_POLL_MS : SLOW_POLL_MS);
+  }
+  poll_job_free(pj);
+}
+
+static const sg_pool_job_ops_t poll_ops = {poll_work, poll_done};
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg) {
+  if (rt.poll_busy || !rt.pool)
+    return;
+  int64_t now = sg_now_ms();
+  poll_job_t *pj = xcalloc(1, sizeof(*pj));
+  bool fast = placing();
+  pj->squeue = fast || now - rt.last_squeue >= SQUEUE_EVERY_MS;
+  pj->nodes = now - rt.last_nodes >= NODES_EVERY_MS;
+  sg_instance_t *inst;
+  LIST_FOREACH(inst, &instances, link) {
+    if (!inst->job_id || inst->exit_reported)
+      continue;
+    pj->items = xrealloc(pj->items, (pj->n + 1) * sizeof(*pj->items));
+    poll_item_t *it = &pj->items[pj->n++];
+    memset(it, 0, sizeof(*it));
+    it->id = xstrdup(inst->id);
+    it->job_id = xstrdup(inst->job_id);
+    it->addr_path = xstrdup(inst->addr_path);
+    for (int k = 0; k < 2; k++) {
+      it->out_path[k] = xstrdup(inst->out_path[k]);
+      it->off[k] = inst->out[k].off;
+    }
+    it->want_addr = !inst->running_reported;
+  }
+  if (pj->n == 0 && !pj->nodes) {
+    poll_job_free(pj);
+    schedule_poll(SLOW_POLL_MS);
+    return;
+  }
+  if (pj->squeue && pj->n > 0)
+    rt.last_squeue = now;
+  if (pj->nodes)
+    rt.last_nodes = now;
+  rt.poll_busy = true;
+  sg_pool_submit(rt.pool, &poll_ops, pj);
+}
+
+static void schedule_poll(int64_t ms) {
+  if (!rt.timer || rt.poll_busy)
+    return;
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+  evtimer_add(rt.timer, &tv);
+}
+
+/* ---- runtime ops ---- */
+
+static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
+                            const sg_instance_callbacks_t *cbs, void *ud,
+                            sg_error_t **err) {
+  if (!rt.ready) {
+    sg_make_error(err, ENOTSUP, "%s",
+                  rt.unavailable ? rt.unavailable
+                                 : "the slurm runtime is not set up");
+    return NULL;
+  }
+  if (l->image) {
+    sg_make_error(err, ENOTSUP,
+                  "the slurm runtime runs the command as is; images are not "
+                  "supported by it yet");
+    return NULL;
+  }
+  if (!l->argv || !l->argv[0]) {
+    sg_make_error(err, EINVAL, "the slurm runtime needs a command");
+    return NULL;
+  }
+  sg_instance_t *inst = xcalloc(1, sizeof(*inst));
+  inst->id = xstrdup(l->id);
+  inst->cbs = *cbs;
+  inst->ud = ud;
+  inst->phase = P_SUBMITTING;
+  inst->state = xstrdup("SUBMITTING");
+  inst->script_path = xasprintf("%s/%s.sh", rt.dir, l->id);
+  inst->addr_path = xasprintf("%s/%s.addr", rt.dir, l->id);
+  inst->out_path[0] = xasprintf("%s/%s.out", rt.dir, l->id);
+  inst->out_path[1] = xasprintf("%s/%s.err", rt.dir, l->id);
+
+  submit_job_t *s = xcalloc(1, sizeof(*s));
+  s->id = xstrdup(l->id);
+  s->script_path = xstrdup(inst->script_path);
+  s->script = make_script(l, inst->addr_path);
+  s->argv = xcalloc(20, sizeof(char *));
+  int n = 0;
+  s->argv[n++] = xstrdup("sbatch");
+  s->argv[n++] = xstrdup("--parsable");
+  s->argv[n++] = xasprintf("--job-name=sgpu.%s", l->id);
+  s->argv[n++] =
+      xasprintf("--comment=sgpu:%s:%s", rt.tag, l->endpoint ? l->endpoint : "");
+  s->argv[n++] = xasprintf("--output=%s", inst->out_path[0]);
+  s->argv[n++] = xasprintf("--error=%s", inst->out_path[1]);
+  s->argv[n++] = xasprintf("--chdir=%s", rt.dir);
+  s->argv[n++] = xstrdup("--no-requeue");
+  s->argv[n++] = xstrdup("--nodes=1");
+  s->argv[n++] = xstrdup("--ntasks=1");
+  s->argv[n++] = xstrdup("--export=ALL");
+  if (l->gpu_count > 0)
+    s->argv[n++] =
+        l->gpu_type ? xasprintf("--gres=gpu:%s:%d", l->gpu_type, l->gpu_count)
+                    : xasprintf("--gres=gpu:%d", l->gpu_count);
+  const char *part = l->partition ? l->partition : rt.partition;
+  const char *acct = l->account ? l->account : rt.account;
+  const char *tl = l->time_limit ? l->time_limit : rt.time_limit;
+  if (part)
+    s->argv[n++] = xasprintf("--partition=%s", part);
+  if (acct)
+    s->argv[n++] = xasprintf("--account=%s", acct);
+  if (tl)
+    s->argv[n++] = xasprintf("--time=%s", tl);
+  s->argv[n++] = xstrdup(inst->script_path);
+  LIST_INSERT_HEAD(&instances, inst, link);
+  sg_pool_submit(rt.pool, &submit_ops, s);
+  return inst;
+}
+
+static void signal_instance(sg_instance_t *inst, int sig) {
+  if (inst->exit_reported)
+    return;
+  if (!inst->job_id) {
+    inst->cancel_after_submit = true;
+    return;
+  }
+  /* A pending job has no process to signal: it is cancelled at once. */
+  bool term = sig != SIGKILL && inst->phase == P_RUNNING;
+  submit_cmd(cancel_argv(inst->job_id, term));
+  schedule_poll(0);
+}
+
+/* A Slurm job has no process on this machine. */
+static pid_t instance_pid(const sg_instance_t *inst) { return 0; }
+
+static void release(sg_instance_t *inst) {
+  if (!inst)
+    return;
+  inst->released = true;
+  if (inst->phase == P_SUBMITTING)
+    return; /* freed when sbatch answers */
+  if (!inst->exit_reported && inst->job_id)
+    cancel_sync(inst->job_id, false); /* sgpud is going away */
+  LIST_REMOVE(inst, link);
+  instance_free(inst);
+}
+
+static void cleanup_orphan(const char *id, pid_t pid) {}
+
+static void placement(const sg_instance_t *inst, sg_placement_t *out) {
+  memset(out, 0, sizeof(*out));
+  out->job_id = inst->job_id;
+  out->state = inst->state;
+  out->reason = inst->reason;
+  out->node = inst->node;
+  out->addr = inst->addr;
+  out->port = inst->port;
+  out->n_gpus = inst->n_gpus;
+  memcpy(out->gpus, inst->gpus, sizeof(out->gpus));
+  out->start_wall = inst->start_wall;
+  out->end_wall = inst->end_wall;
+}
+
+const sg_runtime_ops_t sg_slurm_runtime = {
+    .name = "slurm",
+    .start = start,
+    .signal = signal_instance,
+    .pid = instance_pid,
+    .release = release,
+    .cleanup_orphan = cleanup_orphan,
+    .async_start = true,
+    .remote = true,
+    .placement = placement,
+};
+
+/* ---- setup ---- */
+
+/* The dir's tag: random, kept in DIR/tag. */
+static char *load_tag(const char *dir, sg_error_t **err) {
+  cleanup_free char *path = xasprintf("%s/tag", dir);
+  size_t len;
+  char *tag = sg_read_file(path, 64, &len);
+  if (tag) {
+    while (len > 0 && isspace((unsigned char)tag[len - 1]))
+      tag[--len] = '\0';
+    if (len > 0)
+      return tag;
+    free(tag);
+  }
+  cleanup_free char *id = sg_new_id("");
+  char *t = xstrndup(id, 12);
+  cleanup_free char *line = xasprintf("%s\n", t);
+  int r = sg_write_file_atomic(path, line, strlen(line), 0644);
+  if (r < 0) {
+    free(t);
+    sg_make_error(err, -r, "cannot write %s: %s", path, strerror(-r));
+    return NULL;
+  }
+  return t;
+}
+
+/* Cancels the jobs an earlier sgpud of this dir left. */
+static void cancel_leftovers(void) {
+  char *argv[] = {"squeue", "--noheader", "--format=%i|%k", NULL};
+  cleanup_free char *out = NULL;
+  if (!cmd_ok(run_cmd(argv, &out)) || !out) {
+    sg_warn("slurm: cannot list jobs to cancel those an earlier sgpud left");
+    return;
+  }
+  cleanup_free char *prefix = xasprintf("sgpu:%s:", rt.tag);
+  int n = 0;
+  for (char *line = out, *next; *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    else
+      next = line + strlen(line);
+    char *bar = strchr(line, '|');
+    if (!bar || strncmp(bar + 1, prefix, strlen(prefix)))
+      continue;
+    *bar = '\0';
+    sg_info("slurm: cancelling job %s left by an earlier sgpud", line);
+    cancel_sync(line, false);
+    n++;
+  }
+  if (n)
+    sg_info("slurm: cancelled %d job(s) left by an earlier sgpud", n);
+}
+
+int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
+                          const sg_slurm_config_t *cfg, sg_error_t **err) {
+  rt.base = base;
+  rt.pool = pool;
+  rt.dir = xstrdup(cfg->dir);
+  rt.partition = cfg->partition ? xstrdup(cfg->partition) : NULL;
+  rt.account = cfg->account ? xstrdup(cfg->account) : NULL;
+  rt.time_limit = cfg->time_limit ? xstrdup(cfg->time_limit) : NULL;
+  int r = sg_mkdir_p(rt.dir, 0755);
+  if (r < 0)
+    return sg_make_error(err, -r, "cannot create %s: %s", rt.dir, strerror(-r));
+  rt.tag = load_tag(rt.dir, err);
+  if (!rt.tag)
+    return -1;
+  char *argv[] = {"sbatch", "--version", NULL};
+  cleanup_free char *out = NULL;
+  if (!cmd_ok(run_cmd(argv, &out))) {
+    rt.unavailable = xstrdup("Slurm's sbatch could not be run here (is "
+                             "slurm-client installed and in PATH?)");
+    sg_info("slurm runtime unavailable: %s", rt.unavailable);
+    return 0;
+  }
+  rt.ready = true;
+  rt.timer = evtimer_new(base, poll_cb, NULL);
+  if (cfg->cleanup)
+    cancel_leftovers();
+  schedule_poll(0);
+  return 0;
+}
+
+void sg_slurm_runtime_shutdown(void) {
+  sg_instance_t *inst;
+  while ((inst = LIST_FIRST(&instances))) {
+    if (!inst->exit_reported && inst->job_id)
+      cancel_sync(inst->job_id, false);
+    LIST_REMOVE(inst, link);
+    instance_free(inst);
+  }
+  if (rt.timer)
+    event_free(rt.timer);
+  free(rt.dir);
+  free(rt.tag);
+  free(rt.partition);
+  free(rt.account);
+  free(rt.time_limit);
+  free(rt.unavailable);
+  free(rt.nodes);
+  memset(&rt, 0, sizeof(rt));
+}
+
+const char *sg_slurm_unavailable(void) {
+  return rt.ready         ? NULL
+         : rt.unavailable ? rt.unavailable
+                          : "the slurm runtime is not set up";
+}
+
+const sg_slurm_node_t *sg_slurm_nodes(size_t *n, int64_t *age_ms) {
+  *n = rt.n_nodes;
+  *age_ms = rt.nodes_at ? sg_now_ms() - rt.nodes_at : -1;
+  return rt.nodes;
+}

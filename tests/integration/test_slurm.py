@@ -1,0 +1,245 @@
+"""The slurm runtime against a real one-machine Slurm cluster (munged, slurmctld,
+slurmd with 4 a100 GPUs declared as GRES files), started by scripts/slurm-up.sh
+once for this module.
+
+Skips (with the reason) only when the cluster cannot start here: not root, Slurm
+or munge not installed, or the node not coming up."""
+
+import calendar
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from harness import (ECHO_WORKER, REPO, RUN_ID, SgpudTestCase, scaled, unique_name, wait_for)
+
+
+SLURM_DIR = os.environ.get("SGPU_SLURM_DIR", "/tmp/sgpu-slurm")
+UP = os.path.join(REPO, "scripts", "slurm-up.sh")
+_skip = None
+
+
+def setUpModule():
+    global _skip
+    if os.geteuid() != 0:
+        _skip = "Slurm tests need root (munged and slurmd are started here)"
+        return
+    try:
+        r = subprocess.run([UP, SLURM_DIR], capture_output=True, text=True, timeout=scaled(120))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _skip = "Slurm could not start: %s" % e
+        return
+    if r.returncode != 0:
+        _skip = "Slurm could not start (scripts/slurm-up.sh exit %d): %s" % (
+            r.returncode, (r.stderr or r.stdout).strip()[-800:])
+        return
+    os.environ["SLURM_CONF"] = os.path.join(SLURM_DIR, "slurm.conf")
+
+
+def slurm(*args, check=True):
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise AssertionError("%s failed: %s" % (" ".join(args), r.stderr))
+    return r.stdout
+
+
+def jobs_with_comment(prefix):
+    """{job id: state} of the jobs Slurm still knows whose comment starts with prefix."""
+    out = slurm("squeue", "--noheader", "--states=all", "--format=%i|%T|%k")
+    jobs = {}
+    for line in out.splitlines():
+        jid, state, comment = (line.split("|", 2) + ["", ""])[:3]
+        if comment.startswith(prefix):
+            jobs[jid] = state
+    return jobs
+
+
+LIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED")
+
+
+def show_job(jid):
+    out = slurm("scontrol", "--oneliner", "show", "job", jid)
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def slurm_time(text):
+    """Slurm's local time as seconds since the epoch."""
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+
+
+def api_time(text):
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + text[19:-1])
+
+
+def slurm_spec(name, **over):
+    spec = {
+        "name": name,
+        "runtime": "slurm",
+        "command": [ECHO_WORKER],
+        "env": {"MODEL": "tiny", "SGPU_IT_RUN": RUN_ID},
+        "health": {"path": "/health"},
+        "gpu": {"type": "a100", "count": 1},
+        "workers": {"min": 0, "max": 2, "idle_timeout_s": 600},
+        "slurm": {"time_limit": "15"},
+    }
+    spec.update(over)
+    return spec
+
+
+class SlurmTest(SgpudTestCase):
+
+    def setUp(self):
+        if _skip:
+            self.skipTest(_skip)
+        super().setUp()
+
+    def start_slurm_sgpud(self, **kw):
+        tmp = os.path.join("/tmp", "sgpu-it-slurm-%s-%s" % (RUN_ID, unique_name("c")))
+        os.makedirs(tmp, exist_ok=True)
+        cfg = os.path.join(tmp, "config.json")
+        with open(cfg, "w") as f:
+            f.write('{"slurm": {"partition": "gpu"}, "stop_grace_s": 3, "prices": {"a100": 0.001}}')
+        sg = self.start_sgpud(config=cfg, **kw)
+        with open(os.path.join(sg.data_dir, "slurm", "tag")) as f:
+            tag = f.read().strip()
+        prefix = "sgpu:%s:" % tag
+        self.addCleanup(self.cancel_jobs, prefix)
+        return sg, prefix
+
+    def cancel_jobs(self, prefix):
+        for jid, state in jobs_with_comment(prefix).items():
+            if state in LIVE:
+                slurm("scancel", jid, check=False)
+
+    def slurm_workers(self, sg, name):
+        return [w for w in sg.workers(name) if w["runtime"] == "slurm"]
+
+    def test_scale_from_zero_through_slurm_and_bill(self):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("sl")
+        self.create(slurm_spec(name), sg=sg)
+        t0 = time.monotonic()
+        resp = sg.invoke(name, "/hello", body=b"hi", timeout=scaled(60))
+        took = time.monotonic() - t0
+        self.assertEqual(resp.status, 200, resp.body)
+        (w,) = sg.ready_workers(name)
+        self.assertEqual(w["runtime"], "slurm")
+        jid = w["slurm"]["job_id"]
+        self.assertIn(jid, jobs_with_comment(prefix))
+        self.assertEqual(w["slurm"]["state"], "RUNNING")
+        self.assertEqual(len(w["gpus"]), 1)
+        self.assertEqual(w["gpu_type"], "a100")
+        job = show_job(jid)
+        self.assertEqual(job["JobName"], "sgpu." + w["id"])
+        self.assertIn("gpu:a100:1", job.get("TresPerNode", "") + job.get("TRES", ""))
+        self.assertLess(took, scaled(60))
+
+        # Billing: the record spans the job's own start and end as Slurm reports them.
+        time.sleep(1.2)
+        sg.delete(name)
+        wait_for(lambda: show_job(jid)["JobState"] not in LIVE, 30, interval=0.2,
+                 message="job %s ended" % jid)
+        job = show_job(jid)
+        start, end = slurm_time(job["StartTime"]), slurm_time(job["EndTime"])
+
+        def record():
+            resp = sg.api("GET", "/v1/usage?endpoint=%s&group=worker" % name)
+            body = self.assertOk(resp)
+            groups = [g for g in body["groups"] if g["worker"] == w["id"]]
+            return groups[0] if groups and not groups[0]["running"] else None
+
+        rec = wait_for(record, 15, message="closed usage record of %s" % w["id"])
+        self.assertAlmostEqual(api_time(rec["started_at"]), start, delta=0.01)
+        self.assertAlmostEqual(api_time(rec["last_metered_at"]), end, delta=0.01)
+        self.assertAlmostEqual(rec["gpu_seconds"], end - start, delta=1.0)
+        self.assertGreaterEqual(rec["billable_seconds"], end - start)
+
+    def test_workers_limited_by_gpus_rest_pending_with_reason(self):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("slp")
+        self.create(slurm_spec(name, gpu={"type": "a100", "count": 2},
+                               workers={"min": 4, "max": 4, "idle_timeout_s": 600}), sg=sg)
+        sg.wait_ready(name, 2, timeout=60)
+
+        def pending():
+            ws = self.slurm_workers(sg, name)
+            p = [w for w in ws if w["state"] == "starting" and (w.get("slurm") or {}).get("state") == "PENDING"]
+            return p if len(p) == 2 else None
+
+        p = wait_for(pending, 30, message="2 workers pending in Slurm")
+        # Slurm says Resources for a job waiting for GPUs, and Priority for one
+        # behind another pending job (which of the two it shows varies by pass).
+        reasons = sorted(w["slurm"]["reason"] for w in p)
+        self.assertTrue(set(reasons) <= {"Resources", "Priority"}, reasons)
+        for w in p:
+            self.assertIn("pending in Slurm: " + w["slurm"]["reason"], w["last_error"])
+        self.assertEqual(len(sg.ready_workers(name)), 2)
+        states = sorted(jobs_with_comment(prefix).values())
+        self.assertEqual(states, ["PENDING", "PENDING", "RUNNING", "RUNNING"])
+
+        def cluster_node():
+            nodes = [n for n in sg.nodes() if n.get("runtime") == "slurm"]
+            return nodes[0] if nodes and nodes[0]["gpus_free"] == 0 else None
+
+        node = wait_for(cluster_node, 15, message="/v1/nodes showing the cluster's GPUs in use")
+        self.assertEqual(node["gpus_total"], 4)
+        self.assertEqual(node["gpu_type"], "a100")
+
+    def test_job_cancelled_outside_is_replaced(self):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("slc")
+        self.create(slurm_spec(name, workers={"min": 1, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=60)
+        jid = w["slurm"]["job_id"]
+        slurm("scancel", jid)
+
+        def replaced():
+            ws = [x for x in sg.ready_workers(name) if x["id"] != w["id"]]
+            return ws[0] if ws else None
+
+        new = wait_for(replaced, 60, message="a worker replacing the cancelled job")
+        self.assertNotEqual(new["slurm"]["job_id"], jid)
+        old = [x for x in sg.workers(name) if x["id"] == w["id"]][0]
+        self.assertIn(old["state"], ("failed", "stopped"))
+        self.assertIn(old["slurm"]["state"], ("CANCELLED", "FAILED", "COMPLETED"))
+        self.assertEqual(sg.invoke(name, "/again", body=b"x", timeout=scaled(30)).status, 200)
+
+    def test_logs_followed_live(self):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("sll")
+        self.create(slurm_spec(name, workers={"min": 1, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=60)
+        with sg.stream("GET", "/v1/endpoints/%s/logs?follow=1&worker=%s" % (name, w["id"]),
+                       timeout=scaled(30)) as s:
+            token = ("live-%s" % RUN_ID).encode()
+            self.assertEqual(sg.invoke(name, "/" + token.decode(), body=b"x").status, 200)
+            deadline = time.monotonic() + scaled(15)
+            seen = False
+            while time.monotonic() < deadline and not seen:
+                line = s.readline(timeout=15)
+                if not line:
+                    break
+                seen = token in line
+            self.assertTrue(seen, "the worker's request line reached the follow stream while it runs")
+        self.assertIn(show_job(w["slurm"]["job_id"])["JobState"], ("RUNNING",))
+
+    def test_restart_leaves_no_orphan_jobs(self):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("slr")
+        self.create(slurm_spec(name, workers={"min": 2, "max": 2, "idle_timeout_s": 600}), sg=sg)
+        old = {w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}
+        sg.kill()  # no chance to cancel anything
+        self.assertTrue(old <= {j for j, s in jobs_with_comment(prefix).items() if s == "RUNNING"})
+        sg.start()
+        wait_for(lambda: all(jobs_with_comment(prefix).get(j) not in LIVE for j in old), 30,
+                 message="jobs of the killed sgpud cancelled")
+        new = {w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}
+        self.assertFalse(new & old)
+        sg.stop()
+        wait_for(lambda: not [j for j, s in jobs_with_comment(prefix).items() if s in LIVE], 30,
+                 message="no job left after sgpud stopped")
+
+
+if __name__ == "__main__":
+    unittest.main()
