@@ -1,18 +1,22 @@
 # The two commands a new user needs:
 #   make run     installs what is missing, builds, starts sgpud with the sample endpoint "echo"
-#   make check   installs what is missing, builds, runs every test (unit, fuzz, integration)
+#   make check   installs what is missing, builds, runs every test (unit, fuzz, integration, browser)
 # Other targets: make (build), make check-asan (the suite under ASan+UBSan), make bench.
 
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 MESON_TEST_FLAGS ?= --print-errorlogs
 
-.PHONY: all deps build run check check-unit check-asan bench clean
+.PHONY: all deps test-deps build run check check-unit check-asan bench clean
 
 all: build
 
 deps:
 	@bash scripts/install-deps.sh
+
+# What the tests and benchmarks use besides: a registry, Slurm, Chromium, nginx, wrk.
+test-deps:
+	@bash scripts/install-deps.sh test
 
 $(BUILD)/build.ninja: | deps
 	meson setup $(BUILD)
@@ -23,27 +27,28 @@ build: deps $(BUILD)/build.ninja
 run: build
 	./$(BUILD)/sgpud --sample-endpoint $(SGPUD_ARGS)
 
-check: build
+check: test-deps build
 	meson test -C $(BUILD) $(MESON_TEST_FLAGS)
 
-check-unit: build
+check-unit: test-deps build
 	meson test -C $(BUILD) --suite unit $(MESON_TEST_FLAGS)
 
 $(ASAN_BUILD)/build.ninja: | deps
 	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
 
 # Integration timeouts are scaled: sanitized binaries are slower.
-check-asan: deps $(ASAN_BUILD)/build.ninja
+check-asan: test-deps $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	SGPU_TEST_TIMEOUT_SCALE=3 meson test -C $(ASAN_BUILD) $(MESON_TEST_FLAGS) --timeout-multiplier 3
 
-bench: build
+bench: test-deps build
 	./$(BUILD)/bench/bench-coldstart
 	./$(BUILD)/bench/bench-coldstart-oci
 	./$(BUILD)/bench/bench-gateway
 	./$(BUILD)/bench/scaler-sim
 	cd $(BUILD) && ./bench/bench-jobs-submit
+	./$(BUILD)/bench/bench-logs
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages sgpu needs to build, run and test.
+# Installs the Debian 12 packages sgpu needs.
+#   install-deps.sh        to build and run sgpud (make, make run)
+#   install-deps.sh test   also what the tests and benchmarks use (make check, make bench)
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
 packages=(
-  build-essential pkg-config meson ninja-build
+  build-essential pkg-config meson ninja-build python3 curl
   libevent-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
-  libcmocka-dev libhttp-parser-dev
-  python3 curl
-  nginx-light wrk
-  libarchive-dev libyaml-dev crun runc
-  docker-registry umoci skopeo apache2-utils
-  chromium
-  slurm-wlm slurm-client munge
+  libhttp-parser-dev libarchive-dev libyaml-dev libcmocka-dev
+  crun runc
 )
-# The console tests run Playwright (npm playwright-core) on Node.js; a Node.js
-# from elsewhere (with its own npm) is kept.
-command -v node >/dev/null || packages+=(nodejs)
-command -v npm >/dev/null || packages+=(npm)
+if [ "${1:-}" = test ]; then
+  packages+=(
+    nginx-light wrk                                 # benchmark baselines
+    docker-registry umoci skopeo apache2-utils      # a real registry and test images
+    chromium                                        # console tests
+    slurm-wlm slurm-client munge                    # a real Slurm cluster
+  )
+  # The console tests run Playwright (npm playwright-core) on Node.js; a
+  # Node.js from elsewhere (with its own npm) is kept.
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
+elif [ -n "${1:-}" ]; then
+  echo "usage: $0 [test]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do
