@@ -45,6 +45,7 @@ check-asan: test-deps $(ASAN_BUILD)/build.ninja
 bench: test-deps build
 	./$(BUILD)/bench/bench-coldstart
 	./$(BUILD)/bench/bench-coldstart-oci
+	./$(BUILD)/bench/bench-coldstart-slurm
 	./$(BUILD)/bench/bench-gateway
 	./$(BUILD)/bench/scaler-sim
 	cd $(BUILD) && ./bench/bench-jobs-submit

@@ -62,6 +62,7 @@ typedef struct sg_launch {
    * replaced on the node by the port chosen there; envp holds only what the
    * spec adds (PORT and the GPU variables are set on the node). */
   const char *endpoint;
+  int version;          /* the endpoint's version the worker runs */
   const char *gpu_type; /* NULL when gpu_count == 0 */
   int gpu_count;
   const char *partition;  /* NULL: the runtime's default */
@@ -104,6 +105,11 @@ typedef struct sg_runtime_ops {
    * and GPUs come from placement() once on_running was called. */
   bool remote;
   void (*placement)(const sg_instance_t *inst, sg_placement_t *out);
+  /* Optional: leaves a running worker to the next sgpud of the same data
+   * dir, which adopts it (sgpud is stopping). Returns false when the worker
+   * cannot be left (it is then stopped as usual). After true, signal() does
+   * nothing and release() frees the handle without stopping the worker. */
+  bool (*detach)(sg_instance_t *inst);
 } sg_runtime_ops_t;
 
 extern const sg_runtime_ops_t sg_process_runtime;
@@ -140,15 +146,38 @@ typedef struct sg_slurm_config {
   const char *partition;  /* defaults for specs that name none; NULL: Slurm's */
   const char *account;
   const char *time_limit;
-  bool cleanup;           /* cancel jobs left by an earlier sgpud of this dir (blocks) */
+  bool cleanup;           /* look for jobs left by an earlier sgpud of this dir (blocks) */
 } sg_slurm_config_t;
 
-/* Sets the runtime up; with cfg->cleanup, cancels every job an earlier sgpud
- * of the same dir submitted (blocks; at startup). Without Slurm's commands it
- * logs why and returns 0: starting a slurm worker then fails with that reason. */
+/* Sets the runtime up (blocks; at startup). With cfg->cleanup it looks for
+ * the jobs an earlier sgpud of the same dir submitted: those that run and
+ * have written their address are kept for sg_slurm_adopt_leftovers(), every
+ * other one is cancelled. Without Slurm's commands it logs why and returns
+ * 0: starting a slurm worker then fails with that reason. */
 int sg_slurm_runtime_init(struct event_base *base, struct sg_pool *pool, const sg_slurm_config_t *cfg,
                           sg_error_t **err);
-/* Cancels what jobs remain (blocks) and frees the runtime; after the pool is freed. */
+/* A running job an earlier sgpud of the same dir left, as its name and
+ * comment tell ("sgpu.WORKER" and "sgpu:TAG:ENDPOINT:VERSION"). */
+typedef struct sg_slurm_leftover {
+  const char *job_id;
+  const char *worker_id;
+  const char *endpoint;
+  int version;
+  int64_t start_wall; /* Slurm's StartTime, ms since the epoch */
+} sg_slurm_leftover_t;
+
+/* Offers every job found by sg_slurm_runtime_init() to adopt(), which
+ * returns the instance sg_slurm_adopt() made for it, or NULL; jobs not
+ * adopted are cancelled (blocks). Once, at startup, after the endpoints are
+ * loaded. */
+void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_leftover_t *job), void *ctx);
+/* Takes over a leftover job as a worker reporting to cbs and ud, as start()
+ * would: its output is followed from the current end of its files, and
+ * on_running (with its placement) comes from the next poll. */
+sg_instance_t *sg_slurm_adopt(const sg_slurm_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
+
+/* Cancels what jobs remain, except those detached (blocks), and frees the
+ * runtime; after the pool is freed. */
 void sg_slurm_runtime_shutdown(void);
 /* Why slurm workers cannot start here, or NULL when they can. */
 const char *sg_slurm_unavailable(void);

@@ -112,6 +112,12 @@ typedef struct sg_usage_record {
 int sg_store_usage_put(sg_store_t *store, const sg_usage_record_t *recs, size_t n, sg_error_t **err);
 /* Closes every open record at its last checkpoint (after a crash). */
 int sg_store_usage_close_open(sg_store_t *store, sg_error_t **err);
+/* Reopens the last record of worker (one a new sgpud adopts, closed by the
+ * earlier sgpud) so that it can be written on: its rounding is taken back.
+ * Then calls cb for each of the worker's records, oldest first. Returns the
+ * number of records (0: none) or a negative error. */
+int sg_store_usage_reopen(sg_store_t *store, const char *worker, void (*cb)(void *ud, const sg_usage_record_t *rec),
+                          void *ud, sg_error_t **err);
 /* Calls cb for each record of endpoint (NULL: all) that overlaps [from_ms, to_ms). */
 int sg_store_usage_each(sg_store_t *store, const char *endpoint, int64_t from_ms, int64_t to_ms,
                         void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err);

@@ -165,15 +165,17 @@ class SlurmTest(SgpudTestCase):
         def pending():
             ws = self.slurm_workers(sg, name)
             p = [w for w in ws if w["state"] == "starting" and (w.get("slurm") or {}).get("state") == "PENDING"]
-            return p if len(p) == 2 else None
+            # Slurm gives Resources to a job waiting for GPUs and Priority to one
+            # queued behind another pending job; the reason shows once its
+            # scheduler has looked at the jobs.
+            reasons = [(w["slurm"].get("reason") or "") for w in p]
+            if len(p) == 2 and "Resources" in reasons and set(reasons) <= {"Resources", "Priority"}:
+                return p
+            return None
 
-        p = wait_for(pending, 30, message="2 workers pending in Slurm")
-        # Slurm says Resources for a job waiting for GPUs, and Priority for one
-        # behind another pending job (which of the two it shows varies by pass).
-        reasons = sorted(w["slurm"]["reason"] for w in p)
-        self.assertTrue(set(reasons) <= {"Resources", "Priority"}, reasons)
+        p = wait_for(pending, 30, message="2 workers pending in Slurm, one for Resources")
         for w in p:
-            self.assertIn("pending in Slurm: " + w["slurm"]["reason"], w["last_error"])
+            self.assertEqual(w["last_error"], "pending in Slurm: " + w["slurm"]["reason"])
         self.assertEqual(len(sg.ready_workers(name)), 2)
         states = sorted(jobs_with_comment(prefix).values())
         self.assertEqual(states, ["PENDING", "PENDING", "RUNNING", "RUNNING"])
@@ -224,21 +226,74 @@ class SlurmTest(SgpudTestCase):
             self.assertTrue(seen, "the worker's request line reached the follow stream while it runs")
         self.assertIn(show_job(w["slurm"]["job_id"])["JobState"], ("RUNNING",))
 
-    def test_restart_leaves_no_orphan_jobs(self):
+    def usage_of(self, sg, name, worker):
+        """The closed usage of worker (its records summed), or None while it runs."""
+        resp = sg.api("GET", "/v1/usage?endpoint=%s&group=worker" % name)
+        groups = [g for g in self.assertOk(resp)["groups"] if g["worker"] == worker]
+        return groups[0] if groups and not groups[0]["running"] else None
+
+    def live_jobs(self, prefix):
+        return sorted(j for j, s in jobs_with_comment(prefix).items() if s in LIVE)
+
+    def restart_keeps_running_job(self, sig):
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("sla")
+        self.create(slurm_spec(name, workers={"min": 1, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=60)
+        jid = w["slurm"]["job_id"]
+        before = "before-%s" % RUN_ID
+        self.assertEqual(sg.invoke(name, "/" + before, body=b"x").status, 200)
+        wait_for(lambda: any(before in l["line"] for l in sg.logs(name, worker=w["id"])), 15,
+                 message="the worker's line before the restart")
+        sg.stop(sig=sig)
+        self.assertEqual(self.live_jobs(prefix), [jid])
+        sg.start()
+        (w2,) = sg.wait_ready(name, 1, timeout=60)
+        self.assertEqual((w2["id"], w2["slurm"]["job_id"]), (w["id"], jid))
+        self.assertTrue(w2["adopted"])
+        after = "after-%s" % RUN_ID
+        self.assertEqual(sg.invoke(name, "/" + after, body=b"x").status, 200)
+        self.assertEqual(self.live_jobs(prefix), [jid])  # no new job
+
+        # The job's output is followed on from where it was: new lines come,
+        # old ones are not read again.
+        lines = wait_for(lambda: (lambda ls: ls if any(after in l for l in ls) else None)(
+            [l["line"] for l in sg.logs(name, worker=w["id"])]), 15, message="the worker's line after the restart")
+        self.assertEqual(len([l for l in lines if before in l]), 1, lines)
+
+        sg.delete(name)
+        wait_for(lambda: not self.live_jobs(prefix), 30, message="no job left after the endpoint was deleted")
+        # Billed once, from Slurm's start to its end.
+        job = show_job(jid)
+        start, end = slurm_time(job["StartTime"]), slurm_time(job["EndTime"])
+        rec = wait_for(lambda: self.usage_of(sg, name, w["id"]), 15, message="closed usage of %s" % w["id"])
+        self.assertAlmostEqual(api_time(rec["started_at"]), start, delta=0.01)
+        self.assertAlmostEqual(rec["gpu_seconds"], end - start, delta=1.0)
+
+    def test_restart_sigterm_adopts_running_job(self):
+        self.restart_keeps_running_job(signal.SIGTERM)
+
+    def test_restart_sigkill_adopts_running_job(self):
+        self.restart_keeps_running_job(signal.SIGKILL)
+
+    def test_restart_cancels_pending_jobs_and_leaves_no_orphans(self):
         sg, prefix = self.start_slurm_sgpud()
         name = unique_name("slr")
-        self.create(slurm_spec(name, workers={"min": 2, "max": 2, "idle_timeout_s": 600}), sg=sg)
-        old = {w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}
+        self.create(slurm_spec(name, gpu={"type": "a100", "count": 2},
+                               workers={"min": 3, "max": 3, "idle_timeout_s": 600}), sg=sg)
+        running = {w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}
+        wait_for(lambda: len(self.live_jobs(prefix)) == 3, 15, message="a third job pending")
+        (pending,) = set(self.live_jobs(prefix)) - running
         sg.kill()  # no chance to cancel anything
-        self.assertTrue(old <= {j for j, s in jobs_with_comment(prefix).items() if s == "RUNNING"})
         sg.start()
-        wait_for(lambda: all(jobs_with_comment(prefix).get(j) not in LIVE for j in old), 30,
-                 message="jobs of the killed sgpud cancelled")
-        new = {w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}
-        self.assertFalse(new & old)
-        sg.stop()
-        wait_for(lambda: not [j for j, s in jobs_with_comment(prefix).items() if s in LIVE], 30,
-                 message="no job left after sgpud stopped")
+        wait_for(lambda: jobs_with_comment(prefix).get(pending) not in LIVE, 30,
+                 message="the pending job of the killed sgpud cancelled")
+        self.assertEqual({w["slurm"]["job_id"] for w in sg.wait_ready(name, 2, timeout=60)}, running)
+        live = wait_for(lambda: (lambda j: j if len(j) == 3 else None)(self.live_jobs(prefix)), 15,
+                        message="a new pending job")
+        self.assertTrue(running < set(live) and pending not in live, live)
+        sg.delete(name)
+        wait_for(lambda: not self.live_jobs(prefix), 30, message="no job left after the endpoint was deleted")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,16 @@ int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
   return sg_slurm_runtime_init(d->base, d->pool, &sc, err);
 }
 
+static sg_instance_t *adopt_one(void *ctx, const sg_slurm_leftover_t *job) {
+  sg_daemon_t *d = ctx;
+  sg_endpoint_t *ep = sg_daemon_find_endpoint(d, job->endpoint);
+  if (!ep || strcmp(ep->spec->runtime, "slurm") || ep->version != job->version)
+    return NULL;
+  return sg_worker_adopt(ep, job);
+}
+
+void sg_daemon_cluster_adopt(sg_daemon_t *d) { sg_slurm_adopt_leftovers(adopt_one, d); }
+
 void sg_daemon_cluster_free(sg_daemon_t *d) { sg_slurm_runtime_shutdown(); }
 
 void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec) {

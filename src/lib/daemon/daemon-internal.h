@@ -74,6 +74,8 @@ struct sg_worker {
                       requests until a health probe answers 200 */
   bool counted_failure;
   bool never_ran;        /* its start failed before any process ran */
+  bool adopted;          /* started by an earlier sgpud and taken over */
+  bool detached;         /* left running for the next sgpud (slurm) */
   int64_t running_mono;  /* its process started (probing from then on) */
   int64_t probe_since_us; /* the start-up probe schedule counts from here (monotonic us) */
   char *last_error;
@@ -211,6 +213,10 @@ int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key, json
 void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg);
 /* Sets the slurm runtime up when configured (after the pool); blocks. */
 int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err);
+/* Adopts the Slurm jobs an earlier sgpud left whose endpoint still exists
+ * at the same version, and cancels the others (blocks; after the endpoints
+ * are loaded). */
+void sg_daemon_cluster_adopt(sg_daemon_t *d);
 /* After the pool is freed. */
 void sg_daemon_cluster_free(sg_daemon_t *d);
 /* Sets "runtime" of a spec that names none to the daemon's default. */
@@ -233,6 +239,10 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
 
 /* worker.c */
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
+/* Takes over a Slurm job an earlier sgpud started for ep (at its current
+ * version) as a worker; metered on from the earlier sgpud's records. Returns
+ * the worker's instance. At startup. */
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_slurm_leftover_t *job);
 /* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period. */
 void sg_worker_stop(sg_worker_t *w, const char *why);
 const char *sg_worker_state_name(enum sg_worker_state s);
@@ -310,6 +320,12 @@ void sg_meter_worker_ended(sg_worker_t *w);
 /* The same for a worker whose scheduler reports when it started and ended
  * (wall ms; 0: now): its record spans exactly that time. */
 void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall);
+/* An adopted worker: its last usage record, which the earlier sgpud closed,
+ * is reopened and goes on from where it ended (the time between counts as
+ * idle, or starting if it never was ready), so that its records cover
+ * start_wall (Slurm's start) to its end once. Without records, as
+ * sg_meter_worker_started_at(). Reads the store: at startup. */
+void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall);
 void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall);
 /* Checkpoints every worker when the interval passed (called every tick). */
 void sg_meter_tick(sg_daemon_t *d);

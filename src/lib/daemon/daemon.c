@@ -572,6 +572,7 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   if (sg_store_endpoint_each(d->store, load_endpoint, d, err) < 0)
     goto fail;
+  sg_daemon_cluster_adopt(d);
   if (sg_jobs_init(d, db, err) < 0)
     goto fail;
   if (d->cfg.sample_endpoint)
@@ -602,8 +603,14 @@ static void stop_all(sg_daemon_t *d) {
     sg_gateway_fail_queue(ep, 503, "shutting_down", "sgpud is shutting down");
     sg_worker_t *w;
     TAILQ_FOREACH(w, &ep->workers, link) {
-      if (sg_worker_live(w))
-        sg_worker_stop(w, "sgpud shutting down");
+      if (!sg_worker_live(w))
+        continue;
+      if (w->rt->detach && w->rt->detach(w->inst)) {
+        w->detached = true;
+        sg_logs_event(d, ep->name, w->id, "worker left running for the next sgpud to adopt");
+        continue;
+      }
+      sg_worker_stop(w, "sgpud shutting down");
     }
   }
   int64_t deadline = sg_now_ms() + (int64_t)(d->cfg.stop_grace_s * 1000) + 2000;
@@ -611,7 +618,7 @@ static void stop_all(sg_daemon_t *d) {
     bool live = false;
     TAILQ_FOREACH(ep, &d->endpoints, link) {
       sg_worker_t *w;
-      TAILQ_FOREACH(w, &ep->workers, link) live |= !w->exited && w->inst;
+      TAILQ_FOREACH(w, &ep->workers, link) live |= !w->exited && !w->detached && w->inst;
     }
     if (!live || sg_now_ms() > deadline)
       break;
@@ -658,7 +665,7 @@ void sg_daemon_free(sg_daemon_t *d) {
   while ((ep = TAILQ_FIRST(&d->deleted))) {
     sg_worker_t *w;
     TAILQ_FOREACH(w, &ep->workers, link) {
-      if (!w->exited && w->inst)
+      if (!w->exited && !w->detached && w->inst)
         w->rt->signal(w->inst, SIGKILL);
       w->exited = true;
       w->in_flight = 0;

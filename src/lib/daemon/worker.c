@@ -235,9 +235,11 @@ static void take_placement(sg_worker_t *w) {
   w->host = pl.addr ? xstrdup(pl.addr) : NULL;
   w->n_gpus = pl.n_gpus < SG_SPEC_MAX_GPUS ? pl.n_gpus : SG_SPEC_MAX_GPUS;
   memcpy(w->gpus, pl.gpus, (size_t)w->n_gpus * sizeof(int));
-  sg_meter_worker_started_at(w, pl.start_wall);
-  sg_logs_event(w->d, w->ep->name, w->id, "worker started: Slurm job %s on node %s (%s), port %d",
-                pl.job_id ? pl.job_id : "?", pl.node ? pl.node : "?", pl.addr ? pl.addr : "?", w->port);
+  if (!w->adopted) /* an adopted worker is metered since it was adopted */
+    sg_meter_worker_started_at(w, pl.start_wall);
+  sg_logs_event(w->d, w->ep->name, w->id, "worker %s: Slurm job %s on node %s (%s), port %d",
+                w->adopted ? "adopted" : "started", pl.job_id ? pl.job_id : "?", pl.node ? pl.node : "?",
+                pl.addr ? pl.addr : "?", w->port);
 }
 
 /* Async starts: the worker's process runs; probing begins. */
@@ -305,7 +307,7 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
   envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
   envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
   sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .endpoint = ep->name,
-                        .gpu_type = spec->gpu.count ? spec->gpu.type : NULL, .gpu_count = spec->gpu.count,
+                        .version = ep->version, .gpu_type = spec->gpu.count ? spec->gpu.type : NULL, .gpu_count = spec->gpu.count,
                         .partition = spec->slurm.partition, .account = spec->slurm.account,
                         .time_limit = spec->slurm.time_limit};
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
@@ -322,6 +324,26 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
   sg_logs_event(w->d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
                 spec->gpu.count ? spec->gpu.type : "");
   return w;
+}
+
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_slurm_leftover_t *job) {
+  sg_worker_t *w = xcalloc(1, sizeof(*w));
+  w->d = ep->d;
+  w->ep = ep;
+  w->id = xstrdup(job->worker_id);
+  w->version = ep->version;
+  w->rt = &sg_slurm_runtime;
+  w->state = SG_W_STARTING;
+  w->adopted = true;
+  w->n_gpus = ep->spec->gpu.count < SG_SPEC_MAX_GPUS ? ep->spec->gpu.count : SG_SPEC_MAX_GPUS;
+  w->started_mono = sg_now_ms();
+  w->started_wall = job->start_wall > 0 ? job->start_wall : sg_wall_ms();
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
+  w->inst = sg_slurm_adopt(job, &cbs, w);
+  TAILQ_INSERT_TAIL(&ep->workers, w, link);
+  sg_meter_worker_adopted(w, job->start_wall);
+  sg_logs_event(w->d, ep->name, w->id, "adopting Slurm job %s left running by an earlier sgpud", job->job_id);
+  return w->inst;
 }
 
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
@@ -486,10 +508,11 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
       "started_at", sg_format_time(w->started_wall, t1, sizeof(t1)), "ready_at",
       w->ready_wall ? json_string(sg_format_time(w->ready_wall, t2, sizeof(t2))) : json_null(), "ended_at",
       w->ended_wall ? json_string(sg_format_time(w->ended_wall, t3, sizeof(t3))) : json_null(), "cold_start_ms",
-      w->ready_mono ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight", w->in_flight,
+      w->ready_mono && !w->adopted ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight", w->in_flight,
       "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
       w->last_error ? json_string(w->last_error) : json_null());
   json_object_set_new(j, "runtime", json_string(w->rt->name));
+  json_object_set_new(j, "adopted", json_boolean(w->adopted));
   json_object_set_new(j, "host", json_string(w->host ? w->host : "127.0.0.1"));
   if (w->rt->placement && w->inst) {
     sg_placement_t pl;
@@ -520,7 +543,8 @@ void sg_worker_became_ready(sg_worker_t *w) {
   w->ready_mono = sg_now_ms();
   w->ready_wall = sg_wall_ms();
   w->last_used_mono = w->ready_mono;
-  ep->metrics.cold_starts++;
+  if (!w->adopted)
+    ep->metrics.cold_starts++;
   sg_meter_worker_ready(w);
   if (w->version == ep->version) {
     ep->consecutive_failures = 0;

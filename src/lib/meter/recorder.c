@@ -146,6 +146,61 @@ void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall) {
   start_worker(w, start_wall, now - (now_wall - start_wall));
 }
 
+typedef struct adopt_records {
+  sg_usage_record_t last;
+  char gpu_type[64];
+  int64_t earlier_ms; /* metered time of the records before the last */
+  bool have;
+} adopt_records_t;
+
+static void adopt_record(void *ud, const sg_usage_record_t *rec) {
+  adopt_records_t *a = ud;
+  if (a->have)
+    a->earlier_ms += a->last.starting_ms + a->last.busy_ms + a->last.idle_ms;
+  a->have = true;
+  a->last = *rec;
+  a->last.worker = a->last.endpoint = NULL;
+  snprintf(a->gpu_type, sizeof(a->gpu_type), "%s", rec->gpu_type ? rec->gpu_type : "");
+  a->last.gpu_type = NULL;
+}
+
+void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall) {
+  sg_meter_t *m = w->d->meter;
+  if (!m)
+    return;
+  adopt_records_t a = {0};
+  cleanup_error sg_error_t *err = NULL;
+  int n = sg_store_usage_reopen(w->d->store, w->id, adopt_record, &a, &err);
+  if (n < 0)
+    sg_warn("worker %s: earlier usage not found (%s); metered from its start", w->id, err->message);
+  if (n <= 0) {
+    sg_meter_worker_started_at(w, start_wall);
+    return;
+  }
+  sg_worker_meter_t *wm = &w->meter;
+  int64_t now = sg_now_ms(), now_wall = sg_wall_ms();
+  memset(wm, 0, sizeof(*wm));
+  wm->on = true;
+  /* The clocks line up at the last record's end: time goes on from there. */
+  wm->base_wall = a.last.end_ms;
+  wm->base_mono = now - (now_wall - a.last.end_ms);
+  bool was_ready = a.last.busy_ms + a.last.idle_ms > 0 || a.last.seg > 0;
+  sg_meter_acc_init(&wm->acc, was_ready ? SG_METER_IDLE : SG_METER_STARTING, wm->base_mono);
+  wm->acc.ms[SG_METER_STARTING] = a.last.starting_ms;
+  wm->acc.ms[SG_METER_BUSY] = a.last.busy_ms;
+  wm->acc.ms[SG_METER_IDLE] = a.last.idle_ms;
+  wm->seg = a.last.seg;
+  wm->seg_start_wall = a.last.start_ms;
+  wm->seg_start_hour = sg_meter_hour_start(a.last.start_ms);
+  wm->closed_ms = a.earlier_ms;
+  wm->requests = a.last.requests;
+  wm->price = a.last.price;
+  wm->gpu_count = a.last.gpu_count;
+  snprintf(wm->gpu_type, sizeof(wm->gpu_type), "%s", a.gpu_type);
+  checkpoint(m, w, now);
+  submit(m);
+}
+
 void sg_meter_worker_ready(sg_worker_t *w) {
   sg_meter_t *m = w->d->meter;
   if (!m || !w->meter.on)

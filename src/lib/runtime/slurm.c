@@ -15,10 +15,12 @@
  * runs and has written its address, on_exit (after its last output lines)
  * once Slurm says it ended.
  *
- * Jobs are named "sgpu.WORKER_ID" and carry the comment "sgpu:TAG:ENDPOINT",
- * TAG being fixed per dir; a new sgpud of the same dir cancels every job with
- * its tag that it finds (they cannot be adopted: their workers' requests and
- * meters were lost with the earlier sgpud), and the scaler starts fresh ones.
+ * Jobs are named "sgpu.WORKER_ID" and carry the comment
+ * "sgpu:TAG:ENDPOINT:VERSION", TAG being fixed per dir. A stopping sgpud
+ * leaves the jobs that run (detach); a new sgpud of the same dir finds every
+ * job with its tag: one that runs and has written its address is offered
+ * for adoption (sg_slurm_adopt_leftovers: the daemon takes it when its
+ * endpoint still exists at that version), every other one is cancelled.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -62,6 +64,7 @@ struct sg_instance {
   enum phase phase;
   bool running_reported, exit_reported, released;
   bool cancel_after_submit;
+  bool detached; /* left running for the next sgpud */
   int missing;
   char *state, *reason, *node, *addr;
   int port;
@@ -93,6 +96,14 @@ static struct {
 } rt;
 
 static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
+
+/* Jobs of an earlier sgpud that may be adopted, found at init. */
+typedef struct leftover {
+  sg_slurm_leftover_t job;
+  char *job_id, *worker_id, *endpoint;
+} leftover_t;
+static leftover_t *leftovers;
+static size_t n_leftovers;
 
 static void schedule_poll(int64_t ms);
 
@@ -310,14 +321,20 @@ static bool node_sets(const char *kv) {
 static const char script_head[] =
     "#!/bin/sh\n"
     "set -u\n"
-    "# A free port on this node: not among the listening ones.\n"
-    "used=$(awk 'NR > 1 && $4 == \"0A\" { split($2, a, \":\"); printf \" %s\", "
-    "a[2] }' /proc/net/tcp "
+    "# A free port on this node: outside the kernel's range for the local\n"
+    "# ports of connections (a port held by one, even in TIME_WAIT, cannot be\n"
+    "# bound by a listener) and held by no socket at all.\n"
+    "set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999\n"
+    "lo=$1 hi=$2\n"
+    "if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))\n"
+    "elif [ $((65535 - hi)) -ge 2000 ]; then base=$((hi + 1)) span=$((65535 - hi))\n"
+    "else base=20000 span=40000; fi\n"
+    "used=$(awk 'NR > 1 { split($2, a, \":\"); printf \" %s\", a[2] }' /proc/net/tcp "
     "/proc/net/tcp6 2>/dev/null)\n"
     "port=\n"
     "i=0\n"
     "while [ $i -lt 200 ]; do\n"
-    "  p=$((20000 + $(od -An -N2 -tu2 /dev/urandom) % 40000))\n"
+    "  p=$((base + $(od -An -N2 -tu2 /dev/urandom) % span))\n"
     "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
     "esac\n"
     "  i=$((i + 1))\n"
@@ -1052,7 +1069,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   s->argv[n++] = xstrdup("--parsable");
   s->argv[n++] = xasprintf("--job-name=sgpu.%s", l->id);
   s->argv[n++] =
-      xasprintf("--comment=sgpu:%s:%s", rt.tag, l->endpoint ? l->endpoint : "");
+      xasprintf("--comment=sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
   s->argv[n++] = xasprintf("--output=%s", inst->out_path[0]);
   s->argv[n++] = xasprintf("--error=%s", inst->out_path[1]);
   s->argv[n++] = xasprintf("--chdir=%s", rt.dir);
@@ -1080,7 +1097,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
 }
 
 static void signal_instance(sg_instance_t *inst, int sig) {
-  if (inst->exit_reported)
+  if (inst->exit_reported || inst->detached)
     return;
   if (!inst->job_id) {
     inst->cancel_after_submit = true;
@@ -1101,10 +1118,19 @@ static void release(sg_instance_t *inst) {
   inst->released = true;
   if (inst->phase == P_SUBMITTING)
     return; /* freed when sbatch answers */
-  if (!inst->exit_reported && inst->job_id)
+  if (!inst->exit_reported && !inst->detached && inst->job_id)
     cancel_sync(inst->job_id, false); /* sgpud is going away */
   LIST_REMOVE(inst, link);
   instance_free(inst);
+}
+
+/* A job that runs and has written its address can be adopted by the next
+ * sgpud; any other is cancelled when sgpud stops. */
+static bool detach(sg_instance_t *inst) {
+  if (inst->exit_reported || !inst->running_reported || !inst->job_id)
+    return false;
+  inst->detached = true;
+  return true;
 }
 
 static void cleanup_orphan(const char *id, pid_t pid) {}
@@ -1133,6 +1159,7 @@ const sg_runtime_ops_t sg_slurm_runtime = {
     .async_start = true,
     .remote = true,
     .placement = placement,
+    .detach = detach,
 };
 
 /* ---- setup ---- */
@@ -1161,32 +1188,100 @@ static char *load_tag(const char *dir, sg_error_t **err) {
   return t;
 }
 
-/* Cancels the jobs an earlier sgpud of this dir left. */
-static void cancel_leftovers(void) {
-  char *argv[] = {"squeue", "--noheader", "--format=%i|%k", NULL};
+/* Sorts the jobs an earlier sgpud of this dir left: a running one that
+ * wrote its address is kept in leftovers for adoption, every other one is
+ * cancelled (blocks; at startup). */
+static void find_leftovers(void) {
+  char *argv[] = {"squeue", "--noheader", "--format=%i|%T|%S|%j|%k", NULL};
   cleanup_free char *out = NULL;
   if (!cmd_ok(run_cmd(argv, &out)) || !out) {
-    sg_warn("slurm: cannot list jobs to cancel those an earlier sgpud left");
+    sg_warn("slurm: cannot list the jobs an earlier sgpud left");
     return;
   }
   cleanup_free char *prefix = xasprintf("sgpu:%s:", rt.tag);
-  int n = 0;
+  int cancelled = 0;
   for (char *line = out, *next; *line; line = next) {
     next = strchr(line, '\n');
     if (next)
       *next++ = '\0';
     else
       next = line + strlen(line);
-    char *bar = strchr(line, '|');
-    if (!bar || strncmp(bar + 1, prefix, strlen(prefix)))
+    char *f[5] = {0};
+    char *p = line;
+    int nf = 0;
+    for (; nf < 4 && p; nf++) {
+      f[nf] = p;
+      p = strchr(p, '|');
+      if (p)
+        *p++ = '\0';
+    }
+    if (nf < 4 || !p || strncmp(p, prefix, strlen(prefix)))
       continue;
-    *bar = '\0';
-    sg_info("slurm: cancelling job %s left by an earlier sgpud", line);
-    cancel_sync(line, false);
-    n++;
+    f[4] = p + strlen(prefix); /* ENDPOINT:VERSION */
+    const char *id = !strncmp(f[3], "sgpu.", 5) ? f[3] + 5 : "";
+    char *colon = strrchr(f[4], ':');
+    char *end = NULL;
+    long version = colon ? strtol(colon + 1, &end, 10) : 0;
+    cleanup_free char *addr_path = xasprintf("%s/%s.addr", rt.dir, id);
+    bool adoptable = !strcmp(f[1], "RUNNING") && *id && !strchr(id, '/') && colon && end && !*end &&
+                     version > 0 && version <= INT32_MAX && access(addr_path, R_OK) == 0;
+    if (!adoptable) {
+      sg_info("slurm: cancelling job %s (%s) left by an earlier sgpud", f[0], f[1]);
+      cancel_sync(f[0], false);
+      cancelled++;
+      continue;
+    }
+    *colon = '\0';
+    leftovers = xrealloc(leftovers, (n_leftovers + 1) * sizeof(*leftovers));
+    leftover_t *lo = &leftovers[n_leftovers++];
+    lo->job_id = xstrdup(f[0]);
+    lo->worker_id = xstrdup(id);
+    lo->endpoint = xstrdup(f[4]);
+    lo->job = (sg_slurm_leftover_t){lo->job_id, lo->worker_id, lo->endpoint, (int)version, parse_time(f[2])};
   }
-  if (n)
-    sg_info("slurm: cancelled %d job(s) left by an earlier sgpud", n);
+  if (cancelled)
+    sg_info("slurm: cancelled %d job(s) left by an earlier sgpud", cancelled);
+}
+
+void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_leftover_t *job), void *ctx) {
+  for (size_t i = 0; i < n_leftovers; i++) {
+    leftover_t *lo = &leftovers[i];
+    if (!rt.ready || !adopt(ctx, &lo->job)) {
+      sg_info("slurm: cancelling job %s of worker %s left by an earlier sgpud (endpoint %s gone or changed)",
+              lo->job_id, lo->worker_id, lo->endpoint);
+      cancel_sync(lo->job_id, false);
+    }
+    free(lo->job_id);
+    free(lo->worker_id);
+    free(lo->endpoint);
+  }
+  free(leftovers);
+  leftovers = NULL;
+  n_leftovers = 0;
+}
+
+sg_instance_t *sg_slurm_adopt(const sg_slurm_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud) {
+  sg_instance_t *inst = xcalloc(1, sizeof(*inst));
+  inst->id = xstrdup(job->worker_id);
+  inst->job_id = xstrdup(job->job_id);
+  inst->cbs = *cbs;
+  inst->ud = ud;
+  inst->phase = P_RUNNING;
+  inst->state = xstrdup("RUNNING");
+  inst->start_wall = job->start_wall;
+  inst->script_path = xasprintf("%s/%s.sh", rt.dir, job->worker_id);
+  inst->addr_path = xasprintf("%s/%s.addr", rt.dir, job->worker_id);
+  inst->out_path[0] = xasprintf("%s/%s.out", rt.dir, job->worker_id);
+  inst->out_path[1] = xasprintf("%s/%s.err", rt.dir, job->worker_id);
+  for (int i = 0; i < 2; i++) {
+    struct stat st;
+    if (stat(inst->out_path[i], &st) == 0)
+      inst->out[i].off = st.st_size;
+  }
+  LIST_INSERT_HEAD(&instances, inst, link);
+  sg_info("slurm: adopted job %s of worker %s", job->job_id, job->worker_id);
+  schedule_poll(0);
+  return inst;
 }
 
 int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
@@ -1214,15 +1309,25 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
   rt.ready = true;
   rt.timer = evtimer_new(base, poll_cb, NULL);
   if (cfg->cleanup)
-    cancel_leftovers();
+    find_leftovers();
   schedule_poll(0);
   return 0;
 }
 
 void sg_slurm_runtime_shutdown(void) {
+  /* Leftovers never offered (sgpud did not finish starting) are left for the
+   * next sgpud to adopt. */
+  for (size_t i = 0; i < n_leftovers; i++) {
+    free(leftovers[i].job_id);
+    free(leftovers[i].worker_id);
+    free(leftovers[i].endpoint);
+  }
+  free(leftovers);
+  leftovers = NULL;
+  n_leftovers = 0;
   sg_instance_t *inst;
   while ((inst = LIST_FIRST(&instances))) {
-    if (!inst->exit_reported && inst->job_id)
+    if (!inst->exit_reported && !inst->detached && inst->job_id)
       cancel_sync(inst->job_id, false);
     LIST_REMOVE(inst, link);
     instance_free(inst);

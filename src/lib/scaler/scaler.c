@@ -87,7 +87,8 @@ static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
     if (w->ready_mono > ep->scale_seen_ready_mono && w->started_mono > 0) {
-      sg_scale_window_note_start(&ep->scale_window, w->ready_mono - w->started_mono);
+      if (!w->adopted) /* an adopted worker's start was not measured */
+        sg_scale_window_note_start(&ep->scale_window, w->ready_mono - w->started_mono);
       if (w->ready_mono > newest)
         newest = w->ready_mono;
     }

@@ -422,6 +422,27 @@ int sg_store_usage_close_open(sg_store_t *s, sg_error_t **err) {
               err);
 }
 
+/* The record in the current row of a query selecting usage's columns in
+ * their order; its strings live until the next step. */
+static sg_usage_record_t usage_row(sqlite3_stmt *st) {
+  return (sg_usage_record_t){
+      .worker = col_text(st, 0),
+      .seg = sqlite3_column_int(st, 1),
+      .endpoint = col_text(st, 2),
+      .gpu_type = col_text(st, 3),
+      .gpu_count = sqlite3_column_int(st, 4),
+      .price = sqlite3_column_double(st, 5),
+      .start_ms = sqlite3_column_int64(st, 6),
+      .end_ms = sqlite3_column_int64(st, 7),
+      .starting_ms = sqlite3_column_int64(st, 8),
+      .busy_ms = sqlite3_column_int64(st, 9),
+      .idle_ms = sqlite3_column_int64(st, 10),
+      .requests = sqlite3_column_int64(st, 11),
+      .round_ms = sqlite3_column_int64(st, 12),
+      .closed = sqlite3_column_int(st, 13) != 0,
+  };
+}
+
 int sg_store_usage_each(sg_store_t *s, const char *endpoint, int64_t from_ms, int64_t to_ms,
                         void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
@@ -436,27 +457,39 @@ int sg_store_usage_each(sg_store_t *s, const char *endpoint, int64_t from_ms, in
   sqlite3_bind_int64(st, 3, to_ms);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    sg_usage_record_t r = {
-        .worker = col_text(st, 0),
-        .seg = sqlite3_column_int(st, 1),
-        .endpoint = col_text(st, 2),
-        .gpu_type = col_text(st, 3),
-        .gpu_count = sqlite3_column_int(st, 4),
-        .price = sqlite3_column_double(st, 5),
-        .start_ms = sqlite3_column_int64(st, 6),
-        .end_ms = sqlite3_column_int64(st, 7),
-        .starting_ms = sqlite3_column_int64(st, 8),
-        .busy_ms = sqlite3_column_int64(st, 9),
-        .idle_ms = sqlite3_column_int64(st, 10),
-        .requests = sqlite3_column_int64(st, 11),
-        .round_ms = sqlite3_column_int64(st, 12),
-        .closed = sqlite3_column_int(st, 13) != 0,
-    };
+    sg_usage_record_t r = usage_row(st);
     cb(ud, &r);
   }
   if (rc != SQLITE_DONE)
     return db_error(s->db, err, "query usage");
   return 0;
+}
+
+int sg_store_usage_reopen(sg_store_t *s, const char *worker, void (*cb)(void *ud, const sg_usage_record_t *rec),
+                          void *ud, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *up = NULL, *st = NULL;
+  if (prepare(s->db,
+              "UPDATE usage SET closed = 0, round_ms = 0 WHERE worker = ?1"
+              " AND seg = (SELECT max(seg) FROM usage WHERE worker = ?1)",
+              &up, err) < 0 ||
+      prepare(s->db,
+              "SELECT worker, seg, endpoint, gpu_type, gpu_count, price, start_ms, end_ms, starting_ms,"
+              " busy_ms, idle_ms, requests, round_ms, closed FROM usage WHERE worker = ? ORDER BY seg",
+              &st, err) < 0)
+    return -SG_ESTORE;
+  bind_text(up, 1, worker);
+  if (sqlite3_step(up) != SQLITE_DONE)
+    return db_error(s->db, err, "reopen usage");
+  bind_text(st, 1, worker);
+  int rc, n = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    sg_usage_record_t r = usage_row(st);
+    cb(ud, &r);
+    n++;
+  }
+  if (rc != SQLITE_DONE)
+    return db_error(s->db, err, "query usage");
+  return n;
 }
 
 int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_bytes, sg_error_t **err) {
