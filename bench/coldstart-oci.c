@@ -49,26 +49,6 @@
 #define MAX_ROUNDS 1000
 #define CGROUP2_MAGIC 0x63677270
 
-struct series {
-  double *v;
-  size_t n;
-};
-
-static void add(struct series *s, double x) {
-  s->v = realloc(s->v, (s->n + 1) * sizeof(*s->v));
-  if (!s->v)
-    abort();
-  s->v[s->n++] = x;
-}
-
-static double med(const struct series *s) { return bench_percentile(s->v, s->n, 50); }
-
-static void row(const char *label, const struct series *s, const char *note) {
-  if (!s->n)
-    return;
-  printf("  %-50s %9.3f %9.3f %9.3f  %s\n", label, bench_percentile(s->v, s->n, 50),
-         bench_percentile(s->v, s->n, 90), bench_percentile(s->v, s->n, 0), note);
-}
 
 /* The path of name on PATH (malloc'ed), or NULL. */
 static char *on_path(const char *name) {
@@ -205,22 +185,6 @@ static void create_endpoint(struct ours *o, const char *name, bool oci) {
   json_decref(spec);
 }
 
-static void wait_zero(struct ours *o, const char *ep_url) {
-  double deadline = bench_now_ms() + ZERO_TIMEOUT_MS;
-  for (;;) {
-    json_t *ep = bench_http_json(&o->api, "GET", ep_url, NULL, 200);
-    json_t *ws = json_object_get(json_object_get(ep, "status"), "workers");
-    json_int_t live = json_integer_value(json_object_get(ws, "starting")) +
-                      json_integer_value(json_object_get(ws, "ready")) +
-                      json_integer_value(json_object_get(ws, "draining"));
-    json_decref(ep);
-    if (live == 0)
-      return;
-    if (bench_now_ms() > deadline || bench_interrupted())
-      bench_die("%s still has workers after %.0f s", ep_url, ZERO_TIMEOUT_MS / 1000);
-    bench_sleep_ms(10);
-  }
-}
 
 /* A worker's start, as the workers API reports it. */
 struct phases {
@@ -240,7 +204,7 @@ static double ours_round(struct ours *o, bool oci, struct phases *ph) {
   char *workers_url = bench_asprintf("%s/workers", ep_url);
   char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name, oci);
-  wait_zero(o, ep_url);
+  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
   bench_sleep_ms(SETTLE_MS);
 
   double t0 = bench_now_ms();
@@ -408,15 +372,6 @@ static const char usage[] =
     "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
     "  --worker PATH  the worker of the process runtime (default " BENCH_ECHO_WORKER ")\n";
 
-static long parse_count(const char *opt, const char *s, long lo, long hi) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) {
-    fprintf(stderr, "bench-coldstart-oci: %s must be an integer %ld..%ld\n", opt, lo, hi);
-    exit(2);
-  }
-  return v;
-}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
@@ -432,8 +387,8 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'r': rounds = parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
-    case 'w': warmup = parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
+    case 'r': rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
+    case 'w': warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
     case 'p':
       poll_ms = strtod(optarg, NULL);
       if (!(poll_ms >= 0.01 && poll_ms <= 100)) {
@@ -486,9 +441,9 @@ int main(int argc, char **argv) {
   bench_http_init(&o.api, o.d.key);
   preheat(&o);
 
-  struct series oci = {0}, proc = {0}, bare_health = {0}, bare_infer = {0};
-  struct series ph_total = {0}, ph_pull = {0}, ph_rootfs = {0}, ph_container = {0}, ph_probe = {0};
-  struct series proc_cold = {0};
+  bench_series_t oci = {0}, proc = {0}, bare_health = {0}, bare_infer = {0};
+  bench_series_t ph_total = {0}, ph_pull = {0}, ph_rootfs = {0}, ph_container = {0}, ph_probe = {0};
+  bench_series_t proc_cold = {0};
   for (long r = -warmup; r < rounds; r++) {
     struct phases ph, pph;
     double t_oci = ours_round(&o, true, &ph);
@@ -505,16 +460,16 @@ int main(int argc, char **argv) {
                r + 1, rounds, t_oci, ph.total, ph.rootfs, ph.container, ph.probe, t_proc, health, infer);
     if (r < 0)
       continue;
-    add(&oci, t_oci);
-    add(&proc, t_proc);
-    add(&bare_health, health);
-    add(&bare_infer, infer);
-    add(&ph_total, ph.total);
-    add(&ph_pull, ph.pull);
-    add(&ph_rootfs, ph.rootfs);
-    add(&ph_container, ph.container);
-    add(&ph_probe, ph.probe);
-    add(&proc_cold, pph.total);
+    bench_series_add(&oci, t_oci);
+    bench_series_add(&proc, t_proc);
+    bench_series_add(&bare_health, health);
+    bench_series_add(&bare_infer, infer);
+    bench_series_add(&ph_total, ph.total);
+    bench_series_add(&ph_pull, ph.pull);
+    bench_series_add(&ph_rootfs, ph.rootfs);
+    bench_series_add(&ph_container, ph.container);
+    bench_series_add(&ph_probe, ph.probe);
+    bench_series_add(&proc_cold, pph.total);
   }
 
   printf("\nbench-coldstart-oci: first answer at zero workers, image cached, %ld rounds (after %ld warm-up), "
@@ -525,24 +480,24 @@ int main(int argc, char **argv) {
                   : "as is",
          poll_ms);
   printf("  %-50s %9s %9s %9s\n", "ms", "median", "p90", "min");
-  row("bare crun run: spawn -> first /health 200", &bare_health, "");
-  row("bare crun run: spawn -> first /infer answer", &bare_infer, "");
-  row("oci: POST /e/NAME/infer at zero -> answer", &oci, "");
-  row("process: POST /e/NAME/infer at zero -> answer", &proc, "");
+  bench_series_row("bare crun run: spawn -> first /health 200", &bare_health, 50, 3, "");
+  bench_series_row("bare crun run: spawn -> first /infer answer", &bare_infer, 50, 3, "");
+  bench_series_row("oci: POST /e/NAME/infer at zero -> answer", &oci, 50, 3, "");
+  bench_series_row("process: POST /e/NAME/infer at zero -> answer", &proc, 50, 3, "");
   printf("\n  oci workers' cold_start (workers API, whole ms)\n");
-  row("  pull_ms", &ph_pull, "");
-  row("  rootfs_ms (overlay + config.json)", &ph_rootfs, "");
-  row("  container_ms (crun spawned -> pid file)", &ph_container, "");
-  row("  probe_ms (-> first healthy probe)", &ph_probe, "");
-  row("  total_ms (worker start -> healthy)", &ph_total, "");
-  row("process workers' total_ms", &proc_cold, "");
+  bench_series_row("  pull_ms", &ph_pull, 50, 3, "");
+  bench_series_row("  rootfs_ms (overlay + config.json)", &ph_rootfs, 50, 3, "");
+  bench_series_row("  container_ms (crun spawned -> pid file)", &ph_container, 50, 3, "");
+  bench_series_row("  probe_ms (-> first healthy probe)", &ph_probe, 50, 3, "");
+  bench_series_row("  total_ms (worker start -> healthy)", &ph_total, 50, 3, "");
+  bench_series_row("process workers' total_ms", &proc_cold, 50, 3, "");
   printf("\n  %-58s %7s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /infer answer", med(&oci) / med(&bare_infer),
-         med(&oci) - med(&bare_infer));
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /health 200", med(&oci) / med(&bare_health),
-         med(&oci) - med(&bare_health));
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / process first answer", med(&oci) / med(&proc),
-         med(&oci) - med(&proc));
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /infer answer", bench_series_median(&oci) / bench_series_median(&bare_infer),
+         bench_series_median(&oci) - bench_series_median(&bare_infer));
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /health 200", bench_series_median(&oci) / bench_series_median(&bare_health),
+         bench_series_median(&oci) - bench_series_median(&bare_health));
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / process first answer", bench_series_median(&oci) / bench_series_median(&proc),
+         bench_series_median(&oci) - bench_series_median(&proc));
   printf("\n");
   fflush(stdout);
 
@@ -558,7 +513,7 @@ int main(int argc, char **argv) {
   free(image_out);
   free(image);
   free(crun);
-  struct series *all[] = {&oci, &proc, &bare_health, &bare_infer, &ph_total, &ph_pull,
+  bench_series_t *all[] = {&oci, &proc, &bare_health, &bare_infer, &ph_total, &ph_pull,
                           &ph_rootfs, &ph_container, &ph_probe, &proc_cold};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     free(all[i]->v);

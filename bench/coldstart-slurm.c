@@ -38,26 +38,6 @@
 #define SETTLE_MS 50.0
 #define MAX_ROUNDS 1000
 
-struct series {
-  double *v;
-  size_t n;
-};
-
-static void add(struct series *s, double x) {
-  s->v = realloc(s->v, (s->n + 1) * sizeof(*s->v));
-  if (!s->v)
-    abort();
-  s->v[s->n++] = x;
-}
-
-static double med(const struct series *s) { return bench_percentile(s->v, s->n, 50); }
-
-static void row(const char *label, const struct series *s, const char *note) {
-  if (!s->n)
-    return;
-  printf("  %-48s %9.1f %9.1f %9.1f  %s\n", label, bench_percentile(s->v, s->n, 50),
-         bench_percentile(s->v, s->n, 90), bench_percentile(s->v, s->n, 0), note);
-}
 
 /* Runs a shell command line; returns its exit status (-1: not run) and its
  * output (malloc'ed) in *out. */
@@ -110,25 +90,6 @@ static void create_endpoint(struct ours *o, const char *name, bool slurm) {
   json_decref(spec);
 }
 
-/* Waits until the endpoint has no starting, ready or draining worker. */
-static void wait_zero(struct ours *o, const char *ep_url) {
-  double deadline = bench_now_ms() + ZERO_TIMEOUT_MS;
-  for (;;) {
-    json_t *ep = bench_http_json(&o->api, "GET", ep_url, NULL, 200);
-    json_t *ws = json_object_get(json_object_get(ep, "status"), "workers");
-    json_int_t live = json_integer_value(json_object_get(ws, "starting")) +
-                      json_integer_value(json_object_get(ws, "ready")) +
-                      json_integer_value(json_object_get(ws, "draining"));
-    json_decref(ep);
-    if (live == 0)
-      return;
-    if (bench_now_ms() > deadline)
-      bench_die("%s still has workers after %.0f s", ep_url, ZERO_TIMEOUT_MS / 1000);
-    if (bench_interrupted())
-      bench_die("interrupted");
-    bench_sleep_ms(10);
-  }
-}
 
 /* The ready worker's cold_start_ms, pid and Slurm job id (malloc'ed, or NULL). */
 static double ready_worker(struct ours *o, const char *workers_url, json_int_t *pid, char **job_id) {
@@ -190,7 +151,7 @@ static double round_once(struct ours *o, bool slurm, double *cold_ms) {
   char *workers_url = bench_asprintf("%s/workers", ep_url);
   char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name, slurm);
-  wait_zero(o, ep_url);
+  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
   bench_sleep_ms(SETTLE_MS);
   double t0 = bench_now_ms();
   long status = bench_http(&o->api, "POST", infer_url, INFER_BODY, 60000);
@@ -224,16 +185,6 @@ static const char usage[] =
     "  --worker PATH    the worker (default " BENCH_ECHO_WORKER ")\n"
     "  --slurm-dir DIR  state of the cluster scripts/slurm-up.sh starts (default /tmp/sgpu-slurm)\n";
 
-static long parse_count(const char *opt, const char *s, long lo, long hi) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || !*s || *end || v < lo || v > hi) {
-    fprintf(stderr, "bench-coldstart-slurm: %s must be a whole number from %ld to %ld\n", opt, lo, hi);
-    exit(2);
-  }
-  return v;
-}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
@@ -249,10 +200,10 @@ int main(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'r':
-      rounds = parse_count("--rounds", optarg, 1, MAX_ROUNDS);
+      rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS);
       break;
     case 'w':
-      warmup = parse_count("--warmup", optarg, 0, MAX_ROUNDS);
+      warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS);
       break;
     case 's':
       sgpud = optarg;
@@ -306,19 +257,19 @@ int main(int argc, char **argv) {
   bench_sgpud_start_config(&o.d, sgpud, "{\"slurm\": {\"partition\": \"gpu\"}}");
   bench_http_init(&o.api, o.d.key);
 
-  struct series proc_total = {0}, proc_cold = {0}, slurm_total = {0}, slurm_cold = {0};
+  bench_series_t proc_total = {0}, proc_cold = {0}, slurm_total = {0}, slurm_cold = {0};
   for (long r = -warmup; r < rounds; r++) {
     double pcold, scold;
     double ptotal = round_once(&o, false, &pcold);
     double stotal = round_once(&o, true, &scold);
     if (r < 0)
       continue;
-    add(&proc_total, ptotal);
-    add(&slurm_total, stotal);
+    bench_series_add(&proc_total, ptotal);
+    bench_series_add(&slurm_total, stotal);
     if (!isnan(pcold))
-      add(&proc_cold, pcold);
+      bench_series_add(&proc_cold, pcold);
     if (!isnan(scold))
-      add(&slurm_cold, scold);
+      bench_series_add(&slurm_cold, scold);
     bench_note("round %ld/%ld: process %.1f ms (cold_start_ms %.0f); slurm %.1f ms (cold_start_ms %.0f)", r + 1,
                rounds, ptotal, pcold, stotal, scold);
   }
@@ -327,24 +278,24 @@ int main(int argc, char **argv) {
          "echo-worker WARMUP_MS=0\n\n",
          rounds, warmup);
   printf("  %-48s %9s %9s %9s\n", "ms", "median", "p90", "min");
-  row("process: POST /e/NAME/infer at zero -> answer", &proc_total, "");
-  row("process: worker cold_start_ms (start -> 200)", &proc_cold, "(as sgpud records it)");
-  row("slurm: POST /e/NAME/infer at zero -> answer", &slurm_total, "(1 a100 GRES)");
-  row("slurm: worker cold_start_ms (sbatch -> 200)", &slurm_cold, "(as sgpud records it)");
+  bench_series_row("process: POST /e/NAME/infer at zero -> answer", &proc_total, 48, 1, "");
+  bench_series_row("process: worker cold_start_ms (start -> 200)", &proc_cold, 48, 1, "(as sgpud records it)");
+  bench_series_row("slurm: POST /e/NAME/infer at zero -> answer", &slurm_total, 48, 1, "(1 a100 GRES)");
+  bench_series_row("slurm: worker cold_start_ms (sbatch -> 200)", &slurm_cold, 48, 1, "(as sgpud records it)");
   printf("\n  %-58s %9s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %9.1f %+9.1f\n", "slurm first answer / process first answer", med(&slurm_total) / med(&proc_total),
-         med(&slurm_total) - med(&proc_total));
+  printf("  %-58s %9.1f %+9.1f\n", "slurm first answer / process first answer", bench_series_median(&slurm_total) / bench_series_median(&proc_total),
+         bench_series_median(&slurm_total) - bench_series_median(&proc_total));
   if (proc_cold.n && slurm_cold.n)
     printf("  %-58s %9.1f %+9.1f\n", "slurm cold_start_ms / process cold_start_ms",
-           med(&slurm_cold) / med(&proc_cold), med(&slurm_cold) - med(&proc_cold));
+           bench_series_median(&slurm_cold) / bench_series_median(&proc_cold), bench_series_median(&slurm_cold) - bench_series_median(&proc_cold));
   printf("\n");
   fflush(stdout);
 
   bench_http_cleanup(&o.api);
   bench_sgpud_stop(&o.d);
-  free(proc_total.v);
-  free(proc_cold.v);
-  free(slurm_total.v);
-  free(slurm_cold.v);
+  bench_series_free(&proc_total);
+  bench_series_free(&proc_cold);
+  bench_series_free(&slurm_total);
+  bench_series_free(&slurm_cold);
   return 0;
 }

@@ -38,24 +38,6 @@
 #define SETTLE_MS 50.0
 #define MAX_ROUNDS 1000
 
-struct series {
-  double *v;
-  size_t n;
-};
-
-static void add(struct series *s, double x) {
-  s->v = realloc(s->v, (s->n + 1) * sizeof(*s->v));
-  if (!s->v)
-    abort();
-  s->v[s->n++] = x;
-}
-
-static double med(const struct series *s) { return bench_percentile(s->v, s->n, 50); }
-
-static void row(const char *label, const struct series *s, const char *note) {
-  printf("  %-46s %9.3f %9.3f %9.3f  %s\n", label, bench_percentile(s->v, s->n, 50), bench_percentile(s->v, s->n, 90),
-         bench_percentile(s->v, s->n, 0), note);
-}
 
 /* ---- sgpud ------------------------------------------------------------------ */
 
@@ -80,25 +62,6 @@ static void create_endpoint(struct ours *o, const char *name) {
   json_decref(spec);
 }
 
-/* Waits until the endpoint has no starting, ready or draining worker. */
-static void wait_zero(struct ours *o, const char *ep_url) {
-  double deadline = bench_now_ms() + ZERO_TIMEOUT_MS;
-  for (;;) {
-    json_t *ep = bench_http_json(&o->api, "GET", ep_url, NULL, 200);
-    json_t *ws = json_object_get(json_object_get(ep, "status"), "workers");
-    json_int_t live = json_integer_value(json_object_get(ws, "starting")) +
-                      json_integer_value(json_object_get(ws, "ready")) +
-                      json_integer_value(json_object_get(ws, "draining"));
-    json_decref(ep);
-    if (live == 0)
-      return;
-    if (bench_now_ms() > deadline)
-      bench_die("%s still has workers after %.0f s", ep_url, ZERO_TIMEOUT_MS / 1000);
-    if (bench_interrupted())
-      bench_die("interrupted");
-    bench_sleep_ms(10);
-  }
-}
 
 /* The cold_start_ms sgpud recorded for the worker with this pid, or NAN. */
 static double recorded_cold_start(struct ours *o, const char *workers_url, json_int_t pid) {
@@ -138,7 +101,7 @@ static double ours_round(struct ours *o, double *cold_ms) {
   char *workers_url = bench_asprintf("%s/workers", ep_url);
   char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name);
-  wait_zero(o, ep_url);
+  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
   bench_sleep_ms(SETTLE_MS);
 
   double t0 = bench_now_ms();
@@ -220,15 +183,6 @@ static const char usage[] =
     "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
     "  --worker PATH  the worker (default " BENCH_ECHO_WORKER ")\n";
 
-static long parse_count(const char *opt, const char *s, long lo, long hi) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) {
-    fprintf(stderr, "bench-coldstart: %s must be an integer %ld..%ld\n", opt, lo, hi);
-    exit(2);
-  }
-  return v;
-}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
@@ -242,8 +196,8 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'r': rounds = parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
-    case 'w': warmup = parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
+    case 'r': rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
+    case 'w': warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
     case 's': sgpud = optarg; break;
     case 'k': worker = optarg; break;
     case 'h': fputs(usage, stdout); return 0;
@@ -266,8 +220,8 @@ int main(int argc, char **argv) {
   bench_sgpud_start(&o.d, sgpud);
   bench_http_init(&o.api, o.d.key);
 
-  struct series ours_total = {0}, ours_cold = {0}, ours_rest = {0};
-  struct series bare_health = {0}, bare_infer = {0}, tight_health = {0}, tight_infer = {0};
+  bench_series_t ours_total = {0}, ours_cold = {0}, ours_rest = {0};
+  bench_series_t bare_health = {0}, bare_infer = {0}, tight_health = {0}, tight_infer = {0};
   long unrecorded = 0;
   for (long r = -warmup; r < rounds; r++) {
     double cold, health, infer, thealth, tinfer;
@@ -276,16 +230,16 @@ int main(int argc, char **argv) {
     bare_round(worker, true, &thealth, &tinfer);
     if (r < 0)
       continue;
-    add(&ours_total, total);
-    add(&bare_health, health);
-    add(&bare_infer, infer);
-    add(&tight_health, thealth);
-    add(&tight_infer, tinfer);
+    bench_series_add(&ours_total, total);
+    bench_series_add(&bare_health, health);
+    bench_series_add(&bare_infer, infer);
+    bench_series_add(&tight_health, thealth);
+    bench_series_add(&tight_infer, tinfer);
     if (isnan(cold)) {
       unrecorded++;
     } else {
-      add(&ours_cold, cold);
-      add(&ours_rest, total - cold);
+      bench_series_add(&ours_cold, cold);
+      bench_series_add(&ours_rest, total - cold);
     }
     bench_note("round %ld/%ld: sgpud %.3f ms (cold_start_ms %.0f); bare %.3f / %.3f ms; tight %.3f / %.3f ms", r + 1,
                rounds, total, cold, health, infer, thealth, tinfer);
@@ -297,34 +251,34 @@ int main(int argc, char **argv) {
          "echo-worker WARMUP_MS=0\n\n",
          rounds, warmup);
   printf("  %-46s %9s %9s %9s\n", "ms", "median", "p90", "min");
-  row("bare: fork -> first /health 200", &bare_health, "(probes on sgpud's schedule)");
-  row("bare: fork -> first /infer answer", &bare_infer, "");
-  row("bare, tight poll: fork -> first /health 200", &tight_health, "(a probe every 0.1 ms)");
-  row("bare, tight poll: fork -> first /infer answer", &tight_infer, "");
-  row("sgpud: POST /e/NAME/infer at zero -> answer", &ours_total, "");
+  bench_series_row("bare: fork -> first /health 200", &bare_health, 46, 3, "(probes on sgpud's schedule)");
+  bench_series_row("bare: fork -> first /infer answer", &bare_infer, 46, 3, "");
+  bench_series_row("bare, tight poll: fork -> first /health 200", &tight_health, 46, 3, "(a probe every 0.1 ms)");
+  bench_series_row("bare, tight poll: fork -> first /infer answer", &tight_infer, 46, 3, "");
+  bench_series_row("sgpud: POST /e/NAME/infer at zero -> answer", &ours_total, 46, 3, "");
   if (ours_cold.n) {
-    row("sgpud: worker cold_start_ms (start -> 200)", &ours_cold, "(whole ms, as sgpud records it)");
-    row("sgpud: answer - cold_start_ms (queue+proxy)", &ours_rest, "");
+    bench_series_row("sgpud: worker cold_start_ms (start -> 200)", &ours_cold, 46, 3, "(whole ms, as sgpud records it)");
+    bench_series_row("sgpud: answer - cold_start_ms (queue+proxy)", &ours_rest, 46, 3, "");
   }
   printf("\n  %-58s %7s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer", med(&ours_total) / med(&bare_infer),
-         med(&ours_total) - med(&bare_infer));
+  printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer", bench_series_median(&ours_total) / bench_series_median(&bare_infer),
+         bench_series_median(&ours_total) - bench_series_median(&bare_infer));
   printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer, tight poll",
-         med(&ours_total) / med(&tight_infer), med(&ours_total) - med(&tight_infer));
+         bench_series_median(&ours_total) / bench_series_median(&tight_infer), bench_series_median(&ours_total) - bench_series_median(&tight_infer));
   if (ours_cold.n)
     printf("  %-58s %7.2f %+9.3f\n", "sgpud cold_start_ms / bare fork -> 200",
-           med(&ours_cold) / med(&bare_health), med(&ours_cold) - med(&bare_health));
+           bench_series_median(&ours_cold) / bench_series_median(&bare_health), bench_series_median(&ours_cold) - bench_series_median(&bare_health));
   printf("\n");
   fflush(stdout);
 
   bench_http_cleanup(&o.api);
   bench_sgpud_stop(&o.d);
-  free(ours_total.v);
-  free(ours_cold.v);
-  free(ours_rest.v);
-  free(bare_health.v);
-  free(bare_infer.v);
-  free(tight_health.v);
-  free(tight_infer.v);
+  bench_series_free(&ours_total);
+  bench_series_free(&ours_cold);
+  bench_series_free(&ours_rest);
+  bench_series_free(&bare_health);
+  bench_series_free(&bare_infer);
+  bench_series_free(&tight_health);
+  bench_series_free(&tight_infer);
   return 0;
 }

@@ -523,3 +523,54 @@ void bench_run_tool(char *const *argv) {
   }
   free(log);
 }
+
+void bench_series_add(bench_series_t *s, double x) {
+  s->v = realloc(s->v, (s->n + 1) * sizeof(*s->v));
+  if (!s->v)
+    abort();
+  s->v[s->n++] = x;
+}
+
+double bench_series_median(const bench_series_t *s) { return bench_percentile(s->v, s->n, 50); }
+
+void bench_series_row(const char *label, const bench_series_t *s, int width, int decimals, const char *note) {
+  if (!s->n)
+    return;
+  printf("  %-*s %9.*f %9.*f %9.*f  %s\n", width, label, decimals, bench_percentile(s->v, s->n, 50), decimals,
+         bench_percentile(s->v, s->n, 90), decimals, bench_percentile(s->v, s->n, 0), note);
+}
+
+void bench_series_free(bench_series_t *s) {
+  free(s->v);
+  s->v = NULL;
+  s->n = 0;
+}
+
+long bench_parse_count(const char *opt, const char *s, long lo, long hi) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (!*s || *end || v < lo || v > hi) {
+    fprintf(stderr, "%s: %s must be an integer %ld..%ld\n", prog_name, opt, lo, hi);
+    exit(2);
+  }
+  return v;
+}
+
+void bench_wait_zero(bench_http_t *api, const char *ep_url, double timeout_ms) {
+  double deadline = bench_now_ms() + timeout_ms;
+  for (;;) {
+    json_t *ep = bench_http_json(api, "GET", ep_url, NULL, 200);
+    json_t *ws = json_object_get(json_object_get(ep, "status"), "workers");
+    json_int_t live = json_integer_value(json_object_get(ws, "starting")) +
+                      json_integer_value(json_object_get(ws, "ready")) +
+                      json_integer_value(json_object_get(ws, "draining"));
+    json_decref(ep);
+    if (live == 0)
+      return;
+    if (bench_interrupted())
+      bench_die("interrupted");
+    if (bench_now_ms() > deadline)
+      bench_die("%s still has workers after %.0f s", ep_url, timeout_ms / 1000);
+    bench_sleep_ms(10);
+  }
+}

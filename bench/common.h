@@ -121,4 +121,25 @@ json_t *bench_http_json(bench_http_t *c, const char *method, const char *url, co
  * closest ranks; v is not changed. Returns NAN for n == 0. */
 double bench_percentile(const double *v, size_t n, double p);
 
+/* A growing list of measurements. */
+typedef struct {
+  double *v;
+  size_t n;
+} bench_series_t;
+
+void bench_series_add(bench_series_t *s, double x);
+double bench_series_median(const bench_series_t *s);
+/* Prints "  label  median p90 min  note" with `decimals` digits, the label
+ * padded to `width`; nothing when the series is empty. */
+void bench_series_row(const char *label, const bench_series_t *s, int width, int decimals, const char *note);
+void bench_series_free(bench_series_t *s);
+
+/* Parses the integer value of option opt within [lo, hi]; exits with status
+ * 2 and a message otherwise. */
+long bench_parse_count(const char *opt, const char *s, long lo, long hi);
+
+/* Waits (at most timeout_ms) until the endpoint at ep_url has no starting,
+ * ready or draining worker; dies otherwise. */
+void bench_wait_zero(bench_http_t *api, const char *ep_url, double timeout_ms);
+
 #endif

@@ -323,15 +323,6 @@ static const char usage[] =
     "  --wrk PATH       the load generator (default " BENCH_WRK ")\n"
     "  --nginx PATH     the peer baseline (default " BENCH_NGINX ")\n";
 
-static long parse_count(const char *opt, const char *s, long lo, long hi) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) {
-    fprintf(stderr, "bench-gateway: %s must be an integer %ld..%ld\n", opt, lo, hi);
-    exit(2);
-  }
-  return v;
-}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
@@ -345,11 +336,11 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 't': o.threads = parse_count("--threads", optarg, 1, 64); break;
-    case 'c': o.connections = parse_count("--connections", optarg, 1, 1000); break;
-    case 'd': o.duration_s = parse_count("--duration", optarg, 1, 60); break;
-    case 'r': o.reps = parse_count("--reps", optarg, 1, MAX_REPS); break;
-    case 'w': o.warmup_s = parse_count("--warmup", optarg, 0, 60); break;
+    case 't': o.threads = bench_parse_count("--threads", optarg, 1, 64); break;
+    case 'c': o.connections = bench_parse_count("--connections", optarg, 1, 1000); break;
+    case 'd': o.duration_s = bench_parse_count("--duration", optarg, 1, 60); break;
+    case 'r': o.reps = bench_parse_count("--reps", optarg, 1, MAX_REPS); break;
+    case 'w': o.warmup_s = bench_parse_count("--warmup", optarg, 0, 60); break;
     case 'N': o.nginx = false; break;
     case 's': o.sgpud = optarg; break;
     case 'k': o.worker = optarg; break;
