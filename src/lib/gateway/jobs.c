@@ -48,6 +48,7 @@
 #define STREAM_WAIT_DEFAULT_MS 10000
 #define STREAM_WAIT_MAX_MS 60000
 #define STREAM_ITEMS_MAX 100000
+#define UNREAD_KEEP_MS 60000              /* a final job with unread partial outputs stays this long */
 #define UPSTREAM_CONNECT_TIMEOUT_S 5.0
 
 typedef struct sg_job sg_job_t;
@@ -102,6 +103,8 @@ struct sg_job {
   size_t items_read;
   char *item_error;
   struct event *exec_timer, *ttl_timer;
+  struct event *keep_timer; /* a final job with unread partial outputs stays this long */
+  bool keep_over;
   LIST_HEAD(, jreq) waiters;
 };
 
@@ -265,6 +268,8 @@ static void job_free(sg_job_t *j) {
     event_free(j->exec_timer);
   if (j->ttl_timer)
     event_free(j->ttl_timer);
+  if (j->keep_timer)
+    event_free(j->keep_timer);
   if (j->answer)
     evbuffer_free(j->answer);
   json_decref(j->items);
@@ -281,12 +286,30 @@ static void job_free(sg_job_t *j) {
 
 /* Forgets a job no one needs in memory any more: final and committed, no
  * answer waiting. Freed once its writes are committed. */
+static void keep_over_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Forgets a final job nobody waits for; partial outputs not read yet keep it
+ * (for /stream) up to UNREAD_KEEP_MS. */
 static void maybe_release(sg_job_t *j) {
   if (j->finishing || !sg_job_status_final(j->status) || !LIST_EMPTY(&j->waiters))
     return;
+  if (!j->keep_over && j->items && j->items_read < json_array_size(j->items)) {
+    if (!j->keep_timer) {
+      j->keep_timer = evtimer_new(j->J->d->base, keep_over_cb, j);
+      struct timeval tv = {UNREAD_KEEP_MS / 1000, (UNREAD_KEEP_MS % 1000) * 1000};
+      evtimer_add(j->keep_timer, &tv);
+    }
+    return;
+  }
   map_del(j->J, j);
   if (j->pending == 0)
     job_free(j);
+}
+
+static void keep_over_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_job_t *j = arg;
+  j->keep_over = true;
+  maybe_release(j);
 }
 
 static void job_record(const sg_job_t *j, sg_job_status_t status, sg_job_record_t *r) {
@@ -906,7 +929,9 @@ static void copy_record(void *ud, const sg_job_record_t *rec) {
   *out = record_json(rec, 0);
 }
 
-static void status_of(jreq_t *r, sg_endpoint_t *ep) {
+/* Answers the job's status from memory or the store; with_stream adds an
+ * empty "stream" (a job no longer in memory has no unread partial outputs). */
+static void status_of_job(jreq_t *r, sg_endpoint_t *ep, bool with_stream) {
   sg_job_t *j = map_get(r->J, r->id);
   if (j && j->ep == ep && j->committed) {
     jreq_reply(r, 200, job_json(j));
@@ -923,8 +948,12 @@ static void status_of(jreq_t *r, sg_endpoint_t *ep) {
     jreq_error(r, 404, "not_found", "no such job");
     return;
   }
+  if (with_stream)
+    json_object_set_new(body, "stream", json_array());
   jreq_reply(r, 200, body);
 }
+
+static void status_of(jreq_t *r, sg_endpoint_t *ep) { status_of_job(r, ep, false); }
 
 static void cancel(jreq_t *r, sg_endpoint_t *ep) {
   sg_job_t *j = map_get(r->J, r->id);
@@ -1082,7 +1111,7 @@ static void health(jreq_t *r, sg_endpoint_t *ep) {
 static void stream(jreq_t *r, sg_endpoint_t *ep) {
   sg_job_t *j = map_get(r->J, r->id);
   if (!j || j->ep != ep || !j->committed) {
-    status_of(r, ep); /* a final job: no partial outputs are kept */
+    status_of_job(r, ep, true); /* a final job: no partial outputs are kept */
     return;
   }
   attach(r, j, W_STREAM);
