@@ -17,6 +17,7 @@ if [ "${1:-}" = test ]; then
     docker-registry umoci skopeo apache2-utils      # a real registry and test images
     chromium                                        # console tests
     slurm-wlm slurm-client munge                    # a real Slurm cluster
+    slurmrestd slurm-wlm-jwt-plugin                 # its REST API, with JWT authentication
   )
   # The console tests run Playwright (npm playwright-core) on Node.js; a
   # Node.js from elsewhere (with its own npm) is kept.

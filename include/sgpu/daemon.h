@@ -57,6 +57,12 @@ typedef struct sg_daemon_config {
     char *partition;     /* defaults for specs that name none */
     char *account;
     char *time_limit;
+    char *image_dir;     /* where the nodes see DATA_DIR/images (the same path) */
+    char *rest_url;      /* slurmrestd: jobs through its REST API instead of the commands */
+    char *rest_user;     /* the Slurm user (sgpud's own) */
+    char *rest_token;    /* a JWT, or */
+    char *rest_key_file; /* the auth/jwt key sgpud signs its own with */
+    char *rest_api;      /* Slurm API version (the newest slurmrestd offers) */
   } slurm;
 } sg_daemon_config_t;
 

@@ -147,6 +147,18 @@ typedef struct sg_slurm_config {
   const char *account;
   const char *time_limit;
   bool cleanup;           /* look for jobs left by an earlier sgpud of this dir (blocks) */
+  /* Images: pulled into this store, whose layer dirs under images_dir the
+   * nodes see under node_images_dir (NULL: the same path), and run with the
+   * OCI runtime oci_runtime ("crun" when NULL) on the node. */
+  struct sg_images *images;
+  const char *images_dir;
+  const char *node_images_dir;
+  const char *oci_runtime;
+  /* Jobs through slurmrestd at rest_url ("http://host:port") instead of the
+   * commands, as rest_user with the JWT rest_token or one signed with the
+   * key in rest_key_file; rest_api: Slurm's API version (NULL: the newest
+   * offered). NULL rest_url: the commands. */
+  const char *rest_url, *rest_user, *rest_token, *rest_key_file, *rest_api;
 } sg_slurm_config_t;
 
 /* Sets the runtime up (blocks; at startup). With cfg->cleanup it looks for
@@ -176,6 +188,9 @@ void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_
  * on_running (with its placement) comes from the next poll. */
 sg_instance_t *sg_slurm_adopt(const sg_slurm_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
 
+/* Lets go of the image store (pulls waited for, images held): before it is
+ * freed, at shutdown. */
+void sg_slurm_runtime_drop_images(void);
 /* Cancels what jobs remain, except those detached (blocks), and frees the
  * runtime; after the pool is freed. */
 void sg_slurm_runtime_shutdown(void);

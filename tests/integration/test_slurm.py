@@ -5,10 +5,16 @@ once for this module.
 Skips (with the reason) only when the cluster cannot start here: not root, Slurm
 or munge not installed, or the node not coming up."""
 
+import base64
 import calendar
+import hashlib
+import hmac
+import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -18,15 +24,27 @@ from harness import (ECHO_WORKER, REPO, RUN_ID, SgpudTestCase, scaled, unique_na
 SLURM_DIR = os.environ.get("SGPU_SLURM_DIR", "/tmp/sgpu-slurm")
 UP = os.path.join(REPO, "scripts", "slurm-up.sh")
 _skip = None
+_rest_skip = None
+REST = {}
 
 
 def setUpModule():
-    global _skip
+    global _skip, _rest_skip
     if os.geteuid() != 0:
         _skip = "Slurm tests need root (munged and slurmd are started here)"
         return
+    # With slurmrestd and JWT authentication when they can run, else without.
     try:
-        r = subprocess.run([UP, SLURM_DIR], capture_output=True, text=True, timeout=scaled(120))
+        r = subprocess.run([UP, SLURM_DIR], capture_output=True, text=True, timeout=scaled(120),
+                           env=dict(os.environ, SGPU_SLURM_REST="1"))
+        if r.returncode == 0:
+            for line in r.stdout.splitlines():
+                k, _, v = line.partition("=")
+                REST[k] = v
+        else:
+            _rest_skip = "slurmrestd could not start (scripts/slurm-up.sh exit %d): %s" % (
+                r.returncode, (r.stderr or r.stdout).strip()[-800:])
+            r = subprocess.run([UP, SLURM_DIR], capture_output=True, text=True, timeout=scaled(120))
     except (OSError, subprocess.TimeoutExpired) as e:
         _skip = "Slurm could not start: %s" % e
         return
@@ -87,7 +105,7 @@ def slurm_spec(name, **over):
     return spec
 
 
-class SlurmTest(SgpudTestCase):
+class SlurmCase(SgpudTestCase):
 
     def setUp(self):
         if _skip:
@@ -114,6 +132,9 @@ class SlurmTest(SgpudTestCase):
 
     def slurm_workers(self, sg, name):
         return [w for w in sg.workers(name) if w["runtime"] == "slurm"]
+
+
+class SlurmTest(SlurmCase):
 
     def test_scale_from_zero_through_slurm_and_bill(self):
         sg, prefix = self.start_slurm_sgpud()
@@ -294,6 +315,190 @@ class SlurmTest(SgpudTestCase):
         self.assertTrue(running < set(live) and pending not in live, live)
         sg.delete(name)
         wait_for(lambda: not self.live_jobs(prefix), 30, message="no job left after the endpoint was deleted")
+
+
+class SlurmImageTest(SlurmCase):
+    """An image endpoint through Slurm: sgpud pulls the image into its cache,
+    the job assembles the overlay root on the node and runs crun."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if _skip:
+            return
+        from test_oci import IMAGE_SCRIPT, Registry, _sh, crun_works
+        cls.tmp = tempfile.mkdtemp(prefix="sgpu-slurm-img-")
+        img = os.path.join(cls.tmp, "img")
+        try:
+            _sh("bash", IMAGE_SCRIPT, "build", img, REPO)
+        except (subprocess.CalledProcessError, OSError) as e:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest("cannot build the test image: %s" % getattr(e, "stderr", e))
+        why = crun_works(cls.tmp, os.path.join(img, "layout"))
+        if why:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest(why)
+        cls.registry = Registry(os.path.join(cls.tmp, "registry"))
+        cls.registry.start()
+        _sh("bash", IMAGE_SCRIPT, "push", img, cls.registry.addr, "demo/echo:latest")
+        cls.image = "%s/demo/echo:latest" % cls.registry.addr
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "registry", None):
+            cls.registry.stop()
+        shutil.rmtree(getattr(cls, "tmp", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    def start_image_sgpud(self):
+        tmp = os.path.join("/tmp", "sgpu-it-slurm-%s-%s" % (RUN_ID, unique_name("i")))
+        os.makedirs(tmp, exist_ok=True)
+        cfg = os.path.join(tmp, "config.json")
+        with open(cfg, "w") as f:
+            json.dump({"slurm": {"partition": "gpu"}, "stop_grace_s": 3,
+                       "insecure_registries": [self.registry.addr]}, f)
+        sg = self.start_sgpud(config=cfg)
+        with open(os.path.join(sg.data_dir, "slurm", "tag")) as f:
+            prefix = "sgpu:%s:" % f.read().strip()
+        self.addCleanup(self.cancel_jobs, prefix)
+        return sg, prefix
+
+    def bundle_mounts(self, jid):
+        """Mount points of the job's bundle, in any mount namespace."""
+        found = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/mountinfo" % pid) as f:
+                    for line in f:
+                        mp = line.split()[4]
+                        if "sgpu-bundle.%s" % jid in mp:
+                            found.add(mp)
+            except OSError:
+                pass
+        return sorted(found)
+
+    def containers(self, jid):
+        state = "/tmp/sgpu-bundle.%s/state" % jid
+        if not os.path.isdir(state):
+            return []
+        r = subprocess.run(["crun", "--root", state, "list", "-q"], capture_output=True, text=True)
+        return [x for x in r.stdout.split() if x] if r.returncode == 0 else []
+
+    def test_image_endpoint_through_slurm_and_scancel_cleans_up(self):
+        sg, prefix = self.start_image_sgpud()
+        name = unique_name("sli")
+        spec = slurm_spec(name, image=self.image, workers={"min": 0, "max": 1, "idle_timeout_s": 600})
+        del spec["command"]  # the image's entrypoint
+        self.create(spec, sg=sg)
+        resp = sg.invoke(name, "/hello", body=b"hi", timeout=scaled(90))
+        self.assertEqual(resp.status, 200, resp.body)
+        (w,) = sg.ready_workers(name)
+        self.assertEqual(w["runtime"], "slurm")
+        jid = w["slurm"]["job_id"]
+        self.assertEqual(len(w["gpus"]), 1)
+        # The contract inside the container: the port chosen on the node, the
+        # spec's env over the image's, the GPU Slurm allocated.
+        env = sg.invoke(name, "/env", timeout=scaled(30)).body
+        self.assertEqual(env["PORT"], str(w["port"]))
+        self.assertEqual(env["MODEL"], "tiny")
+        self.assertEqual(env["CUDA_VISIBLE_DEVICES"], ",".join(str(g) for g in w["gpus"]))
+        self.assertEqual(env["NVIDIA_VISIBLE_DEVICES"], env["CUDA_VISIBLE_DEVICES"])
+        self.assertTrue(self.bundle_mounts(jid), "the overlay root of job %s mounted" % jid)
+        self.assertEqual(self.containers(jid), [w["id"]])
+
+        slurm("scancel", jid)
+        wait_for(lambda: show_job(jid)["JobState"] not in LIVE, 30, interval=0.2, message="job %s ended" % jid)
+        wait_for(lambda: not self.bundle_mounts(jid) and not os.path.exists("/tmp/sgpu-bundle.%s" % jid), 30,
+                 message="the container, overlay and bundle of job %s removed" % jid)
+        self.assertEqual(self.containers(jid), [])
+
+        # A replacement scaled down by sgpud (scancel with SIGTERM first) cleans up too.
+        resp = sg.invoke(name, "/again", body=b"x", timeout=scaled(90))
+        self.assertEqual(resp.status, 200, resp.body)
+        (w2,) = sg.ready_workers(name)
+        jid2 = w2["slurm"]["job_id"]
+        self.assertTrue(self.bundle_mounts(jid2))
+        sg.delete(name)
+        wait_for(lambda: show_job(jid2)["JobState"] not in LIVE, 30, interval=0.2, message="job %s ended" % jid2)
+        wait_for(lambda: not self.bundle_mounts(jid2) and not os.path.exists("/tmp/sgpu-bundle.%s" % jid2), 30,
+                 message="the container, overlay and bundle of job %s removed" % jid2)
+
+
+def jwt(key, user="root", lifetime=300):
+    """A token for Slurm's auth/jwt, HS256-signed with key."""
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    now = int(time.time())
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"exp": now + lifetime, "iat": now, "sun": user}).encode())
+    sig = hmac.new(key, ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (head, body, b64(sig))
+
+
+class SlurmRestTest(SlurmCase):
+    """Jobs submitted, queried and cancelled through slurmrestd's REST API,
+    sgpud signing its own tokens with the cluster's JWT key."""
+
+    def setUp(self):
+        if not _skip and _rest_skip:
+            self.skipTest(_rest_skip)
+        super().setUp()
+
+    def rest(self, method, path):
+        import urllib.request
+        with open(REST["SLURM_JWT_KEY"], "rb") as f:
+            key = f.read()
+        req = urllib.request.Request("%s/slurm/%s/%s" % (REST["SLURMRESTD"], REST["SLURMRESTD_API"], path),
+                                     method=method, headers={"X-SLURM-USER-NAME": "root",
+                                                             "X-SLURM-USER-TOKEN": jwt(key)})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+
+    def test_scale_from_zero_and_scancel_through_slurmrestd(self):
+        tmp = os.path.join("/tmp", "sgpu-it-slurm-%s-%s" % (RUN_ID, unique_name("r")))
+        os.makedirs(tmp, exist_ok=True)
+        cfg = os.path.join(tmp, "config.json")
+        with open(cfg, "w") as f:
+            json.dump({"slurm": {"partition": "gpu", "rest_url": REST["SLURMRESTD"],
+                                 "rest_key_file": REST["SLURM_JWT_KEY"]}, "stop_grace_s": 3}, f)
+        sg = self.start_sgpud(config=cfg)
+        with open(os.path.join(sg.data_dir, "slurm", "tag")) as f:
+            prefix = "sgpu:%s:" % f.read().strip()
+        self.addCleanup(self.cancel_jobs, prefix)
+        self.assertIn("jobs through slurmrestd at %s (API %s)" % (REST["SLURMRESTD"], REST["SLURMRESTD_API"]),
+                      sg.log_text())
+        name = unique_name("slr")
+        self.create(slurm_spec(name, workers={"min": 0, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        resp = sg.invoke(name, "/hello", body=b"hi", timeout=scaled(60))
+        self.assertEqual(resp.status, 200, resp.body)
+        (w,) = sg.ready_workers(name)
+        jid = w["slurm"]["job_id"]
+        self.assertEqual(w["slurm"]["state"], "RUNNING")
+        self.assertEqual(len(w["gpus"]), 1)
+        job = self.rest("GET", "job/%s" % jid)["jobs"][0]
+        self.assertEqual(job["name"], "sgpu." + w["id"])
+        self.assertTrue(job["comment"].startswith(prefix))
+        self.assertIn("gpu:a100:1", show_job(jid).get("TresPerNode", ""))
+        self.assertEqual(show_job(jid)["TimeLimit"], "00:15:00")
+
+        # Cancelled from outside, through slurmrestd: the worker ends with the
+        # job, and the next invocation scales from zero again.
+        self.rest("DELETE", "job/%s" % jid)
+
+        def ended():
+            ws = [x for x in sg.workers(name) if x["id"] == w["id"]]
+            return ws and ws[0]["state"] in ("failed", "stopped") and ws[0]
+
+        old = wait_for(ended, 30, message="the worker of the cancelled job ended")
+        self.assertIn(old["slurm"]["state"], ("CANCELLED", "FAILED", "COMPLETED"))
+        self.assertEqual(sg.invoke(name, "/again", body=b"x", timeout=scaled(60)).status, 200)
+        (new,) = sg.ready_workers(name)
+        self.assertNotEqual(new["slurm"]["job_id"], jid)
+        sg.delete(name)
+        wait_for(lambda: not [j for j, st in jobs_with_comment(prefix).items() if st in LIVE], 30,
+                 message="no job left after the endpoint was deleted")
 
 
 if __name__ == "__main__":

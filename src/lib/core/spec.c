@@ -126,7 +126,8 @@ static int get_str(json_t *obj, const char *field, const char *key, size_t maxle
 
 static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
   json_t *cmd = json_object_get(root, "command");
-  bool oci = !strcmp(s->runtime, "oci");
+  /* An image brings its own entrypoint and cmd (oci, or slurm with an image). */
+  bool oci = !strcmp(s->runtime, "oci") || (s->image && !strcmp(s->runtime, "slurm"));
   if ((!cmd || json_is_null(cmd) || (json_is_array(cmd) && json_array_size(cmd) == 0)) && oci)
     return 0; /* the image's entrypoint and cmd */
   if (!cmd || json_is_null(cmd))
@@ -406,10 +407,6 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
     s->runtime = xstrdup(s->image ? "oci" : "process");
   if (strcmp(s->runtime, "process") && strcmp(s->runtime, "oci") && strcmp(s->runtime, "slurm")) {
     sg_make_field_error(err, "runtime", "must be \"process\", \"oci\" or \"slurm\"");
-    return NULL;
-  }
-  if (!strcmp(s->runtime, "slurm") && s->image) {
-    sg_make_field_error(err, "image", "is not supported by the slurm runtime yet (it runs the command as is)");
     return NULL;
   }
   if (parse_slurm(s, root, err) < 0)

@@ -2,7 +2,9 @@
  * the thread pool, the daemon-wide default runtime, and the cluster's nodes
  * for GET /v1/nodes. Loop thread. */
 #include <errno.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "daemon-internal.h"
 #include "sgpu/log.h"
@@ -39,21 +41,43 @@ int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key,
     if (!json_is_object(v))
       return sg_make_error(err, SG_EINVAL,
                            "config: slurm must be an object {dir, partition, "
-                           "account, time_limit}");
+                           "account, time_limit, image_dir, rest_*}");
     const char *k;
     json_t *x;
     json_object_foreach(v, k, x) {
-      if (strcmp(k, "dir") && strcmp(k, "partition") && strcmp(k, "account") &&
-          strcmp(k, "time_limit"))
-        return sg_make_error(
-            err, SG_EINVAL,
-            "config: slurm.%s is not dir, partition, account or time_limit", k);
+      static const char *const keys[] = {"dir", "partition", "account", "time_limit", "image_dir",
+                                         "rest_url", "rest_user", "rest_token", "rest_key_file", "rest_api",
+                                         NULL};
+      bool known = false;
+      for (const char *const *kk = keys; *kk && !known; kk++)
+        known = !strcmp(k, *kk);
+      if (!known)
+        return sg_make_error(err, SG_EINVAL,
+                             "config: slurm.%s is not dir, partition, account, time_limit, image_dir, "
+                             "rest_url, rest_user, rest_token, rest_key_file or rest_api",
+                             k);
     }
     if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 ||
         opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
         opt_str(v, "account", &cfg->slurm.account, err) < 0 ||
-        opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0)
+        opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0 ||
+        opt_str(v, "image_dir", &cfg->slurm.image_dir, err) < 0 ||
+        opt_str(v, "rest_url", &cfg->slurm.rest_url, err) < 0 ||
+        opt_str(v, "rest_user", &cfg->slurm.rest_user, err) < 0 ||
+        opt_str(v, "rest_key_file", &cfg->slurm.rest_key_file, err) < 0 ||
+        opt_str(v, "rest_api", &cfg->slurm.rest_api, err) < 0)
       return -SG_EINVAL;
+    json_t *tok = json_object_get(v, "rest_token");
+    if (tok && !json_is_null(tok)) {
+      if (!json_is_string(tok) || !*json_string_value(tok) || strlen(json_string_value(tok)) > 8192)
+        return sg_make_error(err, SG_EINVAL, "config: slurm.rest_token must be a JWT string");
+      free(cfg->slurm.rest_token);
+      cfg->slurm.rest_token = xstrdup(json_string_value(tok));
+    }
+    if (cfg->slurm.rest_url && !cfg->slurm.rest_token && !cfg->slurm.rest_key_file)
+      return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url needs slurm.rest_token or slurm.rest_key_file");
+    if (cfg->slurm.rest_url && strncmp(cfg->slurm.rest_url, "http://", 7) && strncmp(cfg->slurm.rest_url, "https://", 8))
+      return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url must be an http:// or https:// URL");
     cfg->slurm.configured = true;
     return 0;
   }
@@ -66,6 +90,14 @@ void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg) {
   free(cfg->slurm.partition);
   free(cfg->slurm.account);
   free(cfg->slurm.time_limit);
+  free(cfg->slurm.image_dir);
+  free(cfg->slurm.rest_url);
+  free(cfg->slurm.rest_user);
+  if (cfg->slurm.rest_token)
+    explicit_bzero(cfg->slurm.rest_token, strlen(cfg->slurm.rest_token));
+  free(cfg->slurm.rest_token);
+  free(cfg->slurm.rest_key_file);
+  free(cfg->slurm.rest_api);
   cfg->default_runtime = NULL;
   memset(&cfg->slurm, 0, sizeof(cfg->slurm));
 }
@@ -79,8 +111,19 @@ int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
   bool used = stat(dir, &st) == 0;
   if (!d->cfg.slurm.configured && !used)
     return 0;
+  cleanup_free char *images_dir = xasprintf("%s/images", d->cfg.data_dir);
   sg_slurm_config_t sc = {dir, d->cfg.slurm.partition, d->cfg.slurm.account,
-                          d->cfg.slurm.time_limit, true};
+                          d->cfg.slurm.time_limit, true, d->images, images_dir,
+                          d->cfg.slurm.image_dir, d->cfg.oci_runtime};
+  struct passwd *pw = getpwuid(geteuid());
+  cleanup_free char *user = xstrdup(d->cfg.slurm.rest_user ? d->cfg.slurm.rest_user : pw ? pw->pw_name : "root");
+  if (d->cfg.slurm.rest_url) {
+    sc.rest_url = d->cfg.slurm.rest_url;
+    sc.rest_user = user;
+    sc.rest_token = d->cfg.slurm.rest_token;
+    sc.rest_key_file = d->cfg.slurm.rest_key_file;
+    sc.rest_api = d->cfg.slurm.rest_api;
+  }
   return sg_slurm_runtime_init(d->base, d->pool, &sc, err);
 }
 

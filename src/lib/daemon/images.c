@@ -27,6 +27,7 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
 }
 
 void sg_daemon_images_free(sg_daemon_t *d) {
+  sg_slurm_runtime_drop_images();
   sg_oci_runtime_shutdown();
   sg_registry_abort_all();
   sg_pool_free(d->pool);
@@ -104,7 +105,7 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const sg_registry_auth_t
 void sg_endpoint_prepull(sg_endpoint_t *ep) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
-  if (!d->images || !spec->image || strcmp(spec->runtime, "oci") || sg_images_lookup(d->images, spec->image))
+  if (!d->images || !spec->image || (strcmp(spec->runtime, "oci") && strcmp(spec->runtime, "slurm")) || sg_images_lookup(d->images, spec->image))
     return;
   cleanup_error sg_error_t *err = NULL;
   sg_registry_auth_t *auth = NULL;

@@ -313,7 +313,14 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();
-  w->inst = w->rt->start(w->d->base, &launch, &cbs, w, err);
+  sg_registry_auth_t *auth = NULL;
+  if (spec->image && spec->registry_auth) {
+    auth = sg_daemon_registry_auth(w->d, spec->registry_auth, err);
+    launch.auth = auth;
+  }
+  if (!spec->image || !spec->registry_auth || auth)
+    w->inst = w->rt->start(w->d->base, &launch, &cbs, w, err);
+  sg_registry_auth_free(auth);
   free_strv(argv);
   free_strv(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
@@ -321,7 +328,10 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
     start_failed(w, (*err)->message);
     return NULL;
   }
-  sg_logs_event(w->d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
+  if (spec->image)
+    sg_logs_event(w->d, ep->name, w->id, "worker starting through Slurm: image %s", spec->image);
+  else
+    sg_logs_event(w->d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
                 spec->gpu.count ? spec->gpu.type : "");
   return w;
 }

@@ -40,6 +40,7 @@
 #include <sys/wait.h>
 #include <yaml.h>
 
+#include "oci-internal.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
@@ -296,94 +297,11 @@ static json_t *cdi_edits(const int *gpus, int n) {
 
 /* ---- bundle ----------------------------------------------------------------- */
 
-static void env_set(json_t *env, const char *kv) {
-  size_t klen = strcspn(kv, "=");
-  size_t i;
-  json_t *v;
-  json_array_foreach(env, i, v) {
-    const char *s = json_string_value(v);
-    if (s && !strncmp(s, kv, klen) && s[klen] == '=') {
-      json_array_set_new(env, i, json_string(kv));
-      return;
-    }
-  }
-  json_array_append_new(env, json_string(kv));
-}
-
-static json_t *strings(const char *const *v) {
-  json_t *a = json_array();
-  for (; v && *v; v++)
-    json_array_append_new(a, json_string(*v));
-  return a;
-}
-
-static const char *const default_caps[] = {
-    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",      "CAP_MKNOD",
-    "CAP_NET_RAW", "CAP_SETGID",      "CAP_SETUID",           "CAP_SETFCAP",     "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",     "CAP_AUDIT_WRITE", NULL};
-
-static json_t *mount_entry(const char *dst, const char *type, const char *src, const char *const *opts) {
-  return json_pack("{s:s, s:s, s:s, s:o}", "destination", dst, "type", type, "source", src, "options", strings(opts));
-}
-
 /* The OCI config for o (user resolved later, on the pool). New reference. */
 static json_t *build_config(oci_t *o) {
-  sg_image_t *img = o->img;
-  json_t *args = json_array();
-  if (o->argv[0]) {
-    for (char **a = o->argv; *a; a++)
-      json_array_append_new(args, json_string(*a));
-  } else {
-    for (char **a = img->entrypoint; a && *a; a++)
-      json_array_append_new(args, json_string(*a));
-    for (char **a = img->cmd; a && *a; a++)
-      json_array_append_new(args, json_string(*a));
-  }
-  json_t *env = json_array();
-  env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-  for (char **e = img->env; e && *e; e++)
-    env_set(env, *e);
-  for (char **e = o->envp; e && *e; e++)
-    env_set(env, *e);
-  json_t *caps = strings(default_caps);
-  /* Raising a hard limit needs more than the container keeps: stay within ours. */
-  struct rlimit nofile = {65536, 65536};
-  getrlimit(RLIMIT_NOFILE, &nofile);
-  json_t *process = json_pack("{s:b, s:{s:i, s:i}, s:o, s:o, s:s, s:{s:O, s:O, s:O}, s:b, s:[{s:s, s:i, s:i}]}",
-                              "terminal", 0, "user", "uid", 0, "gid", 0, "args", args, "env", env, "cwd",
-                              img->workdir ? img->workdir : "/", "capabilities", "bounding", caps, "effective", caps,
-                              "permitted", caps, "noNewPrivileges", 1, "rlimits", "type", "RLIMIT_NOFILE", "hard",
-                              (int)nofile.rlim_max, "soft", (int)nofile.rlim_max);
-  json_decref(caps);
-  json_t *mounts = json_array();
-  json_array_append_new(mounts, mount_entry("/proc", "proc", "proc", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev", "tmpfs", "tmpfs",
-                                            (const char *const[]){"nosuid", "strictatime", "mode=755", "size=65536k", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev/pts", "devpts", "devpts",
-                                            (const char *const[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
-                                                                  "mode=0620", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
-                                            (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
-  json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
-  /* Host network: the host's resolver and hosts files. */
-  const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
-  if (access("/etc/resolv.conf", R_OK) == 0)
-    json_array_append_new(mounts, mount_entry("/etc/resolv.conf", "bind", "/etc/resolv.conf", bind_ro));
-  if (access("/etc/hosts", R_OK) == 0)
-    json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
-  json_t *linux_ = json_pack(
-      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:[{s:b, s:s}]}, s:o, s:o}", "namespaces", "type", "pid", "type",
-      "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", "allow", 0, "access", "rwm",
-      "maskedPaths",
-      strings((const char *const[]){"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                                    "/sys/firmware", NULL}),
-      "readonlyPaths",
-      strings((const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL}));
-  json_t *c = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o, s:o}", "ociVersion", "1.0.2", "process", process,
-                        "root", "path", o->rootfs, "readonly", 0, "hostname", o->id, "mounts", mounts, "linux", linux_,
-                        "annotations", json_pack("{s:s, s:s}", "sgpu.worker", o->id, "sgpu.image", img->ref));
+  sg_oci_bundle_spec_t b = {o->id, o->img, o->argv, o->envp, o->rootfs};
+  json_t *c = sg_oci_config_new(&b);
+  json_t *env = json_object_get(json_object_get(c, "process"), "env");
   if (o->n_gpus > 0 && json_array_size(rt.cdi) > 0) {
     json_t *edits = cdi_edits(o->gpus, o->n_gpus);
     if (json_array_size(edits) > 0) {
@@ -392,7 +310,7 @@ static json_t *build_config(oci_t *o) {
       char vis[SG_SPEC_MAX_GPUS * 4 + 32] = "CUDA_VISIBLE_DEVICES=";
       for (int g = 0; g < o->n_gpus; g++)
         snprintf(vis + strlen(vis), sizeof(vis) - strlen(vis), "%s%d", g ? "," : "", g);
-      env_set(env, vis);
+      sg_oci_env_set(env, vis);
     } else {
       json_decref(edits);
     }
@@ -418,7 +336,7 @@ static int apply_cdi(json_t *c, sg_error_t **err) {
     size_t k;
     json_t *x;
     json_array_foreach(json_object_get(e, "env"), k, x) if (json_is_string(x) && strchr(json_string_value(x), '='))
-        env_set(env, json_string_value(x));
+        sg_oci_env_set(env, json_string_value(x));
     json_array_foreach(json_object_get(e, "deviceNodes"), k, x) {
       const char *path = json_string_value(json_object_get(x, "path"));
       const char *host = json_string_value(json_object_get(x, "hostPath"));
@@ -473,62 +391,6 @@ static int apply_cdi(json_t *c, sg_error_t **err) {
   return 0;
 }
 
-/* Looks name up in the root's /etc/passwd (or /etc/group when group). */
-static long lookup_id(const char *rootfs, const char *name, bool group) {
-  char *end;
-  long n = strtol(name, &end, 10);
-  if (*name && !*end)
-    return n;
-  cleanup_free char *path = xasprintf("%s/etc/%s", rootfs, group ? "group" : "passwd");
-  cleanup_fclose FILE *f = fopen(path, "re");
-  if (!f)
-    return -1;
-  char line[1024];
-  size_t len = strlen(name);
-  while (fgets(line, sizeof(line), f)) {
-    if (!strncmp(line, name, len) && line[len] == ':') {
-      char *p = strchr(line + len + 1, ':');
-      if (p)
-        return strtol(p + 1, NULL, 10);
-    }
-  }
-  return -1;
-}
-
-static int resolve_user(json_t *c, const char *rootfs, const char *user, sg_error_t **err) {
-  if (!user || !*user)
-    return 0;
-  cleanup_free char *u = xstrdup(user);
-  char *colon = strchr(u, ':');
-  if (colon)
-    *colon++ = '\0';
-  long uid = lookup_id(rootfs, u, false);
-  long gid = colon ? lookup_id(rootfs, colon, true) : 0;
-  if (uid < 0 || gid < 0)
-    return sg_make_error(err, EINVAL, "image user \"%s\" is not in the image's /etc/passwd or /etc/group", user);
-  if (!colon) {
-    /* The user's primary group. */
-    cleanup_free char *path = xasprintf("%s/etc/passwd", rootfs);
-    cleanup_fclose FILE *f = fopen(path, "re");
-    char line[1024];
-    while (f && fgets(line, sizeof(line), f)) {
-      char *fields[4] = {line};
-      int nf = 1;
-      for (char *p = line; *p && nf < 4; p++)
-        if (*p == ':')
-          *p = '\0', fields[nf++] = p + 1;
-      if (nf == 4 && strtol(fields[2], NULL, 10) == uid) {
-        gid = strtol(fields[3], NULL, 10);
-        break;
-      }
-    }
-  }
-  json_t *ju = json_object_get(json_object_get(c, "process"), "user");
-  json_object_set_new(ju, "uid", json_integer(uid));
-  json_object_set_new(ju, "gid", json_integer(gid));
-  return 0;
-}
-
 /* ---- jobs -------------------------------------------------------------------- */
 
 typedef struct prep_job {
@@ -574,7 +436,7 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, errno, "cannot mount the overlay root %s: %s", j->rootfs, strerror(errno));
     return;
   }
-  if (resolve_user(j->config, j->rootfs, j->user, &j->err) < 0 || apply_cdi(j->config, &j->err) < 0)
+  if (sg_oci_resolve_user(j->config, (char *const[]){j->rootfs, NULL}, j->user, &j->err) < 0 || apply_cdi(j->config, &j->err) < 0)
     return;
   /* The bundle lives as long as the container: nothing to keep over a crash. */
   cleanup_free char *path = xasprintf("%s/config.json", j->dir);

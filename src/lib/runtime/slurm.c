@@ -1,12 +1,24 @@
 /* The slurm runtime: a worker is one Slurm batch job. Every Slurm command
  * (sbatch, squeue, scontrol, scancel) runs on the thread pool, never on the
- * loop.
+ * loop. With slurmrestd configured, jobs are submitted, queried and
+ * cancelled (and nodes listed) through its REST API instead, on the same
+ * pool threads (slurm-rest.c).
  *
  * The job's script picks a free port on its node, writes "NODE PORT GPUS" to
  * an address file in the runtime's dir (which must be shared with the nodes)
  * and execs the worker with PORT, CUDA_VISIBLE_DEVICES (Slurm's allocation)
  * and "$PORT" in its argv replaced. Its stdout and stderr go to files in the
  * same dir, which are followed while it runs.
+ *
+ * With an image, sgpud pulls it into its cache first (the job is submitted
+ * once it is there) and writes the container's config.json (the oci
+ * runtime's, with tokens for the port and GPUs) beside the script. The
+ * script enters a private mount namespace, assembles an overlay root from
+ * the image's layer dirs (which the nodes see at the same path, or under
+ * node_images_dir), fills in the tokens and runs the OCI runtime in the
+ * foreground (on a hybrid cgroup layout as oci.c does: without the cgroup2
+ * mount, --cgroup-manager=disabled); on exit it removes the container, the
+ * mount and the bundle.
  *
  * One poll at a time runs on the pool: squeue for the state of every job
  * (often while a job starts, every second or so after), the address files of
@@ -35,6 +47,9 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "oci-internal.h"
+#include "slurm-internal.h"
+#include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
 #include "sgpu/runtime.h"
@@ -75,6 +90,12 @@ struct sg_instance {
   char *end_desc;
   char *script_path, *addr_path, *out_path[2];
   out_stream_t out[2];
+  /* With an image: the pull in progress, then the image held while the job
+   * lives; the submit waits in `pending` until the image is there. */
+  char *image;
+  sg_image_wait_t *wait;
+  sg_image_t *img;
+  struct submit_job *pending;
   sg_instance_callbacks_t cbs;
   void *ud;
 };
@@ -86,6 +107,9 @@ static struct {
   char *tag;
   char *partition, *account, *time_limit;
   char *unavailable;
+  sg_images_t *images;
+  char *images_dir, *node_images_dir, *oci_runtime;
+  sg_slurmrest_t *rest; /* jobs through slurmrestd instead of the commands */
   bool ready;
   struct event *timer;
   bool poll_busy;
@@ -389,20 +413,135 @@ static char *make_script(const sg_launch_t *l, const char *addr_path) {
   return s;
 }
 
+/* The tokens of a job's config.json that its script replaces on the node. */
+#define TOKEN_PORT "@SGPU_PORT@"
+#define TOKEN_GPUS "@SGPU_GPUS@"
+#define TOKEN_NVGPUS "@SGPU_NVGPUS@"
+
+static const char image_ns[] =
+    "# In a private mount namespace: the overlay root dies with the job even\n"
+    "# when it is killed, and a hybrid cgroup layout can be hidden from crun.\n"
+    "if [ -z \"${SGPU_PRIVATE_NS-}\" ]; then\n"
+    "  SGPU_PRIVATE_NS=1 exec unshare -m --propagation private \"$0\" \"$@\"\n"
+    "  echo \"sgpu: cannot enter a private mount namespace on $(hostname)\" >&2\n"
+    "  exit 75\n"
+    "fi\n";
+
+static const char image_tail[] =
+    "b=${TMPDIR:-/tmp}/sgpu-bundle.${SLURM_JOB_ID:-$$}\n"
+    "mode=\n"
+    "cleanup() {\n"
+    "  \"$runtime\" --root \"$b/state\" $mode delete --force \"$cid\" >/dev/null 2>&1\n"
+    "  while umount -l \"$b/rootfs\" 2>/dev/null; do :; done\n"
+    "  rm -rf --one-file-system \"$b\"\n"
+    "}\n"
+    "trap cleanup EXIT\n"
+    "mkdir -p \"$b/upper\" \"$b/work\" \"$b/rootfs\" || exit 75\n"
+    "sed -e \"s/" TOKEN_PORT "/$port/g\" -e \"s/" TOKEN_GPUS "/$gpus/g\" "
+    "-e \"s/" TOKEN_NVGPUS "/${gpus:-void}/g\" \"$config\" >\"$b/config.json\" || exit 75\n"
+    "# crun refuses a hybrid cgroup layout (cgroup v1 controllers and a cgroup2\n"
+    "# mount at /sys/fs/cgroup/unified): hide that mount, and run without a\n"
+    "# cgroup manager, as sgpud does on its own node.\n"
+    "case \"${runtime##*/}\" in crun)\n"
+    "  if [ \"$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)\" != cgroup2fs ] &&\n"
+    "     [ \"$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)\" = cgroup2fs ]; then\n"
+    "    umount -l /sys/fs/cgroup/unified && mode=--cgroup-manager=disabled\n"
+    "  fi ;;\n"
+    "esac\n"
+    "if [ -n \"$lower\" ]; then\n"
+    "  mount -t overlay overlay -o \"lowerdir=$lower,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || exit 75\n"
+    "else\n"
+    "  mkdir -p \"$b/empty\" &&\n"
+    "  mount -t overlay overlay -o \"lowerdir=$b/empty,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || exit 75\n"
+    "fi\n"
+    "child=\n"
+    "trap '[ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT\n"
+    "\"$runtime\" --root \"$b/state\" $mode run --bundle \"$b\" \"$cid\" </dev/null &\n"
+    "child=$!\n"
+    "rc=0\n"
+    "while :; do\n"
+    "  wait \"$child\"; rc=$?\n"
+    "  kill -0 \"$child\" 2>/dev/null || break\n"
+    "done\n"
+    "exit $rc\n";
+
+/* The batch script of a worker running an image: it assembles the overlay
+ * root from the layer dirs lower (as the node sees them, top first), fills
+ * in the port and GPUs of config_path and runs the container in the
+ * foreground; on exit it removes the container, the mount and the bundle. */
+static char *make_image_script(const char *id, const char *addr_path, const char *config_path, char *const *lower) {
+  static const char shebang[] = "#!/bin/sh\nset -u\n";
+  char *s = xasprintf("%s%s%s", shebang, image_ns, script_head + strlen(shebang));
+  append(&s, "addr_file=");
+  append_quoted(&s, addr_path, strlen(addr_path));
+  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" >\"$addr_file.tmp\" && "
+             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n");
+  append(&s, "cid=");
+  append_quoted(&s, id, strlen(id));
+  append(&s, "\nconfig=");
+  append_quoted(&s, config_path, strlen(config_path));
+  append(&s, "\nruntime=");
+  append_quoted(&s, rt.oci_runtime, strlen(rt.oci_runtime));
+  cleanup_free char *l = xstrdup("");
+  for (char *const *d = lower; *d; d++) {
+    append(&l, d == lower ? "" : ":");
+    append(&l, *d);
+  }
+  append(&s, "\nlower=");
+  append_quoted(&s, l, strlen(l));
+  append(&s, "\n");
+  append(&s, image_tail);
+  return s;
+}
+
 /* ---- submit ---- */
 
 typedef struct submit_job {
   char *id;
   char **argv;
   char *script, *script_path;
+  /* With an image: the container's config, written to config_path once the
+   * image's user is resolved against its layers (roots, top first). */
+  json_t *config;
+  char *config_path, *user;
+  char **roots;
+  char **cargv, **cenvp; /* the container's argv and env, tokens in place */
+  json_t *rest_job;      /* slurmrestd: the job's properties (argv unused) */
   char *job_id; /* out */
   char *error;  /* out */
 } submit_job_t;
 
 static void submit_work(void *data) {
   submit_job_t *s = data;
-  int r =
-      sg_write_file_atomic(s->script_path, s->script, strlen(s->script), 0700);
+  int r;
+  if (s->config) {
+    cleanup_error sg_error_t *uerr = NULL;
+    if (sg_oci_resolve_user(s->config, s->roots, s->user, &uerr) < 0) {
+      s->error = xasprintf("cannot prepare the container: %s", uerr->message);
+      return;
+    }
+    cleanup_free char *text = json_dumps(s->config, JSON_COMPACT);
+    r = sg_write_file_atomic(s->config_path, text, strlen(text), 0600);
+    if (r < 0) {
+      s->error = xasprintf("cannot write %s: %s", s->config_path, strerror(-r));
+      return;
+    }
+  }
+  r = sg_write_file_atomic(s->script_path, s->script, strlen(s->script), 0700);
+  if (r >= 0 && s->rest_job) {
+    json_t *body = json_pack("{s:s, s:O}", "script", s->script, "job", s->rest_job);
+    json_t *reply = NULL;
+    cleanup_free char *why = NULL;
+    long st = sg_slurmrest_call(rt.rest, "POST", "job/submit", body, &reply, &why);
+    json_decref(body);
+    json_int_t id = json_integer_value(json_object_get(reply, "job_id"));
+    if (st >= 200 && st <= 299 && id > 0)
+      s->job_id = xasprintf("%lld", (long long)id);
+    else
+      s->error = xasprintf("slurmrestd refused the job: %s", why ? why : "no job id in its answer");
+    json_decref(reply);
+    return;
+  }
   if (r < 0) {
     s->error = xasprintf("cannot write %s: %s", s->script_path, strerror(-r));
     return;
@@ -427,7 +566,36 @@ static void submit_work(void *data) {
 static void cancel_sync(const char *job_id, bool term);
 static void submit_cmd(char **argv);
 
+static void submit_job_free(submit_job_t *s) {
+  for (char **a = s->argv; a && *a; a++)
+    free(*a);
+  free(s->argv);
+  char **vs[] = {s->roots, s->cargv, s->cenvp};
+  for (size_t i = 0; i < 3; i++) {
+    for (char **a = vs[i]; a && *a; a++)
+      free(*a);
+    free(vs[i]);
+  }
+  json_decref(s->config);
+  json_decref(s->rest_job);
+  free(s->config_path);
+  free(s->user);
+  free(s->id);
+  free(s->script);
+  free(s->script_path);
+  free(s->job_id);
+  free(s->error);
+  free(s);
+}
+
 static void instance_free(sg_instance_t *inst) {
+  if (inst->wait)
+    sg_images_cancel(inst->wait);
+  if (inst->img && rt.images)
+    sg_images_unuse(rt.images, inst->img);
+  if (inst->pending)
+    submit_job_free(inst->pending);
+  free(inst->image);
   free(inst->id);
   free(inst->job_id);
   free(inst->state);
@@ -499,15 +667,7 @@ static void submit_done(void *data, bool cancelled) {
     LIST_REMOVE(inst, link);
     instance_free(inst);
   }
-  for (char **a = s->argv; *a; a++)
-    free(*a);
-  free(s->argv);
-  free(s->id);
-  free(s->script);
-  free(s->script_path);
-  free(s->job_id);
-  free(s->error);
-  free(s);
+  submit_job_free(s);
 }
 
 static const sg_pool_job_ops_t submit_ops = {submit_work, submit_done};
@@ -520,9 +680,33 @@ typedef struct cmd_job {
   int status;
 } cmd_job_t;
 
+/* scancel's argv ("scancel [--full --signal=TERM] JOBID") through
+ * slurmrestd: DELETE job/JOBID, with the signal when one is named. Returns a
+ * status as run_cmd does. */
+static int rest_cancel(char *const *argv, char **out) {
+  const char *job_id = NULL;
+  bool term = false;
+  for (char *const *a = argv + 1; *a; a++) {
+    if (!strcmp(*a, "--signal=TERM"))
+      term = true;
+    else if (**a != '-')
+      job_id = *a;
+  }
+  if (!job_id)
+    return -1;
+  cleanup_free char *path = xasprintf("job/%s%s", job_id, term ? "?signal=SIGTERM" : "");
+  char *why = NULL;
+  long st = sg_slurmrest_call(rt.rest, "DELETE", path, NULL, NULL, &why);
+  if (out)
+    *out = why ? why : xstrdup("");
+  else
+    free(why);
+  return st >= 200 && st <= 299 ? 0 : 1 << 8;
+}
+
 static void cmd_work(void *data) {
   cmd_job_t *c = data;
-  c->status = run_cmd(c->argv, &c->out);
+  c->status = rt.rest && !strcmp(c->argv[0], "scancel") ? rest_cancel(c->argv, &c->out) : run_cmd(c->argv, &c->out);
 }
 
 static void cmd_done(void *data, bool cancelled) {
@@ -549,7 +733,10 @@ static void submit_cmd(char **argv) {
 /* Cancels a job now (blocks; shutdown only). */
 static void cancel_sync(const char *job_id, bool term) {
   char **argv = cancel_argv(job_id, term);
-  run_cmd(argv, NULL);
+  if (rt.rest)
+    rest_cancel(argv, NULL);
+  else
+    run_cmd(argv, NULL);
   for (char **a = argv; *a; a++)
     free(*a);
   free(argv);
@@ -623,7 +810,53 @@ static void copy_field(char *dst, size_t len, const char *src, size_t n) {
   dst[n] = '\0';
 }
 
+/* Slurm's wait status of a job as "CODE:SIGNAL", as squeue shows it. */
+static void exit_code_text(json_int_t st, char *out, size_t len) {
+  snprintf(out, len, "%d:%d", (int)((st >> 8) & 0xff), (int)(st & 0x7f));
+}
+
+/* One job as slurmrestd describes it, into it. */
+static void rest_job_item(json_t *job, poll_item_t *it) {
+  const char *state = json_string_value(json_object_get(job, "job_state"));
+  const char *reason = json_string_value(json_object_get(job, "state_reason"));
+  const char *nodes = json_string_value(json_object_get(job, "nodes"));
+  it->seen = true;
+  copy_field(it->state, sizeof(it->state), state ? state : "", state ? strlen(state) : 0);
+  copy_field(it->reason, sizeof(it->reason), reason ? reason : "None", reason ? strlen(reason) : 4);
+  copy_field(it->node, sizeof(it->node), nodes ? nodes : "", nodes ? strlen(nodes) : 0);
+  json_int_t start = json_integer_value(json_object_get(job, "start_time"));
+  json_int_t end = json_integer_value(json_object_get(job, "end_time"));
+  it->start_wall = strcmp(it->state, "PENDING") && start > 0 ? (int64_t)start * 1000 : 0;
+  it->end_wall = end > 0 ? (int64_t)end * 1000 : 0;
+  exit_code_text(json_integer_value(json_object_get(job, "exit_code")), it->exit_code, sizeof(it->exit_code));
+}
+
+/* The state of every item's job through slurmrestd: GET job/ID each. */
+static void rest_squeue(poll_job_t *pj) {
+  for (size_t i = 0; i < pj->n; i++) {
+    poll_item_t *it = &pj->items[i];
+    cleanup_free char *path = xasprintf("job/%s", it->job_id);
+    json_t *reply = NULL;
+    cleanup_free char *why = NULL;
+    long st = sg_slurmrest_call(rt.rest, "GET", path, NULL, &reply, &why);
+    json_t *job = json_array_get(json_object_get(reply, "jobs"), 0);
+    if (st >= 200 && st <= 299 && job) {
+      pj->squeue_ok = true;
+      rest_job_item(job, it);
+    } else if (st > 0 && why && strstr(why, "Invalid job id")) {
+      pj->squeue_ok = true; /* gone from Slurm */
+    } else if (!pj->squeue_error) {
+      pj->squeue_error = xasprintf("slurmrestd: job %s: %s", it->job_id, why ? why : "no answer");
+    }
+    json_decref(reply);
+  }
+}
+
 static void run_squeue(poll_job_t *pj) {
+  if (rt.rest) {
+    rest_squeue(pj);
+    return;
+  }
   size_t cap = 64;
   for (size_t i = 0; i < pj->n; i++)
     cap += strlen(pj->items[i].job_id) + 1;
@@ -767,7 +1000,50 @@ static void parse_gres(const char *g, char *type, size_t tlen, int *count) {
   }
 }
 
+static void rest_nodes(poll_job_t *pj) {
+  json_t *reply = NULL;
+  long st = sg_slurmrest_call(rt.rest, "GET", "nodes", NULL, &reply, NULL);
+  json_t *nodes = json_object_get(reply, "nodes");
+  if (st < 200 || st > 299 || !json_is_array(nodes)) {
+    json_decref(reply);
+    return;
+  }
+  pj->nodes_ok = true;
+  size_t i;
+  json_t *x;
+  json_array_foreach(nodes, i, x) {
+    sg_slurm_node_t n = {0};
+    const char *name = json_string_value(json_object_get(x, "name"));
+    if (!name)
+      continue;
+    snprintf(n.name, sizeof(n.name), "%s", name);
+    json_t *state = json_object_get(x, "state");
+    snprintf(n.state, sizeof(n.state), "%s", json_is_string(state) ? json_string_value(state) : "");
+    for (char *c = n.state; *c; c++)
+      *c = (char)toupper((unsigned char)*c);
+    json_t *parts = json_object_get(x, "partitions");
+    size_t k;
+    json_t *p;
+    json_array_foreach(parts, k, p) {
+      size_t used = strlen(n.partitions);
+      snprintf(n.partitions + used, sizeof(n.partitions) - used, "%s%s", k ? "," : "",
+               json_string_value(p) ? json_string_value(p) : "");
+    }
+    const char *g = json_string_value(json_object_get(x, "gres"));
+    parse_gres(g ? g : "", n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
+    g = json_string_value(json_object_get(x, "gres_used"));
+    parse_gres(g ? g : "", NULL, 0, &n.gpus_used);
+    pj->node_list = xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
+    pj->node_list[pj->n_nodes++] = n;
+  }
+  json_decref(reply);
+}
+
 static void run_nodes(poll_job_t *pj) {
+  if (rt.rest) {
+    rest_nodes(pj);
+    return;
+  }
   char *argv[] = {"scontrol", "--oneliner", "--details", "show", "node", NULL};
   cleanup_free char *out = NULL;
   if (!cmd_ok(run_cmd(argv, &out)) || !out)
@@ -801,7 +1077,7 @@ static void poll_work(void *data) {
     run_squeue(pj);
   for (size_t i = 0; i < pj->n; i++) {
     poll_item_t *it = &pj->items[i];
-    if (it->seen && ended_state(it->state))
+    if (it->seen && ended_state(it->state) && !rt.rest)
       read_end(it);
     if (it->want_addr && it->seen && !strcmp(it->state, "RUNNING"))
       read_addr(it);
@@ -1029,6 +1305,147 @@ static void schedule_poll(int64_t ms) {
 
 /* ---- runtime ops ---- */
 
+/* Replaces every "$PORT" in arg with the port token. */
+static char *port_token(const char *arg) {
+  char *out = xstrdup("");
+  const char *p = arg;
+  for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
+    cleanup_free char *piece = xstrndup(p, (size_t)(q - p));
+    append(&out, piece);
+    append(&out, TOKEN_PORT);
+  }
+  append(&out, p);
+  return out;
+}
+
+/* A layer dir as the nodes see it: under node_images_dir instead of
+ * sgpud's images dir when they differ. */
+static char *node_path(const char *dir) {
+  size_t n = rt.images_dir ? strlen(rt.images_dir) : 0;
+  if (rt.node_images_dir && n && !strncmp(dir, rt.images_dir, n) && (dir[n] == '/' || !dir[n]))
+    return xasprintf("%s%s", rt.node_images_dir, dir + n);
+  return xstrdup(dir);
+}
+
+/* The image of inst is there: its config, script and the submit. */
+static void submit_image(sg_instance_t *inst) {
+  submit_job_t *s = steal_pointer(&inst->pending);
+  sg_image_t *img = inst->img;
+  sg_oci_bundle_spec_t b = {inst->id, img, s->cargv, s->cenvp, "rootfs"};
+  s->config = sg_oci_config_new(&b);
+  s->user = img->user ? xstrdup(img->user) : NULL;
+  s->roots = xcalloc(img->n_layers + 1, sizeof(char *));
+  char **lower = xcalloc(img->n_layers + 1, sizeof(char *));
+  for (size_t i = 0; i < img->n_layers; i++) {
+    s->roots[i] = xstrdup(img->layer_dirs[img->n_layers - 1 - i]);
+    lower[i] = node_path(s->roots[i]);
+  }
+  s->script = make_image_script(inst->id, inst->addr_path, s->config_path, lower);
+  for (char **d = lower; *d; d++)
+    free(*d);
+  free(lower);
+  sg_pool_submit(rt.pool, &submit_ops, s);
+}
+
+static void pulled(void *ud, sg_image_t *img, const sg_error_t *err) {
+  sg_instance_t *inst = ud;
+  inst->wait = NULL;
+  if (!img) {
+    cleanup_free char *msg = xasprintf("image %s: %s", inst->image, err ? err->message : "pull failed");
+    inst->phase = P_ENDED;
+    inst->exit_reported = true;
+    inst->cbs.on_fail(inst->ud, msg);
+    return;
+  }
+  inst->img = img;
+  sg_images_use(rt.images, img);
+  submit_image(inst);
+}
+
+/* A worker stopped while its image was being pulled: its exit, reported
+ * from a fresh stack frame. */
+static void stopped_in_pull(evutil_socket_t fd, short what, void *arg) {
+  char *id = arg;
+  sg_instance_t *inst = find(id);
+  free(id);
+  if (!inst || inst->exit_reported)
+    return;
+  inst->phase = P_ENDED;
+  inst->exit_reported = true;
+  set_str(&inst->state, "CANCELLED");
+  if (!inst->released)
+    inst->cbs.on_exit(inst->ud, SIGTERM);
+}
+
+/* Slurm's time format ("M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S") in
+ * whole minutes, rounded up; -1 when not one. */
+static long time_minutes(const char *t) {
+  long d = 0, v[3] = {0, 0, 0};
+  int n = 0;
+  const char *p = t;
+  const char *dash = strchr(t, '-');
+  if (dash) {
+    d = strtol(t, NULL, 10);
+    p = dash + 1;
+  }
+  for (char *end; n < 3; n++) {
+    v[n] = strtol(p, &end, 10);
+    if (end == p)
+      return -1;
+    p = end;
+    if (*p != ':')
+      break;
+    p++;
+  }
+  if (*p || n > 2)
+    return -1;
+  long secs;
+  if (dash) /* D-H, D-H:M, D-H:M:S */
+    secs = ((d * 24 + v[0]) * 60 + (n >= 1 ? v[1] : 0)) * 60 + (n >= 2 ? v[2] : 0);
+  else if (n == 0) /* M */
+    secs = v[0] * 60;
+  else if (n == 1) /* M:S */
+    secs = v[0] * 60 + v[1];
+  else /* H:M:S */
+    secs = (v[0] * 60 + v[1]) * 60 + v[2];
+  return (secs + 59) / 60;
+}
+
+/* The job's properties for slurmrestd, as start() gives them to sbatch:
+ * sgpud's environment (sbatch's --export=ALL) and the same options. */
+static json_t *rest_job(const sg_launch_t *l, const sg_instance_t *inst, const char *part, const char *acct,
+                        const char *tl) {
+  extern char **environ;
+  json_t *env = json_object();
+  for (char **e = environ; e && *e; e++) {
+    const char *eq = strchr(*e, '=');
+    if (!eq || eq == *e)
+      continue;
+    cleanup_free char *k = xstrndup(*e, (size_t)(eq - *e));
+    json_object_set_new(env, k, json_string(eq + 1));
+  }
+  if (!json_object_get(env, "PATH"))
+    json_object_set_new(env, "PATH", json_string("/usr/local/bin:/usr/bin:/bin"));
+  cleanup_free char *name = xasprintf("sgpu.%s", l->id);
+  cleanup_free char *comment = xasprintf("sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
+  json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:[i, i], s:i, s:o}", "name", name, "comment", comment,
+                        "standard_output", inst->out_path[0], "standard_error", inst->out_path[1],
+                        "current_working_directory", rt.dir, "requeue", 0, "nodes", 1, 1, "tasks", 1, "environment",
+                        env);
+  if (l->gpu_count > 0) {
+    cleanup_free char *g = l->gpu_type ? xasprintf("gpu:%s:%d", l->gpu_type, l->gpu_count)
+                                       : xasprintf("gpu:%d", l->gpu_count);
+    json_object_set_new(j, "gres", json_string(g));
+  }
+  if (part)
+    json_object_set_new(j, "partition", json_string(part));
+  if (acct)
+    json_object_set_new(j, "account", json_string(acct));
+  if (tl && time_minutes(tl) > 0)
+    json_object_set_new(j, "time_limit", json_integer(time_minutes(tl)));
+  return j;
+}
+
 static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
                             const sg_instance_callbacks_t *cbs, void *ud,
                             sg_error_t **err) {
@@ -1038,13 +1455,11 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
                                  : "the slurm runtime is not set up");
     return NULL;
   }
-  if (l->image) {
-    sg_make_error(err, ENOTSUP,
-                  "the slurm runtime runs the command as is; images are not "
-                  "supported by it yet");
+  if (l->image && !rt.images) {
+    sg_make_error(err, ENOTSUP, "the slurm runtime has no image store here");
     return NULL;
   }
-  if (!l->argv || !l->argv[0]) {
+  if (!l->image && (!l->argv || !l->argv[0])) {
     sg_make_error(err, EINVAL, "the slurm runtime needs a command");
     return NULL;
   }
@@ -1053,7 +1468,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   inst->cbs = *cbs;
   inst->ud = ud;
   inst->phase = P_SUBMITTING;
-  inst->state = xstrdup("SUBMITTING");
+  inst->state = xstrdup(l->image ? "PULLING" : "SUBMITTING");
+  inst->image = l->image ? xstrdup(l->image) : NULL;
   inst->script_path = xasprintf("%s/%s.sh", rt.dir, l->id);
   inst->addr_path = xasprintf("%s/%s.addr", rt.dir, l->id);
   inst->out_path[0] = xasprintf("%s/%s.out", rt.dir, l->id);
@@ -1062,7 +1478,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   submit_job_t *s = xcalloc(1, sizeof(*s));
   s->id = xstrdup(l->id);
   s->script_path = xstrdup(inst->script_path);
-  s->script = make_script(l, inst->addr_path);
+  if (!l->image)
+    s->script = make_script(l, inst->addr_path);
   s->argv = xcalloc(20, sizeof(char *));
   int n = 0;
   s->argv[n++] = xstrdup("sbatch");
@@ -1091,14 +1508,60 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   if (tl)
     s->argv[n++] = xasprintf("--time=%s", tl);
   s->argv[n++] = xstrdup(inst->script_path);
+  if (rt.rest)
+    s->rest_job = rest_job(l, inst, part, acct, tl);
   LIST_INSERT_HEAD(&instances, inst, link);
-  sg_pool_submit(rt.pool, &submit_ops, s);
+  if (!l->image) {
+    sg_pool_submit(rt.pool, &submit_ops, s);
+    return inst;
+  }
+  /* The container's argv ("$PORT" as a token) and env: the spec's, then the
+   * contract's variables, filled in on the node. */
+  size_t na = 0, ne = 0;
+  while (l->argv && l->argv[na])
+    na++;
+  while (l->envp && l->envp[ne])
+    ne++;
+  s->cargv = xcalloc(na + 1, sizeof(char *));
+  for (size_t i = 0; i < na; i++)
+    s->cargv[i] = port_token(l->argv[i]);
+  s->cenvp = xcalloc(ne + 5, sizeof(char *));
+  size_t k = 0;
+  for (size_t i = 0; i < ne; i++)
+    if (!node_sets(l->envp[i]) || !strncmp(l->envp[i], "PATH=", 5) || !strncmp(l->envp[i], "HOME=", 5))
+      s->cenvp[k++] = xstrdup(l->envp[i]);
+  s->cenvp[k++] = xstrdup("PORT=" TOKEN_PORT);
+  s->cenvp[k++] = xstrdup("CUDA_VISIBLE_DEVICES=" TOKEN_GPUS);
+  s->cenvp[k++] = xstrdup("NVIDIA_VISIBLE_DEVICES=" TOKEN_NVGPUS);
+  s->cenvp[k++] = xstrdup("CUDA_DEVICE_ORDER=PCI_BUS_ID");
+  s->config_path = xasprintf("%s/%s.json", rt.dir, l->id);
+  inst->pending = s;
+  sg_image_t *img = sg_images_lookup(rt.images, l->image);
+  if (img) {
+    inst->img = img;
+    sg_images_use(rt.images, img);
+    submit_image(inst);
+  } else {
+    inst->wait = sg_images_pull(rt.images, l->image, l->auth, pulled, inst);
+    if (!inst->wait) {
+      LIST_REMOVE(inst, link);
+      instance_free(inst);
+      sg_make_error(err, EINVAL, "image %s cannot be pulled", l->image);
+      return NULL;
+    }
+  }
   return inst;
 }
 
 static void signal_instance(sg_instance_t *inst, int sig) {
   if (inst->exit_reported || inst->detached)
     return;
+  if (inst->wait) {
+    sg_images_cancel(inst->wait);
+    inst->wait = NULL;
+    event_base_once(rt.base, -1, EV_TIMEOUT, stopped_in_pull, xstrdup(inst->id), &(struct timeval){0, 0});
+    return;
+  }
   if (!inst->job_id) {
     inst->cancel_after_submit = true;
     return;
@@ -1116,6 +1579,12 @@ static void release(sg_instance_t *inst) {
   if (!inst)
     return;
   inst->released = true;
+  if (inst->pending) {
+    /* The image is still being pulled: nothing was submitted. */
+    LIST_REMOVE(inst, link);
+    instance_free(inst);
+    return;
+  }
   if (inst->phase == P_SUBMITTING)
     return; /* freed when sbatch answers */
   if (!inst->exit_reported && !inst->detached && inst->job_id)
@@ -1191,10 +1660,44 @@ static char *load_tag(const char *dir, sg_error_t **err) {
 /* Sorts the jobs an earlier sgpud of this dir left: a running one that
  * wrote its address is kept in leftovers for adoption, every other one is
  * cancelled (blocks; at startup). */
+/* Every job slurmrestd knows, as lines of squeue's "%i|%T|%S|%j|%k";
+ * NULL when it did not answer. */
+static char *rest_job_lines(void) {
+  json_t *reply = NULL;
+  long st = sg_slurmrest_call(rt.rest, "GET", "jobs", NULL, &reply, NULL);
+  json_t *jobs = json_object_get(reply, "jobs");
+  if (st < 200 || st > 299 || !json_is_array(jobs)) {
+    json_decref(reply);
+    return NULL;
+  }
+  char *out = xstrdup("");
+  size_t i;
+  json_t *j;
+  json_array_foreach(jobs, i, j) {
+    const char *state = json_string_value(json_object_get(j, "job_state"));
+    const char *name = json_string_value(json_object_get(j, "name"));
+    const char *comment = json_string_value(json_object_get(j, "comment"));
+    if (!state || ended_state(state))
+      continue;
+    time_t start = (time_t)json_integer_value(json_object_get(j, "start_time"));
+    char when[32] = "N/A";
+    struct tm tm;
+    if (start > 0 && localtime_r(&start, &tm))
+      strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    cleanup_free char *line = xasprintf("%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")),
+                                        state, when, name ? name : "", comment ? comment : "");
+    append(&out, line);
+  }
+  json_decref(reply);
+  return out;
+}
+
 static void find_leftovers(void) {
   char *argv[] = {"squeue", "--noheader", "--format=%i|%T|%S|%j|%k", NULL};
   cleanup_free char *out = NULL;
-  if (!cmd_ok(run_cmd(argv, &out)) || !out) {
+  if (rt.rest)
+    out = rest_job_lines();
+  if (rt.rest ? !out : (!cmd_ok(run_cmd(argv, &out)) || !out)) {
     sg_warn("slurm: cannot list the jobs an earlier sgpud left");
     return;
   }
@@ -1292,15 +1795,31 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
   rt.partition = cfg->partition ? xstrdup(cfg->partition) : NULL;
   rt.account = cfg->account ? xstrdup(cfg->account) : NULL;
   rt.time_limit = cfg->time_limit ? xstrdup(cfg->time_limit) : NULL;
+  rt.images = cfg->images;
+  rt.images_dir = cfg->images_dir ? xstrdup(cfg->images_dir) : NULL;
+  rt.node_images_dir = cfg->node_images_dir ? xstrdup(cfg->node_images_dir) : NULL;
+  rt.oci_runtime = xstrdup(cfg->oci_runtime && *cfg->oci_runtime ? cfg->oci_runtime : "crun");
   int r = sg_mkdir_p(rt.dir, 0755);
   if (r < 0)
     return sg_make_error(err, -r, "cannot create %s: %s", rt.dir, strerror(-r));
   rt.tag = load_tag(rt.dir, err);
   if (!rt.tag)
     return -1;
+  if (cfg->rest_url) {
+    cleanup_error sg_error_t *rerr = NULL;
+    rt.rest = sg_slurmrest_new(cfg->rest_url, cfg->rest_user, cfg->rest_token, cfg->rest_key_file, cfg->rest_api,
+                               &rerr);
+    if (!rt.rest) {
+      rt.unavailable = xasprintf("slurmrestd cannot be used: %s", rerr->message);
+      sg_info("slurm runtime unavailable: %s", rt.unavailable);
+      return 0;
+    }
+    sg_info("slurm: jobs through slurmrestd at %s (API %s) as %s", cfg->rest_url, sg_slurmrest_api(rt.rest),
+            cfg->rest_user);
+  }
   char *argv[] = {"sbatch", "--version", NULL};
   cleanup_free char *out = NULL;
-  if (!cmd_ok(run_cmd(argv, &out))) {
+  if (!rt.rest && !cmd_ok(run_cmd(argv, &out))) {
     rt.unavailable = xstrdup("Slurm's sbatch could not be run here (is "
                              "slurm-client installed and in PATH?)");
     sg_info("slurm runtime unavailable: %s", rt.unavailable);
@@ -1312,6 +1831,19 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
     find_leftovers();
   schedule_poll(0);
   return 0;
+}
+
+void sg_slurm_runtime_drop_images(void) {
+  sg_instance_t *inst;
+  LIST_FOREACH(inst, &instances, link) {
+    if (inst->wait)
+      sg_images_cancel(inst->wait);
+    inst->wait = NULL;
+    if (inst->img && rt.images)
+      sg_images_unuse(rt.images, inst->img);
+    inst->img = NULL;
+  }
+  rt.images = NULL;
 }
 
 void sg_slurm_runtime_shutdown(void) {
@@ -1339,6 +1871,10 @@ void sg_slurm_runtime_shutdown(void) {
   free(rt.partition);
   free(rt.account);
   free(rt.time_limit);
+  free(rt.images_dir);
+  free(rt.node_images_dir);
+  free(rt.oci_runtime);
+  sg_slurmrest_free(rt.rest);
   free(rt.unavailable);
   free(rt.nodes);
   memset(&rt, 0, sizeof(rt));

@@ -1,0 +1,163 @@
+/* The OCI runtime config (config.json) of a worker's container, shared by
+ * the runtimes that run images: oci (crun on this machine) and slurm (crun
+ * on the job's node). */
+#include <errno.h>
+#include <sys/resource.h>
+
+#include "oci-internal.h"
+#include "sgpu/util.h"
+
+void sg_oci_env_set(json_t *env, const char *kv) {
+  size_t klen = strcspn(kv, "=");
+  size_t i;
+  json_t *v;
+  json_array_foreach(env, i, v) {
+    const char *s = json_string_value(v);
+    if (s && !strncmp(s, kv, klen) && s[klen] == '=') {
+      json_array_set_new(env, i, json_string(kv));
+      return;
+    }
+  }
+  json_array_append_new(env, json_string(kv));
+}
+
+static json_t *strings(const char *const *v) {
+  json_t *a = json_array();
+  for (; v && *v; v++)
+    json_array_append_new(a, json_string(*v));
+  return a;
+}
+
+static const char *const default_caps[] = {
+    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",      "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID",      "CAP_SETUID",           "CAP_SETFCAP",     "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",     "CAP_AUDIT_WRITE", NULL};
+
+static json_t *mount_entry(const char *dst, const char *type, const char *src, const char *const *opts) {
+  return json_pack("{s:s, s:s, s:s, s:o}", "destination", dst, "type", type, "source", src, "options", strings(opts));
+}
+
+json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
+  const sg_image_t *img = b->img;
+  json_t *args = json_array();
+  if (b->argv && b->argv[0]) {
+    for (char *const *a = b->argv; *a; a++)
+      json_array_append_new(args, json_string(*a));
+  } else {
+    for (char **a = img->entrypoint; a && *a; a++)
+      json_array_append_new(args, json_string(*a));
+    for (char **a = img->cmd; a && *a; a++)
+      json_array_append_new(args, json_string(*a));
+  }
+  json_t *env = json_array();
+  sg_oci_env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  for (char **e = img->env; e && *e; e++)
+    sg_oci_env_set(env, *e);
+  for (char *const *e = b->envp; e && *e; e++)
+    sg_oci_env_set(env, *e);
+  json_t *caps = strings(default_caps);
+  /* Raising a hard limit needs more than the container keeps: stay within ours. */
+  struct rlimit nofile = {65536, 65536};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  json_t *process = json_pack("{s:b, s:{s:i, s:i}, s:o, s:o, s:s, s:{s:O, s:O, s:O}, s:b, s:[{s:s, s:i, s:i}]}",
+                              "terminal", 0, "user", "uid", 0, "gid", 0, "args", args, "env", env, "cwd",
+                              img->workdir ? img->workdir : "/", "capabilities", "bounding", caps, "effective", caps,
+                              "permitted", caps, "noNewPrivileges", 1, "rlimits", "type", "RLIMIT_NOFILE", "hard",
+                              (int)nofile.rlim_max, "soft", (int)nofile.rlim_max);
+  json_decref(caps);
+  json_t *mounts = json_array();
+  json_array_append_new(mounts, mount_entry("/proc", "proc", "proc", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev", "tmpfs", "tmpfs",
+                                            (const char *const[]){"nosuid", "strictatime", "mode=755", "size=65536k", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/pts", "devpts", "devpts",
+                                            (const char *const[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
+                                                                  "mode=0620", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
+                                            (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
+  json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
+  /* Host network: the host's resolver and hosts files. */
+  const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
+  if (access("/etc/resolv.conf", R_OK) == 0)
+    json_array_append_new(mounts, mount_entry("/etc/resolv.conf", "bind", "/etc/resolv.conf", bind_ro));
+  if (access("/etc/hosts", R_OK) == 0)
+    json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
+  json_t *linux_ = json_pack(
+      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:[{s:b, s:s}]}, s:o, s:o}", "namespaces", "type", "pid", "type",
+      "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", "allow", 0, "access", "rwm",
+      "maskedPaths",
+      strings((const char *const[]){"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                                    "/sys/firmware", NULL}),
+      "readonlyPaths",
+      strings((const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL}));
+  json_t *c = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o, s:o}", "ociVersion", "1.0.2", "process", process,
+                        "root", "path", b->rootfs, "readonly", 0, "hostname", b->id, "mounts", mounts, "linux", linux_,
+                        "annotations", json_pack("{s:s, s:s}", "sgpu.worker", b->id, "sgpu.image", img->ref));
+  return c;
+}
+
+/* The first of roots (top first) holding etc/NAME, opened; NULL if none. */
+static FILE *open_etc(char *const *roots, const char *name) {
+  for (char *const *r = roots; *r; r++) {
+    cleanup_free char *path = xasprintf("%s/etc/%s", *r, name);
+    FILE *f = fopen(path, "re");
+    if (f || errno != ENOENT)
+      return f;
+  }
+  return NULL;
+}
+
+/* Looks name up in the roots' /etc/passwd (or /etc/group when group). */
+static long lookup_id(char *const *roots, const char *name, bool group) {
+  char *end;
+  long n = strtol(name, &end, 10);
+  if (*name && !*end)
+    return n;
+  cleanup_fclose FILE *f = open_etc(roots, group ? "group" : "passwd");
+  if (!f)
+    return -1;
+  char line[1024];
+  size_t len = strlen(name);
+  while (fgets(line, sizeof(line), f)) {
+    if (!strncmp(line, name, len) && line[len] == ':') {
+      char *p = strchr(line + len + 1, ':');
+      if (p)
+        return strtol(p + 1, NULL, 10);
+    }
+  }
+  return -1;
+}
+
+int sg_oci_resolve_user(json_t *c, char *const *roots, const char *user, sg_error_t **err) {
+  if (!user || !*user)
+    return 0;
+  cleanup_free char *u = xstrdup(user);
+  char *colon = strchr(u, ':');
+  if (colon)
+    *colon++ = '\0';
+  long uid = lookup_id(roots, u, false);
+  long gid = colon ? lookup_id(roots, colon, true) : 0;
+  if (uid < 0 || gid < 0)
+    return sg_make_error(err, EINVAL, "image user \"%s\" is not in the image's /etc/passwd or /etc/group", user);
+  if (!colon) {
+    /* The user's primary group. */
+    cleanup_fclose FILE *f = open_etc(roots, "passwd");
+    char line[1024];
+    while (f && fgets(line, sizeof(line), f)) {
+      char *fields[4] = {line};
+      int nf = 1;
+      for (char *p = line; *p && nf < 4; p++)
+        if (*p == ':')
+          *p = '\0', fields[nf++] = p + 1;
+      if (nf == 4 && strtol(fields[2], NULL, 10) == uid) {
+        gid = strtol(fields[3], NULL, 10);
+        break;
+      }
+    }
+  }
+  json_t *ju = json_object_get(json_object_get(c, "process"), "user");
+  json_object_set_new(ju, "uid", json_integer(uid));
+  json_object_set_new(ju, "gid", json_integer(gid));
+  return 0;
+}

@@ -1,0 +1,29 @@
+/* The OCI config generator shared by the oci and slurm runtimes. */
+#ifndef SGPU_OCI_INTERNAL_H
+#define SGPU_OCI_INTERNAL_H
+
+#include <jansson.h>
+
+#include "sgpu/error.h"
+#include "sgpu/image.h"
+
+typedef struct sg_oci_bundle_spec {
+  const char *id;           /* container hostname and sgpu.worker annotation */
+  const sg_image_t *img;
+  char *const *argv;        /* NULL or empty: the image's entrypoint and cmd */
+  char *const *envp;        /* laid over the image's environment; may be NULL */
+  const char *rootfs;       /* root.path: absolute, or relative to the bundle */
+} sg_oci_bundle_spec_t;
+
+/* The container's config: host network, pid/ipc/uts/mount namespaces, the
+ * default capabilities and mounts, uid 0 until sg_oci_resolve_user(). New
+ * reference. */
+json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b);
+/* Sets "KEY=VALUE" in a config's env array, replacing KEY's entry if any. */
+void sg_oci_env_set(json_t *env, const char *kv);
+/* Sets process.user of c from the image's user ("name", "uid", "name:group"),
+ * looked up in etc/passwd and etc/group of the first of roots (top first,
+ * NULL-terminated) that has them. Blocks on file reads. */
+int sg_oci_resolve_user(json_t *c, char *const *roots, const char *user, sg_error_t **err);
+
+#endif
