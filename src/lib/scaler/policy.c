@@ -111,6 +111,17 @@ static void integrate(sg_scale_window_t *w, int64_t from, int64_t to) {
   }
 }
 
+/* The state an observation leaves for the next one to compare with. */
+static void remember(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready, int idle_workers,
+                     uint64_t completed) {
+  w->in_flight = in_flight;
+  w->queued = queued;
+  w->ready = ready;
+  w->idle_workers = idle_workers;
+  w->completed = completed;
+  w->last_ms = now;
+}
+
 void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready,
                              int idle_workers, uint64_t completed) {
   if (in_flight < 0)
@@ -123,12 +134,6 @@ void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, i
   if (!w->seen) {
     w->seen = true;
     w->first_ms = now;
-    w->in_flight = in_flight;
-    w->queued = queued;
-    w->ready = ready;
-    w->idle_workers = idle_workers;
-    w->completed = completed;
-    w->last_ms = now;
     w->busy_since_ms = now;
     w->idle = demand == 0;
     w->idle_since_ms = now;
@@ -136,6 +141,7 @@ void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, i
     b->ready = ready;
     b->min_idle = idle_workers;
     b->arrived += demand;
+    remember(w, now, in_flight, queued, ready, idle_workers, completed);
     return;
   }
   if (now < w->last_ms)
@@ -172,12 +178,7 @@ void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, i
     w->idle_since_ms = now;
   }
 
-  w->in_flight = in_flight;
-  w->queued = queued;
-  w->ready = ready;
-  w->idle_workers = idle_workers;
-  w->completed = completed;
-  w->last_ms = now;
+  remember(w, now, in_flight, queued, ready, idle_workers, completed);
 }
 
 void sg_scale_window_note_start(sg_scale_window_t *w, int64_t start_to_ready_ms) {
