@@ -45,7 +45,6 @@
 #define ZERO_TIMEOUT_MS 15000.0
 #define HEALTH_TIMEOUT_MS 10000.0
 #define PULL_TIMEOUT_MS 60000.0
-#define SETTLE_MS 50.0
 #define MAX_ROUNDS 1000
 #define CGROUP2_MAGIC 0x63677270
 
@@ -202,16 +201,8 @@ static double ours_round(struct ours *o, bool oci, struct phases *ph) {
   snprintf(name, sizeof(name), "%s-%ld", oci ? "oci" : "proc", ++o->serial);
   char *ep_url = bench_asprintf("%s/v1/endpoints/%s", o->d.url, name);
   char *workers_url = bench_asprintf("%s/workers", ep_url);
-  char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name, oci);
-  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
-  bench_sleep_ms(SETTLE_MS);
-
-  double t0 = bench_now_ms();
-  long status = bench_http(&o->api, "POST", infer_url, INFER_BODY, 30000);
-  double t1 = bench_now_ms();
-  if (status != 200)
-    bench_die("POST %s: HTTP %ld: %.300s", infer_url, status, o->api.body ? o->api.body : "");
+  double ms = bench_first_answer(&o->api, o->d.url, name, ep_url, INFER_BODY, 30000, ZERO_TIMEOUT_MS);
 
   json_t *j = bench_http_json(&o->api, "GET", workers_url, NULL, 200);
   json_t *w = json_array_get(json_object_get(j, "workers"), 0);
@@ -240,8 +231,7 @@ static double ours_round(struct ours *o, bool oci, struct phases *ph) {
   }
   free(ep_url);
   free(workers_url);
-  free(infer_url);
-  return t1 - t0;
+  return ms;
 }
 
 /* ---- bare crun ------------------------------------------------------------------ */

@@ -35,7 +35,6 @@
 #define INFER_BODY "{\"prompt\":\"hello\"}"
 #define ZERO_TIMEOUT_MS 30000.0
 #define JOB_END_TIMEOUT_MS 60000.0
-#define SETTLE_MS 50.0
 #define MAX_ROUNDS 1000
 
 
@@ -149,15 +148,8 @@ static double round_once(struct ours *o, bool slurm, double *cold_ms) {
   snprintf(name, sizeof(name), "cold-%s-%ld", slurm ? "slurm" : "proc", ++o->serial);
   char *ep_url = bench_asprintf("%s/v1/endpoints/%s", o->d.url, name);
   char *workers_url = bench_asprintf("%s/workers", ep_url);
-  char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name, slurm);
-  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
-  bench_sleep_ms(SETTLE_MS);
-  double t0 = bench_now_ms();
-  long status = bench_http(&o->api, "POST", infer_url, INFER_BODY, 60000);
-  double t1 = bench_now_ms();
-  if (status != 200)
-    bench_die("POST %s: HTTP %ld: %.300s", infer_url, status, o->api.body ? o->api.body : "");
+  double ms = bench_first_answer(&o->api, o->d.url, name, ep_url, INFER_BODY, 60000, ZERO_TIMEOUT_MS);
   json_int_t pid;
   char *job_id;
   *cold_ms = ready_worker(o, workers_url, &pid, &job_id);
@@ -167,8 +159,7 @@ static double round_once(struct ours *o, bool slurm, double *cold_ms) {
   free(job_id);
   free(ep_url);
   free(workers_url);
-  free(infer_url);
-  return t1 - t0;
+  return ms;
 }
 
 /* ---- main ---------------------------------------------------------------------- */

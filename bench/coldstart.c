@@ -35,7 +35,6 @@
 #define PROBE_MIN_MS 0.5
 #define PROBE_MAX_MS 100.0
 #define TIGHT_PROBE_MS 0.1
-#define SETTLE_MS 50.0
 #define MAX_ROUNDS 1000
 
 
@@ -99,17 +98,8 @@ static double ours_round(struct ours *o, double *cold_ms) {
   snprintf(name, sizeof(name), "cold-%ld", ++o->serial);
   char *ep_url = bench_asprintf("%s/v1/endpoints/%s", o->d.url, name);
   char *workers_url = bench_asprintf("%s/workers", ep_url);
-  char *infer_url = bench_asprintf("%s/e/%s/infer", o->d.url, name);
   create_endpoint(o, name);
-  bench_wait_zero(&o->api, ep_url, ZERO_TIMEOUT_MS);
-  bench_sleep_ms(SETTLE_MS);
-
-  double t0 = bench_now_ms();
-  long status = bench_http(&o->api, "POST", infer_url, INFER_BODY, 30000);
-  double t1 = bench_now_ms();
-
-  if (status != 200)
-    bench_die("POST %s: HTTP %ld: %.300s", infer_url, status, o->api.body ? o->api.body : "");
+  double ms = bench_first_answer(&o->api, o->d.url, name, ep_url, INFER_BODY, 30000, ZERO_TIMEOUT_MS);
   json_t *ans = json_loads(o->api.body, 0, NULL);
   json_int_t pid = json_integer_value(json_object_get(ans, "worker_pid"));
   json_decref(ans);
@@ -119,8 +109,7 @@ static double ours_round(struct ours *o, double *cold_ms) {
   delete_endpoint(o, ep_url, pid);
   free(ep_url);
   free(workers_url);
-  free(infer_url);
-  return t1 - t0;
+  return ms;
 }
 
 /* ---- bare worker ------------------------------------------------------------- */

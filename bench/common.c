@@ -574,3 +574,17 @@ void bench_wait_zero(bench_http_t *api, const char *ep_url, double timeout_ms) {
     bench_sleep_ms(10);
   }
 }
+
+double bench_first_answer(bench_http_t *api, const char *base_url, const char *name, const char *ep_url,
+                          const char *body, long timeout_ms, double zero_timeout_ms) {
+  char *infer_url = bench_asprintf("%s/e/%s/infer", base_url, name);
+  bench_wait_zero(api, ep_url, zero_timeout_ms);
+  bench_sleep_ms(50);
+  double t0 = bench_now_ms();
+  long status = bench_http(api, "POST", infer_url, body, timeout_ms);
+  double t1 = bench_now_ms();
+  if (status != 200)
+    bench_die("POST %s: HTTP %ld: %.300s", infer_url, status, api->body ? api->body : "");
+  free(infer_url);
+  return t1 - t0;
+}

@@ -142,4 +142,11 @@ long bench_parse_count(const char *opt, const char *s, long lo, long hi);
  * ready or draining worker; dies otherwise. */
 void bench_wait_zero(bench_http_t *api, const char *ep_url, double timeout_ms);
 
+/* Times one POST of body to base_url/e/NAME/infer once the endpoint at
+ * ep_url has no worker (and 50 ms more, so nothing of the last round is in
+ * flight): from send to the whole answer, in ms. Dies unless it is 200; the
+ * answer stays in api->body. */
+double bench_first_answer(bench_http_t *api, const char *base_url, const char *name, const char *ep_url,
+                          const char *body, long timeout_ms, double zero_timeout_ms);
+
 #endif
