@@ -101,8 +101,17 @@ sg_whiteout_t sg_whiteout_classify(const char *path, char **target);
 
 /* Unpacks a layer archive (tar, any compression) into the existing directory
  * dest, converting OCI whiteouts to overlayfs ones (0/0 character devices and
- * the trusted.overlay.opaque xattr). Entries escaping dest are refused.
- * *bytes gets the size of the regular files written. */
+ * the trusted.overlay.opaque xattr). Nothing is created, changed or removed
+ * outside dest: entries named with "..", hard links to paths outside, and
+ * entries (whiteouts included) below a symbolic link are refused with
+ * EBADMSG; absolute names are taken relative to dest. When max_bytes > 0, an
+ * archive whose regular files plus 512 bytes per entry exceed it fails with
+ * EFBIG as soon as the entry that crosses it is read. *bytes (may be NULL)
+ * gets the size of the regular files written. On failure dest holds a partial
+ * layer that the caller removes. */
+int sg_layer_unpack_bounded(const char *archive, const char *dest, int64_t max_bytes, int64_t *bytes,
+                            sg_error_t **err);
+/* sg_layer_unpack_bounded() without a size bound. */
 int sg_layer_unpack(const char *archive, const char *dest, int64_t *bytes, sg_error_t **err);
 
 /* Removes path and everything under it (no symlink is followed). */
