@@ -2,6 +2,8 @@
  * would leave the root are refused. */
 #include <archive.h>
 #include <archive_entry.h>
+#include <dirent.h>
+#include <ftw.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,10 +39,13 @@ static void test_classify(void **state) {
   assert_int_equal(sg_whiteout_classify("a/x.wh.y", &t), SG_WH_NONE);
 }
 
+#define HARDLINK 1 /* entry type: a hard link to data */
+
 typedef struct entry {
   const char *path;
-  int type; /* AE_IFREG, AE_IFDIR, AE_IFLNK */
+  int type; /* AE_IFREG, AE_IFDIR, AE_IFLNK or HARDLINK */
   const char *data;
+  int perm; /* 0: 0755 for directories, 0644 otherwise */
 } entry_t;
 
 static void write_tar(const char *path, const entry_t *e, size_t n, bool gzip) {
@@ -52,11 +57,13 @@ static void write_tar(const char *path, const entry_t *e, size_t n, bool gzip) {
   for (size_t i = 0; i < n; i++) {
     struct archive_entry *ae = archive_entry_new();
     archive_entry_set_pathname(ae, e[i].path);
-    archive_entry_set_filetype(ae, (unsigned)e[i].type);
-    archive_entry_set_perm(ae, e[i].type == AE_IFDIR ? 0755 : 0644);
+    archive_entry_set_filetype(ae, e[i].type == HARDLINK ? AE_IFREG : (unsigned)e[i].type);
+    archive_entry_set_perm(ae, e[i].perm ? e[i].perm : e[i].type == AE_IFDIR ? 0755 : 0644);
     size_t len = e[i].data && e[i].type == AE_IFREG ? strlen(e[i].data) : 0;
     if (e[i].type == AE_IFLNK)
       archive_entry_set_symlink(ae, e[i].data);
+    if (e[i].type == HARDLINK)
+      archive_entry_set_hardlink(ae, e[i].data);
     archive_entry_set_size(ae, (la_int64_t)len);
     archive_write_header(a, ae);
     if (len)
@@ -159,11 +166,195 @@ static void test_unpack_refuses_escape(void **state) {
   free(tar), free(dest), free(dir);
 }
 
+/* ---- escapes: a canary directory beside the layer must stay as it was ---- */
+
+static char snap_buf[16384];
+static size_t snap_len;
+static const char *snap_root;
+
+static int snap_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)flag, (void)ftw;
+  char xattrs[512] = "";
+  ssize_t xn = llistxattr(path, xattrs, sizeof(xattrs) - 1);
+  for (ssize_t i = 0; i < xn; i++)
+    if (!xattrs[i])
+      xattrs[i] = ',';
+  int n = snprintf(snap_buf + snap_len, sizeof(snap_buf) - snap_len, "%s %o %lu %lld %lu [%s]\n",
+                   path + strlen(snap_root), st->st_mode, (unsigned long)st->st_nlink, (long long)st->st_size,
+                   (unsigned long)st->st_rdev, xn > 0 ? xattrs : "");
+  assert_true(n > 0 && (size_t)n < sizeof(snap_buf) - snap_len);
+  snap_len += (size_t)n;
+  return 0;
+}
+
+/* What the canary holds (names, types, modes, link counts, sizes, xattrs) and
+ * what lies beside the layer directory. Caller frees. */
+static char *snapshot(const char *dir, const char *canary) {
+  snap_len = 0;
+  snap_buf[0] = '\0';
+  snap_root = canary;
+  assert_int_equal(nftw(canary, snap_one, 16, FTW_PHYS), 0);
+  struct dirent **names;
+  int n = scandir(dir, &names, NULL, alphasort);
+  assert_true(n >= 0);
+  for (int i = 0; i < n; i++) {
+    size_t len = strlen(names[i]->d_name);
+    assert_true(snap_len + len + 2 < sizeof(snap_buf));
+    memcpy(snap_buf + snap_len, names[i]->d_name, len);
+    snap_len += len;
+    snap_buf[snap_len++] = '\n';
+    snap_buf[snap_len] = '\0';
+    free(names[i]);
+  }
+  free(names);
+  return xstrdup(snap_buf);
+}
+
+/* "%C" in s becomes the canary's path. Caller frees. */
+static char *subst(const char *s, const char *canary) {
+  if (!s)
+    return NULL;
+  const char *at = strstr(s, "%C");
+  return at ? xasprintf("%.*s%s%s", (int)(at - s), s, canary, at + 2) : xstrdup(s);
+}
+
+enum { MUST_REFUSE, MUST_SUCCEED, EITHER };
+
+/* Unpacks entries (with %C naming the canary) into DIR/root beside DIR/canary
+ * and checks that the canary and DIR's listing did not change. */
+static void escape_case(const char *title, const entry_t *in, size_t n, int expect) {
+  char *dir = tmpdir();
+  char *canary = xasprintf("%s/canary", dir);
+  char *dest = xasprintf("%s/root", dir);
+  char *tar = xasprintf("%s/layer.tar", dir);
+  assert_int_equal(mkdir(canary, 0755), 0);
+  assert_int_equal(mkdir(dest, 0755), 0);
+  char *p = xasprintf("%s/target", canary);
+  assert_int_equal(mkdir(p, 0755), 0);
+  free(p);
+  p = xasprintf("%s/target/keep", canary);
+  assert_int_equal(sg_write_file_atomic(p, "keep", 4, 0644), 0);
+  free(p);
+  p = xasprintf("%s/secret", canary);
+  assert_int_equal(sg_write_file_atomic(p, "secret", 6, 0600), 0);
+  free(p);
+  entry_t *e = xcalloc(n, sizeof(*e));
+  for (size_t i = 0; i < n; i++) {
+    e[i] = in[i];
+    e[i].path = subst(in[i].path, canary);
+    e[i].data = subst(in[i].data, canary);
+  }
+  write_tar(tar, e, n, false);
+  char *before = snapshot(dir, canary);
+  sg_error_t *err = NULL;
+  int rc = sg_layer_unpack(tar, dest, NULL, &err);
+  if (expect == MUST_REFUSE) {
+    if (rc == 0)
+      fail_msg("%s: unpack succeeded", title);
+    if (!strstr(err->message, "refused"))
+      fail_msg("%s: unexpected error: %s", title, err->message);
+  } else if (expect == MUST_SUCCEED && rc != 0) {
+    fail_msg("%s: %s", title, err->message);
+  }
+  if (err)
+    sg_error_free(err);
+  char *after = snapshot(dir, canary);
+  if (strcmp(before, after))
+    fail_msg("%s: the canary changed\nbefore:\n%safter:\n%s", title, before, after);
+  free(before);
+  free(after);
+  for (size_t i = 0; i < n; i++) {
+    free((char *)e[i].path);
+    free((char *)e[i].data);
+  }
+  free(e);
+  assert_int_equal(sg_rm_rf(dir), 0);
+  free(tar), free(dest), free(canary), free(dir);
+}
+
+#define CASE(title, expect, ...)                                                                                    \
+  do {                                                                                                               \
+    const entry_t es_[] = {__VA_ARGS__};                                                                             \
+    escape_case(title, es_, SG_ARRAY_SIZE(es_), expect);                                                             \
+  } while (0)
+
+static void test_escape_whiteouts(void **state) {
+  (void)state;
+  CASE("symlink then whiteout", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/.wh.target", AE_IFREG, NULL});
+  CASE("symlink then whiteout of a file", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/.wh.secret", AE_IFREG, NULL});
+  CASE("relative symlink then whiteout", MUST_REFUSE, {"up", AE_IFLNK, "../canary"},
+       {"up/.wh.secret", AE_IFREG, NULL});
+  CASE("symlink then opaque below it", MUST_REFUSE, {"evil2", AE_IFLNK, "%C"},
+       {"evil2/a/b/.wh..wh..opq", AE_IFREG, NULL});
+  CASE("symlink then opaque on it", MUST_REFUSE, {"evil3", AE_IFLNK, "%C"}, {"evil3/.wh..wh..opq", AE_IFREG, NULL});
+  CASE("whiteout through a symlinked parent", MUST_REFUSE, {"d", AE_IFLNK, "%C"},
+       {"d/target/.wh.keep", AE_IFREG, NULL});
+}
+
+static void test_escape_hardlinks(void **state) {
+  (void)state;
+  CASE("hard link to an absolute outside path", MUST_REFUSE, {"hl", HARDLINK, "%C/secret"});
+  CASE("hard link with ..", MUST_REFUSE, {"hl", HARDLINK, "../canary/secret"});
+  CASE("hard link through a symlink", MUST_REFUSE, {"lnk", AE_IFLNK, "%C"}, {"h", HARDLINK, "lnk/secret"});
+  CASE("hard link placed below a symlink", MUST_REFUSE, {"f", AE_IFREG, "x"}, {"lnk", AE_IFLNK, "%C"},
+       {"lnk/h", HARDLINK, "f"});
+  CASE("hard link inside", MUST_SUCCEED, {"f", AE_IFREG, "x"}, {"h", HARDLINK, "f"});
+}
+
+static void test_escape_paths(void **state) {
+  (void)state;
+  CASE("file below a symlink", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/created", AE_IFREG, "x"});
+  CASE("directory below a symlink", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/newdir/", AE_IFDIR, NULL});
+  CASE("file below a relative symlink", MUST_REFUSE, {"up", AE_IFLNK, ".."}, {"up/canary/created", AE_IFREG, "x"});
+  CASE("symlink chain", MUST_REFUSE, {"b", AE_IFLNK, "%C"}, {"a", AE_IFLNK, "b"}, {"a/chain", AE_IFREG, "x"});
+  CASE("dotdot", MUST_REFUSE, {"a/../../canary/dotdot", AE_IFREG, "x"});
+  CASE("dotdot first", MUST_REFUSE, {"../canary/dotdot", AE_IFREG, "x"});
+  CASE("absolute name", MUST_SUCCEED, {"%C/abs", AE_IFREG, "x"});
+  CASE("file replacing a symlink", MUST_SUCCEED, {"s", AE_IFLNK, "%C/secret"}, {"s", AE_IFREG, "overwritten"});
+  CASE("directory replacing a symlink", MUST_SUCCEED, {"s", AE_IFLNK, "%C"}, {"s/", AE_IFDIR, NULL, 0777},
+       {"s/inside", AE_IFREG, "x"});
+  CASE("symlink replacing a directory", EITHER, {"d/", AE_IFDIR, NULL, 0777}, {"d", AE_IFLNK, "%C"});
+  CASE("whiteout then symlink", EITHER, {"d/", AE_IFDIR, NULL, 0777}, {".wh.d", AE_IFREG, NULL},
+       {"d", AE_IFLNK, "%C"});
+}
+
+static void test_unpack_bound(void **state) {
+  (void)state;
+  char *dir = tmpdir();
+  char *tar = xasprintf("%s/layer.tar.gz", dir);
+  char *dest = xasprintf("%s/root", dir);
+  mkdir(dest, 0755);
+  char *zeros = xcalloc(1, (1 << 20) + 1);
+  memset(zeros, 'z', 1 << 20);
+  const entry_t entries[] = {{"a", AE_IFREG, zeros}, {"b", AE_IFREG, zeros}};
+  write_tar(tar, entries, SG_ARRAY_SIZE(entries), true);
+  sg_error_t *err = NULL;
+  int64_t bytes = -1;
+  assert_int_equal(sg_layer_unpack_bounded(tar, dest, (1 << 20) + 4096, &bytes, &err), -EFBIG);
+  assert_non_null(strstr(err->message, "more than"));
+  sg_error_free(err);
+  /* the second file was never written */
+  char *p = xasprintf("%s/b", dest);
+  struct stat st;
+  assert_int_not_equal(lstat(p, &st), 0);
+  free(p);
+  err = NULL;
+  assert_int_equal(sg_layer_unpack_bounded(tar, dest, 3 << 20, &bytes, &err), 0);
+  assert_int_equal(bytes, 2 << 20);
+  free(zeros);
+  sg_rm_rf(dir);
+  free(tar), free(dest), free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_classify),
       cmocka_unit_test(test_unpack_whiteouts),
       cmocka_unit_test(test_unpack_refuses_escape),
+      cmocka_unit_test(test_escape_whiteouts),
+      cmocka_unit_test(test_escape_hardlinks),
+      cmocka_unit_test(test_escape_paths),
+      cmocka_unit_test(test_unpack_bound),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
