@@ -68,9 +68,13 @@ typedef struct sg_layer_desc {
 } sg_layer_desc_t;
 
 /* What a pull resolved: the platform manifest's digest, its config blob and layers. */
+/* The most a manifest, an index or an image config may hold. */
+#define SG_REGISTRY_MAX_CONFIG (4 << 20)
+
 typedef struct sg_manifest {
   char *digest;
   char *config_digest;
+  int64_t config_size; /* from its descriptor, at most SG_REGISTRY_MAX_CONFIG */
   sg_layer_desc_t *layers;
   size_t n_layers;
 } sg_manifest_t;
@@ -83,8 +87,10 @@ void sg_manifest_clear(sg_manifest_t *m);
  * registry names for it (of an image index when the tag names one). */
 int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
                             sg_error_t **err);
-/* Downloads blob `digest` to path (through path.partial, verified while it
- * streams; the file appears only when the digest matched). */
+/* Downloads blob `digest` of `size` bytes (its descriptor's; >= 0) to path,
+ * through path.partial: the transfer stops as soon as more than size bytes
+ * arrive, the digest is computed as it streams and the file appears only when
+ * size and digest matched. */
 int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
                      const char *path, sg_error_t **err);
 
@@ -139,6 +145,8 @@ typedef struct sg_images_config {
   const char *dir;             /* cache root */
   int64_t max_bytes;           /* 0: no limit */
   char *const *insecure;       /* registries reached over HTTP ("127.0.0.1:5000"); NULL-terminated */
+  int64_t max_layer_bytes;     /* unpacked size of one layer; 0: no limit */
+  int64_t max_unpacked_bytes;  /* unpacked size of one image's layers together; 0: no limit */
 } sg_images_config_t;
 
 sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err);

@@ -17,7 +17,8 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   if (!d->pool)
     return -1;
   cleanup_free char *dir = xasprintf("%s/images", d->cfg.data_dir);
-  sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries};
+  sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries,
+                           d->cfg.image_max_layer_bytes, d->cfg.image_max_unpacked_bytes};
   d->images = sg_images_new(d->pool, d->store, &ic, err);
   if (!d->images)
     return -1;
@@ -153,6 +154,13 @@ int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *
     if (!json_is_integer(v) || json_integer_value(v) < 0)
       return sg_make_error(err, SG_EINVAL, "config: image_cache_max_bytes must be an integer >= 0 (0: no limit)");
     cfg->image_cache_max_bytes = json_integer_value(v);
+    return 0;
+  }
+  if (!strcmp(key, "image_max_layer_bytes") || !strcmp(key, "image_max_unpacked_bytes")) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+      return sg_make_error(err, SG_EINVAL, "config: %s must be an integer >= 0 (bytes; 0: no limit)", key);
+    *(!strcmp(key, "image_max_layer_bytes") ? &cfg->image_max_layer_bytes : &cfg->image_max_unpacked_bytes) =
+        json_integer_value(v);
     return 0;
   }
   return 1;

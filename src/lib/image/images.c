@@ -41,6 +41,7 @@ struct sg_images {
   sg_store_t *store;
   char *dir;
   int64_t max_bytes;
+  int64_t max_layer_bytes, max_unpacked_bytes; /* 0: no limit */
   char **insecure;
   sg_image_t **imgs;
   size_t n;
@@ -189,6 +190,8 @@ sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_c
   im->store = store;
   im->dir = xstrdup(cfg->dir);
   im->max_bytes = cfg->max_bytes;
+  im->max_layer_bytes = cfg->max_layer_bytes;
+  im->max_unpacked_bytes = cfg->max_unpacked_bytes;
   size_t n = 0;
   while (cfg->insecure && cfg->insecure[n])
     n++;
@@ -378,6 +381,7 @@ typedef struct pull_job {
   char *ref;
   char *dir;
   bool insecure;
+  int64_t max_layer_bytes, max_unpacked_bytes; /* 0: no limit */
   sg_registry_auth_t auth;
   bool has_auth;
   int64_t started_mono;
@@ -389,9 +393,12 @@ typedef struct pull_job {
 } pull_job_t;
 
 static int fetch_config(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest,
-                        sg_image_t *img, sg_error_t **err) {
+                        int64_t size, sg_image_t *img, sg_error_t **err) {
   cleanup_free char *path = xasprintf("%s/tmp/config-%s-%p", j->dir, hex_of(digest), (void *)j);
-  if (sg_registry_blob(ref, o, digest, -1, path, err) < 0)
+  if (size > SG_REGISTRY_MAX_CONFIG)
+    return sg_make_error(err, EFBIG, "image %s: its config blob has %lld bytes, over the bound of %d: refused", j->ref,
+                         (long long)size, SG_REGISTRY_MAX_CONFIG);
+  if (sg_registry_blob(ref, o, digest, size, path, err) < 0)
     return -1;
   json_error_t jerr;
   json_t *c = json_load_file(path, 0, &jerr);
@@ -420,9 +427,16 @@ static int64_t read_bytes_file(const char *path) {
   return s ? strtoll(s, NULL, 10) : 0;
 }
 
-/* Makes DIR/layers/<hex> exist and whole; *bytes gets its unpacked size. */
+/* Slack allowed between a layer's compressed size and the unpacked bound it
+ * is checked against: tar headers and padding, and compression of data that
+ * does not compress. */
+static int64_t with_slack(int64_t bound) { return bound + bound / 32 + (1 << 20); }
+
+/* Makes DIR/layers/<hex> exist and whole; *bytes gets its unpacked size.
+ * image_left: what the image's other layers leave of max_unpacked_bytes
+ * (< 0: no limit). A layer over a bound leaves nothing behind. */
 static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o,
-                        const sg_layer_desc_t *l, int64_t *bytes, sg_error_t **err) {
+                        const sg_layer_desc_t *l, int64_t image_left, int64_t *bytes, sg_error_t **err) {
   const char *hex = hex_of(l->digest);
   cleanup_free char *final = xasprintf("%s/layers/%s", j->dir, hex);
   cleanup_free char *size_path = xasprintf("%s/layers/%s.bytes", j->dir, hex);
@@ -431,13 +445,31 @@ static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_regis
     *bytes = read_bytes_file(size_path);
     return 0;
   }
+  /* The tighter of the two bounds, and the key that sets it. */
+  int64_t bound = j->max_layer_bytes;
+  const char *key = "image_max_layer_bytes";
+  if (image_left >= 0 && (bound <= 0 || image_left < bound)) {
+    bound = image_left > 0 ? image_left : 1;
+    key = "image_max_unpacked_bytes";
+  }
+  if (bound > 0 && l->size > with_slack(bound))
+    return sg_make_error(err, EFBIG,
+                         "image %s: layer %s has %lld compressed bytes, more than %s allows (%lld): refused", j->ref,
+                         l->digest, (long long)l->size, key, (long long)bound);
   cleanup_free char *blob = xasprintf("%s/blobs/%s-%p", j->dir, hex, (void *)j);
   if (sg_registry_blob(ref, o, l->digest, l->size, blob, err) < 0)
     return -1;
   cleanup_free char *tmp = xasprintf("%s/tmp/%s-%p", j->dir, hex, (void *)j);
   int r = mkdir(tmp, 0755) < 0 ? sg_make_error(err, errno, "cannot create %s: %s", tmp, strerror(errno)) : 0;
-  if (r == 0)
-    r = sg_layer_unpack(blob, tmp, bytes, err);
+  if (r == 0) {
+    cleanup_error sg_error_t *uerr = NULL;
+    r = sg_layer_unpack_bounded(blob, tmp, bound, bytes, &uerr);
+    if (r == -EFBIG)
+      sg_make_error(err, EFBIG, "image %s: layer %s unpacks to more than %s allows (%lld bytes): refused", j->ref,
+                    l->digest, key, (long long)bound);
+    else if (r < 0)
+      sg_make_error(err, uerr->status, "image %s: layer %s: %s", j->ref, l->digest, uerr->message);
+  }
   unlink(blob);
   if (r == 0) {
     char num[32];
@@ -484,12 +516,19 @@ static void pull_work(void *data) {
     return;
   }
   if (r == 0) {
-    r = fetch_config(j, &ref, &o, m.config_digest, img, &j->err);
+    r = fetch_config(j, &ref, &o, m.config_digest, m.config_size, img, &j->err);
     char **digests = xcalloc(m.n_layers + 1, sizeof(char *));
     int64_t *bytes = xcalloc(m.n_layers + 1, sizeof(int64_t));
+    int64_t unpacked = 0;
     for (size_t i = 0; r == 0 && i < m.n_layers; i++) {
-      r = ensure_layer(j, &ref, &o, &m.layers[i], &bytes[i], &j->err);
+      int64_t left = j->max_unpacked_bytes > 0 ? j->max_unpacked_bytes - unpacked : -1;
+      r = ensure_layer(j, &ref, &o, &m.layers[i], left, &bytes[i], &j->err);
       img->compressed_bytes += m.layers[i].size;
+      unpacked += bytes[i];
+      if (r == 0 && j->max_unpacked_bytes > 0 && unpacked > j->max_unpacked_bytes)
+        r = sg_make_error(&j->err, EFBIG,
+                          "image %s unpacks to more than image_max_unpacked_bytes allows (%lld bytes): refused",
+                          j->ref, (long long)j->max_unpacked_bytes);
     }
     for (size_t i = 0; i < m.n_layers; i++)
       digests[i] = xstrdup(m.layers[i].digest);
@@ -640,6 +679,8 @@ static sg_image_wait_t *start_pull(sg_images_t *im, const char *refstr, const sg
     j->ref = xstrdup(norm);
     j->dir = xstrdup(im->dir);
     j->insecure = insecure;
+    j->max_layer_bytes = im->max_layer_bytes;
+    j->max_unpacked_bytes = im->max_unpacked_bytes;
     j->started_mono = sg_now_ms();
     j->known_digest = known_digest ? xstrdup(known_digest) : NULL;
     if (auth) {

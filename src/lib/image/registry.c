@@ -2,7 +2,16 @@
  * it runs on pool threads only. Authentication follows the registry's
  * challenge: anonymous first; on 401, "Bearer realm=,service=,scope=" sends
  * us to a token server (with basic credentials when we have them), "Basic"
- * asks for the credentials directly. Credentials never appear in errors. */
+ * asks for the credentials directly. Credentials never appear in errors.
+ *
+ * Everything read from a registry is bounded: manifests, indexes and token
+ * answers in memory (MAX_MANIFEST, MAX_TOKEN_BODY), blobs by the size their
+ * descriptor gives (the transfer stops as soon as more arrives). Redirects are
+ * followed here, not by libcurl: only to https or to the origin (scheme, host
+ * and port) of the request, at most MAX_REDIRECTS times, and credentials
+ * (basic or bearer) go only to the origin they were meant for, never across a
+ * redirect to another one. Basic credentials never go to a plain-HTTP token
+ * realm on another origin than the registry's. */
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -15,8 +24,10 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-#define MAX_MANIFEST (4 << 20)
+#define MAX_MANIFEST SG_REGISTRY_MAX_CONFIG
 #define MAX_TOKEN_BODY (1 << 20)
+#define MAX_REDIRECTS 5
+#define MAX_REDIRECT_BODY (64 << 10)
 
 static atomic_bool aborting;
 
@@ -84,6 +95,8 @@ typedef struct response {
   EVP_MD_CTX *sha;
   int64_t written, max_write;
   bool overflow;
+  long hop_status;     /* status line of the response being received */
+  size_t hop_discarded; /* body bytes of a redirect, dropped */
 } response_t;
 
 static void response_reset_headers(response_t *r) {
@@ -105,6 +118,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (len >= 5 && !strncmp(buf, "HTTP/", 5)) {
     response_reset_headers(r); /* a new response (after a redirect or 100) */
+    const char *sp = memchr(buf, ' ', len);
+    r->hop_status = sp && (size_t)(sp - buf) + 4 <= len ? strtol(sp + 1, NULL, 10) : 0;
     return len;
   }
   char *colon = memchr(buf, ':', len);
@@ -134,6 +149,10 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *ud) {
 static size_t write_cb(char *buf, size_t size, size_t n, void *ud) {
   response_t *r = ud;
   size_t len = size * n;
+  if (r->hop_status >= 300 && r->hop_status < 400) {
+    r->hop_discarded += len;
+    return r->hop_discarded > MAX_REDIRECT_BODY ? 0 : len;
+  }
   if (r->file) {
     if (r->max_write >= 0 && r->written + (int64_t)len > r->max_write) {
       r->overflow = true;
@@ -156,24 +175,41 @@ static size_t write_cb(char *buf, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* One GET. Returns 0 with r->status set, or a negative error for transport failures. */
-static int get(client_t *c, const char *url, const char *accept, const char *authz, bool send_basic, response_t *r,
-               sg_error_t **err) {
+/* "scheme://host:port" of url, lowercase, the port explicit; NULL when url
+ * does not parse. Caller frees. */
+static char *origin_of(const char *url) {
+  CURLU *u = curl_url();
+  char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
+  if (u && !curl_url_set(u, CURLUPART_URL, url, 0) && !curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) &&
+      !curl_url_get(u, CURLUPART_HOST, &host, 0) && !curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT)) {
+    out = xasprintf("%s://%s:%s", scheme, host, port);
+    for (char *p = out; *p; p++)
+      *p = (char)tolower((unsigned char)*p);
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return out;
+}
+
+static bool is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+/* One request, without following redirects; *location (caller frees) gets
+ * the absolute target of a redirect answer, else NULL. hdrs and, when
+ * send_basic, the basic credentials go with it. */
+static CURLcode perform(client_t *c, const char *url, struct curl_slist *hdrs, bool send_basic, response_t *r,
+                        char *errbuf, char **location) {
   CURL *h = curl_easy_init();
   if (!h)
-    return sg_make_error(err, ENOMEM, "cannot create an HTTP client");
-  struct curl_slist *hdrs = NULL;
-  if (accept)
-    hdrs = curl_slist_append(hdrs, accept);
-  if (authz)
-    hdrs = curl_slist_append(hdrs, authz);
-  char errbuf[CURL_ERROR_SIZE] = "";
+    return CURLE_OUT_OF_MEMORY;
   curl_easy_setopt(h, CURLOPT_URL, url);
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "https");
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -193,13 +229,62 @@ static int get(client_t *c, const char *url, const char *accept, const char *aut
     curl_easy_setopt(h, CURLOPT_USERNAME, c->o->auth->username);
     curl_easy_setopt(h, CURLOPT_PASSWORD, c->o->auth->password);
   }
+  r->hop_status = 0;
+  r->hop_discarded = 0;
   CURLcode rc = curl_easy_perform(h);
+  r->status = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
-  curl_slist_free_all(hdrs);
+  char *loc = NULL;
+  *location = NULL;
+  if (rc == CURLE_OK && is_redirect(r->status) && curl_easy_getinfo(h, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc)
+    *location = xstrdup(loc);
   curl_easy_cleanup(h);
-  if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && r->overflow))
-    return sg_make_error(err, EIO, "registry %s: %s", c->ref->domain, errbuf[0] ? errbuf : curl_easy_strerror(rc));
-  return 0;
+  return rc;
+}
+
+/* One GET, following redirects to https or within url's origin. authz and
+ * basic credentials go only to url's origin. Returns 0 with r->status set,
+ * or a negative error for transport failures and refused redirects. */
+static int get(client_t *c, const char *url, const char *accept, const char *authz, bool send_basic, response_t *r,
+               sg_error_t **err) {
+  cleanup_free char *origin = origin_of(url);
+  if (!origin)
+    return sg_make_error(err, EINVAL, "registry %s: cannot parse a URL to fetch", c->ref->domain);
+  cleanup_free char *cur = xstrdup(url);
+  for (int hop = 0;; hop++) {
+    cleanup_free char *cur_origin = origin_of(cur);
+    bool home = cur_origin && !strcmp(cur_origin, origin);
+    struct curl_slist *hdrs = NULL;
+    if (accept)
+      hdrs = curl_slist_append(hdrs, accept);
+    if (authz && home)
+      hdrs = curl_slist_append(hdrs, authz);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    char *next = NULL;
+    CURLcode rc = perform(c, cur, hdrs, send_basic && home, r, errbuf, &next);
+    curl_slist_free_all(hdrs);
+    if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && r->overflow)) {
+      free(next);
+      if (rc == CURLE_WRITE_ERROR && r->hop_discarded > MAX_REDIRECT_BODY)
+        return sg_make_error(err, EFBIG, "registry %s: a redirect's body is over %d bytes", c->ref->domain,
+                             MAX_REDIRECT_BODY);
+      return sg_make_error(err, EIO, "registry %s: %s", c->ref->domain,
+                           errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    }
+    if (!next)
+      return 0;
+    cleanup_free char *location = next;
+    cleanup_free char *next_origin = origin_of(location);
+    if (hop >= MAX_REDIRECTS)
+      return sg_make_error(err, ELOOP, "registry %s: more than %d redirects", c->ref->domain, MAX_REDIRECTS);
+    if (!next_origin || !(sg_str_has_prefix(next_origin, "https://") || !strcmp(next_origin, origin)))
+      return sg_make_error(err, EACCES,
+                           "registry %s redirected to %s, plain HTTP on another host: refused (redirects are "
+                           "followed only to https or within the same scheme, host and port)",
+                           c->ref->domain, next_origin ? next_origin : "an unparsable URL");
+    free(cur);
+    cur = steal_pointer(&location);
+  }
 }
 
 /* Reads param="value" (or param=value) from a challenge. Caller frees. */
@@ -224,6 +309,8 @@ static char *url_escape(const char *s) {
   curl_free(e);
   return out;
 }
+
+static char *base_url(const client_t *c);
 
 /* Answers a challenge: gets a bearer token or switches to basic auth. */
 static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
@@ -251,6 +338,16 @@ static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
   cleanup_free char *scope = challenge_param(challenge, "scope");
   if (!realm || !(sg_str_has_prefix(realm, "https://") || sg_str_has_prefix(realm, "http://")))
     return sg_make_error(err, EACCES, "registry %s: bearer challenge without a usable realm", c->ref->domain);
+  cleanup_free char *base = base_url(c);
+  cleanup_free char *registry_origin = origin_of(base);
+  cleanup_free char *realm_origin = origin_of(realm);
+  if (!realm_origin || !registry_origin)
+    return sg_make_error(err, EACCES, "registry %s: bearer challenge without a usable realm", c->ref->domain);
+  if (c->o->auth && sg_str_has_prefix(realm_origin, "http://") && strcmp(realm_origin, registry_origin))
+    return sg_make_error(err, EACCES,
+                         "registry %s: its token realm %s is plain HTTP on another host; credentials are never sent "
+                         "there: refused",
+                         c->ref->domain, realm_origin);
   cleanup_free char *esvc = service ? url_escape(service) : NULL;
   cleanup_free char *default_scope = xasprintf("repository:%s:pull", c->ref->repository);
   cleanup_free char *escope = url_escape(scope ? scope : default_scope);
@@ -448,14 +545,22 @@ int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o,
     goto out;
   }
   const char *cfg = json_string_value(json_object_get(json_object_get(j, "config"), "digest"));
+  json_t *cfg_size = json_object_get(json_object_get(j, "config"), "size");
   json_t *layers = json_object_get(j, "layers");
-  if (!cfg || !sg_digest_valid(cfg) || !json_is_array(layers) || json_array_size(layers) > 1000) {
+  if (!cfg || !sg_digest_valid(cfg) || !json_is_integer(cfg_size) || json_integer_value(cfg_size) < 0 ||
+      !json_is_array(layers) || json_array_size(layers) > 1000) {
     sg_make_error(err, EBADMSG, "image %s/%s: manifest without a valid config or layers", ref->domain,
                   ref->repository);
     goto out;
   }
+  if (json_integer_value(cfg_size) > SG_REGISTRY_MAX_CONFIG) {
+    sg_make_error(err, EFBIG, "image %s/%s: its config blob has %lld bytes, over the bound of %d: refused",
+                  ref->domain, ref->repository, (long long)json_integer_value(cfg_size), SG_REGISTRY_MAX_CONFIG);
+    goto out;
+  }
   out->digest = steal_pointer(&digest);
   out->config_digest = xstrdup(cfg);
+  out->config_size = json_integer_value(cfg_size);
   out->layers = xcalloc(json_array_size(layers) + 1, sizeof(sg_layer_desc_t));
   json_t *l;
   size_t i;
@@ -508,6 +613,8 @@ int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t 
 
 int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, const char *digest, int64_t size,
                      const char *path, sg_error_t **err) {
+  if (size < 0)
+    return sg_make_error(err, EINVAL, "registry %s: blob %s has no size to bound its download", ref->domain, digest);
   client_t c = client_open(ref, o);
   cleanup_free char *partial = xasprintf("%s.partial", path);
   int fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -524,8 +631,9 @@ int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, con
     ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: blob %s answered HTTP %ld",
                         ref->domain, digest, r.status);
   if (ret == 0 && r.overflow)
-    ret = sg_make_error(err, EBADMSG, "registry %s: blob %s is larger than the manifest says", ref->domain, digest);
-  if (ret == 0 && size >= 0 && r.written != size)
+    ret = sg_make_error(err, EBADMSG, "registry %s: blob %s is larger than the %lld bytes its descriptor says: refused",
+                        ref->domain, digest, (long long)size);
+  if (ret == 0 && r.written != size)
     ret = sg_make_error(err, EBADMSG, "registry %s: blob %s has %lld bytes, the manifest says %lld", ref->domain,
                         digest, (long long)r.written, (long long)size);
   if (ret == 0) {
