@@ -14,7 +14,7 @@ import unittest
 
 from crafted_registry import (CraftedRegistry, directory, file, hardlink, layer, symlink, tar_bytes,
                               whiteout)
-from harness import SgpudTestCase, unique_name
+from harness import SgpudError, SgpudTestCase, unique_name
 
 
 def snapshot(top):
@@ -147,6 +147,19 @@ class ImageSecurityTest(SgpudTestCase):
         self.assertFailed(self.pull(sg, image), "config blob", "refused")
         self.assertFalse([r for r in self.reg.requests_for("/v2/big/declared/blobs/")],
                          "a config over the bound was requested")
+
+    def test_manifest_over_the_bound(self):
+        sg = self.start()
+        image = self.reg.add_image("big/manifest", [layer([file("f", b"x")])], manifest_padding=5 << 20)
+        self.assertFailed(self.pull(sg, image), "manifest", "over")
+        self.assertFalse(self.reg.requests_for("/v2/big/manifest/blobs/"))
+
+    def test_limit_keys_are_checked(self):
+        for key in ("image_max_layer_bytes", "image_max_unpacked_bytes"):
+            with self.subTest(key=key):
+                with self.assertRaises(SgpudError) as cm:
+                    self.start(**{key: -1})
+                self.assertIn(key, str(cm.exception))
 
     def test_decompression_bomb_fails_the_pull(self):
         sg = self.start(image_max_layer_bytes=8 << 20)
