@@ -102,7 +102,8 @@ void sg_registry_abort_all(void);
 typedef enum { SG_WH_NONE, SG_WH_FILE, SG_WH_OPAQUE } sg_whiteout_t;
 
 /* Classifies a layer entry path: ".wh..wh..opq" marks its directory opaque;
- * ".wh.NAME" deletes NAME (*target gets "dir/NAME", caller frees). */
+ * ".wh.NAME" deletes NAME (*target gets "dir/NAME", caller frees). NAME is
+ * not checked: ".wh.." and ".wh..." give "." and "..", which unpacking refuses. */
 sg_whiteout_t sg_whiteout_classify(const char *path, char **target);
 
 /* Unpacks a layer archive (tar, any compression) into the existing directory

@@ -101,6 +101,8 @@ class ImageSecurityTest(SgpudTestCase):
                                            whiteout("up/.wh.target")]),
             ("symlink-opaque", [symlink("evil2", c), whiteout("evil2/a/b/.wh..wh..opq")]),
             ("symlink-opaque-on-link", [symlink("evil3", c), whiteout("evil3/.wh..wh..opq")]),
+            ("whiteout-dotdot", [directory("a"), whiteout("a/.wh...")]),
+            ("whiteout-dotdot-top", [whiteout(".wh...")]),
             ("hardlink-absolute", [hardlink("hl", c + "/secret")]),
             ("hardlink-dotdot", [hardlink("hl", deep + "/secret")]),
             ("hardlink-through-symlink", [symlink("lnk", c), hardlink("h", "lnk/secret")]),

@@ -295,6 +295,9 @@ static void test_escape_whiteouts(void **state) {
   CASE("symlink then opaque below it", MUST_REFUSE, {"evil2", AE_IFLNK, "%C"},
        {"evil2/a/b/.wh..wh..opq", AE_IFREG, NULL});
   CASE("symlink then opaque on it", MUST_REFUSE, {"evil3", AE_IFLNK, "%C"}, {"evil3/.wh..wh..opq", AE_IFREG, NULL});
+  CASE("whiteout of ..", MUST_REFUSE, {".wh...", AE_IFREG, NULL});
+  CASE("whiteout of .. below a directory", MUST_REFUSE, {"a/", AE_IFDIR, NULL}, {"a/.wh...", AE_IFREG, NULL});
+  CASE("whiteout of .", MUST_REFUSE, {"a/", AE_IFDIR, NULL}, {"a/.wh..", AE_IFREG, NULL});
   CASE("whiteout through a symlinked parent", MUST_REFUSE, {"d", AE_IFLNK, "%C"},
        {"d/target/.wh.keep", AE_IFREG, NULL});
 }

@@ -320,6 +320,14 @@ int sg_layer_unpack_bounded(const char *archive_path, const char *dest_in, int64
     cleanup_free char *target = NULL;
     sg_whiteout_t wh = sg_whiteout_classify(rel, &target);
     if (wh == SG_WH_FILE) {
+      /* ".wh.." and ".wh..." would name the directory itself or its parent */
+      cleanup_free char *clean = clean_path(target);
+      if (!clean || !*clean || strcmp(clean, target)) {
+        ret = sg_make_error(err, EBADMSG, "layer whiteout \"%s\" names no entry of its directory: refused", rel);
+        goto out;
+      }
+    }
+    if (wh == SG_WH_FILE) {
       if ((ret = make_whiteout(rootfd, rel, target, err)) < 0)
         goto out;
       continue;
