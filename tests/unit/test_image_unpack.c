@@ -357,6 +357,40 @@ static void test_unpack_bound(void **state) {
   free(tar), free(dest), free(dir);
 }
 
+static void test_unpack_drops_overlay_xattrs(void **state) {
+  (void)state;
+  char *dir = tmpdir();
+  char *tar = xasprintf("%s/layer.tar", dir);
+  char *dest = xasprintf("%s/root", dir);
+  mkdir(dest, 0755);
+  struct archive *a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  assert_int_equal(archive_write_open_filename(a, tar), ARCHIVE_OK);
+  struct archive_entry *ae = archive_entry_new();
+  archive_entry_set_pathname(ae, "d/");
+  archive_entry_set_filetype(ae, AE_IFDIR);
+  archive_entry_set_perm(ae, 0755);
+  archive_entry_xattr_add_entry(ae, "trusted.overlay.opaque", "y", 1);
+  archive_entry_xattr_add_entry(ae, "trusted.overlay.redirect", "/etc", 4);
+  archive_entry_xattr_add_entry(ae, "user.sgpu.kept", "v", 1);
+  assert_int_equal(archive_write_header(a, ae), ARCHIVE_OK);
+  archive_entry_free(ae);
+  archive_write_close(a);
+  archive_write_free(a);
+  sg_error_t *err = NULL;
+  if (sg_layer_unpack(tar, dest, NULL, &err) != 0)
+    fail_msg("unpack: %s", err->message);
+  char *p = xasprintf("%s/d", dest);
+  char v[8];
+  assert_int_equal(getxattr(p, "trusted.overlay.opaque", v, sizeof(v)), -1);
+  assert_int_equal(getxattr(p, "trusted.overlay.redirect", v, sizeof(v)), -1);
+  if (getxattr(p, "user.sgpu.kept", v, sizeof(v)) < 0 && errno != ENOTSUP)
+    fail_msg("user.sgpu.kept was dropped too: %s", strerror(errno));
+  free(p);
+  sg_rm_rf(dir);
+  free(tar), free(dest), free(dir);
+}
+
 /* The same escapes where openat2 is missing (an older kernel, or a seccomp
  * filter that answers ENOSYS): the component walk with O_NOFOLLOW holds the
  * line alone. Installs the filter for the rest of the process: run last. */
@@ -401,6 +435,7 @@ int main(void) {
       cmocka_unit_test(test_escape_hardlinks),
       cmocka_unit_test(test_escape_paths),
       cmocka_unit_test(test_unpack_bound),
+      cmocka_unit_test(test_unpack_drops_overlay_xattrs),
       cmocka_unit_test(test_escape_without_openat2), /* last: it keeps its seccomp filter */
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -236,6 +236,10 @@ static int make_hardlink(int rootfd, const char *entry, const char *rel, const c
   return 0;
 }
 
+static bool overlay_xattr(const char *name) {
+  return sg_str_has_prefix(name, "trusted.overlay.") || sg_str_has_prefix(name, "user.overlay.");
+}
+
 /* Drops the overlayfs xattrs an entry carries: only unpacking decides what
  * the overlay sees (whiteouts, opaque directories). */
 static void drop_overlay_xattrs(struct archive_entry *e) {
@@ -245,7 +249,7 @@ static void drop_overlay_xattrs(struct archive_entry *e) {
   bool any = false;
   int n = archive_entry_xattr_reset(e);
   while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK)
-    any = any || sg_str_has_prefix(name, "trusted.overlay.");
+    any = any || overlay_xattr(name);
   if (!any)
     return;
   struct kept {
@@ -256,7 +260,7 @@ static void drop_overlay_xattrs(struct archive_entry *e) {
   size_t k = 0;
   archive_entry_xattr_reset(e);
   while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK && k < (size_t)n) {
-    if (sg_str_has_prefix(name, "trusted.overlay."))
+    if (overlay_xattr(name))
       continue;
     kept[k].name = xstrdup(name);
     kept[k].value = xmalloc(size + 1);
