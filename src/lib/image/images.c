@@ -447,11 +447,10 @@ static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_regis
   }
   /* The tighter of the two bounds, and the key that sets it. */
   int64_t bound = j->max_layer_bytes;
-  const char *key = "image_max_layer_bytes";
-  if (image_left >= 0 && (bound <= 0 || image_left < bound)) {
+  bool by_image = image_left >= 0 && (bound <= 0 || image_left < bound);
+  const char *key = by_image ? "image_max_unpacked_bytes" : "image_max_layer_bytes";
+  if (by_image)
     bound = image_left > 0 ? image_left : 1;
-    key = "image_max_unpacked_bytes";
-  }
   if (bound > 0 && l->size > with_slack(bound))
     return sg_make_error(err, EFBIG,
                          "image %s: layer %s has %lld compressed bytes, more than %s allows (%lld): refused", j->ref,
@@ -464,9 +463,13 @@ static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_regis
   if (r == 0) {
     cleanup_error sg_error_t *uerr = NULL;
     r = sg_layer_unpack_bounded(blob, tmp, bound, bytes, &uerr);
-    if (r == -EFBIG)
+    if (r == -EFBIG && !by_image)
       sg_make_error(err, EFBIG, "image %s: layer %s unpacks to more than %s allows (%lld bytes): refused", j->ref,
                     l->digest, key, (long long)bound);
+    else if (r == -EFBIG)
+      sg_make_error(err, EFBIG,
+                    "image %s: layer %s unpacks to more than the %lld bytes that %s (%lld) leaves for it: refused",
+                    j->ref, l->digest, (long long)bound, key, (long long)j->max_unpacked_bytes);
     else if (r < 0)
       sg_make_error(err, uerr->status, "image %s: layer %s: %s", j->ref, l->digest, uerr->message);
   }
