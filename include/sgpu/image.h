@@ -79,6 +79,16 @@ typedef struct sg_manifest {
   size_t n_layers;
 } sg_manifest_t;
 
+/* Parses a manifest or an image index (body of len bytes, at most
+ * SG_REGISTRY_MAX_CONFIG; content_type, the answer's Content-Type or NULL,
+ * gives the media type when the body names none; name, e.g. "host/repo",
+ * goes into errors). An image manifest fills out (out->digest is the body's
+ * sha256) and returns 0; an index sets *index_pick (caller frees) to its
+ * linux/amd64 manifest's digest and returns 1; anything else (not JSON, an
+ * unsupported type, invalid descriptors, a config over
+ * SG_REGISTRY_MAX_CONFIG) returns a negative error. No I/O. */
+int sg_manifest_parse(const char *body, size_t len, const char *content_type, const char *name, sg_manifest_t *out,
+                      char **index_pick, sg_error_t **err);
 /* Fetches the manifest of ref, resolving an image index to linux/amd64. */
 int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
                          sg_error_t **err);

@@ -1,4 +1,5 @@
 /* Image references: Docker's normalization and its rejections. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -103,11 +104,85 @@ static void test_api_host_and_digest(void **state) {
   assert_false(sg_digest_valid("sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"));
 }
 
+/* ---- manifests and indexes (sg_manifest_parse) ---- */
+
+static int parse(const char *body, const char *ct, sg_manifest_t *m, char **pick, sg_error_t **err) {
+  return sg_manifest_parse(body, strlen(body), ct, "reg/repo", m, pick, err);
+}
+
+#define LAYER_MT "application/vnd.oci.image.layer.v1.tar+gzip"
+
+static void test_manifest_parse(void **state) {
+  (void)state;
+  sg_manifest_t m;
+  char *pick = NULL;
+  sg_error_t *err = NULL;
+  const char *ok = "{\"schemaVersion\":2,\"config\":{\"digest\":\"" DIGEST "\",\"size\":12},"
+                   "\"layers\":[{\"mediaType\":\"" LAYER_MT "\",\"digest\":\"" DIGEST "\",\"size\":34}]}";
+  /* the media type from the Content-Type when the body names none */
+  assert_int_equal(parse(ok, "application/vnd.oci.image.manifest.v1+json; charset=utf-8", &m, &pick, &err), 0);
+  assert_null(pick);
+  assert_string_equal(m.config_digest, DIGEST);
+  assert_int_equal(m.config_size, 12);
+  assert_int_equal(m.n_layers, 1);
+  assert_int_equal(m.layers[0].size, 34);
+  assert_true(sg_digest_valid(m.digest));
+  sg_manifest_clear(&m);
+  assert_int_not_equal(parse(ok, NULL, &m, &pick, &err), 0);
+  assert_non_null(strstr(err->message, "unsupported manifest type"));
+  sg_error_free(err), err = NULL;
+
+  const char *index = "{\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":["
+                      "{\"digest\":\"sha256:1111111111111111111111111111111111111111111111111111111111111111\","
+                      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\"}},"
+                      "{\"digest\":\"" DIGEST "\",\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
+  assert_int_equal(parse(index, NULL, &m, &pick, &err), 1);
+  assert_string_equal(pick, DIGEST);
+  free(pick), pick = NULL;
+
+  const char *big = "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+                    "\",\"size\":4194305},\"layers\":[]}";
+  assert_int_equal(parse(big, NULL, &m, &pick, &err), -EFBIG);
+  assert_non_null(strstr(err->message, "config blob"));
+  sg_error_free(err), err = NULL;
+
+  const char *bad[] = {
+      "",
+      "[]",
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}",
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+      "\"},\"layers\":[]}",
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+      "\",\"size\":-1},\"layers\":[]}",
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+      "\",\"size\":1},\"layers\":[{\"mediaType\":\"text/plain\",\"digest\":\"" DIGEST "\",\"size\":1}]}",
+      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+      "\",\"size\":1},\"layers\":[{\"mediaType\":\"" LAYER_MT "\",\"digest\":\"" DIGEST "\",\"size\":-5}]}",
+      "{\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"digest\":\"x\","
+      "\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}",
+  };
+  for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
+    int r = parse(bad[i], NULL, &m, &pick, &err);
+    if (r >= 0)
+      fail_msg("accepted: %s", bad[i]);
+    assert_null(pick);
+    assert_null(m.layers);
+    sg_error_free(err), err = NULL;
+  }
+  /* over the bound before any parsing */
+  char *huge = xcalloc(1, (4 << 20) + 2);
+  memset(huge, ' ', (4 << 20) + 1);
+  assert_int_equal(sg_manifest_parse(huge, strlen(huge), NULL, "reg/repo", &m, &pick, &err), -EFBIG);
+  sg_error_free(err);
+  free(huge);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_normalize),
       cmocka_unit_test(test_reject),
       cmocka_unit_test(test_api_host_and_digest),
+      cmocka_unit_test(test_manifest_parse),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,7 @@
 
 #include "sgpu/image.h"
 #include "sgpu/log.h"
+#include "sgpu/spec.h" /* cleanup_json */
 #include "sgpu/util.h"
 
 #define MAX_MANIFEST SG_REGISTRY_MAX_CONFIG
@@ -432,58 +433,29 @@ static bool is_manifest(const char *mt) {
                 !strcmp(mt, "application/vnd.docker.distribution.manifest.v2+json"));
 }
 
-/* Fetches one manifest by tag or digest; verifies a digest reference. */
-static json_t *fetch_manifest(client_t *c, const char *reference, bool by_digest, char **digest_out,
-                              sg_error_t **err) {
+/* Fetches one manifest by tag or digest into r (status 200, body bounded by
+ * MAX_MANIFEST); verifies a digest reference. */
+static int fetch_manifest(client_t *c, const char *reference, bool by_digest, response_t *r, sg_error_t **err) {
   cleanup_free char *base = base_url(c);
   cleanup_free char *url = xasprintf("%s/manifests/%s", base, reference);
-  response_t r = {.limit = MAX_MANIFEST};
-  if (get_authed(c, url, manifest_accept, &r, err) < 0) {
-    response_clear(&r);
-    return NULL;
-  }
-  if (r.overflow) {
-    response_clear(&r);
-    sg_make_error(err, EFBIG, "registry %s: manifest of %s is over %d bytes", c->ref->domain, c->ref->repository,
-                  MAX_MANIFEST);
-    return NULL;
-  }
-  if (r.status != 200) {
-    long st = r.status;
-    response_clear(&r);
-    if (st == 404)
-      sg_make_error(err, ENOENT, "image %s/%s:%s not found in the registry (HTTP 404)", c->ref->domain,
-                    c->ref->repository, reference);
-    else
-      sg_make_error(err, EIO, "registry %s: manifest %s answered HTTP %ld", c->ref->domain, reference, st);
-    return NULL;
-  }
+  *r = (response_t){.limit = MAX_MANIFEST};
+  if (get_authed(c, url, manifest_accept, r, err) < 0)
+    return -EIO;
+  if (r->overflow)
+    return sg_make_error(err, EFBIG, "registry %s: manifest of %s is over %d bytes", c->ref->domain,
+                         c->ref->repository, MAX_MANIFEST);
+  if (r->status == 404)
+    return sg_make_error(err, ENOENT, "image %s/%s:%s not found in the registry (HTTP 404)", c->ref->domain,
+                         c->ref->repository, reference);
+  if (r->status != 200)
+    return sg_make_error(err, EIO, "registry %s: manifest %s answered HTTP %ld", c->ref->domain, reference,
+                         r->status);
   char digest[72];
-  sha256_hex(r.body ? r.body : "", r.len, digest);
-  if (by_digest && strcmp(digest, reference)) {
-    response_clear(&r);
-    sg_make_error(err, EBADMSG, "registry %s: manifest %s does not match its digest", c->ref->domain, reference);
-    return NULL;
-  }
-  json_error_t jerr;
-  json_t *j = r.body ? json_loadb(r.body, r.len, 0, &jerr) : NULL;
-  if (!json_is_object(j)) {
-    json_decref(j);
-    response_clear(&r);
-    sg_make_error(err, EBADMSG, "registry %s: manifest %s is not a JSON object", c->ref->domain, reference);
-    return NULL;
-  }
-  /* The media type: the body's field, else the Content-Type. */
-  const char *mt = json_string_value(json_object_get(j, "mediaType"));
-  if (!mt && r.content_type) {
-    char *semi = strchr(r.content_type, ';');
-    if (semi)
-      *semi = '\0';
-    json_object_set_new(j, "mediaType", json_string(r.content_type));
-  }
-  *digest_out = xstrdup(digest);
-  response_clear(&r);
-  return j;
+  sha256_hex(r->body ? r->body : "", r->len, digest);
+  if (by_digest && strcmp(digest, reference))
+    return sg_make_error(err, EBADMSG, "registry %s: manifest %s does not match its digest", c->ref->domain,
+                         reference);
+  return 0;
 }
 
 void sg_manifest_clear(sg_manifest_t *m) {
@@ -502,63 +474,51 @@ static bool layer_type_ok(const char *mt) {
                 sg_str_has_prefix(mt, "application/vnd.docker.image.rootfs.diff.tar"));
 }
 
-int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
-                         sg_error_t **err) {
+int sg_manifest_parse(const char *body, size_t len, const char *content_type, const char *name, sg_manifest_t *out,
+                      char **index_pick, sg_error_t **err) {
   memset(out, 0, sizeof(*out));
-  client_t c = client_open(ref, o);
-  char *digest = NULL;
-  json_t *j = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &digest, err);
-  int r = -EBADMSG;
-  if (!j)
-    goto out;
+  *index_pick = NULL;
+  if (len > SG_REGISTRY_MAX_CONFIG)
+    return sg_make_error(err, EFBIG, "image %s: manifest is over %d bytes", name, SG_REGISTRY_MAX_CONFIG);
+  json_error_t jerr;
+  cleanup_json json_t *j = json_loadb(body, len, 0, &jerr);
+  if (!json_is_object(j))
+    return sg_make_error(err, EBADMSG, "image %s: manifest is not a JSON object", name);
+  /* The media type: the body's field, else the Content-Type. */
   const char *mt = json_string_value(json_object_get(j, "mediaType"));
+  cleanup_free char *ct = content_type ? xstrndup(content_type, strcspn(content_type, "; ")) : NULL;
+  if (!mt)
+    mt = ct;
   if (is_index(mt)) {
     json_t *list = json_object_get(j, "manifests"), *m;
     size_t i;
-    const char *pick = NULL;
     json_array_foreach(list, i, m) {
       json_t *p = json_object_get(m, "platform");
       const char *os = json_string_value(json_object_get(p, "os"));
       const char *arch = json_string_value(json_object_get(p, "architecture"));
       const char *d = json_string_value(json_object_get(m, "digest"));
       if (os && arch && d && !strcmp(os, "linux") && !strcmp(arch, "amd64") && sg_digest_valid(d)) {
-        pick = d;
-        break;
+        *index_pick = xstrdup(d);
+        return 1;
       }
     }
-    if (!pick) {
-      sg_make_error(err, ENOENT, "image %s/%s has no linux/amd64 manifest", ref->domain, ref->repository);
-      goto out;
-    }
-    cleanup_free char *want = xstrdup(pick);
-    json_decref(j);
-    free(digest);
-    digest = NULL;
-    j = fetch_manifest(&c, want, true, &digest, err);
-    if (!j)
-      goto out;
-    mt = json_string_value(json_object_get(j, "mediaType"));
+    return sg_make_error(err, ENOENT, "image %s has no linux/amd64 manifest", name);
   }
-  if (!is_manifest(mt)) {
-    sg_make_error(err, EBADMSG, "image %s/%s: unsupported manifest type %s (OCI or Docker v2 schema 2 expected)",
-                  ref->domain, ref->repository, mt ? mt : "(none)");
-    goto out;
-  }
+  if (!is_manifest(mt))
+    return sg_make_error(err, EBADMSG, "image %s: unsupported manifest type %s (OCI or Docker v2 schema 2 expected)",
+                         name, mt ? mt : "(none)");
   const char *cfg = json_string_value(json_object_get(json_object_get(j, "config"), "digest"));
   json_t *cfg_size = json_object_get(json_object_get(j, "config"), "size");
   json_t *layers = json_object_get(j, "layers");
   if (!cfg || !sg_digest_valid(cfg) || !json_is_integer(cfg_size) || json_integer_value(cfg_size) < 0 ||
-      !json_is_array(layers) || json_array_size(layers) > 1000) {
-    sg_make_error(err, EBADMSG, "image %s/%s: manifest without a valid config or layers", ref->domain,
-                  ref->repository);
-    goto out;
-  }
-  if (json_integer_value(cfg_size) > SG_REGISTRY_MAX_CONFIG) {
-    sg_make_error(err, EFBIG, "image %s/%s: its config blob has %lld bytes, over the bound of %d: refused",
-                  ref->domain, ref->repository, (long long)json_integer_value(cfg_size), SG_REGISTRY_MAX_CONFIG);
-    goto out;
-  }
-  out->digest = steal_pointer(&digest);
+      !json_is_array(layers) || json_array_size(layers) > 1000)
+    return sg_make_error(err, EBADMSG, "image %s: manifest without a valid config or layers", name);
+  if (json_integer_value(cfg_size) > SG_REGISTRY_MAX_CONFIG)
+    return sg_make_error(err, EFBIG, "image %s: its config blob has %lld bytes, over the bound of %d: refused", name,
+                         (long long)json_integer_value(cfg_size), SG_REGISTRY_MAX_CONFIG);
+  char digest[72];
+  sha256_hex(body, len, digest);
+  out->digest = xstrdup(digest);
   out->config_digest = xstrdup(cfg);
   out->config_size = json_integer_value(cfg_size);
   out->layers = xcalloc(json_array_size(layers) + 1, sizeof(sg_layer_desc_t));
@@ -569,22 +529,42 @@ int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o,
     const char *lmt = json_string_value(json_object_get(l, "mediaType"));
     json_t *sz = json_object_get(l, "size");
     if (!d || !sg_digest_valid(d) || !json_is_integer(sz) || json_integer_value(sz) < 0 || !layer_type_ok(lmt)) {
-      sg_make_error(err, EBADMSG, "image %s/%s: layer %zu is invalid or of an unsupported type", ref->domain,
-                    ref->repository, i);
       sg_manifest_clear(out);
-      goto out;
+      return sg_make_error(err, EBADMSG, "image %s: layer %zu is invalid or of an unsupported type", name, i);
     }
     out->layers[out->n_layers].digest = xstrdup(d);
     out->layers[out->n_layers].media_type = xstrdup(lmt);
     out->layers[out->n_layers].size = json_integer_value(sz);
     out->n_layers++;
   }
-  r = 0;
-out:
-  json_decref(j);
-  free(digest);
+  return 0;
+}
+
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
+                         sg_error_t **err) {
+  memset(out, 0, sizeof(*out));
+  client_t c = client_open(ref, o);
+  cleanup_free char *name = xasprintf("%s/%s", ref->domain, ref->repository);
+  cleanup_free char *pick = NULL;
+  response_t r;
+  int ret = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &r, err);
+  if (ret == 0)
+    ret = sg_manifest_parse(r.body ? r.body : "", r.len, r.content_type, name, out, &pick, err);
+  response_clear(&r);
+  if (ret == 1) {
+    /* An index: its linux/amd64 manifest, by digest. */
+    ret = fetch_manifest(&c, pick, true, &r, err);
+    cleanup_free char *again = NULL;
+    if (ret == 0)
+      ret = sg_manifest_parse(r.body ? r.body : "", r.len, r.content_type, name, out, &again, err);
+    response_clear(&r);
+    if (ret == 1) {
+      sg_manifest_clear(out);
+      ret = sg_make_error(err, EBADMSG, "image %s: its index names another index for linux/amd64", name);
+    }
+  }
   client_close(&c);
-  return r;
+  return ret < 0 ? ret : 0;
 }
 
 int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
