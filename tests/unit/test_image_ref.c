@@ -150,16 +150,16 @@ static void test_manifest_parse(void **state) {
       "",
       "[]",
       "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}",
-      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
-      "\"},\"layers\":[]}",
-      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
-      "\",\"size\":-1},\"layers\":[]}",
-      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
-      "\",\"size\":1},\"layers\":[{\"mediaType\":\"text/plain\",\"digest\":\"" DIGEST "\",\"size\":1}]}",
-      "{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
-      "\",\"size\":1},\"layers\":[{\"mediaType\":\"" LAYER_MT "\",\"digest\":\"" DIGEST "\",\"size\":-5}]}",
-      "{\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"digest\":\"x\","
-      "\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}",
+      ("{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+       "\"},\"layers\":[]}"),
+      ("{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+       "\",\"size\":-1},\"layers\":[]}"),
+      ("{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+       "\",\"size\":1},\"layers\":[{\"mediaType\":\"text/plain\",\"digest\":\"" DIGEST "\",\"size\":1}]}"),
+      ("{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"digest\":\"" DIGEST
+       "\",\"size\":1},\"layers\":[{\"mediaType\":\"" LAYER_MT "\",\"digest\":\"" DIGEST "\",\"size\":-5}]}"),
+      ("{\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"digest\":\"x\","
+       "\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}"),
   };
   for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
     int r = parse(bad[i], NULL, &m, &pick, &err);
