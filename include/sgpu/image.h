@@ -79,6 +79,14 @@ typedef struct sg_manifest {
 int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
                          sg_error_t **err);
 void sg_manifest_clear(sg_manifest_t *m);
+/* Reads a manifest or image index j (a JSON object, its mediaType set) as a
+ * registry served it for ref (named in errors). A manifest fills out (but not
+ * out->digest): EBADMSG when it is of another type or its config or a layer
+ * is invalid. An index, when index_pick is not NULL, sets *index_pick to the
+ * digest of its linux/amd64 manifest (caller frees; ENOENT when it has none)
+ * and leaves out empty; with index_pick NULL, an index is of another type. */
+int sg_manifest_parse(json_t *j, const sg_image_ref_t *ref, sg_manifest_t *out, char **index_pick,
+                      sg_error_t **err);
 /* HEAD of ref's manifest by tag: *digest (caller frees) gets the digest the
  * registry names for it (of an image index when the tag names one). */
 int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,

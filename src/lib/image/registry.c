@@ -405,56 +405,36 @@ static bool layer_type_ok(const char *mt) {
                 sg_str_has_prefix(mt, "application/vnd.docker.image.rootfs.diff.tar"));
 }
 
-int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
-                         sg_error_t **err) {
+int sg_manifest_parse(json_t *j, const sg_image_ref_t *ref, sg_manifest_t *out, char **index_pick,
+                      sg_error_t **err) {
   memset(out, 0, sizeof(*out));
-  client_t c = client_open(ref, o);
-  char *digest = NULL;
-  json_t *j = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &digest, err);
-  int r = -EBADMSG;
-  if (!j)
-    goto out;
+  if (index_pick)
+    *index_pick = NULL;
   const char *mt = json_string_value(json_object_get(j, "mediaType"));
-  if (is_index(mt)) {
+  if (index_pick && is_index(mt)) {
     json_t *list = json_object_get(j, "manifests"), *m;
     size_t i;
-    const char *pick = NULL;
     json_array_foreach(list, i, m) {
       json_t *p = json_object_get(m, "platform");
       const char *os = json_string_value(json_object_get(p, "os"));
       const char *arch = json_string_value(json_object_get(p, "architecture"));
       const char *d = json_string_value(json_object_get(m, "digest"));
       if (os && arch && d && !strcmp(os, "linux") && !strcmp(arch, "amd64") && sg_digest_valid(d)) {
-        pick = d;
-        break;
+        *index_pick = xstrdup(d);
+        return 0;
       }
     }
-    if (!pick) {
-      sg_make_error(err, ENOENT, "image %s/%s has no linux/amd64 manifest", ref->domain, ref->repository);
-      goto out;
-    }
-    cleanup_free char *want = xstrdup(pick);
-    json_decref(j);
-    free(digest);
-    digest = NULL;
-    j = fetch_manifest(&c, want, true, &digest, err);
-    if (!j)
-      goto out;
-    mt = json_string_value(json_object_get(j, "mediaType"));
+    return sg_make_error(err, ENOENT, "image %s/%s has no linux/amd64 manifest", ref->domain, ref->repository);
   }
-  if (!is_manifest(mt)) {
-    sg_make_error(err, EBADMSG, "image %s/%s: unsupported manifest type %s (OCI or Docker v2 schema 2 expected)",
-                  ref->domain, ref->repository, mt ? mt : "(none)");
-    goto out;
-  }
+  if (!is_manifest(mt))
+    return sg_make_error(err, EBADMSG,
+                         "image %s/%s: unsupported manifest type %s (OCI or Docker v2 schema 2 expected)",
+                         ref->domain, ref->repository, mt ? mt : "(none)");
   const char *cfg = json_string_value(json_object_get(json_object_get(j, "config"), "digest"));
   json_t *layers = json_object_get(j, "layers");
-  if (!cfg || !sg_digest_valid(cfg) || !json_is_array(layers) || json_array_size(layers) > 1000) {
-    sg_make_error(err, EBADMSG, "image %s/%s: manifest without a valid config or layers", ref->domain,
-                  ref->repository);
-    goto out;
-  }
-  out->digest = steal_pointer(&digest);
+  if (!cfg || !sg_digest_valid(cfg) || !json_is_array(layers) || json_array_size(layers) > 1000)
+    return sg_make_error(err, EBADMSG, "image %s/%s: manifest without a valid config or layers", ref->domain,
+                         ref->repository);
   out->config_digest = xstrdup(cfg);
   out->layers = xcalloc(json_array_size(layers) + 1, sizeof(sg_layer_desc_t));
   json_t *l;
@@ -464,16 +444,40 @@ int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o,
     const char *lmt = json_string_value(json_object_get(l, "mediaType"));
     json_t *sz = json_object_get(l, "size");
     if (!d || !sg_digest_valid(d) || !json_is_integer(sz) || json_integer_value(sz) < 0 || !layer_type_ok(lmt)) {
-      sg_make_error(err, EBADMSG, "image %s/%s: layer %zu is invalid or of an unsupported type", ref->domain,
-                    ref->repository, i);
       sg_manifest_clear(out);
-      goto out;
+      return sg_make_error(err, EBADMSG, "image %s/%s: layer %zu is invalid or of an unsupported type", ref->domain,
+                           ref->repository, i);
     }
     out->layers[out->n_layers].digest = xstrdup(d);
     out->layers[out->n_layers].media_type = xstrdup(lmt);
     out->layers[out->n_layers].size = json_integer_value(sz);
     out->n_layers++;
   }
+  return 0;
+}
+
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
+                         sg_error_t **err) {
+  memset(out, 0, sizeof(*out));
+  client_t c = client_open(ref, o);
+  char *digest = NULL;
+  cleanup_free char *pick = NULL;
+  json_t *j = fetch_manifest(&c, ref->digest ? ref->digest : ref->tag, ref->digest != NULL, &digest, err);
+  int r = -EBADMSG;
+  if (!j)
+    goto out;
+  if (sg_manifest_parse(j, ref, out, &pick, err) < 0)
+    goto out;
+  if (pick) {
+    /* An index: the platform's manifest, which must not be another index. */
+    json_decref(j);
+    free(digest);
+    digest = NULL;
+    j = fetch_manifest(&c, pick, true, &digest, err);
+    if (!j || sg_manifest_parse(j, ref, out, NULL, err) < 0)
+      goto out;
+  }
+  out->digest = steal_pointer(&digest);
   r = 0;
 out:
   json_decref(j);
