@@ -12,16 +12,17 @@
  *
  * Each input is unpacked into a fresh PARENT/root, next to PARENT/canary (a
  * directory holding one file); the archive lies next to PARENT, at the top of
- * a tmpfs mounted over /tmp. After the
- * unpack, whether it succeeded or not, the canary must be untouched (same
- * entries, content, no overlay xattr), PARENT must hold only root and canary
- * and its own parent only PARENT and the archive. The tree is then removed
- * without following any symbolic link.
+ * a tmpfs mounted over /tmp. After the unpack, whether it succeeded or not,
+ * the canary must be untouched (same entries, content, no overlay xattr),
+ * PARENT must hold only root and canary, and the tmpfs only PARENT and the
+ * archive. The tree is then removed without following any symbolic link.
  *
  * As unpacking can write anywhere when it is wrong, the target first moves
  * into a mount namespace of its own where every mount is read-only except a
- * tmpfs for its directories (over /tmp) and the working directory (libFuzzer's corpus and
- * artifacts). It exits 77 (skipped) when the host allows no such namespace. */
+ * tmpfs for its directories (over /tmp) and the directories libFuzzer writes
+ * to (its corpus and artifacts); escapes to any other absolute path fail there
+ * (read-only), escapes through relative links land in the tmpfs, where they
+ * are seen. It exits 77 (skipped) when the host allows no such namespace. */
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -94,18 +95,74 @@ static int set_readonly(const char *path, bool readonly, bool recursive) {
   return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, recursive ? AT_RECURSIVE : 0, &attr, sizeof(attr));
 }
 
+#define MAX_PATHS 16
+
+/* What the tmpfs must not hide: inputs, corpus and artifact directories. */
+static char *visible[MAX_PATHS];
+static size_t n_visible;
+/* What stays writable: the directories libFuzzer writes to. */
+static char *writable[MAX_PATHS];
+static size_t n_writable;
+
+static void add_path(const char *path, bool write) {
+  char real[PATH_MAX];
+  struct stat st;
+  if (!realpath(path, real) || stat(real, &st) < 0)
+    return;
+  if (n_visible < MAX_PATHS)
+    visible[n_visible++] = strdup(real);
+  if (write && S_ISDIR(st.st_mode) && n_writable < MAX_PATHS)
+    writable[n_writable++] = strdup(real);
+}
+
+/* From the arguments: the inputs, and the directories libFuzzer writes to
+ * (its corpus directories and where artifacts go, by default the working
+ * directory). The standalone driver (no -flag=value arguments) writes
+ * nothing. */
+static void find_paths(int argc, char **argv) {
+  bool libfuzzer = false, artifacts = false;
+  for (int i = 1; i < argc; i++)
+    if (argv[i][0] == '-' && strchr(argv[i], '='))
+      libfuzzer = true;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = NULL;
+    if (!strncmp(a, "-artifact_prefix=", 17))
+      v = a + 17;
+    else if (!strncmp(a, "-exact_artifact_path=", 21))
+      v = a + 21;
+    if (v) {
+      artifacts = true;
+      char dir[PATH_MAX];
+      snprintf(dir, sizeof(dir), "%s", v);
+      char *slash = strrchr(dir, '/');
+      if (slash)
+        slash[1] = '\0';
+      add_path(slash ? dir : ".", libfuzzer);
+    } else if (a[0] != '-') {
+      add_path(a, libfuzzer);
+    }
+  }
+  if (libfuzzer && !artifacts)
+    add_path(".", true);
+}
+
+static bool under(const char *path, const char *dir) {
+  size_t n = strlen(dir);
+  return !strncmp(path, dir, n) && (!path[n] || path[n] == '/');
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  char cwd[PATH_MAX];
-  if (!getcwd(cwd, sizeof(cwd)))
-    die("getcwd");
-  /* The tmpfs covers a directory that exists everywhere and does not hold
-   * the working directory; nothing of it remains once the process ends. */
+  find_paths(*argc, *argv);
+  /* The tmpfs covers a directory that exists everywhere and holds none of
+   * those paths; nothing of it remains once the process ends. */
   static const char *const places[] = {"/tmp", "/var/tmp", "/mnt"};
   for (size_t i = 0; i < sizeof(places) / sizeof(places[0]) && !scratch; i++) {
-    size_t n = strlen(places[i]);
     struct stat st;
-    bool holds_cwd = !strncmp(cwd, places[i], n) && (!cwd[n] || cwd[n] == '/');
-    if (stat(places[i], &st) == 0 && S_ISDIR(st.st_mode) && !holds_cwd)
+    bool holds = false;
+    for (size_t k = 0; k < n_visible; k++)
+      holds |= under(visible[k], places[i]);
+    if (stat(places[i], &st) == 0 && S_ISDIR(st.st_mode) && !holds)
       scratch = places[i];
   }
   if (!scratch) {
@@ -136,12 +193,16 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     skip("making mounts private");
   if (mount("sgpu-fuzz", scratch, "tmpfs", MS_NOSUID, "size=256m,mode=0700") < 0)
     skip("tmpfs");
-  if (mount(cwd, cwd, NULL, MS_BIND, NULL) < 0)
-    skip("binding the working directory");
+  for (size_t k = 0; k < n_writable; k++)
+    if (mount(writable[k], writable[k], NULL, MS_BIND, NULL) < 0)
+      skip("binding a corpus or artifact directory");
   if (set_readonly("/", true, true) < 0)
     skip("making / read-only");
-  if (set_readonly(scratch, false, false) < 0 || set_readonly(cwd, false, false) < 0)
-    skip("making the work directories writable");
+  if (set_readonly(scratch, false, false) < 0)
+    skip("making the tmpfs writable");
+  for (size_t k = 0; k < n_writable; k++)
+    if (set_readonly(writable[k], false, false) < 0)
+      skip("making a corpus or artifact directory writable");
 
   snprintf(archive_path, sizeof(archive_path), "%s/in.tar", scratch);
   snprintf(parent, sizeof(parent), "%s/p", scratch);
@@ -298,11 +359,17 @@ static void rm_tree(const char *path) {
   rm_under(fd);
 }
 
-/* The names in dir, sorted, as "a,b,c" into out. */
-static void list_dir(const char *dir, char *out, size_t cap) {
-  DIR *d = opendir(dir);
-  if (!d)
-    die("opendir");
+/* The names in dir, sorted, as "a,b,c" into out; false when dir is not a
+ * directory any more. */
+static bool list_dir(const char *dir, char *out, size_t cap) {
+  out[0] = '\0';
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    if (fd >= 0)
+      close(fd);
+    return false;
+  }
   char names[16][NAME_MAX + 1];
   size_t n = 0;
   struct dirent *de;
@@ -315,11 +382,11 @@ static void list_dir(const char *dir, char *out, size_t cap) {
   }
   closedir(d);
   qsort(names, n, sizeof(names[0]), (int (*)(const void *, const void *))strcmp);
-  out[0] = '\0';
   for (size_t i = 0; i < n; i++) {
     strncat(out, i ? "," : "", cap - strlen(out) - 1);
     strncat(out, names[i], cap - strlen(out) - 1);
   }
+  return true;
 }
 
 static void escaped(const char *what, const char *detail) {
@@ -330,15 +397,12 @@ static void escaped(const char *what, const char *detail) {
 
 static void check_contained(void) {
   char names[16 * (NAME_MAX + 2)];
-  list_dir(scratch, names, sizeof(names));
-  if (strcmp(names, "in.tar,p"))
+  if (!list_dir(scratch, names, sizeof(names)) || strcmp(names, "in.tar,p"))
     escaped("the parent's parent holds", names);
-  list_dir(parent, names, sizeof(names));
-  if (strcmp(names, "canary,root"))
+  if (!list_dir(parent, names, sizeof(names)) || strcmp(names, "canary,root"))
     escaped("the parent holds", names);
-  list_dir(canary, names, sizeof(names));
-  if (strcmp(names, "keep"))
-    escaped("the canary holds", names);
+  if (!list_dir(canary, names, sizeof(names)) || strcmp(names, "keep"))
+    escaped("the canary is not a directory holding only keep", names);
   struct stat st;
   if (lstat(canary, &st) < 0 || !S_ISDIR(st.st_mode) || (st.st_mode & 07777) != 0755)
     escaped("the canary directory changed", NULL);
