@@ -18,6 +18,7 @@ if [ "${1:-}" = test ]; then
     chromium                                        # console tests
     slurm-wlm slurm-client munge                    # a real Slurm cluster
     slurmrestd slurm-wlm-jwt-plugin                 # its REST API, with JWT authentication
+    clang libclang-rt-14-dev                        # libFuzzer (make fuzz)
   )
   # The console tests run Playwright (npm playwright-core) on Node.js; a
   # Node.js from elsewhere (with its own npm) is kept.

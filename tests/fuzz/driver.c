@@ -7,7 +7,9 @@
  *
  * -p INDEX prints mutation INDEX to stdout instead of running anything, to
  * reproduce a failure the driver reported. On a crash (abort, segfault or a
- * sanitizer report) the failing input is written to stderr. */
+ * sanitizer report) the failing input is written to stderr. A target may
+ * define LLVMFuzzerInitialize(), called first as libFuzzer does (it may exit
+ * 77 to skip when the host lacks what it needs). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+extern int LLVMFuzzerInitialize(int *argc, char ***argv) __attribute__((weak));
 
 extern void __sanitizer_set_death_callback(void (*cb)(void)) __attribute__((weak));
 
@@ -332,6 +335,8 @@ int main(int argc, char **argv) {
   long mutations = 5000, print_index = -1;
   uint64_t seed = 0x5eed5eedULL;
   int opt;
+  if (LLVMFuzzerInitialize)
+    LLVMFuzzerInitialize(&argc, &argv);
   while ((opt = getopt(argc, argv, "n:s:p:")) != -1) {
     switch (opt) {
     case 'n':

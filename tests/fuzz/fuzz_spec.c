@@ -1,9 +1,11 @@
 /* Fuzz target for the endpoint spec parser (libFuzzer entry point).
  *
  * Any input must either parse, or fail with an error that carries a message
- * (and a field, for validation errors). A parsed spec must survive the round
- * trip: its normalized JSON parses again to the same normalized JSON. */
+ * (and a field, for validation errors). A parsed spec has a valid name and a
+ * command (an absolute path) unless its image brings one, and must survive the
+ * round trip: its normalized JSON parses again to the same normalized JSON. */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +29,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (err)
     abort();
-  if (!sg_name_valid(s->name) || s->n_command < 1 || s->command[0][0] != '/' || s->command[s->n_command])
+  if (!sg_name_valid(s->name) || !s->runtime)
+    abort();
+  /* An image may bring the command; without one, it is an absolute path. */
+  bool from_image = s->image && (!strcmp(s->runtime, "oci") || !strcmp(s->runtime, "slurm"));
+  if (!from_image && (s->n_command < 1 || s->command[0][0] != '/'))
+    abort();
+  if (s->n_command > 0 && s->command[s->n_command])
     abort();
   if (s->workers.min < 0 || s->workers.min > s->workers.max || s->workers.max > SG_SPEC_MAX_WORKERS)
     abort();

@@ -88,6 +88,21 @@ static void test_reject(void **state) {
   memcpy(long_tag, "x:", 2);
   long_tag[sizeof(long_tag) - 1] = '\0';
   rejects(long_tag, "tag");
+  /* The name bound applies once normalized: "docker.io/library/" counts. */
+  char long_name[251];
+  memset(long_name, 'a', sizeof(long_name) - 1);
+  long_name[sizeof(long_name) - 1] = '\0';
+  rejects(long_name, "255");
+  long_name[255 - strlen("docker.io/library/")] = '\0';
+  sg_image_ref_t r;
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_image_ref_parse(long_name, &r, &err), 0);
+  char *text = sg_image_ref_string(&r);
+  sg_image_ref_t again;
+  assert_int_equal(sg_image_ref_parse(text, &again, &err), 0);
+  free(text);
+  sg_image_ref_clear(&again);
+  sg_image_ref_clear(&r);
 }
 
 static void test_api_host_and_digest(void **state) {

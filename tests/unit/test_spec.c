@@ -380,10 +380,16 @@ static void test_invalid_type_runtime_image(void **state) {
   char *s513 = json_str_of('i', 513), *s256 = json_str_of('i', 256), *s255 = json_str_of('i', 255);
   expect_invalid("image", s513, "image");
   expect_invalid("image", s256, "image"); /* a reference's name is at most 255 characters */
-  expect_valid("image", s255);
+  /* ... once normalized: docker.io/library/ and 237 characters */
+  expect_invalid("image", s255, "image");
+  char *s238 = json_str_of('i', 238), *s237 = json_str_of('i', 237);
+  expect_invalid("image", s238, "image");
+  expect_valid("image", s237);
   free(s513);
   free(s256);
   free(s255);
+  free(s238);
+  free(s237);
 }
 
 static void test_invalid_command(void **state) {

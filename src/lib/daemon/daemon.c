@@ -223,6 +223,10 @@ int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t 
   json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
   if (!root)
     return sg_make_error(err, SG_EINVAL, "config %s: line %d: %s", path, jerr.line, jerr.text);
+  if (!json_is_object(root)) {
+    json_decref(root);
+    return sg_make_error(err, SG_EINVAL, "config %s: must be a JSON object", path);
+  }
   int r = 0;
   const char *key;
   json_t *v;

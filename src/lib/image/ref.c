@@ -173,6 +173,11 @@ int sg_image_ref_parse(const char *s, sg_image_ref_t *r, sg_error_t **err) {
     r->repository = xasprintf("library/%s", path);
   else
     r->repository = xstrdup(path);
+  /* The bound holds for the normalized name, as its string is parsed again. */
+  if (strlen(r->domain) + 1 + strlen(r->repository) > MAX_NAME) {
+    sg_image_ref_clear(r);
+    return sg_make_error(err, SG_EINVAL, "image reference \"%s\": the name must be 1 to %d characters", s, MAX_NAME);
+  }
   if (!r->tag && !r->digest)
     r->tag = xstrdup("latest");
   return 0;

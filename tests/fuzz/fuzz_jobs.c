@@ -1,0 +1,142 @@
+/* Fuzz target for the RunPod-style job bodies (gateway/jobs-proto.c): the
+ * POST /run and /runsync body (input, webhook, policy), a worker's answer to
+ * a job, and the webhook allow-list entries and job ids that come with them.
+ *
+ * A body either parses or fails with a message (naming the field for
+ * SG_EINVAL). A parsed body holds its input as compact JSON within the limit,
+ * a webhook that passes the URL check and policy values within their bounds,
+ * and survives the round trip: written back as a body, it parses to the same
+ * thing. A worker's answer always becomes a finished job whose output or error
+ * is JSON text. */
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/jobs-proto.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* JSON text (a string may hold \u0000: a worker's answer may). */
+static bool is_json(const char *text) {
+  json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+  json_decref(j);
+  return j != NULL;
+}
+
+static void check_submit(const sg_job_submit_t *s, size_t max_input) {
+  if (!s->input || s->input_len != strlen(s->input) || s->input_len > max_input || !is_json(s->input))
+    abort();
+  if (s->webhook && sg_webhook_url_check(s->webhook, NULL) < 0)
+    abort();
+  if (s->exec_timeout_ms && (s->exec_timeout_ms < SG_JOB_TIMEOUT_MIN_MS || s->exec_timeout_ms > SG_JOB_TIMEOUT_MAX_MS))
+    abort();
+  if (s->ttl_ms && (s->ttl_ms < SG_JOB_TIMEOUT_MIN_MS || s->ttl_ms > SG_JOB_TIMEOUT_MAX_MS))
+    abort();
+
+  json_t *body = json_object();
+  json_object_set_new(body, "input", json_loads(s->input, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL));
+  if (s->webhook)
+    json_object_set_new(body, "webhook", json_string(s->webhook));
+  json_t *policy = json_object();
+  if (s->exec_timeout_ms)
+    json_object_set_new(policy, "executionTimeout", json_integer(s->exec_timeout_ms));
+  if (s->ttl_ms)
+    json_object_set_new(policy, "ttl", json_integer(s->ttl_ms));
+  json_object_set_new(body, "policy", policy);
+  char *text = json_dumps(body, 0);
+  if (!text)
+    abort();
+  sg_job_submit_t again;
+  sg_error_t *err = NULL;
+  if (sg_job_submit_parse(text, strlen(text), max_input, &again, &err) < 0)
+    abort();
+  if (strcmp(again.input, s->input) || again.input_len != s->input_len || again.exec_timeout_ms != s->exec_timeout_ms ||
+      again.ttl_ms != s->ttl_ms || (!again.webhook != !s->webhook) ||
+      (s->webhook && strcmp(again.webhook, s->webhook)))
+    abort();
+  sg_job_submit_clear(&again);
+  free(text);
+  json_decref(body);
+}
+
+static void check_result(int status, const uint8_t *data, size_t size) {
+  sg_job_result_t r;
+  sg_job_result_parse(status, (const char *)data, size, &r);
+  if (r.status == SG_JOB_COMPLETED) {
+    if (!r.output || r.error || !is_json(r.output))
+      abort();
+  } else if (r.status == SG_JOB_FAILED) {
+    if (!r.error || r.output || !is_json(r.error))
+      abort();
+  } else {
+    abort();
+  }
+  if ((status < 200 || status > 299) && r.status != SG_JOB_FAILED)
+    abort();
+  sg_job_result_clear(&r);
+}
+
+/* One NUL-terminated line of the input, for the text parsers. */
+static void check_line(const uint8_t *data, size_t size) {
+  size_t n = 0;
+  while (n < size && n < 256 && data[n] != '\n' && data[n] != '\0')
+    n++;
+  char line[257];
+  memcpy(line, data, n);
+  line[n] = '\0';
+  sg_addr_rule_t rule;
+  if (sg_addr_rule_parse(line, &rule, NULL) == 0 && !rule.public_any) {
+    if ((rule.family != AF_INET && rule.family != AF_INET6) || rule.prefix < 0 ||
+        rule.prefix > (rule.family == AF_INET ? 32 : 128))
+      abort();
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6};
+    struct sockaddr_in sa4 = {.sin_family = AF_INET};
+    const struct sockaddr *sa = (const struct sockaddr *)&sa6;
+    if (rule.family == AF_INET) {
+      memcpy(&sa4.sin_addr, rule.addr, 4);
+      sa = (const struct sockaddr *)&sa4;
+    } else {
+      memcpy(&sa6.sin6_addr, rule.addr, 16);
+    }
+    /* A rule admits its own address (IPv4-mapped IPv6 rules aside: the
+     * allow-list compares mapped addresses as IPv4). */
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    bool is_mapped = rule.family == AF_INET6 && !memcmp(rule.addr, mapped, 12);
+    if (!is_mapped && !sg_addr_allowed(&rule, 1, sa))
+      abort();
+    sg_addr_is_public(sa);
+  }
+  bool valid = n >= 1 && n <= SG_JOB_ID_MAX;
+  for (size_t i = 0; i < n && valid; i++)
+    valid = (line[i] >= 'a' && line[i] <= 'z') || (line[i] >= 'A' && line[i] <= 'Z') ||
+            (line[i] >= '0' && line[i] <= '9') || line[i] == '-' || line[i] == '_';
+  if (sg_job_id_valid(line) != valid)
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  /* The limit varies with the input so that the size check is reached. */
+  size_t max_input = size > 0 ? (size_t)data[0] * 64 : 1024;
+  sg_job_submit_t s;
+  sg_error_t *err = NULL;
+  if (sg_job_submit_parse((const char *)data, size, max_input, &s, &err) < 0) {
+    if (!err || !err->message || s.input || s.webhook)
+      abort();
+    if (err->status != SG_EJSON && err->status != SG_EINVAL && err->status != SG_ETOOLARGE)
+      abort();
+    if (err->status == SG_EINVAL && !err->field)
+      abort();
+    sg_error_free(err);
+  } else {
+    if (err)
+      abort();
+    check_submit(&s, max_input);
+    sg_job_submit_clear(&s);
+  }
+  check_result(200, data, size);
+  check_result(size > 1 ? 100 + data[1] * 2 : 500, data, size);
+  check_line(data, size);
+  return 0;
+}
