@@ -100,11 +100,8 @@ static void check_line(const uint8_t *data, size_t size) {
     } else {
       memcpy(&sa6.sin6_addr, rule.addr, 16);
     }
-    /* A rule admits its own address (IPv4-mapped IPv6 rules aside: the
-     * allow-list compares mapped addresses as IPv4). */
-    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    bool is_mapped = rule.family == AF_INET6 && !memcmp(rule.addr, mapped, 12);
-    if (!is_mapped && !sg_addr_allowed(&rule, 1, sa))
+    /* A rule admits its own address. */
+    if (!sg_addr_allowed(&rule, 1, sa))
       abort();
     sg_addr_is_public(sa);
   }

@@ -127,6 +127,15 @@ class JobsTest(SgpudTestCase):
         self.assertEqual(resp.body["status"], "COMPLETED")
         self.assertEqual(resp.body["output"], {"answer": 42})
 
+    def test_output_with_a_nul_character_stays_json(self):
+        name = self.endpoint("jnul")
+        resp = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"output": {"text": "a\u0000b"}}})
+        self.assertEqual(resp.status, 200, resp.body)
+        self.assertEqual(resp.body["status"], "COMPLETED")
+        self.assertEqual(resp.body["output"], {"text": "a\u0000b"})
+        status = self.sg.api("GET", "/v2/%s/status/%s" % (name, resp.body["id"]))
+        self.assertEqual(status.body["output"], {"text": "a\u0000b"})
+
     def test_runsync_wait_ends_with_the_current_status(self):
         name = self.endpoint("jwait")
         start = time.monotonic()

@@ -215,6 +215,14 @@ static void test_allow_list(void **state) {
   assert_int_equal(sg_addr_rule_parse("10.0.0.0/12", &rules[0], &err), 0);
   assert_true(allowed(rules, 1, "10.15.0.1"));
   assert_false(allowed(rules, 1, "10.16.0.1"));
+  /* An IPv4-mapped rule admits the IPv4 address, plain or mapped. */
+  assert_int_equal(sg_addr_rule_parse("::ffff:10.0.0.1", &rules[0], &err), 0);
+  assert_true(allowed(rules, 1, "10.0.0.1"));
+  assert_true(allowed(rules, 1, "::ffff:10.0.0.1"));
+  assert_false(allowed(rules, 1, "10.0.0.2"));
+  assert_int_equal(sg_addr_rule_parse("::ffff:10.0.0.0/104", &rules[0], &err), 0);
+  assert_true(allowed(rules, 1, "10.9.9.9"));
+  assert_false(allowed(rules, 1, "11.0.0.1"));
   const char *bad[] = {"", "localhost", "10.0.0.0/33", "10.0.0.0/", "::1/129", "1.2.3.4/x", "everything"};
   for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
     assert_true(sg_addr_rule_parse(bad[i], &rules[0], &err) < 0);

@@ -25,7 +25,7 @@ static int get_ms(json_t *policy, const char *key, int64_t *out, sg_error_t **er
 int sg_job_submit_parse(const char *body, size_t len, size_t max_input, sg_job_submit_t *out, sg_error_t **err) {
   memset(out, 0, sizeof(*out));
   json_error_t jerr;
-  cleanup_json json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+  cleanup_json json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
   if (!j)
     return sg_make_error(err, SG_EJSON, "body is not valid JSON: line %d, column %d: %s", jerr.line, jerr.column,
                          jerr.text);
@@ -114,7 +114,7 @@ void sg_job_result_parse(int http_status, const char *body, size_t len, sg_job_r
     return;
   }
   json_error_t jerr;
-  cleanup_json json_t *j = len ? json_loadb(body, len, JSON_DECODE_ANY, &jerr) : NULL;
+  cleanup_json json_t *j = len ? json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr) : NULL;
   if (!j) {
     out->status = SG_JOB_COMPLETED;
     out->output = len ? json_string_text(body, len) : xstrdup("null");
@@ -227,6 +227,14 @@ int sg_addr_rule_parse(const char *text, sg_addr_rule_t *out, sg_error_t **err) 
       return sg_make_error(err, SG_EINVAL, "webhook_allow: bad prefix length in \"%s\"", text);
     out->prefix = (int)p;
   }
+  /* An IPv4-mapped rule ("::ffff:10.0.0.1") is the IPv4 rule it names. */
+  static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (out->family == AF_INET6 && out->prefix >= 96 && !memcmp(out->addr, mapped, 12)) {
+    memmove(out->addr, out->addr + 12, 4);
+    memset(out->addr + 4, 0, 12);
+    out->family = AF_INET;
+    out->prefix -= 96;
+  }
   return 0;
 }
 
@@ -276,19 +284,15 @@ bool sg_addr_is_public(const struct sockaddr *sa) {
 }
 
 bool sg_addr_allowed(const sg_addr_rule_t *rules, size_t n, const struct sockaddr *sa) {
-  const unsigned char *a = NULL;
-  int family = sa->sa_family;
-  unsigned char v4[4];
-  if (family == AF_INET) {
-    a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
-  } else if (family == AF_INET6) {
-    a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+  /* The address as IPv4 (also when IPv4-mapped) and as IPv6, where it is one. */
+  const unsigned char *a4 = NULL, *a6 = NULL;
+  if (sa->sa_family == AF_INET) {
+    a4 = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+  } else if (sa->sa_family == AF_INET6) {
+    a6 = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (!memcmp(a, mapped, 12)) {
-      memcpy(v4, a + 12, 4);
-      a = v4;
-      family = AF_INET;
-    }
+    if (!memcmp(a6, mapped, 12))
+      a4 = a6 + 12;
   } else {
     return false;
   }
@@ -298,7 +302,8 @@ bool sg_addr_allowed(const sg_addr_rule_t *rules, size_t n, const struct sockadd
         return true;
       continue;
     }
-    if (rules[i].family == family && prefix_match(a, rules[i].addr, rules[i].prefix))
+    const unsigned char *a = rules[i].family == AF_INET ? a4 : rules[i].family == AF_INET6 ? a6 : NULL;
+    if (a && prefix_match(a, rules[i].addr, rules[i].prefix))
       return true;
   }
   return false;

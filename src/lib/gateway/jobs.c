@@ -344,7 +344,7 @@ static void set_str(char **slot, char *value) {
 static json_t *json_value(const char *text) {
   if (!text)
     return json_null();
-  json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+  json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
   return v ? v : json_string(text);
 }
 
