@@ -259,6 +259,15 @@ class HeaderTest(HostileTestCase):
         self.assert_serving(sg)
         self.assert_clean_exit(sg)
 
+    def test_limit_keys_are_checked(self):
+        for key, value in (("max_header_bytes", 100), ("max_headers", 1), ("max_connections", -1),
+                           ("max_headers", "many")):
+            sg = Sgpud(config=write_config({key: value}))
+            self.addCleanup(sg.close)
+            with self.assertRaises(AssertionError) as cm:
+                sg.start(timeout=10)
+            self.assertIn("config: %s must be an integer" % key, str(cm.exception))
+
     def test_parse_errors_answer_in_the_clients_version(self):
         sg = self.start_sgpud()
         cases = [
