@@ -695,6 +695,11 @@ int sg_daemon_run(sg_daemon_t *d) {
 void sg_daemon_free(sg_daemon_t *d) {
   if (!d)
     return;
+  /* Client connections go first, so that the owners of their requests
+   * (proxies, job requests) hear of the end while the endpoints, workers and
+   * jobs they refer to still exist. */
+  sg_http_server_free(d->http);
+  d->http = NULL;
   sg_meter_shutdown(d);
   sg_jobs_shutdown(d);
   sg_endpoint_t *ep;
