@@ -284,28 +284,30 @@ class HeaderTest(HostileTestCase):
         self.assert_clean_exit(sg)
 
 
-# Runs sgpud with RLIMIT_NOFILE soft and hard limits of argv[1], then execs argv[2:].
-NOFILE_WRAPPER = ("import os, resource, sys; n = int(sys.argv[1]); "
-                  "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+# Runs sgpud with RLIMIT_NOFILE "SOFT:HARD" of argv[1], then execs argv[2:].
+NOFILE_WRAPPER = ("import os, resource, sys; soft, hard = map(int, sys.argv[1].split(':')); "
+                  "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)); "
                   "os.execv(sys.argv[2], sys.argv[2:])")
 
 
 class LimitedSgpud(Sgpud):
-    """sgpud started under a hard RLIMIT_NOFILE (it cannot raise it further)."""
+    """sgpud started under RLIMIT_NOFILE soft and hard limits (hard: soft by default)."""
 
-    def __init__(self, nofile, **kwargs):
+    def __init__(self, nofile, hard=None, **kwargs):
         super().__init__(**kwargs)
         self.nofile = nofile
+        self.hard = hard or nofile
 
     def command_line(self):
-        return [sys.executable, "-c", NOFILE_WRAPPER, str(self.nofile)] + super().command_line()
+        return ([sys.executable, "-c", NOFILE_WRAPPER, "%d:%d" % (self.nofile, self.hard)]
+                + super().command_line())
 
 
 class ConnectionFloodTest(HostileTestCase):
     ATTEMPTS = 2000
 
-    def start_limited(self, nofile, config=None):
-        sg = LimitedSgpud(nofile, config=config)
+    def start_limited(self, nofile, config=None, hard=None):
+        sg = LimitedSgpud(nofile, hard=hard, config=config)
         self._daemons.append((sg, 0))
         self.addCleanup(sg.close)
         sg.start()
@@ -347,6 +349,16 @@ class ConnectionFloodTest(HostileTestCase):
     def close_all(self, socks):
         for s in socks:
             s.close()
+
+    def test_soft_descriptor_limit_is_raised_to_the_hard_one(self):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard < 1024:
+            raise unittest.SkipTest("the hard RLIMIT_NOFILE here is %d" % hard)
+        sg = self.start_limited(256, hard=1024)
+        with open("/proc/%d/limits" % sg.proc.pid) as f:
+            line = [ln for ln in f if ln.startswith("Max open files")][0]
+        self.assertEqual(line.split()[3:5], ["1024", "1024"], line)
+        self.assert_clean_exit(sg)
 
     def test_connections_past_max_connections_are_refused(self):
         sg = self.start_limited(256)
