@@ -49,8 +49,8 @@ typedef enum {
 } sg_http_head_action_t;
 
 typedef struct sg_http_server_config {
-  size_t max_header_bytes;    /* request line and headers */
-  size_t max_headers;         /* header fields of one request (at least 1) */
+  size_t max_header_bytes;    /* request line and headers (0: 64 KiB) */
+  size_t max_headers;         /* header fields of one request (0: 100) */
   size_t max_connections;     /* open client connections (0: no limit) */
   size_t max_buffered_body;   /* bodies of SG_HTTP_BUFFER requests (413 above) */
   double header_timeout_s;

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <event2/listener.h>
-#include <fcntl.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -710,6 +709,10 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
   sg_http_server_t *srv = xcalloc(1, sizeof(*srv));
   srv->base = base;
   srv->cfg = *cfg;
+  if (srv->cfg.max_header_bytes == 0)
+    srv->cfg.max_header_bytes = 64 * 1024;
+  if (srv->cfg.max_headers == 0)
+    srv->cfg.max_headers = 100;
   LIST_INIT(&srv->conns);
   srv->listener = evconnlistener_new_bind(base, accept_cb, srv,
                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
