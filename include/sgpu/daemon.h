@@ -32,6 +32,9 @@ typedef struct sg_daemon_config {
   double header_timeout_s; /* a request's head must arrive within this */
   double idle_timeout_s;   /* idle keep-alive client connections are closed after this */
   double io_timeout_s;     /* a body read or answer write stalled this long ends the connection */
+  size_t max_header_bytes; /* request line and headers of one request (431 above) */
+  size_t max_headers;      /* header fields of one request (431 above) */
+  size_t max_connections;  /* open client connections; 0: sized from RLIMIT_NOFILE */
   char *prices;            /* "a100=0.0004,default=0.0001": price per GPU-second by type */
   double meter_checkpoint_s; /* usage records are written at least this often */
   int64_t log_max_bytes;   /* per endpoint, default retention */

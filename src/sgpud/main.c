@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "sgpu/daemon.h"
 #include "sgpu/log.h"
@@ -25,6 +26,19 @@ static const char usage[] =
     "  --price TYPE=PRICE,... price per GPU-second by GPU type (\"a100=0.0004,default=0.0002\");\n"
     "                       replaces the config file's \"prices\"; applies from this start on\n"
     "  --web-dir DIR        serve the web console from DIR instead of the copy built in\n";
+
+/* Every client connection, worker connection and log pipe is a descriptor:
+ * take all the system allows rather than the shell's soft limit. */
+static void raise_nofile_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rlim_t soft = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+    sg_warn("cannot raise the open file limit from %llu to %llu", (unsigned long long)soft,
+            (unsigned long long)rl.rlim_max);
+}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
@@ -120,6 +134,7 @@ int main(int argc, char **argv) {
   }
   cfg.sample_endpoint |= sample;
 
+  raise_nofile_limit();
   sg_daemon_t *d = sg_daemon_new(&cfg, &err);
   if (!d) {
     fprintf(stderr, "sgpud: %s\n", err->message);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "api/api-internal.h"
@@ -28,6 +29,8 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   cfg->header_timeout_s = 10;
   cfg->idle_timeout_s = 75;
   cfg->io_timeout_s = 60;
+  cfg->max_header_bytes = 64 * 1024;
+  cfg->max_headers = 100;
   cfg->webhook_allow = xcalloc(2, sizeof(char *));
   cfg->webhook_allow[0] = xstrdup("public");
   cfg->n_webhook_allow = 1;
@@ -184,9 +187,33 @@ static int load_retention(sg_daemon_config_t *cfg, json_t *v, sg_error_t **err) 
 }
 
 /* The keys of the meter, the log store and the console. 1 when key is not one of them. */
+/* Limits of client connections. Returns 1 when key is not one of them. */
+static int load_http_limits(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  json_int_t n = json_is_integer(v) ? json_integer_value(v) : -1;
+  if (!strcmp(key, "max_header_bytes")) {
+    if (n < 1024 || n > (16 << 20))
+      return sg_make_error(err, SG_EINVAL, "config: max_header_bytes must be an integer 1024..16777216");
+    cfg->max_header_bytes = (size_t)n;
+  } else if (!strcmp(key, "max_headers")) {
+    if (n < 8 || n > 10000)
+      return sg_make_error(err, SG_EINVAL, "config: max_headers must be an integer 8..10000");
+    cfg->max_headers = (size_t)n;
+  } else if (!strcmp(key, "max_connections")) {
+    if (n < 0 || n > 10000000)
+      return sg_make_error(err, SG_EINVAL,
+                           "config: max_connections must be an integer 0..10000000 (0: sized from RLIMIT_NOFILE)");
+    cfg->max_connections = (size_t)n;
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
 static int load_more(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
   double num;
   int r = 0;
+  if ((r = load_http_limits(cfg, key, v, err)) != 1)
+    return r;
   if (!strcmp(key, "prices"))
     return load_prices(cfg, v, err);
   if (!strcmp(key, "log_retention"))
@@ -457,6 +484,17 @@ static int write_key(sg_daemon_t *d, sg_error_t **err) {
   return 0;
 }
 
+/* Half the descriptors for client connections (each proxied one may need a
+ * connection to a worker too), less a reserve for workers, logs and the store. */
+static size_t default_max_connections(void) {
+  struct rlimit rl;
+  rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+  if (n == RLIM_INFINITY || n > (1u << 21))
+    n = 1u << 21;
+  size_t half = (size_t)n / 2;
+  return half > 64 + 16 ? half - 64 : 16;
+}
+
 static int bind_http(sg_daemon_t *d, sg_error_t **err) {
   cleanup_free char *addr = xstrdup(d->cfg.listen);
   char *colon = strrchr(addr, ':');
@@ -473,7 +511,9 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
     colon[-1] = '\0';
   }
   sg_http_server_config_t hc = {
-      .max_header_bytes = 64 * 1024,
+      .max_header_bytes = d->cfg.max_header_bytes,
+      .max_headers = d->cfg.max_headers,
+      .max_connections = d->cfg.max_connections ? d->cfg.max_connections : default_max_connections(),
       .max_buffered_body = SG_API_MAX_BODY,
       .header_timeout_s = d->cfg.header_timeout_s,
       .idle_timeout_s = d->cfg.idle_timeout_s,
@@ -661,6 +701,11 @@ int sg_daemon_run(sg_daemon_t *d) {
 void sg_daemon_free(sg_daemon_t *d) {
   if (!d)
     return;
+  /* Client connections go first, so that the owners of their requests
+   * (proxies, job requests) hear of the end while the endpoints, workers and
+   * jobs they refer to still exist. */
+  sg_http_server_free(d->http);
+  d->http = NULL;
   sg_meter_shutdown(d);
   sg_jobs_shutdown(d);
   sg_endpoint_t *ep;

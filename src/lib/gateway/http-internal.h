@@ -8,14 +8,26 @@
  * or takes the body as a stream with sg_http_stream_body() (the gateway).
  *
  * A request lives until its answer ended (sg_http_reply() or
- * sg_http_reply_end()) or the client went away. A handler that answers later
- * than inside its callback must set a close callback: it is called once if the
- * client goes away first, and the request is freed right after it returns.
+ * sg_http_reply_end()) or the server ended it. A handler that keeps a request
+ * past its callback (an owner: the proxy, a job request) must set a close
+ * callback: whatever ends the request before the owner answered it (the
+ * client went away, the rest of the request was malformed, too large or too
+ * slow), the owner hears of it there, once, and nowhere else; the request is
+ * freed (or answered with the error, then freed) by the server after the
+ * callback returns, and no other handler callback runs for it afterwards.
  *
  * Timeouts bound what a client can hold: the head of a request must arrive
  * within header_timeout_s of its first byte, an idle keep-alive connection is
  * closed after idle_timeout_s, and a body read or an answer written that makes
- * no progress for io_timeout_s ends the connection. */
+ * no progress for io_timeout_s ends the connection.
+ *
+ * Limits bound what one connection can hold: a head of at most
+ * max_header_bytes (request line and headers, buffers grown as bytes arrive,
+ * never preallocated) and max_headers headers (431 past either); chunked
+ * trailers are counted against the same bound and dropped; at most
+ * max_connections open connections (past it a new one gets a short 503 and is
+ * closed). Freed buffers of closed connections are handed back to the system
+ * in batches. */
 #ifndef SGPU_HTTP_INTERNAL_H
 #define SGPU_HTTP_INTERNAL_H
 
@@ -37,7 +49,9 @@ typedef enum {
 } sg_http_head_action_t;
 
 typedef struct sg_http_server_config {
-  size_t max_header_bytes;    /* request line and headers */
+  size_t max_header_bytes;    /* request line and headers (0: 64 KiB) */
+  size_t max_headers;         /* header fields of one request (0: 100) */
+  size_t max_connections;     /* open client connections (0: no limit) */
   size_t max_buffered_body;   /* bodies of SG_HTTP_BUFFER requests (413 above) */
   double header_timeout_s;
   double idle_timeout_s;
@@ -54,6 +68,10 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
                                      int port, int *bound_port, sg_error_t **err);
 /* Closes the listener and every connection (close callbacks run). */
 void sg_http_server_free(sg_http_server_t *srv);
+/* Serves an already connected socket (taken; made non-blocking) as if it had
+ * been accepted, e.g. one end of a socketpair. It counts as an open
+ * connection but is never refused. */
+void sg_http_server_adopt(sg_http_server_t *srv, int fd);
 
 /* ---- the request ---- */
 
@@ -80,8 +98,9 @@ const char *sg_http_peer(const sg_http_req_t *req);
 struct evbuffer *sg_http_body(sg_http_req_t *req);
 int sg_http_version_minor(const sg_http_req_t *req);
 
-/* Called once if the client goes away before the answer ended; req is freed
- * when it returns. NULL removes it. */
+/* Called once if the request ends before its owner answered it (see above);
+ * the owner must forget req, which the server frees after the callback
+ * returns. NULL removes it. */
 void sg_http_set_close_cb(sg_http_req_t *req, void (*cb)(sg_http_req_t *req, void *arg), void *arg);
 
 /* Streams the request body: on_data gets each piece as it arrives (the

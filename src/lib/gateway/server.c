@@ -11,14 +11,24 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "gateway/http-internal.h"
 #include "gateway/stream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-#define MAX_HEADERS 128
 #define READ_HIGH_WATER (256u << 10)
+#define ACCEPT_PAUSE_MS 100
+/* Memory given back by closed connections before the allocator is asked to
+ * return free pages to the system, and how soon after. */
+#define TRIM_AFTER_BYTES (4u << 20)
+#define TRIM_DELAY_MS 500
+/* Request head buffers at least this large count towards TRIM_AFTER_BYTES. */
+#define TRIM_MIN_BUFFER 4096
 
 typedef struct conn conn_t;
 
@@ -27,6 +37,12 @@ struct sg_http_server {
   struct evconnlistener *listener;
   sg_http_server_config_t cfg;
   LIST_HEAD(, conn) conns;
+  size_t n_conns;
+  struct event *accept_timer; /* ends a pause of accepting after EMFILE */
+  unsigned accept_pauses;     /* pauses since accepting last succeeded */
+  struct event *trim_timer;
+  size_t released; /* bytes of buffers freed since the last trim */
+  uint64_t refused; /* connections refused past max_connections */
 };
 
 /* A header of the request: offsets of its NUL-terminated name and value in
@@ -40,15 +56,18 @@ struct hdr {
 
 struct sg_http_req {
   conn_t *c;
+  sg_http_server_t *srv;
   char method[24];
   bool head, idempotent;
   char *target, *path, *query;
   size_t target_len;
-  struct hdr in[MAX_HEADERS];
-  size_t n_in;
-  char *hbuf; /* header arena */
+  struct hdr *in; /* at most cfg.max_headers */
+  size_t n_in, in_cap;
+  char *hbuf; /* header arena, always NUL-terminated at hlen */
   size_t hlen, hcap;
   bool in_value; /* the parser is inside a header value */
+  bool head_done;       /* later header callbacks are trailers: dropped */
+  size_t trailer_bytes; /* bounded like the head */
   int64_t content_length;
   int major, minor;
   bool keep_alive;
@@ -143,12 +162,37 @@ static void set_read_timeout(conn_t *c, bool on) {
   sg_stream_set_timeouts(c->s, on ? io : 0, io);
 }
 
+/* ---- memory ---- */
+
+static void trim_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_http_server_t *srv = arg;
+  srv->released = 0;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
+/* Notes that n bytes of per-connection buffers were freed. Many closed
+ * connections leave free holes all over the heap that the allocator keeps;
+ * once enough were freed, a trim a moment later gives their pages back. */
+static void note_released(sg_http_server_t *srv, size_t n) {
+  srv->released += n;
+  if (srv->released >= TRIM_AFTER_BYTES && !evtimer_pending(srv->trim_timer, NULL)) {
+    struct timeval tv = {0, TRIM_DELAY_MS * 1000};
+    evtimer_add(srv->trim_timer, &tv);
+  }
+}
+
 /* ---- requests ---- */
 
 static void req_free(sg_http_req_t *r) {
   if (!r)
     return;
+  size_t held = r->hcap + r->in_cap * sizeof(*r->in) + r->target_len;
+  if (held >= TRIM_MIN_BUFFER)
+    note_released(r->srv, held + sizeof(*r));
   free(r->hbuf);
+  free(r->in);
   if (r->out_head)
     evbuffer_free(r->out_head);
   free(r->target);
@@ -161,20 +205,40 @@ static void req_free(sg_http_req_t *r) {
   free(r);
 }
 
+/* The one way a request's owner hears that the request ended before the
+ * owner answered it: the client went away, or the rest of the request was
+ * malformed, too large or too slow. The close callback runs at most once; from
+ * then on the request belongs to the server alone and no handler callback
+ * (body, drain, close) runs for it. */
+static void end_for_owner(sg_http_req_t *r) {
+  void (*cb)(sg_http_req_t *, void *) = r->close_cb;
+  void *arg = r->close_arg;
+  r->close_cb = NULL;
+  r->close_arg = NULL;
+  r->drain_cb = NULL;
+  r->on_data = NULL;
+  r->on_end = NULL;
+  r->action = SG_HTTP_DONE;
+  if (cb)
+    cb(r, arg);
+}
+
 static void conn_free(conn_t *c) {
+  sg_http_server_t *srv = c->srv;
   LIST_REMOVE(c, link);
+  srv->n_conns--;
   if (c->req) {
     sg_http_req_t *r = c->req;
     c->req = NULL;
     r->c = NULL;
-    if (r->close_cb)
-      r->close_cb(r, r->close_arg);
+    end_for_owner(r);
     req_free(r);
   }
   event_free(c->timer);
   event_free(c->resume);
   sg_stream_free(c->s);
   free(c);
+  note_released(srv, sizeof(*c));
 }
 
 /* Frees c now, or when the processing on the stack unwinds. */
@@ -230,6 +294,7 @@ static int on_message_begin(http_parser *p) {
     return -1;
   sg_http_req_t *r = xcalloc(1, sizeof(*r));
   r->c = c;
+  r->srv = c->srv;
   r->content_length = -1;
   c->req = r;
   set_timer(c, c->srv->cfg.header_timeout_s);
@@ -239,7 +304,7 @@ static int on_message_begin(http_parser *p) {
 static int on_url(http_parser *p, const char *at, size_t len) {
   conn_t *c = p->data;
   sg_http_req_t *r = c->req;
-  if (r->target_len + len > c->srv->cfg.max_header_bytes)
+  if (r->target_len + r->hlen + len > c->srv->cfg.max_header_bytes)
     return -1;
   r->target = xrealloc(r->target, r->target_len + len + 1);
   memcpy(r->target + r->target_len, at, len);
@@ -248,44 +313,76 @@ static int on_url(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
-static void arena_add(sg_http_req_t *r, const char *at, size_t len) {
+/* Appends len bytes (a NUL when at is NULL) to the header arena, which stays
+ * NUL-terminated. False, with nothing added, when the head would go over
+ * max_header_bytes; the arena grows in steps and never past that bound. */
+static bool arena_add(sg_http_req_t *r, const char *at, size_t len) {
+  size_t limit = r->srv->cfg.max_header_bytes;
+  if (r->target_len + r->hlen + len > limit)
+    return false;
   if (r->hlen + len + 1 > r->hcap) {
-    r->hcap = r->hcap ? 2 * r->hcap : 1024;
-    while (r->hcap < r->hlen + len + 1)
-      r->hcap *= 2;
-    r->hbuf = xrealloc(r->hbuf, r->hcap);
+    size_t cap = r->hcap ? 2 * r->hcap : 512;
+    while (cap < r->hlen + len + 1)
+      cap *= 2;
+    if (cap > limit + 1)
+      cap = limit + 1;
+    r->hbuf = xrealloc(r->hbuf, cap);
+    r->hcap = cap;
   }
-  memcpy(r->hbuf + r->hlen, at, len);
+  if (at)
+    memcpy(r->hbuf + r->hlen, at, len);
+  else
+    memset(r->hbuf + r->hlen, 0, len);
   r->hlen += len;
+  r->hbuf[r->hlen] = '\0';
+  return true;
+}
+
+/* Trailers of a chunked body come through the header callbacks after the head
+ * was handed on: they are counted against the same bound and dropped, so that
+ * nothing a client sends after the head can pass for a header. */
+static int trailer(sg_http_req_t *r, size_t len) {
+  r->trailer_bytes += len;
+  return r->trailer_bytes > r->srv->cfg.max_header_bytes ? -1 : 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
   conn_t *c = p->data;
   sg_http_req_t *r = c->req;
+  if (r->head_done)
+    return trailer(r, len);
   if (r->in_value || r->n_in == 0) {
-    if (r->n_in == MAX_HEADERS)
+    if (r->n_in == c->srv->cfg.max_headers)
       return -1;
-    if (r->n_in > 0)
-      arena_add(r, "", 1); /* ends the previous value */
+    if (r->n_in > 0 && !arena_add(r, NULL, 1)) /* ends the previous value */
+      return -1;
+    if (r->n_in == r->in_cap) {
+      size_t cap = r->in_cap ? 2 * r->in_cap : 16;
+      if (cap > c->srv->cfg.max_headers)
+        cap = c->srv->cfg.max_headers;
+      r->in = xrealloc(r->in, cap * sizeof(*r->in));
+      r->in_cap = cap;
+    }
     r->in[r->n_in].name = (uint32_t)r->hlen;
     r->in[r->n_in].value = NO_VALUE;
     r->n_in++;
     r->in_value = false;
   }
-  arena_add(r, at, len);
-  return r->hlen + r->target_len > c->srv->cfg.max_header_bytes ? -1 : 0;
+  return arena_add(r, at, len) ? 0 : -1;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   conn_t *c = p->data;
   sg_http_req_t *r = c->req;
+  if (r->head_done)
+    return trailer(r, len);
   if (!r->in_value) {
-    arena_add(r, "", 1); /* ends the name */
+    if (!arena_add(r, NULL, 1)) /* ends the name */
+      return -1;
     r->in[r->n_in - 1].value = (uint32_t)r->hlen;
     r->in_value = true;
   }
-  arena_add(r, at, len);
-  return r->hlen + r->target_len > c->srv->cfg.max_header_bytes ? -1 : 0;
+  return arena_add(r, at, len) ? 0 : -1;
 }
 
 static void split_target(sg_http_req_t *r) {
@@ -305,11 +402,22 @@ static void send_continue(conn_t *c) {
   evbuffer_add(sg_stream_output(c->s), line, sizeof(line) - 1);
 }
 
-/* Answers an error for a request whose body will not be read, then closes. */
+/* Ends a request on the server's side (malformed, too large, too slow): its
+ * owner hears of it through its close callback first, then the client gets the
+ * error, or a broken answer when one had started, and the connection closes. */
 static void reject(sg_http_req_t *r, int status, const char *code, const char *msg) {
+  end_for_owner(r);
+  if (r->started) {
+    sg_http_reply_abort(r);
+    return;
+  }
   char body[512];
   int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code, msg);
   r->close_after = true;
+  r->keep_alive = false;
+  if (r->out_head) /* headers a handler added for an answer it will not send */
+    evbuffer_drain(r->out_head, evbuffer_get_length(r->out_head));
+  r->out_has_length = false;
   sg_http_reply(r, status, "application/json", body, (size_t)n);
 }
 
@@ -318,8 +426,9 @@ static int on_headers_complete(http_parser *p) {
   sg_http_server_t *srv = c->srv;
   sg_http_req_t *r = c->req;
   evtimer_del(c->timer);
-  if (r->n_in > 0)
-    arena_add(r, "", 1); /* ends the last name or value */
+  r->head_done = true;
+  if (r->n_in > 0 && !arena_add(r, NULL, 1)) /* ends the last name or value */
+    return -1;
   snprintf(r->method, sizeof(r->method), "%s", http_method_str((enum http_method)p->method));
   r->head = p->method == HTTP_HEAD;
   r->idempotent = p->method == HTTP_GET || p->method == HTTP_HEAD || p->method == HTTP_PUT ||
@@ -367,6 +476,8 @@ static int on_body(http_parser *p, const char *at, size_t len) {
     evbuffer_add(r->body, at, len);
     return 0;
   }
+  if (!r->on_data)
+    return 0;
   if (!r->chunk)
     r->chunk = evbuffer_new();
   evbuffer_add(r->chunk, at, len);
@@ -399,6 +510,16 @@ static const http_parser_settings settings = {
     .on_message_complete = on_message_complete,
 };
 
+/* Before the head is complete, takes the request's HTTP version from the
+ * parser so that an error answer speaks the client's version when the request
+ * line got that far (HTTP/1.1 otherwise). */
+static void version_from_parser(conn_t *c, sg_http_req_t *r) {
+  if (r->head_done)
+    return;
+  r->major = 1;
+  r->minor = c->parser.http_major == 1 && c->parser.http_minor == 0 ? 0 : 1;
+}
+
 /* Parses what the input buffer holds, one request at a time. */
 static void process(conn_t *c) {
   if (c->in_process)
@@ -423,16 +544,13 @@ static void process(conn_t *c) {
       continue; /* a message ended; the loop head decides */
     if (e != HPE_OK || c->parser.upgrade) {
       sg_http_req_t *r = c->req;
-      if (r && r->started) {
-        sg_http_reply_abort(r);
-        break;
-      }
       if (!r) {
         on_message_begin(&c->parser);
         r = c->req;
       }
+      version_from_parser(c, r);
       bool too_big = e == HPE_HEADER_OVERFLOW || e == HPE_CB_url || e == HPE_CB_header_field ||
-                     e == HPE_CB_header_value;
+                     e == HPE_CB_header_value || e == HPE_CB_headers_complete;
       r->keep_alive = false;
       if (too_big)
         reject(r, 431, "too_large", "request head is over the limit");
@@ -477,22 +595,24 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
   sg_http_req_t *r = c->req;
   if (r && !r->started && !r->message_complete) {
     r->keep_alive = false;
+    version_from_parser(c, r);
     reject(r, 408, "timeout", "the request head did not arrive in time");
     return;
   }
   conn_kill(c); /* idle keep-alive connection */
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
-  sg_http_server_t *srv = arg;
+/* Serves fd (taken) as a new client connection. */
+static void conn_new(sg_http_server_t *srv, evutil_socket_t fd, const struct sockaddr *sa) {
   conn_t *c = xcalloc(1, sizeof(*c));
   c->srv = srv;
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (sa->sa_family == AF_INET)
-    inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
-  else if (sa->sa_family == AF_INET6)
-    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof(c->peer));
+  if (sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6))
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (sa && sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
+  else if (sa && sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer, sizeof(c->peer));
   c->s = sg_stream_new(srv->base, fd, &stream_cbs, c);
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
@@ -502,18 +622,65 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
   set_read_timeout(c, false);
   set_timer(c, srv->cfg.idle_timeout_s);
   LIST_INSERT_HEAD(&srv->conns, c, link);
+  srv->n_conns++;
+}
+
+/* Past max_connections: a short answer, written only if the socket takes it at
+ * once, and the connection closes. */
+static void refuse(sg_http_server_t *srv, evutil_socket_t fd) {
+  static const char answer[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 70\r\n"
+                               "Connection: close\r\nRetry-After: 1\r\n\r\n"
+                               "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many open connections\"}}\n";
+  ssize_t n;
+  do
+    n = send(fd, answer, sizeof(answer) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  shutdown(fd, SHUT_WR);
+  close(fd);
+  if (srv->refused++ % 1000 == 0)
+    sg_warn("refusing connections: %zu are open (max_connections); %llu refused so far", srv->n_conns,
+            (unsigned long long)srv->refused);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
+  sg_http_server_t *srv = arg;
+  if (srv->accept_pauses > 0) {
+    sg_info("accepting again after %u pause(s) for lack of file descriptors", srv->accept_pauses);
+    srv->accept_pauses = 0;
+  }
+  if (srv->cfg.max_connections > 0 && srv->n_conns >= srv->cfg.max_connections) {
+    refuse(srv, fd);
+    return;
+  }
+  conn_new(srv, fd, sa);
+}
+
+void sg_http_server_adopt(sg_http_server_t *srv, int fd) {
+  evutil_make_socket_nonblocking(fd);
+  conn_new(srv, fd, NULL);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_http_server_t *srv = arg;
+  evconnlistener_enable(srv->listener);
 }
 
 static void accept_error_cb(struct evconnlistener *l, void *arg) {
+  sg_http_server_t *srv = arg;
   int e = EVUTIL_SOCKET_ERROR();
-  sg_warn("accept: %s", evutil_socket_error_to_string(e));
-  if (e == EMFILE || e == ENFILE) {
-    /* Out of descriptors: pause accepting for a moment rather than spin. */
-    evconnlistener_disable(l);
-    struct timeval tv = {0, 100000};
-    event_base_once(evconnlistener_get_base(l), -1, EV_TIMEOUT,
-                    (event_callback_fn)(void (*)(void))evconnlistener_enable, l, &tv);
+  if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+    sg_warn("accept: %s", evutil_socket_error_to_string(e));
+    return;
   }
+  /* Out of descriptors or memory: pause accepting for a moment rather than
+   * spin; the connections already queued wait in the backlog. */
+  if (srv->accept_pauses++ == 0)
+    sg_warn("accept: %s; pausing accepts for %d ms at a time until descriptors are free (%zu connections open)",
+            evutil_socket_error_to_string(e), ACCEPT_PAUSE_MS, srv->n_conns);
+  evconnlistener_disable(l);
+  struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+  evtimer_add(srv->accept_timer, &tv);
 }
 
 sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_server_config_t *cfg, const char *host,
@@ -542,6 +709,10 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
   sg_http_server_t *srv = xcalloc(1, sizeof(*srv));
   srv->base = base;
   srv->cfg = *cfg;
+  if (srv->cfg.max_header_bytes == 0)
+    srv->cfg.max_header_bytes = 64 * 1024;
+  if (srv->cfg.max_headers == 0)
+    srv->cfg.max_headers = 100;
   LIST_INIT(&srv->conns);
   srv->listener = evconnlistener_new_bind(base, accept_cb, srv,
                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
@@ -553,6 +724,8 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
     return NULL;
   }
   evconnlistener_set_error_cb(srv->listener, accept_error_cb);
+  srv->accept_timer = evtimer_new(base, accept_resume_cb, srv);
+  srv->trim_timer = evtimer_new(base, trim_cb, srv);
   struct sockaddr_storage bound;
   socklen_t bl = sizeof(bound);
   getsockname(evconnlistener_get_fd(srv->listener), (struct sockaddr *)&bound, &bl);
@@ -568,6 +741,8 @@ void sg_http_server_free(sg_http_server_t *srv) {
   conn_t *c;
   while ((c = LIST_FIRST(&srv->conns)))
     conn_free(c);
+  event_free(srv->accept_timer);
+  event_free(srv->trim_timer);
   free(srv);
 }
 

@@ -35,6 +35,7 @@ struct sg_upstream {
   size_t n_headers;
   size_t head_bytes;
   bool in_value;
+  bool head_done; /* header callbacks now carry trailers: counted and dropped */
   struct evbuffer *piece;
 };
 
@@ -49,6 +50,7 @@ static void clear_headers(sg_upstream_t *u) {
   u->n_headers = 0;
   u->head_bytes = 0;
   u->in_value = false;
+  u->head_done = false;
 }
 
 static void really_free(sg_upstream_t *u) {
@@ -91,6 +93,12 @@ static char *append(char *s, const char *at, size_t len) {
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
   sg_upstream_t *u = p->data;
+  if (u->head_bytes + len > MAX_HEAD_BYTES)
+    return -1;
+  if (u->head_done) { /* a trailer of a chunked answer */
+    u->head_bytes += len;
+    return 0;
+  }
   if (u->in_value || u->n_headers == 0) {
     if (u->n_headers == MAX_HEADERS)
       return -1;
@@ -99,21 +107,25 @@ static int on_header_field(http_parser *p, const char *at, size_t len) {
   }
   u->head_bytes += len;
   u->names[u->n_headers - 1] = append(u->names[u->n_headers - 1], at, len);
-  return u->head_bytes > MAX_HEAD_BYTES ? -1 : 0;
+  return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   sg_upstream_t *u = p->data;
-  u->in_value = true;
+  if (u->head_bytes + len > MAX_HEAD_BYTES)
+    return -1;
   u->head_bytes += len;
+  if (u->head_done || u->n_headers == 0)
+    return 0;
+  u->in_value = true;
   u->values[u->n_headers - 1] = append(u->values[u->n_headers - 1], at, len);
-  return u->head_bytes > MAX_HEAD_BYTES ? -1 : 0;
+  return 0;
 }
 
 static int on_headers_complete(http_parser *p) {
   sg_upstream_t *u = p->data;
   if (p->status_code >= 100 && p->status_code < 200)
-    return 0; /* an interim answer: its headers are dropped with it */
+    return 1; /* an interim answer has no body whatever it says; its headers are dropped with it */
   u->answer_started = true;
   sg_upstream_header_t hs[MAX_HEADERS];
   for (size_t i = 0; i < u->n_headers; i++) {
@@ -123,12 +135,13 @@ static int on_headers_complete(http_parser *p) {
   if (u->h && u->h->on_head)
     u->h->on_head(u->arg, p->status_code, hs, u->n_headers);
   clear_headers(u);
+  u->head_done = true; /* trailers, if any, are not forwarded */
   return u->head_request ? 1 : 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t len) {
   sg_upstream_t *u = p->data;
-  if (!u->h)
+  if (!u->h || !u->answer_started)
     return 0;
   evbuffer_add(u->piece, at, len);
   u->h->on_body(u->arg, u->piece);
@@ -253,6 +266,18 @@ sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int po
   return u;
 }
 
+sg_upstream_t *sg_upstream_adopt(struct event_base *base, int fd) {
+  sg_upstream_t *u = xcalloc(1, sizeof(*u));
+  u->piece = evbuffer_new();
+  u->state = U_IDLE;
+  u->connected = true;
+  http_parser_init(&u->parser, HTTP_RESPONSE);
+  u->parser.data = u;
+  u->s = sg_stream_new(base, fd, &stream_cbs, u);
+  sg_stream_read(u->s, false);
+  return u;
+}
+
 bool sg_upstream_reused(const sg_upstream_t *u) { return u->reused; }
 
 bool sg_upstream_usable(const sg_upstream_t *u) {
@@ -264,6 +289,7 @@ void sg_upstream_begin(sg_upstream_t *u, const sg_upstream_handler_t *h, void *a
   u->arg = arg;
   u->head_request = head_request;
   u->answer_started = false;
+  clear_headers(u);
   if (u->state == U_IDLE && u->connected)
     u->reused = true;
   u->state = U_BUSY;

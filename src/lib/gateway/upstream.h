@@ -42,6 +42,9 @@ typedef struct sg_upstream_handler {
 /* Starts connecting to host:port (host: a numeric IPv4 address; NULL for
  * 127.0.0.1). Never NULL. */
 sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int port, double connect_timeout_s);
+/* Wraps an already connected socket (taken), e.g. one end of a socketpair,
+ * ready for sg_upstream_begin(). Never NULL. */
+sg_upstream_t *sg_upstream_adopt(struct event_base *base, int fd);
 /* True once the connection carried an earlier exchange. */
 bool sg_upstream_reused(const sg_upstream_t *u);
 /* True when the connection may take another request (idle, open). */
