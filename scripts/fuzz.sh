@@ -19,6 +19,9 @@ seconds=${FUZZ_SECONDS:-60}
 # Extra libFuzzer flags, e.g. FUZZ_FLAGS=-jobs=2
 flags=${FUZZ_FLAGS:-}
 
+# Regenerate first, so that the list below is the one tests/meson.build has now.
+ninja -C "$build" build.ninja >/dev/null
+
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
