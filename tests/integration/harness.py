@@ -354,6 +354,11 @@ class Stream:
 _live_daemons = set()
 
 
+# Lines that a sanitizer or a crash leaves in sgpud's log.
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "UndefinedBehaviorSanitizer", "Segmentation fault")
+
+
 class SgpudError(AssertionError):
     pass
 
@@ -472,6 +477,8 @@ class Sgpud:
         return sorted(set(pids_with_env("SGPU_IT_OWNER", self.owner)))
 
     def close(self):
+        """Stops sgpud and cleans up; raises SgpudError when its log holds a
+        sanitizer report or a crash, so that no test passes over one."""
         if self.closed:
             return
         try:
@@ -483,6 +490,10 @@ class Sgpud:
             _live_daemons.discard(self)
             if not KEEP_TMP:
                 shutil.rmtree(self.tmp, ignore_errors=True)
+        marks = [m for m in SANITIZER_MARKS if m in self._final_log]
+        if marks:
+            at = min(self._final_log.index(m) for m in marks)
+            raise SgpudError("sgpud's log holds %s:\n%s" % (", ".join(marks), self._final_log[at:at + 6000]))
 
     # ---- logs of sgpud itself
 

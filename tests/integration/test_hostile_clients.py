@@ -15,14 +15,10 @@ import tempfile
 import time
 import unittest
 
-from harness import (HERE, RUN_ID, Sgpud, SgpudTestCase, echo_spec, http_request, scaled,
+from harness import (HERE, RUN_ID, SANITIZER_MARKS, Sgpud, SgpudTestCase, echo_spec, http_request, scaled,
                      unique_name, wait_for)
 
 CHATTY = os.path.join(HERE, "chatty_worker.py")
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                   "UndefinedBehaviorSanitizer", "Segmentation fault")
-
-
 def chatty_spec(name, **overrides):
     """A worker that answers every request as soon as its head arrived, without
     reading the body: the answer reaches the gateway while the client still sends."""
