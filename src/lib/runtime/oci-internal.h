@@ -7,6 +7,9 @@
 #include "sgpu/error.h"
 #include "sgpu/image.h"
 
+extern const char sg_seccomp_default_json[]; /* data/seccomp-default.json */
+extern const size_t sg_seccomp_default_json_len;
+
 typedef struct sg_oci_bundle_spec {
   const char *id;           /* container hostname and sgpu.worker annotation */
   const sg_image_t *img;
@@ -15,10 +18,15 @@ typedef struct sg_oci_bundle_spec {
   const char *rootfs;       /* root.path: absolute, or relative to the bundle */
 } sg_oci_bundle_spec_t;
 
-/* The container's config: host network, pid/ipc/uts/mount namespaces, the
- * default capabilities and mounts, uid 0 until sg_oci_resolve_user(). New
+/* The container's config: host network, pid/ipc/uts/mount namespaces,
+ * Docker's default capabilities less CAP_MKNOD and CAP_NET_RAW, the default
+ * seccomp profile, Docker's masked and read-only paths, the device cgroup
+ * limited to the standard nodes, uid 0 until sg_oci_resolve_user(). New
  * reference. */
 json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b);
+/* The default seccomp profile (data/seccomp-default.json, built in): an
+ * allow-list in the form of config.json's linux.seccomp. New reference. */
+json_t *sg_oci_seccomp_profile(void);
 /* Sets "KEY=VALUE" in a config's env array, replacing KEY's entry if any. */
 void sg_oci_env_set(json_t *env, const char *kv);
 /* Sets process.user of c from the image's user ("name", "uid", "name:group"),

@@ -432,7 +432,8 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, E2BIG, "the image has too many layers for one overlay mount");
     return;
   }
-  if (mount("overlay", j->rootfs, "overlay", 0, data_opts) < 0) {
+  /* No device node or set-id bit in an image takes effect. */
+  if (mount("overlay", j->rootfs, "overlay", MS_NODEV | MS_NOSUID, data_opts) < 0) {
     sg_make_error(&j->err, errno, "cannot mount the overlay root %s: %s", j->rootfs, strerror(errno));
     return;
   }
