@@ -128,8 +128,8 @@ class TokenProxy:
         self.server.server_close()
 
 
-def crun_works(workdir, layout):
-    """None when crun can run the image's bundle here, else the reason."""
+def crun_works(workdir, layout, args=("/echo-worker", "--help")):
+    """None when crun can run the image's bundle (args) here, else the reason."""
     if os.geteuid() != 0:
         return "not root"
     missing = [t for t in TOOLS if not shutil.which(t)]
@@ -141,7 +141,7 @@ def crun_works(workdir, layout):
         with open(os.path.join(bundle, "config.json")) as f:
             cfg = json.load(f)
         cfg["process"]["terminal"] = False
-        cfg["process"]["args"] = ["/echo-worker", "--help"]
+        cfg["process"]["args"] = list(args)
         cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "network"]
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(cfg, f)

@@ -1,0 +1,101 @@
+"""Worker isolation: what a hostile worker can reach.
+
+Containers (oci runtime): a static probe (isolation-probe.c), built into an image,
+pulled from a docker-registry on loopback and run by sgpud through crun, tries
+mknod + open of host devices, opening host device paths, mounts, ptrace,
+namespaces, writes to masked and read-only paths and privileged system calls; it
+serves what happened as JSON and every attempt must have failed, whatever the
+cgroup layout enforces. Skips (with the reason) only when containers cannot run
+here, like test_oci.
+
+Process workers: with sgpud running as root, a worker runs as an unprivileged
+user and cannot read the admin key or the database; the data dir and the
+database are private to sgpud."""
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import unittest
+
+from harness import ECHO_WORKER, HERE, REPO, RUN_ID, SgpudTestCase, echo_spec, unique_name
+from test_oci import TOOLS, Registry, _sh, crun_works
+
+IMAGE_SCRIPT = os.path.join(HERE, "oci-image.sh")
+CAP_NET_RAW, CAP_MKNOD, CAP_SYS_ADMIN = 13, 27, 21
+
+
+class ContainerIsolationTest(SgpudTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="sgpu-iso-")
+        cls.img = os.path.join(cls.tmp, "img")
+        try:
+            _sh("bash", IMAGE_SCRIPT, "probe", cls.img, REPO)
+        except (subprocess.CalledProcessError, OSError) as e:
+            why = getattr(e, "stderr", str(e))
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            if any(not shutil.which(t) for t in TOOLS):
+                raise unittest.SkipTest("cannot build the probe image: %s" % why)
+            raise
+        why = crun_works(cls.tmp, os.path.join(cls.img, "layout"), ("/isolation-probe", "--version"))
+        if why:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest(why)
+        cls.registry = Registry(os.path.join(cls.tmp, "registry"))
+        cls.registry.start()
+        _sh("bash", IMAGE_SCRIPT, "push", cls.img, cls.registry.addr, "probe/isolation:latest")
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "registry", None):
+            cls.registry.stop()
+        shutil.rmtree(getattr(cls, "tmp", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    def start_probe(self):
+        d = tempfile.mkdtemp(prefix="sgpu-iso-d-", dir=self.tmp)
+        path = os.path.join(d, "config.json")
+        with open(path, "w") as f:
+            json.dump({"insecure_registries": [self.registry.addr], "stop_grace_s": 2,
+                       "cdi_dir": os.path.join(d, "cdi")}, f)
+        sg = self.start_sgpud(config=path)
+        name = unique_name("iso")
+        self.create({"name": name, "image": "%s/probe/isolation:latest" % self.registry.addr,
+                     "env": {"SGPU_IT_RUN": RUN_ID}, "health": {"path": "/health"},
+                     "workers": {"min": 0, "max": 1, "idle_timeout_s": 30}}, sg=sg)
+        findings = self.assertOk(sg.invoke(name, "/findings", timeout=60))
+        (w,) = sg.wait_ready(name, 1)
+        return sg, w, findings
+
+    def test_hostile_container_is_contained(self):
+        sg, w, f = self.start_probe()
+        allowed = {k: v for k, v in f["attempts"].items() if v["ok"]}
+        self.assertEqual(allowed, {}, "attempts a container must not be able to make")
+        failed_controls = {k: v for k, v in f["controls"].items() if not v["ok"]}
+        self.assertEqual(failed_controls, {}, "harmless operations that must still work")
+        # what the attempts cover, so that a probe that lost some cannot pass
+        for name in ("mknod loop0 b7:0 in /dev", "mknod tun c10:200 in /dev", "open new node tun c10:200 in /dev",
+                     "mount tmpfs", "ptrace attach (own child)", "unshare user", "open /proc/sysrq-trigger for writing",
+                     "read /proc/kcore", "create in /sys/firmware", "kexec_load", "bpf", "keyctl"):
+            self.assertIn(name, f["attempts"])
+        cap = int(f["cap_eff"], 16)
+        for bit, what in ((CAP_MKNOD, "CAP_MKNOD"), (CAP_NET_RAW, "CAP_NET_RAW"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
+            self.assertFalse(cap & (1 << bit), "%s in the container's effective set %s" % (what, f["cap_eff"]))
+        self.assertEqual(f["seccomp"], "2", "the worker runs under a seccomp filter")
+        # the container's root is mounted nodev,nosuid on the host
+        rootfs = os.path.join(sg.data_dir, "oci", "workers", w["id"], "rootfs")
+        with open("/proc/self/mountinfo") as mi:
+            opts = [l.split()[5].split(",") for l in mi if l.split()[4] == rootfs]
+        self.assertTrue(opts, "the overlay root %s is mounted" % rootfs)
+        self.assertIn("nodev", opts[-1])
+        self.assertIn("nosuid", opts[-1])
+
+
+if __name__ == "__main__":
+    unittest.main()
