@@ -97,5 +97,59 @@ class ContainerIsolationTest(SgpudTestCase):
         self.assertIn("nosuid", opts[-1])
 
 
+class ProcessWorkerUserTest(SgpudTestCase):
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("sgpud drops privileges for process workers only when it runs as root")
+
+    def expected_user(self):
+        try:
+            return pwd.getpwnam("sgpu-worker")
+        except KeyError:
+            return pwd.getpwnam("nobody")
+
+    def test_process_worker_cannot_read_secrets(self):
+        sg = self.start_sgpud()
+        data = sg.data_dir
+        # The worker reports its ids and whether it could read sgpud's secrets
+        # through MODEL (which the echo worker's /env shows), then serves.
+        script = ('key=denied; cat "$D/admin.key" >/dev/null 2>&1 && key=READ; '
+                  'db=denied; for f in "$D"/*.db; do cat "$f" >/dev/null 2>&1 && db=READ; done; '
+                  'ls "$D" >/dev/null 2>&1 && db="$db,LISTED"; '
+                  'export MODEL="uid=$(id -u) gid=$(id -g) groups=$(id -G | tr " " ,) key=$key db=$db"; '
+                  'exec "$W"')
+        name = unique_name("runas")
+        spec = echo_spec(name, env={"D": data, "W": ECHO_WORKER, "SGPU_IT_RUN": RUN_ID})
+        spec["command"] = ["/bin/sh", "-c", script]
+        self.create(spec, sg=sg)
+        env = self.assertOk(sg.invoke(name, "/env", timeout=30))
+        got = dict(kv.split("=", 1) for kv in env["MODEL"].split())
+        want = self.expected_user()
+        self.assertEqual(int(got["uid"]), want.pw_uid, got)
+        self.assertEqual(int(got["gid"]), want.pw_gid, got)
+        self.assertNotIn("0", got["groups"].split(","), "no supplementary group of root's")
+        self.assertEqual(got["key"], "denied", "the worker read admin.key")
+        self.assertEqual(got["db"], "denied", "the worker read or listed the data dir")
+        (w,) = sg.wait_ready(name, 1)
+        st = os.stat("/proc/%d" % w["pid"])
+        self.assertEqual(st.st_uid, want.pw_uid)
+
+    def test_data_dir_and_database_are_private(self):
+        sg = self.start_sgpud()
+        name = unique_name("modes")
+        self.create(echo_spec(name, env={"SGPU_IT_RUN": RUN_ID}), sg=sg)
+        self.assertOk(sg.invoke(name, "/infer", body=b"x", timeout=30))
+        d = sg.data_dir
+        self.assertEqual(stat.S_IMODE(os.stat(d).st_mode) & 0o077, 0, "data dir %s" % oct(os.stat(d).st_mode))
+        files = [f for f in os.listdir(d) if f == "admin.key" or ".db" in f]
+        self.assertIn("admin.key", files)
+        self.assertTrue([f for f in files if f.endswith(".db")], files)
+        for f in files:
+            p = os.path.join(d, f)
+            if os.path.isfile(p):
+                self.assertEqual(stat.S_IMODE(os.stat(p).st_mode) & 0o077, 0, "%s is %s" % (p, oct(os.stat(p).st_mode)))
+
+
 if __name__ == "__main__":
     unittest.main()
