@@ -151,5 +151,39 @@ class ProcessWorkerUserTest(SgpudTestCase):
                 self.assertEqual(stat.S_IMODE(os.stat(p).st_mode) & 0o077, 0, "%s is %s" % (p, oct(os.stat(p).st_mode)))
 
 
+class WorkerOutputBoundTest(SgpudTestCase):
+    """A worker's output lines are bounded (16 KiB): a longer line arrives as
+    several lines, cut between UTF-8 sequences, with nothing lost."""
+
+    MAX_LINE = 16384
+
+    def test_long_lines_are_split_whole(self):
+        sg = self.start_sgpud()
+        # 100,000 'a's, then 'x' and 30,000 two-byte characters, each one line.
+        script = ("head -c 100000 /dev/zero | tr '\\0' a; echo; "
+                  "printf x; head -c 30000 /dev/zero | tr '\\0' '\\1' | sed 's/\\x01/\\xc3\\xa9/g'; echo; "
+                  "echo end-of-long-lines; exec \"$W\"")
+        name = unique_name("longline")
+        spec = echo_spec(name, env={"W": ECHO_WORKER, "SGPU_IT_RUN": RUN_ID, "LC_ALL": "C"},
+                         workers={"min": 1, "max": 1})
+        spec["command"] = ["/bin/sh", "-c", script]
+        self.create(spec, sg=sg)
+        sg.wait_ready(name, 1, timeout=30)
+
+        def lines():
+            got = [l["line"] for l in sg.logs(name, limit=1000) if l.get("stream") == "stdout"]
+            return got if "end-of-long-lines" in got else None
+        got = self.wait_for(lines, 20, message="the worker's long lines in its logs")
+        got = got[:got.index("end-of-long-lines")]
+        for l in got:
+            self.assertLessEqual(len(l.encode()), self.MAX_LINE)
+            self.assertNotEqual(l, "(line is not valid UTF-8)")
+        a_lines = [l for l in got if set(l) == {"a"}]
+        self.assertEqual(sum(len(l) for l in a_lines), 100000, [len(l) for l in got])
+        self.assertGreaterEqual(len(a_lines), 7)
+        e_text = "".join(l for l in got if "\u00e9" in l)
+        self.assertEqual(e_text, "x" + "\u00e9" * 30000)
+
+
 if __name__ == "__main__":
     unittest.main()

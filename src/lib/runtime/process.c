@@ -155,30 +155,48 @@ static const char *stream_name(const sg_instance_t *inst, struct bufferevent *be
   return bev == inst->out[0] ? "stdout" : "stderr";
 }
 
-/* Delivers complete lines, and at eof whatever is left. Overlong lines are cut. */
+/* Delivers complete lines, and at eof whatever is left, each at most
+ * MAX_LINE bytes: a longer line arrives as several, cut where a UTF-8
+ * sequence starts. Holds at most MAX_LINE bytes of a line between reads. */
 static void drain_lines(sg_instance_t *inst, struct bufferevent *bev, bool eof) {
   struct evbuffer *in = bufferevent_get_input(bev);
   const char *stream = stream_name(inst, bev);
+  char *buf = NULL;
   for (;;) {
-    size_t len;
-    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
-    if (line) {
-      if (len > 0 && line[len - 1] == '\r')
-        line[--len] = '\0';
-      inst->cbs.on_line(inst->ud, stream, line, len);
-      free(line);
-      continue;
-    }
     size_t avail = evbuffer_get_length(in);
-    if (avail == 0 || (avail < MAX_LINE && !eof))
-      return;
-    size_t take = avail < MAX_LINE ? avail : MAX_LINE;
-    char *buf = xmalloc(take + 1);
-    evbuffer_remove(in, buf, take);
-    buf[take] = '\0';
-    inst->cbs.on_line(inst->ud, stream, buf, take);
-    free(buf);
+    if (avail == 0)
+      break;
+    size_t peek = avail < MAX_LINE + 1 ? avail : MAX_LINE + 1;
+    struct evbuffer_ptr end;
+    evbuffer_ptr_set(in, &end, peek, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr nl = evbuffer_search_range(in, "\n", 1, NULL, &end);
+    size_t len, consume;
+    if (nl.pos >= 0) {
+      len = (size_t)nl.pos;
+      consume = len + 1;
+    } else if (peek > MAX_LINE || eof) {
+      len = consume = peek > MAX_LINE ? MAX_LINE : peek;
+    } else {
+      break; /* an incomplete line: wait for the rest */
+    }
+    if (!buf)
+      buf = xmalloc(MAX_LINE + 2);
+    evbuffer_copyout(in, buf, len < peek ? len + 1 : len);
+    if (nl.pos < 0 && len == MAX_LINE && peek > MAX_LINE) {
+      /* Cut before a UTF-8 continuation byte, so both pieces stay valid. */
+      size_t cut = len;
+      while (cut > MAX_LINE - 4 && ((unsigned char)buf[cut] & 0xc0) == 0x80)
+        cut--;
+      if (((unsigned char)buf[cut] & 0xc0) != 0x80 && cut > 0)
+        len = consume = cut;
+    }
+    evbuffer_drain(in, consume);
+    if (nl.pos >= 0 && len > 0 && buf[len - 1] == '\r')
+      len--;
+    buf[len] = '\0';
+    inst->cbs.on_line(inst->ud, stream, buf, len);
   }
+  free(buf);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg) { drain_lines(arg, bev, false); }
