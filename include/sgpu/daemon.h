@@ -49,6 +49,7 @@ typedef struct sg_daemon_config {
   char *oci_runtime;           /* OCI runtime binary: "crun" (default) or "runc", or a path */
   char *cdi_dir;               /* CDI specs of GPUs ("/etc/cdi") */
   char **insecure_registries;  /* registries reached over plain HTTP ("127.0.0.1:5000"); NULL-terminated */
+  int oci_userns;              /* containers in a user namespace: 1, 0, or -1 (default) when the host allows it */
   int64_t image_cache_max_bytes; /* unpacked layers kept; least recently used images go first (0: no limit) */
   char *run_as;                /* process workers' user when sgpud is root: NULL/"" sgpu-worker or nobody, "root" */
   char *default_runtime;       /* for specs that name none: "process" (default: "oci" with an image), "oci", "slurm" */

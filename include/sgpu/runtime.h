@@ -149,6 +149,7 @@ typedef struct sg_oci_config {
   const char *runtime;  /* binary name or path: "crun" (default), "runc" */
   const char *dir;      /* bundles and runtime state */
   const char *cdi_dir;  /* CDI specs ("/etc/cdi") */
+  int userns;           /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
 } sg_oci_config_t;
 
 /* Finds the runtime binary and the host's cgroup layout, loads CDI specs and

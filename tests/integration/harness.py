@@ -411,6 +411,9 @@ class Sgpud:
     def __init__(self, gpus=None, config=None, args=(), data_dir=None, env=None, log_level=None):
         require_binaries(SGPUD)
         self.tmp = tempfile.mkdtemp(prefix="sgpu-it-")
+        # Traversable (not listable): containers in a user namespace reach their
+        # bundles in the data dir from inside it, as on a usual install.
+        os.chmod(self.tmp, 0o711)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.gpus = gpus

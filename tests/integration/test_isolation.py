@@ -26,6 +26,7 @@ from test_oci import TOOLS, Registry, _sh, crun_works
 
 IMAGE_SCRIPT = os.path.join(HERE, "oci-image.sh")
 CAP_NET_RAW, CAP_MKNOD, CAP_SYS_ADMIN = 13, 27, 21
+USERNS_GID = 1000000000  # SG_OCI_USERNS_BASE
 
 
 class ContainerIsolationTest(SgpudTestCase):
@@ -58,36 +59,42 @@ class ContainerIsolationTest(SgpudTestCase):
         shutil.rmtree(getattr(cls, "tmp", ""), ignore_errors=True)
         super().tearDownClass()
 
-    def start_probe(self):
+    def start_probe(self, **cfg):
+        # A data dir whose parents the containers' ids may traverse, as a user
+        # namespace needs (sgpud falls back to none when they cannot).
+        os.chmod(self.tmp, 0o711)
         d = tempfile.mkdtemp(prefix="sgpu-iso-d-", dir=self.tmp)
+        os.chmod(d, 0o711)
         path = os.path.join(d, "config.json")
         with open(path, "w") as f:
-            json.dump({"insecure_registries": [self.registry.addr], "stop_grace_s": 2,
-                       "cdi_dir": os.path.join(d, "cdi")}, f)
-        sg = self.start_sgpud(config=path)
+            json.dump(dict({"insecure_registries": [self.registry.addr], "stop_grace_s": 2,
+                            "cdi_dir": os.path.join(d, "cdi")}, **cfg), f)
+        sg = self.start_sgpud(config=path, data_dir=os.path.join(d, "data"))
         name = unique_name("iso")
         self.create({"name": name, "image": "%s/probe/isolation:latest" % self.registry.addr,
                      "env": {"SGPU_IT_RUN": RUN_ID}, "health": {"path": "/health"},
                      "workers": {"min": 0, "max": 1, "idle_timeout_s": 30}}, sg=sg)
         findings = self.assertOk(sg.invoke(name, "/findings", timeout=60))
         (w,) = sg.wait_ready(name, 1)
+        sg.probe_name = name
         return sg, w, findings
 
-    def test_hostile_container_is_contained(self):
-        sg, w, f = self.start_probe()
+    def assertContained(self, sg, w, f):
         allowed = {k: v for k, v in f["attempts"].items() if v["ok"]}
         self.assertEqual(allowed, {}, "attempts a container must not be able to make")
         failed_controls = {k: v for k, v in f["controls"].items() if not v["ok"]}
         self.assertEqual(failed_controls, {}, "harmless operations that must still work")
         # what the attempts cover, so that a probe that lost some cannot pass
         for name in ("mknod loop0 b7:0 in /dev", "mknod tun c10:200 in /dev", "open new node tun c10:200 in /dev",
-                     "mount tmpfs", "ptrace attach (own child)", "unshare user", "open /proc/sysrq-trigger for writing",
-                     "read /proc/kcore", "create in /sys/firmware", "kexec_load", "bpf", "keyctl"):
+                     "mount tmpfs", "ptrace attach (own child)", "unshare user",
+                     "open /proc/sysrq-trigger for writing", "read /proc/kcore", "create in /sys/firmware",
+                     "kexec_load", "bpf", "keyctl"):
             self.assertIn(name, f["attempts"])
         cap = int(f["cap_eff"], 16)
         for bit, what in ((CAP_MKNOD, "CAP_MKNOD"), (CAP_NET_RAW, "CAP_NET_RAW"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
             self.assertFalse(cap & (1 << bit), "%s in the container's effective set %s" % (what, f["cap_eff"]))
         self.assertEqual(f["seccomp"], "2", "the worker runs under a seccomp filter")
+        self.assertEqual(f["uid"], 0, "the image's user (root) inside the container")
         # the container's root is mounted nodev,nosuid on the host
         rootfs = os.path.join(sg.data_dir, "oci", "workers", w["id"], "rootfs")
         with open("/proc/self/mountinfo") as mi:
@@ -95,6 +102,34 @@ class ContainerIsolationTest(SgpudTestCase):
         self.assertTrue(opts, "the overlay root %s is mounted" % rootfs)
         self.assertIn("nodev", opts[-1])
         self.assertIn("nosuid", opts[-1])
+
+    def host_uid(self, pid):
+        with open("/proc/%d/status" % pid) as f:
+            return int([l for l in f if l.startswith("Uid:")][0].split()[1])
+
+    def test_hostile_container_is_contained(self):
+        sg, w, f = self.start_probe(oci_userns=False)
+        self.assertIn("without a user namespace (oci_userns is false)", sg.log_text())
+        self.assertContained(sg, w, f)
+        self.assertEqual(self.host_uid(w["pid"]), 0)
+
+    def test_hostile_container_is_contained_in_a_user_namespace(self):
+        sg, w, f = self.start_probe()
+        log = sg.log_text()
+        if "run in a user namespace" not in log:
+            why = [l for l in log.splitlines() if "without a user namespace" in l]
+            self.skipTest("this host gives containers no user namespace: %s" % (why or "?"))
+        self.assertContained(sg, w, f)
+        self.assertEqual(self.host_uid(w["pid"]), USERNS_GID, "container root is an unprivileged id on the host")
+        # the bundle's idmapped layers are gone once the worker is
+        sg.delete(sg.probe_name)
+        bundles = os.path.join(sg.data_dir, "oci", "workers")
+        self.wait_for(lambda: not os.listdir(bundles), 15, message="bundles removed")
+        with open("/proc/self/mountinfo") as mi:
+            self.assertEqual([l.split()[4] for l in mi if bundles in l.split()[4]], [])
+        # the image's layers are intact
+        layers = os.path.join(sg.data_dir, "images", "layers")
+        self.assertTrue(any(files for _, _, files in os.walk(layers)), "layer files deleted with a bundle")
 
 
 class ProcessWorkerUserTest(SgpudTestCase):
@@ -141,7 +176,12 @@ class ProcessWorkerUserTest(SgpudTestCase):
         self.create(echo_spec(name, env={"SGPU_IT_RUN": RUN_ID}), sg=sg)
         self.assertOk(sg.invoke(name, "/infer", body=b"x", timeout=30))
         d = sg.data_dir
-        self.assertEqual(stat.S_IMODE(os.stat(d).st_mode) & 0o077, 0, "data dir %s" % oct(os.stat(d).st_mode))
+        st = os.stat(d)
+        # 0700; or 0710 for the containers' root of a user namespace (its own gid,
+        # no user's group), which crun needs to traverse to the bundles
+        self.assertEqual(stat.S_IMODE(st.st_mode) & 0o007, 0, "data dir %s" % oct(st.st_mode))
+        if stat.S_IMODE(st.st_mode) & 0o070:
+            self.assertEqual((stat.S_IMODE(st.st_mode) & 0o070, st.st_gid), (0o010, USERNS_GID))
         files = [f for f in os.listdir(d) if f == "admin.key" or ".db" in f]
         self.assertIn("admin.key", files)
         self.assertTrue([f for f in files if f.endswith(".db")], files)

@@ -149,11 +149,48 @@ static void test_paths_mounts_devices(void **state) {
   json_decref(c);
 }
 
+static void test_user_namespace(void **state) {
+  char *env[] = {NULL};
+  sg_image_t img = {.ref = "example.com/x:latest", .env = env};
+  sg_oci_bundle_spec_t b = {.id = "w-test", .img = &img, .rootfs = "rootfs", .userns = true};
+  json_t *c = sg_oci_config_new(&b);
+  json_t *lx = json_object_get(c, "linux");
+  bool user = false;
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(lx, "namespaces"), i, m) {
+    user |= !strcmp(json_string_value(json_object_get(m, "type")), "user");
+  }
+  assert_true(user);
+  const char *maps[] = {"uidMappings", "gidMappings"};
+  for (int k = 0; k < 2; k++) {
+    json_t *map = json_array_get(json_object_get(lx, maps[k]), 0);
+    assert_int_equal(json_integer_value(json_object_get(map, "containerID")), 0);
+    assert_int_equal(json_integer_value(json_object_get(map, "hostID")), SG_OCI_USERNS_BASE);
+    assert_int_equal(json_integer_value(json_object_get(map, "size")), SG_OCI_USERNS_SIZE);
+  }
+  /* sysfs cannot be mounted without a network namespace of its own: bound, read-only. */
+  json_array_foreach(json_object_get(c, "mounts"), i, m) {
+    if (!strcmp(json_string_value(json_object_get(m, "destination")), "/sys")) {
+      assert_string_equal(json_string_value(json_object_get(m, "type")), "bind");
+      assert_true(has_string(json_object_get(m, "options"), "ro"));
+      assert_true(has_string(json_object_get(m, "options"), "nodev"));
+    }
+  }
+  assert_non_null(json_object_get(lx, "seccomp"));
+  json_decref(c);
+  /* Without: none of it. */
+  c = config();
+  assert_null(json_object_get(json_object_get(c, "linux"), "uidMappings"));
+  json_decref(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_capabilities),
       cmocka_unit_test(test_seccomp),
       cmocka_unit_test(test_paths_mounts_devices),
+      cmocka_unit_test(test_user_namespace),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,6 +40,7 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   cfg->log_rate_lines_s = 2000;
   cfg->log_burst_lines = 10000;
   cfg->image_cache_max_bytes = 100ll << 30;
+  cfg->oci_userns = -1;
 }
 
 static void free_allow(sg_daemon_config_t *cfg) {

@@ -116,7 +116,12 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
   json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
                                             (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
   json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
-  json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
+  if (b->userns)
+    json_array_append_new(mounts, mount_entry("/sys", "bind", "/sys",
+                                              (const char *const[]){"rbind", "nosuid", "noexec", "nodev", "ro", NULL}));
+  else
+    json_array_append_new(mounts,
+                          mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
   /* Host network: the host's resolver and hosts files. */
   const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
   if (access("/etc/resolv.conf", R_OK) == 0)
@@ -127,6 +132,13 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
       "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:o}, s:o, s:o, s:o}", "namespaces", "type", "pid", "type", "ipc",
       "type", "uts", "type", "mount", "devices", "resources", "devices", device_rules(), "maskedPaths",
       strings(masked_paths), "readonlyPaths", strings(readonly_paths), "seccomp", sg_oci_seccomp_profile());
+  if (b->userns) {
+    json_array_append_new(json_object_get(linux_, "namespaces"), json_pack("{s:s}", "type", "user"));
+    json_t *map = json_pack("[{s:i, s:I, s:I}]", "containerID", 0, "hostID", (json_int_t)SG_OCI_USERNS_BASE, "size",
+                            (json_int_t)SG_OCI_USERNS_SIZE);
+    json_object_set(linux_, "uidMappings", map);
+    json_object_set_new(linux_, "gidMappings", map);
+  }
   json_t *c = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o, s:o}", "ociVersion", "1.0.2", "process", process,
                         "root", "path", b->rootfs, "readonly", 0, "hostname", b->id, "mounts", mounts, "linux", linux_,
                         "annotations", json_pack("{s:s, s:s}", "sgpu.worker", b->id, "sgpu.image", img->ref));
