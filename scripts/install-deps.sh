@@ -29,6 +29,12 @@ elif [ -n "${1:-}" ]; then
   exit 2
 fi
 
+# The unprivileged user that process workers run as when sgpud runs as root
+# (config key run_as; without it they run as nobody).
+if [ "$(id -u)" -eq 0 ] && ! getent passwd sgpu-worker >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sgpu-worker
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -52,9 +52,11 @@ typedef struct sg_daemon_config {
   char *oci_runtime;           /* OCI runtime binary: "crun" (default) or "runc", or a path */
   char *cdi_dir;               /* CDI specs of GPUs ("/etc/cdi") */
   char **insecure_registries;  /* registries reached over plain HTTP ("127.0.0.1:5000"); NULL-terminated */
+  int oci_userns;              /* containers in a user namespace: 1, 0, or -1 (default) when the host allows it */
   int64_t image_cache_max_bytes; /* unpacked layers kept; least recently used images go first (0: no limit) */
   int64_t image_max_layer_bytes;    /* unpacked size of one layer of a pull (0: no limit) */
   int64_t image_max_unpacked_bytes; /* unpacked size of one image's layers together (0: no limit) */
+  char *run_as;                /* process workers' user when sgpud is root: NULL/"" sgpu-worker or nobody, "root" */
   char *default_runtime;       /* for specs that name none: "process" (default: "oci" with an image), "oci", "slurm" */
   struct {
     bool configured;     /* a "slurm" object was given, or default_runtime is "slurm" */

@@ -45,6 +45,9 @@ enum {
   /* The child unshares its mount namespace and detaches the cgroup v2 mount
    * of a hybrid cgroup layout before exec (for crun, see oci.c). */
   SG_LAUNCH_HIDE_CGROUP2 = 1 << 0,
+  /* The process runtime runs the worker as the user set by
+   * sg_process_runtime_set_user() (none set: as sgpud's own). */
+  SG_LAUNCH_AS_USER = 1 << 1,
 };
 
 typedef struct sg_launch {
@@ -118,6 +121,27 @@ extern const sg_runtime_ops_t sg_process_runtime;
 int sg_process_runtime_init(struct event_base *base, sg_error_t **err);
 void sg_process_runtime_shutdown(void);
 
+/* The unprivileged user that process workers run as. */
+typedef struct sg_run_as {
+  char *name;
+  uid_t uid;
+  gid_t gid;
+  gid_t *groups; /* supplementary groups: the user's own */
+  int n_groups;
+  char *home;
+} sg_run_as_t;
+
+#define SG_RUN_AS_DEFAULT "sgpu-worker" /* falls back to "nobody" */
+
+/* Chooses the user of SG_LAUNCH_AS_USER launches: run_as ("NAME",
+ * "UID[:GID]", "root" to keep sgpud's, NULL or "" for the default
+ * SG_RUN_AS_DEFAULT or nobody). Only when sgpud runs as root; otherwise
+ * workers run as sgpud's user and run_as is ignored. Reads the user and
+ * group databases (blocks). */
+int sg_process_runtime_set_user(const char *run_as, sg_error_t **err);
+/* The user launches with SG_LAUNCH_AS_USER run as, or NULL (sgpud's own). */
+const sg_run_as_t *sg_process_runtime_user(void);
+
 /* The oci runtime: workers are containers of an OCI runtime (crun, runc). */
 extern const sg_runtime_ops_t sg_oci_runtime;
 
@@ -125,6 +149,7 @@ typedef struct sg_oci_config {
   const char *runtime;  /* binary name or path: "crun" (default), "runc" */
   const char *dir;      /* bundles and runtime state */
   const char *cdi_dir;  /* CDI specs ("/etc/cdi") */
+  int userns;           /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
 } sg_oci_config_t;
 
 /* Finds the runtime binary and the host's cgroup layout, loads CDI specs and

@@ -71,9 +71,51 @@ def _find_binary(name, extra):
     return candidates[0]
 
 
+def _usable_by_others(path, mode):
+    """True when a user other than path's owner (and not in its group) can use
+    path: every directory above it searchable, the file itself `mode` (0o5: r-x)."""
+    real = os.path.realpath(path)
+    try:
+        if os.stat(real).st_mode & mode != mode:
+            return False
+        d = os.path.dirname(real)
+        while True:
+            if not os.stat(d).st_mode & 0o001:
+                return False
+            if d == "/":
+                return True
+            d = os.path.dirname(d)
+    except OSError:
+        return False
+
+
+_shared_bin = []
+
+
+def worker_path(path):
+    """A path to `path` that process workers can execute. sgpud run as root runs
+    them as an unprivileged user (run_as): a build or checkout beneath a private
+    directory (/root/...) is copied once into a world-readable temporary one."""
+    if os.geteuid() != 0 or not os.path.exists(path) or _usable_by_others(path, 0o005):
+        return path
+    if not _shared_bin:
+        d = tempfile.mkdtemp(prefix="sgpu-it-bin-")
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _shared_bin.append(d)
+    copy = os.path.join(_shared_bin[0], os.path.basename(path))
+    if not os.path.exists(copy):
+        shutil.copy2(path, copy)
+        os.chmod(copy, 0o755)
+    return copy
+
+
 SGPUD = _find_binary("sgpud", ["src/sgpud/sgpud"])
 SGPU = _find_binary("sgpu", ["src/sgpu/sgpu"])
-ECHO_WORKER = _find_binary("echo-worker", ["examples/workers/echo-worker"])
+ECHO_WORKER = worker_path(_find_binary("echo-worker", ["examples/workers/echo-worker"]))
+#: a Python interpreter that process workers can run (see worker_path)
+WORKER_PYTHON = (sys.executable if os.geteuid() != 0 or _usable_by_others(sys.executable, 0o005)
+                 else shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable)
 
 
 def require_binaries(*paths):
@@ -374,6 +416,9 @@ class Sgpud:
     def __init__(self, gpus=None, config=None, args=(), data_dir=None, env=None, log_level=None):
         require_binaries(SGPUD)
         self.tmp = tempfile.mkdtemp(prefix="sgpu-it-")
+        # Traversable (not listable): containers in a user namespace reach their
+        # bundles in the data dir from inside it, as on a usual install.
+        os.chmod(self.tmp, 0o711)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.gpus = gpus

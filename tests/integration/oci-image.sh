@@ -2,6 +2,7 @@
 # Builds the echo worker into an OCI image and pushes it to a registry.
 #   oci-image.sh build OUT REPO_ROOT   static echo-worker, image layout OUT/layout:latest
 #   oci-image.sh push OUT REGISTRY NAME:TAG [CREDS]   (CREDS user:password)
+#   oci-image.sh probe OUT REPO_ROOT   static isolation probe, image layout OUT/layout:latest
 # Layer 1 holds /echo-worker and /etc/gone; layer 2 deletes /etc/gone (a whiteout).
 set -euo pipefail
 cmd=$1 out=$2
@@ -24,6 +25,20 @@ build)
   umoci repack --image "$out/layout:latest" "$out/bundle"
   umoci config --image "$out/layout:latest" --config.entrypoint /echo-worker \
     --config.env MODEL=from-image --config.env IMAGE_ONLY=yes --config.workingdir /
+  ;;
+probe)
+  repo=$3
+  mkdir -p "$out"
+  cc -O2 -static -o "$out/isolation-probe" "$repo/tests/integration/isolation-probe.c"
+  umoci init --layout "$out/layout"
+  umoci new --image "$out/layout:latest"
+  umoci unpack --image "$out/layout:latest" "$out/bundle"
+  cp "$out/isolation-probe" "$out/bundle/rootfs/isolation-probe"
+  mkdir -p "$out/bundle/rootfs/tmp" "$out/bundle/rootfs/etc"
+  chmod 1777 "$out/bundle/rootfs/tmp"
+  umoci repack --image "$out/layout:latest" "$out/bundle"
+  rm -rf "$out/bundle"
+  umoci config --image "$out/layout:latest" --config.entrypoint /isolation-probe --config.workingdir /
   ;;
 push)
   registry=$3 ref=$4 creds=${5:-}

@@ -17,6 +17,7 @@ class FailureTest(SgpudTestCase):
 
     def tmpdir(self):
         d = tempfile.mkdtemp(prefix="sgpu-it-f-")
+        os.chmod(d, 0o777)  # workers run as an unprivileged user when sgpud is root
         self.addCleanup(shutil.rmtree, d, True)
         return d
 

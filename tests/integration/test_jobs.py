@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -366,7 +367,10 @@ class JobsCrashTest(SgpudTestCase):
 
     def test_kill9_loses_no_acknowledged_job(self):
         sg = self.start_sgpud()
-        record = os.path.join(sg.tmp, "completed.txt")
+        shared = tempfile.mkdtemp(prefix="sgpu-it-j-")
+        self.addCleanup(shutil.rmtree, shared, True)
+        os.chmod(shared, 0o777)  # workers run as an unprivileged user when sgpud is root
+        record = os.path.join(shared, "completed.txt")
         name = unique_name("jkill")
         sg.create(async_spec(name, workers={"min": 2, "max": 2, "max_concurrency": 4},
                              env={"JOBS_RECORD_FILE": record}))

@@ -8,16 +8,17 @@ import sys
 import time
 import unittest
 
-from harness import (HERE, RUN_ID, SgpudTestCase, echo_spec, scaled, unique_name)
+from harness import (HERE, RUN_ID, WORKER_PYTHON, SgpudTestCase, echo_spec, scaled, unique_name,
+                     worker_path)
 
-CHATTY = os.path.join(HERE, "chatty_worker.py")
+CHATTY = worker_path(os.path.join(HERE, "chatty_worker.py"))
 
 
 def chatty_spec(name, **overrides):
     spec = {
         "name": name,
         "runtime": "process",
-        "command": [sys.executable, CHATTY],
+        "command": [WORKER_PYTHON, CHATTY],
         "env": {"SGPU_IT_RUN": RUN_ID},
         "health": {"path": "/health"},
         "workers": {"min": 1, "max": 1, "idle_timeout_s": 600},

@@ -192,7 +192,7 @@ struct sg_daemon {
 struct sg_registry_auth;
 int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
 /* Config keys oci_runtime, cdi_dir, insecure_registries, image_cache_max_bytes,
- * image_max_layer_bytes, image_max_unpacked_bytes:
+ * image_max_layer_bytes, image_max_unpacked_bytes, oci_userns:
  * 0, a negative error, or 1 when key is not one of them. */
 int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err);
 void sg_daemon_config_clear_oci(sg_daemon_config_t *cfg);

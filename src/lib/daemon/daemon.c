@@ -45,6 +45,7 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   cfg->image_cache_max_bytes = 100ll << 30;
   cfg->image_max_layer_bytes = 64ll << 30;
   cfg->image_max_unpacked_bytes = 64ll << 30;
+  cfg->oci_userns = -1;
 }
 
 static void free_allow(sg_daemon_config_t *cfg) {
@@ -104,6 +105,7 @@ void sg_daemon_config_clear(sg_daemon_config_t *cfg) {
     free(cfg->log_retention[i].endpoint);
   free(cfg->log_retention);
   free(cfg->web_dir);
+  free(cfg->run_as);
   sg_daemon_config_clear_oci(cfg);
   sg_daemon_config_clear_cluster(cfg);
   memset(cfg, 0, sizeof(*cfg));
@@ -220,6 +222,12 @@ static int load_more(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_err
     return load_retention(cfg, v, err);
   if (!strcmp(key, "web_dir"))
     return set_str(v, key, &cfg->web_dir, err);
+  if (!strcmp(key, "run_as")) {
+    if (!json_is_string(v) || strlen(json_string_value(v)) > 64)
+      return sg_make_error(err, SG_EINVAL,
+                           "config: run_as must be a user name, \"UID[:GID]\" or \"root\" (at most 64 characters)");
+    return set_str(v, key, &cfg->run_as, err);
+  }
   if (!strcmp(key, "meter_checkpoint_s")) {
     if ((r = number_in(v, key, 0.1, 3600, &num, err)) == 0)
       cfg->meter_checkpoint_s = num;
@@ -584,6 +592,12 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     sg_make_error(err, -r, "cannot create data dir %s: %s", d->cfg.data_dir, strerror(-r));
     goto fail;
   }
+  /* The admin key, the database and the images are sgpud's alone, even in
+   * a directory that existed before. */
+  if (chmod(d->cfg.data_dir, 0700) < 0) {
+    sg_make_error(err, errno, "cannot make data dir %s private (mode 0700): %s", d->cfg.data_dir, strerror(errno));
+    goto fail;
+  }
   if (write_key(d, err) < 0)
     goto fail;
   db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
@@ -609,6 +623,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   }
   if (sg_process_runtime_init(d->base, err) < 0)
+    goto fail;
+  if (sg_process_runtime_set_user(d->cfg.run_as, err) < 0)
     goto fail;
   if (sg_daemon_images_init(d, err) < 0)
     goto fail;

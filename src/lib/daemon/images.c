@@ -23,7 +23,7 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   if (!d->images)
     return -1;
   cleanup_free char *odir = xasprintf("%s/oci", d->cfg.data_dir);
-  sg_oci_config_t oc = {d->cfg.oci_runtime, odir, d->cfg.cdi_dir};
+  sg_oci_config_t oc = {d->cfg.oci_runtime, odir, d->cfg.cdi_dir, d->cfg.oci_userns};
   return sg_oci_runtime_init(d->base, d->pool, d->images, &oc, err);
 }
 
@@ -148,6 +148,13 @@ int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *
     free(cfg->insecure_registries);
     cfg->insecure_registries = xcalloc(json_array_size(v) + 1, sizeof(char *));
     json_array_foreach(v, i, e) cfg->insecure_registries[i] = xstrdup(json_string_value(e));
+    return 0;
+  }
+  if (!strcmp(key, "oci_userns")) {
+    if (!json_is_boolean(v))
+      return sg_make_error(err, SG_EINVAL,
+                           "config: oci_userns must be true or false (default: a user namespace when the host allows it)");
+    cfg->oci_userns = json_is_true(v);
     return 0;
   }
   if (!strcmp(key, "image_cache_max_bytes")) {

@@ -150,7 +150,9 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   const char *path = getenv("PATH");
   if (host)
     env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
-  const char *home = getenv("HOME");
+  /* A worker run as another user gets that user's home. */
+  const sg_run_as_t *user = w->rt == &sg_process_runtime ? sg_process_runtime_user() : NULL;
+  const char *home = user ? user->home : getenv("HOME");
   if (home && host)
     env[n++] = xasprintf("HOME=%s", home);
   for (size_t i = 0; i < spec->n_env; i++)
@@ -390,7 +392,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     argv[i] = subst_port(spec->command[i], port);
   char **envp = build_env(w, spec);
   sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .gpus = w->gpus,
-                        .n_gpus = w->n_gpus};
+                        .n_gpus = w->n_gpus, .flags = SG_LAUNCH_AS_USER};
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail, on_started};
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();

@@ -2,9 +2,11 @@
  * the runtimes that run images: oci (crun on this machine) and slurm (crun
  * on the job's node). */
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/resource.h>
 
 #include "oci-internal.h"
+#include "sgpu/log.h"
 #include "sgpu/util.h"
 
 void sg_oci_env_set(json_t *env, const char *kv) {
@@ -28,10 +30,49 @@ static json_t *strings(const char *const *v) {
   return a;
 }
 
+/* Docker's default capabilities less CAP_MKNOD (no device nodes, whatever
+ * the cgroup layout enforces) and CAP_NET_RAW (containers share the host's
+ * network: raw sockets would see every worker's loopback traffic). */
 static const char *const default_caps[] = {
-    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",      "CAP_MKNOD",
-    "CAP_NET_RAW", "CAP_SETGID",      "CAP_SETUID",           "CAP_SETFCAP",     "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",     "CAP_AUDIT_WRITE", NULL};
+    "CAP_CHOWN",  "CAP_DAC_OVERRIDE",     "CAP_FSETID",     "CAP_FOWNER", "CAP_SETGID",      "CAP_SETUID",
+    "CAP_SETFCAP", "CAP_SETPCAP",          "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    NULL};
+
+/* Docker's masked and read-only paths. */
+static const char *const masked_paths[] = {
+    "/proc/acpi",        "/proc/asound",     "/proc/kcore",      "/proc/keys",   "/proc/latency_stats",
+    "/proc/timer_list",  "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",  "/sys/firmware",
+    "/sys/devices/virtual/powercap", NULL};
+static const char *const readonly_paths[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                                             "/proc/sysrq-trigger", NULL};
+
+/* The device cgroup: nothing but the standard nodes (null, zero, full,
+ * random, urandom, tty, ptmx and the pty slaves); CDI adds a worker's GPUs. */
+static json_t *device_rules(void) {
+  static const struct {
+    int major, minor; /* -1: any */
+  } allowed[] = {{1, 3}, {1, 5}, {1, 7}, {1, 8}, {1, 9}, {5, 0}, {5, 2}, {136, -1}};
+  json_t *rules = json_pack("[{s:b, s:s}]", "allow", 0, "access", "rwm");
+  for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+    json_t *r = json_pack("{s:b, s:s, s:I, s:s}", "allow", 1, "type", "c", "major", (json_int_t)allowed[i].major,
+                          "access", "rwm");
+    if (allowed[i].minor >= 0)
+      json_object_set_new(r, "minor", json_integer(allowed[i].minor));
+    json_array_append_new(rules, r);
+  }
+  return rules;
+}
+
+json_t *sg_oci_seccomp_profile(void) {
+  json_error_t jerr;
+  json_t *p = json_loadb(sg_seccomp_default_json, sg_seccomp_default_json_len, 0, &jerr);
+  if (!p) {
+    /* Built in and checked by the unit tests: a broken one is a build defect. */
+    sg_errlog("the built-in seccomp profile does not parse: line %d: %s", jerr.line, jerr.text);
+    abort();
+  }
+  return p;
+}
 
 static json_t *mount_entry(const char *dst, const char *type, const char *src, const char *const *opts) {
   return json_pack("{s:s, s:s, s:s, s:o}", "destination", dst, "type", type, "source", src, "options", strings(opts));
@@ -75,7 +116,12 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
   json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
                                             (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
   json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
-  json_array_append_new(mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
+  if (b->userns)
+    json_array_append_new(mounts, mount_entry("/sys", "bind", "/sys",
+                                              (const char *const[]){"rbind", "nosuid", "noexec", "nodev", "ro", NULL}));
+  else
+    json_array_append_new(mounts,
+                          mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
   /* Host network: the host's resolver and hosts files. */
   const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
   if (access("/etc/resolv.conf", R_OK) == 0)
@@ -83,14 +129,16 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
   if (access("/etc/hosts", R_OK) == 0)
     json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
   json_t *linux_ = json_pack(
-      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:[{s:b, s:s}]}, s:o, s:o}", "namespaces", "type", "pid", "type",
-      "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", "allow", 0, "access", "rwm",
-      "maskedPaths",
-      strings((const char *const[]){"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                                    "/sys/firmware", NULL}),
-      "readonlyPaths",
-      strings((const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL}));
+      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:o}, s:o, s:o, s:o}", "namespaces", "type", "pid", "type", "ipc",
+      "type", "uts", "type", "mount", "devices", "resources", "devices", device_rules(), "maskedPaths",
+      strings(masked_paths), "readonlyPaths", strings(readonly_paths), "seccomp", sg_oci_seccomp_profile());
+  if (b->userns) {
+    json_array_append_new(json_object_get(linux_, "namespaces"), json_pack("{s:s}", "type", "user"));
+    json_t *map = json_pack("[{s:i, s:I, s:I}]", "containerID", 0, "hostID", (json_int_t)SG_OCI_USERNS_BASE, "size",
+                            (json_int_t)SG_OCI_USERNS_SIZE);
+    json_object_set(linux_, "uidMappings", map);
+    json_object_set_new(linux_, "gidMappings", map);
+  }
   json_t *c = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o, s:o}", "ociVersion", "1.0.2", "process", process,
                         "root", "path", b->rootfs, "readonly", 0, "hostname", b->id, "mounts", mounts, "linux", linux_,
                         "annotations", json_pack("{s:s, s:s}", "sgpu.worker", b->id, "sgpu.image", img->ref));

@@ -3,9 +3,13 @@
 #define SGPU_OCI_INTERNAL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "sgpu/error.h"
 #include "sgpu/image.h"
+
+extern const char sg_seccomp_default_json[]; /* data/seccomp-default.json */
+extern const size_t sg_seccomp_default_json_len;
 
 typedef struct sg_oci_bundle_spec {
   const char *id;           /* container hostname and sgpu.worker annotation */
@@ -13,12 +17,24 @@ typedef struct sg_oci_bundle_spec {
   char *const *argv;        /* NULL or empty: the image's entrypoint and cmd */
   char *const *envp;        /* laid over the image's environment; may be NULL */
   const char *rootfs;       /* root.path: absolute, or relative to the bundle */
+  bool userns;              /* in a user namespace: ids 0..SG_OCI_USERNS_SIZE-1 are
+                               SG_OCI_USERNS_BASE.. on the host */
 } sg_oci_bundle_spec_t;
 
-/* The container's config: host network, pid/ipc/uts/mount namespaces, the
- * default capabilities and mounts, uid 0 until sg_oci_resolve_user(). New
- * reference. */
+/* The host ids a user namespace maps the container's 0..65535 to. */
+#define SG_OCI_USERNS_BASE 1000000000u
+#define SG_OCI_USERNS_SIZE 65536u
+
+/* The container's config: host network, pid/ipc/uts/mount namespaces,
+ * Docker's default capabilities less CAP_MKNOD and CAP_NET_RAW, the default
+ * seccomp profile, Docker's masked and read-only paths, the device cgroup
+ * limited to the standard nodes, uid 0 until sg_oci_resolve_user(); with
+ * b->userns, a user namespace too (and /sys bound from the host, which a
+ * user namespace without its own network cannot mount). New reference. */
 json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b);
+/* The default seccomp profile (data/seccomp-default.json, built in): an
+ * allow-list in the form of config.json's linux.seccomp. New reference. */
+json_t *sg_oci_seccomp_profile(void);
 /* Sets "KEY=VALUE" in a config's env array, replacing KEY's entry if any. */
 void sg_oci_env_set(json_t *env, const char *kv);
 /* Sets process.user of c from the image's user ("name", "uid", "name:group"),

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
@@ -34,6 +35,7 @@
 #include <sys/mount.h>
 #include <sys/queue.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -90,8 +92,10 @@ static struct {
   int ino_fd; /* watches bundles for their pid files */
   struct event *ino_ev;
   json_t *cdi; /* array of nvidia.com/gpu CDI specs */
+  bool userns;    /* containers run in a user namespace over idmapped layers */
+  int userns_fd;  /* a user namespace with the containers' id mapping, or -1 */
   LIST_HEAD(, oci) all;
-} rt = {.ino_fd = -1};
+} rt = {.ino_fd = -1, .userns_fd = -1};
 
 const char *sg_oci_unavailable(void) { return rt.unavailable; }
 
@@ -299,7 +303,7 @@ static json_t *cdi_edits(const int *gpus, int n) {
 
 /* The OCI config for o (user resolved later, on the pool). New reference. */
 static json_t *build_config(oci_t *o) {
-  sg_oci_bundle_spec_t b = {o->id, o->img, o->argv, o->envp, o->rootfs};
+  sg_oci_bundle_spec_t b = {o->id, o->img, o->argv, o->envp, o->rootfs, rt.userns};
   json_t *c = sg_oci_config_new(&b);
   json_t *env = json_object_get(json_object_get(c, "process"), "env");
   if (o->n_gpus > 0 && json_array_size(rt.cdi) > 0) {
@@ -348,6 +352,12 @@ static int apply_cdi(json_t *c, sg_error_t **err) {
       if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode))
         return sg_make_error(err, EINVAL, "CDI device %s is not a device node", host ? host : path);
       const char *type = S_ISCHR(st.st_mode) ? "c" : "b";
+      if (rt.userns) {
+        /* No device node can be made in a user namespace: the host's is bound. */
+        json_array_append_new(mounts, json_pack("{s:s, s:s, s:s, s:[s, s]}", "destination", path, "type", "bind",
+                                                "source", host ? host : path, "options", "bind", "nosuid"));
+        continue;
+      }
       json_array_append_new(devices, json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i}", "path", path, "type", type,
                                                "major", (json_int_t)major(st.st_rdev), "minor",
                                                (json_int_t)minor(st.st_rdev), "fileMode", (int)(st.st_mode & 0777),
@@ -398,8 +408,53 @@ typedef struct prep_job {
   json_t *config;
   char *dir, *rootfs, *user;
   char **lower; /* top first */
+  bool userns;
   sg_error_t *err;
 } prep_job_t;
+
+/* Mounts src at dst (an existing directory) read-only, nodev, nosuid, with
+ * the ids of rt.userns_fd: files of host uid 0 appear as the container's 0. */
+static int idmap_mount(const char *src, const char *dst) {
+  cleanup_close int fd = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  struct mount_attr a = {.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID,
+                         .userns_fd = (uint64_t)rt.userns_fd};
+  if (mount_setattr(fd, "", AT_EMPTY_PATH, &a, sizeof(a)) < 0)
+    return -1;
+  return move_mount(fd, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH);
+}
+
+/* Lets the containers' root (host gid SG_OCI_USERNS_BASE) traverse dir, as
+ * crun does inside the user namespace on its way to the root: group
+ * SG_OCI_USERNS_BASE, mode 0710. Nothing else of the data dir opens to it. */
+static int share_with_userns(const char *dir, sg_error_t **err) {
+  if (chown(dir, (uid_t)-1, SG_OCI_USERNS_BASE) < 0 || chmod(dir, 0710) < 0)
+    return sg_make_error(err, errno, "cannot open %s to the containers' user namespace: %s", dir, strerror(errno));
+  return 0;
+}
+
+/* In a user namespace the overlay's lower layers are idmapped mounts of the
+ * image's layers under DIR/lower, and the upper directory (the root's
+ * owner) belongs to the container's root. Replaces j->lower. */
+static int idmap_layers(prep_job_t *j) {
+  cleanup_free char *base = xasprintf("%s/lower", j->dir);
+  cleanup_free char *upper = xasprintf("%s/upper", j->dir);
+  if (mkdir(base, 0700) < 0 || chown(upper, SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE) < 0)
+    return sg_make_error(&j->err, errno, "cannot prepare the bundle %s for a user namespace: %s", j->dir,
+                         strerror(errno));
+  for (size_t i = 0; j->lower[i]; i++) {
+    char *m = xasprintf("%s/%zu", base, i);
+    if (mkdir(m, 0700) < 0 || idmap_mount(j->lower[i], m) < 0) {
+      int e = errno;
+      free(m);
+      return sg_make_error(&j->err, e, "cannot mount layer %s idmapped: %s", j->lower[i], strerror(e));
+    }
+    free(j->lower[i]);
+    j->lower[i] = m;
+  }
+  return 0;
+}
 
 static void prep_work(void *data) {
   prep_job_t *j = data;
@@ -409,6 +464,8 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, errno, "cannot create the bundle %s: %s", j->dir, strerror(errno));
     return;
   }
+  if (j->userns && (idmap_layers(j) < 0 || share_with_userns(j->dir, &j->err) < 0))
+    return;
   size_t cap = 256, len = 0;
   char *opts = xmalloc(cap);
   opts[0] = '\0';
@@ -432,7 +489,8 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, E2BIG, "the image has too many layers for one overlay mount");
     return;
   }
-  if (mount("overlay", j->rootfs, "overlay", 0, data_opts) < 0) {
+  /* No device node or set-id bit in an image takes effect. */
+  if (mount("overlay", j->rootfs, "overlay", MS_NODEV | MS_NOSUID, data_opts) < 0) {
     sg_make_error(&j->err, errno, "cannot mount the overlay root %s: %s", j->rootfs, strerror(errno));
     return;
   }
@@ -455,13 +513,50 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, errno, "cannot write %s: %s", path, strerror(errno));
 }
 
-/* Removes a bundle: container, overlay mount, directories. Pool thread or shutdown. */
+/* Detaches every mount at or beneath dir (deepest first) and returns how
+ * many are still there. */
+static size_t unmount_beneath(const char *dir) {
+  size_t left = 0, plen = strlen(dir);
+  for (int pass = 0; pass < 2; pass++) {
+    cleanup_fclose FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[4096];
+    char **mps = NULL;
+    size_t nmp = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+      char mp[PATH_MAX];
+      if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1 && !strncmp(mp, dir, plen) &&
+          (mp[plen] == '/' || mp[plen] == '\0')) {
+        mps = xrealloc(mps, (nmp + 1) * sizeof(char *));
+        mps[nmp++] = xstrdup(mp);
+      }
+    }
+    if (!f)
+      left = 1; /* cannot tell: keep everything */
+    else
+      left = nmp;
+    for (size_t i = nmp; i-- > 0;) {
+      if (pass == 0)
+        umount2(mps[i], MNT_DETACH);
+      free(mps[i]);
+    }
+    free(mps);
+  }
+  return left;
+}
+
+/* Removes a bundle: container, overlay and layer mounts, directories. Pool
+ * thread or shutdown. A bundle with a mount left beneath it is kept: its
+ * files would be the mounted layers'. */
 static void remove_bundle(const char *id, const char *dir) {
   if (rt.runtime)
     runtime_cmd("delete", "--force", id, NULL);
   cleanup_free char *rootfs = xasprintf("%s/rootfs", dir);
   while (umount2(rootfs, MNT_DETACH) == 0)
     ;
+  if (unmount_beneath(dir) > 0) {
+    sg_warn("oci: %s still has mounts beneath it; not removed", dir);
+    return;
+  }
   sg_rm_rf(dir);
 }
 
@@ -665,6 +760,7 @@ static void prepare(oci_t *o) {
   j->dir = xstrdup(o->dir);
   j->rootfs = xstrdup(o->rootfs);
   j->user = o->img->user ? xstrdup(o->img->user) : NULL;
+  j->userns = rt.userns;
   j->lower = xcalloc(o->img->n_layers + 1, sizeof(char *));
   for (size_t i = 0; i < o->img->n_layers; i++)
     j->lower[i] = xstrdup(o->img->layer_dirs[o->img->n_layers - 1 - i]);
@@ -955,7 +1051,10 @@ static void reconcile(void) {
     if (de->d_name[0] == '.')
       continue;
     cleanup_free char *p = xasprintf("%s/%s", rt.workers_dir, de->d_name);
-    sg_rm_rf(p);
+    if (unmount_beneath(p) == 0)
+      sg_rm_rf(p);
+    else
+      sg_warn("oci: %s still has mounts beneath it; not removed", p);
     bundles++;
   }
   if (d)
@@ -963,6 +1062,117 @@ static void reconcile(void) {
   if (removed || nmp || bundles)
     sg_info("oci: removed %d container(s), %zu mount(s) and %d bundle(s) left by an earlier sgpud", removed, nmp,
             bundles);
+}
+
+/* A user namespace with the containers' id mapping, held by its fd (-1 with
+ * *why set when it cannot be made). Blocks briefly. */
+static int userns_open(char **why) {
+  int p[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) < 0) {
+    *why = xasprintf("socketpair: %s", strerror(errno));
+    return -1;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* Child: enters a new user namespace, says so, and waits for the
+     * parent to map it and close its end. */
+    close(p[1]);
+    char c = unshare(CLONE_NEWUSER) == 0 ? 0 : (char)(errno > 0 && errno < 128 ? errno : 127);
+    if (write(p[0], &c, 1) != 1)
+      _exit(1);
+    while (read(p[0], &c, 1) > 0)
+      ;
+    _exit(0);
+  }
+  close(p[0]);
+  if (pid < 0) {
+    close(p[1]);
+    *why = xasprintf("fork: %s", strerror(errno));
+    return -1;
+  }
+  int fd = -1;
+  char c = 0;
+  ssize_t r;
+  while ((r = read(p[1], &c, 1)) < 0 && errno == EINTR)
+    ;
+  if (r == 1 && c == 0) {
+    char path[64], map[64];
+    snprintf(map, sizeof(map), "0 %u %u\n", SG_OCI_USERNS_BASE, SG_OCI_USERNS_SIZE);
+    const char *files[] = {"uid_map", "gid_map"};
+    bool ok = true;
+    for (int i = 0; i < 2 && ok; i++) {
+      snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, files[i]);
+      cleanup_close int mf = open(path, O_WRONLY | O_CLOEXEC);
+      ok = mf >= 0 && write(mf, map, strlen(map)) == (ssize_t)strlen(map);
+      if (!ok)
+        *why = xasprintf("cannot write %s: %s", path, strerror(errno));
+    }
+    snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+    if (ok && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+      *why = xasprintf("cannot open %s: %s", path, strerror(errno));
+  } else {
+    *why = xasprintf("cannot make a user namespace: %s", r == 1 ? strerror(c) : "no answer");
+  }
+  close(p[1]);
+  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+  return fd;
+}
+
+/* Whether an overlay over an idmapped layer mounts here: *why says why not. */
+static bool userns_works(char **why) {
+  cleanup_free char *d = xasprintf("%s/userns-check", rt.dir);
+  cleanup_free char *l = xasprintf("%s/l", d), *m = xasprintf("%s/m", d), *u = xasprintf("%s/u", d);
+  cleanup_free char *w = xasprintf("%s/w", d), *r = xasprintf("%s/r", d);
+  unmount_beneath(d);
+  sg_rm_rf(d);
+  bool ok = false;
+  if (mkdir(d, 0700) < 0 || mkdir(l, 0755) < 0 || mkdir(m, 0700) < 0 || mkdir(u, 0755) < 0 || mkdir(w, 0700) < 0 ||
+      mkdir(r, 0755) < 0 || chown(u, SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE) < 0)
+    *why = xasprintf("cannot create %s: %s", d, strerror(errno));
+  else if (idmap_mount(l, m) < 0)
+    *why = xasprintf("idmapped mounts of %s: %s", rt.dir, strerror(errno));
+  else {
+    cleanup_free char *opts = xasprintf("lowerdir=%s,upperdir=%s,workdir=%s", m, u, w);
+    if (mount("overlay", r, "overlay", MS_NODEV | MS_NOSUID, opts) < 0)
+      *why = xasprintf("overlay over an idmapped layer: %s", strerror(errno));
+    else
+      ok = true;
+  }
+  if (unmount_beneath(d) == 0)
+    sg_rm_rf(d);
+  if (!ok)
+    return false;
+  /* crun sets the root up from inside the namespace: the way to the
+   * bundles must be open to its gid. */
+  cleanup_free char *data_dir = xstrdup(rt.dir);
+  char *slash = strrchr(data_dir, '/');
+  if (slash && slash != data_dir)
+    *slash = '\0';
+  cleanup_error sg_error_t *e = NULL;
+  if (share_with_userns(data_dir, &e) < 0 || share_with_userns(rt.dir, &e) < 0 ||
+      share_with_userns(rt.workers_dir, &e) < 0) {
+    *why = xstrdup(e->message);
+    return false;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(0, NULL) < 0 || setresgid(SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE) < 0 ||
+        setresuid(SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE) < 0)
+      _exit(2);
+    _exit(access(rt.workers_dir, X_OK) == 0 ? 0 : 1);
+  }
+  int st = -1;
+  while (pid > 0 && waitpid(pid, &st, 0) < 0 && errno == EINTR)
+    ;
+  if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    *why = xasprintf("%s is out of the containers' reach (a directory above it is private)", rt.workers_dir);
+    chmod(rt.workers_dir, 0700);
+    chmod(rt.dir, 0700);
+    chmod(data_dir, 0700);
+    return false;
+  }
+  return true;
 }
 
 int sg_oci_runtime_init(struct event_base *base, sg_pool_t *pool, sg_images_t *images, const sg_oci_config_t *cfg,
@@ -1014,6 +1224,23 @@ int sg_oci_runtime_init(struct event_base *base, sg_pool_t *pool, sg_images_t *i
   else
     sg_info("oci: runtime %s; cgroup layout %s", rt.runtime, layout);
   reconcile();
+  if (cfg->userns != 0) {
+    cleanup_free char *why = NULL;
+    rt.userns_fd = userns_open(&why);
+    rt.userns = rt.userns_fd >= 0 && userns_works(&why);
+    if (rt.userns)
+      sg_info("oci: containers run in a user namespace (ids 0-%u are %u-%u on the host)", SG_OCI_USERNS_SIZE - 1,
+              SG_OCI_USERNS_BASE, SG_OCI_USERNS_BASE + SG_OCI_USERNS_SIZE - 1);
+    else if (cfg->userns == 1)
+      return sg_make_error(err, SG_EUNAVAIL, "oci_userns: containers cannot run in a user namespace here: %s",
+                           why ? why : "unknown");
+    else
+      sg_info("oci: containers run without a user namespace (%s)", why ? why : "unavailable");
+  } else {
+    sg_info("oci: containers run without a user namespace (oci_userns is false)");
+  }
+  if (!rt.userns && (chmod(rt.dir, 0700) < 0 || chmod(rt.workers_dir, 0700) < 0))
+    sg_warn("oci: cannot make %s private: %s", rt.dir, strerror(errno));
   return 0;
 }
 
@@ -1029,6 +1256,10 @@ void sg_oci_runtime_shutdown(void) {
   }
   json_decref(rt.cdi);
   rt.cdi = NULL;
+  if (rt.userns_fd >= 0)
+    close(rt.userns_fd);
+  rt.userns_fd = -1;
+  rt.userns = false;
   if (rt.ino_ev)
     event_free(rt.ino_ev);
   if (rt.ino_fd >= 0)

@@ -1,11 +1,16 @@
 /* The process runtime: a worker is a direct child of sgpud, run with execve
  * (no shell) in its own session so that its whole process group can be
- * signalled. Exec failures come back through a CLOEXEC pipe. */
+ * signalled, as an unprivileged user when sgpud runs as root (see
+ * sg_process_runtime_set_user). Failures between fork and exec come back
+ * through a CLOEXEC pipe. */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <ctype.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <sched.h>
@@ -20,6 +25,9 @@
 
 #define MAX_LINE 16384
 
+/* Where a child failed before exec. */
+enum { STAGE_SETUP = 1, STAGE_USER, STAGE_EXEC };
+
 struct sg_instance {
   LIST_ENTRY(sg_instance) link;
   pid_t pid;
@@ -32,35 +40,163 @@ struct sg_instance {
 
 static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
 static struct event *sigchld_ev;
+static sg_run_as_t run_as;
+static bool have_user;
+
+static void clear_user(void) {
+  free(run_as.name);
+  free(run_as.groups);
+  free(run_as.home);
+  memset(&run_as, 0, sizeof(run_as));
+  have_user = false;
+}
+
+const sg_run_as_t *sg_process_runtime_user(void) { return have_user ? &run_as : NULL; }
+
+/* "UID" or "UID:GID": true with the ids set. */
+static bool numeric_user(const char *spec, uid_t *uid, gid_t *gid, bool *has_gid) {
+  char *end;
+  errno = 0;
+  unsigned long u = strtoul(spec, &end, 10);
+  if (end == spec || errno || u >= (uid_t)-1 || (*end && *end != ':'))
+    return false;
+  *uid = (uid_t)u;
+  *has_gid = false;
+  if (*end == ':') {
+    const char *g = end + 1;
+    unsigned long v = strtoul(g, &end, 10);
+    if (end == g || *end || errno || v >= (gid_t)-1)
+      return false;
+    *gid = (gid_t)v;
+    *has_gid = true;
+  }
+  return true;
+}
+
+int sg_process_runtime_set_user(const char *spec, sg_error_t **err) {
+  clear_user();
+  bool dflt = !spec || !*spec;
+  if (geteuid() != 0) {
+    if (!dflt && strcmp(spec, "root"))
+      sg_info("run_as \"%s\" ignored: sgpud does not run as root, so process workers run as its own user", spec);
+    return 0;
+  }
+  if (!dflt && !strcmp(spec, "root")) {
+    sg_warn("run_as is \"root\": process workers run as root and can read everything sgpud keeps");
+    return 0;
+  }
+  const char *name = dflt ? SG_RUN_AS_DEFAULT : spec;
+  struct passwd pwd, *pw = NULL;
+  char buf[16384];
+  uid_t uid = 0;
+  gid_t gid = 0;
+  bool has_gid = false;
+  if (numeric_user(name, &uid, &gid, &has_gid)) {
+    if (getpwuid_r(uid, &pwd, buf, sizeof(buf), &pw) != 0)
+      pw = NULL;
+    if (!has_gid)
+      gid = pw ? pw->pw_gid : (gid_t)uid;
+  } else {
+    if (getpwnam_r(name, &pwd, buf, sizeof(buf), &pw) != 0)
+      pw = NULL;
+    if (!pw && dflt) {
+      name = "nobody";
+      if (getpwnam_r(name, &pwd, buf, sizeof(buf), &pw) != 0)
+        pw = NULL;
+    }
+    if (!pw)
+      return sg_make_error(err, SG_EINVAL,
+                           dflt ? "run_as: neither user " SG_RUN_AS_DEFAULT " nor nobody exists; create one "
+                                  "(scripts/install-deps.sh does) or set run_as"
+                                : "run_as: no user \"%s\"",
+                           name);
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
+  }
+  if (uid == 0 || gid == 0)
+    return sg_make_error(err, SG_EINVAL, "run_as \"%s\" is root's uid or gid; say \"root\" to run workers as root",
+                         name);
+  run_as.name = xstrdup(pw && !isdigit((unsigned char)name[0]) ? pw->pw_name : name);
+  run_as.uid = uid;
+  run_as.gid = gid;
+  run_as.home = xstrdup(pw && pw->pw_dir && *pw->pw_dir ? pw->pw_dir : "/");
+  /* The user's own supplementary groups (a GPU's device group, say), never root's. */
+  int n = 1;
+  run_as.groups = xcalloc(1, sizeof(gid_t));
+  run_as.groups[0] = gid;
+  if (pw) {
+    int want = 32;
+    for (int tries = 0; tries < 8; tries++) {
+      gid_t *g = xcalloc((size_t)want, sizeof(gid_t));
+      int got = want;
+      if (getgrouplist(pw->pw_name, gid, g, &got) >= 0) {
+        free(run_as.groups);
+        run_as.groups = g;
+        n = got;
+        break;
+      }
+      free(g);
+      if (got <= want || got > 65536)
+        break;
+      want = got;
+    }
+  }
+  int kept = 0;
+  for (int i = 0; i < n; i++)
+    if (run_as.groups[i] != 0)
+      run_as.groups[kept++] = run_as.groups[i];
+  run_as.n_groups = kept;
+  have_user = true;
+  sg_info("process workers run as user %s (uid %u, gid %u)", run_as.name, (unsigned)uid, (unsigned)gid);
+  return 0;
+}
 
 static const char *stream_name(const sg_instance_t *inst, struct bufferevent *bev) {
   return bev == inst->out[0] ? "stdout" : "stderr";
 }
 
-/* Delivers complete lines, and at eof whatever is left. Overlong lines are cut. */
+/* Delivers complete lines, and at eof whatever is left, each at most
+ * MAX_LINE bytes: a longer line arrives as several, cut where a UTF-8
+ * sequence starts. Holds at most MAX_LINE bytes of a line between reads. */
 static void drain_lines(sg_instance_t *inst, struct bufferevent *bev, bool eof) {
   struct evbuffer *in = bufferevent_get_input(bev);
   const char *stream = stream_name(inst, bev);
+  char *buf = NULL;
   for (;;) {
-    size_t len;
-    char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF);
-    if (line) {
-      if (len > 0 && line[len - 1] == '\r')
-        line[--len] = '\0';
-      inst->cbs.on_line(inst->ud, stream, line, len);
-      free(line);
-      continue;
-    }
     size_t avail = evbuffer_get_length(in);
-    if (avail == 0 || (avail < MAX_LINE && !eof))
-      return;
-    size_t take = avail < MAX_LINE ? avail : MAX_LINE;
-    char *buf = xmalloc(take + 1);
-    evbuffer_remove(in, buf, take);
-    buf[take] = '\0';
-    inst->cbs.on_line(inst->ud, stream, buf, take);
-    free(buf);
+    if (avail == 0)
+      break;
+    size_t peek = avail < MAX_LINE + 1 ? avail : MAX_LINE + 1;
+    struct evbuffer_ptr end;
+    evbuffer_ptr_set(in, &end, peek, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr nl = evbuffer_search_range(in, "\n", 1, NULL, &end);
+    size_t len, consume;
+    if (nl.pos >= 0) {
+      len = (size_t)nl.pos;
+      consume = len + 1;
+    } else if (peek > MAX_LINE || eof) {
+      len = consume = peek > MAX_LINE ? MAX_LINE : peek;
+    } else {
+      break; /* an incomplete line: wait for the rest */
+    }
+    if (!buf)
+      buf = xmalloc(MAX_LINE + 2);
+    evbuffer_copyout(in, buf, len < peek ? len + 1 : len);
+    if (nl.pos < 0 && len == MAX_LINE && peek > MAX_LINE) {
+      /* Cut before a UTF-8 continuation byte, so both pieces stay valid. */
+      size_t cut = len;
+      while (cut > MAX_LINE - 4 && ((unsigned char)buf[cut] & 0xc0) == 0x80)
+        cut--;
+      if (((unsigned char)buf[cut] & 0xc0) != 0x80 && cut > 0)
+        len = consume = cut;
+    }
+    evbuffer_drain(in, consume);
+    if (nl.pos >= 0 && len > 0 && buf[len - 1] == '\r')
+      len--;
+    buf[len] = '\0';
+    inst->cbs.on_line(inst->ud, stream, buf, len);
   }
+  free(buf);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg) { drain_lines(arg, bev, false); }
@@ -124,6 +260,7 @@ void sg_process_runtime_shutdown(void) {
   if (sigchld_ev)
     event_free(sigchld_ev);
   sigchld_ev = NULL;
+  clear_user();
 }
 
 static int write_all(int fd, const void *buf, size_t n) {
@@ -155,6 +292,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     sg_make_error(err, e, "pipe: %s", strerror(e));
     return NULL;
   }
+  const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -167,7 +305,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     return NULL;
   }
   if (pid == 0) {
-    /* Child: only async-signal-safe calls from here on. */
+    /* Child: only async-signal-safe calls from here on. A failure writes
+     * {stage, errno} to the pipe. */
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
@@ -175,43 +314,58 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
       if (s != SIGKILL && s != SIGSTOP)
         signal(s, SIG_DFL);
     setsid();
-    /* A worker must not outlive sgpud unnoticed. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int failure[2] = {STAGE_SETUP, 0};
     if (launch->flags & SG_LAUNCH_HIDE_CGROUP2) {
-      if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
-        int e = errno;
-        write_all(execp[1], &e, sizeof(e));
-        _exit(127);
-      }
+      if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        goto child_fail;
       umount2("/sys/fs/cgroup/unified", MNT_DETACH);
     }
     int devnull = open("/dev/null", O_RDONLY);
-    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0) {
-      int e = errno;
-      write_all(execp[1], &e, sizeof(e));
-      _exit(127);
+    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
+      goto child_fail;
+    if (user) {
+      failure[0] = STAGE_USER;
+      if (setgroups((size_t)user->n_groups, user->groups) < 0 || setresgid(user->gid, user->gid, user->gid) < 0 ||
+          setresuid(user->uid, user->uid, user->uid) < 0)
+        goto child_fail;
+      /* A working directory the user cannot reach: start at /. */
+      if (access(".", X_OK) < 0 && chdir("/") < 0)
+        goto child_fail;
     }
+    /* A worker must not outlive sgpud unnoticed (set after the user
+     * changes, which clears it). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    failure[0] = STAGE_EXEC;
     execve(launch->argv[0], launch->argv, launch->envp);
-    int e = errno;
-    write_all(execp[1], &e, sizeof(e));
+  child_fail:
+    failure[1] = errno;
+    write_all(execp[1], failure, sizeof(failure));
     _exit(127);
   }
   close(outp[1]);
   close(errp[1]);
   close(execp[1]);
-  int child_errno = 0;
+  int failure[2] = {0, 0};
   ssize_t r;
   do
-    r = read(execp[0], &child_errno, sizeof(child_errno));
+    r = read(execp[0], failure, sizeof(failure));
   while (r < 0 && errno == EINTR);
   close(execp[0]);
   if (r > 0) {
-    /* exec failed: the child exits at once; reap it here so no zombie stays. */
+    /* The child failed before exec and exits at once; reap it here so no zombie stays. */
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
       ;
     close(outp[0]);
     close(errp[0]);
-    sg_make_error(err, child_errno, "cannot execute %s: %s", launch->argv[0], strerror(child_errno));
+    int e = failure[1];
+    if (failure[0] == STAGE_USER)
+      sg_make_error(err, e, "cannot switch to user %s (run_as) for %s: %s", user->name, launch->argv[0], strerror(e));
+    else if (failure[0] == STAGE_EXEC && user)
+      sg_make_error(err, e, "cannot execute %s as user %s (run_as): %s", launch->argv[0], user->name, strerror(e));
+    else if (failure[0] == STAGE_EXEC)
+      sg_make_error(err, e, "cannot execute %s: %s", launch->argv[0], strerror(e));
+    else
+      sg_make_error(err, e, "cannot prepare %s: %s", launch->argv[0], strerror(e));
     return NULL;
   }
   sg_instance_t *inst = xcalloc(1, sizeof(*inst));

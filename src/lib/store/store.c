@@ -1,6 +1,8 @@
 #include "sgpu/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include <string.h>
 
@@ -116,8 +118,26 @@ static int migrate(sqlite3 *db, sg_error_t **err) {
   return 0;
 }
 
+/* Makes the database file (and its WAL and shared-memory files, when
+ * present) readable by sgpud's user only; SQLite gives the files it creates
+ * later the database's own mode. */
+static int make_private(const char *path, sg_error_t **err) {
+  cleanup_close int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || fchmod(fd, 0600) < 0)
+    return sg_make_error(err, SG_ESTORE, "store: cannot create %s with mode 0600: %s", path, strerror(errno));
+  const char *suffixes[] = {"-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(suffixes); i++) {
+    cleanup_free char *p = xasprintf("%s%s", path, suffixes[i]);
+    if (chmod(p, 0600) < 0 && errno != ENOENT)
+      return sg_make_error(err, SG_ESTORE, "store: cannot make %s mode 0600: %s", p, strerror(errno));
+  }
+  return 0;
+}
+
 sg_store_t *sg_store_open(const char *path, sg_error_t **err) {
   sqlite3 *db = NULL;
+  if (strcmp(path, ":memory:") && make_private(path, err) < 0)
+    return NULL;
   if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
       SQLITE_OK) {
     sg_make_error(err, SG_ESTORE, "store: cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");

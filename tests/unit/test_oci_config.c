@@ -1,0 +1,196 @@
+/* The container config (config.json) a worker's image runs with: at least as
+ * strict as Docker's defaults whatever the cgroup layout enforces. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "runtime/oci-internal.h"
+#include "sgpu/util.h"
+
+static json_t *config(void) {
+  char *env[] = {"A=1", NULL};
+  sg_image_t img = {.ref = "example.com/x:latest", .env = env};
+  sg_oci_bundle_spec_t b = {.id = "w-test", .img = &img, .rootfs = "rootfs"};
+  return sg_oci_config_new(&b);
+}
+
+static bool has_string(json_t *arr, const char *s) {
+  size_t i;
+  json_t *v;
+  json_array_foreach(arr, i, v) {
+    if (json_is_string(v) && !strcmp(json_string_value(v), s))
+      return true;
+  }
+  return false;
+}
+
+static void test_capabilities(void **state) {
+  json_t *c = config();
+  json_t *caps = json_object_get(json_object_get(c, "process"), "capabilities");
+  const char *sets[] = {"bounding", "effective", "permitted"};
+  for (size_t i = 0; i < 3; i++) {
+    json_t *set = json_object_get(caps, sets[i]);
+    assert_true(json_is_array(set));
+    assert_true(has_string(set, "CAP_CHOWN"));
+    for (const char *const *bad = (const char *const[]){"CAP_MKNOD", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE",
+                                                         "CAP_SYS_MODULE", "CAP_NET_ADMIN", NULL};
+         *bad; bad++)
+      if (has_string(set, *bad))
+        fail_msg("%s in the %s set", *bad, sets[i]);
+  }
+  assert_true(json_is_true(json_object_get(json_object_get(c, "process"), "noNewPrivileges")));
+  json_decref(c);
+}
+
+/* The names a profile allows without conditions on their arguments. */
+static bool allows(json_t *profile, const char *name, bool *conditional) {
+  size_t i;
+  json_t *rule;
+  json_array_foreach(json_object_get(profile, "syscalls"), i, rule) {
+    if (strcmp(json_string_value(json_object_get(rule, "action")), "SCMP_ACT_ALLOW") ||
+        !has_string(json_object_get(rule, "names"), name))
+      continue;
+    if (json_array_size(json_object_get(rule, "args")) == 0)
+      return true;
+    *conditional = true;
+  }
+  return false;
+}
+
+static void test_seccomp(void **state) {
+  json_t *c = config();
+  json_t *p = json_object_get(json_object_get(c, "linux"), "seccomp");
+  assert_non_null(p);
+  assert_string_equal(json_string_value(json_object_get(p, "defaultAction")), "SCMP_ACT_ERRNO");
+  bool cond = false;
+  for (const char *const *ok = (const char *const[]){"read", "write", "openat", "mmap", "futex", "execve", "socket",
+                                                     "accept4", "epoll_wait", "exit_group", NULL};
+       *ok; ok++) {
+    cond = false;
+    if (!allows(p, *ok, &cond) && !cond)
+      fail_msg("%s is not allowed", *ok);
+  }
+  for (const char *const *bad =
+           (const char *const[]){"mount", "umount2", "ptrace", "kexec_load", "kexec_file_load", "init_module",
+                                 "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl", "add_key",
+                                 "request_key", "open_by_handle_at", "reboot", "swapon", "swapoff", "setns", "unshare",
+                                 "userfaultfd", "acct", "quotactl", "settimeofday", "clock_settime", "pivot_root",
+                                 "process_vm_writev", "io_uring_setup", "syslog", "iopl", "ioperm", NULL};
+       *bad; bad++) {
+    cond = false;
+    if (allows(p, *bad, &cond) || cond)
+      fail_msg("%s is allowed", *bad);
+  }
+  /* mknod, clone and personality only with safe arguments. */
+  const char *conditional[] = {"mknod", "mknodat", "clone", "personality"};
+  for (size_t i = 0; i < 4; i++) {
+    cond = false;
+    assert_false(allows(p, conditional[i], &cond));
+    assert_true(cond);
+  }
+  json_decref(c);
+}
+
+static void test_paths_mounts_devices(void **state) {
+  json_t *c = config();
+  json_t *lx = json_object_get(c, "linux");
+  json_t *masked = json_object_get(lx, "maskedPaths"), *ro = json_object_get(lx, "readonlyPaths");
+  for (const char *const *m = (const char *const[]){"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+                                                    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+                                                    NULL};
+       *m; m++)
+    if (!has_string(masked, *m))
+      fail_msg("%s is not masked", *m);
+  for (const char *const *r = (const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                                                    "/proc/sysrq-trigger", NULL};
+       *r; r++)
+    if (!has_string(ro, *r))
+      fail_msg("%s is not read-only", *r);
+  /* Every mount but /dev (which holds the standard nodes) is nodev and nosuid. */
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(c, "mounts"), i, m) {
+    const char *dst = json_string_value(json_object_get(m, "destination"));
+    json_t *opts = json_object_get(m, "options");
+    if (!has_string(opts, "nosuid"))
+      fail_msg("%s is not nosuid", dst);
+    if (strcmp(dst, "/dev") && strcmp(dst, "/dev/pts") && !has_string(opts, "nodev"))
+      fail_msg("%s is not nodev", dst);
+  }
+  /* No device nodes of the host; the device cgroup denies all but the standard set. */
+  assert_int_equal(json_array_size(json_object_get(lx, "devices")), 0);
+  json_t *rules = json_object_get(json_object_get(lx, "resources"), "devices");
+  json_t *first = json_array_get(rules, 0);
+  assert_true(json_is_false(json_object_get(first, "allow")));
+  assert_null(json_object_get(first, "type"));
+  assert_string_equal(json_string_value(json_object_get(first, "access")), "rwm");
+  json_array_foreach(rules, i, m) {
+    if (i == 0)
+      continue;
+    assert_string_equal(json_string_value(json_object_get(m, "type")), "c");
+    json_int_t major = json_integer_value(json_object_get(m, "major"));
+    assert_true(major == 1 || major == 5 || major == 136);
+  }
+  /* The host's network, pid/ipc/uts/mount namespaces of its own. */
+  const char *want[] = {"pid", "ipc", "uts", "mount"};
+  for (size_t k = 0; k < 4; k++) {
+    bool found = false;
+    json_array_foreach(json_object_get(lx, "namespaces"), i, m) {
+      found |= !strcmp(json_string_value(json_object_get(m, "type")), want[k]);
+    }
+    if (!found)
+      fail_msg("no %s namespace", want[k]);
+  }
+  json_decref(c);
+}
+
+static void test_user_namespace(void **state) {
+  char *env[] = {NULL};
+  sg_image_t img = {.ref = "example.com/x:latest", .env = env};
+  sg_oci_bundle_spec_t b = {.id = "w-test", .img = &img, .rootfs = "rootfs", .userns = true};
+  json_t *c = sg_oci_config_new(&b);
+  json_t *lx = json_object_get(c, "linux");
+  bool user = false;
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(lx, "namespaces"), i, m) {
+    user |= !strcmp(json_string_value(json_object_get(m, "type")), "user");
+  }
+  assert_true(user);
+  const char *maps[] = {"uidMappings", "gidMappings"};
+  for (int k = 0; k < 2; k++) {
+    json_t *map = json_array_get(json_object_get(lx, maps[k]), 0);
+    assert_int_equal(json_integer_value(json_object_get(map, "containerID")), 0);
+    assert_int_equal(json_integer_value(json_object_get(map, "hostID")), SG_OCI_USERNS_BASE);
+    assert_int_equal(json_integer_value(json_object_get(map, "size")), SG_OCI_USERNS_SIZE);
+  }
+  /* sysfs cannot be mounted without a network namespace of its own: bound, read-only. */
+  json_array_foreach(json_object_get(c, "mounts"), i, m) {
+    if (!strcmp(json_string_value(json_object_get(m, "destination")), "/sys")) {
+      assert_string_equal(json_string_value(json_object_get(m, "type")), "bind");
+      assert_true(has_string(json_object_get(m, "options"), "ro"));
+      assert_true(has_string(json_object_get(m, "options"), "nodev"));
+    }
+  }
+  assert_non_null(json_object_get(lx, "seccomp"));
+  json_decref(c);
+  /* Without: none of it. */
+  c = config();
+  assert_null(json_object_get(json_object_get(c, "linux"), "uidMappings"));
+  json_decref(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_capabilities),
+      cmocka_unit_test(test_seccomp),
+      cmocka_unit_test(test_paths_mounts_devices),
+      cmocka_unit_test(test_user_namespace),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
