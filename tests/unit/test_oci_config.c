@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -185,12 +187,83 @@ static void test_user_namespace(void **state) {
   json_decref(c);
 }
 
+/* Writes path (under dir) with text. */
+static void put(const char *dir, const char *name, const char *text) {
+  char *path = xasprintf("%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+  free(path);
+}
+
+static long user_field(json_t *c, const char *key) {
+  return (long)json_integer_value(json_object_get(json_object_get(json_object_get(c, "process"), "user"), key));
+}
+
+/* The image's user is looked up in its own /etc, whatever its files point at. */
+static void test_user_lookup_stays_in_the_image(void **state) {
+  char tmpl[] = "/tmp/sgpu-oci-user-XXXXXX";
+  assert_non_null(mkdtemp(tmpl));
+  char *root = xasprintf("%s/root", tmpl), *etc = xasprintf("%s/root/etc", tmpl);
+  assert_int_equal(mkdir(root, 0755), 0);
+  assert_int_equal(mkdir(etc, 0755), 0);
+  /* A host file the image's passwd points at, by absolute and by relative link. */
+  put(tmpl, "host-passwd", "evil:x:4242:4343::/:/bin/sh\n");
+  char *abs_target = xasprintf("%s/host-passwd", tmpl);
+  char *link = xasprintf("%s/passwd", etc);
+  assert_int_equal(symlink(abs_target, link), 0);
+  char *roots[] = {root, NULL};
+  json_t *c = config();
+  sg_error_t *err = NULL;
+  assert_true(sg_oci_resolve_user(c, roots, "evil", &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  unlink(link);
+  assert_int_equal(symlink("../../host-passwd", link), 0);
+  assert_true(sg_oci_resolve_user(c, roots, "evil", &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  /* A FIFO as group file: refused at once, never waited on. */
+  char *fifo = xasprintf("%s/group", etc);
+  assert_int_equal(mkfifo(fifo, 0644), 0);
+  unlink(link);
+  put(etc, "passwd", "app:x:1000:1000::/home/app:/bin/sh\nbig:x:99999999999:1::/:/bin/sh\n");
+  assert_true(sg_oci_resolve_user(c, roots, "app:app", &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  /* Ids out of range are refused; a link inside the image is followed within it. */
+  assert_true(sg_oci_resolve_user(c, roots, "big", &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  assert_true(sg_oci_resolve_user(c, roots, "4294967296", &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_oci_resolve_user(c, roots, "app", &err), 0);
+  assert_int_equal(user_field(c, "uid"), 1000);
+  assert_int_equal(user_field(c, "gid"), 1000);
+  unlink(link);
+  put(etc, "passwd.real", "app:x:1001:1002::/home/app:/bin/sh\n");
+  assert_int_equal(symlink("/etc/passwd.real", link), 0);
+  assert_int_equal(sg_oci_resolve_user(c, roots, "app", &err), 0);
+  assert_int_equal(user_field(c, "uid"), 1001);
+  assert_int_equal(user_field(c, "gid"), 1002);
+  json_decref(c);
+  assert_int_equal(sg_rm_rf(tmpl), 0);
+  free(fifo);
+  free(link);
+  free(abs_target);
+  free(etc);
+  free(root);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_capabilities),
       cmocka_unit_test(test_seccomp),
       cmocka_unit_test(test_paths_mounts_devices),
       cmocka_unit_test(test_user_namespace),
+      cmocka_unit_test(test_user_lookup_stays_in_the_image),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,8 +2,13 @@
  * the runtimes that run images: oci (crun on this machine) and slurm (crun
  * on the job's node). */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "oci-internal.h"
 #include "sgpu/log.h"
@@ -145,23 +150,65 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
   return c;
 }
 
-/* The first of roots (top first) holding etc/NAME, opened; NULL if none. */
+/* Opens etc/NAME of the image root at rootfd as the container would see it:
+ * symbolic links resolve inside that root (openat2 RESOLVE_IN_ROOT) or, where
+ * the kernel has no openat2, are not followed at all. Never blocks (a FIFO is
+ * opened non-blocking, then refused). A file descriptor, or -1 with errno. */
+static int open_in_root(int rootfd, const char *name) {
+  cleanup_free char *rel = xasprintf("etc/%s", name);
+  struct open_how how = {.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+                         .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV};
+  int fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
+  if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+    return fd;
+  cleanup_close int etc = openat(rootfd, "etc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (etc < 0)
+    return -1;
+  return openat(etc, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
+}
+
+/* The first of roots (top first) holding etc/NAME, opened; NULL if none, or
+ * when it is not a regular file of at most 4 MiB (a whiteout, a device, a
+ * FIFO, a link out of the root). */
 static FILE *open_etc(char *const *roots, const char *name) {
   for (char *const *r = roots; *r; r++) {
-    cleanup_free char *path = xasprintf("%s/etc/%s", *r, name);
-    FILE *f = fopen(path, "re");
-    if (f || errno != ENOENT)
-      return f;
+    cleanup_close int rootfd = open(*r, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+      return NULL;
+    int fd = open_in_root(rootfd, name);
+    if (fd < 0) {
+      if (errno == ENOENT)
+        continue;
+      return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (4 << 20)) {
+      close(fd);
+      errno = EINVAL;
+      return NULL;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f)
+      close(fd);
+    return f;
   }
   return NULL;
 }
 
+/* A uid or gid field: 0..4294967294, else -1. */
+static long id_value(const char *s) {
+  char *end;
+  errno = 0;
+  long n = strtol(s, &end, 10);
+  if (end == s || (*end && *end != ':' && *end != '\n') || errno || n < 0 || n > 4294967294l)
+    return -1;
+  return n;
+}
+
 /* Looks name up in the roots' /etc/passwd (or /etc/group when group). */
 static long lookup_id(char *const *roots, const char *name, bool group) {
-  char *end;
-  long n = strtol(name, &end, 10);
-  if (*name && !*end)
-    return n;
+  if (*name && strspn(name, "0123456789") == strlen(name))
+    return id_value(name);
   cleanup_fclose FILE *f = open_etc(roots, group ? "group" : "passwd");
   if (!f)
     return -1;
@@ -171,7 +218,7 @@ static long lookup_id(char *const *roots, const char *name, bool group) {
     if (!strncmp(line, name, len) && line[len] == ':') {
       char *p = strchr(line + len + 1, ':');
       if (p)
-        return strtol(p + 1, NULL, 10);
+        return id_value(p + 1);
     }
   }
   return -1;
@@ -198,11 +245,13 @@ int sg_oci_resolve_user(json_t *c, char *const *roots, const char *user, sg_erro
       for (char *p = line; *p && nf < 4; p++)
         if (*p == ':')
           *p = '\0', fields[nf++] = p + 1;
-      if (nf == 4 && strtol(fields[2], NULL, 10) == uid) {
-        gid = strtol(fields[3], NULL, 10);
+      if (nf == 4 && id_value(fields[2]) == uid) {
+        gid = id_value(fields[3]);
         break;
       }
     }
+    if (gid < 0)
+      return sg_make_error(err, EINVAL, "image user \"%s\" has an invalid group id in the image's /etc/passwd", user);
   }
   json_t *ju = json_object_get(json_object_get(c, "process"), "user");
   json_object_set_new(ju, "uid", json_integer(uid));
