@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import ECHO_WORKER, HERE, REPO, RUN_ID, SgpudTestCase, echo_spec, unique_name
+from harness import ECHO_WORKER, HERE, REPO, RUN_ID, SgpudTestCase, echo_spec, unique_name, wait_for
 from test_oci import TOOLS, Registry, _sh, crun_works
 
 IMAGE_SCRIPT = os.path.join(HERE, "oci-image.sh")
@@ -169,6 +169,42 @@ class ProcessWorkerUserTest(SgpudTestCase):
         (w,) = sg.wait_ready(name, 1)
         st = os.stat("/proc/%d" % w["pid"])
         self.assertEqual(st.st_uid, want.pw_uid)
+
+    def test_command_beneath_a_private_directory_runs_as_the_user(self):
+        # A checkout in /root: the user cannot search the directory, yet the
+        # command (a binary, and a script) runs, as the user.
+        sg = self.start_sgpud()
+        private = tempfile.mkdtemp(prefix="sgpu-it-private-")
+        self.addCleanup(shutil.rmtree, private, True)
+        os.chmod(private, 0o700)
+        binary = os.path.join(private, "echo-worker")
+        shutil.copy(ECHO_WORKER, binary)
+        os.chmod(binary, 0o755)
+        script = os.path.join(private, "start.sh")
+        with open(script, "w") as f:
+            f.write('#!/bin/sh\nexport MODEL="uid=$(id -u)"\nexec "$W"\n')
+        os.chmod(script, 0o755)
+        want = self.expected_user()
+        for command, env in (([binary], {}), ([script], {"W": ECHO_WORKER})):
+            name = unique_name("private")
+            spec = echo_spec(name, env=dict(env, SGPU_IT_RUN=RUN_ID), workers={"min": 1})
+            spec["command"] = command
+            self.create(spec, sg=sg)
+            (w,) = sg.wait_ready(name, 1)
+            self.assertEqual(os.stat("/proc/%d" % w["pid"]).st_uid, want.pw_uid, command)
+            if env:
+                got = self.assertOk(sg.invoke(name, "/env", timeout=30))
+                self.assertEqual(got["MODEL"], "uid=%d" % want.pw_uid)
+        # A file the user may not execute still fails, with the reason.
+        secret = os.path.join(private, "root-only")
+        shutil.copy(ECHO_WORKER, secret)
+        os.chmod(secret, 0o700)
+        name = unique_name("private")
+        spec = echo_spec(name, env={"SGPU_IT_RUN": RUN_ID}, workers={"min": 1})
+        spec["command"] = [secret]
+        self.create(spec, sg=sg)
+        wait_for(lambda: "run_as" in (sg.api("GET", "/v1/endpoints/%s" % name).body["status"].get("last_error") or ""),
+                 30, message="last_error naming run_as")
 
     def test_data_dir_and_database_are_private(self):
         sg = self.start_sgpud()

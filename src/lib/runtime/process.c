@@ -17,7 +17,9 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/queue.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "sgpu/log.h"
 #include "sgpu/runtime.h"
@@ -323,7 +325,12 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
       goto child_fail;
+    /* The command is opened while still root, so that one beneath a
+     * directory the user cannot search (a checkout in /root) still runs;
+     * the file itself must be executable by the user. */
+    int exefd = -1;
     if (user) {
+      exefd = open(launch->argv[0], O_PATH | O_CLOEXEC);
       failure[0] = STAGE_USER;
       if (setgroups((size_t)user->n_groups, user->groups) < 0 || setresgid(user->gid, user->gid, user->gid) < 0 ||
           setresuid(user->uid, user->uid, user->uid) < 0)
@@ -336,6 +343,15 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
      * changes, which clears it). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     failure[0] = STAGE_EXEC;
+    if (exefd >= 0) {
+      syscall(SYS_execveat, exefd, "", launch->argv, launch->envp, AT_EMPTY_PATH);
+      /* A script: its interpreter reads it through /dev/fd, so the
+       * descriptor must stay open across exec. */
+      if (errno == ENOENT && fcntl(exefd, F_SETFD, 0) == 0)
+        syscall(SYS_execveat, exefd, "", launch->argv, launch->envp, AT_EMPTY_PATH);
+      if (errno != ENOSYS)
+        goto child_fail;
+    }
     execve(launch->argv[0], launch->argv, launch->envp);
   child_fail:
     failure[1] = errno;
