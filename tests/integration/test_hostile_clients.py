@@ -15,17 +15,19 @@ import tempfile
 import time
 import unittest
 
-from harness import (HERE, RUN_ID, SANITIZER_MARKS, Sgpud, SgpudTestCase, echo_spec, http_request, scaled,
-                     unique_name, wait_for)
+from harness import (HERE, RUN_ID, SANITIZER_MARKS, WORKER_PYTHON, Sgpud, SgpudTestCase, echo_spec, http_request,
+                     scaled, unique_name, wait_for, worker_path)
 
-CHATTY = os.path.join(HERE, "chatty_worker.py")
+CHATTY = worker_path(os.path.join(HERE, "chatty_worker.py"))
+
+
 def chatty_spec(name, **overrides):
     """A worker that answers every request as soon as its head arrived, without
     reading the body: the answer reaches the gateway while the client still sends."""
     spec = {
         "name": name,
         "runtime": "process",
-        "command": [sys.executable, CHATTY],
+        "command": [WORKER_PYTHON, CHATTY],
         "env": {"SGPU_IT_RUN": RUN_ID},
         "health": {"path": "/health", "period_s": 30},
         "workers": {"min": 1, "max": 1, "idle_timeout_s": 600, "max_concurrency": 8},
