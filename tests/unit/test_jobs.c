@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <ftw.h>
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <sys/stat.h>
 
@@ -366,6 +367,14 @@ static void test_writer_group_commit(void **state) {
   wst.base = event_base_new();
   sg_job_writer_t *w = sg_job_writer_start(wst.base, f->path, 0, &err);
   assert_non_null(w);
+  /* Hold the database's write lock while the writes are queued: the writer
+   * may take the first few and then waits for the lock (busy timeout 5 s),
+   * so all the others are queued together by the time it can commit. A
+   * writer that groups commits them in at most two transactions; one that
+   * commits each write alone needs 63. */
+  sqlite3 *holder = NULL;
+  assert_int_equal(sqlite3_open(f->path, &holder), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(holder, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
   char ids[64][8];
   for (int i = 0; i < 64; i++) {
     snprintf(ids[i], sizeof(ids[i]), "j%d", i);
@@ -376,6 +385,8 @@ static void test_writer_group_commit(void **state) {
   }
   tags[63] = 64;
   sg_job_writer_barrier(w, on_written, &tags[63]);
+  assert_int_equal(sqlite3_exec(holder, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(holder);
   wst.want = 64;
   event_base_dispatch(wst.base);
   assert_int_equal(wst.done, 64);
@@ -384,7 +395,7 @@ static void test_writer_group_commit(void **state) {
   sg_job_writer_stats_t st;
   sg_job_writer_get_stats(w, &st);
   assert_int_equal(st.writes, 63);
-  assert_true(st.commits >= 1 && st.commits <= 63);
+  assert_true(st.commits >= 1 && st.commits <= 2);
   assert_int_equal(sg_job_writer_backlog(w), 0);
   sg_job_writer_stop(w);
   event_base_free(wst.base);
