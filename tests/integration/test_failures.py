@@ -33,11 +33,9 @@ class FailureTest(SgpudTestCase):
         delay = int(scaled(10000))
         slow = [Background(self.sg.invoke, name, "/infer?delay_ms=%d" % delay, body=b"s",
                            timeout=60) for _ in range(2)]
-        try:
-            self.wait_for(lambda: any(w["id"] == w0["id"] and w["in_flight"] >= 2
-                                      for w in self.sg.workers(name)), 3)
-        except AssertionError:
-            time.sleep(scaled(0.5))  # counters aside, the requests are at the worker by now
+        self.wait_for(lambda: any(w["id"] == w0["id"] and w["in_flight"] >= 2
+                                  for w in self.sg.workers(name)), 10,
+                      message="both slow requests in flight at %s" % w0["id"])
         self.assertFalse(any(b.done() for b in slow), "slow requests ended before the kill")
         os.kill(w0["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -89,7 +87,9 @@ class FailureTest(SgpudTestCase):
                       message="unhealthy worker out of rotation")
         # a request now must not reach the unhealthy worker: it waits for a healthy one
         pending = Background(self.sg.invoke, name, "/infer", body=b"y", timeout=60)
-        time.sleep(scaled(0.5))
+        self.wait_for(lambda: self.sg.status(name)["queued"] >= 1, 10,
+                      message="the request queued while no worker is healthy")
+        self.assertFalse(pending.done(), "the request was answered with no healthy worker")
         os.unlink(fail_file)
         resp = pending.result(60)
         self.assertOk(resp)
@@ -151,7 +151,8 @@ class FailureTest(SgpudTestCase):
 
         n0 = count()
         self.assertGreaterEqual(n0, 2, "the crashing worker was not restarted")
-        t0 = time.monotonic()
+        # Over a window, restarts must stay few: there is no state to wait for
+        # here, the check is that something does not happen too often.
         time.sleep(4)
         n1 = count()
         self.assertLessEqual(n1 - n0, 4, "no backoff: %d restarts in 4s while in crash loop"
