@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -376,19 +377,27 @@ class JobsCrashTest(SgpudTestCase):
                              env={"JOBS_RECORD_FILE": record}))
         sg.wait_ready(name, 2, timeout=20)
 
+        # The kill timing and the jobs' lengths are random; the seed is printed
+        # so that a failing run can be repeated with SGPU_TEST_SEED.
+        seed = int(os.environ.get("SGPU_TEST_SEED") or random.SystemRandom().randrange(1 << 32))
+        sys.stderr.write("test_kill9_loses_no_acknowledged_job: SGPU_TEST_SEED=%d\n" % seed)
+        rng = random.Random(seed)
+        submit_seeds = [rng.randrange(1 << 32) for _ in range(4)]
+
         acked = {}  # id -> the input it was given
         first_completed = {}  # id -> wall time (ms) the API first showed COMPLETED
         stop = threading.Event()
         lock = threading.Lock()
 
         def submitter(k):
+            krng = random.Random(submit_seeds[k])
             n = 0
             while not stop.is_set():
                 n += 1
                 tag = "%d-%d" % (k, n)
                 try:
                     resp = http_request(sg.port, "POST", "/v2/%s/run" % name,
-                                        body={"input": {"tag": tag, "sleep_ms": random.randint(0, 30)}},
+                                        body={"input": {"tag": tag, "sleep_ms": krng.randint(0, 30)}},
                                         headers={"Authorization": "Bearer %s" % sg.key}, timeout=5)
                 except OSError:
                     time.sleep(0.05)
@@ -415,12 +424,23 @@ class JobsCrashTest(SgpudTestCase):
         threads.append(threading.Thread(target=observer, daemon=True))
         for t in threads:
             t.start()
+
+        def acked_count():
+            with lock:
+                return len(acked)
+
+        # Kill sgpud after a random number of new acknowledgements, so that
+        # each kill lands while jobs are being submitted and run, however slow
+        # the build; then let the load run on after the last restart.
         for _ in range(3):
-            time.sleep(random.uniform(0.8, 1.5))
+            target = acked_count() + rng.randint(50, 250)
+            wait_for(lambda: acked_count() >= target, 30, message="%d jobs acknowledged" % target)
             sg.kill()
             sg.start()
             sg.wait_ready(name, 1, timeout=20)
-        time.sleep(1)
+        target = acked_count() + 100
+        wait_for(lambda: acked_count() >= target, 30,
+                 message="%d jobs acknowledged after the last restart" % target)
         stop.set()
         for t in threads:
             t.join(scaled(30))

@@ -208,7 +208,8 @@ class LogsTest(SgpudTestCase):
         base = min(timed(), timed())
         self.create(chatty_spec(noisy, env={"SGPU_IT_RUN": RUN_ID, "CHATTY_LINES_PER_S": "20000"}), sg=sg)
         sg.wait_ready(noisy, 1, timeout=20)
-        time.sleep(0.5)
+        self.wait_for(lambda: len(sg.logs(noisy, q="chatter", limit=1000)) >= 1000, 10,
+                      message="%s logging its chatter" % noisy)
         loaded = min(timed(), timed())
         sys.stderr.write("invocation of another endpoint: %.2f ms alone, %.2f ms beside 20,000 lines/s\n"
                          % (base * 1000, loaded * 1000))

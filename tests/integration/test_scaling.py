@@ -82,7 +82,9 @@ class ScalingTest(SgpudTestCase):
         # a ready worker appears without any traffic
         (w0,) = self.sg.wait_ready(name, 1, timeout=20)
         self.assertGreaterEqual(self.sg.status(name)["desired"], 1)
-        time.sleep(scaled(3))  # well past idle_timeout_s
+        # Nothing may happen here: min keeps the worker although it stays idle
+        # well past idle_timeout_s. A window, as there is no state to wait for.
+        time.sleep(scaled(3))
         ready = self.sg.ready_workers(name)
         self.assertEqual([w["id"] for w in ready], [w0["id"]], ready)
         self.assertEqual(len(self.sg.active_workers(name)), 1)
@@ -121,9 +123,11 @@ class ScalingTest(SgpudTestCase):
         delay = int(scaled(2500))
         slow = lambda: self.sg.invoke(name, "/infer?delay_ms=%d" % delay, body=b"s", timeout=60)
         a = Background(slow)  # occupies the only worker
-        time.sleep(scaled(0.5))
+        self.wait_for(lambda: self.sg.status(name)["in_flight"] == 1, 10,
+                      message="the first slow request at the worker")
         b = Background(slow)  # waits in the queue (max_queue 1)
-        time.sleep(scaled(0.5))
+        self.wait_for(lambda: self.sg.status(name)["queued"] == 1, 10,
+                      message="the second slow request queued")
         self.assertFalse(a.done() or b.done(), "slow requests finished too early")
         t0 = time.monotonic()
         c = self.sg.invoke(name, "/infer", body=b"c", timeout=30)
