@@ -1,7 +1,8 @@
-/* The scaler loop: feeds each endpoint's metrics window (one observation
- * per pass, plus the start delay of every worker that became ready), asks the
- * pure policy (policy.c) for a decision, logs it when it changes something,
- * and carries it out by starting or stopping workers. It runs on every tick
+/* The scaler loop: notes the start delay of every worker that became ready,
+ * describes each endpoint's workers and demand to the pure step (policy.c,
+ * sg_scale_step: metrics, window, decision and the workers to stop), logs the
+ * decision when it changes something, and carries it out by starting or
+ * stopping workers. It runs on every tick
  * and, through sg_scaler_kick(), at once after anything that changes demand
  * or supply (a request queued, a request done, a worker ready or gone, a spec
  * changed), so scale-from-zero waits for no tick. */
