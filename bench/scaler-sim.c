@@ -3,8 +3,9 @@
  *
  *   scaler-sim [--trace NAME] [--start-delay S] [--price USD_PER_GPU_HOUR] [--seed N]
  *
- * Policies: sgpu's own (the same sg_scale_decide() sgpud runs, fed by the
- * same window code at the same 250 ms tick plus the same event kicks),
+ * Policies: sgpu's own (the same sg_scale_step() sgpud runs: the same
+ * metrics, window, decision and choice of workers to stop, at the same 250 ms
+ * tick plus the same event kicks),
  * Knative's KPA with its defaults, RunPod-style queue delay, always-on at the
  * trace's peak, and a clairvoyant schedule that knows every arrival.
  *
@@ -236,6 +237,9 @@ typedef struct sim {
   size_t n_w, cap_w;
   sg_balancer_slot_t *slots;
   size_t n_slots;
+  sg_scale_worker_t *scale; /* sgpu's policy: the workers as the step sees them */
+  size_t *victims;
+  size_t n_scale;
   size_t next_arrival; /* first request not yet arrived */
   size_t queue_head;   /* first request not yet dispatched; [queue_head, next_arrival) wait */
   int64_t *wait;
@@ -331,14 +335,25 @@ static int64_t oldest_wait(const sim_t *s, int64_t now) {
 
 static int queued(const sim_t *s) { return (int)(s->next_arrival - s->queue_head); }
 
-/* sgpu: what src/lib/scaler/scaler.c does on each pass. */
+static sg_scale_wstate_t scale_state(enum wstate st) {
+  return st == W_READY ? SG_SCALE_W_READY : st == W_STARTING ? SG_SCALE_W_STARTING : SG_SCALE_W_GONE;
+}
+
+/* sgpu: the pass src/lib/scaler/scaler.c makes, through the same
+ * sg_scale_step() (metrics, window, decision and the workers to stop). */
 static void run_ours(sim_t *s, int64_t now) {
-  int ready, starting;
-  live_workers(s, &ready, &starting);
-  int idle = 0;
+  if (s->n_scale < s->n_w) {
+    s->scale = realloc(s->scale, s->cap_w * sizeof(*s->scale));
+    s->victims = realloc(s->victims, s->cap_w * sizeof(*s->victims));
+    if (!s->scale || !s->victims)
+      abort();
+    s->n_scale = s->cap_w;
+  }
   for (size_t i = 0; i < s->n_w; i++)
-    idle += s->w[i].state == W_READY && s->w[i].in_flight == 0;
-  sg_scale_window_observe(&s->window, now, s->in_flight, queued(s), ready, idle, s->completed);
+    s->scale[i] = (sg_scale_worker_t){.state = scale_state(s->w[i].state),
+                                      .in_flight = s->w[i].in_flight,
+                                      .started_ms = s->w[i].started,
+                                      .last_used_ms = s->w[i].last_used};
   sg_spec_t spec = {0};
   spec.workers.min = 0;
   spec.workers.max = s->cfg->max_workers;
@@ -348,34 +363,19 @@ static void run_ours(sim_t *s, int64_t now) {
   spec.scale.value = s->cfg->max_concurrency; /* the spec's default */
   sg_scale_params_t p;
   sg_scale_params_from_spec(&spec, &p);
-  sg_scale_metrics_t m = {.ready = ready,
-                          .starting = starting,
-                          .in_flight = s->in_flight,
-                          .queued = queued(s),
-                          .oldest_wait_ms = oldest_wait(s, now),
-                          .start_slots = -1,
-                          .window = &s->window};
-  for (size_t i = 0; i < s->n_w; i++) {
-    sim_worker_t *w = &s->w[i];
-    if (w->state == W_STARTING)
-      m.starting_age_ms += now - w->started;
-    if (w->state == W_READY && w->in_flight == 0 && now - w->last_used >= s->cfg->idle_timeout)
-      m.idle_expired++;
-  }
+  sg_scale_input_t in = {.workers = s->scale,
+                         .n_workers = s->n_w,
+                         .in_flight = s->in_flight,
+                         .queued = queued(s),
+                         .completed = s->completed,
+                         .oldest_wait_ms = oldest_wait(s, now),
+                         .gpu_slots = -1};
   sg_scale_decision_t d;
-  sg_scale_decide(&p, &m, now, &d);
+  size_t n_victims = sg_scale_step(&p, &s->window, &in, now, &d, s->victims);
   if (s->cfg->log_decisions && (d.start > 0 || d.stop > 0))
     fprintf(stderr, "%s %9.2f s: %s\n", s->t->name, (double)now / 1000, d.reason);
-  for (int k = 0; k < d.stop; k++) {
-    sim_worker_t *victim = NULL;
-    for (size_t i = 0; i < s->n_w; i++) {
-      sim_worker_t *w = &s->w[i];
-      if (w->state == W_READY && w->in_flight == 0 && (!victim || w->last_used < victim->last_used))
-        victim = w;
-    }
-    if (victim)
-      stop_worker(victim, now);
-  }
+  for (size_t k = 0; k < n_victims; k++)
+    stop_worker(&s->w[s->victims[k]], now);
   for (int k = 0; k < d.start; k++)
     start_worker(s, now);
 }
@@ -594,6 +594,8 @@ static void simulate(const trace_t *t, const config_t *cfg, policy_kind_t kind, 
   int64_t end = now > t->duration ? now : t->duration;
   finish_result(&s, end, res);
   free(s.slots);
+  free(s.scale);
+  free(s.victims);
   free(s.w);
   free(s.wait);
 }

@@ -10,6 +10,7 @@
 #define SGPU_POLICY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "sgpu/spec.h"
@@ -137,5 +138,56 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, in
                      sg_scale_decision_t *out);
 
 const char *sg_scale_rule_name(sg_scale_rule_t rule);
+
+/* ---- the scaler's step: one pass over one endpoint ----
+ *
+ * sgpud's scaler (src/lib/scaler/scaler.c) and the simulator
+ * (bench/scaler-sim.c) both describe the endpoint's workers and demand as an
+ * sg_scale_input_t and call sg_scale_step(), which assembles the metrics,
+ * feeds the window, decides and chooses the workers to stop. The callers only
+ * carry the result out. */
+
+typedef enum {
+  SG_SCALE_W_STARTING, /* started, not ready yet */
+  SG_SCALE_W_READY,    /* taking traffic */
+  SG_SCALE_W_GONE,     /* draining, stopped or failed: neither capacity nor a victim */
+} sg_scale_wstate_t;
+
+/* One worker as the scaler sees it. */
+typedef struct sg_scale_worker {
+  sg_scale_wstate_t state;
+  bool stopping;        /* already asked to stop: never chosen again */
+  int in_flight;        /* requests and jobs it serves now */
+  int64_t started_ms;   /* when it was started */
+  int64_t last_used_ms; /* when work last started or ended on it, or when it became ready */
+} sg_scale_worker_t;
+
+/* What is true of the endpoint now. */
+typedef struct sg_scale_input {
+  const sg_scale_worker_t *workers; /* n_workers of them, in the caller's order */
+  size_t n_workers;
+  int in_flight;          /* requests and jobs being served */
+  int queued;             /* requests and jobs waiting for a worker */
+  uint64_t completed;     /* everything that ever completed (only grows) */
+  int64_t oldest_wait_ms; /* how long the oldest queued one has waited */
+  int gpu_slots;          /* workers the free GPUs allow now; -1: unlimited */
+  bool backing_off;       /* after failed starts, the backoff runs: start none */
+  bool failing;           /* the last start failed: start one at a time */
+} sg_scale_input_t;
+
+/* Why sg_scale_step() chooses a worker to stop. */
+#define SG_SCALE_STOP_REASON "idle past workers.idle_timeout_s"
+
+/* Counts the input's workers into metrics (ready, starting and their ages,
+ * idle past p->idle_timeout_ms; start slots from gpu_slots, backing_off and
+ * failing), records the observation at now in window, and decides with
+ * sg_scale_decide() into *out. Writes the indices into in->workers of the
+ * workers to stop to victims (room for in->n_workers) and returns how many:
+ * up to out->stop ready workers with nothing in flight that are not already
+ * stopping, those used the longest ago first (ties to the earlier index).
+ * Pure: no I/O, no clock; window is the only state it changes. The caller
+ * records measured starts (sg_scale_window_note_start) before the step. */
+size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in,
+                     int64_t now, sg_scale_decision_t *out, size_t *victims);
 
 #endif

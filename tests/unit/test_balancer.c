@@ -1,5 +1,7 @@
 /* Worker choice: fewest in flight, below max_concurrency, ready only,
- * ties to the most recently used, -1 when nothing can take the request. */
+ * ties to the most recently used, -1 when nothing can take the request; and
+ * the same rule over an endpoint's workers (sg_balancer_pick_worker, used by
+ * the proxy and by job dispatch), which also leaves suspect workers out. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +9,9 @@
 
 #include <cmocka.h>
 
+#include <string.h>
+
+#include "gateway/balancer-internal.h"
 #include "sgpu/balancer.h"
 #include "sgpu/util.h"
 
@@ -105,6 +110,105 @@ static void test_light_load_concentrates(void **state) {
   assert_int_equal(sg_balancer_pick(s, 3, 1), 1);
 }
 
+/* ---- over an endpoint's workers ---- */
+
+#define N_FAKE 4
+
+typedef struct fake_ep {
+  sg_spec_t spec;
+  sg_endpoint_t ep;
+  sg_worker_t w[N_FAKE];
+} fake_ep_t;
+
+/* An endpoint with n ready, idle workers w[0..n) in list order, w[i] last
+ * used at 100 + i (so the last one is the most recently used). */
+static void fake_init(fake_ep_t *f, size_t n, int max_concurrency) {
+  memset(f, 0, sizeof(*f));
+  f->spec.workers.max_concurrency = max_concurrency;
+  f->ep.spec = &f->spec;
+  TAILQ_INIT(&f->ep.workers);
+  for (size_t i = 0; i < n; i++) {
+    f->w[i].state = SG_W_READY;
+    f->w[i].last_used_mono = 100 + (int64_t)i;
+    f->w[i].ep = &f->ep;
+    TAILQ_INSERT_TAIL(&f->ep.workers, &f->w[i], link);
+  }
+}
+
+/* A suspect worker (a request to it failed at the connection level) takes
+ * nothing until a probe clears it: not a request and not a job. */
+static void test_worker_suspect_skipped(void **state) {
+  (void)state;
+  fake_ep_t f;
+  fake_init(&f, 2, 4);
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[1]);
+  f.w[1].suspect = true;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[0]);
+  /* Even when it is the only one with nothing in flight. */
+  f.w[0].in_flight = 3;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[0]);
+  f.w[0].suspect = true;
+  assert_null(sg_balancer_pick_worker(&f.ep, NULL, NULL));
+  f.w[1].suspect = false;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[1]);
+}
+
+/* Only ready workers below max_concurrency; fewest in flight, then most
+ * recently used, then the earliest in the list. */
+static void test_worker_rule_as_slots(void **state) {
+  (void)state;
+  fake_ep_t f;
+  fake_init(&f, 4, 2);
+  f.w[3].state = SG_W_STARTING;
+  f.w[2].state = SG_W_DRAINING;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[1]);
+  f.w[1].in_flight = 1;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[0]);
+  f.w[0].in_flight = 2; /* at max_concurrency */
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[1]);
+  f.w[1].in_flight = 2;
+  assert_null(sg_balancer_pick_worker(&f.ep, NULL, NULL));
+  /* Equal load and equal last use: the earlier one. */
+  fake_init(&f, 3, 2);
+  f.w[1].last_used_mono = f.w[2].last_used_mono;
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[1]);
+  /* The same choice as sg_balancer_pick over the same workers as slots. */
+  fake_init(&f, 4, 3);
+  int load[N_FAKE] = {2, 1, 1, 2};
+  int64_t used[N_FAKE] = {9, 5, 7, 9};
+  sg_balancer_slot_t s[N_FAKE];
+  for (size_t i = 0; i < N_FAKE; i++) {
+    f.w[i].in_flight = load[i];
+    f.w[i].last_used_mono = used[i];
+    s[i] = (sg_balancer_slot_t){true, load[i], used[i]};
+  }
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[sg_balancer_pick(s, N_FAKE, 3)]);
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, NULL, NULL), &f.w[2]);
+}
+
+static bool skip_listed(const sg_worker_t *w, const void *arg) {
+  for (const sg_worker_t *const *p = arg; *p; p++)
+    if (*p == w)
+      return true;
+  return false;
+}
+
+/* Workers a request already failed on are skipped on its retry. */
+static void test_worker_skip(void **state) {
+  (void)state;
+  fake_ep_t f;
+  fake_init(&f, 3, 1);
+  const sg_worker_t *none[] = {NULL};
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, skip_listed, none), &f.w[2]);
+  const sg_worker_t *one[] = {&f.w[2], NULL};
+  assert_ptr_equal(sg_balancer_pick_worker(&f.ep, skip_listed, one), &f.w[1]);
+  const sg_worker_t *all[] = {&f.w[2], &f.w[1], &f.w[0], NULL};
+  assert_null(sg_balancer_pick_worker(&f.ep, skip_listed, all));
+  f.w[1].suspect = true;
+  const sg_worker_t *two[] = {&f.w[2], &f.w[0], NULL};
+  assert_null(sg_balancer_pick_worker(&f.ep, skip_listed, two));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_empty),
@@ -115,6 +219,9 @@ int main(void) {
       cmocka_unit_test(test_ties_most_recently_used),
       cmocka_unit_test(test_fills_every_slot),
       cmocka_unit_test(test_light_load_concentrates),
+      cmocka_unit_test(test_worker_suspect_skipped),
+      cmocka_unit_test(test_worker_rule_as_slots),
+      cmocka_unit_test(test_worker_skip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

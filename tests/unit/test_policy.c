@@ -764,6 +764,161 @@ static void test_params_from_spec(void **state) {
   assert_string_equal(sg_scale_rule_name(SG_SCALE_RULE_ZERO), "from_zero");
 }
 
+/* ------------------------------------------------------------------ the step */
+
+#define STEP_MAX 8
+
+/* A step over workers ws with nothing queued, on a fresh window. */
+typedef struct step {
+  sg_scale_window_t w;
+  sg_scale_decision_t d;
+  size_t victims[STEP_MAX];
+  size_t n_victims;
+} step_t;
+
+static sg_scale_worker_t ready_w(int in_flight, int64_t last_used) {
+  return (sg_scale_worker_t){.state = SG_SCALE_W_READY, .in_flight = in_flight, .last_used_ms = last_used};
+}
+
+static sg_scale_worker_t starting_w(int64_t started) {
+  return (sg_scale_worker_t){.state = SG_SCALE_W_STARTING, .started_ms = started};
+}
+
+static sg_scale_input_t input(const sg_scale_worker_t *ws, size_t n) {
+  return (sg_scale_input_t){.workers = ws, .n_workers = n, .gpu_slots = -1};
+}
+
+static void step_run(step_t *st, sg_scale_params_t p, const sg_scale_input_t *in, int64_t now) {
+  assert_true(in->n_workers <= STEP_MAX);
+  sg_scale_window_init(&st->w);
+  memset(st->victims, 0x5a, sizeof(st->victims));
+  st->n_victims = sg_scale_step(&p, &st->w, in, now, &st->d, st->victims);
+  assert_true(st->n_victims <= (size_t)st->d.stop);
+}
+
+/* The workers unused the longest stop first; busy, starting, gone and
+ * already stopping ones never do; ties go to the earlier one. */
+static void test_step_victims_longest_idle(void **state) {
+  (void)state;
+  int64_t now = T0 + 100000; /* everyone below idle for more than 30 s */
+  sg_scale_worker_t ws[] = {
+      ready_w(0, T0 + 500), /* 0 */
+      ready_w(0, T0 + 100), /* 1: idle the longest */
+      ready_w(1, T0),       /* 2: busy */
+      ready_w(0, T0 + 300), /* 3 */
+      ready_w(0, T0 + 300), /* 4: ties with 3 */
+      starting_w(T0),       /* 5 */
+  };
+  sg_scale_input_t in = input(ws, SG_ARRAY_SIZE(ws));
+  in.in_flight = 1;
+  step_t st;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  /* Ready 5, starting 1, one in flight: four idle past the timeout go. */
+  assert_int_equal(st.d.stop, 4);
+  assert_int_equal(st.n_victims, 4);
+  size_t want[] = {1, 3, 4, 0};
+  for (size_t i = 0; i < 4; i++)
+    assert_int_equal(st.victims[i], want[i]);
+
+  /* min 4 (the starting worker counts): the two unused the longest stop. */
+  step_run(&st, conc(4, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.desired, 4);
+  assert_int_equal(st.n_victims, 2);
+  assert_int_equal(st.victims[0], 1);
+  assert_int_equal(st.victims[1], 3);
+
+  /* Already stopping and gone workers are passed over (and a gone one is
+   * not capacity). */
+  ws[1].stopping = true;
+  ws[3].state = SG_SCALE_W_GONE;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.stop, 3);
+  assert_int_equal(st.n_victims, 2);
+  assert_int_equal(st.victims[0], 4);
+  assert_int_equal(st.victims[1], 0);
+}
+
+/* Only workers idle for the whole timeout count, and the stop never goes
+ * below min or leaves more than max. */
+static void test_step_idle_timeout_and_bounds(void **state) {
+  (void)state;
+  int64_t now = T0 + 100000;
+  sg_scale_worker_t ws[] = {ready_w(0, now - 30000), ready_w(0, now - 29999), ready_w(0, now - 60000),
+                            ready_w(0, now)};
+  sg_scale_input_t in = input(ws, SG_ARRAY_SIZE(ws));
+  step_t st;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_decision(st.d, 2, 0, 2);
+  assert_int_equal(st.n_victims, 2);
+  assert_int_equal(st.victims[0], 2);
+  assert_int_equal(st.victims[1], 0);
+  /* min 4: nobody stops. */
+  step_run(&st, conc(4, 8, 1, 1), &in, now);
+  assert_decision(st.d, 4, 0, 0);
+  assert_int_equal(st.n_victims, 0);
+  /* max 1 (lowered): still only the idle-expired ones stop. */
+  step_run(&st, conc(0, 1, 1, 1), &in, now);
+  assert_int_equal(st.d.stop, 2);
+  assert_int_equal(st.n_victims, 2);
+  /* A queue at max: nothing starts past max. */
+  in.queued = 50;
+  in.oldest_wait_ms = 1000;
+  step_run(&st, conc(0, 4, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 0);
+  assert_int_equal(st.n_victims, 0);
+  step_run(&st, conc(0, 6, 1, 1), &in, now);
+  assert_decision(st.d, 6, 2, 0);
+}
+
+/* The metrics the step assembles: starting workers and their age, start
+ * slots from the free GPUs, the backoff and failing starts; and the window
+ * is fed. */
+static void test_step_metrics(void **state) {
+  (void)state;
+  int64_t now = T0 + 5000;
+  sg_scale_worker_t ws[] = {starting_w(T0), starting_w(T0 + 4000)};
+  sg_scale_input_t in = input(ws, SG_ARRAY_SIZE(ws));
+  in.queued = 10;
+  in.oldest_wait_ms = 5000;
+  step_t st;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_true(st.w.seen);
+  assert_int_equal(st.w.last_ms, now);
+  assert_int_equal(st.w.queued, 10);
+  assert_int_equal(st.w.ready, 0);
+  /* Same as the policy on hand-made metrics. */
+  sg_scale_metrics_t m = metrics(0, 2, 0, 0, 10, 5000);
+  m.starting_age_ms = 5000 + 1000;
+  sg_scale_window_t w;
+  sg_scale_window_init(&w);
+  sg_scale_window_observe(&w, now, 0, 10, 0, 0, 0);
+  m.window = &w;
+  sg_scale_decision_t d = decide_at(conc(0, 8, 1, 1), m, now);
+  assert_decision(st.d, d.desired, d.start, d.stop);
+  assert_string_equal(st.d.reason, d.reason);
+  assert_true(st.d.start > 0);
+  /* Free GPUs for one more. */
+  in.gpu_slots = 1;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 1);
+  /* Backoff: none. */
+  in.gpu_slots = -1;
+  in.backing_off = true;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 0);
+  /* Failing starts: none while one is starting, then one at a time. */
+  in.backing_off = false;
+  in.failing = true;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 0);
+  in.n_workers = 0;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 1);
+  in.gpu_slots = 0;
+  step_run(&st, conc(0, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.start, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_window_empty),
@@ -788,6 +943,9 @@ int main(void) {
       cmocka_unit_test(test_recent_peak_kept_for_a_start_delay),
       cmocka_unit_test(test_invariants),
       cmocka_unit_test(test_params_from_spec),
+      cmocka_unit_test(test_step_victims_longest_idle),
+      cmocka_unit_test(test_step_idle_timeout_and_bounds),
+      cmocka_unit_test(test_step_metrics),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,10 +33,10 @@
 #include <stdarg.h>
 #include <strings.h>
 
+#include "gateway/balancer-internal.h"
 #include "gateway/job-writer.h"
 #include "gateway/jobs.h"
 #include "gateway/webhook.h"
-#include "sgpu/balancer.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -801,34 +801,13 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   arm(&j->exec_timer, j->J->d->base, exec_timeout_cb, j, j->exec_timeout_ms);
 }
 
-/* The ready worker with the fewest requests below max_concurrency, or NULL. */
-static sg_worker_t *pick(sg_endpoint_t *ep) {
-  sg_worker_t *best = NULL;
-  sg_balancer_slot_t slots[2];
-  int maxc = ep->spec->workers.max_concurrency;
-  sg_worker_t *w;
-  TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state != SG_W_READY || w->in_flight >= maxc)
-      continue;
-    if (!best) {
-      best = w;
-      continue;
-    }
-    slots[0] = (sg_balancer_slot_t){true, best->in_flight, best->last_used_mono};
-    slots[1] = (sg_balancer_slot_t){true, w->in_flight, w->last_used_mono};
-    if (sg_balancer_pick(slots, 2, maxc) == 1)
-      best = w;
-  }
-  return best;
-}
-
 static void pump(sg_endpoint_t *ep) {
   struct sg_ep_jobs *ej = ep->jobs;
   if (!ej || ep->deleted || ep->d->shutting_down)
     return;
   sg_job_t *j;
   while ((j = TAILQ_FIRST(&ej->queue))) {
-    sg_worker_t *w = pick(ep);
+    sg_worker_t *w = sg_balancer_pick_worker(ep, NULL, NULL);
     if (!w)
       break;
     dispatch(j, w);

@@ -22,7 +22,7 @@
 #include <strings.h>
 
 #include "daemon/daemon-internal.h"
-#include "sgpu/balancer.h"
+#include "gateway/balancer-internal.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -373,32 +373,12 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
   }
 }
 
+static bool skip_tried(const sg_worker_t *w, const void *arg) { return tried(arg, w); }
+
 /* The worker that should take the next request, or NULL when all are busy.
- * Workers an attempt of p failed on are skipped. */
+ * Workers an attempt of p failed on are skipped (none when p is NULL). */
 static sg_worker_t *pick(sg_endpoint_t *ep, const sg_proxy_t *p) {
-  sg_balancer_slot_t slots[64];
-  sg_worker_t *ws[64];
-  size_t n = 0;
-  sg_worker_t *w;
-  int maxc = ep->spec->workers.max_concurrency;
-  TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state != SG_W_READY || w->suspect || (p && tried(p, w)))
-      continue;
-    if (n == SG_ARRAY_SIZE(slots)) {
-      /* Keep the best of this batch and go on with the rest. */
-      int i = sg_balancer_pick(slots, n, maxc);
-      n = 0;
-      if (i >= 0) {
-        slots[0] = slots[i];
-        ws[0] = ws[i];
-        n = 1;
-      }
-    }
-    slots[n] = (sg_balancer_slot_t){true, w->in_flight, w->last_used_mono};
-    ws[n++] = w;
-  }
-  int i = sg_balancer_pick(slots, n, maxc);
-  return i >= 0 ? ws[i] : NULL;
+  return sg_balancer_pick_worker(ep, p ? skip_tried : NULL, p);
 }
 
 void sg_gateway_pump(sg_endpoint_t *ep) {

@@ -486,3 +486,66 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, in
     break;
   }
 }
+
+/* Start slots: none during a backoff; the free GPUs' worth otherwise; and
+ * while starts keep failing one at a time (none while one is starting). */
+static int step_start_slots(const sg_scale_input_t *in, int starting) {
+  if (in->backing_off)
+    return 0;
+  int slots = in->gpu_slots;
+  if (in->failing)
+    slots = starting > 0 ? 0 : (slots < 0 || slots > 1 ? 1 : slots);
+  return slots;
+}
+
+static bool stoppable(const sg_scale_worker_t *w) {
+  return w->state == SG_SCALE_W_READY && w->in_flight == 0 && !w->stopping;
+}
+
+size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in,
+                     int64_t now, sg_scale_decision_t *out, size_t *victims) {
+  sg_scale_metrics_t m = {0};
+  int idle = 0;
+  for (size_t i = 0; i < in->n_workers; i++) {
+    const sg_scale_worker_t *w = &in->workers[i];
+    if (w->state == SG_SCALE_W_READY) {
+      m.ready++;
+      if (w->in_flight == 0) {
+        idle++;
+        if (now - w->last_used_ms >= p->idle_timeout_ms)
+          m.idle_expired++;
+      }
+    } else if (w->state == SG_SCALE_W_STARTING) {
+      m.starting++;
+      m.starting_age_ms += now - w->started_ms;
+    }
+  }
+  sg_scale_window_observe(window, now, in->in_flight, in->queued, m.ready, idle, in->completed);
+  m.in_flight = in->in_flight;
+  m.queued = in->queued;
+  m.oldest_wait_ms = in->oldest_wait_ms;
+  m.start_slots = step_start_slots(in, m.starting);
+  m.window = window;
+  sg_scale_decide(p, &m, now, out);
+
+  /* The victims: the stop count's worth of idle workers, least recently
+   * used first. */
+  size_t n = 0;
+  for (int k = 0; k < out->stop; k++) {
+    size_t best = in->n_workers;
+    for (size_t i = 0; i < in->n_workers; i++) {
+      const sg_scale_worker_t *w = &in->workers[i];
+      if (!stoppable(w) || (best < in->n_workers && w->last_used_ms >= in->workers[best].last_used_ms))
+        continue;
+      bool taken = false;
+      for (size_t j = 0; j < n && !taken; j++)
+        taken = victims[j] == i;
+      if (!taken)
+        best = i;
+    }
+    if (best == in->n_workers)
+      break;
+    victims[n++] = best;
+  }
+  return n;
+}

@@ -1,7 +1,8 @@
-/* The scaler loop: feeds each endpoint's metrics window (one observation
- * per pass, plus the start delay of every worker that became ready), asks the
- * pure policy (policy.c) for a decision, logs it when it changes something,
- * and carries it out by starting or stopping workers. It runs on every tick
+/* The scaler loop: notes the start delay of every worker that became ready,
+ * describes each endpoint's workers and demand to the pure step (policy.c,
+ * sg_scale_step: metrics, window, decision and the workers to stop), logs the
+ * decision when it changes something, and carries it out by starting or
+ * stopping workers. It runs on every tick
  * and, through sg_scaler_kick(), at once after anything that changes demand
  * or supply (a request queued, a request done, a worker ready or gone, a spec
  * changed), so scale-from-zero waits for no tick. */
@@ -27,37 +28,13 @@ void sg_scaler_kick(sg_daemon_t *d) {
   d->kick_pending = true;
 }
 
-static bool idle_expired(const sg_worker_t *w, int64_t now) {
-  return w->state == SG_W_READY && w->in_flight == 0 &&
-         now - w->last_used_mono >= (int64_t)(w->ep->spec->workers.idle_timeout_s * 1000);
-}
-
-/* How many more workers may start now: bounded by this node's free GPUs
- * (not for slurm workers: Slurm holds the ones it cannot place pending), and
- * to one at a time while the endpoint's starts keep failing (after the
- * backoff). */
-static int start_slots(sg_endpoint_t *ep, int starting, int64_t now) {
+/* Workers the free GPUs of this node allow now, -1 for unlimited (slurm
+ * workers: Slurm holds the ones it cannot place pending). */
+static int gpu_slots(const sg_endpoint_t *ep) {
   const sg_spec_t *spec = ep->spec;
-  if (ep->backoff_until_mono > now)
-    return 0;
-  int slots = -1;
   if (spec->gpu.count > 0 && strcmp(spec->runtime, "slurm"))
-    slots = sg_gpu_free_count(ep->d->gpus, spec->gpu.type) / spec->gpu.count;
-  if (ep->consecutive_failures > 0)
-    slots = starting > 0 ? 0 : (slots < 0 || slots > 1 ? 1 : slots);
-  return slots;
-}
-
-/* The ready worker with nothing in flight that was used the longest ago, or
- * NULL. */
-static sg_worker_t *longest_idle(sg_endpoint_t *ep) {
-  sg_worker_t *w, *best = NULL;
-  TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state == SG_W_READY && w->in_flight == 0 && !w->stopping &&
-        (!best || w->last_used_mono < best->last_used_mono))
-      best = w;
-  }
-  return best;
+    return sg_gpu_free_count(ep->d->gpus, spec->gpu.type) / spec->gpu.count;
+  return -1;
 }
 
 /* Logs a decision that changes something (workers started or stopped, or a
@@ -77,12 +54,9 @@ static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
   ep->desired = dec->desired;
 }
 
-/* Requests and jobs waiting for a worker: the scaler treats both alike. */
-static int queued_demand(const sg_endpoint_t *ep) { return ep->queued + sg_jobs_queued(ep); }
-
-/* Feeds the endpoint's window: its state now and the start delay of every
- * worker that became ready since the last pass. */
-static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
+/* Feeds the endpoint's window the start delay of every worker that became
+ * ready since the last pass. */
+static void note_starts(sg_endpoint_t *ep) {
   int64_t newest = ep->scale_seen_ready_mono;
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
@@ -94,46 +68,50 @@ static void observe(sg_endpoint_t *ep, int ready, int idle, int64_t now) {
     }
   }
   ep->scale_seen_ready_mono = newest;
-  sg_scale_window_observe(&ep->scale_window, now, ep->in_flight, queued_demand(ep), ready, idle, ep->served);
 }
 
+static sg_scale_wstate_t scale_state(const sg_worker_t *w) {
+  return w->state == SG_W_READY ? SG_SCALE_W_READY : w->state == SG_W_STARTING ? SG_SCALE_W_STARTING : SG_SCALE_W_GONE;
+}
+
+/* One pass over ep: describes it to the pure step (policy.c), logs the
+ * decision and carries it out. */
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   sg_scale_params_t params;
   sg_scale_params_from_spec(ep->spec, &params);
-  sg_scale_metrics_t m = {0};
-  int idle = 0;
+  size_t n = 0;
   sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) n++;
+  cleanup_free sg_scale_worker_t *sw = xcalloc(n ? n : 1, sizeof(*sw));
+  cleanup_free sg_worker_t **ws = xcalloc(n ? n : 1, sizeof(*ws));
+  cleanup_free size_t *victims = xcalloc(n ? n : 1, sizeof(*victims));
+  size_t i = 0;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->state == SG_W_READY) {
-      m.ready++;
-      if (w->in_flight == 0)
-        idle++;
-      if (idle_expired(w, now))
-        m.idle_expired++;
-    } else if (w->state == SG_W_STARTING) {
-      m.starting++;
-      m.starting_age_ms += now - w->started_mono;
-    }
+    sw[i] = (sg_scale_worker_t){.state = scale_state(w),
+                                .stopping = w->stopping,
+                                .in_flight = w->in_flight,
+                                .started_ms = w->started_mono,
+                                .last_used_ms = w->last_used_mono};
+    ws[i++] = w;
   }
-  observe(ep, m.ready, idle, now);
-  m.in_flight = ep->in_flight;
-  m.queued = queued_demand(ep);
   int64_t request_wait = sg_gateway_oldest_wait(ep, now), job_wait = sg_jobs_oldest_wait(ep, now);
-  m.oldest_wait_ms = request_wait > job_wait ? request_wait : job_wait;
-  m.start_slots = start_slots(ep, m.starting, now);
-  m.window = &ep->scale_window;
-
+  sg_scale_input_t in = {.workers = sw,
+                         .n_workers = n,
+                         .in_flight = ep->in_flight,
+                         .queued = ep->queued + sg_jobs_queued(ep), /* requests and jobs alike */
+                         .completed = ep->served,
+                         .oldest_wait_ms = request_wait > job_wait ? request_wait : job_wait,
+                         .gpu_slots = gpu_slots(ep),
+                         .backing_off = ep->backoff_until_mono > now,
+                         .failing = ep->consecutive_failures > 0};
+  note_starts(ep);
   sg_scale_decision_t dec;
-  sg_scale_decide(&params, &m, now, &dec);
+  size_t n_victims = sg_scale_step(&params, &ep->scale_window, &in, now, &dec, victims);
   set_decision(ep, &dec);
 
-  for (int i = 0; i < dec.stop; i++) {
-    sg_worker_t *victim = longest_idle(ep);
-    if (!victim)
-      break;
-    sg_worker_stop(victim, "idle past workers.idle_timeout_s");
-  }
-  for (int i = 0; i < dec.start; i++) {
+  for (size_t k = 0; k < n_victims; k++)
+    sg_worker_stop(ws[victims[k]], SG_SCALE_STOP_REASON);
+  for (int k = 0; k < dec.start; k++) {
     cleanup_error sg_error_t *err = NULL;
     if (!sg_worker_start(ep, &err)) {
       sg_warn("endpoint %s: cannot start a worker: %s", ep->name, err->message);
