@@ -62,4 +62,20 @@ int sg_mkdir_p(const char *dir, int mode);
 
 bool sg_str_has_prefix(const char *s, const char *prefix);
 
+/* Strips leading and trailing white space in place; returns the first
+ * non-space character of s. */
+char *sg_str_trim(char *s);
+
+/* Writes all n bytes, retrying on EINTR and short writes; 0, or -1 with
+ * errno set. Async-signal-safe (usable between fork and exec). */
+int sg_write_all(int fd, const void *buf, size_t n);
+
+/* NULL-terminated string vectors. sg_strv_free frees each string and the
+ * vector (NULL is fine); sg_strv_dup copies one (NULL gives an empty vector). */
+void sg_strv_free(char **v);
+char **sg_strv_dup(char *const *v);
+size_t sg_strv_len(char *const *v);
+static inline void sg_strv_freep(char ***v) { sg_strv_free(*v); }
+#define cleanup_strv __attribute__((cleanup(sg_strv_freep)))
+
 #endif

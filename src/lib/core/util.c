@@ -1,5 +1,6 @@
 #include "sgpu/util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -217,4 +218,51 @@ int sg_mkdir_p(const char *dir, int mode) {
 
 bool sg_str_has_prefix(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+char *sg_str_trim(char *s) {
+  while (isspace((unsigned char)*s))
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+  return s;
+}
+
+int sg_write_all(int fd, const void *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
+    if (w == 0) {
+      errno = EIO;
+      return -1;
+    }
+    buf = (const char *)buf + w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+size_t sg_strv_len(char *const *v) {
+  size_t n = 0;
+  while (v && v[n])
+    n++;
+  return n;
+}
+
+void sg_strv_free(char **v) {
+  for (char **p = v; p && *p; p++)
+    free(*p);
+  free(v);
+}
+
+char **sg_strv_dup(char *const *v) {
+  size_t n = sg_strv_len(v);
+  char **c = xcalloc(n + 1, sizeof(char *));
+  for (size_t i = 0; i < n; i++)
+    c[i] = xstrdup(v[i]);
+  return c;
 }

@@ -652,22 +652,6 @@ static const sg_pool_job_ops_t prep_ops = {prep_work, prep_done};
 
 /* ---- the instance ------------------------------------------------------------ */
 
-static void free_strv(char **v) {
-  for (char **p = v; p && *p; p++)
-    free(*p);
-  free(v);
-}
-
-static char **copy_strv(char *const *v) {
-  size_t n = 0;
-  while (v && v[n])
-    n++;
-  char **c = xcalloc(n + 1, sizeof(char *));
-  for (size_t i = 0; i < n; i++)
-    c[i] = xstrdup(v[i]);
-  return c;
-}
-
 static void unwatch(oci_t *o) {
   if (o->wd >= 0 && rt.ino_fd >= 0)
     inotify_rm_watch(rt.ino_fd, o->wd);
@@ -686,8 +670,8 @@ static void oci_free(oci_t *o) {
   free(o->id);
   free(o->dir);
   free(o->rootfs);
-  free_strv(o->argv);
-  free_strv(o->envp);
+  sg_strv_free(o->argv);
+  sg_strv_free(o->envp);
   free(o->gpus);
   free(o->image_ref);
   if (o->has_auth) {
@@ -890,8 +874,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   o->rootfs = xasprintf("%s/rootfs", o->dir);
   o->cbs = *cbs;
   o->ud = ud;
-  o->argv = copy_strv(l->argv);
-  o->envp = copy_strv(l->envp);
+  o->argv = sg_strv_dup(l->argv);
+  o->envp = sg_strv_dup(l->envp);
   o->n_gpus = l->n_gpus;
   o->gpus = xcalloc((size_t)l->n_gpus + 1, sizeof(int));
   if (l->n_gpus)
