@@ -49,6 +49,7 @@
 
 #include "oci-internal.h"
 #include "slurm-internal.h"
+#include "sgpu/exec.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
@@ -57,7 +58,8 @@
 
 #define MAX_LINE 16384
 #define READ_CHUNK (256 * 1024)
-#define CMD_TIMEOUT_MS 30000
+#define CMD_TIMEOUT_MS 30000         /* sbatch, scancel, squeue, sacct */
+#define CMD_OUTPUT_CAP (4u << 20)
 #define FAST_POLL_MS 100 /* while a job is being placed */
 #define SLOW_POLL_MS 500 /* otherwise (output) */
 #define SQUEUE_EVERY_MS 1000
@@ -133,150 +135,30 @@ static void schedule_poll(int64_t ms);
 
 /* ---- commands ---- */
 
-/* The file argv0 names, looked up in PATH as execvp would; NULL if none. */
-static char *find_program(const char *argv0) {
-  if (strchr(argv0, '/'))
-    return access(argv0, X_OK) == 0 ? xstrdup(argv0) : NULL;
-  const char *path = getenv("PATH");
-  if (!path || !*path)
-    path = "/usr/local/bin:/usr/bin:/bin";
-  for (const char *p = path; *p;) {
-    size_t n = strcspn(p, ":");
-    char *cand = xasprintf("%.*s/%s", (int)n, p, argv0);
-    if (n > 0 && access(cand, X_OK) == 0)
-      return cand;
-    free(cand);
-    p += n;
-    if (*p == ':')
-      p++;
-  }
-  return NULL;
-}
-
-static int write_full(int fd, const void *buf, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, buf, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    buf = (const char *)buf + w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Runs argv (looked up in PATH) to completion, at most CMD_TIMEOUT_MS, and
- * returns its wait status or -1 when it could not run; *out (optional) gets
- * what it printed (at most 4 MiB). Blocks: pool threads and startup only.
- *
- * The command runs as a grandchild: the child waits for it and writes its
- * pid and then its wait status to a pipe. The loop's SIGCHLD reaper waits
- * for any child, so a direct child's status could be taken by it. */
+ * returns its wait status, or -1 with errno set when it could not run; *out
+ * (optional) gets what it printed, stdout and stderr together (at most
+ * CMD_OUTPUT_CAP bytes). A command killed at the timeout returns the status
+ * of its kill. Blocks: pool threads and startup only. */
 static int run_cmd(char *const *argv, char **out) {
-  cleanup_free char *prog = find_program(argv[0]);
-  if (!prog) {
-    errno = ENOENT;
-    return -1;
-  }
-  int p[2], st[2];
-  if (pipe2(p, O_CLOEXEC) < 0)
-    return -1;
-  if (pipe2(st, O_CLOEXEC) < 0) {
-    close(p[0]);
-    close(p[1]);
-    return -1;
-  }
-  extern char **environ;
-  pid_t pid = fork();
-  if (pid == 0) {
-    /* Only async-signal-safe calls from here on. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    pid_t g = fork();
-    if (g == 0) {
-      int devnull = open("/dev/null", O_RDONLY);
-      if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(p[1], 1) < 0 ||
-          dup2(p[1], 2) < 0)
-        _exit(126);
-      execve(prog, argv, environ);
-      _exit(127);
-    }
-    close(p[1]);
-    int status = -1;
-    if (g > 0) {
-      write_full(st[1], &g, sizeof(g));
-      while (waitpid(g, &status, 0) < 0 && errno == EINTR)
-        ;
-    }
-    write_full(st[1], &status, sizeof(status));
-    _exit(0);
-  }
-  int e = errno;
-  close(p[1]);
-  close(st[1]);
-  if (pid < 0) {
-    close(p[0]);
-    close(st[0]);
-    errno = e;
-    return -1;
-  }
-  pid_t g = -1;
-  ssize_t r;
-  do
-    r = read(st[0], &g, sizeof(g));
-  while (r < 0 && errno == EINTR);
-  size_t len = 0, cap = 4096;
-  char *buf = xmalloc(cap);
-  int64_t deadline = sg_now_ms() + CMD_TIMEOUT_MS;
-  bool killed = false;
-  for (;;) {
-    int64_t left = deadline - sg_now_ms();
-    if (left <= 0 && !killed && g > 0) {
-      kill(g, SIGKILL);
-      killed = true;
-    }
-    struct pollfd pfd = {p[0], POLLIN, 0};
-    int pr = poll(&pfd, 1, left > 0 ? (int)left : 1000);
-    if (pr < 0 && errno == EINTR)
-      continue;
-    if (pr == 0)
-      continue;
-    if (len + 1 >= cap && cap < (4u << 20))
-      buf = xrealloc(buf, cap *= 2);
-    char sink[4096];
-    bool full = len + 1 >= cap;
-    ssize_t n = full ? read(p[0], sink, sizeof(sink))
-                     : read(p[0], buf + len, cap - len - 1);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    if (!full)
-      len += (size_t)n;
-  }
-  buf[len] = '\0';
-  close(p[0]);
-  int status = -1;
-  do
-    r = read(st[0], &status, sizeof(status));
-  while (r < 0 && errno == EINTR);
-  if (r != sizeof(status))
+  sg_exec_opts_t opts = {.timeout_ms = CMD_TIMEOUT_MS, .out_cap = CMD_OUTPUT_CAP, .flags = SG_EXEC_MERGE_STDERR};
+  sg_exec_result_t res;
+  cleanup_error sg_error_t *err = NULL;
+  int r = sg_exec_run(argv, &opts, &res, &err);
+  int status = res.status;
+  if (r < 0)
+    sg_warn("slurm: %s", err->message);
+  if (r < 0 && !res.timed_out) {
+    errno = -r;
     status = -1;
-  close(st[0]);
-  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-    ;
+  }
   if (out)
-    *out = buf;
-  else
-    free(buf);
+    *out = res.out ? steal_pointer(&res.out) : xstrdup("");
+  sg_exec_result_clear(&res);
   return status;
 }
 
-static bool cmd_ok(int status) {
-  return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+static bool cmd_ok(int status) { return sg_exec_status_ok(status); }
 
 /* The last non-empty line of text, trimmed, for error messages. */
 static char *last_line(const char *text) {
