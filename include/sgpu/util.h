@@ -78,4 +78,21 @@ size_t sg_strv_len(char *const *v);
 static inline void sg_strv_freep(char ***v) { sg_strv_free(*v); }
 #define cleanup_strv __attribute__((cleanup(sg_strv_freep)))
 
+/* A growing string with amortised constant-time appends; the text is
+ * NUL-terminated once anything was appended. Start from SG_STRBUF_INIT;
+ * sg_strbuf_steal hands the text over ("" when empty) and resets b. */
+typedef struct sg_strbuf {
+  char *s;
+  size_t len, cap;
+} sg_strbuf_t;
+#define SG_STRBUF_INIT {NULL, 0, 0}
+/* Makes room for extra more bytes (and the NUL); returns where they go. */
+char *sg_strbuf_reserve(sg_strbuf_t *b, size_t extra);
+void sg_strbuf_append_n(sg_strbuf_t *b, const char *s, size_t n);
+void sg_strbuf_append(sg_strbuf_t *b, const char *s);
+void sg_strbuf_appendf(sg_strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+char *sg_strbuf_steal(sg_strbuf_t *b);
+void sg_strbuf_free(sg_strbuf_t *b);
+#define cleanup_strbuf __attribute__((cleanup(sg_strbuf_free)))
+
 #endif

@@ -266,3 +266,53 @@ char **sg_strv_dup(char *const *v) {
     c[i] = xstrdup(v[i]);
   return c;
 }
+
+char *sg_strbuf_reserve(sg_strbuf_t *b, size_t extra) {
+  if (extra >= SIZE_MAX - b->len)
+    abort();
+  size_t need = b->len + extra + 1;
+  if (need > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+      cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    b->s = xrealloc(b->s, cap);
+    b->cap = cap;
+  }
+  return b->s + b->len;
+}
+
+void sg_strbuf_append_n(sg_strbuf_t *b, const char *s, size_t n) {
+  char *o = sg_strbuf_reserve(b, n);
+  memcpy(o, s, n);
+  b->len += n;
+  b->s[b->len] = '\0';
+}
+
+void sg_strbuf_append(sg_strbuf_t *b, const char *s) { sg_strbuf_append_n(b, s, strlen(s)); }
+
+void sg_strbuf_appendf(sg_strbuf_t *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    abort();
+  char *o = sg_strbuf_reserve(b, (size_t)n);
+  va_start(ap, fmt);
+  vsnprintf(o, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+char *sg_strbuf_steal(sg_strbuf_t *b) {
+  char *s = b->s ? b->s : xstrdup("");
+  b->s = NULL;
+  b->len = b->cap = 0;
+  return s;
+}
+
+void sg_strbuf_free(sg_strbuf_t *b) {
+  free(b->s);
+  b->s = NULL;
+  b->len = b->cap = 0;
+}

@@ -173,33 +173,25 @@ static char *last_line(const char *text) {
 
 /* ---- job scripts ---- */
 
-/* Appends s to *buf single-quoted for sh. */
-static void append_quoted(char **buf, const char *s, size_t n) {
-  size_t len = strlen(*buf);
-  size_t cap = len + 4 * n + 3;
-  *buf = xrealloc(*buf, cap);
-  char *o = *buf + len;
-  *o++ = '\'';
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\'') {
-      memcpy(o, "'\\''", 4);
-      o += 4;
-    } else {
-      *o++ = s[i];
+/* Appends s to buf single-quoted for sh. */
+static void append_quoted(sg_strbuf_t *buf, const char *s, size_t n) {
+  sg_strbuf_append_n(buf, "'", 1);
+  for (const char *end = s + n, *q; s < end; s = q + 1) {
+    q = memchr(s, '\'', (size_t)(end - s));
+    if (!q) {
+      sg_strbuf_append_n(buf, s, (size_t)(end - s));
+      break;
     }
+    sg_strbuf_append_n(buf, s, (size_t)(q - s));
+    sg_strbuf_append_n(buf, "'\\''", 4);
   }
-  *o++ = '\'';
-  *o = '\0';
+  sg_strbuf_append_n(buf, "'", 1);
 }
 
-static void append(char **buf, const char *s) {
-  size_t len = strlen(*buf), n = strlen(s);
-  *buf = xrealloc(*buf, len + n + 1);
-  memcpy(*buf + len, s, n + 1);
-}
+static void append(sg_strbuf_t *buf, const char *s) { sg_strbuf_append(buf, s); }
 
 /* An argument for sh: quoted pieces, each "$PORT" left for the shell. */
-static void append_arg(char **buf, const char *arg) {
+static void append_arg(sg_strbuf_t *buf, const char *arg) {
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
     if (q > p)
@@ -261,7 +253,8 @@ static const char script_head[] =
 
 /* The batch script of a worker. */
 static char *make_script(const sg_launch_t *l, const char *addr_path) {
-  char *s = xstrdup(script_head);
+  sg_strbuf_t s = SG_STRBUF_INIT;
+  append(&s, script_head);
   append(&s, "addr_file=");
   append_quoted(&s, addr_path, strlen(addr_path));
   append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" "
@@ -292,7 +285,7 @@ static char *make_script(const sg_launch_t *l, const char *addr_path) {
     append_arg(&s, *a);
   }
   append(&s, "\n");
-  return s;
+  return sg_strbuf_steal(&s);
 }
 
 /* The tokens of a job's config.json that its script replaces on the node. */
@@ -353,7 +346,8 @@ static const char image_tail[] =
  * foreground; on exit it removes the container, the mount and the bundle. */
 static char *make_image_script(const char *id, const char *addr_path, const char *config_path, char *const *lower) {
   static const char shebang[] = "#!/bin/sh\nset -u\n";
-  char *s = xasprintf("%s%s%s", shebang, image_ns, script_head + strlen(shebang));
+  sg_strbuf_t s = SG_STRBUF_INIT;
+  sg_strbuf_appendf(&s, "%s%s%s", shebang, image_ns, script_head + strlen(shebang));
   append(&s, "addr_file=");
   append_quoted(&s, addr_path, strlen(addr_path));
   append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" >\"$addr_file.tmp\" && "
@@ -364,16 +358,16 @@ static char *make_image_script(const char *id, const char *addr_path, const char
   append_quoted(&s, config_path, strlen(config_path));
   append(&s, "\nruntime=");
   append_quoted(&s, rt.oci_runtime, strlen(rt.oci_runtime));
-  cleanup_free char *l = xstrdup("");
+  cleanup_strbuf sg_strbuf_t l = SG_STRBUF_INIT;
   for (char *const *d = lower; *d; d++) {
     append(&l, d == lower ? "" : ":");
     append(&l, *d);
   }
   append(&s, "\nlower=");
-  append_quoted(&s, l, strlen(l));
+  append_quoted(&s, l.s ? l.s : "", l.len);
   append(&s, "\n");
   append(&s, image_tail);
-  return s;
+  return sg_strbuf_steal(&s);
 }
 
 /* ---- submit ---- */
@@ -449,15 +443,10 @@ static void cancel_sync(const char *job_id, bool term);
 static void submit_cmd(char **argv);
 
 static void submit_job_free(submit_job_t *s) {
-  for (char **a = s->argv; a && *a; a++)
-    free(*a);
-  free(s->argv);
-  char **vs[] = {s->roots, s->cargv, s->cenvp};
-  for (size_t i = 0; i < 3; i++) {
-    for (char **a = vs[i]; a && *a; a++)
-      free(*a);
-    free(vs[i]);
-  }
+  sg_strv_free(s->argv);
+  sg_strv_free(s->roots);
+  sg_strv_free(s->cargv);
+  sg_strv_free(s->cenvp);
   json_decref(s->config);
   json_decref(s->rest_job);
   free(s->config_path);
@@ -597,9 +586,7 @@ static void cmd_done(void *data, bool cancelled) {
     cleanup_free char *why = last_line(c->out ? c->out : "");
     sg_warn("%s %s failed: %s", c->argv[0], c->argv[1] ? c->argv[1] : "", why);
   }
-  for (char **a = c->argv; *a; a++)
-    free(*a);
-  free(c->argv);
+  sg_strv_free(c->argv);
   free(c->out);
   free(c);
 }
@@ -619,9 +606,7 @@ static void cancel_sync(const char *job_id, bool term) {
     rest_cancel(argv, NULL);
   else
     run_cmd(argv, NULL);
-  for (char **a = argv; *a; a++)
-    free(*a);
-  free(argv);
+  sg_strv_free(argv);
 }
 
 /* ---- poll ---- */
@@ -1189,15 +1174,14 @@ static void schedule_poll(int64_t ms) {
 
 /* Replaces every "$PORT" in arg with the port token. */
 static char *port_token(const char *arg) {
-  char *out = xstrdup("");
+  sg_strbuf_t out = SG_STRBUF_INIT;
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
-    cleanup_free char *piece = xstrndup(p, (size_t)(q - p));
-    append(&out, piece);
+    sg_strbuf_append_n(&out, p, (size_t)(q - p));
     append(&out, TOKEN_PORT);
   }
   append(&out, p);
-  return out;
+  return sg_strbuf_steal(&out);
 }
 
 /* A layer dir as the nodes see it: under node_images_dir instead of
@@ -1223,9 +1207,7 @@ static void submit_image(sg_instance_t *inst) {
     lower[i] = node_path(s->roots[i]);
   }
   s->script = make_image_script(inst->id, inst->addr_path, s->config_path, lower);
-  for (char **d = lower; *d; d++)
-    free(*d);
-  free(lower);
+  sg_strv_free(lower);
   sg_pool_submit(rt.pool, &submit_ops, s);
 }
 
@@ -1552,7 +1534,7 @@ static char *rest_job_lines(void) {
     json_decref(reply);
     return NULL;
   }
-  char *out = xstrdup("");
+  sg_strbuf_t out = SG_STRBUF_INIT;
   size_t i;
   json_t *j;
   json_array_foreach(jobs, i, j) {
@@ -1566,12 +1548,11 @@ static char *rest_job_lines(void) {
     struct tm tm;
     if (start > 0 && localtime_r(&start, &tm))
       strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-    cleanup_free char *line = xasprintf("%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")),
-                                        state, when, name ? name : "", comment ? comment : "");
-    append(&out, line);
+    sg_strbuf_appendf(&out, "%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")), state,
+                      when, name ? name : "", comment ? comment : "");
   }
   json_decref(reply);
-  return out;
+  return sg_strbuf_steal(&out);
 }
 
 static void find_leftovers(void) {
