@@ -368,9 +368,10 @@ struct sg_child_watch {
   int pidfd; /* -1 in fallback mode */
   struct event *ev;
   struct event_base *base;
-  sg_child_exit_cb cb; /* NULL once detached */
+  sg_child_exit_cb cb;
   void *ud;
   bool done;
+  bool detached;
 };
 
 static bool force_fallback;
@@ -395,10 +396,10 @@ static bool try_reap(sg_child_watch_t *w) {
     status = -1;
   }
   w->done = true;
-  if (w->cb)
-    w->cb(w->ud, w->pid, status); /* may free w */
-  else
+  if (w->detached)
     sg_child_watch_free(w);
+  else
+    w->cb(w->ud, w->pid, status); /* may free w */
   return true;
 }
 
@@ -485,7 +486,7 @@ void sg_child_watch_free(sg_child_watch_t *w) {
   if (!w)
     return;
   if (w->pidfd >= 0) {
-    if (!w->cb)
+    if (w->detached)
       LIST_REMOVE(w, link);
     event_free(w->ev);
     close(w->pidfd);
@@ -507,6 +508,7 @@ void sg_child_watch_detach(sg_child_watch_t *w) {
     sg_child_watch_free(w);
     return;
   }
+  w->detached = true;
   w->cb = NULL;
   w->ud = NULL;
   if (w->pidfd >= 0)
