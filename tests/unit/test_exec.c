@@ -203,6 +203,42 @@ static void test_no_fd_leak(void **state) {
   assert_int_equal(count_fds(), before);
 }
 
+/* Signals arriving all along (handlers without SA_RESTART) change nothing. */
+static atomic_int interrupting;
+static void on_usr1(int sig) { (void)sig; }
+static void *interrupter(void *arg) {
+  pthread_t target = *(pthread_t *)arg;
+  while (atomic_load(&interrupting)) {
+    pthread_kill(target, SIGUSR1);
+    usleep(500);
+  }
+  return NULL;
+}
+
+static void test_eintr(void **state) {
+  (void)state;
+  struct sigaction sa = {0}, old;
+  sa.sa_handler = on_usr1;
+  sigaction(SIGUSR1, &sa, &old);
+  pthread_t self = pthread_self(), t;
+  atomic_store(&interrupting, 1);
+  assert_int_equal(pthread_create(&t, NULL, interrupter, &self), 0);
+  for (int i = 0; i < 5; i++) {
+    sg_exec_result_t res;
+    cleanup_error sg_error_t *err = NULL;
+    sg_exec_opts_t opts = {.timeout_ms = 60000, .out_cap = 1 << 20, .stdin_data = "abc", .stdin_len = 3};
+    assert_int_equal(run_sh("sleep 0.05; cat; head -c 100000 /dev/zero; exit 4", &opts, &res, &err), 0);
+    assert_true(WIFEXITED(res.status));
+    assert_int_equal(WEXITSTATUS(res.status), 4);
+    assert_int_equal(res.out_len, 100003);
+    assert_memory_equal(res.out, "abc", 3);
+    sg_exec_result_clear(&res);
+  }
+  atomic_store(&interrupting, 0);
+  pthread_join(t, NULL);
+  sigaction(SIGUSR1, &old, NULL);
+}
+
 /* ---- child watches ---- */
 
 struct seen {
@@ -376,6 +412,7 @@ int main(void) {
       cmocka_unit_test(test_stdin),
       cmocka_unit_test(test_timeout_kills_the_group),
       cmocka_unit_test(test_no_fd_leak),
+      cmocka_unit_test(test_eintr),
       cmocka_unit_test(test_watch_reaps_only_its_child),
       cmocka_unit_test(test_watch_fallback_reaps_only_its_child),
       cmocka_unit_test(test_watch_detach_reaps),
