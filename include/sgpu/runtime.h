@@ -117,7 +117,9 @@ typedef struct sg_runtime_ops {
 
 extern const sg_runtime_ops_t sg_process_runtime;
 
-/* Installs the SIGCHLD handler that reaps children of every runtime. */
+/* Prepares the process runtime. Each worker it starts is watched by its own
+ * pidfd (sg_child_watch, sgpu/exec.h) and only workers are reaped: nothing
+ * in libsgpu waits for any child, so helper commands keep their statuses. */
 int sg_process_runtime_init(struct event_base *base, sg_error_t **err);
 void sg_process_runtime_shutdown(void);
 

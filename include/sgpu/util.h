@@ -62,4 +62,37 @@ int sg_mkdir_p(const char *dir, int mode);
 
 bool sg_str_has_prefix(const char *s, const char *prefix);
 
+/* Strips leading and trailing white space in place; returns the first
+ * non-space character of s. */
+char *sg_str_trim(char *s);
+
+/* Writes all n bytes, retrying on EINTR and short writes; 0, or -1 with
+ * errno set. Async-signal-safe (usable between fork and exec). */
+int sg_write_all(int fd, const void *buf, size_t n);
+
+/* NULL-terminated string vectors. sg_strv_free frees each string and the
+ * vector (NULL is fine); sg_strv_dup copies one (NULL gives an empty vector). */
+void sg_strv_free(char **v);
+char **sg_strv_dup(char *const *v);
+size_t sg_strv_len(char *const *v);
+static inline void sg_strv_freep(char ***v) { sg_strv_free(*v); }
+#define cleanup_strv __attribute__((cleanup(sg_strv_freep)))
+
+/* A growing string with amortised constant-time appends; the text is
+ * NUL-terminated once anything was appended. Start from SG_STRBUF_INIT;
+ * sg_strbuf_steal hands the text over ("" when empty) and resets b. */
+typedef struct sg_strbuf {
+  char *s;
+  size_t len, cap;
+} sg_strbuf_t;
+#define SG_STRBUF_INIT {NULL, 0, 0}
+/* Makes room for extra more bytes (and the NUL); returns where they go. */
+char *sg_strbuf_reserve(sg_strbuf_t *b, size_t extra);
+void sg_strbuf_append_n(sg_strbuf_t *b, const char *s, size_t n);
+void sg_strbuf_append(sg_strbuf_t *b, const char *s);
+void sg_strbuf_appendf(sg_strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+char *sg_strbuf_steal(sg_strbuf_t *b);
+void sg_strbuf_free(sg_strbuf_t *b);
+#define cleanup_strbuf __attribute__((cleanup(sg_strbuf_free)))
+
 #endif

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include "sgpu/util.h"
@@ -281,8 +282,67 @@ static void test_mkdir_p_relative(void **state) {
   assert_true(S_ISDIR(st.st_mode));
 }
 
+static void test_strbuf(void **state) {
+  (void)state;
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  cleanup_free char *empty = sg_strbuf_steal(&b);
+  assert_string_equal(empty, "");
+  for (int i = 0; i < 1000; i++)
+    sg_strbuf_appendf(&b, "%d,", i % 10);
+  sg_strbuf_append(&b, "end");
+  sg_strbuf_append_n(&b, "xyz", 1);
+  assert_int_equal(b.len, 2000 + 4);
+  assert_int_equal(strlen(b.s), b.len);
+  assert_memory_equal(b.s, "0,1,2,", 6);
+  assert_string_equal(b.s + 2000, "endx");
+  cleanup_free char *s = sg_strbuf_steal(&b);
+  assert_null(b.s);
+  assert_int_equal(b.len, 0);
+  assert_int_equal(strlen(s), 2004);
+  sg_strbuf_append(&b, "again");
+  assert_string_equal(b.s, "again");
+  sg_strbuf_free(&b);
+  assert_null(b.s);
+}
+
+static void test_strv_trim_write_all(void **state) {
+  (void)state;
+  char *const v[] = {"a", "bc", "", NULL};
+  char **c = sg_strv_dup(v);
+  assert_int_equal(sg_strv_len(c), 3);
+  assert_string_equal(c[1], "bc");
+  assert_string_equal(c[2], "");
+  assert_null(c[3]);
+  assert_true(c[0] != v[0]);
+  sg_strv_free(c);
+  c = sg_strv_dup(NULL);
+  assert_non_null(c);
+  assert_null(c[0]);
+  sg_strv_free(c);
+  sg_strv_free(NULL);
+
+  char text[] = " \t padded value \n";
+  assert_string_equal(sg_str_trim(text), "padded value");
+  char blank[] = "   ";
+  assert_string_equal(sg_str_trim(blank), "");
+
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  assert_int_equal(sg_write_all(p[1], "hello", 5), 0);
+  char buf[8] = {0};
+  assert_int_equal(read(p[0], buf, sizeof(buf)), 5);
+  assert_string_equal(buf, "hello");
+  close(p[0]);
+  signal(SIGPIPE, SIG_IGN);
+  assert_int_equal(sg_write_all(p[1], "x", 1), -1);
+  assert_int_equal(errno, EPIPE);
+  close(p[1]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_strbuf),
+      cmocka_unit_test(test_strv_trim_write_all),
       cmocka_unit_test(test_parse_duration),
       cmocka_unit_test(test_format_time),
       cmocka_unit_test(test_clocks),

@@ -1,5 +1,6 @@
 #include "sgpu/util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -217,4 +218,101 @@ int sg_mkdir_p(const char *dir, int mode) {
 
 bool sg_str_has_prefix(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+char *sg_str_trim(char *s) {
+  while (isspace((unsigned char)*s))
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+  return s;
+}
+
+int sg_write_all(int fd, const void *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
+    if (w == 0) {
+      errno = EIO;
+      return -1;
+    }
+    buf = (const char *)buf + w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+size_t sg_strv_len(char *const *v) {
+  size_t n = 0;
+  while (v && v[n])
+    n++;
+  return n;
+}
+
+void sg_strv_free(char **v) {
+  for (char **p = v; p && *p; p++)
+    free(*p);
+  free(v);
+}
+
+char **sg_strv_dup(char *const *v) {
+  size_t n = sg_strv_len(v);
+  char **c = xcalloc(n + 1, sizeof(char *));
+  for (size_t i = 0; i < n; i++)
+    c[i] = xstrdup(v[i]);
+  return c;
+}
+
+char *sg_strbuf_reserve(sg_strbuf_t *b, size_t extra) {
+  if (extra >= SIZE_MAX - b->len)
+    abort();
+  size_t need = b->len + extra + 1;
+  if (need > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need)
+      cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    b->s = xrealloc(b->s, cap);
+    b->cap = cap;
+  }
+  return b->s + b->len;
+}
+
+void sg_strbuf_append_n(sg_strbuf_t *b, const char *s, size_t n) {
+  char *o = sg_strbuf_reserve(b, n);
+  memcpy(o, s, n);
+  b->len += n;
+  b->s[b->len] = '\0';
+}
+
+void sg_strbuf_append(sg_strbuf_t *b, const char *s) { sg_strbuf_append_n(b, s, strlen(s)); }
+
+void sg_strbuf_appendf(sg_strbuf_t *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    abort();
+  char *o = sg_strbuf_reserve(b, (size_t)n);
+  va_start(ap, fmt);
+  vsnprintf(o, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+char *sg_strbuf_steal(sg_strbuf_t *b) {
+  char *s = b->s ? b->s : xstrdup("");
+  b->s = NULL;
+  b->len = b->cap = 0;
+  return s;
+}
+
+void sg_strbuf_free(sg_strbuf_t *b) {
+  free(b->s);
+  b->s = NULL;
+  b->len = b->cap = 0;
 }

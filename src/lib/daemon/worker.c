@@ -190,14 +190,6 @@ static char *subst_port(const char *arg, int port) {
   return out;
 }
 
-static void free_strv(char **v) {
-  if (!v)
-    return;
-  for (char **p = v; *p; p++)
-    free(*p);
-  free(v);
-}
-
 static void free_worker(sg_worker_t *w) {
   release_resources(w);
   if (w->probe_conn)
@@ -323,8 +315,8 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
   if (!spec->image || !spec->registry_auth || auth)
     w->inst = w->rt->start(w->d->base, &launch, &cbs, w, err);
   sg_registry_auth_free(auth);
-  free_strv(argv);
-  free_strv(envp);
+  sg_strv_free(argv);
+  sg_strv_free(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   if (!w->inst) {
     start_failed(w, (*err)->message);
@@ -404,8 +396,8 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   if (!spec->registry_auth || auth)
     w->inst = w->rt->start(d->base, &launch, &cbs, w, err);
   sg_registry_auth_free(auth);
-  free_strv(argv);
-  free_strv(envp);
+  sg_strv_free(argv);
+  sg_strv_free(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   if (!w->inst) {
     start_failed(w, (*err)->message);

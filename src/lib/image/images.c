@@ -53,26 +53,18 @@ struct sg_images {
 
 /* ---- images ----------------------------------------------------------------- */
 
-static void free_strv(char **v) {
-  if (!v)
-    return;
-  for (char **p = v; *p; p++)
-    free(*p);
-  free(v);
-}
-
 static void image_free(sg_image_t *img) {
   if (!img)
     return;
   free(img->ref);
   free(img->digest);
-  free_strv(img->entrypoint);
-  free_strv(img->cmd);
-  free_strv(img->env);
+  sg_strv_free(img->entrypoint);
+  sg_strv_free(img->cmd);
+  sg_strv_free(img->env);
   free(img->workdir);
   free(img->user);
-  free_strv(img->layer_dirs);
-  free_strv(img->layer_digests);
+  sg_strv_free(img->layer_dirs);
+  sg_strv_free(img->layer_digests);
   free(img->layer_bytes);
   free(img);
 }
@@ -165,7 +157,7 @@ static void load_one(void *ud, const sg_image_record_t *rec) {
   if (!ok) {
     sg_warn("image %s: cached layers are missing; it will be pulled again", rec->ref);
     sg_store_image_delete(im->store, rec->ref, NULL);
-    free_strv(digests);
+    sg_strv_free(digests);
     free(bytes);
   } else {
     sg_image_t *img = xcalloc(1, sizeof(*img));
@@ -251,7 +243,7 @@ void sg_images_free(sg_images_t *im) {
     image_free(im->retired[i]);
   free(im->imgs);
   free(im->retired);
-  free_strv(im->insecure);
+  sg_strv_free(im->insecure);
   free(im->dir);
   free(im);
 }
@@ -310,7 +302,7 @@ static void rm_done(void *data, bool cancelled) {
   rm_job_t *j = data;
   if (cancelled)
     rm_work(j);
-  free_strv(j->paths);
+  sg_strv_free(j->paths);
   free(j);
 }
 

@@ -24,21 +24,12 @@ void sg_price_table_clear(sg_price_table_t *t) {
   memset(t, 0, sizeof(*t));
 }
 
-static char *trim(char *s) {
-  while (isspace((unsigned char)*s))
-    s++;
-  size_t n = strlen(s);
-  while (n > 0 && isspace((unsigned char)s[n - 1]))
-    s[--n] = '\0';
-  return s;
-}
-
 int sg_price_table_parse(sg_price_table_t *t, const char *text, sg_error_t **err) {
   sg_price_table_clear(t);
   cleanup_free char *copy = xstrdup(text ? text : "");
   char *save = NULL;
   for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-    item = trim(item);
+    item = sg_str_trim(item);
     if (!*item)
       continue;
     char *eq = strchr(item, '=');
@@ -47,7 +38,7 @@ int sg_price_table_parse(sg_price_table_t *t, const char *text, sg_error_t **err
       return sg_make_field_error(err, "prices", "prices: \"%s\" is not TYPE=PRICE", item);
     }
     *eq = '\0';
-    char *type = trim(item), *value = trim(eq + 1), *end;
+    char *type = sg_str_trim(item), *value = sg_str_trim(eq + 1), *end;
     errno = 0;
     double price = strtod(value, &end);
     if (!*type || strlen(type) > 63 || !*value || *end || errno || !isfinite(price) || price < 0) {

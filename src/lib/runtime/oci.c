@@ -21,8 +21,8 @@
  * /sys/fs/cgroup/unified) make crun refuse to start; there crun runs in a
  * private mount namespace without that mount and with
  * --cgroup-manager=disabled. Helper invocations (delete, list) run to
- * completion on pool threads; the process runtime's reaper may take their
- * exit status first, so what they print is what counts. */
+ * completion on pool threads through sg_exec_run, each bounded by
+ * CMD_TIMEOUT_MS so that a hung runtime cannot hold a pool thread. */
 #include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -43,12 +43,17 @@
 #include <yaml.h>
 
 #include "oci-internal.h"
+#include "sgpu/exec.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
 #include "sgpu/runtime.h"
 #include "sgpu/spec.h"
 #include "sgpu/util.h"
+
+/* A bound on each helper invocation of the OCI runtime (delete, list). */
+#define CMD_TIMEOUT_MS 30000
+#define CMD_OUTPUT_CAP 65536
 
 #ifndef CGROUP2_SUPER_MAGIC
 #define CGROUP2_SUPER_MAGIC 0x63677270
@@ -101,69 +106,36 @@ const char *sg_oci_unavailable(void) { return rt.unavailable; }
 
 /* ---- helper commands ------------------------------------------------------ */
 
-typedef struct cmd_ctx {
-  char *const *argv;
-  bool hide;
-  int out; /* write end for stdout+stderr */
-} cmd_ctx_t;
-
-static int cmd_child(void *arg) {
-  cmd_ctx_t *c = arg;
-  if (c->hide) {
-    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-      _exit(126);
-    umount2("/sys/fs/cgroup/unified", MNT_DETACH);
-  }
-  int devnull = open("/dev/null", O_RDONLY);
-  if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(c->out, 1) < 0 || dup2(c->out, 2) < 0)
-    _exit(126);
-  char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
-  execve(c->argv[0], c->argv, envp);
-  _exit(127);
+/* Runs in the helper's child: the private mount namespace without the
+ * cgroup2 mount that crun needs on hybrid hosts. Async-signal-safe. */
+static int hide_cgroup2(void *arg) {
+  (void)arg;
+  if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+    return -errno;
+  umount2("/sys/fs/cgroup/unified", MNT_DETACH);
+  return 0;
 }
 
-/* Runs argv to completion (blocking) and returns its wait status, -1 when it
- * could not run, or -2 when its status was reaped elsewhere; *out (optional)
- * gets what it printed. */
+/* Runs argv to completion (blocking, at most CMD_TIMEOUT_MS) and returns its
+ * wait status, or -1 when it could not run; *out (optional) gets what it
+ * printed, stdout and stderr together (at most CMD_OUTPUT_CAP bytes). A
+ * command killed at the timeout returns the status of its kill. */
 static int run_cmd(char *const *argv, char **out) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0)
-    return -1;
-  cmd_ctx_t c = {argv, rt.hide_cgroup2 && rt.is_crun, p[1]};
-  pid_t pid = fork();
-  if (pid == 0)
-    cmd_child(&c);
-  int e = errno;
-  close(p[1]);
-  if (pid < 0) {
-    close(p[0]);
-    errno = e;
-    return -1;
-  }
-  size_t len = 0, cap = 256;
-  char *buf = xmalloc(cap);
-  for (;;) {
-    if (len + 1 >= cap)
-      buf = xrealloc(buf, cap *= 2);
-    ssize_t r = read(p[0], buf + len, cap - len - 1);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    if (len < 65536)
-      len += (size_t)r;
-  }
-  buf[len] = '\0';
-  close(p[0]);
-  int status = -1, r;
-  while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
-    ;
+  static char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+  sg_exec_opts_t opts = {.envp = envp,
+                         .timeout_ms = CMD_TIMEOUT_MS,
+                         .out_cap = CMD_OUTPUT_CAP,
+                         .flags = SG_EXEC_MERGE_STDERR,
+                         .child_setup = rt.hide_cgroup2 && rt.is_crun ? hide_cgroup2 : NULL};
+  sg_exec_result_t res;
+  cleanup_error sg_error_t *err = NULL;
+  int r = sg_exec_run(argv, &opts, &res, &err);
   if (r < 0)
-    status = -2;
+    sg_warn("oci: %s", err->message);
+  int status = r < 0 && !res.timed_out ? -1 : res.status;
   if (out)
-    *out = buf;
-  else
-    free(buf);
+    *out = res.out ? steal_pointer(&res.out) : xstrdup("");
+  sg_exec_result_clear(&res);
   return status;
 }
 
@@ -652,22 +624,6 @@ static const sg_pool_job_ops_t prep_ops = {prep_work, prep_done};
 
 /* ---- the instance ------------------------------------------------------------ */
 
-static void free_strv(char **v) {
-  for (char **p = v; p && *p; p++)
-    free(*p);
-  free(v);
-}
-
-static char **copy_strv(char *const *v) {
-  size_t n = 0;
-  while (v && v[n])
-    n++;
-  char **c = xcalloc(n + 1, sizeof(char *));
-  for (size_t i = 0; i < n; i++)
-    c[i] = xstrdup(v[i]);
-  return c;
-}
-
 static void unwatch(oci_t *o) {
   if (o->wd >= 0 && rt.ino_fd >= 0)
     inotify_rm_watch(rt.ino_fd, o->wd);
@@ -686,8 +642,8 @@ static void oci_free(oci_t *o) {
   free(o->id);
   free(o->dir);
   free(o->rootfs);
-  free_strv(o->argv);
-  free_strv(o->envp);
+  sg_strv_free(o->argv);
+  sg_strv_free(o->envp);
   free(o->gpus);
   free(o->image_ref);
   if (o->has_auth) {
@@ -890,8 +846,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   o->rootfs = xasprintf("%s/rootfs", o->dir);
   o->cbs = *cbs;
   o->ud = ud;
-  o->argv = copy_strv(l->argv);
-  o->envp = copy_strv(l->envp);
+  o->argv = sg_strv_dup(l->argv);
+  o->envp = sg_strv_dup(l->envp);
   o->n_gpus = l->n_gpus;
   o->gpus = xcalloc((size_t)l->n_gpus + 1, sizeof(int));
   if (l->n_gpus)
@@ -1015,9 +971,9 @@ static void reconcile(void) {
   int removed = 0;
   cleanup_free char *out = NULL;
   int st = runtime_cmd("list", "-q", NULL, &out);
-  if (st != 0 && st != -2)
+  if (st != 0)
     sg_warn("oci: %s list failed (status %d): %s", rt.runtime, st, out ? out : "");
-  if ((st == 0 || st == -2) && out) {
+  if (st == 0 && out) {
     char *save = NULL;
     for (char *id = strtok_r(out, "\n", &save); id; id = strtok_r(NULL, "\n", &save)) {
       if (!sg_str_has_prefix(id, "w-"))

@@ -2,7 +2,9 @@
  * (no shell) in its own session so that its whole process group can be
  * signalled, as an unprivileged user when sgpud runs as root (see
  * sg_process_runtime_set_user). Failures between fork and exec come back
- * through a CLOEXEC pipe. */
+ * through a CLOEXEC pipe. Each worker is watched by its own pidfd
+ * (sg_child_watch), so only workers are reaped here: helper commands run by
+ * sg_exec_run on pool threads keep their exit statuses. */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -21,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sgpu/exec.h"
 #include "sgpu/log.h"
 #include "sgpu/runtime.h"
 #include "sgpu/util.h"
@@ -36,12 +39,12 @@ struct sg_instance {
   bool exited;
   int status;
   struct bufferevent *out[2];
+  sg_child_watch_t *watch;
   sg_instance_callbacks_t cbs;
   void *ud;
 };
 
 static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
-static struct event *sigchld_ev;
 static sg_run_as_t run_as;
 static bool have_user;
 
@@ -227,56 +230,24 @@ static void flush_pipes(sg_instance_t *inst) {
   }
 }
 
-static void reap(evutil_socket_t sig, short what, void *arg) {
-  for (;;) {
-    int status;
-    pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid < 0 && errno == EINTR)
-      continue;
-    if (pid <= 0)
-      return;
-    sg_instance_t *inst;
-    LIST_FOREACH(inst, &instances, link) {
-      if (inst->pid == pid && !inst->exited)
-        break;
-    }
-    if (!inst)
-      continue;
-    /* The group may outlive its leader; nothing of it may stay behind. */
-    kill(-pid, SIGKILL);
-    inst->exited = true;
-    inst->status = status;
-    flush_pipes(inst);
-    inst->cbs.on_exit(inst->ud, status);
-  }
+/* The worker's pidfd said it ended, and it has been reaped. */
+static void child_exited(void *arg, pid_t pid, int status) {
+  sg_instance_t *inst = arg;
+  /* The group may outlive its leader; nothing of it may stay behind. */
+  kill(-pid, SIGKILL);
+  inst->exited = true;
+  inst->status = status;
+  flush_pipes(inst);
+  inst->cbs.on_exit(inst->ud, status);
 }
 
 int sg_process_runtime_init(struct event_base *base, sg_error_t **err) {
-  sigchld_ev = evsignal_new(base, SIGCHLD, reap, NULL);
-  if (!sigchld_ev || evsignal_add(sigchld_ev, NULL) < 0)
-    return sg_make_error(err, EINVAL, "cannot watch SIGCHLD");
+  (void)base;
+  (void)err;
   return 0;
 }
 
-void sg_process_runtime_shutdown(void) {
-  if (sigchld_ev)
-    event_free(sigchld_ev);
-  sigchld_ev = NULL;
-  clear_user();
-}
-
-static int write_all(int fd, const void *buf, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, buf, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    buf = (const char *)buf + w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
+void sg_process_runtime_shutdown(void) { clear_user(); }
 
 static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, const sg_instance_callbacks_t *cbs,
                             void *ud, sg_error_t **err) {
@@ -355,7 +326,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     execve(launch->argv[0], launch->argv, launch->envp);
   child_fail:
     failure[1] = errno;
-    write_all(execp[1], failure, sizeof(failure));
+    sg_write_all(execp[1], failure, sizeof(failure));
     _exit(127);
   }
   close(outp[1]);
@@ -388,6 +359,17 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
   inst->pid = pid;
   inst->cbs = *cbs;
   inst->ud = ud;
+  inst->watch = sg_child_watch(base, pid, child_exited, inst, err);
+  if (!inst->watch) {
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+      ;
+    close(outp[0]);
+    close(errp[0]);
+    free(inst);
+    return NULL;
+  }
   int fds[2] = {outp[0], errp[0]};
   for (int i = 0; i < 2; i++) {
     evutil_make_socket_nonblocking(fds[i]);
@@ -410,6 +392,11 @@ static void release(sg_instance_t *inst) {
   if (!inst)
     return;
   LIST_REMOVE(inst, link);
+  /* A worker let go before it ended is still reaped when it does. */
+  if (inst->exited)
+    sg_child_watch_free(inst->watch);
+  else
+    sg_child_watch_detach(inst->watch);
   for (int i = 0; i < 2; i++)
     if (inst->out[i])
       bufferevent_free(inst->out[i]);

@@ -49,6 +49,7 @@
 
 #include "oci-internal.h"
 #include "slurm-internal.h"
+#include "sgpu/exec.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
@@ -57,7 +58,8 @@
 
 #define MAX_LINE 16384
 #define READ_CHUNK (256 * 1024)
-#define CMD_TIMEOUT_MS 30000
+#define CMD_TIMEOUT_MS 30000         /* sbatch, scancel, squeue, sacct */
+#define CMD_OUTPUT_CAP (4u << 20)
 #define FAST_POLL_MS 100 /* while a job is being placed */
 #define SLOW_POLL_MS 500 /* otherwise (output) */
 #define SQUEUE_EVERY_MS 1000
@@ -133,150 +135,30 @@ static void schedule_poll(int64_t ms);
 
 /* ---- commands ---- */
 
-/* The file argv0 names, looked up in PATH as execvp would; NULL if none. */
-static char *find_program(const char *argv0) {
-  if (strchr(argv0, '/'))
-    return access(argv0, X_OK) == 0 ? xstrdup(argv0) : NULL;
-  const char *path = getenv("PATH");
-  if (!path || !*path)
-    path = "/usr/local/bin:/usr/bin:/bin";
-  for (const char *p = path; *p;) {
-    size_t n = strcspn(p, ":");
-    char *cand = xasprintf("%.*s/%s", (int)n, p, argv0);
-    if (n > 0 && access(cand, X_OK) == 0)
-      return cand;
-    free(cand);
-    p += n;
-    if (*p == ':')
-      p++;
-  }
-  return NULL;
-}
-
-static int write_full(int fd, const void *buf, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, buf, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    buf = (const char *)buf + w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Runs argv (looked up in PATH) to completion, at most CMD_TIMEOUT_MS, and
- * returns its wait status or -1 when it could not run; *out (optional) gets
- * what it printed (at most 4 MiB). Blocks: pool threads and startup only.
- *
- * The command runs as a grandchild: the child waits for it and writes its
- * pid and then its wait status to a pipe. The loop's SIGCHLD reaper waits
- * for any child, so a direct child's status could be taken by it. */
+ * returns its wait status, or -1 with errno set when it could not run; *out
+ * (optional) gets what it printed, stdout and stderr together (at most
+ * CMD_OUTPUT_CAP bytes). A command killed at the timeout returns the status
+ * of its kill. Blocks: pool threads and startup only. */
 static int run_cmd(char *const *argv, char **out) {
-  cleanup_free char *prog = find_program(argv[0]);
-  if (!prog) {
-    errno = ENOENT;
-    return -1;
-  }
-  int p[2], st[2];
-  if (pipe2(p, O_CLOEXEC) < 0)
-    return -1;
-  if (pipe2(st, O_CLOEXEC) < 0) {
-    close(p[0]);
-    close(p[1]);
-    return -1;
-  }
-  extern char **environ;
-  pid_t pid = fork();
-  if (pid == 0) {
-    /* Only async-signal-safe calls from here on. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    pid_t g = fork();
-    if (g == 0) {
-      int devnull = open("/dev/null", O_RDONLY);
-      if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(p[1], 1) < 0 ||
-          dup2(p[1], 2) < 0)
-        _exit(126);
-      execve(prog, argv, environ);
-      _exit(127);
-    }
-    close(p[1]);
-    int status = -1;
-    if (g > 0) {
-      write_full(st[1], &g, sizeof(g));
-      while (waitpid(g, &status, 0) < 0 && errno == EINTR)
-        ;
-    }
-    write_full(st[1], &status, sizeof(status));
-    _exit(0);
-  }
-  int e = errno;
-  close(p[1]);
-  close(st[1]);
-  if (pid < 0) {
-    close(p[0]);
-    close(st[0]);
-    errno = e;
-    return -1;
-  }
-  pid_t g = -1;
-  ssize_t r;
-  do
-    r = read(st[0], &g, sizeof(g));
-  while (r < 0 && errno == EINTR);
-  size_t len = 0, cap = 4096;
-  char *buf = xmalloc(cap);
-  int64_t deadline = sg_now_ms() + CMD_TIMEOUT_MS;
-  bool killed = false;
-  for (;;) {
-    int64_t left = deadline - sg_now_ms();
-    if (left <= 0 && !killed && g > 0) {
-      kill(g, SIGKILL);
-      killed = true;
-    }
-    struct pollfd pfd = {p[0], POLLIN, 0};
-    int pr = poll(&pfd, 1, left > 0 ? (int)left : 1000);
-    if (pr < 0 && errno == EINTR)
-      continue;
-    if (pr == 0)
-      continue;
-    if (len + 1 >= cap && cap < (4u << 20))
-      buf = xrealloc(buf, cap *= 2);
-    char sink[4096];
-    bool full = len + 1 >= cap;
-    ssize_t n = full ? read(p[0], sink, sizeof(sink))
-                     : read(p[0], buf + len, cap - len - 1);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    if (!full)
-      len += (size_t)n;
-  }
-  buf[len] = '\0';
-  close(p[0]);
-  int status = -1;
-  do
-    r = read(st[0], &status, sizeof(status));
-  while (r < 0 && errno == EINTR);
-  if (r != sizeof(status))
+  sg_exec_opts_t opts = {.timeout_ms = CMD_TIMEOUT_MS, .out_cap = CMD_OUTPUT_CAP, .flags = SG_EXEC_MERGE_STDERR};
+  sg_exec_result_t res;
+  cleanup_error sg_error_t *err = NULL;
+  int r = sg_exec_run(argv, &opts, &res, &err);
+  int status = res.status;
+  if (r < 0)
+    sg_warn("slurm: %s", err->message);
+  if (r < 0 && !res.timed_out) {
+    errno = -r;
     status = -1;
-  close(st[0]);
-  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-    ;
+  }
   if (out)
-    *out = buf;
-  else
-    free(buf);
+    *out = res.out ? steal_pointer(&res.out) : xstrdup("");
+  sg_exec_result_clear(&res);
   return status;
 }
 
-static bool cmd_ok(int status) {
-  return status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+static bool cmd_ok(int status) { return sg_exec_status_ok(status); }
 
 /* The last non-empty line of text, trimmed, for error messages. */
 static char *last_line(const char *text) {
@@ -291,33 +173,25 @@ static char *last_line(const char *text) {
 
 /* ---- job scripts ---- */
 
-/* Appends s to *buf single-quoted for sh. */
-static void append_quoted(char **buf, const char *s, size_t n) {
-  size_t len = strlen(*buf);
-  size_t cap = len + 4 * n + 3;
-  *buf = xrealloc(*buf, cap);
-  char *o = *buf + len;
-  *o++ = '\'';
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\'') {
-      memcpy(o, "'\\''", 4);
-      o += 4;
-    } else {
-      *o++ = s[i];
+/* Appends s to buf single-quoted for sh. */
+static void append_quoted(sg_strbuf_t *buf, const char *s, size_t n) {
+  sg_strbuf_append_n(buf, "'", 1);
+  for (const char *end = s + n, *q; s < end; s = q + 1) {
+    q = memchr(s, '\'', (size_t)(end - s));
+    if (!q) {
+      sg_strbuf_append_n(buf, s, (size_t)(end - s));
+      break;
     }
+    sg_strbuf_append_n(buf, s, (size_t)(q - s));
+    sg_strbuf_append_n(buf, "'\\''", 4);
   }
-  *o++ = '\'';
-  *o = '\0';
+  sg_strbuf_append_n(buf, "'", 1);
 }
 
-static void append(char **buf, const char *s) {
-  size_t len = strlen(*buf), n = strlen(s);
-  *buf = xrealloc(*buf, len + n + 1);
-  memcpy(*buf + len, s, n + 1);
-}
+static void append(sg_strbuf_t *buf, const char *s) { sg_strbuf_append(buf, s); }
 
 /* An argument for sh: quoted pieces, each "$PORT" left for the shell. */
-static void append_arg(char **buf, const char *arg) {
+static void append_arg(sg_strbuf_t *buf, const char *arg) {
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
     if (q > p)
@@ -379,7 +253,8 @@ static const char script_head[] =
 
 /* The batch script of a worker. */
 static char *make_script(const sg_launch_t *l, const char *addr_path) {
-  char *s = xstrdup(script_head);
+  sg_strbuf_t s = SG_STRBUF_INIT;
+  append(&s, script_head);
   append(&s, "addr_file=");
   append_quoted(&s, addr_path, strlen(addr_path));
   append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" "
@@ -410,7 +285,7 @@ static char *make_script(const sg_launch_t *l, const char *addr_path) {
     append_arg(&s, *a);
   }
   append(&s, "\n");
-  return s;
+  return sg_strbuf_steal(&s);
 }
 
 /* The tokens of a job's config.json that its script replaces on the node. */
@@ -471,7 +346,8 @@ static const char image_tail[] =
  * foreground; on exit it removes the container, the mount and the bundle. */
 static char *make_image_script(const char *id, const char *addr_path, const char *config_path, char *const *lower) {
   static const char shebang[] = "#!/bin/sh\nset -u\n";
-  char *s = xasprintf("%s%s%s", shebang, image_ns, script_head + strlen(shebang));
+  sg_strbuf_t s = SG_STRBUF_INIT;
+  sg_strbuf_appendf(&s, "%s%s%s", shebang, image_ns, script_head + strlen(shebang));
   append(&s, "addr_file=");
   append_quoted(&s, addr_path, strlen(addr_path));
   append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" >\"$addr_file.tmp\" && "
@@ -482,16 +358,16 @@ static char *make_image_script(const char *id, const char *addr_path, const char
   append_quoted(&s, config_path, strlen(config_path));
   append(&s, "\nruntime=");
   append_quoted(&s, rt.oci_runtime, strlen(rt.oci_runtime));
-  cleanup_free char *l = xstrdup("");
+  cleanup_strbuf sg_strbuf_t l = SG_STRBUF_INIT;
   for (char *const *d = lower; *d; d++) {
     append(&l, d == lower ? "" : ":");
     append(&l, *d);
   }
   append(&s, "\nlower=");
-  append_quoted(&s, l, strlen(l));
+  append_quoted(&s, l.s ? l.s : "", l.len);
   append(&s, "\n");
   append(&s, image_tail);
-  return s;
+  return sg_strbuf_steal(&s);
 }
 
 /* ---- submit ---- */
@@ -567,15 +443,10 @@ static void cancel_sync(const char *job_id, bool term);
 static void submit_cmd(char **argv);
 
 static void submit_job_free(submit_job_t *s) {
-  for (char **a = s->argv; a && *a; a++)
-    free(*a);
-  free(s->argv);
-  char **vs[] = {s->roots, s->cargv, s->cenvp};
-  for (size_t i = 0; i < 3; i++) {
-    for (char **a = vs[i]; a && *a; a++)
-      free(*a);
-    free(vs[i]);
-  }
+  sg_strv_free(s->argv);
+  sg_strv_free(s->roots);
+  sg_strv_free(s->cargv);
+  sg_strv_free(s->cenvp);
   json_decref(s->config);
   json_decref(s->rest_job);
   free(s->config_path);
@@ -715,9 +586,7 @@ static void cmd_done(void *data, bool cancelled) {
     cleanup_free char *why = last_line(c->out ? c->out : "");
     sg_warn("%s %s failed: %s", c->argv[0], c->argv[1] ? c->argv[1] : "", why);
   }
-  for (char **a = c->argv; *a; a++)
-    free(*a);
-  free(c->argv);
+  sg_strv_free(c->argv);
   free(c->out);
   free(c);
 }
@@ -737,9 +606,7 @@ static void cancel_sync(const char *job_id, bool term) {
     rest_cancel(argv, NULL);
   else
     run_cmd(argv, NULL);
-  for (char **a = argv; *a; a++)
-    free(*a);
-  free(argv);
+  sg_strv_free(argv);
 }
 
 /* ---- poll ---- */
@@ -1307,15 +1174,14 @@ static void schedule_poll(int64_t ms) {
 
 /* Replaces every "$PORT" in arg with the port token. */
 static char *port_token(const char *arg) {
-  char *out = xstrdup("");
+  sg_strbuf_t out = SG_STRBUF_INIT;
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
-    cleanup_free char *piece = xstrndup(p, (size_t)(q - p));
-    append(&out, piece);
+    sg_strbuf_append_n(&out, p, (size_t)(q - p));
     append(&out, TOKEN_PORT);
   }
   append(&out, p);
-  return out;
+  return sg_strbuf_steal(&out);
 }
 
 /* A layer dir as the nodes see it: under node_images_dir instead of
@@ -1341,9 +1207,7 @@ static void submit_image(sg_instance_t *inst) {
     lower[i] = node_path(s->roots[i]);
   }
   s->script = make_image_script(inst->id, inst->addr_path, s->config_path, lower);
-  for (char **d = lower; *d; d++)
-    free(*d);
-  free(lower);
+  sg_strv_free(lower);
   sg_pool_submit(rt.pool, &submit_ops, s);
 }
 
@@ -1670,7 +1534,7 @@ static char *rest_job_lines(void) {
     json_decref(reply);
     return NULL;
   }
-  char *out = xstrdup("");
+  sg_strbuf_t out = SG_STRBUF_INIT;
   size_t i;
   json_t *j;
   json_array_foreach(jobs, i, j) {
@@ -1684,12 +1548,11 @@ static char *rest_job_lines(void) {
     struct tm tm;
     if (start > 0 && localtime_r(&start, &tm))
       strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-    cleanup_free char *line = xasprintf("%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")),
-                                        state, when, name ? name : "", comment ? comment : "");
-    append(&out, line);
+    sg_strbuf_appendf(&out, "%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")), state,
+                      when, name ? name : "", comment ? comment : "");
   }
   json_decref(reply);
-  return out;
+  return sg_strbuf_steal(&out);
 }
 
 static void find_leftovers(void) {
