@@ -22,6 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sgpu/client.h"
+#include "sgpu/error.h"
+#include "sgpu/util.h"
+
 #define MAX_CHILDREN 32
 #define EXIT_GRACE_MS 15000.0
 
@@ -404,71 +408,55 @@ void bench_sgpud_stop(bench_sgpud_t *s) {
 
 /* ---- HTTP client ----------------------------------------------------------------------- */
 
-static size_t on_data(char *data, size_t size, size_t nmemb, void *ud) {
-  bench_http_t *c = ud;
-  size_t n = size * nmemb;
-  if (c->len + n + 1 > c->cap) {
-    while (c->len + n + 1 > c->cap)
-      c->cap = c->cap ? 2 * c->cap : 4096;
-    c->body = realloc(c->body, c->cap);
-    if (!c->body)
-      abort();
-  }
-  memcpy(c->body + c->len, data, n);
-  c->len += n;
-  c->body[c->len] = '\0';
-  return n;
-}
+/* Control-API calls go through libsgpu's client (include/sgpu/client.h), the
+ * one the CLI uses; only the loss of an answer is folded into status 0. */
+
+/* The benchmarks read answers they asked for (log pages, /metrics) whole. */
+#define BENCH_MAX_ANSWER ((size_t)1 << 30)
 
 void bench_http_init(bench_http_t *c, const char *key) {
   memset(c, 0, sizeof(*c));
-  CURL *h = curl_easy_init();
-  if (!h)
-    bench_die("curl_easy_init failed");
-  struct curl_slist *hl = NULL;
-  if (key) {
-    char *auth = bench_asprintf("Authorization: Bearer %s", key);
-    hl = curl_slist_append(hl, auth);
-    free(auth);
-  }
-  hl = curl_slist_append(hl, "Content-Type: application/json");
-  hl = curl_slist_append(hl, "Expect:");
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_setopt(h, CURLOPT_PROXY, "");
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
-  c->curl = h;
-  c->headers = hl;
+  /* Loopback measurements: no proxy from the environment in between. */
+  sg_client_options_t opts = {.no_proxy = true};
+  sg_error_t *err = NULL;
+  c->client = sg_client_new("", key, NULL, &opts, &err);
+  if (!c->client)
+    bench_die("%s", err->message);
+  c->headers = curl_slist_append(NULL, "Content-Type: application/json");
+  if (!c->headers)
+    abort();
 }
 
 void bench_http_cleanup(bench_http_t *c) {
-  if (c->curl)
-    curl_easy_cleanup(c->curl);
+  sg_client_free(c->client);
   curl_slist_free_all(c->headers);
   free(c->body);
   memset(c, 0, sizeof(*c));
 }
 
 long bench_http(bench_http_t *c, const char *method, const char *url, const char *body, long timeout_ms) {
-  CURL *h = c->curl;
+  free(c->body);
+  c->body = NULL;
   c->len = 0;
-  if (c->body)
-    c->body[0] = '\0';
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
-  if (body) {
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-  } else {
-    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
-  }
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, strcmp(method, body ? "POST" : "GET") ? method : NULL);
-  if (curl_easy_perform(h) != CURLE_OK)
+  sg_client_request_t req = {
+      .method = method,
+      .path = url,
+      .body = body,
+      .body_len = body ? strlen(body) : 0,
+      .headers = c->headers,
+      .timeout_ms = timeout_ms,
+      .max_bytes = BENCH_MAX_ANSWER,
+  };
+  sg_client_response_t resp;
+  sg_error_t *err = NULL;
+  if (sg_client_send(c->client, &req, &resp, &err) < 0) {
+    sg_error_free(err);
     return 0;
-  long status = 0;
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  }
+  c->body = steal_pointer(&resp.body);
+  c->len = resp.len;
+  long status = resp.status;
+  sg_client_response_free(&resp);
   return status;
 }
 

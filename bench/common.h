@@ -1,6 +1,6 @@
 /* Shared pieces of the benchmark programs: a temporary directory, child
  * processes that are always stopped on exit, a private sgpud, a small
- * libcurl client and order statistics.
+ * client over libsgpu's API client and order statistics.
  *
  * Every failure is fatal: bench_die() prints one line and exits, and the
  * exit handler stops every child still tracked and removes the temporary
@@ -12,6 +12,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
+
+struct sg_client;
+struct curl_slist;
 
 /* Sets up signal handling, the exit handler and libcurl; prog prefixes messages. */
 void bench_init(const char *prog);
@@ -95,13 +98,14 @@ void bench_run_tool(char *const *argv);
 /* Stops sgpud (it stops its workers) and frees s's strings. */
 void bench_sgpud_stop(bench_sgpud_t *s);
 
-/* A libcurl easy handle with one reused connection and an answer buffer. */
+/* A client of libsgpu's API client module (include/sgpu/client.h) with one
+ * reused connection, sending "Content-Type: application/json", and the last
+ * answer's body. URLs are whole ("http://127.0.0.1:PORT/v1/..."). */
 typedef struct {
-  void *curl;
-  void *headers; /* struct curl_slist * */
-  char *body;    /* the last answer's body, NUL-terminated */
+  struct sg_client *client;
+  struct curl_slist *headers;
+  char *body; /* the last answer's body, NUL-terminated; NULL when none came */
   size_t len;
-  size_t cap;
 } bench_http_t;
 
 /* key may be NULL (no Authorization header). */

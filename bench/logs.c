@@ -16,7 +16,6 @@
  * sgpud runs with no per-worker rate limit here, so the whole flood reaches
  * the store. The program also serves as the workers' line writer: with
  * --spew or --tick it waits for a trigger file and writes lines. */
-#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -32,6 +31,7 @@
 
 #include "bench-config.h"
 #include "common.h"
+#include "sgpu/client.h"
 
 #define LINE_BYTES 100
 #define TICK_RATE 1000
@@ -240,9 +240,8 @@ static void follower_line(struct follower *f, const char *line) {
   f->n++;
 }
 
-static size_t follower_data(char *data, size_t size, size_t nmemb, void *ud) {
+static int follower_data(const char *data, size_t len, void *ud) {
   struct follower *f = ud;
-  size_t len = size * nmemb;
   f->connected = true;
   for (size_t i = 0; i < len; i++) {
     if (data[i] == '\n') {
@@ -253,24 +252,29 @@ static size_t follower_data(char *data, size_t size, size_t nmemb, void *ud) {
       f->part[f->plen++] = data[i];
     }
   }
-  return f->n >= f->cap ? 0 : len; /* 0 ends the transfer */
+  return f->n >= f->cap; /* non-zero ends the transfer */
 }
 
+/* Follows the log through libsgpu's API client, as `sgpu logs -f` does. */
 static void *follower_run(void *arg) {
   struct follower *f = arg;
-  CURL *c = curl_easy_init();
-  char *auth = bench_asprintf("Authorization: Bearer %s", f->key);
-  struct curl_slist *h = curl_slist_append(NULL, auth);
-  curl_easy_setopt(c, CURLOPT_URL, f->url);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, follower_data);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-  curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_perform(c);
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
-  free(auth);
+  sg_client_options_t opts = {.no_proxy = true};
+  sg_error_t *err = NULL;
+  sg_client_t *c = sg_client_new("", f->key, NULL, &opts, &err);
+  if (!c)
+    bench_die("%s", err->message);
+  sg_client_stream_t s = {
+      .method = "GET",
+      .path = f->url,
+      .timeout_s = 60,
+      .on_data = follower_data,
+      .ud = f,
+  };
+  if (sg_client_stream(c, &s, &err) < 0) {
+    bench_note("follower: %s", err->message);
+    sg_error_free(err);
+  }
+  sg_client_free(c);
   return NULL;
 }
 

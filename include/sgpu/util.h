@@ -60,6 +60,11 @@ char *sg_read_file(const char *path, size_t max, size_t *len_out);
 /* Creates dir and its parents (mode 0700 for the last one); 0 or -errno. */
 int sg_mkdir_p(const char *dir, int mode);
 
+/* sgpud's data directory when none is configured, and where the CLI looks for
+ * it: $SGPU_DATA_DIR when set and not empty, else $HOME/.sgpu, else ./.sgpu
+ * when HOME is unset or empty. Caller frees. */
+char *sg_default_data_dir(void);
+
 bool sg_str_has_prefix(const char *s, const char *prefix);
 
 /* Strips leading and trailing white space in place; returns the first

@@ -1,5 +1,5 @@
 /* sgpu endpoint: create, list, get, update and delete endpoints. */
-#include "client.h"
+#include "cli.h"
 
 #include <string.h>
 
@@ -26,7 +26,7 @@ struct endpoint_args {
 };
 
 static char *endpoint_path(const char *name) {
-  cleanup_free char *esc = sg_url_escape(name);
+  cleanup_free char *esc = sg_client_escape(name);
   return xasprintf("/v1/endpoints/%s", esc);
 }
 
@@ -63,9 +63,9 @@ static void add_row(struct sg_table *t, const json_t *ep) {
   sg_table_add(t, cells);
 }
 
-static int do_list(struct sg_client *c) {
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "GET", "/v1/endpoints", NULL, &r) < 0)
+static int do_list(sg_client_t *c) {
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", "/v1/endpoints", NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json) {
     fwrite(r.body, 1, r.len, stdout);
@@ -88,10 +88,10 @@ static int do_list(struct sg_client *c) {
   return SG_EXIT_OK;
 }
 
-static int do_get(struct sg_client *c, struct endpoint_args *a) {
+static int do_get(sg_client_t *c, struct endpoint_args *a) {
   cleanup_free char *path = endpoint_path(a->args[0]);
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "GET", path, NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", path, NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (r.json && !sg_cli_opts.json)
     sg_print_json(r.json);
@@ -101,7 +101,7 @@ static int do_get(struct sg_client *c, struct endpoint_args *a) {
 }
 
 /* Prints what a create or update answered: the JSON, or one line. */
-static void report(const struct sg_response *r, const char *verb, const char *fallback_name) {
+static void report(const sg_client_response_t *r, const char *verb, const char *fallback_name) {
   if (sg_cli_opts.json || !r->json) {
     fwrite(r->body, 1, r->len, stdout);
     if (r->len && r->body[r->len - 1] != '\n')
@@ -115,30 +115,30 @@ static void report(const struct sg_response *r, const char *verb, const char *fa
          version);
 }
 
-static int do_create(struct sg_client *c, struct endpoint_args *a, json_t *spec) {
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "POST", "/v1/endpoints", spec, &r) < 0)
+static int do_create(sg_client_t *c, struct endpoint_args *a, json_t *spec) {
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "POST", "/v1/endpoints", spec, &r) < 0)
     return SG_EXIT_FAIL;
   report(&r, "created", json_string_value(json_object_get(spec, "name")));
   return SG_EXIT_OK;
 }
 
-static int do_update(struct sg_client *c, struct endpoint_args *a, json_t *spec) {
+static int do_update(sg_client_t *c, struct endpoint_args *a, json_t *spec) {
   /* The spec's name may be left out: it is the one on the command line. */
   if (!json_object_get(spec, "name"))
     json_object_set_new(spec, "name", json_string(a->args[0]));
   cleanup_free char *path = endpoint_path(a->args[0]);
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "PUT", path, spec, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "PUT", path, spec, &r) < 0)
     return SG_EXIT_FAIL;
   report(&r, "updated", a->args[0]);
   return SG_EXIT_OK;
 }
 
-static int do_delete(struct sg_client *c, struct endpoint_args *a) {
+static int do_delete(sg_client_t *c, struct endpoint_args *a) {
   cleanup_free char *path = endpoint_path(a->args[0]);
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "DELETE", path, NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json)
     fwrite(r.body, 1, r.len, stdout);
@@ -200,16 +200,16 @@ int sg_cmd_endpoint(int argc, char **argv) {
   if ((is_get || is_delete) && a.nargs != 1)
     return sg_cli_usage_error(CMD, "endpoint %s: needs one endpoint NAME", action);
 
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
   if (is_create)
-    return do_create(&c, &a, spec);
+    return do_create(c, &a, spec);
   if (is_update)
-    return do_update(&c, &a, spec);
+    return do_update(c, &a, spec);
   if (is_list)
-    return do_list(&c);
+    return do_list(c);
   if (is_get)
-    return do_get(&c, &a);
-  return do_delete(&c, &a);
+    return do_get(c, &a);
+  return do_delete(c, &a);
 }

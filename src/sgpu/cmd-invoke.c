@@ -1,6 +1,6 @@
 /* sgpu invoke: one request to an endpoint through the gateway, the answer
  * streamed to standard output as it arrives. */
-#include "client.h"
+#include "cli.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -164,13 +164,13 @@ int sg_cmd_invoke(int argc, char **argv) {
                                              ? "Content-Type: application/json"
                                              : "Content-Type: application/octet-stream");
 
-  cleanup_free char *esc = sg_url_escape(name);
+  cleanup_free char *esc = sg_client_escape(name);
   cleanup_free char *path = xasprintf("/e/%s%s%s", esc, rel[0] == '/' ? "" : "/", rel);
 
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
-  struct sg_stream s = {
+  sg_client_stream_t s = {
       .method = method ? method : (body ? "POST" : "GET"),
       .path = path,
       .headers = headers,
@@ -181,7 +181,7 @@ int sg_cmd_invoke(int argc, char **argv) {
       .on_header = on_header,
       .ud = &out,
   };
-  int r = sg_client_stream(&c, &s);
+  int r = sg_cli_stream(c, &s);
   /* A terminal gets its prompt back on a line of its own. */
   if (out.wrote && out.last != '\n' && isatty(STDOUT_FILENO))
     putchar('\n');

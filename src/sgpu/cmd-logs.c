@@ -1,5 +1,5 @@
 /* sgpu logs: query or follow the logs of an endpoint (NDJSON from the API). */
-#include "client.h"
+#include "cli.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -111,14 +111,14 @@ static int on_data(const char *data, size_t len, void *ud) {
 static void add_param(char **qs, const char *key, const char *value) {
   if (!value)
     return;
-  cleanup_free char *esc = sg_url_escape(value);
+  cleanup_free char *esc = sg_client_escape(value);
   char *next = xasprintf("%s%s%s=%s", *qs, **qs ? "&" : "?", key, esc);
   free(*qs);
   *qs = next;
 }
 
 static char *logs_path(const char *name, const struct logs_query *q, long long since_ts) {
-  cleanup_free char *esc = sg_url_escape(name);
+  cleanup_free char *esc = sg_client_escape(name);
   cleanup_free char *qs = xstrdup("");
   char since_buf[32];
   const char *since = q->since;
@@ -198,8 +198,8 @@ int sg_cmd_logs(int argc, char **argv) {
     return sg_cli_usage_error(CMD, "logs: needs one endpoint NAME");
   const char *name = argv[optind];
 
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
   cleanup_slist struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/x-ndjson");
   struct logs_out out = {.last_ts = -1};
@@ -208,7 +208,7 @@ int sg_cmd_logs(int argc, char **argv) {
     /* Following again after the server closed the answer resumes after the
      * newest line already printed. */
     cleanup_free char *path = logs_path(name, &q, out.last_ts >= 0 ? out.last_ts + 1 : -1);
-    struct sg_stream s = {
+    sg_client_stream_t s = {
         .method = "GET",
         .path = path,
         .headers = headers,
@@ -216,7 +216,7 @@ int sg_cmd_logs(int argc, char **argv) {
         .on_data = on_data,
         .ud = &out,
     };
-    if (sg_client_stream(&c, &s) < 0) {
+    if (sg_cli_stream(c, &s) < 0) {
       ret = SG_EXIT_FAIL;
       break;
     }

@@ -1,5 +1,5 @@
 /* sgpu nodes: the GPUs of every node and the workers that hold them. */
-#include "client.h"
+#include "cli.h"
 
 const char sg_nodes_help[] =
     "Usage: sgpu nodes\n"
@@ -25,11 +25,11 @@ int sg_cmd_nodes(int argc, char **argv) {
   if (optind != argc)
     return sg_cli_usage_error(CMD, "nodes: takes no arguments");
 
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(&c, "GET", "/v1/nodes", NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", "/v1/nodes", NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json) {
     fwrite(r.body, 1, r.len, stdout);

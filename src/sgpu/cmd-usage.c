@@ -1,5 +1,5 @@
 /* sgpu usage: GPU time and cost per endpoint, from GET /v1/usage. */
-#include "client.h"
+#include "cli.h"
 
 #include <string.h>
 
@@ -24,7 +24,7 @@ enum { OPT_FROM = 1200, OPT_TO };
 static void add_param(char **qs, const char *key, const char *value) {
   if (!value)
     return;
-  cleanup_free char *esc = sg_url_escape(value);
+  cleanup_free char *esc = sg_client_escape(value);
   char *next = xasprintf("%s%s%s=%s", *qs, **qs ? "&" : "?", key, esc);
   free(*qs);
   *qs = next;
@@ -97,11 +97,11 @@ int sg_cmd_usage(int argc, char **argv) {
   add_param(&path, "to", to);
   add_param(&path, "group", by);
   cleanup_free char *url = xasprintf("/v1/usage%s", path);
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(&c, "GET", url, NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", url, NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json) {
     fwrite(r.body, 1, r.len, stdout);

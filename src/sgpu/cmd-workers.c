@@ -1,5 +1,5 @@
 /* sgpu workers: the workers of an endpoint, and stopping one. */
-#include "client.h"
+#include "cli.h"
 
 #include <string.h>
 
@@ -31,11 +31,11 @@ static void add_row(struct sg_table *t, const json_t *w) {
   sg_table_add(t, cells);
 }
 
-static int list_workers(struct sg_client *c, const char *name) {
-  cleanup_free char *esc = sg_url_escape(name);
+static int list_workers(sg_client_t *c, const char *name) {
+  cleanup_free char *esc = sg_client_escape(name);
   cleanup_free char *path = xasprintf("/v1/endpoints/%s/workers", esc);
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "GET", path, NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", path, NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json) {
     fwrite(r.body, 1, r.len, stdout);
@@ -58,12 +58,12 @@ static int list_workers(struct sg_client *c, const char *name) {
   return SG_EXIT_OK;
 }
 
-static int stop_worker(struct sg_client *c, const char *name, const char *id) {
-  cleanup_free char *esc_name = sg_url_escape(name);
-  cleanup_free char *esc_id = sg_url_escape(id);
+static int stop_worker(sg_client_t *c, const char *name, const char *id) {
+  cleanup_free char *esc_name = sg_client_escape(name);
+  cleanup_free char *esc_id = sg_client_escape(id);
   cleanup_free char *path = xasprintf("/v1/endpoints/%s/workers/%s", esc_name, esc_id);
-  cleanup_response struct sg_response r = {0};
-  if (sg_client_request(c, "DELETE", path, NULL, &r) < 0)
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json) {
     fwrite(r.body, 1, r.len, stdout);
@@ -96,8 +96,8 @@ int sg_cmd_workers(int argc, char **argv) {
   if (!stop && nargs != 1)
     return sg_cli_usage_error(CMD, "workers: %s", nargs ? "too many arguments" : "needs an endpoint NAME");
 
-  cleanup_client struct sg_client c = {0};
-  if (sg_client_open(&c) < 0)
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
     return SG_EXIT_FAIL;
-  return stop ? stop_worker(&c, args[1], args[2]) : list_workers(&c, args[0]);
+  return stop ? stop_worker(c, args[1], args[2]) : list_workers(c, args[0]);
 }

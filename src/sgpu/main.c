@@ -1,6 +1,6 @@
 /* sgpu: the command-line client of sgpud. Parses the global options and runs
  * one command from the table below. */
-#include "client.h"
+#include "cli.h"
 
 #include <string.h>
 

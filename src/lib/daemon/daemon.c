@@ -18,9 +18,7 @@
 void sg_daemon_config_defaults(sg_daemon_config_t *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->listen = xstrdup("127.0.0.1:8080");
-  const char *env = getenv("SGPU_DATA_DIR");
-  const char *home = getenv("HOME");
-  cfg->data_dir = env && *env ? xstrdup(env) : xasprintf("%s/.sgpu", home && *home ? home : ".");
+  cfg->data_dir = sg_default_data_dir();
   cfg->gpus_fallback = xstrdup("a100:4");
   cfg->log_level = SG_LOG_INFO;
   cfg->stop_grace_s = 10;

@@ -1,11 +1,12 @@
-/* The sgpu CLI's HTTP client and the helpers its commands share.
+/* What the sgpu CLI's commands share: the global options, usage errors,
+ * output tables and input files, and the calls into libsgpu's API client
+ * (include/sgpu/client.h) that print its errors.
  *
- * A client holds the resolved server URL and API key and one reusable curl
- * handle. Requests that fail (network error or an HTTP status >= 400) print
- * exactly one line, "sgpu: <message>", to stderr from this module; commands
- * only turn the failure into exit status 1. */
-#ifndef SGPU_CLI_CLIENT_H
-#define SGPU_CLI_CLIENT_H
+ * Requests that fail (network error or an HTTP status >= 400) print exactly
+ * one line, "sgpu: <message>", to stderr from this module; commands only turn
+ * the failure into exit status 1. */
+#ifndef SGPU_CLI_H
+#define SGPU_CLI_H
 
 #include <curl/curl.h>
 #include <getopt.h>
@@ -15,29 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* ---- memory and cleanup ------------------------------------------------- */
+#include "sgpu/client.h"
+#include "sgpu/util.h"
 
-/* Allocation that aborts on failure: running out of memory is not an error path. */
-void *xmalloc(size_t n);
-void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static inline void freep(void *p) { free(*(void **)p); }
 static inline void curl_slist_freep(struct curl_slist **l) { curl_slist_free_all(*l); }
-static inline void fclosep(FILE **f) {
-  if (*f)
-    fclose(*f);
-}
-#define cleanup_free __attribute__((cleanup(freep)))
-#define cleanup_json __attribute__((cleanup(json_decrefp))) /* jansson >= 2.11 */
+static inline void cli_json_decrefp(json_t **j) { json_decref(*j); }
+#define cleanup_json __attribute__((cleanup(cli_json_decrefp)))
 #define cleanup_slist __attribute__((cleanup(curl_slist_freep)))
-#define cleanup_fclose __attribute__((cleanup(fclosep)))
-#define cleanup_response __attribute__((cleanup(sg_response_free)))
-#define cleanup_client __attribute__((cleanup(sg_client_close)))
+#define cleanup_response cleanup_client_response
 #define cleanup_table __attribute__((cleanup(sg_table_freep)))
-
-#define SG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Exit statuses of the sgpu command. */
 enum {
@@ -88,67 +75,17 @@ void sg_cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints the help text of command cmd to f. */
 void sg_cli_print_help(const char *cmd, FILE *f);
 
-/* ---- client ------------------------------------------------------------ */
+/* ---- requests ------------------------------------------------------------ */
 
-struct sg_client {
-  char *url; /* base URL, no trailing slash */
-  char *key; /* API key, or NULL when none was found */
-  const char *key_source; /* where the key came from, for error messages */
-  char *key_file;         /* the admin.key file read, or NULL */
-  CURL *curl;
-  char errbuf[CURL_ERROR_SIZE];
-};
+/* Resolves the server from the global options (sg_client_resolve()) and opens
+ * a client. Returns NULL after printing why. */
+sg_client_t *sg_cli_connect(void);
 
-/* An answer. body is NUL-terminated; json is the parsed body when it is JSON. */
-struct sg_response {
-  long status;
-  char *body;
-  size_t len;
-  json_t *json;
-};
+/* sg_client_call() that prints the error. Returns 0 or -1. */
+int sg_cli_call(sg_client_t *c, const char *method, const char *path, json_t *body, sg_client_response_t *resp);
 
-/* Resolves URL and key from sg_cli_opts, then SGPU_URL / SGPU_API_KEY, then
- * the files url and admin.key in the data directory (--data-dir, else
- * SGPU_DATA_DIR, else $HOME/.sgpu). Returns 0, or -1 after printing why
- * (no URL anywhere). */
-int sg_client_open(struct sg_client *c);
-void sg_client_close(struct sg_client *c);
-
-/* Sends method path (path starts with '/') with an optional JSON body and
- * reads the whole answer into *resp. Returns 0 on a 1xx-3xx answer; on a
- * network error or an answer >= 400 prints the error and returns -1, and
- * *resp is released. The caller releases *resp with sg_response_free(). */
-int sg_client_request(struct sg_client *c, const char *method, const char *path, json_t *body,
-                      struct sg_response *resp);
-
-void sg_response_free(struct sg_response *resp);
-
-/* Receives a piece of a streamed answer; returns 0 to go on, non-zero to stop. */
-typedef int (*sg_data_fn)(const char *data, size_t len, void *ud);
-/* Receives one header line of the answer (status line included), CRLF removed. */
-typedef void (*sg_header_fn)(const char *line, size_t len, void *ud);
-
-/* A streamed request: the answer is handed to on_data as it arrives. */
-struct sg_stream {
-  const char *method;
-  const char *path;
-  struct curl_slist *headers; /* extra request headers, owned by the caller */
-  const char *body;           /* request body or NULL */
-  size_t body_len;
-  long timeout_s;             /* 0: no limit */
-  sg_data_fn on_data;
-  sg_header_fn on_header;     /* optional */
-  void *ud;
-  long status;                /* out: the answer's status, 0 when none came */
-};
-
-/* Runs a streamed request. Answers >= 400 are not passed to on_data: they are
- * read whole and printed as an error. Returns 0 when the answer (status < 400)
- * came in full or on_data stopped it, -1 after printing the error otherwise. */
-int sg_client_stream(struct sg_client *c, struct sg_stream *s);
-
-/* Percent-encodes s for a path segment or query value. Caller frees with free(). */
-char *sg_url_escape(const char *s);
+/* sg_client_stream() that prints the error. Returns 0 or -1. */
+int sg_cli_stream(sg_client_t *c, sg_client_stream_t *s);
 
 /* ---- output helpers ------------------------------------------------------ */
 
