@@ -151,7 +151,7 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   if (host)
     env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
   /* A worker run as another user gets that user's home. */
-  const sg_run_as_t *user = w->rt == &sg_process_runtime ? sg_process_runtime_user() : NULL;
+  const sg_run_as_t *user = w->rt->user ? w->rt->user() : NULL;
   const char *home = user ? user->home : getenv("HOME");
   if (home && host)
     env[n++] = xasprintf("HOME=%s", home);
@@ -330,20 +330,20 @@ static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
   return w;
 }
 
-sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_slurm_leftover_t *job) {
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, const sg_leftover_t *job) {
   sg_worker_t *w = xcalloc(1, sizeof(*w));
   w->d = ep->d;
   w->ep = ep;
   w->id = xstrdup(job->worker_id);
   w->version = ep->version;
-  w->rt = &sg_slurm_runtime;
+  w->rt = rt;
   w->state = SG_W_STARTING;
   w->adopted = true;
   w->n_gpus = ep->spec->gpu.count < SG_SPEC_MAX_GPUS ? ep->spec->gpu.count : SG_SPEC_MAX_GPUS;
   w->started_mono = sg_now_ms();
   w->started_wall = job->start_wall > 0 ? job->start_wall : sg_wall_ms();
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
-  w->inst = sg_slurm_adopt(job, &cbs, w);
+  w->inst = rt->adopt_instance(job, &cbs, w);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   sg_meter_worker_adopted(w, job->start_wall);
   sg_logs_event(w->d, ep->name, w->id, "adopting Slurm job %s left running by an earlier sgpud", job->job_id);

@@ -428,9 +428,11 @@ static void cleanup_orphan(const char *id, pid_t pid) {
 
 const sg_runtime_ops_t sg_process_runtime = {
     .name = "process",
+    .caps = SG_RUNTIME_HOST_ENV,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,
     .release = release,
-    .cleanup_orphan = cleanup_orphan,
+    .reconcile = cleanup_orphan,
+    .user = sg_process_runtime_user,
 };
