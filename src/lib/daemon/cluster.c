@@ -27,13 +27,14 @@ int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key,
                                   json_t *v, sg_error_t **err) {
   if (!strcmp(key, "default_runtime")) {
     const char *s = json_is_string(v) ? json_string_value(v) : "";
-    if (strcmp(s, "process") && strcmp(s, "oci") && strcmp(s, "slurm"))
-      return sg_make_error(
-          err, SG_EINVAL,
-          "config: default_runtime must be \"process\", \"oci\" or \"slurm\"");
+    const sg_runtime_ops_t *rt = sg_runtime_find(s);
+    if (!rt) {
+      cleanup_free char *names = sg_runtime_names_text();
+      return sg_make_error(err, SG_EINVAL, "config: default_runtime must be %s", names);
+    }
     free(cfg->default_runtime);
     cfg->default_runtime = xstrdup(s);
-    if (!strcmp(s, "slurm"))
+    if (rt == &sg_slurm_runtime)
       cfg->slurm.configured = true;
     return 0;
   }

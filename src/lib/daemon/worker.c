@@ -146,7 +146,7 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   size_t cap = spec->n_env + 16, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
   /* A container's PATH and HOME come from its image, not from this host. */
-  bool host = !w->ep->spec->image || strcmp(w->ep->spec->runtime, "oci");
+  bool host = !w->ep->spec->image || (w->rt->caps & SG_RUNTIME_HOST_ENV);
   const char *path = getenv("PATH");
   if (host)
     env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
@@ -353,14 +353,17 @@ sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, co
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (!rt) {
+    sg_make_error(err, SG_EINVAL, "unknown runtime %s", spec->runtime);
+    return NULL;
+  }
   sg_worker_t *w = xcalloc(1, sizeof(*w));
   w->d = d;
   w->ep = ep;
   w->id = sg_new_id("w-");
   w->version = ep->version;
-  w->rt = !strcmp(spec->runtime, "oci")     ? &sg_oci_runtime
-          : !strcmp(spec->runtime, "slurm") ? &sg_slurm_runtime
-                                            : &sg_process_runtime;
+  w->rt = rt;
   w->state = SG_W_STARTING;
   if (w->rt->remote)
     return start_remote(w, err);
@@ -389,7 +392,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();
   sg_registry_auth_t *auth = NULL;
-  if (spec->registry_auth && w->rt == &sg_oci_runtime) {
+  if (spec->registry_auth && spec->image && (w->rt->caps & SG_RUNTIME_IMAGES)) {
     auth = sg_daemon_registry_auth(d, spec->registry_auth, err);
     launch.auth = auth;
   }
@@ -531,7 +534,7 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
     json_object_set_new(s, "end_time", pl.end_wall && w->exited
                                            ? json_string(sg_format_time(pl.end_wall, t, sizeof(t)))
                                            : json_null());
-    json_object_set_new(j, "slurm", s);
+    json_object_set_new(j, w->rt->name, s); /* the placement, under the runtime's name */
     if (w->state == SG_W_STARTING && !w->last_error && pl.state && !strcmp(pl.state, "PENDING")) {
       cleanup_free char *msg = xasprintf("pending in Slurm: %s", pl.reason ? pl.reason : "waiting");
       json_object_set_new(j, "last_error", json_string(msg));
