@@ -88,8 +88,53 @@ typedef struct sg_placement {
   int64_t end_wall;
 } sg_placement_t;
 
+/* A worker an earlier sgpud of the same data dir left running, as its
+ * runtime finds it (slurm: from the job's name and comment, "sgpu.WORKER"
+ * and "sgpu:TAG:ENDPOINT:VERSION"). */
+typedef struct sg_leftover {
+  const char *job_id;
+  const char *worker_id;
+  const char *endpoint;
+  int version;
+  int64_t start_wall; /* when it started, ms since the epoch; 0: unknown */
+} sg_leftover_t;
+
+/* One node of a cluster as its scheduler reports it. */
+typedef struct sg_runtime_node {
+  char name[128];
+  char state[64];
+  char partitions[128];
+  char gpu_type[64];
+  int gpus_total;
+  int gpus_used;
+} sg_runtime_node_t;
+
+typedef struct sg_run_as sg_run_as_t;
+
+/* sg_runtime_ops_t.caps: what a runtime does, so that callers never branch
+ * on its name. */
+enum {
+  /* Its scheduler allocates the GPUs (and the node); sgpud's own inventory
+   * is not used and a spec's scheduler options ("slurm") apply. */
+  SG_RUNTIME_OWN_GPUS = 1 << 0,
+  /* Runs OCI images: spec images are pulled ahead and registry auth is
+   * passed to start(). */
+  SG_RUNTIME_IMAGES = 1 << 1,
+  /* A spec must name an image. */
+  SG_RUNTIME_NEEDS_IMAGE = 1 << 2,
+  /* Workers get this host's PATH and HOME (not an image's). */
+  SG_RUNTIME_HOST_ENV = 1 << 3,
+};
+
+/* A runtime is a context (file-static state in its own source file) and
+ * these ops, found by name with sg_runtime_find(). Ops marked optional may
+ * be NULL; the default is stated with each. */
 typedef struct sg_runtime_ops {
   const char *name;
+  unsigned caps; /* SG_RUNTIME_* */
+  /* Optional: why workers of this runtime cannot start here (its tools are
+   * missing, it was not set up), or NULL when they can. NULL op: always. */
+  const char *(*unavailable)(void);
   /* Starts a worker; NULL with *err set when it could not be started (exec
    * failures included). */
   sg_instance_t *(*start)(struct event_base *base, const sg_launch_t *launch, const sg_instance_callbacks_t *cbs,
@@ -98,8 +143,10 @@ typedef struct sg_runtime_ops {
   pid_t (*pid)(const sg_instance_t *inst);
   /* Releases the handle; only after on_exit was called. */
   void (*release)(sg_instance_t *inst);
-  /* Kills a worker left by an earlier sgpud (found in the store) if it still runs. */
-  void (*cleanup_orphan)(const char *id, pid_t pid);
+  /* Optional: kills a worker left by an earlier sgpud (found in the store)
+   * if it still runs. NULL: the runtime finds what it left by other means
+   * (at init, or through adopt). */
+  void (*reconcile)(const char *id, pid_t pid);
   /* true: start() returns at once and reports on_running or on_fail later. */
   bool async_start;
   /* Optional: the start's steps so far. */
@@ -113,7 +160,41 @@ typedef struct sg_runtime_ops {
    * cannot be left (it is then stopped as usual). After true, signal() does
    * nothing and release() frees the handle without stopping the worker. */
   bool (*detach)(sg_instance_t *inst);
+  /* Optional: offers every worker an earlier sgpud left (found at init) to
+   * take(), which returns the instance adopt_instance() made for it, or
+   * NULL; those not taken are stopped (blocks). Once, at startup, after the
+   * endpoints are loaded. NULL: nothing is ever left running. */
+  void (*adopt)(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx);
+  /* With adopt: takes over a leftover as a worker reporting to cbs and ud,
+   * as start() would. */
+  sg_instance_t *(*adopt_instance)(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
+  /* Optional: the cluster's nodes from the last refresh; *n gets their
+   * count, *age_ms how old they are (-1: never refreshed). The array lives
+   * until the next refresh; loop thread. NULL: no nodes of its own. */
+  const sg_runtime_node_t *(*nodes)(size_t *n, int64_t *age_ms);
+  /* Optional: the user SG_LAUNCH_AS_USER launches run as, or NULL
+   * (sgpud's own). NULL op: sgpud's own. */
+  const sg_run_as_t *(*user)(void);
 } sg_runtime_ops_t;
+
+/* Each runtime's init and shutdown are its own functions, declared below:
+ * each takes its own config, and they run at set points against the thread
+ * pool and the image store (sg_daemon_new, sg_daemon_free). */
+
+/* The registry: every runtime built in, in a fixed order. */
+/* The runtime called name, or NULL when there is none. */
+const sg_runtime_ops_t *sg_runtime_find(const char *name);
+/* The runtimes' names, NULL-terminated, in registry order. */
+const char *const *sg_runtime_names(void);
+/* The names for messages: "\"process\", \"oci\" or \"slurm\"" (caller frees). */
+char *sg_runtime_names_text(void);
+/* The runtime a spec that names none uses: the first with
+ * SG_RUNTIME_NEEDS_IMAGE when it has an image, else the first with
+ * SG_RUNTIME_HOST_ENV. Never NULL. */
+const sg_runtime_ops_t *sg_runtime_default(bool has_image);
+/* The runtime of this host's own GPUs (the first with SG_RUNTIME_HOST_ENV
+ * and not SG_RUNTIME_OWN_GPUS), as GET /v1/nodes names it. */
+const sg_runtime_ops_t *sg_runtime_local(void);
 
 extern const sg_runtime_ops_t sg_process_runtime;
 
@@ -124,14 +205,14 @@ int sg_process_runtime_init(struct event_base *base, sg_error_t **err);
 void sg_process_runtime_shutdown(void);
 
 /* The unprivileged user that process workers run as. */
-typedef struct sg_run_as {
+struct sg_run_as {
   char *name;
   uid_t uid;
   gid_t gid;
   gid_t *groups; /* supplementary groups: the user's own */
   int n_groups;
   char *home;
-} sg_run_as_t;
+};
 
 #define SG_RUN_AS_DEFAULT "sgpu-worker" /* falls back to "nobody" */
 
@@ -190,30 +271,15 @@ typedef struct sg_slurm_config {
 
 /* Sets the runtime up (blocks; at startup). With cfg->cleanup it looks for
  * the jobs an earlier sgpud of the same dir submitted: those that run and
- * have written their address are kept for sg_slurm_adopt_leftovers(), every
+ * have written their address are kept for the adopt op, every
  * other one is cancelled. Without Slurm's commands it logs why and returns
  * 0: starting a slurm worker then fails with that reason. */
 int sg_slurm_runtime_init(struct event_base *base, struct sg_pool *pool, const sg_slurm_config_t *cfg,
                           sg_error_t **err);
-/* A running job an earlier sgpud of the same dir left, as its name and
- * comment tell ("sgpu.WORKER" and "sgpu:TAG:ENDPOINT:VERSION"). */
-typedef struct sg_slurm_leftover {
-  const char *job_id;
-  const char *worker_id;
-  const char *endpoint;
-  int version;
-  int64_t start_wall; /* Slurm's StartTime, ms since the epoch */
-} sg_slurm_leftover_t;
-
-/* Offers every job found by sg_slurm_runtime_init() to adopt(), which
- * returns the instance sg_slurm_adopt() made for it, or NULL; jobs not
- * adopted are cancelled (blocks). Once, at startup, after the endpoints are
- * loaded. */
-void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_leftover_t *job), void *ctx);
-/* Takes over a leftover job as a worker reporting to cbs and ud, as start()
- * would: its output is followed from the current end of its files, and
- * on_running (with its placement) comes from the next poll. */
-sg_instance_t *sg_slurm_adopt(const sg_slurm_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
+/* The runtime's adopt and adopt_instance ops take over the running jobs an
+ * earlier sgpud of the same dir left ("sgpu.WORKER" and
+ * "sgpu:TAG:ENDPOINT:VERSION"); sg_slurm_leftover_t is their sg_leftover_t. */
+typedef sg_leftover_t sg_slurm_leftover_t;
 
 /* Lets go of the image store (pulls waited for, images held): before it is
  * freed, at shutdown. */
@@ -224,19 +290,7 @@ void sg_slurm_runtime_shutdown(void);
 /* Why slurm workers cannot start here, or NULL when they can. */
 const char *sg_slurm_unavailable(void);
 
-/* One node as Slurm reports it. */
-typedef struct sg_slurm_node {
-  char name[128];
-  char state[64];
-  char partitions[128];
-  char gpu_type[64];
-  int gpus_total;
-  int gpus_used;
-} sg_slurm_node_t;
-
-/* The cluster's nodes from the last refresh (every few seconds while the
- * runtime is set up); *n gets their count, *age_ms how old they are (-1:
- * never refreshed). The array lives until the next refresh; loop thread. */
-const sg_slurm_node_t *sg_slurm_nodes(size_t *n, int64_t *age_ms);
+/* One node as Slurm reports it (the runtime's nodes op). */
+typedef sg_runtime_node_t sg_slurm_node_t;
 
 #endif

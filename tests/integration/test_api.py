@@ -217,6 +217,20 @@ def _big_env(n):
     return {"V%d" % i: "x" for i in range(n)}
 
 
+class RuntimeTest(SgpudTestCase):
+    SHARED = {}
+
+    def test_process_worker_with_registry_auth_starts(self):
+        # registry_auth names credentials for pulling images; the process
+        # runtime runs no image, so a spec naming one still starts its worker
+        # (sgpud did not start it, leaving an error unset, and crashed).
+        name = unique_name("rt-auth")
+        self.create(echo_spec(name, registry_auth="nosuchauth", workers={"min": 1, "max": 1}))
+        ready = self.sg.wait_ready(name, 1)
+        self.assertEqual(ready[0]["runtime"], "process")
+        self.assertTrue(self.sg.alive())
+
+
 class SpecValidationTest(SgpudTestCase):
     """Every bad spec gets the right 4xx with an error naming the field, and the store
     is left as it was."""

@@ -22,7 +22,7 @@ void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
                                           g->source, "worker", str_or_null(g->holder), "endpoint",
                                           str_or_null(g->endpoint)));
   }
-  json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", "process", "gpus_total",
+  json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", sg_runtime_local()->name, "gpus_total",
                            (int)d->gpus->n, "gpus_free", free_n, "gpus", gpus);
   json_t *nodes = json_pack("[o]", node);
   json_t *cluster = sg_daemon_cluster_nodes(d);

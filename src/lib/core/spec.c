@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "sgpu/image.h"
+#include "sgpu/runtime.h"
 #include "sgpu/util.h"
 
 #define MAX_ARG_LEN 4096
@@ -126,8 +127,10 @@ static int get_str(json_t *obj, const char *field, const char *key, size_t maxle
 
 static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
   json_t *cmd = json_object_get(root, "command");
-  /* An image brings its own entrypoint and cmd (oci, or slurm with an image). */
-  bool oci = !strcmp(s->runtime, "oci") || (s->image && !strcmp(s->runtime, "slurm"));
+  /* An image brings its own entrypoint and cmd (a runtime that runs images,
+   * given one). */
+  const sg_runtime_ops_t *rt = sg_runtime_find(s->runtime);
+  bool oci = rt && (rt->caps & SG_RUNTIME_IMAGES) && s->image;
   if ((!cmd || json_is_null(cmd) || (json_is_array(cmd) && json_array_size(cmd) == 0)) && oci)
     return 0; /* the image's entrypoint and cmd */
   if (!cmd || json_is_null(cmd))
@@ -332,7 +335,7 @@ static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
 }
 
 /* "slurm": {"partition", "account", "time_limit"}, each optional; only with
- * the slurm runtime. */
+ * a runtime that schedules its own GPUs (SG_RUNTIME_OWN_GPUS). */
 static int parse_slurm(sg_spec_t *s, json_t *root, sg_error_t **err) {
   static const char *const keys[] = {"partition", "account", "time_limit", NULL};
   json_t *o;
@@ -340,7 +343,8 @@ static int parse_slurm(sg_spec_t *s, json_t *root, sg_error_t **err) {
     return -1;
   if (!o)
     return 0;
-  if (strcmp(s->runtime, "slurm"))
+  const sg_runtime_ops_t *rt = sg_runtime_find(s->runtime);
+  if (!rt || !(rt->caps & SG_RUNTIME_OWN_GPUS))
     return sg_make_field_error(err, "slurm", "is only used by the slurm runtime");
   if (check_keys(o, "slurm", keys, err) < 0)
     return -1;
@@ -404,15 +408,17 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
     sg_image_ref_clear(&ref);
   }
   if (!s->runtime)
-    s->runtime = xstrdup(s->image ? "oci" : "process");
-  if (strcmp(s->runtime, "process") && strcmp(s->runtime, "oci") && strcmp(s->runtime, "slurm")) {
-    sg_make_field_error(err, "runtime", "must be \"process\", \"oci\" or \"slurm\"");
+    s->runtime = xstrdup(sg_runtime_default(s->image != NULL)->name);
+  const sg_runtime_ops_t *rt = sg_runtime_find(s->runtime);
+  if (!rt) {
+    cleanup_free char *names = sg_runtime_names_text();
+    sg_make_field_error(err, "runtime", "must be %s", names);
     return NULL;
   }
   if (parse_slurm(s, root, err) < 0)
     return NULL;
-  if (!strcmp(s->runtime, "oci") && !s->image) {
-    sg_make_field_error(err, "image", "is required by the oci runtime");
+  if ((rt->caps & SG_RUNTIME_NEEDS_IMAGE) && !s->image) {
+    sg_make_field_error(err, "image", "is required by the %s runtime", rt->name);
     return NULL;
   }
   if (get_str(root, "registry_auth", "registry_auth", 63, &s->registry_auth, err) < 0)
@@ -447,7 +453,8 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
   json_t *j = spec_to_json(s);
   if (s->registry_auth)
     json_object_set_new(j, "registry_auth", json_string(s->registry_auth));
-  if (!strcmp(s->runtime, "slurm")) {
+  const sg_runtime_ops_t *rt = sg_runtime_find(s->runtime);
+  if (rt && (rt->caps & SG_RUNTIME_OWN_GPUS)) {
     json_t *o = json_object();
     if (s->slurm.partition)
       json_object_set_new(o, "partition", json_string(s->slurm.partition));

@@ -27,13 +27,14 @@ int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key,
                                   json_t *v, sg_error_t **err) {
   if (!strcmp(key, "default_runtime")) {
     const char *s = json_is_string(v) ? json_string_value(v) : "";
-    if (strcmp(s, "process") && strcmp(s, "oci") && strcmp(s, "slurm"))
-      return sg_make_error(
-          err, SG_EINVAL,
-          "config: default_runtime must be \"process\", \"oci\" or \"slurm\"");
+    const sg_runtime_ops_t *rt = sg_runtime_find(s);
+    if (!rt) {
+      cleanup_free char *names = sg_runtime_names_text();
+      return sg_make_error(err, SG_EINVAL, "config: default_runtime must be %s", names);
+    }
     free(cfg->default_runtime);
     cfg->default_runtime = xstrdup(s);
-    if (!strcmp(s, "slurm"))
+    if (rt == &sg_slurm_runtime)
       cfg->slurm.configured = true;
     return 0;
   }
@@ -127,15 +128,26 @@ int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
   return sg_slurm_runtime_init(d->base, d->pool, &sc, err);
 }
 
-static sg_instance_t *adopt_one(void *ctx, const sg_slurm_leftover_t *job) {
-  sg_daemon_t *d = ctx;
-  sg_endpoint_t *ep = sg_daemon_find_endpoint(d, job->endpoint);
-  if (!ep || strcmp(ep->spec->runtime, "slurm") || ep->version != job->version)
+typedef struct adopt_ctx {
+  sg_daemon_t *d;
+  const sg_runtime_ops_t *rt;
+} adopt_ctx_t;
+
+static sg_instance_t *adopt_one(void *ctx, const sg_leftover_t *job) {
+  adopt_ctx_t *a = ctx;
+  sg_endpoint_t *ep = sg_daemon_find_endpoint(a->d, job->endpoint);
+  if (!ep || sg_runtime_find(ep->spec->runtime) != a->rt || ep->version != job->version)
     return NULL;
-  return sg_worker_adopt(ep, job);
+  return sg_worker_adopt(ep, a->rt, job);
 }
 
-void sg_daemon_cluster_adopt(sg_daemon_t *d) { sg_slurm_adopt_leftovers(adopt_one, d); }
+void sg_daemon_cluster_adopt(sg_daemon_t *d) {
+  for (const char *const *name = sg_runtime_names(); *name; name++) {
+    adopt_ctx_t a = {d, sg_runtime_find(*name)};
+    if (a.rt->adopt)
+      a.rt->adopt(adopt_one, &a);
+  }
+}
 
 void sg_daemon_cluster_free(sg_daemon_t *d) { sg_slurm_runtime_shutdown(); }
 
@@ -148,21 +160,23 @@ void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec) {
 json_t *sg_daemon_cluster_nodes(sg_daemon_t *d) {
   if (!d->cfg.slurm.configured)
     return NULL;
-  size_t n;
-  int64_t age;
-  const sg_slurm_node_t *nodes = sg_slurm_nodes(&n, &age);
   json_t *arr = json_array();
-  for (size_t i = 0; i < n; i++) {
-    const sg_slurm_node_t *x = &nodes[i];
-    int free_n = x->gpus_total - x->gpus_used;
-    json_array_append_new(
-        arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:s, s:I}", "name",
-                       x->name, "runtime", "slurm", "state", x->state,
-                       "partitions", x->partitions, "gpu_type",
-                       *x->gpu_type ? json_string(x->gpu_type) : json_null(),
-                       "gpus_total", x->gpus_total, "gpus_free",
-                       free_n < 0 ? 0 : free_n, "source", "slurm", "age_ms",
-                       (json_int_t)age));
+  for (const char *const *name = sg_runtime_names(); *name; name++) {
+    const sg_runtime_ops_t *rt = sg_runtime_find(*name);
+    if (!rt->nodes)
+      continue;
+    size_t n;
+    int64_t age;
+    const sg_runtime_node_t *nodes = rt->nodes(&n, &age);
+    for (size_t i = 0; i < n; i++) {
+      const sg_runtime_node_t *x = &nodes[i];
+      int free_n = x->gpus_total - x->gpus_used;
+      json_array_append_new(
+          arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:s, s:I}", "name", x->name, "runtime", rt->name,
+                         "state", x->state, "partitions", x->partitions, "gpu_type",
+                         *x->gpu_type ? json_string(x->gpu_type) : json_null(), "gpus_total", x->gpus_total,
+                         "gpus_free", free_n < 0 ? 0 : free_n, "source", rt->name, "age_ms", (json_int_t)age));
+    }
   }
   return arr;
 }

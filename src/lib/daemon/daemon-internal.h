@@ -214,9 +214,9 @@ int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key, json
 void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg);
 /* Sets the slurm runtime up when configured (after the pool); blocks. */
 int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err);
-/* Adopts the Slurm jobs an earlier sgpud left whose endpoint still exists
- * at the same version, and cancels the others (blocks; after the endpoints
- * are loaded). */
+/* Adopts the workers an earlier sgpud left (each runtime's adopt op) whose
+ * endpoint still exists with that runtime at the same version; the runtime
+ * stops the others (blocks; after the endpoints are loaded). */
 void sg_daemon_cluster_adopt(sg_daemon_t *d);
 /* After the pool is freed. */
 void sg_daemon_cluster_free(sg_daemon_t *d);
@@ -240,10 +240,10 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
 
 /* worker.c */
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
-/* Takes over a Slurm job an earlier sgpud started for ep (at its current
- * version) as a worker; metered on from the earlier sgpud's records. Returns
+/* Takes over a worker of runtime rt an earlier sgpud started for ep (at its
+ * current version), through rt->adopt_instance; metered on from the earlier sgpud's records. Returns
  * the worker's instance. At startup. */
-sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_slurm_leftover_t *job);
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, const sg_leftover_t *job);
 /* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period. */
 void sg_worker_stop(sg_worker_t *w, const char *why);
 const char *sg_worker_state_name(enum sg_worker_state s);

@@ -427,8 +427,9 @@ static void load_endpoint(void *ud, const sg_endpoint_record_t *rec) {
 }
 
 static void reconcile_worker(void *ud, const sg_worker_record_t *rec) {
-  if (!strcmp(rec->runtime, sg_process_runtime.name))
-    sg_process_runtime.cleanup_orphan(rec->id, rec->pid);
+  const sg_runtime_ops_t *rt = sg_runtime_find(rec->runtime);
+  if (rt && rt->reconcile)
+    rt->reconcile(rec->id, rec->pid);
 }
 
 /* Workers recorded by an earlier sgpud cannot be adopted by the process

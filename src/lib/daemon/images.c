@@ -106,7 +106,8 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const sg_registry_auth_t
 void sg_endpoint_prepull(sg_endpoint_t *ep) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
-  if (!d->images || !spec->image || (strcmp(spec->runtime, "oci") && strcmp(spec->runtime, "slurm")) || sg_images_lookup(d->images, spec->image))
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (!d->images || !spec->image || !rt || !(rt->caps & SG_RUNTIME_IMAGES) || sg_images_lookup(d->images, spec->image))
     return;
   cleanup_error sg_error_t *err = NULL;
   sg_registry_auth_t *auth = NULL;

@@ -146,12 +146,12 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   size_t cap = spec->n_env + 16, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
   /* A container's PATH and HOME come from its image, not from this host. */
-  bool host = !w->ep->spec->image || strcmp(w->ep->spec->runtime, "oci");
+  bool host = !w->ep->spec->image || (w->rt->caps & SG_RUNTIME_HOST_ENV);
   const char *path = getenv("PATH");
   if (host)
     env[n++] = xasprintf("PATH=%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
   /* A worker run as another user gets that user's home. */
-  const sg_run_as_t *user = w->rt == &sg_process_runtime ? sg_process_runtime_user() : NULL;
+  const sg_run_as_t *user = w->rt->user ? w->rt->user() : NULL;
   const char *home = user ? user->home : getenv("HOME");
   if (home && host)
     env[n++] = xasprintf("HOME=%s", home);
@@ -285,86 +285,60 @@ static json_t *cold_start_json(const sg_worker_t *w) {
 #undef MS
 }
 
-/* A worker on a node the runtime chooses: its scheduler allocates the GPUs
- * and the port is chosen there, so argv keeps "$PORT" and envp only what the
- * spec adds. Metered from when it runs (see take_placement). */
-static sg_worker_t *start_remote(sg_worker_t *w, sg_error_t **err) {
-  sg_endpoint_t *ep = w->ep;
-  const sg_spec_t *spec = ep->spec;
-  char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
-  for (size_t i = 0; i < spec->n_command; i++)
-    argv[i] = xstrdup(spec->command[i]);
-  char **envp = xcalloc(spec->n_env + 3, sizeof(char *));
-  size_t n = 0;
-  for (size_t i = 0; i < spec->n_env; i++)
-    envp[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
-  envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
-  envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
-  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .endpoint = ep->name,
-                        .version = ep->version, .gpu_type = spec->gpu.count ? spec->gpu.type : NULL, .gpu_count = spec->gpu.count,
-                        .partition = spec->slurm.partition, .account = spec->slurm.account,
-                        .time_limit = spec->slurm.time_limit};
-  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
-  w->started_mono = sg_now_ms();
-  w->started_wall = sg_wall_ms();
-  sg_registry_auth_t *auth = NULL;
-  if (spec->image && spec->registry_auth) {
-    auth = sg_daemon_registry_auth(w->d, spec->registry_auth, err);
-    launch.auth = auth;
-  }
-  if (!spec->image || !spec->registry_auth || auth)
-    w->inst = w->rt->start(w->d->base, &launch, &cbs, w, err);
-  sg_registry_auth_free(auth);
-  sg_strv_free(argv);
-  sg_strv_free(envp);
-  TAILQ_INSERT_TAIL(&ep->workers, w, link);
-  if (!w->inst) {
-    start_failed(w, (*err)->message);
-    return NULL;
-  }
-  if (spec->image)
-    sg_logs_event(w->d, ep->name, w->id, "worker starting through Slurm: image %s", spec->image);
-  else
-    sg_logs_event(w->d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
-                spec->gpu.count ? spec->gpu.type : "");
-  return w;
-}
-
-sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_slurm_leftover_t *job) {
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, const sg_leftover_t *job) {
   sg_worker_t *w = xcalloc(1, sizeof(*w));
   w->d = ep->d;
   w->ep = ep;
   w->id = xstrdup(job->worker_id);
   w->version = ep->version;
-  w->rt = &sg_slurm_runtime;
+  w->rt = rt;
   w->state = SG_W_STARTING;
   w->adopted = true;
   w->n_gpus = ep->spec->gpu.count < SG_SPEC_MAX_GPUS ? ep->spec->gpu.count : SG_SPEC_MAX_GPUS;
   w->started_mono = sg_now_ms();
   w->started_wall = job->start_wall > 0 ? job->start_wall : sg_wall_ms();
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
-  w->inst = sg_slurm_adopt(job, &cbs, w);
+  w->inst = rt->adopt_instance(job, &cbs, w);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   sg_meter_worker_adopted(w, job->start_wall);
   sg_logs_event(w->d, ep->name, w->id, "adopting Slurm job %s left running by an earlier sgpud", job->job_id);
   return w->inst;
 }
 
+/* The environment of a remote worker: only what the spec adds (PORT and the
+ * GPU variables are set on the node). */
+static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec) {
+  char **envp = xcalloc(spec->n_env + 3, sizeof(char *));
+  size_t n = 0;
+  for (size_t i = 0; i < spec->n_env; i++)
+    envp[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
+  envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
+  envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
+  return envp;
+}
+
+/* One start path for every runtime. A runtime that schedules its own GPUs
+ * (SG_RUNTIME_OWN_GPUS, remote) chooses the node, the GPUs and the port
+ * there, so argv keeps "$PORT" and envp only what the spec adds; it is
+ * metered from when it runs (see take_placement). Any other gets GPUs from
+ * this node's inventory, a port here and the full environment. */
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (!rt) {
+    sg_make_error(err, SG_EINVAL, "unknown runtime %s", spec->runtime);
+    return NULL;
+  }
   sg_worker_t *w = xcalloc(1, sizeof(*w));
   w->d = d;
   w->ep = ep;
   w->id = sg_new_id("w-");
   w->version = ep->version;
-  w->rt = !strcmp(spec->runtime, "oci")     ? &sg_oci_runtime
-          : !strcmp(spec->runtime, "slurm") ? &sg_slurm_runtime
-                                            : &sg_process_runtime;
+  w->rt = rt;
   w->state = SG_W_STARTING;
-  if (w->rt->remote)
-    return start_remote(w, err);
-  if (spec->gpu.count > 0) {
+  bool own_gpus = rt->caps & SG_RUNTIME_OWN_GPUS;
+  if (!own_gpus && spec->gpu.count > 0) {
     if (sg_gpu_acquire(d->gpus, spec->gpu.type, spec->gpu.count, w->id, ep->name, w->gpus) < 0) {
       sg_make_error(err, EBUSY, "no %d free %s GPU(s)", spec->gpu.count, spec->gpu.type);
       free(w->id);
@@ -373,28 +347,45 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     }
     w->n_gpus = spec->gpu.count;
   }
-  int port = pick_port(err);
-  if (port < 0) {
-    free_worker(w);
-    return NULL;
+  if (!rt->remote) {
+    int port = pick_port(err);
+    if (port < 0) {
+      free_worker(w);
+      return NULL;
+    }
+    w->port = port;
   }
-  w->port = port;
   char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
   for (size_t i = 0; i < spec->n_command; i++)
-    argv[i] = subst_port(spec->command[i], port);
-  char **envp = build_env(w, spec);
-  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image, .gpus = w->gpus,
-                        .n_gpus = w->n_gpus, .flags = SG_LAUNCH_AS_USER};
-  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail, on_started};
+    argv[i] = rt->remote ? xstrdup(spec->command[i]) : subst_port(spec->command[i], w->port);
+  char **envp = rt->remote ? remote_env(w, spec) : build_env(w, spec);
+  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image};
+  if (rt->remote) {
+    launch.endpoint = ep->name;
+    launch.version = ep->version;
+    launch.gpu_type = spec->gpu.count ? spec->gpu.type : NULL;
+    launch.gpu_count = spec->gpu.count;
+  } else {
+    launch.gpus = w->gpus;
+    launch.n_gpus = w->n_gpus;
+    launch.flags = SG_LAUNCH_AS_USER;
+  }
+  if (own_gpus) {
+    launch.partition = spec->slurm.partition;
+    launch.account = spec->slurm.account;
+    launch.time_limit = spec->slurm.time_limit;
+  }
+  sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail, rt->remote ? NULL : on_started};
   w->started_mono = sg_now_ms();
   w->started_wall = sg_wall_ms();
   sg_registry_auth_t *auth = NULL;
-  if (spec->registry_auth && w->rt == &sg_oci_runtime) {
+  bool need_auth = spec->registry_auth && spec->image && (rt->caps & SG_RUNTIME_IMAGES);
+  if (need_auth) {
     auth = sg_daemon_registry_auth(d, spec->registry_auth, err);
     launch.auth = auth;
   }
-  if (!spec->registry_auth || auth)
-    w->inst = w->rt->start(d->base, &launch, &cbs, w, err);
+  if (!need_auth || auth)
+    w->inst = rt->start(d->base, &launch, &cbs, w, err);
   sg_registry_auth_free(auth);
   sg_strv_free(argv);
   sg_strv_free(envp);
@@ -403,14 +394,22 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     start_failed(w, (*err)->message);
     return NULL;
   }
-  w->pid = w->rt->pid(w->inst);
+  if (rt->remote) {
+    if (spec->image)
+      sg_logs_event(d, ep->name, w->id, "worker starting through Slurm: image %s", spec->image);
+    else
+      sg_logs_event(d, ep->name, w->id, "worker submitted to Slurm: %d %s GPU(s)", spec->gpu.count,
+                    spec->gpu.count ? spec->gpu.type : "");
+    return w;
+  }
+  w->pid = rt->pid(w->inst);
   sg_meter_worker_started(w);
-  if (w->rt->async_start) {
+  if (rt->async_start) {
     sg_logs_event(d, ep->name, w->id, "worker starting: image %s, port %d", spec->image, w->port);
     return w;
   }
   w->running_mono = sg_now_ms();
-  sg_worker_record_t rec = {w->id, ep->name, w->rt->name, w->pid, w->started_wall};
+  sg_worker_record_t rec = {w->id, ep->name, rt->name, w->pid, w->started_wall};
   cleanup_error sg_error_t *serr = NULL;
   if (sg_store_worker_add(d->store, &rec, &serr) < 0)
     sg_warn("worker %s not recorded: %s", w->id, serr->message);
@@ -531,7 +530,7 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
     json_object_set_new(s, "end_time", pl.end_wall && w->exited
                                            ? json_string(sg_format_time(pl.end_wall, t, sizeof(t)))
                                            : json_null());
-    json_object_set_new(j, "slurm", s);
+    json_object_set_new(j, w->rt->name, s); /* the placement, under the runtime's name */
     if (w->state == SG_W_STARTING && !w->last_error && pl.state && !strcmp(pl.state, "PENDING")) {
       cleanup_free char *msg = xasprintf("pending in Slurm: %s", pl.reason ? pl.reason : "waiting");
       json_object_set_new(j, "last_error", json_string(msg));

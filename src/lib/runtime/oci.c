@@ -929,17 +929,16 @@ static void phases(const sg_instance_t *inst, sg_start_phases_t *out) {
   out->container_ms = o->t_created && o->t_rootfs ? o->t_created - o->t_rootfs : -1;
 }
 
-static void cleanup_orphan(const char *id, pid_t pid) {
-  /* Containers are found through the runtime at init, not by pid. */
-}
-
+/* Containers left by an earlier sgpud are found through the OCI runtime at
+ * init and removed, not by pid: no reconcile op. */
 const sg_runtime_ops_t sg_oci_runtime = {
     .name = "oci",
+    .caps = SG_RUNTIME_IMAGES | SG_RUNTIME_NEEDS_IMAGE,
+    .unavailable = sg_oci_unavailable,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,
     .release = release,
-    .cleanup_orphan = cleanup_orphan,
     .async_start = true,
     .phases = phases,
 };

@@ -418,7 +418,7 @@ static bool is_our_worker(pid_t pid, const char *id) {
   return false;
 }
 
-static void cleanup_orphan(const char *id, pid_t pid) {
+static void reconcile(const char *id, pid_t pid) {
   if (pid > 0 && is_our_worker(pid, id)) {
     sg_info("killing worker %s (pid %d) left by an earlier sgpud", id, (int)pid);
     kill(-pid, SIGKILL);
@@ -428,9 +428,11 @@ static void cleanup_orphan(const char *id, pid_t pid) {
 
 const sg_runtime_ops_t sg_process_runtime = {
     .name = "process",
+    .caps = SG_RUNTIME_HOST_ENV,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,
     .release = release,
-    .cleanup_orphan = cleanup_orphan,
+    .reconcile = reconcile,
+    .user = sg_process_runtime_user,
 };

@@ -1466,8 +1466,6 @@ static bool detach(sg_instance_t *inst) {
   return true;
 }
 
-static void cleanup_orphan(const char *id, pid_t pid) {}
-
 static void placement(const sg_instance_t *inst, sg_placement_t *out) {
   memset(out, 0, sizeof(*out));
   out->job_id = inst->job_id;
@@ -1482,17 +1480,27 @@ static void placement(const sg_instance_t *inst, sg_placement_t *out) {
   out->end_wall = inst->end_wall;
 }
 
+static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx);
+static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
+static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms);
+
+/* Jobs left by an earlier sgpud are found at init (not by pid) and offered
+ * through adopt; images are optional (run with the OCI runtime on the node). */
 const sg_runtime_ops_t sg_slurm_runtime = {
     .name = "slurm",
+    .caps = SG_RUNTIME_OWN_GPUS | SG_RUNTIME_IMAGES,
+    .unavailable = sg_slurm_unavailable,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,
     .release = release,
-    .cleanup_orphan = cleanup_orphan,
     .async_start = true,
     .remote = true,
     .placement = placement,
     .detach = detach,
+    .adopt = adopt,
+    .adopt_instance = adopt_instance,
+    .nodes = nodes,
 };
 
 /* ---- setup ---- */
@@ -1609,10 +1617,10 @@ static void find_leftovers(void) {
     sg_info("slurm: cancelled %d job(s) left by an earlier sgpud", cancelled);
 }
 
-void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_leftover_t *job), void *ctx) {
+static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx) {
   for (size_t i = 0; i < n_leftovers; i++) {
     leftover_t *lo = &leftovers[i];
-    if (!rt.ready || !adopt(ctx, &lo->job)) {
+    if (!rt.ready || !take(ctx, &lo->job)) {
       sg_info("slurm: cancelling job %s of worker %s left by an earlier sgpud (endpoint %s gone or changed)",
               lo->job_id, lo->worker_id, lo->endpoint);
       cancel_sync(lo->job_id, false);
@@ -1626,7 +1634,7 @@ void sg_slurm_adopt_leftovers(sg_instance_t *(*adopt)(void *ctx, const sg_slurm_
   n_leftovers = 0;
 }
 
-sg_instance_t *sg_slurm_adopt(const sg_slurm_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud) {
+static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud) {
   sg_instance_t *inst = xcalloc(1, sizeof(*inst));
   inst->id = xstrdup(job->worker_id);
   inst->job_id = xstrdup(job->job_id);
@@ -1749,7 +1757,7 @@ const char *sg_slurm_unavailable(void) {
                           : "the slurm runtime is not set up";
 }
 
-const sg_slurm_node_t *sg_slurm_nodes(size_t *n, int64_t *age_ms) {
+static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms) {
   *n = rt.n_nodes;
   *age_ms = rt.nodes_at ? sg_now_ms() - rt.nodes_at : -1;
   return rt.nodes;

@@ -28,11 +28,12 @@ void sg_scaler_kick(sg_daemon_t *d) {
   d->kick_pending = true;
 }
 
-/* Workers the free GPUs of this node allow now, -1 for unlimited (slurm
- * workers: Slurm holds the ones it cannot place pending). */
+/* Workers the free GPUs of this node allow now, -1 for unlimited (a runtime
+ * that schedules its own GPUs holds the ones it cannot place pending). */
 static int gpu_slots(const sg_endpoint_t *ep) {
   const sg_spec_t *spec = ep->spec;
-  if (spec->gpu.count > 0 && strcmp(spec->runtime, "slurm"))
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (spec->gpu.count > 0 && rt && !(rt->caps & SG_RUNTIME_OWN_GPUS))
     return sg_gpu_free_count(ep->d->gpus, spec->gpu.type) / spec->gpu.count;
   return -1;
 }
