@@ -299,6 +299,15 @@ static void test_defaults(void **state) {
   assert_null(cfg.run_as);
   assert_null(cfg.default_runtime);
   assert_false(cfg.slurm.configured);
+  /* and each numeric default lies within its own bounds */
+  for (size_t i = 0; i < sg_config_nkeys; i++) {
+    const sg_config_key_t *k = &sg_config_keys[i];
+    if (k->type == SG_CFG_DOUBLE && (k->ddef < k->dmin || k->ddef > k->dmax))
+      fail_msg("default of %s is out of its bounds", k->key);
+    if ((k->type == SG_CFG_INT || k->type == SG_CFG_INT64 || k->type == SG_CFG_SIZE) &&
+        (k->idef < k->imin || k->idef > k->imax))
+      fail_msg("default of %s is out of its bounds", k->key);
+  }
   sg_daemon_config_clear(&cfg);
 }
 
