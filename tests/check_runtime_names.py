@@ -10,7 +10,8 @@ Flagged, outside src/lib/runtime (comments ignored):
   - a string comparison (strcmp, strncmp, strcasecmp, ...) with a runtime
     name literal, except a config loader comparing its `key` (the "slurm"
     config section is a key, not a runtime);
-  - a runtime name literal chosen by ?: or assigned (`? "oci"`, `= "oci"`);
+  - a runtime name literal chosen by ?: or assigned (`? "oci"`, `= "oci"`),
+    except a config table's `.key = "slurm"` (again the section's key);
   - a runtime name literal as the value of a "runtime" field.
 
 Usage: check_runtime_names.py [SOURCE_ROOT]
@@ -38,7 +39,8 @@ alt = "|".join(re.escape(n) for n in sorted(names))
 lit = rf'"(?:{alt})"'
 patterns = [
     (re.compile(rf"\bstr(?:n?case)?n?cmp\s*\(\s*(?!key\s*,)[^;{{}}]*?{lit}"), "string comparison with a runtime name"),
-    (re.compile(rf"[?:=]\s*{lit}"), "runtime name chosen or assigned"),
+    # (a designated `.key = "slurm"` names a config key, the runtime's options section)
+    (re.compile(rf"(?<!\.key )[?:=]\s*{lit}"), "runtime name chosen or assigned"),
     (re.compile(rf'"runtime"\s*,\s*{lit}'), "runtime name as a field value"),
 ]
 

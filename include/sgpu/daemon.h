@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "sgpu/error.h"
 
@@ -78,6 +79,8 @@ void sg_daemon_config_defaults(sg_daemon_config_t *cfg);
 /* Applies a JSON config file over cfg. */
 int sg_daemon_config_load(sg_daemon_config_t *cfg, const char *path, sg_error_t **err);
 void sg_daemon_config_clear(sg_daemon_config_t *cfg);
+/* Prints every config key (a Markdown table: key, value, default, help). */
+void sg_daemon_config_help(FILE *out);
 
 /* Opens the store, binds the listener, reconciles leftovers. Takes cfg. */
 sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err);

@@ -13,7 +13,7 @@
 static const char usage[] =
     "usage: sgpud [--listen HOST:PORT] [--data-dir DIR] [--gpus TYPE:N,...] [--config FILE]\n"
     "             [--log-level debug|info|warn|error] [--sample-endpoint]\n"
-    "             [--price TYPE=PRICE,...] [--web-dir DIR]\n"
+    "             [--price TYPE=PRICE,...] [--web-dir DIR] [--help-config]\n"
     "\n"
     "Runs the sgpu daemon: control API (/v1), gateway (/e/NAME/...), workers.\n"
     "\n"
@@ -25,7 +25,8 @@ static const char usage[] =
     "  --sample-endpoint    create the sample endpoint \"echo\" when the store is empty\n"
     "  --price TYPE=PRICE,... price per GPU-second by GPU type (\"a100=0.0004,default=0.0002\");\n"
     "                       replaces the config file's \"prices\"; applies from this start on\n"
-    "  --web-dir DIR        serve the web console from DIR instead of the copy built in\n";
+    "  --web-dir DIR        serve the web console from DIR instead of the copy built in\n"
+    "  --help-config        print the config file's keys (a Markdown table) and exit\n";
 
 /* Every client connection, worker connection and log pipe is a descriptor:
  * take all the system allows rather than the shell's soft limit. */
@@ -46,7 +47,8 @@ int main(int argc, char **argv) {
       {"gpus", required_argument, NULL, 'g'},     {"config", required_argument, NULL, 'c'},
       {"log-level", required_argument, NULL, 'v'}, {"sample-endpoint", no_argument, NULL, 's'},
       {"price", required_argument, NULL, 'p'},     {"web-dir", required_argument, NULL, 'w'},
-      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+      {"help", no_argument, NULL, 'h'},           {"help-config", no_argument, NULL, 'K'},
+      {NULL, 0, NULL, 0},
   };
   const char *listen = NULL, *data_dir = NULL, *gpus = NULL, *config = NULL, *prices = NULL, *web_dir = NULL;
   int level = -1;
@@ -84,6 +86,9 @@ int main(int argc, char **argv) {
       break;
     case 'h':
       fputs(usage, stdout);
+      return 0;
+    case 'K':
+      sg_daemon_config_help(stdout);
       return 0;
     default:
       fputs(usage, stderr);

@@ -3,8 +3,10 @@
  *
  * Any input either loads or fails with a message; a config that loads was a
  * JSON object and leaves a consistent config (every webhook_allow entry a
- * valid rule, lists terminated). Nothing leaks either way. */
+ * valid rule, lists terminated, every number within its key's bounds in the
+ * daemon's table). Nothing leaks either way. */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "daemon/config.h"
 #include "gateway/jobs-proto.h"
 #include "sgpu/daemon.h"
 
@@ -19,6 +22,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int mfd = -1;
 static char path[64];
+
+/* Whether k's field in cfg lies within k's bounds (the defaults do too). */
+static bool within_bounds(const sg_config_key_t *k, const sg_daemon_config_t *cfg) {
+  const char *at = (const char *)cfg + k->off;
+  int64_t n;
+  switch (k->type) {
+  case SG_CFG_INT:
+    n = *(const int *)at;
+    break;
+  case SG_CFG_INT64:
+    n = *(const int64_t *)at;
+    break;
+  case SG_CFG_SIZE:
+    n = (int64_t) * (const size_t *)at;
+    break;
+  case SG_CFG_DOUBLE: {
+    double x = *(const double *)at;
+    return x >= k->dmin && x <= k->dmax;
+  }
+  default:
+    return true;
+  }
+  return n >= k->imin && n <= k->imax;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (mfd < 0) {
@@ -54,6 +81,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     for (size_t i = 0; i < cfg.n_log_retention; i++)
       if (!cfg.log_retention[i].endpoint)
+        abort();
+    for (size_t i = 0; i < sg_config_nkeys; i++)
+      if (!within_bounds(&sg_config_keys[i], &cfg))
         abort();
   }
   sg_daemon_config_clear(&cfg);

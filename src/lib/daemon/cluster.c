@@ -1,4 +1,4 @@
-/* The daemon's side of the slurm runtime: its config keys, its setup after
+/* The daemon's side of the slurm runtime: its config keys' parsers, its setup after
  * the thread pool, the daemon-wide default runtime, and the cluster's nodes
  * for GET /v1/nodes. Loop thread. */
 #include <errno.h>
@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "daemon-internal.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -23,70 +24,74 @@ static int opt_str(json_t *obj, const char *key, char **out, sg_error_t **err) {
   return 0;
 }
 
-int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key,
-                                  json_t *v, sg_error_t **err) {
-  if (!strcmp(key, "default_runtime")) {
-    const char *s = json_is_string(v) ? json_string_value(v) : "";
-    const sg_runtime_ops_t *rt = sg_runtime_find(s);
-    if (!rt) {
-      cleanup_free char *names = sg_runtime_names_text();
-      return sg_make_error(err, SG_EINVAL, "config: default_runtime must be %s", names);
-    }
-    free(cfg->default_runtime);
-    cfg->default_runtime = xstrdup(s);
-    if (rt == &sg_slurm_runtime)
-      cfg->slurm.configured = true;
-    return 0;
+/* default_runtime: one of the registry's runtimes; the slurm runtime also sets Slurm up. */
+int sg_daemon_config_parse_default_runtime(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  const char *s = json_is_string(v) ? json_string_value(v) : "";
+  const sg_runtime_ops_t *rt = sg_runtime_find(s);
+  if (!rt) {
+    cleanup_free char *names = sg_runtime_names_text();
+    return sg_make_error(err, SG_EINVAL, "config: %s must be %s", key, names);
   }
-  if (!strcmp(key, "slurm")) {
-    if (!json_is_object(v))
-      return sg_make_error(err, SG_EINVAL,
-                           "config: slurm must be an object {dir, partition, "
-                           "account, time_limit, image_dir, rest_*}");
-    const char *k;
-    json_t *x;
-    json_object_foreach(v, k, x) {
-      static const char *const keys[] = {"dir", "partition", "account", "time_limit", "image_dir",
-                                         "rest_url", "rest_user", "rest_token", "rest_key_file", "rest_api",
-                                         NULL};
-      bool known = false;
-      for (const char *const *kk = keys; *kk && !known; kk++)
-        known = !strcmp(k, *kk);
-      if (!known)
-        return sg_make_error(err, SG_EINVAL,
-                             "config: slurm.%s is not dir, partition, account, time_limit, image_dir, "
-                             "rest_url, rest_user, rest_token, rest_key_file or rest_api",
-                             k);
-    }
-    if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 ||
-        opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
-        opt_str(v, "account", &cfg->slurm.account, err) < 0 ||
-        opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0 ||
-        opt_str(v, "image_dir", &cfg->slurm.image_dir, err) < 0 ||
-        opt_str(v, "rest_url", &cfg->slurm.rest_url, err) < 0 ||
-        opt_str(v, "rest_user", &cfg->slurm.rest_user, err) < 0 ||
-        opt_str(v, "rest_key_file", &cfg->slurm.rest_key_file, err) < 0 ||
-        opt_str(v, "rest_api", &cfg->slurm.rest_api, err) < 0)
-      return -SG_EINVAL;
-    json_t *tok = json_object_get(v, "rest_token");
-    if (tok && !json_is_null(tok)) {
-      if (!json_is_string(tok) || !*json_string_value(tok) || strlen(json_string_value(tok)) > 8192)
-        return sg_make_error(err, SG_EINVAL, "config: slurm.rest_token must be a JWT string");
-      free(cfg->slurm.rest_token);
-      cfg->slurm.rest_token = xstrdup(json_string_value(tok));
-    }
-    if (cfg->slurm.rest_url && !cfg->slurm.rest_token && !cfg->slurm.rest_key_file)
-      return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url needs slurm.rest_token or slurm.rest_key_file");
-    if (cfg->slurm.rest_url && strncmp(cfg->slurm.rest_url, "http://", 7) && strncmp(cfg->slurm.rest_url, "https://", 8))
-      return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url must be an http:// or https:// URL");
+  free(cfg->default_runtime);
+  cfg->default_runtime = xstrdup(s);
+  if (rt == &sg_slurm_runtime)
     cfg->slurm.configured = true;
-    return 0;
-  }
-  return 1;
+  return 0;
 }
 
-void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg) {
+void sg_daemon_config_clear_default_runtime(sg_daemon_config_t *cfg) {
   free(cfg->default_runtime);
+  cfg->default_runtime = NULL;
+}
+
+/* slurm: {dir, partition, account, time_limit, image_dir, rest_*}, each optional. */
+int sg_daemon_config_parse_slurm(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  (void)key;
+  if (!json_is_object(v))
+    return sg_make_error(err, SG_EINVAL,
+                         "config: slurm must be an object {dir, partition, "
+                         "account, time_limit, image_dir, rest_*}");
+  const char *k;
+  json_t *x;
+  json_object_foreach(v, k, x) {
+    static const char *const keys[] = {"dir", "partition", "account", "time_limit", "image_dir",
+                                       "rest_url", "rest_user", "rest_token", "rest_key_file", "rest_api",
+                                       NULL};
+    bool known = false;
+    for (const char *const *kk = keys; *kk && !known; kk++)
+      known = !strcmp(k, *kk);
+    if (!known)
+      return sg_make_error(err, SG_EINVAL,
+                           "config: slurm.%s is not dir, partition, account, time_limit, image_dir, "
+                           "rest_url, rest_user, rest_token, rest_key_file or rest_api",
+                           k);
+  }
+  if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 ||
+      opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
+      opt_str(v, "account", &cfg->slurm.account, err) < 0 ||
+      opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0 ||
+      opt_str(v, "image_dir", &cfg->slurm.image_dir, err) < 0 ||
+      opt_str(v, "rest_url", &cfg->slurm.rest_url, err) < 0 ||
+      opt_str(v, "rest_user", &cfg->slurm.rest_user, err) < 0 ||
+      opt_str(v, "rest_key_file", &cfg->slurm.rest_key_file, err) < 0 ||
+      opt_str(v, "rest_api", &cfg->slurm.rest_api, err) < 0)
+    return -SG_EINVAL;
+  json_t *tok = json_object_get(v, "rest_token");
+  if (tok && !json_is_null(tok)) {
+    if (!json_is_string(tok) || !*json_string_value(tok) || strlen(json_string_value(tok)) > 8192)
+      return sg_make_error(err, SG_EINVAL, "config: slurm.rest_token must be a JWT string");
+    free(cfg->slurm.rest_token);
+    cfg->slurm.rest_token = xstrdup(json_string_value(tok));
+  }
+  if (cfg->slurm.rest_url && !cfg->slurm.rest_token && !cfg->slurm.rest_key_file)
+    return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url needs slurm.rest_token or slurm.rest_key_file");
+  if (cfg->slurm.rest_url && strncmp(cfg->slurm.rest_url, "http://", 7) && strncmp(cfg->slurm.rest_url, "https://", 8))
+    return sg_make_error(err, SG_EINVAL, "config: slurm.rest_url must be an http:// or https:// URL");
+  cfg->slurm.configured = true;
+  return 0;
+}
+
+void sg_daemon_config_clear_slurm(sg_daemon_config_t *cfg) {
   free(cfg->slurm.dir);
   free(cfg->slurm.partition);
   free(cfg->slurm.account);
@@ -99,7 +104,6 @@ void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg) {
   free(cfg->slurm.rest_token);
   free(cfg->slurm.rest_key_file);
   free(cfg->slurm.rest_api);
-  cfg->default_runtime = NULL;
   memset(&cfg->slurm, 0, sizeof(cfg->slurm));
 }
 

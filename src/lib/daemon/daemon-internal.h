@@ -191,11 +191,6 @@ struct sg_daemon {
 /* images.c: thread pool, image cache and oci runtime */
 struct sg_registry_auth;
 int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
-/* Config keys oci_runtime, cdi_dir, insecure_registries, image_cache_max_bytes,
- * image_max_layer_bytes, image_max_unpacked_bytes, oci_userns:
- * 0, a negative error, or 1 when key is not one of them. */
-int sg_daemon_config_load_oci(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err);
-void sg_daemon_config_clear_oci(sg_daemon_config_t *cfg);
 void sg_daemon_images_free(sg_daemon_t *d);
 /* The stored credential `name` (a copy the caller frees), or NULL with *err. */
 struct sg_registry_auth *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg_error_t **err);
@@ -208,10 +203,7 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const struct sg_registry
 /* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
 void sg_endpoint_prepull(sg_endpoint_t *ep);
 
-/* cluster.c: the slurm runtime's config, setup and nodes */
-/* Config keys default_runtime and slurm: 0, a negative error, or 1 when key is not one of them. */
-int sg_daemon_config_load_cluster(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err);
-void sg_daemon_config_clear_cluster(sg_daemon_config_t *cfg);
+/* cluster.c: the slurm runtime's setup and nodes (its config keys' parsers: config.h) */
 /* Sets the slurm runtime up when configured (after the pool); blocks. */
 int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err);
 /* Adopts the workers an earlier sgpud left (each runtime's adopt op) whose
