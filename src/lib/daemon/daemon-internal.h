@@ -177,6 +177,7 @@ struct sg_daemon {
   LIST_HEAD(, sg_follower) followers;
   struct sg_log_writer *log_writer;
   uint64_t log_seq; /* the newest batch handed to the writer */
+  uint64_t log_submitted; /* lines handed to the writer since the start */
   struct sg_jobs *jobs; /* async jobs (gateway/jobs.c) */
   struct {
     uint64_t lines;        /* lines emitted (worker output and events) */
@@ -185,6 +186,10 @@ struct sg_daemon {
   } log_stats;
   sg_meter_t *meter;
   struct sg_pool *pool;     /* threads for work that blocks */
+  /* Threads for log and usage queries, each on a read-only connection
+   * from readers: no query runs on the loop. */
+  struct sg_pool *query_pool;
+  struct sg_store_readers *readers;
   struct sg_images *images; /* image cache (image/images.c) */
 };
 
@@ -331,8 +336,11 @@ void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall);
 /* Checkpoints every worker when the interval passed (called every tick). */
 void sg_meter_tick(sg_daemon_t *d);
 void sg_meter_checkpoint_all(sg_daemon_t *d);
-/* Checkpoints every worker and waits until the records are written. */
-void sg_meter_sync(sg_daemon_t *d);
+/* Checkpoints every worker and returns the barrier a query waits for off
+ * the loop (sg_usage_writer_wait(*writer, *seq)) before it reads usage:
+ * *writer is NULL when there is nothing to wait for. Never blocks. */
+struct sg_usage_writer;
+void sg_meter_barrier(sg_daemon_t *d, struct sg_usage_writer **writer, uint64_t *seq);
 /* Closes every open record now and stops the writer. */
 void sg_meter_shutdown(sg_daemon_t *d);
 
