@@ -237,6 +237,7 @@ static int load_more(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_err
     if (!json_is_integer(v) || json_integer_value(v) < 0)
       return sg_make_error(err, SG_EINVAL, "config: log_max_bytes must be an integer >= 0 (0: no limit)");
     cfg->log_max_bytes = json_integer_value(v);
+    r = 0; /* r still holds load_http_limits' "not mine" */
   } else if (!strcmp(key, "log_max_age_s")) {
     if ((r = number_in(v, key, 0, 1e9, &num, err)) == 0)
       cfg->log_max_age_s = num;
