@@ -332,6 +332,7 @@ static void bind_line(sqlite3_stmt *st, int base, const sg_log_line_t *l) {
 }
 
 int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   if (n == 0)
     return 0;
   /* Rows go in groups of LOG_ROWS_PER_INSERT per statement (less work per
@@ -414,6 +415,7 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
 }
 
 int sg_store_logs_trim(sg_store_t *s, const char *endpoint, int64_t keep, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   const char *sql = "DELETE FROM logs WHERE endpoint = ?1 AND id <= ("
                     " SELECT id FROM logs WHERE endpoint = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
@@ -429,6 +431,7 @@ int sg_store_logs_trim(sg_store_t *s, const char *endpoint, int64_t keep, sg_err
 }
 
 int sg_store_usage_put(sg_store_t *s, const sg_usage_record_t *recs, size_t n, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   if (n == 0)
     return 0;
   cleanup_stmt sqlite3_stmt *st = NULL;
@@ -552,6 +555,7 @@ int sg_store_usage_reopen(sg_store_t *s, const char *worker, void (*cb)(void *ud
 }
 
 int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_bytes, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* Walks from the newest line back until the bytes kept pass max_bytes;
    * that line and every older one go. */
@@ -584,6 +588,7 @@ int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_by
 }
 
 int sg_store_logs_trim_age(sg_store_t *s, const char *endpoint, int64_t before_ms, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* Lines are stored in time order: everything before the first line at or
    * after before_ms goes (all of them when there is none). The scan stops
