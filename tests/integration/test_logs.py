@@ -272,5 +272,26 @@ class LogsTest(SgpudTestCase):
         got = [l["line"] for l in sg.logs(name, stream="stdout")]
         self.assertTrue(got and got[-1].startswith("line 99"), got[-3:])
 
+    def test_follow_backfill_meets_live_lines_exactly(self):
+        # The backfill of a follow runs on the query pool while lines keep
+        # coming: the answer must go on from the backfill's last line to the
+        # live ones without a gap and without a line twice. 100,000 other lines
+        # make the backfill scan long enough for lines to arrive meanwhile.
+        sg = self.start_with_config(log_rate_lines_s=0, log_keep_lines=300000)
+        name = unique_name("seam")
+        self.create(chatty_spec(name, env={"SGPU_IT_RUN": RUN_ID, "CHATTY_LINES_PER_S": "2000"}), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.assertOk(sg.invoke(name, "/flood?n=100000", timeout=scaled(120)))
+        nums = []
+        with sg.stream("GET", "/v1/endpoints/%s/logs?follow=1&q=chatter&limit=10000" % name) as st:
+            self.assertEqual(st.status, 200)
+            while len(nums) < 4000:
+                line = st.readline(timeout=10)
+                self.assertIsNotNone(line, "follow stream ended")
+                if line.strip():
+                    nums.append(int(json.loads(line)["line"].split()[1]))
+        breaks = [(nums[i - 1], nums[i]) for i in range(1, len(nums)) if nums[i] != nums[i - 1] + 1]
+        self.assertEqual(breaks, [], "lines out of sequence (previous, next)")
+
 if __name__ == "__main__":
     unittest.main()

@@ -53,6 +53,7 @@ struct sg_follower {
   struct logs_job *job;
   struct pending_line *pend;
   size_t npend, cap_pend, pend_bytes;
+  size_t ntagged; /* pend[0..ntagged) know their ord (tagged in order) */
   bool overflow; /* pending lines passed the bound: end after the backfill */
   sg_daemon_t *d;
   sg_http_req_t *req;
@@ -105,7 +106,7 @@ static void pending_free(sg_follower_t *f) {
     free(f->pend[i].text);
   free(f->pend);
   f->pend = NULL;
-  f->npend = f->cap_pend = f->pend_bytes = 0;
+  f->npend = f->cap_pend = f->pend_bytes = f->ntagged = 0;
 }
 
 static void follower_free(sg_follower_t *f) {
@@ -176,10 +177,8 @@ static void pend_line(sg_daemon_t *d, sg_follower_t *f, struct evbuffer *buf) {
 static void tag_pending(sg_daemon_t *d, uint64_t base) {
   sg_follower_t *f;
   LIST_FOREACH(f, &d->followers, link) {
-    for (size_t i = 0; i < f->npend; i++) {
-      struct pending_line *p = &f->pend[i];
-      if (p->tagged)
-        continue;
+    for (; f->ntagged < f->npend; f->ntagged++) {
+      struct pending_line *p = &f->pend[f->ntagged];
       p->ord = base == UINT64_MAX ? UINT64_MAX : base + p->idx;
       p->tagged = true;
     }
