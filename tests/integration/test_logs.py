@@ -293,5 +293,40 @@ class LogsTest(SgpudTestCase):
         breaks = [(nums[i - 1], nums[i]) for i in range(1, len(nums)) if nums[i] != nums[i - 1] + 1]
         self.assertEqual(breaks, [], "lines out of sequence (previous, next)")
 
+    def test_queries_beyond_the_bound_are_refused_busy(self):
+        # Queries wait on the query pool in a bounded queue (64): a burst of
+        # searches over 100,000 lines, sent at once, gets some 503 busy answers
+        # with Retry-After, the rest complete, and sgpud stays healthy.
+        sg = self.start_with_config(log_rate_lines_s=0, log_keep_lines=200000)
+        name = unique_name("busy")
+        self.create(chatty_spec(name), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.assertOk(sg.invoke(name, "/flood?n=100000", timeout=scaled(120)))
+        self.wait_for(lambda: len(sg.logs(name, q="flood 99999 ")) == 1, 60, message="the flood stored")
+        socks = []
+        request = ("GET /v1/endpoints/%s/logs?q=never-said&limit=10000 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % (name, sg.key)).encode()
+        for _ in range(160):
+            s = socket.create_connection(("127.0.0.1", sg.port), timeout=scaled(120))
+            s.sendall(request)
+            socks.append(s)
+        heads = []
+        for s in socks:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            heads.append(data.split(b"\r\n\r\n")[0].decode())
+        statuses = [h.split()[1] for h in heads]
+        self.assertEqual(set(statuses) - {"200", "503"}, set(), statuses)
+        self.assertIn("503", statuses)
+        self.assertIn("200", statuses)
+        self.assertTrue(all("Retry-After: 1" in h for h in heads if h.split()[1] == "503"))
+        self.assertEqual(sg.api("GET", "/healthz", key=None).status, 200)
+        self.assertEqual([l["line"].split()[:2] for l in sg.logs(name, q="flood 99999 ")], [["flood", "99999"]])
+
 if __name__ == "__main__":
     unittest.main()

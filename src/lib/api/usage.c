@@ -345,6 +345,10 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     evhttp_clear_headers(&params);
     return sg_api_send_error(req, 400, "invalid_query", msg, field);
   }
+  if (sg_api_queries_busy(d, req)) {
+    evhttp_clear_headers(&params);
+    return;
+  }
   struct usage_job *j = xcalloc(1, sizeof(*j));
   j->c = c;
   j->endpoint = endpoint ? xstrdup(endpoint) : NULL;

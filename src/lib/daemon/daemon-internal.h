@@ -354,6 +354,11 @@ void sg_api_send_json(sg_http_req_t *req, int status, json_t *body); /* steals b
 void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const char *message,
                        const char *field);
 void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err);
+/* Log and usage queries waiting or running on the query pool, at most. */
+#define SG_QUERY_QUEUE_MAX 64
+/* When the query pool holds SG_QUERY_QUEUE_MAX queries already, answers
+ * 503 busy (with Retry-After) and returns true. */
+bool sg_api_queries_busy(sg_daemon_t *d, sg_http_req_t *req);
 /* The server's callbacks: a request's head arrived; a buffered request is whole. */
 sg_http_head_action_t sg_api_on_head(void *d, sg_http_req_t *req);
 void sg_api_on_request(void *d, sg_http_req_t *req);

@@ -526,6 +526,10 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   }
   const char *accept = sg_http_header(req, "Accept");
   bool sse = accept && strstr(accept, "text/event-stream");
+  if (sg_api_queries_busy(d, req)) {
+    evhttp_clear_headers(&params);
+    return;
+  }
 
   query_start(d, req, &q, follow, sse);
   evhttp_clear_headers(&params);
