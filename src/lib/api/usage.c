@@ -225,6 +225,7 @@ struct usage_job {
   sg_store_readers_t *readers;
   sg_usage_writer_t *writer;
   uint64_t seq; /* the barrier */
+  bool to_now;  /* no `to` given: up to the moment the read begins */
   char *endpoint;
   struct usage_ctx c; /* filled on the pool thread */
   sg_error_t *err;
@@ -252,7 +253,15 @@ static void usage_work(void *data) {
   sg_store_t *reader = sg_store_readers_take(j->readers, &j->err);
   if (!reader)
     return;
-  sg_store_usage_each(reader, j->endpoint, j->c.from, j->c.to, on_record, &j->c, &j->err);
+  /* Records are written with their end time before they are committed, so
+   * a `to` taken once the snapshot began holds every record it sees whole:
+   * a worker that ended before the read counts closed and rounded. */
+  if (sg_store_read_begin(reader, &j->err) == 0) {
+    if (j->to_now)
+      j->c.to = sg_wall_ms() + 1;
+    sg_store_usage_each(reader, j->endpoint, j->c.from, j->c.to, on_record, &j->c, &j->err);
+    sg_store_read_end(reader);
+  }
   sg_store_readers_put(j->readers, reader);
 }
 
@@ -309,6 +318,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   int64_t now = sg_wall_ms();
   struct usage_ctx c = {.from = now - DEFAULT_RANGE_MS, .to = now + 1};
   const char *endpoint = NULL, *bad = NULL, *why = NULL;
+  bool to_given = false;
   struct evkeyval *kv;
   TAILQ_FOREACH(kv, &params, next) {
     const char *k = kv->key, *v = kv->value;
@@ -321,7 +331,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
       else if (!strcmp(k, "from"))
         c.from = t;
       else
-        c.to = t;
+        c.to = t, to_given = true;
     } else if (!strcmp(k, "group")) {
       if (!strcmp(v, "hour"))
         c.group = G_HOUR;
@@ -352,6 +362,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   struct usage_job *j = xcalloc(1, sizeof(*j));
   j->c = c;
   j->endpoint = endpoint ? xstrdup(endpoint) : NULL;
+  j->to_now = !to_given;
   evhttp_clear_headers(&params);
   j->d = d;
   j->req = req;
