@@ -12,6 +12,10 @@
  *             second, idle and during the flood above: p50, p99, max delay
  *   isolation invocations of another endpoint, one at a time, alone and
  *             during the flood (LINES x 100 bytes of logs)
+ *   search    invocations of another endpoint, one at a time, alone and
+ *             while log searches that match nothing scan the LINES stored
+ *             lines one after another: p50, p99 and max, the search stall
+ *             as a ratio of the same run's invocations alone
  *
  * sgpud runs with no per-worker rate limit here, so the whole flood reaches
  * the store. The program also serves as the workers' line writer: with
@@ -131,6 +135,7 @@ static double sqlite_baseline(long lines) {
 
 static char *sgpud_log;
 static bool finished;
+static const char *sgpud_path = BENCH_SGPUD;
 
 /* On a failure, the end of sgpud's log says why (the directory goes at exit). */
 static void show_log_on_failure(void) {
@@ -154,7 +159,7 @@ static void start_sgpud(struct daemon *d) {
     bench_die("mkdir %s: %s", data, strerror(errno));
   bench_write_file(cfg, "{\"log_rate_lines_s\": 0, \"log_keep_lines\": 100000000, \"log_max_bytes\": 0,"
                         " \"log_max_age_s\": 0}\n");
-  char *argv[] = {(char *)BENCH_SGPUD, "--listen", "127.0.0.1:0", "--data-dir", data, "--config", cfg,
+  char *argv[] = {(char *)sgpud_path, "--listen", "127.0.0.1:0", "--data-dir", data, "--config", cfg,
                   "--log-level", "warn", "--gpus", "a100:4", NULL};
   bench_spawn_opts_t o = {.argv = argv, .out_path = log};
   d->pid = bench_spawn(&o);
@@ -341,9 +346,61 @@ static double probe_alone(struct daemon *d, const char *url, long n) {
   return p50;
 }
 
+/* ---- invocations beside log searches ------------------------------------------- */
+
+#define SEARCH_MS 3000
+
+struct searcher {
+  char *url, *key;
+  pthread_t thread;
+  atomic_bool stop;
+  double ms[10000];
+  long n;
+};
+
+static void *searcher_run(void *arg) {
+  struct searcher *s = arg;
+  bench_http_t c;
+  bench_http_init(&c, s->key);
+  while (!s->stop && s->n < (long)(sizeof(s->ms) / sizeof(s->ms[0]))) {
+    double t = bench_now_ms();
+    if (bench_http(&c, "GET", s->url, NULL, 120000) != 200)
+      bench_die("log search failed");
+    s->ms[s->n++] = bench_now_ms() - t;
+  }
+  bench_http_cleanup(&c);
+  return NULL;
+}
+
+/* Runs the prober for SEARCH_MS (and, with searcher, at least until one
+ * search ended); fills p50/p99/max of its latencies. */
+static long probe_for(struct prober *pr, struct searcher *se, double *p50, double *p99, double *mx) {
+  pr->n = 0;
+  pr->stop = false;
+  if (se)
+    pthread_create(&se->thread, NULL, searcher_run, se);
+  pthread_create(&pr->thread, NULL, prober_run, pr);
+  double t0 = bench_now_ms();
+  while (bench_now_ms() - t0 < SEARCH_MS || (se && se->n < 1 && bench_now_ms() - t0 < 120000))
+    bench_sleep_ms(10);
+  pr->stop = true;
+  if (se)
+    se->stop = true;
+  pthread_join(pr->thread, NULL);
+  if (se)
+    pthread_join(se->thread, NULL);
+  *p50 = bench_percentile(pr->lat, (size_t)pr->n, 50);
+  *p99 = bench_percentile(pr->lat, (size_t)pr->n, 99);
+  *mx = 0;
+  for (long i = 0; i < pr->n; i++)
+    *mx = pr->lat[i] > *mx ? pr->lat[i] : *mx;
+  return pr->n;
+}
+
 static const char usage_text[] =
     "usage: bench-logs [--lines N]\n"
-    "  --lines N   lines of the flood (default 1000000, 100 bytes each)\n";
+    "  --lines N   lines of the flood (default 1000000, 100 bytes each)\n"
+    "  --sgpud P   the sgpud to measure (default: this build's)\n";
 
 int main(int argc, char **argv) {
   if (argc == 4 && !strcmp(argv[1], "--spew"))
@@ -351,19 +408,22 @@ int main(int argc, char **argv) {
   if (argc == 5 && !strcmp(argv[1], "--tick"))
     return tick(argv[2], atol(argv[3]), atol(argv[4]));
   long lines = 1000000;
-  static const struct option opts[] = {{"lines", required_argument, NULL, 'n'}, {"help", no_argument, NULL, 'h'},
+  static const struct option opts[] = {{"lines", required_argument, NULL, 'n'},
+                                       {"sgpud", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     if (ch == 'n' && atol(optarg) >= 1000)
       lines = atol(optarg);
+    else if (ch == 's')
+      sgpud_path = optarg;
     else {
       fputs(usage_text, ch == 'h' ? stdout : stderr);
       return ch == 'h' ? 0 : 2;
     }
   }
   bench_init("bench-logs");
-  bench_need_executable("sgpud", BENCH_SGPUD);
+  bench_need_executable("sgpud", sgpud_path);
   bench_need_executable("echo-worker", BENCH_ECHO_WORKER);
   char self[4096];
   ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -371,6 +431,10 @@ int main(int argc, char **argv) {
     bench_die("cannot find this program's path");
   self[sl] = '\0';
 
+  /* Process workers run as another user when sgpud is root: they wait for
+   * trigger files in the temporary directory, so they must reach it. */
+  if (chmod(bench_tmpdir(), 0711) < 0)
+    bench_die("chmod %s: %s", bench_tmpdir(), strerror(errno));
   bench_note("baseline: %ld raw SQLite inserts in one transaction", lines);
   double base_rate = sqlite_baseline(lines);
 
@@ -450,6 +514,24 @@ int main(int argc, char **argv) {
   printf("| when | requests | p50 ms |\n| --- | ---: | ---: |\n");
   printf("| alone | 2000 | %.3f |\n| during the flood | %ld | %.3f (%+.0f%%) |\n", alone_p50, pr.n, beside_p50,
          100 * (beside_p50 / alone_p50 - 1));
+  fflush(stdout);
+
+  /* searches over what the flood stored, beside invocations */
+  bench_note("search: invocations alone, then beside searches over %.0f stored lines", stored - stored0);
+  static struct searcher se;
+  se.url = bench_asprintf("%s/v1/endpoints/spew/logs?q=never-said&limit=10000", d.url);
+  se.key = d.key;
+  double a50, a99, amax, s50, s99, smax;
+  long an = probe_for(&pr, NULL, &a50, &a99, &amax);
+  long sn = probe_for(&pr, &se, &s50, &s99, &smax);
+  double search_p50 = bench_percentile(se.ms, (size_t)se.n, 50);
+  printf("\nInvocations of another endpoint, one at a time, beside log searches (GET .../logs?q=never-said, "
+         "a scan of %.0f lines, one after another)\n\n", stored - stored0);
+  printf("| when | requests | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |\n");
+  printf("| baseline: alone | %ld | %.3f | %.3f | %.3f |\n", an, a50, a99, amax);
+  printf("| beside %ld searches (p50 %.0f ms each) | %ld | %.3f | %.3f | %.3f |\n", se.n, search_p50, sn, s50, s99,
+         smax);
+  printf("| ratio beside / alone | | %.2f | %.2f | %.2f |\n", s50 / a50, s99 / a99, smax / amax);
   fflush(stdout);
   finished = true;
   bench_stop_child(d.pid, 15000);

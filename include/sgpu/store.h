@@ -20,6 +20,26 @@ void sg_store_close(sg_store_t *store);
  * many rows keeps its index pages in memory). */
 void sg_store_set_cache(sg_store_t *store, int64_t bytes);
 
+/* Opens a read-only connection (SQLITE_OPEN_READONLY) to the existing
+ * database at path, for queries off the event loop: in WAL mode readers run
+ * beside the writers and see the last commit when their read begins. */
+sg_store_t *sg_store_open_readonly(const char *path, sg_error_t **err);
+/* Starts a read transaction and its snapshot now: the statements until
+ * sg_store_read_end() see the database as it is at this call. */
+int sg_store_read_begin(sg_store_t *store, sg_error_t **err);
+void sg_store_read_end(sg_store_t *store);
+
+/* A bounded set of read-only connections shared by query threads; each is
+ * opened on first need and kept. Thread-safe. */
+typedef struct sg_store_readers sg_store_readers_t;
+sg_store_readers_t *sg_store_readers_new(const char *path);
+/* A connection for the caller alone until it is put back; NULL with *err
+ * when none could be opened. */
+sg_store_t *sg_store_readers_take(sg_store_readers_t *r, sg_error_t **err);
+void sg_store_readers_put(sg_store_readers_t *r, sg_store_t *store);
+/* Closes the connections; none may be taken. */
+void sg_store_readers_free(sg_store_readers_t *r);
+
 typedef struct sg_endpoint_record {
   const char *name;
   const char *spec_json;
@@ -75,6 +95,7 @@ typedef struct sg_log_query {
   bool oldest_first;   /* the oldest `limit` lines instead */
 } sg_log_query_t;
 
+/* May scan many rows: never on the event loop (asserted in debug builds). */
 int sg_store_logs_query(sg_store_t *store, const sg_log_query_t *q,
                         void (*cb)(void *ud, const sg_log_line_t *line), void *ud, sg_error_t **err);
 /* Keeps the newest keep lines of an endpoint; deletes all when keep is 0. */
@@ -119,6 +140,7 @@ int sg_store_usage_close_open(sg_store_t *store, sg_error_t **err);
 int sg_store_usage_reopen(sg_store_t *store, const char *worker, void (*cb)(void *ud, const sg_usage_record_t *rec),
                           void *ud, sg_error_t **err);
 /* Calls cb for each record of endpoint (NULL: all) that overlaps [from_ms, to_ms). */
+/* May scan many rows: never on the event loop (asserted in debug builds). */
 int sg_store_usage_each(sg_store_t *store, const char *endpoint, int64_t from_ms, int64_t to_ms,
                         void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err);
 

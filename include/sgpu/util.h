@@ -100,4 +100,18 @@ char *sg_strbuf_steal(sg_strbuf_t *b);
 void sg_strbuf_free(sg_strbuf_t *b);
 #define cleanup_strbuf __attribute__((cleanup(sg_strbuf_free)))
 
+/* The event loop's thread. sg_loop_thread_set() records the calling thread
+ * as the loop (sgpud's main thread, before and while it runs the loop).
+ * sg_assert_not_loop_thread() aborts when called on that thread, in builds
+ * without NDEBUG: it guards functions that may block (SQLite queries) and
+ * must run on a pool thread. Before sg_loop_thread_set() it checks nothing. */
+void sg_loop_thread_set(void);
+bool sg_on_loop_thread(void);
+#ifdef NDEBUG
+#define sg_assert_not_loop_thread() ((void)0)
+#else
+void sg_assert_not_loop_thread_at(const char *func);
+#define sg_assert_not_loop_thread() sg_assert_not_loop_thread_at(__func__)
+#endif
+
 #endif

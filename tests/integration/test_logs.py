@@ -3,6 +3,7 @@ and size, and the per-worker rate limit with its counted "lines dropped" event."
 
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -216,6 +217,116 @@ class LogsTest(SgpudTestCase):
         # loose: the bench measures this precisely
         self.assertLess(loaded, base * 3 + scaled(0.005))
 
+
+    def test_client_leaving_a_large_search_leaves_sgpud_healthy(self):
+        # Searches run on the query pool; a client that leaves while one runs
+        # must be forgotten (its answer freed, its follower dropped) without
+        # touching the freed request. ASan builds check the frees.
+        sg = self.start_with_config(log_rate_lines_s=0, log_keep_lines=200000)
+        name = unique_name("bigsearch")
+        self.create(chatty_spec(name), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.assertOk(sg.invoke(name, "/flood?n=100000", timeout=scaled(120)))
+
+        def metric(key):
+            for line in sg.api("GET", "/metrics", raw=True).body.decode().splitlines():
+                if line.startswith(key + " "):
+                    return float(line.split()[-1])
+            return None
+        self.wait_for(lambda: (metric("sgpu_log_lines_stored_total") or 0) >= 100000, 60,
+                      message="100,000 lines stored")
+        paths = ["/v1/endpoints/%s/logs?q=never-said&limit=10000" % name,
+                 "/v1/endpoints/%s/logs?q=never-said&limit=10000&order=oldest" % name,
+                 "/v1/endpoints/%s/logs?q=never-said&follow=1" % name,
+                 "/v1/usage?group=worker"]
+        for i in range(24):
+            s = socket.create_connection(("127.0.0.1", sg.port), timeout=scaled(10))
+            s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                       % (paths[i % len(paths)], sg.key)).encode())
+            s.close()
+        self.assertTrue(sg.alive())
+        self.assertEqual(sg.api("GET", "/healthz", key=None).status, 200)
+        got = sg.logs(name, q="flood 99999 ")
+        self.assertEqual([l["line"].split()[:2] for l in got], [["flood", "99999"]])
+        self.wait_for(lambda: metric("sgpu_log_followers") == 0, 30,
+                      message="the followers of clients that left are gone")
+        with sg.stream("GET", "/v1/endpoints/%s/logs?follow=1&q=after-search&limit=1" % name) as st:
+            self.say(sg, name, "after-search")
+            line = b""
+            while not line.strip():
+                line = st.readline(timeout=10)
+                self.assertIsNotNone(line, "follow stream ended")
+            self.assertEqual(json.loads(line)["line"], "after-search 0")
+        self.assertTrue(sg.alive())
+
+    def test_log_max_bytes_is_accepted_and_trims(self):
+        # log_max_bytes (the default byte bound of every endpoint) was refused as
+        # an unknown key.
+        sg = self.start_with_config(log_max_bytes=2000, log_trim_interval_s=0.2)
+        name = unique_name("max-bytes")
+        self.create(chatty_spec(name), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.say(sg, name, "line", n=100, size=100)
+        self.wait_for(lambda: sum(len(l["line"]) for l in sg.logs(name)) <= 2000, 10,
+                      message="%s trimmed to 2000 bytes" % name)
+        got = [l["line"] for l in sg.logs(name, stream="stdout")]
+        self.assertTrue(got and got[-1].startswith("line 99"), got[-3:])
+
+    def test_follow_backfill_meets_live_lines_exactly(self):
+        # The backfill of a follow runs on the query pool while lines keep
+        # coming: the answer must go on from the backfill's last line to the
+        # live ones without a gap and without a line twice. 100,000 other lines
+        # make the backfill scan long enough for lines to arrive meanwhile.
+        sg = self.start_with_config(log_rate_lines_s=0, log_keep_lines=300000)
+        name = unique_name("seam")
+        self.create(chatty_spec(name, env={"SGPU_IT_RUN": RUN_ID, "CHATTY_LINES_PER_S": "2000"}), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.assertOk(sg.invoke(name, "/flood?n=100000", timeout=scaled(120)))
+        nums = []
+        with sg.stream("GET", "/v1/endpoints/%s/logs?follow=1&q=chatter&limit=10000" % name) as st:
+            self.assertEqual(st.status, 200)
+            while len(nums) < 4000:
+                line = st.readline(timeout=10)
+                self.assertIsNotNone(line, "follow stream ended")
+                if line.strip():
+                    nums.append(int(json.loads(line)["line"].split()[1]))
+        breaks = [(nums[i - 1], nums[i]) for i in range(1, len(nums)) if nums[i] != nums[i - 1] + 1]
+        self.assertEqual(breaks, [], "lines out of sequence (previous, next)")
+
+    def test_queries_beyond_the_bound_are_refused_busy(self):
+        # Queries wait on the query pool in a bounded queue (64): a burst of
+        # searches over 100,000 lines, sent at once, gets some 503 busy answers
+        # with Retry-After, the rest complete, and sgpud stays healthy.
+        sg = self.start_with_config(log_rate_lines_s=0, log_keep_lines=200000)
+        name = unique_name("busy")
+        self.create(chatty_spec(name), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        self.assertOk(sg.invoke(name, "/flood?n=100000", timeout=scaled(120)))
+        self.wait_for(lambda: len(sg.logs(name, q="flood 99999 ")) == 1, 60, message="the flood stored")
+        socks = []
+        request = ("GET /v1/endpoints/%s/logs?q=never-said&limit=10000 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % (name, sg.key)).encode()
+        for _ in range(160):
+            s = socket.create_connection(("127.0.0.1", sg.port), timeout=scaled(120))
+            s.sendall(request)
+            socks.append(s)
+        heads = []
+        for s in socks:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            heads.append(data.split(b"\r\n\r\n")[0].decode())
+        statuses = [h.split()[1] for h in heads]
+        self.assertEqual(set(statuses) - {"200", "503"}, set(), statuses)
+        self.assertIn("503", statuses)
+        self.assertIn("200", statuses)
+        self.assertTrue(all("Retry-After: 1" in h for h in heads if h.split()[1] == "503"))
+        self.assertEqual(sg.api("GET", "/healthz", key=None).status, 200)
+        self.assertEqual([l["line"].split()[:2] for l in sg.logs(name, q="flood 99999 ")], [["flood", "99999"]])
 
 if __name__ == "__main__":
     unittest.main()

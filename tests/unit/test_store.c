@@ -9,7 +9,11 @@
 #include <ftw.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "sgpu/store.h"
 #include "sgpu/util.h"
@@ -577,6 +581,76 @@ static void test_open_errors(void **state) {
   free(junk);
 }
 
+/* ---- read-only connections for queries off the loop ---- */
+
+static void query_on(sg_store_t *s, const sg_log_query_t *q, rows_t *rs) {
+  rows_free(rs);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_logs_query(s, q, collect_log, rs, &err), 0);
+  assert_null(err);
+}
+
+static void test_readers_snapshot(void **state) {
+  fixture_t *f = *state;
+  rows_t rs = {0};
+  seed_logs(f);
+  sg_store_readers_t *readers = sg_store_readers_new(f->path);
+  sg_error_t *err = NULL;
+  sg_store_t *a = sg_store_readers_take(readers, &err), *b = sg_store_readers_take(readers, &err);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_ptr_not_equal(a, b);
+  sg_store_readers_put(readers, a);
+  assert_ptr_equal(sg_store_readers_take(readers, &err), a); /* kept and reused */
+
+  sg_log_query_t q = {.endpoint = "alpha", .limit = 100};
+  assert_int_equal(sg_store_read_begin(a, &err), 0);
+  const sg_log_line_t later = {1800, "alpha", NULL, "event", "after the snapshot"};
+  assert_int_equal(sg_store_logs_append(f->store, &later, 1, &err), 0);
+  query_on(a, &q, &rs);
+  assert_int_equal(rs.n, 8); /* the snapshot */
+  query_on(b, &q, &rs);
+  assert_int_equal(rs.n, 9); /* a reader outside a read transaction sees the last commit */
+  sg_store_read_end(a);
+  query_on(a, &q, &rs);
+  assert_int_equal(rs.n, 9);
+
+  /* Read-only: a write fails. */
+  sg_endpoint_record_t rec = {"ro", "{}", 1, 1, 1};
+  assert_true(sg_store_endpoint_insert(a, &rec, &err) < 0);
+  assert_non_null(err);
+  sg_error_free(err);
+  err = NULL;
+
+  sg_store_readers_put(readers, a);
+  sg_store_readers_put(readers, b);
+  sg_store_readers_free(readers);
+  rows_free(&rs);
+}
+
+#ifndef NDEBUG
+/* A query on the loop thread aborts in debug builds. */
+static void test_query_on_loop_thread_aborts(void **state) {
+  fixture_t *f = *state;
+  seed_logs(f);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    dup2(null, 2);
+    sg_loop_thread_set();
+    sg_log_query_t q = {.endpoint = "alpha", .limit = 100};
+    rows_t rs = {0};
+    sg_store_logs_query(f->store, &q, collect_log, &rs, NULL);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFSIGNALED(status));
+  assert_int_equal(WTERMSIG(status), SIGABRT);
+}
+#endif
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
@@ -590,6 +664,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
       cmocka_unit_test_setup_teardown(test_two_stores_same_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_readers_snapshot, setup, teardown),
+#ifndef NDEBUG
+      cmocka_unit_test_setup_teardown(test_query_on_loop_thread_aborts, setup, teardown),
+#endif
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 
 #include "api-internal.h"
 #include "gateway/jobs.h"
+#include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 void sg_api_send_json(sg_http_req_t *req, int status, json_t *body) {
@@ -28,6 +29,14 @@ void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const c
   if (field)
     json_object_set_new(e, "field", json_string(field));
   sg_api_send_json(req, status, json_pack("{s:o}", "error", e));
+}
+
+bool sg_api_queries_busy(sg_daemon_t *d, sg_http_req_t *req) {
+  if (sg_pool_pending(d->query_pool) < SG_QUERY_QUEUE_MAX)
+    return false;
+  sg_http_add_header(req, "Retry-After", "1");
+  sg_api_send_error(req, 503, "busy", "too many log and usage queries are in progress; retry later", NULL);
+  return true;
 }
 
 void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err) {

@@ -4,7 +4,13 @@
  * Usage records hold one worker's hour at most; a record that the asked
  * range cuts counts in proportion to the part inside. A worker's rounding up
  * to the whole second counts where its last record ends. The live records
- * are checkpointed first, so running workers count up to now. */
+ * are checkpointed first, so running workers count up to now.
+ *
+ * The loop checkpoints and queues the query on the query pool; a pool thread
+ * waits for the usage writer's commit of those records (the barrier), reads
+ * the records on a read-only connection and sums them; the answer is built
+ * and sent on the loop when the job completes, or dropped when the client
+ * went away meanwhile. */
 #include <errno.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -12,6 +18,8 @@
 #include <time.h>
 
 #include "api-internal.h"
+#include "meter/writer.h"
+#include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 #define DEFAULT_RANGE_MS (30LL * 86400000)
@@ -210,6 +218,97 @@ static json_t *prices_json(sg_daemon_t *d) {
   return j;
 }
 
+/* A usage query on the pool. */
+struct usage_job {
+  sg_daemon_t *d;
+  sg_http_req_t *req; /* NULL once the client went away */
+  sg_store_readers_t *readers;
+  sg_usage_writer_t *writer;
+  uint64_t seq; /* the barrier */
+  bool to_now;  /* no `to` given: up to the moment the read begins */
+  char *endpoint;
+  struct usage_ctx c; /* filled on the pool thread */
+  sg_error_t *err;
+};
+
+static void usage_job_free(struct usage_job *j) {
+  sums_free(&j->c.by_endpoint);
+  sums_free(&j->c.by_group);
+  free(j->c.total.gpu_type);
+  sg_error_free(j->err);
+  free(j->endpoint);
+  free(j);
+}
+
+static void usage_req_closed(sg_http_req_t *req, void *arg) { ((struct usage_job *)arg)->req = NULL; }
+
+/* Pool thread: waits for the checkpoint's commit, then sums the records. */
+static void usage_work(void *data) {
+  struct usage_job *j = data;
+  sg_assert_not_loop_thread();
+  if (j->writer && j->seq)
+    sg_usage_writer_wait(j->writer, j->seq);
+  j->c.by_endpoint.index = json_object();
+  j->c.by_group.index = json_object();
+  sg_store_t *reader = sg_store_readers_take(j->readers, &j->err);
+  if (!reader)
+    return;
+  /* Records are written with their end time before they are committed, so
+   * a `to` taken once the snapshot began holds every record it sees whole:
+   * a worker that ended before the read counts closed and rounded. */
+  if (sg_store_read_begin(reader, &j->err) == 0) {
+    if (j->to_now)
+      j->c.to = sg_wall_ms() + 1;
+    sg_store_usage_each(reader, j->endpoint, j->c.from, j->c.to, on_record, &j->c, &j->err);
+    sg_store_read_end(reader);
+  }
+  sg_store_readers_put(j->readers, reader);
+}
+
+/* Loop: answers, unless the client went away. */
+static void usage_done(void *data, bool cancelled) {
+  struct usage_job *j = data;
+  sg_http_req_t *req = j->req;
+  if (!req) {
+    usage_job_free(j);
+    return;
+  }
+  sg_http_set_close_cb(req, NULL, NULL);
+  if (cancelled) {
+    sg_api_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
+    usage_job_free(j);
+    return;
+  }
+  if (j->err) {
+    sg_api_send_sg_error(req, j->err);
+    usage_job_free(j);
+    return;
+  }
+  struct usage_ctx *c = &j->c;
+  char t1[32], t2[32];
+  json_t *eps = json_array(), *groups = json_array();
+  for (size_t i = 0; i < c->by_endpoint.n; i++)
+    json_array_append_new(eps, sum_json(&c->by_endpoint.items[i], G_NONE));
+  for (size_t i = 0; i < c->by_group.n; i++)
+    json_array_append_new(groups, sum_json(&c->by_group.items[i], c->group));
+  static const char *const group_names[] = {NULL, "hour", "day", "worker"};
+  free(c->total.gpu_type);
+  c->total.gpu_type = NULL;
+  json_t *total = sum_json(&c->total, G_NONE);
+  json_t *body = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:o}", "from", sg_format_time(c->from, t1, sizeof(t1)),
+                           "to", sg_format_time(c->to, t2, sizeof(t2)), "from_ts", (json_int_t)c->from, "to_ts",
+                           (json_int_t)c->to, "prices", prices_json(j->d), "total", total, "endpoints", eps, "group",
+                           c->group ? json_string(group_names[c->group]) : json_null());
+  if (c->group)
+    json_object_set_new(body, "groups", groups);
+  else
+    json_decref(groups);
+  usage_job_free(j);
+  send_usage(req, body);
+}
+
+static const sg_pool_job_ops_t usage_ops = {usage_work, usage_done};
+
 void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   struct evkeyvalq params;
   TAILQ_INIT(&params);
@@ -219,6 +318,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   int64_t now = sg_wall_ms();
   struct usage_ctx c = {.from = now - DEFAULT_RANGE_MS, .to = now + 1};
   const char *endpoint = NULL, *bad = NULL, *why = NULL;
+  bool to_given = false;
   struct evkeyval *kv;
   TAILQ_FOREACH(kv, &params, next) {
     const char *k = kv->key, *v = kv->value;
@@ -231,7 +331,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
       else if (!strcmp(k, "from"))
         c.from = t;
       else
-        c.to = t;
+        c.to = t, to_given = true;
     } else if (!strcmp(k, "group")) {
       if (!strcmp(v, "hour"))
         c.group = G_HOUR;
@@ -255,38 +355,19 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     evhttp_clear_headers(&params);
     return sg_api_send_error(req, 400, "invalid_query", msg, field);
   }
-  cleanup_free char *ep_name = endpoint ? xstrdup(endpoint) : NULL;
-  evhttp_clear_headers(&params);
-
-  sg_meter_sync(d);
-  c.by_endpoint.index = json_object();
-  c.by_group.index = json_object();
-  cleanup_error sg_error_t *err = NULL;
-  if (sg_store_usage_each(d->store, ep_name, c.from, c.to, on_record, &c, &err) < 0) {
-    sums_free(&c.by_endpoint);
-    sums_free(&c.by_group);
-    free(c.total.gpu_type);
-    return sg_api_send_sg_error(req, err);
+  if (sg_api_queries_busy(d, req)) {
+    evhttp_clear_headers(&params);
+    return;
   }
-  char t1[32], t2[32];
-  json_t *eps = json_array(), *groups = json_array();
-  for (size_t i = 0; i < c.by_endpoint.n; i++)
-    json_array_append_new(eps, sum_json(&c.by_endpoint.items[i], G_NONE));
-  for (size_t i = 0; i < c.by_group.n; i++)
-    json_array_append_new(groups, sum_json(&c.by_group.items[i], c.group));
-  static const char *const group_names[] = {NULL, "hour", "day", "worker"};
-  free(c.total.gpu_type);
-  c.total.gpu_type = NULL;
-  json_t *total = sum_json(&c.total, G_NONE);
-  json_t *body = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o, s:o, s:o}", "from", sg_format_time(c.from, t1, sizeof(t1)),
-                           "to", sg_format_time(c.to, t2, sizeof(t2)), "from_ts", (json_int_t)c.from, "to_ts",
-                           (json_int_t)c.to, "prices", prices_json(d), "total", total, "endpoints", eps, "group",
-                           c.group ? json_string(group_names[c.group]) : json_null());
-  if (c.group)
-    json_object_set_new(body, "groups", groups);
-  else
-    json_decref(groups);
-  sums_free(&c.by_endpoint);
-  sums_free(&c.by_group);
-  send_usage(req, body);
+  struct usage_job *j = xcalloc(1, sizeof(*j));
+  j->c = c;
+  j->endpoint = endpoint ? xstrdup(endpoint) : NULL;
+  j->to_now = !to_given;
+  evhttp_clear_headers(&params);
+  j->d = d;
+  j->req = req;
+  j->readers = d->readers;
+  sg_meter_barrier(d, &j->writer, &j->seq);
+  sg_http_set_close_cb(req, usage_req_closed, j);
+  sg_pool_submit(d->query_pool, &usage_ops, j);
 }

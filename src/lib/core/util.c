@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -316,3 +317,24 @@ void sg_strbuf_free(sg_strbuf_t *b) {
   b->s = NULL;
   b->len = b->cap = 0;
 }
+
+static pthread_t loop_thread;
+static bool loop_thread_known;
+
+void sg_loop_thread_set(void) {
+  loop_thread = pthread_self();
+  __atomic_store_n(&loop_thread_known, true, __ATOMIC_RELEASE);
+}
+
+bool sg_on_loop_thread(void) {
+  return __atomic_load_n(&loop_thread_known, __ATOMIC_ACQUIRE) && pthread_equal(loop_thread, pthread_self());
+}
+
+#ifndef NDEBUG
+void sg_assert_not_loop_thread_at(const char *func) {
+  if (sg_on_loop_thread()) {
+    fprintf(stderr, "sgpu: %s must not run on the event loop thread\n", func);
+    abort();
+  }
+}
+#endif

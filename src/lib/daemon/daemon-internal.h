@@ -177,6 +177,7 @@ struct sg_daemon {
   LIST_HEAD(, sg_follower) followers;
   struct sg_log_writer *log_writer;
   uint64_t log_seq; /* the newest batch handed to the writer */
+  uint64_t log_submitted; /* lines handed to the writer since the start */
   struct sg_jobs *jobs; /* async jobs (gateway/jobs.c) */
   struct {
     uint64_t lines;        /* lines emitted (worker output and events) */
@@ -185,6 +186,10 @@ struct sg_daemon {
   } log_stats;
   sg_meter_t *meter;
   struct sg_pool *pool;     /* threads for work that blocks */
+  /* Threads for log and usage queries, each on a read-only connection
+   * from readers: no query runs on the loop. */
+  struct sg_pool *query_pool;
+  struct sg_store_readers *readers;
   struct sg_images *images; /* image cache (image/images.c) */
 };
 
@@ -323,8 +328,11 @@ void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall);
 /* Checkpoints every worker when the interval passed (called every tick). */
 void sg_meter_tick(sg_daemon_t *d);
 void sg_meter_checkpoint_all(sg_daemon_t *d);
-/* Checkpoints every worker and waits until the records are written. */
-void sg_meter_sync(sg_daemon_t *d);
+/* Checkpoints every worker and returns the barrier a query waits for off
+ * the loop (sg_usage_writer_wait(*writer, *seq)) before it reads usage:
+ * *writer is NULL when there is nothing to wait for. Never blocks. */
+struct sg_usage_writer;
+void sg_meter_barrier(sg_daemon_t *d, struct sg_usage_writer **writer, uint64_t *seq);
 /* Closes every open record now and stops the writer. */
 void sg_meter_shutdown(sg_daemon_t *d);
 
@@ -338,6 +346,11 @@ void sg_api_send_json(sg_http_req_t *req, int status, json_t *body); /* steals b
 void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const char *message,
                        const char *field);
 void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err);
+/* Log and usage queries waiting or running on the query pool, at most. */
+#define SG_QUERY_QUEUE_MAX 64
+/* When the query pool holds SG_QUERY_QUEUE_MAX queries already, answers
+ * 503 busy (with Retry-After) and returns true. */
+bool sg_api_queries_busy(sg_daemon_t *d, sg_http_req_t *req);
 /* The server's callbacks: a request's head arrived; a buffered request is whole. */
 sg_http_head_action_t sg_api_on_head(void *d, sg_http_req_t *req);
 void sg_api_on_request(void *d, sg_http_req_t *req);

@@ -11,9 +11,11 @@
 #include "api/api-internal.h"
 #include "gateway/jobs.h"
 #include "sgpu/log.h"
+#include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 #define TICK_MS 250
+#define QUERY_THREADS 2 /* log and usage queries at once */
 
 sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name) {
   sg_endpoint_t *ep;
@@ -282,6 +284,7 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   TAILQ_INIT(&d->endpoints);
   TAILQ_INIT(&d->deleted);
   LIST_INIT(&d->followers);
+  sg_loop_thread_set();
   sg_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
 
@@ -325,6 +328,10 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     sg_make_error(err, ENOMEM, "cannot create the event loop");
     goto fail;
   }
+  d->readers = sg_store_readers_new(db);
+  d->query_pool = sg_pool_new(d->base, QUERY_THREADS, err);
+  if (!d->query_pool)
+    goto fail;
   if (sg_process_runtime_init(d->base, err) < 0)
     goto fail;
   if (sg_process_runtime_set_user(d->cfg.run_as, err) < 0)
@@ -425,6 +432,9 @@ void sg_daemon_free(sg_daemon_t *d) {
    * jobs they refer to still exist. */
   sg_http_server_free(d->http);
   d->http = NULL;
+  /* Queries still running finish against writers that still exist. */
+  sg_pool_free(d->query_pool);
+  d->query_pool = NULL;
   sg_meter_shutdown(d);
   sg_jobs_shutdown(d);
   sg_endpoint_t *ep;
@@ -461,6 +471,7 @@ void sg_daemon_free(sg_daemon_t *d) {
   if (d->base)
     event_base_free(d->base);
   sg_store_close(d->store);
+  sg_store_readers_free(d->readers);
   sg_gpu_inventory_free(d->gpus);
   sg_daemon_config_clear(&d->cfg);
   free(d->api_key);

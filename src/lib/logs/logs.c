@@ -2,8 +2,16 @@
  * on the loop, written to the store in one transaction every flush interval,
  * and handed at once to every follower whose filter they match.
  *
- * Queries (GET .../logs) read the store after a flush, so a query never
- * misses a line that was emitted before it arrived. Followers are
+ * Queries (GET .../logs) run on the query pool, never on the loop: the loop
+ * flushes, and the pool thread waits for that batch's commit (the barrier)
+ * and then reads the store on a read-only connection, so a query never
+ * misses a line that was emitted before it arrived. The answer goes back on
+ * the loop when the job completes; a client that left meanwhile is
+ * forgotten through the request's close callback and the result is freed.
+ * A follower is registered when its request arrives and buffers the lines
+ * emitted while its backfill query runs; at completion it sends those its
+ * snapshot does not hold, so the backfill and the live lines neither
+ * overlap nor leave a gap. Followers are
  * connections kept open with a chunked answer; a follower that reads slower
  * than lines come is cut off once its unsent output passes a bound, rather
  * than holding memory without limit. */
@@ -15,6 +23,7 @@
 
 #include "daemon/daemon-internal.h"
 #include "logs/writer.h"
+#include "sgpu/pool.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -27,8 +36,25 @@
 #define QUERY_DEFAULT_LIMIT 1000
 #define QUERY_MAX_LIMIT 10000
 
+/* A line a follower got while its backfill query ran. */
+struct pending_line {
+  char *text;     /* formatted */
+  size_t len;
+  size_t idx;     /* position in d->logbuf until flushed */
+  uint64_t ord;   /* which line submitted to the writer it is; UINT64_MAX: never stored */
+  bool tagged;    /* ord is known */
+};
+
+struct logs_job;
+
 struct sg_follower {
   LIST_ENTRY(sg_follower) link;
+  /* While the backfill runs: its job, and the lines seen meanwhile. */
+  struct logs_job *job;
+  struct pending_line *pend;
+  size_t npend, cap_pend, pend_bytes;
+  size_t ntagged; /* pend[0..ntagged) know their ord (tagged in order) */
+  bool overflow; /* pending lines passed the bound: end after the backfill */
   sg_daemon_t *d;
   sg_http_req_t *req;
   char *endpoint;
@@ -75,8 +101,17 @@ static void format_line(struct evbuffer *buf, const sg_log_line_t *l, bool sse) 
     evbuffer_add_printf(buf, "%s\n", text);
 }
 
+static void pending_free(sg_follower_t *f) {
+  for (size_t i = 0; i < f->npend; i++)
+    free(f->pend[i].text);
+  free(f->pend);
+  f->pend = NULL;
+  f->npend = f->cap_pend = f->pend_bytes = f->ntagged = 0;
+}
+
 static void follower_free(sg_follower_t *f) {
   LIST_REMOVE(f, link);
+  pending_free(f);
   if (f->keepalive)
     event_free(f->keepalive);
   free(f->endpoint);
@@ -94,7 +129,7 @@ static void follower_end(sg_follower_t *f) {
 }
 
 /* The client went away; the server frees the request. */
-static void follower_closed(sg_http_req_t *req, void *arg) { follower_free(arg); }
+static void follower_closed(sg_http_req_t *req, void *arg);
 
 static void follower_send(sg_follower_t *f, struct evbuffer *buf) {
   if (sg_http_unsent(f->req) > FOLLOWER_MAX_UNSENT) {
@@ -117,6 +152,39 @@ static void keepalive_cb(evutil_socket_t fd, short what, void *arg) {
   evbuffer_free(buf);
 }
 
+/* Keeps a line for a follower whose backfill is running. */
+static void pend_line(sg_daemon_t *d, sg_follower_t *f, struct evbuffer *buf) {
+  size_t len = evbuffer_get_length(buf);
+  if (f->overflow || f->pend_bytes + len > FOLLOWER_MAX_UNSENT) {
+    f->overflow = true;
+    return;
+  }
+  if (f->npend == f->cap_pend) {
+    f->cap_pend = f->cap_pend ? 2 * f->cap_pend : 64;
+    f->pend = xrealloc(f->pend, f->cap_pend * sizeof(*f->pend));
+  }
+  struct pending_line *p = &f->pend[f->npend++];
+  p->text = xmalloc(len);
+  evbuffer_remove(buf, p->text, len);
+  p->len = len;
+  p->idx = d->logbuf.n - 1;
+  p->tagged = false;
+  f->pend_bytes += len;
+}
+
+/* The buffered lines go to the writer as lines base.. (or are dropped when
+ * base is UINT64_MAX): pending followers learn which their lines are. */
+static void tag_pending(sg_daemon_t *d, uint64_t base) {
+  sg_follower_t *f;
+  LIST_FOREACH(f, &d->followers, link) {
+    for (; f->ntagged < f->npend; f->ntagged++) {
+      struct pending_line *p = &f->pend[f->ntagged];
+      p->ord = base == UINT64_MAX ? UINT64_MAX : base + p->idx;
+      p->tagged = true;
+    }
+  }
+}
+
 static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
   sg_follower_t *f, *tmp;
   for (f = LIST_FIRST(&d->followers); f; f = tmp) {
@@ -125,6 +193,11 @@ static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
       continue;
     struct evbuffer *buf = evbuffer_new();
     format_line(buf, l, f->sse);
+    if (f->job) {
+      pend_line(d, f, buf);
+      evbuffer_free(buf);
+      continue;
+    }
     follower_send(f, buf);
     evbuffer_free(buf);
   }
@@ -193,8 +266,11 @@ void sg_logs_flush(sg_daemon_t *d) {
   if (sg_log_writer_backlog(d->log_writer) > MAX_BACKLOG) {
     d->logbuf.dropped += d->logbuf.n;
     d->log_stats.backlog_dropped += d->logbuf.n;
+    tag_pending(d, UINT64_MAX);
     sg_log_lines_free(d->logbuf.lines, d->logbuf.n);
   } else {
+    tag_pending(d, d->log_submitted);
+    d->log_submitted += d->logbuf.n;
     d->log_seq = sg_log_writer_submit(d->log_writer, d->logbuf.lines, d->logbuf.n);
     if (d->logbuf.dropped) {
       uint64_t dropped = d->logbuf.dropped;
@@ -204,14 +280,6 @@ void sg_logs_flush(sg_daemon_t *d) {
   }
   d->logbuf.lines = NULL;
   d->logbuf.n = d->logbuf.cap = 0;
-}
-
-/* Makes every line emitted so far visible to queries. Blocks for at most the
- * batches in flight. */
-static void sync_writer(sg_daemon_t *d) {
-  sg_logs_flush(d);
-  if (d->log_writer && d->log_seq)
-    sg_log_writer_wait(d->log_writer, d->log_seq);
 }
 
 /* Reads an epoch-ms value or a duration before now ("10m"); -1 if malformed. */
@@ -227,6 +295,43 @@ static int64_t parse_time(const char *s, int64_t now) {
   return dur < 0 ? -1 : now - dur;
 }
 
+/* A query on the pool. The strings of q are copies the job owns. */
+struct logs_job {
+  sg_daemon_t *d;
+  sg_http_req_t *req;   /* NULL once the client went away (not follow) */
+  sg_follower_t *f;     /* follow: NULL once the client went away */
+  sg_log_writer_t *writer;
+  sg_store_readers_t *readers;
+  uint64_t seq;         /* the batch to wait for: the barrier */
+  sg_log_query_t q;
+  char *endpoint, *worker, *stream, *text;
+  bool sse, follow;
+  /* results, filled on the pool thread */
+  struct evbuffer *buf;
+  uint64_t snapshot_lines;
+  sg_error_t *err;
+};
+
+static void job_free(struct logs_job *j) {
+  if (j->buf)
+    evbuffer_free(j->buf);
+  sg_error_free(j->err);
+  free(j->endpoint);
+  free(j->worker);
+  free(j->stream);
+  free(j->text);
+  free(j);
+}
+
+static void follower_closed(sg_http_req_t *req, void *arg) {
+  sg_follower_t *f = arg;
+  if (f->job)
+    f->job->f = NULL;
+  follower_free(f);
+}
+
+static void job_req_closed(sg_http_req_t *req, void *arg) { ((struct logs_job *)arg)->req = NULL; }
+
 struct query_ctx {
   struct evbuffer *buf;
   bool sse;
@@ -235,6 +340,130 @@ struct query_ctx {
 static void query_line(void *ud, const sg_log_line_t *l) {
   struct query_ctx *c = ud;
   format_line(c->buf, l, c->sse);
+}
+
+/* Pool thread: the barrier, then the query on a read-only connection. */
+static void job_work(void *data) {
+  struct logs_job *j = data;
+  sg_assert_not_loop_thread();
+  if (j->writer && j->seq)
+    sg_log_writer_wait(j->writer, j->seq);
+  sg_store_t *reader = sg_store_readers_take(j->readers, &j->err);
+  if (!reader)
+    return;
+  int r = 0;
+  if (j->follow && j->writer)
+    r = sg_log_writer_snapshot(j->writer, reader, &j->snapshot_lines, &j->err);
+  struct query_ctx ctx = {j->buf, j->sse};
+  if (r == 0)
+    sg_store_logs_query(reader, &j->q, query_line, &ctx, &j->err);
+  sg_store_read_end(reader);
+  sg_store_readers_put(j->readers, reader);
+}
+
+/* Loop: the follower's backfill is in; the lines seen meanwhile that the
+ * snapshot does not hold follow it, then live lines. */
+static void follow_ready(struct logs_job *j, sg_follower_t *f) {
+  sg_daemon_t *d = j->d;
+  sg_http_req_t *req = f->req;
+  f->job = NULL;
+  sg_http_add_header(req, "Cache-Control", "no-cache");
+  sg_http_add_header(req, "Content-Type", j->sse ? "text/event-stream" : "application/x-ndjson");
+  sg_http_reply_start(req, 200, NULL);
+  for (size_t i = 0; i < f->npend; i++) {
+    const struct pending_line *p = &f->pend[i];
+    if (!j->writer || !p->tagged || p->ord >= j->snapshot_lines)
+      evbuffer_add(j->buf, p->text, p->len);
+  }
+  pending_free(f);
+  sg_http_reply_chunk(req, j->buf);
+  if (f->overflow) {
+    sg_warn("log follower of %s is too slow; closing its stream", f->endpoint);
+    follower_end(f);
+    return;
+  }
+  f->keepalive = event_new(d->base, -1, EV_PERSIST, keepalive_cb, f);
+  struct timeval tv = {KEEPALIVE_S, 0};
+  event_add(f->keepalive, &tv);
+}
+
+/* Loop: answers the query, unless its client went away. cancelled: the
+ * pool was freed first (shutdown). */
+static void job_done(void *data, bool cancelled) {
+  struct logs_job *j = data;
+  sg_follower_t *f = j->f;
+  sg_http_req_t *req = j->follow ? (f ? f->req : NULL) : j->req;
+  if (!req) {
+    job_free(j);
+    return;
+  }
+  if (cancelled || j->err) {
+    if (f) {
+      f->job = NULL;
+      follower_free(f);
+    }
+    sg_http_set_close_cb(req, NULL, NULL);
+    if (cancelled)
+      sg_api_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
+    else
+      sg_api_send_sg_error(req, j->err);
+    job_free(j);
+    return;
+  }
+  if (f) {
+    follow_ready(j, f);
+    job_free(j);
+    return;
+  }
+  sg_http_set_close_cb(req, NULL, NULL);
+  sg_http_add_header(req, "Cache-Control", "no-cache");
+  size_t len = evbuffer_get_length(j->buf);
+  sg_http_reply(req, 200, j->sse ? "text/event-stream" : "application/x-ndjson", evbuffer_pullup(j->buf, -1), len);
+  job_free(j);
+}
+
+static const sg_pool_job_ops_t query_ops = {job_work, job_done};
+
+/* Flushes (the cut), then queues the query; a follower is registered now
+ * so that it keeps the lines emitted from here on. */
+static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t *q, bool follow, bool sse) {
+  sg_logs_flush(d);
+  struct logs_job *j = xcalloc(1, sizeof(*j));
+  j->d = d;
+  j->writer = d->log_writer;
+  j->readers = d->readers;
+  j->seq = d->log_seq;
+  j->endpoint = xstrdup(q->endpoint);
+  j->worker = q->worker ? xstrdup(q->worker) : NULL;
+  j->stream = q->stream ? xstrdup(q->stream) : NULL;
+  j->text = q->text ? xstrdup(q->text) : NULL;
+  j->q = *q;
+  j->q.endpoint = j->endpoint;
+  j->q.worker = j->worker;
+  j->q.stream = j->stream;
+  j->q.text = j->text;
+  j->sse = sse;
+  j->follow = follow;
+  j->buf = evbuffer_new();
+  if (follow) {
+    sg_follower_t *f = xcalloc(1, sizeof(*f));
+    f->d = d;
+    f->req = req;
+    f->endpoint = xstrdup(q->endpoint);
+    f->worker = q->worker ? xstrdup(q->worker) : NULL;
+    f->stream = q->stream ? xstrdup(q->stream) : NULL;
+    f->text = q->text ? xstrdup(q->text) : NULL;
+    f->until_ms = q->until_ms;
+    f->sse = sse;
+    f->job = j;
+    j->f = f;
+    LIST_INSERT_HEAD(&d->followers, f, link);
+    sg_http_set_close_cb(req, follower_closed, f);
+  } else {
+    j->req = req;
+    sg_http_set_close_cb(req, job_req_closed, j);
+  }
+  sg_pool_submit(d->query_pool, &query_ops, j);
 }
 
 void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
@@ -297,50 +526,29 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   }
   const char *accept = sg_http_header(req, "Accept");
   bool sse = accept && strstr(accept, "text/event-stream");
+  if (sg_api_queries_busy(d, req)) {
+    evhttp_clear_headers(&params);
+    return;
+  }
 
-  sync_writer(d);
-  struct query_ctx ctx = {evbuffer_new(), sse};
-  cleanup_error sg_error_t *err = NULL;
-  if (sg_store_logs_query(d->store, &q, query_line, &ctx, &err) < 0) {
-    evbuffer_free(ctx.buf);
-    evhttp_clear_headers(&params);
-    sg_api_send_sg_error(req, err);
-    return;
-  }
-  const char *type = sse ? "text/event-stream" : "application/x-ndjson";
-  sg_http_add_header(req, "Cache-Control", "no-cache");
-  if (!follow) {
-    size_t len = evbuffer_get_length(ctx.buf);
-    sg_http_reply(req, 200, type, evbuffer_pullup(ctx.buf, -1), len);
-    evbuffer_free(ctx.buf);
-    evhttp_clear_headers(&params);
-    return;
-  }
-  sg_follower_t *f = xcalloc(1, sizeof(*f));
-  f->d = d;
-  f->req = req;
-  f->endpoint = xstrdup(ep->name);
-  f->worker = q.worker ? xstrdup(q.worker) : NULL;
-  f->stream = q.stream ? xstrdup(q.stream) : NULL;
-  f->text = q.text ? xstrdup(q.text) : NULL;
-  f->until_ms = q.until_ms;
-  f->sse = sse;
+  query_start(d, req, &q, follow, sse);
   evhttp_clear_headers(&params);
-  LIST_INSERT_HEAD(&d->followers, f, link);
-  sg_http_add_header(req, "Content-Type", type);
-  sg_http_reply_start(req, 200, NULL);
-  sg_http_reply_chunk(req, ctx.buf);
-  evbuffer_free(ctx.buf);
-  sg_http_set_close_cb(req, follower_closed, f);
-  f->keepalive = event_new(d->base, -1, EV_PERSIST, keepalive_cb, f);
-  struct timeval tv = {KEEPALIVE_S, 0};
-  event_add(f->keepalive, &tv);
 }
 
 void sg_logs_shutdown(sg_daemon_t *d) {
   sg_follower_t *f;
-  while ((f = LIST_FIRST(&d->followers)))
-    follower_end(f);
+  while ((f = LIST_FIRST(&d->followers))) {
+    if (!f->job) {
+      follower_end(f);
+      continue;
+    }
+    /* Its backfill is still queued: the job finds no follower. */
+    f->job->f = NULL;
+    f->job = NULL;
+    sg_http_set_close_cb(f->req, NULL, NULL);
+    sg_api_send_error(f->req, 503, "shutting_down", "sgpud is stopping", NULL);
+    follower_free(f);
+  }
   sg_logs_flush(d);
   sg_log_lines_free(d->logbuf.lines, d->logbuf.n); /* left when there was no writer */
   d->logbuf.lines = NULL;

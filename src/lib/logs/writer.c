@@ -5,6 +5,8 @@
  * counted rather than growing memory without limit. */
 #include "logs/writer.h"
 
+#include <pthread.h>
+
 #include "sgpu/batcher.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -26,6 +28,10 @@ struct sg_log_writer {
   /* writer thread only: endpoints that have lines, and those that got new
    * lines since the last trim */
   struct names known, fresh;
+  /* Held across a batch's transaction and its count, and by readers taking
+   * a snapshot, so that a snapshot holds exactly the first `done` lines. */
+  pthread_mutex_t snap_mu;
+  uint64_t done; /* lines whose batch was written or failed */
 };
 
 void sg_log_lines_free(sg_log_line_t *lines, size_t n) {
@@ -102,7 +108,10 @@ static int write_batch(void *ctx, void *items, size_t n) {
   sg_log_writer_t *w = ctx;
   sg_log_line_t *lines = items;
   cleanup_error sg_error_t *err = NULL;
+  pthread_mutex_lock(&w->snap_mu);
   int r = sg_store_logs_append(w->store, lines, n, &err);
+  w->done += n;
+  pthread_mutex_unlock(&w->snap_mu);
   if (r < 0)
     sg_errlog("%zu log lines lost: %s", n, err->message);
   const char *prev = NULL;
@@ -129,6 +138,7 @@ static void free_writer(sg_log_writer_t *w) {
   for (size_t i = 0; i < w->n_rules; i++)
     free(w->rules[i].endpoint);
   free(w->rules);
+  pthread_mutex_destroy(&w->snap_mu);
   free(w);
 }
 
@@ -140,6 +150,7 @@ sg_log_writer_t *sg_log_writer_start(const char *db_path, const sg_log_retention
     return NULL;
   sg_store_set_cache(store, 64 << 20);
   sg_log_writer_t *w = xcalloc(1, sizeof(*w));
+  pthread_mutex_init(&w->snap_mu, NULL);
   w->store = store;
   w->def = *def;
   w->def.endpoint = NULL;
@@ -167,6 +178,14 @@ uint64_t sg_log_writer_submit(sg_log_writer_t *w, sg_log_line_t *lines, size_t n
 }
 
 void sg_log_writer_wait(sg_log_writer_t *w, uint64_t seq) { sg_batcher_wait(w->batcher, seq); }
+
+int sg_log_writer_snapshot(sg_log_writer_t *w, sg_store_t *reader, uint64_t *lines, sg_error_t **err) {
+  pthread_mutex_lock(&w->snap_mu);
+  int r = sg_store_read_begin(reader, err);
+  *lines = w->done;
+  pthread_mutex_unlock(&w->snap_mu);
+  return r;
+}
 
 uint64_t sg_log_writer_stored(sg_log_writer_t *w) { return sg_batcher_written(w->batcher); }
 

@@ -25,6 +25,11 @@ sg_log_writer_t *sg_log_writer_start(const char *db_path, const sg_log_retention
 uint64_t sg_log_writer_submit(sg_log_writer_t *w, sg_log_line_t *lines, size_t n);
 /* Blocks until the batch seq and every one before it are written. */
 void sg_log_writer_wait(sg_log_writer_t *w, uint64_t seq);
+/* Begins a read transaction on reader (sg_store_read_begin) whose snapshot
+ * holds exactly the first *lines lines ever submitted (counting those of
+ * batches whose write failed): lines submitted later are not in it. Any
+ * thread; may wait for a batch being written. */
+int sg_log_writer_snapshot(sg_log_writer_t *w, sg_store_t *reader, uint64_t *lines, sg_error_t **err);
 /* Lines written since the start. */
 uint64_t sg_log_writer_stored(sg_log_writer_t *w);
 /* Lines submitted and not yet written. */

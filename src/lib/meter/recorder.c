@@ -293,13 +293,17 @@ void sg_meter_tick(sg_daemon_t *d) {
     sg_meter_checkpoint_all(d);
 }
 
-void sg_meter_sync(sg_daemon_t *d) {
+void sg_meter_barrier(sg_daemon_t *d, struct sg_usage_writer **writer, uint64_t *seq) {
   sg_meter_t *m = d->meter;
+  *writer = NULL;
+  *seq = 0;
   if (!m)
     return;
   sg_meter_checkpoint_all(d);
-  if (m->writer && m->seq)
-    sg_usage_writer_wait(m->writer, m->seq);
+  if (m->writer && m->seq) {
+    *writer = m->writer;
+    *seq = m->seq;
+  }
 }
 
 void sg_meter_shutdown(sg_daemon_t *d) {

@@ -93,6 +93,7 @@ static void bind_record(sqlite3_stmt *st, const sg_job_record_t *r, bool insert)
 }
 
 int sg_store_jobs_apply(sg_store_t *s, sg_job_write_t *writes, size_t n, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   if (n == 0)
     return 0;
   cleanup_stmt sqlite3_stmt *ins = NULL;

@@ -155,6 +155,43 @@ sg_store_t *sg_store_open(const char *path, sg_error_t **err) {
   return s;
 }
 
+sg_store_t *sg_store_open_readonly(const char *path, sg_error_t **err) {
+  sqlite3 *db = NULL;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+    sg_make_error(err, SG_ESTORE, "store: cannot open %s read-only: %s", path,
+                  db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    return NULL;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  sg_store_t *s = xcalloc(1, sizeof(*s));
+  s->db = db;
+  return s;
+}
+
+int sg_store_read_begin(sg_store_t *s, sg_error_t **err) {
+  /* A deferred transaction takes its snapshot at its first read. */
+  if (exec(s->db, "BEGIN", err) < 0)
+    return -SG_ESTORE;
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "SELECT 1 FROM sqlite_master LIMIT 1", &st, err) < 0) {
+    exec(s->db, "ROLLBACK", NULL);
+    return -SG_ESTORE;
+  }
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    int r = db_error(s->db, err, "begin read");
+    exec(s->db, "ROLLBACK", NULL);
+    return r;
+  }
+  return 0;
+}
+
+void sg_store_read_end(sg_store_t *s) {
+  if (!sqlite3_get_autocommit(s->db))
+    exec(s->db, "COMMIT", NULL);
+}
+
 void sg_store_set_cache(sg_store_t *s, int64_t bytes) {
   cleanup_free char *sql = xasprintf("PRAGMA cache_size = -%lld", (long long)(bytes / 1024));
   exec(s->db, sql, NULL);
@@ -295,6 +332,7 @@ static void bind_line(sqlite3_stmt *st, int base, const sg_log_line_t *l) {
 }
 
 int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   if (n == 0)
     return 0;
   /* Rows go in groups of LOG_ROWS_PER_INSERT per statement (less work per
@@ -333,6 +371,7 @@ int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg
 
 int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void *ud, const sg_log_line_t *line),
                         void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* The inner query takes the newest lines; the outer one puts them in time order. */
   const char *sql =
@@ -376,6 +415,7 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
 }
 
 int sg_store_logs_trim(sg_store_t *s, const char *endpoint, int64_t keep, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   const char *sql = "DELETE FROM logs WHERE endpoint = ?1 AND id <= ("
                     " SELECT id FROM logs WHERE endpoint = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
@@ -391,6 +431,7 @@ int sg_store_logs_trim(sg_store_t *s, const char *endpoint, int64_t keep, sg_err
 }
 
 int sg_store_usage_put(sg_store_t *s, const sg_usage_record_t *recs, size_t n, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   if (n == 0)
     return 0;
   cleanup_stmt sqlite3_stmt *st = NULL;
@@ -465,6 +506,7 @@ static sg_usage_record_t usage_row(sqlite3_stmt *st) {
 
 int sg_store_usage_each(sg_store_t *s, const char *endpoint, int64_t from_ms, int64_t to_ms,
                         void (*cb)(void *ud, const sg_usage_record_t *rec), void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   const char *sql = "SELECT worker, seg, endpoint, gpu_type, gpu_count, price, start_ms, end_ms, starting_ms,"
                     " busy_ms, idle_ms, requests, round_ms, closed FROM usage"
@@ -513,6 +555,7 @@ int sg_store_usage_reopen(sg_store_t *s, const char *worker, void (*cb)(void *ud
 }
 
 int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_bytes, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* Walks from the newest line back until the bytes kept pass max_bytes;
    * that line and every older one go. */
@@ -545,6 +588,7 @@ int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_by
 }
 
 int sg_store_logs_trim_age(sg_store_t *s, const char *endpoint, int64_t before_ms, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* Lines are stored in time order: everything before the first line at or
    * after before_ms goes (all of them when there is none). The scan stops
