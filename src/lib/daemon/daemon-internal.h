@@ -10,8 +10,8 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include "gateway/http-internal.h"
-#include "gateway/upstream.h"
+#include "http/http.h"
+#include "http/upstream.h"
 #include "logs/limit.h"
 #include "sgpu/daemon.h"
 #include "sgpu/gpu.h"

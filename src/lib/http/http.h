@@ -28,8 +28,8 @@
  * max_connections open connections (past it a new one gets a short 503 and is
  * closed). Freed buffers of closed connections are handed back to the system
  * in batches. */
-#ifndef SGPU_HTTP_INTERNAL_H
-#define SGPU_HTTP_INTERNAL_H
+#ifndef SGPU_HTTP_H
+#define SGPU_HTTP_H
 
 #include <event2/buffer.h>
 #include <event2/event.h>
