@@ -215,7 +215,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   TAILQ_INIT(&params);
   const char *query = sg_http_query(req);
   if (query && evhttp_parse_query_str(query, &params) < 0)
-    return sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    return sg_http_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
   int64_t now = sg_wall_ms();
   struct usage_ctx c = {.from = now - DEFAULT_RANGE_MS, .to = now + 1};
   const char *endpoint = NULL, *bad = NULL, *why = NULL;
@@ -253,7 +253,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     cleanup_free char *msg = xasprintf("%s: %s", bad, why);
     cleanup_free char *field = xstrdup(bad);
     evhttp_clear_headers(&params);
-    return sg_api_send_error(req, 400, "invalid_query", msg, field);
+    return sg_http_send_error(req, 400, "invalid_query", msg, field);
   }
   cleanup_free char *ep_name = endpoint ? xstrdup(endpoint) : NULL;
   evhttp_clear_headers(&params);
@@ -266,7 +266,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     sums_free(&c.by_endpoint);
     sums_free(&c.by_group);
     free(c.total.gpu_type);
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   }
   char t1[32], t2[32];
   json_t *eps = json_array(), *groups = json_array();

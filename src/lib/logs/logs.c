@@ -242,7 +242,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   TAILQ_INIT(&params);
   const char *query = sg_http_query(req);
   if (query && evhttp_parse_query_str(query, &params) < 0) {
-    sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    sg_http_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
     return;
   }
   int64_t now = sg_wall_ms();
@@ -291,7 +291,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   }
   if (bad) {
     cleanup_free char *msg = xasprintf("%s: %s", bad, why);
-    sg_api_send_error(req, 400, "invalid_query", msg, bad);
+    sg_http_send_error(req, 400, "invalid_query", msg, bad);
     evhttp_clear_headers(&params);
     return;
   }
@@ -304,7 +304,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   if (sg_store_logs_query(d->store, &q, query_line, &ctx, &err) < 0) {
     evbuffer_free(ctx.buf);
     evhttp_clear_headers(&params);
-    sg_api_send_sg_error(req, err);
+    sg_http_send_sg_error(req, err);
     return;
   }
   const char *type = sse ? "text/event-stream" : "application/x-ndjson";
