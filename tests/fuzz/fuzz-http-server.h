@@ -31,7 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "gateway/http-internal.h"
+#include "http/http.h"
 #include "sgpu/log.h"
 
 #define FZ_LOOP_BOUND 400

@@ -13,7 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "gateway/upstream.h"
+#include "http/upstream.h"
 #include "sgpu/log.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -31,11 +31,11 @@ bool sg_console_handle(sg_daemon_t *d, sg_http_req_t *req) {
     if (!strcmp(sg_web_assets[i].path, path))
       a = &sg_web_assets[i];
   if (!a) {
-    sg_api_send_error(req, 404, "not_found", "no such console file", NULL);
+    sg_http_send_error(req, 404, "not_found", "no such console file", NULL);
     return true;
   }
   if (!sg_http_method_is(req, "GET") && !sg_http_method_is(req, "HEAD")) {
-    sg_api_method_not_allowed(req, "GET, HEAD");
+    sg_http_method_not_allowed(req, "GET, HEAD");
     return true;
   }
   add_headers(req);
@@ -45,7 +45,7 @@ bool sg_console_handle(sg_daemon_t *d, sg_http_req_t *req) {
     cleanup_free char *data = sg_read_file(file, MAX_FILE, &len);
     if (!data) {
       cleanup_free char *msg = xasprintf("cannot read %s: %s", file, strerror(errno));
-      sg_api_send_error(req, 500, "internal", msg, NULL);
+      sg_http_send_error(req, 500, "internal", msg, NULL);
       return true;
     }
     sg_http_reply(req, 200, a->type, data, len);

@@ -20,26 +20,26 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   if (sg_daemon_find_endpoint(d, spec->name)) {
     cleanup_free char *msg = xasprintf("an endpoint named \"%s\" exists already", spec->name);
-    return sg_api_send_error(req, 409, "conflict", msg, "name");
+    return sg_http_send_error(req, 409, "conflict", msg, "name");
   }
   cleanup_free char *text = spec_text(spec);
   int64_t now = sg_wall_ms();
   sg_endpoint_record_t rec = {spec->name, text, 1, now, now};
   if (sg_store_endpoint_insert(d->store, &rec, &err) < 0)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   sg_endpoint_t *ep = sg_endpoint_new(d, steal_pointer(&spec), 1, now, now);
   sg_logs_event(d, ep->name, NULL, "endpoint created (version 1)");
-  sg_api_send_json(req, 201, sg_endpoint_to_json(ep));
+  sg_http_send_json(req, 201, sg_endpoint_to_json(ep));
 }
 
 static void list(sg_daemon_t *d, sg_http_req_t *req) {
   json_t *arr = json_array();
   sg_endpoint_t *ep;
   TAILQ_FOREACH(ep, &d->endpoints, link) json_array_append_new(arr, sg_endpoint_to_json(ep));
-  sg_api_send_json(req, 200, json_pack("{s:o}", "endpoints", arr));
+  sg_http_send_json(req, 200, json_pack("{s:o}", "endpoints", arr));
 }
 
 void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req) {
@@ -47,7 +47,7 @@ void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req) {
     return list(d, req);
   if (sg_http_method_is(req, "POST"))
     return create(d, req);
-  sg_api_method_not_allowed(req, "GET, POST");
+  sg_http_method_not_allowed(req, "GET, POST");
 }
 
 static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
@@ -60,43 +60,43 @@ static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   else if (json_is_string(name) && strcmp(json_string_value(name), ep->name)) {
     cleanup_free char *msg = xasprintf("the body names \"%s\", the path \"%s\"; an endpoint cannot be renamed",
                                        json_string_value(name), ep->name);
-    return sg_api_send_error(req, 409, "conflict", msg, "name");
+    return sg_http_send_error(req, 409, "conflict", msg, "name");
   }
   cleanup_error sg_error_t *err = NULL;
   sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   cleanup_free char *text = spec_text(spec);
   int64_t now = sg_wall_ms();
   sg_endpoint_record_t rec = {spec->name, text, ep->version + 1, ep->created_wall, now};
   if (sg_store_endpoint_update(d->store, &rec, &err) < 0)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   sg_endpoint_update(ep, steal_pointer(&spec), ep->version + 1, now);
-  sg_api_send_json(req, 200, sg_endpoint_to_json(ep));
+  sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
 }
 
 static void delete(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_endpoint_delete(d->store, ep->name, &err) < 0)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   sg_logs_event(d, ep->name, NULL, "endpoint deleted");
   json_t *answer = json_pack("{s:s, s:b}", "name", ep->name, "deleted", 1);
   sg_endpoint_delete(ep);
-  sg_api_send_json(req, 200, answer);
+  sg_http_send_json(req, 200, answer);
 }
 
 void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   bool get = sg_http_method_is(req, "GET"), put = sg_http_method_is(req, "PUT");
   if (!get && !put && !sg_http_method_is(req, "DELETE"))
-    return sg_api_method_not_allowed(req, "GET, PUT, DELETE");
+    return sg_http_method_not_allowed(req, "GET, PUT, DELETE");
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
-    return sg_api_send_error(req, 404, "not_found", msg, NULL);
+    return sg_http_send_error(req, 404, "not_found", msg, NULL);
   }
   if (get)
-    return sg_api_send_json(req, 200, sg_endpoint_to_json(ep));
+    return sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
   if (put)
     return replace(d, req, ep);
   delete(d, req, ep);

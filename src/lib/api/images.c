@@ -20,25 +20,25 @@ static void images_post(sg_daemon_t *d, sg_http_req_t *req) {
   json_t *v;
   json_object_foreach(j, key, v) {
     if (strcmp(key, "image") && strcmp(key, "registry_auth"))
-      return sg_api_send_error(req, 422, "invalid_field", "unknown field", key);
+      return sg_http_send_error(req, 422, "invalid_field", "unknown field", key);
   }
   const char *ref = json_string_value(json_object_get(j, "image"));
   if (!ref)
-    return sg_api_send_error(req, 422, "invalid_field", "is required (an image reference)", "image");
+    return sg_http_send_error(req, 422, "invalid_field", "is required (an image reference)", "image");
   sg_image_ref_t r;
   cleanup_error sg_error_t *err = NULL;
   if (sg_image_ref_parse(ref, &r, &err) < 0)
-    return sg_api_send_error(req, 422, "invalid_field", err->message, "image");
+    return sg_http_send_error(req, 422, "invalid_field", err->message, "image");
   cleanup_free char *norm = sg_image_ref_string(&r);
   sg_image_ref_clear(&r);
   json_t *auth_name = json_object_get(j, "registry_auth");
   if (auth_name && !json_is_string(auth_name))
-    return sg_api_send_error(req, 422, "invalid_field", "must be a string", "registry_auth");
+    return sg_http_send_error(req, 422, "invalid_field", "must be a string", "registry_auth");
   sg_registry_auth_t *auth = NULL;
   if (auth_name) {
     auth = sg_daemon_registry_auth(d, json_string_value(auth_name), &err);
     if (!auth)
-      return sg_api_send_sg_error(req, err);
+      return sg_http_send_sg_error(req, err);
   }
   sg_image_t *img = sg_images_lookup(d->images, norm);
   if (img) {
@@ -48,12 +48,12 @@ static void images_post(sg_daemon_t *d, sg_http_req_t *req) {
     json_t *out = json_pack("{s:s, s:s, s:s, s:b}", "image", norm, "state", "cached", "digest", img->digest,
                             "checking", checking);
     sg_registry_auth_free(auth);
-    sg_api_send_json(req, 200, out);
+    sg_http_send_json(req, 200, out);
     return;
   }
   sg_daemon_pull(d, norm, auth);
   sg_registry_auth_free(auth);
-  sg_api_send_json(req, 202, json_pack("{s:s, s:s}", "image", norm, "state", "pulling"));
+  sg_http_send_json(req, 202, json_pack("{s:s, s:s}", "image", norm, "state", "pulling"));
 }
 
 /* DELETE /v1/images/{ref}: ref as written in the path (percent-decoded). */
@@ -73,29 +73,29 @@ static void image_delete(sg_daemon_t *d, sg_http_req_t *req, const char *raw) {
   sg_image_ref_t r;
   cleanup_error sg_error_t *err = NULL;
   if (sg_image_ref_parse(ref, &r, &err) < 0)
-    return sg_api_send_error(req, 422, "invalid_field", err->message, "image");
+    return sg_http_send_error(req, 422, "invalid_field", err->message, "image");
   cleanup_free char *norm = sg_image_ref_string(&r);
   sg_image_ref_clear(&r);
   int rc = sg_images_remove(d->images, norm);
   if (rc == -ENOENT)
-    return sg_api_send_error(req, 404, "not_found", "no such image in the cache", NULL);
+    return sg_http_send_error(req, 404, "not_found", "no such image in the cache", NULL);
   if (rc == -EBUSY)
-    return sg_api_send_error(req, 409, "conflict", "the image is in use by a worker, or a pull is running", NULL);
-  sg_api_send_json(req, 200, json_pack("{s:s, s:b}", "image", norm, "deleted", 1));
+    return sg_http_send_error(req, 409, "conflict", "the image is in use by a worker, or a pull is running", NULL);
+  sg_http_send_json(req, 200, json_pack("{s:s, s:b}", "image", norm, "deleted", 1));
 }
 
 void sg_api_image(sg_daemon_t *d, sg_http_req_t *req, const char *ref) {
   if (sg_http_method_is(req, "DELETE"))
     return image_delete(d, req, ref);
-  sg_api_method_not_allowed(req, "DELETE");
+  sg_http_method_not_allowed(req, "DELETE");
 }
 
 void sg_api_images(sg_daemon_t *d, sg_http_req_t *req) {
   if (sg_http_method_is(req, "GET"))
-    return sg_api_send_json(req, 200, sg_images_to_json(d->images));
+    return sg_http_send_json(req, 200, sg_images_to_json(d->images));
   if (sg_http_method_is(req, "POST"))
     return images_post(d, req);
-  sg_api_method_not_allowed(req, "GET, POST");
+  sg_http_method_not_allowed(req, "GET, POST");
 }
 
 static json_t *auth_json(const sg_registry_auth_record_t *r) {
@@ -125,38 +125,38 @@ static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool 
   json_t *v;
   json_object_foreach(j, key, v) {
     if (strcmp(key, "name") && strcmp(key, "registry") && strcmp(key, "username") && strcmp(key, "password"))
-      return sg_api_send_error(req, 422, "invalid_field", "unknown field", key);
+      return sg_http_send_error(req, 422, "invalid_field", "unknown field", key);
     if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
         !printable(json_string_value(v)) || json_string_length(v) > MAX_SECRET)
-      return sg_api_send_error(req, 422, "invalid_field", "must be a string of printable characters", key);
+      return sg_http_send_error(req, 422, "invalid_field", "must be a string of printable characters", key);
   }
   const char *bname = json_string_value(json_object_get(j, "name"));
   if (name && bname && strcmp(name, bname))
-    return sg_api_send_error(req, 422, "invalid_field", "does not match the name in the path", "name");
+    return sg_http_send_error(req, 422, "invalid_field", "does not match the name in the path", "name");
   if (!name)
     name = bname;
   if (!name || !sg_name_valid(name))
-    return sg_api_send_error(req, 422, "invalid_field", "must be a DNS label: 1-63 of [a-z0-9-]", "name");
+    return sg_http_send_error(req, 422, "invalid_field", "must be a DNS label: 1-63 of [a-z0-9-]", "name");
   const char *registry = json_string_value(json_object_get(j, "registry"));
   const char *user = json_string_value(json_object_get(j, "username"));
   const char *pass = json_string_value(json_object_get(j, "password"));
   if (!registry || !*registry || strchr(registry, '/'))
-    return sg_api_send_error(req, 422, "invalid_field", "is required: the registry host[:port], e.g. \"ghcr.io\"",
+    return sg_http_send_error(req, 422, "invalid_field", "is required: the registry host[:port], e.g. \"ghcr.io\"",
                              "registry");
   if (!user || !*user)
-    return sg_api_send_error(req, 422, "invalid_field", "is required", "username");
+    return sg_http_send_error(req, 422, "invalid_field", "is required", "username");
   if (!pass || !*pass)
-    return sg_api_send_error(req, 422, "invalid_field", "is required (password or token)", "password");
+    return sg_http_send_error(req, 422, "invalid_field", "is required (password or token)", "password");
   int64_t now = sg_wall_ms();
   sg_registry_auth_record_t rec = {name, registry, user, pass, now, now};
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_auth_put(d->store, &rec, replace, &err) < 0)
-    return sg_api_send_sg_error(req, err);
+    return sg_http_send_sg_error(req, err);
   json_t *out = NULL;
   sg_store_auth_get(d->store, name, keep_auth, &out, NULL);
   sg_info("registry auth %s %s (registry %s, user %s)", name, replace ? "stored" : "created",
                 registry, user);
-  sg_api_send_json(req, replace ? 200 : 201, out ? out : json_object());
+  sg_http_send_json(req, replace ? 200 : 201, out ? out : json_object());
 }
 
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
@@ -165,25 +165,25 @@ void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name)
     if (sg_http_method_is(req, "POST"))
       return auth_put(d, req, NULL, false);
     if (!sg_http_method_is(req, "GET"))
-      return sg_api_method_not_allowed(req, "GET, POST");
+      return sg_http_method_not_allowed(req, "GET, POST");
     json_t *arr = json_array();
     if (sg_store_auth_each(d->store, add_auth, arr, &err) < 0) {
       json_decref(arr);
-      return sg_api_send_sg_error(req, err);
+      return sg_http_send_sg_error(req, err);
     }
-    return sg_api_send_json(req, 200, json_pack("{s:o}", "registry_auths", arr));
+    return sg_http_send_json(req, 200, json_pack("{s:o}", "registry_auths", arr));
   }
   if (sg_http_method_is(req, "PUT"))
     return auth_put(d, req, name, true);
   if (sg_http_method_is(req, "DELETE")) {
     if (sg_store_auth_delete(d->store, name, &err) < 0)
-      return sg_api_send_sg_error(req, err);
-    return sg_api_send_json(req, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+      return sg_http_send_sg_error(req, err);
+    return sg_http_send_json(req, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
   }
   if (!sg_http_method_is(req, "GET"))
-    return sg_api_method_not_allowed(req, "GET, PUT, DELETE");
+    return sg_http_method_not_allowed(req, "GET, PUT, DELETE");
   json_t *out = NULL;
   if (sg_store_auth_get(d->store, name, keep_auth, &out, &err) < 0)
-    return sg_api_send_sg_error(req, err);
-  sg_api_send_json(req, 200, out);
+    return sg_http_send_sg_error(req, err);
+  sg_http_send_json(req, 200, out);
 }

@@ -29,5 +29,5 @@ void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
   if (cluster)
     json_array_extend(nodes, cluster);
   json_decref(cluster);
-  sg_api_send_json(req, 200, json_pack("{s:o}", "nodes", nodes));
+  sg_http_send_json(req, 200, json_pack("{s:o}", "nodes", nodes));
 }

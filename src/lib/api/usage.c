@@ -275,12 +275,12 @@ static void usage_done(void *data, bool cancelled) {
   }
   sg_http_set_close_cb(req, NULL, NULL);
   if (cancelled) {
-    sg_api_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
+    sg_http_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
     usage_job_free(j);
     return;
   }
   if (j->err) {
-    sg_api_send_sg_error(req, j->err);
+    sg_http_send_sg_error(req, j->err);
     usage_job_free(j);
     return;
   }
@@ -314,7 +314,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
   TAILQ_INIT(&params);
   const char *query = sg_http_query(req);
   if (query && evhttp_parse_query_str(query, &params) < 0)
-    return sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    return sg_http_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
   int64_t now = sg_wall_ms();
   struct usage_ctx c = {.from = now - DEFAULT_RANGE_MS, .to = now + 1};
   const char *endpoint = NULL, *bad = NULL, *why = NULL;
@@ -353,7 +353,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     cleanup_free char *msg = xasprintf("%s: %s", bad, why);
     cleanup_free char *field = xstrdup(bad);
     evhttp_clear_headers(&params);
-    return sg_api_send_error(req, 400, "invalid_query", msg, field);
+    return sg_http_send_error(req, 400, "invalid_query", msg, field);
   }
   if (sg_api_queries_busy(d, req)) {
     evhttp_clear_headers(&params);

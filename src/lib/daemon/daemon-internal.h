@@ -10,8 +10,9 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include "gateway/http-internal.h"
-#include "gateway/upstream.h"
+#include "http/http.h"
+#include "http/router.h"
+#include "http/upstream.h"
 #include "logs/limit.h"
 #include "sgpu/daemon.h"
 #include "sgpu/gpu.h"
@@ -155,6 +156,7 @@ struct sg_daemon {
   sg_daemon_config_t cfg;
   struct event_base *base;
   sg_http_server_t *http;
+  sg_router_t *router; /* routes of api, gateway, jobs and metrics */
   sg_store_t *store;
   sg_gpu_inventory_t *gpus;
   char *api_key;
@@ -270,8 +272,8 @@ void sg_health_stop(sg_worker_t *w);
 void sg_health_suspect(sg_worker_t *w);
 
 /* proxy.c */
-/* Takes an invocation of endpoint `name` whose head has arrived. */
-sg_http_head_action_t sg_gateway_handle(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+/* Registers /e/ (invocations of an endpoint by name) with the router. */
+void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d);
 /* Hands queued requests to free workers of ep. */
 void sg_gateway_pump(sg_endpoint_t *ep);
 /* Fails every queued request of ep with status/code/message. */
@@ -282,8 +284,8 @@ int64_t sg_gateway_oldest_wait(sg_endpoint_t *ep, int64_t now);
 void sg_histogram_observe(sg_histogram_t *h, double value);
 /* Counts an answer (status) given after `seconds`. */
 void sg_metrics_response(sg_endpoint_t *ep, int status, double seconds);
-/* GET /metrics in Prometheus text format. */
-void sg_metrics_handle(sg_daemon_t *d, sg_http_req_t *req);
+/* Registers GET /metrics (Prometheus text format) with the router. */
+void sg_metrics_routes(sg_router_t *r, sg_daemon_t *d);
 
 /* scaler.c */
 void sg_scaler_kick(sg_daemon_t *d);
@@ -342,17 +344,12 @@ void sg_series_free(sg_series_t *s);
 json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms);
 
 /* api/ */
-void sg_api_send_json(sg_http_req_t *req, int status, json_t *body); /* steals body */
-void sg_api_send_error(sg_http_req_t *req, int status, const char *code, const char *message,
-                       const char *field);
-void sg_api_send_sg_error(sg_http_req_t *req, const sg_error_t *err);
 /* Log and usage queries waiting or running on the query pool, at most. */
 #define SG_QUERY_QUEUE_MAX 64
 /* When the query pool holds SG_QUERY_QUEUE_MAX queries already, answers
  * 503 busy (with Retry-After) and returns true. */
 bool sg_api_queries_busy(sg_daemon_t *d, sg_http_req_t *req);
-/* The server's callbacks: a request's head arrived; a buffered request is whole. */
-sg_http_head_action_t sg_api_on_head(void *d, sg_http_req_t *req);
-void sg_api_on_request(void *d, sg_http_req_t *req);
+/* Registers /healthz, the console's files and /v1. */
+void sg_api_routes(sg_router_t *r, sg_daemon_t *d);
 
 #endif

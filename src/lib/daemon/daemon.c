@@ -223,6 +223,12 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
     host++;
     colon[-1] = '\0';
   }
+  /* The daemon owns the router; each module registers its routes. */
+  d->router = sg_router_new(d->api_key);
+  sg_api_routes(d->router, d);
+  sg_gateway_routes(d->router, d);
+  sg_jobs_routes(d->router, d);
+  sg_metrics_routes(d->router, d);
   sg_http_server_config_t hc = {
       .max_header_bytes = d->cfg.max_header_bytes,
       .max_headers = d->cfg.max_headers,
@@ -231,9 +237,9 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
       .header_timeout_s = d->cfg.header_timeout_s,
       .idle_timeout_s = d->cfg.idle_timeout_s,
       .io_timeout_s = d->cfg.io_timeout_s,
-      .on_head = sg_api_on_head,
-      .on_request = sg_api_on_request,
-      .ud = d,
+      .on_head = sg_router_on_head,
+      .on_request = sg_router_on_request,
+      .ud = d->router,
   };
   int bound = 0;
   d->http = sg_http_server_new(d->base, &hc, host, (int)port, &bound, err);
@@ -474,6 +480,7 @@ void sg_daemon_free(sg_daemon_t *d) {
   sg_store_readers_free(d->readers);
   sg_gpu_inventory_free(d->gpus);
   sg_daemon_config_clear(&d->cfg);
+  sg_router_free(d->router);
   free(d->api_key);
   free(d->url);
   free(d->self_dir);

@@ -411,7 +411,7 @@ static void jreq_reply(jreq_t *r, int status, json_t *body) {
     sg_http_req_t *req = r->req;
     sg_http_set_close_cb(req, NULL, NULL);
     r->req = NULL;
-    sg_api_send_json(req, status, body);
+    sg_http_send_json(req, status, body);
   } else {
     json_decref(body);
   }
@@ -423,7 +423,7 @@ static void jreq_error(jreq_t *r, int status, const char *code, const char *msg)
     sg_http_req_t *req = r->req;
     sg_http_set_close_cb(req, NULL, NULL);
     r->req = NULL;
-    sg_api_send_error(req, status, code, msg, NULL);
+    sg_http_send_error(req, status, code, msg, NULL);
   }
   jreq_free(r);
 }
@@ -867,7 +867,7 @@ static void submit(jreq_t *r, sg_endpoint_t *ep) {
     r->req = NULL;
     if (req) {
       sg_http_set_close_cb(req, NULL, NULL);
-      sg_api_send_sg_error(req, err);
+      sg_http_send_sg_error(req, err);
     }
     jreq_free(r);
     return;
@@ -1131,7 +1131,7 @@ static bool parse_wait(jreq_t *r, int64_t def, int64_t max) {
       if (*end || v < 0 || v > max) {
         cleanup_free char *msg = xasprintf("wait must be an integer number of milliseconds between 0 and %lld",
                                            (long long)max);
-        sg_api_send_error(r->req, 422, "invalid_field", msg, "wait");
+        sg_http_send_error(r->req, 422, "invalid_field", msg, "wait");
         return false;
       }
       r->wait_ms = v;
@@ -1205,12 +1205,13 @@ static bool method_allowed(sg_http_req_t *req, const char *methods) {
   return false;
 }
 
-sg_http_head_action_t sg_jobs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
+static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *rest) {
+  sg_daemon_t *d = ctx;
   char buf[256];
   char *seg[4];
   int n = 0;
   if (strlen(rest) >= sizeof(buf) || !d->jobs) {
-    sg_api_send_error(req, 404, "not_found", "no such route", NULL);
+    sg_http_send_error(req, 404, "not_found", "no such route", NULL);
     return SG_HTTP_DONE;
   }
   snprintf(buf, sizeof(buf), "%s", rest);
@@ -1228,29 +1229,27 @@ sg_http_head_action_t sg_jobs_handle(sg_daemon_t *d, sg_http_req_t *req, const c
     if (!strcmp(seg[1], routes[i].name) && n == (routes[i].with_id ? 3 : 2))
       rt = &routes[i];
   if (!rt || strstr(rest, "//")) {
-    sg_api_send_error(req, 404, "not_found", "no such route", NULL);
+    sg_http_send_error(req, 404, "not_found", "no such route", NULL);
     return SG_HTTP_DONE;
   }
   if (!method_allowed(req, rt->methods)) {
-    sg_http_add_header(req, "Allow", rt->methods);
-    cleanup_free char *msg = xasprintf("method not allowed here; allowed: %s", rt->methods);
-    sg_api_send_error(req, 405, "method_not_allowed", msg, NULL);
+    sg_http_method_not_allowed(req, rt->methods);
     return SG_HTTP_DONE;
   }
   sg_endpoint_t *ep = sg_name_valid(seg[0]) ? sg_daemon_find_endpoint(d, seg[0]) : NULL;
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", seg[0]);
-    sg_api_send_error(req, 404, "not_found", msg, NULL);
+    sg_http_send_error(req, 404, "not_found", msg, NULL);
     return SG_HTTP_DONE;
   }
   if (!sg_spec_is_async(ep->spec)) {
     cleanup_free char *msg = xasprintf("endpoint \"%s\" is not an async endpoint (its type is \"%s\")", ep->name,
                                        ep->spec->type);
-    sg_api_send_error(req, 409, "not_async", msg, NULL);
+    sg_http_send_error(req, 409, "not_async", msg, NULL);
     return SG_HTTP_DONE;
   }
   if (rt->with_id && !sg_job_id_valid(seg[2])) {
-    sg_api_send_error(req, 404, "not_found", "no such job", NULL);
+    sg_http_send_error(req, 404, "not_found", "no such job", NULL);
     return SG_HTTP_DONE;
   }
   size_t limit = OTHER_BODY_MAX;
@@ -1259,7 +1258,7 @@ sg_http_head_action_t sg_jobs_handle(sg_daemon_t *d, sg_http_req_t *req, const c
   int64_t cl = sg_http_content_length(req);
   if (cl > (int64_t)limit) {
     cleanup_free char *msg = xasprintf("request body is over the limit of %zu bytes", limit);
-    sg_api_send_error(req, 413, "too_large", msg, NULL);
+    sg_http_send_error(req, 413, "too_large", msg, NULL);
     return SG_HTTP_DONE;
   }
   jreq_t *r = xcalloc(1, sizeof(*r));
@@ -1408,4 +1407,8 @@ void sg_jobs_shutdown(sg_daemon_t *d) {
   free(J->buckets);
   free(J);
   d->jobs = NULL;
+}
+
+void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d) {
+  sg_router_add(r, &(sg_route_t){.path = "/v2/", .prefix = true, .on_head = handle, .ctx = d});
 }

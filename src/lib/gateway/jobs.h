@@ -17,8 +17,8 @@ int sg_jobs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err);
  * Requests still waiting are left to the HTTP server to close. */
 void sg_jobs_shutdown(sg_daemon_t *d);
 
-/* Takes a /v2 request whose head has arrived; rest is the path after "/v2/". */
-sg_http_head_action_t sg_jobs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *rest);
+/* Registers /v2/ (RunPod's job API) with the router. */
+void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d);
 
 /* A worker slot of ep may have freed, or a worker became ready: queued jobs
  * are dispatched from a fresh stack frame. */

@@ -50,7 +50,7 @@ static void counter(struct evbuffer *b, sg_daemon_t *d, const char *name, const 
   }
 }
 
-void sg_metrics_handle(sg_daemon_t *d, sg_http_req_t *req) {
+static void handle(sg_daemon_t *d, sg_http_req_t *req) {
   struct evbuffer *b = evbuffer_new();
   sg_endpoint_t *ep;
 
@@ -110,4 +110,14 @@ void sg_metrics_handle(sg_daemon_t *d, sg_http_req_t *req) {
   size_t len = evbuffer_get_length(b);
   sg_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(b, -1), len);
   evbuffer_free(b);
+}
+
+static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {
+  (void)rest;
+  handle(d, req);
+  return SG_HTTP_DONE;
+}
+
+void sg_metrics_routes(sg_router_t *r, sg_daemon_t *d) {
+  sg_router_add(r, &(sg_route_t){.path = "/metrics", .methods = SG_HTTP_GET, .on_head = on_head, .ctx = d});
 }

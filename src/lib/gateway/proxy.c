@@ -127,7 +127,7 @@ static void fail(sg_proxy_t *p, int status, const char *code, const char *messag
     sg_http_reply_abort(p->req);
     status = p->status;
   } else {
-    sg_api_send_error(p->req, status, code, message, NULL);
+    sg_http_send_error(p->req, status, code, message, NULL);
   }
   sg_metrics_response(p->ep, status, (double)(sg_now_ms() - p->arrived_mono) / 1000);
 }
@@ -427,18 +427,18 @@ static void client_closed(sg_http_req_t *req, void *arg) {
   proxy_free(p);
 }
 
-sg_http_head_action_t sg_gateway_handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
+static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
-    sg_api_send_error(req, 404, "not_found", msg, NULL);
+    sg_http_send_error(req, 404, "not_found", msg, NULL);
     return SG_HTTP_DONE;
   }
   ep->metrics.requests++;
   int64_t cl = sg_http_content_length(req);
   if (cl > (int64_t)d->cfg.max_body) {
     cleanup_free char *msg = xasprintf("request body is over the gateway's limit of %zu bytes", d->cfg.max_body);
-    sg_api_send_error(req, 413, "too_large", msg, NULL);
+    sg_http_send_error(req, 413, "too_large", msg, NULL);
     sg_metrics_response(ep, 413, 0);
     return SG_HTTP_DONE;
   }
@@ -492,4 +492,18 @@ void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, cons
 int64_t sg_gateway_oldest_wait(sg_endpoint_t *ep, int64_t now) {
   sg_proxy_t *p = TAILQ_FIRST(&ep->queue);
   return p ? now - p->arrived_mono : 0;
+}
+
+/* /e/{name}/...: rest is the path after "/e/". */
+static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {
+  cleanup_free char *name = xstrndup(rest, strcspn(rest, "/"));
+  if (!sg_name_valid(name)) {
+    sg_http_send_error(req, 404, "not_found", "no such endpoint", NULL);
+    return SG_HTTP_DONE;
+  }
+  return handle(d, req, name);
+}
+
+void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d) {
+  sg_router_add(r, &(sg_route_t){.path = "/e/", .prefix = true, .on_head = on_head, .ctx = d});
 }

@@ -404,9 +404,9 @@ static void job_done(void *data, bool cancelled) {
     }
     sg_http_set_close_cb(req, NULL, NULL);
     if (cancelled)
-      sg_api_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
+      sg_http_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
     else
-      sg_api_send_sg_error(req, j->err);
+      sg_http_send_sg_error(req, j->err);
     job_free(j);
     return;
   }
@@ -471,7 +471,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   TAILQ_INIT(&params);
   const char *query = sg_http_query(req);
   if (query && evhttp_parse_query_str(query, &params) < 0) {
-    sg_api_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    sg_http_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
     return;
   }
   int64_t now = sg_wall_ms();
@@ -520,7 +520,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   }
   if (bad) {
     cleanup_free char *msg = xasprintf("%s: %s", bad, why);
-    sg_api_send_error(req, 400, "invalid_query", msg, bad);
+    sg_http_send_error(req, 400, "invalid_query", msg, bad);
     evhttp_clear_headers(&params);
     return;
   }
@@ -546,7 +546,7 @@ void sg_logs_shutdown(sg_daemon_t *d) {
     f->job->f = NULL;
     f->job = NULL;
     sg_http_set_close_cb(f->req, NULL, NULL);
-    sg_api_send_error(f->req, 503, "shutting_down", "sgpud is stopping", NULL);
+    sg_http_send_error(f->req, 503, "shutting_down", "sgpud is stopping", NULL);
     follower_free(f);
   }
   sg_logs_flush(d);

@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "gateway/stream.h"
+#include "http/stream.h"
 #include "sgpu/util.h"
 
 #define READ_SIZE 65536

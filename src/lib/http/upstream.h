@@ -1,4 +1,4 @@
-/* One HTTP/1.1 connection from the gateway to a worker, reusable across
+/* One HTTP/1.1 client connection (to a worker), reusable across
  * requests (keep-alive). Loop-thread only.
  *
  * The caller writes a request into sg_upstream_output() and gets the answer

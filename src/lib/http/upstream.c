@@ -1,4 +1,4 @@
-/* Connections from the gateway to workers: streams with an http-parser
+/* Client connections (to workers): streams with an http-parser
  * response parser. See upstream.h. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -7,8 +7,8 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include "gateway/stream.h"
-#include "gateway/upstream.h"
+#include "http/stream.h"
+#include "http/upstream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 

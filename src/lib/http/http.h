@@ -28,11 +28,12 @@
  * max_connections open connections (past it a new one gets a short 503 and is
  * closed). Freed buffers of closed connections are handed back to the system
  * in batches. */
-#ifndef SGPU_HTTP_INTERNAL_H
-#define SGPU_HTTP_INTERNAL_H
+#ifndef SGPU_HTTP_H
+#define SGPU_HTTP_H
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -135,5 +136,16 @@ void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_ht
 
 /* Reason phrase of a status code ("Not Found"), "Unknown" if none. */
 const char *sg_http_reason(int status);
+
+/* ---- JSON answers (answer.c), used by every route ---- */
+
+/* A complete application/json answer: body compact, then a newline. Steals body. */
+void sg_http_send_json(sg_http_req_t *req, int status, json_t *body);
+/* The error answer of every route: {"error":{"code","message"[,"field"]}}. */
+void sg_http_send_error(sg_http_req_t *req, int status, const char *code, const char *message, const char *field);
+/* The error answer for err: its status chooses the HTTP status and code. */
+void sg_http_send_sg_error(sg_http_req_t *req, const sg_error_t *err);
+/* 405 with an Allow header naming the methods the route allows. */
+void sg_http_method_not_allowed(sg_http_req_t *req, const char *allow);
 
 #endif

@@ -1,6 +1,6 @@
 /* The HTTP/1.1 server: connections, request parsing, answer framing and the
  * timeouts that keep slow clients from holding resources. The contract is in
- * http-internal.h. */
+ * http.h. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -16,8 +16,8 @@
 #include <malloc.h>
 #endif
 
-#include "gateway/http-internal.h"
-#include "gateway/stream.h"
+#include "http/http.h"
+#include "http/stream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
