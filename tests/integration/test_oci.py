@@ -128,7 +128,7 @@ class TokenProxy:
         self.server.server_close()
 
 
-def crun_works(workdir, layout, args=("/echo-worker", "--help")):
+def crun_works(workdir, layout, args=("/test-worker", "--help")):
     """None when crun can run the image's bundle (args) here, else the reason."""
     if os.geteuid() != 0:
         return "not root"
@@ -250,7 +250,7 @@ class OciTest(SgpudTestCase):
         root = "/proc/%d/root" % w["pid"]
         self.assertTrue(os.path.exists(root + "/etc/kept"))
         self.assertFalse(os.path.exists(root + "/etc/gone"), "layer 2's whiteout not honoured")
-        self.assertTrue(os.path.exists(root + "/echo-worker"))
+        self.assertTrue(os.path.exists(root + "/test-worker"))
         # output is captured like the process runtime's
         lines = [l["line"] for l in sg.logs(name) if l.get("worker") == w["id"]]
         self.assertTrue(any("GET /env 200" in l for l in lines), lines[-10:])
