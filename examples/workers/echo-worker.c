@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -90,8 +91,7 @@ static int on_complete(http_parser *p) {
   return 0;
 }
 
-static const http_parser_settings settings = {
-    .on_url = on_url, .on_body = on_body, .on_message_complete = on_complete};
+static const http_parser_settings settings = {.on_url = on_url, .on_body = on_body, .on_message_complete = on_complete};
 
 static bool send_all(int fd, const char *buf, size_t len) {
   while (len > 0) {
@@ -164,8 +164,8 @@ static bool handle(int fd, struct request *r) {
     if (!echo)
       echo = json_sprintf("(%zu bytes, not UTF-8)", r->body_len);
     const char *model = getenv("MODEL"), *gpus = getenv("CUDA_VISIBLE_DEVICES");
-    json_t *answer = json_pack("{s:s, s:s, s:s, s:o}", "model", model ? model : "", "gpus", gpus ? gpus : "",
-                               "path", r->url, "echo", echo);
+    json_t *answer = json_pack("{s:s, s:s, s:s, s:o}", "model", model ? model : "", "gpus", gpus ? gpus : "", "path",
+                               r->url, "echo", echo);
     char *text = json_dumps(answer, JSON_COMPACT | JSON_ENSURE_ASCII);
     ok = text && respond(fd, status, "application/json", text, keep_alive);
     free(text);
@@ -182,6 +182,8 @@ static void *serve(void *arg) {
   char buf[16384];
   http_parser_init(&r.parser, HTTP_REQUEST);
   r.parser.data = &r;
+  struct timeval send_timeout = {.tv_sec = 60}; /* a client that stops reading is dropped */
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
   for (bool open = true; open;) {
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     int waited = 0, rc;
