@@ -1,6 +1,6 @@
 """Harness for the sgpu integration tests.
 
-The tests drive the real binaries (sgpud, sgpu, echo-worker) over HTTP; nothing is
+The tests drive the real binaries (sgpud, sgpu, tests/test-worker) over HTTP; nothing is
 mocked. Binaries are looked up in $SGPU_BUILD_DIR (default <repo>/build).
 
 Every timeout in the suite goes through scaled(): it is multiplied by
@@ -112,7 +112,8 @@ def worker_path(path):
 
 SGPUD = _find_binary("sgpud", ["src/sgpud/sgpud"])
 SGPU = _find_binary("sgpu", ["src/sgpu/sgpu"])
-ECHO_WORKER = worker_path(_find_binary("echo-worker", ["examples/workers/echo-worker"]))
+#: the worker fixture (tests/fixtures/test-worker.c), built as build/tests/test-worker
+ECHO_WORKER = worker_path(_find_binary("tests/test-worker", []))
 #: a Python interpreter that process workers can run (see worker_path)
 WORKER_PYTHON = (sys.executable if os.geteuid() != 0 or _usable_by_others(sys.executable, 0o005)
                  else shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable)
@@ -230,7 +231,7 @@ DELETE = _Delete()
 
 
 def echo_spec(name, args=(), /, **overrides):
-    """An endpoint spec running build/echo-worker with the process runtime.
+    """An endpoint spec running build/tests/test-worker with the process runtime.
 
     Keyword overrides are merged into the spec (dicts deep-merged, DELETE drops a key),
     e.g. echo_spec("e1", workers={"max": 2}, env={"DELAY_MS": "100"}).

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Builds the echo worker into an OCI image and pushes it to a registry.
-#   oci-image.sh build OUT REPO_ROOT   static echo-worker, image layout OUT/layout:latest
+# Builds the test worker (tests/fixtures/test-worker.c) into an OCI image and pushes it to a registry.
+#   oci-image.sh build OUT REPO_ROOT   static test-worker, image layout OUT/layout:latest
 #   oci-image.sh push OUT REGISTRY NAME:TAG [CREDS]   (CREDS user:password)
 #   oci-image.sh probe OUT REPO_ROOT   static isolation probe, image layout OUT/layout:latest
-# Layer 1 holds /echo-worker and /etc/gone; layer 2 deletes /etc/gone (a whiteout).
+# Layer 1 holds /test-worker and /etc/gone; layer 2 deletes /etc/gone (a whiteout).
 set -euo pipefail
 cmd=$1 out=$2
 case "$cmd" in
 build)
   repo=$3
   mkdir -p "$out"
-  cc -O2 -static -pthread -o "$out/echo-worker" "$repo/examples/workers/echo-worker.c"
+  cc -O2 -static -pthread -o "$out/test-worker" "$repo/tests/fixtures/test-worker.c"
   umoci init --layout "$out/layout"
   umoci new --image "$out/layout:latest"
   umoci unpack --image "$out/layout:latest" "$out/bundle"
-  cp "$out/echo-worker" "$out/bundle/rootfs/echo-worker"
+  cp "$out/test-worker" "$out/bundle/rootfs/test-worker"
   mkdir -p "$out/bundle/rootfs/etc"
   echo gone > "$out/bundle/rootfs/etc/gone"
   echo kept > "$out/bundle/rootfs/etc/kept"
@@ -23,7 +23,7 @@ build)
   umoci unpack --image "$out/layout:latest" "$out/bundle"
   rm "$out/bundle/rootfs/etc/gone"
   umoci repack --image "$out/layout:latest" "$out/bundle"
-  umoci config --image "$out/layout:latest" --config.entrypoint /echo-worker \
+  umoci config --image "$out/layout:latest" --config.entrypoint /test-worker \
     --config.env MODEL=from-image --config.env IMAGE_ONLY=yes --config.workingdir /
   ;;
 probe)

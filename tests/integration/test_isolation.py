@@ -177,7 +177,7 @@ class ProcessWorkerUserTest(SgpudTestCase):
         private = tempfile.mkdtemp(prefix="sgpu-it-private-")
         self.addCleanup(shutil.rmtree, private, True)
         os.chmod(private, 0o700)
-        binary = os.path.join(private, "echo-worker")
+        binary = os.path.join(private, "test-worker")
         shutil.copy(ECHO_WORKER, binary)
         os.chmod(binary, 0o755)
         script = os.path.join(private, "start.sh")

@@ -128,7 +128,7 @@ class TokenProxy:
         self.server.server_close()
 
 
-def crun_works(workdir, layout, args=("/echo-worker", "--help")):
+def crun_works(workdir, layout, args=("/test-worker", "--help")):
     """None when crun can run the image's bundle (args) here, else the reason."""
     if os.geteuid() != 0:
         return "not root"
@@ -250,10 +250,11 @@ class OciTest(SgpudTestCase):
         root = "/proc/%d/root" % w["pid"]
         self.assertTrue(os.path.exists(root + "/etc/kept"))
         self.assertFalse(os.path.exists(root + "/etc/gone"), "layer 2's whiteout not honoured")
-        self.assertTrue(os.path.exists(root + "/echo-worker"))
-        # output is captured like the process runtime's
-        lines = [l["line"] for l in sg.logs(name) if l.get("worker") == w["id"]]
-        self.assertTrue(any("GET /env 200" in l for l in lines), lines[-10:])
+        self.assertTrue(os.path.exists(root + "/test-worker"))
+        # output is captured like the process runtime's; the worker prints its line for
+        # /env after answering, so the line may reach the store after the answer does
+        sg.wait_for(lambda: any("GET /env 200" in l["line"] for l in sg.logs(name) if l.get("worker") == w["id"]),
+                    10, message="the worker's line for GET /env in its logs")
         images = self.assertOk(sg.api("GET", "/v1/images"))
         (img,) = [i for i in images["images"] if i["image"] == image]
         self.assertGreater(img["size_bytes"], 100000)
