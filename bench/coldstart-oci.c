@@ -48,7 +48,6 @@
 #define MAX_ROUNDS 1000
 #define CGROUP2_MAGIC 0x63677270
 
-
 /* The path of name on PATH (malloc'ed), or NULL. */
 static char *on_path(const char *name) {
   const char *path = getenv("PATH");
@@ -131,7 +130,7 @@ struct ours {
   const char *image;
   const char *worker; /* for the process runtime */
   long serial;
-  char *bare_config;  /* the config.json of the first oci worker */
+  char *bare_config; /* the config.json of the first oci worker */
 };
 
 static void preheat(struct ours *o) {
@@ -168,10 +167,10 @@ static void preheat(struct ours *o) {
 }
 
 static void create_endpoint(struct ours *o, const char *name, bool oci) {
-  json_t *spec = json_pack("{s:s, s:s, s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name,
-                           "runtime", oci ? "oci" : "process", "env", "WARMUP_MS", "0", "DELAY_MS", "0", "health",
-                           "path", "/health", "workers", "min", 0, "max", 1, "idle_timeout_s", 30, "max_concurrency",
-                           1, "request_timeout_s", 30);
+  json_t *spec =
+      json_pack("{s:s, s:s, s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name, "runtime",
+                oci ? "oci" : "process", "env", "WARMUP_MS", "0", "DELAY_MS", "0", "health", "path", "/health",
+                "workers", "min", 0, "max", 1, "idle_timeout_s", 30, "max_concurrency", 1, "request_timeout_s", 30);
   if (oci)
     json_object_set_new(spec, "image", json_string(o->image));
   else
@@ -183,7 +182,6 @@ static void create_endpoint(struct ours *o, const char *name, bool oci) {
   free(body);
   json_decref(spec);
 }
-
 
 /* A worker's start, as the workers API reports it. */
 struct phases {
@@ -213,8 +211,8 @@ static double ours_round(struct ours *o, bool oci, struct phases *ph) {
                         num(cs, "probe_ms")};
   pid_t pid = (pid_t)json_integer_value(json_object_get(w, "pid"));
   if (oci && !o->bare_config) {
-    char *path = bench_asprintf("%s/oci/workers/%s/config.json", o->d.data_dir,
-                                json_string_value(json_object_get(w, "id")));
+    char *path =
+        bench_asprintf("%s/oci/workers/%s/config.json", o->d.data_dir, json_string_value(json_object_get(w, "id")));
     o->bare_config = bench_read_file(path);
     if (!o->bare_config)
       bench_die("cannot read the worker's bundle config %s", path);
@@ -362,7 +360,6 @@ static const char usage[] =
     "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
     "  --worker PATH  the worker of the process runtime (default " BENCH_ECHO_WORKER ")\n";
 
-
 int main(int argc, char **argv) {
   static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
                                        {"warmup", required_argument, NULL, 'w'},
@@ -377,8 +374,12 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'r': rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
-    case 'w': warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
+    case 'r':
+      rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS);
+      break;
+    case 'w':
+      warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS);
+      break;
     case 'p':
       poll_ms = strtod(optarg, NULL);
       if (!(poll_ms >= 0.01 && poll_ms <= 100)) {
@@ -386,10 +387,18 @@ int main(int argc, char **argv) {
         return 2;
       }
       break;
-    case 's': sgpud = optarg; break;
-    case 'k': worker = optarg; break;
-    case 'h': fputs(usage, stdout); return 0;
-    default: fputs(usage, stderr); return 2;
+    case 's':
+      sgpud = optarg;
+      break;
+    case 'k':
+      worker = optarg;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return 0;
+    default:
+      fputs(usage, stderr);
+      return 2;
     }
   }
   if (optind < argc) {
@@ -466,8 +475,7 @@ int main(int argc, char **argv) {
          "echo-worker WARMUP_MS=0\n",
          rounds, warmup);
   printf("crun %s; bare /health polled every %.2f ms\n\n",
-         b.hybrid ? "in a private mount namespace without /sys/fs/cgroup/unified, --cgroup-manager=disabled"
-                  : "as is",
+         b.hybrid ? "in a private mount namespace without /sys/fs/cgroup/unified, --cgroup-manager=disabled" : "as is",
          poll_ms);
   printf("  %-50s %9s %9s %9s\n", "ms", "median", "p90", "min");
   bench_series_row("bare crun run: spawn -> first /health 200", &bare_health, 50, 3, "");
@@ -482,11 +490,14 @@ int main(int argc, char **argv) {
   bench_series_row("  total_ms (worker start -> healthy)", &ph_total, 50, 3, "");
   bench_series_row("process workers' total_ms", &proc_cold, 50, 3, "");
   printf("\n  %-58s %7s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /infer answer", bench_series_median(&oci) / bench_series_median(&bare_infer),
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /infer answer",
+         bench_series_median(&oci) / bench_series_median(&bare_infer),
          bench_series_median(&oci) - bench_series_median(&bare_infer));
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /health 200", bench_series_median(&oci) / bench_series_median(&bare_health),
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / bare crun first /health 200",
+         bench_series_median(&oci) / bench_series_median(&bare_health),
          bench_series_median(&oci) - bench_series_median(&bare_health));
-  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / process first answer", bench_series_median(&oci) / bench_series_median(&proc),
+  printf("  %-58s %7.2f %+9.3f\n", "oci first answer / process first answer",
+         bench_series_median(&oci) / bench_series_median(&proc),
          bench_series_median(&oci) - bench_series_median(&proc));
   printf("\n");
   fflush(stdout);
@@ -503,8 +514,8 @@ int main(int argc, char **argv) {
   free(image_out);
   free(image);
   free(crun);
-  bench_series_t *all[] = {&oci, &proc, &bare_health, &bare_infer, &ph_total, &ph_pull,
-                          &ph_rootfs, &ph_container, &ph_probe, &proc_cold};
+  bench_series_t *all[] = {&oci,     &proc,      &bare_health,  &bare_infer, &ph_total,
+                           &ph_pull, &ph_rootfs, &ph_container, &ph_probe,   &proc_cold};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     free(all[i]->v);
   return 0;

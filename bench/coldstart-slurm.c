@@ -37,7 +37,6 @@
 #define JOB_END_TIMEOUT_MS 60000.0
 #define MAX_ROUNDS 1000
 
-
 /* Runs a shell command line; returns its exit status (-1: not run) and its
  * output (malloc'ed) in *out. */
 static int run_shell(const char *cmd, char **out) {
@@ -89,7 +88,6 @@ static void create_endpoint(struct ours *o, const char *name, bool slurm) {
   json_decref(spec);
 }
 
-
 /* The ready worker's cold_start_ms, pid and Slurm job id (malloc'ed, or NULL). */
 static double ready_worker(struct ours *o, const char *workers_url, json_int_t *pid, char **job_id) {
   json_t *j = bench_http_json(&o->api, "GET", workers_url, NULL, 200);
@@ -117,8 +115,8 @@ static bool job_live(const char *job_id) {
   char *cmd = bench_asprintf("squeue --noheader --states=all --jobs=%s --format=%%T 2>/dev/null", job_id);
   char *out = NULL;
   run_shell(cmd, &out);
-  bool live = strstr(out, "PENDING") || strstr(out, "RUNNING") || strstr(out, "CONFIGURING") ||
-              strstr(out, "COMPLETING");
+  bool live =
+      strstr(out, "PENDING") || strstr(out, "RUNNING") || strstr(out, "CONFIGURING") || strstr(out, "COMPLETING");
   free(out);
   free(cmd);
   return live;
@@ -175,7 +173,6 @@ static const char usage[] =
     "  --sgpud PATH     the daemon (default " BENCH_SGPUD ")\n"
     "  --worker PATH    the worker (default " BENCH_ECHO_WORKER ")\n"
     "  --slurm-dir DIR  state of the cluster scripts/slurm-up.sh starts (default /tmp/sgpu-slurm)\n";
-
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
@@ -261,8 +258,8 @@ int main(int argc, char **argv) {
       bench_series_add(&proc_cold, pcold);
     if (!isnan(scold))
       bench_series_add(&slurm_cold, scold);
-    bench_note("round %ld/%ld: process %.1f ms (cold_start_ms %.0f); slurm %.1f ms (cold_start_ms %.0f)", r + 1,
-               rounds, ptotal, pcold, stotal, scold);
+    bench_note("round %ld/%ld: process %.1f ms (cold_start_ms %.0f); slurm %.1f ms (cold_start_ms %.0f)", r + 1, rounds,
+               ptotal, pcold, stotal, scold);
   }
 
   printf("\nbench-coldstart-slurm: first answer at zero workers, %ld rounds of each (after %ld warm-up), "
@@ -274,11 +271,13 @@ int main(int argc, char **argv) {
   bench_series_row("slurm: POST /e/NAME/infer at zero -> answer", &slurm_total, 48, 1, "(1 a100 GRES)");
   bench_series_row("slurm: worker cold_start_ms (sbatch -> 200)", &slurm_cold, 48, 1, "(as sgpud records it)");
   printf("\n  %-58s %9s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %9.1f %+9.1f\n", "slurm first answer / process first answer", bench_series_median(&slurm_total) / bench_series_median(&proc_total),
+  printf("  %-58s %9.1f %+9.1f\n", "slurm first answer / process first answer",
+         bench_series_median(&slurm_total) / bench_series_median(&proc_total),
          bench_series_median(&slurm_total) - bench_series_median(&proc_total));
   if (proc_cold.n && slurm_cold.n)
     printf("  %-58s %9.1f %+9.1f\n", "slurm cold_start_ms / process cold_start_ms",
-           bench_series_median(&slurm_cold) / bench_series_median(&proc_cold), bench_series_median(&slurm_cold) - bench_series_median(&proc_cold));
+           bench_series_median(&slurm_cold) / bench_series_median(&proc_cold),
+           bench_series_median(&slurm_cold) - bench_series_median(&proc_cold));
   printf("\n");
   fflush(stdout);
 

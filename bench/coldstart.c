@@ -37,7 +37,6 @@
 #define TIGHT_PROBE_MS 0.1
 #define MAX_ROUNDS 1000
 
-
 /* ---- sgpud ------------------------------------------------------------------ */
 
 struct ours {
@@ -49,10 +48,10 @@ struct ours {
 
 /* Creates endpoint name with workers.min 0: it has no worker until called. */
 static void create_endpoint(struct ours *o, const char *name) {
-  json_t *spec = json_pack("{s:s, s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name,
-                           "runtime", "process", "command", o->worker, "env", "WARMUP_MS", "0", "DELAY_MS", "0",
-                           "health", "path", "/health", "workers", "min", 0, "max", 1, "idle_timeout_s", 30,
-                           "max_concurrency", 1, "request_timeout_s", 30);
+  json_t *spec =
+      json_pack("{s:s, s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name, "runtime",
+                "process", "command", o->worker, "env", "WARMUP_MS", "0", "DELAY_MS", "0", "health", "path", "/health",
+                "workers", "min", 0, "max", 1, "idle_timeout_s", 30, "max_concurrency", 1, "request_timeout_s", 30);
   char *body = json_dumps(spec, JSON_COMPACT);
   char *url = bench_asprintf("%s/v1/endpoints", o->d.url);
   json_decref(bench_http_json(&o->api, "POST", url, body, 201));
@@ -60,7 +59,6 @@ static void create_endpoint(struct ours *o, const char *name) {
   free(body);
   json_decref(spec);
 }
-
 
 /* The cold_start_ms sgpud recorded for the worker with this pid, or NAN. */
 static double recorded_cold_start(struct ours *o, const char *workers_url, json_int_t pid) {
@@ -83,8 +81,7 @@ static void delete_endpoint(struct ours *o, const char *ep_url, json_int_t pid) 
   double deadline = bench_now_ms() + ZERO_TIMEOUT_MS;
   while (kill((pid_t)pid, 0) == 0 || errno != ESRCH) {
     if (bench_now_ms() > deadline)
-      bench_die("worker %lld of a deleted endpoint still runs after %.0f s", (long long)pid,
-                ZERO_TIMEOUT_MS / 1000);
+      bench_die("worker %lld of a deleted endpoint still runs after %.0f s", (long long)pid, ZERO_TIMEOUT_MS / 1000);
     if (bench_interrupted())
       bench_die("interrupted");
     bench_sleep_ms(5);
@@ -161,36 +158,44 @@ static void bare_round(const char *worker, bool tight, double *health_ms, double
 
 /* ---- main ---------------------------------------------------------------------- */
 
-static const char usage[] =
-    "usage: bench-coldstart [--rounds N] [--warmup N] [--sgpud PATH] [--worker PATH]\n"
-    "\n"
-    "Times the first answer of an endpoint at zero workers through sgpud, beside\n"
-    "the same worker started directly, and prints medians.\n"
-    "\n"
-    "  --rounds N     measured rounds (default 10, at most 1000)\n"
-    "  --warmup N     unmeasured rounds first (default 1)\n"
-    "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
-    "  --worker PATH  the worker (default " BENCH_ECHO_WORKER ")\n";
-
+static const char usage[] = "usage: bench-coldstart [--rounds N] [--warmup N] [--sgpud PATH] [--worker PATH]\n"
+                            "\n"
+                            "Times the first answer of an endpoint at zero workers through sgpud, beside\n"
+                            "the same worker started directly, and prints medians.\n"
+                            "\n"
+                            "  --rounds N     measured rounds (default 10, at most 1000)\n"
+                            "  --warmup N     unmeasured rounds first (default 1)\n"
+                            "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
+                            "  --worker PATH  the worker (default " BENCH_ECHO_WORKER ")\n";
 
 int main(int argc, char **argv) {
-  static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
-                                       {"warmup", required_argument, NULL, 'w'},
-                                       {"sgpud", required_argument, NULL, 's'},
-                                       {"worker", required_argument, NULL, 'k'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  static const struct option opts[] = {
+      {"rounds", required_argument, NULL, 'r'}, {"warmup", required_argument, NULL, 'w'},
+      {"sgpud", required_argument, NULL, 's'},  {"worker", required_argument, NULL, 'k'},
+      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   long rounds = 10, warmup = 1;
   const char *sgpud = BENCH_SGPUD, *worker = BENCH_ECHO_WORKER;
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'r': rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS); break;
-    case 'w': warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS); break;
-    case 's': sgpud = optarg; break;
-    case 'k': worker = optarg; break;
-    case 'h': fputs(usage, stdout); return 0;
-    default: fputs(usage, stderr); return 2;
+    case 'r':
+      rounds = bench_parse_count("--rounds", optarg, 1, MAX_ROUNDS);
+      break;
+    case 'w':
+      warmup = bench_parse_count("--warmup", optarg, 0, MAX_ROUNDS);
+      break;
+    case 's':
+      sgpud = optarg;
+      break;
+    case 'k':
+      worker = optarg;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return 0;
+    default:
+      fputs(usage, stderr);
+      return 2;
     }
   }
   if (optind < argc) {
@@ -246,17 +251,21 @@ int main(int argc, char **argv) {
   bench_series_row("bare, tight poll: fork -> first /infer answer", &tight_infer, 46, 3, "");
   bench_series_row("sgpud: POST /e/NAME/infer at zero -> answer", &ours_total, 46, 3, "");
   if (ours_cold.n) {
-    bench_series_row("sgpud: worker cold_start_ms (start -> 200)", &ours_cold, 46, 3, "(whole ms, as sgpud records it)");
+    bench_series_row("sgpud: worker cold_start_ms (start -> 200)", &ours_cold, 46, 3,
+                     "(whole ms, as sgpud records it)");
     bench_series_row("sgpud: answer - cold_start_ms (queue+proxy)", &ours_rest, 46, 3, "");
   }
   printf("\n  %-58s %7s %9s\n", "medians", "ratio", "diff ms");
-  printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer", bench_series_median(&ours_total) / bench_series_median(&bare_infer),
+  printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer",
+         bench_series_median(&ours_total) / bench_series_median(&bare_infer),
          bench_series_median(&ours_total) - bench_series_median(&bare_infer));
   printf("  %-58s %7.2f %+9.3f\n", "sgpud first answer / bare first answer, tight poll",
-         bench_series_median(&ours_total) / bench_series_median(&tight_infer), bench_series_median(&ours_total) - bench_series_median(&tight_infer));
+         bench_series_median(&ours_total) / bench_series_median(&tight_infer),
+         bench_series_median(&ours_total) - bench_series_median(&tight_infer));
   if (ours_cold.n)
     printf("  %-58s %7.2f %+9.3f\n", "sgpud cold_start_ms / bare fork -> 200",
-           bench_series_median(&ours_cold) / bench_series_median(&bare_health), bench_series_median(&ours_cold) - bench_series_median(&bare_health));
+           bench_series_median(&ours_cold) / bench_series_median(&bare_health),
+           bench_series_median(&ours_cold) - bench_series_median(&bare_health));
   printf("\n");
   fflush(stdout);
 

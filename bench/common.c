@@ -346,8 +346,9 @@ void bench_sgpud_start_config(bench_sgpud_t *s, const char *sgpud_path, const ch
   char *config_path = bench_tmp_path("sgpud.json");
   if (config_json)
     bench_write_file(config_path, config_json);
-  char *argv[] = {(char *)sgpud_path, "--listen", "127.0.0.1:0", "--data-dir", s->data_dir, "--log-level", "warn",
-                  config_json ? "--config" : NULL, config_path, NULL};
+  char *argv[] = {(char *)sgpud_path, "--listen",    "127.0.0.1:0", "--data-dir",
+                  s->data_dir,        "--log-level", "warn",        config_json ? "--config" : NULL,
+                  config_path,        NULL};
   bench_spawn_opts_t o = {.argv = argv, .out_path = s->log_path};
   s->pid = bench_spawn(&o);
   free(config_path);

@@ -54,10 +54,10 @@ struct target {
 /* ---- sgpud and its worker -------------------------------------------------------- */
 
 static void create_endpoint(bench_http_t *api, const char *url, const char *worker, long concurrency) {
-  json_t *spec = json_pack("{s:s, s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name",
-                           ENDPOINT, "runtime", "process", "command", worker, "env", "WARMUP_MS", "0", "DELAY_MS",
-                           "0", "health", "path", "/health", "workers", "min", 1, "max", 1, "idle_timeout_s", 3600,
-                           "max_concurrency", (int)concurrency, "request_timeout_s", 60);
+  json_t *spec = json_pack("{s:s, s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", ENDPOINT,
+                           "runtime", "process", "command", worker, "env", "WARMUP_MS", "0", "DELAY_MS", "0", "health",
+                           "path", "/health", "workers", "min", 1, "max", 1, "idle_timeout_s", 3600, "max_concurrency",
+                           (int)concurrency, "request_timeout_s", 60);
   char *body = json_dumps(spec, JSON_COMPACT);
   char *u = bench_asprintf("%s/v1/endpoints", url);
   json_decref(bench_http_json(api, "POST", u, body, 201));
@@ -100,34 +100,33 @@ static pid_t start_nginx(const char *bin, int worker_port, long connections, int
   if (mkdir(prefix, 0700) < 0)
     bench_die("mkdir %s: %s", prefix, strerror(errno));
   *port = bench_free_port();
-  char *conf = bench_asprintf(
-      "worker_processes 1;\n"
-      "daemon off;\n"
-      "pid %s/nginx.pid;\n"
-      "error_log %s/error.log warn;\n"
-      "events { worker_connections %ld; }\n"
-      "http {\n"
-      "  access_log off;\n"
-      "  client_body_temp_path %s/client_body;\n"
-      "  proxy_temp_path %s/proxy;\n"
-      "  fastcgi_temp_path %s/fastcgi;\n"
-      "  uwsgi_temp_path %s/uwsgi;\n"
-      "  scgi_temp_path %s/scgi;\n"
-      "  upstream worker {\n"
-      "    server 127.0.0.1:%d;\n"
-      "    keepalive %ld;\n"
-      "  }\n"
-      "  server {\n"
-      "    listen 127.0.0.1:%d;\n"
-      "    location / {\n"
-      "      proxy_pass http://worker;\n"
-      "      proxy_http_version 1.1;\n"
-      "      proxy_set_header Connection \"\";\n"
-      "    }\n"
-      "  }\n"
-      "}\n",
-      prefix, prefix, 4 * connections + 64, prefix, prefix, prefix, prefix, prefix, worker_port, connections + 8,
-      *port);
+  char *conf = bench_asprintf("worker_processes 1;\n"
+                              "daemon off;\n"
+                              "pid %s/nginx.pid;\n"
+                              "error_log %s/error.log warn;\n"
+                              "events { worker_connections %ld; }\n"
+                              "http {\n"
+                              "  access_log off;\n"
+                              "  client_body_temp_path %s/client_body;\n"
+                              "  proxy_temp_path %s/proxy;\n"
+                              "  fastcgi_temp_path %s/fastcgi;\n"
+                              "  uwsgi_temp_path %s/uwsgi;\n"
+                              "  scgi_temp_path %s/scgi;\n"
+                              "  upstream worker {\n"
+                              "    server 127.0.0.1:%d;\n"
+                              "    keepalive %ld;\n"
+                              "  }\n"
+                              "  server {\n"
+                              "    listen 127.0.0.1:%d;\n"
+                              "    location / {\n"
+                              "      proxy_pass http://worker;\n"
+                              "      proxy_http_version 1.1;\n"
+                              "      proxy_set_header Connection \"\";\n"
+                              "    }\n"
+                              "  }\n"
+                              "}\n",
+                              prefix, prefix, 4 * connections + 64, prefix, prefix, prefix, prefix, prefix, worker_port,
+                              connections + 8, *port);
   char *conf_path = bench_asprintf("%s/nginx.conf", prefix);
   char *err_path = bench_asprintf("%s/error.log", prefix);
   char *out_path = bench_asprintf("%s/stderr.log", prefix);
@@ -323,10 +322,9 @@ static const char usage[] =
     "  --wrk PATH       the load generator (default " BENCH_WRK ")\n"
     "  --nginx PATH     the peer baseline (default " BENCH_NGINX ")\n";
 
-
 int main(int argc, char **argv) {
   static const struct option opts[] = {
-      {"threads", required_argument, NULL, 't'}, {"connections", required_argument, NULL, 'c'},
+      {"threads", required_argument, NULL, 't'},  {"connections", required_argument, NULL, 'c'},
       {"duration", required_argument, NULL, 'd'}, {"reps", required_argument, NULL, 'r'},
       {"warmup", required_argument, NULL, 'w'},   {"no-nginx", no_argument, NULL, 'N'},
       {"sgpud", required_argument, NULL, 's'},    {"worker", required_argument, NULL, 'k'},
@@ -336,18 +334,42 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 't': o.threads = bench_parse_count("--threads", optarg, 1, 64); break;
-    case 'c': o.connections = bench_parse_count("--connections", optarg, 1, 1000); break;
-    case 'd': o.duration_s = bench_parse_count("--duration", optarg, 1, 60); break;
-    case 'r': o.reps = bench_parse_count("--reps", optarg, 1, MAX_REPS); break;
-    case 'w': o.warmup_s = bench_parse_count("--warmup", optarg, 0, 60); break;
-    case 'N': o.nginx = false; break;
-    case 's': o.sgpud = optarg; break;
-    case 'k': o.worker = optarg; break;
-    case 'W': o.wrk = optarg; break;
-    case 'n': o.nginx_bin = optarg; break;
-    case 'h': fputs(usage, stdout); return 0;
-    default: fputs(usage, stderr); return 2;
+    case 't':
+      o.threads = bench_parse_count("--threads", optarg, 1, 64);
+      break;
+    case 'c':
+      o.connections = bench_parse_count("--connections", optarg, 1, 1000);
+      break;
+    case 'd':
+      o.duration_s = bench_parse_count("--duration", optarg, 1, 60);
+      break;
+    case 'r':
+      o.reps = bench_parse_count("--reps", optarg, 1, MAX_REPS);
+      break;
+    case 'w':
+      o.warmup_s = bench_parse_count("--warmup", optarg, 0, 60);
+      break;
+    case 'N':
+      o.nginx = false;
+      break;
+    case 's':
+      o.sgpud = optarg;
+      break;
+    case 'k':
+      o.worker = optarg;
+      break;
+    case 'W':
+      o.wrk = optarg;
+      break;
+    case 'n':
+      o.nginx_bin = optarg;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return 0;
+    default:
+      fputs(usage, stderr);
+      return 2;
     }
   }
   if (optind < argc) {
@@ -384,10 +406,10 @@ int main(int argc, char **argv) {
    * and sgpud drops it before proxying. */
   char *script = bench_tmp_path("post.lua");
   char *lua = bench_asprintf("wrk.method = \"POST\"\n"
-                        "wrk.body = '%s'\n"
-                        "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
-                        "wrk.headers[\"Authorization\"] = \"Bearer %s\"\n",
-                        INFER_BODY, d.key);
+                             "wrk.body = '%s'\n"
+                             "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+                             "wrk.headers[\"Authorization\"] = \"Bearer %s\"\n",
+                             INFER_BODY, d.key);
   bench_write_file(script, lua);
   free(lua);
 

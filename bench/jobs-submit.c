@@ -72,8 +72,13 @@ static void on_written(void *arg, int result) {
 static void submit_one(struct run *r) {
   long i = r->queued++;
   char *id = sg_job_new_id();
-  sg_job_record_t rec = {.id = id, .endpoint = "bench", .status = SG_JOB_IN_QUEUE, .input = r->input,
-                         .exec_timeout_ms = 600000, .ttl_ms = 86400000, .created_ms = sg_wall_ms()};
+  sg_job_record_t rec = {.id = id,
+                         .endpoint = "bench",
+                         .status = SG_JOB_IN_QUEUE,
+                         .input = r->input,
+                         .exec_timeout_ms = 600000,
+                         .ttl_ms = 86400000,
+                         .created_ms = sg_wall_ms()};
   r->t0[i] = now_ms();
   sg_job_writer_put(r->w, true, &rec, on_written, &r->slots[i]);
   free(id);
@@ -135,8 +140,12 @@ static struct result run_mode(const char *dir, const char *name, long total, lon
   if (r.failed)
     fprintf(stderr, "bench-jobs-submit: %s: %ld writes failed\n", name, r.failed);
   qsort(r.lat_ms, (size_t)total, sizeof(double), cmp_double);
-  struct result res = {(double)total / secs, pct(r.lat_ms, total, 50), pct(r.lat_ms, total, 99),
-                       st.commits ? (double)st.writes / (double)st.commits : 0, total, st.commits};
+  struct result res = {(double)total / secs,
+                       pct(r.lat_ms, total, 50),
+                       pct(r.lat_ms, total, 99),
+                       st.commits ? (double)st.writes / (double)st.commits : 0,
+                       total,
+                       st.commits};
   free(r.input);
   free(r.lat_ms);
   free(r.t0);
@@ -158,11 +167,21 @@ int main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'n': jobs = atol(optarg); break;
-    case 's': single_jobs = atol(optarg); break;
-    case 'w': window = atol(optarg); break;
-    case 'i': input_bytes = atol(optarg); break;
-    case 'd': dir = optarg; break;
+    case 'n':
+      jobs = atol(optarg);
+      break;
+    case 's':
+      single_jobs = atol(optarg);
+      break;
+    case 'w':
+      window = atol(optarg);
+      break;
+    case 'i':
+      input_bytes = atol(optarg);
+      break;
+    case 'd':
+      dir = optarg;
+      break;
     default:
       fprintf(stderr, "usage: bench-jobs-submit [--jobs N] [--single-jobs N] [--window N] [--input-bytes N] "
                       "[--dir DIR]\n");
@@ -185,8 +204,7 @@ int main(int argc, char **argv) {
   printf("window %ld outstanding, input %ld bytes\n\n", window, input_bytes);
   struct result g = run_mode(tmpl, "group", jobs, window, input_bytes, 0);
   struct result s = run_mode(tmpl, "single", single_jobs, window, input_bytes, 1);
-  printf("%-8s %9s %12s %10s %12s %10s %10s\n", "mode", "jobs", "jobs/s", "commits", "jobs/commit", "p50 ms",
-         "p99 ms");
+  printf("%-8s %9s %12s %10s %12s %10s %10s\n", "mode", "jobs", "jobs/s", "commits", "jobs/commit", "p50 ms", "p99 ms");
   printf("%-8s %9ld %12.0f %10llu %12.1f %10.2f %10.2f\n", "group", g.jobs, g.rate, (unsigned long long)g.commits,
          g.avg_batch, g.p50, g.p99);
   printf("%-8s %9ld %12.0f %10llu %12.1f %10.2f %10.2f\n", "single", s.jobs, s.rate, (unsigned long long)s.commits,

@@ -160,7 +160,7 @@ static void start_sgpud(struct daemon *d) {
   bench_write_file(cfg, "{\"log_rate_lines_s\": 0, \"log_keep_lines\": 100000000, \"log_max_bytes\": 0,"
                         " \"log_max_age_s\": 0}\n");
   char *argv[] = {(char *)sgpud_path, "--listen", "127.0.0.1:0", "--data-dir", data, "--config", cfg,
-                  "--log-level", "warn", "--gpus", "a100:4", NULL};
+                  "--log-level",      "warn",     "--gpus",      "a100:4",     NULL};
   bench_spawn_opts_t o = {.argv = argv, .out_path = log};
   d->pid = bench_spawn(&o);
   sgpud_log = strdup(log);
@@ -189,9 +189,9 @@ static void start_sgpud(struct daemon *d) {
 }
 
 static void create(struct daemon *d, const char *name, const char *shell) {
-  json_t *spec = json_pack("{s:s, s:s, s:[s, s, s], s:{s:s}, s:{s:i, s:i, s:i}}", "name", name, "runtime",
-                           "process", "command", "/bin/sh", "-c", shell, "health", "path", "/health", "workers",
-                           "min", 1, "max", 1, "idle_timeout_s", 3600);
+  json_t *spec = json_pack("{s:s, s:s, s:[s, s, s], s:{s:s}, s:{s:i, s:i, s:i}}", "name", name, "runtime", "process",
+                           "command", "/bin/sh", "-c", shell, "health", "path", "/health", "workers", "min", 1, "max",
+                           1, "idle_timeout_s", 3600);
   char *body = json_dumps(spec, JSON_COMPACT), *u = bench_asprintf("%s/v1/endpoints", d->url);
   json_decref(bench_http_json(&d->api, "POST", u, body, 201));
   free(body), free(u), json_decref(spec);
@@ -397,10 +397,9 @@ static long probe_for(struct prober *pr, struct searcher *se, double *p50, doubl
   return pr->n;
 }
 
-static const char usage_text[] =
-    "usage: bench-logs [--lines N]\n"
-    "  --lines N   lines of the flood (default 1000000, 100 bytes each)\n"
-    "  --sgpud P   the sgpud to measure (default: this build's)\n";
+static const char usage_text[] = "usage: bench-logs [--lines N]\n"
+                                 "  --lines N   lines of the flood (default 1000000, 100 bytes each)\n"
+                                 "  --sgpud P   the sgpud to measure (default: this build's)\n";
 
 int main(int argc, char **argv) {
   if (argc == 4 && !strcmp(argv[1], "--spew"))
@@ -409,7 +408,8 @@ int main(int argc, char **argv) {
     return tick(argv[2], atol(argv[3]), atol(argv[4]));
   long lines = 1000000;
   static const struct option opts[] = {{"lines", required_argument, NULL, 'n'},
-                                       {"sgpud", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
+                                       {"sgpud", required_argument, NULL, 's'},
+                                       {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -490,11 +490,9 @@ int main(int argc, char **argv) {
   double flood_rate = (stored - stored0) / (flood_ms / 1000);
   double beside_p50 = bench_percentile(pr.lat, (size_t)pr.n, 50);
 
-  printf("\nLog store, %ld lines of %d bytes (one worker's stdout; sgpud without rate limit)\n\n", lines,
-         LINE_BYTES);
+  printf("\nLog store, %ld lines of %d bytes (one worker's stdout; sgpud without rate limit)\n\n", lines, LINE_BYTES);
   printf("| what | lines/s | note |\n| --- | ---: | --- |\n");
-  printf("| baseline: raw SQLite, same table and index, one transaction | %.0f | ceiling of the store |\n",
-         base_rate);
+  printf("| baseline: raw SQLite, same table and index, one transaction | %.0f | ceiling of the store |\n", base_rate);
   printf("| sgpud: worker stdout -> stored, end to end | %.0f | %.0f stored in %.2f s, %.0f dropped; %.0f%% of "
          "baseline |\n",
          flood_rate, stored - stored0, flood_ms / 1000, dropped, 100 * flood_rate / base_rate);
@@ -526,7 +524,8 @@ int main(int argc, char **argv) {
   long sn = probe_for(&pr, &se, &s50, &s99, &smax);
   double search_p50 = bench_percentile(se.ms, (size_t)se.n, 50);
   printf("\nInvocations of another endpoint, one at a time, beside log searches (GET .../logs?q=never-said, "
-         "a scan of %.0f lines, one after another)\n\n", stored - stored0);
+         "a scan of %.0f lines, one after another)\n\n",
+         stored - stored0);
   printf("| when | requests | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |\n");
   printf("| baseline: alone | %ld | %.3f | %.3f | %.3f |\n", an, a50, a99, amax);
   printf("| beside %ld searches (p50 %.0f ms each) | %ld | %.3f | %.3f | %.3f |\n", se.n, search_p50, sn, s50, s99,

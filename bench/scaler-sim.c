@@ -41,9 +41,7 @@ static double rng_unit(rng_t *r) { return ((double)(rng_next(r) >> 11) + 0.5) / 
 
 static double rng_exp(rng_t *r, double mean) { return -mean * log(rng_unit(r)); }
 
-static double rng_normal(rng_t *r) {
-  return sqrt(-2.0 * log(rng_unit(r))) * cos(2.0 * M_PI * rng_unit(r));
-}
+static double rng_normal(rng_t *r) { return sqrt(-2.0 * log(rng_unit(r))) * cos(2.0 * M_PI * rng_unit(r)); }
 
 /* Lognormal with the given mean and shape sigma. */
 static double rng_lognormal(rng_t *r, double mean, double sigma) {
@@ -403,9 +401,8 @@ static void knative_scale_to(sim_t *s, int want, int64_t now) {
         victim = w;
         break;
       }
-      if (w->state == W_READY &&
-          (!victim || w->in_flight < victim->in_flight ||
-           (w->in_flight == victim->in_flight && w->last_used < victim->last_used)))
+      if (w->state == W_READY && (!victim || w->in_flight < victim->in_flight ||
+                                  (w->in_flight == victim->in_flight && w->last_used < victim->last_used)))
         victim = w;
     }
     if (!victim)
@@ -732,10 +729,8 @@ static void clairvoyant(const trace_t *t, const config_t *cfg, result_t *res) {
 /* ------------------------------------------------------------------ report */
 
 static const char *policy_names[] = {
-    [POL_OURS] = "sgpu (concurrency, defaults)",
-    [POL_KNATIVE] = "Knative KPA (defaults)",
-    [POL_RUNPOD] = "RunPod-style queue_delay 4 s",
-    [POL_ALWAYS_ON] = "always-on at peak",
+    [POL_OURS] = "sgpu (concurrency, defaults)",     [POL_KNATIVE] = "Knative KPA (defaults)",
+    [POL_RUNPOD] = "RunPod-style queue_delay 4 s",   [POL_ALWAYS_ON] = "always-on at peak",
     [POL_CLAIRVOYANT] = "clairvoyant (lower bound)",
 };
 

@@ -99,8 +99,8 @@ typedef struct sg_client_request {
   const char *body;   /* NULL: none */
   size_t body_len;
   const struct curl_slist *headers; /* extra request headers, or NULL */
-  long timeout_ms;    /* whole request; 0: 120 s */
-  size_t max_bytes;   /* longest answer accepted; 0: 64 MiB */
+  long timeout_ms;                  /* whole request; 0: 120 s */
+  size_t max_bytes;                 /* longest answer accepted; 0: 64 MiB */
 } sg_client_request_t;
 
 /* Sends req and reads the whole answer into *resp (which the caller releases
@@ -129,11 +129,11 @@ typedef struct sg_client_stream {
   const struct curl_slist *headers; /* extra request headers, owned by the caller */
   const char *body;                 /* request body or NULL */
   size_t body_len;
-  long timeout_s;                   /* 0: no limit */
+  long timeout_s; /* 0: no limit */
   sg_client_data_fn on_data;
-  sg_client_header_fn on_header;    /* optional */
+  sg_client_header_fn on_header; /* optional */
   void *ud;
-  long status;                      /* out: the answer's status, 0 when none came */
+  long status; /* out: the answer's status, 0 when none came */
 } sg_client_stream_t;
 
 /* Runs a streamed request. Answers >= 400 are not passed to on_data: they

@@ -10,8 +10,8 @@
 #include <stdarg.h>
 
 typedef struct sg_error {
-  int status;    /* positive errno value or SG_E* below */
-  char *field;   /* for validation errors: the offending field, else NULL */
+  int status;  /* positive errno value or SG_E* below */
+  char *field; /* for validation errors: the offending field, else NULL */
   char *message;
 } sg_error_t;
 
@@ -21,12 +21,11 @@ enum {
   SG_ENOTFOUND,
   SG_EEXIST,
   SG_ETOOLARGE,
-  SG_EUNAVAIL,      /* feature not available in this build or on this host */
-  SG_ESTORE,        /* the store failed */
+  SG_EUNAVAIL, /* feature not available in this build or on this host */
+  SG_ESTORE,   /* the store failed */
 };
 
-int sg_make_error(sg_error_t **err, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int sg_make_error(sg_error_t **err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sg_make_field_error(sg_error_t **err, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void sg_error_free(sg_error_t *err);

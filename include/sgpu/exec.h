@@ -27,9 +27,9 @@ typedef struct sg_exec_opts {
   char *const *envp;      /* NULL: the caller's environment */
   const void *stdin_data; /* NULL: stdin is /dev/null */
   size_t stdin_len;
-  int timeout_ms;         /* <= 0: no timeout */
-  size_t out_cap;         /* bytes kept of stdout and of stderr, each */
-  unsigned flags;         /* SG_EXEC_* */
+  int timeout_ms; /* <= 0: no timeout */
+  size_t out_cap; /* bytes kept of stdout and of stderr, each */
+  unsigned flags; /* SG_EXEC_* */
   /* Runs in the child after fork, before exec; must be async-signal-safe.
    * A negative errno return fails the run with that error. */
   int (*child_setup)(void *arg);
@@ -37,9 +37,9 @@ typedef struct sg_exec_opts {
 } sg_exec_opts_t;
 
 typedef struct sg_exec_result {
-  int status;            /* wait status (WIFEXITED...), -1 when not waited */
-  bool timed_out;        /* killed at the timeout */
-  char *out, *err;       /* NUL-terminated captures (err NULL when merged) */
+  int status;      /* wait status (WIFEXITED...), -1 when not waited */
+  bool timed_out;  /* killed at the timeout */
+  char *out, *err; /* NUL-terminated captures (err NULL when merged) */
   size_t out_len, err_len;
   size_t out_dropped, err_dropped; /* bytes beyond the cap, read and dropped */
 } sg_exec_result_t;
@@ -69,8 +69,7 @@ typedef void (*sg_child_exit_cb)(void *ud, pid_t pid, int status);
  * pidfd_open the watch falls back to SIGCHLD plus waitpid(pid, WNOHANG) for
  * each watched pid. NULL with *err on failure (the child is then not
  * watched and the caller must reap it). */
-sg_child_watch_t *sg_child_watch(struct event_base *base, pid_t pid, sg_child_exit_cb cb, void *ud,
-                                 sg_error_t **err);
+sg_child_watch_t *sg_child_watch(struct event_base *base, pid_t pid, sg_child_exit_cb cb, void *ud, sg_error_t **err);
 /* Stops watching. A child not yet reaped stays the caller's to reap. */
 void sg_child_watch_free(sg_child_watch_t *w);
 /* Stops notifying but still reaps the child when it ends, then frees the

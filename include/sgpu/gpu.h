@@ -11,12 +11,12 @@
 
 typedef struct sg_gpu {
   int index;
-  char *type;   /* short lowercase model name, e.g. "a100" */
-  char *name;   /* full model name as reported, or the declared type */
-  char *uuid;   /* NVML uuid, or NULL for declared GPUs */
+  char *type;         /* short lowercase model name, e.g. "a100" */
+  char *name;         /* full model name as reported, or the declared type */
+  char *uuid;         /* NVML uuid, or NULL for declared GPUs */
   const char *source; /* "nvml" or "declared" */
-  char *holder;   /* worker id holding it, or NULL */
-  char *endpoint; /* that worker's endpoint, or NULL */
+  char *holder;       /* worker id holding it, or NULL */
+  char *endpoint;     /* that worker's endpoint, or NULL */
 } sg_gpu_t;
 
 typedef struct sg_gpu_inventory {
@@ -39,8 +39,8 @@ int sg_gpu_total_count(const sg_gpu_inventory_t *inv, const char *type);
 
 /* Gives `count` free GPUs of `type` to holder and writes their indexes to
  * out (room for count). Returns 0, or -1 and takes nothing when too few are free. */
-int sg_gpu_acquire(sg_gpu_inventory_t *inv, const char *type, int count, const char *holder,
-                   const char *endpoint, int *out);
+int sg_gpu_acquire(sg_gpu_inventory_t *inv, const char *type, int count, const char *holder, const char *endpoint,
+                   int *out);
 /* Releases every GPU that holder holds. */
 void sg_gpu_release(sg_gpu_inventory_t *inv, const char *holder);
 

@@ -90,13 +90,11 @@ typedef struct sg_manifest {
 int sg_manifest_parse(const char *body, size_t len, const char *content_type, const char *name, sg_manifest_t *out,
                       char **index_pick, sg_error_t **err);
 /* Fetches the manifest of ref, resolving an image index to linux/amd64. */
-int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
-                         sg_error_t **err);
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out, sg_error_t **err);
 void sg_manifest_clear(sg_manifest_t *m);
 /* HEAD of ref's manifest by tag: *digest (caller frees) gets the digest the
  * registry names for it (of an image index when the tag names one). */
-int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
-                            sg_error_t **err);
+int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest, sg_error_t **err);
 /* Downloads blob `digest` of `size` bytes (its descriptor's; >= 0) to path,
  * through path.partial: the transfer stops as soon as more than size bytes
  * arrive, the digest is computed as it streams and the file appears only when
@@ -126,8 +124,7 @@ sg_whiteout_t sg_whiteout_classify(const char *path, char **target);
  * EFBIG as soon as the entry that crosses it is read. *bytes (may be NULL)
  * gets the size of the regular files written. On failure dest holds a partial
  * layer that the caller removes. */
-int sg_layer_unpack_bounded(const char *archive, const char *dest, int64_t max_bytes, int64_t *bytes,
-                            sg_error_t **err);
+int sg_layer_unpack_bounded(const char *archive, const char *dest, int64_t max_bytes, int64_t *bytes, sg_error_t **err);
 /* sg_layer_unpack_bounded() without a size bound. */
 int sg_layer_unpack(const char *archive, const char *dest, int64_t *bytes, sg_error_t **err);
 
@@ -137,8 +134,8 @@ int sg_rm_rf(const char *path);
 /* ---- image cache (images.c); loop thread ---------------------------------- */
 
 typedef struct sg_image {
-  char *ref;    /* normalized reference */
-  char *digest; /* manifest digest */
+  char *ref;                       /* normalized reference */
+  char *digest;                    /* manifest digest */
   char **entrypoint, **cmd, **env; /* NULL-terminated, may be NULL */
   char *workdir, *user;
   char **layer_dirs; /* lowest first, NULL-terminated */
@@ -153,11 +150,11 @@ typedef struct sg_image {
 typedef struct sg_images sg_images_t;
 
 typedef struct sg_images_config {
-  const char *dir;             /* cache root */
-  int64_t max_bytes;           /* 0: no limit */
-  char *const *insecure;       /* registries reached over HTTP ("127.0.0.1:5000"); NULL-terminated */
-  int64_t max_layer_bytes;     /* unpacked size of one layer; 0: no limit */
-  int64_t max_unpacked_bytes;  /* unpacked size of one image's layers together; 0: no limit */
+  const char *dir;            /* cache root */
+  int64_t max_bytes;          /* 0: no limit */
+  char *const *insecure;      /* registries reached over HTTP ("127.0.0.1:5000"); NULL-terminated */
+  int64_t max_layer_bytes;    /* unpacked size of one layer; 0: no limit */
+  int64_t max_unpacked_bytes; /* unpacked size of one image's layers together; 0: no limit */
 } sg_images_config_t;
 
 sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err);
@@ -173,8 +170,8 @@ typedef struct sg_image_wait sg_image_wait_t;
 /* Makes ref available: starts (or joins) its pull. cb runs later on the loop
  * thread, never from inside this call. auth may be NULL and is copied.
  * Returns a handle for sg_images_cancel(), valid until cb ran. */
-sg_image_wait_t *sg_images_pull(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth,
-                                sg_image_cb cb, void *ud);
+sg_image_wait_t *sg_images_pull(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth, sg_image_cb cb,
+                                void *ud);
 /* The callback will not be called. */
 void sg_images_cancel(sg_image_wait_t *wait);
 
@@ -183,8 +180,8 @@ void sg_images_cancel(sg_image_wait_t *wait);
  * index) and pulls it again when it changed; the cached image serves starts
  * meanwhile. cb as for sg_images_pull() (with the cached image when nothing
  * changed). Returns NULL when ref is not cached or names a digest. */
-sg_image_wait_t *sg_images_recheck(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth,
-                                   sg_image_cb cb, void *ud);
+sg_image_wait_t *sg_images_recheck(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth, sg_image_cb cb,
+                                   void *ud);
 
 /* Removes ref from the cache with the layers no other image uses. Returns 0,
  * -ENOENT when it is not cached, or -EBUSY while a worker uses it or any

@@ -28,7 +28,7 @@ typedef struct sg_registry_auth_record {
   const char *name;
   const char *registry; /* "127.0.0.1:5000", "docker.io" */
   const char *username;
-  const char *secret;   /* the password or token; never shown */
+  const char *secret; /* the password or token; never shown */
   int64_t created_ms, updated_ms;
 } sg_registry_auth_record_t;
 

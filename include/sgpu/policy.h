@@ -60,25 +60,25 @@ typedef struct sg_scale_window {
   int in_flight, queued, ready, idle_workers;
   uint64_t completed;
   /* Busy periods: a pause shorter than SG_SCALE_QUIET_MS does not end one. */
-  bool idle;             /* demand has been zero since idle_since_ms */
+  bool idle; /* demand has been zero since idle_since_ms */
   int64_t idle_since_ms;
   int64_t busy_since_ms; /* start of the current (or, while idle, the last) busy period */
   /* Estimates that outlive the ring; 0 while unknown. */
-  double service_ms; /* mean time a request holds a worker slot */
-  double start_ms;   /* mean time from start to ready */
+  double service_ms;            /* mean time a request holds a worker slot */
+  double start_ms;              /* mean time from start to ready */
   double busy_sum_ms, done_sum; /* the service time's sums, fading while busy */
 } sg_scale_window_t;
 
 /* What is true now, besides the window. */
 typedef struct sg_scale_metrics {
-  int ready;               /* workers taking traffic */
-  int starting;            /* workers started and not yet ready */
-  int64_t starting_age_ms; /* sum over starting workers of the time since each was started */
-  int idle_expired;        /* ready workers idle for at least the idle timeout */
-  int in_flight;           /* requests being served */
-  int queued;              /* requests waiting for a worker */
-  int64_t oldest_wait_ms;  /* how long the oldest queued request has waited */
-  int start_slots;         /* workers that could still be started (GPUs, backoff); -1: unlimited */
+  int ready;                       /* workers taking traffic */
+  int starting;                    /* workers started and not yet ready */
+  int64_t starting_age_ms;         /* sum over starting workers of the time since each was started */
+  int idle_expired;                /* ready workers idle for at least the idle timeout */
+  int in_flight;                   /* requests being served */
+  int queued;                      /* requests waiting for a worker */
+  int64_t oldest_wait_ms;          /* how long the oldest queued request has waited */
+  int start_slots;                 /* workers that could still be started (GPUs, backoff); -1: unlimited */
   const sg_scale_window_t *window; /* may be NULL: no history */
 } sg_scale_metrics_t;
 
@@ -112,8 +112,8 @@ void sg_scale_window_init(sg_scale_window_t *w);
  * counts workers taking traffic, idle_workers those of them with nothing in
  * flight; completed counts every request that ever completed (it only
  * grows). Observations with now earlier than the last one are ignored. */
-void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready,
-                             int idle_workers, uint64_t completed);
+void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready, int idle_workers,
+                             uint64_t completed);
 
 /* The fewest idle workers (ready, nothing in flight) at any time in the
  * span_ms before now: capacity that was spare all along. 0 unless the window
@@ -134,8 +134,7 @@ double sg_scale_window_avg(const sg_scale_window_t *w, int64_t now, int64_t span
  * timeout (with a balancer that spreads requests over idle workers, no
  * single worker stays idle that long although the capacity does); the
  * caller stops the idle workers unused the longest. */
-void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, int64_t now,
-                     sg_scale_decision_t *out);
+void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, int64_t now, sg_scale_decision_t *out);
 
 const char *sg_scale_rule_name(sg_scale_rule_t rule);
 
@@ -187,7 +186,7 @@ typedef struct sg_scale_input {
  * stopping, those used the longest ago first (ties to the earlier index).
  * Pure: no I/O, no clock; window is the only state it changes. The caller
  * records measured starts (sg_scale_window_note_start) before the step. */
-size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in,
-                     int64_t now, sg_scale_decision_t *out, size_t *victims);
+size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in, int64_t now,
+                     sg_scale_decision_t *out, size_t *victims);
 
 #endif

@@ -51,10 +51,10 @@ enum {
 };
 
 typedef struct sg_launch {
-  const char *id;       /* worker id, exported as SGPU_WORKER_ID */
-  char *const *argv;    /* argv[0] is an absolute path */
-  char *const *envp;    /* complete environment */
-  unsigned flags;       /* SG_LAUNCH_* */
+  const char *id;    /* worker id, exported as SGPU_WORKER_ID */
+  char *const *argv; /* argv[0] is an absolute path */
+  char *const *envp; /* complete environment */
+  unsigned flags;    /* SG_LAUNCH_* */
   /* oci: argv may be empty (the image's entrypoint and cmd run); envp is
    * laid over the image's environment. */
   const char *image;                   /* image reference */
@@ -76,15 +76,15 @@ typedef struct sg_launch {
 /* Where a worker of a remote runtime runs, as its scheduler reports it. The
  * strings belong to the instance and change on the loop thread only. */
 typedef struct sg_placement {
-  const char *job_id;  /* the scheduler's id, NULL until submitted */
-  const char *state;   /* the scheduler's job state ("PENDING", "RUNNING", ...) */
-  const char *reason;  /* why it waits or ended ("Resources"), or NULL */
-  const char *node;    /* the node it runs on, or NULL */
-  const char *addr;    /* numeric address of the node, NULL until known */
-  int port;            /* chosen on the node, 0 until known */
-  int gpus[16];        /* GPU indexes on the node */
+  const char *job_id; /* the scheduler's id, NULL until submitted */
+  const char *state;  /* the scheduler's job state ("PENDING", "RUNNING", ...) */
+  const char *reason; /* why it waits or ended ("Resources"), or NULL */
+  const char *node;   /* the node it runs on, or NULL */
+  const char *addr;   /* numeric address of the node, NULL until known */
+  int port;           /* chosen on the node, 0 until known */
+  int gpus[16];       /* GPU indexes on the node */
   int n_gpus;
-  int64_t start_wall;  /* ms since the epoch as the scheduler reports them; 0: unknown */
+  int64_t start_wall; /* ms since the epoch as the scheduler reports them; 0: unknown */
   int64_t end_wall;
 } sg_placement_t;
 
@@ -229,10 +229,10 @@ const sg_run_as_t *sg_process_runtime_user(void);
 extern const sg_runtime_ops_t sg_oci_runtime;
 
 typedef struct sg_oci_config {
-  const char *runtime;  /* binary name or path: "crun" (default), "runc" */
-  const char *dir;      /* bundles and runtime state */
-  const char *cdi_dir;  /* CDI specs ("/etc/cdi") */
-  int userns;           /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
+  const char *runtime; /* binary name or path: "crun" (default), "runc" */
+  const char *dir;     /* bundles and runtime state */
+  const char *cdi_dir; /* CDI specs ("/etc/cdi") */
+  int userns;          /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
 } sg_oci_config_t;
 
 /* Finds the runtime binary and the host's cgroup layout, loads CDI specs and
@@ -250,11 +250,11 @@ const char *sg_oci_unavailable(void);
 extern const sg_runtime_ops_t sg_slurm_runtime;
 
 typedef struct sg_slurm_config {
-  const char *dir;        /* job scripts, addresses and output: shared with the nodes */
-  const char *partition;  /* defaults for specs that name none; NULL: Slurm's */
+  const char *dir;       /* job scripts, addresses and output: shared with the nodes */
+  const char *partition; /* defaults for specs that name none; NULL: Slurm's */
   const char *account;
   const char *time_limit;
-  bool cleanup;           /* look for jobs left by an earlier sgpud of this dir (blocks) */
+  bool cleanup; /* look for jobs left by an earlier sgpud of this dir (blocks) */
   /* Images: pulled into this store, whose layer dirs under images_dir the
    * nodes see under node_images_dir (NULL: the same path), and run with the
    * OCI runtime oci_runtime ("crun" when NULL) on the node. */

@@ -19,9 +19,9 @@ typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 
 typedef struct sg_spec {
   char *name;
-  char *type;    /* "sync" or "async" */
-  char *runtime; /* "process", "oci" or "slurm" */
-  char *image;   /* may be NULL; required by "oci" (the default when set) */
+  char *type;          /* "sync" or "async" */
+  char *runtime;       /* "process", "oci" or "slurm" */
+  char *image;         /* may be NULL; required by "oci" (the default when set) */
   char *registry_auth; /* name of stored registry credentials, or NULL */
   char **command;
   size_t n_command;

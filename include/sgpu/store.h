@@ -54,8 +54,8 @@ int sg_store_endpoint_insert(sg_store_t *store, const sg_endpoint_record_t *rec,
 int sg_store_endpoint_update(sg_store_t *store, const sg_endpoint_record_t *rec, sg_error_t **err);
 int sg_store_endpoint_delete(sg_store_t *store, const char *name, sg_error_t **err);
 /* Calls cb for every endpoint, in name order; the record is valid during the call. */
-int sg_store_endpoint_each(sg_store_t *store, void (*cb)(void *ud, const sg_endpoint_record_t *rec),
-                           void *ud, sg_error_t **err);
+int sg_store_endpoint_each(sg_store_t *store, void (*cb)(void *ud, const sg_endpoint_record_t *rec), void *ud,
+                           sg_error_t **err);
 
 /* Workers that sgpud started, so a restart can find and clean up leftovers. */
 typedef struct sg_worker_record {
@@ -70,8 +70,8 @@ int sg_store_worker_add(sg_store_t *store, const sg_worker_record_t *rec, sg_err
 int sg_store_worker_remove(sg_store_t *store, const char *id, sg_error_t **err);
 /* Forgets every worker record. */
 int sg_store_worker_clear(sg_store_t *store, sg_error_t **err);
-int sg_store_worker_each(sg_store_t *store, void (*cb)(void *ud, const sg_worker_record_t *rec),
-                         void *ud, sg_error_t **err);
+int sg_store_worker_each(sg_store_t *store, void (*cb)(void *ud, const sg_worker_record_t *rec), void *ud,
+                         sg_error_t **err);
 
 typedef struct sg_log_line {
   int64_t ts_ms; /* wall clock */
@@ -86,18 +86,18 @@ int sg_store_logs_append(sg_store_t *store, const sg_log_line_t *lines, size_t n
 
 typedef struct sg_log_query {
   const char *endpoint;
-  const char *worker;  /* NULL: any */
-  const char *stream;  /* NULL: any */
-  const char *text;    /* NULL: any; substring match */
-  int64_t since_ms;    /* 0: no bound */
-  int64_t until_ms;    /* 0: no bound */
-  int limit;           /* newest `limit` lines, returned oldest first */
-  bool oldest_first;   /* the oldest `limit` lines instead */
+  const char *worker; /* NULL: any */
+  const char *stream; /* NULL: any */
+  const char *text;   /* NULL: any; substring match */
+  int64_t since_ms;   /* 0: no bound */
+  int64_t until_ms;   /* 0: no bound */
+  int limit;          /* newest `limit` lines, returned oldest first */
+  bool oldest_first;  /* the oldest `limit` lines instead */
 } sg_log_query_t;
 
 /* May scan many rows: never on the event loop (asserted in debug builds). */
-int sg_store_logs_query(sg_store_t *store, const sg_log_query_t *q,
-                        void (*cb)(void *ud, const sg_log_line_t *line), void *ud, sg_error_t **err);
+int sg_store_logs_query(sg_store_t *store, const sg_log_query_t *q, void (*cb)(void *ud, const sg_log_line_t *line),
+                        void *ud, sg_error_t **err);
 /* Keeps the newest keep lines of an endpoint; deletes all when keep is 0. */
 int sg_store_logs_trim(sg_store_t *store, const char *endpoint, int64_t keep, sg_error_t **err);
 /* Deletes an endpoint's oldest lines until the text of those left is at
@@ -106,8 +106,7 @@ int sg_store_logs_trim_bytes(sg_store_t *store, const char *endpoint, int64_t ma
 /* Deletes an endpoint's lines older than before_ms. */
 int sg_store_logs_trim_age(sg_store_t *store, const char *endpoint, int64_t before_ms, sg_error_t **err);
 /* Calls cb with each endpoint that has log lines. */
-int sg_store_logs_endpoints(sg_store_t *store, void (*cb)(void *ud, const char *endpoint), void *ud,
-                            sg_error_t **err);
+int sg_store_logs_endpoints(sg_store_t *store, void (*cb)(void *ud, const char *endpoint), void *ud, sg_error_t **err);
 
 /* Usage: one record per worker and hour (seg numbers a worker's records
  * from 0). Times are wall-clock ms; the *_ms durations are metered time by

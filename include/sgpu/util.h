@@ -32,8 +32,12 @@ static inline void fclosep(FILE **f) {
 #define cleanup_fclose __attribute__((cleanup(fclosep)))
 
 /* Takes ownership: returns *pp and sets it to NULL. */
-#define steal_pointer(pp) \
-  ({ __typeof__(*(pp)) _p = *(pp); *(pp) = NULL; _p; })
+#define steal_pointer(pp)                                                                                              \
+  ({                                                                                                                   \
+    __typeof__(*(pp)) _p = *(pp);                                                                                      \
+    *(pp) = NULL;                                                                                                      \
+    _p;                                                                                                                \
+  })
 
 #define SG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -90,7 +94,8 @@ typedef struct sg_strbuf {
   char *s;
   size_t len, cap;
 } sg_strbuf_t;
-#define SG_STRBUF_INIT {NULL, 0, 0}
+#define SG_STRBUF_INIT                                                                                                 \
+  { NULL, 0, 0 }
 /* Makes room for extra more bytes (and the NUL); returns where they go. */
 char *sg_strbuf_reserve(sg_strbuf_t *b, size_t extra);
 void sg_strbuf_append_n(sg_strbuf_t *b, const char *s, size_t n);

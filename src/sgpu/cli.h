@@ -51,12 +51,11 @@ enum {
 };
 
 /* Entries for a command's getopt_long table; handle them with sg_cli_global_option(). */
-#define SG_CLI_GLOBAL_OPTIONS                                  \
-  {"url", required_argument, NULL, SG_OPT_URL},                \
-      {"key", required_argument, NULL, SG_OPT_KEY},            \
-      {"data-dir", required_argument, NULL, SG_OPT_DATA_DIR},  \
-      {"json", no_argument, NULL, SG_OPT_JSON},                \
-      {"help", no_argument, NULL, 'h'}
+#define SG_CLI_GLOBAL_OPTIONS                                                                                          \
+  {"url", required_argument, NULL, SG_OPT_URL}, {"key", required_argument, NULL, SG_OPT_KEY},                          \
+      {"data-dir", required_argument, NULL, SG_OPT_DATA_DIR}, {"json", no_argument, NULL, SG_OPT_JSON}, {              \
+    "help", no_argument, NULL, 'h'                                                                                     \
+  }
 
 /* Records a global option returned by getopt_long. Returns true when ch was one. */
 bool sg_cli_global_option(int ch, const char *arg);

@@ -3,19 +3,18 @@
 
 #include <string.h>
 
-const char sg_endpoint_help[] =
-    "Usage: sgpu endpoint create -f SPEC.json\n"
-    "       sgpu endpoint list\n"
-    "       sgpu endpoint get NAME\n"
-    "       sgpu endpoint update NAME -f SPEC.json\n"
-    "       sgpu endpoint delete NAME\n"
-    "\n"
-    "Manages endpoints. create sends a new spec; update replaces the spec of NAME\n"
-    "(its version is bumped and running workers are replaced); get prints the\n"
-    "endpoint with its status as JSON; delete stops its workers and removes it.\n"
-    "\n"
-    "Options:\n"
-    "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
+const char sg_endpoint_help[] = "Usage: sgpu endpoint create -f SPEC.json\n"
+                                "       sgpu endpoint list\n"
+                                "       sgpu endpoint get NAME\n"
+                                "       sgpu endpoint update NAME -f SPEC.json\n"
+                                "       sgpu endpoint delete NAME\n"
+                                "\n"
+                                "Manages endpoints. create sends a new spec; update replaces the spec of NAME\n"
+                                "(its version is bumped and running workers are replaced); get prints the\n"
+                                "endpoint with its status as JSON; delete stops its workers and removes it.\n"
+                                "\n"
+                                "Options:\n"
+                                "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
 
 #define CMD "endpoint"
 
@@ -45,8 +44,7 @@ static void add_row(struct sg_table *t, const json_t *ep) {
 
   json_int_t count = json_integer_value(get_path(ep, "gpu", "count"));
   if (count > 0)
-    snprintf(gpu, sizeof gpu, "%s:%" JSON_INTEGER_FORMAT,
-             sg_cell(get_path(ep, "gpu", "type"), a, sizeof a), count);
+    snprintf(gpu, sizeof gpu, "%s:%" JSON_INTEGER_FORMAT, sg_cell(get_path(ep, "gpu", "type"), a, sizeof a), count);
   else
     snprintf(gpu, sizeof gpu, "-");
 
@@ -78,8 +76,7 @@ static int do_list(sg_client_t *c) {
     sg_cli_errorf("unexpected answer from the server: no endpoints list");
     return SG_EXIT_FAIL;
   }
-  static const char *const headers[] = {"NAME",    "VERSION", "RUNTIME", "GPU",
-                                        "WORKERS", "MIN/MAX", "QUEUED",  "SERVED"};
+  static const char *const headers[] = {"NAME", "VERSION", "RUNTIME", "GPU", "WORKERS", "MIN/MAX", "QUEUED", "SERVED"};
   cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
   size_t i;
   json_t *ep;
@@ -111,8 +108,7 @@ static void report(const sg_client_response_t *r, const char *verb, const char *
   char name[128], version[32];
   const json_t *jn = json_object_get(r->json, "name");
   sg_cell(json_object_get(r->json, "version"), version, sizeof version);
-  printf("endpoint %s %s (version %s)\n", jn ? sg_cell(jn, name, sizeof name) : fallback_name, verb,
-         version);
+  printf("endpoint %s %s (version %s)\n", jn ? sg_cell(jn, name, sizeof name) : fallback_name, verb, version);
 }
 
 static int do_create(sg_client_t *c, struct endpoint_args *a, json_t *spec) {
@@ -148,9 +144,8 @@ static int do_delete(sg_client_t *c, struct endpoint_args *a) {
 }
 
 int sg_cmd_endpoint(int argc, char **argv) {
-  static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS,
-                                          {"file", required_argument, NULL, 'f'},
-                                          {NULL, 0, NULL, 0}};
+  static const struct option options[] = {
+      SG_CLI_GLOBAL_OPTIONS, {"file", required_argument, NULL, 'f'}, {NULL, 0, NULL, 0}};
   struct endpoint_args a = {0};
   int ch;
   while ((ch = getopt_long(argc, argv, ":hf:", options, NULL)) != -1) {

@@ -8,22 +8,21 @@
 #include <strings.h>
 #include <unistd.h>
 
-const char sg_invoke_help[] =
-    "Usage: sgpu invoke NAME [PATH] [-X METHOD] [-d DATA | -f FILE] [-H 'NAME: VALUE']...\n"
-    "\n"
-    "Sends a request to /e/NAME/PATH (PATH may carry a query string) and writes the\n"
-    "answer's body to standard output as it arrives, so streamed answers (server-sent\n"
-    "events) show up as they are produced. The method is GET, or POST with a body.\n"
-    "A JSON body is sent as application/json unless -H sets Content-Type.\n"
-    "Exits 1 after printing the error when the answer's status is 400 or more.\n"
-    "\n"
-    "Options:\n"
-    "  -X, --method METHOD  request method\n"
-    "  -d, --data DATA      request body\n"
-    "  -f, --file FILE      request body from FILE ('-': standard input)\n"
-    "  -H, --header 'K: V'  extra request header (repeatable)\n"
-    "  -i, --include        print the answer's status line and headers to standard error\n"
-    "  -t, --timeout SECS   give up after SECS seconds (default: no limit)\n";
+const char sg_invoke_help[] = "Usage: sgpu invoke NAME [PATH] [-X METHOD] [-d DATA | -f FILE] [-H 'NAME: VALUE']...\n"
+                              "\n"
+                              "Sends a request to /e/NAME/PATH (PATH may carry a query string) and writes the\n"
+                              "answer's body to standard output as it arrives, so streamed answers (server-sent\n"
+                              "events) show up as they are produced. The method is GET, or POST with a body.\n"
+                              "A JSON body is sent as application/json unless -H sets Content-Type.\n"
+                              "Exits 1 after printing the error when the answer's status is 400 or more.\n"
+                              "\n"
+                              "Options:\n"
+                              "  -X, --method METHOD  request method\n"
+                              "  -d, --data DATA      request body\n"
+                              "  -f, --file FILE      request body from FILE ('-': standard input)\n"
+                              "  -H, --header 'K: V'  extra request header (repeatable)\n"
+                              "  -i, --include        print the answer's status line and headers to standard error\n"
+                              "  -t, --timeout SECS   give up after SECS seconds (default: no limit)\n";
 
 #define CMD "invoke"
 /* Largest body read from a file or standard input. */
@@ -160,9 +159,8 @@ int sg_cmd_invoke(int argc, char **argv) {
     body_len = strlen(data);
   }
   if (body && !has_header(headers, "Content-Type"))
-    headers = curl_slist_append(headers, looks_like_json(body, body_len)
-                                             ? "Content-Type: application/json"
-                                             : "Content-Type: application/octet-stream");
+    headers = curl_slist_append(headers, looks_like_json(body, body_len) ? "Content-Type: application/json"
+                                                                         : "Content-Type: application/octet-stream");
 
   cleanup_free char *esc = sg_client_escape(name);
   cleanup_free char *path = xasprintf("/e/%s%s%s", esc, rel[0] == '/' ? "" : "/", rel);

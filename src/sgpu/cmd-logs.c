@@ -6,23 +6,22 @@
 #include <string.h>
 #include <time.h>
 
-const char sg_logs_help[] =
-    "Usage: sgpu logs NAME [--worker ID] [--stream S] [--since T] [--until T]\n"
-    "                 [-q TEXT] [--limit N] [-f]\n"
-    "\n"
-    "Prints the log lines of endpoint NAME (its workers' stdout and stderr and the\n"
-    "platform's events) as TIME WORKER STREAM LINE, oldest first; --json prints each\n"
-    "line as the API's JSON object.\n"
-    "\n"
-    "Options:\n"
-    "  -w, --worker ID    only the lines of worker ID\n"
-    "  -s, --stream S     only stream S: stdout, stderr or event\n"
-    "      --since T      lines from T on: epoch milliseconds or a duration before now\n"
-    "                     (30s, 10m, 2h)\n"
-    "      --until T      lines up to T (same forms)\n"
-    "  -q, --grep TEXT    only lines that contain TEXT\n"
-    "  -n, --limit N      the newest N lines (the server's default is 1000)\n"
-    "  -f, --follow       keep printing new lines as they come, until interrupted\n";
+const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [--since T] [--until T]\n"
+                            "                 [-q TEXT] [--limit N] [-f]\n"
+                            "\n"
+                            "Prints the log lines of endpoint NAME (its workers' stdout and stderr and the\n"
+                            "platform's events) as TIME WORKER STREAM LINE, oldest first; --json prints each\n"
+                            "line as the API's JSON object.\n"
+                            "\n"
+                            "Options:\n"
+                            "  -w, --worker ID    only the lines of worker ID\n"
+                            "  -s, --stream S     only stream S: stdout, stderr or event\n"
+                            "      --since T      lines from T on: epoch milliseconds or a duration before now\n"
+                            "                     (30s, 10m, 2h)\n"
+                            "      --until T      lines up to T (same forms)\n"
+                            "  -q, --grep TEXT    only lines that contain TEXT\n"
+                            "  -n, --limit N      the newest N lines (the server's default is 1000)\n"
+                            "  -f, --follow       keep printing new lines as they come, until interrupted\n";
 
 #define CMD "logs"
 /* A longer line is printed as it is, unparsed. */

@@ -1,12 +1,11 @@
 /* sgpu nodes: the GPUs of every node and the workers that hold them. */
 #include "cli.h"
 
-const char sg_nodes_help[] =
-    "Usage: sgpu nodes\n"
-    "\n"
-    "Lists the GPUs sgpud manages, where they were found (discovered or declared)\n"
-    "and the worker and endpoint holding each one. With more than one node the\n"
-    "table starts with the node's name.\n";
+const char sg_nodes_help[] = "Usage: sgpu nodes\n"
+                             "\n"
+                             "Lists the GPUs sgpud manages, where they were found (discovered or declared)\n"
+                             "and the worker and endpoint holding each one. With more than one node the\n"
+                             "table starts with the node's name.\n";
 
 #define CMD "nodes"
 

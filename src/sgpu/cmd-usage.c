@@ -116,8 +116,8 @@ int sg_cmd_usage(int argc, char **argv) {
   }
   printf("Usage from %s to %s\n\n", json_string_value(json_object_get(r.json, "from")),
          json_string_value(json_object_get(r.json, "to")));
-  static const char *const headers[] = {"ENDPOINT", "GPU", "GPU-SECONDS", "STARTING-S", "BUSY-S", "IDLE-S",
-                                        "REQUESTS", "COST", "COST/1K-REQ"};
+  static const char *const headers[] = {"ENDPOINT", "GPU",      "GPU-SECONDS", "STARTING-S", "BUSY-S",
+                                        "IDLE-S",   "REQUESTS", "COST",        "COST/1K-REQ"};
   cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
   size_t i;
   json_t *e;
@@ -139,10 +139,10 @@ int sg_cmd_usage(int argc, char **argv) {
   json_t *groups = json_object_get(r.json, "groups");
   if (by && json_is_array(groups)) {
     bool worker = !strcmp(by, "worker");
-    static const char *const gh_time[] = {"START", "ENDPOINT", "GPU-SECONDS", "STARTING-S", "BUSY-S", "IDLE-S",
-                                          "REQUESTS", "COST", "COST/1K-REQ"};
+    static const char *const gh_time[] = {"START",  "ENDPOINT", "GPU-SECONDS", "STARTING-S", "BUSY-S",
+                                          "IDLE-S", "REQUESTS", "COST",        "COST/1K-REQ"};
     static const char *const gh_worker[] = {"WORKER", "ENDPOINT", "GPU-SECONDS", "STARTING-S", "BUSY-S",
-                                            "IDLE-S", "REQUESTS", "COST", "COST/1K-REQ"};
+                                            "IDLE-S", "REQUESTS", "COST",        "COST/1K-REQ"};
     cleanup_table struct sg_table *g = sg_table_new(SG_ARRAY_SIZE(gh_time), worker ? gh_worker : gh_time);
     json_t *x;
     json_array_foreach(groups, i, x) {

@@ -3,12 +3,11 @@
 
 #include <string.h>
 
-const char sg_workers_help[] =
-    "Usage: sgpu workers NAME\n"
-    "       sgpu workers stop NAME ID\n"
-    "\n"
-    "Lists the workers of endpoint NAME, recently ended ones included, or stops\n"
-    "worker ID (SIGTERM, then SIGKILL after the grace period).\n";
+const char sg_workers_help[] = "Usage: sgpu workers NAME\n"
+                               "       sgpu workers stop NAME ID\n"
+                               "\n"
+                               "Lists the workers of endpoint NAME, recently ended ones included, or stops\n"
+                               "worker ID (SIGTERM, then SIGKILL after the grace period).\n";
 
 #define CMD "workers"
 
@@ -48,8 +47,8 @@ static int list_workers(sg_client_t *c, const char *name) {
     sg_cli_errorf("unexpected answer from the server: no workers list");
     return SG_EXIT_FAIL;
   }
-  static const char *const headers[] = {"ID",           "STATE",     "PID",    "PORT",   "GPUS",
-                                        "COLD START ms", "IN FLIGHT", "SERVED", "STARTED"};
+  static const char *const headers[] = {"ID",        "STATE",  "PID",    "PORT", "GPUS", "COLD START ms",
+                                        "IN FLIGHT", "SERVED", "STARTED"};
   cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
   size_t i;
   json_t *w;

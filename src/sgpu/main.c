@@ -10,10 +10,9 @@
 
 static int cmd_help(int argc, char **argv);
 
-static const char help_help[] =
-    "Usage: sgpu help [COMMAND]\n"
-    "\n"
-    "Shows the list of commands, or the help of one command.\n";
+static const char help_help[] = "Usage: sgpu help [COMMAND]\n"
+                                "\n"
+                                "Shows the list of commands, or the help of one command.\n";
 
 struct command {
   const char *name;
@@ -91,9 +90,8 @@ static int cmd_help(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-  static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS,
-                                          {"version", no_argument, NULL, 'V'},
-                                          {NULL, 0, NULL, 0}};
+  static const struct option options[] = {
+      SG_CLI_GLOBAL_OPTIONS, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
   int ch;
   /* '+': stop at the command name; what follows belongs to the command. */
   while ((ch = getopt_long(argc, argv, "+:hV", options, NULL)) != -1) {

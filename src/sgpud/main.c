@@ -43,11 +43,16 @@ static void raise_nofile_limit(void) {
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
-      {"listen", required_argument, NULL, 'l'},   {"data-dir", required_argument, NULL, 'd'},
-      {"gpus", required_argument, NULL, 'g'},     {"config", required_argument, NULL, 'c'},
-      {"log-level", required_argument, NULL, 'v'}, {"sample-endpoint", no_argument, NULL, 's'},
-      {"price", required_argument, NULL, 'p'},     {"web-dir", required_argument, NULL, 'w'},
-      {"help", no_argument, NULL, 'h'},           {"help-config", no_argument, NULL, 'K'},
+      {"listen", required_argument, NULL, 'l'},
+      {"data-dir", required_argument, NULL, 'd'},
+      {"gpus", required_argument, NULL, 'g'},
+      {"config", required_argument, NULL, 'c'},
+      {"log-level", required_argument, NULL, 'v'},
+      {"sample-endpoint", no_argument, NULL, 's'},
+      {"price", required_argument, NULL, 'p'},
+      {"web-dir", required_argument, NULL, 'w'},
+      {"help", no_argument, NULL, 'h'},
+      {"help-config", no_argument, NULL, 'K'},
       {NULL, 0, NULL, 0},
   };
   const char *listen = NULL, *data_dir = NULL, *gpus = NULL, *config = NULL, *prices = NULL, *web_dir = NULL;

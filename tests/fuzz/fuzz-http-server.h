@@ -226,8 +226,7 @@ static void fz_run(const char *prefix, size_t prefix_len, const uint8_t *data, s
     abort();
   sg_http_server_adopt(fz_srv, sv[1]);
   bool closed = false;
-  if (prefix_len > 0 && send(sv[0], prefix, prefix_len, MSG_NOSIGNAL) < 0 && errno != EPIPE &&
-      errno != ECONNRESET)
+  if (prefix_len > 0 && send(sv[0], prefix, prefix_len, MSG_NOSIGNAL) < 0 && errno != EPIPE && errno != ECONNRESET)
     abort();
   fz_pump(sv[0], 2, &closed);
   /* A line at a time, so that heads, chunk sizes and trailers arrive split. */

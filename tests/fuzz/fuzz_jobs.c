@@ -53,8 +53,7 @@ static void check_submit(const sg_job_submit_t *s, size_t max_input) {
   if (sg_job_submit_parse(text, strlen(text), max_input, &again, &err) < 0)
     abort();
   if (strcmp(again.input, s->input) || again.input_len != s->input_len || again.exec_timeout_ms != s->exec_timeout_ms ||
-      again.ttl_ms != s->ttl_ms || (!again.webhook != !s->webhook) ||
-      (s->webhook && strcmp(again.webhook, s->webhook)))
+      again.ttl_ms != s->ttl_ms || (!again.webhook != !s->webhook) || (s->webhook && strcmp(again.webhook, s->webhook)))
     abort();
   sg_job_submit_clear(&again);
   free(text);

@@ -67,8 +67,8 @@ struct sg_mount_attr {
 };
 
 static void skip(const char *what) {
-  fprintf(stderr, "fuzz-layer: skipped: %s: %s (unpacking is only fuzzed inside a read-only mount namespace)\n",
-          what, strerror(errno));
+  fprintf(stderr, "fuzz-layer: skipped: %s: %s (unpacking is only fuzzed inside a read-only mount namespace)\n", what,
+          strerror(errno));
   exit(77);
 }
 
@@ -218,7 +218,12 @@ static bool looks_like_archive(const uint8_t *d, size_t n) {
   static const struct {
     const char *magic;
     size_t len;
-  } m[] = {{"\x1f\x8b", 2}, {"\x28\xb5\x2f\xfd", 4}, {"\xfd" "7zXZ", 5}, {"BZh", 3}};
+  } m[] = {{"\x1f\x8b", 2},
+           {"\x28\xb5\x2f\xfd", 4},
+           {"\xfd"
+            "7zXZ",
+            5},
+           {"BZh", 3}};
   for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
     if (n >= m[i].len && !memcmp(d, m[i].magic, m[i].len))
       return true;

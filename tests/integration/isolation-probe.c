@@ -267,7 +267,8 @@ static void probe(void) {
   if (raw >= 0)
     close(raw);
   check_rc("sethostname", sethostname("sgpu-probe", 10));
-  check_rc("chroot + mknod escape", chroot("/") == 0 && mknod("/dev/sgpu-x", S_IFCHR | 0600, makedev(1, 1)) == 0 ? 0 : -1);
+  check_rc("chroot + mknod escape",
+           chroot("/") == 0 && mknod("/dev/sgpu-x", S_IFCHR | 0600, makedev(1, 1)) == 0 ? 0 : -1);
   unlink("/dev/sgpu-x");
 
   section("controls");
@@ -330,7 +331,8 @@ int main(int argc, char **argv) {
   int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port ? port : "8080")),
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((unsigned short)atoi(port ? port : "8080")),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(s, 16) < 0) {
     perror("isolation-probe: listen");

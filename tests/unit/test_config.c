@@ -257,8 +257,8 @@ static void test_bounds(void **state) {
   expect_error("{\"default_runtime\": \"docker\"}", "default_runtime", "\"process\", \"oci\" or \"slurm\"");
   expect_error("{\"oci_userns\": 1}", "oci_userns must be true or false", NULL);
   expect_error("{\"log_level\": \"verbose\"}", "log_level must be debug, info, warn or error", NULL);
-  expect_error("{\"max_connections\": -1}", "max_connections must be an integer 0..10000000 (0: sized from RLIMIT_NOFILE)",
-               NULL);
+  expect_error("{\"max_connections\": -1}",
+               "max_connections must be an integer 0..10000000 (0: sized from RLIMIT_NOFILE)", NULL);
 }
 
 /* The defaults are those the daemon always had (docs/API.md states them). */

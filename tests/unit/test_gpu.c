@@ -56,8 +56,18 @@ static void test_declare_empty(void **state) {
 
 static void test_declare_errors(void **state) {
   (void)state;
-  const char *bad[] = {"a100",    ":4",        "a100:",    "a100:x",  "a100:-1", "a100:1025",
-                       "A100:1",  "a 100:1",   "a100:1x",  "a100:1:2", "a.b:1",  "a100:4,h100",
+  const char *bad[] = {"a100",
+                       ":4",
+                       "a100:",
+                       "a100:x",
+                       "a100:-1",
+                       "a100:1025",
+                       "A100:1",
+                       "a 100:1",
+                       "a100:1x",
+                       "a100:1:2",
+                       "a.b:1",
+                       "a100:4,h100",
                        "a100:99999999999999999999"};
   for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
     sg_gpu_inventory_t *inv = empty();
@@ -201,12 +211,9 @@ static void test_type_from_name(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_declare),
-      cmocka_unit_test(test_declare_empty),
-      cmocka_unit_test(test_declare_errors),
-      cmocka_unit_test(test_inventory_new_declared),
-      cmocka_unit_test(test_acquire_release),
-      cmocka_unit_test(test_one_holder_many_types),
+      cmocka_unit_test(test_declare),         cmocka_unit_test(test_declare_empty),
+      cmocka_unit_test(test_declare_errors),  cmocka_unit_test(test_inventory_new_declared),
+      cmocka_unit_test(test_acquire_release), cmocka_unit_test(test_one_holder_many_types),
       cmocka_unit_test(test_type_from_name),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

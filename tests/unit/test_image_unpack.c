@@ -280,18 +280,17 @@ static void escape_case(const char *title, const entry_t *in, size_t n, int expe
   free(tar), free(dest), free(canary), free(dir);
 }
 
-#define CASE(title, expect, ...)                                                                                    \
-  do {                                                                                                               \
-    const entry_t es_[] = {__VA_ARGS__};                                                                             \
-    escape_case(title, es_, SG_ARRAY_SIZE(es_), expect);                                                             \
+#define CASE(title, expect, ...)                                                                                       \
+  do {                                                                                                                 \
+    const entry_t es_[] = {__VA_ARGS__};                                                                               \
+    escape_case(title, es_, SG_ARRAY_SIZE(es_), expect);                                                               \
   } while (0)
 
 static void test_escape_whiteouts(void **state) {
   (void)state;
   CASE("symlink then whiteout", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/.wh.target", AE_IFREG, NULL});
   CASE("symlink then whiteout of a file", MUST_REFUSE, {"evil", AE_IFLNK, "%C"}, {"evil/.wh.secret", AE_IFREG, NULL});
-  CASE("relative symlink then whiteout", MUST_REFUSE, {"up", AE_IFLNK, "../canary"},
-       {"up/.wh.secret", AE_IFREG, NULL});
+  CASE("relative symlink then whiteout", MUST_REFUSE, {"up", AE_IFLNK, "../canary"}, {"up/.wh.secret", AE_IFREG, NULL});
   CASE("symlink then opaque below it", MUST_REFUSE, {"evil2", AE_IFLNK, "%C"},
        {"evil2/a/b/.wh..wh..opq", AE_IFREG, NULL});
   CASE("symlink then opaque on it", MUST_REFUSE, {"evil3", AE_IFLNK, "%C"}, {"evil3/.wh..wh..opq", AE_IFREG, NULL});
@@ -325,8 +324,7 @@ static void test_escape_paths(void **state) {
   CASE("directory replacing a symlink", MUST_SUCCEED, {"s", AE_IFLNK, "%C"}, {"s/", AE_IFDIR, NULL, 0777},
        {"s/inside", AE_IFREG, "x"});
   CASE("symlink replacing a directory", EITHER, {"d/", AE_IFDIR, NULL, 0777}, {"d", AE_IFLNK, "%C"});
-  CASE("whiteout then symlink", EITHER, {"d/", AE_IFDIR, NULL, 0777}, {".wh.d", AE_IFREG, NULL},
-       {"d", AE_IFLNK, "%C"});
+  CASE("whiteout then symlink", EITHER, {"d/", AE_IFDIR, NULL, 0777}, {".wh.d", AE_IFREG, NULL}, {"d", AE_IFLNK, "%C"});
 }
 
 static void test_unpack_bound(void **state) {

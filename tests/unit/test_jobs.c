@@ -187,10 +187,11 @@ static void test_allow_list(void **state) {
   assert_true(public("8.8.8.8"));
   assert_true(public("1.1.1.1"));
   assert_true(public("2606:4700::1111"));
-  const char *internal[] = {"127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-                            "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255",
-                            "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-                            "2001:db8::1"};
+  const char *internal[] = {"127.0.0.1",       "10.1.2.3",        "172.16.0.1", "172.31.255.255",
+                            "192.168.1.1",     "169.254.169.254", "100.64.0.1", "0.0.0.0",
+                            "224.0.0.1",       "255.255.255.255", "::1",        "::",
+                            "fe80::1",         "fd00::1",         "ff02::1",    "::ffff:127.0.0.1",
+                            "::ffff:10.0.0.1", "2001:db8::1"};
   for (size_t i = 0; i < SG_ARRAY_SIZE(internal); i++)
     assert_false(public(internal[i]));
   assert_true(public("172.32.0.1"));
@@ -272,8 +273,13 @@ static int teardown(void **state) {
 }
 
 static sg_job_record_t record(const char *id, sg_job_status_t status) {
-  return (sg_job_record_t){.id = id, .endpoint = "ep", .status = status, .input = "{\"x\":1}",
-                           .exec_timeout_ms = 1000, .ttl_ms = 60000, .created_ms = 1000};
+  return (sg_job_record_t){.id = id,
+                           .endpoint = "ep",
+                           .status = status,
+                           .input = "{\"x\":1}",
+                           .exec_timeout_ms = 1000,
+                           .ttl_ms = 60000,
+                           .created_ms = 1000};
 }
 
 typedef struct seen {

@@ -60,12 +60,12 @@ static void test_price_errors(void **state) {
 static void test_acc_states(void **state) {
   sg_meter_acc_t a;
   sg_meter_acc_init(&a, SG_METER_STARTING, 1000);
-  sg_meter_acc_set(&a, SG_METER_IDLE, 1700);  /* 700 ms starting */
-  sg_meter_acc_set(&a, SG_METER_BUSY, 2000);  /* 300 ms idle */
-  sg_meter_acc_set(&a, SG_METER_BUSY, 2500);  /* same state: keeps counting busy */
-  sg_meter_acc_set(&a, SG_METER_IDLE, 3100);  /* 1100 ms busy */
-  sg_meter_acc_advance(&a, 3000);             /* the past counts nothing */
-  sg_meter_acc_advance(&a, 4000);             /* 900 ms idle */
+  sg_meter_acc_set(&a, SG_METER_IDLE, 1700); /* 700 ms starting */
+  sg_meter_acc_set(&a, SG_METER_BUSY, 2000); /* 300 ms idle */
+  sg_meter_acc_set(&a, SG_METER_BUSY, 2500); /* same state: keeps counting busy */
+  sg_meter_acc_set(&a, SG_METER_IDLE, 3100); /* 1100 ms busy */
+  sg_meter_acc_advance(&a, 3000);            /* the past counts nothing */
+  sg_meter_acc_advance(&a, 4000);            /* 900 ms idle */
   assert_int_equal(a.ms[SG_METER_STARTING], 700);
   assert_int_equal(a.ms[SG_METER_BUSY], 1100);
   assert_int_equal(a.ms[SG_METER_IDLE], 1200);
@@ -141,8 +141,16 @@ static void test_log_limit(void **state) {
 }
 
 static sg_usage_record_t rec(const char *worker, int seg, int64_t start, int64_t end, int64_t busy, bool closed) {
-  return (sg_usage_record_t){.worker = worker, .seg = seg, .endpoint = "ep", .gpu_type = "a100", .gpu_count = 1,
-                             .price = 0.001, .start_ms = start, .end_ms = end, .busy_ms = busy, .closed = closed};
+  return (sg_usage_record_t){.worker = worker,
+                             .seg = seg,
+                             .endpoint = "ep",
+                             .gpu_type = "a100",
+                             .gpu_count = 1,
+                             .price = 0.001,
+                             .start_ms = start,
+                             .end_ms = end,
+                             .busy_ms = busy,
+                             .closed = closed};
 }
 
 struct seen {

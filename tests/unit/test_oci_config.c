@@ -39,7 +39,7 @@ static void test_capabilities(void **state) {
     assert_true(json_is_array(set));
     assert_true(has_string(set, "CAP_CHOWN"));
     for (const char *const *bad = (const char *const[]){"CAP_MKNOD", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE",
-                                                         "CAP_SYS_MODULE", "CAP_NET_ADMIN", NULL};
+                                                        "CAP_SYS_MODULE", "CAP_NET_ADMIN", NULL};
          *bad; bad++)
       if (has_string(set, *bad))
         fail_msg("%s in the %s set", *bad, sets[i]);
@@ -76,12 +76,37 @@ static void test_seccomp(void **state) {
     if (!allows(p, *ok, &cond) && !cond)
       fail_msg("%s is not allowed", *ok);
   }
-  for (const char *const *bad =
-           (const char *const[]){"mount", "umount2", "ptrace", "kexec_load", "kexec_file_load", "init_module",
-                                 "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl", "add_key",
-                                 "request_key", "open_by_handle_at", "reboot", "swapon", "swapoff", "setns", "unshare",
-                                 "userfaultfd", "acct", "quotactl", "settimeofday", "clock_settime", "pivot_root",
-                                 "process_vm_writev", "io_uring_setup", "syslog", "iopl", "ioperm", NULL};
+  for (const char *const *bad = (const char *const[]){"mount",
+                                                      "umount2",
+                                                      "ptrace",
+                                                      "kexec_load",
+                                                      "kexec_file_load",
+                                                      "init_module",
+                                                      "finit_module",
+                                                      "delete_module",
+                                                      "bpf",
+                                                      "perf_event_open",
+                                                      "keyctl",
+                                                      "add_key",
+                                                      "request_key",
+                                                      "open_by_handle_at",
+                                                      "reboot",
+                                                      "swapon",
+                                                      "swapoff",
+                                                      "setns",
+                                                      "unshare",
+                                                      "userfaultfd",
+                                                      "acct",
+                                                      "quotactl",
+                                                      "settimeofday",
+                                                      "clock_settime",
+                                                      "pivot_root",
+                                                      "process_vm_writev",
+                                                      "io_uring_setup",
+                                                      "syslog",
+                                                      "iopl",
+                                                      "ioperm",
+                                                      NULL};
        *bad; bad++) {
     cond = false;
     if (allows(p, *bad, &cond) || cond)
@@ -101,15 +126,15 @@ static void test_paths_mounts_devices(void **state) {
   json_t *c = config();
   json_t *lx = json_object_get(c, "linux");
   json_t *masked = json_object_get(lx, "maskedPaths"), *ro = json_object_get(lx, "readonlyPaths");
-  for (const char *const *m = (const char *const[]){"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                                                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-                                                    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
-                                                    NULL};
+  for (const char *const *m =
+           (const char *const[]){"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                                 "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                                 "/sys/devices/virtual/powercap", NULL};
        *m; m++)
     if (!has_string(masked, *m))
       fail_msg("%s is not masked", *m);
-  for (const char *const *r = (const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                                                    "/proc/sysrq-trigger", NULL};
+  for (const char *const *r =
+           (const char *const[]){"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", NULL};
        *r; r++)
     if (!has_string(ro, *r))
       fail_msg("%s is not read-only", *r);

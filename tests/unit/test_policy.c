@@ -57,11 +57,11 @@ static sg_scale_decision_t decide_at(sg_scale_params_t p, sg_scale_metrics_t m, 
 
 static sg_scale_decision_t decide(sg_scale_params_t p, sg_scale_metrics_t m) { return decide_at(p, m, T0); }
 
-#define assert_decision(d, want_desired, want_start, want_stop) \
-  do {                                                           \
-    assert_int_equal((d).desired, (want_desired));               \
-    assert_int_equal((d).start, (want_start));                   \
-    assert_int_equal((d).stop, (want_stop));                     \
+#define assert_decision(d, want_desired, want_start, want_stop)                                                        \
+  do {                                                                                                                 \
+    assert_int_equal((d).desired, (want_desired));                                                                     \
+    assert_int_equal((d).start, (want_start));                                                                         \
+    assert_int_equal((d).stop, (want_stop));                                                                           \
   } while (0)
 
 /* A window fed on a virtual clock the way the scaler loop feeds it: one
@@ -843,8 +843,7 @@ static void test_step_victims_longest_idle(void **state) {
 static void test_step_idle_timeout_and_bounds(void **state) {
   (void)state;
   int64_t now = T0 + 100000;
-  sg_scale_worker_t ws[] = {ready_w(0, now - 30000), ready_w(0, now - 29999), ready_w(0, now - 60000),
-                            ready_w(0, now)};
+  sg_scale_worker_t ws[] = {ready_w(0, now - 30000), ready_w(0, now - 29999), ready_w(0, now - 60000), ready_w(0, now)};
   sg_scale_input_t in = input(ws, SG_ARRAY_SIZE(ws));
   step_t st;
   step_run(&st, conc(0, 8, 1, 1), &in, now);

@@ -91,7 +91,7 @@ static void test_ops_agree(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_find),   cmocka_unit_test(test_unknown),   cmocka_unit_test(test_names),
+      cmocka_unit_test(test_find),     cmocka_unit_test(test_unknown),   cmocka_unit_test(test_names),
       cmocka_unit_test(test_defaults), cmocka_unit_test(test_ops_agree),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

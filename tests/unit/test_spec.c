@@ -617,7 +617,13 @@ static void test_invalid_scale(void **state) {
 
 static void test_not_json(void **state) {
   (void)state;
-  const char *texts[] = {"", "{", "[1, 2]", "\"spec\"", "42", "null", "{\"name\": \"a\",}",
+  const char *texts[] = {"",
+                         "{",
+                         "[1, 2]",
+                         "\"spec\"",
+                         "42",
+                         "null",
+                         "{\"name\": \"a\",}",
                          "{\"name\": \"a\", \"name\": \"b\", \"command\": [\"/w\"]}"};
   for (size_t i = 0; i < SG_ARRAY_SIZE(texts); i++) {
     sg_error_t *err = NULL;
@@ -662,8 +668,8 @@ static void test_to_json_every_field(void **state) {
   assert_non_null(s);
   json_t *j = sg_spec_to_json(s);
   assert_non_null(j);
-  const char *top[] = {"name", "type", "runtime", "image", "command", "env", "port", "health", "gpu", "workers",
-                       "scale"};
+  const char *top[] = {"name", "type",   "runtime", "image",   "command", "env",
+                       "port", "health", "gpu",     "workers", "scale"};
   assert_int_equal(json_object_size(j), SG_ARRAY_SIZE(top));
   for (size_t i = 0; i < SG_ARRAY_SIZE(top); i++)
     assert_non_null(json_object_get(j, top[i]));
@@ -749,10 +755,11 @@ static void test_round_trip(void **state) {
 
 static void test_name_valid(void **state) {
   (void)state;
-  const char *good[] = {"a", "0", "echo", "echo-2", "a-b-c", "9lives", "x1y2z3",
-                        "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk"};
-  const char *bad[] = {"", "-", "-a", "a-", "A", "aB", "a_b", "a.b", "a b", "a/b", "\xc3\xa9",
-                       "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl"};
+  const char *good[] = {"a",     "0",      "echo",   "echo-2",
+                        "a-b-c", "9lives", "x1y2z3", "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk"};
+  const char *bad[] = {"",    "-",   "-a",       "a-",
+                       "A",   "aB",  "a_b",      "a.b",
+                       "a b", "a/b", "\xc3\xa9", "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijkl"};
   assert_int_equal(strlen(good[7]), 63);
   assert_int_equal(strlen(bad[11]), 64);
   for (size_t i = 0; i < SG_ARRAY_SIZE(good); i++)

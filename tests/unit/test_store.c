@@ -93,22 +93,22 @@ static void rows_free(rows_t *rs) {
 static void collect_endpoint(void *ud, const sg_endpoint_record_t *rec) {
   rows_t *rs = ud;
   assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
-  rs->r[rs->n++] = (row_t){dup_or_null(rec->name), dup_or_null(rec->spec_json), NULL, NULL, rec->version,
-                           rec->created_ms, rec->updated_ms};
+  rs->r[rs->n++] = (row_t){
+      dup_or_null(rec->name), dup_or_null(rec->spec_json), NULL, NULL, rec->version, rec->created_ms, rec->updated_ms};
 }
 
 static void collect_worker(void *ud, const sg_worker_record_t *rec) {
   rows_t *rs = ud;
   assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
-  rs->r[rs->n++] = (row_t){dup_or_null(rec->id), dup_or_null(rec->endpoint), dup_or_null(rec->runtime), NULL,
-                           rec->pid, rec->started_ms, 0};
+  rs->r[rs->n++] = (row_t){
+      dup_or_null(rec->id), dup_or_null(rec->endpoint), dup_or_null(rec->runtime), NULL, rec->pid, rec->started_ms, 0};
 }
 
 static void collect_log(void *ud, const sg_log_line_t *l) {
   rows_t *rs = ud;
   assert_true(rs->n < SG_ARRAY_SIZE(rs->r));
-  rs->r[rs->n++] = (row_t){dup_or_null(l->endpoint), dup_or_null(l->worker), dup_or_null(l->stream),
-                           dup_or_null(l->line), l->ts_ms, 0, 0};
+  rs->r[rs->n++] = (row_t){
+      dup_or_null(l->endpoint), dup_or_null(l->worker), dup_or_null(l->stream), dup_or_null(l->line), l->ts_ms, 0, 0};
 }
 
 static void list_endpoints(fixture_t *f, rows_t *rs) {
@@ -146,11 +146,11 @@ static char *lines_of(const rows_t *rs) {
   return s;
 }
 
-#define assert_lines(rs, want)            \
-  do {                                    \
-    char *got_ = lines_of(rs);            \
-    assert_string_equal(got_, (want));    \
-    free(got_);                           \
+#define assert_lines(rs, want)                                                                                         \
+  do {                                                                                                                 \
+    char *got_ = lines_of(rs);                                                                                         \
+    assert_string_equal(got_, (want));                                                                                 \
+    free(got_);                                                                                                        \
   } while (0)
 
 /* ---- endpoints ---- */
@@ -407,8 +407,13 @@ static void test_logs_filters(void **state) {
   assert_int_equal(rs.n, 0);
 
   /* Filters combine. */
-  q = (sg_log_query_t){.endpoint = "alpha", .worker = "w-2", .stream = "stdout", .text = "ok",
-                       .since_ms = 1350, .until_ms = 1650, .limit = 100};
+  q = (sg_log_query_t){.endpoint = "alpha",
+                       .worker = "w-2",
+                       .stream = "stdout",
+                       .text = "ok",
+                       .since_ms = 1350,
+                       .until_ms = 1650,
+                       .limit = 100};
   query(f, &q, &rs);
   assert_lines(&rs, "request 1 ok");
   q = (sg_log_query_t){.endpoint = "alpha", .worker = "w-9", .limit = 100};

@@ -11,7 +11,6 @@
  * request with 400/413 when it is missing, too large or not an object. */
 json_t *sg_api_read_json(sg_http_req_t *req);
 
-
 /* endpoints.c: /v1/endpoints and /v1/endpoints/{name} */
 void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req);
 void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name);

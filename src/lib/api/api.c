@@ -31,8 +31,8 @@ json_t *sg_api_read_json(sg_http_req_t *req) {
   json_error_t jerr;
   json_t *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!j) {
-    cleanup_free char *msg = xasprintf("body is not valid JSON: line %d, column %d: %s", jerr.line, jerr.column,
-                                       jerr.text);
+    cleanup_free char *msg =
+        xasprintf("body is not valid JSON: line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
     sg_http_send_error(req, 400, "invalid_json", msg, NULL);
     return NULL;
   }
@@ -65,9 +65,7 @@ static int split(const char *path, char **seg, int n, char *storage, size_t cap)
   return count;
 }
 
-static void not_found(sg_http_req_t *req, const char *what) {
-  sg_http_send_error(req, 404, "not_found", what, NULL);
-}
+static void not_found(sg_http_req_t *req, const char *what) { sg_http_send_error(req, 404, "not_found", what, NULL); }
 
 static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
   char storage[1024];
@@ -144,7 +142,8 @@ void sg_api_routes(sg_router_t *r, sg_daemon_t *d) {
   sg_router_add(r, &(sg_route_t){.path = "/healthz", .public_route = true, .on_head = healthz, .ctx = d});
   sg_router_add(r, &(sg_route_t){.path = "/", .public_route = true, .on_head = console, .ctx = d});
   sg_router_add(r, &(sg_route_t){.path = "/index.html", .public_route = true, .on_head = console, .ctx = d});
-  sg_router_add(r, &(sg_route_t){.path = "/console/", .prefix = true, .public_route = true, .on_head = console, .ctx = d});
+  sg_router_add(r,
+                &(sg_route_t){.path = "/console/", .prefix = true, .public_route = true, .on_head = console, .ctx = d});
   /* The control API: bodies buffered (SG_API_MAX_BODY), then route_v1. */
   sg_router_add(r, &(sg_route_t){.path = "/v1/", .prefix = true, .on_request = v1, .ctx = d});
 }

@@ -76,7 +76,7 @@ static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
 }
 
-static void delete(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_endpoint_delete(d->store, ep->name, &err) < 0)
     return sg_http_send_sg_error(req, err);
@@ -99,5 +99,5 @@ void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
     return sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
   if (put)
     return replace(d, req, ep);
-  delete(d, req, ep);
+  delete (d, req, ep);
 }

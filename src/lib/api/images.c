@@ -45,8 +45,8 @@ static void images_post(sg_daemon_t *d, sg_http_req_t *req) {
     /* Cached: usable now; a tag is checked against the registry, and pulled
      * again when it names a newer manifest. */
     bool checking = sg_daemon_recheck(d, norm, auth);
-    json_t *out = json_pack("{s:s, s:s, s:s, s:b}", "image", norm, "state", "cached", "digest", img->digest,
-                            "checking", checking);
+    json_t *out = json_pack("{s:s, s:s, s:s, s:b}", "image", norm, "state", "cached", "digest", img->digest, "checking",
+                            checking);
     sg_registry_auth_free(auth);
     sg_http_send_json(req, 200, out);
     return;
@@ -142,7 +142,7 @@ static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool 
   const char *pass = json_string_value(json_object_get(j, "password"));
   if (!registry || !*registry || strchr(registry, '/'))
     return sg_http_send_error(req, 422, "invalid_field", "is required: the registry host[:port], e.g. \"ghcr.io\"",
-                             "registry");
+                              "registry");
   if (!user || !*user)
     return sg_http_send_error(req, 422, "invalid_field", "is required", "username");
   if (!pass || !*pass)
@@ -154,8 +154,7 @@ static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool 
     return sg_http_send_sg_error(req, err);
   json_t *out = NULL;
   sg_store_auth_get(d->store, name, keep_auth, &out, NULL);
-  sg_info("registry auth %s %s (registry %s, user %s)", name, replace ? "stored" : "created",
-                registry, user);
+  sg_info("registry auth %s %s (registry %s, user %s)", name, replace ? "stored" : "created", registry, user);
   sg_http_send_json(req, replace ? 200 : 201, out ? out : json_object());
 }
 

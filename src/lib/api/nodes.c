@@ -17,10 +17,10 @@ void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
     const sg_gpu_t *g = &d->gpus->gpus[i];
     if (!g->holder)
       free_n++;
-    json_array_append_new(gpus, json_pack("{s:i, s:s, s:o, s:o, s:s, s:o, s:o}", "index", g->index, "type", g->type,
-                                          "name", str_or_null(g->name), "uuid", str_or_null(g->uuid), "source",
-                                          g->source, "worker", str_or_null(g->holder), "endpoint",
-                                          str_or_null(g->endpoint)));
+    json_array_append_new(gpus,
+                          json_pack("{s:i, s:s, s:o, s:o, s:s, s:o, s:o}", "index", g->index, "type", g->type, "name",
+                                    str_or_null(g->name), "uuid", str_or_null(g->uuid), "source", g->source, "worker",
+                                    str_or_null(g->holder), "endpoint", str_or_null(g->endpoint)));
   }
   json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", sg_runtime_local()->name, "gpus_total",
                            (int)d->gpus->n, "gpus_free", free_n, "gpus", gpus);

@@ -155,14 +155,14 @@ static json_t *sum_json(const struct sum *x, enum group group) {
   json_object_set_new(j, "billable_seconds", num(x->billable_ms / 1000, 0.001));
   json_object_set_new(j, "gpu_seconds", num(x->gpu_ms / 1000, 0.001));
   json_object_set_new(j, "seconds",
-                      json_pack("{s:o, s:o, s:o, s:o}", "starting", num(x->ms[SG_METER_STARTING] / 1000, 0.001),
-                                "busy", num(x->ms[SG_METER_BUSY] / 1000, 0.001), "idle",
+                      json_pack("{s:o, s:o, s:o, s:o}", "starting", num(x->ms[SG_METER_STARTING] / 1000, 0.001), "busy",
+                                num(x->ms[SG_METER_BUSY] / 1000, 0.001), "idle",
                                 num(x->ms[SG_METER_IDLE] / 1000, 0.001), "total",
                                 num((x->ms[0] + x->ms[1] + x->ms[2]) / 1000, 0.001)));
   json_object_set_new(j, "requests", json_integer(requests));
   json_object_set_new(j, "cost", num(x->cost, 1e-9));
-  json_object_set_new(j, "cost_per_1k_requests", requests > 0 ? num(x->cost * 1000 / (double)requests, 1e-9)
-                                                              : json_null());
+  json_object_set_new(j, "cost_per_1k_requests",
+                      requests > 0 ? num(x->cost * 1000 / (double)requests, 1e-9) : json_null());
   return j;
 }
 

@@ -5,8 +5,8 @@
 
 #include "sgpu/util.h"
 
-__attribute__((format(printf, 3, 0)))
-static sg_error_t *new_error(int status, const char *field, const char *fmt, va_list ap) {
+__attribute__((format(printf, 3, 0))) static sg_error_t *new_error(int status, const char *field, const char *fmt,
+                                                                   va_list ap) {
   sg_error_t *e = xcalloc(1, sizeof(*e));
   e->status = status;
   e->field = field ? xstrdup(field) : NULL;

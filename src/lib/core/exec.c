@@ -207,8 +207,8 @@ int sg_exec_run(char *const argv[], const sg_exec_opts_t *opts, sg_exec_result_t
     return sg_make_error(err, e, "cannot run %s: pipe: %s", argv[0], strerror(e));
   }
   extern char **environ;
-  child_args_t c = {prog,        argv,    opts->envp ? opts->envp : environ, opts, inp[0], outp[1],
-                    merge ? outp[1] : errp[1], execp[1]};
+  child_args_t c = {prog,   argv,    opts->envp ? opts->envp : environ, opts,
+                    inp[0], outp[1], merge ? outp[1] : errp[1],         execp[1]};
   pid_t pid = fork();
   if (pid == 0)
     run_child(&c);
@@ -314,8 +314,7 @@ int sg_exec_run(char *const argv[], const sg_exec_opts_t *opts, sg_exec_result_t
     for (int i = 0; i < 2; i++)
       if (i_cap[i] >= 0 && pfd[i_cap[i]].revents)
         capture_read(&cap[i]);
-    if (i_in >= 0 && pfd[i_in].revents &&
-        !feed_stdin(infd, opts->stdin_data, opts->stdin_len, &in_off)) {
+    if (i_in >= 0 && pfd[i_in].revents && !feed_stdin(infd, opts->stdin_data, opts->stdin_len, &in_off)) {
       close(infd);
       infd = -1;
     }
@@ -434,8 +433,7 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg) {
   }
 }
 
-sg_child_watch_t *sg_child_watch(struct event_base *base, pid_t pid, sg_child_exit_cb cb, void *ud,
-                                 sg_error_t **err) {
+sg_child_watch_t *sg_child_watch(struct event_base *base, pid_t pid, sg_child_exit_cb cb, void *ud, sg_error_t **err) {
   sg_child_watch_t *w = xcalloc(1, sizeof(*w));
   w->pid = pid;
   w->cb = cb;

@@ -27,7 +27,7 @@ struct sg_pool {
   struct job_list queue; /* waiting for a thread */
   struct job_list done;  /* waiting for the loop */
   bool stopping;
-  int pending;           /* loop thread's count of submitted, not yet done */
+  int pending; /* loop thread's count of submitted, not yet done */
   int efd;
   struct event *ev;
   pthread_t *threads;

@@ -11,7 +11,6 @@
 #define MAX_ARG_LEN 4096
 #define MAX_ENV_VALUE 32768
 
-
 bool sg_name_valid(const char *s) {
   size_t n = strlen(s);
   if (n < 1 || n > 63)
@@ -67,8 +66,8 @@ static int check_keys(json_t *obj, const char *prefix, const char *const *allowe
   return 0;
 }
 
-static int get_int(json_t *obj, const char *prefix, const char *key, long long lo, long long hi,
-                   int def, int *out, sg_error_t **err) {
+static int get_int(json_t *obj, const char *prefix, const char *key, long long lo, long long hi, int def, int *out,
+                   sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   cleanup_free char *f = prefix ? xasprintf("%s.%s", prefix, key) : xstrdup(key);
   if (!v) {
@@ -81,16 +80,15 @@ static int get_int(json_t *obj, const char *prefix, const char *key, long long l
   return 0;
 }
 
-static int get_num(json_t *obj, const char *prefix, const char *key, double lo, double hi, double def,
-                   double *out, sg_error_t **err) {
+static int get_num(json_t *obj, const char *prefix, const char *key, double lo, double hi, double def, double *out,
+                   sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   cleanup_free char *f = xasprintf("%s.%s", prefix, key);
   if (!v) {
     *out = def;
     return 0;
   }
-  if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) < lo ||
-      json_number_value(v) > hi)
+  if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) < lo || json_number_value(v) > hi)
     return sg_make_field_error(err, f, "must be a number between %g and %g", lo, hi);
   *out = json_number_value(v);
   return 0;
@@ -108,8 +106,7 @@ static int get_obj(json_t *root, const char *key, json_t **out, sg_error_t **err
   return 0;
 }
 
-static int get_str(json_t *obj, const char *field, const char *key, size_t maxlen, char **out,
-                   sg_error_t **err) {
+static int get_str(json_t *obj, const char *field, const char *key, size_t maxlen, char **out, sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   *out = NULL;
   if (!v || json_is_null(v))
@@ -149,7 +146,8 @@ static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
     s->command[i] = xstrdup(json_string_value(a));
   }
   if (s->command[0][0] != '/' && !oci)
-    return sg_make_field_error(err, "command[0]", "must be an absolute path (it is executed directly, without a shell)");
+    return sg_make_field_error(err, "command[0]",
+                               "must be an absolute path (it is executed directly, without a shell)");
   return 0;
 }
 
@@ -182,8 +180,7 @@ static int parse_env(sg_spec_t *s, json_t *root, sg_error_t **err) {
 }
 
 static int parse_health(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"path", "period_s", "timeout_s", "failure_threshold",
-                                     "startup_timeout_s", NULL};
+  static const char *const keys[] = {"path", "period_s", "timeout_s", "failure_threshold", "startup_timeout_s", NULL};
   json_t *h;
   if (get_obj(root, "health", &h, err) < 0)
     return -SG_EINVAL;
@@ -235,8 +232,8 @@ static int parse_gpu(sg_spec_t *s, json_t *root, sg_error_t **err) {
 }
 
 static int parse_workers(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"min", "max", "idle_timeout_s", "max_concurrency",
-                                     "request_timeout_s", "max_queue", NULL};
+  static const char *const keys[] = {"min",       "max", "idle_timeout_s", "max_concurrency", "request_timeout_s",
+                                     "max_queue", NULL};
   json_t *w;
   if (get_obj(root, "workers", &w, err) < 0)
     return -SG_EINVAL;
@@ -282,9 +279,8 @@ static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
   }
   if (r == 0) {
     double def = s->scale.policy == SG_SCALE_CONCURRENCY ? s->workers.max_concurrency : 2;
-    r = s->scale.policy == SG_SCALE_CONCURRENCY
-            ? get_num(sc, "scale", "value", 0.01, 10000, def, &s->scale.value, err)
-            : get_num(sc, "scale", "value", 0, 3600, def, &s->scale.value, err);
+    r = s->scale.policy == SG_SCALE_CONCURRENCY ? get_num(sc, "scale", "value", 0.01, 10000, def, &s->scale.value, err)
+                                                : get_num(sc, "scale", "value", 0, 3600, def, &s->scale.value, err);
   }
   json_decref(empty);
   return r;
@@ -296,7 +292,7 @@ bool sg_spec_is_async(const sg_spec_t *s) { return s->type && !strcmp(s->type, "
 #define ASYNC_MAX_INPUT_LIMIT (64ll << 20)
 
 static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"path", "max_retries", "retention_s", "ttl_s", "max_input_bytes",
+  static const char *const keys[] = {"path",      "max_retries", "retention_s", "ttl_s", "max_input_bytes",
                                      "max_queue", NULL};
   json_t *a;
   if (get_obj(root, "async", &a, err) < 0)
@@ -356,19 +352,18 @@ static int parse_slurm(sg_spec_t *s, json_t *root, sg_error_t **err) {
   for (int i = 0; i < 2; i++) {
     for (const char *c = names[i]; c && *c; c++)
       if (!isalnum((unsigned char)*c) && !strchr("_-.", *c))
-        return sg_make_field_error(err, i ? "slurm.account" : "slurm.partition",
-                                   "must be a name of [A-Za-z0-9_.-]");
+        return sg_make_field_error(err, i ? "slurm.account" : "slurm.partition", "must be a name of [A-Za-z0-9_.-]");
   }
-  if (s->slurm.time_limit && (!*s->slurm.time_limit || strspn(s->slurm.time_limit, "0123456789:-") !=
-                                                            strlen(s->slurm.time_limit)))
+  if (s->slurm.time_limit &&
+      (!*s->slurm.time_limit || strspn(s->slurm.time_limit, "0123456789:-") != strlen(s->slurm.time_limit)))
     return sg_make_field_error(err, "slurm.time_limit",
                                "must be in Slurm's time format: MINUTES, HH:MM:SS or DAYS-HH:MM:SS");
   return 0;
 }
 
 sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"name", "type", "runtime", "image", "command", "env", "port",
-                                     "health", "gpu", "workers", "scale", "async", "registry_auth", "slurm", NULL};
+  static const char *const keys[] = {"name", "type",    "runtime", "image", "command",       "env",   "port", "health",
+                                     "gpu",  "workers", "scale",   "async", "registry_auth", "slurm", NULL};
   if (!json_is_object(root)) {
     sg_make_error(err, SG_EJSON, "the spec must be a JSON object");
     return NULL;
@@ -383,7 +378,8 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
     return NULL;
   }
   if (!sg_name_valid(s->name)) {
-    sg_make_field_error(err, "name", "must be a DNS label: 1-63 of [a-z0-9-], starting and ending with a letter or digit");
+    sg_make_field_error(err, "name",
+                        "must be a DNS label: 1-63 of [a-z0-9-], starting and ending with a letter or digit");
     return NULL;
   }
   if (get_str(root, "type", "type", 16, &s->type, err) < 0)
@@ -431,8 +427,8 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
     return NULL;
   if (get_int(root, NULL, "port", 1, 65535, 8000, &s->port, err) < 0)
     return NULL;
-  if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 ||
-      parse_workers(s, root, err) < 0 || parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0)
+  if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 || parse_workers(s, root, err) < 0 ||
+      parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0)
     return NULL;
   return steal_pointer(&s);
 }
@@ -467,9 +463,9 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
   if (sg_spec_is_async(s))
     json_object_set_new(j, "async",
                         json_pack("{s:s, s:i, s:f, s:f, s:I, s:i}", "path", s->async.path, "max_retries",
-                                  s->async.max_retries, "retention_s", s->async.retention_s, "ttl_s",
-                                  s->async.ttl_s, "max_input_bytes", (json_int_t)s->async.max_input_bytes,
-                                  "max_queue", s->async.max_queue));
+                                  s->async.max_retries, "retention_s", s->async.retention_s, "ttl_s", s->async.ttl_s,
+                                  "max_input_bytes", (json_int_t)s->async.max_input_bytes, "max_queue",
+                                  s->async.max_queue));
   return j;
 }
 
@@ -482,17 +478,16 @@ static json_t *spec_to_json(const sg_spec_t *s) {
     json_object_set_new(env, s->env_keys[i], json_string(s->env_values[i]));
   json_t *gpu = json_pack("{s:i}", "count", s->gpu.count);
   json_object_set_new(gpu, "type", s->gpu.type ? json_string(s->gpu.type) : json_null());
-  return json_pack(
-      "{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:s, s:f, s:f, s:i, s:f}, s:o,"
-      " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f}}",
-      "name", s->name, "type", s->type, "runtime", s->runtime, "image",
-      s->image ? json_string(s->image) : json_null(), "command", cmd, "env", env, "port", s->port,
-      "health", "path", s->health.path, "period_s", s->health.period_s, "timeout_s", s->health.timeout_s,
-      "failure_threshold", s->health.failure_threshold, "startup_timeout_s", s->health.startup_timeout_s,
-      "gpu", gpu, "workers", "min", s->workers.min, "max", s->workers.max, "idle_timeout_s",
-      s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
-      s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
-      sg_scale_policy_name(s->scale.policy), "value", s->scale.value);
+  return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:s, s:f, s:f, s:i, s:f}, s:o,"
+                   " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f}}",
+                   "name", s->name, "type", s->type, "runtime", s->runtime, "image",
+                   s->image ? json_string(s->image) : json_null(), "command", cmd, "env", env, "port", s->port,
+                   "health", "path", s->health.path, "period_s", s->health.period_s, "timeout_s", s->health.timeout_s,
+                   "failure_threshold", s->health.failure_threshold, "startup_timeout_s", s->health.startup_timeout_s,
+                   "gpu", gpu, "workers", "min", s->workers.min, "max", s->workers.max, "idle_timeout_s",
+                   s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
+                   s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
+                   sg_scale_policy_name(s->scale.policy), "value", s->scale.value);
 }
 
 const char *sg_scale_policy_name(sg_scale_policy_t p) {

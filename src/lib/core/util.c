@@ -217,9 +217,7 @@ int sg_mkdir_p(const char *dir, int mode) {
   return make_dir(p, (mode_t)mode);
 }
 
-bool sg_str_has_prefix(const char *s, const char *prefix) {
-  return strncmp(s, prefix, strlen(prefix)) == 0;
-}
+bool sg_str_has_prefix(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
 char *sg_str_trim(char *s) {
   while (isspace((unsigned char)*s))

@@ -15,10 +15,8 @@ static int opt_str(json_t *obj, const char *key, char **out, sg_error_t **err) {
   json_t *v = json_object_get(obj, key);
   if (!v || json_is_null(v))
     return 0;
-  if (!json_is_string(v) || !*json_string_value(v) ||
-      strlen(json_string_value(v)) > 255)
-    return sg_make_error(err, SG_EINVAL,
-                         "config: slurm.%s must be a non-empty string", key);
+  if (!json_is_string(v) || !*json_string_value(v) || strlen(json_string_value(v)) > 255)
+    return sg_make_error(err, SG_EINVAL, "config: slurm.%s must be a non-empty string", key);
   free(*out);
   *out = xstrdup(json_string_value(v));
   return 0;
@@ -54,9 +52,9 @@ int sg_daemon_config_parse_slurm(sg_daemon_config_t *cfg, const char *key, json_
   const char *k;
   json_t *x;
   json_object_foreach(v, k, x) {
-    static const char *const keys[] = {"dir", "partition", "account", "time_limit", "image_dir",
-                                       "rest_url", "rest_user", "rest_token", "rest_key_file", "rest_api",
-                                       NULL};
+    static const char *const keys[] = {"dir",           "partition", "account",   "time_limit",
+                                       "image_dir",     "rest_url",  "rest_user", "rest_token",
+                                       "rest_key_file", "rest_api",  NULL};
     bool known = false;
     for (const char *const *kk = keys; *kk && !known; kk++)
       known = !strcmp(k, *kk);
@@ -66,8 +64,7 @@ int sg_daemon_config_parse_slurm(sg_daemon_config_t *cfg, const char *key, json_
                            "rest_url, rest_user, rest_token, rest_key_file or rest_api",
                            k);
   }
-  if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 ||
-      opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
+  if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 || opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
       opt_str(v, "account", &cfg->slurm.account, err) < 0 ||
       opt_str(v, "time_limit", &cfg->slurm.time_limit, err) < 0 ||
       opt_str(v, "image_dir", &cfg->slurm.image_dir, err) < 0 ||
@@ -108,18 +105,16 @@ void sg_daemon_config_clear_slurm(sg_daemon_config_t *cfg) {
 }
 
 int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
-  cleanup_free char *dir = d->cfg.slurm.dir
-                               ? xstrdup(d->cfg.slurm.dir)
-                               : xasprintf("%s/slurm", d->cfg.data_dir);
+  cleanup_free char *dir = d->cfg.slurm.dir ? xstrdup(d->cfg.slurm.dir) : xasprintf("%s/slurm", d->cfg.data_dir);
   struct stat st;
   /* Jobs of an earlier sgpud are looked for only where one used Slurm. */
   bool used = stat(dir, &st) == 0;
   if (!d->cfg.slurm.configured && !used)
     return 0;
   cleanup_free char *images_dir = xasprintf("%s/images", d->cfg.data_dir);
-  sg_slurm_config_t sc = {dir, d->cfg.slurm.partition, d->cfg.slurm.account,
-                          d->cfg.slurm.time_limit, true, d->images, images_dir,
-                          d->cfg.slurm.image_dir, d->cfg.oci_runtime};
+  sg_slurm_config_t sc = {
+      dir,        d->cfg.slurm.partition, d->cfg.slurm.account, d->cfg.slurm.time_limit, true, d->images,
+      images_dir, d->cfg.slurm.image_dir, d->cfg.oci_runtime};
   struct passwd *pw = getpwuid(geteuid());
   cleanup_free char *user = xstrdup(d->cfg.slurm.rest_user ? d->cfg.slurm.rest_user : pw ? pw->pw_name : "root");
   if (d->cfg.slurm.rest_url) {
@@ -175,11 +170,11 @@ json_t *sg_daemon_cluster_nodes(sg_daemon_t *d) {
     for (size_t i = 0; i < n; i++) {
       const sg_runtime_node_t *x = &nodes[i];
       int free_n = x->gpus_total - x->gpus_used;
-      json_array_append_new(
-          arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:s, s:I}", "name", x->name, "runtime", rt->name,
-                         "state", x->state, "partitions", x->partitions, "gpu_type",
-                         *x->gpu_type ? json_string(x->gpu_type) : json_null(), "gpus_total", x->gpus_total,
-                         "gpus_free", free_n < 0 ? 0 : free_n, "source", rt->name, "age_ms", (json_int_t)age));
+      json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:s, s:I}", "name", x->name, "runtime",
+                                           rt->name, "state", x->state, "partitions", x->partitions, "gpu_type",
+                                           *x->gpu_type ? json_string(x->gpu_type) : json_null(), "gpus_total",
+                                           x->gpus_total, "gpus_free", free_n < 0 ? 0 : free_n, "source", rt->name,
+                                           "age_ms", (json_int_t)age));
     }
   }
   return arr;

@@ -30,16 +30,16 @@ typedef struct sg_config_key {
   size_t off; /* of the field in sg_daemon_config_t */
   int64_t imin, imax;
   double dmin, dmax;
-  int64_t idef;       /* default of INT, INT64, SIZE, BOOL, ENUM */
-  double ddef;        /* default of DOUBLE */
-  const char *sdef;   /* default of STRING; of STRV its one element (NULL: none) */
-  const char *unit;   /* "seconds": a DOUBLE is "a number of seconds" in errors */
-  const char *note;   /* appended to errors in parentheses ("0: no limit") */
+  int64_t idef;              /* default of INT, INT64, SIZE, BOOL, ENUM */
+  double ddef;               /* default of DOUBLE */
+  const char *sdef;          /* default of STRING; of STRV its one element (NULL: none) */
+  const char *unit;          /* "seconds": a DOUBLE is "a number of seconds" in errors */
+  const char *note;          /* appended to errors in parentheses ("0: no limit") */
   const char *shown_default; /* the default as the table prints it, when not the value above */
   const char *what;          /* CUSTOM: what the value is, for the table */
   const char *help;
-  const char *const *names;  /* ENUM values, NULL-terminated */
-  size_t count_off;          /* STRV: a size_t count of the strings too (0: none) */
+  const char *const *names; /* ENUM values, NULL-terminated */
+  size_t count_off;         /* STRV: a size_t count of the strings too (0: none) */
   /* STRV: validates element i (a string) or fails with an error naming key[i]. */
   int (*check)(const char *key, size_t i, const char *s, sg_error_t **err);
   /* CUSTOM: applies v to cfg, or fails with an error naming the key. */

@@ -69,15 +69,15 @@ struct sg_worker {
   uint64_t served;
   bool exited;
   int exit_status;
-  bool stopping;   /* sgpud asked it to stop */
-  bool unhealthy;  /* stopped for failing its health checks: ends as failed */
-  bool suspect;    /* a request to it failed at the connection level: no new
-                      requests until a health probe answers 200 */
+  bool stopping;  /* sgpud asked it to stop */
+  bool unhealthy; /* stopped for failing its health checks: ends as failed */
+  bool suspect;   /* a request to it failed at the connection level: no new
+                     requests until a health probe answers 200 */
   bool counted_failure;
-  bool never_ran;        /* its start failed before any process ran */
-  bool adopted;          /* started by an earlier sgpud and taken over */
-  bool detached;         /* left running for the next sgpud (slurm) */
-  int64_t running_mono;  /* its process started (probing from then on) */
+  bool never_ran;         /* its start failed before any process ran */
+  bool adopted;           /* started by an earlier sgpud and taken over */
+  bool detached;          /* left running for the next sgpud (slurm) */
+  int64_t running_mono;   /* its process started (probing from then on) */
   int64_t probe_since_us; /* the start-up probe schedule counts from here (monotonic us) */
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
@@ -109,14 +109,14 @@ typedef struct sg_histogram {
 
 /* Counters of one endpoint, exposed at /metrics. */
 typedef struct sg_ep_metrics {
-  uint64_t requests;          /* invocations that arrived */
-  uint64_t by_status[600];    /* answers by status code */
-  uint64_t aborted;           /* clients that went away before their answer */
-  uint64_t retries;           /* attempts sent again to another worker */
-  uint64_t cold_starts;       /* workers that became ready */
+  uint64_t requests;       /* invocations that arrived */
+  uint64_t by_status[600]; /* answers by status code */
+  uint64_t aborted;        /* clients that went away before their answer */
+  uint64_t retries;        /* attempts sent again to another worker */
+  uint64_t cold_starts;    /* workers that became ready */
   uint64_t scale_ups, scale_downs;
-  sg_histogram_t latency;     /* arrival to end of answer */
-  sg_histogram_t queue_wait;  /* arrival to dispatch */
+  sg_histogram_t latency;    /* arrival to end of answer */
+  sg_histogram_t queue_wait; /* arrival to dispatch */
 } sg_ep_metrics_t;
 TAILQ_HEAD(sg_proxy_list, sg_proxy);
 
@@ -147,7 +147,7 @@ struct sg_endpoint {
   int64_t scale_seen_ready_mono;
   sg_ep_metrics_t metrics;
   struct sg_ep_jobs *jobs; /* async jobs (gateway/jobs.c); NULL until used */
-  sg_series_t *series; /* the last hour, for charts (meter/series.c) */
+  sg_series_t *series;     /* the last hour, for charts (meter/series.c) */
 };
 
 TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
@@ -178,16 +178,16 @@ struct sg_daemon {
   } logbuf;
   LIST_HEAD(, sg_follower) followers;
   struct sg_log_writer *log_writer;
-  uint64_t log_seq; /* the newest batch handed to the writer */
+  uint64_t log_seq;       /* the newest batch handed to the writer */
   uint64_t log_submitted; /* lines handed to the writer since the start */
-  struct sg_jobs *jobs; /* async jobs (gateway/jobs.c) */
+  struct sg_jobs *jobs;   /* async jobs (gateway/jobs.c) */
   struct {
-    uint64_t lines;        /* lines emitted (worker output and events) */
-    uint64_t rate_dropped; /* worker lines over their rate limit */
+    uint64_t lines;           /* lines emitted (worker output and events) */
+    uint64_t rate_dropped;    /* worker lines over their rate limit */
     uint64_t backlog_dropped; /* lines dropped while the writer was behind */
   } log_stats;
   sg_meter_t *meter;
-  struct sg_pool *pool;     /* threads for work that blocks */
+  struct sg_pool *pool; /* threads for work that blocks */
   /* Threads for log and usage queries, each on a read-only connection
    * from readers: no query runs on the loop. */
   struct sg_pool *query_pool;

@@ -109,13 +109,12 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   json_t *logs = json_array();
   for (int i = 0; i < ep->n_last_logs; i++)
     json_array_append_new(logs, json_string(ep->last_logs[i]));
-  json_t *status = json_pack("{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired",
-                             ep->desired, "workers", "starting", n[SG_W_STARTING], "ready", n[SG_W_READY],
-                             "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued", ep->queued,
-                             "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3,
-                             "consecutive_failures", ep->consecutive_failures, "last_error",
-                             ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs,
-                             "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
+  json_t *status = json_pack(
+      "{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired", ep->desired, "workers", "starting",
+      n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued",
+      ep->queued, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3, "consecutive_failures",
+      ep->consecutive_failures, "last_error", ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs",
+      logs, "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
   json_object_set_new(j, "status", status);
   return j;
 }
@@ -258,9 +257,8 @@ static void create_sample(sg_daemon_t *d) {
     return;
   }
   json_t *j = json_pack("{s:s, s:[s], s:{s:s, s:s}, s:{s:s}, s:{s:s, s:i}, s:{s:i, s:i, s:i}}", "name", "echo",
-                        "command", worker, "env", "MODEL", "tiny-echo", "WARMUP_MS", "500", "health", "path",
-                        "/health", "gpu", "type", "a100", "count", 1, "workers", "min", 0, "max", 2,
-                        "idle_timeout_s", 60);
+                        "command", worker, "env", "MODEL", "tiny-echo", "WARMUP_MS", "500", "health", "path", "/health",
+                        "gpu", "type", "a100", "count", 1, "workers", "min", 0, "max", 2, "idle_timeout_s", 60);
   cleanup_error sg_error_t *err = NULL;
   sg_spec_t *spec = sg_spec_from_json(j, &err);
   json_decref(j);

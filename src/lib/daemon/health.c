@@ -89,8 +89,7 @@ static void probe_cb(evutil_socket_t fd, short what, void *arg) {
     return;
   const sg_spec_t *spec = w->ep->spec;
   if (!w->probe_conn) {
-    w->probe_conn =
-        evhttp_connection_base_new(w->d->base, NULL, w->host ? w->host : "127.0.0.1", (ev_uint16_t)w->port);
+    w->probe_conn = evhttp_connection_base_new(w->d->base, NULL, w->host ? w->host : "127.0.0.1", (ev_uint16_t)w->port);
     evhttp_connection_set_retries(w->probe_conn, 0);
   }
   struct timeval tv = {(time_t)spec->health.timeout_s,
@@ -128,7 +127,8 @@ void sg_health_suspect(sg_worker_t *w) {
   if (w->state != SG_W_READY || w->suspect || !w->probe_timer)
     return;
   w->suspect = true;
-  sg_logs_event(w->d, w->ep->name, w->id, "a request failed at the connection level: out of rotation until a health check passes");
+  sg_logs_event(w->d, w->ep->name, w->id,
+                "a request failed at the connection level: out of rotation until a health check passes");
   if (!w->probe_req)
     schedule(w, 0);
 }

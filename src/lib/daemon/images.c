@@ -17,8 +17,8 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   if (!d->pool)
     return -1;
   cleanup_free char *dir = xasprintf("%s/images", d->cfg.data_dir);
-  sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries,
-                           d->cfg.image_max_layer_bytes, d->cfg.image_max_unpacked_bytes};
+  sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries, d->cfg.image_max_layer_bytes,
+                           d->cfg.image_max_unpacked_bytes};
   d->images = sg_images_new(d->pool, d->store, &ic, err);
   if (!d->images)
     return -1;
@@ -75,8 +75,8 @@ static void pulled(void *ud, sg_image_t *img, const sg_error_t *err) {
     if (img) {
       sg_logs_event(p->d, ep->name, NULL, "image %s pulled in %lld ms", img->ref, (long long)img->pull_ms);
     } else {
-      cleanup_free char *msg = xasprintf("image %s could not be pulled: %s", ep->spec->image,
-                                         err ? err->message : "unknown error");
+      cleanup_free char *msg =
+          xasprintf("image %s could not be pulled: %s", ep->spec->image, err ? err->message : "unknown error");
       free(ep->last_error);
       ep->last_error = xstrdup(msg);
       sg_logs_event(p->d, ep->name, NULL, "%s", msg);

@@ -247,8 +247,8 @@ static void on_running(void *ud) {
     return;
   }
   w->pid = w->rt->pid(w->inst);
-  sg_logs_event(w->d, w->ep->name, w->id, "worker started: %s runtime process %d, port %d", w->rt->name,
-                (int)w->pid, w->port);
+  sg_logs_event(w->d, w->ep->name, w->id, "worker started: %s runtime process %d, port %d", w->rt->name, (int)w->pid,
+                w->port);
   if (!w->stopping)
     sg_health_start(w);
 }
@@ -506,13 +506,13 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
   pid_t pid = w->inst && !w->exited ? w->rt->pid(w->inst) : w->pid;
   json_t *j = json_pack(
       "{s:s, s:s, s:i, s:s, s:i, s:i, s:o, s:o, s:s, s:o, s:o, s:o, s:i, s:I, s:o, s:o}", "id", w->id, "endpoint",
-      w->ep->name, "version", w->version, "state", sg_worker_state_name(w->state), "port", w->port, "pid",
-      (int)pid, "gpus", gpus, "gpu_type", w->n_gpus ? json_string(w->ep->spec->gpu.type) : json_null(),
-      "started_at", sg_format_time(w->started_wall, t1, sizeof(t1)), "ready_at",
+      w->ep->name, "version", w->version, "state", sg_worker_state_name(w->state), "port", w->port, "pid", (int)pid,
+      "gpus", gpus, "gpu_type", w->n_gpus ? json_string(w->ep->spec->gpu.type) : json_null(), "started_at",
+      sg_format_time(w->started_wall, t1, sizeof(t1)), "ready_at",
       w->ready_wall ? json_string(sg_format_time(w->ready_wall, t2, sizeof(t2))) : json_null(), "ended_at",
       w->ended_wall ? json_string(sg_format_time(w->ended_wall, t3, sizeof(t3))) : json_null(), "cold_start_ms",
-      w->ready_mono && !w->adopted ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight", w->in_flight,
-      "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
+      w->ready_mono && !w->adopted ? json_integer(w->ready_mono - w->started_mono) : json_null(), "in_flight",
+      w->in_flight, "served", (json_int_t)w->served, "exit_status", exit_status, "last_error",
       w->last_error ? json_string(w->last_error) : json_null());
   json_object_set_new(j, "runtime", json_string(w->rt->name));
   json_object_set_new(j, "adopted", json_boolean(w->adopted));
@@ -520,16 +520,15 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
   if (w->rt->placement && w->inst) {
     sg_placement_t pl;
     w->rt->placement(w->inst, &pl);
-    json_t *s = json_pack("{s:o, s:o, s:o, s:o}", "job_id", pl.job_id ? json_string(pl.job_id) : json_null(),
-                          "state", pl.state ? json_string(pl.state) : json_null(), "reason",
+    json_t *s = json_pack("{s:o, s:o, s:o, s:o}", "job_id", pl.job_id ? json_string(pl.job_id) : json_null(), "state",
+                          pl.state ? json_string(pl.state) : json_null(), "reason",
                           pl.reason ? json_string(pl.reason) : json_null(), "node",
                           pl.node ? json_string(pl.node) : json_null());
     char t[32];
-    json_object_set_new(s, "start_time", pl.start_wall ? json_string(sg_format_time(pl.start_wall, t, sizeof(t)))
-                                                       : json_null());
-    json_object_set_new(s, "end_time", pl.end_wall && w->exited
-                                           ? json_string(sg_format_time(pl.end_wall, t, sizeof(t)))
-                                           : json_null());
+    json_object_set_new(s, "start_time",
+                        pl.start_wall ? json_string(sg_format_time(pl.start_wall, t, sizeof(t))) : json_null());
+    json_object_set_new(
+        s, "end_time", pl.end_wall && w->exited ? json_string(sg_format_time(pl.end_wall, t, sizeof(t))) : json_null());
     json_object_set_new(j, w->rt->name, s); /* the placement, under the runtime's name */
     if (w->state == SG_W_STARTING && !w->last_error && pl.state && !strcmp(pl.state, "PENDING")) {
       cleanup_free char *msg = xasprintf("pending in Slurm: %s", pl.reason ? pl.reason : "waiting");

@@ -22,7 +22,7 @@ struct sg_job_writer {
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t work;
-  struct op *head, *tail; /* queued */
+  struct op *head, *tail;           /* queued */
   struct op *done_head, *done_tail; /* written, callbacks not yet run */
   size_t backlog;
   bool stop;
@@ -139,8 +139,7 @@ static void done_cb(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
-sg_job_writer_t *sg_job_writer_start(struct event_base *base, const char *db_path, size_t max_batch,
-                                     sg_error_t **err) {
+sg_job_writer_t *sg_job_writer_start(struct event_base *base, const char *db_path, size_t max_batch, sg_error_t **err) {
   sg_store_t *store = sg_store_open(db_path, err);
   if (!store)
     return NULL;

@@ -31,8 +31,7 @@ typedef struct sg_job_writer_stats {
 /* Opens its own connection to db_path and starts the thread; results come
  * back on base. max_batch bounds the writes of one transaction (0: no bound;
  * 1: one commit per write). */
-sg_job_writer_t *sg_job_writer_start(struct event_base *base, const char *db_path, size_t max_batch,
-                                     sg_error_t **err);
+sg_job_writer_t *sg_job_writer_start(struct event_base *base, const char *db_path, size_t max_batch, sg_error_t **err);
 /* Queues an insert (insert true) or an update of rec. Every string of rec is
  * copied; cb may be NULL. Never blocks on the disk. Loop thread. */
 void sg_job_writer_put(sg_job_writer_t *w, bool insert, const sg_job_record_t *rec, sg_job_write_cb cb, void *arg);

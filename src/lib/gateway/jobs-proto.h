@@ -21,7 +21,7 @@
 
 /* A parsed POST /run or /runsync body. */
 typedef struct sg_job_submit {
-  char *input;             /* the input as compact JSON text */
+  char *input; /* the input as compact JSON text */
   size_t input_len;
   char *webhook;           /* NULL: none */
   int64_t exec_timeout_ms; /* 0: the endpoint's default */

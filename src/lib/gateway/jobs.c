@@ -40,15 +40,15 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-#define ENVELOPE_MAX (64u << 10)          /* a submission's bytes besides its input */
-#define OTHER_BODY_MAX (64u << 10)        /* bodies of the other routes (ignored) */
-#define INPUT_MEMORY_MAX (1ull << 30)     /* inputs of queued jobs held in memory, all endpoints */
+#define ENVELOPE_MAX (64u << 10)      /* a submission's bytes besides its input */
+#define OTHER_BODY_MAX (64u << 10)    /* bodies of the other routes (ignored) */
+#define INPUT_MEMORY_MAX (1ull << 30) /* inputs of queued jobs held in memory, all endpoints */
 #define RUNSYNC_WAIT_DEFAULT_MS 90000
 #define RUNSYNC_WAIT_MAX_MS 300000
 #define STREAM_WAIT_DEFAULT_MS 10000
 #define STREAM_WAIT_MAX_MS 60000
 #define STREAM_ITEMS_MAX 100000
-#define UNREAD_KEEP_MS 60000              /* a final job with unread partial outputs stays this long */
+#define UNREAD_KEEP_MS 60000 /* a final job with unread partial outputs stays this long */
 #define UPSTREAM_CONNECT_TIMEOUT_S 5.0
 
 typedef struct sg_job sg_job_t;
@@ -435,8 +435,7 @@ static void stream_reply(jreq_t *r) {
   for (size_t i = j->items_read; i < n; i++)
     json_array_append_new(items, json_pack("{s:O}", "output", json_array_get(j->items, i)));
   j->items_read = n;
-  json_t *body = json_pack("{s:s, s:s, s:o}", "id", j->id, "status", sg_job_status_name(j->status), "stream",
-                           items);
+  json_t *body = json_pack("{s:s, s:s, s:o}", "id", j->id, "status", sg_job_status_name(j->status), "stream", items);
   if (sg_job_status_final(j->status) && j->error)
     json_object_set_new(body, "error", json_value(j->error));
   jreq_reply(r, 200, body);
@@ -674,8 +673,7 @@ static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t
   sg_job_t *j = arg;
   j->answer_status = status;
   for (size_t i = 0; i < n; i++)
-    if (!strcasecmp(h[i].name, "Content-Type") &&
-        (strcasestr(h[i].value, "ndjson") || strcasestr(h[i].value, "jsonl")))
+    if (!strcasecmp(h[i].name, "Content-Type") && (strcasestr(h[i].value, "ndjson") || strcasestr(h[i].value, "jsonl")))
       j->answer_lines = status >= 200 && status <= 299;
 }
 
@@ -846,9 +844,7 @@ static void inserted(void *arg, int result) {
   notify(j, W_COMMIT);
 }
 
-static int64_t resolve_ms(int64_t asked, double default_s) {
-  return asked > 0 ? asked : (int64_t)(default_s * 1000);
-}
+static int64_t resolve_ms(int64_t asked, double default_s) { return asked > 0 ? asked : (int64_t)(default_s * 1000); }
 
 static void submit(jreq_t *r, sg_endpoint_t *ep) {
   sg_jobs_t *J = r->J;
@@ -1129,8 +1125,8 @@ static bool parse_wait(jreq_t *r, int64_t def, int64_t max) {
       char *end;
       long long v = strtoll(buf, &end, 10);
       if (*end || v < 0 || v > max) {
-        cleanup_free char *msg = xasprintf("wait must be an integer number of milliseconds between 0 and %lld",
-                                           (long long)max);
+        cleanup_free char *msg =
+            xasprintf("wait must be an integer number of milliseconds between 0 and %lld", (long long)max);
         sg_http_send_error(r->req, 422, "invalid_field", msg, "wait");
         return false;
       }
@@ -1243,8 +1239,8 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
     return SG_HTTP_DONE;
   }
   if (!sg_spec_is_async(ep->spec)) {
-    cleanup_free char *msg = xasprintf("endpoint \"%s\" is not an async endpoint (its type is \"%s\")", ep->name,
-                                       ep->spec->type);
+    cleanup_free char *msg =
+        xasprintf("endpoint \"%s\" is not an async endpoint (its type is \"%s\")", ep->name, ep->spec->type);
     sg_http_send_error(req, 409, "not_async", msg, NULL);
     return SG_HTTP_DONE;
   }

@@ -54,8 +54,7 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
   struct evbuffer *b = evbuffer_new();
   sg_endpoint_t *ep;
 
-  counter(b, d, "sgpu_requests_total", "Invocations that arrived at the gateway.",
-          offsetof(sg_ep_metrics_t, requests));
+  counter(b, d, "sgpu_requests_total", "Invocations that arrived at the gateway.", offsetof(sg_ep_metrics_t, requests));
   header(b, "sgpu_responses_total", "counter", "Answers to invocations by status code.");
   TAILQ_FOREACH(ep, &d->endpoints, link) {
     for (int code = 100; code < 600; code++)
@@ -72,9 +71,11 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
   header(b, "sgpu_queue_wait_seconds", "histogram", "Time invocations waited for a free worker.");
   TAILQ_FOREACH(ep, &d->endpoints, link) histogram(b, "sgpu_queue_wait_seconds", ep->name, &ep->metrics.queue_wait);
   header(b, "sgpu_queue_length", "gauge", "Invocations waiting for a worker now.");
-  TAILQ_FOREACH(ep, &d->endpoints, link) evbuffer_add_printf(b, "sgpu_queue_length{endpoint=\"%s\"} %d\n", ep->name, ep->queued);
+  TAILQ_FOREACH(ep, &d->endpoints, link)
+  evbuffer_add_printf(b, "sgpu_queue_length{endpoint=\"%s\"} %d\n", ep->name, ep->queued);
   header(b, "sgpu_in_flight", "gauge", "Invocations being served by workers now.");
-  TAILQ_FOREACH(ep, &d->endpoints, link) evbuffer_add_printf(b, "sgpu_in_flight{endpoint=\"%s\"} %d\n", ep->name, ep->in_flight);
+  TAILQ_FOREACH(ep, &d->endpoints, link)
+  evbuffer_add_printf(b, "sgpu_in_flight{endpoint=\"%s\"} %d\n", ep->name, ep->in_flight);
   header(b, "sgpu_workers", "gauge", "Workers by state.");
   TAILQ_FOREACH(ep, &d->endpoints, link) {
     int n[SG_W_FAILED + 1] = {0};
@@ -85,7 +86,8 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
                           n[s]);
   }
   header(b, "sgpu_desired_workers", "gauge", "Workers the scaler wants now.");
-  TAILQ_FOREACH(ep, &d->endpoints, link) evbuffer_add_printf(b, "sgpu_desired_workers{endpoint=\"%s\"} %d\n", ep->name, ep->desired);
+  TAILQ_FOREACH(ep, &d->endpoints, link)
+  evbuffer_add_printf(b, "sgpu_desired_workers{endpoint=\"%s\"} %d\n", ep->name, ep->desired);
   counter(b, d, "sgpu_cold_starts_total", "Workers started that became ready.", offsetof(sg_ep_metrics_t, cold_starts));
   header(b, "sgpu_scale_decisions_total", "counter", "Scaler decisions that started or stopped workers.");
   TAILQ_FOREACH(ep, &d->endpoints, link) {

@@ -26,8 +26,8 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-#define BODY_HOLD_MAX (1u << 20)   /* client body held while waiting, before pausing the client */
-#define REPLAY_MAX (1u << 20)      /* body kept for a retry */
+#define BODY_HOLD_MAX (1u << 20)     /* client body held while waiting, before pausing the client */
+#define REPLAY_MAX (1u << 20)        /* body kept for a retry */
 #define CLIENT_UNSENT_MAX (1u << 20) /* answer bytes queued for the client before pausing the worker */
 #define UPSTREAM_UNSENT_MAX (1u << 20)
 #define MAX_ATTEMPTS 3
@@ -47,7 +47,7 @@ struct sg_proxy {
   struct evbuffer *replay;  /* every body byte so far, while small enough; NULL once not */
   size_t body_total;
   bool body_done;
-  bool chunked_up;   /* the body goes to the worker chunked (length unknown) */
+  bool chunked_up; /* the body goes to the worker chunked (length unknown) */
   bool replying;
   int status; /* of the worker's answer */
   bool client_paused, upstream_paused;
@@ -63,8 +63,9 @@ static void up_drain(void *arg);
 
 static const sg_upstream_handler_t handler = {up_head, up_body, up_done, up_error, up_drain};
 
-static const char *const hop_by_hop[] = {"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-                                         "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade"};
+static const char *const hop_by_hop[] = {
+    "Connection",        "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade"};
 
 /* True for headers that belong to one connection, not to the message. */
 static bool is_hop_by_hop(const char *name, const char *connection_header) {
@@ -200,8 +201,7 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
   bool gone = w && (w->exited || w->stopping);
   bool replayable = p->replay != NULL;
   bool retry = !answer_started && replayable && p->attempts < MAX_ATTEMPTS &&
-               (e == SG_UP_CONNECT_FAILED ||
-                (e == SG_UP_BROKEN && reused && sg_http_method_idempotent(p->req)));
+               (e == SG_UP_CONNECT_FAILED || (e == SG_UP_BROKEN && reused && sg_http_method_idempotent(p->req)));
   if (w && p->attempts <= MAX_ATTEMPTS)
     p->tried[p->attempts - 1] = xstrdup(w->id);
   if (w && e != SG_UP_BAD_RESPONSE)
@@ -224,8 +224,8 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
     sg_scaler_kick(p->ep->d);
     return;
   }
-  const char *msg = e == SG_UP_BAD_RESPONSE ? "the worker sent an answer that is not valid HTTP"
-                    : gone                  ? "the worker ended before it answered"
+  const char *msg = e == SG_UP_BAD_RESPONSE     ? "the worker sent an answer that is not valid HTTP"
+                    : gone                      ? "the worker ended before it answered"
                     : e == SG_UP_CONNECT_FAILED ? "the worker refused the connection"
                                                 : "the worker closed the connection before it answered";
   fail(p, 502, "no_worker", msg);
@@ -313,8 +313,8 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
   sg_http_req_t *req = p->req;
   struct evbuffer *out = sg_upstream_output(p->u);
   const char *target = sg_http_target(req) + 3 + strlen(p->ep->name); /* after "/e/name" */
-  evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: %s:%d\r\n", sg_http_method(req),
-                      *target == '/' ? "" : "/", target, w->host ? w->host : "127.0.0.1", w->port);
+  evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: %s:%d\r\n", sg_http_method(req), *target == '/' ? "" : "/",
+                      target, w->host ? w->host : "127.0.0.1", w->port);
   const char *conn = sg_http_header(req, "Connection");
   const char *xff = NULL;
   size_t n = sg_http_header_count(req);

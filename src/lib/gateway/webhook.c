@@ -52,8 +52,7 @@ static int pick_address(sg_webhooks_t *wh, const char *url, char *pin, size_t le
   CURLU *u = curl_url();
   char *host = NULL, *port = NULL;
   int r = -1;
-  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+  if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
     snprintf(why, wlen, "the URL cannot be parsed");
     goto out;

@@ -9,8 +9,7 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-static void add_gpu(sg_gpu_inventory_t *inv, const char *type, const char *name, const char *uuid,
-                    const char *source) {
+static void add_gpu(sg_gpu_inventory_t *inv, const char *type, const char *name, const char *uuid, const char *source) {
   inv->gpus = xrealloc(inv->gpus, (inv->n + 1) * sizeof(sg_gpu_t));
   sg_gpu_t *g = &inv->gpus[inv->n];
   memset(g, 0, sizeof(*g));
@@ -165,8 +164,8 @@ int sg_gpu_total_count(const sg_gpu_inventory_t *inv, const char *type) {
   return n;
 }
 
-int sg_gpu_acquire(sg_gpu_inventory_t *inv, const char *type, int count, const char *holder,
-                   const char *endpoint, int *out) {
+int sg_gpu_acquire(sg_gpu_inventory_t *inv, const char *type, int count, const char *holder, const char *endpoint,
+                   int *out) {
   if (sg_gpu_free_count(inv, type) < count)
     return -1;
   int got = 0;

@@ -50,10 +50,10 @@ typedef enum {
 } sg_http_head_action_t;
 
 typedef struct sg_http_server_config {
-  size_t max_header_bytes;    /* request line and headers (0: 64 KiB) */
-  size_t max_headers;         /* header fields of one request (0: 100) */
-  size_t max_connections;     /* open client connections (0: no limit) */
-  size_t max_buffered_body;   /* bodies of SG_HTTP_BUFFER requests (413 above) */
+  size_t max_header_bytes;  /* request line and headers (0: 64 KiB) */
+  size_t max_headers;       /* header fields of one request (0: 100) */
+  size_t max_connections;   /* open client connections (0: no limit) */
+  size_t max_buffered_body; /* bodies of SG_HTTP_BUFFER requests (413 above) */
   double header_timeout_s;
   double idle_timeout_s;
   double io_timeout_s;
@@ -131,8 +131,7 @@ bool sg_http_reply_started(const sg_http_req_t *req);
 /* Bytes of answer not yet written to the socket. */
 size_t sg_http_unsent(const sg_http_req_t *req);
 /* Called whenever the unsent bytes fall to at most low_water; NULL removes it. */
-void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_http_req_t *req, void *arg),
-                          void *arg);
+void sg_http_set_drain_cb(sg_http_req_t *req, size_t low_water, void (*cb)(sg_http_req_t *req, void *arg), void *arg);
 
 /* Reason phrase of a status code ("Not Found"), "Unknown" if none. */
 const char *sg_http_reason(int status);

@@ -41,7 +41,7 @@ struct sg_http_server {
   struct event *accept_timer; /* ends a pause of accepting after EMFILE */
   unsigned accept_pauses;     /* pauses since accepting last succeeded */
   struct event *trim_timer;
-  size_t released; /* bytes of buffers freed since the last trim */
+  size_t released;  /* bytes of buffers freed since the last trim */
   uint64_t refused; /* connections refused past max_connections */
 };
 
@@ -65,7 +65,7 @@ struct sg_http_req {
   size_t n_in, in_cap;
   char *hbuf; /* header arena, always NUL-terminated at hlen */
   size_t hlen, hcap;
-  bool in_value; /* the parser is inside a header value */
+  bool in_value;        /* the parser is inside a header value */
   bool head_done;       /* later header callbacks are trailers: dropped */
   size_t trailer_bytes; /* bounded like the head */
   int64_t content_length;
@@ -97,8 +97,8 @@ struct conn {
   sg_stream_t *s;
   http_parser parser;
   char peer[INET6_ADDRSTRLEN];
-  sg_http_req_t *req; /* being read or answered */
-  struct event *timer; /* header or idle timeout */
+  sg_http_req_t *req;   /* being read or answered */
+  struct event *timer;  /* header or idle timeout */
   struct event *resume; /* deferred processing of buffered input */
   bool in_process;
   bool body_paused;
@@ -110,39 +110,72 @@ static const http_parser_settings settings;
 
 const char *sg_http_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 413: return "Content Too Large";
-  case 415: return "Unsupported Media Type";
-  case 418: return "I'm a teapot";
-  case 422: return "Unprocessable Content";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Unknown";
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 411:
+    return "Length Required";
+  case 413:
+    return "Content Too Large";
+  case 415:
+    return "Unsupported Media Type";
+  case 418:
+    return "I'm a teapot";
+  case 422:
+    return "Unprocessable Content";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "Unknown";
   }
 }
 
@@ -714,9 +747,9 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
   if (srv->cfg.max_headers == 0)
     srv->cfg.max_headers = 100;
   LIST_INIT(&srv->conns);
-  srv->listener = evconnlistener_new_bind(base, accept_cb, srv,
-                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-                                          (struct sockaddr *)&ss, sslen);
+  srv->listener =
+      evconnlistener_new_bind(base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                              1024, (struct sockaddr *)&ss, sslen);
   if (!srv->listener) {
     int e = errno ? errno : EADDRINUSE;
     sg_make_error(err, e, "cannot listen on %s:%d: %s", host, port, strerror(e));

@@ -21,14 +21,14 @@ struct sg_stream {
   void *arg;
   struct timeval rtv, wtv;
   bool has_rtv, has_wtv;
-  bool reading;        /* the owner wants input */
-  bool read_blocked;   /* input over the read limit */
+  bool reading;      /* the owner wants input */
+  bool read_blocked; /* input over the read limit */
   bool connecting;
   size_t read_limit;
   size_t low_water;
-  int pending;         /* events to deliver from the loop */
+  int pending; /* events to deliver from the loop */
   int err;
-  int in_cb;           /* depth of callbacks running */
+  int in_cb; /* depth of callbacks running */
   bool free_pending;
 };
 
@@ -302,8 +302,12 @@ sg_stream_t *sg_stream_connect(struct event_base *base, const char *host, int po
   return s;
 }
 
-struct evbuffer *sg_stream_input(sg_stream_t *s) { return s->in; }
-struct evbuffer *sg_stream_output(sg_stream_t *s) { return s->out; }
+struct evbuffer *sg_stream_input(sg_stream_t *s) {
+  return s->in;
+}
+struct evbuffer *sg_stream_output(sg_stream_t *s) {
+  return s->out;
+}
 int sg_stream_error(const sg_stream_t *s) { return s->err; }
 int sg_stream_fd(const sg_stream_t *s) { return s->fd; }
 

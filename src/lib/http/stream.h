@@ -35,8 +35,7 @@ typedef struct sg_stream_callbacks {
 /* Wraps a connected socket (taken: closed on free). */
 sg_stream_t *sg_stream_new(struct event_base *base, int fd, const sg_stream_callbacks_t *cbs, void *arg);
 /* Connects to 127.0.0.1:port; SG_STREAM_CONNECTED or SG_STREAM_ERROR follows. */
-sg_stream_t *sg_stream_connect_loopback(struct event_base *base, int port, const sg_stream_callbacks_t *cbs,
-                                        void *arg);
+sg_stream_t *sg_stream_connect_loopback(struct event_base *base, int port, const sg_stream_callbacks_t *cbs, void *arg);
 /* Connects to host:port, host being a numeric IPv4 address (NULL: 127.0.0.1);
  * SG_STREAM_CONNECTED or SG_STREAM_ERROR follows. */
 sg_stream_t *sg_stream_connect(struct event_base *base, const char *host, int port, const sg_stream_callbacks_t *cbs,

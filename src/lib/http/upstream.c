@@ -298,7 +298,9 @@ void sg_upstream_begin(sg_upstream_t *u, const sg_upstream_handler_t *h, void *a
   sg_stream_read(u->s, true);
 }
 
-struct evbuffer *sg_upstream_output(sg_upstream_t *u) { return sg_stream_output(u->s); }
+struct evbuffer *sg_upstream_output(sg_upstream_t *u) {
+  return sg_stream_output(u->s);
+}
 
 size_t sg_upstream_unsent(const sg_upstream_t *u) { return evbuffer_get_length(sg_stream_output(u->s)); }
 

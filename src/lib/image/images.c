@@ -121,15 +121,16 @@ static void image_set_layers(sg_images_t *im, sg_image_t *img, size_t n, char **
 static void persist(sg_images_t *im, const sg_image_t *img) {
   json_t *layers = json_array();
   for (size_t i = 0; i < img->n_layers; i++)
-    json_array_append_new(layers,
-                          json_pack("{s:s, s:I}", "digest", img->layer_digests[i], "bytes", (json_int_t)img->layer_bytes[i]));
+    json_array_append_new(
+        layers, json_pack("{s:s, s:I}", "digest", img->layer_digests[i], "bytes", (json_int_t)img->layer_bytes[i]));
   json_t *cfg = image_config_json(img);
   cleanup_free char *lt = json_dumps(layers, JSON_COMPACT);
   cleanup_free char *ct = json_dumps(cfg, JSON_COMPACT);
   json_decref(layers);
   json_decref(cfg);
-  sg_image_record_t rec = {img->ref,        img->digest,       ct,           lt, img->size_bytes, img->compressed_bytes,
-                           img->pulled_wall, img->pull_ms, img->last_used_wall};
+  sg_image_record_t rec = {
+      img->ref,     img->digest,        ct, lt, img->size_bytes, img->compressed_bytes, img->pulled_wall,
+      img->pull_ms, img->last_used_wall};
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_image_put(im->store, &rec, &err) < 0)
     sg_warn("image %s not recorded: %s", img->ref, err->message);
@@ -427,8 +428,8 @@ static int64_t with_slack(int64_t bound) { return bound + bound / 32 + (1 << 20)
 /* Makes DIR/layers/<hex> exist and whole; *bytes gets its unpacked size.
  * image_left: what the image's other layers leave of max_unpacked_bytes
  * (< 0: no limit). A layer over a bound leaves nothing behind. */
-static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o,
-                        const sg_layer_desc_t *l, int64_t image_left, int64_t *bytes, sg_error_t **err) {
+static int ensure_layer(pull_job_t *j, const sg_image_ref_t *ref, const sg_registry_opts_t *o, const sg_layer_desc_t *l,
+                        int64_t image_left, int64_t *bytes, sg_error_t **err) {
   const char *hex = hex_of(l->digest);
   cleanup_free char *final = xasprintf("%s/layers/%s", j->dir, hex);
   cleanup_free char *size_path = xasprintf("%s/layers/%s.bytes", j->dir, hex);
@@ -522,8 +523,8 @@ static void pull_work(void *data) {
       unpacked += bytes[i];
       if (r == 0 && j->max_unpacked_bytes > 0 && unpacked > j->max_unpacked_bytes)
         r = sg_make_error(&j->err, EFBIG,
-                          "image %s unpacks to more than image_max_unpacked_bytes allows (%lld bytes): refused",
-                          j->ref, (long long)j->max_unpacked_bytes);
+                          "image %s unpacks to more than image_max_unpacked_bytes allows (%lld bytes): refused", j->ref,
+                          (long long)j->max_unpacked_bytes);
     }
     for (size_t i = 0; i < m.n_layers; i++)
       digests[i] = xstrdup(m.layers[i].digest);
@@ -610,8 +611,8 @@ static void pull_done(void *data, bool cancelled) {
     img->pull_ms = sg_now_ms() - j->started_mono;
     add_image(im, img);
     persist(im, img);
-    sg_info("image %s pulled in %lld ms (%s, %zu layers, %lld bytes)", img->ref, (long long)img->pull_ms,
-            img->digest, img->n_layers, (long long)img->size_bytes);
+    sg_info("image %s pulled in %lld ms (%s, %zu layers, %lld bytes)", img->ref, (long long)img->pull_ms, img->digest,
+            img->n_layers, (long long)img->size_bytes);
     free(p->error);
     p->error = NULL;
   } else {
@@ -700,8 +701,8 @@ sg_image_wait_t *sg_images_pull(sg_images_t *im, const char *ref, const sg_regis
   return start_pull(im, ref, auth, NULL, cb, ud);
 }
 
-sg_image_wait_t *sg_images_recheck(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth,
-                                   sg_image_cb cb, void *ud) {
+sg_image_wait_t *sg_images_recheck(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth, sg_image_cb cb,
+                                   void *ud) {
   sg_image_ref_t ref;
   if (sg_image_ref_parse(refstr, &ref, NULL) < 0)
     return NULL;
@@ -760,12 +761,12 @@ json_t *sg_images_to_json(sg_images_t *im) {
   for (size_t i = 0; i < im->n; i++) {
     sg_image_t *img = im->imgs[i];
     char t1[32], t2[32];
-    json_array_append_new(
-        arr, json_pack("{s:s, s:s, s:I, s:I, s:i, s:s, s:I, s:s, s:i}", "image", img->ref, "digest", img->digest,
-                       "size_bytes", (json_int_t)img->size_bytes, "compressed_bytes", (json_int_t)img->compressed_bytes,
-                       "layers", (int)img->n_layers, "pulled_at", sg_format_time(img->pulled_wall, t1, sizeof(t1)),
-                       "pull_ms", (json_int_t)img->pull_ms, "last_used_at",
-                       sg_format_time(img->last_used_wall, t2, sizeof(t2)), "in_use", img->in_use));
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:I, s:i, s:s, s:I, s:s, s:i}", "image", img->ref, "digest",
+                                         img->digest, "size_bytes", (json_int_t)img->size_bytes, "compressed_bytes",
+                                         (json_int_t)img->compressed_bytes, "layers", (int)img->n_layers, "pulled_at",
+                                         sg_format_time(img->pulled_wall, t1, sizeof(t1)), "pull_ms",
+                                         (json_int_t)img->pull_ms, "last_used_at",
+                                         sg_format_time(img->last_used_wall, t2, sizeof(t2)), "in_use", img->in_use));
   }
   json_t *pulls = json_array();
   pull_t *p;

@@ -35,8 +35,7 @@ static bool component_valid(const char *s, size_t n) {
       j++;
     size_t len = j - i;
     const char *sep = s + i;
-    bool ok = (len == 1 && (*sep == '.' || *sep == '_' || *sep == '-')) ||
-              (len == 2 && sep[0] == '_' && sep[1] == '_');
+    bool ok = (len == 1 && (*sep == '.' || *sep == '_' || *sep == '-')) || (len == 2 && sep[0] == '_' && sep[1] == '_');
     if (!ok) {
       ok = true;
       for (size_t k = 0; k < len; k++)
@@ -134,8 +133,8 @@ int sg_image_ref_parse(const char *s, sg_image_ref_t *r, sg_error_t **err) {
   const char *path = name;
   if (first_slash) {
     size_t dlen = (size_t)(first_slash - name);
-    bool is_domain = memchr(name, '.', dlen) || memchr(name, ':', dlen) ||
-                     (dlen == 9 && !strncmp(name, "localhost", 9));
+    bool is_domain =
+        memchr(name, '.', dlen) || memchr(name, ':', dlen) || (dlen == 9 && !strncmp(name, "localhost", 9));
     for (size_t i = 0; i < dlen && !is_domain; i++)
       is_domain = isupper((unsigned char)name[i]);
     if (is_domain) {

@@ -86,9 +86,9 @@ static void client_close(client_t *c) {
 
 typedef struct response {
   long status;
-  char *challenge;    /* WWW-Authenticate */
+  char *challenge; /* WWW-Authenticate */
   char *content_type;
-  char *digest;       /* Docker-Content-Digest */
+  char *digest; /* Docker-Content-Digest */
   /* body into memory (limit) or into a file with a running sha256 */
   char *body;
   size_t len, limit;
@@ -96,7 +96,7 @@ typedef struct response {
   EVP_MD_CTX *sha;
   int64_t written, max_write;
   bool overflow;
-  long hop_status;     /* status line of the response being received */
+  long hop_status;      /* status line of the response being received */
   size_t hop_discarded; /* body bytes of a redirect, dropped */
 } response_t;
 
@@ -269,8 +269,7 @@ static int get(client_t *c, const char *url, const char *accept, const char *aut
       if (rc == CURLE_WRITE_ERROR && r->hop_discarded > MAX_REDIRECT_BODY)
         return sg_make_error(err, EFBIG, "registry %s: a redirect's body is over %d bytes", c->ref->domain,
                              MAX_REDIRECT_BODY);
-      return sg_make_error(err, EIO, "registry %s: %s", c->ref->domain,
-                           errbuf[0] ? errbuf : curl_easy_strerror(rc));
+      return sg_make_error(err, EIO, "registry %s: %s", c->ref->domain, errbuf[0] ? errbuf : curl_easy_strerror(rc));
     }
     if (!next)
       return 0;
@@ -361,9 +360,8 @@ static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
   }
   if (r.status == 401 || r.status == 403) {
     response_clear(&r);
-    return sg_make_error(err, EACCES, "registry %s: the token server refused the %s for %s (HTTP %ld)",
-                         c->ref->domain, c->o->auth ? "credentials" : "anonymous request", c->ref->repository,
-                         r.status);
+    return sg_make_error(err, EACCES, "registry %s: the token server refused the %s for %s (HTTP %ld)", c->ref->domain,
+                         c->o->auth ? "credentials" : "anonymous request", c->ref->repository, r.status);
   }
   json_t *j = r.status == 200 && r.body ? json_loads(r.body, 0, NULL) : NULL;
   long st = r.status;
@@ -373,8 +371,8 @@ static int authenticate(client_t *c, const char *challenge, sg_error_t **err) {
     tok = json_string_value(json_object_get(j, "access_token"));
   if (!tok) {
     json_decref(j);
-    return sg_make_error(err, EACCES, "registry %s: the token server answered HTTP %ld without a token",
-                         c->ref->domain, st);
+    return sg_make_error(err, EACCES, "registry %s: the token server answered HTTP %ld without a token", c->ref->domain,
+                         st);
   }
   c->bearer = xasprintf("Authorization: Bearer %s", tok);
   json_decref(j);
@@ -442,19 +440,17 @@ static int fetch_manifest(client_t *c, const char *reference, bool by_digest, re
   if (get_authed(c, url, manifest_accept, r, err) < 0)
     return -EIO;
   if (r->overflow)
-    return sg_make_error(err, EFBIG, "registry %s: manifest of %s is over %d bytes", c->ref->domain,
-                         c->ref->repository, MAX_MANIFEST);
+    return sg_make_error(err, EFBIG, "registry %s: manifest of %s is over %d bytes", c->ref->domain, c->ref->repository,
+                         MAX_MANIFEST);
   if (r->status == 404)
     return sg_make_error(err, ENOENT, "image %s/%s:%s not found in the registry (HTTP 404)", c->ref->domain,
                          c->ref->repository, reference);
   if (r->status != 200)
-    return sg_make_error(err, EIO, "registry %s: manifest %s answered HTTP %ld", c->ref->domain, reference,
-                         r->status);
+    return sg_make_error(err, EIO, "registry %s: manifest %s answered HTTP %ld", c->ref->domain, reference, r->status);
   char digest[72];
   sha256_hex(r->body ? r->body : "", r->len, digest);
   if (by_digest && strcmp(digest, reference))
-    return sg_make_error(err, EBADMSG, "registry %s: manifest %s does not match its digest", c->ref->domain,
-                         reference);
+    return sg_make_error(err, EBADMSG, "registry %s: manifest %s does not match its digest", c->ref->domain, reference);
   return 0;
 }
 
@@ -540,8 +536,7 @@ int sg_manifest_parse(const char *body, size_t len, const char *content_type, co
   return 0;
 }
 
-int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out,
-                         sg_error_t **err) {
+int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, sg_manifest_t *out, sg_error_t **err) {
   memset(out, 0, sizeof(*out));
   client_t c = client_open(ref, o);
   cleanup_free char *name = xasprintf("%s/%s", ref->domain, ref->repository);
@@ -567,8 +562,7 @@ int sg_registry_manifest(const sg_image_ref_t *ref, const sg_registry_opts_t *o,
   return ret < 0 ? ret : 0;
 }
 
-int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest,
-                            sg_error_t **err) {
+int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t *o, char **digest, sg_error_t **err) {
   *digest = NULL;
   if (!ref->tag)
     return sg_make_error(err, EINVAL, "image %s/%s names no tag", ref->domain, ref->repository);
@@ -582,8 +576,8 @@ int sg_registry_head_digest(const sg_image_ref_t *ref, const sg_registry_opts_t 
     ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: manifest %s/%s:%s answered HTTP %ld",
                         ref->domain, ref->domain, ref->repository, ref->tag, r.status);
   if (ret == 0 && !(r.digest && sg_digest_valid(r.digest)))
-    ret = sg_make_error(err, EBADMSG, "registry %s: no Docker-Content-Digest for %s:%s", ref->domain,
-                        ref->repository, ref->tag);
+    ret = sg_make_error(err, EBADMSG, "registry %s: no Docker-Content-Digest for %s:%s", ref->domain, ref->repository,
+                        ref->tag);
   if (ret == 0)
     *digest = xstrdup(r.digest);
   response_clear(&r);
@@ -608,8 +602,8 @@ int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, con
   if (fflush(r.file) != 0 && ret == 0)
     ret = sg_make_error(err, errno, "cannot write %s: %s", partial, strerror(errno));
   if (ret == 0 && r.status != 200)
-    ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: blob %s answered HTTP %ld",
-                        ref->domain, digest, r.status);
+    ret = sg_make_error(err, r.status == 404 ? ENOENT : EIO, "registry %s: blob %s answered HTTP %ld", ref->domain,
+                        digest, r.status);
   if (ret == 0 && r.overflow)
     ret = sg_make_error(err, EBADMSG, "registry %s: blob %s is larger than the %lld bytes its descriptor says: refused",
                         ref->domain, digest, (long long)size);
@@ -624,8 +618,8 @@ int sg_registry_blob(const sg_image_ref_t *ref, const sg_registry_opts_t *o, con
     for (int i = 0; i < 32; i++)
       snprintf(got + 7 + 2 * i, 3, "%02x", md[i]);
     if (strcmp(got, digest))
-      ret = sg_make_error(err, EBADMSG, "digest mismatch for blob %s of %s/%s (got %s): refused", digest,
-                          ref->domain, ref->repository, got);
+      ret = sg_make_error(err, EBADMSG, "digest mismatch for blob %s of %s/%s (got %s): refused", digest, ref->domain,
+                          ref->repository, got);
   }
   if (ret == 0 && fsync(fileno(r.file)) < 0)
     ret = sg_make_error(err, errno, "cannot write %s: %s", partial, strerror(errno));

@@ -231,8 +231,8 @@ static int make_hardlink(int rootfd, const char *entry, const char *rel, const c
   if (fstatat(fd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) && unlinkat(fd, base, 0) < 0)
     return sg_make_error(err, errno, "layer entry \"%s\": cannot replace it: %s", entry, strerror(errno));
   if (linkat(tfd, tbase, fd, base, 0) < 0)
-    return sg_make_error(err, errno == ENOENT ? EBADMSG : errno, "layer hard link \"%s\" to \"%s\": %s", entry,
-                         target, strerror(errno));
+    return sg_make_error(err, errno == ENOENT ? EBADMSG : errno, "layer hard link \"%s\" to \"%s\": %s", entry, target,
+                         strerror(errno));
   return 0;
 }
 

@@ -28,8 +28,8 @@
 #include "sgpu/util.h"
 
 #define FLUSH_MS 50
-#define MAX_PENDING 20000        /* lines buffered before a forced flush */
-#define MAX_BACKLOG 500000       /* lines waiting for the writer before new ones are dropped */
+#define MAX_PENDING 20000  /* lines buffered before a forced flush */
+#define MAX_BACKLOG 500000 /* lines waiting for the writer before new ones are dropped */
 #define FOLLOWER_MAX_UNSENT (4u << 20)
 #define KEEPALIVE_S 15
 #define MAX_LINE_BYTES 16384
@@ -38,11 +38,11 @@
 
 /* A line a follower got while its backfill query ran. */
 struct pending_line {
-  char *text;     /* formatted */
+  char *text; /* formatted */
   size_t len;
-  size_t idx;     /* position in d->logbuf until flushed */
-  uint64_t ord;   /* which line submitted to the writer it is; UINT64_MAX: never stored */
-  bool tagged;    /* ord is known */
+  size_t idx;   /* position in d->logbuf until flushed */
+  uint64_t ord; /* which line submitted to the writer it is; UINT64_MAX: never stored */
+  bool tagged;  /* ord is known */
 };
 
 struct logs_job;
@@ -54,13 +54,13 @@ struct sg_follower {
   struct pending_line *pend;
   size_t npend, cap_pend, pend_bytes;
   size_t ntagged; /* pend[0..ntagged) know their ord (tagged in order) */
-  bool overflow; /* pending lines passed the bound: end after the backfill */
+  bool overflow;  /* pending lines passed the bound: end after the backfill */
   sg_daemon_t *d;
   sg_http_req_t *req;
   char *endpoint;
-  char *worker; /* NULL: any */
-  char *stream; /* NULL: any */
-  char *text;   /* NULL: any */
+  char *worker;     /* NULL: any */
+  char *stream;     /* NULL: any */
+  char *text;       /* NULL: any */
   int64_t until_ms; /* 0: no bound */
   bool sse;
   struct event *keepalive;
@@ -253,8 +253,8 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
 
 int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
   sg_log_retention_t def = {NULL, d->cfg.log_keep_lines, d->cfg.log_max_bytes, d->cfg.log_max_age_s};
-  d->log_writer = sg_log_writer_start(db_path, &def, d->cfg.log_retention, d->cfg.n_log_retention,
-                                      d->cfg.log_trim_interval_s, err);
+  d->log_writer =
+      sg_log_writer_start(db_path, &def, d->cfg.log_retention, d->cfg.n_log_retention, d->cfg.log_trim_interval_s, err);
   return d->log_writer ? 0 : -1;
 }
 
@@ -298,11 +298,11 @@ static int64_t parse_time(const char *s, int64_t now) {
 /* A query on the pool. The strings of q are copies the job owns. */
 struct logs_job {
   sg_daemon_t *d;
-  sg_http_req_t *req;   /* NULL once the client went away (not follow) */
-  sg_follower_t *f;     /* follow: NULL once the client went away */
+  sg_http_req_t *req; /* NULL once the client went away (not follow) */
+  sg_follower_t *f;   /* follow: NULL once the client went away */
   sg_log_writer_t *writer;
   sg_store_readers_t *readers;
-  uint64_t seq;         /* the batch to wait for: the barrier */
+  uint64_t seq; /* the batch to wait for: the barrier */
   sg_log_query_t q;
   char *endpoint, *worker, *stream, *text;
   bool sse, follow;

@@ -11,7 +11,6 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-
 /* A set of endpoint names (writer thread only). */
 struct names {
   char **v;

@@ -128,7 +128,9 @@ int64_t sg_meter_acc_total(const sg_meter_acc_t *acc) {
 
 int64_t sg_meter_billable_s(int64_t total_ms) { return total_ms <= 0 ? 0 : (total_ms + 999) / 1000; }
 
-int64_t sg_meter_round_ms(int64_t total_ms) { return sg_meter_billable_s(total_ms) * 1000 - (total_ms > 0 ? total_ms : 0); }
+int64_t sg_meter_round_ms(int64_t total_ms) {
+  return sg_meter_billable_s(total_ms) * 1000 - (total_ms > 0 ? total_ms : 0);
+}
 
 double sg_meter_cost(int64_t billable_ms, int gpu_count, double price) {
   return (double)billable_ms / 1000.0 * gpu_count * price;

@@ -26,9 +26,7 @@ struct sg_meter {
   size_t n, cap;
 };
 
-static int64_t wall_of(const sg_worker_t *w, int64_t mono) {
-  return w->meter.base_wall + (mono - w->meter.base_mono);
-}
+static int64_t wall_of(const sg_worker_t *w, int64_t mono) { return w->meter.base_wall + (mono - w->meter.base_mono); }
 
 /* Adds a copy of w's current record to the next batch. */
 static void snapshot(sg_meter_t *m, sg_worker_t *w, int64_t end_wall, bool closed, int64_t round_ms) {
@@ -81,9 +79,7 @@ static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
 }
 
 /* The state w's load puts it in, once it is past starting. */
-static sg_meter_state_t load_state(const sg_worker_t *w) {
-  return w->in_flight > 0 ? SG_METER_BUSY : SG_METER_IDLE;
-}
+static sg_meter_state_t load_state(const sg_worker_t *w) { return w->in_flight > 0 ? SG_METER_BUSY : SG_METER_IDLE; }
 
 static void checkpoint(sg_meter_t *m, sg_worker_t *w, int64_t now) {
   sg_worker_meter_t *wm = &w->meter;

@@ -82,8 +82,8 @@ void sg_series_tick(sg_daemon_t *d) {
 void sg_series_free(sg_series_t *s) { free(s); }
 
 json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms) {
-  json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(),
-         *ready = json_array(), *in_flight = json_array();
+  json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(), *ready = json_array(),
+         *in_flight = json_array();
   sg_series_t *s = ep->series;
   size_t n = s ? s->n : 0;
   for (size_t i = 0; i <= n && s; i++) {
@@ -98,6 +98,6 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms) {
     json_array_append_new(in_flight, json_integer(p.in_flight));
   }
   return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s", STEP_MS / 1000,
-                   "points", (int)json_array_size(t), "t", t, "requests_per_s", rps, "queue", queue, "workers",
-                   workers, "ready", ready, "in_flight", in_flight);
+                   "points", (int)json_array_size(t), "t", t, "requests_per_s", rps, "queue", queue, "workers", workers,
+                   "ready", ready, "in_flight", in_flight);
 }

@@ -39,16 +39,24 @@ static json_t *strings(const char *const *v) {
  * the cgroup layout enforces) and CAP_NET_RAW (containers share the host's
  * network: raw sockets would see every worker's loopback traffic). */
 static const char *const default_caps[] = {
-    "CAP_CHOWN",  "CAP_DAC_OVERRIDE",     "CAP_FSETID",     "CAP_FOWNER", "CAP_SETGID",      "CAP_SETUID",
-    "CAP_SETFCAP", "CAP_SETPCAP",          "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-    NULL};
+    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FSETID",  "CAP_FOWNER",           "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP",      "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+    "CAP_KILL",   "CAP_AUDIT_WRITE",  NULL};
 
 /* Docker's masked and read-only paths. */
-static const char *const masked_paths[] = {
-    "/proc/acpi",        "/proc/asound",     "/proc/kcore",      "/proc/keys",   "/proc/latency_stats",
-    "/proc/timer_list",  "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",  "/sys/firmware",
-    "/sys/devices/virtual/powercap", NULL};
-static const char *const readonly_paths[] = {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+static const char *const masked_paths[] = {"/proc/acpi",
+                                           "/proc/asound",
+                                           "/proc/kcore",
+                                           "/proc/keys",
+                                           "/proc/latency_stats",
+                                           "/proc/timer_list",
+                                           "/proc/timer_stats",
+                                           "/proc/sched_debug",
+                                           "/proc/scsi",
+                                           "/sys/firmware",
+                                           "/sys/devices/virtual/powercap",
+                                           NULL};
+static const char *const readonly_paths[] = {"/proc/bus",           "/proc/fs", "/proc/irq", "/proc/sys",
                                              "/proc/sysrq-trigger", NULL};
 
 /* The device cgroup: nothing but the standard nodes (null, zero, full,
@@ -105,38 +113,42 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
   /* Raising a hard limit needs more than the container keeps: stay within ours. */
   struct rlimit nofile = {65536, 65536};
   getrlimit(RLIMIT_NOFILE, &nofile);
-  json_t *process = json_pack("{s:b, s:{s:i, s:i}, s:o, s:o, s:s, s:{s:O, s:O, s:O}, s:b, s:[{s:s, s:i, s:i}]}",
-                              "terminal", 0, "user", "uid", 0, "gid", 0, "args", args, "env", env, "cwd",
-                              img->workdir ? img->workdir : "/", "capabilities", "bounding", caps, "effective", caps,
-                              "permitted", caps, "noNewPrivileges", 1, "rlimits", "type", "RLIMIT_NOFILE", "hard",
-                              (int)nofile.rlim_max, "soft", (int)nofile.rlim_max);
+  json_t *process =
+      json_pack("{s:b, s:{s:i, s:i}, s:o, s:o, s:s, s:{s:O, s:O, s:O}, s:b, s:[{s:s, s:i, s:i}]}", "terminal", 0,
+                "user", "uid", 0, "gid", 0, "args", args, "env", env, "cwd", img->workdir ? img->workdir : "/",
+                "capabilities", "bounding", caps, "effective", caps, "permitted", caps, "noNewPrivileges", 1, "rlimits",
+                "type", "RLIMIT_NOFILE", "hard", (int)nofile.rlim_max, "soft", (int)nofile.rlim_max);
   json_decref(caps);
   json_t *mounts = json_array();
-  json_array_append_new(mounts, mount_entry("/proc", "proc", "proc", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev", "tmpfs", "tmpfs",
-                                            (const char *const[]){"nosuid", "strictatime", "mode=755", "size=65536k", NULL}));
+  json_array_append_new(mounts,
+                        mount_entry("/proc", "proc", "proc", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(mounts,
+                        mount_entry("/dev", "tmpfs", "tmpfs",
+                                    (const char *const[]){"nosuid", "strictatime", "mode=755", "size=65536k", NULL}));
   json_array_append_new(mounts, mount_entry("/dev/pts", "devpts", "devpts",
                                             (const char *const[]){"nosuid", "noexec", "newinstance", "ptmxmode=0666",
                                                                   "mode=0620", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev/shm", "tmpfs", "shm",
-                                            (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
-  json_array_append_new(mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
+  json_array_append_new(
+      mounts, mount_entry("/dev/shm", "tmpfs", "shm",
+                          (const char *const[]){"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", NULL}));
+  json_array_append_new(
+      mounts, mount_entry("/dev/mqueue", "mqueue", "mqueue", (const char *const[]){"nosuid", "noexec", "nodev", NULL}));
   if (b->userns)
     json_array_append_new(mounts, mount_entry("/sys", "bind", "/sys",
                                               (const char *const[]){"rbind", "nosuid", "noexec", "nodev", "ro", NULL}));
   else
-    json_array_append_new(mounts,
-                          mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
+    json_array_append_new(
+        mounts, mount_entry("/sys", "sysfs", "sysfs", (const char *const[]){"nosuid", "noexec", "nodev", "ro", NULL}));
   /* Host network: the host's resolver and hosts files. */
   const char *const bind_ro[] = {"rbind", "ro", "nosuid", "nodev", NULL};
   if (access("/etc/resolv.conf", R_OK) == 0)
     json_array_append_new(mounts, mount_entry("/etc/resolv.conf", "bind", "/etc/resolv.conf", bind_ro));
   if (access("/etc/hosts", R_OK) == 0)
     json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
-  json_t *linux_ = json_pack(
-      "{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:o}, s:o, s:o, s:o}", "namespaces", "type", "pid", "type", "ipc",
-      "type", "uts", "type", "mount", "devices", "resources", "devices", device_rules(), "maskedPaths",
-      strings(masked_paths), "readonlyPaths", strings(readonly_paths), "seccomp", sg_oci_seccomp_profile());
+  json_t *linux_ =
+      json_pack("{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:o}, s:o, s:o, s:o}", "namespaces", "type", "pid", "type",
+                "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", device_rules(), "maskedPaths",
+                strings(masked_paths), "readonlyPaths", strings(readonly_paths), "seccomp", sg_oci_seccomp_profile());
   if (b->userns) {
     json_array_append_new(json_object_get(linux_, "namespaces"), json_pack("{s:s}", "type", "user"));
     json_t *map = json_pack("[{s:i, s:I, s:I}]", "containerID", 0, "hostID", (json_int_t)SG_OCI_USERNS_BASE, "size",

@@ -12,13 +12,13 @@ extern const char sg_seccomp_default_json[]; /* data/seccomp-default.json */
 extern const size_t sg_seccomp_default_json_len;
 
 typedef struct sg_oci_bundle_spec {
-  const char *id;           /* container hostname and sgpu.worker annotation */
+  const char *id; /* container hostname and sgpu.worker annotation */
   const sg_image_t *img;
-  char *const *argv;        /* NULL or empty: the image's entrypoint and cmd */
-  char *const *envp;        /* laid over the image's environment; may be NULL */
-  const char *rootfs;       /* root.path: absolute, or relative to the bundle */
-  bool userns;              /* in a user namespace: ids 0..SG_OCI_USERNS_SIZE-1 are
-                               SG_OCI_USERNS_BASE.. on the host */
+  char *const *argv;  /* NULL or empty: the image's entrypoint and cmd */
+  char *const *envp;  /* laid over the image's environment; may be NULL */
+  const char *rootfs; /* root.path: absolute, or relative to the bundle */
+  bool userns;        /* in a user namespace: ids 0..SG_OCI_USERNS_SIZE-1 are
+                         SG_OCI_USERNS_BASE.. on the host */
 } sg_oci_bundle_spec_t;
 
 /* The host ids a user namespace maps the container's 0..65535 to. */

@@ -89,16 +89,16 @@ static struct {
   struct event_base *base;
   sg_pool_t *pool;
   sg_images_t *images;
-  char *runtime;   /* absolute path */
+  char *runtime; /* absolute path */
   bool is_crun;
   bool hide_cgroup2;
   char *dir, *state_dir, *workers_dir;
   char *unavailable;
   int ino_fd; /* watches bundles for their pid files */
   struct event *ino_ev;
-  json_t *cdi; /* array of nvidia.com/gpu CDI specs */
-  bool userns;    /* containers run in a user namespace over idmapped layers */
-  int userns_fd;  /* a user namespace with the containers' id mapping, or -1 */
+  json_t *cdi;   /* array of nvidia.com/gpu CDI specs */
+  bool userns;   /* containers run in a user namespace over idmapped layers */
+  int userns_fd; /* a user namespace with the containers' id mapping, or -1 */
   LIST_HEAD(, oci) all;
 } rt = {.ino_fd = -1, .userns_fd = -1};
 
@@ -330,10 +330,10 @@ static int apply_cdi(json_t *c, sg_error_t **err) {
                                                 "source", host ? host : path, "options", "bind", "nosuid"));
         continue;
       }
-      json_array_append_new(devices, json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i}", "path", path, "type", type,
-                                               "major", (json_int_t)major(st.st_rdev), "minor",
-                                               (json_int_t)minor(st.st_rdev), "fileMode", (int)(st.st_mode & 0777),
-                                               "uid", 0, "gid", 0));
+      json_array_append_new(devices,
+                            json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i}", "path", path, "type", type, "major",
+                                      (json_int_t)major(st.st_rdev), "minor", (json_int_t)minor(st.st_rdev), "fileMode",
+                                      (int)(st.st_mode & 0777), "uid", 0, "gid", 0));
       const char *perm = json_string_value(json_object_get(x, "permissions"));
       json_array_append_new(rdev, json_pack("{s:b, s:s, s:I, s:I, s:s}", "allow", 1, "type", type, "major",
                                             (json_int_t)major(st.st_rdev), "minor", (json_int_t)minor(st.st_rdev),
@@ -345,8 +345,9 @@ static int apply_cdi(json_t *c, sg_error_t **err) {
       if (!hp || !cp)
         continue;
       json_t *opts = json_object_get(x, "options");
-      json_array_append_new(mounts, json_pack("{s:s, s:s, s:s, s:O}", "destination", cp, "type", "bind", "source", hp,
-                                              "options", json_is_array(opts) ? opts : json_pack("[s, s]", "rbind", "ro")));
+      json_array_append_new(mounts,
+                            json_pack("{s:s, s:s, s:s, s:O}", "destination", cp, "type", "bind", "source", hp,
+                                      "options", json_is_array(opts) ? opts : json_pack("[s, s]", "rbind", "ro")));
       if (!json_is_array(opts))
         json_decref(json_object_get(json_array_get(mounts, json_array_size(mounts) - 1), "options"));
     }
@@ -466,7 +467,8 @@ static void prep_work(void *data) {
     sg_make_error(&j->err, errno, "cannot mount the overlay root %s: %s", j->rootfs, strerror(errno));
     return;
   }
-  if (sg_oci_resolve_user(j->config, (char *const[]){j->rootfs, NULL}, j->user, &j->err) < 0 || apply_cdi(j->config, &j->err) < 0)
+  if (sg_oci_resolve_user(j->config, (char *const[]){j->rootfs, NULL}, j->user, &j->err) < 0 ||
+      apply_cdi(j->config, &j->err) < 0)
     return;
   /* The bundle lives as long as the container: nothing to keep over a crash. */
   cleanup_free char *path = xasprintf("%s/config.json", j->dir);
@@ -813,8 +815,8 @@ static void spawn(oci_t *o) {
   argv[n++] = o->id;
   argv[n] = NULL;
   char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
-  sg_launch_t l = {.id = o->id, .argv = argv, .envp = envp,
-                   .flags = rt.hide_cgroup2 && rt.is_crun ? SG_LAUNCH_HIDE_CGROUP2 : 0};
+  sg_launch_t l = {
+      .id = o->id, .argv = argv, .envp = envp, .flags = rt.hide_cgroup2 && rt.is_crun ? SG_LAUNCH_HIDE_CGROUP2 : 0};
   if (rt.ino_fd >= 0)
     o->wd = inotify_add_watch(rt.ino_fd, o->dir, IN_CLOSE_WRITE | IN_MOVED_TO);
   sg_instance_callbacks_t cbs = {proc_line, proc_exit, NULL, NULL};
@@ -830,8 +832,8 @@ static void spawn(oci_t *o) {
   o->cbs.on_running(o->ud);
 }
 
-static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const sg_instance_callbacks_t *cbs,
-                            void *ud, sg_error_t **err) {
+static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const sg_instance_callbacks_t *cbs, void *ud,
+                            sg_error_t **err) {
   if (rt.unavailable) {
     sg_make_error(err, SG_EUNAVAIL, "the oci runtime is not available on this node: %s", rt.unavailable);
     return NULL;

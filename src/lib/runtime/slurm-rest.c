@@ -25,8 +25,7 @@ static char *b64url(const unsigned char *data, size_t n) {
   char *out = xmalloc(n * 4 / 3 + 4);
   size_t o = 0;
   for (size_t i = 0; i < n; i += 3) {
-    unsigned v = (unsigned)data[i] << 16 | (i + 1 < n ? (unsigned)data[i + 1] << 8 : 0) |
-                 (i + 2 < n ? data[i + 2] : 0);
+    unsigned v = (unsigned)data[i] << 16 | (i + 1 < n ? (unsigned)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
     out[o++] = tbl[(v >> 18) & 63];
     out[o++] = tbl[(v >> 12) & 63];
     if (i + 1 < n)
@@ -101,7 +100,8 @@ static long call_url(sg_slurmrest_t *c, const char *method, const char *url, jso
       *error = xstrdup("cannot create an HTTP handle");
     return -1;
   }
-  cleanup_free char *token = c->token ? xstrdup(c->token) : sg_slurmrest_sign(c->key, c->key_len, c->user, TOKEN_LIFETIME_S);
+  cleanup_free char *token =
+      c->token ? xstrdup(c->token) : sg_slurmrest_sign(c->key, c->key_len, c->user, TOKEN_LIFETIME_S);
   cleanup_free char *hu = xasprintf("X-SLURM-USER-NAME: %s", c->user);
   cleanup_free char *ht = xasprintf("X-SLURM-USER-TOKEN: %s", token);
   struct curl_slist *hdrs = NULL;
@@ -131,7 +131,10 @@ static long call_url(sg_slurmrest_t *c, const char *method, const char *url, jso
   if (rc == CURLE_OK)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   else if (error)
-    *error = xasprintf("slurmrestd %s: %s", url, b.too_big ? "answer too large" : *errbuf ? errbuf : curl_easy_strerror(rc));
+    *error = xasprintf("slurmrestd %s: %s", url,
+                       b.too_big ? "answer too large"
+                       : *errbuf ? errbuf
+                                 : curl_easy_strerror(rc));
   curl_slist_free_all(hdrs);
   curl_easy_cleanup(h);
   explicit_bzero(token, strlen(token));
@@ -214,7 +217,9 @@ sg_slurmrest_t *sg_slurmrest_new(const char *url, const char *user, const char *
   json_decref(doc);
   if (!c->api) {
     sg_make_error(err, EPROTO, "slurmrestd at %s offers no job submission API: %s", c->url,
-                  why ? why : st < 0 ? "no answer" : "not in its OpenAPI document");
+                  why      ? why
+                  : st < 0 ? "no answer"
+                           : "not in its OpenAPI document");
     sg_slurmrest_free(c);
     return NULL;
   }

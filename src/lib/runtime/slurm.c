@@ -58,7 +58,7 @@
 
 #define MAX_LINE 16384
 #define READ_CHUNK (256 * 1024)
-#define CMD_TIMEOUT_MS 30000         /* sbatch, scancel, squeue, sacct */
+#define CMD_TIMEOUT_MS 30000 /* sbatch, scancel, squeue, sacct */
 #define CMD_OUTPUT_CAP (4u << 20)
 #define FAST_POLL_MS 100 /* while a job is being placed */
 #define SLOW_POLL_MS 500 /* otherwise (output) */
@@ -203,53 +203,47 @@ static void append_arg(sg_strbuf_t *buf, const char *arg) {
 }
 
 static bool node_sets(const char *kv) {
-  static const char *const keys[] = {"PORT=",
-                                     "CUDA_VISIBLE_DEVICES=",
-                                     "NVIDIA_VISIBLE_DEVICES=",
-                                     "CUDA_DEVICE_ORDER=",
-                                     "PATH=",
-                                     "HOME=",
-                                     NULL};
+  static const char *const keys[] = {
+      "PORT=", "CUDA_VISIBLE_DEVICES=", "NVIDIA_VISIBLE_DEVICES=", "CUDA_DEVICE_ORDER=", "PATH=", "HOME=", NULL};
   for (const char *const *k = keys; *k; k++)
     if (!strncmp(kv, *k, strlen(*k)))
       return true;
   return false;
 }
 
-static const char script_head[] =
-    "#!/bin/sh\n"
-    "set -u\n"
-    "# A free port on this node: outside the kernel's range for the local\n"
-    "# ports of connections (a port held by one, even in TIME_WAIT, cannot be\n"
-    "# bound by a listener) and held by no socket at all.\n"
-    "set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999\n"
-    "lo=$1 hi=$2\n"
-    "if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))\n"
-    "elif [ $((65535 - hi)) -ge 2000 ]; then base=$((hi + 1)) span=$((65535 - hi))\n"
-    "else base=20000 span=40000; fi\n"
-    "used=$(awk 'NR > 1 { split($2, a, \":\"); printf \" %s\", a[2] }' /proc/net/tcp "
-    "/proc/net/tcp6 2>/dev/null)\n"
-    "port=\n"
-    "i=0\n"
-    "while [ $i -lt 200 ]; do\n"
-    "  p=$((base + $(od -An -N2 -tu2 /dev/urandom) % span))\n"
-    "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
-    "esac\n"
-    "  i=$((i + 1))\n"
-    "done\n"
-    "[ -n \"$port\" ] || { echo \"sgpu: no free port on $(hostname)\" >&2; "
-    "exit 75; }\n"
-    "# GPUs: as Slurm set them, else the indexes of the job's GRES.\n"
-    "gpus=${CUDA_VISIBLE_DEVICES-}\n"
-    "if [ -z \"$gpus\" ] && [ -n \"${SLURM_JOB_ID-}\" ]; then\n"
-    "  gpus=$(scontrol show job -d \"$SLURM_JOB_ID\" 2>/dev/null | sed -n "
-    "'s/.*GRES=[^ ]*(IDX:\\([0-9,-]*\\)).*/\\1/p' |\n"
-    "    head -n 1 | awk -F, '{ s = \"\"; for (i = 1; i <= NF; i++) { n = "
-    "split($i, r, \"-\"); hi = n > 1 ? r[2] : r[1];\n"
-    "      for (g = r[1]; g <= hi; g++) s = s (s == \"\" ? \"\" : \",\") g } "
-    "print s }')\n"
-    "fi\n"
-    "node=${SLURMD_NODENAME:-$(hostname)}\n";
+static const char script_head[] = "#!/bin/sh\n"
+                                  "set -u\n"
+                                  "# A free port on this node: outside the kernel's range for the local\n"
+                                  "# ports of connections (a port held by one, even in TIME_WAIT, cannot be\n"
+                                  "# bound by a listener) and held by no socket at all.\n"
+                                  "set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999\n"
+                                  "lo=$1 hi=$2\n"
+                                  "if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))\n"
+                                  "elif [ $((65535 - hi)) -ge 2000 ]; then base=$((hi + 1)) span=$((65535 - hi))\n"
+                                  "else base=20000 span=40000; fi\n"
+                                  "used=$(awk 'NR > 1 { split($2, a, \":\"); printf \" %s\", a[2] }' /proc/net/tcp "
+                                  "/proc/net/tcp6 2>/dev/null)\n"
+                                  "port=\n"
+                                  "i=0\n"
+                                  "while [ $i -lt 200 ]; do\n"
+                                  "  p=$((base + $(od -An -N2 -tu2 /dev/urandom) % span))\n"
+                                  "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
+                                  "esac\n"
+                                  "  i=$((i + 1))\n"
+                                  "done\n"
+                                  "[ -n \"$port\" ] || { echo \"sgpu: no free port on $(hostname)\" >&2; "
+                                  "exit 75; }\n"
+                                  "# GPUs: as Slurm set them, else the indexes of the job's GRES.\n"
+                                  "gpus=${CUDA_VISIBLE_DEVICES-}\n"
+                                  "if [ -z \"$gpus\" ] && [ -n \"${SLURM_JOB_ID-}\" ]; then\n"
+                                  "  gpus=$(scontrol show job -d \"$SLURM_JOB_ID\" 2>/dev/null | sed -n "
+                                  "'s/.*GRES=[^ ]*(IDX:\\([0-9,-]*\\)).*/\\1/p' |\n"
+                                  "    head -n 1 | awk -F, '{ s = \"\"; for (i = 1; i <= NF; i++) { n = "
+                                  "split($i, r, \"-\"); hi = n > 1 ? r[2] : r[1];\n"
+                                  "      for (g = r[1]; g <= hi; g++) s = s (s == \"\" ? \"\" : \",\") g } "
+                                  "print s }')\n"
+                                  "fi\n"
+                                  "node=${SLURMD_NODENAME:-$(hostname)}\n";
 
 /* The batch script of a worker. */
 static char *make_script(const sg_launch_t *l, const char *addr_path) {
@@ -293,14 +287,13 @@ static char *make_script(const sg_launch_t *l, const char *addr_path) {
 #define TOKEN_GPUS "@SGPU_GPUS@"
 #define TOKEN_NVGPUS "@SGPU_NVGPUS@"
 
-static const char image_ns[] =
-    "# In a private mount namespace: the overlay root dies with the job even\n"
-    "# when it is killed, and a hybrid cgroup layout can be hidden from crun.\n"
-    "if [ -z \"${SGPU_PRIVATE_NS-}\" ]; then\n"
-    "  SGPU_PRIVATE_NS=1 exec unshare -m --propagation private \"$0\" \"$@\"\n"
-    "  echo \"sgpu: cannot enter a private mount namespace on $(hostname)\" >&2\n"
-    "  exit 75\n"
-    "fi\n";
+static const char image_ns[] = "# In a private mount namespace: the overlay root dies with the job even\n"
+                               "# when it is killed, and a hybrid cgroup layout can be hidden from crun.\n"
+                               "if [ -z \"${SGPU_PRIVATE_NS-}\" ]; then\n"
+                               "  SGPU_PRIVATE_NS=1 exec unshare -m --propagation private \"$0\" \"$@\"\n"
+                               "  echo \"sgpu: cannot enter a private mount namespace on $(hostname)\" >&2\n"
+                               "  exit 75\n"
+                               "fi\n";
 
 static const char image_tail[] =
     "b=${TMPDIR:-/tmp}/sgpu-bundle.${SLURM_JOB_ID:-$$}\n"
@@ -324,10 +317,12 @@ static const char image_tail[] =
     "  fi ;;\n"
     "esac\n"
     "if [ -n \"$lower\" ]; then\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$lower,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || exit 75\n"
+    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$lower,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || "
+    "exit 75\n"
     "else\n"
     "  mkdir -p \"$b/empty\" &&\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$b/empty,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || exit 75\n"
+    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$b/empty,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" "
+    "|| exit 75\n"
     "fi\n"
     "child=\n"
     "trap '[ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT\n"
@@ -383,8 +378,8 @@ typedef struct submit_job {
   char **roots;
   char **cargv, **cenvp; /* the container's argv and env, tokens in place */
   json_t *rest_job;      /* slurmrestd: the job's properties (argv unused) */
-  char *job_id; /* out */
-  char *error;  /* out */
+  char *job_id;          /* out */
+  char *error;           /* out */
 } submit_job_t;
 
 static void submit_work(void *data) {
@@ -434,9 +429,8 @@ static void submit_work(void *data) {
     return;
   }
   cleanup_free char *why = last_line(p);
-  s->error = status < 0
-                 ? xasprintf("cannot run sbatch: %s", strerror(errno))
-                 : xasprintf("sbatch failed: %s", *why ? why : "no output");
+  s->error = status < 0 ? xasprintf("cannot run sbatch: %s", strerror(errno))
+                        : xasprintf("sbatch failed: %s", *why ? why : "no output");
 }
 
 static void cancel_sync(const char *job_id, bool term);
@@ -733,16 +727,13 @@ static void run_squeue(poll_job_t *pj) {
       strcat(ids, ",");
     strcat(ids, pj->items[i].job_id);
   }
-  char *argv[] = {"squeue", "--noheader", "--states=all",
-                  "--jobs", ids,          "--format=%i|%T|%r|%N|%S|%e",
-                  NULL};
+  char *argv[] = {"squeue", "--noheader", "--states=all", "--jobs", ids, "--format=%i|%T|%r|%N|%S|%e", NULL};
   cleanup_free char *out = NULL;
   int status = run_cmd(argv, &out);
   if (!cmd_ok(status) && !(out && strstr(out, "Invalid job id"))) {
     cleanup_free char *why = last_line(out ? out : "");
-    pj->squeue_error = status < 0
-                           ? xasprintf("cannot run squeue: %s", strerror(errno))
-                           : xasprintf("squeue failed: %s", why);
+    pj->squeue_error =
+        status < 0 ? xasprintf("cannot run squeue: %s", strerror(errno)) : xasprintf("squeue failed: %s", why);
     return;
   }
   pj->squeue_ok = true;
@@ -779,10 +770,8 @@ static void run_squeue(poll_job_t *pj) {
 }
 
 static bool ended_state(const char *s) {
-  return *s && strcmp(s, "PENDING") && strcmp(s, "RUNNING") &&
-         strcmp(s, "CONFIGURING") && strcmp(s, "COMPLETING") &&
-         strcmp(s, "SUSPENDED") && strcmp(s, "REQUEUED") &&
-         strcmp(s, "RESIZING") && strcmp(s, "SIGNALING") &&
+  return *s && strcmp(s, "PENDING") && strcmp(s, "RUNNING") && strcmp(s, "CONFIGURING") && strcmp(s, "COMPLETING") &&
+         strcmp(s, "SUSPENDED") && strcmp(s, "REQUEUED") && strcmp(s, "RESIZING") && strcmp(s, "SIGNALING") &&
          strcmp(s, "STAGE_OUT");
 }
 
@@ -807,22 +796,18 @@ static void read_addr(poll_item_t *it) {
     return;
   char node[128], gpus[256];
   int port;
-  if (sscanf(text, "%127s %d %255s", node, &port, gpus) != 3 || port <= 0 ||
-      port > 65535)
+  if (sscanf(text, "%127s %d %255s", node, &port, gpus) != 3 || port <= 0 || port > 65535)
     return;
   it->n_gpus = 0;
   if (strcmp(gpus, "-")) {
-    for (char *tok = strtok(gpus, ","); tok && it->n_gpus < 16;
-         tok = strtok(NULL, ","))
+    for (char *tok = strtok(gpus, ","); tok && it->n_gpus < 16; tok = strtok(NULL, ","))
       it->gpus[it->n_gpus++] = atoi(tok);
   }
   /* The node's name as the cluster resolves it. */
-  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM},
-                  *res = NULL;
+  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
   if (getaddrinfo(node, NULL, &hints, &res) != 0 || !res)
     return;
-  inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, it->addr,
-            sizeof(it->addr));
+  inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, it->addr, sizeof(it->addr));
   freeaddrinfo(res);
   snprintf(it->addr_node, sizeof(it->addr_node), "%s", node);
   it->port = port;
@@ -932,8 +917,7 @@ static void run_nodes(poll_job_t *pj) {
     parse_gres(g, n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
     field(line, "GresUsed", g, sizeof(g));
     parse_gres(g, NULL, 0, &n.gpus_used);
-    pj->node_list =
-        xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
+    pj->node_list = xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
     pj->node_list[pj->n_nodes++] = n;
   }
 }
@@ -957,8 +941,7 @@ static void poll_work(void *data) {
 }
 
 /* Hands complete lines of a chunk to on_line; keeps the rest. */
-static void deliver(sg_instance_t *inst, int i, const char *data, size_t len,
-                    bool eof) {
+static void deliver(sg_instance_t *inst, int i, const char *data, size_t len, bool eof) {
   out_stream_t *o = &inst->out[i];
   const char *stream = i == 0 ? "stdout" : "stderr";
   o->partial = xrealloc(o->partial, o->plen + len + 1);
@@ -1007,9 +990,8 @@ static void report_end(sg_instance_t *inst) {
   if (inst->released)
     return;
   if (!inst->running_reported) {
-    cleanup_free char *msg =
-        xasprintf("Slurm job %s ended before the worker started: %s",
-                  inst->job_id, inst->end_desc ? inst->end_desc : "unknown");
+    cleanup_free char *msg = xasprintf("Slurm job %s ended before the worker started: %s", inst->job_id,
+                                       inst->end_desc ? inst->end_desc : "unknown");
     /* A job that ran (its script failed) reports an exit; one that never ran, a
      * failed start. */
     if (inst->start_wall) {
@@ -1020,8 +1002,7 @@ static void report_end(sg_instance_t *inst) {
     }
     return;
   }
-  cleanup_free char *msg =
-      xasprintf("Slurm job %s ended: %s", inst->job_id, inst->end_desc);
+  cleanup_free char *msg = xasprintf("Slurm job %s ended: %s", inst->job_id, inst->end_desc);
   inst->cbs.on_line(inst->ud, "stderr", msg, strlen(msg));
   inst->cbs.on_exit(inst->ud, inst->exit_status);
 }
@@ -1058,10 +1039,8 @@ static void apply(poll_job_t *pj, poll_item_t *it) {
     inst->end_wall = it->end_wall;
     inst->exit_status = wait_status(it->exit_code);
     free(inst->end_desc);
-    inst->end_desc =
-        xasprintf("%s%s%s, exit code %s", it->state, inst->reason ? " " : "",
-                  inst->reason ? inst->reason : "",
-                  *it->exit_code ? it->exit_code : "unknown");
+    inst->end_desc = xasprintf("%s%s%s, exit code %s", it->state, inst->reason ? " " : "",
+                               inst->reason ? inst->reason : "", *it->exit_code ? it->exit_code : "unknown");
     report_end(inst);
     return;
   }
@@ -1292,13 +1271,13 @@ static json_t *rest_job(const sg_launch_t *l, const sg_instance_t *inst, const c
     json_object_set_new(env, "PATH", json_string("/usr/local/bin:/usr/bin:/bin"));
   cleanup_free char *name = xasprintf("sgpu.%s", l->id);
   cleanup_free char *comment = xasprintf("sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
-  json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:[i, i], s:i, s:o}", "name", name, "comment", comment,
-                        "standard_output", inst->out_path[0], "standard_error", inst->out_path[1],
-                        "current_working_directory", rt.dir, "requeue", 0, "nodes", 1, 1, "tasks", 1, "environment",
-                        env);
+  json_t *j =
+      json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:[i, i], s:i, s:o}", "name", name, "comment", comment,
+                "standard_output", inst->out_path[0], "standard_error", inst->out_path[1], "current_working_directory",
+                rt.dir, "requeue", 0, "nodes", 1, 1, "tasks", 1, "environment", env);
   if (l->gpu_count > 0) {
-    cleanup_free char *g = l->gpu_type ? xasprintf("gpu:%s:%d", l->gpu_type, l->gpu_count)
-                                       : xasprintf("gpu:%d", l->gpu_count);
+    cleanup_free char *g =
+        l->gpu_type ? xasprintf("gpu:%s:%d", l->gpu_type, l->gpu_count) : xasprintf("gpu:%d", l->gpu_count);
     json_object_set_new(j, "gres", json_string(g));
   }
   if (part)
@@ -1310,13 +1289,10 @@ static json_t *rest_job(const sg_launch_t *l, const sg_instance_t *inst, const c
   return j;
 }
 
-static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
-                            const sg_instance_callbacks_t *cbs, void *ud,
+static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const sg_instance_callbacks_t *cbs, void *ud,
                             sg_error_t **err) {
   if (!rt.ready) {
-    sg_make_error(err, ENOTSUP, "%s",
-                  rt.unavailable ? rt.unavailable
-                                 : "the slurm runtime is not set up");
+    sg_make_error(err, ENOTSUP, "%s", rt.unavailable ? rt.unavailable : "the slurm runtime is not set up");
     return NULL;
   }
   if (l->image && !rt.images) {
@@ -1349,8 +1325,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   s->argv[n++] = xstrdup("sbatch");
   s->argv[n++] = xstrdup("--parsable");
   s->argv[n++] = xasprintf("--job-name=sgpu.%s", l->id);
-  s->argv[n++] =
-      xasprintf("--comment=sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
+  s->argv[n++] = xasprintf("--comment=sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
   s->argv[n++] = xasprintf("--output=%s", inst->out_path[0]);
   s->argv[n++] = xasprintf("--error=%s", inst->out_path[1]);
   s->argv[n++] = xasprintf("--chdir=%s", rt.dir);
@@ -1359,9 +1334,8 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l,
   s->argv[n++] = xstrdup("--ntasks=1");
   s->argv[n++] = xstrdup("--export=ALL");
   if (l->gpu_count > 0)
-    s->argv[n++] =
-        l->gpu_type ? xasprintf("--gres=gpu:%s:%d", l->gpu_type, l->gpu_count)
-                    : xasprintf("--gres=gpu:%d", l->gpu_count);
+    s->argv[n++] = l->gpu_type ? xasprintf("--gres=gpu:%s:%d", l->gpu_type, l->gpu_count)
+                               : xasprintf("--gres=gpu:%d", l->gpu_count);
   const char *part = l->partition ? l->partition : rt.partition;
   const char *acct = l->account ? l->account : rt.account;
   const char *tl = l->time_limit ? l->time_limit : rt.time_limit;
@@ -1597,8 +1571,8 @@ static void find_leftovers(void) {
     char *end = NULL;
     long version = colon ? strtol(colon + 1, &end, 10) : 0;
     cleanup_free char *addr_path = xasprintf("%s/%s.addr", rt.dir, id);
-    bool adoptable = !strcmp(f[1], "RUNNING") && *id && !strchr(id, '/') && colon && end && !*end &&
-                     version > 0 && version <= INT32_MAX && access(addr_path, R_OK) == 0;
+    bool adoptable = !strcmp(f[1], "RUNNING") && *id && !strchr(id, '/') && colon && end && !*end && version > 0 &&
+                     version <= INT32_MAX && access(addr_path, R_OK) == 0;
     if (!adoptable) {
       sg_info("slurm: cancelling job %s (%s) left by an earlier sgpud", f[0], f[1]);
       cancel_sync(f[0], false);
@@ -1658,8 +1632,7 @@ static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance
   return inst;
 }
 
-int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
-                          const sg_slurm_config_t *cfg, sg_error_t **err) {
+int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool, const sg_slurm_config_t *cfg, sg_error_t **err) {
   rt.base = base;
   rt.pool = pool;
   rt.dir = xstrdup(cfg->dir);
@@ -1678,8 +1651,8 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool,
     return -1;
   if (cfg->rest_url) {
     cleanup_error sg_error_t *rerr = NULL;
-    rt.rest = sg_slurmrest_new(cfg->rest_url, cfg->rest_user, cfg->rest_token, cfg->rest_key_file, cfg->rest_api,
-                               &rerr);
+    rt.rest =
+        sg_slurmrest_new(cfg->rest_url, cfg->rest_user, cfg->rest_token, cfg->rest_key_file, cfg->rest_api, &rerr);
     if (!rt.rest) {
       rt.unavailable = xasprintf("slurmrestd cannot be used: %s", rerr->message);
       sg_info("slurm runtime unavailable: %s", rt.unavailable);
@@ -1752,9 +1725,7 @@ void sg_slurm_runtime_shutdown(void) {
 }
 
 const char *sg_slurm_unavailable(void) {
-  return rt.ready         ? NULL
-         : rt.unavailable ? rt.unavailable
-                          : "the slurm runtime is not set up";
+  return rt.ready ? NULL : rt.unavailable ? rt.unavailable : "the slurm runtime is not set up";
 }
 
 static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms) {

@@ -122,8 +122,8 @@ static void remember(sg_scale_window_t *w, int64_t now, int in_flight, int queue
   w->last_ms = now;
 }
 
-void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready,
-                             int idle_workers, uint64_t completed) {
+void sg_scale_window_observe(sg_scale_window_t *w, int64_t now, int in_flight, int queued, int ready, int idle_workers,
+                             uint64_t completed) {
   if (in_flight < 0)
     in_flight = 0;
   if (queued < 0)
@@ -324,8 +324,7 @@ static bool panicked_within(const sg_scale_params_t *p, const sg_scale_window_t 
   return false;
 }
 
-void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, int64_t now,
-                     sg_scale_decision_t *out) {
+void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, int64_t now, sg_scale_decision_t *out) {
   const sg_scale_window_t *w = m->window && m->window->seen ? m->window : NULL;
   double t = per_worker(p);
   int active = m->ready + m->starting;
@@ -502,8 +501,8 @@ static bool stoppable(const sg_scale_worker_t *w) {
   return w->state == SG_SCALE_W_READY && w->in_flight == 0 && !w->stopping;
 }
 
-size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in,
-                     int64_t now, sg_scale_decision_t *out, size_t *victims) {
+size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in, int64_t now,
+                     sg_scale_decision_t *out, size_t *victims) {
   sg_scale_metrics_t m = {0};
   int idle = 0;
   for (size_t i = 0; i < in->n_workers; i++) {

@@ -72,8 +72,7 @@ int sg_store_image_delete(sg_store_t *s, const char *ref, sg_error_t **err) {
   return 0;
 }
 
-int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_record_t *rec), void *ud,
-                        sg_error_t **err) {
+int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_record_t *rec), void *ud, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
               "SELECT ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms, pull_ms, last_used_ms"
@@ -125,16 +124,21 @@ static int auth_query(sg_store_t *s, const char *name, bool secret,
                       void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
-              name ? "SELECT name, registry, username, secret, created_ms, updated_ms FROM registry_auths WHERE name = ?"
-                   : "SELECT name, registry, username, secret, created_ms, updated_ms FROM registry_auths ORDER BY name",
+              name
+                  ? "SELECT name, registry, username, secret, created_ms, updated_ms FROM registry_auths WHERE name = ?"
+                  : "SELECT name, registry, username, secret, created_ms, updated_ms FROM registry_auths ORDER BY name",
               &st, err) < 0)
     return -SG_ESTORE;
   if (name)
     text(st, 1, name);
   int rc, n = 0;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    sg_registry_auth_record_t r = {col(st, 0), col(st, 1), col(st, 2), secret ? col(st, 3) : NULL,
-                                   sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5)};
+    sg_registry_auth_record_t r = {col(st, 0),
+                                   col(st, 1),
+                                   col(st, 2),
+                                   secret ? col(st, 3) : NULL,
+                                   sqlite3_column_int64(st, 4),
+                                   sqlite3_column_int64(st, 5)};
     cb(ud, &r);
     n++;
   }

@@ -5,8 +5,7 @@
 #include "sgpu/util.h"
 #include "store/store-internal.h"
 
-static const char *const status_names[] = {"IN_QUEUE", "IN_PROGRESS", "COMPLETED",
-                                           "FAILED",   "CANCELLED",   "TIMED_OUT"};
+static const char *const status_names[] = {"IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"};
 
 const char *sg_job_status_name(sg_job_status_t s) {
   return (unsigned)s < SG_ARRAY_SIZE(status_names) ? status_names[s] : "UNKNOWN";
@@ -56,17 +55,15 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 
 static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 
-int sg_store_jobs_durable(sg_store_t *s, sg_error_t **err) {
-  return exec(s->db, "PRAGMA synchronous=FULL", err);
-}
+int sg_store_jobs_durable(sg_store_t *s, sg_error_t **err) { return exec(s->db, "PRAGMA synchronous=FULL", err); }
 
-#define INSERT_SQL                                                                                             \
-  "INSERT INTO jobs(id, endpoint, status, input, webhook, exec_timeout_ms, ttl_ms, attempts, retries, output," \
-  " error, worker, created_ms, started_ms, finished_ms, delay_ms, execution_ms, expires_ms)"                   \
+#define INSERT_SQL                                                                                                     \
+  "INSERT INTO jobs(id, endpoint, status, input, webhook, exec_timeout_ms, ttl_ms, attempts, retries, output,"         \
+  " error, worker, created_ms, started_ms, finished_ms, delay_ms, execution_ms, expires_ms)"                           \
   " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
-#define UPDATE_SQL                                                                                             \
-  "UPDATE jobs SET status = ?3, attempts = ?8, retries = ?9, output = ?10, error = ?11, worker = ?12,"         \
-  " created_ms = ?13, started_ms = ?14, finished_ms = ?15, delay_ms = ?16, execution_ms = ?17,"               \
+#define UPDATE_SQL                                                                                                     \
+  "UPDATE jobs SET status = ?3, attempts = ?8, retries = ?9, output = ?10, error = ?11, worker = ?12,"                 \
+  " created_ms = ?13, started_ms = ?14, finished_ms = ?15, delay_ms = ?16, execution_ms = ?17,"                        \
   " expires_ms = ?18 WHERE id = ?1"
 
 static void bind_record(sqlite3_stmt *st, const sg_job_record_t *r, bool insert) {
@@ -131,8 +128,8 @@ failed:
   return -1;
 }
 
-#define SELECT_COLS                                                                                            \
-  "SELECT id, endpoint, status, input, webhook, exec_timeout_ms, ttl_ms, attempts, retries, output, error,"    \
+#define SELECT_COLS                                                                                                    \
+  "SELECT id, endpoint, status, input, webhook, exec_timeout_ms, ttl_ms, attempts, retries, output, error,"            \
   " worker, created_ms, started_ms, finished_ms, delay_ms, execution_ms, expires_ms FROM jobs"
 
 static void read_record(sqlite3_stmt *st, sg_job_record_t *r) {

@@ -138,8 +138,7 @@ sg_store_t *sg_store_open(const char *path, sg_error_t **err) {
   sqlite3 *db = NULL;
   if (strcmp(path, ":memory:") && make_private(path, err) < 0)
     return NULL;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
-      SQLITE_OK) {
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
     sg_make_error(err, SG_ESTORE, "store: cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
     sqlite3_close(db);
     return NULL;
@@ -215,8 +214,8 @@ static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqli
 
 int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s->db, "INSERT INTO endpoints(name, spec, version, created_ms, updated_ms) VALUES(?,?,?,?,?)", &st,
-              err) < 0)
+  if (prepare(s->db, "INSERT INTO endpoints(name, spec, version, created_ms, updated_ms) VALUES(?,?,?,?,?)", &st, err) <
+      0)
     return -SG_ESTORE;
   bind_text(st, 1, rec->name);
   bind_text(st, 2, rec->spec_json);
@@ -276,8 +275,8 @@ int sg_store_endpoint_each(sg_store_t *s, void (*cb)(void *ud, const sg_endpoint
 
 int sg_store_worker_add(sg_store_t *s, const sg_worker_record_t *rec, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s->db, "INSERT OR REPLACE INTO workers(id, endpoint, runtime, pid, started_ms) VALUES(?,?,?,?,?)",
-              &st, err) < 0)
+  if (prepare(s->db, "INSERT OR REPLACE INTO workers(id, endpoint, runtime, pid, started_ms) VALUES(?,?,?,?,?)", &st,
+              err) < 0)
     return -SG_ESTORE;
   bind_text(st, 1, rec->id);
   bind_text(st, 2, rec->endpoint);
@@ -374,17 +373,16 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
   sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* The inner query takes the newest lines; the outer one puts them in time order. */
-  const char *sql =
-      "SELECT ts_ms, endpoint, worker, stream, line FROM ("
-      " SELECT id, ts_ms, endpoint, worker, stream, line FROM logs"
-      " WHERE endpoint = ?1"
-      "  AND (?2 IS NULL OR worker = ?2)"
-      "  AND (?3 IS NULL OR stream = ?3)"
-      "  AND (?4 IS NULL OR instr(line, ?4) > 0)"
-      "  AND (?5 = 0 OR ts_ms >= ?5)"
-      "  AND (?6 = 0 OR ts_ms <= ?6)"
-      " ORDER BY id DESC LIMIT ?7)"
-      " ORDER BY id ASC";
+  const char *sql = "SELECT ts_ms, endpoint, worker, stream, line FROM ("
+                    " SELECT id, ts_ms, endpoint, worker, stream, line FROM logs"
+                    " WHERE endpoint = ?1"
+                    "  AND (?2 IS NULL OR worker = ?2)"
+                    "  AND (?3 IS NULL OR stream = ?3)"
+                    "  AND (?4 IS NULL OR instr(line, ?4) > 0)"
+                    "  AND (?5 = 0 OR ts_ms >= ?5)"
+                    "  AND (?6 = 0 OR ts_ms <= ?6)"
+                    " ORDER BY id DESC LIMIT ?7)"
+                    " ORDER BY id ASC";
   if (q->oldest_first)
     sql = "SELECT ts_ms, endpoint, worker, stream, line FROM logs"
           " WHERE endpoint = ?1"
@@ -405,8 +403,7 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
   sqlite3_bind_int(st, 7, q->limit);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    sg_log_line_t l = {sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2), col_text(st, 3),
-                       col_text(st, 4)};
+    sg_log_line_t l = {sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2), col_text(st, 3), col_text(st, 4)};
     cb(ud, &l);
   }
   if (rc != SQLITE_DONE)
@@ -559,8 +556,8 @@ int sg_store_logs_trim_bytes(sg_store_t *s, const char *endpoint, int64_t max_by
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* Walks from the newest line back until the bytes kept pass max_bytes;
    * that line and every older one go. */
-  if (prepare(s->db, "SELECT id, length(CAST(line AS BLOB)) FROM logs WHERE endpoint = ? ORDER BY id DESC", &st,
-              err) < 0)
+  if (prepare(s->db, "SELECT id, length(CAST(line AS BLOB)) FROM logs WHERE endpoint = ? ORDER BY id DESC", &st, err) <
+      0)
     return -SG_ESTORE;
   bind_text(st, 1, endpoint);
   int64_t total = 0, cut = -1;
