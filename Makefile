@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 60
 MESON_TEST_FLAGS ?= --print-errorlogs
 
 .PHONY: all deps test-deps build run check check-unit check-asan bench clean
-.PHONY: fuzz
+.PHONY: fuzz format format-check
 
 all: build
 
@@ -65,3 +65,10 @@ bench: test-deps build
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
 	rm -rf $(FUZZ_BUILD)
+
+# The C layout of .clang-format: `make format` rewrites, `make format-check` (CI) only checks.
+format:
+	bash scripts/format.sh
+
+format-check: test-deps
+	bash scripts/format.sh --check

@@ -19,6 +19,7 @@ if [ "${1:-}" = test ]; then
     slurm-wlm slurm-client munge                    # a real Slurm cluster
     slurmrestd slurm-wlm-jwt-plugin                 # its REST API, with JWT authentication
     clang libclang-rt-14-dev                        # libFuzzer (make fuzz)
+    clang-format                                    # the layout check (make format-check)
   )
   # The console tests run Playwright (npm playwright-core) on Node.js; a
   # Node.js from elsewhere (with its own npm) is kept.
