@@ -404,6 +404,49 @@ static void test_runtime_does_not_steal_helper_status(void **state) {
   event_base_free(base);
 }
 
+/* What a worker wrote just before it ended is delivered before its exit. */
+struct last_words {
+  int lines_before_exit, lines_after_exit, exits;
+};
+
+static void count_line(void *ud, const char *stream, const char *line, size_t len) {
+  struct last_words *lw = ud;
+  (void)stream, (void)line, (void)len;
+  if (lw->exits)
+    lw->lines_after_exit++;
+  else
+    lw->lines_before_exit++;
+}
+
+static void count_exit(void *ud, int status) {
+  struct last_words *lw = ud;
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 3);
+  lw->exits++;
+}
+
+static void test_worker_lines_come_before_its_exit(void **state) {
+  (void)state;
+  struct event_base *base = event_base_new();
+  cleanup_error sg_error_t *err = NULL;
+  assert_int_equal(sg_process_runtime_init(base, &err), 0);
+  char *argv[] = {"/bin/sh", "-c", "echo out; echo err >&2; exit 3", NULL};
+  char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+  sg_launch_t launch = {.id = "w-exec-test", .argv = argv, .envp = envp};
+  for (int round = 0; round < 300; round++) {
+    struct last_words lw = {0};
+    sg_instance_callbacks_t cbs = {.on_line = count_line, .on_exit = count_exit};
+    sg_instance_t *inst = sg_process_runtime.start(base, &launch, &cbs, &lw, &err);
+    assert_non_null(inst);
+    while (lw.exits == 0)
+      assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
+    assert_int_equal(lw.exits, 1);
+    assert_int_equal(lw.lines_before_exit, 2);
+    sg_process_runtime.release(inst);
+  }
+  sg_process_runtime_shutdown();
+  event_base_free(base);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_exit_status_and_output),
@@ -417,6 +460,7 @@ int main(void) {
       cmocka_unit_test(test_watch_fallback_reaps_only_its_child),
       cmocka_unit_test(test_watch_detach_reaps),
       cmocka_unit_test(test_runtime_does_not_steal_helper_status),
+      cmocka_unit_test(test_worker_lines_come_before_its_exit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,6 +29,7 @@
 #include "sgpu/util.h"
 
 #define MAX_LINE 16384
+#define EXIT_EOF_WAIT_MS 1000
 
 /* Where a child failed before exec. */
 enum { STAGE_SETUP = 1, STAGE_USER, STAGE_EXEC };
@@ -36,8 +37,11 @@ enum { STAGE_SETUP = 1, STAGE_USER, STAGE_EXEC };
 struct sg_instance {
   LIST_ENTRY(sg_instance) link;
   pid_t pid;
-  bool exited;
+  bool exited;    /* reaped */
+  bool exit_told; /* on_exit called */
+  bool eof[2];    /* its stdout, stderr reached end of file */
   int status;
+  struct event *exit_timer; /* bounds the wait for end of file after the exit */
   struct bufferevent *out[2];
   sg_child_watch_t *watch;
   sg_instance_callbacks_t cbs;
@@ -211,11 +215,16 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
   if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
     drain_lines(inst, bev, true);
     bufferevent_disable(bev, EV_READ);
+    inst->eof[bev == inst->out[0] ? 0 : 1] = true;
+    /* The exit waits for both: tell it from the timer's callback, so that
+     * no owner frees this bufferevent from inside its own callback. */
+    if (inst->exit_timer && inst->eof[0] && inst->eof[1])
+      event_active(inst->exit_timer, EV_TIMEOUT, 1);
   }
 }
 
-/* Reads whatever the pipes hold right now, so the lines a worker wrote just
- * before it died are delivered before its exit. */
+/* Reads whatever the pipes hold right now and delivers it, the rest of a
+ * line included. */
 static void flush_pipes(sg_instance_t *inst) {
   for (int i = 0; i < 2; i++) {
     struct bufferevent *bev = inst->out[i];
@@ -227,10 +236,35 @@ static void flush_pipes(sg_instance_t *inst) {
     while ((r = evbuffer_read(in, fd, 65536)) > 0)
       drain_lines(inst, bev, false);
     drain_lines(inst, bev, true);
+    if (r == 0) {
+      bufferevent_disable(bev, EV_READ);
+      inst->eof[i] = true;
+    }
   }
 }
 
-/* The worker's pidfd said it ended, and it has been reaped. */
+/* Calls on_exit once, after every line the worker wrote was delivered. */
+static void tell_exit(sg_instance_t *inst) {
+  if (inst->exit_told)
+    return;
+  inst->exit_told = true;
+  if (inst->exit_timer) {
+    event_free(inst->exit_timer);
+    inst->exit_timer = NULL;
+  }
+  inst->cbs.on_exit(inst->ud, inst->status);
+}
+
+static void exit_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_instance_t *inst = arg;
+  /* Something outside the worker's group still holds its pipes. */
+  flush_pipes(inst);
+  tell_exit(inst);
+}
+
+/* The worker's pidfd said it ended, and it has been reaped. Its exit is told
+ * once both pipes reach end of file (so the lines it wrote last come first),
+ * or after EXIT_EOF_WAIT_MS when a process that left its group holds them. */
 static void child_exited(void *arg, pid_t pid, int status) {
   sg_instance_t *inst = arg;
   /* The group may outlive its leader; nothing of it may stay behind. */
@@ -238,7 +272,13 @@ static void child_exited(void *arg, pid_t pid, int status) {
   inst->exited = true;
   inst->status = status;
   flush_pipes(inst);
-  inst->cbs.on_exit(inst->ud, status);
+  if (inst->eof[0] && inst->eof[1]) {
+    tell_exit(inst);
+    return;
+  }
+  struct timeval tv = {EXIT_EOF_WAIT_MS / 1000, (EXIT_EOF_WAIT_MS % 1000) * 1000};
+  inst->exit_timer = evtimer_new(bufferevent_get_base(inst->out[0]), exit_timeout_cb, inst);
+  evtimer_add(inst->exit_timer, &tv);
 }
 
 int sg_process_runtime_init(struct event_base *base, sg_error_t **err) {
@@ -397,6 +437,8 @@ static void release(sg_instance_t *inst) {
     sg_child_watch_free(inst->watch);
   else
     sg_child_watch_detach(inst->watch);
+  if (inst->exit_timer)
+    event_free(inst->exit_timer);
   for (int i = 0; i < 2; i++)
     if (inst->out[i])
       bufferevent_free(inst->out[i]);
