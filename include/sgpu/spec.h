@@ -6,9 +6,7 @@
 #include <stdbool.h>
 
 #include "sgpu/error.h"
-
-/* Scope-bound release of a JSON reference (json_decrefp() is jansson's). */
-#define cleanup_json __attribute__((cleanup(json_decrefp)))
+#include "sgpu/json.h"
 
 typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include "sgpu/json.h"
 #include "sgpu/util.h"
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -304,6 +305,19 @@ static void test_strbuf(void **state) {
   assert_null(b.s);
 }
 
+static void test_json_env_set(void **state) {
+  (void)state;
+  cleanup_json json_t *env = json_pack("[s, s, s]", "PATH=/bin", "PATHX=1", "A=");
+  sg_json_env_set(env, "PATH=/usr/bin"); /* replaces PATH, not PATHX */
+  sg_json_env_set(env, "A=2");           /* replaces an empty value */
+  sg_json_env_set(env, "B=3");           /* appends */
+  assert_int_equal(json_array_size(env), 4);
+  assert_string_equal(json_string_value(json_array_get(env, 0)), "PATH=/usr/bin");
+  assert_string_equal(json_string_value(json_array_get(env, 1)), "PATHX=1");
+  assert_string_equal(json_string_value(json_array_get(env, 2)), "A=2");
+  assert_string_equal(json_string_value(json_array_get(env, 3)), "B=3");
+}
+
 static void test_strv_trim_write_all(void **state) {
   (void)state;
   char *const v[] = {"a", "bc", "", NULL};
@@ -342,6 +356,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strbuf),
       cmocka_unit_test(test_strv_trim_write_all),
+      cmocka_unit_test(test_json_env_set),
       cmocka_unit_test(test_parse_duration),
       cmocka_unit_test(test_format_time),
       cmocka_unit_test(test_clocks),

@@ -12,28 +12,13 @@
 #include <sys/sysmacros.h>
 #include <yaml.h>
 
+#include "sgpu/json.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
 struct sg_cdi {
   json_t *specs; /* array of nvidia.com/gpu CDI specs */
 };
-
-/* Sets "KEY=VALUE" in a config's env array, replacing KEY's entry if any
- * (as sg_oci_env_set does; gpu/ does not call into runtime/). */
-static void env_set(json_t *env, const char *kv) {
-  size_t klen = strcspn(kv, "=");
-  size_t i;
-  json_t *v;
-  json_array_foreach(env, i, v) {
-    const char *s = json_string_value(v);
-    if (s && !strncmp(s, kv, klen) && s[klen] == '=') {
-      json_array_set_new(env, i, json_string(kv));
-      return;
-    }
-  }
-  json_array_append_new(env, json_string(kv));
-}
 
 static json_t *yaml_node_json(yaml_document_t *doc, yaml_node_t *n, int depth) {
   if (!n || depth > 64)
@@ -170,7 +155,7 @@ int sg_cdi_apply(json_t *c, const json_t *edits, bool userns, sg_error_t **err) 
     size_t k;
     json_t *x;
     json_array_foreach(json_object_get(e, "env"), k, x) if (json_is_string(x) && strchr(json_string_value(x), '='))
-        env_set(env, json_string_value(x));
+        sg_json_env_set(env, json_string_value(x));
     json_array_foreach(json_object_get(e, "deviceNodes"), k, x) {
       const char *path = json_string_value(json_object_get(x, "path"));
       const char *host = json_string_value(json_object_get(x, "hostPath"));

@@ -22,7 +22,7 @@
 
 #include "sgpu/image.h"
 #include "sgpu/log.h"
-#include "sgpu/spec.h" /* cleanup_json */
+#include "sgpu/json.h"
 #include "sgpu/util.h"
 
 #define MAX_MANIFEST SG_REGISTRY_MAX_CONFIG

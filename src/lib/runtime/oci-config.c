@@ -11,22 +11,9 @@
 #include <unistd.h>
 
 #include "oci-internal.h"
+#include "sgpu/json.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
-
-void sg_oci_env_set(json_t *env, const char *kv) {
-  size_t klen = strcspn(kv, "=");
-  size_t i;
-  json_t *v;
-  json_array_foreach(env, i, v) {
-    const char *s = json_string_value(v);
-    if (s && !strncmp(s, kv, klen) && s[klen] == '=') {
-      json_array_set_new(env, i, json_string(kv));
-      return;
-    }
-  }
-  json_array_append_new(env, json_string(kv));
-}
 
 static json_t *strings(const char *const *v) {
   json_t *a = json_array();
@@ -104,11 +91,11 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
       json_array_append_new(args, json_string(*a));
   }
   json_t *env = json_array();
-  sg_oci_env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  sg_json_env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
   for (char **e = img->env; e && *e; e++)
-    sg_oci_env_set(env, *e);
+    sg_json_env_set(env, *e);
   for (char *const *e = b->envp; e && *e; e++)
-    sg_oci_env_set(env, *e);
+    sg_json_env_set(env, *e);
   json_t *caps = strings(default_caps);
   /* Raising a hard limit needs more than the container keeps: stay within ours. */
   struct rlimit nofile = {65536, 65536};

@@ -35,8 +35,6 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b);
 /* The default seccomp profile (data/seccomp-default.json, built in): an
  * allow-list in the form of config.json's linux.seccomp. New reference. */
 json_t *sg_oci_seccomp_profile(void);
-/* Sets "KEY=VALUE" in a config's env array, replacing KEY's entry if any. */
-void sg_oci_env_set(json_t *env, const char *kv);
 /* Sets process.user of c from the image's user ("name", "uid", "name:group"),
  * looked up in etc/passwd and etc/group of the first of roots (top first,
  * NULL-terminated) that has them. Blocks on file reads. */

@@ -47,6 +47,7 @@
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
 #include "sgpu/runtime.h"
+#include "sgpu/json.h"
 #include "sgpu/spec.h"
 #include "sgpu/util.h"
 
@@ -170,7 +171,7 @@ static json_t *build_config(oci_t *o) {
       char vis[SG_SPEC_MAX_GPUS * 4 + 32] = "CUDA_VISIBLE_DEVICES=";
       for (int g = 0; g < o->n_gpus; g++)
         snprintf(vis + strlen(vis), sizeof(vis) - strlen(vis), "%s%d", g ? "," : "", g);
-      sg_oci_env_set(env, vis);
+      sg_json_env_set(env, vis);
     } else {
       json_decref(edits);
     }

@@ -494,14 +494,6 @@ const char *sg_scale_policy_name(sg_scale_policy_t p) {
   return p == SG_SCALE_QUEUE_DELAY ? "queue_delay" : "concurrency";
 }
 
-static void free_strv(char **v, size_t n) {
-  if (!v)
-    return;
-  for (size_t i = 0; i < n; i++)
-    free(v[i]);
-  free(v);
-}
-
 void sg_spec_free(sg_spec_t *s) {
   if (!s)
     return;
@@ -509,9 +501,9 @@ void sg_spec_free(sg_spec_t *s) {
   free(s->type);
   free(s->runtime);
   free(s->image);
-  free_strv(s->command, s->n_command);
-  free_strv(s->env_keys, s->n_env);
-  free_strv(s->env_values, s->n_env);
+  sg_strv_free(s->command); /* NULL-terminated, as are the env vectors */
+  sg_strv_free(s->env_keys);
+  sg_strv_free(s->env_values);
   free(s->health.path);
   free(s->gpu.type);
   free(s->async.path);

@@ -1,0 +1,14 @@
+/* JSON helpers shared by every module that builds or reads jansson values. */
+#ifndef SGPU_JSON_H
+#define SGPU_JSON_H
+
+#include <jansson.h>
+
+/* Scope-bound release of a JSON reference (json_decrefp() is jansson's). */
+#define cleanup_json __attribute__((cleanup(json_decrefp)))
+
+/* Sets "KEY=VALUE" in an array of environment strings (an OCI process's
+ * env), replacing KEY's entry if there is one, else appending. */
+void sg_json_env_set(json_t *env, const char *kv);
+
+#endif
