@@ -10,7 +10,8 @@ by $HEALTH_MODE_FILE (absent or empty: "ok"):
   huge-head N     status N, then header lines as fast as the peer takes them, forever
   endless N       status N with a chunked body that never ends
 
-Every other request gets 200 {"ok": true}. Each /health request appends a line to
+GET /drop closes the connection without an answer; every other request gets
+200 {"ok": true}. Each /health request appends a line to
 $HEALTH_LOG: "probe MODE", and "cut MODE BYTES" when sgpud closed the connection
 while the answer was still being sent (BYTES: what was sent until then)."""
 
@@ -64,6 +65,8 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             target = head.split(b"\r\n", 1)[0].split(b" ")
             path = target[1] if len(target) > 1 else b"/"
+            if path == b"/drop":
+                return
             if path != b"/health":
                 self.request.sendall(answer(200))
                 continue

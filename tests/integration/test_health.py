@@ -1,7 +1,8 @@
 """Health probes against workers whose health path misbehaves: wrong statuses, no
 answer, an answer that trickles, a head or a body that never ends. Each must be
 judged within health.timeout_s and health.startup_timeout_s, cost sgpud neither
-memory nor its loop, and leave it serving.
+memory nor its loop, and leave it serving. A worker made suspect by a request
+that failed at the connection level is probed at once and back on a 200.
 
 Run against the ASan build too (SGPU_BUILD_DIR=build-asan): every test stops its
 sgpud and checks that it exited cleanly with no sanitizer report in its log."""
@@ -148,6 +149,20 @@ class HealthProbeTest(SgpudTestCase):
         self.set_mode("status 404")
         w = self.wait_failed(name, r"failed 2 health checks in a row \(HTTP 404\)")
         self.assertEqual(w["id"], w0["id"])
+        self.assert_serving()
+
+    def test_suspect_worker_is_probed_at_once_and_back_on_200(self):
+        # period_s is far beyond the test: only the probe sent at once on suspicion can
+        # bring the worker back into rotation.
+        name = self.start("ok", period_s=600)
+        (w0,) = self.sgd.wait_ready(name, 1, timeout=20)
+        probes = len(self.worker_log())
+        self.assertError(self.sgd.invoke(name, "/drop", method="POST", body=b"x", timeout=30), 502)
+        wait_for(lambda: len(self.worker_log()) > probes, 10, message="a probe after the failed request")
+        self.assertOk(self.sgd.invoke(name, "/again", method="POST", body=b"y", timeout=30))
+        (w1,) = self.sgd.active_workers(name)
+        self.assertEqual(w1["id"], w0["id"])
+        self.assertEqual(w1["state"], "ready")
         self.assert_serving()
 
 
