@@ -4,7 +4,6 @@
 #define SGPU_DAEMON_INTERNAL_H
 
 #include <event2/event.h>
-#include <event2/http.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,19 +73,14 @@ struct sg_worker {
   bool suspect;   /* a request to it failed at the connection level: no new
                      requests until a health probe answers 200 */
   bool counted_failure;
-  bool never_ran;         /* its start failed before any process ran */
-  bool adopted;           /* started by an earlier sgpud and taken over */
-  bool detached;          /* left running for the next sgpud (slurm) */
-  int64_t running_mono;   /* its process started (probing from then on) */
-  int64_t probe_since_us; /* the start-up probe schedule counts from here (monotonic us) */
+  bool never_ran;       /* its start failed before any process ran */
+  bool adopted;         /* started by an earlier sgpud and taken over */
+  bool detached;        /* left running for the next sgpud (slurm) */
+  int64_t running_mono; /* its process started (probing from then on) */
   char *last_error;
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
   int recent_next;
-  /* health */
-  struct evhttp_connection *probe_conn;
-  struct evhttp_request *probe_req;
-  struct event *probe_timer;
-  int probe_failures;
+  struct sg_health_state *health; /* its probing (daemon/health.c); NULL when not probed */
   struct event *kill_timer;
   /* upstream connections not in use */
   sg_upstream_t **idle_conns;
@@ -262,11 +256,14 @@ sg_upstream_t *sg_worker_get_conn(sg_worker_t *w);
 /* Takes u back into w's pool when it may carry another request, else frees it. */
 void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u);
 
-/* health.c */
+/* health.c: w->health is owned there. */
+/* Starts probing w on the start-up schedule (the first probe in 0.5 ms). */
 void sg_health_start(sg_worker_t *w);
 /* The runtime says the worker's process is about to run (a container was
  * created): a starting worker is probed at once, then on the tight schedule. */
 void sg_health_process_started(sg_worker_t *w);
+/* Stops probing w and frees its health state (a probe in flight is dropped,
+ * its callbacks never run); safe from inside a probe's verdict. */
 void sg_health_stop(sg_worker_t *w);
 /* Takes a ready worker out of rotation until a probe, sent at once, passes. */
 void sg_health_suspect(sg_worker_t *w);

@@ -453,7 +453,6 @@ void sg_daemon_free(sg_daemon_t *d) {
         w->rt->signal(w->inst, SIGKILL);
       w->exited = true;
       w->in_flight = 0;
-      w->probe_req = NULL;
     }
     ep->deleted = true;
     ep->proxies = 0;

@@ -4,23 +4,47 @@
  * 100 ms: cold start is measured to its first 200), and at once when its
  * runtime says the process is about to run; once ready, every
  * health.period_s, and health.failure_threshold failures in a row take it
- * out of rotation. */
-#include <event2/http.h>
+ * out of rotation.
+ *
+ * A probe is a GET of health.path through the HTTP module's upstream client
+ * (http/upstream.h), on one kept-alive connection per worker. Its verdict is
+ * the status of the answer's head, which must arrive within
+ * health.timeout_s of the probe's start, connect included; no answer in
+ * time, a refused connection or an answer that is not HTTP count as failed
+ * probes. The body is read and dropped so that the connection can serve the
+ * next probe; a body over HEALTH_BODY_MAX, or one still arriving at the next
+ * probe, costs the connection, never memory: a worker cannot hold sgpud's
+ * memory or loop with its health answers. */
 #include <time.h>
 
 #include "daemon-internal.h"
+#include "http/upstream.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
 #define STARTUP_PROBE_MIN_US 500
 #define STARTUP_PROBE_MAX_US 100000
+/* The most body bytes of one health answer read (and dropped) to keep its
+ * connection; a longer body closes it. */
+#define HEALTH_BODY_MAX (64u << 10)
 
-static void schedule_us(sg_worker_t *w, int64_t delay_us) {
+/* A worker's probing, from sg_health_start() to sg_health_stop(). */
+struct sg_health_state {
+  sg_worker_t *w;
+  struct event *timer; /* the next probe */
+  sg_upstream_t *conn; /* the probe connection; NULL until a probe needs one */
+  bool probing;        /* a probe waits for its answer's head */
+  size_t body_bytes;   /* of the answer whose body is being dropped */
+  int64_t since_us;    /* the start-up probe schedule counts from here (monotonic us) */
+  int failures;        /* failed probes in a row since the worker was ready */
+};
+
+static void schedule_us(struct sg_health_state *h, int64_t delay_us) {
   struct timeval tv = {(time_t)(delay_us / 1000000), (suseconds_t)(delay_us % 1000000)};
-  evtimer_add(w->probe_timer, &tv);
+  evtimer_add(h->timer, &tv);
 }
 
-static void schedule(sg_worker_t *w, int64_t delay_ms) { schedule_us(w, delay_ms * 1000); }
+static void schedule(struct sg_health_state *h, int64_t delay_ms) { schedule_us(h, delay_ms * 1000); }
 
 static int64_t now_us(void) {
   struct timespec ts;
@@ -28,116 +52,166 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int64_t startup_delay_us(const sg_worker_t *w) {
-  int64_t elapsed = now_us() - w->probe_since_us;
+static int64_t startup_delay_us(const struct sg_health_state *h) {
+  int64_t elapsed = now_us() - h->since_us;
   int64_t delay = STARTUP_PROBE_MIN_US + elapsed / 20;
   return delay > STARTUP_PROBE_MAX_US ? STARTUP_PROBE_MAX_US : delay;
 }
 
-static void probe_done(struct evhttp_request *req, void *arg) {
-  sg_worker_t *w = arg;
-  w->probe_req = NULL;
-  int code = req ? evhttp_request_get_response_code(req) : 0;
+static void drop_conn(struct sg_health_state *h) {
+  sg_upstream_free(h->conn);
+  h->conn = NULL;
+}
+
+/* Acts on a probe's result: code is the answer's status, 0 when none came.
+ * May stop the worker, which frees h: h is not used after this. */
+static void verdict(struct sg_health_state *h, int code) {
+  sg_worker_t *w = h->w;
   if (w->exited || w->stopping)
     return;
   const sg_spec_t *spec = w->ep->spec;
   if (w->state == SG_W_STARTING) {
     if (code == 200) {
+      schedule(h, (int64_t)(spec->health.period_s * 1000));
       sg_worker_became_ready(w);
-      schedule(w, (int64_t)(spec->health.period_s * 1000));
       return;
     }
     /* A remote worker's time waiting for its node does not count. */
     int64_t since = w->rt->remote && w->running_mono ? w->running_mono : w->started_mono;
     if (sg_now_ms() - since > (int64_t)(spec->health.startup_timeout_s * 1000)) {
-      cleanup_free char *why = xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: %s)",
-                                         spec->health.startup_timeout_s, code ? "" : "no answer");
-      if (code) {
-        free(why);
-        why = xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: HTTP %d)",
-                        spec->health.startup_timeout_s, code);
-      }
+      cleanup_free char *why =
+          code ? xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: HTTP %d)",
+                           spec->health.startup_timeout_s, code)
+               : xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: no answer)",
+                           spec->health.startup_timeout_s);
       sg_logs_event(w->d, w->ep->name, w->id, "%s", why);
       sg_worker_unhealthy(w, why);
       return;
     }
-    schedule_us(w, startup_delay_us(w));
+    schedule_us(h, startup_delay_us(h));
     return;
   }
   if (code == 200) {
-    w->probe_failures = 0;
+    h->failures = 0;
+    schedule(h, (int64_t)(spec->health.period_s * 1000));
     if (w->suspect) {
       w->suspect = false;
       sg_gateway_pump(w->ep);
     }
-  } else if (++w->probe_failures >= spec->health.failure_threshold) {
-    cleanup_free char *why = code ? xasprintf("failed %d health checks in a row (HTTP %d)", w->probe_failures, code)
-                                  : xasprintf("failed %d health checks in a row (no answer)", w->probe_failures);
+    return;
+  }
+  if (++h->failures >= spec->health.failure_threshold) {
+    cleanup_free char *why = code ? xasprintf("failed %d health checks in a row (HTTP %d)", h->failures, code)
+                                  : xasprintf("failed %d health checks in a row (no answer)", h->failures);
     sg_logs_event(w->d, w->ep->name, w->id, "unhealthy: %s", why);
     sg_worker_unhealthy(w, why);
     return;
-  } else {
-    sg_logs_event(w->d, w->ep->name, w->id, "health check failed (%d of %d)", w->probe_failures,
-                  spec->health.failure_threshold);
   }
-  schedule(w, (int64_t)(spec->health.period_s * 1000));
+  sg_logs_event(w->d, w->ep->name, w->id, "health check failed (%d of %d)", h->failures,
+                spec->health.failure_threshold);
+  schedule(h, (int64_t)(spec->health.period_s * 1000));
+}
+
+static void on_head(void *arg, int status, const sg_upstream_header_t *headers, size_t n) {
+  struct sg_health_state *h = arg;
+  h->probing = false;
+  h->body_bytes = 0;
+  verdict(h, status);
+}
+
+static void on_body(void *arg, struct evbuffer *data) {
+  struct sg_health_state *h = arg;
+  h->body_bytes += evbuffer_get_length(data);
+  evbuffer_drain(data, evbuffer_get_length(data));
+  if (h->body_bytes > HEALTH_BODY_MAX)
+    drop_conn(h);
+}
+
+static void on_done(void *arg) {}
+
+static void on_error(void *arg, sg_upstream_error_t err, bool answer_started) {
+  struct sg_health_state *h = arg;
+  drop_conn(h);
+  if (answer_started)
+    return; /* its head gave the verdict; the body broke off */
+  h->probing = false;
+  verdict(h, 0);
+}
+
+static const sg_upstream_handler_t probe_handler = {on_head, on_body, on_done, on_error, NULL};
+
+/* Appends path to the request line with the bytes that cannot appear there
+ * (controls, space, non-ASCII) percent-encoded. */
+static void add_path(struct evbuffer *out, const char *path) {
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+    if (*p <= ' ' || *p >= 0x7f)
+      evbuffer_add_printf(out, "%%%02X", *p);
+    else
+      evbuffer_add(out, p, 1);
+  }
 }
 
 static void probe_cb(evutil_socket_t fd, short what, void *arg) {
-  sg_worker_t *w = arg;
-  if (w->exited || w->stopping || w->probe_req)
+  struct sg_health_state *h = arg;
+  sg_worker_t *w = h->w;
+  if (w->exited || w->stopping || h->probing)
     return;
   const sg_spec_t *spec = w->ep->spec;
-  if (!w->probe_conn) {
-    w->probe_conn = evhttp_connection_base_new(w->d->base, NULL, w->host ? w->host : "127.0.0.1", (ev_uint16_t)w->port);
-    evhttp_connection_set_retries(w->probe_conn, 0);
-  }
-  struct timeval tv = {(time_t)spec->health.timeout_s,
-                       (suseconds_t)((spec->health.timeout_s - (double)(time_t)spec->health.timeout_s) * 1e6)};
-  evhttp_connection_set_timeout_tv(w->probe_conn, &tv);
-  struct evhttp_request *req = evhttp_request_new(probe_done, w);
-  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-  char host[80];
-  snprintf(host, sizeof(host), "%s:%d", w->host ? w->host : "127.0.0.1", w->port);
-  evhttp_add_header(h, "Host", host);
-  evhttp_add_header(h, "User-Agent", "sgpu-health");
-  if (evhttp_make_request(w->probe_conn, req, EVHTTP_REQ_GET, spec->health.path) < 0) {
-    schedule(w, 100);
-    return;
-  }
-  w->probe_req = req;
+  /* A connection still dropping an earlier body, or closed by the worker,
+   * gives way to a new one. */
+  if (h->conn && !sg_upstream_usable(h->conn))
+    drop_conn(h);
+  if (!h->conn)
+    h->conn = sg_upstream_new(w->d->base, w->host, w->port, spec->health.timeout_s);
+  sg_upstream_begin(h->conn, &probe_handler, h, false);
+  struct evbuffer *out = sg_upstream_output(h->conn);
+  evbuffer_add_printf(out, "GET ");
+  add_path(out, spec->health.path);
+  evbuffer_add_printf(out, " HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: sgpu-health\r\n\r\n",
+                      w->host ? w->host : "127.0.0.1", w->port);
+  sg_upstream_set_deadline(h->conn, spec->health.timeout_s);
+  h->probing = true;
 }
 
 void sg_health_start(sg_worker_t *w) {
-  w->probe_timer = evtimer_new(w->d->base, probe_cb, w);
-  w->probe_since_us = now_us();
-  schedule_us(w, STARTUP_PROBE_MIN_US);
+  if (!w->health) {
+    w->health = xcalloc(1, sizeof(*w->health));
+    w->health->w = w;
+    w->health->timer = evtimer_new(w->d->base, probe_cb, w->health);
+  }
+  w->health->since_us = now_us();
+  schedule_us(w->health, STARTUP_PROBE_MIN_US);
 }
 
 void sg_health_process_started(sg_worker_t *w) {
-  if (w->state != SG_W_STARTING || !w->probe_timer || w->exited || w->stopping)
+  struct sg_health_state *h = w->health;
+  if (w->state != SG_W_STARTING || !h || w->exited || w->stopping)
     return;
   /* The schedule starts over from the moment the process runs. */
-  w->probe_since_us = now_us();
-  if (!w->probe_req)
-    schedule_us(w, 0);
+  h->since_us = now_us();
+  if (!h->probing)
+    schedule_us(h, 0);
 }
 
 void sg_health_suspect(sg_worker_t *w) {
-  if (w->state != SG_W_READY || w->suspect || !w->probe_timer)
+  if (w->state != SG_W_READY || w->suspect || !w->health)
     return;
   w->suspect = true;
   sg_logs_event(w->d, w->ep->name, w->id,
                 "a request failed at the connection level: out of rotation until a health check passes");
-  if (!w->probe_req)
-    schedule(w, 0);
+  if (!w->health->probing)
+    schedule(w->health, 0);
 }
 
 void sg_health_stop(sg_worker_t *w) {
-  if (w->probe_timer) {
-    event_free(w->probe_timer);
-    w->probe_timer = NULL;
-  }
-  /* The connection may be inside its own callback here: it is freed with the
-   * worker, after any pending probe has ended. */
+  struct sg_health_state *h = w->health;
+  if (!h)
+    return;
+  /* May run inside a callback of the probe connection (a verdict that stops
+   * the worker): sg_upstream_free() defers the free, and no callback of this
+   * probe runs after it. */
+  event_free(h->timer);
+  sg_upstream_free(h->conn);
+  free(h);
+  w->health = NULL;
 }

@@ -192,8 +192,6 @@ static char *subst_port(const char *arg, int port) {
 
 static void free_worker(sg_worker_t *w) {
   release_resources(w);
-  if (w->probe_conn)
-    evhttp_connection_free(w->probe_conn);
   for (size_t i = 0; i < w->n_idle; i++)
     sg_upstream_free(w->idle_conns[i]);
   free(w->idle_conns);
@@ -482,7 +480,7 @@ void sg_worker_prune(sg_endpoint_t *ep) {
   /* Newest last: count from the end, drop the older ended ones. */
   for (w = TAILQ_LAST(&ep->workers, sg_worker_list); w; w = tmp) {
     tmp = TAILQ_PREV(w, sg_worker_list, link);
-    if (!w->exited || w->in_flight > 0 || w->probe_req)
+    if (!w->exited || w->in_flight > 0)
       continue;
     if (ep->deleted || ++ended > KEEP_ENDED) {
       TAILQ_REMOVE(&ep->workers, w, link);

@@ -19,6 +19,8 @@ enum up_state { U_CONNECTING, U_IDLE, U_BUSY, U_DEAD };
 
 struct sg_upstream {
   sg_stream_t *s;
+  struct event_base *base;
+  struct event *deadline; /* the exchange's deadline; NULL until one is set */
   http_parser parser;
   enum up_state state;
   bool connected;
@@ -53,8 +55,15 @@ static void clear_headers(sg_upstream_t *u) {
   u->head_done = false;
 }
 
+static void stop_deadline(sg_upstream_t *u) {
+  if (u->deadline)
+    event_del(u->deadline);
+}
+
 static void really_free(sg_upstream_t *u) {
   clear_headers(u);
+  if (u->deadline)
+    event_free(u->deadline);
   sg_stream_free(u->s);
   evbuffer_free(u->piece);
   free(u);
@@ -65,6 +74,7 @@ void sg_upstream_free(sg_upstream_t *u) {
     return;
   u->h = NULL;
   u->state = U_DEAD;
+  stop_deadline(u);
   if (u->in_cb) {
     u->free_pending = true;
     return;
@@ -78,6 +88,7 @@ static void fail(sg_upstream_t *u, sg_upstream_error_t e) {
   bool started = u->answer_started;
   u->state = U_DEAD;
   u->h = NULL;
+  stop_deadline(u);
   sg_stream_read(u->s, false);
   if (h && h->on_error)
     h->on_error(u->arg, e, started);
@@ -159,6 +170,7 @@ static int on_message_complete(http_parser *p) {
   bool keep = http_should_keep_alive(p) && u->state == U_BUSY;
   u->state = keep ? U_IDLE : U_DEAD;
   u->h = NULL;
+  stop_deadline(u);
   http_parser_pause(p, 1);
   if (h && h->on_done)
     h->on_done(u->arg);
@@ -255,8 +267,31 @@ static void event_cb(sg_stream_t *s, int what, void *arg) {
 
 static const sg_stream_callbacks_t stream_cbs = {read_cb, drain_cb, event_cb};
 
+static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_upstream_t *u = arg;
+  if (u->state != U_BUSY)
+    return;
+  u->in_cb = true;
+  fail(u, u->connected ? SG_UP_TIMEOUT : SG_UP_CONNECT_FAILED);
+  u->in_cb = false;
+  if (u->free_pending)
+    really_free(u);
+}
+
+void sg_upstream_set_deadline(sg_upstream_t *u, double seconds) {
+  if (seconds <= 0 || u->state != U_BUSY) {
+    stop_deadline(u);
+    return;
+  }
+  if (!u->deadline)
+    u->deadline = evtimer_new(u->base, deadline_cb, u);
+  struct timeval tv = {(time_t)seconds, (suseconds_t)((seconds - (double)(time_t)seconds) * 1e6)};
+  evtimer_add(u->deadline, &tv);
+}
+
 sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int port, double connect_timeout_s) {
   sg_upstream_t *u = xcalloc(1, sizeof(*u));
+  u->base = base;
   u->piece = evbuffer_new();
   u->state = U_CONNECTING;
   http_parser_init(&u->parser, HTTP_RESPONSE);
@@ -268,6 +303,7 @@ sg_upstream_t *sg_upstream_new(struct event_base *base, const char *host, int po
 
 sg_upstream_t *sg_upstream_adopt(struct event_base *base, int fd) {
   sg_upstream_t *u = xcalloc(1, sizeof(*u));
+  u->base = base;
   u->piece = evbuffer_new();
   u->state = U_IDLE;
   u->connected = true;
@@ -315,6 +351,7 @@ void sg_upstream_pause(sg_upstream_t *u, bool paused) {
 
 void sg_upstream_detach(sg_upstream_t *u) {
   u->h = NULL;
+  stop_deadline(u);
   if (u->state == U_BUSY)
     u->state = U_DEAD;
 }

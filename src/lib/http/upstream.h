@@ -20,6 +20,7 @@ typedef enum {
   SG_UP_CONNECT_FAILED, /* never connected: nothing was sent */
   SG_UP_BROKEN,         /* closed or reset after the request was (partly) sent */
   SG_UP_BAD_RESPONSE,   /* the answer could not be parsed */
+  SG_UP_TIMEOUT,        /* connected, but the answer did not end within the deadline */
 } sg_upstream_error_t;
 
 typedef struct sg_upstream_header {
@@ -53,6 +54,13 @@ bool sg_upstream_usable(const sg_upstream_t *u);
 void sg_upstream_begin(sg_upstream_t *u, const sg_upstream_handler_t *h, void *arg, bool head_request);
 /* Where the request (head and body) is written. */
 struct evbuffer *sg_upstream_output(sg_upstream_t *u);
+/* Ends the current exchange with an error unless its answer is complete
+ * within seconds from now (the connect included while it is still under
+ * way): SG_UP_CONNECT_FAILED if the connection was never made, else
+ * SG_UP_TIMEOUT. It bounds a worker that answers slowly or not at all, which
+ * the read timeout (no progress) does not. Call after sg_upstream_begin(); it
+ * ends with the exchange. 0: none. */
+void sg_upstream_set_deadline(sg_upstream_t *u, double seconds);
 /* Bytes of the request not yet written to the socket. */
 size_t sg_upstream_unsent(const sg_upstream_t *u);
 /* Calls on_drain when the unsent bytes fall to low_water (0: off). */
