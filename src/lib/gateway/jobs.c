@@ -1355,7 +1355,7 @@ int sg_jobs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
       free(J);
       return -1;
     }
-  J->webhooks = sg_webhooks_start(rules, n, d->cfg.webhook_retry_s > 0 ? d->cfg.webhook_retry_s : 10, err);
+  J->webhooks = sg_webhooks_start(d->base, rules, n, d->cfg.webhook_retry_s > 0 ? d->cfg.webhook_retry_s : 10, err);
   free(rules);
   if (!J->webhooks) {
     sg_job_writer_stop(J->writer);

@@ -1,43 +1,49 @@
-/* Webhook delivery threads. See webhook.h. */
+/* Webhook delivery on a pool of its own. See webhook.h. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <event2/event.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <strings.h>
-#include <time.h>
+#include <sys/queue.h>
 
 #include "gateway/webhook.h"
 #include "sgpu/log.h"
+#include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 #define THREADS 2
 #define ATTEMPTS 3 /* the first and two retries */
 #define TRANSFER_TIMEOUT_S 10L
-#define MAX_QUEUED 100000
 
+/* A delivery is owned by the loop, except while its attempt runs on a pool
+ * thread (between sg_pool_submit and done), where attempt() reads its url,
+ * body and attempts and writes only outcome. */
 struct delivery {
-  struct delivery *next;
+  LIST_ENTRY(delivery) link; /* in wh->retrying while its timer is armed */
+  sg_webhooks_t *wh;
   char *url, *body;
   int attempts;
-  int64_t due_ms; /* monotonic */
+  int outcome; /* of the last attempt: 1 delivered, 0 to retry, -1 refused */
+  struct event *timer;
 };
 
 struct sg_webhooks {
-  pthread_t threads[THREADS];
-  int n_threads;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  struct delivery *head; /* unordered; small */
-  size_t queued;
-  bool stop;
+  struct event_base *base;
+  sg_pool_t *pool;
+  LIST_HEAD(, delivery) retrying;
+  size_t queued; /* deliveries not finished: at the pool or waiting to retry */
+  bool stopping;
+  /* read by pool threads, never written after start */
   sg_addr_rule_t *rules;
   size_t n_rules;
-  int64_t retry_ms;
-  sg_webhook_stats_t stats;
+  struct timeval retry_delay;
+  sg_webhook_stats_t stats; /* loop thread */
 };
 
 static void delivery_free(struct delivery *dl) {
+  if (dl->timer)
+    event_free(dl->timer);
   free(dl->url);
   free(dl->body);
   free(dl);
@@ -48,7 +54,7 @@ static size_t discard(char *ptr, size_t size, size_t n, void *ud) { return size 
 /* Resolves url's host and picks the first address the allow-list admits.
  * Returns 0 with "host:port:addr" in pin, 1 when no address is admitted, -1
  * when the name does not resolve. */
-static int pick_address(sg_webhooks_t *wh, const char *url, char *pin, size_t len, char *why, size_t wlen) {
+static int pick_address(const sg_webhooks_t *wh, const char *url, char *pin, size_t len, char *why, size_t wlen) {
   CURLU *u = curl_url();
   char *host = NULL, *port = NULL;
   int r = -1;
@@ -95,7 +101,7 @@ out:
 }
 
 /* One attempt. Returns 1 delivered, 0 to retry, -1 refused (no retry). */
-static int attempt(sg_webhooks_t *wh, struct delivery *dl) {
+static int attempt(const sg_webhooks_t *wh, const struct delivery *dl) {
   char pin[512], why[300];
   int p = pick_address(wh, dl->url, pin, sizeof(pin), why, sizeof(why));
   if (p != 0) {
@@ -139,124 +145,105 @@ static int attempt(sg_webhooks_t *wh, struct delivery *dl) {
   return 0;
 }
 
-static void *run(void *arg) {
-  sg_webhooks_t *wh = arg;
-  pthread_mutex_lock(&wh->mu);
-  while (!wh->stop) {
-    struct delivery **best = NULL;
-    for (struct delivery **pp = &wh->head; *pp; pp = &(*pp)->next)
-      if (!best || (*pp)->due_ms < (*best)->due_ms)
-        best = pp;
-    int64_t now = sg_now_ms();
-    if (!best || (*best)->due_ms > now) {
-      if (!best) {
-        pthread_cond_wait(&wh->cv, &wh->mu);
-      } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t wait = (*best)->due_ms - now;
-        ts.tv_sec += wait / 1000;
-        ts.tv_nsec += (wait % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-          ts.tv_sec++;
-          ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&wh->cv, &wh->mu, &ts);
-      }
-      continue;
-    }
-    struct delivery *dl = *best;
-    *best = dl->next;
-    wh->queued--;
-    dl->attempts++;
-    wh->stats.attempts++;
-    pthread_mutex_unlock(&wh->mu);
-    int r = attempt(wh, dl);
-    pthread_mutex_lock(&wh->mu);
-    if (r > 0) {
-      wh->stats.delivered++;
-      delivery_free(dl);
-    } else if (r < 0) {
-      wh->stats.refused++;
-      delivery_free(dl);
-    } else if (dl->attempts >= ATTEMPTS) {
-      sg_warn("webhook %s: given up after %d attempts", dl->url, dl->attempts);
-      wh->stats.failed++;
-      delivery_free(dl);
-    } else {
-      dl->due_ms = sg_now_ms() + wh->retry_ms;
-      dl->next = wh->head;
-      wh->head = dl;
-      wh->queued++;
-    }
-  }
-  pthread_mutex_unlock(&wh->mu);
-  return NULL;
+/* Pool thread. */
+static void work(void *data) {
+  struct delivery *dl = data;
+  dl->outcome = attempt(dl->wh, dl);
 }
 
-sg_webhooks_t *sg_webhooks_start(const sg_addr_rule_t *rules, size_t n, double retry_delay_s, sg_error_t **err) {
+static void done(void *data, bool cancelled);
+
+static const sg_pool_job_ops_t attempt_ops = {work, done};
+
+/* Hands dl to the pool for its next attempt (loop thread). */
+static void submit(sg_webhooks_t *wh, struct delivery *dl) {
+  dl->attempts++;
+  sg_pool_submit(wh->pool, &attempt_ops, dl);
+}
+
+static void retry_due(evutil_socket_t fd, short what, void *arg) {
+  struct delivery *dl = arg;
+  LIST_REMOVE(dl, link);
+  dl->wh->stats.retrying--;
+  submit(dl->wh, dl);
+}
+
+/* Loop thread: counts the attempt's outcome and arms the retry timer, or
+ * ends the delivery. */
+static void done(void *data, bool cancelled) {
+  struct delivery *dl = data;
+  sg_webhooks_t *wh = dl->wh;
+  if (!cancelled)
+    wh->stats.attempts++;
+  if (!cancelled && dl->outcome > 0) {
+    wh->stats.delivered++;
+  } else if (!cancelled && dl->outcome < 0) {
+    wh->stats.refused++;
+  } else if (!cancelled && dl->attempts >= ATTEMPTS) {
+    sg_warn("webhook %s: given up after %d attempts", dl->url, dl->attempts);
+    wh->stats.failed++;
+  } else if (!cancelled && !wh->stopping) {
+    if (!dl->timer)
+      dl->timer = evtimer_new(wh->base, retry_due, dl);
+    LIST_INSERT_HEAD(&wh->retrying, dl, link);
+    wh->stats.retrying++;
+    evtimer_add(dl->timer, &wh->retry_delay);
+    return;
+  }
+  wh->queued--;
+  delivery_free(dl);
+}
+
+sg_webhooks_t *sg_webhooks_start(struct event_base *base, const sg_addr_rule_t *rules, size_t n, double retry_delay_s,
+                                 sg_error_t **err) {
   curl_global_init(CURL_GLOBAL_DEFAULT);
   sg_webhooks_t *wh = xcalloc(1, sizeof(*wh));
+  wh->base = base;
+  LIST_INIT(&wh->retrying);
   wh->rules = xcalloc(n ? n : 1, sizeof(*rules));
   memcpy(wh->rules, rules, n * sizeof(*rules));
   wh->n_rules = n;
-  wh->retry_ms = (int64_t)(retry_delay_s * 1000);
-  pthread_mutex_init(&wh->mu, NULL);
-  pthread_cond_init(&wh->cv, NULL);
-  for (int i = 0; i < THREADS; i++) {
-    int r = pthread_create(&wh->threads[i], NULL, run, wh);
-    if (r != 0) {
-      sg_webhooks_stop(wh);
-      sg_make_error(err, r, "cannot start a webhook thread: %s", strerror(r));
-      return NULL;
-    }
-    wh->n_threads++;
+  int64_t retry_us = (int64_t)(retry_delay_s * 1e6);
+  wh->retry_delay = (struct timeval){(time_t)(retry_us / 1000000), (suseconds_t)(retry_us % 1000000)};
+  wh->pool = sg_pool_new(base, THREADS, err);
+  if (!wh->pool) {
+    free(wh->rules);
+    free(wh);
+    return NULL;
   }
   return wh;
 }
 
 void sg_webhooks_send(sg_webhooks_t *wh, const char *url, const char *body) {
-  struct delivery *dl = xcalloc(1, sizeof(*dl));
-  dl->url = xstrdup(url);
-  dl->body = xstrdup(body);
-  dl->due_ms = sg_now_ms();
-  pthread_mutex_lock(&wh->mu);
-  if (wh->queued >= MAX_QUEUED) {
+  if (wh->queued >= SG_WEBHOOK_MAX_QUEUED) {
     wh->stats.failed++;
-    pthread_mutex_unlock(&wh->mu);
-    sg_warn("webhook %s: dropped, %d deliveries are waiting already", url, MAX_QUEUED);
-    delivery_free(dl);
+    sg_warn("webhook %s: dropped, %d deliveries are waiting already", url, SG_WEBHOOK_MAX_QUEUED);
     return;
   }
-  dl->next = wh->head;
-  wh->head = dl;
+  struct delivery *dl = xcalloc(1, sizeof(*dl));
+  dl->wh = wh;
+  dl->url = xstrdup(url);
+  dl->body = xstrdup(body);
   wh->queued++;
-  pthread_cond_signal(&wh->cv);
-  pthread_mutex_unlock(&wh->mu);
+  submit(wh, dl);
 }
 
-void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out) {
-  pthread_mutex_lock(&wh->mu);
-  *out = wh->stats;
-  pthread_mutex_unlock(&wh->mu);
-}
+void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out) { *out = wh->stats; }
 
 void sg_webhooks_stop(sg_webhooks_t *wh) {
   if (!wh)
     return;
-  pthread_mutex_lock(&wh->mu);
-  wh->stop = true;
-  pthread_cond_broadcast(&wh->cv);
-  pthread_mutex_unlock(&wh->mu);
-  for (int i = 0; i < wh->n_threads; i++)
-    pthread_join(wh->threads[i], NULL);
-  while (wh->head) {
-    struct delivery *dl = wh->head;
-    wh->head = dl->next;
+  wh->stopping = true;
+  /* Attempts under way end (their done() counts them and arms no timer);
+   * those still queued end as cancelled. */
+  sg_pool_free(wh->pool);
+  struct delivery *dl;
+  while ((dl = LIST_FIRST(&wh->retrying))) {
+    LIST_REMOVE(dl, link);
+    wh->stats.retrying--;
+    wh->queued--;
     delivery_free(dl);
   }
-  pthread_mutex_destroy(&wh->mu);
-  pthread_cond_destroy(&wh->cv);
   free(wh->rules);
   free(wh);
 }

@@ -1,11 +1,14 @@
 /* Webhook delivery: POSTs a job's final status JSON to the URL the job gave,
- * from threads of its own (blocking libcurl transfers never touch the loop).
- * A non-2xx answer or a failed transfer is tried again, twice, retry_delay_s
- * apart. Every address the URL's host resolves to is checked against the
- * allow-list before connecting, and the transfer is pinned to the address
- * that passed, so a name cannot be re-resolved to an address that was not
- * checked; redirects are not followed. Deliveries live in memory only: those
- * not done when sgpud stops are lost. */
+ * on a pool of threads of its own (core/pool.c: blocking libcurl transfers
+ * never touch the loop, nor hold up the daemon's pool). A non-2xx answer or
+ * a failed transfer is tried again, twice, retry_delay_s apart: a timer on
+ * the loop hands the delivery back to the pool, no thread sleeps. Every
+ * address the URL's host resolves to is checked against the allow-list
+ * before connecting, and the transfer is pinned to the address that passed,
+ * so a name cannot be re-resolved to an address that was not checked;
+ * redirects are not followed. At most SG_WEBHOOK_MAX_QUEUED deliveries wait or run;
+ * past it a delivery is dropped (counted as failed). Deliveries live in
+ * memory only: those not done when sgpud stops are lost. Loop thread only. */
 #ifndef SGPU_WEBHOOK_H
 #define SGPU_WEBHOOK_H
 
@@ -15,19 +18,27 @@
 #include "gateway/jobs-proto.h"
 #include "sgpu/error.h"
 
+#define SG_WEBHOOK_MAX_QUEUED 100000
+
 typedef struct sg_webhooks sg_webhooks_t;
 
 typedef struct sg_webhook_stats {
   uint64_t delivered, failed, refused, attempts;
+  uint64_t retrying; /* deliveries waiting for their retry now */
 } sg_webhook_stats_t;
 
-/* Starts the delivery threads; rules[0..n) is copied. */
-sg_webhooks_t *sg_webhooks_start(const sg_addr_rule_t *rules, size_t n, double retry_delay_s, sg_error_t **err);
-/* Queues a delivery of body to url (both copied). Any thread. */
+struct event_base;
+
+/* Starts the delivery pool; retries are timed on base. rules[0..n) is
+ * copied. */
+sg_webhooks_t *sg_webhooks_start(struct event_base *base, const sg_addr_rule_t *rules, size_t n, double retry_delay_s,
+                                 sg_error_t **err);
+/* Queues a delivery of body to url (both copied). */
 void sg_webhooks_send(sg_webhooks_t *wh, const char *url, const char *body);
 void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out);
-/* Stops the threads (a transfer in progress ends first); undelivered
- * deliveries are dropped. */
+/* Stops the pool (transfers in progress end first) and frees wh;
+ * undelivered deliveries, queued or waiting for a retry, are dropped.
+ * Blocks; only at shutdown. */
 void sg_webhooks_stop(sg_webhooks_t *wh);
 
 #endif

@@ -159,7 +159,8 @@ sg_log_writer_t *sg_log_writer_start(const char *db_path, const sg_log_retention
     w->rules[i].endpoint = xstrdup(rules[i].endpoint);
   }
   w->n_rules = n_rules;
-  w->ops = (sg_batcher_ops_t){write_batch, free_lines, trim_cb, (int64_t)(trim_every_s * 1000)};
+  w->ops = (sg_batcher_ops_t){
+      .write = write_batch, .free_items = free_lines, .tick = trim_cb, .period_ms = (int64_t)(trim_every_s * 1000)};
   /* What is in the store already is subject to retention too. */
   cleanup_error sg_error_t *lerr = NULL;
   if (sg_store_logs_endpoints(store, note_known, w, &lerr) < 0)

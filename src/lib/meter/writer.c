@@ -33,7 +33,7 @@ static int write_batch(void *ctx, void *items, size_t n) {
 
 static void free_records(void *items, size_t n) { sg_usage_records_free(items, n); }
 
-static const sg_batcher_ops_t ops = {write_batch, free_records, NULL, 0};
+static const sg_batcher_ops_t ops = {.write = write_batch, .free_items = free_records};
 
 sg_usage_writer_t *sg_usage_writer_start(const char *db_path, sg_error_t **err) {
   sg_store_t *store = sg_store_open(db_path, err);
