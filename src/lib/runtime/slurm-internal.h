@@ -1,10 +1,33 @@
-/* The slurm runtime's client of slurmrestd (Slurm's REST API). */
+/* The slurm runtime's parts: its job script (slurm-script.c) and its client
+ * of slurmrestd (Slurm's REST API, slurm-rest.c). */
 #ifndef SGPU_SLURM_INTERNAL_H
 #define SGPU_SLURM_INTERNAL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "sgpu/error.h"
+
+/* What a worker's batch script runs: a command (argv and envp) or, with cid
+ * set, a container (its id, config.json with the port and GPU tokens, the
+ * OCI runtime on the node and the overlay's layer dirs as the node sees
+ * them, top first). addr_path: where the script writes "NODE PORT GPUS". */
+typedef struct sg_slurm_script {
+  const char *addr_path;
+  char *const *argv; /* "$PORT" in an argument is the port chosen on the node */
+  char *const *envp; /* NAME=VALUE; those the node sets (PORT, ...) are skipped */
+  const char *cid;
+  const char *config_path;
+  const char *oci_runtime;
+  char *const *lower;
+} sg_slurm_script_t;
+
+/* The script (slurm-job.sh with p's values, each quoted for sh; caller
+ * frees). */
+char *sg_slurm_script(const sg_slurm_script_t *p);
+/* Whether kv ("NAME=VALUE") is a variable the node sets for the worker
+ * (PORT, the GPU variables, PATH, HOME) rather than the spec. */
+bool sg_slurm_node_sets(const char *kv);
 
 typedef struct sg_slurmrest sg_slurmrest_t;
 

@@ -171,199 +171,11 @@ static char *last_line(const char *text) {
   return xstrndup(start, (size_t)(end - start));
 }
 
-/* ---- job scripts ---- */
-
-/* Appends s to buf single-quoted for sh. */
-static void append_quoted(sg_strbuf_t *buf, const char *s, size_t n) {
-  sg_strbuf_append_n(buf, "'", 1);
-  for (const char *end = s + n, *q; s < end; s = q + 1) {
-    q = memchr(s, '\'', (size_t)(end - s));
-    if (!q) {
-      sg_strbuf_append_n(buf, s, (size_t)(end - s));
-      break;
-    }
-    sg_strbuf_append_n(buf, s, (size_t)(q - s));
-    sg_strbuf_append_n(buf, "'\\''", 4);
-  }
-  sg_strbuf_append_n(buf, "'", 1);
-}
-
-static void append(sg_strbuf_t *buf, const char *s) { sg_strbuf_append(buf, s); }
-
-/* An argument for sh: quoted pieces, each "$PORT" left for the shell. */
-static void append_arg(sg_strbuf_t *buf, const char *arg) {
-  const char *p = arg;
-  for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
-    if (q > p)
-      append_quoted(buf, p, (size_t)(q - p));
-    append(buf, "\"$PORT\"");
-  }
-  if (*p || p == arg)
-    append_quoted(buf, p, strlen(p));
-}
-
-static bool node_sets(const char *kv) {
-  static const char *const keys[] = {
-      "PORT=", "CUDA_VISIBLE_DEVICES=", "NVIDIA_VISIBLE_DEVICES=", "CUDA_DEVICE_ORDER=", "PATH=", "HOME=", NULL};
-  for (const char *const *k = keys; *k; k++)
-    if (!strncmp(kv, *k, strlen(*k)))
-      return true;
-  return false;
-}
-
-static const char script_head[] = "#!/bin/sh\n"
-                                  "set -u\n"
-                                  "# A free port on this node: outside the kernel's range for the local\n"
-                                  "# ports of connections (a port held by one, even in TIME_WAIT, cannot be\n"
-                                  "# bound by a listener) and held by no socket at all.\n"
-                                  "set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999\n"
-                                  "lo=$1 hi=$2\n"
-                                  "if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))\n"
-                                  "elif [ $((65535 - hi)) -ge 2000 ]; then base=$((hi + 1)) span=$((65535 - hi))\n"
-                                  "else base=20000 span=40000; fi\n"
-                                  "used=$(awk 'NR > 1 { split($2, a, \":\"); printf \" %s\", a[2] }' /proc/net/tcp "
-                                  "/proc/net/tcp6 2>/dev/null)\n"
-                                  "port=\n"
-                                  "i=0\n"
-                                  "while [ $i -lt 200 ]; do\n"
-                                  "  p=$((base + $(od -An -N2 -tu2 /dev/urandom) % span))\n"
-                                  "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
-                                  "esac\n"
-                                  "  i=$((i + 1))\n"
-                                  "done\n"
-                                  "[ -n \"$port\" ] || { echo \"sgpu: no free port on $(hostname)\" >&2; "
-                                  "exit 75; }\n"
-                                  "# GPUs: as Slurm set them, else the indexes of the job's GRES.\n"
-                                  "gpus=${CUDA_VISIBLE_DEVICES-}\n"
-                                  "if [ -z \"$gpus\" ] && [ -n \"${SLURM_JOB_ID-}\" ]; then\n"
-                                  "  gpus=$(scontrol show job -d \"$SLURM_JOB_ID\" 2>/dev/null | sed -n "
-                                  "'s/.*GRES=[^ ]*(IDX:\\([0-9,-]*\\)).*/\\1/p' |\n"
-                                  "    head -n 1 | awk -F, '{ s = \"\"; for (i = 1; i <= NF; i++) { n = "
-                                  "split($i, r, \"-\"); hi = n > 1 ? r[2] : r[1];\n"
-                                  "      for (g = r[1]; g <= hi; g++) s = s (s == \"\" ? \"\" : \",\") g } "
-                                  "print s }')\n"
-                                  "fi\n"
-                                  "node=${SLURMD_NODENAME:-$(hostname)}\n";
-
-/* The batch script of a worker. */
-static char *make_script(const sg_launch_t *l, const char *addr_path) {
-  sg_strbuf_t s = SG_STRBUF_INIT;
-  append(&s, script_head);
-  append(&s, "addr_file=");
-  append_quoted(&s, addr_path, strlen(addr_path));
-  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" "
-             ">\"$addr_file.tmp\" && "
-             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n"
-             "export PORT=$port CUDA_VISIBLE_DEVICES=$gpus "
-             "NVIDIA_VISIBLE_DEVICES=${gpus:-void} "
-             "CUDA_DEVICE_ORDER=PCI_BUS_ID\n");
-  for (char *const *e = l->envp; e && *e; e++) {
-    const char *eq = strchr(*e, '=');
-    if (!eq || eq == *e || node_sets(*e))
-      continue;
-    bool name_ok = true;
-    for (const char *c = *e; c < eq; c++)
-      name_ok &= isalnum((unsigned char)*c) || *c == '_';
-    if (!name_ok)
-      continue;
-    append(&s, "export ");
-    cleanup_free char *name = xstrndup(*e, (size_t)(eq - *e));
-    append(&s, name);
-    append(&s, "=");
-    append_quoted(&s, eq + 1, strlen(eq + 1));
-    append(&s, "\n");
-  }
-  append(&s, "exec");
-  for (char *const *a = l->argv; *a; a++) {
-    append(&s, " ");
-    append_arg(&s, *a);
-  }
-  append(&s, "\n");
-  return sg_strbuf_steal(&s);
-}
-
-/* The tokens of a job's config.json that its script replaces on the node. */
+/* The tokens of a job's config.json that its script replaces on the node
+ * (slurm-job.sh). */
 #define TOKEN_PORT "@SGPU_PORT@"
 #define TOKEN_GPUS "@SGPU_GPUS@"
 #define TOKEN_NVGPUS "@SGPU_NVGPUS@"
-
-static const char image_ns[] = "# In a private mount namespace: the overlay root dies with the job even\n"
-                               "# when it is killed, and a hybrid cgroup layout can be hidden from crun.\n"
-                               "if [ -z \"${SGPU_PRIVATE_NS-}\" ]; then\n"
-                               "  SGPU_PRIVATE_NS=1 exec unshare -m --propagation private \"$0\" \"$@\"\n"
-                               "  echo \"sgpu: cannot enter a private mount namespace on $(hostname)\" >&2\n"
-                               "  exit 75\n"
-                               "fi\n";
-
-static const char image_tail[] =
-    "b=${TMPDIR:-/tmp}/sgpu-bundle.${SLURM_JOB_ID:-$$}\n"
-    "mode=\n"
-    "cleanup() {\n"
-    "  \"$runtime\" --root \"$b/state\" $mode delete --force \"$cid\" >/dev/null 2>&1\n"
-    "  while umount -l \"$b/rootfs\" 2>/dev/null; do :; done\n"
-    "  rm -rf --one-file-system \"$b\"\n"
-    "}\n"
-    "trap cleanup EXIT\n"
-    "mkdir -p \"$b/upper\" \"$b/work\" \"$b/rootfs\" || exit 75\n"
-    "sed -e \"s/" TOKEN_PORT "/$port/g\" -e \"s/" TOKEN_GPUS "/$gpus/g\" "
-    "-e \"s/" TOKEN_NVGPUS "/${gpus:-void}/g\" \"$config\" >\"$b/config.json\" || exit 75\n"
-    "# crun refuses a hybrid cgroup layout (cgroup v1 controllers and a cgroup2\n"
-    "# mount at /sys/fs/cgroup/unified): hide that mount, and run without a\n"
-    "# cgroup manager, as sgpud does on its own node.\n"
-    "case \"${runtime##*/}\" in crun)\n"
-    "  if [ \"$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)\" != cgroup2fs ] &&\n"
-    "     [ \"$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)\" = cgroup2fs ]; then\n"
-    "    umount -l /sys/fs/cgroup/unified && mode=--cgroup-manager=disabled\n"
-    "  fi ;;\n"
-    "esac\n"
-    "if [ -n \"$lower\" ]; then\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$lower,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || "
-    "exit 75\n"
-    "else\n"
-    "  mkdir -p \"$b/empty\" &&\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$b/empty,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" "
-    "|| exit 75\n"
-    "fi\n"
-    "child=\n"
-    "trap '[ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT\n"
-    "\"$runtime\" --root \"$b/state\" $mode run --bundle \"$b\" \"$cid\" </dev/null &\n"
-    "child=$!\n"
-    "rc=0\n"
-    "while :; do\n"
-    "  wait \"$child\"; rc=$?\n"
-    "  kill -0 \"$child\" 2>/dev/null || break\n"
-    "done\n"
-    "exit $rc\n";
-
-/* The batch script of a worker running an image: it assembles the overlay
- * root from the layer dirs lower (as the node sees them, top first), fills
- * in the port and GPUs of config_path and runs the container in the
- * foreground; on exit it removes the container, the mount and the bundle. */
-static char *make_image_script(const char *id, const char *addr_path, const char *config_path, char *const *lower) {
-  static const char shebang[] = "#!/bin/sh\nset -u\n";
-  sg_strbuf_t s = SG_STRBUF_INIT;
-  sg_strbuf_appendf(&s, "%s%s%s", shebang, image_ns, script_head + strlen(shebang));
-  append(&s, "addr_file=");
-  append_quoted(&s, addr_path, strlen(addr_path));
-  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" >\"$addr_file.tmp\" && "
-             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n");
-  append(&s, "cid=");
-  append_quoted(&s, id, strlen(id));
-  append(&s, "\nconfig=");
-  append_quoted(&s, config_path, strlen(config_path));
-  append(&s, "\nruntime=");
-  append_quoted(&s, rt.oci_runtime, strlen(rt.oci_runtime));
-  cleanup_strbuf sg_strbuf_t l = SG_STRBUF_INIT;
-  for (char *const *d = lower; *d; d++) {
-    append(&l, d == lower ? "" : ":");
-    append(&l, *d);
-  }
-  append(&s, "\nlower=");
-  append_quoted(&s, l.s ? l.s : "", l.len);
-  append(&s, "\n");
-  append(&s, image_tail);
-  return sg_strbuf_steal(&s);
-}
 
 /* ---- submit ---- */
 
@@ -1157,9 +969,9 @@ static char *port_token(const char *arg) {
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
     sg_strbuf_append_n(&out, p, (size_t)(q - p));
-    append(&out, TOKEN_PORT);
+    sg_strbuf_append(&out, TOKEN_PORT);
   }
-  append(&out, p);
+  sg_strbuf_append(&out, p);
   return sg_strbuf_steal(&out);
 }
 
@@ -1185,7 +997,12 @@ static void submit_image(sg_instance_t *inst) {
     s->roots[i] = xstrdup(img->layer_dirs[img->n_layers - 1 - i]);
     lower[i] = node_path(s->roots[i]);
   }
-  s->script = make_image_script(inst->id, inst->addr_path, s->config_path, lower);
+  sg_slurm_script_t sp = {.addr_path = inst->addr_path,
+                          .cid = inst->id,
+                          .config_path = s->config_path,
+                          .oci_runtime = rt.oci_runtime,
+                          .lower = lower};
+  s->script = sg_slurm_script(&sp);
   sg_strv_free(lower);
   sg_pool_submit(rt.pool, &submit_ops, s);
 }
@@ -1318,8 +1135,10 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   submit_job_t *s = xcalloc(1, sizeof(*s));
   s->id = xstrdup(l->id);
   s->script_path = xstrdup(inst->script_path);
-  if (!l->image)
-    s->script = make_script(l, inst->addr_path);
+  if (!l->image) {
+    sg_slurm_script_t sp = {.addr_path = inst->addr_path, .argv = l->argv, .envp = l->envp};
+    s->script = sg_slurm_script(&sp);
+  }
   s->argv = xcalloc(20, sizeof(char *));
   int n = 0;
   s->argv[n++] = xstrdup("sbatch");
@@ -1366,7 +1185,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   s->cenvp = xcalloc(ne + 5, sizeof(char *));
   size_t k = 0;
   for (size_t i = 0; i < ne; i++)
-    if (!node_sets(l->envp[i]) || !strncmp(l->envp[i], "PATH=", 5) || !strncmp(l->envp[i], "HOME=", 5))
+    if (!sg_slurm_node_sets(l->envp[i]) || !strncmp(l->envp[i], "PATH=", 5) || !strncmp(l->envp[i], "HOME=", 5))
       s->cenvp[k++] = xstrdup(l->envp[i]);
   s->cenvp[k++] = xstrdup("PORT=" TOKEN_PORT);
   s->cenvp[k++] = xstrdup("CUDA_VISIBLE_DEVICES=" TOKEN_GPUS);
