@@ -11,6 +11,7 @@
 #include "sgpu/error.h"
 
 struct event_base;
+struct sg_daemon_config;
 struct sg_registry_auth;
 struct sg_pool;
 struct sg_images;
@@ -126,12 +127,36 @@ enum {
   SG_RUNTIME_HOST_ENV = 1 << 3,
 };
 
+/* What sgpud hands every runtime's init: its loop, the thread pool (for
+ * blocking work), the image store, and the daemon's configuration, of which
+ * each runtime reads its own keys. All outlive the runtime's stop op. */
+typedef struct sg_runtime_host {
+  struct event_base *base;
+  struct sg_pool *pool;
+  struct sg_images *images;
+  const struct sg_daemon_config *cfg;
+} sg_runtime_host_t;
+
 /* A runtime is a context (file-static state in its own source file) and
  * these ops, found by name with sg_runtime_find(). Ops marked optional may
  * be NULL; the default is stated with each. */
 typedef struct sg_runtime_ops {
   const char *name;
   unsigned caps; /* SG_RUNTIME_* */
+  /* Optional: sets the runtime up from host (blocks; once, at startup, in
+   * registry order, after the pool and the image store exist and before
+   * the endpoints are loaded). A runtime that cannot run here (its tools
+   * are missing) still returns 0 and says why through unavailable; an error
+   * stops sgpud. NULL: nothing to set up. */
+  int (*init)(const sg_runtime_host_t *host, sg_error_t **err);
+  /* Optional: sgpud is stopping (workers were stopped or detached): let go
+   * of the pool and the image store, which are freed next (may block).
+   * Called even when init was not, or failed. NULL: nothing held. */
+  void (*stop)(void);
+  /* Optional: frees what remains, after the pool is freed (may block: jobs
+   * are cancelled). Called even when init was not, or failed. NULL:
+   * nothing to free. */
+  void (*shutdown)(void);
   /* Optional: why workers of this runtime cannot start here (its tools are
    * missing, it was not set up), or NULL when they can. NULL op: always. */
   const char *(*unavailable)(void);
@@ -177,11 +202,13 @@ typedef struct sg_runtime_ops {
   const sg_run_as_t *(*user)(void);
 } sg_runtime_ops_t;
 
-/* Each runtime's init and shutdown are its own functions, declared below:
- * each takes its own config, and they run at set points against the thread
- * pool and the image store (sg_daemon_new, sg_daemon_free). */
+/* The typed init and shutdown functions declared below are what the
+ * runtimes' init, stop and shutdown ops call with their own config; tests
+ * call them directly. sgpud goes through the ops only. */
 
 /* The registry: every runtime built in, in a fixed order. */
+/* Every runtime, NULL-terminated, in registry order. */
+const sg_runtime_ops_t *const *sg_runtime_all(void);
 /* The runtime called name, or NULL when there is none. */
 const sg_runtime_ops_t *sg_runtime_find(const char *name);
 /* The runtimes' names, NULL-terminated, in registry order. */

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sgpu/daemon.h"
 #include "sgpu/exec.h"
 #include "sgpu/log.h"
 #include "sgpu/runtime.h"
@@ -468,9 +469,18 @@ static void reconcile(const char *id, pid_t pid) {
   }
 }
 
+/* The init op: the loop and the user workers run as (run_as). */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err) {
+  if (sg_process_runtime_init(host->base, err) < 0)
+    return -1;
+  return sg_process_runtime_set_user(host->cfg->run_as, err);
+}
+
 const sg_runtime_ops_t sg_process_runtime = {
     .name = "process",
     .caps = SG_RUNTIME_HOST_ENV,
+    .init = init_op,
+    .shutdown = sg_process_runtime_shutdown,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,

@@ -227,8 +227,8 @@ static bool list(sg_slurm_backend_t *be, sg_slurm_listed_t **jobs, size_t *count
     if (nf < 4 || !p)
       continue;
     *jobs = xrealloc(*jobs, (*count + 1) * sizeof(**jobs));
-    (*jobs)[(*count)++] = (sg_slurm_listed_t){xstrdup(f[0]), xstrdup(f[1]), xstrdup(f[3]), xstrdup(p),
-                                              sg_slurm_parse_time(f[2])};
+    (*jobs)[(*count)++] =
+        (sg_slurm_listed_t){xstrdup(f[0]), xstrdup(f[1]), xstrdup(f[3]), xstrdup(p), sg_slurm_parse_time(f[2])};
   }
   return true;
 }

@@ -31,7 +31,7 @@
  * "sgpu:TAG:ENDPOINT:VERSION", TAG being fixed per dir. A stopping sgpud
  * leaves the jobs that run (detach); a new sgpud of the same dir finds every
  * job with its tag: one that runs and has written its address is offered
- * for adoption (sg_slurm_adopt_leftovers: the daemon takes it when its
+ * for adoption (the adopt op: the daemon takes it when its
  * endpoint still exists at that version), every other one is cancelled.
  */
 #include <arpa/inet.h>
@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
@@ -49,6 +50,7 @@
 
 #include "oci-internal.h"
 #include "slurm-internal.h"
+#include "sgpu/daemon.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
@@ -99,6 +101,14 @@ struct sg_instance {
   void *ud;
 };
 
+/* Jobs of an earlier sgpud that may be adopted, found at init. */
+typedef struct leftover {
+  sg_slurm_leftover_t job;
+  char *job_id, *worker_id, *endpoint;
+} leftover_t;
+
+/* The runtime's context: one per process, set up by init, emptied by
+ * shutdown (all zero: not set up). Loop thread. */
 static struct {
   struct event_base *base;
   sg_pool_t *pool;
@@ -110,6 +120,9 @@ static struct {
   char *images_dir, *node_images_dir, *oci_runtime;
   sg_slurm_backend_t *be; /* how Slurm is reached; NULL when it cannot be */
   bool ready;
+  LIST_HEAD(, sg_instance) instances;
+  leftover_t *leftovers; /* until the adopt op */
+  size_t n_leftovers;
   struct event *timer;
   bool poll_busy;
   int64_t last_squeue, last_nodes;
@@ -117,16 +130,6 @@ static struct {
   size_t n_nodes;
   int64_t nodes_at;
 } rt;
-
-static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
-
-/* Jobs of an earlier sgpud that may be adopted, found at init. */
-typedef struct leftover {
-  sg_slurm_leftover_t job;
-  char *job_id, *worker_id, *endpoint;
-} leftover_t;
-static leftover_t *leftovers;
-static size_t n_leftovers;
 
 static void schedule_poll(int64_t ms);
 
@@ -231,7 +234,7 @@ static void instance_free(sg_instance_t *inst) {
 
 static sg_instance_t *find(const char *id) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!strcmp(inst->id, id))
       return inst;
   }
@@ -544,7 +547,7 @@ static void poll_job_free(poll_job_t *pj) {
 
 static bool placing(void) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!inst->exit_reported && !inst->running_reported)
       return true;
   }
@@ -581,7 +584,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
   pj->squeue = fast || now - rt.last_squeue >= SQUEUE_EVERY_MS;
   pj->nodes = now - rt.last_nodes >= NODES_EVERY_MS;
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!inst->job_id || inst->exit_reported)
       continue;
     pj->items = xrealloc(pj->items, (pj->n + 1) * sizeof(*pj->items));
@@ -741,7 +744,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   s->partition = part ? xstrdup(part) : NULL;
   s->account = acct ? xstrdup(acct) : NULL;
   s->time_limit = tl ? xstrdup(tl) : NULL;
-  LIST_INSERT_HEAD(&instances, inst, link);
+  LIST_INSERT_HEAD(&rt.instances, inst, link);
   if (!l->image) {
     sg_pool_submit(rt.pool, &submit_ops, s);
     return inst;
@@ -847,6 +850,7 @@ static void placement(const sg_instance_t *inst, sg_placement_t *out) {
   out->end_wall = inst->end_wall;
 }
 
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err);
 static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx);
 static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
 static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms);
@@ -856,6 +860,9 @@ static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms);
 const sg_runtime_ops_t sg_slurm_runtime = {
     .name = "slurm",
     .caps = SG_RUNTIME_OWN_GPUS | SG_RUNTIME_IMAGES,
+    .init = init_op,
+    .stop = sg_slurm_runtime_drop_images,
+    .shutdown = sg_slurm_runtime_shutdown,
     .unavailable = sg_slurm_unavailable,
     .start = start,
     .signal = signal_instance,
@@ -928,8 +935,8 @@ static void find_leftovers(void) {
       continue;
     }
     *colon = '\0';
-    leftovers = xrealloc(leftovers, (n_leftovers + 1) * sizeof(*leftovers));
-    leftover_t *lo = &leftovers[n_leftovers++];
+    rt.leftovers = xrealloc(rt.leftovers, (rt.n_leftovers + 1) * sizeof(*rt.leftovers));
+    leftover_t *lo = &rt.leftovers[rt.n_leftovers++];
     lo->job_id = xstrdup(j->job_id);
     lo->worker_id = xstrdup(id);
     lo->endpoint = xstrdup(ep);
@@ -941,8 +948,8 @@ static void find_leftovers(void) {
 }
 
 static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx) {
-  for (size_t i = 0; i < n_leftovers; i++) {
-    leftover_t *lo = &leftovers[i];
+  for (size_t i = 0; i < rt.n_leftovers; i++) {
+    leftover_t *lo = &rt.leftovers[i];
     if (!rt.ready || !take(ctx, &lo->job)) {
       sg_info("slurm: cancelling job %s of worker %s left by an earlier sgpud (endpoint %s gone or changed)",
               lo->job_id, lo->worker_id, lo->endpoint);
@@ -952,9 +959,9 @@ static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), v
     free(lo->worker_id);
     free(lo->endpoint);
   }
-  free(leftovers);
-  leftovers = NULL;
-  n_leftovers = 0;
+  free(rt.leftovers);
+  rt.leftovers = NULL;
+  rt.n_leftovers = 0;
 }
 
 static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud) {
@@ -975,7 +982,7 @@ static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance
     if (stat(inst->out_path[i], &st) == 0)
       inst->out[i].off = st.st_size;
   }
-  LIST_INSERT_HEAD(&instances, inst, link);
+  LIST_INSERT_HEAD(&rt.instances, inst, link);
   sg_info("slurm: adopted job %s of worker %s", job->job_id, job->worker_id);
   schedule_poll(0);
   return inst;
@@ -1015,9 +1022,34 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool, const sg_slu
   return 0;
 }
 
+/* The init op: only when the daemon's config names Slurm (a "slurm" object
+ * or default_runtime) or an earlier sgpud used DIR (DATA_DIR/slurm unless
+ * slurm.dir), whose jobs are then looked for. */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err) {
+  const sg_daemon_config_t *c = host->cfg;
+  cleanup_free char *dir = c->slurm.dir ? xstrdup(c->slurm.dir) : xasprintf("%s/slurm", c->data_dir);
+  struct stat st;
+  bool used = stat(dir, &st) == 0;
+  if (!c->slurm.configured && !used)
+    return 0;
+  cleanup_free char *images_dir = xasprintf("%s/images", c->data_dir);
+  sg_slurm_config_t sc = {dir,          c->slurm.partition, c->slurm.account,   c->slurm.time_limit, true,
+                          host->images, images_dir,         c->slurm.image_dir, c->oci_runtime};
+  struct passwd *pw = getpwuid(geteuid());
+  cleanup_free char *user = xstrdup(c->slurm.rest_user ? c->slurm.rest_user : pw ? pw->pw_name : "root");
+  if (c->slurm.rest_url) {
+    sc.rest_url = c->slurm.rest_url;
+    sc.rest_user = user;
+    sc.rest_token = c->slurm.rest_token;
+    sc.rest_key_file = c->slurm.rest_key_file;
+    sc.rest_api = c->slurm.rest_api;
+  }
+  return sg_slurm_runtime_init(host->base, host->pool, &sc, err);
+}
+
 void sg_slurm_runtime_drop_images(void) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (inst->wait)
       sg_images_cancel(inst->wait);
     inst->wait = NULL;
@@ -1031,16 +1063,16 @@ void sg_slurm_runtime_drop_images(void) {
 void sg_slurm_runtime_shutdown(void) {
   /* Leftovers never offered (sgpud did not finish starting) are left for the
    * next sgpud to adopt. */
-  for (size_t i = 0; i < n_leftovers; i++) {
-    free(leftovers[i].job_id);
-    free(leftovers[i].worker_id);
-    free(leftovers[i].endpoint);
+  for (size_t i = 0; i < rt.n_leftovers; i++) {
+    free(rt.leftovers[i].job_id);
+    free(rt.leftovers[i].worker_id);
+    free(rt.leftovers[i].endpoint);
   }
-  free(leftovers);
-  leftovers = NULL;
-  n_leftovers = 0;
+  free(rt.leftovers);
+  rt.leftovers = NULL;
+  rt.n_leftovers = 0;
   sg_instance_t *inst;
-  while ((inst = LIST_FIRST(&instances))) {
+  while ((inst = LIST_FIRST(&rt.instances))) {
     if (!inst->exit_reported && !inst->detached && inst->job_id)
       cancel_sync(inst->job_id, false);
     LIST_REMOVE(inst, link);
