@@ -11,6 +11,58 @@
 
 #include "sgpu/runtime.h"
 
+struct event_base;
+struct sg_pool;
+struct sg_images;
+
+/* ---- the runtime's typed setup (called by its init, stop and shutdown
+ * ops) ---- */
+
+typedef struct sg_slurm_config {
+  const char *dir;       /* job scripts, addresses and output: shared with the nodes */
+  const char *partition; /* defaults for specs that name none; NULL: Slurm's */
+  const char *account;
+  const char *time_limit;
+  bool cleanup; /* look for jobs left by an earlier sgpud of this dir (blocks) */
+  /* Images: pulled into this store, whose layer dirs under images_dir the
+   * nodes see under node_images_dir (NULL: the same path), and run with the
+   * OCI runtime oci_runtime ("crun" when NULL) on the node. */
+  struct sg_images *images;
+  const char *images_dir;
+  const char *node_images_dir;
+  const char *oci_runtime;
+  /* Jobs through slurmrestd at rest_url ("http://host:port") instead of the
+   * commands, as rest_user with the JWT rest_token or one signed with the
+   * key in rest_key_file; rest_api: Slurm's API version (NULL: the newest
+   * offered). NULL rest_url: the commands. */
+  const char *rest_url, *rest_user, *rest_token, *rest_key_file, *rest_api;
+} sg_slurm_config_t;
+
+/* Sets the runtime up (blocks; at startup). With cfg->cleanup it looks for
+ * the jobs an earlier sgpud of the same dir submitted: those that run and
+ * have written their address are kept for the adopt op, every
+ * other one is cancelled. When Slurm cannot be reached (its commands, or
+ * slurmrestd with rest_url) it logs why and returns
+ * 0: starting a slurm worker then fails with that reason. */
+int sg_slurm_runtime_init(struct event_base *base, struct sg_pool *pool, const sg_slurm_config_t *cfg,
+                          sg_error_t **err);
+/* The runtime's adopt and adopt_instance ops take over the running jobs an
+ * earlier sgpud of the same dir left ("sgpu.WORKER" and
+ * "sgpu:TAG:ENDPOINT:VERSION"); sg_slurm_leftover_t is their sg_leftover_t. */
+typedef sg_leftover_t sg_slurm_leftover_t;
+
+/* Lets go of the image store (pulls waited for, images held): before it is
+ * freed, at shutdown. */
+void sg_slurm_runtime_drop_images(void);
+/* Cancels what jobs remain, except those detached (blocks), and frees the
+ * runtime; after the pool is freed. */
+void sg_slurm_runtime_shutdown(void);
+/* Why slurm workers cannot start here, or NULL when they can. */
+const char *sg_slurm_unavailable(void);
+
+/* One node as Slurm reports it (the runtime's nodes op). */
+typedef sg_runtime_node_t sg_slurm_node_t;
+
 #include "sgpu/error.h"
 
 /* What a worker's batch script runs: a command (argv and envp) or, with cid
