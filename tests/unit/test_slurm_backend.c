@@ -111,11 +111,12 @@ static void test_query_list_and_nodes(void **state) {
                        "*) echo '10|RUNNING|2024-05-01T12:00:00|sgpu.w1|sgpu:t:ep:1'\n"
                        "   echo '12|PENDING|N/A|other|a|b|c' ;;\n"
                        "esac");
-  write_tool("scontrol", "case \"$*\" in\n"
-                         "*node*) echo 'NodeName=n1 Arch=x State=MIXED Partitions=gpu Gres=gpu:a100:4(S:0) "
-                         "GresUsed=gpu:a100:1(IDX:0)' ;;\n"
-                         "*) echo 'JobId=11 ExitCode=3:0 StartTime=2024-05-01T12:00:05 EndTime=2024-05-01T12:01:05' ;;\n"
-                         "esac");
+  write_tool("scontrol",
+             "case \"$*\" in\n"
+             "*node*) echo 'NodeName=n1 Arch=x State=MIXED Partitions=gpu Gres=gpu:a100:4(S:0) "
+             "GresUsed=gpu:a100:1(IDX:0)' ;;\n"
+             "*) echo 'JobId=11 ExitCode=3:0 StartTime=2024-05-01T12:00:05 EndTime=2024-05-01T12:01:05' ;;\n"
+             "esac");
   cleanup_error sg_error_t *err = NULL;
   sg_slurm_backend_t *be = sg_slurm_cli_new(&err);
   assert_non_null(be);
