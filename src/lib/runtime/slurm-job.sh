@@ -11,6 +11,7 @@
 #                   and the overlay's layer dirs as this node sees them
 #   sgpu_env        a function exporting the spec's environment (commands)
 #   sgpu_exec       a function exec'ing the command, "$PORT" left to the shell
+# shellcheck disable=SC2154,SC2317 # the sgpu_* values come with the parameters; cleanup runs from a trap
 set -u
 # @SGPU_JOB_PARAMS@
 if [ -n "$sgpu_image" ] && [ -z "${SGPU_PRIVATE_NS-}" ]; then
@@ -23,6 +24,7 @@ fi
 # A free port on this node: outside the kernel's range for the local
 # ports of connections (a port held by one, even in TIME_WAIT, cannot be
 # bound by a listener) and held by no socket at all.
+# shellcheck disable=SC2046 # the range's two numbers are meant to be split
 set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999
 lo=$1 hi=$2
 if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))
@@ -47,7 +49,7 @@ fi
 node=${SLURMD_NODENAME:-$(hostname)}
 printf '%s %s %s\n' "$node" "$port" "${gpus:--}" >"$sgpu_addr_file.tmp" && mv "$sgpu_addr_file.tmp" "$sgpu_addr_file" || exit 75
 if [ -z "$sgpu_image" ]; then
-  export PORT=$port CUDA_VISIBLE_DEVICES=$gpus NVIDIA_VISIBLE_DEVICES=${gpus:-void} CUDA_DEVICE_ORDER=PCI_BUS_ID
+  export PORT="$port" CUDA_VISIBLE_DEVICES="$gpus" NVIDIA_VISIBLE_DEVICES="${gpus:-void}" CUDA_DEVICE_ORDER=PCI_BUS_ID
   sgpu_env
   sgpu_exec
   exit 127
@@ -57,7 +59,7 @@ cid=$sgpu_cid
 b=${TMPDIR:-/tmp}/sgpu-bundle.${SLURM_JOB_ID:-$$}
 mode=
 cleanup() {
-  "$runtime" --root "$b/state" $mode delete --force "$cid" >/dev/null 2>&1
+  "$runtime" --root "$b/state" ${mode:+"$mode"} delete --force "$cid" >/dev/null 2>&1
   while umount -l "$b/rootfs" 2>/dev/null; do :; done
   rm -rf --one-file-system "$b"
 }
@@ -81,7 +83,7 @@ else
 fi
 child=
 trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
-"$runtime" --root "$b/state" $mode run --bundle "$b" "$cid" </dev/null &
+"$runtime" --root "$b/state" ${mode:+"$mode"} run --bundle "$b" "$cid" </dev/null &
 child=$!
 rc=0
 while :; do
