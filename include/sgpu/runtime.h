@@ -11,6 +11,7 @@
 #include "sgpu/error.h"
 
 struct event_base;
+struct sg_daemon_config;
 struct sg_registry_auth;
 struct sg_pool;
 struct sg_images;
@@ -126,12 +127,36 @@ enum {
   SG_RUNTIME_HOST_ENV = 1 << 3,
 };
 
+/* What sgpud hands every runtime's init: its loop, the thread pool (for
+ * blocking work), the image store, and the daemon's configuration, of which
+ * each runtime reads its own keys. All outlive the runtime's stop op. */
+typedef struct sg_runtime_host {
+  struct event_base *base;
+  struct sg_pool *pool;
+  struct sg_images *images;
+  const struct sg_daemon_config *cfg;
+} sg_runtime_host_t;
+
 /* A runtime is a context (file-static state in its own source file) and
  * these ops, found by name with sg_runtime_find(). Ops marked optional may
  * be NULL; the default is stated with each. */
 typedef struct sg_runtime_ops {
   const char *name;
   unsigned caps; /* SG_RUNTIME_* */
+  /* Optional: sets the runtime up from host (blocks; once, at startup, in
+   * registry order, after the pool and the image store exist and before
+   * the endpoints are loaded). A runtime that cannot run here (its tools
+   * are missing) still returns 0 and says why through unavailable; an error
+   * stops sgpud. NULL: nothing to set up. */
+  int (*init)(const sg_runtime_host_t *host, sg_error_t **err);
+  /* Optional: sgpud is stopping (workers were stopped or detached): let go
+   * of the pool and the image store, which are freed next (may block).
+   * Called even when init was not, or failed. NULL: nothing held. */
+  void (*stop)(void);
+  /* Optional: frees what remains, after the pool is freed (may block: jobs
+   * are cancelled). Called even when init was not, or failed. NULL:
+   * nothing to free. */
+  void (*shutdown)(void);
   /* Optional: why workers of this runtime cannot start here (its tools are
    * missing, it was not set up), or NULL when they can. NULL op: always. */
   const char *(*unavailable)(void);
@@ -177,11 +202,14 @@ typedef struct sg_runtime_ops {
   const sg_run_as_t *(*user)(void);
 } sg_runtime_ops_t;
 
-/* Each runtime's init and shutdown are its own functions, declared below:
- * each takes its own config, and they run at set points against the thread
- * pool and the image store (sg_daemon_new, sg_daemon_free). */
+/* The typed init and shutdown functions declared below (and in the
+ * runtimes' internal headers) are what their init, stop and shutdown ops
+ * call with their own config; tests call them directly. sgpud goes through
+ * the ops only. */
 
 /* The registry: every runtime built in, in a fixed order. */
+/* Every runtime, NULL-terminated, in registry order. */
+const sg_runtime_ops_t *const *sg_runtime_all(void);
 /* The runtime called name, or NULL when there is none. */
 const sg_runtime_ops_t *sg_runtime_find(const char *name);
 /* The runtimes' names, NULL-terminated, in registry order. */
@@ -228,69 +256,7 @@ const sg_run_as_t *sg_process_runtime_user(void);
 /* The oci runtime: workers are containers of an OCI runtime (crun, runc). */
 extern const sg_runtime_ops_t sg_oci_runtime;
 
-typedef struct sg_oci_config {
-  const char *runtime; /* binary name or path: "crun" (default), "runc" */
-  const char *dir;     /* bundles and runtime state */
-  const char *cdi_dir; /* CDI specs ("/etc/cdi") */
-  int userns;          /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
-} sg_oci_config_t;
-
-/* Finds the runtime binary and the host's cgroup layout, loads CDI specs and
- * removes containers, mounts and bundles left by an earlier sgpud (blocks;
- * at startup). Without a usable runtime it logs why and returns 0: starting
- * an oci worker then fails with that reason. */
-int sg_oci_runtime_init(struct event_base *base, struct sg_pool *pool, struct sg_images *images,
-                        const sg_oci_config_t *cfg, sg_error_t **err);
-/* Synchronously removes what running containers remain (shutdown). */
-void sg_oci_runtime_shutdown(void);
-/* Why oci workers cannot start here, or NULL when they can. */
-const char *sg_oci_unavailable(void);
-
 /* The slurm runtime: a worker is one Slurm batch job (see slurm.c). */
 extern const sg_runtime_ops_t sg_slurm_runtime;
-
-typedef struct sg_slurm_config {
-  const char *dir;       /* job scripts, addresses and output: shared with the nodes */
-  const char *partition; /* defaults for specs that name none; NULL: Slurm's */
-  const char *account;
-  const char *time_limit;
-  bool cleanup; /* look for jobs left by an earlier sgpud of this dir (blocks) */
-  /* Images: pulled into this store, whose layer dirs under images_dir the
-   * nodes see under node_images_dir (NULL: the same path), and run with the
-   * OCI runtime oci_runtime ("crun" when NULL) on the node. */
-  struct sg_images *images;
-  const char *images_dir;
-  const char *node_images_dir;
-  const char *oci_runtime;
-  /* Jobs through slurmrestd at rest_url ("http://host:port") instead of the
-   * commands, as rest_user with the JWT rest_token or one signed with the
-   * key in rest_key_file; rest_api: Slurm's API version (NULL: the newest
-   * offered). NULL rest_url: the commands. */
-  const char *rest_url, *rest_user, *rest_token, *rest_key_file, *rest_api;
-} sg_slurm_config_t;
-
-/* Sets the runtime up (blocks; at startup). With cfg->cleanup it looks for
- * the jobs an earlier sgpud of the same dir submitted: those that run and
- * have written their address are kept for the adopt op, every
- * other one is cancelled. Without Slurm's commands it logs why and returns
- * 0: starting a slurm worker then fails with that reason. */
-int sg_slurm_runtime_init(struct event_base *base, struct sg_pool *pool, const sg_slurm_config_t *cfg,
-                          sg_error_t **err);
-/* The runtime's adopt and adopt_instance ops take over the running jobs an
- * earlier sgpud of the same dir left ("sgpu.WORKER" and
- * "sgpu:TAG:ENDPOINT:VERSION"); sg_slurm_leftover_t is their sg_leftover_t. */
-typedef sg_leftover_t sg_slurm_leftover_t;
-
-/* Lets go of the image store (pulls waited for, images held): before it is
- * freed, at shutdown. */
-void sg_slurm_runtime_drop_images(void);
-/* Cancels what jobs remain, except those detached (blocks), and frees the
- * runtime; after the pool is freed. */
-void sg_slurm_runtime_shutdown(void);
-/* Why slurm workers cannot start here, or NULL when they can. */
-const char *sg_slurm_unavailable(void);
-
-/* One node as Slurm reports it (the runtime's nodes op). */
-typedef sg_runtime_node_t sg_slurm_node_t;
 
 #endif

@@ -247,6 +247,23 @@ class SlurmTest(SlurmCase):
             self.assertTrue(seen, "the worker's request line reached the follow stream while it runs")
         self.assertIn(show_job(w["slurm"]["job_id"])["JobState"], ("RUNNING",))
 
+    def test_hostile_env_value_reaches_job_unchanged(self):
+        """An environment value that is shell (quotes, $(...), backquotes,
+        newlines) reaches the job's worker byte for byte and runs nothing."""
+        sg, prefix = self.start_slurm_sgpud()
+        canary = os.path.join("/tmp", "sgpu-it-slurm-canary-%s" % unique_name("c"))
+        self.addCleanup(lambda: os.path.exists(canary) and os.unlink(canary))
+        value = ("it's $(touch %s) `touch %s` '; touch %s; '\n\"; touch %s; \"\n'\\''$PORT ${HOME}"
+                 % (canary, canary, canary, canary))
+        name = unique_name("slh")
+        self.create(slurm_spec(name, env={"MODEL": value, "SGPU_IT_RUN": RUN_ID},
+                               workers={"min": 1, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        sg.wait_ready(name, 1, timeout=60)
+        resp = sg.invoke(name, "/env", method="GET", timeout=scaled(30))
+        self.assertEqual(resp.status, 200, resp.body)
+        self.assertEqual(resp.body["MODEL"], value)
+        self.assertFalse(os.path.exists(canary), "a spec value ran as shell in the job script")
+
     def usage_of(self, sg, name, worker):
         """The closed usage of worker (its records summed), or None while it runs."""
         resp = sg.api("GET", "/v1/usage?endpoint=%s&group=worker" % name)

@@ -89,10 +89,38 @@ static void test_ops_agree(void **state) {
   assert_non_null(sg_slurm_runtime.unavailable());
 }
 
+/* sg_runtime_all() is the registry the daemon inits and shuts down: every
+ * runtime once, in the order of the names; a runtime holding images lets
+ * go of them in stop (before the image store is freed). */
+static void test_all_in_order(void **state) {
+  (void)state;
+  const sg_runtime_ops_t *const *all = sg_runtime_all();
+  const char *const *names = sg_runtime_names();
+  size_t n = 0;
+  for (; all[n]; n++) {
+    assert_non_null(names[n]);
+    assert_string_equal(all[n]->name, names[n]);
+    assert_ptr_equal(sg_runtime_find(names[n]), all[n]);
+    if (all[n]->caps & SG_RUNTIME_IMAGES) {
+      assert_non_null(all[n]->init);
+      assert_non_null(all[n]->stop);
+    }
+  }
+  assert_null(names[n]);
+  assert_true(n >= 3);
+  /* Stop and shutdown are safe on a runtime never set up. */
+  for (size_t i = 0; i < n; i++)
+    if (all[i]->stop)
+      all[i]->stop();
+  for (size_t i = n; i-- > 0;)
+    if (all[i]->shutdown)
+      all[i]->shutdown();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_find),     cmocka_unit_test(test_unknown),   cmocka_unit_test(test_names),
-      cmocka_unit_test(test_defaults), cmocka_unit_test(test_ops_agree),
+      cmocka_unit_test(test_defaults), cmocka_unit_test(test_ops_agree), cmocka_unit_test(test_all_in_order),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

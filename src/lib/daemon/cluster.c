@@ -1,6 +1,8 @@
-/* The daemon's side of the slurm runtime: its config keys' parsers, its setup after
- * the thread pool, the daemon-wide default runtime, and the cluster's nodes
- * for GET /v1/nodes. Loop thread. */
+/* The daemon's side of the runtimes: every registered runtime's init, stop
+ * and shutdown ops (sg_runtime_all), adoption of what an earlier sgpud left,
+ * the cluster's nodes for GET /v1/nodes, the daemon-wide default runtime,
+ * and the parsers of the config keys default_runtime and slurm. Loop
+ * thread. */
 #include <errno.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -104,27 +106,30 @@ void sg_daemon_config_clear_slurm(sg_daemon_config_t *cfg) {
   memset(&cfg->slurm, 0, sizeof(cfg->slurm));
 }
 
-int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err) {
-  cleanup_free char *dir = d->cfg.slurm.dir ? xstrdup(d->cfg.slurm.dir) : xasprintf("%s/slurm", d->cfg.data_dir);
-  struct stat st;
-  /* Jobs of an earlier sgpud are looked for only where one used Slurm. */
-  bool used = stat(dir, &st) == 0;
-  if (!d->cfg.slurm.configured && !used)
-    return 0;
-  cleanup_free char *images_dir = xasprintf("%s/images", d->cfg.data_dir);
-  sg_slurm_config_t sc = {
-      dir,        d->cfg.slurm.partition, d->cfg.slurm.account, d->cfg.slurm.time_limit, true, d->images,
-      images_dir, d->cfg.slurm.image_dir, d->cfg.oci_runtime};
-  struct passwd *pw = getpwuid(geteuid());
-  cleanup_free char *user = xstrdup(d->cfg.slurm.rest_user ? d->cfg.slurm.rest_user : pw ? pw->pw_name : "root");
-  if (d->cfg.slurm.rest_url) {
-    sc.rest_url = d->cfg.slurm.rest_url;
-    sc.rest_user = user;
-    sc.rest_token = d->cfg.slurm.rest_token;
-    sc.rest_key_file = d->cfg.slurm.rest_key_file;
-    sc.rest_api = d->cfg.slurm.rest_api;
-  }
-  return sg_slurm_runtime_init(d->base, d->pool, &sc, err);
+int sg_daemon_runtimes_init(sg_daemon_t *d, sg_error_t **err) {
+  sg_runtime_host_t host = {d->base, d->pool, d->images, &d->cfg};
+  for (const sg_runtime_ops_t *const *rt = sg_runtime_all(); *rt; rt++)
+    if ((*rt)->init && (*rt)->init(&host, err) < 0)
+      return -1;
+  return 0;
+}
+
+void sg_daemon_runtimes_stop(sg_daemon_t *d) {
+  (void)d;
+  for (const sg_runtime_ops_t *const *rt = sg_runtime_all(); *rt; rt++)
+    if ((*rt)->stop)
+      (*rt)->stop();
+}
+
+void sg_daemon_runtimes_free(sg_daemon_t *d) {
+  (void)d;
+  const sg_runtime_ops_t *const *all = sg_runtime_all();
+  size_t n = 0;
+  while (all[n])
+    n++;
+  while (n-- > 0)
+    if (all[n]->shutdown)
+      all[n]->shutdown();
 }
 
 typedef struct adopt_ctx {
@@ -148,8 +153,6 @@ void sg_daemon_cluster_adopt(sg_daemon_t *d) {
   }
 }
 
-void sg_daemon_cluster_free(sg_daemon_t *d) { sg_slurm_runtime_shutdown(); }
-
 void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec) {
   json_t *r = json_object_get(spec, "runtime");
   if (d->cfg.default_runtime && json_is_object(spec) && (!r || json_is_null(r)))
@@ -157,8 +160,7 @@ void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec) {
 }
 
 json_t *sg_daemon_cluster_nodes(sg_daemon_t *d) {
-  if (!d->cfg.slurm.configured)
-    return NULL;
+  (void)d;
   json_t *arr = json_array();
   for (const char *const *name = sg_runtime_names(); *name; name++) {
     const sg_runtime_ops_t *rt = sg_runtime_find(*name);

@@ -189,7 +189,7 @@ struct sg_daemon {
   struct sg_images *images; /* image cache (image/images.c) */
 };
 
-/* images.c: thread pool, image cache and oci runtime */
+/* images.c: thread pool and image cache */
 struct sg_registry_auth;
 int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
 void sg_daemon_images_free(sg_daemon_t *d);
@@ -204,18 +204,23 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const struct sg_registry
 /* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
 void sg_endpoint_prepull(sg_endpoint_t *ep);
 
-/* cluster.c: the slurm runtime's setup and nodes (its config keys' parsers: config.h) */
-/* Sets the slurm runtime up when configured (after the pool); blocks. */
-int sg_daemon_cluster_init(sg_daemon_t *d, sg_error_t **err);
+/* cluster.c: the runtimes' life through the registry, adoption and nodes
+ * (the parsers of default_runtime and slurm: config.h) */
+/* Every runtime's init op, in registry order (after the pool and the image
+ * store); blocks. */
+int sg_daemon_runtimes_init(sg_daemon_t *d, sg_error_t **err);
+/* Every runtime's stop op: before the pool and the image store are freed. */
+void sg_daemon_runtimes_stop(sg_daemon_t *d);
+/* Every runtime's shutdown op, in reverse order: after the pool is freed. */
+void sg_daemon_runtimes_free(sg_daemon_t *d);
 /* Adopts the workers an earlier sgpud left (each runtime's adopt op) whose
  * endpoint still exists with that runtime at the same version; the runtime
  * stops the others (blocks; after the endpoints are loaded). */
 void sg_daemon_cluster_adopt(sg_daemon_t *d);
-/* After the pool is freed. */
-void sg_daemon_cluster_free(sg_daemon_t *d);
 /* Sets "runtime" of a spec that names none to the daemon's default. */
 void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec);
-/* The cluster's nodes as /v1/nodes entries (new reference), or NULL without Slurm. */
+/* The nodes of every runtime with a nodes op as /v1/nodes entries (new
+ * reference; empty when none has any). */
 json_t *sg_daemon_cluster_nodes(sg_daemon_t *d);
 
 /* daemon.c */

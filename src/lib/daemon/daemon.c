@@ -336,13 +336,9 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   d->query_pool = sg_pool_new(d->base, QUERY_THREADS, err);
   if (!d->query_pool)
     goto fail;
-  if (sg_process_runtime_init(d->base, err) < 0)
-    goto fail;
-  if (sg_process_runtime_set_user(d->cfg.run_as, err) < 0)
-    goto fail;
   if (sg_daemon_images_init(d, err) < 0)
     goto fail;
-  if (sg_daemon_cluster_init(d, err) < 0)
+  if (sg_daemon_runtimes_init(d, err) < 0)
     goto fail;
   if (reconcile(d, err) < 0)
     goto fail;
@@ -459,7 +455,7 @@ void sg_daemon_free(sg_daemon_t *d) {
     sg_endpoint_maybe_free(ep);
   }
   sg_daemon_images_free(d);
-  sg_daemon_cluster_free(d);
+  sg_daemon_runtimes_free(d);
   sg_logs_shutdown(d);
   sg_http_server_free(d->http);
   if (d->tick)
@@ -470,7 +466,6 @@ void sg_daemon_free(sg_daemon_t *d) {
     event_free(d->sigterm);
   if (d->sigint)
     event_free(d->sigint);
-  sg_process_runtime_shutdown();
   if (d->base)
     event_base_free(d->base);
   sg_store_close(d->store);

@@ -1,5 +1,5 @@
-/* The daemon's side of the image store: the thread pool, the image cache and
- * the oci runtime are set up here; pulls start as soon as an endpoint names
+/* The daemon's side of the image store: the thread pool and the image cache
+ * are set up here (and the runtimes stopped before they go); pulls start as soon as an endpoint names
  * an image it does not have yet, and their failures become the endpoint's
  * last_error. Loop thread. */
 #include <errno.h>
@@ -20,16 +20,11 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries, d->cfg.image_max_layer_bytes,
                            d->cfg.image_max_unpacked_bytes};
   d->images = sg_images_new(d->pool, d->store, &ic, err);
-  if (!d->images)
-    return -1;
-  cleanup_free char *odir = xasprintf("%s/oci", d->cfg.data_dir);
-  sg_oci_config_t oc = {d->cfg.oci_runtime, odir, d->cfg.cdi_dir, d->cfg.oci_userns};
-  return sg_oci_runtime_init(d->base, d->pool, d->images, &oc, err);
+  return d->images ? 0 : -1;
 }
 
 void sg_daemon_images_free(sg_daemon_t *d) {
-  sg_slurm_runtime_drop_images();
-  sg_oci_runtime_shutdown();
+  sg_daemon_runtimes_stop(d);
   sg_registry_abort_all();
   sg_pool_free(d->pool);
   sg_images_free(d->images);

@@ -1,4 +1,5 @@
-/* The OCI config generator shared by the oci and slurm runtimes. */
+/* The OCI config generator shared by the oci and slurm runtimes, and the oci
+ * runtime's typed setup (called by its init and stop ops). */
 #ifndef SGPU_OCI_INTERNAL_H
 #define SGPU_OCI_INTERNAL_H
 
@@ -7,6 +8,29 @@
 
 #include "sgpu/error.h"
 #include "sgpu/image.h"
+#include "sgpu/runtime.h"
+
+struct event_base;
+struct sg_pool;
+struct sg_images;
+
+typedef struct sg_oci_config {
+  const char *runtime; /* binary name or path: "crun" (default), "runc" */
+  const char *dir;     /* bundles and runtime state */
+  const char *cdi_dir; /* CDI specs ("/etc/cdi") */
+  int userns;          /* containers in a user namespace: 1 on, 0 off, -1 when the host allows it */
+} sg_oci_config_t;
+
+/* Finds the runtime binary and the host's cgroup layout, loads CDI specs and
+ * removes containers, mounts and bundles left by an earlier sgpud (blocks;
+ * at startup). Without a usable runtime it logs why and returns 0: starting
+ * an oci worker then fails with that reason. */
+int sg_oci_runtime_init(struct event_base *base, struct sg_pool *pool, struct sg_images *images,
+                        const sg_oci_config_t *cfg, sg_error_t **err);
+/* Synchronously removes what running containers remain (shutdown). */
+void sg_oci_runtime_shutdown(void);
+/* Why oci workers cannot start here, or NULL when they can. */
+const char *sg_oci_unavailable(void);
 
 extern const char sg_seccomp_default_json[]; /* data/seccomp-default.json */
 extern const size_t sg_seccomp_default_json_len;

@@ -42,6 +42,7 @@
 
 #include "oci-internal.h"
 #include "sgpu/cdi.h"
+#include "sgpu/daemon.h"
 #include "sgpu/exec.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
@@ -749,9 +750,13 @@ static void phases(const sg_instance_t *inst, sg_start_phases_t *out) {
 
 /* Containers left by an earlier sgpud are found through the OCI runtime at
  * init and removed, not by pid: no reconcile op. */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err);
+
 const sg_runtime_ops_t sg_oci_runtime = {
     .name = "oci",
     .caps = SG_RUNTIME_IMAGES | SG_RUNTIME_NEEDS_IMAGE,
+    .init = init_op,
+    .stop = sg_oci_runtime_shutdown,
     .unavailable = sg_oci_unavailable,
     .start = start,
     .signal = signal_instance,
@@ -1015,6 +1020,15 @@ int sg_oci_runtime_init(struct event_base *base, sg_pool_t *pool, sg_images_t *i
   if (!rt.userns && (chmod(rt.dir, 0700) < 0 || chmod(rt.workers_dir, 0700) < 0))
     sg_warn("oci: cannot make %s private: %s", rt.dir, strerror(errno));
   return 0;
+}
+
+/* The init op: bundles and state under DATA_DIR/oci, the runtime binary,
+ * CDI specs and user namespaces from the daemon's oci_* and cdi_dir keys. */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err) {
+  const sg_daemon_config_t *c = host->cfg;
+  cleanup_free char *dir = xasprintf("%s/oci", c->data_dir);
+  sg_oci_config_t oc = {c->oci_runtime, dir, c->cdi_dir, c->oci_userns};
+  return sg_oci_runtime_init(host->base, host->pool, host->images, &oc, err);
 }
 
 void sg_oci_runtime_shutdown(void) {

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sgpu/daemon.h"
 #include "sgpu/exec.h"
 #include "sgpu/log.h"
 #include "sgpu/runtime.h"
@@ -48,19 +49,23 @@ struct sg_instance {
   void *ud;
 };
 
-static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
-static sg_run_as_t run_as;
-static bool have_user;
+/* The runtime's context: one per process. Loop thread (run_as also read by
+ * the forked child before exec). */
+static struct {
+  LIST_HEAD(, sg_instance) instances;
+  sg_run_as_t run_as;
+  bool have_user; /* run_as is set */
+} rt;
 
 static void clear_user(void) {
-  free(run_as.name);
-  free(run_as.groups);
-  free(run_as.home);
-  memset(&run_as, 0, sizeof(run_as));
-  have_user = false;
+  free(rt.run_as.name);
+  free(rt.run_as.groups);
+  free(rt.run_as.home);
+  memset(&rt.run_as, 0, sizeof(rt.run_as));
+  rt.have_user = false;
 }
 
-const sg_run_as_t *sg_process_runtime_user(void) { return have_user ? &run_as : NULL; }
+const sg_run_as_t *sg_process_runtime_user(void) { return rt.have_user ? &rt.run_as : NULL; }
 
 /* "UID" or "UID:GID": true with the ids set. */
 static bool numeric_user(const char *spec, uid_t *uid, gid_t *gid, bool *has_gid) {
@@ -125,22 +130,22 @@ int sg_process_runtime_set_user(const char *spec, sg_error_t **err) {
   if (uid == 0 || gid == 0)
     return sg_make_error(err, SG_EINVAL, "run_as \"%s\" is root's uid or gid; say \"root\" to run workers as root",
                          name);
-  run_as.name = xstrdup(pw && !isdigit((unsigned char)name[0]) ? pw->pw_name : name);
-  run_as.uid = uid;
-  run_as.gid = gid;
-  run_as.home = xstrdup(pw && pw->pw_dir && *pw->pw_dir ? pw->pw_dir : "/");
+  rt.run_as.name = xstrdup(pw && !isdigit((unsigned char)name[0]) ? pw->pw_name : name);
+  rt.run_as.uid = uid;
+  rt.run_as.gid = gid;
+  rt.run_as.home = xstrdup(pw && pw->pw_dir && *pw->pw_dir ? pw->pw_dir : "/");
   /* The user's own supplementary groups (a GPU's device group, say), never root's. */
   int n = 1;
-  run_as.groups = xcalloc(1, sizeof(gid_t));
-  run_as.groups[0] = gid;
+  rt.run_as.groups = xcalloc(1, sizeof(gid_t));
+  rt.run_as.groups[0] = gid;
   if (pw) {
     int want = 32;
     for (int tries = 0; tries < 8; tries++) {
       gid_t *g = xcalloc((size_t)want, sizeof(gid_t));
       int got = want;
       if (getgrouplist(pw->pw_name, gid, g, &got) >= 0) {
-        free(run_as.groups);
-        run_as.groups = g;
+        free(rt.run_as.groups);
+        rt.run_as.groups = g;
         n = got;
         break;
       }
@@ -152,11 +157,11 @@ int sg_process_runtime_set_user(const char *spec, sg_error_t **err) {
   }
   int kept = 0;
   for (int i = 0; i < n; i++)
-    if (run_as.groups[i] != 0)
-      run_as.groups[kept++] = run_as.groups[i];
-  run_as.n_groups = kept;
-  have_user = true;
-  sg_info("process workers run as user %s (uid %u, gid %u)", run_as.name, (unsigned)uid, (unsigned)gid);
+    if (rt.run_as.groups[i] != 0)
+      rt.run_as.groups[kept++] = rt.run_as.groups[i];
+  rt.run_as.n_groups = kept;
+  rt.have_user = true;
+  sg_info("process workers run as user %s (uid %u, gid %u)", rt.run_as.name, (unsigned)uid, (unsigned)gid);
   return 0;
 }
 
@@ -417,7 +422,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     bufferevent_setcb(inst->out[i], read_cb, NULL, event_cb, inst);
     bufferevent_enable(inst->out[i], EV_READ);
   }
-  LIST_INSERT_HEAD(&instances, inst, link);
+  LIST_INSERT_HEAD(&rt.instances, inst, link);
   return inst;
 }
 
@@ -468,9 +473,18 @@ static void reconcile(const char *id, pid_t pid) {
   }
 }
 
+/* The init op: the loop and the user workers run as (run_as). */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err) {
+  if (sg_process_runtime_init(host->base, err) < 0)
+    return -1;
+  return sg_process_runtime_set_user(host->cfg->run_as, err);
+}
+
 const sg_runtime_ops_t sg_process_runtime = {
     .name = "process",
     .caps = SG_RUNTIME_HOST_ENV,
+    .init = init_op,
+    .shutdown = sg_process_runtime_shutdown,
     .start = start,
     .signal = signal_instance,
     .pid = instance_pid,

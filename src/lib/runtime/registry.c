@@ -10,8 +10,10 @@
 
 /* Registry order: the first is the host runtime, names are listed in this
  * order in messages. */
-static const sg_runtime_ops_t *const runtimes[] = {&sg_process_runtime, &sg_oci_runtime, &sg_slurm_runtime};
-#define N_RUNTIMES (sizeof(runtimes) / sizeof(runtimes[0]))
+static const sg_runtime_ops_t *const runtimes[] = {&sg_process_runtime, &sg_oci_runtime, &sg_slurm_runtime, NULL};
+#define N_RUNTIMES (sizeof(runtimes) / sizeof(runtimes[0]) - 1)
+
+const sg_runtime_ops_t *const *sg_runtime_all(void) { return runtimes; }
 
 const sg_runtime_ops_t *sg_runtime_find(const char *name) {
   if (!name)

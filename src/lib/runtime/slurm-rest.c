@@ -1,6 +1,7 @@
 /* A blocking client of slurmrestd: JSON over HTTP with libcurl, one easy
  * handle per call (pool threads), authenticated with Slurm's JWT headers
  * X-SLURM-USER-NAME and X-SLURM-USER-TOKEN. */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -8,6 +9,7 @@
 #include <time.h>
 
 #include "slurm-internal.h"
+#include "sgpu/log.h"
 #include "sgpu/util.h"
 
 #define CALL_TIMEOUT_S 30L
@@ -239,4 +241,242 @@ void sg_slurmrest_free(sg_slurmrest_t *c) {
   free(c->user);
   free(c->api);
   free(c);
+}
+
+/* ---- the runtime's backend over slurmrestd ---- */
+
+typedef struct rest_backend {
+  sg_slurm_backend_t be;
+  sg_slurmrest_t *c;
+} rest_backend_t;
+
+static sg_slurmrest_t *client(sg_slurm_backend_t *be) { return ((rest_backend_t *)be)->c; }
+
+static bool ok(long st) { return st >= 200 && st <= 299; }
+
+/* Slurm's time format ("M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S") in
+ * whole minutes, rounded up; -1 when not one. */
+static long time_minutes(const char *t) {
+  long d = 0, v[3] = {0, 0, 0};
+  int n = 0;
+  const char *p = t;
+  const char *dash = strchr(t, '-');
+  if (dash) {
+    d = strtol(t, NULL, 10);
+    p = dash + 1;
+  }
+  for (char *end; n < 3; n++) {
+    v[n] = strtol(p, &end, 10);
+    if (end == p)
+      return -1;
+    p = end;
+    if (*p != ':')
+      break;
+    p++;
+  }
+  if (*p || n > 2)
+    return -1;
+  long secs;
+  if (dash) /* D-H, D-H:M, D-H:M:S */
+    secs = ((d * 24 + v[0]) * 60 + (n >= 1 ? v[1] : 0)) * 60 + (n >= 2 ? v[2] : 0);
+  else if (n == 0) /* M */
+    secs = v[0] * 60;
+  else if (n == 1) /* M:S */
+    secs = v[0] * 60 + v[1];
+  else /* H:M:S */
+    secs = (v[0] * 60 + v[1]) * 60 + v[2];
+  return (secs + 59) / 60;
+}
+
+/* The job's properties as the command backend gives them to sbatch:
+ * sgpud's environment (sbatch's --export=ALL) and the same options. */
+static json_t *job_json(const sg_slurm_submit_t *s) {
+  extern char **environ;
+  json_t *env = json_object();
+  for (char **e = environ; e && *e; e++) {
+    const char *eq = strchr(*e, '=');
+    if (!eq || eq == *e)
+      continue;
+    cleanup_free char *k = xstrndup(*e, (size_t)(eq - *e));
+    json_object_set_new(env, k, json_string(eq + 1));
+  }
+  if (!json_object_get(env, "PATH"))
+    json_object_set_new(env, "PATH", json_string("/usr/local/bin:/usr/bin:/bin"));
+  json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:[i, i], s:i, s:o}", "name", s->name, "comment", s->comment,
+                        "standard_output", s->out_path, "standard_error", s->err_path, "current_working_directory",
+                        s->dir, "requeue", 0, "nodes", 1, 1, "tasks", 1, "environment", env);
+  if (s->gres)
+    json_object_set_new(j, "gres", json_string(s->gres));
+  if (s->partition)
+    json_object_set_new(j, "partition", json_string(s->partition));
+  if (s->account)
+    json_object_set_new(j, "account", json_string(s->account));
+  if (s->time_limit && time_minutes(s->time_limit) > 0)
+    json_object_set_new(j, "time_limit", json_integer(time_minutes(s->time_limit)));
+  return j;
+}
+
+static int rest_submit(sg_slurm_backend_t *be, const sg_slurm_submit_t *s, char **job_id, char **error) {
+  json_t *body = json_pack("{s:s, s:o}", "script", s->script, "job", job_json(s));
+  json_t *reply = NULL;
+  cleanup_free char *why = NULL;
+  long st = sg_slurmrest_call(client(be), "POST", "job/submit", body, &reply, &why);
+  json_decref(body);
+  json_int_t id = json_integer_value(json_object_get(reply, "job_id"));
+  json_decref(reply);
+  if (ok(st) && id > 0) {
+    *job_id = xasprintf("%lld", (long long)id);
+    return 0;
+  }
+  *error = xasprintf("slurmrestd refused the job: %s", why ? why : "no job id in its answer");
+  return -1;
+}
+
+/* DELETE job/ID, with SIGTERM when term. */
+static int rest_cancel(sg_slurm_backend_t *be, const char *job_id, bool term, char **error) {
+  cleanup_free char *path = xasprintf("job/%s%s", job_id, term ? "?signal=SIGTERM" : "");
+  char *why = NULL;
+  long st = sg_slurmrest_call(client(be), "DELETE", path, NULL, NULL, &why);
+  if (ok(st)) {
+    free(why);
+    return 0;
+  }
+  if (error)
+    *error = why ? why : xstrdup(st < 0 ? "no answer" : "refused");
+  else
+    free(why);
+  return -1;
+}
+
+/* Slurm's wait status of a job as "CODE:SIGNAL", as squeue shows it. */
+static void exit_code_text(json_int_t st, char *out, size_t len) {
+  snprintf(out, len, "%d:%d", (int)((st >> 8) & 0xff), (int)(st & 0x7f));
+}
+
+/* One job as slurmrestd describes it, into it. */
+static void job_info(json_t *job, sg_slurm_job_info_t *it) {
+  const char *state = json_string_value(json_object_get(job, "job_state"));
+  const char *reason = json_string_value(json_object_get(job, "state_reason"));
+  const char *nodes = json_string_value(json_object_get(job, "nodes"));
+  it->seen = true;
+  sg_slurm_copy(it->state, sizeof(it->state), state ? state : "", state ? strlen(state) : 0);
+  sg_slurm_copy(it->reason, sizeof(it->reason), reason ? reason : "None", reason ? strlen(reason) : 4);
+  sg_slurm_copy(it->node, sizeof(it->node), nodes ? nodes : "", nodes ? strlen(nodes) : 0);
+  json_int_t start = json_integer_value(json_object_get(job, "start_time"));
+  json_int_t end = json_integer_value(json_object_get(job, "end_time"));
+  it->start_wall = strcmp(it->state, "PENDING") && start > 0 ? (int64_t)start * 1000 : 0;
+  it->end_wall = end > 0 ? (int64_t)end * 1000 : 0;
+  exit_code_text(json_integer_value(json_object_get(job, "exit_code")), it->exit_code, sizeof(it->exit_code));
+}
+
+/* GET job/ID for each job: the answer counts when any job's did. */
+static bool rest_query(sg_slurm_backend_t *be, sg_slurm_job_info_t *jobs, size_t n, char **error) {
+  bool answered = false;
+  for (size_t i = 0; i < n; i++) {
+    sg_slurm_job_info_t *it = &jobs[i];
+    cleanup_free char *path = xasprintf("job/%s", it->job_id);
+    json_t *reply = NULL;
+    cleanup_free char *why = NULL;
+    long st = sg_slurmrest_call(client(be), "GET", path, NULL, &reply, &why);
+    json_t *job = json_array_get(json_object_get(reply, "jobs"), 0);
+    if (ok(st) && job) {
+      answered = true;
+      job_info(job, it);
+    } else if (st > 0 && why && strstr(why, "Invalid job id")) {
+      answered = true; /* gone from Slurm */
+    } else if (!*error) {
+      *error = xasprintf("slurmrestd: job %s: %s", it->job_id, why ? why : "no answer");
+    }
+    json_decref(reply);
+  }
+  return answered;
+}
+
+static bool rest_nodes(sg_slurm_backend_t *be, sg_runtime_node_t **list, size_t *count) {
+  json_t *reply = NULL;
+  long st = sg_slurmrest_call(client(be), "GET", "nodes", NULL, &reply, NULL);
+  json_t *nodes = json_object_get(reply, "nodes");
+  if (!ok(st) || !json_is_array(nodes)) {
+    json_decref(reply);
+    return false;
+  }
+  size_t i;
+  json_t *x;
+  json_array_foreach(nodes, i, x) {
+    sg_runtime_node_t n = {0};
+    const char *name = json_string_value(json_object_get(x, "name"));
+    if (!name)
+      continue;
+    snprintf(n.name, sizeof(n.name), "%s", name);
+    json_t *state = json_object_get(x, "state");
+    snprintf(n.state, sizeof(n.state), "%s", json_is_string(state) ? json_string_value(state) : "");
+    for (char *c = n.state; *c; c++)
+      *c = (char)toupper((unsigned char)*c);
+    json_t *parts = json_object_get(x, "partitions");
+    size_t k;
+    json_t *p;
+    json_array_foreach(parts, k, p) {
+      size_t used = strlen(n.partitions);
+      snprintf(n.partitions + used, sizeof(n.partitions) - used, "%s%s", k ? "," : "",
+               json_string_value(p) ? json_string_value(p) : "");
+    }
+    const char *g = json_string_value(json_object_get(x, "gres"));
+    sg_slurm_parse_gres(g ? g : "", n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
+    g = json_string_value(json_object_get(x, "gres_used"));
+    sg_slurm_parse_gres(g ? g : "", NULL, 0, &n.gpus_used);
+    *list = xrealloc(*list, (*count + 1) * sizeof(**list));
+    (*list)[(*count)++] = n;
+  }
+  json_decref(reply);
+  return true;
+}
+
+/* GET jobs: every job slurmrestd knows that has not ended. */
+static bool rest_list(sg_slurm_backend_t *be, sg_slurm_listed_t **out, size_t *count) {
+  json_t *reply = NULL;
+  long st = sg_slurmrest_call(client(be), "GET", "jobs", NULL, &reply, NULL);
+  json_t *jobs = json_object_get(reply, "jobs");
+  if (!ok(st) || !json_is_array(jobs)) {
+    json_decref(reply);
+    return false;
+  }
+  size_t i;
+  json_t *j;
+  json_array_foreach(jobs, i, j) {
+    const char *state = json_string_value(json_object_get(j, "job_state"));
+    const char *name = json_string_value(json_object_get(j, "name"));
+    const char *comment = json_string_value(json_object_get(j, "comment"));
+    if (!state || sg_slurm_ended_state(state))
+      continue;
+    json_int_t start = json_integer_value(json_object_get(j, "start_time"));
+    *out = xrealloc(*out, (*count + 1) * sizeof(**out));
+    (*out)[(*count)++] = (sg_slurm_listed_t){
+        xasprintf("%lld", (long long)json_integer_value(json_object_get(j, "job_id"))), xstrdup(state),
+        xstrdup(name ? name : ""), xstrdup(comment ? comment : ""), start > 0 ? (int64_t)start * 1000 : 0};
+  }
+  json_decref(reply);
+  return true;
+}
+
+static void rest_free(sg_slurm_backend_t *be) {
+  sg_slurmrest_free(client(be));
+  free(be);
+}
+
+static const sg_slurm_backend_ops_t rest_ops = {"slurmrestd", rest_submit, rest_cancel, rest_query,
+                                                rest_nodes,   rest_list,   rest_free};
+
+sg_slurm_backend_t *sg_slurm_rest_new(const char *url, const char *user, const char *token, const char *key_file,
+                                      const char *api, sg_error_t **err) {
+  cleanup_error sg_error_t *rerr = NULL;
+  sg_slurmrest_t *c = sg_slurmrest_new(url, user, token, key_file, api, &rerr);
+  if (!c) {
+    sg_make_error(err, rerr->status, "slurmrestd cannot be used: %s", rerr->message);
+    return NULL;
+  }
+  rest_backend_t *r = xcalloc(1, sizeof(*r));
+  r->be.ops = &rest_ops;
+  r->c = c;
+  sg_info("slurm: jobs through slurmrestd at %s (API %s) as %s", url, sg_slurmrest_api(c), user);
+  return &r->be;
 }

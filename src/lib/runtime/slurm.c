@@ -1,8 +1,8 @@
-/* The slurm runtime: a worker is one Slurm batch job. Every Slurm command
- * (sbatch, squeue, scontrol, scancel) runs on the thread pool, never on the
- * loop. With slurmrestd configured, jobs are submitted, queried and
- * cancelled (and nodes listed) through its REST API instead, on the same
- * pool threads (slurm-rest.c).
+/* The slurm runtime: a worker is one Slurm batch job. Slurm is reached
+ * through a backend (slurm-internal.h): its commands (sbatch, squeue,
+ * scontrol, scancel; slurm-cli.c) or, with slurmrestd configured, its REST
+ * API (slurm-rest.c). Every backend call runs on the thread pool, never on
+ * the loop (startup and shutdown excepted).
  *
  * The job's script picks a free port on its node, writes "NODE PORT GPUS" to
  * an address file in the runtime's dir (which must be shared with the nodes)
@@ -31,7 +31,7 @@
  * "sgpu:TAG:ENDPOINT:VERSION", TAG being fixed per dir. A stopping sgpud
  * leaves the jobs that run (detach); a new sgpud of the same dir finds every
  * job with its tag: one that runs and has written its address is offered
- * for adoption (sg_slurm_adopt_leftovers: the daemon takes it when its
+ * for adoption (the adopt op: the daemon takes it when its
  * endpoint still exists at that version), every other one is cancelled.
  */
 #include <arpa/inet.h>
@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
@@ -49,7 +50,7 @@
 
 #include "oci-internal.h"
 #include "slurm-internal.h"
-#include "sgpu/exec.h"
+#include "sgpu/daemon.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
@@ -58,8 +59,6 @@
 
 #define MAX_LINE 16384
 #define READ_CHUNK (256 * 1024)
-#define CMD_TIMEOUT_MS 30000 /* sbatch, scancel, squeue, sacct */
-#define CMD_OUTPUT_CAP (4u << 20)
 #define FAST_POLL_MS 100 /* while a job is being placed */
 #define SLOW_POLL_MS 500 /* otherwise (output) */
 #define SQUEUE_EVERY_MS 1000
@@ -102,6 +101,14 @@ struct sg_instance {
   void *ud;
 };
 
+/* Jobs of an earlier sgpud that may be adopted, found at init. */
+typedef struct leftover {
+  sg_slurm_leftover_t job;
+  char *job_id, *worker_id, *endpoint;
+} leftover_t;
+
+/* The runtime's context: one per process, set up by init, emptied by
+ * shutdown (all zero: not set up). Loop thread. */
 static struct {
   struct event_base *base;
   sg_pool_t *pool;
@@ -111,8 +118,11 @@ static struct {
   char *unavailable;
   sg_images_t *images;
   char *images_dir, *node_images_dir, *oci_runtime;
-  sg_slurmrest_t *rest; /* jobs through slurmrestd instead of the commands */
+  sg_slurm_backend_t *be; /* how Slurm is reached; NULL when it cannot be */
   bool ready;
+  LIST_HEAD(, sg_instance) instances;
+  leftover_t *leftovers; /* until the adopt op */
+  size_t n_leftovers;
   struct event *timer;
   bool poll_busy;
   int64_t last_squeue, last_nodes;
@@ -121,263 +131,27 @@ static struct {
   int64_t nodes_at;
 } rt;
 
-static LIST_HEAD(, sg_instance) instances = LIST_HEAD_INITIALIZER(instances);
-
-/* Jobs of an earlier sgpud that may be adopted, found at init. */
-typedef struct leftover {
-  sg_slurm_leftover_t job;
-  char *job_id, *worker_id, *endpoint;
-} leftover_t;
-static leftover_t *leftovers;
-static size_t n_leftovers;
-
 static void schedule_poll(int64_t ms);
 
-/* ---- commands ---- */
-
-/* Runs argv (looked up in PATH) to completion, at most CMD_TIMEOUT_MS, and
- * returns its wait status, or -1 with errno set when it could not run; *out
- * (optional) gets what it printed, stdout and stderr together (at most
- * CMD_OUTPUT_CAP bytes). A command killed at the timeout returns the status
- * of its kill. Blocks: pool threads and startup only. */
-static int run_cmd(char *const *argv, char **out) {
-  sg_exec_opts_t opts = {.timeout_ms = CMD_TIMEOUT_MS, .out_cap = CMD_OUTPUT_CAP, .flags = SG_EXEC_MERGE_STDERR};
-  sg_exec_result_t res;
-  cleanup_error sg_error_t *err = NULL;
-  int r = sg_exec_run(argv, &opts, &res, &err);
-  int status = res.status;
-  if (r < 0)
-    sg_warn("slurm: %s", err->message);
-  if (r < 0 && !res.timed_out) {
-    errno = -r;
-    status = -1;
-  }
-  if (out)
-    *out = res.out ? steal_pointer(&res.out) : xstrdup("");
-  sg_exec_result_clear(&res);
-  return status;
-}
-
-static bool cmd_ok(int status) { return sg_exec_status_ok(status); }
-
-/* The last non-empty line of text, trimmed, for error messages. */
-static char *last_line(const char *text) {
-  const char *end = text + strlen(text);
-  while (end > text && isspace((unsigned char)end[-1]))
-    end--;
-  const char *start = end;
-  while (start > text && start[-1] != '\n')
-    start--;
-  return xstrndup(start, (size_t)(end - start));
-}
-
-/* ---- job scripts ---- */
-
-/* Appends s to buf single-quoted for sh. */
-static void append_quoted(sg_strbuf_t *buf, const char *s, size_t n) {
-  sg_strbuf_append_n(buf, "'", 1);
-  for (const char *end = s + n, *q; s < end; s = q + 1) {
-    q = memchr(s, '\'', (size_t)(end - s));
-    if (!q) {
-      sg_strbuf_append_n(buf, s, (size_t)(end - s));
-      break;
-    }
-    sg_strbuf_append_n(buf, s, (size_t)(q - s));
-    sg_strbuf_append_n(buf, "'\\''", 4);
-  }
-  sg_strbuf_append_n(buf, "'", 1);
-}
-
-static void append(sg_strbuf_t *buf, const char *s) { sg_strbuf_append(buf, s); }
-
-/* An argument for sh: quoted pieces, each "$PORT" left for the shell. */
-static void append_arg(sg_strbuf_t *buf, const char *arg) {
-  const char *p = arg;
-  for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
-    if (q > p)
-      append_quoted(buf, p, (size_t)(q - p));
-    append(buf, "\"$PORT\"");
-  }
-  if (*p || p == arg)
-    append_quoted(buf, p, strlen(p));
-}
-
-static bool node_sets(const char *kv) {
-  static const char *const keys[] = {
-      "PORT=", "CUDA_VISIBLE_DEVICES=", "NVIDIA_VISIBLE_DEVICES=", "CUDA_DEVICE_ORDER=", "PATH=", "HOME=", NULL};
-  for (const char *const *k = keys; *k; k++)
-    if (!strncmp(kv, *k, strlen(*k)))
-      return true;
-  return false;
-}
-
-static const char script_head[] = "#!/bin/sh\n"
-                                  "set -u\n"
-                                  "# A free port on this node: outside the kernel's range for the local\n"
-                                  "# ports of connections (a port held by one, even in TIME_WAIT, cannot be\n"
-                                  "# bound by a listener) and held by no socket at all.\n"
-                                  "set -- $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) 32768 60999\n"
-                                  "lo=$1 hi=$2\n"
-                                  "if [ $((lo - 10000)) -ge 2000 ]; then base=10000 span=$((lo - 10000))\n"
-                                  "elif [ $((65535 - hi)) -ge 2000 ]; then base=$((hi + 1)) span=$((65535 - hi))\n"
-                                  "else base=20000 span=40000; fi\n"
-                                  "used=$(awk 'NR > 1 { split($2, a, \":\"); printf \" %s\", a[2] }' /proc/net/tcp "
-                                  "/proc/net/tcp6 2>/dev/null)\n"
-                                  "port=\n"
-                                  "i=0\n"
-                                  "while [ $i -lt 200 ]; do\n"
-                                  "  p=$((base + $(od -An -N2 -tu2 /dev/urandom) % span))\n"
-                                  "  case \"$used \" in *\" $(printf %04X $p) \"*) ;; *) port=$p; break ;; "
-                                  "esac\n"
-                                  "  i=$((i + 1))\n"
-                                  "done\n"
-                                  "[ -n \"$port\" ] || { echo \"sgpu: no free port on $(hostname)\" >&2; "
-                                  "exit 75; }\n"
-                                  "# GPUs: as Slurm set them, else the indexes of the job's GRES.\n"
-                                  "gpus=${CUDA_VISIBLE_DEVICES-}\n"
-                                  "if [ -z \"$gpus\" ] && [ -n \"${SLURM_JOB_ID-}\" ]; then\n"
-                                  "  gpus=$(scontrol show job -d \"$SLURM_JOB_ID\" 2>/dev/null | sed -n "
-                                  "'s/.*GRES=[^ ]*(IDX:\\([0-9,-]*\\)).*/\\1/p' |\n"
-                                  "    head -n 1 | awk -F, '{ s = \"\"; for (i = 1; i <= NF; i++) { n = "
-                                  "split($i, r, \"-\"); hi = n > 1 ? r[2] : r[1];\n"
-                                  "      for (g = r[1]; g <= hi; g++) s = s (s == \"\" ? \"\" : \",\") g } "
-                                  "print s }')\n"
-                                  "fi\n"
-                                  "node=${SLURMD_NODENAME:-$(hostname)}\n";
-
-/* The batch script of a worker. */
-static char *make_script(const sg_launch_t *l, const char *addr_path) {
-  sg_strbuf_t s = SG_STRBUF_INIT;
-  append(&s, script_head);
-  append(&s, "addr_file=");
-  append_quoted(&s, addr_path, strlen(addr_path));
-  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" "
-             ">\"$addr_file.tmp\" && "
-             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n"
-             "export PORT=$port CUDA_VISIBLE_DEVICES=$gpus "
-             "NVIDIA_VISIBLE_DEVICES=${gpus:-void} "
-             "CUDA_DEVICE_ORDER=PCI_BUS_ID\n");
-  for (char *const *e = l->envp; e && *e; e++) {
-    const char *eq = strchr(*e, '=');
-    if (!eq || eq == *e || node_sets(*e))
-      continue;
-    bool name_ok = true;
-    for (const char *c = *e; c < eq; c++)
-      name_ok &= isalnum((unsigned char)*c) || *c == '_';
-    if (!name_ok)
-      continue;
-    append(&s, "export ");
-    cleanup_free char *name = xstrndup(*e, (size_t)(eq - *e));
-    append(&s, name);
-    append(&s, "=");
-    append_quoted(&s, eq + 1, strlen(eq + 1));
-    append(&s, "\n");
-  }
-  append(&s, "exec");
-  for (char *const *a = l->argv; *a; a++) {
-    append(&s, " ");
-    append_arg(&s, *a);
-  }
-  append(&s, "\n");
-  return sg_strbuf_steal(&s);
-}
-
-/* The tokens of a job's config.json that its script replaces on the node. */
+/* The tokens of a job's config.json that its script replaces on the node
+ * (slurm-job.sh). */
 #define TOKEN_PORT "@SGPU_PORT@"
 #define TOKEN_GPUS "@SGPU_GPUS@"
 #define TOKEN_NVGPUS "@SGPU_NVGPUS@"
-
-static const char image_ns[] = "# In a private mount namespace: the overlay root dies with the job even\n"
-                               "# when it is killed, and a hybrid cgroup layout can be hidden from crun.\n"
-                               "if [ -z \"${SGPU_PRIVATE_NS-}\" ]; then\n"
-                               "  SGPU_PRIVATE_NS=1 exec unshare -m --propagation private \"$0\" \"$@\"\n"
-                               "  echo \"sgpu: cannot enter a private mount namespace on $(hostname)\" >&2\n"
-                               "  exit 75\n"
-                               "fi\n";
-
-static const char image_tail[] =
-    "b=${TMPDIR:-/tmp}/sgpu-bundle.${SLURM_JOB_ID:-$$}\n"
-    "mode=\n"
-    "cleanup() {\n"
-    "  \"$runtime\" --root \"$b/state\" $mode delete --force \"$cid\" >/dev/null 2>&1\n"
-    "  while umount -l \"$b/rootfs\" 2>/dev/null; do :; done\n"
-    "  rm -rf --one-file-system \"$b\"\n"
-    "}\n"
-    "trap cleanup EXIT\n"
-    "mkdir -p \"$b/upper\" \"$b/work\" \"$b/rootfs\" || exit 75\n"
-    "sed -e \"s/" TOKEN_PORT "/$port/g\" -e \"s/" TOKEN_GPUS "/$gpus/g\" "
-    "-e \"s/" TOKEN_NVGPUS "/${gpus:-void}/g\" \"$config\" >\"$b/config.json\" || exit 75\n"
-    "# crun refuses a hybrid cgroup layout (cgroup v1 controllers and a cgroup2\n"
-    "# mount at /sys/fs/cgroup/unified): hide that mount, and run without a\n"
-    "# cgroup manager, as sgpud does on its own node.\n"
-    "case \"${runtime##*/}\" in crun)\n"
-    "  if [ \"$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)\" != cgroup2fs ] &&\n"
-    "     [ \"$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)\" = cgroup2fs ]; then\n"
-    "    umount -l /sys/fs/cgroup/unified && mode=--cgroup-manager=disabled\n"
-    "  fi ;;\n"
-    "esac\n"
-    "if [ -n \"$lower\" ]; then\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$lower,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" || "
-    "exit 75\n"
-    "else\n"
-    "  mkdir -p \"$b/empty\" &&\n"
-    "  mount -t overlay overlay -o \"nodev,nosuid,lowerdir=$b/empty,upperdir=$b/upper,workdir=$b/work\" \"$b/rootfs\" "
-    "|| exit 75\n"
-    "fi\n"
-    "child=\n"
-    "trap '[ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT\n"
-    "\"$runtime\" --root \"$b/state\" $mode run --bundle \"$b\" \"$cid\" </dev/null &\n"
-    "child=$!\n"
-    "rc=0\n"
-    "while :; do\n"
-    "  wait \"$child\"; rc=$?\n"
-    "  kill -0 \"$child\" 2>/dev/null || break\n"
-    "done\n"
-    "exit $rc\n";
-
-/* The batch script of a worker running an image: it assembles the overlay
- * root from the layer dirs lower (as the node sees them, top first), fills
- * in the port and GPUs of config_path and runs the container in the
- * foreground; on exit it removes the container, the mount and the bundle. */
-static char *make_image_script(const char *id, const char *addr_path, const char *config_path, char *const *lower) {
-  static const char shebang[] = "#!/bin/sh\nset -u\n";
-  sg_strbuf_t s = SG_STRBUF_INIT;
-  sg_strbuf_appendf(&s, "%s%s%s", shebang, image_ns, script_head + strlen(shebang));
-  append(&s, "addr_file=");
-  append_quoted(&s, addr_path, strlen(addr_path));
-  append(&s, "\nprintf '%s %s %s\\n' \"$node\" \"$port\" \"${gpus:--}\" >\"$addr_file.tmp\" && "
-             "mv \"$addr_file.tmp\" \"$addr_file\" || exit 75\n");
-  append(&s, "cid=");
-  append_quoted(&s, id, strlen(id));
-  append(&s, "\nconfig=");
-  append_quoted(&s, config_path, strlen(config_path));
-  append(&s, "\nruntime=");
-  append_quoted(&s, rt.oci_runtime, strlen(rt.oci_runtime));
-  cleanup_strbuf sg_strbuf_t l = SG_STRBUF_INIT;
-  for (char *const *d = lower; *d; d++) {
-    append(&l, d == lower ? "" : ":");
-    append(&l, *d);
-  }
-  append(&s, "\nlower=");
-  append_quoted(&s, l.s ? l.s : "", l.len);
-  append(&s, "\n");
-  append(&s, image_tail);
-  return sg_strbuf_steal(&s);
-}
 
 /* ---- submit ---- */
 
 typedef struct submit_job {
   char *id;
-  char **argv;
   char *script, *script_path;
+  /* sbatch's options (sg_slurm_submit_t) */
+  char *name, *comment, *out_path, *err_path, *gres, *partition, *account, *time_limit;
   /* With an image: the container's config, written to config_path once the
    * image's user is resolved against its layers (roots, top first). */
   json_t *config;
   char *config_path, *user;
   char **roots;
   char **cargv, **cenvp; /* the container's argv and env, tokens in place */
-  json_t *rest_job;      /* slurmrestd: the job's properties (argv unused) */
   char *job_id;          /* out */
   char *error;           /* out */
 } submit_job_t;
@@ -399,50 +173,31 @@ static void submit_work(void *data) {
     }
   }
   r = sg_write_file_atomic(s->script_path, s->script, strlen(s->script), 0700);
-  if (r >= 0 && s->rest_job) {
-    json_t *body = json_pack("{s:s, s:O}", "script", s->script, "job", s->rest_job);
-    json_t *reply = NULL;
-    cleanup_free char *why = NULL;
-    long st = sg_slurmrest_call(rt.rest, "POST", "job/submit", body, &reply, &why);
-    json_decref(body);
-    json_int_t id = json_integer_value(json_object_get(reply, "job_id"));
-    if (st >= 200 && st <= 299 && id > 0)
-      s->job_id = xasprintf("%lld", (long long)id);
-    else
-      s->error = xasprintf("slurmrestd refused the job: %s", why ? why : "no job id in its answer");
-    json_decref(reply);
-    return;
-  }
   if (r < 0) {
     s->error = xasprintf("cannot write %s: %s", s->script_path, strerror(-r));
     return;
   }
-  cleanup_free char *out = NULL;
-  int status = run_cmd(s->argv, &out);
-  /* --parsable: "JOBID" or "JOBID;CLUSTER" */
-  const char *p = out ? out : "";
-  while (*p && isspace((unsigned char)*p))
-    p++;
-  size_t n = strspn(p, "0123456789");
-  if (cmd_ok(status) && n > 0 && n < 32) {
-    s->job_id = xstrndup(p, n);
-    return;
-  }
-  cleanup_free char *why = last_line(p);
-  s->error = status < 0 ? xasprintf("cannot run sbatch: %s", strerror(errno))
-                        : xasprintf("sbatch failed: %s", *why ? why : "no output");
+  sg_slurm_submit_t j = {s->name, s->comment, s->script,    s->script_path, s->out_path,  s->err_path,
+                         rt.dir,  s->gres,    s->partition, s->account,     s->time_limit};
+  rt.be->ops->submit(rt.be, &j, &s->job_id, &s->error);
 }
 
 static void cancel_sync(const char *job_id, bool term);
-static void submit_cmd(char **argv);
+static void cancel_async(const char *job_id, bool term);
 
 static void submit_job_free(submit_job_t *s) {
-  sg_strv_free(s->argv);
   sg_strv_free(s->roots);
   sg_strv_free(s->cargv);
   sg_strv_free(s->cenvp);
   json_decref(s->config);
-  json_decref(s->rest_job);
+  free(s->name);
+  free(s->comment);
+  free(s->out_path);
+  free(s->err_path);
+  free(s->gres);
+  free(s->partition);
+  free(s->account);
+  free(s->time_limit);
   free(s->config_path);
   free(s->user);
   free(s->id);
@@ -479,7 +234,7 @@ static void instance_free(sg_instance_t *inst) {
 
 static sg_instance_t *find(const char *id) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!strcmp(inst->id, id))
       return inst;
   }
@@ -493,18 +248,6 @@ static void set_str(char **slot, const char *v) {
   *slot = v ? xstrdup(v) : NULL;
 }
 
-static char **cancel_argv(const char *job_id, bool term) {
-  char **argv = xcalloc(6, sizeof(char *));
-  int n = 0;
-  argv[n++] = xstrdup("scancel");
-  if (term) {
-    argv[n++] = xstrdup("--full");
-    argv[n++] = xstrdup("--signal=TERM");
-  }
-  argv[n++] = xstrdup(job_id);
-  return argv;
-}
-
 static void submit_done(void *data, bool cancelled) {
   submit_job_t *s = data;
   sg_instance_t *inst = find(s->id);
@@ -516,7 +259,7 @@ static void submit_done(void *data, bool cancelled) {
       if (inst->released) {
         cancel_sync(inst->job_id, false);
       } else if (inst->cancel_after_submit) {
-        submit_cmd(cancel_argv(inst->job_id, false));
+        cancel_async(inst->job_id, false);
       }
       schedule_poll(0);
     } else {
@@ -537,70 +280,44 @@ static void submit_done(void *data, bool cancelled) {
 
 static const sg_pool_job_ops_t submit_ops = {submit_work, submit_done};
 
-/* ---- fire-and-forget commands (scancel) ---- */
+/* ---- cancels that nobody waits for ---- */
 
-typedef struct cmd_job {
-  char **argv;
-  char *out;
-  int status;
-} cmd_job_t;
+typedef struct cancel_job {
+  char *job_id;
+  bool term;
+  int r;
+  char *error;
+} cancel_job_t;
 
-/* scancel's argv ("scancel [--full --signal=TERM] JOBID") through
- * slurmrestd: DELETE job/JOBID, with the signal when one is named. Returns a
- * status as run_cmd does. */
-static int rest_cancel(char *const *argv, char **out) {
-  const char *job_id = NULL;
-  bool term = false;
-  for (char *const *a = argv + 1; *a; a++) {
-    if (!strcmp(*a, "--signal=TERM"))
-      term = true;
-    else if (**a != '-')
-      job_id = *a;
-  }
-  if (!job_id)
-    return -1;
-  cleanup_free char *path = xasprintf("job/%s%s", job_id, term ? "?signal=SIGTERM" : "");
-  char *why = NULL;
-  long st = sg_slurmrest_call(rt.rest, "DELETE", path, NULL, NULL, &why);
-  if (out)
-    *out = why ? why : xstrdup("");
-  else
-    free(why);
-  return st >= 200 && st <= 299 ? 0 : 1 << 8;
+static void cancel_work(void *data) {
+  cancel_job_t *c = data;
+  c->r = rt.be->ops->cancel(rt.be, c->job_id, c->term, &c->error);
 }
 
-static void cmd_work(void *data) {
-  cmd_job_t *c = data;
-  c->status = rt.rest && !strcmp(c->argv[0], "scancel") ? rest_cancel(c->argv, &c->out) : run_cmd(c->argv, &c->out);
-}
-
-static void cmd_done(void *data, bool cancelled) {
-  cmd_job_t *c = data;
-  if (!cancelled && !cmd_ok(c->status)) {
-    cleanup_free char *why = last_line(c->out ? c->out : "");
-    sg_warn("%s %s failed: %s", c->argv[0], c->argv[1] ? c->argv[1] : "", why);
-  }
-  sg_strv_free(c->argv);
-  free(c->out);
+static void cancel_done(void *data, bool cancelled) {
+  cancel_job_t *c = data;
+  if (!cancelled && c->r < 0)
+    sg_warn("slurm: cancelling job %s through %s failed: %s", c->job_id, rt.be ? rt.be->ops->name : "Slurm",
+            c->error ? c->error : "");
+  free(c->job_id);
+  free(c->error);
   free(c);
 }
 
-static const sg_pool_job_ops_t cmd_ops = {cmd_work, cmd_done};
+static const sg_pool_job_ops_t cancel_ops = {cancel_work, cancel_done};
 
-static void submit_cmd(char **argv) {
-  cmd_job_t *c = xcalloc(1, sizeof(*c));
-  c->argv = argv;
-  sg_pool_submit(rt.pool, &cmd_ops, c);
+/* Cancels a job on the pool (the loop goes on). */
+static void cancel_async(const char *job_id, bool term) {
+  cancel_job_t *c = xcalloc(1, sizeof(*c));
+  c->job_id = xstrdup(job_id);
+  c->term = term;
+  sg_pool_submit(rt.pool, &cancel_ops, c);
 }
 
-/* Cancels a job now (blocks; shutdown only). */
+/* Cancels a job now (blocks; startup and shutdown only). */
 static void cancel_sync(const char *job_id, bool term) {
-  char **argv = cancel_argv(job_id, term);
-  if (rt.rest)
-    rest_cancel(argv, NULL);
-  else
-    run_cmd(argv, NULL);
-  sg_strv_free(argv);
+  if (rt.be)
+    rt.be->ops->cancel(rt.be, job_id, term, NULL);
 }
 
 /* ---- poll ---- */
@@ -612,10 +329,6 @@ typedef struct poll_item {
   /* out */
   char *chunk[2];
   size_t chunk_len[2];
-  bool seen; /* in squeue's answer */
-  char state[32], reason[128], node[128];
-  int64_t start_wall, end_wall;
-  char exit_code[32];
   bool have_addr;
   char addr_node[128], addr[64];
   int port;
@@ -625,169 +338,15 @@ typedef struct poll_item {
 
 typedef struct poll_job {
   poll_item_t *items;
+  sg_slurm_job_info_t *jobs; /* the state of items[i]'s job in jobs[i] */
   size_t n;
   bool squeue, nodes;
   bool squeue_ok;
   char *squeue_error;
-  sg_slurm_node_t *node_list;
+  sg_runtime_node_t *node_list;
   size_t n_nodes;
   bool nodes_ok;
 } poll_job_t;
-
-/* Slurm's local time "2024-05-01T12:00:00" as ms since the epoch; 0 for none.
- */
-static int64_t parse_time(const char *s) {
-  struct tm tm = {0};
-  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!end || *end)
-    return 0;
-  tm.tm_isdst = -1;
-  time_t t = mktime(&tm);
-  return t < 0 ? 0 : (int64_t)t * 1000;
-}
-
-/* The value of " KEY=" in a one-line scontrol record, up to the next space. */
-static bool field(const char *rec, const char *key, char *out, size_t len) {
-  size_t kl = strlen(key);
-  for (const char *p = rec; (p = strstr(p, key)); p += kl) {
-    if ((p == rec || p[-1] == ' ') && p[kl] == '=') {
-      const char *v = p + kl + 1;
-      size_t n = strcspn(v, " \n");
-      if (n >= len)
-        n = len - 1;
-      memcpy(out, v, n);
-      out[n] = '\0';
-      return true;
-    }
-  }
-  out[0] = '\0';
-  return false;
-}
-
-static void copy_field(char *dst, size_t len, const char *src, size_t n) {
-  if (n >= len)
-    n = len - 1;
-  memcpy(dst, src, n);
-  dst[n] = '\0';
-}
-
-/* Slurm's wait status of a job as "CODE:SIGNAL", as squeue shows it. */
-static void exit_code_text(json_int_t st, char *out, size_t len) {
-  snprintf(out, len, "%d:%d", (int)((st >> 8) & 0xff), (int)(st & 0x7f));
-}
-
-/* One job as slurmrestd describes it, into it. */
-static void rest_job_item(json_t *job, poll_item_t *it) {
-  const char *state = json_string_value(json_object_get(job, "job_state"));
-  const char *reason = json_string_value(json_object_get(job, "state_reason"));
-  const char *nodes = json_string_value(json_object_get(job, "nodes"));
-  it->seen = true;
-  copy_field(it->state, sizeof(it->state), state ? state : "", state ? strlen(state) : 0);
-  copy_field(it->reason, sizeof(it->reason), reason ? reason : "None", reason ? strlen(reason) : 4);
-  copy_field(it->node, sizeof(it->node), nodes ? nodes : "", nodes ? strlen(nodes) : 0);
-  json_int_t start = json_integer_value(json_object_get(job, "start_time"));
-  json_int_t end = json_integer_value(json_object_get(job, "end_time"));
-  it->start_wall = strcmp(it->state, "PENDING") && start > 0 ? (int64_t)start * 1000 : 0;
-  it->end_wall = end > 0 ? (int64_t)end * 1000 : 0;
-  exit_code_text(json_integer_value(json_object_get(job, "exit_code")), it->exit_code, sizeof(it->exit_code));
-}
-
-/* The state of every item's job through slurmrestd: GET job/ID each. */
-static void rest_squeue(poll_job_t *pj) {
-  for (size_t i = 0; i < pj->n; i++) {
-    poll_item_t *it = &pj->items[i];
-    cleanup_free char *path = xasprintf("job/%s", it->job_id);
-    json_t *reply = NULL;
-    cleanup_free char *why = NULL;
-    long st = sg_slurmrest_call(rt.rest, "GET", path, NULL, &reply, &why);
-    json_t *job = json_array_get(json_object_get(reply, "jobs"), 0);
-    if (st >= 200 && st <= 299 && job) {
-      pj->squeue_ok = true;
-      rest_job_item(job, it);
-    } else if (st > 0 && why && strstr(why, "Invalid job id")) {
-      pj->squeue_ok = true; /* gone from Slurm */
-    } else if (!pj->squeue_error) {
-      pj->squeue_error = xasprintf("slurmrestd: job %s: %s", it->job_id, why ? why : "no answer");
-    }
-    json_decref(reply);
-  }
-}
-
-static void run_squeue(poll_job_t *pj) {
-  if (rt.rest) {
-    rest_squeue(pj);
-    return;
-  }
-  size_t cap = 64;
-  for (size_t i = 0; i < pj->n; i++)
-    cap += strlen(pj->items[i].job_id) + 1;
-  cleanup_free char *ids = xcalloc(1, cap);
-  for (size_t i = 0; i < pj->n; i++) {
-    if (i)
-      strcat(ids, ",");
-    strcat(ids, pj->items[i].job_id);
-  }
-  char *argv[] = {"squeue", "--noheader", "--states=all", "--jobs", ids, "--format=%i|%T|%r|%N|%S|%e", NULL};
-  cleanup_free char *out = NULL;
-  int status = run_cmd(argv, &out);
-  if (!cmd_ok(status) && !(out && strstr(out, "Invalid job id"))) {
-    cleanup_free char *why = last_line(out ? out : "");
-    pj->squeue_error =
-        status < 0 ? xasprintf("cannot run squeue: %s", strerror(errno)) : xasprintf("squeue failed: %s", why);
-    return;
-  }
-  pj->squeue_ok = true;
-  for (char *line = out, *next; line && *line; line = next) {
-    next = strchr(line, '\n');
-    if (next)
-      *next++ = '\0';
-    char *f[6] = {0};
-    int nf = 0;
-    for (char *p = line; nf < 6; nf++) {
-      f[nf] = p;
-      char *bar = strchr(p, '|');
-      if (!bar) {
-        nf++;
-        break;
-      }
-      *bar = '\0';
-      p = bar + 1;
-    }
-    if (nf < 6)
-      continue;
-    for (size_t i = 0; i < pj->n; i++) {
-      poll_item_t *it = &pj->items[i];
-      if (strcmp(it->job_id, f[0]))
-        continue;
-      it->seen = true;
-      copy_field(it->state, sizeof(it->state), f[1], strlen(f[1]));
-      copy_field(it->reason, sizeof(it->reason), f[2], strlen(f[2]));
-      copy_field(it->node, sizeof(it->node), f[3], strlen(f[3]));
-      it->start_wall = strcmp(it->state, "PENDING") ? parse_time(f[4]) : 0;
-      it->end_wall = parse_time(f[5]);
-    }
-  }
-}
-
-static bool ended_state(const char *s) {
-  return *s && strcmp(s, "PENDING") && strcmp(s, "RUNNING") && strcmp(s, "CONFIGURING") && strcmp(s, "COMPLETING") &&
-         strcmp(s, "SUSPENDED") && strcmp(s, "REQUEUED") && strcmp(s, "RESIZING") && strcmp(s, "SIGNALING") &&
-         strcmp(s, "STAGE_OUT");
-}
-
-/* For an ended job: its exit code and exact times from scontrol. */
-static void read_end(poll_item_t *it) {
-  char *argv[] = {"scontrol", "--oneliner", "show", "job", it->job_id, NULL};
-  cleanup_free char *out = NULL;
-  if (!cmd_ok(run_cmd(argv, &out)) || !out)
-    return;
-  char v[64];
-  field(out, "ExitCode", it->exit_code, sizeof(it->exit_code));
-  if (field(out, "StartTime", v, sizeof(v)) && parse_time(v))
-    it->start_wall = parse_time(v);
-  if (field(out, "EndTime", v, sizeof(v)) && parse_time(v))
-    it->end_wall = parse_time(v);
-}
 
 static void read_addr(poll_item_t *it) {
   size_t len;
@@ -833,111 +392,21 @@ static void read_output(poll_item_t *it) {
   }
 }
 
-/* "gpu:a100:4(S:0)" -> type a100, count 4; "gpu:a100:2(IDX:0-1)" -> count 2. */
-static void parse_gres(const char *g, char *type, size_t tlen, int *count) {
-  *count = 0;
-  for (const char *p = g; (p = strstr(p, "gpu:")); p += 4) {
-    if (p != g && p[-1] != ',')
-      continue;
-    const char *a = p + 4;
-    const char *colon = strchr(a, ':');
-    const char *stop = a + strcspn(a, ",(");
-    if (colon && colon < stop) {
-      if (type && !*type)
-        copy_field(type, tlen, a, (size_t)(colon - a));
-      *count += atoi(colon + 1);
-    } else {
-      *count += atoi(a);
-    }
-  }
-}
-
-static void rest_nodes(poll_job_t *pj) {
-  json_t *reply = NULL;
-  long st = sg_slurmrest_call(rt.rest, "GET", "nodes", NULL, &reply, NULL);
-  json_t *nodes = json_object_get(reply, "nodes");
-  if (st < 200 || st > 299 || !json_is_array(nodes)) {
-    json_decref(reply);
-    return;
-  }
-  pj->nodes_ok = true;
-  size_t i;
-  json_t *x;
-  json_array_foreach(nodes, i, x) {
-    sg_slurm_node_t n = {0};
-    const char *name = json_string_value(json_object_get(x, "name"));
-    if (!name)
-      continue;
-    snprintf(n.name, sizeof(n.name), "%s", name);
-    json_t *state = json_object_get(x, "state");
-    snprintf(n.state, sizeof(n.state), "%s", json_is_string(state) ? json_string_value(state) : "");
-    for (char *c = n.state; *c; c++)
-      *c = (char)toupper((unsigned char)*c);
-    json_t *parts = json_object_get(x, "partitions");
-    size_t k;
-    json_t *p;
-    json_array_foreach(parts, k, p) {
-      size_t used = strlen(n.partitions);
-      snprintf(n.partitions + used, sizeof(n.partitions) - used, "%s%s", k ? "," : "",
-               json_string_value(p) ? json_string_value(p) : "");
-    }
-    const char *g = json_string_value(json_object_get(x, "gres"));
-    parse_gres(g ? g : "", n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
-    g = json_string_value(json_object_get(x, "gres_used"));
-    parse_gres(g ? g : "", NULL, 0, &n.gpus_used);
-    pj->node_list = xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
-    pj->node_list[pj->n_nodes++] = n;
-  }
-  json_decref(reply);
-}
-
-static void run_nodes(poll_job_t *pj) {
-  if (rt.rest) {
-    rest_nodes(pj);
-    return;
-  }
-  char *argv[] = {"scontrol", "--oneliner", "--details", "show", "node", NULL};
-  cleanup_free char *out = NULL;
-  if (!cmd_ok(run_cmd(argv, &out)) || !out)
-    return;
-  pj->nodes_ok = true;
-  for (char *line = out, *next; *line; line = next) {
-    next = strchr(line, '\n');
-    if (next)
-      *next++ = '\0';
-    else
-      next = line + strlen(line);
-    sg_slurm_node_t n = {0};
-    if (!field(line, "NodeName", n.name, sizeof(n.name)))
-      continue;
-    field(line, "State", n.state, sizeof(n.state));
-    field(line, "Partitions", n.partitions, sizeof(n.partitions));
-    char g[512];
-    field(line, "Gres", g, sizeof(g));
-    parse_gres(g, n.gpu_type, sizeof(n.gpu_type), &n.gpus_total);
-    field(line, "GresUsed", g, sizeof(g));
-    parse_gres(g, NULL, 0, &n.gpus_used);
-    pj->node_list = xrealloc(pj->node_list, (pj->n_nodes + 1) * sizeof(*pj->node_list));
-    pj->node_list[pj->n_nodes++] = n;
-  }
-}
-
 static void poll_work(void *data) {
   poll_job_t *pj = data;
   if (pj->squeue && pj->n > 0)
-    run_squeue(pj);
+    pj->squeue_ok = rt.be->ops->query(rt.be, pj->jobs, pj->n, &pj->squeue_error);
   for (size_t i = 0; i < pj->n; i++) {
     poll_item_t *it = &pj->items[i];
-    if (it->seen && ended_state(it->state) && !rt.rest)
-      read_end(it);
-    if (it->want_addr && it->seen && !strcmp(it->state, "RUNNING"))
+    const sg_slurm_job_info_t *job = &pj->jobs[i];
+    if (it->want_addr && job->seen && !strcmp(job->state, "RUNNING"))
       read_addr(it);
     /* Output after the state: what the job wrote before it ended is read
      * before its end is reported. */
     read_output(it);
   }
   if (pj->nodes)
-    run_nodes(pj);
+    pj->nodes_ok = rt.be->ops->nodes(rt.be, &pj->node_list, &pj->n_nodes);
 }
 
 /* Hands complete lines of a chunk to on_line; keeps the rest. */
@@ -1007,7 +476,7 @@ static void report_end(sg_instance_t *inst) {
   inst->cbs.on_exit(inst->ud, inst->exit_status);
 }
 
-static void apply(poll_job_t *pj, poll_item_t *it) {
+static void apply(poll_job_t *pj, poll_item_t *it, const sg_slurm_job_info_t *job) {
   sg_instance_t *inst = find(it->id);
   if (!inst || inst->exit_reported)
     return;
@@ -1019,7 +488,7 @@ static void apply(poll_job_t *pj, poll_item_t *it) {
   }
   if (!pj->squeue_ok)
     return;
-  if (!it->seen) {
+  if (!job->seen) {
     if (++inst->missing >= MISSING_POLLS) {
       set_str(&inst->state, "UNKNOWN");
       set_str(&inst->end_desc, "no longer known to Slurm");
@@ -1029,22 +498,22 @@ static void apply(poll_job_t *pj, poll_item_t *it) {
     return;
   }
   inst->missing = 0;
-  set_str(&inst->state, it->state);
-  set_str(&inst->reason, strcmp(it->reason, "None") ? it->reason : NULL);
-  if (*it->node)
-    set_str(&inst->node, it->node);
-  if (it->start_wall)
-    inst->start_wall = it->start_wall;
-  if (ended_state(it->state)) {
-    inst->end_wall = it->end_wall;
-    inst->exit_status = wait_status(it->exit_code);
+  set_str(&inst->state, job->state);
+  set_str(&inst->reason, strcmp(job->reason, "None") ? job->reason : NULL);
+  if (*job->node)
+    set_str(&inst->node, job->node);
+  if (job->start_wall)
+    inst->start_wall = job->start_wall;
+  if (sg_slurm_ended_state(job->state)) {
+    inst->end_wall = job->end_wall;
+    inst->exit_status = wait_status(job->exit_code);
     free(inst->end_desc);
-    inst->end_desc = xasprintf("%s%s%s, exit code %s", it->state, inst->reason ? " " : "",
-                               inst->reason ? inst->reason : "", *it->exit_code ? it->exit_code : "unknown");
+    inst->end_desc = xasprintf("%s%s%s, exit code %s", job->state, inst->reason ? " " : "",
+                               inst->reason ? inst->reason : "", *job->exit_code ? job->exit_code : "unknown");
     report_end(inst);
     return;
   }
-  if (!strcmp(it->state, "RUNNING"))
+  if (!strcmp(job->state, "RUNNING"))
     inst->phase = P_RUNNING;
   if (it->have_addr && !inst->running_reported) {
     set_str(&inst->addr, it->addr);
@@ -1070,6 +539,7 @@ static void poll_job_free(poll_job_t *pj) {
     }
   }
   free(pj->items);
+  free(pj->jobs);
   free(pj->squeue_error);
   free(pj->node_list);
   free(pj);
@@ -1077,7 +547,7 @@ static void poll_job_free(poll_job_t *pj) {
 
 static bool placing(void) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!inst->exit_reported && !inst->running_reported)
       return true;
   }
@@ -1091,7 +561,7 @@ static void poll_done(void *data, bool cancelled) {
     if (pj->squeue_error)
       sg_warn("slurm: %s", pj->squeue_error);
     for (size_t i = 0; i < pj->n; i++)
-      apply(pj, &pj->items[i]);
+      apply(pj, &pj->items[i], &pj->jobs[i]);
     if (pj->nodes_ok) {
       free(rt.nodes);
       rt.nodes = steal_pointer(&pj->node_list);
@@ -1114,12 +584,14 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
   pj->squeue = fast || now - rt.last_squeue >= SQUEUE_EVERY_MS;
   pj->nodes = now - rt.last_nodes >= NODES_EVERY_MS;
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (!inst->job_id || inst->exit_reported)
       continue;
     pj->items = xrealloc(pj->items, (pj->n + 1) * sizeof(*pj->items));
-    poll_item_t *it = &pj->items[pj->n++];
+    pj->jobs = xrealloc(pj->jobs, (pj->n + 1) * sizeof(*pj->jobs));
+    poll_item_t *it = &pj->items[pj->n];
     memset(it, 0, sizeof(*it));
+    memset(&pj->jobs[pj->n++], 0, sizeof(*pj->jobs));
     it->id = xstrdup(inst->id);
     it->job_id = xstrdup(inst->job_id);
     it->addr_path = xstrdup(inst->addr_path);
@@ -1129,6 +601,8 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     }
     it->want_addr = !inst->running_reported;
   }
+  for (size_t i = 0; i < pj->n; i++)
+    pj->jobs[i].job_id = pj->items[i].job_id;
   if (pj->n == 0 && !pj->nodes) {
     poll_job_free(pj);
     schedule_poll(SLOW_POLL_MS);
@@ -1157,9 +631,9 @@ static char *port_token(const char *arg) {
   const char *p = arg;
   for (const char *q; (q = strstr(p, "$PORT")); p = q + 5) {
     sg_strbuf_append_n(&out, p, (size_t)(q - p));
-    append(&out, TOKEN_PORT);
+    sg_strbuf_append(&out, TOKEN_PORT);
   }
-  append(&out, p);
+  sg_strbuf_append(&out, p);
   return sg_strbuf_steal(&out);
 }
 
@@ -1185,7 +659,12 @@ static void submit_image(sg_instance_t *inst) {
     s->roots[i] = xstrdup(img->layer_dirs[img->n_layers - 1 - i]);
     lower[i] = node_path(s->roots[i]);
   }
-  s->script = make_image_script(inst->id, inst->addr_path, s->config_path, lower);
+  sg_slurm_script_t sp = {.addr_path = inst->addr_path,
+                          .cid = inst->id,
+                          .config_path = s->config_path,
+                          .oci_runtime = rt.oci_runtime,
+                          .lower = lower};
+  s->script = sg_slurm_script(&sp);
   sg_strv_free(lower);
   sg_pool_submit(rt.pool, &submit_ops, s);
 }
@@ -1220,75 +699,6 @@ static void stopped_in_pull(evutil_socket_t fd, short what, void *arg) {
     inst->cbs.on_exit(inst->ud, SIGTERM);
 }
 
-/* Slurm's time format ("M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S") in
- * whole minutes, rounded up; -1 when not one. */
-static long time_minutes(const char *t) {
-  long d = 0, v[3] = {0, 0, 0};
-  int n = 0;
-  const char *p = t;
-  const char *dash = strchr(t, '-');
-  if (dash) {
-    d = strtol(t, NULL, 10);
-    p = dash + 1;
-  }
-  for (char *end; n < 3; n++) {
-    v[n] = strtol(p, &end, 10);
-    if (end == p)
-      return -1;
-    p = end;
-    if (*p != ':')
-      break;
-    p++;
-  }
-  if (*p || n > 2)
-    return -1;
-  long secs;
-  if (dash) /* D-H, D-H:M, D-H:M:S */
-    secs = ((d * 24 + v[0]) * 60 + (n >= 1 ? v[1] : 0)) * 60 + (n >= 2 ? v[2] : 0);
-  else if (n == 0) /* M */
-    secs = v[0] * 60;
-  else if (n == 1) /* M:S */
-    secs = v[0] * 60 + v[1];
-  else /* H:M:S */
-    secs = (v[0] * 60 + v[1]) * 60 + v[2];
-  return (secs + 59) / 60;
-}
-
-/* The job's properties for slurmrestd, as start() gives them to sbatch:
- * sgpud's environment (sbatch's --export=ALL) and the same options. */
-static json_t *rest_job(const sg_launch_t *l, const sg_instance_t *inst, const char *part, const char *acct,
-                        const char *tl) {
-  extern char **environ;
-  json_t *env = json_object();
-  for (char **e = environ; e && *e; e++) {
-    const char *eq = strchr(*e, '=');
-    if (!eq || eq == *e)
-      continue;
-    cleanup_free char *k = xstrndup(*e, (size_t)(eq - *e));
-    json_object_set_new(env, k, json_string(eq + 1));
-  }
-  if (!json_object_get(env, "PATH"))
-    json_object_set_new(env, "PATH", json_string("/usr/local/bin:/usr/bin:/bin"));
-  cleanup_free char *name = xasprintf("sgpu.%s", l->id);
-  cleanup_free char *comment = xasprintf("sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
-  json_t *j =
-      json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:[i, i], s:i, s:o}", "name", name, "comment", comment,
-                "standard_output", inst->out_path[0], "standard_error", inst->out_path[1], "current_working_directory",
-                rt.dir, "requeue", 0, "nodes", 1, 1, "tasks", 1, "environment", env);
-  if (l->gpu_count > 0) {
-    cleanup_free char *g =
-        l->gpu_type ? xasprintf("gpu:%s:%d", l->gpu_type, l->gpu_count) : xasprintf("gpu:%d", l->gpu_count);
-    json_object_set_new(j, "gres", json_string(g));
-  }
-  if (part)
-    json_object_set_new(j, "partition", json_string(part));
-  if (acct)
-    json_object_set_new(j, "account", json_string(acct));
-  if (tl && time_minutes(tl) > 0)
-    json_object_set_new(j, "time_limit", json_integer(time_minutes(tl)));
-  return j;
-}
-
 static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const sg_instance_callbacks_t *cbs, void *ud,
                             sg_error_t **err) {
   if (!rt.ready) {
@@ -1318,37 +728,23 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   submit_job_t *s = xcalloc(1, sizeof(*s));
   s->id = xstrdup(l->id);
   s->script_path = xstrdup(inst->script_path);
-  if (!l->image)
-    s->script = make_script(l, inst->addr_path);
-  s->argv = xcalloc(20, sizeof(char *));
-  int n = 0;
-  s->argv[n++] = xstrdup("sbatch");
-  s->argv[n++] = xstrdup("--parsable");
-  s->argv[n++] = xasprintf("--job-name=sgpu.%s", l->id);
-  s->argv[n++] = xasprintf("--comment=sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
-  s->argv[n++] = xasprintf("--output=%s", inst->out_path[0]);
-  s->argv[n++] = xasprintf("--error=%s", inst->out_path[1]);
-  s->argv[n++] = xasprintf("--chdir=%s", rt.dir);
-  s->argv[n++] = xstrdup("--no-requeue");
-  s->argv[n++] = xstrdup("--nodes=1");
-  s->argv[n++] = xstrdup("--ntasks=1");
-  s->argv[n++] = xstrdup("--export=ALL");
+  if (!l->image) {
+    sg_slurm_script_t sp = {.addr_path = inst->addr_path, .argv = l->argv, .envp = l->envp};
+    s->script = sg_slurm_script(&sp);
+  }
+  s->name = xasprintf("sgpu.%s", l->id);
+  s->comment = xasprintf("sgpu:%s:%s:%d", rt.tag, l->endpoint ? l->endpoint : "", l->version);
+  s->out_path = xstrdup(inst->out_path[0]);
+  s->err_path = xstrdup(inst->out_path[1]);
   if (l->gpu_count > 0)
-    s->argv[n++] = l->gpu_type ? xasprintf("--gres=gpu:%s:%d", l->gpu_type, l->gpu_count)
-                               : xasprintf("--gres=gpu:%d", l->gpu_count);
+    s->gres = l->gpu_type ? xasprintf("gpu:%s:%d", l->gpu_type, l->gpu_count) : xasprintf("gpu:%d", l->gpu_count);
   const char *part = l->partition ? l->partition : rt.partition;
   const char *acct = l->account ? l->account : rt.account;
   const char *tl = l->time_limit ? l->time_limit : rt.time_limit;
-  if (part)
-    s->argv[n++] = xasprintf("--partition=%s", part);
-  if (acct)
-    s->argv[n++] = xasprintf("--account=%s", acct);
-  if (tl)
-    s->argv[n++] = xasprintf("--time=%s", tl);
-  s->argv[n++] = xstrdup(inst->script_path);
-  if (rt.rest)
-    s->rest_job = rest_job(l, inst, part, acct, tl);
-  LIST_INSERT_HEAD(&instances, inst, link);
+  s->partition = part ? xstrdup(part) : NULL;
+  s->account = acct ? xstrdup(acct) : NULL;
+  s->time_limit = tl ? xstrdup(tl) : NULL;
+  LIST_INSERT_HEAD(&rt.instances, inst, link);
   if (!l->image) {
     sg_pool_submit(rt.pool, &submit_ops, s);
     return inst;
@@ -1366,7 +762,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   s->cenvp = xcalloc(ne + 5, sizeof(char *));
   size_t k = 0;
   for (size_t i = 0; i < ne; i++)
-    if (!node_sets(l->envp[i]) || !strncmp(l->envp[i], "PATH=", 5) || !strncmp(l->envp[i], "HOME=", 5))
+    if (!sg_slurm_node_sets(l->envp[i]) || !strncmp(l->envp[i], "PATH=", 5) || !strncmp(l->envp[i], "HOME=", 5))
       s->cenvp[k++] = xstrdup(l->envp[i]);
   s->cenvp[k++] = xstrdup("PORT=" TOKEN_PORT);
   s->cenvp[k++] = xstrdup("CUDA_VISIBLE_DEVICES=" TOKEN_GPUS);
@@ -1406,7 +802,7 @@ static void signal_instance(sg_instance_t *inst, int sig) {
   }
   /* A pending job has no process to signal: it is cancelled at once. */
   bool term = sig != SIGKILL && inst->phase == P_RUNNING;
-  submit_cmd(cancel_argv(inst->job_id, term));
+  cancel_async(inst->job_id, term);
   schedule_poll(0);
 }
 
@@ -1454,6 +850,7 @@ static void placement(const sg_instance_t *inst, sg_placement_t *out) {
   out->end_wall = inst->end_wall;
 }
 
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err);
 static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx);
 static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud);
 static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms);
@@ -1463,6 +860,9 @@ static const sg_runtime_node_t *nodes(size_t *n, int64_t *age_ms);
 const sg_runtime_ops_t sg_slurm_runtime = {
     .name = "slurm",
     .caps = SG_RUNTIME_OWN_GPUS | SG_RUNTIME_IMAGES,
+    .init = init_op,
+    .stop = sg_slurm_runtime_drop_images,
+    .shutdown = sg_slurm_runtime_shutdown,
     .unavailable = sg_slurm_unavailable,
     .start = start,
     .signal = signal_instance,
@@ -1506,94 +906,50 @@ static char *load_tag(const char *dir, sg_error_t **err) {
 /* Sorts the jobs an earlier sgpud of this dir left: a running one that
  * wrote its address is kept in leftovers for adoption, every other one is
  * cancelled (blocks; at startup). */
-/* Every job slurmrestd knows, as lines of squeue's "%i|%T|%S|%j|%k";
- * NULL when it did not answer. */
-static char *rest_job_lines(void) {
-  json_t *reply = NULL;
-  long st = sg_slurmrest_call(rt.rest, "GET", "jobs", NULL, &reply, NULL);
-  json_t *jobs = json_object_get(reply, "jobs");
-  if (st < 200 || st > 299 || !json_is_array(jobs)) {
-    json_decref(reply);
-    return NULL;
-  }
-  sg_strbuf_t out = SG_STRBUF_INIT;
-  size_t i;
-  json_t *j;
-  json_array_foreach(jobs, i, j) {
-    const char *state = json_string_value(json_object_get(j, "job_state"));
-    const char *name = json_string_value(json_object_get(j, "name"));
-    const char *comment = json_string_value(json_object_get(j, "comment"));
-    if (!state || ended_state(state))
-      continue;
-    time_t start = (time_t)json_integer_value(json_object_get(j, "start_time"));
-    char when[32] = "N/A";
-    struct tm tm;
-    if (start > 0 && localtime_r(&start, &tm))
-      strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-    sg_strbuf_appendf(&out, "%lld|%s|%s|%s|%s\n", (long long)json_integer_value(json_object_get(j, "job_id")), state,
-                      when, name ? name : "", comment ? comment : "");
-  }
-  json_decref(reply);
-  return sg_strbuf_steal(&out);
-}
-
 static void find_leftovers(void) {
-  char *argv[] = {"squeue", "--noheader", "--format=%i|%T|%S|%j|%k", NULL};
-  cleanup_free char *out = NULL;
-  if (rt.rest)
-    out = rest_job_lines();
-  if (rt.rest ? !out : (!cmd_ok(run_cmd(argv, &out)) || !out)) {
+  sg_slurm_listed_t *jobs = NULL;
+  size_t n = 0;
+  if (!rt.be->ops->list(rt.be, &jobs, &n)) {
     sg_warn("slurm: cannot list the jobs an earlier sgpud left");
+    sg_slurm_listed_free(jobs, n);
     return;
   }
   cleanup_free char *prefix = xasprintf("sgpu:%s:", rt.tag);
   int cancelled = 0;
-  for (char *line = out, *next; *line; line = next) {
-    next = strchr(line, '\n');
-    if (next)
-      *next++ = '\0';
-    else
-      next = line + strlen(line);
-    char *f[5] = {0};
-    char *p = line;
-    int nf = 0;
-    for (; nf < 4 && p; nf++) {
-      f[nf] = p;
-      p = strchr(p, '|');
-      if (p)
-        *p++ = '\0';
-    }
-    if (nf < 4 || !p || strncmp(p, prefix, strlen(prefix)))
+  for (size_t i = 0; i < n; i++) {
+    sg_slurm_listed_t *j = &jobs[i];
+    if (strncmp(j->comment, prefix, strlen(prefix)))
       continue;
-    f[4] = p + strlen(prefix); /* ENDPOINT:VERSION */
-    const char *id = !strncmp(f[3], "sgpu.", 5) ? f[3] + 5 : "";
-    char *colon = strrchr(f[4], ':');
+    char *ep = j->comment + strlen(prefix); /* ENDPOINT:VERSION */
+    const char *id = !strncmp(j->name, "sgpu.", 5) ? j->name + 5 : "";
+    char *colon = strrchr(ep, ':');
     char *end = NULL;
     long version = colon ? strtol(colon + 1, &end, 10) : 0;
     cleanup_free char *addr_path = xasprintf("%s/%s.addr", rt.dir, id);
-    bool adoptable = !strcmp(f[1], "RUNNING") && *id && !strchr(id, '/') && colon && end && !*end && version > 0 &&
+    bool adoptable = !strcmp(j->state, "RUNNING") && *id && !strchr(id, '/') && colon && end && !*end && version > 0 &&
                      version <= INT32_MAX && access(addr_path, R_OK) == 0;
     if (!adoptable) {
-      sg_info("slurm: cancelling job %s (%s) left by an earlier sgpud", f[0], f[1]);
-      cancel_sync(f[0], false);
+      sg_info("slurm: cancelling job %s (%s) left by an earlier sgpud", j->job_id, j->state);
+      cancel_sync(j->job_id, false);
       cancelled++;
       continue;
     }
     *colon = '\0';
-    leftovers = xrealloc(leftovers, (n_leftovers + 1) * sizeof(*leftovers));
-    leftover_t *lo = &leftovers[n_leftovers++];
-    lo->job_id = xstrdup(f[0]);
+    rt.leftovers = xrealloc(rt.leftovers, (rt.n_leftovers + 1) * sizeof(*rt.leftovers));
+    leftover_t *lo = &rt.leftovers[rt.n_leftovers++];
+    lo->job_id = xstrdup(j->job_id);
     lo->worker_id = xstrdup(id);
-    lo->endpoint = xstrdup(f[4]);
-    lo->job = (sg_slurm_leftover_t){lo->job_id, lo->worker_id, lo->endpoint, (int)version, parse_time(f[2])};
+    lo->endpoint = xstrdup(ep);
+    lo->job = (sg_slurm_leftover_t){lo->job_id, lo->worker_id, lo->endpoint, (int)version, j->start_wall};
   }
+  sg_slurm_listed_free(jobs, n);
   if (cancelled)
     sg_info("slurm: cancelled %d job(s) left by an earlier sgpud", cancelled);
 }
 
 static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), void *ctx) {
-  for (size_t i = 0; i < n_leftovers; i++) {
-    leftover_t *lo = &leftovers[i];
+  for (size_t i = 0; i < rt.n_leftovers; i++) {
+    leftover_t *lo = &rt.leftovers[i];
     if (!rt.ready || !take(ctx, &lo->job)) {
       sg_info("slurm: cancelling job %s of worker %s left by an earlier sgpud (endpoint %s gone or changed)",
               lo->job_id, lo->worker_id, lo->endpoint);
@@ -1603,9 +959,9 @@ static void adopt(sg_instance_t *(*take)(void *ctx, const sg_leftover_t *job), v
     free(lo->worker_id);
     free(lo->endpoint);
   }
-  free(leftovers);
-  leftovers = NULL;
-  n_leftovers = 0;
+  free(rt.leftovers);
+  rt.leftovers = NULL;
+  rt.n_leftovers = 0;
 }
 
 static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance_callbacks_t *cbs, void *ud) {
@@ -1626,7 +982,7 @@ static sg_instance_t *adopt_instance(const sg_leftover_t *job, const sg_instance
     if (stat(inst->out_path[i], &st) == 0)
       inst->out[i].off = st.st_size;
   }
-  LIST_INSERT_HEAD(&instances, inst, link);
+  LIST_INSERT_HEAD(&rt.instances, inst, link);
   sg_info("slurm: adopted job %s of worker %s", job->job_id, job->worker_id);
   schedule_poll(0);
   return inst;
@@ -1649,23 +1005,12 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool, const sg_slu
   rt.tag = load_tag(rt.dir, err);
   if (!rt.tag)
     return -1;
-  if (cfg->rest_url) {
-    cleanup_error sg_error_t *rerr = NULL;
-    rt.rest =
-        sg_slurmrest_new(cfg->rest_url, cfg->rest_user, cfg->rest_token, cfg->rest_key_file, cfg->rest_api, &rerr);
-    if (!rt.rest) {
-      rt.unavailable = xasprintf("slurmrestd cannot be used: %s", rerr->message);
-      sg_info("slurm runtime unavailable: %s", rt.unavailable);
-      return 0;
-    }
-    sg_info("slurm: jobs through slurmrestd at %s (API %s) as %s", cfg->rest_url, sg_slurmrest_api(rt.rest),
-            cfg->rest_user);
-  }
-  char *argv[] = {"sbatch", "--version", NULL};
-  cleanup_free char *out = NULL;
-  if (!rt.rest && !cmd_ok(run_cmd(argv, &out))) {
-    rt.unavailable = xstrdup("Slurm's sbatch could not be run here (is "
-                             "slurm-client installed and in PATH?)");
+  cleanup_error sg_error_t *berr = NULL;
+  rt.be = cfg->rest_url ? sg_slurm_rest_new(cfg->rest_url, cfg->rest_user, cfg->rest_token, cfg->rest_key_file,
+                                            cfg->rest_api, &berr)
+                        : sg_slurm_cli_new(&berr);
+  if (!rt.be) {
+    rt.unavailable = xstrdup(berr->message);
     sg_info("slurm runtime unavailable: %s", rt.unavailable);
     return 0;
   }
@@ -1677,9 +1022,34 @@ int sg_slurm_runtime_init(struct event_base *base, sg_pool_t *pool, const sg_slu
   return 0;
 }
 
+/* The init op: only when the daemon's config names Slurm (a "slurm" object
+ * or default_runtime) or an earlier sgpud used DIR (DATA_DIR/slurm unless
+ * slurm.dir), whose jobs are then looked for. */
+static int init_op(const sg_runtime_host_t *host, sg_error_t **err) {
+  const sg_daemon_config_t *c = host->cfg;
+  cleanup_free char *dir = c->slurm.dir ? xstrdup(c->slurm.dir) : xasprintf("%s/slurm", c->data_dir);
+  struct stat st;
+  bool used = stat(dir, &st) == 0;
+  if (!c->slurm.configured && !used)
+    return 0;
+  cleanup_free char *images_dir = xasprintf("%s/images", c->data_dir);
+  sg_slurm_config_t sc = {dir,          c->slurm.partition, c->slurm.account,   c->slurm.time_limit, true,
+                          host->images, images_dir,         c->slurm.image_dir, c->oci_runtime};
+  struct passwd *pw = getpwuid(geteuid());
+  cleanup_free char *user = xstrdup(c->slurm.rest_user ? c->slurm.rest_user : pw ? pw->pw_name : "root");
+  if (c->slurm.rest_url) {
+    sc.rest_url = c->slurm.rest_url;
+    sc.rest_user = user;
+    sc.rest_token = c->slurm.rest_token;
+    sc.rest_key_file = c->slurm.rest_key_file;
+    sc.rest_api = c->slurm.rest_api;
+  }
+  return sg_slurm_runtime_init(host->base, host->pool, &sc, err);
+}
+
 void sg_slurm_runtime_drop_images(void) {
   sg_instance_t *inst;
-  LIST_FOREACH(inst, &instances, link) {
+  LIST_FOREACH(inst, &rt.instances, link) {
     if (inst->wait)
       sg_images_cancel(inst->wait);
     inst->wait = NULL;
@@ -1693,16 +1063,16 @@ void sg_slurm_runtime_drop_images(void) {
 void sg_slurm_runtime_shutdown(void) {
   /* Leftovers never offered (sgpud did not finish starting) are left for the
    * next sgpud to adopt. */
-  for (size_t i = 0; i < n_leftovers; i++) {
-    free(leftovers[i].job_id);
-    free(leftovers[i].worker_id);
-    free(leftovers[i].endpoint);
+  for (size_t i = 0; i < rt.n_leftovers; i++) {
+    free(rt.leftovers[i].job_id);
+    free(rt.leftovers[i].worker_id);
+    free(rt.leftovers[i].endpoint);
   }
-  free(leftovers);
-  leftovers = NULL;
-  n_leftovers = 0;
+  free(rt.leftovers);
+  rt.leftovers = NULL;
+  rt.n_leftovers = 0;
   sg_instance_t *inst;
-  while ((inst = LIST_FIRST(&instances))) {
+  while ((inst = LIST_FIRST(&rt.instances))) {
     if (!inst->exit_reported && !inst->detached && inst->job_id)
       cancel_sync(inst->job_id, false);
     LIST_REMOVE(inst, link);
@@ -1718,7 +1088,8 @@ void sg_slurm_runtime_shutdown(void) {
   free(rt.images_dir);
   free(rt.node_images_dir);
   free(rt.oci_runtime);
-  sg_slurmrest_free(rt.rest);
+  if (rt.be)
+    rt.be->ops->free(rt.be);
   free(rt.unavailable);
   free(rt.nodes);
   memset(&rt, 0, sizeof(rt));
