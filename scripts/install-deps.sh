@@ -20,6 +20,7 @@ if [ "${1:-}" = test ]; then
     slurmrestd slurm-wlm-jwt-plugin                 # its REST API, with JWT authentication
     clang libclang-rt-14-dev                        # libFuzzer (make fuzz)
     clang-format                                    # the layout check (make format-check)
+    shellcheck                                      # the Slurm job script check
   )
   # The console tests run Playwright (npm playwright-core) on Node.js; a
   # Node.js from elsewhere (with its own npm) is kept.
