@@ -8,7 +8,8 @@
 #include <event2/http.h>
 #include <time.h>
 
-#include "daemon-internal.h"
+#include "daemon/fleet.h"
+#include "logs/logs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -68,7 +69,7 @@ static void probe_done(struct evhttp_request *req, void *arg) {
     w->probe_failures = 0;
     if (w->suspect) {
       w->suspect = false;
-      sg_gateway_pump(w->ep);
+      sg_fleet_worker_in_rotation(w);
     }
   } else if (++w->probe_failures >= spec->health.failure_threshold) {
     cleanup_free char *why = code ? xasprintf("failed %d health checks in a row (HTTP %d)", w->probe_failures, code)
