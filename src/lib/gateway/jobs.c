@@ -784,6 +784,7 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   w->in_flight++;
   w->last_used_mono = j->started_mono;
   ep->in_flight++;
+  sg_fleet_worker_load(w, 1); /* the meter bills the job's time as busy, as a request's */
   put(j, false, SG_JOB_IN_PROGRESS, written);
 
   j->u = sg_gateway_get_conn(w);
