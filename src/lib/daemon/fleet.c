@@ -157,4 +157,3 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   json_object_set_new(j, "status", status);
   return j;
 }
-

@@ -214,7 +214,6 @@ void sg_health_stop(sg_worker_t *w);
 /* Takes a ready worker out of rotation until a probe, sent at once, passes. */
 void sg_health_suspect(sg_worker_t *w);
 
-
 /* images.c: thread pool, image cache and oci runtime; the fleet's images */
 struct sg_registry_auth;
 int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
