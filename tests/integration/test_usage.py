@@ -121,6 +121,28 @@ class UsageTest(SgpudTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertAlmostEqual(json.loads(out.stdout)["total"]["cost"], body["total"]["cost"], places=9)
 
+    def test_async_job_time_is_busy(self):
+        """A job running on a worker bills as busy, as a request does, even when no
+        checkpoint falls inside it."""
+        sg = self.start_sgpud(gpus="a100:1", args=["--price", "a100=%g" % PRICE])
+        sg.config = write_config(sg.tmp, meter_checkpoint_s=3600)
+        sg.restart()
+        name = unique_name("jbill")
+        spec = echo_spec(name, type="async", gpu={"type": "a100", "count": 1}, env={"WARMUP_MS": "0"},
+                         workers={"min": 1, "max": 1, "idle_timeout_s": 600, "max_concurrency": 1})
+        self.create(spec, sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=20)
+        resp = sg.api("POST", "/v2/%s/runsync" % name, {"input": {"sleep_ms": 800}})
+        self.assertOk(resp)
+        self.assertEqual(resp.body["status"], "COMPLETED", resp.body)
+        self.stop_workers(sg, name, [w["pid"]])
+        groups, _ = self.wait_for(
+            lambda: (lambda gb: gb if not gb[0][w["id"]]["running"] else None)(self.worker_usage(sg, name)), 10,
+            message="the worker's usage record closed")
+        g = groups[w["id"]]
+        self.assertGreaterEqual(g["seconds"]["busy"], 0.75, g)
+        self.assertEqual(g["requests"], 1, g)
+
     def test_restart_mid_run_does_not_double_bill(self):
         sg = self.start_sgpud(gpus="a100:1", args=["--price", "a100=%g" % PRICE])
         sg.config = write_config(sg.tmp, meter_checkpoint_s=0.5)

@@ -95,7 +95,8 @@ static void *serve(void *arg) {
       s->hits++;
       pthread_mutex_unlock(&s->mu);
       char answer[128];
-      int len = snprintf(answer, sizeof(answer), "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
+      int len =
+          snprintf(answer, sizeof(answer), "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
       sg_write_all(c, answer, (size_t)len);
     }
     close(c);
@@ -293,10 +294,8 @@ static void test_waiting_deliveries_are_bounded(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_retried_until_delivered),
-      cmocka_unit_test(test_given_up_after_three_attempts),
-      cmocka_unit_test(test_refused_off_the_allow_list),
-      cmocka_unit_test(test_stop_with_a_retry_waiting),
+      cmocka_unit_test(test_retried_until_delivered),        cmocka_unit_test(test_given_up_after_three_attempts),
+      cmocka_unit_test(test_refused_off_the_allow_list),     cmocka_unit_test(test_stop_with_a_retry_waiting),
       cmocka_unit_test(test_waiting_deliveries_are_bounded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

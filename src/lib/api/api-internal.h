@@ -2,7 +2,13 @@
 #ifndef SGPU_API_INTERNAL_H
 #define SGPU_API_INTERNAL_H
 
-#include "daemon/daemon-internal.h"
+#include "daemon/fleet.h"
+#include "http/http.h"
+#include "http/router.h"
+
+/* api.c */
+/* Registers /healthz, the console's files and /v1. */
+void sg_api_routes(sg_router_t *r, sg_daemon_t *d);
 
 /* Largest control-plane request body accepted (413 above). */
 #define SG_API_MAX_BODY (1u << 20)

@@ -5,16 +5,10 @@
 #include <event2/buffer.h>
 
 #include "api-internal.h"
+#include "logs/logs.h"
+#include "meter/meter-internal.h"
 #include "sgpu/pool.h"
 #include "sgpu/util.h"
-
-bool sg_api_queries_busy(sg_daemon_t *d, sg_http_req_t *req) {
-  if (sg_pool_pending(d->query_pool) < SG_QUERY_QUEUE_MAX)
-    return false;
-  sg_http_add_header(req, "Retry-After", "1");
-  sg_http_send_error(req, 503, "busy", "too many log and usage queries are in progress; retry later", NULL);
-  return true;
-}
 
 json_t *sg_api_read_json(sg_http_req_t *req) {
   struct evbuffer *buf = sg_http_body(req);
@@ -106,7 +100,7 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
       return sg_http_method_not_allowed(req, "GET");
     if (!ep)
       return not_found(req, "no such endpoint");
-    return sg_logs_handle(d, req, ep);
+    return sg_logs_handle(d, req, ep->name);
   }
   if (n == 3 && !strcmp(seg[2], "series")) {
     if (!get)

@@ -3,6 +3,7 @@
  * a rejected or failed request leaves both as they were. */
 
 #include "api-internal.h"
+#include "logs/logs.h"
 #include "sgpu/util.h"
 
 static char *spec_text(const sg_spec_t *spec) {

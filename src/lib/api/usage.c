@@ -18,6 +18,8 @@
 #include <time.h>
 
 #include "api-internal.h"
+#include "logs/logs.h"
+#include "meter/meter-internal.h"
 #include "meter/writer.h"
 #include "sgpu/pool.h"
 #include "sgpu/util.h"
@@ -355,7 +357,7 @@ void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req) {
     evhttp_clear_headers(&params);
     return sg_http_send_error(req, 400, "invalid_query", msg, field);
   }
-  if (sg_api_queries_busy(d, req)) {
+  if (sg_queries_busy(d, req)) {
     evhttp_clear_headers(&params);
     return;
   }

@@ -22,7 +22,7 @@ static void stop(sg_http_req_t *req, sg_endpoint_t *ep, const char *id) {
     return sg_http_send_error(req, 404, "not_found", msg, NULL);
   }
   sg_worker_stop(w, "stopped through the API");
-  sg_scaler_kick(ep->d);
+  sg_fleet_demand_changed(ep->d);
   sg_http_send_json(req, 202, sg_worker_to_json(w));
 }
 

@@ -9,7 +9,8 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "daemon-internal.h"
+#include "daemon/fleet.h"
+#include "logs/logs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 

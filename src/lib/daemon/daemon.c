@@ -9,115 +9,17 @@
 #include <sys/stat.h>
 
 #include "api/api-internal.h"
+#include "gateway/gateway.h"
 #include "gateway/jobs.h"
+#include "logs/logs.h"
+#include "meter/meter-internal.h"
+#include "scaler/scaler.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 #define TICK_MS 250
 #define QUERY_THREADS 2 /* log and usage queries at once */
-
-sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name) {
-  sg_endpoint_t *ep;
-  TAILQ_FOREACH(ep, &d->endpoints, link) {
-    if (!strcmp(ep->name, name))
-      return ep;
-  }
-  return NULL;
-}
-
-sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated) {
-  sg_endpoint_t *ep = xcalloc(1, sizeof(*ep));
-  ep->d = d;
-  ep->name = xstrdup(spec->name);
-  ep->spec = spec;
-  ep->version = version;
-  ep->created_wall = created;
-  ep->updated_wall = updated;
-  TAILQ_INIT(&ep->workers);
-  TAILQ_INIT(&ep->queue);
-  TAILQ_INSERT_TAIL(&d->endpoints, ep, link);
-  sg_endpoint_prepull(ep);
-  sg_scaler_kick(d);
-  return ep;
-}
-
-static void clear_failure_state(sg_endpoint_t *ep) {
-  ep->consecutive_failures = 0;
-  ep->backoff_until_mono = 0;
-  free(ep->last_error);
-  ep->last_error = NULL;
-}
-
-void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
-  sg_spec_free(ep->spec);
-  ep->spec = spec;
-  ep->version = version;
-  ep->updated_wall = updated;
-  clear_failure_state(ep);
-  sg_worker_t *w;
-  TAILQ_FOREACH(w, &ep->workers, link) {
-    if (sg_worker_live(w) && w->version != version)
-      sg_worker_stop(w, "endpoint updated");
-  }
-  sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d", version);
-  sg_endpoint_prepull(ep);
-  sg_scaler_kick(ep->d);
-}
-
-void sg_endpoint_delete(sg_endpoint_t *ep) {
-  sg_daemon_t *d = ep->d;
-  ep->deleted = true;
-  TAILQ_REMOVE(&d->endpoints, ep, link);
-  TAILQ_INSERT_TAIL(&d->deleted, ep, link);
-  sg_gateway_fail_queue(ep, 404, "not_found", "endpoint was deleted");
-  sg_jobs_endpoint_deleted(ep);
-  sg_worker_t *w;
-  TAILQ_FOREACH(w, &ep->workers, link) {
-    if (sg_worker_live(w))
-      sg_worker_stop(w, "endpoint deleted");
-  }
-}
-
-void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
-  if (!ep->deleted)
-    return;
-  sg_worker_prune(ep);
-  if (!TAILQ_EMPTY(&ep->workers) || ep->proxies > 0)
-    return;
-  TAILQ_REMOVE(&ep->d->deleted, ep, link);
-  sg_jobs_endpoint_free(ep);
-  free(ep->name);
-  sg_spec_free(ep->spec);
-  free(ep->last_error);
-  free(ep->last_decision);
-  for (int i = 0; i < ep->n_last_logs; i++)
-    free(ep->last_logs[i]);
-  sg_series_free(ep->series);
-  free(ep);
-}
-
-json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
-  json_t *j = sg_spec_to_json(ep->spec);
-  char t1[32], t2[32];
-  json_object_set_new(j, "version", json_integer(ep->version));
-  json_object_set_new(j, "created_at", json_string(sg_format_time(ep->created_wall, t1, sizeof(t1))));
-  json_object_set_new(j, "updated_at", json_string(sg_format_time(ep->updated_wall, t2, sizeof(t2))));
-  int n[5] = {0};
-  sg_worker_t *w;
-  TAILQ_FOREACH(w, &ep->workers, link) n[w->state]++;
-  json_t *logs = json_array();
-  for (int i = 0; i < ep->n_last_logs; i++)
-    json_array_append_new(logs, json_string(ep->last_logs[i]));
-  json_t *status = json_pack(
-      "{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired", ep->desired, "workers", "starting",
-      n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued",
-      ep->queued, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3, "consecutive_failures",
-      ep->consecutive_failures, "last_error", ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs",
-      logs, "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
-  json_object_set_new(j, "status", status);
-  return j;
-}
 
 static void load_endpoint(void *ud, const sg_endpoint_record_t *rec) {
   sg_daemon_t *d = ud;
@@ -287,7 +189,6 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   memset(cfg, 0, sizeof(*cfg));
   TAILQ_INIT(&d->endpoints);
   TAILQ_INIT(&d->deleted);
-  LIST_INIT(&d->followers);
   sg_loop_thread_set();
   sg_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
@@ -318,6 +219,10 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   if (sg_meter_init(d, db, err) < 0)
     goto fail;
+  /* Fleet events reach modules in the order they subscribe: the meter (in
+   * sg_meter_init) hears a worker is ready before the gateway sends it a request. */
+  sg_gateway_init(d);
+  sg_scaler_init(d);
   d->gpus = sg_gpu_inventory_new(d->cfg.gpus, d->cfg.gpus_fallback, err);
   if (!d->gpus)
     goto fail;

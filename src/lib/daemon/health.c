@@ -17,8 +17,9 @@
  * memory or loop with its health answers. */
 #include <time.h>
 
-#include "daemon-internal.h"
+#include "daemon/fleet.h"
 #include "http/upstream.h"
+#include "logs/logs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -96,7 +97,7 @@ static void verdict(struct sg_health_state *h, int code) {
     schedule(h, (int64_t)(spec->health.period_s * 1000));
     if (w->suspect) {
       w->suspect = false;
-      sg_gateway_pump(w->ep);
+      sg_fleet_worker_in_rotation(w);
     }
     return;
   }

@@ -4,7 +4,8 @@
  * last_error. Loop thread. */
 #include <errno.h>
 
-#include "daemon-internal.h"
+#include "daemon/fleet.h"
+#include "logs/logs.h"
 #include "sgpu/image.h"
 #include "sgpu/images-store.h"
 #include "sgpu/log.h"
@@ -12,7 +13,11 @@
 
 #define POOL_THREADS 4
 
+static void prepull(void *ud, sg_endpoint_t *ep);
+static const sg_fleet_subscriber_t subscriber = {.endpoint_created = prepull, .endpoint_updated = prepull};
+
 int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
+  sg_fleet_subscribe(d, &subscriber, NULL);
   d->pool = sg_pool_new(d->base, POOL_THREADS, err);
   if (!d->pool)
     return -1;
@@ -98,7 +103,8 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const sg_registry_auth_t
   return true;
 }
 
-void sg_endpoint_prepull(sg_endpoint_t *ep) {
+/* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
+static void prepull(void *ud, sg_endpoint_t *ep) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
   const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);

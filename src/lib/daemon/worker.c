@@ -6,8 +6,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "daemon-internal.h"
-#include "gateway/jobs.h"
+#include "daemon/fleet.h"
+#include "logs/logs.h"
 #include "sgpu/image.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -35,18 +35,9 @@ static int pick_port(sg_error_t **err) {
   return ntohs(sa.sin_port);
 }
 
-static void remember_line(sg_worker_t *w, const char *stream, const char *line, size_t len) {
-  free(w->recent[w->recent_next]);
-  w->recent[w->recent_next] = xasprintf("%s: %.*s", stream, (int)(len > 1024 ? 1024 : len), line);
-  w->recent_next = (w->recent_next + 1) % SG_RECENT_LINES;
-}
-
 static void on_line(void *ud, const char *stream, const char *line, size_t len) {
   sg_worker_t *w = ud;
-  if (!sg_log_limit_take(&w->log_limit, w->d->cfg.log_rate_lines_s, w->d->cfg.log_burst_lines, sg_now_ms()))
-    return;
-  remember_line(w, stream, line, len);
-  sg_logs_emit(w->d, w->ep->name, w->id, stream, line, len);
+  sg_logs_source_line(w->logs, stream, line, len);
 }
 
 /* Copies a failed worker's last lines into its endpoint's state. */
@@ -54,12 +45,7 @@ static void keep_last_logs(sg_worker_t *w) {
   sg_endpoint_t *ep = w->ep;
   for (int i = 0; i < ep->n_last_logs; i++)
     free(ep->last_logs[i]);
-  ep->n_last_logs = 0;
-  for (int i = 0; i < SG_RECENT_LINES; i++) {
-    char *l = w->recent[(w->recent_next + i) % SG_RECENT_LINES];
-    if (l)
-      ep->last_logs[ep->n_last_logs++] = xstrdup(l);
-  }
+  ep->n_last_logs = (int)sg_logs_source_recent(w->logs, ep->last_logs, SG_RECENT_LINES);
 }
 
 static void set_error(char **slot, const char *msg) {
@@ -100,14 +86,15 @@ static void on_exit_cb(void *ud, int status) {
   sg_worker_t *w = ud;
   sg_endpoint_t *ep = w->ep;
   w->exited = true;
+  sg_logs_source_ended(w->logs);
   w->exit_status = status;
   w->ended_wall = sg_wall_ms();
   if (w->rt->remote) {
     sg_placement_t pl;
     w->rt->placement(w->inst, &pl);
-    sg_meter_worker_ended_at(w, pl.end_wall);
+    sg_fleet_worker_ended(w, true, pl.end_wall);
   } else {
-    sg_meter_worker_ended(w);
+    sg_fleet_worker_ended(w, false, 0);
   }
   char desc[96];
   if (WIFEXITED(status))
@@ -131,7 +118,7 @@ static void on_exit_cb(void *ud, int status) {
       set_error(&ep->last_error, msg);
   }
   release_resources(w);
-  sg_scaler_kick(w->d);
+  sg_fleet_demand_changed(w->d);
 }
 
 /* Writes the worker's GPU indexes as "0,1" into buf. */
@@ -192,13 +179,10 @@ static char *subst_port(const char *arg, int port) {
 
 static void free_worker(sg_worker_t *w) {
   release_resources(w);
-  for (size_t i = 0; i < w->n_idle; i++)
-    sg_upstream_free(w->idle_conns[i]);
-  free(w->idle_conns);
+  sg_fleet_worker_freed(w);
   if (w->inst)
     w->rt->release(w->inst);
-  for (int i = 0; i < SG_RECENT_LINES; i++)
-    free(w->recent[i]);
+  sg_logs_source_free(w->logs);
   free(w->last_error);
   free(w->host);
   free(w->id);
@@ -209,6 +193,7 @@ static void free_worker(sg_worker_t *w) {
 static void start_failed(sg_worker_t *w, const char *msg) {
   w->state = SG_W_FAILED;
   w->exited = true;
+  sg_logs_source_ended(w->logs);
   w->never_ran = true;
   w->ended_wall = sg_wall_ms();
   set_error(&w->last_error, msg);
@@ -228,7 +213,7 @@ static void take_placement(sg_worker_t *w) {
   w->n_gpus = pl.n_gpus < SG_SPEC_MAX_GPUS ? pl.n_gpus : SG_SPEC_MAX_GPUS;
   memcpy(w->gpus, pl.gpus, (size_t)w->n_gpus * sizeof(int));
   if (!w->adopted) /* an adopted worker is metered since it was adopted */
-    sg_meter_worker_started_at(w, pl.start_wall);
+    sg_fleet_worker_started(w, SG_FLEET_START_PLACED, pl.start_wall);
   sg_logs_event(w->d, w->ep->name, w->id, "worker %s: Slurm job %s on node %s (%s), port %d",
                 w->adopted ? "adopted" : "started", pl.job_id ? pl.job_id : "?", pl.node ? pl.node : "?",
                 pl.addr ? pl.addr : "?", w->port);
@@ -259,9 +244,9 @@ static void on_started(void *ud) {
 
 static void on_fail(void *ud, const char *message) {
   sg_worker_t *w = ud;
-  sg_meter_worker_ended(w);
+  sg_fleet_worker_ended(w, false, 0);
   start_failed(w, message);
-  sg_scaler_kick(w->d);
+  sg_fleet_demand_changed(w->d);
 }
 
 /* The start's steps: image, root filesystem, container, first healthy probe. */
@@ -292,13 +277,14 @@ sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, co
   w->rt = rt;
   w->state = SG_W_STARTING;
   w->adopted = true;
+  w->logs = sg_logs_source_new(w->d, ep->name, w->id);
   w->n_gpus = ep->spec->gpu.count < SG_SPEC_MAX_GPUS ? ep->spec->gpu.count : SG_SPEC_MAX_GPUS;
   w->started_mono = sg_now_ms();
   w->started_wall = job->start_wall > 0 ? job->start_wall : sg_wall_ms();
   sg_instance_callbacks_t cbs = {on_line, on_exit_cb, on_running, on_fail};
   w->inst = rt->adopt_instance(job, &cbs, w);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
-  sg_meter_worker_adopted(w, job->start_wall);
+  sg_fleet_worker_started(w, SG_FLEET_START_ADOPTED, job->start_wall);
   sg_logs_event(w->d, ep->name, w->id, "adopting Slurm job %s left running by an earlier sgpud", job->job_id);
   return w->inst;
 }
@@ -332,6 +318,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   w->d = d;
   w->ep = ep;
   w->id = sg_new_id("w-");
+  w->logs = sg_logs_source_new(d, ep->name, w->id);
   w->version = ep->version;
   w->rt = rt;
   w->state = SG_W_STARTING;
@@ -339,6 +326,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   if (!own_gpus && spec->gpu.count > 0) {
     if (sg_gpu_acquire(d->gpus, spec->gpu.type, spec->gpu.count, w->id, ep->name, w->gpus) < 0) {
       sg_make_error(err, EBUSY, "no %d free %s GPU(s)", spec->gpu.count, spec->gpu.type);
+      sg_logs_source_free(w->logs);
       free(w->id);
       free(w);
       return NULL;
@@ -401,7 +389,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     return w;
   }
   w->pid = rt->pid(w->inst);
-  sg_meter_worker_started(w);
+  sg_fleet_worker_started(w, SG_FLEET_START_LOCAL, w->started_wall);
   if (rt->async_start) {
     sg_logs_event(d, ep->name, w->id, "worker starting: image %s, port %d", spec->image, w->port);
     return w;
@@ -446,32 +434,9 @@ void sg_worker_release_request(sg_worker_t *w) {
   w->in_flight--;
   w->ep->in_flight--;
   w->last_used_mono = sg_now_ms();
-  sg_jobs_kick(w->ep);
-  sg_meter_worker_load(w, -1);
-}
-
-#define UPSTREAM_CONNECT_TIMEOUT_S 5.0
-
-sg_upstream_t *sg_worker_get_conn(sg_worker_t *w) {
-  while (w->n_idle > 0) {
-    sg_upstream_t *u = w->idle_conns[--w->n_idle];
-    if (sg_upstream_usable(u))
-      return u;
-    sg_upstream_free(u); /* closed by the worker while idle */
-  }
-  return sg_upstream_new(w->d->base, w->host, w->port, UPSTREAM_CONNECT_TIMEOUT_S);
-}
-
-void sg_worker_put_conn(sg_worker_t *w, sg_upstream_t *u) {
-  if (!sg_upstream_usable(u) || w->exited || w->stopping) {
-    sg_upstream_free(u);
-    return;
-  }
-  if (w->n_idle == w->cap_idle) {
-    w->cap_idle = w->cap_idle ? 2 * w->cap_idle : 4;
-    w->idle_conns = xrealloc(w->idle_conns, w->cap_idle * sizeof(*w->idle_conns));
-  }
-  w->idle_conns[w->n_idle++] = u;
+  sg_fleet_worker_load(w, -1);
+  sg_fleet_worker_released(w);
+  sg_fleet_demand_changed(w->d);
 }
 
 void sg_worker_prune(sg_endpoint_t *ep) {
@@ -545,7 +510,6 @@ void sg_worker_became_ready(sg_worker_t *w) {
   w->last_used_mono = w->ready_mono;
   if (!w->adopted)
     ep->metrics.cold_starts++;
-  sg_meter_worker_ready(w);
   if (w->version == ep->version) {
     ep->consecutive_failures = 0;
     ep->backoff_until_mono = 0;
@@ -553,9 +517,8 @@ void sg_worker_became_ready(sg_worker_t *w) {
   }
   sg_logs_event(w->d, ep->name, w->id, "worker ready: healthy after %lld ms",
                 (long long)(w->ready_mono - w->started_mono));
-  sg_gateway_pump(ep);
-  sg_jobs_kick(ep);
-  sg_scaler_kick(w->d);
+  sg_fleet_worker_ready(w);
+  sg_fleet_demand_changed(w->d);
 }
 
 void sg_worker_unhealthy(sg_worker_t *w, const char *why) {
@@ -567,5 +530,5 @@ void sg_worker_unhealthy(sg_worker_t *w, const char *why) {
   else
     set_error(&w->ep->last_error, msg);
   sg_worker_stop(w, why);
-  sg_scaler_kick(w->d);
+  sg_fleet_demand_changed(w->d);
 }

@@ -5,7 +5,7 @@
 
 #include <stdbool.h>
 
-#include "daemon/daemon-internal.h"
+#include "daemon/fleet.h"
 
 /* Returns true for a worker the caller will not use this time (for example
  * one this request already failed on). */

@@ -34,6 +34,7 @@
 #include <strings.h>
 
 #include "gateway/balancer-internal.h"
+#include "gateway/gateway.h"
 #include "gateway/job-writer.h"
 #include "gateway/jobs.h"
 #include "gateway/webhook.h"
@@ -205,14 +206,16 @@ static struct sg_ep_jobs *ep_jobs(sg_endpoint_t *ep) {
   return ep->jobs;
 }
 
-void sg_jobs_kick(sg_endpoint_t *ep) {
+/* A worker slot of ep may have freed, or a worker became ready: queued jobs
+ * are dispatched from a fresh stack frame. */
+static void sg_jobs_kick(sg_endpoint_t *ep) {
   if (ep->jobs && ep->jobs->queued > 0 && !ep->d->shutting_down)
     event_active(ep->jobs->pump_ev, EV_TIMEOUT, 0);
 }
 
-int sg_jobs_queued(const sg_endpoint_t *ep) { return ep->jobs ? ep->jobs->queued : 0; }
+static int jobs_queued(const sg_endpoint_t *ep) { return ep->jobs ? ep->jobs->queued : 0; }
 
-int64_t sg_jobs_oldest_wait(const sg_endpoint_t *ep, int64_t now) {
+static int64_t jobs_oldest_wait(const sg_endpoint_t *ep, int64_t now) {
   if (!ep->jobs || TAILQ_EMPTY(&ep->jobs->queue))
     return 0;
   /* Re-queued jobs go to the head with a fresh time: the oldest wait is
@@ -229,7 +232,8 @@ int64_t sg_jobs_oldest_wait(const sg_endpoint_t *ep, int64_t now) {
   return now - oldest;
 }
 
-void sg_jobs_endpoint_free(sg_endpoint_t *ep) {
+/* Frees ep's job state (ep is being freed). */
+static void sg_jobs_endpoint_free(sg_endpoint_t *ep) {
   if (!ep->jobs)
     return;
   event_free(ep->jobs->pump_ev);
@@ -572,7 +576,7 @@ static void release_worker(sg_job_t *j, bool completed) {
     evtimer_del(j->exec_timer);
   if (u) {
     if (completed) {
-      sg_worker_put_conn(w, u);
+      sg_gateway_put_conn(w, u);
     } else {
       sg_upstream_detach(u);
       sg_upstream_free(u);
@@ -583,10 +587,7 @@ static void release_worker(sg_job_t *j, bool completed) {
     j->ep->served++;
   }
   j->execution_ms = sg_now_ms() - j->started_mono;
-  sg_worker_release_request(w);
-  sg_jobs_kick(j->ep);
-  sg_gateway_pump(j->ep);
-  sg_scaler_kick(j->ep->d);
+  sg_worker_release_request(w); /* kicks jobs and requests through the fleet's events */
 }
 
 /* Ends j as status (output and error are JSON text, taken). The state is
@@ -636,7 +637,7 @@ static void enqueue(sg_job_t *j, bool head) {
     TAILQ_INSERT_TAIL(&ej->queue, j, qlink);
   ej->queued++;
   sg_jobs_kick(j->ep);
-  sg_scaler_kick(j->ep->d);
+  sg_fleet_demand_changed(j->ep->d);
 }
 
 static void ttl_cb(evutil_socket_t fd, short what, void *arg) {
@@ -783,9 +784,10 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   w->in_flight++;
   w->last_used_mono = j->started_mono;
   ep->in_flight++;
+  sg_fleet_worker_load(w, 1); /* the meter bills the job's time as busy, as a request's */
   put(j, false, SG_JOB_IN_PROGRESS, written);
 
-  j->u = sg_worker_get_conn(w);
+  j->u = sg_gateway_get_conn(w);
   sg_upstream_begin(j->u, &handler, j, false);
   struct evbuffer *out = sg_upstream_output(j->u);
   size_t body_len = strlen("{\"id\":\"\",\"input\":}") + strlen(j->id) + j->input_len;
@@ -811,7 +813,7 @@ static void pump(sg_endpoint_t *ep) {
     dispatch(j, w);
   }
   if (ej->queued > 0)
-    sg_scaler_kick(ep->d);
+    sg_fleet_demand_changed(ep->d);
 }
 
 /* ---- submissions ---- */
@@ -1279,7 +1281,8 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
 
 /* ---- endpoints deleted ---- */
 
-void sg_jobs_endpoint_deleted(sg_endpoint_t *ep) {
+/* ep was deleted: its queued and running jobs end as CANCELLED. */
+static void sg_jobs_endpoint_deleted(sg_endpoint_t *ep) {
   struct sg_ep_jobs *ej = ep->jobs;
   if (!ej)
     return;
@@ -1336,7 +1339,32 @@ static void recover_one(void *ud, const sg_job_record_t *rec) {
   arm_ttl(j);
 }
 
+/* ---- fleet events ---- */
+
+static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_deleted(ep); }
+static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_free(ep); }
+static void on_worker_free(void *ud, sg_worker_t *w) { sg_jobs_kick(w->ep); }
+
+/* Queued jobs count as demand like queued requests. */
+static void waiting(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest) {
+  *queued += jobs_queued(ep);
+  int64_t wait = jobs_oldest_wait(ep, now);
+  if (wait > *oldest)
+    *oldest = wait;
+}
+
+static const sg_fleet_subscriber_t subscriber = {
+    .endpoint_deleted = on_endpoint_deleted,
+    .endpoint_freed = on_endpoint_freed,
+    .worker_ready = on_worker_free,
+    .worker_released = on_worker_free,
+    .waiting = waiting,
+};
+
 int sg_jobs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
+  /* Subscribed for good: endpoints freed after sg_jobs_shutdown still drop
+   * their job state. */
+  sg_fleet_subscribe(d, &subscriber, NULL);
   sg_jobs_t *J = xcalloc(1, sizeof(*J));
   J->d = d;
   LIST_INIT(&J->all);

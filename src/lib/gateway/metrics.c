@@ -2,7 +2,8 @@
  * format (version 0.0.4), one series per endpoint. */
 #include <event2/buffer.h>
 
-#include "daemon/daemon-internal.h"
+#include "gateway/gateway.h"
+#include "logs/logs.h"
 #include "sgpu/util.h"
 
 const double sg_metric_bounds[SG_METRIC_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

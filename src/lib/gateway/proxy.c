@@ -21,7 +21,7 @@
  * releases its worker and upstream connection at once. */
 #include <strings.h>
 
-#include "daemon/daemon-internal.h"
+#include "gateway/gateway.h"
 #include "gateway/balancer-internal.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -107,7 +107,7 @@ static void release_worker(sg_proxy_t *p, bool completed) {
   p->u = NULL;
   if (u) {
     if (completed)
-      sg_worker_put_conn(w, u);
+      sg_gateway_put_conn(w, u);
     else {
       sg_upstream_detach(u);
       sg_upstream_free(u);
@@ -115,9 +115,7 @@ static void release_worker(sg_proxy_t *p, bool completed) {
   }
   if (!w)
     return;
-  sg_worker_release_request(w);
-  sg_gateway_pump(p->ep);
-  sg_scaler_kick(p->ep->d);
+  sg_worker_release_request(w); /* pumps the queue through the fleet's events */
 }
 
 /* Answers an error, or breaks the answer if its head went out already. */
@@ -221,7 +219,7 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
     p->state = P_QUEUED;
     TAILQ_INSERT_HEAD(&p->ep->queue, p, link);
     p->ep->queued++;
-    sg_scaler_kick(p->ep->d);
+    sg_fleet_demand_changed(p->ep->d);
     return;
   }
   const char *msg = e == SG_UP_BAD_RESPONSE     ? "the worker sent an answer that is not valid HTTP"
@@ -359,8 +357,8 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
   w->in_flight++;
   w->last_used_mono = sg_now_ms();
   p->ep->in_flight++;
-  sg_meter_worker_load(w, 1);
-  p->u = sg_worker_get_conn(w);
+  sg_fleet_worker_load(w, 1);
+  p->u = sg_gateway_get_conn(w);
   sg_upstream_begin(p->u, &handler, p, sg_http_is_head(p->req));
   sg_upstream_set_drain(p->u, UPSTREAM_UNSENT_MAX / 2);
   write_head(p, w);
@@ -474,7 +472,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   p->state = P_QUEUED;
   TAILQ_INSERT_TAIL(&ep->queue, p, link);
   ep->queued++;
-  sg_scaler_kick(d);
+  sg_fleet_demand_changed(d);
   return SG_HTTP_STREAM;
 }
 
@@ -489,10 +487,37 @@ void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, cons
   }
 }
 
-int64_t sg_gateway_oldest_wait(sg_endpoint_t *ep, int64_t now) {
-  sg_proxy_t *p = TAILQ_FIRST(&ep->queue);
+static int64_t oldest_wait(const sg_endpoint_t *ep, int64_t now) {
+  const sg_proxy_t *p = TAILQ_FIRST(&ep->queue);
   return p ? now - p->arrived_mono : 0;
 }
+
+static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) {
+  sg_gateway_fail_queue(ep, 404, "not_found", "endpoint was deleted");
+}
+
+/* A worker may take a request: ready, back in rotation, or one ended on it. */
+static void on_worker_free(void *ud, sg_worker_t *w) { sg_gateway_pump(w->ep); }
+
+static void on_worker_freed(void *ud, sg_worker_t *w) { sg_gateway_conns_free(w); }
+
+static void waiting(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest) {
+  *queued += ep->queued;
+  int64_t wait = oldest_wait(ep, now);
+  if (wait > *oldest)
+    *oldest = wait;
+}
+
+static const sg_fleet_subscriber_t subscriber = {
+    .endpoint_deleted = on_endpoint_deleted,
+    .worker_ready = on_worker_free,
+    .worker_in_rotation = on_worker_free,
+    .worker_released = on_worker_free,
+    .worker_freed = on_worker_freed,
+    .waiting = waiting,
+};
+
+void sg_gateway_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
 
 /* /e/{name}/...: rest is the path after "/e/". */
 static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {

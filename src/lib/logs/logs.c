@@ -21,7 +21,9 @@
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
 
-#include "daemon/daemon-internal.h"
+#include "daemon/fleet.h"
+#include "logs/limit.h"
+#include "logs/logs.h"
 #include "logs/writer.h"
 #include "sgpu/pool.h"
 #include "sgpu/log.h"
@@ -40,12 +42,46 @@
 struct pending_line {
   char *text; /* formatted */
   size_t len;
-  size_t idx;   /* position in d->logbuf until flushed */
+  size_t idx;   /* position in d->logs->logbuf until flushed */
   uint64_t ord; /* which line submitted to the writer it is; UINT64_MAX: never stored */
   bool tagged;  /* ord is known */
 };
 
 struct logs_job;
+typedef struct sg_follower sg_follower_t;
+
+/* A worker's output: its rate limit and its last lines (sg_logs_source_*). */
+struct sg_log_source {
+  TAILQ_ENTRY(sg_log_source) link;
+  bool linked; /* in the log store's list (false once it shut down) */
+  bool ended;  /* the worker exited: its drops are reported at once */
+  sg_daemon_t *d;
+  char *endpoint, *worker;
+  sg_log_limit_t limit;          /* output lines per second */
+  char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
+  int recent_next;
+};
+
+/* The log store's live state (d->logs), loop-thread only. */
+struct sg_logs {
+  /* log lines waiting to be written in one transaction */
+  struct {
+    sg_log_line_t *lines;
+    size_t n, cap;
+    uint64_t dropped;
+  } logbuf;
+  LIST_HEAD(, sg_follower) followers;
+  TAILQ_HEAD(, sg_log_source) sources; /* oldest first, as workers are listed */
+  struct sg_log_writer *writer;
+  struct event *flush;
+  uint64_t seq;       /* the newest batch handed to the writer */
+  uint64_t submitted; /* lines handed to the writer since the start */
+  struct {
+    uint64_t lines;           /* lines emitted (worker output and events) */
+    uint64_t rate_dropped;    /* worker lines over their rate limit */
+    uint64_t backlog_dropped; /* lines dropped while the writer was behind */
+  } stats;
+};
 
 struct sg_follower {
   LIST_ENTRY(sg_follower) link;
@@ -167,7 +203,7 @@ static void pend_line(sg_daemon_t *d, sg_follower_t *f, struct evbuffer *buf) {
   p->text = xmalloc(len);
   evbuffer_remove(buf, p->text, len);
   p->len = len;
-  p->idx = d->logbuf.n - 1;
+  p->idx = d->logs->logbuf.n - 1;
   p->tagged = false;
   f->pend_bytes += len;
 }
@@ -176,7 +212,7 @@ static void pend_line(sg_daemon_t *d, sg_follower_t *f, struct evbuffer *buf) {
  * base is UINT64_MAX): pending followers learn which their lines are. */
 static void tag_pending(sg_daemon_t *d, uint64_t base) {
   sg_follower_t *f;
-  LIST_FOREACH(f, &d->followers, link) {
+  LIST_FOREACH(f, &d->logs->followers, link) {
     for (; f->ntagged < f->npend; f->ntagged++) {
       struct pending_line *p = &f->pend[f->ntagged];
       p->ord = base == UINT64_MAX ? UINT64_MAX : base + p->idx;
@@ -187,7 +223,7 @@ static void tag_pending(sg_daemon_t *d, uint64_t base) {
 
 static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
   sg_follower_t *f, *tmp;
-  for (f = LIST_FIRST(&d->followers); f; f = tmp) {
+  for (f = LIST_FIRST(&d->logs->followers); f; f = tmp) {
     tmp = LIST_NEXT(f, link);
     if (!line_matches(f, l))
       continue;
@@ -205,15 +241,17 @@ static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
 
 void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
                   size_t len) {
+  if (!d->logs) /* not started, or shut down */
+    return;
   if (len > MAX_LINE_BYTES)
     len = MAX_LINE_BYTES;
-  if (d->logbuf.n >= MAX_PENDING)
+  if (d->logs->logbuf.n >= MAX_PENDING)
     sg_logs_flush(d);
-  if (d->logbuf.n == d->logbuf.cap) {
-    d->logbuf.cap = d->logbuf.cap ? 2 * d->logbuf.cap : 256;
-    d->logbuf.lines = xrealloc(d->logbuf.lines, d->logbuf.cap * sizeof(*d->logbuf.lines));
+  if (d->logs->logbuf.n == d->logs->logbuf.cap) {
+    d->logs->logbuf.cap = d->logs->logbuf.cap ? 2 * d->logs->logbuf.cap : 256;
+    d->logs->logbuf.lines = xrealloc(d->logs->logbuf.lines, d->logs->logbuf.cap * sizeof(*d->logs->logbuf.lines));
   }
-  sg_log_line_t *l = &d->logbuf.lines[d->logbuf.n++];
+  sg_log_line_t *l = &d->logs->logbuf.lines[d->logs->logbuf.n++];
   l->ts_ms = sg_wall_ms();
   /* One block per line: endpoint, worker, stream and text, each NUL-ended. */
   size_t le = strlen(endpoint) + 1, lw = worker ? strlen(worker) + 1 : 0, ls = strlen(stream) + 1;
@@ -228,14 +266,14 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
   l->worker = worker ? block + le : NULL;
   l->stream = block + le + lw;
   l->line = block + le + lw + ls;
-  d->log_stats.lines++;
-  if (!LIST_EMPTY(&d->followers))
+  d->logs->stats.lines++;
+  if (!LIST_EMPTY(&d->logs->followers))
     fan_out(d, l);
-  if (!d->log_flush)
-    d->log_flush = evtimer_new(d->base, flush_cb, d);
-  if (!evtimer_pending(d->log_flush, NULL)) {
+  if (!d->logs->flush)
+    d->logs->flush = evtimer_new(d->base, flush_cb, d);
+  if (!evtimer_pending(d->logs->flush, NULL)) {
     struct timeval tv = {0, FLUSH_MS * 1000};
-    evtimer_add(d->log_flush, &tv);
+    evtimer_add(d->logs->flush, &tv);
   }
 }
 
@@ -252,34 +290,37 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
 }
 
 int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
+  d->logs = xcalloc(1, sizeof(*d->logs));
+  LIST_INIT(&d->logs->followers);
+  TAILQ_INIT(&d->logs->sources);
   sg_log_retention_t def = {NULL, d->cfg.log_keep_lines, d->cfg.log_max_bytes, d->cfg.log_max_age_s};
-  d->log_writer =
+  d->logs->writer =
       sg_log_writer_start(db_path, &def, d->cfg.log_retention, d->cfg.n_log_retention, d->cfg.log_trim_interval_s, err);
-  return d->log_writer ? 0 : -1;
+  return d->logs->writer ? 0 : -1;
 }
 
 /* Hands the buffered lines to the writer, or drops them (counted) while the
  * writer is too far behind. */
 void sg_logs_flush(sg_daemon_t *d) {
-  if (d->logbuf.n == 0 || !d->log_writer)
+  if (!d->logs || d->logs->logbuf.n == 0 || !d->logs->writer)
     return;
-  if (sg_log_writer_backlog(d->log_writer) > MAX_BACKLOG) {
-    d->logbuf.dropped += d->logbuf.n;
-    d->log_stats.backlog_dropped += d->logbuf.n;
+  if (sg_log_writer_backlog(d->logs->writer) > MAX_BACKLOG) {
+    d->logs->logbuf.dropped += d->logs->logbuf.n;
+    d->logs->stats.backlog_dropped += d->logs->logbuf.n;
     tag_pending(d, UINT64_MAX);
-    sg_log_lines_free(d->logbuf.lines, d->logbuf.n);
+    sg_log_lines_free(d->logs->logbuf.lines, d->logs->logbuf.n);
   } else {
-    tag_pending(d, d->log_submitted);
-    d->log_submitted += d->logbuf.n;
-    d->log_seq = sg_log_writer_submit(d->log_writer, d->logbuf.lines, d->logbuf.n);
-    if (d->logbuf.dropped) {
-      uint64_t dropped = d->logbuf.dropped;
-      d->logbuf.dropped = 0;
+    tag_pending(d, d->logs->submitted);
+    d->logs->submitted += d->logs->logbuf.n;
+    d->logs->seq = sg_log_writer_submit(d->logs->writer, d->logs->logbuf.lines, d->logs->logbuf.n);
+    if (d->logs->logbuf.dropped) {
+      uint64_t dropped = d->logs->logbuf.dropped;
+      d->logs->logbuf.dropped = 0;
       sg_warn("%llu log lines were dropped: the store could not keep up", (unsigned long long)dropped);
     }
   }
-  d->logbuf.lines = NULL;
-  d->logbuf.n = d->logbuf.cap = 0;
+  d->logs->logbuf.lines = NULL;
+  d->logs->logbuf.n = d->logs->logbuf.cap = 0;
 }
 
 /* Reads an epoch-ms value or a duration before now ("10m"); -1 if malformed. */
@@ -430,9 +471,9 @@ static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t
   sg_logs_flush(d);
   struct logs_job *j = xcalloc(1, sizeof(*j));
   j->d = d;
-  j->writer = d->log_writer;
+  j->writer = d->logs->writer;
   j->readers = d->readers;
-  j->seq = d->log_seq;
+  j->seq = d->logs->seq;
   j->endpoint = xstrdup(q->endpoint);
   j->worker = q->worker ? xstrdup(q->worker) : NULL;
   j->stream = q->stream ? xstrdup(q->stream) : NULL;
@@ -457,7 +498,7 @@ static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t
     f->sse = sse;
     f->job = j;
     j->f = f;
-    LIST_INSERT_HEAD(&d->followers, f, link);
+    LIST_INSERT_HEAD(&d->logs->followers, f, link);
     sg_http_set_close_cb(req, follower_closed, f);
   } else {
     j->req = req;
@@ -466,7 +507,7 @@ static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t
   sg_pool_submit(d->query_pool, &query_ops, j);
 }
 
-void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *endpoint) {
   struct evkeyvalq params;
   TAILQ_INIT(&params);
   const char *query = sg_http_query(req);
@@ -475,7 +516,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
     return;
   }
   int64_t now = sg_wall_ms();
-  sg_log_query_t q = {.endpoint = ep->name, .limit = QUERY_DEFAULT_LIMIT};
+  sg_log_query_t q = {.endpoint = endpoint, .limit = QUERY_DEFAULT_LIMIT};
   bool follow = false;
   struct evkeyval *kv;
   const char *bad = NULL, *why = NULL;
@@ -526,7 +567,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   }
   const char *accept = sg_http_header(req, "Accept");
   bool sse = accept && strstr(accept, "text/event-stream");
-  if (sg_api_queries_busy(d, req)) {
+  if (sg_queries_busy(d, req)) {
     evhttp_clear_headers(&params);
     return;
   }
@@ -536,8 +577,10 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
 }
 
 void sg_logs_shutdown(sg_daemon_t *d) {
+  if (!d->logs)
+    return;
   sg_follower_t *f;
-  while ((f = LIST_FIRST(&d->followers))) {
+  while ((f = LIST_FIRST(&d->logs->followers))) {
     if (!f->job) {
       follower_end(f);
       continue;
@@ -550,41 +593,109 @@ void sg_logs_shutdown(sg_daemon_t *d) {
     follower_free(f);
   }
   sg_logs_flush(d);
-  sg_log_lines_free(d->logbuf.lines, d->logbuf.n); /* left when there was no writer */
-  d->logbuf.lines = NULL;
-  d->logbuf.n = d->logbuf.cap = 0;
-  sg_log_writer_stop(d->log_writer);
-  d->log_writer = NULL;
-  if (d->log_flush) {
-    event_free(d->log_flush);
-    d->log_flush = NULL;
+  sg_log_lines_free(d->logs->logbuf.lines, d->logs->logbuf.n); /* left when there was no writer */
+  d->logs->logbuf.lines = NULL;
+  d->logs->logbuf.n = d->logs->logbuf.cap = 0;
+  sg_log_writer_stop(d->logs->writer);
+  d->logs->writer = NULL;
+  if (d->logs->flush) {
+    event_free(d->logs->flush);
+    d->logs->flush = NULL;
   }
+  /* Sources still held by workers stay theirs to free. */
+  sg_log_source_t *src;
+  while ((src = TAILQ_FIRST(&d->logs->sources))) {
+    TAILQ_REMOVE(&d->logs->sources, src, link);
+    src->linked = false;
+  }
+  free(d->logs);
+  d->logs = NULL;
+}
+
+/* The query pool is shared by log and usage queries; the bound is kept here. */
+bool sg_queries_busy(sg_daemon_t *d, sg_http_req_t *req) {
+  if (sg_pool_pending(d->query_pool) < SG_QUERY_QUEUE_MAX)
+    return false;
+  sg_http_add_header(req, "Retry-After", "1");
+  sg_http_send_error(req, 503, "busy", "too many log and usage queries are in progress; retry later", NULL);
+  return true;
 }
 
 #define DROP_REPORT_MS 1000
 
 void sg_logs_report_drops(sg_daemon_t *d, bool force) {
+  if (!d->logs)
+    return;
   int64_t now = sg_now_ms();
-  struct sg_endpoint_list *lists[] = {&d->endpoints, &d->deleted};
-  for (size_t i = 0; i < SG_ARRAY_SIZE(lists); i++) {
-    sg_endpoint_t *ep;
-    TAILQ_FOREACH(ep, lists[i], link) {
-      sg_worker_t *w;
-      TAILQ_FOREACH(w, &ep->workers, link) {
-        sg_log_limit_t *l = &w->log_limit;
-        if (!sg_log_limit_report_due(l, now, DROP_REPORT_MS, force || w->exited))
-          continue;
-        d->log_stats.rate_dropped += l->dropped;
-        sg_logs_event(d, ep->name, w->id,
-                      "lines dropped: %llu (worker over its log rate limit of %g lines/s, burst %g; "
-                      "%llu since it started)",
-                      (unsigned long long)l->dropped, d->cfg.log_rate_lines_s, d->cfg.log_burst_lines,
-                      (unsigned long long)l->dropped_total);
-        l->dropped = 0;
-        l->reported_ms = now;
-      }
-    }
+  sg_log_source_t *src;
+  TAILQ_FOREACH(src, &d->logs->sources, link) {
+    sg_log_limit_t *l = &src->limit;
+    if (!sg_log_limit_report_due(l, now, DROP_REPORT_MS, force || src->ended))
+      continue;
+    d->logs->stats.rate_dropped += l->dropped;
+    sg_logs_event(d, src->endpoint, src->worker,
+                  "lines dropped: %llu (worker over its log rate limit of %g lines/s, burst %g; "
+                  "%llu since it started)",
+                  (unsigned long long)l->dropped, d->cfg.log_rate_lines_s, d->cfg.log_burst_lines,
+                  (unsigned long long)l->dropped_total);
+    l->dropped = 0;
+    l->reported_ms = now;
   }
+}
+
+/* ---- per-worker sources ---- */
+
+sg_log_source_t *sg_logs_source_new(sg_daemon_t *d, const char *endpoint, const char *worker) {
+  sg_log_source_t *src = xcalloc(1, sizeof(*src));
+  src->d = d;
+  src->endpoint = xstrdup(endpoint);
+  src->worker = xstrdup(worker);
+  if (d->logs) {
+    TAILQ_INSERT_TAIL(&d->logs->sources, src, link);
+    src->linked = true;
+  }
+  return src;
+}
+
+static void remember_line(sg_log_source_t *src, const char *stream, const char *line, size_t len) {
+  free(src->recent[src->recent_next]);
+  src->recent[src->recent_next] = xasprintf("%s: %.*s", stream, (int)(len > 1024 ? 1024 : len), line);
+  src->recent_next = (src->recent_next + 1) % SG_RECENT_LINES;
+}
+
+void sg_logs_source_line(sg_log_source_t *src, const char *stream, const char *line, size_t len) {
+  sg_daemon_t *d = src->d;
+  if (!sg_log_limit_take(&src->limit, d->cfg.log_rate_lines_s, d->cfg.log_burst_lines, sg_now_ms()))
+    return;
+  remember_line(src, stream, line, len);
+  sg_logs_emit(d, src->endpoint, src->worker, stream, line, len);
+}
+
+size_t sg_logs_source_recent(const sg_log_source_t *src, char **out, size_t max) {
+  size_t n = 0;
+  for (int i = 0; src && i < SG_RECENT_LINES && n < max; i++) {
+    char *l = src->recent[(src->recent_next + i) % SG_RECENT_LINES];
+    if (l)
+      out[n++] = xstrdup(l);
+  }
+  return n;
+}
+
+void sg_logs_source_ended(sg_log_source_t *src) {
+  if (src)
+    src->ended = true;
+}
+
+void sg_logs_source_free(sg_log_source_t *src) {
+  if (!src)
+    return;
+  if (src->linked)
+    TAILQ_REMOVE(&src->d->logs->sources, src, link);
+  for (int i = 0; i < SG_RECENT_LINES; i++)
+    free(src->recent[i]);
+  free(src->endpoint);
+  free(src->worker);
+  free(src);
 }
 
 void sg_logs_metrics(sg_daemon_t *d, struct evbuffer *b) {
@@ -598,11 +709,12 @@ void sg_logs_metrics(sg_daemon_t *d, struct evbuffer *b) {
                       "sgpu_log_lines_dropped_total{reason=\"rate_limit\"} %llu\n"
                       "sgpu_log_lines_dropped_total{reason=\"backlog\"} %llu\n"
                       "# HELP sgpu_log_followers Log streams open now.\n# TYPE sgpu_log_followers gauge\n",
-                      (unsigned long long)d->log_stats.lines,
-                      (unsigned long long)(d->log_writer ? sg_log_writer_stored(d->log_writer) : 0),
-                      (unsigned long long)d->log_stats.rate_dropped, (unsigned long long)d->log_stats.backlog_dropped);
+                      (unsigned long long)d->logs->stats.lines,
+                      (unsigned long long)(d->logs->writer ? sg_log_writer_stored(d->logs->writer) : 0),
+                      (unsigned long long)d->logs->stats.rate_dropped,
+                      (unsigned long long)d->logs->stats.backlog_dropped);
   int n = 0;
   sg_follower_t *f;
-  LIST_FOREACH(f, &d->followers, link) n++;
+  LIST_FOREACH(f, &d->logs->followers, link) n++;
   evbuffer_add_printf(b, "sgpu_log_followers %d\n", n);
 }

@@ -9,7 +9,7 @@
  * its start's wall time plus monotonic time since, so a wall clock step does
  * not make time appear or vanish. Records are written by the usage writer
  * thread; this file runs on the loop only. */
-#include "daemon/daemon-internal.h"
+#include "meter/meter-internal.h"
 #include "meter/writer.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
@@ -26,11 +26,37 @@ struct sg_meter {
   size_t n, cap;
 };
 
-static int64_t wall_of(const sg_worker_t *w, int64_t mono) { return w->meter.base_wall + (mono - w->meter.base_mono); }
+/* A worker's meter: its current usage record (w->meter, owned here: made
+ * when it starts, freed with it). */
+struct sg_worker_meter {
+  bool on;                /* metered: started and its last record not closed */
+  sg_meter_acc_t acc;     /* the current record's time by state */
+  int seg;                /* the current record's number */
+  int64_t seg_start_wall; /* the current record's start */
+  int64_t seg_start_hour; /* the hour it is in */
+  int64_t closed_ms;      /* metered time of the worker's earlier records */
+  int64_t requests;       /* requests that ended during the current record */
+  double price;           /* per GPU-second, fixed when the worker started */
+  int64_t base_wall;      /* the metered start: wall time ... */
+  int64_t base_mono;      /* ... and the monotonic time it corresponds to */
+  int gpu_count;
+  char gpu_type[64];
+};
+typedef struct sg_worker_meter sg_worker_meter_t;
+
+static sg_worker_meter_t *worker_meter(sg_worker_t *w) {
+  if (!w->meter)
+    w->meter = xcalloc(1, sizeof(*w->meter));
+  return w->meter;
+}
+
+static int64_t wall_of(const sg_worker_t *w, int64_t mono) {
+  return w->meter->base_wall + (mono - w->meter->base_mono);
+}
 
 /* Adds a copy of w's current record to the next batch. */
 static void snapshot(sg_meter_t *m, sg_worker_t *w, int64_t end_wall, bool closed, int64_t round_ms) {
-  sg_worker_meter_t *wm = &w->meter;
+  sg_worker_meter_t *wm = w->meter;
   if (m->n == m->cap) {
     m->cap = m->cap ? 2 * m->cap : 16;
     m->recs = xrealloc(m->recs, m->cap * sizeof(*m->recs));
@@ -64,7 +90,7 @@ static void submit(sg_meter_t *m) {
 /* Ends w's record at each hour boundary passed before now: the finished
  * hours' records are written closed, and a new record starts. */
 static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
-  sg_worker_meter_t *wm = &w->meter;
+  sg_worker_meter_t *wm = w->meter;
   while (sg_meter_hour_start(wall_of(w, now)) > wm->seg_start_hour) {
     int64_t boundary_wall = wm->seg_start_hour + HOUR_MS;
     sg_meter_acc_advance(&wm->acc, wm->base_mono + (boundary_wall - wm->base_wall));
@@ -82,7 +108,7 @@ static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
 static sg_meter_state_t load_state(const sg_worker_t *w) { return w->in_flight > 0 ? SG_METER_BUSY : SG_METER_IDLE; }
 
 static void checkpoint(sg_meter_t *m, sg_worker_t *w, int64_t now) {
-  sg_worker_meter_t *wm = &w->meter;
+  sg_worker_meter_t *wm = w->meter;
   cut_hours(m, w, now);
   if (wm->acc.state != SG_METER_STARTING && wm->acc.state != load_state(w))
     sg_meter_acc_set(&wm->acc, load_state(w), now);
@@ -90,7 +116,10 @@ static void checkpoint(sg_meter_t *m, sg_worker_t *w, int64_t now) {
   snapshot(m, w, wall_of(w, now), false, 0);
 }
 
+static void subscribe(sg_daemon_t *d);
+
 int sg_meter_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
+  subscribe(d);
   sg_meter_t *m = xcalloc(1, sizeof(*m));
   d->meter = m;
   m->interval_ms = (int64_t)(d->cfg.meter_checkpoint_s * 1000);
@@ -115,9 +144,9 @@ const sg_price_table_t *sg_meter_prices(sg_daemon_t *d) { return &d->meter->pric
 
 static void start_worker(sg_worker_t *w, int64_t base_wall, int64_t base_mono) {
   sg_meter_t *m = w->d->meter;
-  sg_worker_meter_t *wm = &w->meter;
   if (!m)
     return;
+  sg_worker_meter_t *wm = worker_meter(w);
   memset(wm, 0, sizeof(*wm));
   wm->on = true;
   wm->base_wall = base_wall;
@@ -133,9 +162,9 @@ static void start_worker(sg_worker_t *w, int64_t base_wall, int64_t base_mono) {
   submit(m);
 }
 
-void sg_meter_worker_started(sg_worker_t *w) { start_worker(w, w->started_wall, w->started_mono); }
+static void sg_meter_worker_started(sg_worker_t *w) { start_worker(w, w->started_wall, w->started_mono); }
 
-void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall) {
+static void sg_meter_worker_started_at(sg_worker_t *w, int64_t start_wall) {
   int64_t now_wall = sg_wall_ms(), now = sg_now_ms();
   if (start_wall <= 0 || start_wall > now_wall)
     start_wall = now_wall;
@@ -160,7 +189,7 @@ static void adopt_record(void *ud, const sg_usage_record_t *rec) {
   a->last.gpu_type = NULL;
 }
 
-void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall) {
+static void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall) {
   sg_meter_t *m = w->d->meter;
   if (!m)
     return;
@@ -173,7 +202,7 @@ void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall) {
     sg_meter_worker_started_at(w, start_wall);
     return;
   }
-  sg_worker_meter_t *wm = &w->meter;
+  sg_worker_meter_t *wm = worker_meter(w);
   int64_t now = sg_now_ms(), now_wall = sg_wall_ms();
   memset(wm, 0, sizeof(*wm));
   wm->on = true;
@@ -197,20 +226,20 @@ void sg_meter_worker_adopted(sg_worker_t *w, int64_t start_wall) {
   submit(m);
 }
 
-void sg_meter_worker_ready(sg_worker_t *w) {
+static void sg_meter_worker_ready(sg_worker_t *w) {
   sg_meter_t *m = w->d->meter;
-  if (!m || !w->meter.on)
+  if (!m || !w->meter || !w->meter->on)
     return;
   int64_t now = sg_now_ms();
   cut_hours(m, w, now);
-  sg_meter_acc_set(&w->meter.acc, load_state(w), now);
+  sg_meter_acc_set(&w->meter->acc, load_state(w), now);
   checkpoint(m, w, now);
   submit(m);
 }
 
-void sg_meter_worker_load(sg_worker_t *w, int delta) {
-  sg_worker_meter_t *wm = &w->meter;
-  if (!wm->on)
+static void sg_meter_worker_load(sg_worker_t *w, int delta) {
+  sg_worker_meter_t *wm = w->meter;
+  if (!wm || !wm->on)
     return;
   if (delta < 0)
     wm->requests++;
@@ -223,7 +252,7 @@ void sg_meter_worker_load(sg_worker_t *w, int delta) {
 }
 
 static void end_worker(sg_meter_t *m, sg_worker_t *w, int64_t now) {
-  sg_worker_meter_t *wm = &w->meter;
+  sg_worker_meter_t *wm = w->meter;
   cut_hours(m, w, now);
   sg_meter_acc_advance(&wm->acc, now);
   int64_t round_ms = sg_meter_round_ms(wm->closed_ms + sg_meter_acc_total(&wm->acc));
@@ -231,18 +260,18 @@ static void end_worker(sg_meter_t *m, sg_worker_t *w, int64_t now) {
   wm->on = false;
 }
 
-void sg_meter_worker_ended(sg_worker_t *w) {
+static void sg_meter_worker_ended(sg_worker_t *w) {
   sg_meter_t *m = w->d->meter;
-  if (!m || !w->meter.on)
+  if (!m || !w->meter || !w->meter->on)
     return;
   end_worker(m, w, sg_now_ms());
   submit(m);
 }
 
-void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall) {
+static void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall) {
   sg_meter_t *m = w->d->meter;
-  sg_worker_meter_t *wm = &w->meter;
-  if (!m || !wm->on)
+  sg_worker_meter_t *wm = w->meter;
+  if (!m || !wm || !wm->on)
     return;
   int64_t now = sg_now_ms();
   int64_t end = end_wall > 0 ? wm->base_mono + (end_wall - wm->base_wall) : now;
@@ -260,6 +289,51 @@ void sg_meter_worker_ended_at(sg_worker_t *w, int64_t end_wall) {
   submit(m);
 }
 
+/* ---- fleet events ---- */
+
+static void on_started(void *ud, sg_worker_t *w, sg_fleet_start_t how, int64_t start_wall) {
+  if (how == SG_FLEET_START_ADOPTED)
+    sg_meter_worker_adopted(w, start_wall);
+  else if (how == SG_FLEET_START_PLACED)
+    sg_meter_worker_started_at(w, start_wall);
+  else
+    sg_meter_worker_started(w);
+}
+
+static void on_ready(void *ud, sg_worker_t *w) { sg_meter_worker_ready(w); }
+static void on_load(void *ud, sg_worker_t *w, int delta) { sg_meter_worker_load(w, delta); }
+
+static void on_ended(void *ud, sg_worker_t *w, bool scheduled, int64_t end_wall) {
+  if (scheduled)
+    sg_meter_worker_ended_at(w, end_wall);
+  else
+    sg_meter_worker_ended(w);
+}
+
+/* The endpoint's chart series (series.c) goes with it. */
+static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) {
+  sg_series_free(ep->series);
+  ep->series = NULL;
+}
+
+static void on_freed(void *ud, sg_worker_t *w) {
+  free(w->meter);
+  w->meter = NULL;
+}
+
+static const sg_fleet_subscriber_t subscriber = {
+    .endpoint_freed = on_endpoint_freed,
+    .worker_freed = on_freed,
+    .worker_started = on_started,
+    .worker_ready = on_ready,
+    .worker_load = on_load,
+    .worker_ended = on_ended,
+};
+
+/* For good, first of all: the meter hears of a worker before the modules
+ * that may hand it work. */
+static void subscribe(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
+
 /* Calls fn for every metered worker, of live and deleted endpoints. */
 static void each_metered(sg_daemon_t *d, void (*fn)(sg_meter_t *m, sg_worker_t *w, int64_t now), int64_t now) {
   struct sg_endpoint_list *lists[] = {&d->endpoints, &d->deleted};
@@ -268,7 +342,7 @@ static void each_metered(sg_daemon_t *d, void (*fn)(sg_meter_t *m, sg_worker_t *
     TAILQ_FOREACH(ep, lists[i], link) {
       sg_worker_t *w;
       TAILQ_FOREACH(w, &ep->workers, link) {
-        if (w->meter.on)
+        if (w->meter && w->meter->on)
           fn(d->meter, w, now);
       }
     }

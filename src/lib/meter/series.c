@@ -5,7 +5,7 @@
  * fixed ring, so an endpoint costs the same memory however long it lives. */
 #include <math.h>
 
-#include "daemon/daemon-internal.h"
+#include "meter/meter-internal.h"
 #include "sgpu/util.h"
 
 #define STEP_MS 5000

@@ -5,9 +5,11 @@
  * stopping workers. It runs on every tick
  * and, through sg_scaler_kick(), at once after anything that changes demand
  * or supply (a request queued, a request done, a worker ready or gone, a spec
- * changed), so scale-from-zero waits for no tick. */
-#include "daemon/daemon-internal.h"
-#include "gateway/jobs.h"
+ * changed: the fleet's demand_changed and endpoint events), so
+ * scale-from-zero waits for no tick. What waits for a worker (requests,
+ * jobs) it reads through the fleet (sg_fleet_waiting). */
+#include "logs/logs.h"
+#include "scaler/scaler.h"
 #include "sgpu/log.h"
 #include "sgpu/policy.h"
 #include "sgpu/util.h"
@@ -95,13 +97,15 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
                                 .last_used_ms = w->last_used_mono};
     ws[i++] = w;
   }
-  int64_t request_wait = sg_gateway_oldest_wait(ep, now), job_wait = sg_jobs_oldest_wait(ep, now);
+  int queued = 0;
+  int64_t oldest_wait = 0;
+  sg_fleet_waiting(ep, now, &queued, &oldest_wait); /* requests and jobs alike */
   sg_scale_input_t in = {.workers = sw,
                          .n_workers = n,
                          .in_flight = ep->in_flight,
-                         .queued = ep->queued + sg_jobs_queued(ep), /* requests and jobs alike */
+                         .queued = queued,
                          .completed = ep->served,
-                         .oldest_wait_ms = request_wait > job_wait ? request_wait : job_wait,
+                         .oldest_wait_ms = oldest_wait,
                          .gpu_slots = gpu_slots(ep),
                          .backing_off = ep->backoff_until_mono > now,
                          .failing = ep->consecutive_failures > 0};
@@ -120,6 +124,17 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
     }
   }
 }
+
+static void on_demand(void *ud, sg_daemon_t *d) { sg_scaler_kick(d); }
+static void on_endpoint(void *ud, sg_endpoint_t *ep) { sg_scaler_kick(ep->d); }
+
+static const sg_fleet_subscriber_t subscriber = {
+    .endpoint_created = on_endpoint,
+    .endpoint_updated = on_endpoint,
+    .demand_changed = on_demand,
+};
+
+void sg_scaler_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
 
 void sg_scaler_run(sg_daemon_t *d) {
   if (d->shutting_down)

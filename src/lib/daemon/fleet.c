@@ -1,0 +1,159 @@
+/* The fleet: the endpoint list and each endpoint's lifecycle, and the events
+ * that tell subscribed modules (gateway, jobs, meter, scaler, images) of
+ * endpoint and worker changes, so that the fleet calls none of them. */
+#include "daemon/fleet.h"
+#include "logs/logs.h"
+#include "sgpu/log.h"
+#include "sgpu/util.h"
+
+void sg_fleet_subscribe(sg_daemon_t *d, const sg_fleet_subscriber_t *ops, void *ud) {
+  if (d->n_subs == SG_FLEET_MAX_SUBSCRIBERS) {
+    sg_errlog("fleet: more than %d subscribers", SG_FLEET_MAX_SUBSCRIBERS);
+    abort();
+  }
+  d->subs[d->n_subs++] = (struct sg_fleet_sub){ops, ud};
+}
+
+void sg_fleet_unsubscribe(sg_daemon_t *d, const sg_fleet_subscriber_t *ops, void *ud) {
+  for (size_t i = 0; i < d->n_subs; i++) {
+    if (d->subs[i].ops == ops && d->subs[i].ud == ud) {
+      memmove(&d->subs[i], &d->subs[i + 1], (d->n_subs - i - 1) * sizeof(d->subs[0]));
+      d->n_subs--;
+      return;
+    }
+  }
+}
+
+/* Calls each subscriber's `event` callback that is set, in order. */
+#define DELIVER(d, event, ...)                                                                                         \
+  do {                                                                                                                 \
+    for (size_t i_ = 0; i_ < (d)->n_subs; i_++) {                                                                      \
+      if ((d)->subs[i_].ops->event)                                                                                    \
+        (d)->subs[i_].ops->event((d)->subs[i_].ud, __VA_ARGS__);                                                       \
+    }                                                                                                                  \
+  } while (0)
+
+void sg_fleet_endpoint_created(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_created, ep); }
+void sg_fleet_endpoint_updated(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_updated, ep); }
+void sg_fleet_endpoint_deleted(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_deleted, ep); }
+void sg_fleet_endpoint_freed(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_freed, ep); }
+
+void sg_fleet_worker_started(sg_worker_t *w, sg_fleet_start_t how, int64_t start_wall) {
+  DELIVER(w->d, worker_started, w, how, start_wall);
+}
+
+void sg_fleet_worker_ready(sg_worker_t *w) { DELIVER(w->d, worker_ready, w); }
+void sg_fleet_worker_in_rotation(sg_worker_t *w) { DELIVER(w->d, worker_in_rotation, w); }
+void sg_fleet_worker_load(sg_worker_t *w, int delta) { DELIVER(w->d, worker_load, w, delta); }
+void sg_fleet_worker_released(sg_worker_t *w) { DELIVER(w->d, worker_released, w); }
+
+void sg_fleet_worker_ended(sg_worker_t *w, bool scheduled, int64_t end_wall) {
+  DELIVER(w->d, worker_ended, w, scheduled, end_wall);
+}
+
+void sg_fleet_worker_freed(sg_worker_t *w) { DELIVER(w->d, worker_freed, w); }
+void sg_fleet_demand_changed(sg_daemon_t *d) { DELIVER(d, demand_changed, d); }
+
+void sg_fleet_waiting(const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest_wait_ms) {
+  *queued = 0;
+  *oldest_wait_ms = 0;
+  DELIVER(ep->d, waiting, ep, now, queued, oldest_wait_ms);
+}
+
+sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name) {
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (!strcmp(ep->name, name))
+      return ep;
+  }
+  return NULL;
+}
+
+sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated) {
+  sg_endpoint_t *ep = xcalloc(1, sizeof(*ep));
+  ep->d = d;
+  ep->name = xstrdup(spec->name);
+  ep->spec = spec;
+  ep->version = version;
+  ep->created_wall = created;
+  ep->updated_wall = updated;
+  TAILQ_INIT(&ep->workers);
+  TAILQ_INIT(&ep->queue);
+  TAILQ_INSERT_TAIL(&d->endpoints, ep, link);
+  sg_fleet_endpoint_created(ep);
+  return ep;
+}
+
+static void clear_failure_state(sg_endpoint_t *ep) {
+  ep->consecutive_failures = 0;
+  ep->backoff_until_mono = 0;
+  free(ep->last_error);
+  ep->last_error = NULL;
+}
+
+void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
+  sg_spec_free(ep->spec);
+  ep->spec = spec;
+  ep->version = version;
+  ep->updated_wall = updated;
+  clear_failure_state(ep);
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (sg_worker_live(w) && w->version != version)
+      sg_worker_stop(w, "endpoint updated");
+  }
+  sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d", version);
+  sg_fleet_endpoint_updated(ep);
+}
+
+void sg_endpoint_delete(sg_endpoint_t *ep) {
+  sg_daemon_t *d = ep->d;
+  ep->deleted = true;
+  TAILQ_REMOVE(&d->endpoints, ep, link);
+  TAILQ_INSERT_TAIL(&d->deleted, ep, link);
+  sg_fleet_endpoint_deleted(ep);
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (sg_worker_live(w))
+      sg_worker_stop(w, "endpoint deleted");
+  }
+}
+
+void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
+  if (!ep->deleted)
+    return;
+  sg_worker_prune(ep);
+  if (!TAILQ_EMPTY(&ep->workers) || ep->proxies > 0)
+    return;
+  TAILQ_REMOVE(&ep->d->deleted, ep, link);
+  sg_fleet_endpoint_freed(ep);
+  free(ep->name);
+  sg_spec_free(ep->spec);
+  free(ep->last_error);
+  free(ep->last_decision);
+  for (int i = 0; i < ep->n_last_logs; i++)
+    free(ep->last_logs[i]);
+  free(ep);
+}
+
+json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
+  json_t *j = sg_spec_to_json(ep->spec);
+  char t1[32], t2[32];
+  json_object_set_new(j, "version", json_integer(ep->version));
+  json_object_set_new(j, "created_at", json_string(sg_format_time(ep->created_wall, t1, sizeof(t1))));
+  json_object_set_new(j, "updated_at", json_string(sg_format_time(ep->updated_wall, t2, sizeof(t2))));
+  int n[5] = {0};
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) n[w->state]++;
+  json_t *logs = json_array();
+  for (int i = 0; i < ep->n_last_logs; i++)
+    json_array_append_new(logs, json_string(ep->last_logs[i]));
+  json_t *status = json_pack(
+      "{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired", ep->desired, "workers", "starting",
+      n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued",
+      ep->queued, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3, "consecutive_failures",
+      ep->consecutive_failures, "last_error", ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs",
+      logs, "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
+  json_object_set_new(j, "status", status);
+  return j;
+}

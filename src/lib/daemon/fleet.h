@@ -1,0 +1,312 @@
+/* The fleet: endpoints and workers with their core fields, and their
+ * lifecycle (daemon/fleet.c: endpoints and subscribers; daemon/worker.c:
+ * workers; daemon/health.c: probes; daemon/images.c and daemon/cluster.c:
+ * the images and cluster nodes they run on). Modules keep their own per-endpoint and
+ * per-worker state behind the opaque pointers below and hear of changes as
+ * events (sg_fleet_subscribe) instead of being called by the fleet.
+ * `sg_daemon_t` is the context every module is handed: configuration, loop,
+ * store, GPUs, the endpoint lists, and each module's opaque state.
+ * Loop-thread only. */
+#ifndef SGPU_DAEMON_FLEET_H
+#define SGPU_DAEMON_FLEET_H
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "sgpu/daemon.h"
+#include "sgpu/gpu.h"
+#include "sgpu/meter.h"
+#include "sgpu/policy.h"
+#include "sgpu/runtime.h"
+#include "sgpu/spec.h"
+#include "sgpu/store.h"
+
+typedef struct sg_endpoint sg_endpoint_t;
+typedef struct sg_worker sg_worker_t;
+typedef struct sg_proxy sg_proxy_t;
+typedef struct sg_meter sg_meter_t;
+typedef struct sg_series sg_series_t;
+
+enum sg_worker_state { SG_W_STARTING, SG_W_READY, SG_W_DRAINING, SG_W_STOPPED, SG_W_FAILED };
+
+/* Output lines of a worker kept for display (its log source's ring, ep->last_logs). */
+#define SG_RECENT_LINES 20
+
+struct sg_worker {
+  TAILQ_ENTRY(sg_worker) link;
+  sg_daemon_t *d;
+  sg_endpoint_t *ep;
+  char *id;
+  int version;
+  enum sg_worker_state state;
+  const sg_runtime_ops_t *rt;
+  sg_instance_t *inst;
+  int port;
+  char *host; /* numeric address of its node; NULL: 127.0.0.1 */
+  pid_t pid;
+  int gpus[SG_SPEC_MAX_GPUS];
+  int n_gpus;
+  int64_t started_mono, ready_mono, last_used_mono;
+  int64_t started_wall, ready_wall, ended_wall;
+  int in_flight;
+  uint64_t served;
+  bool exited;
+  int exit_status;
+  bool stopping;  /* sgpud asked it to stop */
+  bool unhealthy; /* stopped for failing its health checks: ends as failed */
+  bool suspect;   /* a request to it failed at the connection level: no new
+                     requests until a health probe answers 200 */
+  bool counted_failure;
+  bool never_ran;       /* its start failed before any process ran */
+  bool adopted;         /* started by an earlier sgpud and taken over */
+  bool detached;        /* left running for the next sgpud (slurm) */
+  int64_t running_mono; /* its process started (probing from then on) */
+  char *last_error;
+  struct sg_log_source *logs;     /* its output: rate limit and last lines (logs/logs.c) */
+  struct sg_health_state *health; /* its probing (daemon/health.c); NULL when not probed */
+  struct event *kill_timer;
+  struct sg_worker_conns *conns; /* upstream connections not in use (gateway/conns.c) */
+  struct sg_worker_meter *meter; /* its usage record (meter/recorder.c) */
+};
+
+TAILQ_HEAD(sg_worker_list, sg_worker);
+
+/* Upper bounds (seconds) of the latency and queue-wait histogram buckets. */
+#define SG_METRIC_BUCKETS 14
+extern const double sg_metric_bounds[SG_METRIC_BUCKETS];
+
+typedef struct sg_histogram {
+  uint64_t buckets[SG_METRIC_BUCKETS + 1]; /* the last one is +Inf */
+  uint64_t count;
+  double sum;
+} sg_histogram_t;
+
+/* Counters of one endpoint, exposed at /metrics. */
+typedef struct sg_ep_metrics {
+  uint64_t requests;       /* invocations that arrived */
+  uint64_t by_status[600]; /* answers by status code */
+  uint64_t aborted;        /* clients that went away before their answer */
+  uint64_t retries;        /* attempts sent again to another worker */
+  uint64_t cold_starts;    /* workers that became ready */
+  uint64_t scale_ups, scale_downs;
+  sg_histogram_t latency;    /* arrival to end of answer */
+  sg_histogram_t queue_wait; /* arrival to dispatch */
+} sg_ep_metrics_t;
+TAILQ_HEAD(sg_proxy_list, sg_proxy);
+
+struct sg_endpoint {
+  TAILQ_ENTRY(sg_endpoint) link;
+  sg_daemon_t *d;
+  char *name;
+  sg_spec_t *spec;
+  int version;
+  int64_t created_wall, updated_wall;
+  bool deleted;
+  struct sg_worker_list workers; /* live and recently ended */
+  struct sg_proxy_list queue;    /* requests waiting for a worker */
+  int queued;
+  int in_flight;
+  int proxies; /* sg_proxy objects referring to this endpoint */
+  uint64_t served;
+  /* crash-loop tracking: failures before reaching ready */
+  int consecutive_failures;
+  int64_t backoff_until_mono;
+  char *last_error;
+  char *last_logs[SG_RECENT_LINES];
+  int n_last_logs;
+  char *last_decision;
+  int desired;
+  /* scaler: demand history, and the newest worker ready time it has measured */
+  sg_scale_window_t scale_window;
+  int64_t scale_seen_ready_mono;
+  sg_ep_metrics_t metrics;
+  struct sg_ep_jobs *jobs; /* async jobs (gateway/jobs.c); NULL until used */
+  sg_series_t *series;     /* the last hour, for charts (meter/series.c) */
+};
+
+TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
+
+#define SG_FLEET_MAX_SUBSCRIBERS 8
+
+struct sg_daemon {
+  sg_daemon_config_t cfg;
+  struct event_base *base;
+  struct sg_http_server *http;
+  struct sg_router *router; /* routes of api, gateway, jobs and metrics */
+  sg_store_t *store;
+  sg_gpu_inventory_t *gpus;
+  char *api_key;
+  char *url;
+  char *self_dir; /* directory of the sgpud binary */
+  struct sg_endpoint_list endpoints;
+  struct sg_endpoint_list deleted; /* freed once nothing refers to them */
+  struct event *tick;
+  struct event *sigterm, *sigint;
+  struct event *kick; /* deferred scaler pass */
+  bool kick_pending;
+  bool shutting_down;
+  struct sg_logs *logs; /* the log store's buffer, followers, writer and counters (logs/logs.c) */
+  struct sg_jobs *jobs; /* async jobs (gateway/jobs.c) */
+  sg_meter_t *meter;
+  struct sg_pool *pool; /* threads for work that blocks */
+  /* Threads for log and usage queries, each on a read-only connection
+   * from readers: no query runs on the loop. */
+  struct sg_pool *query_pool;
+  struct sg_store_readers *readers;
+  struct sg_images *images; /* image cache (image/images.c) */
+  /* Modules told of endpoint and worker events, in the order they subscribed. */
+  struct sg_fleet_sub {
+    const struct sg_fleet_subscriber *ops;
+    void *ud;
+  } subs[SG_FLEET_MAX_SUBSCRIBERS];
+  size_t n_subs;
+};
+
+/* fleet.c: endpoints */
+sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name);
+/* Creates live state for a stored or new endpoint (takes spec). */
+sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated);
+/* Replaces the spec: workers of older versions drain and are replaced. Takes spec. */
+void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated);
+/* Stops all workers, fails queued requests; frees once nothing refers to it. */
+void sg_endpoint_delete(sg_endpoint_t *ep);
+/* Frees a deleted endpoint once nothing refers to it. Only from a fresh
+ * stack frame (a timer), never from inside a connection's callback. */
+void sg_endpoint_maybe_free(sg_endpoint_t *ep);
+json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
+
+/* worker.c */
+sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
+/* Takes over a worker of runtime rt an earlier sgpud started for ep (at its
+ * current version), through rt->adopt_instance; metered on from the earlier sgpud's records. Returns
+ * the worker's instance. At startup. */
+sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, const sg_leftover_t *job);
+/* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period. */
+void sg_worker_stop(sg_worker_t *w, const char *why);
+const char *sg_worker_state_name(enum sg_worker_state s);
+json_t *sg_worker_to_json(const sg_worker_t *w);
+bool sg_worker_live(const sg_worker_t *w);
+/* Frees ended workers no one refers to, keeping the newest few for display.
+ * Only from a fresh stack frame (a timer). */
+void sg_worker_prune(sg_endpoint_t *ep);
+/* Called by the gateway when a request ends on w: counts it off, then
+ * worker_load(-1), worker_released and demand_changed go to the subscribers. */
+void sg_worker_release_request(sg_worker_t *w);
+/* Called by health checks: first 200, or too many failed probes. */
+void sg_worker_became_ready(sg_worker_t *w);
+void sg_worker_unhealthy(sg_worker_t *w, const char *why);
+
+/* health.c: w->health is owned there. */
+/* Starts probing w on the start-up schedule (the first probe in 0.5 ms). */
+void sg_health_start(sg_worker_t *w);
+/* The runtime says the worker's process is about to run (a container was
+ * created): a starting worker is probed at once, then on the tight schedule. */
+void sg_health_process_started(sg_worker_t *w);
+/* Stops probing w and frees its health state (a probe in flight is dropped,
+ * its callbacks never run); safe from inside a probe's verdict. */
+void sg_health_stop(sg_worker_t *w);
+/* Takes a ready worker out of rotation until a probe, sent at once, passes. */
+void sg_health_suspect(sg_worker_t *w);
+
+/* images.c: thread pool and image cache; the fleet's images */
+struct sg_registry_auth;
+int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err);
+void sg_daemon_images_free(sg_daemon_t *d);
+/* The stored credential `name` (a copy the caller frees), or NULL with *err. */
+struct sg_registry_auth *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg_error_t **err);
+void sg_registry_auth_free(struct sg_registry_auth *auth);
+/* Starts pulling ref (a preheat); the outcome shows in GET /v1/images. */
+void sg_daemon_pull(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
+/* A preheat of a cached tag: pulls again when the registry names a newer
+ * manifest for it. Returns false when ref is not a cached tag. */
+bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
+/* (sg_daemon_images_init subscribes to endpoint events: a created or updated
+ * endpoint's image is pulled when it is not cached.) */
+
+/* cluster.c: the runtimes' life through the registry, adoption and nodes
+ * (the parsers of default_runtime and slurm: config.h) */
+/* Every runtime's init op, in registry order (after the pool and the image
+ * store); blocks. */
+int sg_daemon_runtimes_init(sg_daemon_t *d, sg_error_t **err);
+/* Every runtime's stop op: before the pool and the image store are freed. */
+void sg_daemon_runtimes_stop(sg_daemon_t *d);
+/* Every runtime's shutdown op, in reverse order: after the pool is freed. */
+void sg_daemon_runtimes_free(sg_daemon_t *d);
+/* Adopts the workers an earlier sgpud left (each runtime's adopt op) whose
+ * endpoint still exists with that runtime at the same version; the runtime
+ * stops the others (blocks; after the endpoints are loaded). */
+void sg_daemon_cluster_adopt(sg_daemon_t *d);
+/* Sets "runtime" of a spec that names none to the daemon's default. */
+void sg_daemon_default_runtime(sg_daemon_t *d, json_t *spec);
+/* The nodes of every runtime with a nodes op as /v1/nodes entries (new
+ * reference; empty when none has any). */
+json_t *sg_daemon_cluster_nodes(sg_daemon_t *d);
+
+/* fleet.c: events. A module subscribes once at init with a table of
+ * callbacks (NULL for the events it ignores) and a pointer handed back to
+ * each; every event goes to the subscribers in the order they subscribed,
+ * synchronously, on the loop. */
+typedef enum sg_fleet_start {
+  SG_FLEET_START_LOCAL,   /* started here now (started_wall/started_mono) */
+  SG_FLEET_START_PLACED,  /* its scheduler reports when it started (start_wall, 0: now) */
+  SG_FLEET_START_ADOPTED, /* taken over from an earlier sgpud that started it at start_wall */
+} sg_fleet_start_t;
+
+typedef struct sg_fleet_subscriber {
+  /* An endpoint was created (stored or new) or its spec replaced. */
+  void (*endpoint_created)(void *ud, sg_endpoint_t *ep);
+  void (*endpoint_updated)(void *ud, sg_endpoint_t *ep);
+  /* An endpoint was deleted: what waits for it should end now; its workers
+   * are stopped after the subscribers heard. */
+  void (*endpoint_deleted)(void *ud, sg_endpoint_t *ep);
+  /* The endpoint is being freed: drop per-endpoint state. */
+  void (*endpoint_freed)(void *ud, sg_endpoint_t *ep);
+  /* A worker runs (is metered) from now on. */
+  void (*worker_started)(void *ud, sg_worker_t *w, sg_fleet_start_t how, int64_t start_wall);
+  /* Its first health probe passed (w->state is SG_W_READY). */
+  void (*worker_ready)(void *ud, sg_worker_t *w);
+  /* A suspect worker passed a probe: it takes requests again. */
+  void (*worker_in_rotation)(void *ud, sg_worker_t *w);
+  /* Its in_flight changed by delta; a negative delta is a request that ended. */
+  void (*worker_load)(void *ud, sg_worker_t *w, int delta);
+  /* A request or job ended on w (after worker_load(-1)): a slot is free. */
+  void (*worker_released)(void *ud, sg_worker_t *w);
+  /* Its exit was noticed (or its start failed after worker_started). With
+   * `scheduled`, end_wall is the end its scheduler reports (0: unknown). */
+  void (*worker_ended)(void *ud, sg_worker_t *w, bool scheduled, int64_t end_wall);
+  /* The worker is being freed: drop per-worker state. */
+  void (*worker_freed)(void *ud, sg_worker_t *w);
+  /* Demand or supply changed (a request queued, a worker ready or gone). */
+  void (*demand_changed)(void *ud, sg_daemon_t *d);
+  /* Adds what waits for a worker of ep in this module to *queued, and
+   * raises *oldest_wait_ms to its oldest wait (ms, monotonic now). */
+  void (*waiting)(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest_wait_ms);
+} sg_fleet_subscriber_t;
+
+/* Adds a subscriber (ops is not copied and must outlive it). At most
+ * SG_FLEET_MAX_SUBSCRIBERS: aborts past that, a wiring error. */
+void sg_fleet_subscribe(sg_daemon_t *d, const sg_fleet_subscriber_t *ops, void *ud);
+/* Removes the subscriber added with ops and ud; never from inside a delivery. */
+void sg_fleet_unsubscribe(sg_daemon_t *d, const sg_fleet_subscriber_t *ops, void *ud);
+
+/* Event deliveries (the fleet's own files, and modules that change load or demand). */
+void sg_fleet_endpoint_created(sg_endpoint_t *ep);
+void sg_fleet_endpoint_updated(sg_endpoint_t *ep);
+void sg_fleet_endpoint_deleted(sg_endpoint_t *ep);
+void sg_fleet_endpoint_freed(sg_endpoint_t *ep);
+void sg_fleet_worker_started(sg_worker_t *w, sg_fleet_start_t how, int64_t start_wall);
+void sg_fleet_worker_ready(sg_worker_t *w);
+void sg_fleet_worker_in_rotation(sg_worker_t *w);
+void sg_fleet_worker_load(sg_worker_t *w, int delta);
+void sg_fleet_worker_released(sg_worker_t *w);
+void sg_fleet_worker_ended(sg_worker_t *w, bool scheduled, int64_t end_wall);
+void sg_fleet_worker_freed(sg_worker_t *w);
+void sg_fleet_demand_changed(sg_daemon_t *d);
+/* What waits for a worker of ep, over every subscriber: the count, and the
+ * oldest wait in ms (0 when nothing waits). */
+void sg_fleet_waiting(const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest_wait_ms);
+
+#endif
