@@ -21,6 +21,10 @@ typedef struct sg_image_record {
 int sg_store_image_put(sg_store_t *store, const sg_image_record_t *rec, sg_error_t **err);
 int sg_store_image_touch(sg_store_t *store, const char *ref, int64_t last_used_ms, sg_error_t **err);
 int sg_store_image_delete(sg_store_t *store, const char *ref, sg_error_t **err);
+/* The writes queued on the store thread (arguments copied); a failed put is logged. */
+void sg_store_thread_image_put(sg_store_thread_t *t, const sg_image_record_t *rec);
+void sg_store_thread_image_touch(sg_store_thread_t *t, const char *ref, int64_t last_used_ms);
+void sg_store_thread_image_delete(sg_store_thread_t *t, const char *ref);
 int sg_store_image_each(sg_store_t *store, void (*cb)(void *ud, const sg_image_record_t *rec), void *ud,
                         sg_error_t **err);
 

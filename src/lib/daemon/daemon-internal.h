@@ -193,6 +193,11 @@ struct sg_daemon {
   struct sg_pool *query_pool;
   struct sg_store_readers *readers;
   struct sg_images *images; /* image cache (image/images.c) */
+  /* The one thread that runs the statements on `store` once the loop
+   * serves (store/thread.c), in the order they were submitted. */
+  struct sg_store_thread *store_thread;
+  LIST_HEAD(, sg_ep_write) ep_writes; /* endpoint writes in flight (api/endpoints.c) */
+  struct sg_auth_cache *auths;        /* registry credentials as stored (daemon/images.c) */
 };
 
 /* images.c: thread pool, image cache and oci runtime */

@@ -333,6 +333,9 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   }
   d->readers = sg_store_readers_new(db);
+  d->store_thread = sg_store_thread_new(d->base, d->store, err);
+  if (!d->store_thread)
+    goto fail;
   d->query_pool = sg_pool_new(d->base, QUERY_THREADS, err);
   if (!d->query_pool)
     goto fail;
@@ -439,6 +442,9 @@ void sg_daemon_free(sg_daemon_t *d) {
   /* Queries still running finish against writers that still exist. */
   sg_pool_free(d->query_pool);
   d->query_pool = NULL;
+  /* Writes still queued apply, live state with them, before the endpoints go. */
+  if (d->store_thread)
+    sg_store_thread_drain(d->store_thread);
   sg_meter_shutdown(d);
   sg_jobs_shutdown(d);
   sg_endpoint_t *ep;
@@ -462,6 +468,9 @@ void sg_daemon_free(sg_daemon_t *d) {
   sg_daemon_images_free(d);
   sg_daemon_cluster_free(d);
   sg_logs_shutdown(d);
+  /* Before the loop goes: its last writes apply (done() runs on the loop). */
+  sg_store_thread_free(d->store_thread);
+  d->store_thread = NULL;
   sg_http_server_free(d->http);
   if (d->tick)
     event_free(d->tick);
