@@ -22,6 +22,7 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   d->images = sg_images_new(d->pool, d->store, &ic, err);
   if (!d->images)
     return -1;
+  sg_images_set_store_thread(d->images, d->store_thread);
   cleanup_free char *odir = xasprintf("%s/oci", d->cfg.data_dir);
   sg_oci_config_t oc = {d->cfg.oci_runtime, odir, d->cfg.cdi_dir, d->cfg.oci_userns};
   return sg_oci_runtime_init(d->base, d->pool, d->images, &oc, err);
