@@ -159,6 +159,11 @@ int sg_store_auth_each(sg_store_t *s, void (*cb)(void *ud, const sg_registry_aut
   return auth_query(s, NULL, false, cb, ud, err);
 }
 
+int sg_store_auth_load(sg_store_t *s, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,
+                       sg_error_t **err) {
+  return auth_query(s, NULL, true, cb, ud, err);
+}
+
 int sg_store_auth_delete(sg_store_t *s, const char *name, sg_error_t **err) {
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s, "DELETE FROM registry_auths WHERE name = ?", &st, err) < 0)
