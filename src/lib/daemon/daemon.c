@@ -288,7 +288,6 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   TAILQ_INIT(&d->endpoints);
   TAILQ_INIT(&d->deleted);
   LIST_INIT(&d->followers);
-  sg_loop_thread_set();
   sg_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
 
@@ -422,6 +421,10 @@ static void print_hint(sg_daemon_t *d) {
 }
 
 int sg_daemon_run(sg_daemon_t *d) {
+  /* From here on this thread is the loop that serves: in debug builds every
+   * store call on it aborts (sg_assert_not_loop_thread). The loads of
+   * sg_daemon_new ran before anything was served and are not checked. */
+  sg_loop_thread_set();
   sg_info("listening on %s (data dir %s, %zu GPU(s))", d->url, d->cfg.data_dir, d->gpus->n);
   print_hint(d);
   sg_scaler_kick(d);
