@@ -434,6 +434,27 @@ class EndpointWriteOrderTest(SgpudTestCase):
             self.assertEqual(ep["version"], 1)
             self.assertEqual(ep["env"]["MARK"], won.body["env"]["MARK"])
 
+    def test_concurrent_registry_auth_creates_one_201(self):
+        name = unique_name("race-auth")
+        self.addCleanup(lambda: self.sg.api("DELETE", "/v1/registry-auths/%s" % name))
+        answers = self._parallel([("POST", "/v1/registry-auths",
+                                   {"name": name, "registry": "r%d.example" % i, "username": "u", "password": "p"})
+                                  for i in range(6)])
+        self.assertEqual(sorted(a.status for a in answers), [201] + [409] * 5, [a.body for a in answers])
+        won = next(a for a in answers if a.status == 201)
+        got = self.sg.api("GET", "/v1/registry-auths/%s" % name)
+        self.assertEqual(got.status, 200, got.body)
+        self.assertEqual(got.body["registry"], won.body["registry"])
+        put = self.sg.api("PUT", "/v1/registry-auths/%s" % name,
+                          {"registry": "after.example", "username": "u2", "password": "p2"})
+        self.assertEqual(put.status, 200, put.body)
+        got = self.sg.api("GET", "/v1/registry-auths/%s" % name)
+        self.assertEqual((got.body["registry"], got.body["username"]), ("after.example", "u2"))
+        self.assertEqual(got.body["created_at"], won.body["created_at"])
+        deleted = self._parallel([("DELETE", "/v1/registry-auths/%s" % name, None)] * 3)
+        self.assertEqual(sorted(a.status for a in deleted), [200, 404, 404], [a.body for a in deleted])
+        self.assertEqual(self.sg.api("GET", "/v1/registry-auths/%s" % name).status, 404)
+
     def test_delete_racing_updates(self):
         name = unique_name("race-del")
         self.create(echo_spec(name))
