@@ -158,6 +158,9 @@ typedef struct sg_images_config {
 } sg_images_config_t;
 
 sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err);
+/* From now on the cache's records are written on the store thread t, never
+ * on the caller's (the loop's) thread. */
+void sg_images_set_store_thread(sg_images_t *images, sg_store_thread_t *t);
 void sg_images_free(sg_images_t *images);
 
 /* The cached image for a reference string, or NULL. */

@@ -21,6 +21,10 @@ typedef struct sg_image_record {
 int sg_store_image_put(sg_store_t *store, const sg_image_record_t *rec, sg_error_t **err);
 int sg_store_image_touch(sg_store_t *store, const char *ref, int64_t last_used_ms, sg_error_t **err);
 int sg_store_image_delete(sg_store_t *store, const char *ref, sg_error_t **err);
+/* The writes queued on the store thread (arguments copied); a failed put is logged. */
+void sg_store_thread_image_put(sg_store_thread_t *t, const sg_image_record_t *rec);
+void sg_store_thread_image_touch(sg_store_thread_t *t, const char *ref, int64_t last_used_ms);
+void sg_store_thread_image_delete(sg_store_thread_t *t, const char *ref);
 int sg_store_image_each(sg_store_t *store, void (*cb)(void *ud, const sg_image_record_t *rec), void *ud,
                         sg_error_t **err);
 
@@ -37,6 +41,9 @@ int sg_store_auth_put(sg_store_t *store, const sg_registry_auth_record_t *rec, b
 /* Calls cb with the record named name (secret included); SG_ENOTFOUND when absent. */
 int sg_store_auth_get(sg_store_t *store, const char *name, void (*cb)(void *ud, const sg_registry_auth_record_t *rec),
                       void *ud, sg_error_t **err);
+/* Every credential with its secret, by name. */
+int sg_store_auth_load(sg_store_t *store, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,
+                       sg_error_t **err);
 int sg_store_auth_delete(sg_store_t *store, const char *name, sg_error_t **err);
 /* Every record, in name order, with secret NULL. */
 int sg_store_auth_each(sg_store_t *store, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,

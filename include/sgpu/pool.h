@@ -32,6 +32,10 @@ void sg_pool_submit(sg_pool_t *pool, const sg_pool_job_ops_t *ops, void *data);
 /* Jobs queued or running. */
 int sg_pool_pending(const sg_pool_t *pool);
 
+/* Runs every job queued or running to its end, and their done() (and those
+ * of the jobs these done() submit). Blocks the loop; only at shutdown. */
+void sg_pool_drain(sg_pool_t *pool);
+
 /* Finishes the jobs that are running, runs done(cancelled) for the queued
  * ones, waits for the threads and frees the pool. Blocks; only at shutdown. */
 void sg_pool_free(sg_pool_t *pool);

@@ -38,6 +38,23 @@ sg_store_readers_t *sg_store_readers_new(const char *path);
 sg_store_t *sg_store_readers_take(sg_store_readers_t *r, sg_error_t **err);
 void sg_store_readers_put(sg_store_readers_t *r, sg_store_t *store);
 /* Closes the connections; none may be taken. */
+
+/* The store thread: one thread that runs every write of a connection (and
+ * the reads that must see those writes) in the order they were submitted,
+ * so that the event loop never waits on SQLite. Submitted from the loop;
+ * work(store, data) runs on the thread, done(data) afterwards on the loop
+ * (in the same order). done may be NULL. */
+struct event_base;
+typedef struct sg_store_thread sg_store_thread_t;
+/* The thread uses store until sg_store_thread_free; the caller closes it after. */
+sg_store_thread_t *sg_store_thread_new(struct event_base *base, sg_store_t *store, sg_error_t **err);
+void sg_store_thread_submit(sg_store_thread_t *t, void (*work)(sg_store_t *store, void *data), void (*done)(void *data),
+                            void *data);
+/* Runs every submitted job and its done() to the end (blocks the loop; only
+ * at shutdown). */
+void sg_store_thread_drain(sg_store_thread_t *t);
+/* Drains, stops the thread and frees it. */
+void sg_store_thread_free(sg_store_thread_t *t);
 void sg_store_readers_free(sg_store_readers_t *r);
 
 typedef struct sg_endpoint_record {
@@ -72,6 +89,9 @@ int sg_store_worker_remove(sg_store_t *store, const char *id, sg_error_t **err);
 int sg_store_worker_clear(sg_store_t *store, sg_error_t **err);
 int sg_store_worker_each(sg_store_t *store, void (*cb)(void *ud, const sg_worker_record_t *rec), void *ud,
                          sg_error_t **err);
+/* The same writes queued on the store thread (rec is copied); a failure is logged. */
+void sg_store_thread_worker_add(sg_store_thread_t *t, const sg_worker_record_t *rec);
+void sg_store_thread_worker_remove(sg_store_thread_t *t, const char *id);
 
 typedef struct sg_log_line {
   int64_t ts_ms; /* wall clock */

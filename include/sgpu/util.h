@@ -106,7 +106,7 @@ void sg_strbuf_free(sg_strbuf_t *b);
 #define cleanup_strbuf __attribute__((cleanup(sg_strbuf_free)))
 
 /* The event loop's thread. sg_loop_thread_set() records the calling thread
- * as the loop (sgpud's main thread, before and while it runs the loop).
+ * as the loop (sgpud's main thread, from when it starts serving: sg_daemon_run).
  * sg_assert_not_loop_thread() aborts when called on that thread, in builds
  * without NDEBUG: it guards functions that may block (SQLite queries) and
  * must run on a pool thread. Before sg_loop_thread_set() it checks nothing. */

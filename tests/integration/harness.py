@@ -397,9 +397,11 @@ class Stream:
 _live_daemons = set()
 
 
-# Lines that a sanitizer or a crash leaves in sgpud's log.
+# Lines that a sanitizer, a crash or a store call on the loop thread (debug builds)
+# leaves in sgpud's log.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                   "UndefinedBehaviorSanitizer", "Segmentation fault")
+                   "UndefinedBehaviorSanitizer", "Segmentation fault",
+                   "must not run on the event loop thread")
 
 
 class SgpudError(AssertionError):

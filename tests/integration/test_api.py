@@ -2,11 +2,14 @@
 
 import json
 import os
+import socket
+import sqlite3
 import stat
+import threading
 import unittest
 
 from harness import (DELETE, ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, error_of,
-                     http_request, unique_name)
+                     http_request, unique_name, wait_for)
 
 
 class AuthTest(SgpudTestCase):
@@ -368,6 +371,175 @@ class SpecValidationTest(SgpudTestCase):
         ep = self.sg.get("existing")
         self.assertEqual(ep["version"], 1)
         self.assertEqual(ep["env"]["MODEL"], "tiny")
+
+
+class EndpointWriteOrderTest(SgpudTestCase):
+    """Endpoint writes run on the store thread and are applied when stored: requests
+    that race on one endpoint still give one answer each, in one order."""
+
+    SHARED = {"gpus": "a100:4"}
+
+    def _parallel(self, calls):
+        """Runs each (method, path, body) at once on its own connection; the answers."""
+        answers = [None] * len(calls)
+        start = threading.Barrier(len(calls))
+
+        def run(i, method, path, body):
+            start.wait()
+            answers[i] = self.sg.api(method, path, body, timeout=30)
+
+        threads = [threading.Thread(target=run, args=(i,) + c) for i, c in enumerate(calls)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers
+
+    def test_concurrent_puts_give_unique_versions_in_order(self):
+        name = unique_name("race-put")
+        self.create(echo_spec(name))
+        n = 12
+        answers = self._parallel([("PUT", "/v1/endpoints/%s" % name,
+                                   echo_spec(name, env={"MARK": str(i)})) for i in range(n)])
+        for a in answers:
+            self.assertEqual(a.status, 200, a.body)
+        versions = sorted(a.body["version"] for a in answers)
+        self.assertEqual(versions, list(range(2, n + 2)))
+        for i, a in enumerate(answers):
+            self.assertEqual(a.body["env"]["MARK"], str(i), "an answer shows its own spec")
+        last = max(answers, key=lambda a: a.body["version"])
+        ep = self.sg.get(name)
+        self.assertEqual(ep["version"], n + 1)
+        self.assertEqual(ep["env"]["MARK"], last.body["env"]["MARK"])
+        # GET right after a 200 PUT shows that PUT or a later one
+        for i in range(3):
+            put = self.sg.update(name, echo_spec(name, env={"MARK": "after-%d" % i}))
+            got = self.sg.get(name)
+            self.assertEqual(got["version"], put["version"])
+            self.assertEqual(got["env"]["MARK"], "after-%d" % i)
+
+    def test_concurrent_creates_one_201_the_others_409(self):
+        for _ in range(3):
+            name = unique_name("race-create")
+            self.addCleanup(self.sg.try_delete, name)
+            answers = self._parallel([("POST", "/v1/endpoints", echo_spec(name, env={"MARK": str(i)}))
+                                      for i in range(8)])
+            statuses = sorted(a.status for a in answers)
+            self.assertEqual(statuses, [201] + [409] * 7, [a.body for a in answers])
+            won = next(a for a in answers if a.status == 201)
+            for a in answers:
+                if a.status == 409:
+                    self.assertEqual(error_of(a)["code"], "conflict")
+            ep = self.sg.get(name)
+            self.assertEqual(ep["version"], 1)
+            self.assertEqual(ep["env"]["MARK"], won.body["env"]["MARK"])
+
+    def test_concurrent_registry_auth_creates_one_201(self):
+        name = unique_name("race-auth")
+        self.addCleanup(lambda: self.sg.api("DELETE", "/v1/registry-auths/%s" % name))
+        answers = self._parallel([("POST", "/v1/registry-auths",
+                                   {"name": name, "registry": "r%d.example" % i, "username": "u", "password": "p"})
+                                  for i in range(6)])
+        self.assertEqual(sorted(a.status for a in answers), [201] + [409] * 5, [a.body for a in answers])
+        won = next(a for a in answers if a.status == 201)
+        got = self.sg.api("GET", "/v1/registry-auths/%s" % name)
+        self.assertEqual(got.status, 200, got.body)
+        self.assertEqual(got.body["registry"], won.body["registry"])
+        put = self.sg.api("PUT", "/v1/registry-auths/%s" % name,
+                          {"registry": "after.example", "username": "u2", "password": "p2"})
+        self.assertEqual(put.status, 200, put.body)
+        got = self.sg.api("GET", "/v1/registry-auths/%s" % name)
+        self.assertEqual((got.body["registry"], got.body["username"]), ("after.example", "u2"))
+        self.assertEqual(got.body["created_at"], won.body["created_at"])
+        deleted = self._parallel([("DELETE", "/v1/registry-auths/%s" % name, None)] * 3)
+        self.assertEqual(sorted(a.status for a in deleted), [200, 404, 404], [a.body for a in deleted])
+        self.assertEqual(self.sg.api("GET", "/v1/registry-auths/%s" % name).status, 404)
+
+    def test_delete_racing_updates(self):
+        name = unique_name("race-del")
+        self.create(echo_spec(name))
+        calls = [("PUT", "/v1/endpoints/%s" % name, echo_spec(name, env={"MARK": str(i)})) for i in range(4)]
+        calls.insert(2, ("DELETE", "/v1/endpoints/%s" % name, None))
+        answers = self._parallel(calls)
+        deleted = [a for a in answers if a.body and a.body.get("deleted")]
+        self.assertEqual(len(deleted), 1, [a.body for a in answers])
+        for a in answers:
+            self.assertIn(a.status, (200, 404), a.body)
+        updated = sorted(a.body["version"] for a in answers if a.status == 200 and "version" in a.body)
+        self.assertEqual(updated, list(range(2, 2 + len(updated))), "versions unique and in order")
+        self.assertEqual(self.sg.api("GET", "/v1/endpoints/%s" % name).status, 404)
+        # the name is free again, in the store as in memory
+        self.create(echo_spec(name))
+        self.assertEqual(self.sg.get(name)["version"], 1)
+
+
+class EndpointWriteStoreTest(SgpudTestCase):
+    """What the loop shows and what the store holds stay the same."""
+
+    def test_client_leaving_mid_create_leaves_a_consistent_endpoint(self):
+        sg = self.start_sgpud(gpus="a100:4")
+        names = [unique_name("left") for _ in range(8)]
+        for name in names:
+            body = json.dumps(echo_spec(name)).encode()
+            s = socket.create_connection(("127.0.0.1", sg.port), timeout=10)
+            s.sendall(b"POST /v1/endpoints HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % (sg.key.encode(), len(body)) + body)
+            s.close()
+        # a second create of each name tells whether the first one took (or is taking) it
+        for name in names:
+            resp = sg.api("POST", "/v1/endpoints", echo_spec(name))
+            self.assertIn(resp.status, (201, 409), resp.body)
+        wait_for(lambda: set(names) <= set(sg.list_names()), 10, message="every name created once")
+        for name in names:
+            self.assertEqual(sg.get(name)["version"], 1)
+        sg.restart()
+        self.assertTrue(set(names) <= set(sg.list_names()), "the store holds what the loop showed")
+        for name in names:
+            self.assertEqual(sg.get(name)["version"], 1)
+
+    def test_versions_survive_a_restart_after_racing_puts(self):
+        sg = self.start_sgpud(gpus="a100:4")
+        name = unique_name("race-restart")
+        sg.create(echo_spec(name))
+        answers = [None] * 6
+
+        def put(i):
+            answers[i] = sg.api("PUT", "/v1/endpoints/%s" % name, echo_spec(name, env={"MARK": str(i)}))
+
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(len(answers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        before = sg.get(name)
+        self.assertEqual(before["version"], len(answers) + 1)
+        sg.restart()
+        after = sg.get(name)
+        self.assertEqual(after["version"], before["version"])
+        self.assertEqual(after["env"]["MARK"], before["env"]["MARK"])
+
+    def test_api_answers_while_the_store_is_locked(self):
+        """Another writer holds the database's write lock: the store thread waits for it
+        (busy timeout 5 s), the loop does not."""
+        sg = self.start_sgpud(gpus="a100:4")
+        name = unique_name("locked")
+        db = sqlite3.connect(os.path.join(sg.data_dir, "sgpu.db"), isolation_level=None, timeout=10)
+        self.addCleanup(db.close)
+        db.execute("BEGIN IMMEDIATE")
+        created = []
+        t = threading.Thread(target=lambda: created.append(sg.api("POST", "/v1/endpoints", echo_spec(name))))
+        t.start()
+        try:
+            self.assertEqual(sg.api("GET", "/healthz").status, 200)
+            self.assertEqual(sg.api("GET", "/v1/endpoints/%s" % name).status, 404)
+            self.assertNotIn(name, sg.list_names())
+            self.assertEqual(created, [], "the create waited for the lock")
+        finally:
+            db.execute("ROLLBACK")
+        t.join()
+        self.assertEqual(created[0].status, 201, created[0].body)
+        self.assertEqual(sg.get(name)["version"], 1)
 
 
 if __name__ == "__main__":

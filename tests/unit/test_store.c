@@ -15,6 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+#include <pthread.h>
+
 #include "sgpu/store.h"
 #include "sgpu/util.h"
 
@@ -656,9 +659,89 @@ static void test_query_on_loop_thread_aborts(void **state) {
 }
 #endif
 
+/* The store thread runs jobs one at a time in submission order, off the
+ * calling thread, and their done() on the loop in that order; freeing it
+ * runs every job still queued. */
+typedef struct order_job {
+  int i;
+  int *ran; /* appended on the store thread */
+  int *nran;
+  int *finished; /* appended on the loop */
+  int *nfinished;
+  pthread_t loop;
+  bool off_loop;
+} order_job_t;
+
+static void order_work(sg_store_t *store, void *data) {
+  order_job_t *j = data;
+  sg_endpoint_record_t rec = {NULL, "{}", j->i, 1, 1};
+  char name[16];
+  snprintf(name, sizeof(name), "e%d", j->i);
+  rec.name = name;
+  assert_int_equal(sg_store_endpoint_insert(store, &rec, NULL), 0);
+  j->off_loop = !pthread_equal(j->loop, pthread_self());
+  j->ran[(*j->nran)++] = j->i;
+}
+
+static void order_done(void *data) {
+  order_job_t *j = data;
+  assert_true(pthread_equal(j->loop, pthread_self()));
+  assert_true(j->off_loop);
+  j->finished[(*j->nfinished)++] = j->i;
+  free(j);
+}
+
+static void test_store_thread_order_and_drain(void **state) {
+  fixture_t *f = *state;
+  struct event_base *base = event_base_new();
+  sg_error_t *err = NULL;
+  sg_store_thread_t *t = sg_store_thread_new(base, f->store, &err);
+  assert_non_null(t);
+  enum { N = 50 };
+  int ran[N], finished[N], nran = 0, nfinished = 0;
+  for (int i = 0; i < N; i++) {
+    order_job_t *j = xcalloc(1, sizeof(*j));
+    *j = (order_job_t){i, ran, &nran, finished, &nfinished, pthread_self(), false};
+    sg_store_thread_submit(t, order_work, order_done, j);
+  }
+  /* Some done() on the loop now, the rest when the thread is freed. */
+  while (nfinished < N / 2)
+    event_base_loop(base, EVLOOP_ONCE);
+  sg_store_thread_free(t);
+  assert_int_equal(nran, N);
+  assert_int_equal(nfinished, N);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(ran[i], i);
+    assert_int_equal(finished[i], i);
+  }
+  event_base_free(base);
+}
+
+#ifndef NDEBUG
+/* A write on the loop thread aborts in debug builds, as a query does. */
+static void test_write_on_loop_thread_aborts(void **state) {
+  fixture_t *f = *state;
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    dup2(null, 2);
+    sg_loop_thread_set();
+    sg_endpoint_record_t rec = {"alpha", "{}", 1, 1, 1};
+    sg_store_endpoint_insert(f->store, &rec, NULL);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFSIGNALED(status));
+  assert_int_equal(WTERMSIG(status), SIGABRT);
+}
+#endif
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_store_thread_order_and_drain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_insert_other_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_text_kept_exactly, setup, teardown),
       cmocka_unit_test_setup_teardown(test_workers, setup, teardown),
@@ -672,6 +755,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_readers_snapshot, setup, teardown),
 #ifndef NDEBUG
       cmocka_unit_test_setup_teardown(test_query_on_loop_thread_aborts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_write_on_loop_thread_aborts, setup, teardown),
 #endif
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,10 +1,154 @@
 /* /v1/endpoints: create, list, get, replace and delete endpoint specs.
- * The store is written first; live state changes only once it succeeded, so
- * a rejected or failed request leaves both as they were. */
+ *
+ * A write is checked on the loop, runs on the store thread and is applied to
+ * live state on the loop once the store took it (then answered): a rejected
+ * or failed request leaves both as they were. The store thread runs writes in
+ * the order they were accepted and their completions come back in that order,
+ * so live state follows the store write by write. Writes in flight are
+ * counted per name (`d->ep_writes`): a second create of a name whose create
+ * is in flight is a conflict, and each update takes the next version after
+ * the last one queued, so versions stay unique and in order. A client that
+ * leaves before the answer is forgotten; its write still applies. */
 
 #include "api-internal.h"
 #include "logs/logs.h"
 #include "sgpu/util.h"
+
+/* The writes in flight for one endpoint name. */
+struct sg_ep_write {
+  LIST_ENTRY(sg_ep_write) link;
+  char *name;
+  int writes;    /* queued or running */
+  bool creating; /* a create is among them */
+  int version;   /* what the last queued create or update makes the version */
+};
+
+static struct sg_ep_write *writes_hold(sg_daemon_t *d, const char *name, int version) {
+  struct sg_ep_write *w;
+  LIST_FOREACH(w, &d->ep_writes, link) {
+    if (!strcmp(w->name, name)) {
+      w->writes++;
+      return w;
+    }
+  }
+  w = xcalloc(1, sizeof(*w));
+  w->name = xstrdup(name);
+  w->writes = 1;
+  w->version = version;
+  LIST_INSERT_HEAD(&d->ep_writes, w, link);
+  return w;
+}
+
+static bool creating(sg_daemon_t *d, const char *name) {
+  struct sg_ep_write *w;
+  LIST_FOREACH(w, &d->ep_writes, link) {
+    if (!strcmp(w->name, name))
+      return w->creating;
+  }
+  return false;
+}
+
+static void writes_release(struct sg_ep_write *w) {
+  if (--w->writes > 0)
+    return;
+  LIST_REMOVE(w, link);
+  free(w->name);
+  free(w);
+}
+
+enum op { OP_CREATE, OP_UPDATE, OP_DELETE };
+
+typedef struct ep_job {
+  sg_daemon_t *d;
+  sg_http_req_t *req; /* NULL once the client went away */
+  struct sg_ep_write *w;
+  enum op op;
+  char *name;
+  sg_spec_t *spec; /* create, update */
+  char *text;      /* the spec as stored */
+  int version;
+  int64_t created, updated;
+  sg_error_t *err; /* from the store thread */
+} ep_job_t;
+
+static void job_free(ep_job_t *j) {
+  sg_spec_free(j->spec);
+  free(j->text);
+  free(j->name);
+  sg_error_free(j->err);
+  free(j);
+}
+
+/* Store thread. */
+static void job_work(sg_store_t *store, void *data) {
+  ep_job_t *j = data;
+  sg_endpoint_record_t rec = {j->name, j->text, j->version, j->created, j->updated};
+  if (j->op == OP_CREATE)
+    sg_store_endpoint_insert(store, &rec, &j->err);
+  else if (j->op == OP_UPDATE)
+    sg_store_endpoint_update(store, &rec, &j->err);
+  else
+    sg_store_endpoint_delete(store, j->name, &j->err);
+}
+
+static void not_found(sg_http_req_t *req, const char *name) {
+  cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
+  sg_http_send_error(req, 404, "not_found", msg, NULL);
+}
+
+/* Loop: applies a stored write to live state and answers. */
+static void job_done(void *data) {
+  ep_job_t *j = data;
+  sg_daemon_t *d = j->d;
+  sg_http_req_t *req = j->req;
+  if (req)
+    sg_http_set_close_cb(req, NULL, NULL);
+  if (j->op == OP_CREATE)
+    j->w->creating = false;
+  writes_release(j->w);
+  sg_endpoint_t *ep = j->op == OP_CREATE ? NULL : sg_daemon_find_endpoint(d, j->name);
+  if (j->err && j->err->status == SG_ENOTFOUND && req)
+    not_found(req, j->name);
+  else if (j->err && req)
+    sg_http_send_sg_error(req, j->err);
+  if (j->err) {
+    job_free(j);
+    return;
+  }
+  if (j->op == OP_CREATE) {
+    ep = sg_endpoint_new(d, steal_pointer(&j->spec), j->version, j->created, j->updated);
+    sg_logs_event(d, ep->name, NULL, "endpoint created (version 1)");
+    if (req)
+      sg_http_send_json(req, 201, sg_endpoint_to_json(ep));
+  } else if (!ep) {
+    /* Not reached: live state follows the store, which had the row. */
+    if (req)
+      not_found(req, j->name);
+  } else if (j->op == OP_UPDATE) {
+    sg_endpoint_update(ep, steal_pointer(&j->spec), j->version, j->updated);
+    if (req)
+      sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
+  } else {
+    sg_logs_event(d, ep->name, NULL, "endpoint deleted");
+    json_t *answer = json_pack("{s:s, s:b}", "name", ep->name, "deleted", 1);
+    sg_endpoint_delete(ep);
+    if (req)
+      sg_http_send_json(req, 200, answer);
+    else
+      json_decref(answer);
+  }
+  job_free(j);
+}
+
+static void job_req_closed(sg_http_req_t *req, void *arg) { ((ep_job_t *)arg)->req = NULL; }
+
+/* Queues the write j (its op, name and fields set) behind the others. */
+static void submit(sg_daemon_t *d, sg_http_req_t *req, ep_job_t *j) {
+  j->d = d;
+  j->req = req;
+  sg_http_set_close_cb(req, job_req_closed, j);
+  sg_store_thread_submit(d->store_thread, job_work, job_done, j);
+}
 
 static char *spec_text(const sg_spec_t *spec) {
   json_t *j = sg_spec_to_json(spec);
@@ -22,18 +166,20 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
     return sg_http_send_sg_error(req, err);
-  if (sg_daemon_find_endpoint(d, spec->name)) {
+  if (sg_daemon_find_endpoint(d, spec->name) || creating(d, spec->name)) {
     cleanup_free char *msg = xasprintf("an endpoint named \"%s\" exists already", spec->name);
     return sg_http_send_error(req, 409, "conflict", msg, "name");
   }
-  cleanup_free char *text = spec_text(spec);
-  int64_t now = sg_wall_ms();
-  sg_endpoint_record_t rec = {spec->name, text, 1, now, now};
-  if (sg_store_endpoint_insert(d->store, &rec, &err) < 0)
-    return sg_http_send_sg_error(req, err);
-  sg_endpoint_t *ep = sg_endpoint_new(d, steal_pointer(&spec), 1, now, now);
-  sg_logs_event(d, ep->name, NULL, "endpoint created (version 1)");
-  sg_http_send_json(req, 201, sg_endpoint_to_json(ep));
+  ep_job_t *j = xcalloc(1, sizeof(*j));
+  j->op = OP_CREATE;
+  j->name = xstrdup(spec->name);
+  j->text = spec_text(spec);
+  j->version = 1;
+  j->created = j->updated = sg_wall_ms();
+  j->w = writes_hold(d, spec->name, 1);
+  j->w->creating = true;
+  j->spec = steal_pointer(&spec);
+  submit(d, req, j);
 }
 
 static void list(sg_daemon_t *d, sg_http_req_t *req) {
@@ -68,23 +214,24 @@ static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
   if (!spec)
     return sg_http_send_sg_error(req, err);
-  cleanup_free char *text = spec_text(spec);
-  int64_t now = sg_wall_ms();
-  sg_endpoint_record_t rec = {spec->name, text, ep->version + 1, ep->created_wall, now};
-  if (sg_store_endpoint_update(d->store, &rec, &err) < 0)
-    return sg_http_send_sg_error(req, err);
-  sg_endpoint_update(ep, steal_pointer(&spec), ep->version + 1, now);
-  sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
+  ep_job_t *j = xcalloc(1, sizeof(*j));
+  j->op = OP_UPDATE;
+  j->name = xstrdup(ep->name);
+  j->text = spec_text(spec);
+  j->w = writes_hold(d, ep->name, ep->version);
+  j->version = ++j->w->version;
+  j->created = ep->created_wall;
+  j->updated = sg_wall_ms();
+  j->spec = steal_pointer(&spec);
+  submit(d, req, j);
 }
 
 static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
-  cleanup_error sg_error_t *err = NULL;
-  if (sg_store_endpoint_delete(d->store, ep->name, &err) < 0)
-    return sg_http_send_sg_error(req, err);
-  sg_logs_event(d, ep->name, NULL, "endpoint deleted");
-  json_t *answer = json_pack("{s:s, s:b}", "name", ep->name, "deleted", 1);
-  sg_endpoint_delete(ep);
-  sg_http_send_json(req, 200, answer);
+  ep_job_t *j = xcalloc(1, sizeof(*j));
+  j->op = OP_DELETE;
+  j->name = xstrdup(ep->name);
+  j->w = writes_hold(d, ep->name, ep->version);
+  submit(d, req, j);
 }
 
 void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
@@ -92,10 +239,8 @@ void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   if (!get && !put && !sg_http_method_is(req, "DELETE"))
     return sg_http_method_not_allowed(req, "GET, PUT, DELETE");
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
-  if (!ep) {
-    cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
-    return sg_http_send_error(req, 404, "not_found", msg, NULL);
-  }
+  if (!ep)
+    return not_found(req, name);
   if (get)
     return sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
   if (put)

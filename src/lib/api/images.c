@@ -107,13 +107,76 @@ static json_t *auth_json(const sg_registry_auth_record_t *r) {
 
 static void add_auth(void *ud, const sg_registry_auth_record_t *r) { json_array_append_new(ud, auth_json(r)); }
 
-static void keep_auth(void *ud, const sg_registry_auth_record_t *r) { *(json_t **)ud = auth_json(r); }
-
 static bool printable(const char *s) {
   for (; *s; s++)
     if ((unsigned char)*s < 0x20 || *s == 0x7f)
       return false;
   return true;
+}
+
+/* A credential write on the store thread; the loop's copy of the
+ * credentials (sg_daemon_auth_*) changes in done() when the write
+ * succeeded, so both change in the same order. */
+typedef struct auth_job {
+  sg_daemon_t *d;
+  sg_http_req_t *req; /* NULL once the client went away */
+  bool put, replace;
+  char *name, *registry, *user, *pass;
+  int64_t now;
+  sg_error_t *err;
+} auth_job_t;
+
+static void auth_job_free(auth_job_t *j) {
+  if (j->pass)
+    explicit_bzero(j->pass, strlen(j->pass));
+  free(j->name);
+  free(j->registry);
+  free(j->user);
+  free(j->pass);
+  sg_error_free(j->err);
+  free(j);
+}
+
+static void auth_work(sg_store_t *store, void *data) {
+  auth_job_t *j = data;
+  if (!j->put) {
+    sg_store_auth_delete(store, j->name, &j->err);
+    return;
+  }
+  sg_registry_auth_record_t rec = {j->name, j->registry, j->user, j->pass, j->now, j->now};
+  sg_store_auth_put(store, &rec, j->replace, &j->err);
+}
+
+static void auth_done(void *data) {
+  auth_job_t *j = data;
+  sg_http_req_t *req = j->req;
+  if (req)
+    sg_http_set_close_cb(req, NULL, NULL);
+  if (j->err) {
+    if (req)
+      sg_http_send_sg_error(req, j->err);
+  } else if (j->put) {
+    sg_registry_auth_record_t rec = {j->name, j->registry, j->user, j->pass, j->now, j->now}, now;
+    sg_daemon_auth_set(j->d, &rec);
+    sg_info("registry auth %s %s (registry %s, user %s)", j->name, j->replace ? "stored" : "created", j->registry,
+            j->user);
+    if (req && sg_daemon_auth_get(j->d, j->name, &now, NULL) == 0)
+      sg_http_send_json(req, j->replace ? 200 : 201, auth_json(&now));
+  } else {
+    sg_daemon_auth_forget(j->d, j->name);
+    if (req)
+      sg_http_send_json(req, 200, json_pack("{s:s, s:b}", "name", j->name, "deleted", 1));
+  }
+  auth_job_free(j);
+}
+
+static void auth_req_closed(sg_http_req_t *req, void *arg) { ((auth_job_t *)arg)->req = NULL; }
+
+static void auth_submit(sg_daemon_t *d, sg_http_req_t *req, auth_job_t *j) {
+  j->d = d;
+  j->req = req;
+  sg_http_set_close_cb(req, auth_req_closed, j);
+  sg_store_thread_submit(d->store_thread, auth_work, auth_done, j);
 }
 
 /* Creates (name NULL: from the body) or replaces (PUT) a credential. */
@@ -147,15 +210,15 @@ static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool 
     return sg_http_send_error(req, 422, "invalid_field", "is required", "username");
   if (!pass || !*pass)
     return sg_http_send_error(req, 422, "invalid_field", "is required (password or token)", "password");
-  int64_t now = sg_wall_ms();
-  sg_registry_auth_record_t rec = {name, registry, user, pass, now, now};
-  cleanup_error sg_error_t *err = NULL;
-  if (sg_store_auth_put(d->store, &rec, replace, &err) < 0)
-    return sg_http_send_sg_error(req, err);
-  json_t *out = NULL;
-  sg_store_auth_get(d->store, name, keep_auth, &out, NULL);
-  sg_info("registry auth %s %s (registry %s, user %s)", name, replace ? "stored" : "created", registry, user);
-  sg_http_send_json(req, replace ? 200 : 201, out ? out : json_object());
+  auth_job_t *job = xcalloc(1, sizeof(*job));
+  job->put = true;
+  job->replace = replace;
+  job->name = xstrdup(name);
+  job->registry = xstrdup(registry);
+  job->user = xstrdup(user);
+  job->pass = xstrdup(pass);
+  job->now = sg_wall_ms();
+  auth_submit(d, req, job);
 }
 
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
@@ -166,23 +229,20 @@ void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name)
     if (!sg_http_method_is(req, "GET"))
       return sg_http_method_not_allowed(req, "GET, POST");
     json_t *arr = json_array();
-    if (sg_store_auth_each(d->store, add_auth, arr, &err) < 0) {
-      json_decref(arr);
-      return sg_http_send_sg_error(req, err);
-    }
+    sg_daemon_auth_each(d, add_auth, arr);
     return sg_http_send_json(req, 200, json_pack("{s:o}", "registry_auths", arr));
   }
   if (sg_http_method_is(req, "PUT"))
     return auth_put(d, req, name, true);
   if (sg_http_method_is(req, "DELETE")) {
-    if (sg_store_auth_delete(d->store, name, &err) < 0)
-      return sg_http_send_sg_error(req, err);
-    return sg_http_send_json(req, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+    auth_job_t *job = xcalloc(1, sizeof(*job));
+    job->name = xstrdup(name);
+    return auth_submit(d, req, job);
   }
   if (!sg_http_method_is(req, "GET"))
     return sg_http_method_not_allowed(req, "GET, PUT, DELETE");
-  json_t *out = NULL;
-  if (sg_store_auth_get(d->store, name, keep_auth, &out, &err) < 0)
+  sg_registry_auth_record_t rec;
+  if (sg_daemon_auth_get(d, name, &rec, &err) < 0)
     return sg_http_send_sg_error(req, err);
-  sg_http_send_json(req, 200, out);
+  sg_http_send_json(req, 200, auth_json(&rec));
 }

@@ -24,8 +24,10 @@ STAILQ_HEAD(job_list, job);
 struct sg_pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  struct job_list queue; /* waiting for a thread */
-  struct job_list done;  /* waiting for the loop */
+  pthread_cond_t idle_cv; /* signalled when a thread finishes a job */
+  int busy;               /* jobs running on a thread */
+  struct job_list queue;  /* waiting for a thread */
+  struct job_list done;   /* waiting for the loop */
   bool stopping;
   int pending; /* loop thread's count of submitted, not yet done */
   int efd;
@@ -44,10 +46,13 @@ static void *thread_main(void *arg) {
       break;
     job_t *j = STAILQ_FIRST(&p->queue);
     STAILQ_REMOVE_HEAD(&p->queue, link);
+    p->busy++;
     pthread_mutex_unlock(&p->mu);
     j->ops->work(j->data);
     pthread_mutex_lock(&p->mu);
+    p->busy--;
     STAILQ_INSERT_TAIL(&p->done, j, link);
+    pthread_cond_broadcast(&p->idle_cv);
     uint64_t one = 1;
     ssize_t w;
     do
@@ -83,6 +88,7 @@ sg_pool_t *sg_pool_new(struct event_base *base, int nthreads, sg_error_t **err) 
   sg_pool_t *p = xcalloc(1, sizeof(*p));
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
+  pthread_cond_init(&p->idle_cv, NULL);
   STAILQ_INIT(&p->queue);
   STAILQ_INIT(&p->done);
   p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -125,6 +131,16 @@ void sg_pool_submit(sg_pool_t *p, const sg_pool_job_ops_t *ops, void *data) {
 
 int sg_pool_pending(const sg_pool_t *p) { return p->pending; }
 
+void sg_pool_drain(sg_pool_t *p) {
+  while (p->pending > 0) {
+    pthread_mutex_lock(&p->mu);
+    while (!STAILQ_EMPTY(&p->queue) || p->busy > 0)
+      pthread_cond_wait(&p->idle_cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    run_done(p);
+  }
+}
+
 void sg_pool_free(sg_pool_t *p) {
   if (!p)
     return;
@@ -147,6 +163,7 @@ void sg_pool_free(sg_pool_t *p) {
     close(p->efd);
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv);
+  pthread_cond_destroy(&p->idle_cv);
   free(p->threads);
   free(p);
 }

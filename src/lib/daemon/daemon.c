@@ -189,7 +189,6 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   memset(cfg, 0, sizeof(*cfg));
   TAILQ_INIT(&d->endpoints);
   TAILQ_INIT(&d->deleted);
-  sg_loop_thread_set();
   sg_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
 
@@ -238,6 +237,9 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   }
   d->readers = sg_store_readers_new(db);
+  d->store_thread = sg_store_thread_new(d->base, d->store, err);
+  if (!d->store_thread)
+    goto fail;
   d->query_pool = sg_pool_new(d->base, QUERY_THREADS, err);
   if (!d->query_pool)
     goto fail;
@@ -320,6 +322,10 @@ static void print_hint(sg_daemon_t *d) {
 }
 
 int sg_daemon_run(sg_daemon_t *d) {
+  /* From here on this thread is the loop that serves: in debug builds every
+   * store call on it aborts (sg_assert_not_loop_thread). The loads of
+   * sg_daemon_new ran before anything was served and are not checked. */
+  sg_loop_thread_set();
   sg_info("listening on %s (data dir %s, %zu GPU(s))", d->url, d->cfg.data_dir, d->gpus->n);
   print_hint(d);
   sg_scaler_kick(d);
@@ -340,6 +346,9 @@ void sg_daemon_free(sg_daemon_t *d) {
   /* Queries still running finish against writers that still exist. */
   sg_pool_free(d->query_pool);
   d->query_pool = NULL;
+  /* Writes still queued apply, live state with them, before the endpoints go. */
+  if (d->store_thread)
+    sg_store_thread_drain(d->store_thread);
   sg_meter_shutdown(d);
   sg_jobs_shutdown(d);
   sg_endpoint_t *ep;
@@ -362,6 +371,9 @@ void sg_daemon_free(sg_daemon_t *d) {
   sg_daemon_images_free(d);
   sg_daemon_runtimes_free(d);
   sg_logs_shutdown(d);
+  /* Before the loop goes: its last writes apply (done() runs on the loop). */
+  sg_store_thread_free(d->store_thread);
+  d->store_thread = NULL;
   sg_http_server_free(d->http);
   if (d->tick)
     event_free(d->tick);

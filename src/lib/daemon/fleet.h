@@ -157,6 +157,11 @@ struct sg_daemon {
   struct sg_pool *query_pool;
   struct sg_store_readers *readers;
   struct sg_images *images; /* image cache (image/images.c) */
+  /* The one thread that runs the statements on `store` once the loop
+   * serves (store/thread.c), in the order they were submitted. */
+  struct sg_store_thread *store_thread;
+  LIST_HEAD(, sg_ep_write) ep_writes; /* endpoint writes in flight (api/endpoints.c) */
+  struct sg_auth_cache *auths;        /* registry credentials as stored (daemon/images.c) */
   /* Modules told of endpoint and worker events, in the order they subscribed. */
   struct sg_fleet_sub {
     const struct sg_fleet_subscriber *ops;
@@ -218,6 +223,15 @@ void sg_daemon_images_free(sg_daemon_t *d);
 /* The stored credential `name` (a copy the caller frees), or NULL with *err. */
 struct sg_registry_auth *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg_error_t **err);
 void sg_registry_auth_free(struct sg_registry_auth *auth);
+/* The credentials kept on the loop (see images.c): set (insert, or replace
+ * keeping created_ms) and forget after the store thread wrote the same. */
+struct sg_registry_auth_record;
+void sg_daemon_auth_set(sg_daemon_t *d, const struct sg_registry_auth_record *rec);
+bool sg_daemon_auth_forget(sg_daemon_t *d, const char *name);
+/* *out points into the cache until its next change; SG_ENOTFOUND when absent. */
+int sg_daemon_auth_get(sg_daemon_t *d, const char *name, struct sg_registry_auth_record *out, sg_error_t **err);
+/* In name order, secret NULL. */
+void sg_daemon_auth_each(sg_daemon_t *d, void (*cb)(void *ud, const struct sg_registry_auth_record *rec), void *ud);
 /* Starts pulling ref (a preheat); the outcome shows in GET /v1/images. */
 void sg_daemon_pull(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
 /* A preheat of a cached tag: pulls again when the registry names a newer

@@ -79,7 +79,7 @@ static void release_resources(sg_worker_t *w) {
     w->kill_timer = NULL;
   }
   sg_gpu_release(w->d->gpus, w->id);
-  sg_store_worker_remove(w->d->store, w->id, NULL);
+  sg_store_thread_worker_remove(w->d->store_thread, w->id);
 }
 
 static void on_exit_cb(void *ud, int status) {
@@ -396,9 +396,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   }
   w->running_mono = sg_now_ms();
   sg_worker_record_t rec = {w->id, ep->name, rt->name, w->pid, w->started_wall};
-  cleanup_error sg_error_t *serr = NULL;
-  if (sg_store_worker_add(d->store, &rec, &serr) < 0)
-    sg_warn("worker %s not recorded: %s", w->id, serr->message);
+  sg_store_thread_worker_add(d->store_thread, &rec);
   char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
   gpu_list(w, gpus, sizeof(gpus));
   sg_logs_event(d, ep->name, w->id, "worker started: pid %d, port %d, GPUs [%s]", (int)w->pid, w->port,

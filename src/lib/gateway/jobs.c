@@ -39,6 +39,7 @@
 #include "gateway/jobs.h"
 #include "gateway/webhook.h"
 #include "sgpu/log.h"
+#include "sgpu/pool.h"
 #include "sgpu/util.h"
 
 #define ENVELOPE_MAX (64u << 10)      /* a submission's bytes besides its input */
@@ -110,7 +111,7 @@ struct sg_job {
 };
 
 enum jr_action { A_RUN, A_RUNSYNC, A_STATUS, A_CANCEL, A_RETRY, A_PURGE, A_HEALTH, A_STREAM };
-enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER };
+enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER, W_STORE };
 
 struct jreq {
   LIST_ENTRY(jreq) link;  /* J->reqs */
@@ -898,12 +899,112 @@ static void submit(jreq_t *r, sg_endpoint_t *ep) {
 
 /* ---- the other routes ---- */
 
-/* Calls back with a stored job. */
+/* ---- jobs no longer in memory: read on the query pool ---- */
+
+/* A read of one stored job on a query thread (never on the loop); r waits
+ * (W_STORE) until done() runs on the loop, which answers through then(). */
+typedef struct stored {
+  jreq_t *r;
+  sg_store_readers_t *readers;
+  char *ep_name, *id;
+  bool found;          /* a record within its retention */
+  sg_job_record_t rec; /* its strings owned here */
+  sg_error_t *err;
+  bool with_stream;
+  void (*then)(jreq_t *r, sg_endpoint_t *ep, struct stored *s);
+} stored_t;
+
+static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
+
+/* Keeps a copy of the stored job unless it is past its retention (as good
+ * as deleted). */
 static void copy_record(void *ud, const sg_job_record_t *rec) {
-  json_t **out = ud;
+  stored_t *s = ud;
   if (rec->expires_ms > 0 && rec->expires_ms <= sg_wall_ms())
-    return; /* past its retention: as good as deleted */
-  *out = record_json(rec, 0);
+    return;
+  s->found = true;
+  s->rec = *rec;
+  s->rec.id = xstrdup(rec->id);
+  s->rec.endpoint = xstrdup(rec->endpoint);
+  s->rec.input = xstrdup(rec->input);
+  s->rec.webhook = dup_or_null(rec->webhook);
+  s->rec.output = dup_or_null(rec->output);
+  s->rec.error = dup_or_null(rec->error);
+  s->rec.worker = dup_or_null(rec->worker);
+}
+
+static void stored_free(stored_t *s) {
+  if (s->found) {
+    free((char *)s->rec.id);
+    free((char *)s->rec.endpoint);
+    free((char *)s->rec.input);
+    free((char *)s->rec.webhook);
+    free((char *)s->rec.output);
+    free((char *)s->rec.error);
+    free((char *)s->rec.worker);
+  }
+  sg_error_free(s->err);
+  free(s->ep_name);
+  free(s->id);
+  free(s);
+}
+
+static void stored_work(void *data) {
+  stored_t *s = data;
+  sg_store_t *reader = sg_store_readers_take(s->readers, &s->err);
+  if (!reader)
+    return;
+  if (sg_store_jobs_get(reader, s->ep_name, s->id, copy_record, s, &s->err) < 0 && s->err->status == SG_ENOTFOUND) {
+    sg_error_free(s->err);
+    s->err = NULL;
+  }
+  sg_store_readers_put(s->readers, reader);
+}
+
+static void stored_done(void *data, bool cancelled) {
+  stored_t *s = data;
+  jreq_t *r = s->r;
+  r->wait = W_NONE;
+  sg_endpoint_t *ep = r->req ? sg_daemon_find_endpoint(r->J->d, r->ep_name) : NULL;
+  if (!r->req)
+    jreq_free(r); /* the client went away */
+  else if (cancelled)
+    jreq_error(r, 503, "shutting_down", "sgpud is stopping");
+  else if (!ep || !sg_spec_is_async(ep->spec))
+    jreq_error(r, 404, "not_found", "the endpoint is gone");
+  else if (s->err)
+    jreq_error(r, 500, "store_error", s->err->message);
+  else
+    s->then(r, ep, s);
+  stored_free(s);
+}
+
+static const sg_pool_job_ops_t stored_ops = {stored_work, stored_done};
+
+/* Reads job r->id of ep from the store off the loop, then calls then(). */
+static void read_stored(jreq_t *r, sg_endpoint_t *ep, bool with_stream,
+                        void (*then)(jreq_t *r, sg_endpoint_t *ep, stored_t *s)) {
+  sg_daemon_t *d = r->J->d;
+  stored_t *s = xcalloc(1, sizeof(*s));
+  s->r = r;
+  s->readers = d->readers;
+  s->ep_name = xstrdup(ep->name);
+  s->id = xstrdup(r->id);
+  s->with_stream = with_stream;
+  s->then = then;
+  r->wait = W_STORE;
+  sg_pool_submit(d->query_pool, &stored_ops, s);
+}
+
+static void status_stored(jreq_t *r, sg_endpoint_t *ep, stored_t *s) {
+  if (!s->found) {
+    jreq_error(r, 404, "not_found", "no such job");
+    return;
+  }
+  json_t *body = record_json(&s->rec, 0);
+  if (s->with_stream)
+    json_object_set_new(body, "stream", json_array());
+  jreq_reply(r, 200, body);
 }
 
 /* Answers the job's status from memory or the store; with_stream adds an
@@ -914,20 +1015,7 @@ static void status_of_job(jreq_t *r, sg_endpoint_t *ep, bool with_stream) {
     jreq_reply(r, 200, job_json(j));
     return;
   }
-  json_t *body = NULL;
-  cleanup_error sg_error_t *err = NULL;
-  int rc = sg_store_jobs_get(r->J->d->store, ep->name, r->id, copy_record, &body, &err);
-  if (rc < 0 && err->status != SG_ENOTFOUND) {
-    jreq_error(r, 500, "store_error", err->message);
-    return;
-  }
-  if (!body) {
-    jreq_error(r, 404, "not_found", "no such job");
-    return;
-  }
-  if (with_stream)
-    json_object_set_new(body, "stream", json_array());
-  jreq_reply(r, 200, body);
+  read_stored(r, ep, with_stream, status_stored);
 }
 
 static void status_of(jreq_t *r, sg_endpoint_t *ep) { status_of_job(r, ep, false); }
@@ -1005,6 +1093,26 @@ static void retried(void *arg, int result) {
   maybe_release(j);
 }
 
+static void retry_job(jreq_t *r, sg_job_t *j);
+
+static void retry_stored(jreq_t *r, sg_endpoint_t *ep, stored_t *s) {
+  sg_job_t *j = map_get(r->J, r->id);
+  if (j && (j->ep != ep || !j->committed)) {
+    jreq_error(r, 404, "not_found", "no such job");
+    return;
+  }
+  if (!j && s->found) {
+    struct loaded l = {r->J, ep, NULL, false};
+    load_record(&l, &s->rec);
+    j = l.job;
+  }
+  if (!j) {
+    jreq_error(r, 404, "not_found", "no such job");
+    return;
+  }
+  retry_job(r, j);
+}
+
 static void retry(jreq_t *r, sg_endpoint_t *ep) {
   sg_job_t *j = map_get(r->J, r->id);
   if (j && (j->ep != ep || !j->committed)) {
@@ -1012,19 +1120,13 @@ static void retry(jreq_t *r, sg_endpoint_t *ep) {
     return;
   }
   if (!j) {
-    struct loaded l = {r->J, ep, NULL, false};
-    cleanup_error sg_error_t *err = NULL;
-    int rc = sg_store_jobs_get(r->J->d->store, ep->name, r->id, load_record, &l, &err);
-    if (rc < 0 && err->status != SG_ENOTFOUND) {
-      jreq_error(r, 500, "store_error", err->message);
-      return;
-    }
-    if (!l.job) {
-      jreq_error(r, 404, "not_found", "no such job");
-      return;
-    }
-    j = l.job;
+    read_stored(r, ep, false, retry_stored);
+    return;
   }
+  retry_job(r, j);
+}
+
+static void retry_job(jreq_t *r, sg_job_t *j) {
   if ((j->status != SG_JOB_FAILED && j->status != SG_JOB_TIMED_OUT) || j->finishing) {
     cleanup_free char *msg =
         xasprintf("job %s is %s; only FAILED or TIMED_OUT jobs can be retried", j->id, sg_job_status_name(j->status));
@@ -1105,8 +1207,8 @@ static void stream(jreq_t *r, sg_endpoint_t *ep) {
 static void client_closed(sg_http_req_t *req, void *arg) {
   jreq_t *r = arg;
   r->req = NULL;
-  if (r->wait == W_BARRIER)
-    return; /* freed when the write it waits for is done */
+  if (r->wait == W_BARRIER || r->wait == W_STORE)
+    return; /* freed when the write or read it waits for is done */
   sg_job_t *j = r->job;
   jreq_free(r);
   if (j)

@@ -39,6 +39,7 @@ struct pull {
 struct sg_images {
   sg_pool_t *pool;
   sg_store_t *store;
+  sg_store_thread_t *store_thread; /* writes once the loop serves; NULL: on the caller's thread */
   char *dir;
   int64_t max_bytes;
   int64_t max_layer_bytes, max_unpacked_bytes; /* 0: no limit */
@@ -131,6 +132,10 @@ static void persist(sg_images_t *im, const sg_image_t *img) {
   sg_image_record_t rec = {
       img->ref,     img->digest,        ct, lt, img->size_bytes, img->compressed_bytes, img->pulled_wall,
       img->pull_ms, img->last_used_wall};
+  if (im->store_thread) {
+    sg_store_thread_image_put(im->store_thread, &rec);
+    return;
+  }
   cleanup_error sg_error_t *err = NULL;
   if (sg_store_image_put(im->store, &rec, &err) < 0)
     sg_warn("image %s not recorded: %s", img->ref, err->message);
@@ -176,6 +181,8 @@ static void load_one(void *ud, const sg_image_record_t *rec) {
   json_decref(layers);
   json_decref(cfg);
 }
+
+void sg_images_set_store_thread(sg_images_t *im, sg_store_thread_t *t) { im->store_thread = t; }
 
 sg_images_t *sg_images_new(sg_pool_t *pool, sg_store_t *store, const sg_images_config_t *cfg, sg_error_t **err) {
   sg_images_t *im = xcalloc(1, sizeof(*im));
@@ -313,7 +320,10 @@ static const sg_pool_job_ops_t rm_ops = {rm_work, rm_done};
 static void drop_image(sg_images_t *im, size_t idx) {
   sg_image_t *img = im->imgs[idx];
   im->imgs[idx] = im->imgs[--im->n];
-  sg_store_image_delete(im->store, img->ref, NULL);
+  if (im->store_thread)
+    sg_store_thread_image_delete(im->store_thread, img->ref);
+  else
+    sg_store_image_delete(im->store, img->ref, NULL);
   char **paths = xcalloc(img->n_layers + 1, sizeof(char *));
   size_t n = 0;
   for (size_t j = 0; j < img->n_layers; j++)
@@ -356,7 +366,10 @@ void sg_images_unuse(sg_images_t *im, sg_image_t *img) {
   img->in_use--;
   /* Recorded when a use ends, off the path of a start. */
   img->last_used_wall = sg_wall_ms();
-  sg_store_image_touch(im->store, img->ref, img->last_used_wall, NULL);
+  if (im->store_thread)
+    sg_store_thread_image_touch(im->store_thread, img->ref, img->last_used_wall);
+  else
+    sg_store_image_touch(im->store, img->ref, img->last_used_wall, NULL);
   for (size_t i = 0; i < im->n_retired; i++) {
     if (im->retired[i] == img && img->in_use == 0) {
       im->retired[i] = im->retired[--im->n_retired];

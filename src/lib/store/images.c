@@ -31,6 +31,7 @@ static void text(sqlite3_stmt *st, int i, const char *v) {
 static const char *col(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 
 int sg_store_image_put(sg_store_t *s, const sg_image_record_t *r, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
               "INSERT OR REPLACE INTO images(ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms,"
@@ -52,6 +53,7 @@ int sg_store_image_put(sg_store_t *s, const sg_image_record_t *r, sg_error_t **e
 }
 
 int sg_store_image_touch(sg_store_t *s, const char *ref, int64_t last_used_ms, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s, "UPDATE images SET last_used_ms = ? WHERE ref = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -63,6 +65,7 @@ int sg_store_image_touch(sg_store_t *s, const char *ref, int64_t last_used_ms, s
 }
 
 int sg_store_image_delete(sg_store_t *s, const char *ref, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s, "DELETE FROM images WHERE ref = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -73,6 +76,7 @@ int sg_store_image_delete(sg_store_t *s, const char *ref, sg_error_t **err) {
 }
 
 int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_record_t *rec), void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
               "SELECT ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms, pull_ms, last_used_ms"
@@ -98,6 +102,7 @@ int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_recor
 }
 
 int sg_store_auth_put(sg_store_t *s, const sg_registry_auth_record_t *r, bool replace, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   const char *sql = replace ? "INSERT INTO registry_auths(name, registry, username, secret, created_ms, updated_ms)"
                               " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(name) DO UPDATE SET registry = ?2,"
@@ -151,15 +156,24 @@ static int auth_query(sg_store_t *s, const char *name, bool secret,
 
 int sg_store_auth_get(sg_store_t *s, const char *name, void (*cb)(void *ud, const sg_registry_auth_record_t *rec),
                       void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   return auth_query(s, name, true, cb, ud, err);
 }
 
 int sg_store_auth_each(sg_store_t *s, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,
                        sg_error_t **err) {
+  sg_assert_not_loop_thread();
   return auth_query(s, NULL, false, cb, ud, err);
 }
 
+int sg_store_auth_load(sg_store_t *s, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,
+                       sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  return auth_query(s, NULL, true, cb, ud, err);
+}
+
 int sg_store_auth_delete(sg_store_t *s, const char *name, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s, "DELETE FROM registry_auths WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;

@@ -55,7 +55,10 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 
 static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 
-int sg_store_jobs_durable(sg_store_t *s, sg_error_t **err) { return exec(s->db, "PRAGMA synchronous=FULL", err); }
+int sg_store_jobs_durable(sg_store_t *s, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  return exec(s->db, "PRAGMA synchronous=FULL", err);
+}
 
 #define INSERT_SQL                                                                                                     \
   "INSERT INTO jobs(id, endpoint, status, input, webhook, exec_timeout_ms, ttl_ms, attempts, retries, output,"         \
@@ -158,6 +161,7 @@ static void read_record(sqlite3_stmt *st, sg_job_record_t *r) {
 
 int sg_store_jobs_get(sg_store_t *s, const char *endpoint, const char *id,
                       void (*cb)(void *ud, const sg_job_record_t *rec), void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, SELECT_COLS " WHERE id = ?1 AND endpoint = ?2", &st, err) < 0)
     return -SG_ESTORE;
@@ -176,6 +180,7 @@ int sg_store_jobs_get(sg_store_t *s, const char *endpoint, const char *id,
 
 int sg_store_jobs_each_open(sg_store_t *s, void (*cb)(void *ud, const sg_job_record_t *rec), void *ud,
                             sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, SELECT_COLS " WHERE status IN ('IN_QUEUE', 'IN_PROGRESS') ORDER BY seq", &st, err) < 0)
     return -SG_ESTORE;
@@ -191,6 +196,7 @@ int sg_store_jobs_each_open(sg_store_t *s, void (*cb)(void *ud, const sg_job_rec
 }
 
 int64_t sg_store_jobs_expire(sg_store_t *s, int64_t now_ms, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "DELETE FROM jobs WHERE expires_ms > 0 AND expires_ms <= ?1", &st, err) < 0)
     return -1;

@@ -169,6 +169,7 @@ sg_store_t *sg_store_open_readonly(const char *path, sg_error_t **err) {
 }
 
 int sg_store_read_begin(sg_store_t *s, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   /* A deferred transaction takes its snapshot at its first read. */
   if (exec(s->db, "BEGIN", err) < 0)
     return -SG_ESTORE;
@@ -187,11 +188,13 @@ int sg_store_read_begin(sg_store_t *s, sg_error_t **err) {
 }
 
 void sg_store_read_end(sg_store_t *s) {
+  sg_assert_not_loop_thread();
   if (!sqlite3_get_autocommit(s->db))
     exec(s->db, "COMMIT", NULL);
 }
 
 void sg_store_set_cache(sg_store_t *s, int64_t bytes) {
+  sg_assert_not_loop_thread();
   cleanup_free char *sql = xasprintf("PRAGMA cache_size = -%lld", (long long)(bytes / 1024));
   exec(s->db, sql, NULL);
 }
@@ -213,6 +216,7 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 
 int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "INSERT INTO endpoints(name, spec, version, created_ms, updated_ms) VALUES(?,?,?,?,?)", &st, err) <
       0)
@@ -231,6 +235,7 @@ int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_
 }
 
 int sg_store_endpoint_update(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "UPDATE endpoints SET spec = ?, version = ?, updated_ms = ? WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -246,6 +251,7 @@ int sg_store_endpoint_update(sg_store_t *s, const sg_endpoint_record_t *rec, sg_
 }
 
 int sg_store_endpoint_delete(sg_store_t *s, const char *name, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "DELETE FROM endpoints WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -259,6 +265,7 @@ int sg_store_endpoint_delete(sg_store_t *s, const char *name, sg_error_t **err) 
 
 int sg_store_endpoint_each(sg_store_t *s, void (*cb)(void *ud, const sg_endpoint_record_t *rec), void *ud,
                            sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "SELECT name, spec, version, created_ms, updated_ms FROM endpoints ORDER BY name", &st, err) < 0)
     return -SG_ESTORE;
@@ -274,6 +281,7 @@ int sg_store_endpoint_each(sg_store_t *s, void (*cb)(void *ud, const sg_endpoint
 }
 
 int sg_store_worker_add(sg_store_t *s, const sg_worker_record_t *rec, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "INSERT OR REPLACE INTO workers(id, endpoint, runtime, pid, started_ms) VALUES(?,?,?,?,?)", &st,
               err) < 0)
@@ -289,6 +297,7 @@ int sg_store_worker_add(sg_store_t *s, const sg_worker_record_t *rec, sg_error_t
 }
 
 int sg_store_worker_remove(sg_store_t *s, const char *id, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "DELETE FROM workers WHERE id = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -298,10 +307,14 @@ int sg_store_worker_remove(sg_store_t *s, const char *id, sg_error_t **err) {
   return 0;
 }
 
-int sg_store_worker_clear(sg_store_t *s, sg_error_t **err) { return exec(s->db, "DELETE FROM workers", err); }
+int sg_store_worker_clear(sg_store_t *s, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  return exec(s->db, "DELETE FROM workers", err);
+}
 
 int sg_store_worker_each(sg_store_t *s, void (*cb)(void *ud, const sg_worker_record_t *rec), void *ud,
                          sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "SELECT id, endpoint, runtime, pid, started_ms FROM workers ORDER BY started_ms", &st, err) < 0)
     return -SG_ESTORE;
@@ -470,6 +483,7 @@ int sg_store_usage_put(sg_store_t *s, const sg_usage_record_t *recs, size_t n, s
 }
 
 int sg_store_usage_close_open(sg_store_t *s, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   /* Each open record ends at its last checkpoint; its worker's metered time
    * is rounded up to the whole second on it. */
   return exec(s->db,
@@ -526,6 +540,7 @@ int sg_store_usage_each(sg_store_t *s, const char *endpoint, int64_t from_ms, in
 
 int sg_store_usage_reopen(sg_store_t *s, const char *worker, void (*cb)(void *ud, const sg_usage_record_t *rec),
                           void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *up = NULL, *st = NULL;
   if (prepare(s->db,
               "UPDATE usage SET closed = 0, round_ms = 0 WHERE worker = ?1"
@@ -603,6 +618,7 @@ int sg_store_logs_trim_age(sg_store_t *s, const char *endpoint, int64_t before_m
 }
 
 int sg_store_logs_endpoints(sg_store_t *s, void (*cb)(void *ud, const char *endpoint), void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "SELECT DISTINCT endpoint FROM logs", &st, err) < 0)
     return -SG_ESTORE;
