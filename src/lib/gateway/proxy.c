@@ -71,6 +71,15 @@ static void unqueue(sg_proxy_t *p) {
   p->ep->proxy->queued--;
 }
 
+/* ep's queue state, made when the first request of ep waits. */
+static struct sg_ep_proxy *ep_proxy(sg_endpoint_t *ep) {
+  if (!ep->proxy) {
+    ep->proxy = xcalloc(1, sizeof(*ep->proxy));
+    TAILQ_INIT(&ep->proxy->queue);
+  }
+  return ep->proxy;
+}
+
 /* The first request waiting for a worker of ep, or NULL. */
 static sg_proxy_t *first_queued(const sg_endpoint_t *ep) { return ep->proxy ? TAILQ_FIRST(&ep->proxy->queue) : NULL; }
 
@@ -238,7 +247,7 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
       return;
     }
     p->state = P_QUEUED;
-    TAILQ_INSERT_HEAD(&p->ep->proxy->queue, p, link);
+    TAILQ_INSERT_HEAD(&ep_proxy(p->ep)->queue, p, link);
     p->ep->proxy->queued++;
     sg_fleet_demand_changed(p->ep->d);
     return;
@@ -487,11 +496,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
     return SG_HTTP_DONE;
   }
   p->state = P_QUEUED;
-  if (!ep->proxy) {
-    ep->proxy = xcalloc(1, sizeof(*ep->proxy));
-    TAILQ_INIT(&ep->proxy->queue);
-  }
-  TAILQ_INSERT_TAIL(&ep->proxy->queue, p, link);
+  TAILQ_INSERT_TAIL(&ep_proxy(ep)->queue, p, link);
   ep->proxy->queued++;
   sg_fleet_demand_changed(d);
   return SG_HTTP_STREAM;
