@@ -96,6 +96,23 @@ class GatewayTest(SgpudTestCase):
         (retries,) = series(samples, "sgpu_retries_total", endpoint=name).values()
         self.assertGreaterEqual(retries, 1)
 
+    def test_retry_with_no_worker_free_waits_in_the_queue(self):
+        # The endpoint's first request fails on its only worker and has no
+        # other to go to: it is the first to wait in the queue, and is served
+        # by the worker that replaces the failed one.
+        name = unique_name("requeue")
+        self.create(echo_spec(name, workers={"min": 1, "max": 1},
+                              health={"path": "/health", "period_s": 1, "failure_threshold": 1}))
+        (gone,) = self.sg.wait_ready(name, 1, timeout=20)
+        worker_get(gone["port"], "/close-listener")
+        r = self.sg.invoke(name, "/infer", body=b"requeued", timeout=scaled(60))
+        self.assertOk(r)
+        self.assertNotEqual(r.body["worker_pid"], gone["pid"])
+        samples, _ = parse_prometheus(self.sg.api("GET", "/metrics", raw=True).body.decode())
+        (retries,) = series(samples, "sgpu_retries_total", endpoint=name).values()
+        self.assertGreaterEqual(retries, 1)
+        self.assertEqual(self.sg.api("GET", "/v1/endpoints/" + name).body["status"]["queued"], 0)
+
     def test_streamed_chunked_upload(self):
         name = unique_name("upload")
         self.warm(name)

@@ -1,7 +1,8 @@
 /* The fleet's events (daemon/fleet.c): every event reaches the subscribers
  * that set its callback, in the order they subscribed, and no others; an
  * unsubscribed module hears nothing more; the waiting demand of an endpoint
- * adds the subscribers' counts and keeps their oldest wait. */
+ * adds the subscribers' counts and keeps their oldest wait; an endpoint's
+ * status keeps its keys and their order while modules set their values. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon/fleet.h"
@@ -153,11 +155,60 @@ static void test_waiting(void **state) {
   assert_string_equal(heard, "");
 }
 
+/* Modules fill in their fields of an endpoint's status (the gateway's queue,
+ * the scaler's decision): values change, the keys and their order do not. */
+static void status_queue(void *ud, const sg_endpoint_t *ep, json_t *status) {
+  json_object_set_new(status, "queued", json_integer(4));
+}
+
+static void status_scale(void *ud, const sg_endpoint_t *ep, json_t *status) {
+  json_object_set_new(status, "desired", json_integer(2));
+  json_object_set_new(status, "last_decision", json_string("start 2"));
+}
+
+static const sg_fleet_subscriber_t queue_status = {.endpoint_status = status_queue};
+static const sg_fleet_subscriber_t scale_status = {.endpoint_status = status_scale};
+
+static char *status_text(sg_endpoint_t *ep) {
+  json_t *j = sg_endpoint_to_json(ep);
+  char *text = json_dumps(json_object_get(j, "status"), JSON_COMPACT);
+  json_decref(j);
+  return text;
+}
+
+static void test_endpoint_status(void **state) {
+  (void)state;
+  fixture_t f;
+  setup_fixture(&f);
+  const char *spec = "{\"name\": \"s\", \"command\": [\"/w\"]}";
+  sg_error_t *err = NULL;
+  f.ep.spec = sg_spec_parse(spec, strlen(spec), &err);
+  assert_non_null(f.ep.spec);
+  f.ep.in_flight = 1;
+  f.ep.served = 9;
+  char *text = status_text(&f.ep);
+  assert_string_equal(text, "{\"desired\":0,\"workers\":{\"starting\":0,\"ready\":0,\"draining\":0},\"in_flight\":1,"
+                            "\"queued\":0,\"served\":9,\"crash_loop\":false,\"consecutive_failures\":0,"
+                            "\"last_error\":null,\"last_logs\":[],\"last_decision\":null}");
+  free(text);
+  sg_fleet_subscribe(&f.d, &queue_status, NULL);
+  sg_fleet_subscribe(&f.d, &all, "no status callback");
+  sg_fleet_subscribe(&f.d, &scale_status, NULL);
+  text = status_text(&f.ep);
+  assert_string_equal(text, "{\"desired\":2,\"workers\":{\"starting\":0,\"ready\":0,\"draining\":0},\"in_flight\":1,"
+                            "\"queued\":4,\"served\":9,\"crash_loop\":false,\"consecutive_failures\":0,"
+                            "\"last_error\":null,\"last_logs\":[],\"last_decision\":\"start 2\"}");
+  free(text);
+  assert_string_equal(heard, "");
+  sg_spec_free(f.ep.spec);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_order_and_filter),
       cmocka_unit_test(test_unsubscribe),
       cmocka_unit_test(test_waiting),
+      cmocka_unit_test(test_endpoint_status),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

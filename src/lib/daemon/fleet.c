@@ -78,7 +78,6 @@ sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int
   ep->created_wall = created;
   ep->updated_wall = updated;
   TAILQ_INIT(&ep->workers);
-  TAILQ_INIT(&ep->queue);
   TAILQ_INSERT_TAIL(&d->endpoints, ep, link);
   sg_fleet_endpoint_created(ep);
   return ep;
@@ -130,7 +129,6 @@ void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
   free(ep->name);
   sg_spec_free(ep->spec);
   free(ep->last_error);
-  free(ep->last_decision);
   for (int i = 0; i < ep->n_last_logs; i++)
     free(ep->last_logs[i]);
   free(ep);
@@ -148,12 +146,15 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   json_t *logs = json_array();
   for (int i = 0; i < ep->n_last_logs; i++)
     json_array_append_new(logs, json_string(ep->last_logs[i]));
-  json_t *status = json_pack(
-      "{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:o}", "desired", ep->desired, "workers", "starting",
-      n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight, "queued",
-      ep->queued, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3, "consecutive_failures",
-      ep->consecutive_failures, "last_error", ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs",
-      logs, "last_decision", ep->last_decision ? json_string(ep->last_decision) : json_null());
+  /* "desired" and "last_decision" are the scaler's, "queued" the gateway's:
+   * set by their endpoint_status callbacks. */
+  json_t *status =
+      json_pack("{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers", "starting",
+                n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight,
+                "queued", 0, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3,
+                "consecutive_failures", ep->consecutive_failures, "last_error",
+                ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs, "last_decision");
+  DELIVER(ep->d, endpoint_status, ep, status);
   json_object_set_new(j, "status", status);
   return j;
 }

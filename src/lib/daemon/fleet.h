@@ -19,14 +19,12 @@
 #include "sgpu/daemon.h"
 #include "sgpu/gpu.h"
 #include "sgpu/meter.h"
-#include "sgpu/policy.h"
 #include "sgpu/runtime.h"
 #include "sgpu/spec.h"
 #include "sgpu/store.h"
 
 typedef struct sg_endpoint sg_endpoint_t;
 typedef struct sg_worker sg_worker_t;
-typedef struct sg_proxy sg_proxy_t;
 typedef struct sg_meter sg_meter_t;
 typedef struct sg_series sg_series_t;
 
@@ -95,7 +93,6 @@ typedef struct sg_ep_metrics {
   sg_histogram_t latency;    /* arrival to end of answer */
   sg_histogram_t queue_wait; /* arrival to dispatch */
 } sg_ep_metrics_t;
-TAILQ_HEAD(sg_proxy_list, sg_proxy);
 
 struct sg_endpoint {
   TAILQ_ENTRY(sg_endpoint) link;
@@ -106,10 +103,10 @@ struct sg_endpoint {
   int64_t created_wall, updated_wall;
   bool deleted;
   struct sg_worker_list workers; /* live and recently ended */
-  struct sg_proxy_list queue;    /* requests waiting for a worker */
-  int queued;
   int in_flight;
-  int proxies; /* sg_proxy objects referring to this endpoint */
+  /* Requests (gateway/proxy.c) and job dispatches (gateway/jobs.c) that
+   * refer to this endpoint: a deleted endpoint is freed once it is 0. */
+  int proxies;
   uint64_t served;
   /* crash-loop tracking: failures before reaching ready */
   int consecutive_failures;
@@ -117,14 +114,13 @@ struct sg_endpoint {
   char *last_error;
   char *last_logs[SG_RECENT_LINES];
   int n_last_logs;
-  char *last_decision;
-  int desired;
-  /* scaler: demand history, and the newest worker ready time it has measured */
-  sg_scale_window_t scale_window;
-  int64_t scale_seen_ready_mono;
+  /* Counters several modules write (proxy.c, jobs.c, worker.c, scaler.c)
+   * and metrics.c and series.c read: shared, so the fleet holds them. */
   sg_ep_metrics_t metrics;
-  struct sg_ep_jobs *jobs; /* async jobs (gateway/jobs.c); NULL until used */
-  sg_series_t *series;     /* the last hour, for charts (meter/series.c) */
+  struct sg_ep_proxy *proxy; /* the request queue (gateway/proxy.c); NULL until used */
+  struct sg_ep_scale *scale; /* the scaler's window and decision (scaler/scaler.c); NULL until its first pass */
+  struct sg_ep_jobs *jobs;   /* async jobs (gateway/jobs.c); NULL until used */
+  sg_series_t *series;       /* the last hour, for charts (meter/series.c) */
 };
 
 TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
@@ -298,6 +294,11 @@ typedef struct sg_fleet_subscriber {
   /* Adds what waits for a worker of ep in this module to *queued, and
    * raises *oldest_wait_ms to its oldest wait (ms, monotonic now). */
   void (*waiting)(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest_wait_ms);
+  /* Sets this module's fields of ep's "status" object (sg_endpoint_to_json).
+   * The fleet puts every field in first, in their order, with the value
+   * they have when no module sets them (0, null): a module replaces values
+   * (json_object_set_new on a key already there keeps its place). */
+  void (*endpoint_status)(void *ud, const sg_endpoint_t *ep, json_t *status);
 } sg_fleet_subscriber_t;
 
 /* Adds a subscriber (ops is not copied and must outlive it). At most

@@ -1,6 +1,7 @@
 /* The gateway's synchronous half (proxy.c: /e/), its counters (metrics.c:
  * /metrics) and its keep-alive connections to workers (conns.c), shared with
- * async jobs. Per-worker state: w->conns; per-endpoint: ep->queue, ep->metrics.
+ * async jobs. Per-worker state: w->conns; per-endpoint: ep->proxy (the
+ * request queue, private to proxy.c); it writes the shared ep->metrics.
  * Loop-thread only. */
 #ifndef SGPU_GATEWAY_H
 #define SGPU_GATEWAY_H
@@ -14,11 +15,14 @@
 void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d);
 /* Hands queued requests to free workers of ep. */
 void sg_gateway_pump(sg_endpoint_t *ep);
+/* Requests of ep waiting for a worker now. */
+int sg_gateway_queued(const sg_endpoint_t *ep);
 /* Fails every queued request of ep with status/code/message. */
 void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, const char *message);
 /* Subscribes to the fleet's events: a deleted endpoint's queue fails, a
  * worker that may take a request pumps the queue, queued requests count as
- * waiting demand. */
+ * waiting demand and as the endpoint's status.queued; a freed endpoint's
+ * queue state goes. */
 void sg_gateway_init(sg_daemon_t *d);
 
 /* metrics.c */

@@ -4,6 +4,7 @@
 
 #include "gateway/gateway.h"
 #include "logs/logs.h"
+#include "scaler/scaler.h"
 #include "sgpu/util.h"
 
 const double sg_metric_bounds[SG_METRIC_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -73,7 +74,7 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
   TAILQ_FOREACH(ep, &d->endpoints, link) histogram(b, "sgpu_queue_wait_seconds", ep->name, &ep->metrics.queue_wait);
   header(b, "sgpu_queue_length", "gauge", "Invocations waiting for a worker now.");
   TAILQ_FOREACH(ep, &d->endpoints, link)
-  evbuffer_add_printf(b, "sgpu_queue_length{endpoint=\"%s\"} %d\n", ep->name, ep->queued);
+  evbuffer_add_printf(b, "sgpu_queue_length{endpoint=\"%s\"} %d\n", ep->name, sg_gateway_queued(ep));
   header(b, "sgpu_in_flight", "gauge", "Invocations being served by workers now.");
   TAILQ_FOREACH(ep, &d->endpoints, link)
   evbuffer_add_printf(b, "sgpu_in_flight{endpoint=\"%s\"} %d\n", ep->name, ep->in_flight);
@@ -88,7 +89,7 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
   }
   header(b, "sgpu_desired_workers", "gauge", "Workers the scaler wants now.");
   TAILQ_FOREACH(ep, &d->endpoints, link)
-  evbuffer_add_printf(b, "sgpu_desired_workers{endpoint=\"%s\"} %d\n", ep->name, ep->desired);
+  evbuffer_add_printf(b, "sgpu_desired_workers{endpoint=\"%s\"} %d\n", ep->name, sg_scaler_desired(ep));
   counter(b, d, "sgpu_cold_starts_total", "Workers started that became ready.", offsetof(sg_ep_metrics_t, cold_starts));
   header(b, "sgpu_scale_decisions_total", "counter", "Scaler decisions that started or stopped workers.");
   TAILQ_FOREACH(ep, &d->endpoints, link) {

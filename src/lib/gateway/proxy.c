@@ -34,8 +34,18 @@
 
 enum proxy_state { P_QUEUED, P_SENT, P_DONE };
 
+typedef struct sg_proxy sg_proxy_t;
+
+/* The gateway's state of an endpoint (ep->proxy): the requests waiting for
+ * a worker, oldest first. Made by the first request, freed with the
+ * endpoint (endpoint_freed). */
+struct sg_ep_proxy {
+  TAILQ_HEAD(, sg_proxy) queue;
+  int queued;
+};
+
 struct sg_proxy {
-  TAILQ_ENTRY(sg_proxy) link; /* in ep->queue while queued */
+  TAILQ_ENTRY(sg_proxy) link; /* in ep->proxy->queue while queued */
   sg_endpoint_t *ep;
   sg_http_req_t *req;
   enum proxy_state state;
@@ -54,6 +64,26 @@ struct sg_proxy {
   int attempts;
   char *tried[MAX_ATTEMPTS]; /* ids of workers an attempt failed on */
 };
+
+/* Takes a queued p out of its endpoint's queue. */
+static void unqueue(sg_proxy_t *p) {
+  TAILQ_REMOVE(&p->ep->proxy->queue, p, link);
+  p->ep->proxy->queued--;
+}
+
+/* ep's queue state, made when the first request of ep waits. */
+static struct sg_ep_proxy *ep_proxy(sg_endpoint_t *ep) {
+  if (!ep->proxy) {
+    ep->proxy = xcalloc(1, sizeof(*ep->proxy));
+    TAILQ_INIT(&ep->proxy->queue);
+  }
+  return ep->proxy;
+}
+
+/* The first request waiting for a worker of ep, or NULL. */
+static sg_proxy_t *first_queued(const sg_endpoint_t *ep) { return ep->proxy ? TAILQ_FIRST(&ep->proxy->queue) : NULL; }
+
+int sg_gateway_queued(const sg_endpoint_t *ep) { return ep->proxy ? ep->proxy->queued : 0; }
 
 static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t n);
 static void up_body(void *arg, struct evbuffer *data);
@@ -217,8 +247,8 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
       return;
     }
     p->state = P_QUEUED;
-    TAILQ_INSERT_HEAD(&p->ep->queue, p, link);
-    p->ep->queued++;
+    TAILQ_INSERT_HEAD(&ep_proxy(p->ep)->queue, p, link);
+    p->ep->proxy->queued++;
     sg_fleet_demand_changed(p->ep->d);
     return;
   }
@@ -258,8 +288,7 @@ static void client_data(sg_http_req_t *req, struct evbuffer *data, void *arg) {
     cleanup_free char *msg = xasprintf("request body is over the gateway's limit of %zu bytes", p->ep->d->cfg.max_body);
     enum proxy_state st = p->state;
     if (st == P_QUEUED) {
-      TAILQ_REMOVE(&p->ep->queue, p, link);
-      p->ep->queued--;
+      unqueue(p);
     }
     release_worker(p, false);
     fail(p, 413, "too_large", msg);
@@ -381,7 +410,7 @@ static sg_worker_t *pick(sg_endpoint_t *ep, const sg_proxy_t *p) {
 
 void sg_gateway_pump(sg_endpoint_t *ep) {
   sg_proxy_t *p;
-  while ((p = TAILQ_FIRST(&ep->queue))) {
+  while ((p = first_queued(ep))) {
     sg_worker_t *w = pick(ep, p);
     if (!w) {
       if (p->attempts == 0 || !pick(ep, NULL))
@@ -393,8 +422,7 @@ void sg_gateway_pump(sg_endpoint_t *ep) {
       }
       w = pick(ep, p);
     }
-    TAILQ_REMOVE(&ep->queue, p, link);
-    ep->queued--;
+    unqueue(p);
     send_to(p, w);
   }
 }
@@ -404,8 +432,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg) {
   cleanup_free char *msg =
       xasprintf("no answer within workers.request_timeout_s=%gs", p->ep->spec->workers.request_timeout_s);
   if (p->state == P_QUEUED) {
-    TAILQ_REMOVE(&p->ep->queue, p, link);
-    p->ep->queued--;
+    unqueue(p);
   }
   release_worker(p, false);
   fail(p, 504, "timeout", msg);
@@ -416,8 +443,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg) {
 static void client_closed(sg_http_req_t *req, void *arg) {
   sg_proxy_t *p = arg;
   if (p->state == P_QUEUED) {
-    TAILQ_REMOVE(&p->ep->queue, p, link);
-    p->ep->queued--;
+    unqueue(p);
   }
   release_worker(p, false);
   p->ep->metrics.aborted++;
@@ -455,12 +481,12 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
   evtimer_add(p->timer, &tv);
 
-  sg_worker_t *w = TAILQ_EMPTY(&ep->queue) ? pick(ep, NULL) : NULL;
+  sg_worker_t *w = !first_queued(ep) ? pick(ep, NULL) : NULL;
   if (w) {
     send_to(p, w);
     return SG_HTTP_STREAM;
   }
-  if (ep->queued >= ep->spec->workers.max_queue) {
+  if (sg_gateway_queued(ep) >= ep->spec->workers.max_queue) {
     sg_http_add_header(req, "Retry-After", "1");
     cleanup_free char *msg =
         xasprintf("no worker is free and the queue is full (workers.max_queue=%d)", ep->spec->workers.max_queue);
@@ -470,17 +496,16 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
     return SG_HTTP_DONE;
   }
   p->state = P_QUEUED;
-  TAILQ_INSERT_TAIL(&ep->queue, p, link);
-  ep->queued++;
+  TAILQ_INSERT_TAIL(&ep_proxy(ep)->queue, p, link);
+  ep->proxy->queued++;
   sg_fleet_demand_changed(d);
   return SG_HTTP_STREAM;
 }
 
 void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, const char *message) {
   sg_proxy_t *p;
-  while ((p = TAILQ_FIRST(&ep->queue))) {
-    TAILQ_REMOVE(&ep->queue, p, link);
-    ep->queued--;
+  while ((p = first_queued(ep))) {
+    unqueue(p);
     fail(p, status, code, message);
     p->state = P_DONE;
     proxy_free(p);
@@ -488,7 +513,7 @@ void sg_gateway_fail_queue(sg_endpoint_t *ep, int status, const char *code, cons
 }
 
 static int64_t oldest_wait(const sg_endpoint_t *ep, int64_t now) {
-  const sg_proxy_t *p = TAILQ_FIRST(&ep->queue);
+  const sg_proxy_t *p = first_queued(ep);
   return p ? now - p->arrived_mono : 0;
 }
 
@@ -501,20 +526,32 @@ static void on_worker_free(void *ud, sg_worker_t *w) { sg_gateway_pump(w->ep); }
 
 static void on_worker_freed(void *ud, sg_worker_t *w) { sg_gateway_conns_free(w); }
 
+/* Nothing refers to ep any more (no request is queued). */
+static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) {
+  free(ep->proxy);
+  ep->proxy = NULL;
+}
+
 static void waiting(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest) {
-  *queued += ep->queued;
+  *queued += sg_gateway_queued(ep);
   int64_t wait = oldest_wait(ep, now);
   if (wait > *oldest)
     *oldest = wait;
 }
 
+static void endpoint_status(void *ud, const sg_endpoint_t *ep, json_t *status) {
+  json_object_set_new(status, "queued", json_integer(sg_gateway_queued(ep)));
+}
+
 static const sg_fleet_subscriber_t subscriber = {
     .endpoint_deleted = on_endpoint_deleted,
+    .endpoint_freed = on_endpoint_freed,
     .worker_ready = on_worker_free,
     .worker_in_rotation = on_worker_free,
     .worker_released = on_worker_free,
     .worker_freed = on_worker_freed,
     .waiting = waiting,
+    .endpoint_status = endpoint_status,
 };
 
 void sg_gateway_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }

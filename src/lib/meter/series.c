@@ -5,6 +5,7 @@
  * fixed ring, so an endpoint costs the same memory however long it lives. */
 #include <math.h>
 
+#include "gateway/gateway.h"
 #include "meter/meter-internal.h"
 #include "sgpu/util.h"
 
@@ -50,7 +51,7 @@ static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->cur_wall = wall;
   s->cur_mono = mono;
   s->cur_requests = ep->metrics.requests;
-  s->cur_queue_max = ep->queued;
+  s->cur_queue_max = sg_gateway_queued(ep);
 }
 
 static void sample(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
@@ -60,8 +61,9 @@ static void sample(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
     return;
   }
   sg_series_t *s = ep->series;
-  if (ep->queued > s->cur_queue_max)
-    s->cur_queue_max = ep->queued;
+  int queued = sg_gateway_queued(ep);
+  if (queued > s->cur_queue_max)
+    s->cur_queue_max = queued;
   if (mono - s->cur_mono < STEP_MS)
     return;
   struct point p = current(ep, mono);

@@ -14,6 +14,17 @@
 #include "sgpu/policy.h"
 #include "sgpu/util.h"
 
+/* The scaler's state of an endpoint (ep->scale): made by its first pass,
+ * freed with the endpoint (endpoint_freed). */
+struct sg_ep_scale {
+  sg_scale_window_t window; /* demand history, for sg_scale_step */
+  int64_t seen_ready_mono;  /* the newest worker ready time measured */
+  int desired;              /* workers the last pass wanted */
+  char *last_decision;      /* the reason of the last decision logged */
+};
+
+int sg_scaler_desired(const sg_endpoint_t *ep) { return ep->scale ? ep->scale->desired : 0; }
+
 static void kick_cb(evutil_socket_t fd, short what, void *arg) {
   sg_daemon_t *d = arg;
   d->kick_pending = false;
@@ -44,33 +55,35 @@ static int gpu_slots(const sg_endpoint_t *ep) {
  * new count wanted that cannot start yet) as an endpoint event with its
  * reason; the last one logged is the endpoint's status.last_decision. */
 static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
+  struct sg_ep_scale *sc = ep->scale;
   bool acted = dec->start > 0 || dec->stop > 0;
-  if (acted || dec->desired != ep->desired) {
+  if (acted || dec->desired != sc->desired) {
     sg_logs_event(ep->d, ep->name, NULL, "scaler: %s", dec->reason);
-    free(ep->last_decision);
-    ep->last_decision = xstrdup(dec->reason);
+    free(sc->last_decision);
+    sc->last_decision = xstrdup(dec->reason);
   }
   if (dec->start > 0)
     ep->metrics.scale_ups++;
   if (dec->stop > 0)
     ep->metrics.scale_downs++;
-  ep->desired = dec->desired;
+  sc->desired = dec->desired;
 }
 
 /* Feeds the endpoint's window the start delay of every worker that became
  * ready since the last pass. */
 static void note_starts(sg_endpoint_t *ep) {
-  int64_t newest = ep->scale_seen_ready_mono;
+  struct sg_ep_scale *sc = ep->scale;
+  int64_t newest = sc->seen_ready_mono;
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (w->ready_mono > ep->scale_seen_ready_mono && w->started_mono > 0) {
+    if (w->ready_mono > sc->seen_ready_mono && w->started_mono > 0) {
       if (!w->adopted) /* an adopted worker's start was not measured */
-        sg_scale_window_note_start(&ep->scale_window, w->ready_mono - w->started_mono);
+        sg_scale_window_note_start(&sc->window, w->ready_mono - w->started_mono);
       if (w->ready_mono > newest)
         newest = w->ready_mono;
     }
   }
-  ep->scale_seen_ready_mono = newest;
+  sc->seen_ready_mono = newest;
 }
 
 static sg_scale_wstate_t scale_state(const sg_worker_t *w) {
@@ -80,6 +93,10 @@ static sg_scale_wstate_t scale_state(const sg_worker_t *w) {
 /* One pass over ep: describes it to the pure step (policy.c), logs the
  * decision and carries it out. */
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
+  if (!ep->scale) {
+    ep->scale = xcalloc(1, sizeof(*ep->scale));
+    sg_scale_window_init(&ep->scale->window);
+  }
   sg_scale_params_t params;
   sg_scale_params_from_spec(ep->spec, &params);
   size_t n = 0;
@@ -111,7 +128,7 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
                          .failing = ep->consecutive_failures > 0};
   note_starts(ep);
   sg_scale_decision_t dec;
-  size_t n_victims = sg_scale_step(&params, &ep->scale_window, &in, now, &dec, victims);
+  size_t n_victims = sg_scale_step(&params, &ep->scale->window, &in, now, &dec, victims);
   set_decision(ep, &dec);
 
   for (size_t k = 0; k < n_victims; k++)
@@ -128,10 +145,29 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
 static void on_demand(void *ud, sg_daemon_t *d) { sg_scaler_kick(d); }
 static void on_endpoint(void *ud, sg_endpoint_t *ep) { sg_scaler_kick(ep->d); }
 
+static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) {
+  if (!ep->scale)
+    return;
+  free(ep->scale->last_decision);
+  free(ep->scale);
+  ep->scale = NULL;
+}
+
+/* status.desired and status.last_decision of the endpoint's JSON. */
+static void endpoint_status(void *ud, const sg_endpoint_t *ep, json_t *status) {
+  const struct sg_ep_scale *sc = ep->scale;
+  if (!sc)
+    return; /* no pass yet: 0 and null, as the fleet put them */
+  json_object_set_new(status, "desired", json_integer(sc->desired));
+  json_object_set_new(status, "last_decision", sc->last_decision ? json_string(sc->last_decision) : json_null());
+}
+
 static const sg_fleet_subscriber_t subscriber = {
     .endpoint_created = on_endpoint,
     .endpoint_updated = on_endpoint,
+    .endpoint_freed = on_endpoint_freed,
     .demand_changed = on_demand,
+    .endpoint_status = endpoint_status,
 };
 
 void sg_scaler_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
