@@ -125,9 +125,12 @@ static void job_done(void *data) {
     if (req)
       not_found(req, j->name);
   } else if (j->op == OP_UPDATE) {
-    sg_endpoint_update(ep, steal_pointer(&j->spec), j->version, j->updated);
-    if (req)
-      sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
+    bool restart = sg_endpoint_update(ep, steal_pointer(&j->spec), j->version, j->updated);
+    if (req) {
+      json_t *answer = sg_endpoint_to_json(ep);
+      json_object_set_new(answer, "workers_restart", json_boolean(restart));
+      sg_http_send_json(req, 200, answer);
+    }
   } else {
     sg_logs_event(d, ep->name, NULL, "endpoint deleted");
     json_t *answer = json_pack("{s:s, s:b}", "name", ep->name, "deleted", 1);
