@@ -1,0 +1,154 @@
+"""Updates without dropped requests: rolling replacement, live changes,
+draining, PATCH (JSON merge patch), versions and rollback."""
+
+import threading
+import unittest
+
+from harness import SgpudTestCase, echo_spec, unique_name, wait_for
+
+
+class Load:
+    """Threads that send POST /e/NAME/infer one after another until stopped,
+    counting the answers by status and the models that answered."""
+
+    def __init__(self, sg, name, threads=4):
+        self.sg = sg
+        self.name = name
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses = {}
+        self.models = {}
+        self.failures = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        while not self.stop_event.is_set():
+            try:
+                resp = self.sg.invoke(self.name, "/infer", body=b"x", timeout=30)
+            except Exception as e:  # noqa: BLE001 - counted as a failure
+                with self.lock:
+                    self.failures.append(repr(e))
+                continue
+            with self.lock:
+                self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+                if resp.status == 200 and isinstance(resp.body, dict):
+                    model = resp.body.get("model")
+                    self.models[model] = self.models.get(model, 0) + 1
+                elif len(self.failures) < 20:
+                    self.failures.append("%d %r" % (resp.status, resp.body))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join()
+
+    def count(self, model=None):
+        with self.lock:
+            if model is None:
+                return sum(self.statuses.values())
+            return self.models.get(model, 0)
+
+    def non_2xx(self):
+        with self.lock:
+            return sum(n for s, n in self.statuses.items() if not 200 <= s < 300) + \
+                len([f for f in self.failures if not f[:1].isdigit()])
+
+
+def slow_spec(name, **overrides):
+    base = dict(env={"DELAY_MS": "60"},
+                workers={"min": 2, "max": 4, "idle_timeout_s": 60, "max_concurrency": 2,
+                         "request_timeout_s": 20})
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = dict(base[k], **v)
+        else:
+            base[k] = v
+    return echo_spec(name, **base)
+
+
+class RollingTest(SgpudTestCase):
+    SHARED = {}
+
+    def live(self, name):
+        return [w for w in self.sg.workers(name) if w["state"] in ("starting", "ready")]
+
+    def rolled_to(self, name, version):
+        """All live workers ready at `version`, none outdated, none draining."""
+        ws = [w for w in self.sg.workers(name) if w["state"] in ("starting", "ready", "draining")]
+        if ws and all(w["state"] == "ready" and w["version"] == version for w in ws):
+            return ws
+        return None
+
+    def test_update_under_load_drops_nothing(self):
+        name = unique_name("roll")
+        self.create(slow_spec(name))
+        old = {w["id"] for w in self.sg.wait_ready(name, 2)}
+        with Load(self.sg, name) as load:
+            wait_for(lambda: load.count("tiny") >= 20, 30, message="load on the first version")
+            ep = self.sg.update(name, slow_spec(name, env={"MODEL": "big"}))
+            self.assertTrue(ep["workers_restart"])
+            version = ep["version"]
+            ws = wait_for(lambda: self.rolled_to(name, version), 60, message="workers of version %d" % version)
+            self.assertFalse(old & {w["id"] for w in ws}, "an old worker is still live")
+            wait_for(lambda: load.count("big") >= 20, 30, message="answers from the new version")
+        self.assertEqual(load.non_2xx(), 0, "%r %r" % (load.statuses, load.failures))
+        self.assertEqual(self.sg.status(name)["workers"]["outdated"], 0)
+
+    def test_live_change_restarts_nobody(self):
+        name = unique_name("live")
+        self.create(slow_spec(name))
+        before = {w["id"]: w["pid"] for w in self.sg.wait_ready(name, 2)}
+        ep = self.sg.update(name, slow_spec(name, workers={"max": 5, "idle_timeout_s": 90},
+                                            health={"path": "/health", "period_s": 2}))
+        self.assertFalse(ep["workers_restart"])
+        self.assertEqual(ep["workers"]["max"], 5)
+        after = self.sg.workers(name)
+        live = {w["id"]: w["pid"] for w in after if w["state"] == "ready"}
+        self.assertEqual(live, before)
+        self.assertTrue(all(w["version"] == ep["version"] for w in after if w["id"] in before))
+        self.assertEqual(ep["status"]["workers"]["draining"], 0)
+        self.assertOk(self.sg.invoke(name, "/infer", body=b"x"))
+
+    def test_draining_worker_finishes_its_request(self):
+        name = unique_name("drain")
+        self.create(slow_spec(name, workers={"min": 1, "max": 2}))
+        (first,) = self.sg.wait_ready(name, 1)
+        result = {}
+
+        def slow():
+            result["resp"] = self.sg.invoke(name, "/infer?delay_ms=4000", body=b"slow", timeout=30)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        wait_for(lambda: any(w["id"] == first["id"] and w["in_flight"] == 1 for w in self.sg.workers(name)),
+                 10, message="the slow request on the worker")
+        ep = self.sg.update(name, slow_spec(name, workers={"min": 1, "max": 2}, env={"MODEL": "v2"}))
+        wait_for(lambda: any(w["id"] == first["id"] and w["state"] == "draining" for w in self.sg.workers(name)),
+                 30, message="the old worker draining")
+        t.join(60)
+        self.assertFalse(t.is_alive())
+        resp = result["resp"]
+        self.assertEqual(resp.status, 200, resp.body)
+        self.assertEqual(resp.body["worker_pid"], first["pid"])
+        wait_for(lambda: self.rolled_to(name, ep["version"]), 30, message="the new version alone")
+
+    def test_failing_new_version_keeps_old_workers(self):
+        name = unique_name("badroll")
+        self.create(slow_spec(name, workers={"min": 1, "max": 2}))
+        (first,) = self.sg.wait_ready(name, 1)
+        self.sg.update(name, slow_spec(name, workers={"min": 1, "max": 2}, command=["/bin/false"]))
+        st = wait_for(lambda: (lambda s: s if s["consecutive_failures"] >= 2 else None)(self.sg.status(name)),
+                      30, message="the new version failing")
+        self.assertIsNotNone(st["last_error"])
+        self.assertEqual(st["workers"]["outdated"], 1)
+        resp = self.assertOk(self.sg.invoke(name, "/infer", body=b"x"))
+        self.assertEqual(resp["worker_pid"], first["pid"])
+
+
+if __name__ == "__main__":
+    unittest.main()
