@@ -4,7 +4,7 @@ draining, PATCH (JSON merge patch), versions and rollback."""
 import threading
 import unittest
 
-from harness import SgpudTestCase, echo_spec, unique_name, wait_for
+from harness import ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, unique_name, wait_for
 
 
 class Load:
@@ -84,9 +84,9 @@ class RollingTest(SgpudTestCase):
             return ws
         return None
 
-    def test_update_under_load_drops_nothing(self):
+    def test_update_and_rollback_under_load_drop_nothing(self):
         name = unique_name("roll")
-        self.create(slow_spec(name))
+        first = self.create(slow_spec(name))
         old = {w["id"] for w in self.sg.wait_ready(name, 2)}
         with Load(self.sg, name) as load:
             wait_for(lambda: load.count("tiny") >= 20, 30, message="load on the first version")
@@ -96,7 +96,22 @@ class RollingTest(SgpudTestCase):
             ws = wait_for(lambda: self.rolled_to(name, version), 60, message="workers of version %d" % version)
             self.assertFalse(old & {w["id"] for w in ws}, "an old worker is still live")
             wait_for(lambda: load.count("big") >= 20, 30, message="answers from the new version")
+            updated = load.non_2xx()
+            back = self.assertOk(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name,
+                                             {"version": first["version"]}))
+            self.assertEqual(back["version"], version + 1)
+            self.assertEqual(back["env"]["MODEL"], "tiny")
+            self.assertTrue(back["workers_restart"])
+            ws = wait_for(lambda: self.rolled_to(name, version + 1), 60, message="the rolled-back workers")
+            before = load.count("tiny")
+            wait_for(lambda: load.count("tiny") >= before + 20, 30, message="answers after the rollback")
+        print("\nload during update: %d answers, %d not 2xx after the update, %d in all: %r"
+              % (load.count(), updated, load.non_2xx(), load.statuses))
         self.assertEqual(load.non_2xx(), 0, "%r %r" % (load.statuses, load.failures))
+        for w in ws:
+            env = self.assertOk(self.sg.api("GET", "/e/%s/env" % name))
+            self.assertEqual(env["MODEL"], "tiny")
+            self.assertEqual(w["version"], version + 1)
         self.assertEqual(self.sg.status(name)["workers"]["outdated"], 0)
 
     def test_live_change_restarts_nobody(self):
@@ -148,6 +163,74 @@ class RollingTest(SgpudTestCase):
         self.assertEqual(st["workers"]["outdated"], 1)
         resp = self.assertOk(self.sg.invoke(name, "/infer", body=b"x"))
         self.assertEqual(resp["worker_pid"], first["pid"])
+
+
+class VersionsTest(SgpudTestCase):
+    SHARED = {}
+
+    def test_patch_merges(self):
+        name = unique_name("patch")
+        self.create(echo_spec(name, env={"A": "1", "B": "2"}))
+        resp = self.sg.api("PATCH", "/v1/endpoints/%s" % name,
+                           {"env": {"A": None, "C": "3"}, "workers": {"max": 3},
+                            "command": [ECHO_WORKER, "--delay-ms", "1"]})
+        ep = self.assertOk(resp)
+        self.assertEqual(ep["version"], 2)
+        self.assertNotIn("A", ep["env"])
+        self.assertEqual(ep["env"]["B"], "2")
+        self.assertEqual(ep["env"]["C"], "3")
+        self.assertEqual(ep["workers"]["max"], 3)
+        self.assertEqual(ep["workers"]["idle_timeout_s"], 30)  # kept
+        self.assertEqual(ep["command"], [ECHO_WORKER, "--delay-ms", "1"])  # arrays replace
+        self.assertTrue(ep["workers_restart"])
+        ep = self.assertOk(self.sg.api("PATCH", "/v1/endpoints/%s" % name, {"workers": {"min": 1}}))
+        self.assertFalse(ep["workers_restart"])
+        self.assertEqual(self.sg.get(name)["version"], 3)
+
+    def test_patch_is_validated_like_put(self):
+        name = unique_name("patchbad")
+        self.create(echo_spec(name))
+        for body, status in (({"workers": {"max": -1}}, 422), ({"nope": 1}, 422),
+                             ({"name": "other"}, 409), ({"command": None}, 422)):
+            with self.subTest(body=body):
+                resp = self.sg.api("PATCH", "/v1/endpoints/%s" % name, body)
+                self.assertEqual(resp.status, status, resp.body)
+        self.assertEqual(self.sg.get(name)["version"], 1)
+        self.assertEqual(self.sg.api("PATCH", "/v1/endpoints/%s" % name, "[1]").status, 400)
+        self.assertEqual(self.sg.api("PATCH", "/v1/endpoints/nobody-here", {}).status, 404)
+
+    def test_versions_and_rollback(self):
+        name = unique_name("vers")
+        self.create(echo_spec(name))
+        self.sg.update(name, echo_spec(name, env={"MODEL": "big"}))
+        self.assertOk(self.sg.api("PATCH", "/v1/endpoints/%s" % name, {"workers": {"max": 4}}))
+        body = self.assertOk(self.sg.api("GET", "/v1/endpoints/%s/versions" % name))
+        self.assertEqual(body["version"], 3)
+        self.assertEqual([v["version"] for v in body["versions"]], [1, 2, 3])
+        self.assertEqual(body["versions"][0]["spec"]["env"]["MODEL"], "tiny")
+        self.assertEqual(body["versions"][1]["spec"]["env"]["MODEL"], "big")
+        self.assertEqual(body["versions"][2]["spec"]["workers"]["max"], 4)
+        self.assertRegex(body["versions"][0]["created"], RFC3339_MS)
+        ep = self.assertOk(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 1}))
+        self.assertEqual(ep["version"], 4)
+        self.assertEqual(ep["env"]["MODEL"], "tiny")
+        self.assertEqual(ep["workers"]["max"], 2)
+        got = self.sg.get(name)
+        self.assertEqual(got["version"], 4)
+        body = self.assertOk(self.sg.api("GET", "/v1/endpoints/%s/versions" % name))
+        self.assertEqual([v["version"] for v in body["versions"]], [1, 2, 3, 4])
+        self.assertEqual(body["versions"][3]["spec"], body["versions"][0]["spec"])
+        self.assertError(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 9}),
+                         404, "not_found")
+        self.assertError(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": "1"}),
+                         422, "invalid_field")
+        self.assertEqual(self.sg.api("GET", "/v1/endpoints/%s/rollback" % name).status, 405)
+        self.assertEqual(self.sg.get(name)["version"], 4)
+        # a new endpoint of a deleted one's name has only its own versions
+        self.sg.delete(name)
+        self.create(echo_spec(name))
+        body = self.assertOk(self.sg.api("GET", "/v1/endpoints/%s/versions" % name))
+        self.assertEqual([v["version"] for v in body["versions"]], [1])
 
 
 if __name__ == "__main__":
