@@ -34,9 +34,9 @@ static void on_version(void *ud, const sg_endpoint_record_t *rec) {
   json_error_t jerr;
   json_t *spec = json_loads(rec->spec_json, 0, &jerr);
   char t[32];
-  json_array_append_new(j->items, json_pack("{s:i, s:s, s:o}", "version", rec->version, "created",
-                                            sg_format_time(rec->created_ms, t, sizeof(t)),
-                                            "spec", spec ? spec : json_null()));
+  json_array_append_new(j->items,
+                        json_pack("{s:i, s:s, s:o}", "version", rec->version, "created",
+                                  sg_format_time(rec->created_ms, t, sizeof(t)), "spec", spec ? spec : json_null()));
 }
 
 static void versions_work(void *data) {

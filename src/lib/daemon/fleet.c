@@ -162,12 +162,11 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   /* "desired" and "last_decision" are the scaler's, "queued" the gateway's:
    * set by their endpoint_status callbacks. */
   json_t *status =
-      json_pack("{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers", "starting",
-                n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight,
-                "queued", 0, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3,
-                "consecutive_failures", ep->consecutive_failures, "last_error",
+      json_pack("{s:i, s:{s:i, s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers",
+                "starting", n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "outdated",
+                outdated, "in_flight", ep->in_flight, "queued", 0, "served", (json_int_t)ep->served, "crash_loop",
+                ep->consecutive_failures >= 3, "consecutive_failures", ep->consecutive_failures, "last_error",
                 ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs, "last_decision");
-  json_object_set_new(json_object_get(status, "workers"), "outdated", json_integer(outdated));
   DELIVER(ep->d, endpoint_status, ep, status);
   json_object_set_new(j, "status", status);
   return j;
