@@ -165,6 +165,33 @@ class RollingTest(SgpudTestCase):
         self.assertEqual(resp["worker_pid"], first["pid"])
 
 
+class RollingGpuTest(SgpudTestCase):
+    """With every GPU taken no new worker can start beside the old ones: one
+    old worker drains first, then each new one replaces the next."""
+
+    def test_gpus_short_replace_one_at_a_time(self):
+        sg = self.start_sgpud(gpus="a100:2")
+        name = unique_name("rollgpu")
+        spec = slow_spec(name, gpu={"type": "a100", "count": 1})
+        self.create(spec, sg=sg)
+        old = {w["id"] for w in sg.wait_ready(name, 2)}
+        with Load(sg, name, threads=2) as load:
+            wait_for(lambda: load.count("tiny") >= 10, 30, message="load on the first version")
+            ep = sg.update(name, slow_spec(name, gpu={"type": "a100", "count": 1}, env={"MODEL": "big"}))
+            self.assertTrue(ep["workers_restart"])
+            ws = wait_for(lambda: (lambda r: r if len(r) == 2 and all(w["state"] == "ready" and w["version"] ==
+                                                                       ep["version"] for w in r) else None)(
+                [w for w in sg.workers(name) if w["state"] in ("starting", "ready", "draining")]),
+                60, message="two workers of the new version")
+            self.assertFalse(old & {w["id"] for w in ws})
+            wait_for(lambda: load.count("big") >= 10, 30, message="answers from the new version")
+        self.assertEqual(load.non_2xx(), 0, "%r %r" % (load.statuses, load.failures))
+        self.assertEqual(sorted(g for w in ws for g in w["gpus"]), [0, 1])
+        events = wait_for(lambda: (lambda e: e if any("making room" in l for l in e) else None)(
+            [l["line"] for l in sg.logs(name, stream="event", limit=1000)]), 10, message="the drain event")
+        self.assertFalse(any("rollout: starting" in l and "for 2 outdated" in l for l in events), events)
+
+
 class VersionsTest(SgpudTestCase):
     SHARED = {}
 
