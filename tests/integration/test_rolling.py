@@ -152,6 +152,25 @@ class RollingTest(SgpudTestCase):
         self.assertEqual(resp.body["worker_pid"], first["pid"])
         wait_for(lambda: self.rolled_to(name, ep["version"]), 30, message="the new version alone")
 
+    def test_draining_worker_finishes_its_job(self):
+        name = unique_name("drainjob")
+        spec = echo_spec(name, type="async", env={"WARMUP_MS": "0"},
+                         workers={"min": 1, "max": 2, "idle_timeout_s": 60, "request_timeout_s": 30})
+        self.create(spec)
+        (first,) = self.sg.wait_ready(name, 1)
+        job = self.assertOk(self.sg.api("POST", "/v2/%s/run" % name, {"input": {"sleep_ms": 3000}}))
+        wait_for(lambda: any(w["id"] == first["id"] and w["in_flight"] == 1 for w in self.sg.workers(name)),
+                 10, message="the job on the worker")
+        spec["env"]["MODEL"] = "v2"
+        ep = self.sg.update(name, spec)
+        wait_for(lambda: any(w["id"] == first["id"] and w["state"] == "draining" for w in self.sg.workers(name)),
+                 30, message="the old worker draining")
+        done = wait_for(lambda: (lambda s: s if s["status"] not in ("IN_QUEUE", "IN_PROGRESS") else None)(
+            self.sg.api("GET", "/v2/%s/status/%s" % (name, job["id"])).body), 30, message="the job to end")
+        self.assertEqual(done["status"], "COMPLETED", done)
+        self.assertEqual(done["output"]["worker_pid"], first["pid"])
+        wait_for(lambda: self.rolled_to(name, ep["version"]), 30, message="the new version alone")
+
     def test_failing_new_version_keeps_old_workers(self):
         name = unique_name("badroll")
         self.create(slow_spec(name, workers={"min": 1, "max": 2}))
