@@ -86,14 +86,18 @@ class RollingTest(SgpudTestCase):
 
     def test_update_and_rollback_under_load_drop_nothing(self):
         name = unique_name("roll")
-        first = self.create(slow_spec(name))
+        # every worker answers its probes only after 1 s: the old ones serve meanwhile
+        warm = {"DELAY_MS": "60", "WARMUP_MS": "1000"}
+        first = self.create(slow_spec(name, env=warm))
         old = {w["id"] for w in self.sg.wait_ready(name, 2)}
         with Load(self.sg, name) as load:
             wait_for(lambda: load.count("tiny") >= 20, 30, message="load on the first version")
-            ep = self.sg.update(name, slow_spec(name, env={"MODEL": "big"}))
+            at_update = load.count()
+            ep = self.sg.update(name, slow_spec(name, env=dict(warm, MODEL="big")))
             self.assertTrue(ep["workers_restart"])
             version = ep["version"]
             ws = wait_for(lambda: self.rolled_to(name, version), 60, message="workers of version %d" % version)
+            rolled = load.count()
             self.assertFalse(old & {w["id"] for w in ws}, "an old worker is still live")
             wait_for(lambda: load.count("big") >= 20, 30, message="answers from the new version")
             updated = load.non_2xx()
@@ -102,11 +106,15 @@ class RollingTest(SgpudTestCase):
             self.assertEqual(back["version"], version + 1)
             self.assertEqual(back["env"]["MODEL"], "tiny")
             self.assertTrue(back["workers_restart"])
+            at_rollback = load.count()
             ws = wait_for(lambda: self.rolled_to(name, version + 1), 60, message="the rolled-back workers")
+            rolled_back = load.count()
             before = load.count("tiny")
             wait_for(lambda: load.count("tiny") >= before + 20, 30, message="answers after the rollback")
-        print("\nload during update: %d answers, %d not 2xx after the update, %d in all: %r"
-              % (load.count(), updated, load.non_2xx(), load.statuses))
+        print("\nload: %d answers (%d while the update rolled, %d while the rollback rolled), "
+              "%d not 2xx after the update, %d in all: %r"
+              % (load.count(), rolled - at_update, rolled_back - at_rollback, updated, load.non_2xx(),
+                 load.statuses))
         self.assertEqual(load.non_2xx(), 0, "%r %r" % (load.statuses, load.failures))
         for w in ws:
             env = self.assertOk(self.sg.api("GET", "/e/%s/env" % name))
