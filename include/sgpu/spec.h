@@ -84,6 +84,15 @@ sg_spec_t *sg_spec_parse(const char *text, size_t len, sg_error_t **err);
 /* The normalized spec as JSON, every default spelled out. New reference. */
 json_t *sg_spec_to_json(const sg_spec_t *spec);
 
+/* Whether going from spec old to spec new needs new workers: true when a
+ * field that shapes a worker's process differs (type, runtime, image,
+ * registry_auth, command, env, port, gpu, slurm, and any field added later
+ * unless listed as live here). The fields that apply to running workers at
+ * once are "workers" (bounds, idle and request timeouts, concurrency,
+ * queue), "scale", "health" (probes read the spec each time) and "async"
+ * (read at each dispatch). */
+bool sg_spec_restart_needed(const sg_spec_t *old, const sg_spec_t *new);
+
 void sg_spec_free(sg_spec_t *spec);
 static inline void sg_spec_freep(sg_spec_t **s) {
   if (*s)

@@ -70,6 +70,17 @@ int sg_store_endpoint_insert(sg_store_t *store, const sg_endpoint_record_t *rec,
 /* Replaces an endpoint's spec, version and updated time; SG_ENOTFOUND if absent. */
 int sg_store_endpoint_update(sg_store_t *store, const sg_endpoint_record_t *rec, sg_error_t **err);
 int sg_store_endpoint_delete(sg_store_t *store, const char *name, sg_error_t **err);
+/* Insert, update and delete also write the endpoint's versions (table
+ * endpoint_versions, in the same transaction): each stored spec with its
+ * version and time (created_ms and updated_ms of the record), the newest
+ * SG_STORE_VERSIONS_KEEP per endpoint. */
+#define SG_STORE_VERSIONS_KEEP 50
+/* Calls cb for each kept version of name, oldest first. */
+int sg_store_endpoint_versions(sg_store_t *store, const char *name,
+                               void (*cb)(void *ud, const sg_endpoint_record_t *rec), void *ud, sg_error_t **err);
+/* The spec text of version `version` of name (the caller frees it), or NULL
+ * with SG_ENOTFOUND when it is not kept. */
+char *sg_store_endpoint_version(sg_store_t *store, const char *name, int version, sg_error_t **err);
 /* Calls cb for every endpoint, in name order; the record is valid during the call. */
 int sg_store_endpoint_each(sg_store_t *store, void (*cb)(void *ud, const sg_endpoint_record_t *rec), void *ud,
                            sg_error_t **err);

@@ -1,4 +1,5 @@
-/* sgpu endpoint: create, list, get, update and delete endpoints. */
+/* sgpu endpoint: create, list, get, update, patch and delete endpoints; list
+ * their kept versions and roll back to one. */
 #include "cli.h"
 
 #include <string.h>
@@ -7,11 +8,17 @@ const char sg_endpoint_help[] = "Usage: sgpu endpoint create -f SPEC.json\n"
                                 "       sgpu endpoint list\n"
                                 "       sgpu endpoint get NAME\n"
                                 "       sgpu endpoint update NAME -f SPEC.json\n"
+                                "       sgpu endpoint patch NAME -f PATCH.json\n"
+                                "       sgpu endpoint versions NAME\n"
+                                "       sgpu endpoint rollback NAME VERSION\n"
                                 "       sgpu endpoint delete NAME\n"
                                 "\n"
                                 "Manages endpoints. create sends a new spec; update replaces the spec of NAME\n"
-                                "(its version is bumped and running workers are replaced); get prints the\n"
-                                "endpoint with its status as JSON; delete stops its workers and removes it.\n"
+                                "(its version is bumped; workers are replaced one by one when the change needs\n"
+                                "it, else they go on); patch applies a JSON merge patch (RFC 7386) to the spec;\n"
+                                "versions lists the kept specs; rollback makes a new version with the spec of\n"
+                                "VERSION; get prints the endpoint with its status as JSON; delete stops its\n"
+                                "workers and removes it.\n"
                                 "\n"
                                 "Options:\n"
                                 "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
@@ -108,7 +115,11 @@ static void report(const sg_client_response_t *r, const char *verb, const char *
   char name[128], version[32];
   const json_t *jn = json_object_get(r->json, "name");
   sg_cell(json_object_get(r->json, "version"), version, sizeof version);
-  printf("endpoint %s %s (version %s)\n", jn ? sg_cell(jn, name, sizeof name) : fallback_name, verb, version);
+  const json_t *restart = json_object_get(r->json, "workers_restart");
+  printf("endpoint %s %s (version %s)%s\n", jn ? sg_cell(jn, name, sizeof name) : fallback_name, verb, version,
+         !restart                ? ""
+         : json_is_true(restart) ? "; workers are replaced one by one"
+                                 : "; workers go on without a restart");
 }
 
 static int do_create(sg_client_t *c, struct endpoint_args *a, json_t *spec) {
@@ -128,6 +139,60 @@ static int do_update(sg_client_t *c, struct endpoint_args *a, json_t *spec) {
   if (sg_cli_call(c, "PUT", path, spec, &r) < 0)
     return SG_EXIT_FAIL;
   report(&r, "updated", a->args[0]);
+  return SG_EXIT_OK;
+}
+
+static int do_patch(sg_client_t *c, struct endpoint_args *a, json_t *patch) {
+  cleanup_free char *path = endpoint_path(a->args[0]);
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "PATCH", path, patch, &r) < 0)
+    return SG_EXIT_FAIL;
+  report(&r, "patched", a->args[0]);
+  return SG_EXIT_OK;
+}
+
+static int do_versions(sg_client_t *c, struct endpoint_args *a) {
+  cleanup_free char *base = endpoint_path(a->args[0]);
+  cleanup_free char *path = xasprintf("%s/versions", base);
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "GET", path, NULL, &r) < 0)
+    return SG_EXIT_FAIL;
+  json_t *list = json_object_get(r.json, "versions");
+  if (sg_cli_opts.json || !json_is_array(list)) {
+    fwrite(r.body, 1, r.len, stdout);
+    if (r.len && r.body[r.len - 1] != '\n')
+      putchar('\n');
+    return SG_EXIT_OK;
+  }
+  json_int_t current = json_integer_value(json_object_get(r.json, "version"));
+  static const char *const headers[] = {"VERSION", "CREATED", "CURRENT", "IMAGE/COMMAND"};
+  cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
+  size_t i;
+  json_t *v;
+  json_array_foreach(list, i, v) {
+    char version[32], created[64], what[256];
+    sg_cell(json_object_get(v, "version"), version, sizeof version);
+    sg_cell(json_object_get(v, "created"), created, sizeof created);
+    const json_t *spec = json_object_get(v, "spec");
+    const json_t *image = json_object_get(spec, "image");
+    sg_cell(json_is_string(image) ? image : json_array_get(json_object_get(spec, "command"), 0), what, sizeof what);
+    const char *cells[] = {version, created, json_integer_value(json_object_get(v, "version")) == current ? "*" : "-",
+                           what};
+    sg_table_add(t, cells);
+  }
+  sg_table_print(t, stdout);
+  return SG_EXIT_OK;
+}
+
+static int do_rollback(sg_client_t *c, struct endpoint_args *a, long version) {
+  cleanup_free char *base = endpoint_path(a->args[0]);
+  cleanup_free char *path = xasprintf("%s/rollback", base);
+  cleanup_json json_t *body = json_pack("{s:I}", "version", (json_int_t)version);
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, "POST", path, body, &r) < 0)
+    return SG_EXIT_FAIL;
+  cleanup_free char *verb = xasprintf("rolled back to the spec of version %ld", version);
+  report(&r, verb, a->args[0]);
   return SG_EXIT_OK;
 }
 
@@ -163,7 +228,8 @@ int sg_cmd_endpoint(int argc, char **argv) {
     }
   }
   if (optind >= argc)
-    return sg_cli_usage_error(CMD, "endpoint: needs an action: create, list, get, update or delete");
+    return sg_cli_usage_error(
+        CMD, "endpoint: needs an action: create, list, get, update, patch, versions, rollback or delete");
   const char *action = argv[optind];
   a.args = argv + optind + 1;
   a.nargs = argc - optind - 1;
@@ -172,28 +238,38 @@ int sg_cmd_endpoint(int argc, char **argv) {
   bool is_list = strcmp(action, "list") == 0 || strcmp(action, "ls") == 0;
   bool is_get = strcmp(action, "get") == 0 || strcmp(action, "show") == 0;
   bool is_delete = strcmp(action, "delete") == 0 || strcmp(action, "rm") == 0;
-  if (!is_create && !is_update && !is_list && !is_get && !is_delete)
+  bool is_patch = strcmp(action, "patch") == 0, is_versions = strcmp(action, "versions") == 0;
+  bool is_rollback = strcmp(action, "rollback") == 0;
+  if (!is_create && !is_update && !is_list && !is_get && !is_delete && !is_patch && !is_versions && !is_rollback)
     return sg_cli_usage_error(CMD, "endpoint: unknown action '%s'", action);
 
   /* Everything the command line says is checked before the server is asked. */
   cleanup_json json_t *spec = NULL;
-  if (is_create || is_update) {
+  if (is_create || is_update || is_patch) {
     if (is_create && a.nargs != 0)
       return sg_cli_usage_error(CMD, "endpoint create: takes no arguments besides -f SPEC");
-    if (is_update && a.nargs != 1)
-      return sg_cli_usage_error(CMD, "endpoint update: needs one endpoint NAME");
+    if (!is_create && a.nargs != 1)
+      return sg_cli_usage_error(CMD, "endpoint %s: needs one endpoint NAME", action);
     if (!a.file)
       return sg_cli_usage_error(CMD, "endpoint %s: needs -f SPEC.json", action);
     spec = sg_load_json_file(a.file);
     if (!spec)
       return SG_EXIT_USAGE;
   } else if (a.file) {
-    return sg_cli_usage_error(CMD, "endpoint %s: -f is for create and update", action);
+    return sg_cli_usage_error(CMD, "endpoint %s: -f is for create, update and patch", action);
   }
   if (is_list && a.nargs != 0)
     return sg_cli_usage_error(CMD, "endpoint list: takes no arguments");
-  if ((is_get || is_delete) && a.nargs != 1)
+  if ((is_get || is_delete || is_versions) && a.nargs != 1)
     return sg_cli_usage_error(CMD, "endpoint %s: needs one endpoint NAME", action);
+  long rollback_to = 0;
+  if (is_rollback) {
+    char *end = NULL;
+    if (a.nargs == 2)
+      rollback_to = strtol(a.args[1], &end, 10);
+    if (a.nargs != 2 || !end || *end || rollback_to < 1 || rollback_to > INT32_MAX)
+      return sg_cli_usage_error(CMD, "endpoint rollback: needs an endpoint NAME and a VERSION number");
+  }
 
   cleanup_client sg_client_t *c = sg_cli_connect();
   if (!c)
@@ -202,6 +278,12 @@ int sg_cmd_endpoint(int argc, char **argv) {
     return do_create(c, &a, spec);
   if (is_update)
     return do_update(c, &a, spec);
+  if (is_patch)
+    return do_patch(c, &a, spec);
+  if (is_versions)
+    return do_versions(c, &a);
+  if (is_rollback)
+    return do_rollback(c, &a, rollback_to);
   if (is_list)
     return do_list(c);
   if (is_get)

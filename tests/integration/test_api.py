@@ -120,7 +120,7 @@ class EndpointCrudTest(SgpudTestCase):
         for key in ("desired", "workers", "in_flight", "queued", "served", "crash_loop",
                     "last_error", "last_logs"):
             self.assertIn(key, st)
-        self.assertEqual(st["workers"], {"starting": 0, "ready": 0, "draining": 0})
+        self.assertEqual(st["workers"], {"starting": 0, "ready": 0, "draining": 0, "outdated": 0})
         self.assertIs(st["crash_loop"], False)
         self.assertEqual(self.sg.get(name)["workers"], ep["workers"])
 
@@ -196,8 +196,7 @@ class EndpointCrudTest(SgpudTestCase):
         self.assertError(self.sg.api("DELETE", "/v1/endpoints/%s/workers/w-nosuchworker" % name),
                          404, "not_found")
         self.assertError(self.sg.api("DELETE", "/v1/endpoints"), 405, "method_not_allowed")
-        self.assertError(self.sg.api("PATCH", "/v1/endpoints/%s" % name, {}), 405,
-                         "method_not_allowed")
+        self.assertError(self.sg.api("PATCH", "/v1/endpoints", {}), 405, "method_not_allowed")
         self.assertError(self.sg.api("POST", "/v1/nodes", {}), 405, "method_not_allowed")
         self.assertError(self.sg.invoke("nosuchendpoint", "/infer", body={}), 404, "not_found")
 

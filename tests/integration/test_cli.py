@@ -282,6 +282,25 @@ class CliEndpointTest(CliTestCase):
                                  self.spec_file(updated)))
         self.assertEqual(ep3["version"], 3)
 
+        # patch, versions, rollback
+        patch = os.path.join(self.tmp, "patch-%s.json" % name)
+        with open(patch, "w") as f:
+            json.dump({"workers": {"max": 5}}, f)
+        out = self.ok("endpoint", "patch", name, "-f", patch)
+        self.assertIn("version 4", out)
+        self.assertIn("without a restart", out)
+        self.assertEqual(self.sg.get(name)["workers"]["max"], 5)
+        rows = parse_table(self.ok("endpoint", "versions", name))
+        self.assertEqual([r["VERSION"] for r in rows], ["1", "2", "3", "4"])
+        self.assertEqual([r["VERSION"] for r in rows if r["CURRENT"] == "*"], ["4"])
+        out = self.ok("endpoint", "rollback", name, "1")
+        self.assertIn("version 5", out)
+        ep = self.sg.get(name)
+        self.assertEqual(ep["env"]["MODEL"], "tiny")
+        self.assertEqual(ep["workers"]["max"], 3)
+        self.assertFails(self.cli("endpoint", "rollback", name, "x"), EXIT_USAGE)
+        self.assertFails(self.cli("endpoint", "rollback", name, "99"), EXIT_FAIL)
+
         out = self.ok("endpoint", "delete", name)
         self.assertIn(name, out)
         self.assertNotIn(name, self.sg.list_names())

@@ -776,6 +776,42 @@ static void test_policy_name(void **state) {
   assert_string_equal(sg_scale_policy_name(SG_SCALE_QUEUE_DELAY), "queue_delay");
 }
 
+/* Which changes need new workers and which apply to running ones. */
+static void test_restart_needed(void **state) {
+  (void)state;
+  sg_error_t *err = NULL;
+  sg_spec_t *base = parse(full, &err);
+  assert_non_null(base);
+  assert_false(sg_spec_restart_needed(base, base));
+  static const struct {
+    const char *field, *value;
+    bool restart;
+  } cases[] = {
+      {"command", "[\"/other\"]", true},
+      {"env", "{\"MODEL\": \"big\"}", true},
+      {"image", "\"127.0.0.1:5001/demo/echo:v2\"", true},
+      {"port", "9002", true},
+      {"gpu", "{\"type\": \"a100\", \"count\": 1}", true},
+      {"type", "\"async\"", true},
+      {"workers", "{\"min\": 0, \"max\": 9, \"idle_timeout_s\": 1, \"request_timeout_s\": 3}", false},
+      {"scale", "{\"policy\": \"concurrency\", \"value\": 2}", false},
+      {"health", "{\"path\": \"/healthz\", \"period_s\": 2}", false},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    json_t *j = json_loads(full, 0, NULL);
+    json_object_set_new(j, cases[i].field, json_loads(cases[i].value, JSON_DECODE_ANY, NULL));
+    sg_spec_t *changed = sg_spec_from_json(j, &err);
+    json_decref(j);
+    if (!changed)
+      fail_msg("%s: %s", cases[i].field, err->message);
+    if (sg_spec_restart_needed(base, changed) != cases[i].restart)
+      fail_msg("%s: restart should be %d", cases[i].field, cases[i].restart);
+    assert_int_equal(sg_spec_restart_needed(changed, base), cases[i].restart);
+    sg_spec_free(changed);
+  }
+  sg_spec_free(base);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -802,6 +838,7 @@ int main(void) {
       cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_name_valid),
       cmocka_unit_test(test_policy_name),
+      cmocka_unit_test(test_restart_needed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

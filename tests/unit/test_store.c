@@ -235,6 +235,75 @@ static void test_endpoint_crud(void **state) {
   rows_free(&rs);
 }
 
+static void on_version(void *ud, const sg_endpoint_record_t *rec) {
+  rows_t *rs = ud;
+  rs->r[rs->n].a = xstrdup(rec->name);
+  rs->r[rs->n].b = xstrdup(rec->spec_json);
+  rs->r[rs->n].x = rec->version;
+  rs->r[rs->n].y = rec->created_ms;
+  rs->n++;
+}
+
+/* Every insert and update keeps its spec as a version, the newest
+ * SG_STORE_VERSIONS_KEEP of them; a delete drops them, so a new endpoint of
+ * the same name starts afresh. */
+static void test_endpoint_versions(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_endpoint_record_t v1 = {"alpha", "{\"v\":1}", 1, 1000, 1000};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &v1, &err), 0);
+  sg_endpoint_record_t v2 = {"alpha", "{\"v\":2}", 2, 1000, 2000};
+  assert_int_equal(sg_store_endpoint_update(f->store, &v2, &err), 0);
+  sg_endpoint_record_t other = {"bravo", "{\"b\":1}", 1, 1500, 1500};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &other, &err), 0);
+  rows_t rs = {0};
+  assert_int_equal(sg_store_endpoint_versions(f->store, "alpha", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, 2);
+  assert_int_equal(rs.r[0].x, 1);
+  assert_string_equal(rs.r[0].b, "{\"v\":1}");
+  assert_int_equal(rs.r[0].y, 1000);
+  assert_int_equal(rs.r[1].x, 2);
+  assert_int_equal(rs.r[1].y, 2000);
+  rows_free(&rs);
+  char *text = sg_store_endpoint_version(f->store, "alpha", 1, &err);
+  assert_string_equal(text, "{\"v\":1}");
+  free(text);
+  assert_null(sg_store_endpoint_version(f->store, "alpha", 3, &err));
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  err = NULL;
+
+  /* Bounded: the oldest go. */
+  for (int v = 3; v <= SG_STORE_VERSIONS_KEEP + 5; v++) {
+    sg_endpoint_record_t u = {"alpha", "{}", v, 1000, 3000 + v};
+    assert_int_equal(sg_store_endpoint_update(f->store, &u, &err), 0);
+  }
+  assert_int_equal(sg_store_endpoint_versions(f->store, "alpha", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, SG_STORE_VERSIONS_KEEP);
+  assert_int_equal(rs.r[0].x, 6);
+  rows_free(&rs);
+
+  /* A failed update writes no version. */
+  sg_endpoint_record_t gone = {"nobody", "{}", 2, 1, 1};
+  assert_int_equal(sg_store_endpoint_update(f->store, &gone, &err), -SG_ENOTFOUND);
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_store_endpoint_versions(f->store, "nobody", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, 0);
+
+  assert_int_equal(sg_store_endpoint_delete(f->store, "alpha", &err), 0);
+  assert_int_equal(sg_store_endpoint_versions(f->store, "alpha", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, 0);
+  assert_int_equal(sg_store_endpoint_insert(f->store, &v1, &err), 0);
+  assert_int_equal(sg_store_endpoint_versions(f->store, "alpha", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, 1);
+  rows_free(&rs);
+  assert_int_equal(sg_store_endpoint_versions(f->store, "bravo", on_version, &rs, &err), 0);
+  assert_int_equal(rs.n, 1);
+  rows_free(&rs);
+  assert_null(err);
+}
+
 static void test_endpoint_insert_other_failure(void **state) {
   fixture_t *f = *state;
   /* A failure that is not a taken name is not reported as one. */
@@ -741,6 +810,7 @@ static void test_write_on_loop_thread_aborts(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_endpoint_versions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_store_thread_order_and_drain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_insert_other_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_text_kept_exactly, setup, teardown),

@@ -87,6 +87,37 @@ static void test_clocks(void **state) {
   assert_true(b - a < 5000);
 }
 
+/* RFC 7386, appendix A's examples and nested nulls. */
+static void test_json_merge_patch(void **state) {
+  (void)state;
+  static const char *const cases[][3] = {
+      {"{\"a\":\"b\"}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+      {"{\"a\":\"b\"}", "{\"b\":\"c\"}", "{\"a\":\"b\",\"b\":\"c\"}"},
+      {"{\"a\":\"b\"}", "{\"a\":null}", "{}"},
+      {"{\"a\":\"b\",\"b\":\"c\"}", "{\"a\":null}", "{\"b\":\"c\"}"},
+      {"{\"a\":[\"b\"]}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+      {"{\"a\":\"c\"}", "{\"a\":[\"b\"]}", "{\"a\":[\"b\"]}"},
+      {"{\"a\":{\"b\":\"c\"}}", "{\"a\":{\"b\":\"d\",\"c\":null}}", "{\"a\":{\"b\":\"d\"}}"},
+      {"{\"a\":[{\"b\":\"c\"}]}", "{\"a\":[1]}", "{\"a\":[1]}"},
+      {"{\"e\":null}", "{\"a\":1}", "{\"e\":null,\"a\":1}"},
+      {"{}", "{\"a\":{\"bb\":{\"ccc\":null}}}", "{\"a\":{\"bb\":{}}}"},
+      {"{\"a\":{\"x\":1,\"y\":2}}", "{\"a\":{\"y\":null}}", "{\"a\":{\"x\":1}}"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    json_t *target = json_loads(cases[i][0], 0, NULL);
+    json_t *patch = json_loads(cases[i][1], 0, NULL);
+    json_t *want = json_loads(cases[i][2], 0, NULL);
+    sg_json_merge_patch(target, patch);
+    if (!json_equal(target, want)) {
+      char *got = json_dumps(target, JSON_COMPACT);
+      fail_msg("case %zu: got %s, want %s", i, got, cases[i][2]);
+    }
+    json_decref(target);
+    json_decref(patch);
+    json_decref(want);
+  }
+}
+
 static void test_new_id(void **state) {
   (void)state;
   char *ids[64];
@@ -361,6 +392,7 @@ int main(void) {
       cmocka_unit_test(test_format_time),
       cmocka_unit_test(test_clocks),
       cmocka_unit_test(test_new_id),
+      cmocka_unit_test(test_json_merge_patch),
       cmocka_unit_test(test_random_bytes),
       cmocka_unit_test(test_strings),
       cmocka_unit_test_setup_teardown(test_write_read_file, setup_dir, teardown_dir),

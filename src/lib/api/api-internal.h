@@ -20,6 +20,11 @@ json_t *sg_api_read_json(sg_http_req_t *req);
 /* endpoints.c: /v1/endpoints and /v1/endpoints/{name} */
 void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req);
 void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+/* POST /v1/endpoints/{name}/rollback */
+void sg_api_endpoint_rollback(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
+
+/* versions.c: GET /v1/endpoints/{name}/versions (read on the query pool) */
+void sg_api_endpoint_versions(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 
 /* workers.c: /v1/endpoints/{name}/workers[/{id}] (id NULL for the list) */
 void sg_api_workers(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, const char *id);

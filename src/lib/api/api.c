@@ -109,6 +109,13 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
       return not_found(req, "no such endpoint");
     return sg_http_send_json(req, 200, sg_series_to_json(ep, 0));
   }
+  if (n == 3 && (!strcmp(seg[2], "versions") || !strcmp(seg[2], "rollback"))) {
+    if (!ep)
+      return not_found(req, "no such endpoint");
+    if (!strcmp(seg[2], "versions"))
+      return sg_api_endpoint_versions(d, req, ep);
+    return sg_api_endpoint_rollback(d, req, ep);
+  }
   if ((n == 3 || n == 4) && !strcmp(seg[2], "workers")) {
     if (!ep)
       return not_found(req, "no such endpoint");

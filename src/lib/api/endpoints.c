@@ -56,7 +56,9 @@ static void writes_release(struct sg_ep_write *w) {
   free(w);
 }
 
-enum op { OP_CREATE, OP_UPDATE, OP_DELETE };
+/* OP_ROLLBACK is an update whose spec the store thread reads: the kept
+ * version `from`, validated again, stored as the new version. */
+enum op { OP_CREATE, OP_UPDATE, OP_DELETE, OP_ROLLBACK };
 
 typedef struct ep_job {
   sg_daemon_t *d;
@@ -67,6 +69,7 @@ typedef struct ep_job {
   sg_spec_t *spec; /* create, update */
   char *text;      /* the spec as stored */
   int version;
+  int from; /* rollback: the version whose spec it takes */
   int64_t created, updated;
   sg_error_t *err; /* from the store thread */
 } ep_job_t;
@@ -79,13 +82,35 @@ static void job_free(ep_job_t *j) {
   free(j);
 }
 
+static char *spec_text(const sg_spec_t *spec) {
+  json_t *j = sg_spec_to_json(spec);
+  char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+  json_decref(j);
+  return text;
+}
+
+/* Store thread: the spec of the kept version j->from, checked as it would
+ * be if sent now (a runtime may have gone since). */
+static bool rollback_spec(sg_store_t *store, ep_job_t *j) {
+  cleanup_free char *text = sg_store_endpoint_version(store, j->name, j->from, &j->err);
+  if (!text)
+    return false;
+  j->spec = sg_spec_parse(text, strlen(text), &j->err);
+  if (!j->spec)
+    return false;
+  j->text = spec_text(j->spec);
+  return true;
+}
+
 /* Store thread. */
 static void job_work(sg_store_t *store, void *data) {
   ep_job_t *j = data;
+  if (j->op == OP_ROLLBACK && !rollback_spec(store, j))
+    return;
   sg_endpoint_record_t rec = {j->name, j->text, j->version, j->created, j->updated};
   if (j->op == OP_CREATE)
     sg_store_endpoint_insert(store, &rec, &j->err);
-  else if (j->op == OP_UPDATE)
+  else if (j->op == OP_UPDATE || j->op == OP_ROLLBACK)
     sg_store_endpoint_update(store, &rec, &j->err);
   else
     sg_store_endpoint_delete(store, j->name, &j->err);
@@ -107,7 +132,7 @@ static void job_done(void *data) {
     j->w->creating = false;
   writes_release(j->w);
   sg_endpoint_t *ep = j->op == OP_CREATE ? NULL : sg_daemon_find_endpoint(d, j->name);
-  if (j->err && j->err->status == SG_ENOTFOUND && req)
+  if (j->err && j->err->status == SG_ENOTFOUND && req && !(j->op == OP_ROLLBACK && ep))
     not_found(req, j->name);
   else if (j->err && req)
     sg_http_send_sg_error(req, j->err);
@@ -124,10 +149,13 @@ static void job_done(void *data) {
     /* Not reached: live state follows the store, which had the row. */
     if (req)
       not_found(req, j->name);
-  } else if (j->op == OP_UPDATE) {
-    sg_endpoint_update(ep, steal_pointer(&j->spec), j->version, j->updated);
-    if (req)
-      sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
+  } else if (j->op == OP_UPDATE || j->op == OP_ROLLBACK) {
+    bool restart = sg_endpoint_update(ep, steal_pointer(&j->spec), j->version, j->updated);
+    if (req) {
+      json_t *answer = sg_endpoint_to_json(ep);
+      json_object_set_new(answer, "workers_restart", json_boolean(restart));
+      sg_http_send_json(req, 200, answer);
+    }
   } else {
     sg_logs_event(d, ep->name, NULL, "endpoint deleted");
     json_t *answer = json_pack("{s:s, s:b}", "name", ep->name, "deleted", 1);
@@ -148,13 +176,6 @@ static void submit(sg_daemon_t *d, sg_http_req_t *req, ep_job_t *j) {
   j->req = req;
   sg_http_set_close_cb(req, job_req_closed, j);
   sg_store_thread_submit(d->store_thread, job_work, job_done, j);
-}
-
-static char *spec_text(const sg_spec_t *spec) {
-  json_t *j = sg_spec_to_json(spec);
-  char *text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
-  json_decref(j);
-  return text;
 }
 
 static void create(sg_daemon_t *d, sg_http_req_t *req) {
@@ -197,10 +218,8 @@ void sg_api_endpoints(sg_daemon_t *d, sg_http_req_t *req) {
   sg_http_method_not_allowed(req, "GET, POST");
 }
 
-static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
-  cleanup_json json_t *body = sg_api_read_json(req);
-  if (!body)
-    return;
+/* PUT and PATCH: body is the whole new spec. */
+static void update_to(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, json_t *body) {
   json_t *name = json_object_get(body, "name");
   if (!name)
     json_object_set_new(body, "name", json_string(ep->name));
@@ -226,6 +245,47 @@ static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   submit(d, req, j);
 }
 
+static void replace(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+  cleanup_json json_t *body = sg_api_read_json(req);
+  if (body)
+    update_to(d, req, ep, body);
+}
+
+/* PATCH: a JSON merge patch (RFC 7386) over the spec as GET shows it (the
+ * last one applied), then the same checks and write as PUT. */
+static void patch(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+  cleanup_json json_t *body = sg_api_read_json(req);
+  if (!body)
+    return;
+  cleanup_json json_t *spec = sg_spec_to_json(ep->spec);
+  sg_json_merge_patch(spec, body);
+  update_to(d, req, ep, spec);
+}
+
+/* POST /v1/endpoints/{name}/rollback {"version": N}: a new version with
+ * the spec of kept version N (read and checked on the store thread). */
+void sg_api_endpoint_rollback(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+  if (!sg_http_method_is(req, "POST"))
+    return sg_http_method_not_allowed(req, "POST");
+  cleanup_json json_t *body = sg_api_read_json(req);
+  if (!body)
+    return;
+  json_t *v = json_object_get(body, "version");
+  if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > INT32_MAX ||
+      json_object_size(body) != 1)
+    return sg_http_send_error(req, 422, "invalid_field", "the body must be {\"version\": N}, N a version number",
+                              "version");
+  ep_job_t *j = xcalloc(1, sizeof(*j));
+  j->op = OP_ROLLBACK;
+  j->from = (int)json_integer_value(v);
+  j->name = xstrdup(ep->name);
+  j->w = writes_hold(d, ep->name, ep->version);
+  j->version = ++j->w->version;
+  j->created = ep->created_wall;
+  j->updated = sg_wall_ms();
+  submit(d, req, j);
+}
+
 static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   ep_job_t *j = xcalloc(1, sizeof(*j));
   j->op = OP_DELETE;
@@ -236,8 +296,9 @@ static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
 
 void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   bool get = sg_http_method_is(req, "GET"), put = sg_http_method_is(req, "PUT");
-  if (!get && !put && !sg_http_method_is(req, "DELETE"))
-    return sg_http_method_not_allowed(req, "GET, PUT, DELETE");
+  bool patching = sg_http_method_is(req, "PATCH");
+  if (!get && !put && !patching && !sg_http_method_is(req, "DELETE"))
+    return sg_http_method_not_allowed(req, "GET, PUT, PATCH, DELETE");
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep)
     return not_found(req, name);
@@ -245,5 +306,7 @@ void sg_api_endpoint(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
     return sg_http_send_json(req, 200, sg_endpoint_to_json(ep));
   if (put)
     return replace(d, req, ep);
+  if (patching)
+    return patch(d, req, ep);
   delete (d, req, ep);
 }

@@ -282,6 +282,10 @@ static void stop_all(sg_daemon_t *d) {
     sg_gateway_fail_queue(ep, 503, "shutting_down", "sgpud is shutting down");
     sg_worker_t *w;
     TAILQ_FOREACH(w, &ep->workers, link) {
+      if (sg_worker_draining(w)) {
+        sg_worker_stop(w, "sgpud shutting down");
+        continue;
+      }
       if (!sg_worker_live(w))
         continue;
       if (w->rt->detach && w->rt->detach(w->inst)) {

@@ -90,19 +90,29 @@ static void clear_failure_state(sg_endpoint_t *ep) {
   ep->last_error = NULL;
 }
 
-void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
+bool sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
+  bool restart = sg_spec_restart_needed(ep->spec, spec);
+  int before = ep->version;
   sg_spec_free(ep->spec);
   ep->spec = spec;
   ep->version = version;
   ep->updated_wall = updated;
   clear_failure_state(ep);
+  int kept = 0;
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
-    if (sg_worker_live(w) && w->version != version)
-      sg_worker_stop(w, "endpoint updated");
+    if (!restart && !w->exited && !w->stopping && w->version == before) {
+      w->version = version;
+      kept++;
+    }
   }
-  sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d", version);
+  if (restart)
+    sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d: workers are replaced one by one", version);
+  else
+    sg_logs_event(ep->d, ep->name, NULL, "endpoint updated to version %d: %d worker(s) go on without a restart",
+                  version, kept);
   sg_fleet_endpoint_updated(ep);
+  return restart;
 }
 
 void sg_endpoint_delete(sg_endpoint_t *ep) {
@@ -140,19 +150,22 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   json_object_set_new(j, "version", json_integer(ep->version));
   json_object_set_new(j, "created_at", json_string(sg_format_time(ep->created_wall, t1, sizeof(t1))));
   json_object_set_new(j, "updated_at", json_string(sg_format_time(ep->updated_wall, t2, sizeof(t2))));
-  int n[5] = {0};
+  int n[5] = {0}, outdated = 0;
   sg_worker_t *w;
-  TAILQ_FOREACH(w, &ep->workers, link) n[w->state]++;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    n[w->state]++;
+    outdated += sg_worker_live(w) && w->version != ep->version;
+  }
   json_t *logs = json_array();
   for (int i = 0; i < ep->n_last_logs; i++)
     json_array_append_new(logs, json_string(ep->last_logs[i]));
   /* "desired" and "last_decision" are the scaler's, "queued" the gateway's:
    * set by their endpoint_status callbacks. */
   json_t *status =
-      json_pack("{s:i, s:{s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers", "starting",
-                n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "in_flight", ep->in_flight,
-                "queued", 0, "served", (json_int_t)ep->served, "crash_loop", ep->consecutive_failures >= 3,
-                "consecutive_failures", ep->consecutive_failures, "last_error",
+      json_pack("{s:i, s:{s:i, s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers",
+                "starting", n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "outdated",
+                outdated, "in_flight", ep->in_flight, "queued", 0, "served", (json_int_t)ep->served, "crash_loop",
+                ep->consecutive_failures >= 3, "consecutive_failures", ep->consecutive_failures, "last_error",
                 ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs, "last_decision");
   DELIVER(ep->d, endpoint_status, ep, status);
   json_object_set_new(j, "status", status);

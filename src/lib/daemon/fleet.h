@@ -53,7 +53,8 @@ struct sg_worker {
   uint64_t served;
   bool exited;
   int exit_status;
-  bool stopping;  /* sgpud asked it to stop */
+  bool stopping;  /* sgpud asked it to stop (draining, then SIGTERM) */
+  bool term_sent; /* SIGTERM sent: its drain is over */
   bool unhealthy; /* stopped for failing its health checks: ends as failed */
   bool suspect;   /* a request to it failed at the connection level: no new
                      requests until a health probe answers 200 */
@@ -62,10 +63,12 @@ struct sg_worker {
   bool adopted;         /* started by an earlier sgpud and taken over */
   bool detached;        /* left running for the next sgpud (slurm) */
   int64_t running_mono; /* its process started (probing from then on) */
+  bool replaced_old;    /* scaler.c's rollout retired an older worker for this one */
   char *last_error;
   struct sg_log_source *logs;     /* its output: rate limit and last lines (logs/logs.c) */
   struct sg_health_state *health; /* its probing (daemon/health.c); NULL when not probed */
   struct event *kill_timer;
+  struct event *drain_timer;     /* ends a drain that outlasts request_timeout_s */
   struct sg_worker_conns *conns; /* upstream connections not in use (gateway/conns.c) */
   struct sg_worker_meter *meter; /* its usage record (meter/recorder.c) */
 };
@@ -170,8 +173,12 @@ struct sg_daemon {
 sg_endpoint_t *sg_daemon_find_endpoint(sg_daemon_t *d, const char *name);
 /* Creates live state for a stored or new endpoint (takes spec). */
 sg_endpoint_t *sg_endpoint_new(sg_daemon_t *d, sg_spec_t *spec, int version, int64_t created, int64_t updated);
-/* Replaces the spec: workers of older versions drain and are replaced. Takes spec. */
-void sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated);
+/* Replaces the spec (takes it). When the change needs new workers
+ * (sg_spec_restart_needed), the running ones keep their version and serve
+ * until the scaler's rollout (scaler.c) has replaced each by a ready worker
+ * of this version, then drain; otherwise the workers of the version before
+ * take this version and go on. Returns whether workers are replaced. */
+bool sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated);
 /* Stops all workers, fails queued requests; frees once nothing refers to it. */
 void sg_endpoint_delete(sg_endpoint_t *ep);
 /* Frees a deleted endpoint once nothing refers to it. Only from a fresh
@@ -185,8 +192,15 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
  * current version), through rt->adopt_instance; metered on from the earlier sgpud's records. Returns
  * the worker's instance. At startup. */
 sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, const sg_leftover_t *job);
-/* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period. */
+/* Asks a worker to stop: SIGTERM now, SIGKILL after the grace period (a
+ * draining worker's drain ends now). */
 void sg_worker_stop(sg_worker_t *w, const char *why);
+/* Takes a worker out of rotation (state draining) and stops it once its
+ * requests and jobs in flight have ended, or after the endpoint's
+ * request_timeout_s, whichever comes first: for updates and scale-downs. */
+void sg_worker_drain(sg_worker_t *w, const char *why);
+/* Draining: out of rotation, not yet sent SIGTERM. */
+bool sg_worker_draining(const sg_worker_t *w);
 const char *sg_worker_state_name(enum sg_worker_state s);
 json_t *sg_worker_to_json(const sg_worker_t *w);
 bool sg_worker_live(const sg_worker_t *w);

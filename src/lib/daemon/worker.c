@@ -23,6 +23,8 @@ const char *sg_worker_state_name(enum sg_worker_state s) {
 
 bool sg_worker_live(const sg_worker_t *w) { return w->state == SG_W_STARTING || w->state == SG_W_READY; }
 
+bool sg_worker_draining(const sg_worker_t *w) { return w->stopping && !w->term_sent && !w->exited; }
+
 /* A free TCP port on loopback, chosen by the kernel. */
 static int pick_port(sg_error_t **err) {
   cleanup_close int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -77,6 +79,10 @@ static void release_resources(sg_worker_t *w) {
   if (w->kill_timer) {
     event_free(w->kill_timer);
     w->kill_timer = NULL;
+  }
+  if (w->drain_timer) {
+    event_free(w->drain_timer);
+    w->drain_timer = NULL;
   }
   sg_gpu_release(w->d->gpus, w->id);
   sg_store_thread_worker_remove(w->d->store_thread, w->id);
@@ -413,14 +419,13 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
-void sg_worker_stop(sg_worker_t *w, const char *why) {
-  if (w->stopping || w->exited)
-    return;
-  w->stopping = true;
-  if (w->state == SG_W_STARTING || w->state == SG_W_READY)
-    w->state = SG_W_DRAINING;
-  sg_health_stop(w);
-  sg_logs_event(w->d, w->ep->name, w->id, "stopping worker: %s", why);
+/* SIGTERM now, SIGKILL after the grace period. */
+static void send_term(sg_worker_t *w) {
+  w->term_sent = true;
+  if (w->drain_timer) {
+    event_free(w->drain_timer);
+    w->drain_timer = NULL;
+  }
   w->rt->signal(w->inst, SIGTERM);
   w->kill_timer = evtimer_new(w->d->base, kill_cb, w);
   double grace = w->d->cfg.stop_grace_s;
@@ -428,10 +433,53 @@ void sg_worker_stop(sg_worker_t *w, const char *why) {
   evtimer_add(w->kill_timer, &tv);
 }
 
+/* Out of rotation: no new requests or jobs, no more probes. */
+static void leave_rotation(sg_worker_t *w) {
+  w->stopping = true;
+  if (w->state == SG_W_STARTING || w->state == SG_W_READY)
+    w->state = SG_W_DRAINING;
+  sg_health_stop(w);
+}
+
+void sg_worker_stop(sg_worker_t *w, const char *why) {
+  if (w->exited || w->term_sent)
+    return;
+  leave_rotation(w);
+  sg_logs_event(w->d, w->ep->name, w->id, "stopping worker: %s", why);
+  send_term(w);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_worker_t *w = arg;
+  sg_logs_event(w->d, w->ep->name, w->id, "worker still had %d in flight after request_timeout_s: stopping it",
+                w->in_flight);
+  send_term(w);
+}
+
+void sg_worker_drain(sg_worker_t *w, const char *why) {
+  if (w->exited || w->stopping)
+    return;
+  leave_rotation(w);
+  if (w->in_flight == 0) {
+    sg_logs_event(w->d, w->ep->name, w->id, "stopping worker: %s", why);
+    send_term(w);
+    return;
+  }
+  sg_logs_event(w->d, w->ep->name, w->id, "draining worker: %s; %d in flight", why, w->in_flight);
+  w->drain_timer = evtimer_new(w->d->base, drain_timeout_cb, w);
+  double limit = w->ep->spec->workers.request_timeout_s;
+  struct timeval tv = {(time_t)limit, (suseconds_t)((limit - (double)(time_t)limit) * 1e6)};
+  evtimer_add(w->drain_timer, &tv);
+}
+
 void sg_worker_release_request(sg_worker_t *w) {
   w->in_flight--;
   w->ep->in_flight--;
   w->last_used_mono = sg_now_ms();
+  if (w->in_flight == 0 && sg_worker_draining(w)) {
+    sg_logs_event(w->d, w->ep->name, w->id, "worker drained: stopping it");
+    send_term(w);
+  }
   sg_fleet_worker_load(w, -1);
   sg_fleet_worker_released(w);
   sg_fleet_demand_changed(w->d);

@@ -90,6 +90,8 @@ static sg_scale_wstate_t scale_state(const sg_worker_t *w) {
   return w->state == SG_W_READY ? SG_SCALE_W_READY : w->state == SG_W_STARTING ? SG_SCALE_W_STARTING : SG_SCALE_W_GONE;
 }
 
+static void rollout(sg_endpoint_t *ep, int64_t now);
+
 /* One pass over ep: describes it to the pure step (policy.c), logs the
  * decision and carries it out. */
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
@@ -132,8 +134,96 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   set_decision(ep, &dec);
 
   for (size_t k = 0; k < n_victims; k++)
-    sg_worker_stop(ws[victims[k]], SG_SCALE_STOP_REASON);
+    sg_worker_drain(ws[victims[k]], SG_SCALE_STOP_REASON);
   for (int k = 0; k < dec.start; k++) {
+    cleanup_error sg_error_t *err = NULL;
+    if (!sg_worker_start(ep, &err)) {
+      sg_warn("endpoint %s: cannot start a worker: %s", ep->name, err->message);
+      break;
+    }
+  }
+  rollout(ep, now);
+}
+
+/* Rolling replacement after an update that needs new workers: a live worker
+ * of an older version is outdated. One that is still starting is stopped
+ * (it serves nothing yet). Each ready worker of the current version that
+ * has not yet replaced one retires one outdated ready worker (drained: it
+ * finishes what it has in flight), so ready capacity never drops for the
+ * update. New workers start for the outdated ones not yet covered by a
+ * starting one, as many as workers.max and the free GPUs allow (surge);
+ * when none can start and none is starting, one outdated worker drains to
+ * make room (one at a time). Nothing starts during a crash loop's backoff:
+ * when the new version never becomes ready, the outdated workers go on
+ * serving and the endpoint's last_error says why. Here rather than in a
+ * module of its own because starts share workers.max and the free GPUs with
+ * the scaler's own decisions; stateless but for each worker's
+ * replaced_old, so an update or rollback in the middle simply retargets. */
+static void rollout(sg_endpoint_t *ep, int64_t now) {
+  int outdated = 0, starting = 0, live = 0;
+  sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (!sg_worker_live(w) || w->stopping)
+      continue;
+    if (w->version != ep->version && w->state == SG_W_STARTING) {
+      sg_worker_stop(w, "an outdated version");
+      continue;
+    }
+    live++;
+    if (w->version != ep->version)
+      outdated++;
+    else if (w->state == SG_W_STARTING)
+      starting++;
+  }
+  if (outdated == 0)
+    return;
+  /* Pair each new ready worker with an outdated one to retire. */
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (outdated == 0)
+      break;
+    if (w->state != SG_W_READY || w->stopping || w->version != ep->version || w->replaced_old)
+      continue;
+    sg_worker_t *victim = NULL, *o;
+    TAILQ_FOREACH(o, &ep->workers, link) {
+      if (o->state == SG_W_READY && !o->stopping && o->version != ep->version &&
+          (!victim || o->in_flight < victim->in_flight))
+        victim = o;
+    }
+    if (!victim)
+      break;
+    w->replaced_old = true;
+    cleanup_free char *why = xasprintf("replaced by %s of version %d", w->id, ep->version);
+    sg_worker_drain(victim, why);
+    outdated--;
+    live--;
+  }
+  int want = outdated - starting;
+  if (want <= 0 || ep->backoff_until_mono > now)
+    return;
+  int room = ep->spec->workers.max - live;
+  int slots = gpu_slots(ep);
+  if (slots >= 0 && slots < room)
+    room = slots;
+  if (room <= 0) {
+    if (starting > 0)
+      return; /* wait for it to be ready */
+    sg_worker_t *victim = NULL, *o;
+    TAILQ_FOREACH(o, &ep->workers, link) {
+      if (o->state == SG_W_READY && !o->stopping && o->version != ep->version &&
+          (!victim || o->in_flight < victim->in_flight))
+        victim = o;
+    }
+    if (victim) {
+      cleanup_free char *why = xasprintf("making room for version %d (no worker can start beside it)", ep->version);
+      sg_worker_drain(victim, why);
+    }
+    return;
+  }
+  if (want > room)
+    want = room;
+  sg_logs_event(ep->d, ep->name, NULL, "rollout: starting %d worker(s) of version %d for %d outdated", want,
+                ep->version, outdated);
+  for (int k = 0; k < want; k++) {
     cleanup_error sg_error_t *err = NULL;
     if (!sg_worker_start(ep, &err)) {
       sg_warn("endpoint %s: cannot start a worker: %s", ep->name, err->message);

@@ -494,6 +494,19 @@ const char *sg_scale_policy_name(sg_scale_policy_t p) {
   return p == SG_SCALE_QUEUE_DELAY ? "queue_delay" : "concurrency";
 }
 
+/* The fields sg_spec_restart_needed ignores: running workers follow them. */
+static const char *const live_fields[] = {"workers", "scale", "health", "async"};
+
+bool sg_spec_restart_needed(const sg_spec_t *old, const sg_spec_t *new) {
+  cleanup_json json_t *a = sg_spec_to_json(old);
+  cleanup_json json_t *b = sg_spec_to_json(new);
+  for (size_t i = 0; i < sizeof(live_fields) / sizeof(live_fields[0]); i++) {
+    json_object_del(a, live_fields[i]);
+    json_object_del(b, live_fields[i]);
+  }
+  return !json_equal(a, b);
+}
+
 void sg_spec_free(sg_spec_t *s) {
   if (!s)
     return;

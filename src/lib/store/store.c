@@ -77,6 +77,15 @@ static const char *const migrations[] = {
     "  updated_ms INTEGER NOT NULL);",
     /* 4: jobs of async endpoints (store/jobs.c) */
     SG_STORE_JOBS_MIGRATION,
+    /* 5: every stored spec of an endpoint, for GET .../versions and rollback */
+    "CREATE TABLE endpoint_versions ("
+    "  name TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  PRIMARY KEY (name, version));"
+    "INSERT INTO endpoint_versions(name, version, created_ms, spec)"
+    "  SELECT name, version, updated_ms, spec FROM endpoints;",
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
@@ -215,8 +224,58 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 
 static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 
-int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
-  sg_assert_not_loop_thread();
+/* Records rec's spec as its version (the table endpoint_versions), keeping
+ * the newest SG_STORE_VERSIONS_KEEP of the endpoint. */
+static int version_add(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "INSERT OR REPLACE INTO endpoint_versions(name, version, created_ms, spec) VALUES(?,?,?,?)", &st,
+              err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, rec->name);
+  sqlite3_bind_int(st, 2, rec->version);
+  sqlite3_bind_int64(st, 3, rec->updated_ms);
+  bind_text(st, 4, rec->spec_json);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    return db_error(s->db, err, "add endpoint version");
+  cleanup_stmt sqlite3_stmt *trim = NULL;
+  if (prepare(s->db, "DELETE FROM endpoint_versions WHERE name = ? AND version <= ?", &trim, err) < 0)
+    return -SG_ESTORE;
+  bind_text(trim, 1, rec->name);
+  sqlite3_bind_int(trim, 2, rec->version - SG_STORE_VERSIONS_KEEP);
+  if (sqlite3_step(trim) != SQLITE_DONE)
+    return db_error(s->db, err, "trim endpoint versions");
+  return 0;
+}
+
+static int versions_delete(sg_store_t *s, const char *name, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "DELETE FROM endpoint_versions WHERE name = ?", &st, err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, name);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    return db_error(s->db, err, "delete endpoint versions");
+  return 0;
+}
+
+/* Runs op in one transaction: both tables change, or neither. */
+static int in_transaction(sg_store_t *s, int (*op)(sg_store_t *, const void *, sg_error_t **), const void *arg,
+                          sg_error_t **err) {
+  if (exec(s->db, "BEGIN IMMEDIATE", err) < 0)
+    return -SG_ESTORE;
+  int r = op(s, arg, err);
+  if (r < 0) {
+    exec(s->db, "ROLLBACK", NULL);
+    return r;
+  }
+  if (exec(s->db, "COMMIT", err) < 0) {
+    exec(s->db, "ROLLBACK", NULL);
+    return -SG_ESTORE;
+  }
+  return 0;
+}
+
+static int endpoint_insert(sg_store_t *s, const void *arg, sg_error_t **err) {
+  const sg_endpoint_record_t *rec = arg;
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "INSERT INTO endpoints(name, spec, version, created_ms, updated_ms) VALUES(?,?,?,?,?)", &st, err) <
       0)
@@ -231,11 +290,20 @@ int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_
     return sg_make_error(err, SG_EEXIST, "endpoint %s already exists", rec->name);
   if (rc != SQLITE_DONE)
     return db_error(s->db, err, "insert endpoint");
-  return 0;
+  /* Versions a deleted endpoint of the same name left (stores before the
+   * delete removed them) are not this one's. */
+  if (versions_delete(s, rec->name, err) < 0)
+    return -SG_ESTORE;
+  return version_add(s, rec, err);
 }
 
-int sg_store_endpoint_update(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
+int sg_store_endpoint_insert(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
   sg_assert_not_loop_thread();
+  return in_transaction(s, endpoint_insert, rec, err);
+}
+
+static int endpoint_update(sg_store_t *s, const void *arg, sg_error_t **err) {
+  const sg_endpoint_record_t *rec = arg;
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "UPDATE endpoints SET spec = ?, version = ?, updated_ms = ? WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -247,11 +315,16 @@ int sg_store_endpoint_update(sg_store_t *s, const sg_endpoint_record_t *rec, sg_
     return db_error(s->db, err, "update endpoint");
   if (sqlite3_changes(s->db) == 0)
     return sg_make_error(err, SG_ENOTFOUND, "endpoint %s not found", rec->name);
-  return 0;
+  return version_add(s, rec, err);
 }
 
-int sg_store_endpoint_delete(sg_store_t *s, const char *name, sg_error_t **err) {
+int sg_store_endpoint_update(sg_store_t *s, const sg_endpoint_record_t *rec, sg_error_t **err) {
   sg_assert_not_loop_thread();
+  return in_transaction(s, endpoint_update, rec, err);
+}
+
+static int endpoint_delete(sg_store_t *s, const void *arg, sg_error_t **err) {
+  const char *name = arg;
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s->db, "DELETE FROM endpoints WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;
@@ -260,7 +333,49 @@ int sg_store_endpoint_delete(sg_store_t *s, const char *name, sg_error_t **err) 
     return db_error(s->db, err, "delete endpoint");
   if (sqlite3_changes(s->db) == 0)
     return sg_make_error(err, SG_ENOTFOUND, "endpoint %s not found", name);
+  return versions_delete(s, name, err);
+}
+
+int sg_store_endpoint_delete(sg_store_t *s, const char *name, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  return in_transaction(s, endpoint_delete, name, err);
+}
+
+int sg_store_endpoint_versions(sg_store_t *s, const char *name, void (*cb)(void *ud, const sg_endpoint_record_t *rec),
+                               void *ud, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "SELECT spec, version, created_ms FROM endpoint_versions WHERE name = ? ORDER BY version", &st,
+              err) < 0)
+    return -SG_ESTORE;
+  bind_text(st, 1, name);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    sg_endpoint_record_t rec = {name, col_text(st, 0), sqlite3_column_int(st, 1), sqlite3_column_int64(st, 2),
+                                sqlite3_column_int64(st, 2)};
+    cb(ud, &rec);
+  }
+  if (rc != SQLITE_DONE)
+    return db_error(s->db, err, "list endpoint versions");
   return 0;
+}
+
+char *sg_store_endpoint_version(sg_store_t *s, const char *name, int version, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (prepare(s->db, "SELECT spec FROM endpoint_versions WHERE name = ? AND version = ?", &st, err) < 0)
+    return NULL;
+  bind_text(st, 1, name);
+  sqlite3_bind_int(st, 2, version);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    return xstrdup(col_text(st, 0));
+  if (rc == SQLITE_DONE)
+    sg_make_error(err, SG_ENOTFOUND, "endpoint %s has no version %d (the newest %d are kept)", name, version,
+                  SG_STORE_VERSIONS_KEEP);
+  else
+    db_error(s->db, err, "read endpoint version");
+  return NULL;
 }
 
 int sg_store_endpoint_each(sg_store_t *s, void (*cb)(void *ud, const sg_endpoint_record_t *rec), void *ud,
