@@ -7,7 +7,8 @@
  *   schedules its own GPUs (SG_RUNTIME_OWN_GPUS) is checked against the
  *   nodes its last refresh listed, and not at all when it lists none or a
  *   node whose GPUs have no type (it cannot tell).
- * - registry_auth: must name stored credentials (the loop's cache).
+ * - registry_auth: must name stored credentials (the loop's cache) when the
+ *   runtime pulls the spec's image with them.
  * - command[0] of a worker this host runs itself (not remote, not an image's
  *   command): a bare name is looked up in the worker's PATH (the spec's env
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
@@ -151,7 +152,9 @@ int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err) {
     return 0; /* the spec parser refused it already */
   if (check_gpus(d, rt, spec, err) < 0)
     return -1;
-  if (spec->registry_auth) {
+  /* Credentials are used to pull an image: a spec that runs none (the
+   * process runtime) may name any. */
+  if (spec->registry_auth && spec->image && (rt->caps & SG_RUNTIME_IMAGES)) {
     sg_registry_auth_record_t rec;
     cleanup_error sg_error_t *e = NULL;
     if (sg_daemon_auth_get(d, spec->registry_auth, &rec, &e) < 0)

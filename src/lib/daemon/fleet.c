@@ -166,12 +166,7 @@ const char *sg_endpoint_state(const sg_endpoint_t *ep) {
     if (ep->consecutive_failures >= SG_CRASH_LOOP_FAILURES)
       return "crash_loop";
   }
-  if (current || ep->spec->workers.min > 0)
-    return "starting";
-  int queued = 0;
-  int64_t oldest = 0;
-  sg_fleet_waiting(ep, sg_now_ms(), &queued, &oldest);
-  return queued > 0 ? "starting" : "scaled_to_zero";
+  return current || ep->spec->workers.min > 0 ? "starting" : "scaled_to_zero";
 }
 
 bool sg_endpoint_failing(const sg_endpoint_t *ep, const char **code) {

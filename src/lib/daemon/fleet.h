@@ -185,8 +185,8 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
  * worker is ready), then, while no worker of its version runs, "unschedulable"
  * (no node here has gpu.count GPUs of gpu.type), "image_pull_failed",
  * "crash_loop" (SG_CRASH_LOOP_FAILURES starts in a row failed), then
- * "starting" (a worker starts, or should: min > 0, or work waits) or
- * "scaled_to_zero". Computed here only. */
+ * "starting" (a worker of its version runs but is not ready, or min > 0) or
+ * "scaled_to_zero". Computed here only; calls no subscriber. */
 const char *sg_endpoint_state(const sg_endpoint_t *ep);
 /* True when ep cannot start workers now: unschedulable, or crash_loop or
  * image_pull_failed while its start backoff lasts (after it, work queues and
