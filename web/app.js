@@ -147,13 +147,12 @@ function route() {
   return endpointsPage();
 }
 
+// The endpoint's state word as sgpud computes it (status.state: serving,
+// starting, scaled_to_zero, crash_loop, image_pull_failed, unschedulable),
+// as a CSS-friendly class suffix.
 function endpointState(ep) {
   const s = ep.status || {};
-  if (s.crash_loop) return "crash-loop";
-  const w = s.workers || {};
-  if ((w.ready || 0) > 0) return "ok";
-  if ((w.starting || 0) > 0) return "starting";
-  return "scaled-to-zero";
+  return (s.state || "unknown").replace(/_/g, "-");
 }
 
 function endpointsPage() {
@@ -169,7 +168,7 @@ function endpointsPage() {
       const gpu = ep.gpu && ep.gpu.count ? ep.gpu.count + " × " + ep.gpu.type : "none";
       return el("tr", { "data-name": ep.name },
         el("td", {}, el("a", { href: "#/e/" + ep.name, text: ep.name })),
-        el("td", { class: "state-" + state, text: state.replace(/-/g, " ") }),
+        el("td", { class: "state-" + state, text: s.state || "unknown" }),
         el("td", { class: "num", text: `${w.ready || 0} ready, ${w.starting || 0} starting` + (w.draining ? `, ${w.draining} draining` : "") }),
         el("td", { class: "num", text: s.desired }),
         el("td", { text: gpu }),
@@ -239,7 +238,7 @@ function endpointPage(name) {
       apiJSON(`/v1/endpoints/${name}`), apiJSON(`/v1/endpoints/${name}/workers`)]);
     const s = ep.status || {};
     const w = s.workers || {};
-    r.status.textContent = `version ${ep.version} · ${w.ready || 0} ready, ${w.starting || 0} starting · desired ${s.desired} · ` +
+    r.status.textContent = `${s.state || "unknown"} · version ${ep.version} · ${w.ready || 0} ready, ${w.starting || 0} starting · desired ${s.desired} · ` +
       `${s.in_flight} in flight, ${s.queued} queued · ${fmtNum(s.served)} served` + (s.last_error ? ` · last error: ${s.last_error}` : "");
     const spec = Object.assign({}, ep);
     delete spec.status;

@@ -17,8 +17,9 @@ const char sg_endpoint_help[] = "Usage: sgpu endpoint create -f SPEC.json\n"
                                 "(its version is bumped; workers are replaced one by one when the change needs\n"
                                 "it, else they go on); patch applies a JSON merge patch (RFC 7386) to the spec;\n"
                                 "versions lists the kept specs; rollback makes a new version with the spec of\n"
-                                "VERSION; get prints the endpoint with its status as JSON; delete stops its\n"
-                                "workers and removes it.\n"
+                                "VERSION; get prints the endpoint with its status as JSON (status.state: serving,\n"
+                                "starting, scaled_to_zero, crash_loop, image_pull_failed, unschedulable; list\n"
+                                "shows it as STATE); delete stops its workers and removes it.\n"
                                 "\n"
                                 "Options:\n"
                                 "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
@@ -42,7 +43,7 @@ static json_t *get_path(const json_t *j, const char *a, const char *b) {
 }
 
 static void add_row(struct sg_table *t, const json_t *ep) {
-  char name[128], version[32], runtime[32], gpu[96], workers[64], minmax[64], queued[32], served[32];
+  char name[128], state[32], version[32], runtime[32], gpu[96], workers[64], minmax[64], queued[32], served[32];
   char a[32], b[32];
 
   sg_cell(json_object_get(ep, "name"), name, sizeof name);
@@ -62,9 +63,10 @@ static void add_row(struct sg_table *t, const json_t *ep) {
   snprintf(minmax, sizeof minmax, "%s/%s", sg_cell(get_path(ep, "workers", "min"), a, sizeof a),
            sg_cell(get_path(ep, "workers", "max"), b, sizeof b));
   sg_cell(json_object_get(st, "queued"), queued, sizeof queued);
+  sg_cell(json_object_get(st, "state"), state, sizeof state);
   sg_cell(json_object_get(st, "served"), served, sizeof served);
 
-  const char *cells[] = {name, version, runtime, gpu, workers, minmax, queued, served};
+  const char *cells[] = {name, state, version, runtime, gpu, workers, minmax, queued, served};
   sg_table_add(t, cells);
 }
 
@@ -83,7 +85,8 @@ static int do_list(sg_client_t *c) {
     sg_cli_errorf("unexpected answer from the server: no endpoints list");
     return SG_EXIT_FAIL;
   }
-  static const char *const headers[] = {"NAME", "VERSION", "RUNTIME", "GPU", "WORKERS", "MIN/MAX", "QUEUED", "SERVED"};
+  static const char *const headers[] = {"NAME",    "STATE",   "VERSION", "RUNTIME", "GPU",
+                                        "WORKERS", "MIN/MAX", "QUEUED",  "SERVED"};
   cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
   size_t i;
   json_t *ep;

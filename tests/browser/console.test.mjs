@@ -71,6 +71,7 @@ try {
   await page.waitForSelector(`#endpoints tr[data-name="${EP}"]`, { timeout: ms(5000) });
   const row = await page.textContent(`#endpoints tr[data-name="${EP}"]`);
   assert.match(row, /1 ready/);
+  assert.match(row, /serving/); // status.state
   assert.equal(await page.evaluate(() => sessionStorage.getItem("sgpu.key")), KEY);
   assert.equal(await page.evaluate(() => localStorage.length), 0);
   await page.screenshot({ path: path.join(SHOTS, "endpoints.png"), fullPage: true });

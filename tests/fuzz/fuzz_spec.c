@@ -2,7 +2,7 @@
  *
  * Any input must either parse, or fail with an error that carries a message
  * (and a field, for validation errors). A parsed spec has a valid name and a
- * command (an absolute path) unless its image brings one, and must survive the
+ * command (an absolute path or a bare name) unless its image brings one, and must survive the
  * round trip: its normalized JSON parses again to the same normalized JSON. */
 #include <jansson.h>
 #include <stdbool.h>
@@ -31,9 +31,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     abort();
   if (!sg_name_valid(s->name) || !s->runtime)
     abort();
-  /* An image may bring the command; without one, it is an absolute path. */
+  /* An image may bring the command; without one, it is an absolute path or
+   * a bare name (looked up in PATH at create). */
   bool from_image = s->image && (!strcmp(s->runtime, "oci") || !strcmp(s->runtime, "slurm"));
-  if (!from_image && (s->n_command < 1 || s->command[0][0] != '/'))
+  if (!from_image && (s->n_command < 1 || !s->command[0][0] || (s->command[0][0] != '/' && strchr(s->command[0], '/'))))
     abort();
   if (s->n_command > 0 && s->command[s->n_command])
     abort();

@@ -8,7 +8,7 @@ import tempfile
 import time
 import unittest
 
-from harness import (Background, SgpudTestCase, echo_spec, error_of, pid_alive,
+from harness import (ECHO_WORKER, Background, SgpudTestCase, echo_spec, error_of, pid_alive,
                      run_concurrently, scaled, unique_name)
 
 
@@ -168,10 +168,15 @@ class FailureTest(SgpudTestCase):
         self.assertSgpudFine()
 
     def test_missing_command(self):
+        # A command that does not exist is refused at create (test_failfast);
+        # one removed after the create fails at start.
         name = unique_name("nocmd")
-        missing = "/nonexistent/sgpu-it/no-such-worker"
+        missing = os.path.join(self.tmpdir(), "no-such-worker")
+        shutil.copy(ECHO_WORKER, missing)
+        os.chmod(missing, 0o755)
         self.create(echo_spec(name, command=[missing],
                               workers={"min": 0, "max": 1, "request_timeout_s": 3}))
+        os.unlink(missing)
         t0 = time.monotonic()
         resp = self.sg.invoke(name, "/infer", body=b"x", timeout=60)
         self.assertIn(resp.status, (502, 503, 504), resp.body)
@@ -192,9 +197,13 @@ class FailureTest(SgpudTestCase):
         path = os.path.join(d, "not-executable")
         with open(path, "w") as f:
             f.write("#!/bin/sh\nexit 0\n")
-        os.chmod(path, 0o644)
+        # Not executable at create is refused (test_failfast); made so after it, the start fails.
+        os.chmod(path, 0o755)
         name = unique_name("noexec")
-        self.create(echo_spec(name, command=[path], workers={"min": 1, "max": 1}))
+        self.create(echo_spec(name, command=[path], workers={"min": 0, "max": 1, "request_timeout_s": 3}))
+        os.chmod(path, 0o644)
+        resp = self.sg.invoke(name, "/infer", body=b"x", timeout=60)  # starts a worker
+        self.assertIn(resp.status, (502, 503, 504), resp.body)
         st = self.wait_for(lambda: (lambda s: s if s["last_error"] else None)(self.sg.status(name)),
                            15, message="status.last_error set")
         self.assertRegex(st["last_error"], r"(?i)permission|eacces|not executable|denied")

@@ -190,7 +190,7 @@ static void test_endpoint_status(void **state) {
   assert_string_equal(
       text, "{\"desired\":0,\"workers\":{\"starting\":0,\"ready\":0,\"draining\":0,\"outdated\":0},\"in_flight\":1,"
             "\"queued\":0,\"served\":9,\"crash_loop\":false,\"consecutive_failures\":0,"
-            "\"last_error\":null,\"last_logs\":[],\"last_decision\":null}");
+            "\"last_error\":null,\"last_logs\":[],\"last_decision\":null,\"state\":\"scaled_to_zero\"}");
   free(text);
   sg_fleet_subscribe(&f.d, &queue_status, NULL);
   sg_fleet_subscribe(&f.d, &all, "no status callback");
@@ -199,7 +199,7 @@ static void test_endpoint_status(void **state) {
   assert_string_equal(
       text, "{\"desired\":2,\"workers\":{\"starting\":0,\"ready\":0,\"draining\":0,\"outdated\":0},\"in_flight\":1,"
             "\"queued\":4,\"served\":9,\"crash_loop\":false,\"consecutive_failures\":0,"
-            "\"last_error\":null,\"last_logs\":[],\"last_decision\":\"start 2\"}");
+            "\"last_error\":null,\"last_logs\":[],\"last_decision\":\"start 2\",\"state\":\"scaled_to_zero\"}");
   free(text);
   assert_string_equal(heard, "");
   sg_spec_free(f.ep.spec);

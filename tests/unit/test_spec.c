@@ -407,7 +407,9 @@ static void test_invalid_command(void **state) {
   expect_invalid("command", "[1]", "command[0]");
   expect_invalid("command", "[\"/a\", 2]", "command[1]");
   expect_invalid("command", "[\"/a\", \"b\", null]", "command[2]");
-  expect_invalid("command", "[\"worker\"]", "command[0]");
+  expect_valid("command", "[\"worker\"]"); /* looked up in PATH at create */
+  expect_invalid("command", "[\"./worker\"]", "command[0]");
+  expect_invalid("command", "[\"bin/worker\"]", "command[0]");
   expect_invalid("command", "[\"\"]", "command[0]");
   expect_invalid("command", "[\"/a\", \"x\\u0000y\"]", "command[1]");
   char big[4096 + 16];

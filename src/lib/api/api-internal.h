@@ -26,6 +26,12 @@ void sg_api_endpoint_rollback(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t 
 /* versions.c: GET /v1/endpoints/{name}/versions (read on the query pool) */
 void sg_api_endpoint_versions(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 
+/* validate.c: what a parsed spec needs from this daemon (GPUs of its type
+ * and count, its registry_auth, an executable command[0]), checked before a
+ * create or replace is written. Resolves a bare command[0] to the path found
+ * in the worker's PATH (spec changed). SG_EINVAL naming the field (422). */
+int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err);
+
 /* workers.c: /v1/endpoints/{name}/workers[/{id}] (id NULL for the list) */
 void sg_api_workers(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, const char *id);
 

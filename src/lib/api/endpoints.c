@@ -185,7 +185,7 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   cleanup_error sg_error_t *err = NULL;
   sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
-  if (!spec)
+  if (!spec || sg_api_validate_spec(d, spec, &err) < 0)
     return sg_http_send_sg_error(req, err);
   if (sg_daemon_find_endpoint(d, spec->name) || creating(d, spec->name)) {
     cleanup_free char *msg = xasprintf("an endpoint named \"%s\" exists already", spec->name);
@@ -231,7 +231,7 @@ static void update_to(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, jso
   cleanup_error sg_error_t *err = NULL;
   sg_daemon_default_runtime(d, body);
   cleanup_spec sg_spec_t *spec = sg_spec_from_json(body, &err);
-  if (!spec)
+  if (!spec || sg_api_validate_spec(d, spec, &err) < 0)
     return sg_http_send_sg_error(req, err);
   ep_job_t *j = xcalloc(1, sizeof(*j));
   j->op = OP_UPDATE;

@@ -221,6 +221,23 @@ static void auth_put(sg_daemon_t *d, sg_http_req_t *req, const char *name, bool 
   auth_submit(d, req, job);
 }
 
+/* The endpoints whose spec names registry auth `name`, as "\"a\", \"b\""
+ * (a new string), or NULL when none does. */
+static char *auth_users(sg_daemon_t *d, const char *name) {
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  bool any = false;
+  sg_endpoint_t *ep;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (ep->spec->registry_auth && !strcmp(ep->spec->registry_auth, name)) {
+      sg_strbuf_appendf(&b, "%s\"%s\"", any ? ", " : "", ep->name);
+      any = true;
+    }
+  }
+  if (!any)
+    return NULL;
+  return sg_strbuf_steal(&b);
+}
+
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   cleanup_error sg_error_t *err = NULL;
   if (!name) {
@@ -235,6 +252,12 @@ void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name)
   if (sg_http_method_is(req, "PUT"))
     return auth_put(d, req, name, true);
   if (sg_http_method_is(req, "DELETE")) {
+    cleanup_free char *users = auth_users(d, name);
+    if (users) {
+      cleanup_free char *msg =
+          xasprintf("registry auth \"%s\" is used by endpoint(s) %s: change or delete them first", name, users);
+      return sg_http_send_error(req, 409, "in_use", msg, NULL);
+    }
     auth_job_t *job = xcalloc(1, sizeof(*job));
     job->name = xstrdup(name);
     return auth_submit(d, req, job);

@@ -88,6 +88,7 @@ static void clear_failure_state(sg_endpoint_t *ep) {
   ep->backoff_until_mono = 0;
   free(ep->last_error);
   ep->last_error = NULL;
+  ep->image_failed = false;
 }
 
 bool sg_endpoint_update(sg_endpoint_t *ep, sg_spec_t *spec, int version, int64_t updated) {
@@ -144,6 +145,52 @@ void sg_endpoint_maybe_free(sg_endpoint_t *ep) {
   free(ep);
 }
 
+/* True when no node here can ever hold gpu.count GPUs of gpu.type: only for
+ * a runtime that takes its GPUs from this host's inventory. */
+static bool unschedulable(const sg_endpoint_t *ep) {
+  const sg_spec_t *spec = ep->spec;
+  if (spec->gpu.count <= 0 || !spec->gpu.type || !ep->d->gpus)
+    return false;
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (!rt || (rt->caps & SG_RUNTIME_OWN_GPUS))
+    return false;
+  return sg_gpu_total_count(ep->d->gpus, spec->gpu.type) < spec->gpu.count;
+}
+
+const char *sg_endpoint_state(const sg_endpoint_t *ep) {
+  bool ready = false, current = false;
+  const sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) {
+    if (w->state == SG_W_READY)
+      ready = true;
+    if (sg_worker_live(w) && w->version == ep->version && !w->stopping)
+      current = true;
+  }
+  if (ready)
+    return "serving";
+  if (!current) {
+    if (unschedulable(ep))
+      return "unschedulable";
+    if (ep->image_failed)
+      return "image_pull_failed";
+    if (ep->consecutive_failures >= SG_CRASH_LOOP_FAILURES)
+      return "crash_loop";
+  }
+  return current || ep->spec->workers.min > 0 ? "starting" : "scaled_to_zero";
+}
+
+bool sg_endpoint_failing(const sg_endpoint_t *ep, const char **code) {
+  const char *s = sg_endpoint_state(ep);
+  bool failing = !strcmp(s, "unschedulable");
+  /* Once the backoff is over, work queues again and starts a worker: the
+   * endpoint may have recovered (a registry back, a file restored). */
+  if (!strcmp(s, "crash_loop") || !strcmp(s, "image_pull_failed"))
+    failing = ep->backoff_until_mono > sg_now_ms();
+  if (failing)
+    *code = s;
+  return failing;
+}
+
 json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
   json_t *j = sg_spec_to_json(ep->spec);
   char t1[32], t2[32];
@@ -161,13 +208,14 @@ json_t *sg_endpoint_to_json(sg_endpoint_t *ep) {
     json_array_append_new(logs, json_string(ep->last_logs[i]));
   /* "desired" and "last_decision" are the scaler's, "queued" the gateway's:
    * set by their endpoint_status callbacks. */
-  json_t *status =
-      json_pack("{s:i, s:{s:i, s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers",
-                "starting", n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "outdated",
-                outdated, "in_flight", ep->in_flight, "queued", 0, "served", (json_int_t)ep->served, "crash_loop",
-                ep->consecutive_failures >= 3, "consecutive_failures", ep->consecutive_failures, "last_error",
-                ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs, "last_decision");
+  json_t *status = json_pack(
+      "{s:i, s:{s:i, s:i, s:i, s:i}, s:i, s:i, s:I, s:b, s:i, s:o, s:o, s:n}", "desired", 0, "workers", "starting",
+      n[SG_W_STARTING], "ready", n[SG_W_READY], "draining", n[SG_W_DRAINING], "outdated", outdated, "in_flight",
+      ep->in_flight, "queued", 0, "served", (json_int_t)ep->served, "crash_loop",
+      ep->consecutive_failures >= SG_CRASH_LOOP_FAILURES, "consecutive_failures", ep->consecutive_failures,
+      "last_error", ep->last_error ? json_string(ep->last_error) : json_null(), "last_logs", logs, "last_decision");
   DELIVER(ep->d, endpoint_status, ep, status);
+  json_object_set_new(status, "state", json_string(sg_endpoint_state(ep)));
   json_object_set_new(j, "status", status);
   return j;
 }

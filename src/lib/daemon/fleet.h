@@ -115,6 +115,7 @@ struct sg_endpoint {
   int consecutive_failures;
   int64_t backoff_until_mono;
   char *last_error;
+  bool image_failed; /* its image could not be pulled (daemon/images.c); cleared by a pull, a ready worker, an update */
   char *last_logs[SG_RECENT_LINES];
   int n_last_logs;
   /* Counters several modules write (proxy.c, jobs.c, worker.c, scaler.c)
@@ -185,6 +186,20 @@ void sg_endpoint_delete(sg_endpoint_t *ep);
  * stack frame (a timer), never from inside a connection's callback. */
 void sg_endpoint_maybe_free(sg_endpoint_t *ep);
 json_t *sg_endpoint_to_json(sg_endpoint_t *ep);
+/* Consecutive failed starts that make a crash loop. */
+#define SG_CRASH_LOOP_FAILURES 3
+/* The endpoint's state word, "status.state" (docs/API.md): "serving" (a
+ * worker is ready), then, while no worker of its version runs, "unschedulable"
+ * (no node here has gpu.count GPUs of gpu.type), "image_pull_failed",
+ * "crash_loop" (SG_CRASH_LOOP_FAILURES starts in a row failed), then
+ * "starting" (a worker of its version runs but is not ready, or min > 0) or
+ * "scaled_to_zero". Computed here only; calls no subscriber. */
+const char *sg_endpoint_state(const sg_endpoint_t *ep);
+/* True when ep cannot start workers now: unschedulable, or crash_loop or
+ * image_pull_failed while its start backoff lasts (after it, work queues and
+ * starts a worker again). *code is the state word, which is also the error
+ * code of the 503 that requests get at once. */
+bool sg_endpoint_failing(const sg_endpoint_t *ep, const char **code);
 
 /* worker.c */
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);

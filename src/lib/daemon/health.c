@@ -38,7 +38,20 @@ struct sg_health_state {
   size_t body_bytes;   /* of the answer whose body is being dropped */
   int64_t since_us;    /* the start-up probe schedule counts from here (monotonic us) */
   int failures;        /* failed probes in a row since the worker was ready */
+  /* Events for failed probes: the first, then at most one per
+   * PROBE_EVENT_EVERY_MS with the count of those not told. */
+  int64_t event_mono; /* when the last one was told; 0: none yet */
+  int untold;         /* failed probes since then */
 };
+
+/* How often a failed probe is told in the worker's log, at most. */
+#define PROBE_EVENT_EVERY_MS 5000
+/* A starting worker's refused connections are told only once it has been
+ * running this long: every worker refuses a few probes before it listens. */
+#define REFUSED_GRACE_MS 1000
+
+/* What a failed probe saw, for the log. */
+typedef enum { PROBE_HTTP, PROBE_REFUSED, PROBE_TIMEOUT, PROBE_BROKEN } probe_fail_t;
 
 static void schedule_us(struct sg_health_state *h, int64_t delay_us) {
   struct timeval tv = {(time_t)(delay_us / 1000000), (suseconds_t)(delay_us % 1000000)};
@@ -64,13 +77,51 @@ static void drop_conn(struct sg_health_state *h) {
   h->conn = NULL;
 }
 
-/* Acts on a probe's result: code is the answer's status, 0 when none came.
- * May stop the worker, which frees h: h is not used after this. */
-static void verdict(struct sg_health_state *h, int code) {
+/* Tells a failed probe in the worker's log: the first at once, then at most
+ * one per PROBE_EVENT_EVERY_MS, with how many failed since the last told. */
+static void tell_failure(struct sg_health_state *h, int code, probe_fail_t how) {
+  sg_worker_t *w = h->w;
+  const sg_spec_t *spec = w->ep->spec;
+  int64_t now = sg_now_ms();
+  if (w->rt->remote && !w->running_mono)
+    return; /* still waiting for its node */
+  if (how == PROBE_REFUSED && w->state == SG_W_STARTING) {
+    int64_t since = w->running_mono ? w->running_mono : w->started_mono;
+    if (now - since < REFUSED_GRACE_MS)
+      return;
+  }
+  h->untold++;
+  if (h->event_mono && now - h->event_mono < PROBE_EVENT_EVERY_MS)
+    return;
+  char more[64] = "";
+  if (h->untold > 1)
+    snprintf(more, sizeof(more), " (%d failed probes since the last report)", h->untold);
+  const char *host = w->host ? w->host : "127.0.0.1";
+  if (how == PROBE_HTTP)
+    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s -> %d%s", spec->health.path, code, more);
+  else if (how == PROBE_REFUSED)
+    sg_logs_event(w->d, w->ep->name, w->id,
+                  "health probe: connection refused on %s port %d: does the worker listen on $PORT?%s", host, w->port,
+                  more);
+  else if (how == PROBE_TIMEOUT)
+    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s: no answer within health.timeout_s=%gs%s",
+                  spec->health.path, spec->health.timeout_s, more);
+  else
+    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s: the connection broke or the answer was not HTTP%s",
+                  spec->health.path, more);
+  h->event_mono = now;
+  h->untold = 0;
+}
+
+/* Acts on a probe's result: code is the answer's status, 0 when none came
+ * (how says why). May stop the worker, which frees h: h is not used after this. */
+static void verdict(struct sg_health_state *h, int code, probe_fail_t how) {
   sg_worker_t *w = h->w;
   if (w->exited || w->stopping)
     return;
   const sg_spec_t *spec = w->ep->spec;
+  if (code != 200)
+    tell_failure(h, code, how);
   if (w->state == SG_W_STARTING) {
     if (code == 200) {
       schedule(h, (int64_t)(spec->health.period_s * 1000));
@@ -117,7 +168,7 @@ static void on_head(void *arg, int status, const sg_upstream_header_t *headers, 
   struct sg_health_state *h = arg;
   h->probing = false;
   h->body_bytes = 0;
-  verdict(h, status);
+  verdict(h, status, PROBE_HTTP);
 }
 
 static void on_body(void *arg, struct evbuffer *data) {
@@ -136,7 +187,7 @@ static void on_error(void *arg, sg_upstream_error_t err, bool answer_started) {
   if (answer_started)
     return; /* its head gave the verdict; the body broke off */
   h->probing = false;
-  verdict(h, 0);
+  verdict(h, 0, err == SG_UP_CONNECT_FAILED ? PROBE_REFUSED : err == SG_UP_TIMEOUT ? PROBE_TIMEOUT : PROBE_BROKEN);
 }
 
 static const sg_upstream_handler_t probe_handler = {on_head, on_body, on_done, on_error, NULL};

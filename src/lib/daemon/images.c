@@ -173,6 +173,10 @@ void sg_registry_auth_free(sg_registry_auth_t *a) {
   free(a);
 }
 
+/* After an endpoint's image failed to pull, no worker starts (and requests
+ * get 503 image_pull_failed) for this long; then a start pulls again. */
+#define PULL_RETRY_MS 5000
+
 typedef struct prepull {
   sg_daemon_t *d;
   char *endpoint; /* NULL for a preheat */
@@ -185,12 +189,18 @@ static void pulled(void *ud, sg_image_t *img, const sg_error_t *err) {
   if (ep && ep->version == p->version) {
     if (img) {
       sg_logs_event(p->d, ep->name, NULL, "image %s pulled in %lld ms", img->ref, (long long)img->pull_ms);
+      ep->image_failed = false;
     } else {
       cleanup_free char *msg =
           xasprintf("image %s could not be pulled: %s", ep->spec->image, err ? err->message : "unknown error");
       free(ep->last_error);
       ep->last_error = xstrdup(msg);
+      ep->image_failed = true;
+      int64_t retry = sg_now_ms() + PULL_RETRY_MS;
+      if (ep->backoff_until_mono < retry)
+        ep->backoff_until_mono = retry;
       sg_logs_event(p->d, ep->name, NULL, "%s", msg);
+      sg_fleet_demand_changed(p->d); /* what waits for it fails now (gateway) */
     }
   }
   free(p->endpoint);
@@ -227,6 +237,7 @@ static void prepull(void *ud, sg_endpoint_t *ep) {
     cleanup_free char *msg = xasprintf("image %s: %s", spec->image, err->message);
     free(ep->last_error);
     ep->last_error = xstrdup(msg);
+    ep->image_failed = true;
     return;
   }
   prepull_t *p = xcalloc(1, sizeof(*p));

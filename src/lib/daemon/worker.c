@@ -69,7 +69,7 @@ static void note_start_failure(sg_worker_t *w, const char *why) {
   ep->backoff_until_mono = sg_now_ms() + backoff;
   set_error(&ep->last_error, why);
   keep_last_logs(w);
-  if (ep->consecutive_failures >= 3)
+  if (ep->consecutive_failures >= SG_CRASH_LOOP_FAILURES)
     sg_logs_event(w->d, ep->name, w->id, "crash loop: %d starts failed in a row (%s); next start in %lld ms",
                   ep->consecutive_failures, why, (long long)backoff);
 }
@@ -384,6 +384,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   if (!w->inst) {
     start_failed(w, (*err)->message);
+    sg_fleet_demand_changed(d); /* what waits fails now if the endpoint cannot start workers */
     return NULL;
   }
   if (rt->remote) {
@@ -559,6 +560,7 @@ void sg_worker_became_ready(sg_worker_t *w) {
   if (w->version == ep->version) {
     ep->consecutive_failures = 0;
     ep->backoff_until_mono = 0;
+    ep->image_failed = false;
     set_error(&ep->last_error, NULL);
   }
   sg_logs_event(w->d, ep->name, w->id, "worker ready: healthy after %lld ms",

@@ -507,6 +507,15 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
     sg_http_send_error(req, 409, "not_async", msg, NULL);
     return SG_HTTP_DONE;
   }
+  const char *failing;
+  if (rt->action == A_RUNSYNC && sg_endpoint_failing(ep, &failing)) {
+    /* A run still queues (jobs are durable and wait for the endpoint to
+     * recover); a runsync caller learns at once that no worker will come. */
+    cleanup_free char *msg = xasprintf("endpoint \"%s\" cannot start workers (%s): %s", ep->name, failing,
+                                       ep->last_error ? ep->last_error : "no error recorded");
+    sg_http_send_error(req, 503, failing, msg, NULL);
+    return SG_HTTP_DONE;
+  }
   if (rt->with_id && !sg_job_id_valid(seg[2])) {
     sg_http_send_error(req, 404, "not_found", "no such job", NULL);
     return SG_HTTP_DONE;

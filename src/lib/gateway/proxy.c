@@ -451,6 +451,12 @@ static void client_closed(sg_http_req_t *req, void *arg) {
   proxy_free(p);
 }
 
+/* The message of the 503 for an endpoint that cannot start workers (code is its state). */
+static char *failing_message(const sg_endpoint_t *ep, const char *code) {
+  return xasprintf("endpoint \"%s\" cannot start workers (%s): %s", ep->name, code,
+                   ep->last_error ? ep->last_error : "no error recorded");
+}
+
 static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
@@ -459,6 +465,13 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
     return SG_HTTP_DONE;
   }
   ep->metrics.requests++;
+  const char *code;
+  if (sg_endpoint_failing(ep, &code)) {
+    cleanup_free char *msg = failing_message(ep, code);
+    sg_http_send_error(req, 503, code, msg, NULL);
+    sg_metrics_response(ep, 503, 0);
+    return SG_HTTP_DONE;
+  }
   int64_t cl = sg_http_content_length(req);
   if (cl > (int64_t)d->cfg.max_body) {
     cleanup_free char *msg = xasprintf("request body is over the gateway's limit of %zu bytes", d->cfg.max_body);
@@ -521,6 +534,18 @@ static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) {
   sg_gateway_fail_queue(ep, 404, "not_found", "endpoint was deleted");
 }
 
+/* An endpoint that can no longer start workers fails what waits for one. */
+static void on_demand_changed(void *ud, sg_daemon_t *d) {
+  sg_endpoint_t *ep;
+  const char *code;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (sg_gateway_queued(ep) > 0 && sg_endpoint_failing(ep, &code)) {
+      cleanup_free char *msg = failing_message(ep, code);
+      sg_gateway_fail_queue(ep, 503, code, msg);
+    }
+  }
+}
+
 /* A worker may take a request: ready, back in rotation, or one ended on it. */
 static void on_worker_free(void *ud, sg_worker_t *w) { sg_gateway_pump(w->ep); }
 
@@ -550,6 +575,7 @@ static const sg_fleet_subscriber_t subscriber = {
     .worker_in_rotation = on_worker_free,
     .worker_released = on_worker_free,
     .worker_freed = on_worker_freed,
+    .demand_changed = on_demand_changed,
     .waiting = waiting,
     .endpoint_status = endpoint_status,
 };

@@ -6,7 +6,10 @@
  * Eviction removes the least recently used images not in use while the
  * layers on disk exceed max_bytes; it waits while pulls run so that a layer a
  * pull just found is never removed under it. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
 
@@ -652,7 +655,36 @@ static void pull_done(void *data, bool cancelled) {
 
 static const sg_pool_job_ops_t pull_ops = {pull_work, pull_done};
 
+/* True for a loopback registry: "localhost", 127.0.0.0/8 or ::1 ("[::1]"),
+ * with or without a port. Like Docker, these are reached over plain HTTP
+ * without an insecure_registries entry: the traffic never leaves the host. */
+static bool is_loopback(const char *domain) {
+  char host[256];
+  size_t n;
+  if (domain[0] == '[') {
+    n = strcspn(domain + 1, "]");
+    if (domain[1 + n] != ']' || n >= sizeof(host))
+      return false;
+    memcpy(host, domain + 1, n);
+  } else {
+    n = strcspn(domain, ":");
+    if (n >= sizeof(host))
+      return false;
+    memcpy(host, domain, n);
+  }
+  host[n] = '\0';
+  if (!strcasecmp(host, "localhost"))
+    return true;
+  struct in_addr a4;
+  if (inet_pton(AF_INET, host, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  struct in6_addr a6;
+  return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
 static bool is_insecure(sg_images_t *im, const char *domain) {
+  if (is_loopback(domain))
+    return true;
   for (char **p = im->insecure; p && *p; p++)
     if (!strcmp(*p, domain))
       return true;

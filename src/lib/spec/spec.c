@@ -145,9 +145,12 @@ static int parse_command(sg_spec_t *s, json_t *root, sg_error_t **err) {
       return sg_make_field_error(err, f, "must be at most %d bytes", MAX_ARG_LEN);
     s->command[i] = xstrdup(json_string_value(a));
   }
-  if (s->command[0][0] != '/' && !oci)
+  /* A bare name is looked up in PATH when the endpoint is created
+   * (api/validate.c), which stores the path found. */
+  if (s->command[0][0] != '/' && !oci && (!s->command[0][0] || strchr(s->command[0], '/')))
     return sg_make_field_error(err, "command[0]",
-                               "must be an absolute path (it is executed directly, without a shell)");
+                               "must be an absolute path or a name to look up in PATH (it is executed directly, "
+                               "without a shell)");
   return 0;
 }
 

@@ -1,0 +1,166 @@
+/* What an endpoint spec needs from this daemon, checked on the loop before a
+ * create or replace is written: a spec that can never run is refused with
+ * 422 naming the field instead of waiting for a worker that never comes.
+ *
+ * - gpu.type and gpu.count: a runtime that takes GPUs from this host's
+ *   inventory needs gpu.count GPUs of gpu.type there; a runtime that
+ *   schedules its own GPUs (SG_RUNTIME_OWN_GPUS) is checked against the
+ *   nodes its last refresh listed, and not at all when it lists none or a
+ *   node whose GPUs have no type (it cannot tell).
+ * - registry_auth: must name stored credentials (the loop's cache) when the
+ *   runtime pulls the spec's image with them.
+ * - command[0] of a worker this host runs itself (not remote, not an image's
+ *   command): a bare name is looked up in the worker's PATH (the spec's env
+ *   PATH, else sgpud's, which the worker inherits) and replaced by the path
+ *   found; the file must exist, be a regular file and be executable by
+ *   someone. A remote runtime's command runs on another node: it must be an
+ *   absolute path there, which is not checked here. */
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "api-internal.h"
+#include "sgpu/images-store.h"
+#include "sgpu/util.h"
+
+#define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
+
+static bool gpu_node_known(const sg_runtime_ops_t *rt, const sg_spec_t *spec, int *most, bool *can_tell) {
+  size_t n = 0;
+  int64_t age = -1;
+  const sg_runtime_node_t *nodes = rt->nodes ? rt->nodes(&n, &age) : NULL;
+  *most = 0;
+  *can_tell = nodes && n > 0;
+  bool known = false;
+  for (size_t i = 0; *can_tell && i < n; i++) {
+    if (nodes[i].gpus_total > 0 && !nodes[i].gpu_type[0])
+      *can_tell = false; /* GPUs of no stated type: any spec may fit */
+    if (strcmp(nodes[i].gpu_type, spec->gpu.type))
+      continue;
+    known = true;
+    if (nodes[i].gpus_total > *most)
+      *most = nodes[i].gpus_total;
+  }
+  return known;
+}
+
+static int check_gpus(sg_daemon_t *d, const sg_runtime_ops_t *rt, const sg_spec_t *spec, sg_error_t **err) {
+  if (spec->gpu.count <= 0 || !spec->gpu.type)
+    return 0;
+  int most;
+  const char *where;
+  if (rt->caps & SG_RUNTIME_OWN_GPUS) {
+    bool can_tell;
+    bool known = gpu_node_known(rt, spec, &most, &can_tell);
+    if (!can_tell)
+      return 0;
+    if (!known)
+      return sg_make_field_error(err, "gpu.type", "no node of the %s runtime has GPUs of type \"%s\"", rt->name,
+                                 spec->gpu.type);
+    where = "a node of that runtime";
+  } else {
+    most = d->gpus ? sg_gpu_total_count(d->gpus, spec->gpu.type) : 0;
+    if (most == 0)
+      return sg_make_field_error(err, "gpu.type",
+                                 "this host has no GPUs of type \"%s\" (see GET /v1/nodes; sgpud --gpus declares them)",
+                                 spec->gpu.type);
+    where = "this host";
+  }
+  if (spec->gpu.count > most)
+    return sg_make_field_error(err, "gpu.count", "is %d, but %s has at most %d GPUs of type \"%s\"", spec->gpu.count,
+                               where, most, spec->gpu.type);
+  return 0;
+}
+
+static bool executable_file(const char *path, int *why) {
+  struct stat st;
+  if (stat(path, &st) < 0) {
+    *why = errno;
+    return false;
+  }
+  if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
+    *why = S_ISDIR(st.st_mode) ? EISDIR : EACCES;
+    return false;
+  }
+  return true;
+}
+
+/* The PATH the worker gets: its spec's, else sgpud's (daemon/worker.c). */
+static const char *worker_path(const sg_spec_t *spec) {
+  for (size_t i = 0; i < spec->n_env; i++)
+    if (!strcmp(spec->env_keys[i], "PATH"))
+      return spec->env_values[i];
+  const char *path = getenv("PATH");
+  return path && *path ? path : DEFAULT_PATH;
+}
+
+/* The first executable file called name in the directories of path (a new
+ * string), or NULL. */
+static char *path_lookup(const char *name, const char *path) {
+  for (const char *p = path;;) {
+    size_t len = strcspn(p, ":");
+    if (len > 0 && p[0] == '/') { /* relative entries depend on a cwd: skipped */
+      cleanup_free char *cand = xasprintf("%.*s/%s", (int)len, p, name);
+      int why;
+      if (strlen(cand) < PATH_MAX && executable_file(cand, &why))
+        return steal_pointer(&cand);
+    }
+    if (!p[len])
+      return NULL;
+    p += len + 1;
+  }
+}
+
+static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t **err) {
+  if (spec->n_command == 0 || (spec->image && (rt->caps & SG_RUNTIME_IMAGES)))
+    return 0; /* the image's entrypoint, or a command inside the image */
+  const char *arg0 = spec->command[0];
+  if (rt->remote) {
+    if (arg0[0] != '/')
+      return sg_make_field_error(err, "command[0]",
+                                 "must be an absolute path: the %s runtime runs it on another node, whose PATH "
+                                 "sgpud does not know",
+                                 rt->name);
+    return 0;
+  }
+  if (arg0[0] != '/') {
+    const char *path = worker_path(spec);
+    char *found = path_lookup(arg0, path);
+    if (!found)
+      return sg_make_field_error(err, "command[0]", "\"%s\" is not an executable file in any directory of PATH (%s)",
+                                 arg0, path);
+    free(spec->command[0]);
+    spec->command[0] = found;
+    return 0;
+  }
+  int why;
+  if (!executable_file(arg0, &why))
+    return sg_make_field_error(err, "command[0]", "\"%s\" %s", arg0,
+                               why == ENOENT    ? "does not exist"
+                               : why == EACCES  ? "is not an executable file"
+                               : why == EISDIR  ? "is a directory"
+                               : why == ENOTDIR ? "does not exist (a component of its path is not a directory)"
+                                                : strerror(why));
+  return 0;
+}
+
+int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err) {
+  const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
+  if (!rt)
+    return 0; /* the spec parser refused it already */
+  if (check_gpus(d, rt, spec, err) < 0)
+    return -1;
+  /* Credentials are used to pull an image: a spec that runs none (the
+   * process runtime) may name any. */
+  if (spec->registry_auth && spec->image && (rt->caps & SG_RUNTIME_IMAGES)) {
+    sg_registry_auth_record_t rec;
+    cleanup_error sg_error_t *e = NULL;
+    if (sg_daemon_auth_get(d, spec->registry_auth, &rec, &e) < 0)
+      return sg_make_field_error(err, "registry_auth",
+                                 "no registry auth named \"%s\" (create it with POST /v1/registry-auths first)",
+                                 spec->registry_auth);
+  }
+  return check_command(rt, spec, err);
+}
