@@ -5,6 +5,7 @@
 #define SGPU_GPU_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "sgpu/error.h"
@@ -14,6 +15,7 @@ typedef struct sg_gpu {
   char *type;         /* short lowercase model name, e.g. "a100" */
   char *name;         /* full model name as reported, or the declared type */
   char *uuid;         /* NVML uuid, or NULL for declared GPUs */
+  uint64_t memory;    /* total memory in bytes as NVML reports it; 0: unknown (declared GPUs) */
   const char *source; /* "nvml" or "declared" */
   char *holder;       /* worker id holding it, or NULL */
   char *endpoint;     /* that worker's endpoint, or NULL */

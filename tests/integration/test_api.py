@@ -8,7 +8,7 @@ import stat
 import threading
 import unittest
 
-from harness import (DELETE, ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, error_of,
+from harness import (BUILD_DIR, DELETE, ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, error_of,
                      http_request, unique_name, wait_for)
 
 
@@ -543,3 +543,32 @@ class EndpointWriteStoreTest(SgpudTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NvmlDiscoveryTest(SgpudTestCase):
+    """GPU discovery through NVML, against the stand-in library
+    build/tests/libnvidia-ml.so.1 (tests/fixtures/fake-nvml.c: two "NVIDIA
+    H200" of 141 GiB): CI has no NVIDIA GPU; scripts/gpu-check.sh runs the
+    same checks against a real one."""
+
+    def test_nodes_show_discovered_gpus_and_a_worker_sees_the_one_it_holds(self):
+        lib_dir = os.path.join(BUILD_DIR, "tests")
+        self.assertTrue(os.path.exists(os.path.join(lib_dir, "libnvidia-ml.so.1")))
+        sg = self.start_sgpud(env={"LD_LIBRARY_PATH": lib_dir})
+        node = sg.nodes()[0]
+        self.assertEqual(node["gpus_total"], 2, node)
+        for i, g in enumerate(sorted(node["gpus"], key=lambda g: g["index"])):
+            self.assertEqual(g["index"], i)
+            self.assertEqual(g["type"], "h200")
+            self.assertEqual(g["name"], "NVIDIA H200")
+            self.assertEqual(g["source"], "nvml")
+            self.assertEqual(g["uuid"], "GPU-5a1e0000-0000-4000-8000-00000000000%d" % i)
+            self.assertEqual(g["memory_bytes"], 141 << 30)
+        name = unique_name("nvml")
+        self.create(echo_spec(name, gpu={"type": "h200", "count": 1}, workers={"min": 1, "max": 1}), sg=sg)
+        worker = sg.wait_ready(name)[0]
+        env = sg.invoke(name, "/env").body
+        held = [g for g in sg.nodes()[0]["gpus"] if g["worker"] == worker["id"]]
+        self.assertEqual(len(held), 1, held)
+        self.assertEqual(env["CUDA_VISIBLE_DEVICES"], str(held[0]["index"]))
+        self.assertEqual(env["NVIDIA_VISIBLE_DEVICES"], str(held[0]["index"]))

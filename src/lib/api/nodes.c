@@ -18,9 +18,10 @@ void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req) {
     if (!g->holder)
       free_n++;
     json_array_append_new(gpus,
-                          json_pack("{s:i, s:s, s:o, s:o, s:s, s:o, s:o}", "index", g->index, "type", g->type, "name",
-                                    str_or_null(g->name), "uuid", str_or_null(g->uuid), "source", g->source, "worker",
-                                    str_or_null(g->holder), "endpoint", str_or_null(g->endpoint)));
+                          json_pack("{s:i, s:s, s:o, s:o, s:o, s:s, s:o, s:o}", "index", g->index, "type", g->type,
+                                    "name", str_or_null(g->name), "uuid", str_or_null(g->uuid), "memory_bytes",
+                                    g->memory ? json_integer((json_int_t)g->memory) : json_null(), "source", g->source,
+                                    "worker", str_or_null(g->holder), "endpoint", str_or_null(g->endpoint)));
   }
   json_t *node = json_pack("{s:s, s:s, s:i, s:i, s:o}", "name", host, "runtime", sg_runtime_local()->name, "gpus_total",
                            (int)d->gpus->n, "gpus_free", free_n, "gpus", gpus);

@@ -9,7 +9,8 @@
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
-static void add_gpu(sg_gpu_inventory_t *inv, const char *type, const char *name, const char *uuid, const char *source) {
+static sg_gpu_t *add_gpu(sg_gpu_inventory_t *inv, const char *type, const char *name, const char *uuid,
+                         const char *source) {
   inv->gpus = xrealloc(inv->gpus, (inv->n + 1) * sizeof(sg_gpu_t));
   sg_gpu_t *g = &inv->gpus[inv->n];
   memset(g, 0, sizeof(*g));
@@ -19,6 +20,7 @@ static void add_gpu(sg_gpu_inventory_t *inv, const char *type, const char *name,
   g->uuid = uuid ? xstrdup(uuid) : NULL;
   g->source = source;
   inv->n++;
+  return g;
 }
 
 int sg_gpu_declare(sg_gpu_inventory_t *inv, const char *declared, sg_error_t **err) {
@@ -79,6 +81,11 @@ typedef int (*nvml_init_fn)(void);
 typedef int (*nvml_count_fn)(unsigned int *);
 typedef int (*nvml_handle_fn)(unsigned int, void **);
 typedef int (*nvml_str_fn)(void *, char *, unsigned int);
+/* nvmlMemory_t (version 1): bytes. */
+typedef struct nvml_memory {
+  unsigned long long total, free, used;
+} nvml_memory_t;
+typedef int (*nvml_memory_fn)(void *, nvml_memory_t *);
 
 static int discover_nvml(sg_gpu_inventory_t *inv) {
   void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -90,6 +97,7 @@ static int discover_nvml(sg_gpu_inventory_t *inv) {
   nvml_handle_fn handle = (nvml_handle_fn)dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
   nvml_str_fn get_name = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetName");
   nvml_str_fn get_uuid = (nvml_str_fn)dlsym(lib, "nvmlDeviceGetUUID");
+  nvml_memory_fn get_memory = (nvml_memory_fn)dlsym(lib, "nvmlDeviceGetMemoryInfo"); /* optional */
   int found = 0;
   unsigned int n = 0;
   if (init && shutdown && count && handle && get_name && get_uuid && init() == 0) {
@@ -101,7 +109,10 @@ static int discover_nvml(sg_gpu_inventory_t *inv) {
           continue;
         get_uuid(dev, uuid, sizeof(uuid));
         cleanup_free char *type = sg_gpu_type_from_name(name);
-        add_gpu(inv, type, name, uuid[0] ? uuid : NULL, "nvml");
+        sg_gpu_t *g = add_gpu(inv, type, name, uuid[0] ? uuid : NULL, "nvml");
+        nvml_memory_t mem = {0};
+        if (get_memory && get_memory(dev, &mem) == 0)
+          g->memory = mem.total;
         found++;
       }
     }
