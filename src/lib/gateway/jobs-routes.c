@@ -55,8 +55,13 @@ static void submit(jreq_t *r, sg_endpoint_t *ep) {
     sg_jreq_error(r, 400, "invalid_json", "request body is empty; {\"input\": ...} is expected");
     return;
   }
-  if (sg_job_submit_parse((const char *)evbuffer_pullup(r->body, -1), len, (size_t)spec->async.max_input_bytes, &s,
-                          &err) < 0) {
+  int parsed = sg_job_submit_parse((const char *)evbuffer_pullup(r->body, -1), len, (size_t)spec->async.max_input_bytes,
+                                   &s, &err);
+  if (parsed == 0 && s.webhook && J->webhooks && sg_webhooks_check(J->webhooks, s.webhook, &err) < 0) {
+    sg_job_submit_clear(&s); /* an address the allow-list refuses: 422 now, not a webhook dropped later */
+    parsed = -1;
+  }
+  if (parsed < 0) {
     sg_http_req_t *req = r->req;
     r->req = NULL;
     if (req) {
@@ -298,7 +303,9 @@ static void retry_job(jreq_t *r, sg_job_t *j) {
   j->retries++;
   sg_jobs_set_str(&j->output, NULL);
   sg_jobs_set_str(&j->error, NULL);
-  j->created_wall = sg_wall_ms();
+  /* delayTime still counts from the submission (created_wall); the ttl
+   * starts again. */
+  j->ttl_from_wall = sg_wall_ms();
   j->started_wall = j->finished_wall = j->delay_ms = j->execution_ms = j->expires_wall = 0;
   sg_jreq_attach(r, j, W_COMMIT);
   j->pending++;
