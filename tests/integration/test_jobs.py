@@ -404,9 +404,9 @@ class JobsTest(SgpudTestCase):
             self.assertIn("webhook_allow", error_of(resp)["message"])
             resp = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {}, "webhook": url})
             self.assertError(resp, 422, "invalid_field", field="webhook", msg=url)
-        # an allowed address is accepted
-        self.assertEqual(self.run_job(name, {"input": {}, "webhook": "http://127.0.0.1:9/hook"})["status"],
-                         "IN_QUEUE")
+        # an allowed address, or a name with an allowed address, is accepted
+        for url in ("http://127.0.0.1:9/hook", "http://localhost:9/hook"):
+            self.assertEqual(self.run_job(name, {"input": {}, "webhook": url})["status"], "IN_QUEUE", url)
 
     def test_webhook_url_is_validated(self):
         name = self.endpoint("jhookv")
@@ -515,6 +515,22 @@ class JobsWebhookOrderTest(SgpudTestCase):
         job_hits = [h for h in hits if h[0] == "/job"]
         newest = job_hits.index(("/job", 1, 200))
         self.assertEqual([h for h in job_hits[newest:] if h[1] == 0], [], hits)
+
+
+class JobsWebhookAllowTest(SgpudTestCase):
+    SHARED = {}  # the default webhook_allow: ["public"]
+
+    def test_webhook_name_refused_by_the_allow_list_is_422(self):
+        """A webhook host name is resolved at submission: one whose addresses the
+        allow-list all refuses (localhost is not public) is a 422 naming the field."""
+        name = unique_name("jhookn")
+        self.create(async_spec(name, workers={"min": 0}))
+        for url in ("http://localhost:9/hook", "http://127.0.0.1:9/hook"):
+            for route in ("run", "runsync"):
+                resp = self.sg.api("POST", "/v2/%s/%s" % (name, route), {"input": {}, "webhook": url})
+                self.assertError(resp, 422, "invalid_field", field="webhook", msg=url)
+        health = self.sg.api("GET", "/v2/%s/health" % name).body
+        self.assertEqual(health["jobs"]["inQueue"], 0, health)
 
 
 class JobsCrashTest(SgpudTestCase):

@@ -338,8 +338,47 @@ static void test_check_at_submission(void **state) {
   sg_error_free(err);
   err = NULL;
   assert_int_equal(sg_webhooks_check(wh, "https://10.1.2.3/hook", &err), 0);
-  assert_int_equal(sg_webhooks_check(wh, "https://hooks.example.invalid/hook", &err), 0);
+  assert_int_equal(sg_webhooks_check(wh, "https://hooks.example.invalid/hook", &err), 1);
   assert_null(err);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+}
+
+struct checked {
+  struct event_base *base;
+  bool called, cancelled;
+  sg_error_t *err;
+};
+
+static void on_checked(void *arg, bool cancelled, sg_error_t *err) {
+  struct checked *c = arg;
+  c->called = true;
+  c->cancelled = cancelled;
+  c->err = err;
+  event_base_loopbreak(c->base);
+}
+
+/* A name is resolved on the pool and refused when none of its addresses is
+ * on the list, admitted when one is. */
+static void test_check_name_on_the_pool(void **state) {
+  (void)state;
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "10.0.0.0/8", 0.02);
+  struct checked c = {base, false, false, NULL};
+  sg_webhooks_check_name(wh, "http://localhost:8080/x", on_checked, &c);
+  event_base_dispatch(base);
+  assert_true(c.called);
+  assert_false(c.cancelled);
+  assert_non_null(c.err);
+  assert_string_equal(c.err->field, "webhook");
+  sg_error_free(c.err);
+  sg_webhooks_stop(wh);
+  wh = start(base, "127.0.0.1/32", 0.02);
+  c = (struct checked){base, false, false, NULL};
+  sg_webhooks_check_name(wh, "http://localhost:8080/x", on_checked, &c);
+  event_base_dispatch(base);
+  assert_true(c.called);
+  assert_null(c.err);
   sg_webhooks_stop(wh);
   event_base_free(base);
 }
@@ -353,6 +392,7 @@ int main(void) {
       cmocka_unit_test(test_waiting_deliveries_are_bounded),
       cmocka_unit_test(test_newer_body_supersedes_a_waiting_retry),
       cmocka_unit_test(test_check_at_submission),
+      cmocka_unit_test(test_check_name_on_the_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

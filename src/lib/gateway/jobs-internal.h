@@ -83,7 +83,7 @@ struct sg_job {
 };
 
 enum jr_action { A_RUN, A_RUNSYNC, A_STATUS, A_CANCEL, A_RETRY, A_PURGE, A_HEALTH, A_STREAM };
-enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER, W_STORE };
+enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER, W_STORE, W_CHECK };
 
 struct jreq {
   LIST_ENTRY(jreq) link;  /* J->reqs */

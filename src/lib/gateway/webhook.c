@@ -313,7 +313,7 @@ void sg_webhooks_send(sg_webhooks_t *wh, const char *key, const char *url, const
 int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err) {
   CURLU *u = curl_url();
   char *host = NULL;
-  int r = 0;
+  int r = 1; /* a name, until its host parses as an address */
   if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
     char name[256];
     snprintf(name, sizeof(name), "%s", host);
@@ -324,6 +324,7 @@ int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err
     }
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res = NULL;
     if (getaddrinfo(name, NULL, &hints, &res) == 0) {
+      r = 0;
       bool allowed = false;
       for (struct addrinfo *ai = res; ai && !allowed; ai = ai->ai_next)
         allowed = sg_addr_allowed(wh->rules, wh->n_rules, ai->ai_addr);
@@ -338,6 +339,43 @@ int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err
   curl_free(host);
   curl_url_cleanup(u);
   return r;
+}
+
+/* A check of a URL whose host is a name, on the pool (it resolves). */
+struct name_check {
+  sg_webhooks_t *wh;
+  char *url;
+  int verdict; /* as pick_address */
+  char why[300];
+  sg_webhook_checked_fn cb;
+  void *arg;
+};
+
+static void check_work(void *data) {
+  struct name_check *c = data;
+  char pin[512];
+  c->verdict = pick_address(c->wh, c->url, pin, sizeof(pin), c->why, sizeof(c->why));
+}
+
+static void check_done(void *data, bool cancelled) {
+  struct name_check *c = data;
+  sg_error_t *err = NULL;
+  if (!cancelled && c->verdict > 0)
+    sg_make_field_error(&err, "webhook", "%s (webhook_allow)", c->why);
+  c->cb(c->arg, cancelled, err);
+  free(c->url);
+  free(c);
+}
+
+static const sg_pool_job_ops_t check_ops = {check_work, check_done};
+
+void sg_webhooks_check_name(sg_webhooks_t *wh, const char *url, sg_webhook_checked_fn cb, void *arg) {
+  struct name_check *c = xcalloc(1, sizeof(*c));
+  c->wh = wh;
+  c->url = xstrdup(url);
+  c->cb = cb;
+  c->arg = arg;
+  sg_pool_submit(wh->pool, &check_ops, c);
 }
 
 void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out) { *out = wh->stats; }

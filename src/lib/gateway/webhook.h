@@ -15,6 +15,7 @@
 #ifndef SGPU_WEBHOOK_H
 #define SGPU_WEBHOOK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,9 +42,18 @@ sg_webhooks_t *sg_webhooks_start(struct event_base *base, const sg_addr_rule_t *
  * supersedes the one of that key not yet delivered, if any. */
 void sg_webhooks_send(sg_webhooks_t *wh, const char *key, const char *url, const char *body);
 /* Checks url against the allow-list when its host is an address: -1 with a
- * field error naming "webhook" when the list refuses it; 0 otherwise (a
- * name is resolved and checked at each delivery). Never blocks. */
+ * field error naming "webhook" when the list refuses it, 0 when it admits
+ * it; 1 when the host is a name (sg_webhooks_check_name resolves it). Never
+ * blocks. */
 int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err);
+/* The outcome of sg_webhooks_check_name on the loop: err (taken by the
+ * callee; NULL when admitted or when the name does not resolve now) is a
+ * field error naming "webhook" when no address of the name is on the
+ * allow-list; cancelled when sgpud stops first. */
+typedef void (*sg_webhook_checked_fn)(void *arg, bool cancelled, sg_error_t *err);
+/* Resolves url's host on the pool and checks its addresses as a delivery
+ * would (at least one admitted); cb runs on the loop. */
+void sg_webhooks_check_name(sg_webhooks_t *wh, const char *url, sg_webhook_checked_fn cb, void *arg);
 void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out);
 /* Stops the pool (transfers in progress end first) and frees wh;
  * undelivered deliveries, queued or waiting for a retry, are dropped.
