@@ -36,6 +36,8 @@ struct server {
   char path[64];
   char body[256];
   bool bodies_differ;
+  bool hold_first; /* the first answer waits until released is set */
+  bool released;
 };
 
 /* Reads one request: head and Content-Length body. Returns 0 or -1. */
@@ -94,7 +96,15 @@ static void *serve(void *arg) {
       snprintf(s->path, sizeof(s->path), "%s", path);
       snprintf(s->body, sizeof(s->body), "%s", body);
       s->hits++;
+      bool hold = s->hold_first && s->hits == 1;
       pthread_mutex_unlock(&s->mu);
+      while (hold) {
+        pthread_mutex_lock(&s->mu);
+        hold = !s->released && !s->stop;
+        pthread_mutex_unlock(&s->mu);
+        if (hold)
+          poll(NULL, 0, 1);
+      }
       char answer[128];
       int len =
           snprintf(answer, sizeof(answer), "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
@@ -322,6 +332,41 @@ static void test_newer_body_supersedes_a_waiting_retry(void **state) {
   server_stop(s);
 }
 
+/* A newer body of the same job while the older one's attempt is under way:
+ * the newer waits for that attempt, which is then not retried (so the two
+ * never race on the pool's two threads). */
+static void test_newer_body_waits_for_the_attempt_under_way(void **state) {
+  (void)state;
+  static const int script[] = {500, 200};
+  struct server *s = server_start(script, 2);
+  pthread_mutex_lock(&s->mu);
+  s->hold_first = true;
+  pthread_mutex_unlock(&s->mu);
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "127.0.0.1/32", 0.02);
+  cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
+  sg_webhooks_send(wh, "j1", url, body);
+  for (int64_t give_up = sg_now_ms() + 20000; server_hits(s) < 1 && sg_now_ms() < give_up;)
+    poll(NULL, 0, 1);
+  assert_int_equal(server_hits(s), 1); /* the first attempt is under way, its answer held */
+  static const char *newer = "{\"id\":\"j1\",\"status\":\"COMPLETED\",\"retries\":1}";
+  sg_webhooks_send(wh, "j1", url, newer);
+  pthread_mutex_lock(&s->mu);
+  s->released = true;
+  pthread_mutex_unlock(&s->mu);
+  run_until(base, wh, delivered);
+  sg_webhook_stats_t st;
+  sg_webhooks_get_stats(wh, &st);
+  assert_int_equal(st.superseded, 1);
+  assert_int_equal(st.attempts, 2);
+  assert_int_equal(st.retrying, 0);
+  assert_int_equal(server_hits(s), 2);
+  assert_string_equal(s->body, newer);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+  server_stop(s);
+}
+
 /* The allow-list is checked at submission for an address; a name is
  * resolved and checked at delivery (no DNS lookup on the loop). */
 static void test_check_at_submission(void **state) {
@@ -391,6 +436,7 @@ int main(void) {
       cmocka_unit_test(test_stop_with_a_retry_waiting),
       cmocka_unit_test(test_waiting_deliveries_are_bounded),
       cmocka_unit_test(test_newer_body_supersedes_a_waiting_retry),
+      cmocka_unit_test(test_newer_body_waits_for_the_attempt_under_way),
       cmocka_unit_test(test_check_at_submission),
       cmocka_unit_test(test_check_name_on_the_pool),
   };
