@@ -125,9 +125,10 @@ void sg_jobs_worker_trusted(sg_endpoint_t *ep, const sg_worker_t *w) {
   if (!ep->jobs)
     return;
   sg_job_t *j;
-  TAILQ_FOREACH(j, &ep->jobs->queue, qlink)
-  if (j->avoid_worker && !strcmp(j->avoid_worker, w->id))
-    sg_jobs_set_str(&j->avoid_worker, NULL);
+  TAILQ_FOREACH(j, &ep->jobs->queue, qlink) {
+    if (j->avoid_worker && !strcmp(j->avoid_worker, w->id))
+      sg_jobs_set_str(&j->avoid_worker, NULL);
+  }
 }
 
 /* The worker was lost during an execution (taken: the request reached it):
