@@ -113,6 +113,24 @@ class GatewayTest(SgpudTestCase):
         self.assertGreaterEqual(retries, 1)
         self.assertEqual(self.sg.api("GET", "/v1/endpoints/" + name).body["status"]["queued"], 0)
 
+    def test_retried_request_counts_once_in_usage(self):
+        """Usage `requests` counts a request once, not once per attempt: a request
+        whose first worker refused it and that the replacement served is one."""
+        name = unique_name("usage1")
+        self.create(echo_spec(name, workers={"min": 1, "max": 1},
+                              health={"path": "/health", "period_s": 1, "failure_threshold": 1}))
+        (gone,) = self.sg.wait_ready(name, 1, timeout=20)
+        worker_get(gone["port"], "/close-listener")
+        r = self.sg.invoke(name, "/infer", body=b"requeued", timeout=scaled(60))
+        self.assertOk(r)
+        self.assertNotEqual(r.body["worker_pid"], gone["pid"])
+        samples, _ = parse_prometheus(self.sg.api("GET", "/metrics", raw=True).body.decode())
+        (retries,) = series(samples, "sgpu_retries_total", endpoint=name).values()
+        self.assertGreaterEqual(retries, 1)
+        usage = self.sg.api("GET", "/v1/usage?endpoint=%s" % name)
+        self.assertEqual(usage.status, 200, usage.body)
+        self.assertEqual(usage.body["total"]["requests"], 1, usage.body)
+
     def test_streamed_chunked_upload(self):
         name = unique_name("upload")
         self.warm(name)

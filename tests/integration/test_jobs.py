@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import (Background, SgpudTestCase, echo_spec, http_request, scaled, unique_name,
+from harness import (Background, SgpudTestCase, echo_spec, error_of, http_request, scaled, unique_name,
                      wait_for)
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -23,6 +23,13 @@ _CONFIG_DIR = tempfile.mkdtemp(prefix="sgpu-it-jobs-")
 CONFIG = os.path.join(_CONFIG_DIR, "sgpud.json")
 with open(CONFIG, "w") as f:
     json.dump({"webhook_allow": ["public", "127.0.0.1/32"]}, f)
+
+
+def worker_get(port, path):
+    """GET from a worker directly (not through sgpud)."""
+    resp = http_request(port, "GET", path, timeout=10)
+    assert resp.status == 200, resp
+    return resp.body
 
 
 def async_spec(name, workers=None, env=None, **kwargs):
@@ -206,6 +213,87 @@ class JobsTest(SgpudTestCase):
 
     # ---- cancel, retry, purge, health
 
+    def worker_stats(self, name):
+        (w,) = self.sg.active_workers(name)
+        return worker_get(w["port"], "/stats")
+
+    def test_cancelled_or_timed_out_job_keeps_its_slot(self):
+        """max_concurrency 1: a job cancelled (or timed out) while its worker computes
+        it keeps that worker's slot until the worker's answer ended, so the next job
+        never runs beside it; the slot is then free."""
+        name = self.endpoint("jslot")
+        first = self.run_job(name, {"input": {"sleep_ms": 1500}})
+        wait_for(lambda: self.status(name, first["id"])["status"] == "IN_PROGRESS", 10)
+        resp = self.sg.api("POST", "/v2/%s/cancel/%s" % (name, first["id"]))
+        self.assertEqual(resp.body["status"], "CANCELLED", resp.body)
+        after = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {}}).body
+        self.assertEqual(after["status"], "COMPLETED", after)
+        stats = self.worker_stats(name)
+        self.assertEqual(stats["jobs_received"], 2, stats)
+        self.assertEqual(stats["jobs_max_running"], 1, stats)
+        timed = self.run_job(name, {"input": {"sleep_ms": 1500}, "policy": {"executionTimeout": 200}})
+        self.assertEqual(self.wait_final(name, timed["id"])["status"], "TIMED_OUT")
+        after = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {}}).body
+        self.assertEqual(after["status"], "COMPLETED", after)
+        stats = self.worker_stats(name)
+        self.assertEqual(stats["jobs_received"], 4, stats)
+        self.assertEqual(stats["jobs_max_running"], 1, stats)
+        health = self.sg.api("GET", "/v2/%s/health" % name).body
+        self.assertEqual(health["workers"]["idle"], 1, health)
+
+    def test_lost_job_goes_to_another_worker(self):
+        """A job whose worker closed the connection without answering is not sent to
+        that worker again: it runs on the other one, and its attempts count once."""
+        name = self.endpoint("jlost", workers={"min": 2, "max": 2}, **{"async": {"max_retries": 1}})
+        body = self.run_job(name, {"input": {"drop_attempts": 1}})
+        final = self.wait_final(name, body["id"])
+        self.assertEqual(final["status"], "COMPLETED", final)
+        self.assertEqual((final["attempts"], final["retries"]), (2, 1), final)
+        received = sorted(worker_get(w["port"], "/stats")["jobs_received"] for w in self.sg.active_workers(name))
+        self.assertEqual(received, [1, 1])
+
+    def test_worker_crash_costs_each_job_one_attempt(self):
+        """A worker that exits with three jobs in flight: each of them counts that as
+        one attempt and runs again on the replacement (max_retries 1 suffices)."""
+        name = self.endpoint("jcrash1", workers={"max_concurrency": 3}, **{"async": {"max_retries": 1}})
+        (old,) = self.sg.active_workers(name)
+        sleepers = [self.run_job(name, {"input": {"sleep_ms": 3000, "n": i}}) for i in range(2)]
+        for j in sleepers:
+            wait_for(lambda: self.status(name, j["id"])["status"] == "IN_PROGRESS", 10)
+        crash = self.run_job(name, {"input": {"crash_attempts": 1}})
+        for j in sleepers + [crash]:
+            final = self.wait_final(name, j["id"], timeout=40)
+            self.assertEqual(final["status"], "COMPLETED", final)
+            self.assertEqual(final["attempts"], 2, final)
+            self.assertNotEqual(final["workerId"], old["id"], final)
+
+    def test_delay_time_counts_from_submission(self):
+        """delayTime runs from the submission to the start of the execution that
+        gave the result, across a retry; executionTime is that execution's."""
+        name = self.endpoint("jdelay")
+        body = self.run_job(name, {"input": {"fail": "no", "sleep_ms": 600}})
+        submitted_by = time.time()
+        self.assertEqual(self.wait_final(name, body["id"])["status"], "FAILED")
+        retried_at = time.time()
+        self.assertEqual(self.sg.api("POST", "/v2/%s/retry/%s" % (name, body["id"])).status, 200)
+        final = self.wait_final(name, body["id"])
+        self.assertEqual((final["status"], final["retries"]), ("FAILED", 1), final)
+        self.assertGreaterEqual(final["delayTime"], (retried_at - submitted_by) * 1000 - 5, final)
+        self.assertGreaterEqual(final["executionTime"], 600, final)
+
+    def test_usage_counts_jobs_not_attempts(self):
+        """Usage `requests` counts each job once, on its last attempt: one completed
+        on its second attempt and one failed after two."""
+        name = self.endpoint("jusage", workers={"min": 2, "max": 2}, **{"async": {"max_retries": 1}})
+        ok = self.run_job(name, {"input": {"drop_attempts": 1}})
+        bad = self.run_job(name, {"input": {"drop_attempts": 5}})
+        self.assertEqual(self.wait_final(name, ok["id"])["status"], "COMPLETED")
+        final = self.wait_final(name, bad["id"])
+        self.assertEqual((final["status"], final["attempts"]), ("FAILED", 2), final)
+        usage = self.sg.api("GET", "/v1/usage?endpoint=%s" % name)
+        self.assertEqual(usage.status, 200, usage.body)
+        self.assertEqual(usage.body["total"]["requests"], 2, usage.body)
+
     def test_cancel_queued_and_running(self):
         name = self.endpoint("jcancel")
         running = self.run_job(name, {"input": {"sleep_ms": 5000}})
@@ -219,7 +307,7 @@ class JobsTest(SgpudTestCase):
         resp = self.sg.api("POST", "/v2/%s/cancel/%s" % (name, running["id"]))
         self.assertEqual(resp.body["status"], "CANCELLED", resp.body)
         self.assertLess(time.monotonic() - start, scaled(2))
-        # the worker slot is free again: the next job runs at once
+        # the next job runs once the worker's answer to the cancelled one ended
         after = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"sleep_ms": 10}}).body
         self.assertEqual(after["status"], "COMPLETED", after)
         # cancelling a finished job changes nothing
@@ -306,6 +394,20 @@ class JobsTest(SgpudTestCase):
         time.sleep(0.5)
         self.assertEqual(len(sink.hits), 2)
 
+    def test_webhook_refused_by_the_allow_list_is_422(self):
+        """An address the daemon's webhook_allow refuses fails the submission, naming
+        the field, instead of a webhook dropped when the job ends."""
+        name = self.endpoint("jhooka")
+        for url in ("http://10.1.2.3/hook", "http://[::1]:8080/hook", "https://192.168.0.7:9/x"):
+            resp = self.sg.api("POST", "/v2/%s/run" % name, {"input": {}, "webhook": url})
+            self.assertError(resp, 422, "invalid_field", field="webhook", msg=url)
+            self.assertIn("webhook_allow", error_of(resp)["message"])
+            resp = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {}, "webhook": url})
+            self.assertError(resp, 422, "invalid_field", field="webhook", msg=url)
+        # an allowed address, or a name with an allowed address, is accepted
+        for url in ("http://127.0.0.1:9/hook", "http://localhost:9/hook"):
+            self.assertEqual(self.run_job(name, {"input": {}, "webhook": url})["status"], "IN_QUEUE", url)
+
     def test_webhook_url_is_validated(self):
         name = self.endpoint("jhookv")
         for url in ("ftp://127.0.0.1/x", "not a url", "http://user:pw@127.0.0.1/", 5):
@@ -360,6 +462,75 @@ class JobsTest(SgpudTestCase):
                          field="async.max_retries")
         bad = echo_spec(unique_name("jspec"), **{"async": {"path": "/run"}})
         self.assertError(self.sg.api("POST", "/v1/endpoints", bad), 422, "invalid_field", field="async")
+
+
+_ORDER_CONFIG = os.path.join(_CONFIG_DIR, "sgpud-webhook-order.json")
+with open(_ORDER_CONFIG, "w") as f:
+    json.dump({"webhook_allow": ["127.0.0.1/32"], "webhook_retry_s": 2}, f)
+
+
+class JobsWebhookOrderTest(SgpudTestCase):
+    SHARED = {"config": _ORDER_CONFIG}
+
+    def test_stale_webhook_retry_never_follows_a_newer_one(self):
+        """A job's webhook waiting for its retry is replaced by the webhook of the
+        job's later run (/retry): the receiver never gets the older state after the
+        newer one."""
+        hits = []
+        first_of = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                status = 200 if self.path in first_of else 500
+                first_of.add(self.path)
+                hits.append((self.path, body.get("retries"), status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        url = "http://127.0.0.1:%d" % server.server_address[1]
+        name = unique_name("jhorder")
+        self.create(async_spec(name))
+        self.sg.wait_ready(name, 1, timeout=20)
+        job = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"fail": "x"}, "webhook": url + "/job"}).body
+        self.assertEqual(job["status"], "FAILED", job)
+        wait_for(lambda: len(hits) >= 1, 10, message="the first webhook")
+        self.assertEqual(hits[0], ("/job", 0, 500))  # its retry now waits
+        resp = self.sg.api("POST", "/v2/%s/retry/%s" % (name, job["id"]))
+        self.assertEqual(resp.status, 200, resp.body)
+        wait_for(lambda: ("/job", 1, 200) in hits, 10, message="the webhook of the retried run")
+        # A marker job whose first webhook fails too: its retry is timed after the
+        # stale one would have been, so once it arrived the stale one had its turn.
+        marker = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {}, "webhook": url + "/marker"}).body
+        self.assertEqual(marker["status"], "COMPLETED", marker)
+        wait_for(lambda: ("/marker", 0, 200) in hits, 20, message="the marker's webhook retry")
+        job_hits = [h for h in hits if h[0] == "/job"]
+        newest = job_hits.index(("/job", 1, 200))
+        self.assertEqual([h for h in job_hits[newest:] if h[1] == 0], [], hits)
+
+
+class JobsWebhookAllowTest(SgpudTestCase):
+    SHARED = {}  # the default webhook_allow: ["public"]
+
+    def test_webhook_name_refused_by_the_allow_list_is_422(self):
+        """A webhook host name is resolved at submission: one whose addresses the
+        allow-list all refuses (localhost is not public) is a 422 naming the field."""
+        name = unique_name("jhookn")
+        self.create(async_spec(name, workers={"min": 0}))
+        for url in ("http://localhost:9/hook", "http://127.0.0.1:9/hook"):
+            for route in ("run", "runsync"):
+                resp = self.sg.api("POST", "/v2/%s/%s" % (name, route), {"input": {}, "webhook": url})
+                self.assertError(resp, 422, "invalid_field", field="webhook", msg=url)
+        health = self.sg.api("GET", "/v2/%s/health" % name).body
+        self.assertEqual(health["jobs"]["inQueue"], 0, health)
 
 
 class JobsCrashTest(SgpudTestCase):

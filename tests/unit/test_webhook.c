@@ -1,6 +1,7 @@
 /* Webhook delivery (gateway/webhook.c) against a local HTTP server: retries
- * timed on the loop, giving up, the allow-list, stop with a retry waiting
- * and the bound on waiting deliveries. */
+ * timed on the loop, giving up, the allow-list, stop with a retry waiting,
+ * the bound on waiting deliveries, a newer body of a job superseding an
+ * older one and the allow-list check at submission. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +36,8 @@ struct server {
   char path[64];
   char body[256];
   bool bodies_differ;
+  bool hold_first; /* the first answer waits until released is set */
+  bool released;
 };
 
 /* Reads one request: head and Content-Length body. Returns 0 or -1. */
@@ -93,7 +96,15 @@ static void *serve(void *arg) {
       snprintf(s->path, sizeof(s->path), "%s", path);
       snprintf(s->body, sizeof(s->body), "%s", body);
       s->hits++;
+      bool hold = s->hold_first && s->hits == 1;
       pthread_mutex_unlock(&s->mu);
+      while (hold) {
+        pthread_mutex_lock(&s->mu);
+        hold = !s->released && !s->stop;
+        pthread_mutex_unlock(&s->mu);
+        if (hold)
+          poll(NULL, 0, 1);
+      }
       char answer[128];
       int len =
           snprintf(answer, sizeof(answer), "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
@@ -196,7 +207,7 @@ static void test_retried_until_delivered(void **state) {
   struct event_base *base = event_base_new();
   sg_webhooks_t *wh = start(base, "127.0.0.1/32", 0.02);
   cleanup_free char *url = xasprintf("http://127.0.0.1:%d/hook", s->port);
-  sg_webhooks_send(wh, url, body);
+  sg_webhooks_send(wh, "j1", url, body);
   run_until(base, wh, delivered);
   sg_webhook_stats_t st;
   sg_webhooks_get_stats(wh, &st);
@@ -220,7 +231,7 @@ static void test_given_up_after_three_attempts(void **state) {
   struct event_base *base = event_base_new();
   sg_webhooks_t *wh = start(base, "127.0.0.1/32", 0.02);
   cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
-  sg_webhooks_send(wh, url, body);
+  sg_webhooks_send(wh, "j1", url, body);
   run_until(base, wh, failed);
   sg_webhook_stats_t st;
   sg_webhooks_get_stats(wh, &st);
@@ -242,7 +253,7 @@ static void test_refused_off_the_allow_list(void **state) {
   struct event_base *base = event_base_new();
   sg_webhooks_t *wh = start(base, "10.0.0.0/8", 0.02);
   cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
-  sg_webhooks_send(wh, url, body);
+  sg_webhooks_send(wh, "j1", url, body);
   run_until(base, wh, refused);
   sg_webhook_stats_t st;
   sg_webhooks_get_stats(wh, &st);
@@ -263,7 +274,7 @@ static void test_stop_with_a_retry_waiting(void **state) {
   struct event_base *base = event_base_new();
   sg_webhooks_t *wh = start(base, "127.0.0.1/32", 3600);
   cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
-  sg_webhooks_send(wh, url, body);
+  sg_webhooks_send(wh, "j1", url, body);
   run_until(base, wh, retrying);
   sg_webhooks_stop(wh);
   event_base_loop(base, EVLOOP_NONBLOCK);
@@ -279,12 +290,15 @@ static void test_waiting_deliveries_are_bounded(void **state) {
   sg_log_set_level(SG_LOG_ERROR); /* one warning per refused delivery */
   struct event_base *base = event_base_new();
   sg_webhooks_t *wh = start(base, "10.0.0.0/8", 0.02);
-  for (int i = 0; i < SG_WEBHOOK_MAX_QUEUED; i++)
-    sg_webhooks_send(wh, "http://127.0.0.1:9/x", body);
+  char key[32];
+  for (int i = 0; i < SG_WEBHOOK_MAX_QUEUED; i++) {
+    snprintf(key, sizeof(key), "j%d", i);
+    sg_webhooks_send(wh, key, "http://127.0.0.1:9/x", body);
+  }
   sg_webhook_stats_t st;
   sg_webhooks_get_stats(wh, &st);
   assert_int_equal(st.failed, 0);
-  sg_webhooks_send(wh, "http://127.0.0.1:9/x", body);
+  sg_webhooks_send(wh, "one-more", "http://127.0.0.1:9/x", body);
   sg_webhooks_get_stats(wh, &st);
   assert_int_equal(st.failed, 1);
   sg_webhooks_stop(wh);
@@ -292,11 +306,139 @@ static void test_waiting_deliveries_are_bounded(void **state) {
   sg_log_set_level(SG_LOG_INFO);
 }
 
+/* A newer body of the same job replaces one waiting for its retry: the older
+ * body is never sent again, so it cannot arrive after the newer one. */
+static void test_newer_body_supersedes_a_waiting_retry(void **state) {
+  (void)state;
+  static const int script[] = {500, 200};
+  struct server *s = server_start(script, 2);
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "127.0.0.1/32", 3600);
+  cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
+  sg_webhooks_send(wh, "j1", url, body);
+  run_until(base, wh, retrying);
+  static const char *newer = "{\"id\":\"j1\",\"status\":\"FAILED\",\"retries\":1}";
+  sg_webhooks_send(wh, "j1", url, newer);
+  run_until(base, wh, delivered);
+  sg_webhook_stats_t st;
+  sg_webhooks_get_stats(wh, &st);
+  assert_int_equal(st.superseded, 1);
+  assert_int_equal(st.retrying, 0);
+  assert_int_equal(st.attempts, 2);
+  assert_int_equal(server_hits(s), 2);
+  assert_string_equal(s->body, newer);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+  server_stop(s);
+}
+
+/* A newer body of the same job while the older one's attempt is under way:
+ * the newer waits for that attempt, which is then not retried (so the two
+ * never race on the pool's two threads). */
+static void test_newer_body_waits_for_the_attempt_under_way(void **state) {
+  (void)state;
+  static const int script[] = {500, 200};
+  struct server *s = server_start(script, 2);
+  pthread_mutex_lock(&s->mu);
+  s->hold_first = true;
+  pthread_mutex_unlock(&s->mu);
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "127.0.0.1/32", 0.02);
+  cleanup_free char *url = xasprintf("http://127.0.0.1:%d/x", s->port);
+  sg_webhooks_send(wh, "j1", url, body);
+  for (int64_t give_up = sg_now_ms() + 20000; server_hits(s) < 1 && sg_now_ms() < give_up;)
+    poll(NULL, 0, 1);
+  assert_int_equal(server_hits(s), 1); /* the first attempt is under way, its answer held */
+  static const char *newer = "{\"id\":\"j1\",\"status\":\"COMPLETED\",\"retries\":1}";
+  sg_webhooks_send(wh, "j1", url, newer);
+  pthread_mutex_lock(&s->mu);
+  s->released = true;
+  pthread_mutex_unlock(&s->mu);
+  run_until(base, wh, delivered);
+  sg_webhook_stats_t st;
+  sg_webhooks_get_stats(wh, &st);
+  assert_int_equal(st.superseded, 1);
+  assert_int_equal(st.attempts, 2);
+  assert_int_equal(st.retrying, 0);
+  assert_int_equal(server_hits(s), 2);
+  assert_string_equal(s->body, newer);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+  server_stop(s);
+}
+
+/* The allow-list is checked at submission for an address; a name is
+ * resolved and checked at delivery (no DNS lookup on the loop). */
+static void test_check_at_submission(void **state) {
+  (void)state;
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "10.0.0.0/8", 0.02);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_webhooks_check(wh, "http://127.0.0.1:8080/x", &err), -1);
+  assert_non_null(err);
+  assert_string_equal(err->field, "webhook");
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_webhooks_check(wh, "http://[::1]/x", &err), -1);
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_webhooks_check(wh, "https://10.1.2.3/hook", &err), 0);
+  assert_int_equal(sg_webhooks_check(wh, "https://hooks.example.invalid/hook", &err), 1);
+  assert_null(err);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+}
+
+struct checked {
+  struct event_base *base;
+  bool called, cancelled;
+  sg_error_t *err;
+};
+
+static void on_checked(void *arg, bool cancelled, sg_error_t *err) {
+  struct checked *c = arg;
+  c->called = true;
+  c->cancelled = cancelled;
+  c->err = err;
+  event_base_loopbreak(c->base);
+}
+
+/* A name is resolved on the pool and refused when none of its addresses is
+ * on the list, admitted when one is. */
+static void test_check_name_on_the_pool(void **state) {
+  (void)state;
+  struct event_base *base = event_base_new();
+  sg_webhooks_t *wh = start(base, "10.0.0.0/8", 0.02);
+  struct checked c = {base, false, false, NULL};
+  sg_webhooks_check_name(wh, "http://localhost:8080/x", on_checked, &c);
+  event_base_dispatch(base);
+  assert_true(c.called);
+  assert_false(c.cancelled);
+  assert_non_null(c.err);
+  assert_string_equal(c.err->field, "webhook");
+  sg_error_free(c.err);
+  sg_webhooks_stop(wh);
+  wh = start(base, "127.0.0.1/32", 0.02);
+  c = (struct checked){base, false, false, NULL};
+  sg_webhooks_check_name(wh, "http://localhost:8080/x", on_checked, &c);
+  event_base_dispatch(base);
+  assert_true(c.called);
+  assert_null(c.err);
+  sg_webhooks_stop(wh);
+  event_base_free(base);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_retried_until_delivered),        cmocka_unit_test(test_given_up_after_three_attempts),
-      cmocka_unit_test(test_refused_off_the_allow_list),     cmocka_unit_test(test_stop_with_a_retry_waiting),
+      cmocka_unit_test(test_retried_until_delivered),
+      cmocka_unit_test(test_given_up_after_three_attempts),
+      cmocka_unit_test(test_refused_off_the_allow_list),
+      cmocka_unit_test(test_stop_with_a_retry_waiting),
       cmocka_unit_test(test_waiting_deliveries_are_bounded),
+      cmocka_unit_test(test_newer_body_supersedes_a_waiting_retry),
+      cmocka_unit_test(test_newer_body_waits_for_the_attempt_under_way),
+      cmocka_unit_test(test_check_at_submission),
+      cmocka_unit_test(test_check_name_on_the_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

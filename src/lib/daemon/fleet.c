@@ -45,6 +45,7 @@ void sg_fleet_worker_started(sg_worker_t *w, sg_fleet_start_t how, int64_t start
 void sg_fleet_worker_ready(sg_worker_t *w) { DELIVER(w->d, worker_ready, w); }
 void sg_fleet_worker_in_rotation(sg_worker_t *w) { DELIVER(w->d, worker_in_rotation, w); }
 void sg_fleet_worker_load(sg_worker_t *w, int delta) { DELIVER(w->d, worker_load, w, delta); }
+void sg_fleet_request_ended(sg_worker_t *w) { DELIVER(w->d, request_ended, w); }
 void sg_fleet_worker_released(sg_worker_t *w) { DELIVER(w->d, worker_released, w); }
 
 void sg_fleet_worker_ended(sg_worker_t *w, bool scheduled, int64_t end_wall) {

@@ -223,8 +223,13 @@ bool sg_worker_live(const sg_worker_t *w);
  * Only from a fresh stack frame (a timer). */
 void sg_worker_prune(sg_endpoint_t *ep);
 /* Called by the gateway when a request ends on w: counts it off, then
- * worker_load(-1), worker_released and demand_changed go to the subscribers. */
+ * worker_load(-1), request_ended, worker_released and demand_changed go to
+ * the subscribers. */
 void sg_worker_release_request(sg_worker_t *w);
+/* As sg_worker_release_request for an attempt that failed and will be tried
+ * again: the slot is free, but no request ended (no request_ended event), so
+ * a request or job is counted once however many attempts it took. */
+void sg_worker_release_attempt(sg_worker_t *w);
 /* Called by health checks: first 200, or too many failed probes. */
 void sg_worker_became_ready(sg_worker_t *w);
 void sg_worker_unhealthy(sg_worker_t *w, const char *why);
@@ -311,6 +316,9 @@ typedef struct sg_fleet_subscriber {
   void (*worker_in_rotation)(void *ud, sg_worker_t *w);
   /* Its in_flight changed by delta; a negative delta is a request that ended. */
   void (*worker_load)(void *ud, sg_worker_t *w, int delta);
+  /* A request or job ended on w, its last attempt (after worker_load(-1);
+   * an attempt that is tried again elsewhere has none): usage counts it. */
+  void (*request_ended)(void *ud, sg_worker_t *w);
   /* A request or job ended on w (after worker_load(-1)): a slot is free. */
   void (*worker_released)(void *ud, sg_worker_t *w);
   /* Its exit was noticed (or its start failed after worker_started). With
@@ -345,6 +353,7 @@ void sg_fleet_worker_started(sg_worker_t *w, sg_fleet_start_t how, int64_t start
 void sg_fleet_worker_ready(sg_worker_t *w);
 void sg_fleet_worker_in_rotation(sg_worker_t *w);
 void sg_fleet_worker_load(sg_worker_t *w, int delta);
+void sg_fleet_request_ended(sg_worker_t *w);
 void sg_fleet_worker_released(sg_worker_t *w);
 void sg_fleet_worker_ended(sg_worker_t *w, bool scheduled, int64_t end_wall);
 void sg_fleet_worker_freed(sg_worker_t *w);

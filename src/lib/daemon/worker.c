@@ -473,7 +473,7 @@ void sg_worker_drain(sg_worker_t *w, const char *why) {
   evtimer_add(w->drain_timer, &tv);
 }
 
-void sg_worker_release_request(sg_worker_t *w) {
+static void release(sg_worker_t *w, bool request_ended) {
   w->in_flight--;
   w->ep->in_flight--;
   w->last_used_mono = sg_now_ms();
@@ -482,9 +482,14 @@ void sg_worker_release_request(sg_worker_t *w) {
     send_term(w);
   }
   sg_fleet_worker_load(w, -1);
+  if (request_ended)
+    sg_fleet_request_ended(w);
   sg_fleet_worker_released(w);
   sg_fleet_demand_changed(w->d);
 }
+
+void sg_worker_release_request(sg_worker_t *w) { release(w, true); }
+void sg_worker_release_attempt(sg_worker_t *w) { release(w, false); }
 
 void sg_worker_prune(sg_endpoint_t *ep) {
   int ended = 0;

@@ -19,6 +19,7 @@
 
 typedef struct sg_job sg_job_t;
 typedef struct jreq jreq_t;
+typedef struct sg_job_exec sg_job_exec_t;
 
 struct sg_ep_jobs {
   TAILQ_HEAD(, sg_job) queue;
@@ -36,6 +37,9 @@ typedef struct sg_jobs {
   size_t n_buckets, count;
   LIST_HEAD(, sg_job) all;
   LIST_HEAD(, jreq) reqs;
+  /* Executions whose job ended first (cancel, timeout): each holds its
+   * worker slot until the worker's answer ends (jobs-dispatch.c). */
+  LIST_HEAD(, sg_job_exec) orphans;
   size_t input_bytes;
 } sg_jobs_t;
 
@@ -59,9 +63,13 @@ struct sg_job {
   char *output, *error, *worker_id;
   int64_t created_wall, started_wall, finished_wall, delay_ms, execution_ms, expires_wall;
   int64_t queued_mono, started_mono;
+  int64_t ttl_from_wall; /* the ttl counts from here: the submission, or the last /retry (memory only) */
+  char *avoid_worker;    /* id of the worker its last attempt was lost on: not sent there again
+                            unless that worker passes a health check after the loss */
   /* the execution in progress */
   sg_worker_t *w;
   sg_upstream_t *u;
+  sg_job_exec_t *x; /* the exchange's handler argument (jobs-dispatch.c) */
   struct evbuffer *answer;
   int answer_status;
   bool answer_lines;
@@ -75,7 +83,7 @@ struct sg_job {
 };
 
 enum jr_action { A_RUN, A_RUNSYNC, A_STATUS, A_CANCEL, A_RETRY, A_PURGE, A_HEALTH, A_STREAM };
-enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER, W_STORE };
+enum jr_wait { W_NONE, W_COMMIT, W_FINAL, W_STREAM, W_BARRIER, W_STORE, W_CHECK };
 
 struct jreq {
   LIST_ENTRY(jreq) link;  /* J->reqs */
@@ -153,6 +161,14 @@ void sg_jobs_load_record(void *ud, const sg_job_record_t *rec);
 /* Gives j's worker slot back (when j runs); the connection goes back to the
  * pool only after a complete exchange. */
 void sg_job_release_worker(sg_job_t *j, bool completed);
+/* j ends while its worker still computes it (cancel, timeout): the exchange
+ * goes on without j, its answer discarded, and holds the worker's slot until
+ * the answer ends or the connection closes (the worker exited). */
+void sg_job_abandon_worker(sg_job_t *j);
+/* Frees the executions left by ended jobs (shutdown). */
+void sg_jobs_orphans_free(sg_jobs_t *J);
+/* Worker w passed a health check: queued jobs lost on it may go to it again. */
+void sg_jobs_worker_trusted(sg_endpoint_t *ep, const sg_worker_t *w);
 /* Dispatches ep's queued jobs to the workers that can take them. */
 void sg_jobs_pump(sg_endpoint_t *ep);
 

@@ -44,9 +44,22 @@ static void inserted(void *arg, int result) {
 
 static int64_t resolve_ms(int64_t asked, double default_s) { return asked > 0 ? asked : (int64_t)(default_s * 1000); }
 
+static void accept_job(jreq_t *r, sg_endpoint_t *ep, sg_job_submit_t *s);
+static void check_webhook_name(jreq_t *r, sg_job_submit_t *s);
+
+/* Answers r with err (a validation error) and frees it. */
+static void reply_invalid(jreq_t *r, sg_error_t *err) {
+  sg_http_req_t *req = r->req;
+  r->req = NULL;
+  if (req) {
+    sg_http_set_close_cb(req, NULL, NULL);
+    sg_http_send_sg_error(req, err);
+  }
+  sg_jreq_free(r);
+}
+
 static void submit(jreq_t *r, sg_endpoint_t *ep) {
   sg_jobs_t *J = r->J;
-  struct sg_ep_jobs *ej = sg_jobs_ep(ep);
   const sg_spec_t *spec = ep->spec;
   size_t len = evbuffer_get_length(r->body);
   sg_job_submit_t s;
@@ -55,17 +68,33 @@ static void submit(jreq_t *r, sg_endpoint_t *ep) {
     sg_jreq_error(r, 400, "invalid_json", "request body is empty; {\"input\": ...} is expected");
     return;
   }
-  if (sg_job_submit_parse((const char *)evbuffer_pullup(r->body, -1), len, (size_t)spec->async.max_input_bytes, &s,
-                          &err) < 0) {
-    sg_http_req_t *req = r->req;
-    r->req = NULL;
-    if (req) {
-      sg_http_set_close_cb(req, NULL, NULL);
-      sg_http_send_sg_error(req, err);
-    }
-    sg_jreq_free(r);
+  int parsed = sg_job_submit_parse((const char *)evbuffer_pullup(r->body, -1), len, (size_t)spec->async.max_input_bytes,
+                                   &s, &err);
+  /* A webhook the allow-list refuses is a 422 now, not a delivery dropped
+   * when the job ends: an address is checked here, a name on the webhook
+   * pool (it resolves). */
+  int checked = parsed == 0 && s.webhook && J->webhooks ? sg_webhooks_check(J->webhooks, s.webhook, &err) : 0;
+  if (checked < 0) {
+    sg_job_submit_clear(&s);
+    parsed = -1;
+  }
+  if (parsed < 0) {
+    reply_invalid(r, err);
     return;
   }
+  if (checked > 0)
+    check_webhook_name(r, &s);
+  else
+    accept_job(r, ep, &s);
+}
+
+/* Queues the parsed submission s (its strings taken) as a new job. */
+static void accept_job(jreq_t *r, sg_endpoint_t *ep, sg_job_submit_t *sub) {
+  sg_jobs_t *J = r->J;
+  struct sg_ep_jobs *ej = sg_jobs_ep(ep);
+  const sg_spec_t *spec = ep->spec;
+  sg_job_submit_t s = *sub;
+  *sub = (sg_job_submit_t){0};
   if (ej->queued + ej->inserting >= spec->async.max_queue || J->input_bytes + s.input_len > INPUT_MEMORY_MAX) {
     sg_job_submit_clear(&s);
     if (r->req)
@@ -90,6 +119,42 @@ static void submit(jreq_t *r, sg_endpoint_t *ep) {
   r->then_final = r->action == A_RUNSYNC;
   sg_jreq_attach(r, j, W_COMMIT);
   sg_job_put(j, true, SG_JOB_IN_QUEUE, inserted);
+}
+
+/* A submission whose webhook host is a name, while the name is resolved and
+ * checked on the webhook pool (r waits as W_CHECK). */
+struct name_check {
+  jreq_t *r;
+  sg_job_submit_t s;
+};
+
+static void webhook_name_checked(void *arg, bool cancelled, sg_error_t *err) {
+  struct name_check *c = arg;
+  jreq_t *r = c->r;
+  r->wait = W_NONE;
+  sg_endpoint_t *ep = r->req && !cancelled ? sg_daemon_find_endpoint(r->J->d, r->ep_name) : NULL;
+  if (!r->req)
+    sg_jreq_free(r); /* the client went away */
+  else if (cancelled)
+    sg_jreq_error(r, 503, "shutting_down", "sgpud is stopping");
+  else if (err)
+    reply_invalid(r, err);
+  else if (!ep || !sg_spec_is_async(ep->spec))
+    sg_jreq_error(r, 404, "not_found", "the endpoint is gone");
+  else
+    accept_job(r, ep, &c->s);
+  sg_error_free(err);
+  sg_job_submit_clear(&c->s);
+  free(c);
+}
+
+static void check_webhook_name(jreq_t *r, sg_job_submit_t *s) {
+  struct name_check *c = xcalloc(1, sizeof(*c));
+  c->r = r;
+  c->s = *s;
+  *s = (sg_job_submit_t){0};
+  r->wait = W_CHECK;
+  sg_webhooks_check_name(r->J->webhooks, c->s.webhook, webhook_name_checked, c);
 }
 
 /* ---- the other routes ---- */
@@ -298,7 +363,9 @@ static void retry_job(jreq_t *r, sg_job_t *j) {
   j->retries++;
   sg_jobs_set_str(&j->output, NULL);
   sg_jobs_set_str(&j->error, NULL);
-  j->created_wall = sg_wall_ms();
+  /* delayTime still counts from the submission (created_wall); the ttl
+   * starts again. */
+  j->ttl_from_wall = sg_wall_ms();
   j->started_wall = j->finished_wall = j->delay_ms = j->execution_ms = j->expires_wall = 0;
   sg_jreq_attach(r, j, W_COMMIT);
   j->pending++;
@@ -366,8 +433,8 @@ static void stream(jreq_t *r, sg_endpoint_t *ep) {
 static void client_closed(sg_http_req_t *req, void *arg) {
   jreq_t *r = arg;
   r->req = NULL;
-  if (r->wait == W_BARRIER || r->wait == W_STORE)
-    return; /* freed when the write or read it waits for is done */
+  if (r->wait == W_BARRIER || r->wait == W_STORE || r->wait == W_CHECK)
+    return; /* freed when the write, read or check it waits for is done */
   sg_job_t *j = r->job;
   sg_jreq_free(r);
   if (j)

@@ -24,8 +24,10 @@
  * application/x-ndjson is a stream of partial outputs, one JSON object per
  * line, readable at /stream/{id} while it runs. A dropped connection (the
  * worker died) puts the job back at the head of the queue, up to
- * async.max_retries times. executionTimeout ends a running job as TIMED_OUT
- * by closing its connection; the ttl bounds the whole life of a job.
+ * async.max_retries times, for another worker (or the same one once it
+ * passed a health check). executionTimeout ends a running job as TIMED_OUT
+ * and cancel as CANCELLED at once, but the worker's slot stays taken until
+ * its answer ends (jobs-dispatch.c); the ttl bounds the whole life of a job.
  *
  * Restart. Jobs left IN_QUEUE are queued again in their order; jobs left
  * IN_PROGRESS lost their execution: it counts as an attempt, and they are
@@ -191,6 +193,8 @@ void sg_job_free(sg_job_t *j) {
   free(j->error);
   free(j->worker_id);
   free(j->item_error);
+  free(j->avoid_worker);
+  free(j->x);
   free(j);
 }
 
@@ -262,7 +266,11 @@ json_t *sg_jobs_json_value(const char *text) {
  * queued job, its position (1: next to run). */
 json_t *sg_jobs_record_json(const sg_job_record_t *r, int position) {
   int64_t now = sg_wall_ms();
-  int64_t delay = r->started_ms ? r->delay_ms : (r->finished_ms ? r->finished_ms : now) - r->created_ms;
+  /* From the submission to the start of the last execution; a job queued
+   * again after a lost attempt waits on from its submission. */
+  int64_t delay = r->started_ms && r->status != SG_JOB_IN_QUEUE
+                      ? r->delay_ms
+                      : (r->finished_ms ? r->finished_ms : now) - r->created_ms;
   int64_t exec = r->status == SG_JOB_IN_PROGRESS && r->started_ms ? now - r->started_ms : r->execution_ms;
   json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i}", "id", r->id, "status", sg_job_status_name(r->status),
                         "delayTime", (json_int_t)(delay > 0 ? delay : 0), "executionTime",
@@ -341,7 +349,7 @@ static void final_written(void *arg, int result) {
     json_t *body = sg_job_json(j);
     cleanup_free char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    sg_webhooks_send(j->J->webhooks, j->webhook, text);
+    sg_webhooks_send(j->J->webhooks, j->id, j->webhook, text);
   }
   sg_job_notify(j, W_FINAL);
   sg_job_notify(j, W_COMMIT); /* a retry or submission answered after the end */
@@ -377,7 +385,7 @@ void sg_job_finish(sg_job_t *j, sg_job_status_t status, char *output, char *erro
   j->final_status = status;
   stop_timers(j);
   sg_job_unqueue(j);
-  sg_job_release_worker(j, false);
+  sg_job_abandon_worker(j); /* its slot stays taken until the worker's answer ends */
   sg_job_drop_input(j);
   sg_jobs_set_str(&j->output, output);
   sg_jobs_set_str(&j->error, error);
@@ -421,7 +429,8 @@ static void ttl_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 void sg_job_arm_ttl(sg_job_t *j) {
-  sg_jobs_arm(&j->ttl_timer, j->J->d->base, ttl_cb, j, j->created_wall + j->ttl_ms - sg_wall_ms());
+  int64_t from = j->ttl_from_wall ? j->ttl_from_wall : j->created_wall;
+  sg_jobs_arm(&j->ttl_timer, j->J->d->base, ttl_cb, j, from + j->ttl_ms - sg_wall_ms());
 }
 
 /* ---- jobs from the store ---- */
@@ -522,6 +531,12 @@ static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_
 static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_free(ep); }
 static void on_worker_free(void *ud, sg_worker_t *w) { sg_jobs_kick(w->ep); }
 
+/* A suspect worker passed a probe: jobs lost on it may go there again. */
+static void on_worker_in_rotation(void *ud, sg_worker_t *w) {
+  sg_jobs_worker_trusted(w->ep, w);
+  sg_jobs_kick(w->ep);
+}
+
 /* Queued jobs count as demand like queued requests. */
 static void waiting(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued, int64_t *oldest) {
   *queued += jobs_queued(ep);
@@ -535,6 +550,7 @@ static const sg_fleet_subscriber_t subscriber = {
     .endpoint_freed = on_endpoint_freed,
     .worker_ready = on_worker_free,
     .worker_released = on_worker_free,
+    .worker_in_rotation = on_worker_in_rotation,
     .waiting = waiting,
 };
 
@@ -546,6 +562,7 @@ int sg_jobs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
   J->d = d;
   LIST_INIT(&J->all);
   LIST_INIT(&J->reqs);
+  LIST_INIT(&J->orphans);
   J->writer = sg_job_writer_start(d->base, db_path, (size_t)d->cfg.jobs_max_batch, err);
   if (!J->writer) {
     free(J);
@@ -593,6 +610,7 @@ void sg_jobs_shutdown(sg_daemon_t *d) {
     sg_jreq_free(r);
   }
   sg_job_t *j;
+  sg_jobs_orphans_free(J);
   while ((j = LIST_FIRST(&J->all))) {
     if (j->u) {
       sg_upstream_detach(j->u);

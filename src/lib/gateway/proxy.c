@@ -128,9 +128,10 @@ static void proxy_free(sg_proxy_t *p) {
   free(p);
 }
 
-/* Gives the worker back after the request ended on it; the connection goes
- * back to the pool only when the exchange completed. */
-static void release_worker(sg_proxy_t *p, bool completed) {
+/* Gives the worker back after the request (or, not counted, an attempt that
+ * is tried again) ended on it; the connection goes back to the pool only
+ * when the exchange completed. */
+static void release_attempt(sg_proxy_t *p, bool completed, bool counted) {
   sg_worker_t *w = p->w;
   sg_upstream_t *u = p->u;
   p->w = NULL;
@@ -145,8 +146,14 @@ static void release_worker(sg_proxy_t *p, bool completed) {
   }
   if (!w)
     return;
-  sg_worker_release_request(w); /* pumps the queue through the fleet's events */
+  /* pumps the queue through the fleet's events */
+  if (counted)
+    sg_worker_release_request(w);
+  else
+    sg_worker_release_attempt(w); /* usage counts the request once, where it ends */
 }
+
+static void release_worker(sg_proxy_t *p, bool completed) { release_attempt(p, completed, true); }
 
 /* Answers an error, or breaks the answer if its head went out already. */
 static void fail(sg_proxy_t *p, int status, const char *code, const char *message) {
@@ -234,7 +241,7 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
     p->tried[p->attempts - 1] = xstrdup(w->id);
   if (w && e != SG_UP_BAD_RESPONSE)
     sg_health_suspect(w);
-  release_worker(p, false);
+  release_attempt(p, false, !retry);
   if (retry) {
     p->ep->metrics.retries++;
     /* The body so far goes again, from the replay copy. */

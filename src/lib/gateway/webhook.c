@@ -15,6 +15,7 @@
 #define THREADS 2
 #define ATTEMPTS 3 /* the first and two retries */
 #define TRANSFER_TIMEOUT_S 10L
+#define KEY_BUCKETS 4096 /* the table of deliveries by key (job id) */
 
 /* A delivery is owned by the loop, except while its attempt runs on a pool
  * thread (between sg_pool_submit and done), where attempt() reads its url,
@@ -22,6 +23,13 @@
 struct delivery {
   LIST_ENTRY(delivery) link; /* in wh->retrying while its timer is armed */
   sg_webhooks_t *wh;
+  char *key; /* the job: one delivery of a key at a time, the newest wins */
+  struct delivery *hnext;
+  /* A later delivery of the same key, waiting for this one's attempt on
+   * the pool to end: this one then ends (superseded, no retry) and that one
+   * starts, so an older body never arrives after a newer one. */
+  struct delivery *next;
+  bool superseded;
   char *url, *body;
   int attempts;
   int outcome; /* of the last attempt: 1 delivered, 0 to retry, -1 refused */
@@ -32,7 +40,8 @@ struct sg_webhooks {
   struct event_base *base;
   sg_pool_t *pool;
   LIST_HEAD(, delivery) retrying;
-  size_t queued; /* deliveries not finished: at the pool or waiting to retry */
+  struct delivery *by_key[KEY_BUCKETS]; /* the delivery under way of each key */
+  size_t queued;                        /* deliveries not finished: at the pool, waiting to retry or to start */
   bool stopping;
   /* read by pool threads, never written after start */
   sg_addr_rule_t *rules;
@@ -41,9 +50,38 @@ struct sg_webhooks {
   sg_webhook_stats_t stats; /* loop thread */
 };
 
+static size_t key_hash(const char *s) {
+  size_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h % KEY_BUCKETS;
+}
+
+static struct delivery *key_get(sg_webhooks_t *wh, const char *key) {
+  for (struct delivery *dl = wh->by_key[key_hash(key)]; dl; dl = dl->hnext)
+    if (!strcmp(dl->key, key))
+      return dl;
+  return NULL;
+}
+
+static void key_put(sg_webhooks_t *wh, struct delivery *dl) {
+  size_t k = key_hash(dl->key);
+  dl->hnext = wh->by_key[k];
+  wh->by_key[k] = dl;
+}
+
+static void key_del(sg_webhooks_t *wh, struct delivery *dl) {
+  for (struct delivery **pp = &wh->by_key[key_hash(dl->key)]; *pp; pp = &(*pp)->hnext)
+    if (*pp == dl) {
+      *pp = dl->hnext;
+      return;
+    }
+}
+
 static void delivery_free(struct delivery *dl) {
   if (dl->timer)
     event_free(dl->timer);
+  free(dl->key);
   free(dl->url);
   free(dl->body);
   free(dl);
@@ -168,6 +206,24 @@ static void retry_due(evutil_socket_t fd, short what, void *arg) {
   submit(dl->wh, dl);
 }
 
+/* Ends a delivery no longer under way: out of the table by key, and the
+ * later one of its key, if any, starts. */
+static void finish(sg_webhooks_t *wh, struct delivery *dl) {
+  key_del(wh, dl);
+  struct delivery *next = dl->next;
+  wh->queued--;
+  delivery_free(dl);
+  if (!next)
+    return;
+  if (wh->stopping) {
+    wh->queued--;
+    delivery_free(next);
+    return;
+  }
+  key_put(wh, next);
+  submit(wh, next);
+}
+
 /* Loop thread: counts the attempt's outcome and arms the retry timer, or
  * ends the delivery. */
 static void done(void *data, bool cancelled) {
@@ -179,6 +235,8 @@ static void done(void *data, bool cancelled) {
     wh->stats.delivered++;
   } else if (!cancelled && dl->outcome < 0) {
     wh->stats.refused++;
+  } else if (!cancelled && dl->superseded) {
+    wh->stats.superseded++; /* a newer body of its key goes instead */
   } else if (!cancelled && dl->attempts >= ATTEMPTS) {
     sg_warn("webhook %s: given up after %d attempts", dl->url, dl->attempts);
     wh->stats.failed++;
@@ -190,8 +248,7 @@ static void done(void *data, bool cancelled) {
     evtimer_add(dl->timer, &wh->retry_delay);
     return;
   }
-  wh->queued--;
-  delivery_free(dl);
+  finish(wh, dl);
 }
 
 sg_webhooks_t *sg_webhooks_start(struct event_base *base, const sg_addr_rule_t *rules, size_t n, double retry_delay_s,
@@ -214,7 +271,19 @@ sg_webhooks_t *sg_webhooks_start(struct event_base *base, const sg_addr_rule_t *
   return wh;
 }
 
-void sg_webhooks_send(sg_webhooks_t *wh, const char *url, const char *body) {
+void sg_webhooks_send(sg_webhooks_t *wh, const char *key, const char *url, const char *body) {
+  struct delivery *old = key_get(wh, key);
+  if (old && old->timer && evtimer_pending(old->timer, NULL)) {
+    /* Waiting for its retry: the newer body replaces it. */
+    evtimer_del(old->timer);
+    LIST_REMOVE(old, link);
+    wh->stats.retrying--;
+    wh->stats.superseded++;
+    key_del(wh, old);
+    wh->queued--;
+    delivery_free(old);
+    old = NULL;
+  }
   if (wh->queued >= SG_WEBHOOK_MAX_QUEUED) {
     wh->stats.failed++;
     sg_warn("webhook %s: dropped, %d deliveries are waiting already", url, SG_WEBHOOK_MAX_QUEUED);
@@ -222,10 +291,91 @@ void sg_webhooks_send(sg_webhooks_t *wh, const char *url, const char *body) {
   }
   struct delivery *dl = xcalloc(1, sizeof(*dl));
   dl->wh = wh;
+  dl->key = xstrdup(key);
   dl->url = xstrdup(url);
   dl->body = xstrdup(body);
   wh->queued++;
+  if (old) {
+    /* Its attempt runs on the pool: this one starts when it ended. */
+    old->superseded = true;
+    if (old->next) {
+      wh->stats.superseded++;
+      wh->queued--;
+      delivery_free(old->next);
+    }
+    old->next = dl;
+    return;
+  }
+  key_put(wh, dl);
   submit(wh, dl);
+}
+
+int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err) {
+  CURLU *u = curl_url();
+  char *host = NULL;
+  int r = 1; /* a name, until its host parses as an address */
+  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+    char name[256];
+    snprintf(name, sizeof(name), "%s", host);
+    size_t nl = strlen(name);
+    if (nl >= 2 && name[0] == '[' && name[nl - 1] == ']') {
+      memmove(name, name + 1, nl - 2);
+      name[nl - 2] = '\0';
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res = NULL;
+    if (getaddrinfo(name, NULL, &hints, &res) == 0) {
+      r = 0;
+      bool allowed = false;
+      for (struct addrinfo *ai = res; ai && !allowed; ai = ai->ai_next)
+        allowed = sg_addr_allowed(wh->rules, wh->n_rules, ai->ai_addr);
+      freeaddrinfo(res);
+      if (!allowed) {
+        sg_make_field_error(err, "webhook", "address %s is not on the daemon's webhook allow-list (webhook_allow)",
+                            name);
+        r = -1;
+      }
+    }
+  }
+  curl_free(host);
+  curl_url_cleanup(u);
+  return r;
+}
+
+/* A check of a URL whose host is a name, on the pool (it resolves). */
+struct name_check {
+  sg_webhooks_t *wh;
+  char *url;
+  int verdict; /* as pick_address */
+  char why[300];
+  sg_webhook_checked_fn cb;
+  void *arg;
+};
+
+static void check_work(void *data) {
+  struct name_check *c = data;
+  char pin[512];
+  c->verdict = pick_address(c->wh, c->url, pin, sizeof(pin), c->why, sizeof(c->why));
+}
+
+static void check_done(void *data, bool cancelled) {
+  struct name_check *c = data;
+  sg_error_t *err = NULL;
+  if (!cancelled && c->verdict > 0)
+    sg_make_field_error(&err, "webhook", "%s (webhook_allow)", c->why);
+  c->cb(c->arg, cancelled, err);
+  free(c->url);
+  free(c);
+}
+
+static const sg_pool_job_ops_t check_ops = {check_work, check_done};
+
+void sg_webhooks_check_name(sg_webhooks_t *wh, const char *url, sg_webhook_checked_fn cb, void *arg) {
+  struct name_check *c = xcalloc(1, sizeof(*c));
+  c->wh = wh;
+  c->url = xstrdup(url);
+  c->cb = cb;
+  c->arg = arg;
+  sg_pool_submit(wh->pool, &check_ops, c);
 }
 
 void sg_webhooks_get_stats(sg_webhooks_t *wh, sg_webhook_stats_t *out) { *out = wh->stats; }
@@ -241,8 +391,7 @@ void sg_webhooks_stop(sg_webhooks_t *wh) {
   while ((dl = LIST_FIRST(&wh->retrying))) {
     LIST_REMOVE(dl, link);
     wh->stats.retrying--;
-    wh->queued--;
-    delivery_free(dl);
+    finish(wh, dl);
   }
   free(wh->rules);
   free(wh);

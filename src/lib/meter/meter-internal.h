@@ -15,7 +15,7 @@ int sg_meter_init(sg_daemon_t *d, const char *db_path, sg_error_t **err);
 const sg_price_table_t *sg_meter_prices(sg_daemon_t *d);
 /* (sg_meter_init subscribes to the fleet's worker events: a worker is
  * metered from worker_started to worker_ended, split by worker_ready and
- * worker_load.) */
+ * worker_load; a request counted on request_ended.) */
 /* Checkpoints every worker when the interval passed (called every tick). */
 void sg_meter_tick(sg_daemon_t *d);
 void sg_meter_checkpoint_all(sg_daemon_t *d);

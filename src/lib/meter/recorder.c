@@ -237,12 +237,10 @@ static void sg_meter_worker_ready(sg_worker_t *w) {
   submit(m);
 }
 
-static void sg_meter_worker_load(sg_worker_t *w, int delta) {
+static void sg_meter_worker_load(sg_worker_t *w) {
   sg_worker_meter_t *wm = w->meter;
   if (!wm || !wm->on)
     return;
-  if (delta < 0)
-    wm->requests++;
   if (wm->acc.state == SG_METER_STARTING || wm->acc.state == load_state(w))
     return;
   int64_t now = sg_now_ms();
@@ -301,7 +299,13 @@ static void on_started(void *ud, sg_worker_t *w, sg_fleet_start_t how, int64_t s
 }
 
 static void on_ready(void *ud, sg_worker_t *w) { sg_meter_worker_ready(w); }
-static void on_load(void *ud, sg_worker_t *w, int delta) { sg_meter_worker_load(w, delta); }
+static void on_load(void *ud, sg_worker_t *w, int delta) { sg_meter_worker_load(w); }
+
+/* A request or job ended on w: counted once, on its last attempt. */
+static void on_request_ended(void *ud, sg_worker_t *w) {
+  if (w->meter && w->meter->on)
+    w->meter->requests++;
+}
 
 static void on_ended(void *ud, sg_worker_t *w, bool scheduled, int64_t end_wall) {
   if (scheduled)
@@ -327,6 +331,7 @@ static const sg_fleet_subscriber_t subscriber = {
     .worker_started = on_started,
     .worker_ready = on_ready,
     .worker_load = on_load,
+    .request_ended = on_request_ended,
     .worker_ended = on_ended,
 };
 
