@@ -57,6 +57,15 @@ class LongRequestTest(SgpudTestCase):
         self.assertEqual(resp.status, 200, resp.body)
         self.assertEqual(metric(self.sg, "sgpu_requests_aborted_total", endpoint=name), 0)
 
+    def test_held_body_waits_for_a_worker_that_loads(self):
+        # Over the 1 MiB the gateway holds for a queued request: the client's body is
+        # paused by the gateway, which is then the one waiting, not the client.
+        name = self.sync_endpoint("lhold", env={"WARMUP_MS": str(SLOW_MS)})
+        body = b"b" * ((1 << 20) + (200 << 10))
+        resp = self.sg.invoke(name, "/infer", body=body, timeout=40)
+        self.assertEqual(resp.status, 200, resp.body)
+        self.assertEqual(resp.body["bytes"], len(body))
+
     def test_request_waits_for_a_worker_that_computes_longer_than_io_timeout(self):
         name = self.sync_endpoint("lcomp", min=1)
         self.sg.wait_ready(name, 1, timeout=20)

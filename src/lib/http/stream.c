@@ -77,12 +77,22 @@ static void schedule(sg_stream_t *s) {
 }
 
 /* Adds ev with the timeout tv, or with none when has is false. libevent
- * keeps the timeout of a pending event that is added again without one, so
- * an event last added with a timeout is deleted first: a timeout turned off
- * must never fire. */
+ * keeps the timeout of an event added again without one: the running timer
+ * of a pending event, and for a persistent event the period it re-arms after
+ * every activation. So an event last added with a timeout is deleted and
+ * assigned afresh (which forgets the period) before it is added without one:
+ * a timeout turned off must never fire. */
 static void arm(struct event *ev, bool *timed, bool has, const struct timeval *tv) {
-  if (!has && *timed)
+  if (!has && *timed) {
+    struct event_base *base;
+    evutil_socket_t fd;
+    short events;
+    event_callback_fn cb;
+    void *arg;
+    event_get_assignment(ev, &base, &fd, &events, &cb, &arg);
     event_del(ev);
+    event_assign(ev, base, fd, events, cb, arg);
+  }
   event_add(ev, has ? tv : NULL);
   *timed = has;
 }
