@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import tempfile
 import unittest
 
@@ -89,7 +88,7 @@ class LongRequestTest(SgpudTestCase):
     def test_sse_stream_past_stream_timeout_ends_with_an_error_event(self):
         # request_timeout_s bounds the wait for the head only: a stream that starts
         # in time runs on for stream_timeout_s.
-        name = self.sync_endpoint("lsse", min=1, request_timeout_s=1, stream_timeout_s=2)
+        name = self.sync_endpoint("lsse", min=1, request_timeout_s=scaled(1.5), stream_timeout_s=scaled(3))
         self.sg.wait_ready(name, 1, timeout=20)
         with self.sg.stream("GET", "/e/%s/stream?n=100000&interval_ms=200" % name, timeout=40) as st:
             self.assertEqual(st.status, 200)
@@ -113,12 +112,11 @@ class LongRequestTest(SgpudTestCase):
         # Tens of MB of answer that this client never reads.
         conn.request("GET", "/e/%s/stream?n=1000000&interval_ms=0" % name,
                      headers={"Authorization": "Bearer %s" % self.sg.key})
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         wait_for(lambda: metric(self.sg, "sgpu_requests_aborted_total", endpoint=name) == 1, 20,
                  message="the stalled client was not cut by io_timeout_s")
-        resp = conn.getresponse()
-        with self.assertRaises((http.client.IncompleteRead, ConnectionError)):
-            resp.read()
+        # Cut: whatever of the answer reached the client, it is not a complete one.
+        with self.assertRaises((http.client.HTTPException, ConnectionError)):
+            conn.getresponse().read()
 
     # ---- runsync
 
