@@ -104,6 +104,21 @@ class LongRequestTest(SgpudTestCase):
         self.assertEqual(metric(self.sg, "sgpu_responses_total", endpoint=name, code="504"), 1)
         self.assertEqual(metric(self.sg, "sgpu_requests_aborted_total", endpoint=name), 0)
 
+    def test_other_stream_past_stream_timeout_ends_incomplete(self):
+        name = self.sync_endpoint("lndj", min=1, request_timeout_s=scaled(1.5), stream_timeout_s=scaled(3))
+        self.sg.wait_ready(name, 1, timeout=20)
+        # The worker's job route answers NDJSON lines, chunked, 200 ms apart.
+        body = {"id": "j1", "input": {"stream": 100000, "interval_ms": 200}}
+        with self.sg.stream("POST", "/e/%s/run" % name, body=body, timeout=40) as st:
+            self.assertEqual(st.status, 200)
+            self.assertIn("ndjson", st.headers.get("Content-Type", ""))
+            self.assertTrue(st.readline(timeout=20))
+            with self.assertRaises(http.client.IncompleteRead):
+                st.read_all(timeout=40)
+        wait_for(lambda: metric(self.sg, "sgpu_in_flight", endpoint=name) == 0, 10)
+        self.assertEqual(metric(self.sg, "sgpu_responses_total", endpoint=name, code="504"), 1)
+        self.assertEqual(metric(self.sg, "sgpu_requests_aborted_total", endpoint=name), 0)
+
     def test_client_that_stops_reading_is_still_cut(self):
         name = self.sync_endpoint("lslow", min=1)
         self.sg.wait_ready(name, 1, timeout=20)
