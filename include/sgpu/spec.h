@@ -43,8 +43,9 @@ typedef struct sg_spec {
     int max;
     double idle_timeout_s;
     int max_concurrency;
-    double request_timeout_s;
+    double request_timeout_s; /* queued and in flight, up to the answer's head */
     int max_queue;
+    double stream_timeout_s; /* the answer's body, from its head to its end */
   } workers;
   struct {
     sg_scale_policy_t policy;

@@ -114,7 +114,7 @@ class EndpointCrudTest(SgpudTestCase):
         self.assertEqual(ep["gpu"]["count"], 0)
         self.assertEqual(ep["workers"], {"min": 0, "max": 4, "idle_timeout_s": 30,
                                          "max_concurrency": 1, "request_timeout_s": 600,
-                                         "max_queue": 1000})
+                                         "max_queue": 1000, "stream_timeout_s": 3600})
         self.assertEqual(ep["scale"], {"policy": "concurrency", "value": 1})
         st = ep["status"]
         for key in ("desired", "workers", "in_flight", "queued", "served", "crash_loop",

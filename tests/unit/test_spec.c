@@ -23,7 +23,7 @@ static const char *const full =
     "  \"startup_timeout_s\": 42},"
     " \"gpu\": {\"type\": \"a100\", \"count\": 2},"
     " \"workers\": {\"min\": 1, \"max\": 6, \"idle_timeout_s\": 12.5, \"max_concurrency\": 3,"
-    "  \"request_timeout_s\": 90, \"max_queue\": 55},"
+    "  \"request_timeout_s\": 90, \"max_queue\": 55, \"stream_timeout_s\": 120},"
     " \"scale\": {\"policy\": \"queue_delay\", \"value\": 4}}";
 
 static sg_spec_t *parse(const char *text, sg_error_t **err) { return sg_spec_parse(text, strlen(text), err); }
@@ -56,6 +56,7 @@ static void test_defaults(void **state) {
   assert_int_equal(s->workers.max_concurrency, 1);
   assert_true(s->workers.request_timeout_s == 600);
   assert_int_equal(s->workers.max_queue, 1000);
+  assert_true(s->workers.stream_timeout_s == 3600);
   assert_int_equal(s->scale.policy, SG_SCALE_CONCURRENCY);
   assert_true(s->scale.value == 1);
   sg_spec_free(s);
@@ -131,6 +132,7 @@ static void test_full(void **state) {
   assert_int_equal(s->workers.max_concurrency, 3);
   assert_true(s->workers.request_timeout_s == 90);
   assert_int_equal(s->workers.max_queue, 55);
+  assert_true(s->workers.stream_timeout_s == 120);
   assert_int_equal(s->scale.policy, SG_SCALE_QUEUE_DELAY);
   assert_true(s->scale.value == 4);
   sg_spec_free(s);
@@ -559,6 +561,11 @@ static void test_invalid_workers(void **state) {
   expect_invalid("workers.request_timeout_s", "0.05", "workers.request_timeout_s");
   expect_invalid("workers.request_timeout_s", "86401", "workers.request_timeout_s");
   expect_valid("workers.request_timeout_s", "0.1");
+  expect_invalid("workers.stream_timeout_s", "0.05", "workers.stream_timeout_s");
+  expect_invalid("workers.stream_timeout_s", "86401", "workers.stream_timeout_s");
+  expect_invalid("workers.stream_timeout_s", "\"long\"", "workers.stream_timeout_s");
+  expect_valid("workers.stream_timeout_s", "0.1");
+  expect_valid("workers.stream_timeout_s", "86400");
   expect_invalid("workers.max_queue", "-1", "workers.max_queue");
   expect_invalid("workers.max_queue", "100001", "workers.max_queue");
   expect_valid("workers.max_queue", "0");

@@ -50,7 +50,7 @@ struct sg_proxy {
   sg_http_req_t *req;
   enum proxy_state state;
   int64_t arrived_mono;
-  struct event *timer; /* workers.request_timeout_s */
+  struct event *timer; /* workers.request_timeout_s to the head, then workers.stream_timeout_s */
   sg_worker_t *w;
   sg_upstream_t *u;
   struct evbuffer *pending; /* body received and not yet given to the worker */
@@ -59,7 +59,9 @@ struct sg_proxy {
   bool body_done;
   bool chunked_up; /* the body goes to the worker chunked (length unknown) */
   bool replying;
-  int status; /* of the worker's answer */
+  bool sse;     /* the answer is text/event-stream */
+  char tail[2]; /* the last two bytes of answer body passed on (0: none yet) */
+  int status;   /* of the worker's answer */
   bool client_paused, upstream_paused;
   int attempts;
   char *tried[MAX_ATTEMPTS]; /* ids of workers an attempt failed on */
@@ -155,6 +157,12 @@ static void release_attempt(sg_proxy_t *p, bool completed, bool counted) {
 
 static void release_worker(sg_proxy_t *p, bool completed) { release_attempt(p, completed, true); }
 
+/* (Re)arms p's timer to fire in secs. */
+static void arm_timer(sg_proxy_t *p, double secs) {
+  struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+  evtimer_add(p->timer, &tv);
+}
+
 /* Answers an error, or breaks the answer if its head went out already. */
 static void fail(sg_proxy_t *p, int status, const char *code, const char *message) {
   sg_http_set_close_cb(p->req, NULL, NULL);
@@ -188,13 +196,28 @@ static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t
     if (!is_hop_by_hop(h[i].name, conn))
       sg_http_add_header(p->req, h[i].name, h[i].value);
   p->status = status;
+  for (size_t i = 0; i < n; i++)
+    if (!strcasecmp(h[i].name, "Content-Type"))
+      p->sse = !strncasecmp(h[i].value, "text/event-stream", 17);
   sg_http_reply_start(p->req, status, NULL);
   p->replying = true;
   sg_http_set_drain_cb(p->req, CLIENT_UNSENT_MAX / 2, client_drained, p);
+  /* request_timeout_s bounded the wait for this head; the body now has
+   * stream_timeout_s. */
+  arm_timer(p, p->ep->spec->workers.stream_timeout_s);
 }
 
 static void up_body(void *arg, struct evbuffer *data) {
   sg_proxy_t *p = arg;
+  size_t len = evbuffer_get_length(data);
+  if (len >= 2) {
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(data, &at, len - 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(data, &at, p->tail, 2);
+  } else if (len == 1) {
+    p->tail[0] = p->tail[1];
+    evbuffer_copyout(data, &p->tail[1], 1);
+  }
   sg_http_reply_chunk(p->req, data);
   if (!p->upstream_paused && sg_http_unsent(p->req) > CLIENT_UNSENT_MAX) {
     p->upstream_paused = true;
@@ -434,8 +457,39 @@ void sg_gateway_pump(sg_endpoint_t *ep) {
   }
 }
 
+/* The answer's body did not end within workers.stream_timeout_s of its head.
+ * The cut is never silent: an event stream sent chunked ends with an error
+ * event and the terminating chunk; any other answer ends without its end (the
+ * connection closes), so the client sees it incomplete. Counted as a 504. */
+static void stream_timeout(sg_proxy_t *p) {
+  double limit = p->ep->spec->workers.stream_timeout_s;
+  release_worker(p, false);
+  sg_http_req_t *req = p->req;
+  sg_http_set_close_cb(req, NULL, NULL);
+  sg_http_set_drain_cb(req, 0, NULL, NULL);
+  if (p->sse && sg_http_reply_chunked(req)) {
+    /* End the event the worker may have been writing, then ours. */
+    const char *sep = p->tail[1] != '\n' ? "\n\n" : p->tail[0] != '\n' ? "\n" : "";
+    cleanup_free char *ev =
+        xasprintf("%sevent: error\ndata: {\"error\":\"stream_timeout\",\"message\":\"the answer did "
+                  "not end within workers.stream_timeout_s=%gs\"}\n\n",
+                  sep, limit);
+    sg_http_reply_chunk_mem(req, ev, strlen(ev));
+    sg_http_reply_end(req);
+  } else {
+    sg_http_reply_abort(req);
+  }
+  sg_metrics_response(p->ep, 504, (double)(sg_now_ms() - p->arrived_mono) / 1000);
+  p->state = P_DONE;
+  proxy_free(p);
+}
+
 static void timeout_cb(evutil_socket_t fd, short what, void *arg) {
   sg_proxy_t *p = arg;
+  if (p->replying) {
+    stream_timeout(p);
+    return;
+  }
   cleanup_free char *msg =
       xasprintf("no answer within workers.request_timeout_s=%gs", p->ep->spec->workers.request_timeout_s);
   if (p->state == P_QUEUED) {
@@ -497,9 +551,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   sg_http_stream_body(req, client_data, client_end, p);
   sg_http_set_close_cb(req, client_closed, p);
   p->timer = evtimer_new(d->base, timeout_cb, p);
-  double t = ep->spec->workers.request_timeout_s;
-  struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
-  evtimer_add(p->timer, &tv);
+  arm_timer(p, ep->spec->workers.request_timeout_s);
 
   sg_worker_t *w = !first_queued(ep) ? pick(ep, NULL) : NULL;
   if (w) {

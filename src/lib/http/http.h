@@ -19,7 +19,12 @@
  * Timeouts bound what a client can hold: the head of a request must arrive
  * within header_timeout_s of its first byte, an idle keep-alive connection is
  * closed after idle_timeout_s, and a body read or an answer written that makes
- * no progress for io_timeout_s ends the connection.
+ * no progress for io_timeout_s ends the connection. That inactivity timeout
+ * runs only while the client is the one expected to move bytes (its body is
+ * read and not paused by the owner, or answer bytes wait for it to take them):
+ * a request whose body is whole (or paused) and whose answer is not under way
+ * waits on its owner, which bounds that wait itself (the gateway: a worker that
+ * loads or computes, workers.request_timeout_s).
  *
  * Limits bound what one connection can hold: a head of at most
  * max_header_bytes (request line and headers, buffers grown as bytes arrive,
@@ -128,6 +133,9 @@ void sg_http_reply_end(sg_http_req_t *req);
  * answer rather than a short one that looks complete. req is freed. */
 void sg_http_reply_abort(sg_http_req_t *req);
 bool sg_http_reply_started(const sg_http_req_t *req);
+/* True when the answer's body is sent chunked: one that sg_http_reply_end()
+ * ends with the terminating chunk, so that a last piece can still be added. */
+bool sg_http_reply_chunked(const sg_http_req_t *req);
 /* Bytes of answer not yet written to the socket. */
 size_t sg_http_unsent(const sg_http_req_t *req);
 /* Called whenever the unsent bytes fall to at most low_water; NULL removes it. */

@@ -190,9 +190,20 @@ static void set_timer(conn_t *c, double secs) {
   evtimer_add(c->timer, &tv);
 }
 
-static void set_read_timeout(conn_t *c, bool on) {
+/* The inactivity timeout (io_timeout_s) runs only while the client is the one
+ * expected to move bytes: while the body of its request is read and the
+ * request's owner takes it (not paused), and while answer bytes wait for the
+ * client to take them (the stream's write timeout, armed only while output is
+ * unsent). Once the body is whole, or while the owner paused it, the request
+ * waits on the server's side (a worker that loads or computes, a job, a store
+ * write): no inactivity timeout runs then, and the owner bounds that wait
+ * (the gateway: workers.request_timeout_s). Called at every change of that
+ * state. */
+static void update_io_timeouts(conn_t *c) {
+  sg_http_req_t *r = c->req;
+  bool client_sends = r && r->head_done && !r->message_complete && !c->body_paused;
   double io = c->srv->cfg.io_timeout_s;
-  sg_stream_set_timeouts(c->s, on ? io : 0, io);
+  sg_stream_set_timeouts(c->s, client_sends ? io : 0, io);
 }
 
 /* ---- memory ---- */
@@ -312,7 +323,7 @@ static void req_done(sg_http_req_t *r) {
     return;
   }
   http_parser_pause(&c->parser, 0);
-  set_read_timeout(c, false);
+  update_io_timeouts(c);
   sg_stream_read(c->s, true);
   set_timer(c, c->srv->cfg.idle_timeout_s);
   if (evbuffer_get_length(sg_stream_input(c->s)) > 0)
@@ -492,7 +503,7 @@ static int on_headers_complete(http_parser *p) {
   }
   if (r->action != SG_HTTP_DONE && r->expect_continue && !r->started)
     send_continue(c);
-  set_read_timeout(c, true);
+  update_io_timeouts(c);
   return 0;
 }
 
@@ -525,7 +536,7 @@ static int on_message_complete(http_parser *p) {
     return 0;
   http_parser_pause(p, 1);
   r->message_complete = true;
-  set_read_timeout(c, false);
+  update_io_timeouts(c);
   if (r->action == SG_HTTP_BUFFER && !r->started)
     c->srv->cfg.on_request(c->srv->cfg.ud, r);
   else if (r->action == SG_HTTP_STREAM && r->on_end)
@@ -652,7 +663,7 @@ static void conn_new(sg_http_server_t *srv, evutil_socket_t fd, const struct soc
   c->timer = evtimer_new(srv->base, timer_cb, c);
   c->resume = event_new(srv->base, -1, 0, resume_cb, c);
   sg_stream_set_read_limit(c->s, READ_HIGH_WATER);
-  set_read_timeout(c, false);
+  update_io_timeouts(c);
   set_timer(c, srv->cfg.idle_timeout_s);
   LIST_INSERT_HEAD(&srv->conns, c, link);
   srv->n_conns++;
@@ -828,6 +839,7 @@ void sg_http_pause_body(sg_http_req_t *req, bool paused) {
   if (!c || c->body_paused == paused)
     return;
   c->body_paused = paused;
+  update_io_timeouts(c);
   if (paused) {
     http_parser_pause(&c->parser, 1);
   } else {
@@ -850,6 +862,7 @@ void sg_http_add_header(sg_http_req_t *req, const char *name, const char *value)
 }
 
 bool sg_http_reply_started(const sg_http_req_t *req) { return req->started; }
+bool sg_http_reply_chunked(const sg_http_req_t *req) { return req->chunked; }
 
 void sg_http_reply_start(sg_http_req_t *req, int status, const char *reason) {
   conn_t *c = req->c;

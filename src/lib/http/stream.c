@@ -21,8 +21,9 @@ struct sg_stream {
   void *arg;
   struct timeval rtv, wtv;
   bool has_rtv, has_wtv;
-  bool reading;      /* the owner wants input */
-  bool read_blocked; /* input over the read limit */
+  bool rev_timed, wev_timed; /* the event was last added with a timeout */
+  bool reading;              /* the owner wants input */
+  bool read_blocked;         /* input over the read limit */
   bool connecting;
   size_t read_limit;
   size_t low_water;
@@ -75,13 +76,36 @@ static void schedule(sg_stream_t *s) {
     event_active(s->fev, EV_TIMEOUT, 1);
 }
 
+/* Adds ev with the timeout tv, or with none when has is false. libevent
+ * keeps the timeout of an event added again without one: the running timer
+ * of a pending event, and for a persistent event the period it re-arms after
+ * every activation. So an event last added with a timeout is deleted and
+ * assigned afresh (which forgets the period) before it is added without one:
+ * a timeout turned off must never fire. */
+static void arm(struct event *ev, bool *timed, bool has, const struct timeval *tv) {
+  if (!has && *timed) {
+    struct event_base *base;
+    evutil_socket_t fd;
+    short events;
+    event_callback_fn cb;
+    void *arg;
+    event_get_assignment(ev, &base, &fd, &events, &cb, &arg);
+    event_del(ev);
+    event_assign(ev, base, fd, events, cb, arg);
+  }
+  event_add(ev, has ? tv : NULL);
+  *timed = has;
+}
+
 static void update_read(sg_stream_t *s) {
   bool want = s->reading && !s->read_blocked && !s->connecting && !s->free_pending;
   if (want)
-    event_add(s->rev, s->has_rtv ? &s->rtv : NULL);
+    arm(s->rev, &s->rev_timed, s->has_rtv, &s->rtv);
   else
     event_del(s->rev);
 }
+
+static void arm_write(sg_stream_t *s) { arm(s->wev, &s->wev_timed, s->has_wtv, &s->wtv); }
 
 /* Writes what it can; watches for writability only when output is left. */
 static void do_write(sg_stream_t *s) {
@@ -102,7 +126,7 @@ static void do_write(sg_stream_t *s) {
     return;
   }
   if (evbuffer_get_length(s->out) > 0)
-    event_add(s->wev, s->has_wtv ? &s->wtv : NULL);
+    arm_write(s);
   else
     event_del(s->wev);
   if (wrote && s->cbs.on_drain && evbuffer_get_length(s->out) <= s->low_water) {
@@ -293,7 +317,7 @@ sg_stream_t *sg_stream_connect(struct event_base *base, const char *host, int po
     schedule(s);
   } else if (errno == EINPROGRESS) {
     s->connecting = true;
-    event_add(s->wev, s->has_wtv ? &s->wtv : NULL);
+    arm_write(s);
   } else {
     s->err = errno;
     s->pending = SG_STREAM_ERROR;
@@ -335,9 +359,9 @@ void sg_stream_set_timeouts(sg_stream_t *s, double read_s, double write_s) {
   to_tv(read_s, &s->rtv);
   to_tv(write_s, &s->wtv);
   if (event_pending(s->rev, EV_READ, NULL))
-    event_add(s->rev, s->has_rtv ? &s->rtv : NULL);
+    arm(s->rev, &s->rev_timed, s->has_rtv, &s->rtv);
   if (event_pending(s->wev, EV_WRITE, NULL))
-    event_add(s->wev, s->has_wtv ? &s->wtv : NULL);
+    arm_write(s);
 }
 
 void sg_stream_set_low_water(sg_stream_t *s, size_t low_water) { s->low_water = low_water; }

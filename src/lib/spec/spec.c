@@ -235,8 +235,8 @@ static int parse_gpu(sg_spec_t *s, json_t *root, sg_error_t **err) {
 }
 
 static int parse_workers(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"min",       "max", "idle_timeout_s", "max_concurrency", "request_timeout_s",
-                                     "max_queue", NULL};
+  static const char *const keys[] = {
+      "min", "max", "idle_timeout_s", "max_concurrency", "request_timeout_s", "max_queue", "stream_timeout_s", NULL};
   json_t *w;
   if (get_obj(root, "workers", &w, err) < 0)
     return -SG_EINVAL;
@@ -256,6 +256,8 @@ static int parse_workers(sg_spec_t *s, json_t *root, sg_error_t **err) {
     r = get_num(w, "workers", "request_timeout_s", 0.1, 86400, 600, &s->workers.request_timeout_s, err);
   if (r == 0)
     r = get_int(w, "workers", "max_queue", 0, 100000, 1000, &s->workers.max_queue, err);
+  if (r == 0)
+    r = get_num(w, "workers", "stream_timeout_s", 0.1, 86400, 3600, &s->workers.stream_timeout_s, err);
   json_decref(empty);
   return r;
 }
@@ -472,7 +474,7 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
   return j;
 }
 
-static json_t *spec_to_json(const sg_spec_t *s) {
+static json_t *spec_to_json_core(const sg_spec_t *s) {
   json_t *cmd = json_array();
   for (size_t i = 0; i < s->n_command; i++)
     json_array_append_new(cmd, json_string(s->command[i]));
@@ -491,6 +493,12 @@ static json_t *spec_to_json(const sg_spec_t *s) {
                    s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
                    s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
                    sg_scale_policy_name(s->scale.policy), "value", s->scale.value);
+}
+
+static json_t *spec_to_json(const sg_spec_t *s) {
+  json_t *j = spec_to_json_core(s);
+  json_object_set_new(json_object_get(j, "workers"), "stream_timeout_s", json_real(s->workers.stream_timeout_s));
+  return j;
 }
 
 const char *sg_scale_policy_name(sg_scale_policy_t p) {
