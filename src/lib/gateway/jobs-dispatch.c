@@ -181,8 +181,9 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   size_t body_len = strlen("{\"id\":\"\",\"input\":}") + strlen(j->id) + j->input_len;
   evbuffer_add_printf(out,
                       "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\nX-Sgpu-Job-Id: %s\r\nX-Sgpu-Job-Attempt: %d\r\n\r\n",
-                      ep->spec->async.path, w->host ? w->host : "127.0.0.1", w->port, body_len, j->id, j->attempts);
+                      "Content-Length: %zu\r\nX-Request-Id: %s\r\nX-Sgpu-Job-Id: %s\r\nX-Sgpu-Job-Attempt: %d\r\n\r\n",
+                      ep->spec->async.path, w->host ? w->host : "127.0.0.1", w->port, body_len, j->id, j->id,
+                      j->attempts);
   evbuffer_add_printf(out, "{\"id\":\"%s\",\"input\":", j->id);
   evbuffer_add(out, j->input, j->input_len);
   evbuffer_add(out, "}", 1);

@@ -31,6 +31,7 @@
 #define CLIENT_UNSENT_MAX (1u << 20) /* answer bytes queued for the client before pausing the worker */
 #define UPSTREAM_UNSENT_MAX (1u << 20)
 #define MAX_ATTEMPTS 3
+#define REQUEST_ID_MAX 128 /* longest X-Request-Id kept from a client */
 
 enum proxy_state { P_QUEUED, P_SENT, P_DONE };
 
@@ -50,7 +51,9 @@ struct sg_proxy {
   sg_http_req_t *req;
   enum proxy_state state;
   int64_t arrived_mono;
-  struct event *timer; /* workers.request_timeout_s */
+  int64_t sent_mono;            /* the last attempt went to its worker */
+  char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else made here */
+  struct event *timer;          /* workers.request_timeout_s */
   sg_worker_t *w;
   sg_upstream_t *u;
   struct evbuffer *pending; /* body received and not yet given to the worker */
@@ -178,8 +181,15 @@ static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t
     if (!strcasecmp(h[i].name, "Connection"))
       conn = h[i].value;
   for (size_t i = 0; i < n; i++)
-    if (!is_hop_by_hop(h[i].name, conn))
+    if (!is_hop_by_hop(h[i].name, conn) && strcasecmp(h[i].name, "X-Request-Id") &&
+        strncasecmp(h[i].name, "X-Sgpu-", 7))
       sg_http_add_header(p->req, h[i].name, h[i].value);
+  char num[32];
+  sg_http_add_header(p->req, "X-Sgpu-Worker", p->w->id);
+  snprintf(num, sizeof(num), "%lld", (long long)(p->sent_mono - p->arrived_mono));
+  sg_http_add_header(p->req, "X-Sgpu-Delay-Ms", num);
+  snprintf(num, sizeof(num), "%lld", (long long)(sg_now_ms() - p->sent_mono));
+  sg_http_add_header(p->req, "X-Sgpu-Exec-Ms", num);
   p->status = status;
   sg_http_reply_start(p->req, status, NULL);
   p->replying = true;
@@ -351,6 +361,8 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
     if (is_hop_by_hop(name, conn) || !strcasecmp(name, "Authorization") || !strcasecmp(name, "Host") ||
         !strcasecmp(name, "Content-Length") || !strcasecmp(name, "Expect"))
       continue;
+    if (!strcasecmp(name, "X-Request-Id"))
+      continue; /* p->rid goes instead */
     if (!strcasecmp(name, "X-Forwarded-For")) {
       xff = value;
       continue;
@@ -364,6 +376,7 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
     evbuffer_add_printf(out, "X-Forwarded-For: %s, %s\r\n", xff, sg_http_peer(req));
   else
     evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", sg_http_peer(req));
+  evbuffer_add_printf(out, "X-Request-Id: %s\r\n", p->rid);
   int64_t cl = sg_http_content_length(req);
   p->chunked_up = false;
   if (cl >= 0)
@@ -382,6 +395,7 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
     sg_histogram_observe(&p->ep->metrics.queue_wait, (double)(sg_now_ms() - p->arrived_mono) / 1000);
   p->state = P_SENT;
   p->w = w;
+  p->sent_mono = sg_now_ms();
   p->attempts++;
   w->in_flight++;
   w->last_used_mono = sg_now_ms();
@@ -451,7 +465,34 @@ static void client_closed(sg_http_req_t *req, void *arg) {
   proxy_free(p);
 }
 
+/* True when a client's X-Request-Id may be kept as is: 1 to REQUEST_ID_MAX
+ * characters of [A-Za-z0-9._:-], so that it is safe in a header, a log line
+ * and a query string. */
+static bool request_id_valid(const char *id) {
+  size_t n = strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-");
+  return n > 0 && n <= REQUEST_ID_MAX && id[n] == '\0';
+}
+
+/* Fills rid with req's X-Request-Id when it is valid, else with a new id
+ * ("req_" and 32 hex digits), and adds it to every answer of req. */
+static void request_id(sg_http_req_t *req, char rid[static REQUEST_ID_MAX + 1]) {
+  const char *in = sg_http_header(req, "X-Request-Id");
+  if (in && request_id_valid(in)) {
+    snprintf(rid, REQUEST_ID_MAX + 1, "%s", in);
+  } else {
+    unsigned char raw[16];
+    if (sg_random_bytes(raw, sizeof(raw)) < 0)
+      abort();
+    char *o = rid + snprintf(rid, REQUEST_ID_MAX + 1, "req_");
+    for (size_t i = 0; i < sizeof(raw); i++)
+      o += snprintf(o, 3, "%02x", raw[i]);
+  }
+  sg_http_add_header(req, "X-Request-Id", rid);
+}
+
 static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
+  char rid[REQUEST_ID_MAX + 1];
+  request_id(req, rid);
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
@@ -470,6 +511,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   p->ep = ep;
   ep->proxies++;
   p->req = req;
+  memcpy(p->rid, rid, sizeof(p->rid));
   p->pending = evbuffer_new();
   p->replay = evbuffer_new();
   p->body_done = cl == 0 || (cl < 0 && !sg_http_header(req, "Transfer-Encoding"));

@@ -1,0 +1,99 @@
+"""Tracing a request: the X-Request-Id kept or made by the gateway, passed to the
+worker and returned with the worker, queue delay and execution time; worker log
+lines stored with the request id and filtered by it and by stream; the metrics a
+user graphs (cold starts, job outcomes and durations, GPU-seconds by state)."""
+
+import re
+import unittest
+
+from harness import SgpudTestCase, echo_spec, unique_name
+
+GENERATED = re.compile(r"^req_[0-9a-f]{32}$")
+
+
+class RequestIdTest(SgpudTestCase):
+    SHARED = {}
+
+    def setUp(self):
+        self.name = unique_name("trace")
+        self.create(echo_spec(self.name, workers={"min": 1, "max": 1}))
+        self.sg.wait_ready(self.name, 1, timeout=20)
+
+    def assertTraced(self, resp, rid):
+        self.assertOk(resp)
+        self.assertEqual(resp.headers.get_all("X-Request-Id"), [rid])
+        worker = resp.headers["X-Sgpu-Worker"]
+        self.assertIn(worker, [w["id"] for w in self.sg.workers(self.name)])
+        self.assertRegex(resp.headers["X-Sgpu-Delay-Ms"], r"^[0-9]+$")
+        self.assertRegex(resp.headers["X-Sgpu-Exec-Ms"], r"^[0-9]+$")
+        # The worker got the same id, once.
+        self.assertEqual(resp.body["headers"]["x-request-id"], rid)
+
+    def test_incoming_id_is_kept(self):
+        rid = "client-42.a:b_C"
+        resp = self.sg.invoke(self.name, "/echo", headers={"X-Request-Id": rid})
+        self.assertTraced(resp, rid)
+
+    def test_id_is_made_without_one(self):
+        resp = self.sg.invoke(self.name, "/echo")
+        rid = resp.headers["X-Request-Id"]
+        self.assertRegex(rid, GENERATED)
+        self.assertTraced(resp, rid)
+        other = self.sg.invoke(self.name, "/echo").headers["X-Request-Id"]
+        self.assertNotEqual(other, rid)
+
+    def test_hostile_ids_are_replaced(self):
+        for bad in ["a" * 10240, "a" * 129, "bad id", "x;y", "é", ""]:
+            with self.subTest(length=len(bad), value=bad[:10]):
+                resp = self.sg.invoke(self.name, "/echo", headers={"X-Request-Id": bad})
+                rid = resp.headers["X-Request-Id"]
+                self.assertRegex(rid, GENERATED)
+                self.assertTraced(resp, rid)
+        # The longest id kept as is.
+        long_ok = "b" * 128
+        self.assertTraced(self.sg.invoke(self.name, "/echo", headers={"X-Request-Id": long_ok}), long_ok)
+
+    def test_crlf_in_id_is_not_reflected(self):
+        # A raw request: http.client refuses to send a header value holding CR/LF.
+        import socket
+        s = socket.create_connection(("127.0.0.1", self.sg.port), timeout=10)
+        try:
+            s.sendall(("GET /e/%s/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                       "X-Request-Id: abc\rSet-Cookie: x=1\r\nConnection: close\r\n\r\n"
+                       % (self.name, self.sg.key)).encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        self.assertNotIn("Set-Cookie", head)
+        status = head.split("\r\n", 1)[0]
+        if " 200 " in status:
+            ids = [l for l in head.split("\r\n") if l.lower().startswith("x-request-id:")]
+            self.assertEqual(len(ids), 1, head)
+            self.assertRegex(ids[0].split(":", 1)[1].strip(), GENERATED)
+
+    def test_gateway_errors_carry_the_id(self):
+        name = unique_name("trace-to")
+        # No worker can start (the command fails), so the request times out in the queue.
+        self.create(echo_spec(name, workers={"min": 0, "max": 1, "request_timeout_s": 1},
+                              command=["/nonexistent/worker"]))
+        resp = self.sg.invoke(name, "/echo", headers={"X-Request-Id": "timeout-1"})
+        self.assertError(resp, 504, "timeout")
+        self.assertEqual(resp.headers["X-Request-Id"], "timeout-1")
+
+    def test_job_id_goes_to_the_worker(self):
+        name = unique_name("trace-job")
+        self.create(echo_spec(name, type="async", workers={"min": 1, "max": 1}))
+        resp = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"trace": True}})
+        self.assertOk(resp)
+        self.assertEqual(resp.body["status"], "COMPLETED", resp.body)
+        self.assertEqual(resp.body["output"], {"request_id": resp.body["id"]})
+
+
+if __name__ == "__main__":
+    unittest.main()
