@@ -95,5 +95,76 @@ class RequestIdTest(SgpudTestCase):
         self.assertEqual(resp.body["output"], {"request_id": resp.body["id"]})
 
 
+def metrics(sg):
+    """/metrics as {(name, frozenset(labels)): value}."""
+    resp = sg.api("GET", "/metrics", raw=True)
+    assert resp.status == 200, resp
+    out = {}
+    for line in resp.body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-z_]+)(?:\{(.*)\})? (\S+)$', line)
+        assert m, line
+        labels = frozenset(re.findall(r'([a-z_]+)="([^"]*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def metric(sg, name, **labels):
+    return metrics(sg).get((name, frozenset(labels.items())))
+
+
+class MetricsTest(SgpudTestCase):
+    SHARED = {"gpus": "a100:2"}
+
+    def test_cold_start_and_gpu_seconds(self):
+        name = unique_name("trace-m")
+        self.create(echo_spec(name, gpu={"type": "a100", "count": 1}, env={"WARMUP_MS": "300"},
+                              workers={"min": 0, "max": 1}))
+        self.assertEqual(metric(self.sg, "sgpu_cold_start_seconds_count", endpoint=name), 0)
+        self.assertEqual(metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="starting"), 0)
+        self.assertOk(self.sg.invoke(name, "/echo"))
+        self.sg.wait_for(lambda: metric(self.sg, "sgpu_cold_start_seconds_count", endpoint=name) == 1, 10,
+                         message="one cold start counted")
+        m = metrics(self.sg)
+        total = m[("sgpu_cold_start_seconds_sum", frozenset({"endpoint": name}.items()))]
+        self.assertGreater(total, 0)
+        # The start took at least the worker's warm-up: not in the first buckets.
+        self.assertEqual(m[("sgpu_cold_start_seconds_bucket", frozenset({"endpoint": name, "le": "0.25"}.items()))], 0)
+        self.assertEqual(m[("sgpu_cold_start_seconds_bucket", frozenset({"endpoint": name, "le": "+Inf"}.items()))], 1)
+        self.sg.wait_for(lambda: metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="starting") > 0.25
+                         and metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="idle") > 0, 10,
+                         message="GPU time metered while starting and idle")
+        idle = metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="idle")
+        self.sg.wait_for(lambda: metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="idle") > idle, 10,
+                         message="idle GPU time grows")
+        busy = metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="busy")
+        self.assertOk(self.sg.invoke(name, "/infer?delay_ms=300", body={}))
+        self.sg.wait_for(lambda: metric(self.sg, "sgpu_gpu_seconds_total", endpoint=name, state="busy") > busy, 10,
+                         message="busy GPU time grows with a request")
+
+    def test_job_outcomes_and_durations(self):
+        name = unique_name("trace-mj")
+        self.create(echo_spec(name, type="async", gpu={"type": "a100", "count": 1}, workers={"min": 1, "max": 1}))
+        self.sg.wait_ready(name, 1, timeout=20)
+        for status in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            self.assertEqual(metric(self.sg, "sgpu_jobs_total", endpoint=name, status=status), 0)
+        self.assertEqual(metric(self.sg, "sgpu_job_duration_seconds_count", endpoint=name), 0)
+        run = lambda body: self.sg.api("POST", "/v2/%s/runsync" % name, body).body
+        self.assertEqual(run({"input": {"sleep_ms": 150}})["status"], "COMPLETED")
+        self.assertEqual(run({"input": {"fail": "nope"}})["status"], "FAILED")
+        self.assertEqual(run({"input": {"sleep_ms": 3000}, "policy": {"executionTimeout": 200}})["status"],
+                         "TIMED_OUT")
+        self.sg.wait_for(lambda: metric(self.sg, "sgpu_job_duration_seconds_count", endpoint=name) == 3, 10,
+                         message="three executions measured")
+        self.assertEqual(metric(self.sg, "sgpu_jobs_total", endpoint=name, status="COMPLETED"), 1)
+        self.assertEqual(metric(self.sg, "sgpu_jobs_total", endpoint=name, status="FAILED"), 1)
+        self.assertEqual(metric(self.sg, "sgpu_jobs_total", endpoint=name, status="TIMED_OUT"), 1)
+        self.assertEqual(metric(self.sg, "sgpu_jobs_total", endpoint=name, status="CANCELLED"), 0)
+        # The one that slept 150 ms is past the first bucket (0.1 s).
+        self.assertLess(metric(self.sg, "sgpu_job_duration_seconds_bucket", endpoint=name, le="0.1"), 3)
+        self.assertGreater(metric(self.sg, "sgpu_job_duration_seconds_sum", endpoint=name), 0.15)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -490,9 +490,7 @@ static void request_id(sg_http_req_t *req, char rid[static REQUEST_ID_MAX + 1]) 
   sg_http_add_header(req, "X-Request-Id", rid);
 }
 
-static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
-  char rid[REQUEST_ID_MAX + 1];
-  request_id(req, rid);
+static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name, const char *rid) {
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
@@ -511,7 +509,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   p->ep = ep;
   ep->proxies++;
   p->req = req;
-  memcpy(p->rid, rid, sizeof(p->rid));
+  snprintf(p->rid, sizeof(p->rid), "%s", rid);
   p->pending = evbuffer_new();
   p->replay = evbuffer_new();
   p->body_done = cl == 0 || (cl < 0 && !sg_http_header(req, "Transfer-Encoding"));
@@ -596,16 +594,21 @@ static const sg_fleet_subscriber_t subscriber = {
     .endpoint_status = endpoint_status,
 };
 
-void sg_gateway_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
+void sg_gateway_init(sg_daemon_t *d) {
+  sg_fleet_subscribe(d, &subscriber, NULL);
+  sg_metrics_init(d);
+}
 
 /* /e/{name}/...: rest is the path after "/e/". */
 static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {
+  char rid[REQUEST_ID_MAX + 1];
+  request_id(req, rid);
   cleanup_free char *name = xstrndup(rest, strcspn(rest, "/"));
   if (!sg_name_valid(name)) {
     sg_http_send_error(req, 404, "not_found", "no such endpoint", NULL);
     return SG_HTTP_DONE;
   }
-  return handle(d, req, name);
+  return handle(d, req, name, rid);
 }
 
 void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d) {
