@@ -95,6 +95,64 @@ class RequestIdTest(SgpudTestCase):
         self.assertEqual(resp.body["output"], {"request_id": resp.body["id"]})
 
 
+class TracedLogsTest(SgpudTestCase):
+    SHARED = {}
+
+    def lines(self, name, **params):
+        return [(l["stream"], l["line"], l.get("request_id")) for l in self.sg.logs(name, **params)
+                if l["stream"] != "event"]
+
+    def test_lines_filtered_by_request_id_and_stream(self):
+        name = unique_name("trace-l")
+        self.create(echo_spec(name, workers={"min": 1, "max": 1, "max_concurrency": 4}))
+        self.sg.wait_ready(name, 1, timeout=20)
+        for rid in ("rq-1", "rq-10", "rq-2"):
+            self.assertOk(self.sg.invoke(name, "/trace", headers={"X-Request-Id": rid}))
+        made = self.sg.invoke(name, "/trace").headers["X-Request-Id"]
+        # A line that names a request that is not in flight is stored without an id.
+        self.assertOk(self.sg.invoke(name, "/echo", headers={"X-Request-Id": "rq-untraced"}))
+
+        want = lambda rid: {("stdout", "trace %s stdout" % rid, rid), ("stderr", "trace %s stderr" % rid, rid)}
+        self.sg.wait_for(lambda: set(self.lines(name, request_id="rq-1")) == want("rq-1"), 10,
+                         message="the two lines of rq-1, and only those")
+        # rq-1 is not a word of rq-10's lines.
+        self.sg.wait_for(lambda: set(self.lines(name, request_id="rq-10")) == want("rq-10"), 10,
+                         message="the two lines of rq-10")
+        self.sg.wait_for(lambda: set(self.lines(name, request_id=made)) == want(made), 10,
+                         message="the lines of the request with a generated id")
+        self.assertEqual(self.lines(name, request_id="rq-2", stream="stderr"),
+                         [("stderr", "trace rq-2 stderr", "rq-2")])
+        self.assertEqual(self.lines(name, request_id="rq-2", stream="stdout"),
+                         [("stdout", "trace rq-2 stdout", "rq-2")])
+        self.assertEqual(self.lines(name, request_id="rq-untraced"), [])
+        # Without the filter, every line is there, with its id where it has one.
+        every = self.sg.logs(name)
+        self.assertIn(("stdout", "trace rq-2 stdout", "rq-2"),
+                      [(l["stream"], l["line"], l.get("request_id")) for l in every])
+        self.assertTrue(all("request_id" not in l for l in every if l["stream"] == "event"))
+        events = self.sg.logs(name, stream="event")
+        self.assertTrue(events)
+        self.assertTrue(all(l["stream"] == "event" for l in events))
+
+    def test_job_lines_carry_the_job_id(self):
+        name = unique_name("trace-lj")
+        self.create(echo_spec(name, type="async", workers={"min": 1, "max": 1}))
+        job = self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"trace": True}}).body
+        self.assertEqual(job["status"], "COMPLETED", job)
+        self.sg.wait_for(lambda: self.lines(name, request_id=job["id"]) ==
+                         [("stdout", "trace %s stdout" % job["id"], job["id"])], 10,
+                         message="the job's line stored with its id")
+
+    def test_bad_filters_are_refused(self):
+        name = unique_name("trace-lb")
+        self.create(echo_spec(name))
+        for params in ("request_id=a%20b", "request_id=" + "a" * 129, "request_id=x%0d%0ay", "stream=debug",
+                       "level=stderr"):
+            with self.subTest(params=params):
+                resp = self.sg.api("GET", "/v1/endpoints/%s/logs?%s" % (name, params))
+                self.assertError(resp, 400, "invalid_query")
+
+
 def metrics(sg):
     """/metrics as {(name, frozenset(labels)): value}."""
     resp = sg.api("GET", "/metrics", raw=True)

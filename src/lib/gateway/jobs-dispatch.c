@@ -4,6 +4,7 @@
 
 #include "gateway/balancer-internal.h"
 #include "gateway/jobs-internal.h"
+#include "logs/logs.h"
 
 #define STREAM_ITEMS_MAX 100000
 
@@ -33,6 +34,7 @@ void sg_job_release_worker(sg_job_t *j, bool completed) {
     j->ep->served++;
   }
   j->execution_ms = sg_now_ms() - j->started_mono;
+  sg_logs_source_request(w->logs, j->id, false);
   sg_worker_release_request(w); /* kicks jobs and requests through the fleet's events */
 }
 
@@ -175,6 +177,7 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   sg_fleet_worker_load(w, 1); /* the meter bills the job's time as busy, as a request's */
   sg_job_put(j, false, SG_JOB_IN_PROGRESS, sg_job_written);
 
+  sg_logs_source_request(w->logs, j->id, true);
   j->u = sg_gateway_get_conn(w);
   sg_upstream_begin(j->u, &handler, j, false);
   struct evbuffer *out = sg_upstream_output(j->u);

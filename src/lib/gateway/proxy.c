@@ -23,6 +23,7 @@
 
 #include "gateway/gateway.h"
 #include "gateway/balancer-internal.h"
+#include "logs/logs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -31,7 +32,6 @@
 #define CLIENT_UNSENT_MAX (1u << 20) /* answer bytes queued for the client before pausing the worker */
 #define UPSTREAM_UNSENT_MAX (1u << 20)
 #define MAX_ATTEMPTS 3
-#define REQUEST_ID_MAX 128 /* longest X-Request-Id kept from a client */
 
 enum proxy_state { P_QUEUED, P_SENT, P_DONE };
 
@@ -51,9 +51,9 @@ struct sg_proxy {
   sg_http_req_t *req;
   enum proxy_state state;
   int64_t arrived_mono;
-  int64_t sent_mono;            /* the last attempt went to its worker */
-  char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else made here */
-  struct event *timer;          /* workers.request_timeout_s */
+  int64_t sent_mono;               /* the last attempt went to its worker */
+  char rid[SG_REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else made here */
+  struct event *timer;             /* workers.request_timeout_s */
   sg_worker_t *w;
   sg_upstream_t *u;
   struct evbuffer *pending; /* body received and not yet given to the worker */
@@ -148,6 +148,7 @@ static void release_worker(sg_proxy_t *p, bool completed) {
   }
   if (!w)
     return;
+  sg_logs_source_request(w->logs, p->rid, false);
   sg_worker_release_request(w); /* pumps the queue through the fleet's events */
 }
 
@@ -401,6 +402,7 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
   w->last_used_mono = sg_now_ms();
   p->ep->in_flight++;
   sg_fleet_worker_load(w, 1);
+  sg_logs_source_request(w->logs, p->rid, true);
   p->u = sg_gateway_get_conn(w);
   sg_upstream_begin(p->u, &handler, p, sg_http_is_head(p->req));
   sg_upstream_set_drain(p->u, UPSTREAM_UNSENT_MAX / 2);
@@ -465,25 +467,17 @@ static void client_closed(sg_http_req_t *req, void *arg) {
   proxy_free(p);
 }
 
-/* True when a client's X-Request-Id may be kept as is: 1 to REQUEST_ID_MAX
- * characters of [A-Za-z0-9._:-], so that it is safe in a header, a log line
- * and a query string. */
-static bool request_id_valid(const char *id) {
-  size_t n = strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-");
-  return n > 0 && n <= REQUEST_ID_MAX && id[n] == '\0';
-}
-
 /* Fills rid with req's X-Request-Id when it is valid, else with a new id
  * ("req_" and 32 hex digits), and adds it to every answer of req. */
-static void request_id(sg_http_req_t *req, char rid[static REQUEST_ID_MAX + 1]) {
+static void request_id(sg_http_req_t *req, char rid[static SG_REQUEST_ID_MAX + 1]) {
   const char *in = sg_http_header(req, "X-Request-Id");
-  if (in && request_id_valid(in)) {
-    snprintf(rid, REQUEST_ID_MAX + 1, "%s", in);
+  if (in && sg_request_id_valid(in)) {
+    snprintf(rid, SG_REQUEST_ID_MAX + 1, "%s", in);
   } else {
     unsigned char raw[16];
     if (sg_random_bytes(raw, sizeof(raw)) < 0)
       abort();
-    char *o = rid + snprintf(rid, REQUEST_ID_MAX + 1, "req_");
+    char *o = rid + snprintf(rid, SG_REQUEST_ID_MAX + 1, "req_");
     for (size_t i = 0; i < sizeof(raw); i++)
       o += snprintf(o, 3, "%02x", raw[i]);
   }
@@ -601,7 +595,7 @@ void sg_gateway_init(sg_daemon_t *d) {
 
 /* /e/{name}/...: rest is the path after "/e/". */
 static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {
-  char rid[REQUEST_ID_MAX + 1];
+  char rid[SG_REQUEST_ID_MAX + 1];
   request_id(req, rid);
   cleanup_free char *name = xstrndup(rest, strcspn(rest, "/"));
   if (!sg_name_valid(name)) {
