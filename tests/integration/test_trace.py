@@ -85,6 +85,13 @@ class RequestIdTest(SgpudTestCase):
         resp = self.sg.invoke(name, "/echo", headers={"X-Request-Id": "timeout-1"})
         self.assertError(resp, 504, "timeout")
         self.assertEqual(resp.headers["X-Request-Id"], "timeout-1")
+        resp = self.sg.invoke("no-such-endpoint", "/echo", headers={"X-Request-Id": "missing-1"})
+        self.assertError(resp, 404, "not_found")
+        self.assertEqual(resp.headers["X-Request-Id"], "missing-1")
+        # The worker exits before it answers a POST (not sent again): 502.
+        resp = self.sg.invoke(self.name, "/crash", method="POST", body={}, headers={"X-Request-Id": "crash-1"})
+        self.assertError(resp, 502)
+        self.assertEqual(resp.headers["X-Request-Id"], "crash-1")
 
     def test_job_id_goes_to_the_worker(self):
         name = unique_name("trace-job")
