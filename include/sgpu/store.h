@@ -110,6 +110,7 @@ typedef struct sg_log_line {
   const char *worker; /* may be NULL for endpoint events */
   const char *stream; /* "stdout", "stderr", "event" */
   const char *line;
+  const char *request_id; /* NULL: none; the request the worker wrote it for */
 } sg_log_line_t;
 
 /* Appends lines in one transaction. */
@@ -117,13 +118,14 @@ int sg_store_logs_append(sg_store_t *store, const sg_log_line_t *lines, size_t n
 
 typedef struct sg_log_query {
   const char *endpoint;
-  const char *worker; /* NULL: any */
-  const char *stream; /* NULL: any */
-  const char *text;   /* NULL: any; substring match */
-  int64_t since_ms;   /* 0: no bound */
-  int64_t until_ms;   /* 0: no bound */
-  int limit;          /* newest `limit` lines, returned oldest first */
-  bool oldest_first;  /* the oldest `limit` lines instead */
+  const char *worker;     /* NULL: any */
+  const char *stream;     /* NULL: any */
+  const char *text;       /* NULL: any; substring match */
+  const char *request_id; /* NULL: any; else only lines stored with it */
+  int64_t since_ms;       /* 0: no bound */
+  int64_t until_ms;       /* 0: no bound */
+  int limit;              /* newest `limit` lines, returned oldest first */
+  bool oldest_first;      /* the oldest `limit` lines instead */
 } sg_log_query_t;
 
 /* May scan many rows: never on the event loop (asserted in debug builds). */

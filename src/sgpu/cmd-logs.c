@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [--since T] [--until T]\n"
-                            "                 [-q TEXT] [--limit N] [-f]\n"
+const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [--request-id ID]\n"
+                            "                 [--since T] [--until T] [-q TEXT] [--limit N] [-f]\n"
                             "\n"
                             "Prints the log lines of endpoint NAME (its workers' stdout and stderr and the\n"
                             "platform's events) as TIME WORKER STREAM LINE, oldest first; --json prints each\n"
@@ -16,6 +16,8 @@ const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [-
                             "Options:\n"
                             "  -w, --worker ID    only the lines of worker ID\n"
                             "  -s, --stream S     only stream S: stdout, stderr or event\n"
+                            "  -r, --request-id ID\n"
+                            "                     only the lines stored with request (or job) id ID\n"
                             "      --since T      lines from T on: epoch milliseconds or a duration before now\n"
                             "                     (30s, 10m, 2h)\n"
                             "      --until T      lines up to T (same forms)\n"
@@ -30,7 +32,7 @@ const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [-
 enum { OPT_SINCE = 1100, OPT_UNTIL };
 
 struct logs_query {
-  const char *worker, *stream, *since, *until, *q, *limit;
+  const char *worker, *stream, *request_id, *since, *until, *q, *limit;
   bool follow;
 };
 
@@ -127,6 +129,7 @@ static char *logs_path(const char *name, const struct logs_query *q, long long s
   }
   add_param(&qs, "worker", q->worker);
   add_param(&qs, "stream", q->stream);
+  add_param(&qs, "request_id", q->request_id);
   add_param(&qs, "since", since);
   add_param(&qs, "until", q->until);
   add_param(&qs, "q", q->q);
@@ -149,6 +152,7 @@ int sg_cmd_logs(int argc, char **argv) {
   static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS,
                                           {"worker", required_argument, NULL, 'w'},
                                           {"stream", required_argument, NULL, 's'},
+                                          {"request-id", required_argument, NULL, 'r'},
                                           {"since", required_argument, NULL, OPT_SINCE},
                                           {"until", required_argument, NULL, OPT_UNTIL},
                                           {"grep", required_argument, NULL, 'q'},
@@ -157,7 +161,7 @@ int sg_cmd_logs(int argc, char **argv) {
                                           {NULL, 0, NULL, 0}};
   struct logs_query q = {0};
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hw:s:q:n:f", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, ":hw:s:r:q:n:f", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {
@@ -171,6 +175,9 @@ int sg_cmd_logs(int argc, char **argv) {
       if (strcmp(optarg, "stdout") != 0 && strcmp(optarg, "stderr") != 0 && strcmp(optarg, "event") != 0)
         return sg_cli_usage_error(CMD, "logs: --stream takes stdout, stderr or event, not '%s'", optarg);
       q.stream = optarg;
+      break;
+    case 'r':
+      q.request_id = optarg;
       break;
     case OPT_SINCE:
       q.since = optarg;

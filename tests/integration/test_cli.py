@@ -516,6 +516,22 @@ class CliLogsTest(CliTestCase):
 
         self.assertFails(self.cli("logs", "no-such-endpoint"), EXIT_FAIL)
 
+    def test_logs_by_request_id(self):
+        name = unique_name("cli-logs-rid")
+        self.cli_create(echo_spec(name))
+        for rid in ("cli-rid-1", "cli-rid-2"):
+            self.assertOk(self.sg.invoke(name, "/trace", headers={"X-Request-Id": rid}))
+        self.wait_for(lambda: len(self.sg.logs(name, request_id="cli-rid-2")) == 2, 10,
+                      message="the two lines of cli-rid-2")
+        lines = self.ok("logs", name, "--request-id", "cli-rid-2").splitlines()
+        self.assertEqual(sorted(LOG_LINE.match(l).group(4) for l in lines),
+                         ["trace cli-rid-2 stderr", "trace cli-rid-2 stdout"], lines)
+        lines = self.ok("logs", name, "-r", "cli-rid-1", "--stream", "stderr").splitlines()
+        self.assertEqual([LOG_LINE.match(l).group(4) for l in lines], ["trace cli-rid-1 stderr"], lines)
+        objs = [json.loads(l) for l in self.ok("logs", name, "--request-id", "cli-rid-1", "--json").splitlines()]
+        self.assertEqual({o["request_id"] for o in objs}, {"cli-rid-1"})
+        self.assertFails(self.cli("logs", name, "--request-id", "bad id"), EXIT_FAIL)
+
     def test_logs_follow(self):
         name = unique_name("cli-follow")
         self.cli_create(echo_spec(name))

@@ -224,12 +224,14 @@ class HeaderTest(HostileTestCase):
                 text, rest = text + rest[:n], rest[n + 2:]
             payload = text
         echo = json.loads(payload)
+        # x-request-id: the gateway's own, made for every request (docs/API.md, Invocations).
         sent = {"host", "content-type", "x-sent-as-header", "x-forwarded-for", "content-length",
-                "transfer-encoding"}
+                "transfer-encoding", "x-request-id"}
         got = [n.lower() for n, _ in echo["header_list"]]
         self.assertTrue(set(got) <= sent, "the worker received headers the client did not send "
                                           "as headers: %r" % echo["header_list"])
         self.assertEqual(echo["headers"]["x-forwarded-for"], "127.0.0.1")
+        self.assertRegex(echo["headers"]["x-request-id"], r"^req_[0-9a-f]{32}$")
         self.assertEqual(echo["body_length"], 5)
         for n, v in echo["header_list"]:
             self.assertNotIn("evil", v)

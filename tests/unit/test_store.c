@@ -435,6 +435,50 @@ static void test_logs_append_query(void **state) {
   rows_free(&rs);
 }
 
+struct rid_count {
+  const char *want; /* every line must come back with it (NULL: none) */
+  int n;
+};
+
+static void count_rid(void *ud, const sg_log_line_t *l) {
+  struct rid_count *c = ud;
+  if (c->want)
+    assert_string_equal(l->request_id, c->want);
+  else
+    assert_null(l->request_id);
+  c->n++;
+}
+
+/* Lines keep their request id, in one-row and many-row inserts alike, and
+ * the filter returns only those of that id. */
+static void test_logs_request_id(void **state) {
+  fixture_t *f = *state;
+  sg_log_line_t lines[123];
+  for (int i = 0; i < (int)SG_ARRAY_SIZE(lines); i++)
+    lines[i] = (sg_log_line_t){1000 + i, "alpha",
+                               "w-1",    i % 2 ? "stderr" : "stdout",
+                               "a line", i % 3 == 0 ? "rid-a" : i % 3 == 1 ? "rid-b" : NULL};
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_logs_append(f->store, lines, SG_ARRAY_SIZE(lines), &err), 0);
+  struct rid_count c = {"rid-a", 0};
+  sg_log_query_t q = {.endpoint = "alpha", .request_id = "rid-a", .limit = 1000};
+  assert_int_equal(sg_store_logs_query(f->store, &q, count_rid, &c, &err), 0);
+  assert_int_equal(c.n, 41);
+  c = (struct rid_count){"rid-b", 0};
+  q = (sg_log_query_t){.endpoint = "alpha", .request_id = "rid-b", .stream = "stderr", .limit = 1000};
+  assert_int_equal(sg_store_logs_query(f->store, &q, count_rid, &c, &err), 0);
+  assert_int_equal(c.n, 21); /* i = 1, 7, 13, ... 121: odd i with i % 3 == 1 */
+  c = (struct rid_count){"rid-b", 0};
+  q = (sg_log_query_t){.endpoint = "alpha", .request_id = "rid-b", .oldest_first = true, .limit = 5};
+  assert_int_equal(sg_store_logs_query(f->store, &q, count_rid, &c, &err), 0);
+  assert_int_equal(c.n, 5);
+  c = (struct rid_count){"rid-c", 0};
+  q = (sg_log_query_t){.endpoint = "alpha", .request_id = "rid-c", .limit = 1000};
+  assert_int_equal(sg_store_logs_query(f->store, &q, count_rid, &c, &err), 0);
+  assert_int_equal(c.n, 0);
+  assert_null(err);
+}
+
 static void test_logs_filters(void **state) {
   fixture_t *f = *state;
   rows_t rs = {0};
@@ -817,6 +861,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_workers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_logs_append_query, setup, teardown),
       cmocka_unit_test_setup_teardown(test_logs_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_logs_request_id, setup, teardown),
       cmocka_unit_test_setup_teardown(test_logs_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_logs_trim, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),

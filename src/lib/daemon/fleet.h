@@ -75,9 +75,11 @@ struct sg_worker {
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
 
-/* Upper bounds (seconds) of the latency and queue-wait histogram buckets. */
+/* Upper bounds (seconds) of the latency and queue-wait histogram buckets,
+ * and of the long ones (cold starts, job executions: 0.1 s to an hour). */
 #define SG_METRIC_BUCKETS 14
 extern const double sg_metric_bounds[SG_METRIC_BUCKETS];
+extern const double sg_metric_long_bounds[SG_METRIC_BUCKETS];
 
 typedef struct sg_histogram {
   uint64_t buckets[SG_METRIC_BUCKETS + 1]; /* the last one is +Inf */
@@ -95,6 +97,16 @@ typedef struct sg_ep_metrics {
   uint64_t scale_ups, scale_downs;
   sg_histogram_t latency;    /* arrival to end of answer */
   sg_histogram_t queue_wait; /* arrival to dispatch */
+  sg_histogram_t cold_start; /* worker started to ready (long bounds; metrics.c) */
+  /* Async jobs that ended, by final status, and their executions (dispatch
+   * to the end of the answer, long bounds; jobs.c). */
+  uint64_t jobs_completed, jobs_failed, jobs_cancelled, jobs_timed_out;
+  sg_histogram_t job_duration;
+  /* GPU-milliseconds by sg_meter_state_t of this sgpud's usage records
+   * (recorder.c): closed ones, and closed plus open ones as of the last
+   * tick (never decreasing). */
+  int64_t gpu_ms_closed[SG_METER_NSTATES];
+  int64_t gpu_ms[SG_METER_NSTATES];
 } sg_ep_metrics_t;
 
 struct sg_endpoint {

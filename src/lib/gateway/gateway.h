@@ -27,6 +27,10 @@ void sg_gateway_init(sg_daemon_t *d);
 
 /* metrics.c */
 void sg_histogram_observe(sg_histogram_t *h, double value);
+/* The same, for a histogram whose buckets end at bounds (sg_metric_long_bounds). */
+void sg_histogram_observe_in(sg_histogram_t *h, const double *bounds, double value);
+/* Subscribes the metrics to the fleet's events (cold-start durations). */
+void sg_metrics_init(sg_daemon_t *d);
 /* Counts an answer (status) given after `seconds`. */
 void sg_metrics_response(sg_endpoint_t *ep, int status, double seconds);
 /* Registers GET /metrics (Prometheus text format) with the router. */

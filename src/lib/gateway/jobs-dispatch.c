@@ -4,6 +4,7 @@
 
 #include "gateway/balancer-internal.h"
 #include "gateway/jobs-internal.h"
+#include "logs/logs.h"
 
 #define STREAM_ITEMS_MAX 100000
 #define PASS_MAX 64 /* queued jobs a pump looks past for one a free worker may take */
@@ -53,6 +54,7 @@ static void release(sg_job_t *j, bool completed, bool counted) {
     j->ep->served++;
   }
   j->execution_ms = sg_now_ms() - j->started_mono;
+  sg_logs_source_request(w->logs, j->id, false);
   /* kicks jobs and requests through the fleet's events */
   if (counted)
     sg_worker_release_request(w);
@@ -86,6 +88,7 @@ void sg_job_abandon_worker(sg_job_t *j) {
     sg_job_release_worker(j, false);
     return;
   }
+  sg_logs_source_request(j->w->logs, j->id, false); /* ended, as far as its log lines go */
   j->x = NULL;
   j->w = NULL;
   j->u = NULL;
@@ -297,6 +300,7 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   sg_fleet_worker_load(w, 1); /* the meter bills the job's time as busy, as a request's */
   sg_job_put(j, false, SG_JOB_IN_PROGRESS, sg_job_written);
 
+  sg_logs_source_request(w->logs, j->id, true);
   j->u = sg_gateway_get_conn(w);
   j->x = xcalloc(1, sizeof(*j->x));
   *j->x = (sg_job_exec_t){.J = j->J, .job = j, .ep = ep, .w = w, .u = j->u};
@@ -305,8 +309,9 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   size_t body_len = strlen("{\"id\":\"\",\"input\":}") + strlen(j->id) + j->input_len;
   evbuffer_add_printf(out,
                       "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\nX-Sgpu-Job-Id: %s\r\nX-Sgpu-Job-Attempt: %d\r\n\r\n",
-                      ep->spec->async.path, w->host ? w->host : "127.0.0.1", w->port, body_len, j->id, j->attempts);
+                      "Content-Length: %zu\r\nX-Request-Id: %s\r\nX-Sgpu-Job-Id: %s\r\nX-Sgpu-Job-Attempt: %d\r\n\r\n",
+                      ep->spec->async.path, w->host ? w->host : "127.0.0.1", w->port, body_len, j->id, j->id,
+                      j->attempts);
   evbuffer_add_printf(out, "{\"id\":\"%s\",\"input\":", j->id);
   evbuffer_add(out, j->input, j->input_len);
   evbuffer_add(out, "}", 1);

@@ -373,6 +373,30 @@ void sg_job_unqueue(sg_job_t *j) {
   j->in_queue = false;
 }
 
+/* Counts j's end at /metrics: its final status and, when it ran, its
+ * execution time. */
+static void count_outcome(sg_job_t *j, sg_job_status_t status, bool ran) {
+  sg_ep_metrics_t *m = &j->ep->metrics;
+  switch (status) {
+  case SG_JOB_COMPLETED:
+    m->jobs_completed++;
+    break;
+  case SG_JOB_FAILED:
+    m->jobs_failed++;
+    break;
+  case SG_JOB_CANCELLED:
+    m->jobs_cancelled++;
+    break;
+  case SG_JOB_TIMED_OUT:
+    m->jobs_timed_out++;
+    break;
+  default:
+    break;
+  }
+  if (ran)
+    sg_histogram_observe_in(&m->job_duration, sg_metric_long_bounds, (double)j->execution_ms / 1000);
+}
+
 /* Ends j as status (output and error are JSON text, taken). The state is
  * shown once it is committed. */
 void sg_job_finish(sg_job_t *j, sg_job_status_t status, char *output, char *error) {
@@ -383,9 +407,11 @@ void sg_job_finish(sg_job_t *j, sg_job_status_t status, char *output, char *erro
   }
   j->finishing = true;
   j->final_status = status;
+  bool ran = !j->in_queue && j->started_mono > 0; /* its last dispatch ended, or ends here */
   stop_timers(j);
   sg_job_unqueue(j);
   sg_job_abandon_worker(j); /* its slot stays taken until the worker's answer ends */
+  count_outcome(j, status, ran);
   sg_job_drop_input(j);
   sg_jobs_set_str(&j->output, output);
   sg_jobs_set_str(&j->error, error);

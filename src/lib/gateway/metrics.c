@@ -10,14 +10,31 @@
 const double sg_metric_bounds[SG_METRIC_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                     0.25,  0.5,    1,     2.5,  5,     10,   30};
 
-void sg_histogram_observe(sg_histogram_t *h, double value) {
+const double sg_metric_long_bounds[SG_METRIC_BUCKETS] = {0.1, 0.25, 0.5, 1,   2.5, 5,    10,
+                                                         30,  60,   120, 300, 600, 1800, 3600};
+
+void sg_histogram_observe_in(sg_histogram_t *h, const double *bounds, double value) {
   int i = 0;
-  while (i < SG_METRIC_BUCKETS && value > sg_metric_bounds[i])
+  while (i < SG_METRIC_BUCKETS && value > bounds[i])
     i++;
   h->buckets[i]++;
   h->count++;
   h->sum += value;
 }
+
+void sg_histogram_observe(sg_histogram_t *h, double value) { sg_histogram_observe_in(h, sg_metric_bounds, value); }
+
+/* A worker sgpud started became ready: its cold start, start to ready.
+ * Workers adopted after a restart are not counted, as in cold_starts. */
+static void on_worker_ready(void *ud, sg_worker_t *w) {
+  if (!w->adopted && w->ready_mono >= w->started_mono)
+    sg_histogram_observe_in(&w->ep->metrics.cold_start, sg_metric_long_bounds,
+                            (double)(w->ready_mono - w->started_mono) / 1000);
+}
+
+static const sg_fleet_subscriber_t subscriber = {.worker_ready = on_worker_ready};
+
+void sg_metrics_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
 
 void sg_metrics_response(sg_endpoint_t *ep, int status, double seconds) {
   if (status >= 100 && status < 600)
@@ -29,17 +46,21 @@ static void header(struct evbuffer *b, const char *name, const char *type, const
   evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void histogram(struct evbuffer *b, const char *name, const char *ep, const sg_histogram_t *h) {
+static void histogram_in(struct evbuffer *b, const char *name, const char *ep, const sg_histogram_t *h,
+                         const double *bounds) {
   uint64_t cum = 0;
   for (int i = 0; i < SG_METRIC_BUCKETS; i++) {
     cum += h->buckets[i];
-    evbuffer_add_printf(b, "%s_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n", name, ep, sg_metric_bounds[i],
-                        (unsigned long long)cum);
+    evbuffer_add_printf(b, "%s_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n", name, ep, bounds[i], (unsigned long long)cum);
   }
   cum += h->buckets[SG_METRIC_BUCKETS];
   evbuffer_add_printf(b, "%s_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n", name, ep, (unsigned long long)cum);
   evbuffer_add_printf(b, "%s_sum{endpoint=\"%s\"} %.6f\n", name, ep, h->sum);
   evbuffer_add_printf(b, "%s_count{endpoint=\"%s\"} %llu\n", name, ep, (unsigned long long)h->count);
+}
+
+static void histogram(struct evbuffer *b, const char *name, const char *ep, const sg_histogram_t *h) {
+  histogram_in(b, name, ep, h, sg_metric_bounds);
 }
 
 /* One counter per endpoint, read through an offset into sg_ep_metrics_t. */
@@ -97,6 +118,32 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
                         (unsigned long long)ep->metrics.scale_ups);
     evbuffer_add_printf(b, "sgpu_scale_decisions_total{endpoint=\"%s\",direction=\"down\"} %llu\n", ep->name,
                         (unsigned long long)ep->metrics.scale_downs);
+  }
+  header(b, "sgpu_cold_start_seconds", "histogram", "Time from a worker's start to its first healthy probe.");
+  TAILQ_FOREACH(ep, &d->endpoints, link)
+  histogram_in(b, "sgpu_cold_start_seconds", ep->name, &ep->metrics.cold_start, sg_metric_long_bounds);
+  header(b, "sgpu_jobs_total", "counter", "Async jobs that ended, by final status.");
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    const struct {
+      const char *status;
+      uint64_t n;
+    } jobs[] = {{"COMPLETED", ep->metrics.jobs_completed},
+                {"FAILED", ep->metrics.jobs_failed},
+                {"CANCELLED", ep->metrics.jobs_cancelled},
+                {"TIMED_OUT", ep->metrics.jobs_timed_out}};
+    for (size_t i = 0; i < SG_ARRAY_SIZE(jobs); i++)
+      evbuffer_add_printf(b, "sgpu_jobs_total{endpoint=\"%s\",status=\"%s\"} %llu\n", ep->name, jobs[i].status,
+                          (unsigned long long)jobs[i].n);
+  }
+  header(b, "sgpu_job_duration_seconds", "histogram", "Execution time of async jobs that ended after running.");
+  TAILQ_FOREACH(ep, &d->endpoints, link)
+  histogram_in(b, "sgpu_job_duration_seconds", ep->name, &ep->metrics.job_duration, sg_metric_long_bounds);
+  header(b, "sgpu_gpu_seconds_total", "counter", "GPU-seconds metered, by worker state.");
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    static const char *const states[SG_METER_NSTATES] = {"starting", "busy", "idle"};
+    for (int s = 0; s < SG_METER_NSTATES; s++)
+      evbuffer_add_printf(b, "sgpu_gpu_seconds_total{endpoint=\"%s\",state=\"%s\"} %.3f\n", ep->name, states[s],
+                          (double)ep->metrics.gpu_ms[s] / 1000);
   }
   header(b, "sgpu_gpus", "gauge", "GPUs of this node by type and whether a worker holds them.");
   for (size_t i = 0; i < d->gpus->n; i++) {

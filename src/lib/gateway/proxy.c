@@ -23,6 +23,7 @@
 
 #include "gateway/gateway.h"
 #include "gateway/balancer-internal.h"
+#include "logs/logs.h"
 #include "sgpu/log.h"
 #include "sgpu/util.h"
 
@@ -50,7 +51,9 @@ struct sg_proxy {
   sg_http_req_t *req;
   enum proxy_state state;
   int64_t arrived_mono;
-  struct event *timer; /* workers.request_timeout_s to the head, then workers.stream_timeout_s */
+  int64_t sent_mono;               /* the last attempt went to its worker */
+  char rid[SG_REQUEST_ID_MAX + 1]; /* X-Request-Id: the client's when valid, else made here */
+  struct event *timer;             /* workers.request_timeout_s to the head, then workers.stream_timeout_s */
   sg_worker_t *w;
   sg_upstream_t *u;
   struct evbuffer *pending; /* body received and not yet given to the worker */
@@ -148,6 +151,7 @@ static void release_attempt(sg_proxy_t *p, bool completed, bool counted) {
   }
   if (!w)
     return;
+  sg_logs_source_request(w->logs, p->rid, false);
   /* pumps the queue through the fleet's events */
   if (counted)
     sg_worker_release_request(w);
@@ -193,8 +197,15 @@ static void up_head(void *arg, int status, const sg_upstream_header_t *h, size_t
     if (!strcasecmp(h[i].name, "Connection"))
       conn = h[i].value;
   for (size_t i = 0; i < n; i++)
-    if (!is_hop_by_hop(h[i].name, conn))
+    if (!is_hop_by_hop(h[i].name, conn) && strcasecmp(h[i].name, "X-Request-Id") &&
+        strncasecmp(h[i].name, "X-Sgpu-", 7))
       sg_http_add_header(p->req, h[i].name, h[i].value);
+  char num[32];
+  sg_http_add_header(p->req, "X-Sgpu-Worker", p->w->id);
+  snprintf(num, sizeof(num), "%lld", (long long)(p->sent_mono - p->arrived_mono));
+  sg_http_add_header(p->req, "X-Sgpu-Delay-Ms", num);
+  snprintf(num, sizeof(num), "%lld", (long long)(sg_now_ms() - p->sent_mono));
+  sg_http_add_header(p->req, "X-Sgpu-Exec-Ms", num);
   p->status = status;
   for (size_t i = 0; i < n; i++)
     if (!strcasecmp(h[i].name, "Content-Type"))
@@ -381,6 +392,8 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
     if (is_hop_by_hop(name, conn) || !strcasecmp(name, "Authorization") || !strcasecmp(name, "Host") ||
         !strcasecmp(name, "Content-Length") || !strcasecmp(name, "Expect"))
       continue;
+    if (!strcasecmp(name, "X-Request-Id"))
+      continue; /* p->rid goes instead */
     if (!strcasecmp(name, "X-Forwarded-For")) {
       xff = value;
       continue;
@@ -394,6 +407,7 @@ static void write_head(sg_proxy_t *p, sg_worker_t *w) {
     evbuffer_add_printf(out, "X-Forwarded-For: %s, %s\r\n", xff, sg_http_peer(req));
   else
     evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", sg_http_peer(req));
+  evbuffer_add_printf(out, "X-Request-Id: %s\r\n", p->rid);
   int64_t cl = sg_http_content_length(req);
   p->chunked_up = false;
   if (cl >= 0)
@@ -412,11 +426,13 @@ static void send_to(sg_proxy_t *p, sg_worker_t *w) {
     sg_histogram_observe(&p->ep->metrics.queue_wait, (double)(sg_now_ms() - p->arrived_mono) / 1000);
   p->state = P_SENT;
   p->w = w;
+  p->sent_mono = sg_now_ms();
   p->attempts++;
   w->in_flight++;
   w->last_used_mono = sg_now_ms();
   p->ep->in_flight++;
   sg_fleet_worker_load(w, 1);
+  sg_logs_source_request(w->logs, p->rid, true);
   p->u = sg_gateway_get_conn(w);
   sg_upstream_begin(p->u, &handler, p, sg_http_is_head(p->req));
   sg_upstream_set_drain(p->u, UPSTREAM_UNSENT_MAX / 2);
@@ -518,7 +534,24 @@ static char *failing_message(const sg_endpoint_t *ep, const char *code) {
                    ep->last_error ? ep->last_error : "no error recorded");
 }
 
-static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
+/* Fills rid with req's X-Request-Id when it is valid, else with a new id
+ * ("req_" and 32 hex digits), and adds it to every answer of req. */
+static void request_id(sg_http_req_t *req, char rid[static SG_REQUEST_ID_MAX + 1]) {
+  const char *in = sg_http_header(req, "X-Request-Id");
+  if (in && sg_request_id_valid(in)) {
+    snprintf(rid, SG_REQUEST_ID_MAX + 1, "%s", in);
+  } else {
+    unsigned char raw[16];
+    if (sg_random_bytes(raw, sizeof(raw)) < 0)
+      abort();
+    char *o = rid + snprintf(rid, SG_REQUEST_ID_MAX + 1, "req_");
+    for (size_t i = 0; i < sizeof(raw); i++)
+      o += snprintf(o, 3, "%02x", raw[i]);
+  }
+  sg_http_add_header(req, "X-Request-Id", rid);
+}
+
+static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const char *name, const char *rid) {
   sg_endpoint_t *ep = sg_daemon_find_endpoint(d, name);
   if (!ep) {
     cleanup_free char *msg = xasprintf("no endpoint named \"%s\"", name);
@@ -544,6 +577,7 @@ static sg_http_head_action_t handle(sg_daemon_t *d, sg_http_req_t *req, const ch
   p->ep = ep;
   ep->proxies++;
   p->req = req;
+  snprintf(p->rid, sizeof(p->rid), "%s", rid);
   p->pending = evbuffer_new();
   p->replay = evbuffer_new();
   p->body_done = cl == 0 || (cl < 0 && !sg_http_header(req, "Transfer-Encoding"));
@@ -639,16 +673,21 @@ static const sg_fleet_subscriber_t subscriber = {
     .endpoint_status = endpoint_status,
 };
 
-void sg_gateway_init(sg_daemon_t *d) { sg_fleet_subscribe(d, &subscriber, NULL); }
+void sg_gateway_init(sg_daemon_t *d) {
+  sg_fleet_subscribe(d, &subscriber, NULL);
+  sg_metrics_init(d);
+}
 
 /* /e/{name}/...: rest is the path after "/e/". */
 static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *rest) {
+  char rid[SG_REQUEST_ID_MAX + 1];
+  request_id(req, rid);
   cleanup_free char *name = xstrndup(rest, strcspn(rest, "/"));
   if (!sg_name_valid(name)) {
     sg_http_send_error(req, 404, "not_found", "no such endpoint", NULL);
     return SG_HTTP_DONE;
   }
-  return handle(d, req, name);
+  return handle(d, req, name, rid);
 }
 
 void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d) {

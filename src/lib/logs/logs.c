@@ -37,6 +37,8 @@
 #define MAX_LINE_BYTES 16384
 #define QUERY_DEFAULT_LIMIT 1000
 #define QUERY_MAX_LIMIT 10000
+#define RECENT_REQUEST_MS 1000
+#define RECENT_REQUESTS_MAX 32
 
 /* A line a follower got while its backfill query ran. */
 struct pending_line {
@@ -60,6 +62,14 @@ struct sg_log_source {
   sg_log_limit_t limit;          /* output lines per second */
   char *recent[SG_RECENT_LINES]; /* ring of its last output lines */
   int recent_next;
+  /* Requests in flight on the worker, and those that ended on it within
+   * RECENT_REQUEST_MS (at most RECENT_REQUESTS_MAX of them): a line the
+   * worker wrote before its answer may be read after the answer. */
+  struct traced_request {
+    char *id;
+    int64_t ended_ms; /* monotonic; 0: in flight */
+  } * requests;
+  size_t n_requests, cap_requests;
 };
 
 /* The log store's live state (d->logs), loop-thread only. */
@@ -97,6 +107,7 @@ struct sg_follower {
   char *worker;     /* NULL: any */
   char *stream;     /* NULL: any */
   char *text;       /* NULL: any */
+  char *request_id; /* NULL: any */
   int64_t until_ms; /* 0: no bound */
   bool sse;
   struct event *keepalive;
@@ -112,6 +123,8 @@ static bool line_matches(const sg_follower_t *f, const sg_log_line_t *l) {
   if (f->stream && strcmp(f->stream, l->stream))
     return false;
   if (f->text && !strstr(l->line, f->text))
+    return false;
+  if (f->request_id && (!l->request_id || strcmp(f->request_id, l->request_id)))
     return false;
   if (f->until_ms && l->ts_ms > f->until_ms)
     return false;
@@ -129,6 +142,8 @@ static void format_line(struct evbuffer *buf, const sg_log_line_t *l, bool sse) 
                   sg_format_time(l->ts_ms, t, sizeof(t)), "endpoint", l->endpoint, "worker",
                   l->worker ? json_string(l->worker) : json_null(), "stream", l->stream, "line",
                   "(line is not valid UTF-8)");
+  if (l->request_id)
+    json_object_set_new(j, "request_id", json_string(l->request_id));
   cleanup_free char *text = json_dumps(j, JSON_COMPACT);
   json_decref(j);
   if (sse)
@@ -154,6 +169,7 @@ static void follower_free(sg_follower_t *f) {
   free(f->worker);
   free(f->stream);
   free(f->text);
+  free(f->request_id);
   free(f);
 }
 
@@ -239,8 +255,14 @@ static void fan_out(sg_daemon_t *d, const sg_log_line_t *l) {
   }
 }
 
-void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
-                  size_t len) {
+bool sg_request_id_valid(const char *id) {
+  size_t n = strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-");
+  return n > 0 && n <= SG_REQUEST_ID_MAX && id[n] == '\0';
+}
+
+/* sg_logs_emit for a line written for the request request_id (NULL: none). */
+static void emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
+                 size_t len, const char *request_id) {
   if (!d->logs) /* not started, or shut down */
     return;
   if (len > MAX_LINE_BYTES)
@@ -253,19 +275,23 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
   }
   sg_log_line_t *l = &d->logs->logbuf.lines[d->logs->logbuf.n++];
   l->ts_ms = sg_wall_ms();
-  /* One block per line: endpoint, worker, stream and text, each NUL-ended. */
+  /* One block per line: endpoint, worker, stream, text and request id, each NUL-ended. */
   size_t le = strlen(endpoint) + 1, lw = worker ? strlen(worker) + 1 : 0, ls = strlen(stream) + 1;
-  char *block = xmalloc(le + lw + ls + len + 1);
+  size_t lr = request_id ? strlen(request_id) + 1 : 0;
+  char *block = xmalloc(le + lw + ls + len + 1 + lr);
   memcpy(block, endpoint, le);
   if (worker)
     memcpy(block + le, worker, lw);
   memcpy(block + le + lw, stream, ls);
   memcpy(block + le + lw + ls, line, len);
   block[le + lw + ls + len] = '\0';
+  if (request_id)
+    memcpy(block + le + lw + ls + len + 1, request_id, lr);
   l->endpoint = block;
   l->worker = worker ? block + le : NULL;
   l->stream = block + le + lw;
   l->line = block + le + lw + ls;
+  l->request_id = request_id ? block + le + lw + ls + len + 1 : NULL;
   d->logs->stats.lines++;
   if (!LIST_EMPTY(&d->logs->followers))
     fan_out(d, l);
@@ -275,6 +301,11 @@ void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, cons
     struct timeval tv = {0, FLUSH_MS * 1000};
     evtimer_add(d->logs->flush, &tv);
   }
+}
+
+void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
+                  size_t len) {
+  emit(d, endpoint, worker, stream, line, len, NULL);
 }
 
 void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...) {
@@ -345,7 +376,7 @@ struct logs_job {
   sg_store_readers_t *readers;
   uint64_t seq; /* the batch to wait for: the barrier */
   sg_log_query_t q;
-  char *endpoint, *worker, *stream, *text;
+  char *endpoint, *worker, *stream, *text, *request_id;
   bool sse, follow;
   /* results, filled on the pool thread */
   struct evbuffer *buf;
@@ -361,6 +392,7 @@ static void job_free(struct logs_job *j) {
   free(j->worker);
   free(j->stream);
   free(j->text);
+  free(j->request_id);
   free(j);
 }
 
@@ -478,11 +510,13 @@ static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t
   j->worker = q->worker ? xstrdup(q->worker) : NULL;
   j->stream = q->stream ? xstrdup(q->stream) : NULL;
   j->text = q->text ? xstrdup(q->text) : NULL;
+  j->request_id = q->request_id ? xstrdup(q->request_id) : NULL;
   j->q = *q;
   j->q.endpoint = j->endpoint;
   j->q.worker = j->worker;
   j->q.stream = j->stream;
   j->q.text = j->text;
+  j->q.request_id = j->request_id;
   j->sse = sse;
   j->follow = follow;
   j->buf = evbuffer_new();
@@ -494,6 +528,7 @@ static void query_start(sg_daemon_t *d, sg_http_req_t *req, const sg_log_query_t
     f->worker = q->worker ? xstrdup(q->worker) : NULL;
     f->stream = q->stream ? xstrdup(q->stream) : NULL;
     f->text = q->text ? xstrdup(q->text) : NULL;
+    f->request_id = q->request_id ? xstrdup(q->request_id) : NULL;
     f->until_ms = q->until_ms;
     f->sse = sse;
     f->job = j;
@@ -528,6 +563,10 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *endpoint) {
       if (*v && strcmp(v, "stdout") && strcmp(v, "stderr") && strcmp(v, "event"))
         bad = k, why = "must be stdout, stderr or event";
       q.stream = *v ? v : NULL;
+    } else if (!strcmp(k, "request_id")) {
+      if (*v && !sg_request_id_valid(v))
+        bad = k, why = "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -";
+      q.request_id = *v ? v : NULL;
     } else if (!strcmp(k, "q"))
       q.text = *v ? v : NULL;
     else if (!strcmp(k, "since") || !strcmp(k, "until")) {
@@ -554,7 +593,7 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *endpoint) {
         bad = k, why = "must be 1 or 0";
       follow = !strcmp(v, "1") || !strcmp(v, "true");
     } else {
-      bad = k, why = "is not a known parameter (worker, stream, since, until, q, limit, order, follow)";
+      bad = k, why = "is not a known parameter (worker, stream, request_id, since, until, q, limit, order, follow)";
     }
     if (bad)
       break;
@@ -663,12 +702,77 @@ static void remember_line(sg_log_source_t *src, const char *stream, const char *
   src->recent_next = (src->recent_next + 1) % SG_RECENT_LINES;
 }
 
+static bool id_char(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+         c == ':' || c == '-';
+}
+
+/* True when line (len bytes, maybe not NUL-ended) holds id as a whole word:
+ * not inside a longer run of request-id characters. */
+static bool holds_id(const char *line, size_t len, const char *id) {
+  size_t n = strlen(id);
+  for (const char *p = line; n <= len - (size_t)(p - line);) {
+    const char *hit = memmem(p, len - (size_t)(p - line), id, n);
+    if (!hit)
+      return false;
+    if ((hit == line || !id_char(hit[-1])) && ((size_t)(hit - line) + n == len || !id_char(hit[n])))
+      return true;
+    p = hit + 1;
+  }
+  return false;
+}
+
+/* Forgets the requests that ended before now - RECENT_REQUEST_MS, and the
+ * oldest ended ones past keep_ended of them (0: no such bound). */
+static void forget_requests(sg_log_source_t *src, int64_t now, size_t keep_ended) {
+  size_t ended = 0;
+  for (size_t i = src->n_requests; i-- > 0;) {
+    struct traced_request *r = &src->requests[i];
+    if (!r->ended_ms)
+      continue;
+    if (now - r->ended_ms <= RECENT_REQUEST_MS && (!keep_ended || ended < keep_ended)) {
+      ended++;
+      continue;
+    }
+    free(r->id);
+    memmove(r, r + 1, (src->n_requests - i - 1) * sizeof(*r));
+    src->n_requests--;
+  }
+}
+
 void sg_logs_source_line(sg_log_source_t *src, const char *stream, const char *line, size_t len) {
   sg_daemon_t *d = src->d;
   if (!sg_log_limit_take(&src->limit, d->cfg.log_rate_lines_s, d->cfg.log_burst_lines, sg_now_ms()))
     return;
   remember_line(src, stream, line, len);
-  sg_logs_emit(d, src->endpoint, src->worker, stream, line, len);
+  size_t scan = len > MAX_LINE_BYTES ? MAX_LINE_BYTES : len; /* what is stored */
+  const char *rid = NULL;
+  forget_requests(src, sg_now_ms(), 0);
+  for (size_t i = 0; i < src->n_requests && !rid; i++)
+    if (holds_id(line, scan, src->requests[i].id))
+      rid = src->requests[i].id;
+  emit(d, src->endpoint, src->worker, stream, line, len, rid);
+}
+
+void sg_logs_source_request(sg_log_source_t *src, const char *request_id, bool in_flight) {
+  if (!src)
+    return;
+  int64_t now = sg_now_ms();
+  if (in_flight) {
+    if (src->n_requests == src->cap_requests) {
+      src->cap_requests = src->cap_requests ? 2 * src->cap_requests : 4;
+      src->requests = xrealloc(src->requests, src->cap_requests * sizeof(*src->requests));
+    }
+    src->requests[src->n_requests++] = (struct traced_request){xstrdup(request_id), 0};
+    return;
+  }
+  for (size_t i = 0; i < src->n_requests; i++) {
+    if (!src->requests[i].ended_ms && !strcmp(src->requests[i].id, request_id)) {
+      src->requests[i].ended_ms = now > 0 ? now : 1;
+      break;
+    }
+  }
+  forget_requests(src, now, RECENT_REQUESTS_MAX);
 }
 
 size_t sg_logs_source_recent(const sg_log_source_t *src, char **out, size_t max) {
@@ -693,6 +797,9 @@ void sg_logs_source_free(sg_log_source_t *src) {
     TAILQ_REMOVE(&src->d->logs->sources, src, link);
   for (int i = 0; i < SG_RECENT_LINES; i++)
     free(src->recent[i]);
+  for (size_t i = 0; i < src->n_requests; i++)
+    free(src->requests[i].id);
+  free(src->requests);
   free(src->endpoint);
   free(src->worker);
   free(src);

@@ -15,6 +15,11 @@
 typedef struct sg_daemon sg_daemon_t;
 struct evbuffer;
 
+/* A request id is 1 to SG_REQUEST_ID_MAX characters of [A-Za-z0-9._:-]: safe
+ * in a header, a log line and a query string. */
+#define SG_REQUEST_ID_MAX 128
+bool sg_request_id_valid(const char *id);
+
 void sg_logs_emit(sg_daemon_t *d, const char *endpoint, const char *worker, const char *stream, const char *line,
                   size_t len);
 void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, const char *fmt, ...)
@@ -36,7 +41,13 @@ void sg_logs_metrics(sg_daemon_t *d, struct evbuffer *b);
  * are kept in a ring of its last SG_RECENT_LINES and emitted. */
 typedef struct sg_log_source sg_log_source_t;
 sg_log_source_t *sg_logs_source_new(sg_daemon_t *d, const char *endpoint, const char *worker);
+/* A line of the worker that holds, as a whole word, the id of a request in
+ * flight on it, or of one of the last 32 that ended on it within the last
+ * second, is stored with that id (the first such, oldest request first). */
 void sg_logs_source_line(sg_log_source_t *src, const char *stream, const char *line, size_t len);
+/* The request request_id (valid, see above) was handed to the worker
+ * (in_flight) or ended on it. src may be NULL (none). */
+void sg_logs_source_request(sg_log_source_t *src, const char *request_id, bool in_flight);
 /* Copies its last lines, oldest first, into out (at most max; the caller
  * frees each); returns how many. src may be NULL (none). */
 size_t sg_logs_source_recent(const sg_log_source_t *src, char **out, size_t max);

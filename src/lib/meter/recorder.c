@@ -87,6 +87,13 @@ static void submit(sg_meter_t *m) {
   m->n = m->cap = 0;
 }
 
+/* Adds the time of w's current record, which closes now, times its GPUs to
+ * its endpoint's closed GPU time (/metrics). */
+static void count_closed(sg_worker_t *w) {
+  for (int s = 0; s < SG_METER_NSTATES; s++)
+    w->ep->metrics.gpu_ms_closed[s] += w->meter->acc.ms[s] * w->meter->gpu_count;
+}
+
 /* Ends w's record at each hour boundary passed before now: the finished
  * hours' records are written closed, and a new record starts. */
 static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
@@ -95,6 +102,7 @@ static void cut_hours(sg_meter_t *m, sg_worker_t *w, int64_t now) {
     int64_t boundary_wall = wm->seg_start_hour + HOUR_MS;
     sg_meter_acc_advance(&wm->acc, wm->base_mono + (boundary_wall - wm->base_wall));
     snapshot(m, w, boundary_wall, true, 0);
+    count_closed(w);
     wm->closed_ms += sg_meter_acc_total(&wm->acc);
     sg_meter_acc_reset(&wm->acc);
     wm->requests = 0;
@@ -255,6 +263,7 @@ static void end_worker(sg_meter_t *m, sg_worker_t *w, int64_t now) {
   sg_meter_acc_advance(&wm->acc, now);
   int64_t round_ms = sg_meter_round_ms(wm->closed_ms + sg_meter_acc_total(&wm->acc));
   snapshot(m, w, wall_of(w, now), true, round_ms);
+  count_closed(w);
   wm->on = false;
 }
 
@@ -363,9 +372,41 @@ void sg_meter_checkpoint_all(sg_daemon_t *d) {
   submit(d->meter);
 }
 
+/* Sets each endpoint's ep->metrics.gpu_ms to its closed GPU time plus that of
+ * its workers' open records up to now, never lower than it was (a late
+ * noticed end takes time back from an open record). */
+static void refresh_gpu_metrics(sg_daemon_t *d, int64_t now) {
+  struct sg_endpoint_list *lists[] = {&d->endpoints, &d->deleted};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(lists); i++) {
+    sg_endpoint_t *ep;
+    TAILQ_FOREACH(ep, lists[i], link) {
+      int64_t ms[SG_METER_NSTATES];
+      memcpy(ms, ep->metrics.gpu_ms_closed, sizeof(ms));
+      sg_worker_t *w;
+      TAILQ_FOREACH(w, &ep->workers, link) {
+        const sg_worker_meter_t *wm = w->meter;
+        if (!wm || !wm->on)
+          continue;
+        for (int s = 0; s < SG_METER_NSTATES; s++) {
+          int64_t t = wm->acc.ms[s];
+          if ((int)wm->acc.state == s && now > wm->acc.since_ms)
+            t += now - wm->acc.since_ms;
+          ms[s] += t * wm->gpu_count;
+        }
+      }
+      for (int s = 0; s < SG_METER_NSTATES; s++)
+        if (ms[s] > ep->metrics.gpu_ms[s])
+          ep->metrics.gpu_ms[s] = ms[s];
+    }
+  }
+}
+
 void sg_meter_tick(sg_daemon_t *d) {
-  if (d->meter && sg_now_ms() - d->meter->last_checkpoint >= d->meter->interval_ms)
+  if (!d->meter)
+    return;
+  if (sg_now_ms() - d->meter->last_checkpoint >= d->meter->interval_ms)
     sg_meter_checkpoint_all(d);
+  refresh_gpu_metrics(d, sg_now_ms());
 }
 
 void sg_meter_barrier(sg_daemon_t *d, struct sg_usage_writer **writer, uint64_t *seq) {

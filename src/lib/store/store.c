@@ -86,6 +86,9 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (name, version));"
     "INSERT INTO endpoint_versions(name, version, created_ms, spec)"
     "  SELECT name, version, updated_ms, spec FROM endpoints;",
+    /* 6: the request a worker's log line was written for (?request_id=) */
+    "ALTER TABLE logs ADD COLUMN request_id TEXT;"
+    "CREATE INDEX logs_request ON logs(endpoint, request_id) WHERE request_id IS NOT NULL;",
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
@@ -456,6 +459,10 @@ static void bind_line(sqlite3_stmt *st, int base, const sg_log_line_t *l) {
     sqlite3_bind_null(st, base + 3);
   sqlite3_bind_text(st, base + 4, l->stream, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, base + 5, l->line, -1, SQLITE_STATIC);
+  if (l->request_id)
+    sqlite3_bind_text(st, base + 6, l->request_id, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, base + 6);
 }
 
 int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg_error_t **err) {
@@ -465,12 +472,14 @@ int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg
   /* Rows go in groups of LOG_ROWS_PER_INSERT per statement (less work per
    * row than one statement each), the rest one by one. */
   cleanup_stmt sqlite3_stmt *one = NULL, *many = NULL;
-  if (prepare(s->db, "INSERT INTO logs(ts_ms, endpoint, worker, stream, line) VALUES(?,?,?,?,?)", &one, err) < 0)
+  if (prepare(s->db, "INSERT INTO logs(ts_ms, endpoint, worker, stream, line, request_id) VALUES(?,?,?,?,?,?)", &one,
+              err) < 0)
     return -SG_ESTORE;
   if (n >= LOG_ROWS_PER_INSERT) {
-    cleanup_free char *sql = xstrdup("INSERT INTO logs(ts_ms, endpoint, worker, stream, line) VALUES(?,?,?,?,?)");
+    cleanup_free char *sql =
+        xstrdup("INSERT INTO logs(ts_ms, endpoint, worker, stream, line, request_id) VALUES(?,?,?,?,?,?)");
     for (int i = 1; i < LOG_ROWS_PER_INSERT; i++) {
-      char *next = xasprintf("%s,(?,?,?,?,?)", sql);
+      char *next = xasprintf("%s,(?,?,?,?,?,?)", sql);
       free(sql);
       sql = next;
     }
@@ -484,7 +493,7 @@ int sg_store_logs_append(sg_store_t *s, const sg_log_line_t *lines, size_t n, sg
     sqlite3_stmt *st = many && n - i >= LOG_ROWS_PER_INSERT ? many : one;
     size_t rows = st == many ? LOG_ROWS_PER_INSERT : 1;
     for (size_t r = 0; r < rows; r++)
-      bind_line(st, (int)(5 * r), &lines[i + r]);
+      bind_line(st, (int)(6 * r), &lines[i + r]);
     if (sqlite3_step(st) != SQLITE_DONE) {
       int ret = db_error(s->db, err, "append logs");
       exec(s->db, "ROLLBACK", NULL);
@@ -501,24 +510,26 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
   sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   /* The inner query takes the newest lines; the outer one puts them in time order. */
-  const char *sql = "SELECT ts_ms, endpoint, worker, stream, line FROM ("
-                    " SELECT id, ts_ms, endpoint, worker, stream, line FROM logs"
+  const char *sql = "SELECT ts_ms, endpoint, worker, stream, line, request_id FROM ("
+                    " SELECT id, ts_ms, endpoint, worker, stream, line, request_id FROM logs"
                     " WHERE endpoint = ?1"
                     "  AND (?2 IS NULL OR worker = ?2)"
                     "  AND (?3 IS NULL OR stream = ?3)"
                     "  AND (?4 IS NULL OR instr(line, ?4) > 0)"
                     "  AND (?5 = 0 OR ts_ms >= ?5)"
                     "  AND (?6 = 0 OR ts_ms <= ?6)"
+                    "  AND (?8 IS NULL OR request_id = ?8)"
                     " ORDER BY id DESC LIMIT ?7)"
                     " ORDER BY id ASC";
   if (q->oldest_first)
-    sql = "SELECT ts_ms, endpoint, worker, stream, line FROM logs"
+    sql = "SELECT ts_ms, endpoint, worker, stream, line, request_id FROM logs"
           " WHERE endpoint = ?1"
           "  AND (?2 IS NULL OR worker = ?2)"
           "  AND (?3 IS NULL OR stream = ?3)"
           "  AND (?4 IS NULL OR instr(line, ?4) > 0)"
           "  AND (?5 = 0 OR ts_ms >= ?5)"
           "  AND (?6 = 0 OR ts_ms <= ?6)"
+          "  AND (?8 IS NULL OR request_id = ?8)"
           " ORDER BY id ASC LIMIT ?7";
   if (prepare(s->db, sql, &st, err) < 0)
     return -SG_ESTORE;
@@ -529,9 +540,15 @@ int sg_store_logs_query(sg_store_t *s, const sg_log_query_t *q, void (*cb)(void 
   sqlite3_bind_int64(st, 5, q->since_ms);
   sqlite3_bind_int64(st, 6, q->until_ms);
   sqlite3_bind_int(st, 7, q->limit);
+  bind_text(st, 8, q->request_id);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    sg_log_line_t l = {sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2), col_text(st, 3), col_text(st, 4)};
+    sg_log_line_t l = {sqlite3_column_int64(st, 0),
+                       col_text(st, 1),
+                       col_text(st, 2),
+                       col_text(st, 3),
+                       col_text(st, 4),
+                       col_text(st, 5)};
     cb(ud, &l);
   }
   if (rc != SQLITE_DONE)
