@@ -103,9 +103,9 @@ class ScalerTest(SgpudTestCase):
             if SCALE_UP.match(d):
                 self.assertIn("concurrency %d:" % value, d)
 
-        # Back to min (0) once idle past the timeout; a generous bound, as the
-        # stable window keeps capacity for its average for up to a minute.
-        self.wait_for(lambda: self.sg.active_workers(name) == [], 180,
+        # Back to min (0) once idle past the timeout (2 s): the windows keep
+        # nothing past it without scale.hold_s.
+        self.wait_for(lambda: self.sg.active_workers(name) == [], 30,
                       message="scale back to min after the burst", interval=0.5)
         st = self.sg.status(name)
         self.assertEqual(st["desired"], 0, st)
