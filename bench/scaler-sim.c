@@ -207,6 +207,7 @@ typedef struct config {
   int max_workers;
   int max_concurrency;
   int64_t idle_timeout;
+  double hold_s;      /* sgpu's scale.hold_s */
   bool log_decisions; /* sgpu's decisions to stderr */
 } config_t;
 
@@ -359,6 +360,7 @@ static void run_ours(sim_t *s, int64_t now) {
   spec.workers.idle_timeout_s = (double)s->cfg->idle_timeout / 1000;
   spec.scale.policy = SG_SCALE_CONCURRENCY;
   spec.scale.value = s->cfg->max_concurrency; /* the spec's default */
+  spec.scale.hold_s = s->cfg->hold_s;
   sg_scale_params_t p;
   sg_scale_params_from_spec(&spec, &p);
   sg_scale_input_t in = {.workers = s->scale,
@@ -736,7 +738,7 @@ static const char *policy_names[] = {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: scaler-sim [--trace NAME|all] [--start-delay SECONDS] [--idle-timeout SECONDS]\n"
-             "                  [--price USD_PER_GPU_HOUR] [--seed N] [--decisions]\n"
+             "                  [--hold SECONDS] [--price USD_PER_GPU_HOUR] [--seed N] [--decisions]\n"
              "traces:");
   for (size_t i = 0; i < sizeof(trace_kinds) / sizeof(trace_kinds[0]); i++)
     fprintf(f, " %s", trace_kinds[i].name);
@@ -745,25 +747,29 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   const char *only = "all";
-  double start_delay_s = 20, price = 2.0, idle_timeout_s = 30;
+  double start_delay_s = 20, price = 2.0, idle_timeout_s = 30, hold_s = 0;
   uint64_t seed = 1;
   static const struct option opts[] = {{"trace", required_argument, NULL, 't'},
                                        {"start-delay", required_argument, NULL, 'd'},
                                        {"price", required_argument, NULL, 'p'},
                                        {"seed", required_argument, NULL, 's'},
                                        {"idle-timeout", required_argument, NULL, 'i'},
+                                       {"hold", required_argument, NULL, 'H'},
                                        {"decisions", no_argument, NULL, 'l'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   int c;
   bool log_decisions = false;
-  while ((c = getopt_long(argc, argv, "t:d:p:s:i:lh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "t:d:p:s:i:H:lh", opts, NULL)) != -1) {
     switch (c) {
     case 'l':
       log_decisions = true;
       break;
     case 'i':
       idle_timeout_s = atof(optarg);
+      break;
+    case 'H':
+      hold_s = atof(optarg);
       break;
     case 't':
       only = optarg;
@@ -785,7 +791,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (start_delay_s < 0 || price < 0 || idle_timeout_s < 0) {
+  if (start_delay_s < 0 || price < 0 || idle_timeout_s < 0 || hold_s < 0) {
     usage(stderr);
     return 2;
   }
@@ -794,6 +800,7 @@ int main(int argc, char **argv) {
                   .max_workers = 64,
                   .max_concurrency = 1,
                   .idle_timeout = (int64_t)(idle_timeout_s * 1000),
+                  .hold_s = hold_s,
                   .log_decisions = log_decisions};
   bool known = !strcmp(only, "all");
   for (size_t k = 0; k < sizeof(trace_kinds) / sizeof(trace_kinds[0]); k++)
@@ -804,8 +811,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   printf("scaler-sim: worker start delay %.1f s, GPU price $%.2f/h, max_concurrency %d, max %d workers,\n"
-         "idle_timeout_s %g, seed %llu\n",
-         start_delay_s, price, cfg.max_concurrency, cfg.max_workers, (double)cfg.idle_timeout / 1000,
+         "idle_timeout_s %g, scale.hold_s %g, seed %llu\n",
+         start_delay_s, price, cfg.max_concurrency, cfg.max_workers, (double)cfg.idle_timeout / 1000, cfg.hold_s,
          (unsigned long long)seed);
   int failed = 0;
   for (size_t k = 0; k < sizeof(trace_kinds) / sizeof(trace_kinds[0]); k++) {

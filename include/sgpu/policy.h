@@ -35,6 +35,8 @@ typedef struct sg_scale_params {
   sg_scale_policy_t policy;
   double value;            /* concurrency target per worker, or queue delay in seconds */
   int64_t idle_timeout_ms; /* capacity is stopped only after being idle this long */
+  int64_t hold_ms;         /* scale.hold_s: how much longer than idle_timeout_ms the policy may keep an idle
+                              worker it expects to need (bursts, panic); past both it stops, min permitting */
   int64_t stable_ms;       /* stable window */
   int64_t panic_ms;        /* panic window */
   double panic_threshold;  /* panic when the panic-window need is this many times the ready workers */
@@ -75,6 +77,8 @@ typedef struct sg_scale_metrics {
   int starting;                    /* workers started and not yet ready */
   int64_t starting_age_ms;         /* sum over starting workers of the time since each was started */
   int idle_expired;                /* ready workers idle for at least the idle timeout */
+  int idle_over_hold;              /* of those, idle for at least the idle timeout plus hold_ms: they stop
+                                      whatever the policy wants, unless min or the demand now needs them */
   int in_flight;                   /* requests being served */
   int queued;                      /* requests waiting for a worker */
   int64_t oldest_wait_ms;          /* how long the oldest queued request has waited */
@@ -96,10 +100,11 @@ typedef enum {
 typedef struct sg_scale_decision {
   int desired;
   int start; /* workers to start now */
-  int stop;  /* idle workers to stop now, those unused the longest */
+  int stop;  /* workers to stop now (sg_scale_step chooses which) */
+  int held;  /* workers idle past the idle timeout kept within scale.hold_s */
   bool panic;
   sg_scale_rule_t rule;
-  char reason[224];
+  char reason[320];
 } sg_scale_decision_t;
 
 void sg_scale_params_from_spec(const sg_spec_t *spec, sg_scale_params_t *out);
@@ -128,8 +133,13 @@ void sg_scale_window_note_start(sg_scale_window_t *w, int64_t start_to_ready_ms)
 double sg_scale_window_avg(const sg_scale_window_t *w, int64_t now, int64_t span_ms);
 
 /* Decides the worker count. Never below min, never above max, never starts
- * more than start_slots, never scales down while panicking (except down to
- * max). Stops only capacity idle for the idle timeout: at most the larger of
+ * more than start_slots. The idle timeout is the bound a user reads: a
+ * worker idle for the idle timeout plus hold_ms (idle_over_hold) is stopped
+ * whatever the windows say (panic, recent peaks), unless workers.min or the
+ * demand now (in flight + queued) needs it; below that bound the policy may
+ * keep idle capacity it expects to need (held, said in the reason), and
+ * never scales down otherwise while panicking (except down to max). Stops
+ * only capacity idle for the idle timeout: at most the larger of
  * idle_expired and the workers that were all idle at once for the whole
  * timeout (with a balancer that spreads requests over idle workers, no
  * single worker stays idle that long although the capacity does); the
@@ -156,6 +166,7 @@ typedef enum {
 typedef struct sg_scale_worker {
   sg_scale_wstate_t state;
   bool stopping;        /* already asked to stop: never chosen again */
+  bool outdated;        /* of an older version, being replaced: the first to stop */
   int in_flight;        /* requests and jobs it serves now */
   int64_t started_ms;   /* when it was started */
   int64_t last_used_ms; /* when work last started or ended on it, or when it became ready */
@@ -176,14 +187,20 @@ typedef struct sg_scale_input {
 
 /* Why sg_scale_step() chooses a worker to stop. */
 #define SG_SCALE_STOP_REASON "idle past workers.idle_timeout_s"
+/* Why it chooses a worker that is not ready yet (pending or starting). */
+#define SG_SCALE_STOP_STARTING_REASON "scale-down: not needed before it is ready"
 
 /* Counts the input's workers into metrics (ready, starting and their ages,
  * idle past p->idle_timeout_ms; start slots from gpu_slots, backing_off and
  * failing), records the observation at now in window, and decides with
  * sg_scale_decide() into *out. Writes the indices into in->workers of the
  * workers to stop to victims (room for in->n_workers) and returns how many:
- * up to out->stop ready workers with nothing in flight that are not already
- * stopping, those used the longest ago first (ties to the earlier index).
+ * up to out->stop workers not already stopping, in this order: outdated
+ * ready workers with nothing in flight, then workers not ready yet (a
+ * pending Slurm job serves nothing and would run for nothing), the newest
+ * start first, then ready workers with nothing in flight, those used the
+ * longest ago first (ties to the earlier index). A worker with work in
+ * flight is never chosen.
  * Pure: no I/O, no clock; window is the only state it changes. The caller
  * records measured starts (sg_scale_window_note_start) before the step. */
 size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in, int64_t now,

@@ -50,6 +50,7 @@ typedef struct sg_spec {
   struct {
     sg_scale_policy_t policy;
     double value;
+    double hold_s; /* idle workers the policy wants may stay this long past workers.idle_timeout_s (0) */
   } scale;
   /* Jobs of "async" endpoints (defaults filled for every type). */
   struct {

@@ -115,7 +115,7 @@ class EndpointCrudTest(SgpudTestCase):
         self.assertEqual(ep["workers"], {"min": 0, "max": 4, "idle_timeout_s": 30,
                                          "max_concurrency": 1, "request_timeout_s": 600,
                                          "max_queue": 1000, "stream_timeout_s": 3600})
-        self.assertEqual(ep["scale"], {"policy": "concurrency", "value": 1})
+        self.assertEqual(ep["scale"], {"policy": "concurrency", "value": 1, "hold_s": 0})
         st = ep["status"]
         for key in ("desired", "workers", "in_flight", "queued", "served", "crash_loop",
                     "last_error", "last_logs"):

@@ -103,9 +103,9 @@ class ScalerTest(SgpudTestCase):
             if SCALE_UP.match(d):
                 self.assertIn("concurrency %d:" % value, d)
 
-        # Back to min (0) once idle past the timeout; a generous bound, as the
-        # stable window keeps capacity for its average for up to a minute.
-        self.wait_for(lambda: self.sg.active_workers(name) == [], 180,
+        # Back to min (0) once idle past the timeout (2 s): the windows keep
+        # nothing past it without scale.hold_s.
+        self.wait_for(lambda: self.sg.active_workers(name) == [], 30,
                       message="scale back to min after the burst", interval=0.5)
         st = self.sg.status(name)
         self.assertEqual(st["desired"], 0, st)
@@ -119,6 +119,64 @@ class ScalerTest(SgpudTestCase):
         self.assertEqual(len(decisions), len([d for d in decisions if SCALE_UP.match(d) or SCALE_DOWN.match(d)]),
                          decisions)
         self.assert_last_decision_shown(name)
+
+    def burst(self, name, requests=12):
+        """Sends `requests` at once to a worker sized for one: a panic (more
+        than twice the ready workers' worth)."""
+        delay = int(scaled(1000))
+
+        def call(i):
+            return self.sg.invoke(name, "/infer?delay_ms=%d&i=%d" % (delay, i), body=b"x", timeout=120)
+
+        results = run_concurrently(call, [(i,) for i in range(requests)])
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        self.assertEqual([r.status for r in results], [200] * requests,
+                         [(r.status, r.body) for r in results if r.status != 200][:3])
+
+    def test_burst_workers_stop_within_idle_timeout(self):
+        # The panic window used to keep them for a stable window (60 s) after
+        # a burst whatever idle_timeout_s said: the bound below is far under it.
+        name = unique_name("bound")
+        idle = 1
+        self.create(echo_spec(name, workers={"min": 0, "max": 4, "max_concurrency": 1, "idle_timeout_s": idle},
+                              scale={"policy": "concurrency", "value": 1}))
+        self.burst(name)
+        self.wait_for(lambda: self.sg.active_workers(name) == [], idle + 10,
+                      message="every worker stopped within idle_timeout_s + a tick after a burst", interval=0.1)
+        st = self.sg.status(name)
+        self.assertEqual(st["desired"], 0, st)
+        decisions = self.decisions(name)
+        downs = [d for d in decisions if SCALE_DOWN.match(d)]
+        self.assertTrue(downs, decisions)
+        for d in downs:
+            self.assertIn("idle past the idle timeout", d)
+        self.assertFalse([d for d in decisions if "holding" in d], decisions)
+
+    def test_hold_s_holds_idle_workers_and_says_so(self):
+        name = unique_name("hold")
+        idle = 1
+        self.create(echo_spec(name, workers={"min": 0, "max": 4, "max_concurrency": 1, "idle_timeout_s": idle},
+                              scale={"policy": "concurrency", "value": 1, "hold_s": 120}))
+        self.assertEqual(self.sg.get(name)["scale"]["hold_s"], 120)
+        self.burst(name)
+        # Past the idle timeout the panic window would keep them: within the
+        # hold it may, and the decision says so.
+        st = self.wait_for(lambda: (lambda s: s if "for scale.hold_s (120s)" in (s.get("last_decision") or "")
+                                    else None)(self.sg.status(name)), idle + 10,
+                           message="status.last_decision says it holds workers for scale.hold_s")
+        self.assertRegex(st["last_decision"], r"holding \d+ workers? idle past the idle timeout", st)
+        self.assertTrue(self.sg.active_workers(name), st)
+        self.assert_last_decision_shown(name)
+        # Without the hold they stop at once.
+        resp = self.sg.api("PATCH", "/v1/endpoints/%s" % name, {"scale": {"hold_s": 0}})
+        self.assertEqual(resp.status, 200, resp.body)
+        self.wait_for(lambda: self.sg.active_workers(name) == [], idle + 10,
+                      message="held workers stopped once scale.hold_s is 0", interval=0.1)
+        # Out of range: a field error.
+        resp = self.sg.api("PATCH", "/v1/endpoints/%s" % name, {"scale": {"hold_s": -1}})
+        self.assertError(resp, 422, "invalid_field", field="scale.hold_s")
 
     def test_queue_delay_waits_for_its_value(self):
         name = unique_name("qdelay")

@@ -227,5 +227,62 @@ class GpuQueueTest(SgpudTestCase):
             self.assertIn(holder, (None, name))
 
 
+class GpuShareTest(SgpudTestCase):
+    """Work that waits for GPUs gets those idle workers of other endpoints hold."""
+
+    def events(self, sg, name):
+        lines = sg.logs(name, stream="event", limit=10000)
+        return [l["line"] for l in sorted(lines, key=lambda l: l["ts"])]
+
+    def gpu_endpoint(self, sg, name, min_workers=0):
+        # A long idle timeout: only the sharing rule can free the GPU in time.
+        self.create(echo_spec(name, gpu={"type": "a100", "count": 1},
+                              workers={"min": min_workers, "max": 1, "max_concurrency": 1,
+                                       "idle_timeout_s": 600, "request_timeout_s": 120}), sg=sg)
+
+    def test_waiting_request_gets_the_gpu_of_an_idle_worker(self):
+        sg = self.start_sgpud(gpus="a100:1")
+        a, b = unique_name("holder"), unique_name("waiter")
+        self.gpu_endpoint(sg, a)
+        r = sg.invoke(a, "/infer", body=b"x", timeout=60)
+        self.assertEqual(r.status, 200, r.body)
+        (held,) = sg.ready_workers(a)
+        self.assertEqual(held["gpus"], [0])
+        self.gpu_endpoint(sg, b)
+        # Before: it waited for a's idle timeout (600 s), far past this.
+        r = sg.invoke(b, "/infer", body=b"x", timeout=scaled(30))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(gpu_list(r.body["gpus"]), [0], r.body)
+        self.assertEqual(sg.active_workers(a), [])
+        (w,) = [w for w in sg.workers(a) if w["id"] == held["id"]]
+        self.assertEqual(w["state"], "stopped", w)
+        ev_a = self.wait_for(lambda: [e for e in self.events(sg, a) if "go to endpoint %s" % b in e], 10,
+                             message="an event on %s naming %s" % (a, b))
+        self.assertEqual(len(ev_a), 1, self.events(sg, a))
+        ev_b = self.wait_for(lambda: [e for e in self.events(sg, b)
+                                      if "stopping idle worker %s of endpoint %s" % (held["id"], a) in e], 10,
+                             message="an event on %s naming %s and its worker" % (b, a))
+        self.assertEqual(len(ev_b), 1, self.events(sg, b))
+
+    def test_min_keeps_the_gpu(self):
+        sg = self.start_sgpud(gpus="a100:1")
+        a, b = unique_name("keeper"), unique_name("waiter")
+        self.gpu_endpoint(sg, a, min_workers=1)
+        (held,) = sg.wait_ready(a, 1, timeout=30)
+        self.gpu_endpoint(sg, b)
+        call = threading.Thread(target=lambda: sg.invoke(b, "/infer", body=b"x", timeout=scaled(60)), daemon=True)
+        call.start()
+        # The pass that logs "waiting for free GPUs" is the one that would have
+        # stopped a's worker.
+        self.wait_for(lambda: "waiting for free GPUs" in (sg.status(b).get("last_decision") or ""), 15,
+                      message="%s waits for GPUs" % b)
+        self.wait_for(lambda: sg.status(b)["queued"] >= 1, 10, message="the request queued")
+        self.assertEqual([w["id"] for w in sg.ready_workers(a)], [held["id"]])
+        self.assertFalse([e for e in self.events(sg, a) if "go to endpoint" in e], self.events(sg, a))
+        self.assertFalse([e for e in self.events(sg, b) if "stopping idle worker" in e], self.events(sg, b))
+        sg.delete(b)
+        call.join(scaled(30))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -18,7 +18,8 @@ import tempfile
 import time
 import unittest
 
-from harness import (ECHO_WORKER, REPO, RUN_ID, SgpudTestCase, scaled, unique_name, wait_for)
+from harness import (ECHO_WORKER, REPO, RUN_ID, Background, SgpudTestCase, run_concurrently, scaled, unique_name,
+                     wait_for)
 
 
 SLURM_DIR = os.environ.get("SGPU_SLURM_DIR", "/tmp/sgpu-slurm")
@@ -208,6 +209,45 @@ class SlurmTest(SlurmCase):
         node = wait_for(cluster_node, 15, message="/v1/nodes showing the cluster's GPUs in use")
         self.assertEqual(node["gpus_total"], 4)
         self.assertEqual(node["gpu_type"], "a100")
+
+    def test_scale_down_cancels_pending_job_first(self):
+        # Demand for three workers of two GPUs each on a four-GPU cluster: two
+        # run, one stays pending. When demand falls, the pending job is the
+        # first to go (it used to be kept while ready workers stopped, and then
+        # ran for nothing); min 1 keeps one ready worker.
+        sg, prefix = self.start_slurm_sgpud()
+        name = unique_name("sld")
+        idle = 2
+        self.create(slurm_spec(name, gpu={"type": "a100", "count": 2},
+                               workers={"min": 1, "max": 3, "max_concurrency": 1, "idle_timeout_s": idle}), sg=sg)
+        sg.wait_ready(name, 1, timeout=60)
+        delay = int(scaled(4000))
+
+        def call(i):
+            return sg.invoke(name, "/infer?delay_ms=%d&i=%d" % (delay, i), body=b"x", timeout=scaled(120))
+
+        def pending():
+            ws = self.slurm_workers(sg, name)
+            p = [w for w in ws if w["state"] == "starting" and (w.get("slurm") or {}).get("state") == "PENDING"]
+            return p if len(p) == 1 and len(sg.ready_workers(name)) == 2 else None
+
+        load = Background(run_concurrently, call, [(i,) for i in range(3)])
+        (pend,) = wait_for(pending, 60, message="two workers running and one pending in Slurm")
+        results = load.result(timeout=120)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        self.assertEqual([r.status for r in results], [200] * 3, [(r.status, r.body) for r in results])
+        jid = pend["slurm"]["job_id"]
+        wait_for(lambda: len(sg.active_workers(name)) == 1, idle + 15, interval=0.2,
+                 message="scaled down to min 1 after idle_timeout_s")
+        (kept,) = sg.active_workers(name)
+        self.assertEqual(kept["state"], "ready", kept)
+        self.assertNotEqual(kept["id"], pend["id"])
+        wait_for(lambda: jobs_with_comment(prefix).get(jid) not in LIVE, 30, interval=0.2,
+                 message="the pending job %s cancelled" % jid)
+        ev = [l["line"] for l in sg.logs(name, stream="event", limit=10000) if l.get("worker") == pend["id"]]
+        self.assertTrue([e for e in ev if "not needed before it is ready" in e], ev)
 
     def test_job_cancelled_outside_is_replaced(self):
         sg, prefix = self.start_slurm_sgpud()

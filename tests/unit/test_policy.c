@@ -756,6 +756,7 @@ static void test_params_from_spec(void **state) {
   assert_int_equal(p.policy, SG_SCALE_QUEUE_DELAY);
   assert_true(p.value == 1.5);
   assert_int_equal(p.idle_timeout_ms, 2500);
+  assert_int_equal(p.hold_ms, 0);
   assert_int_equal(p.stable_ms, 60000);
   assert_int_equal(p.panic_ms, 6000);
   assert_true(p.panic_threshold == 2.0);
@@ -796,8 +797,9 @@ static void step_run(step_t *st, sg_scale_params_t p, const sg_scale_input_t *in
   assert_true(st->n_victims <= (size_t)st->d.stop);
 }
 
-/* The workers unused the longest stop first; busy, starting, gone and
- * already stopping ones never do; ties go to the earlier one. */
+/* Workers not ready yet stop first (a pending job would run for nothing),
+ * then the ready ones unused the longest; busy, gone and already stopping
+ * ones never do; ties go to the earlier one. */
 static void test_step_victims_longest_idle(void **state) {
   (void)state;
   int64_t now = T0 + 100000; /* everyone below idle for more than 30 s */
@@ -816,16 +818,17 @@ static void test_step_victims_longest_idle(void **state) {
   /* Ready 5, starting 1, one in flight: four idle past the timeout go. */
   assert_int_equal(st.d.stop, 4);
   assert_int_equal(st.n_victims, 4);
-  size_t want[] = {1, 3, 4, 0};
+  size_t want[] = {5, 1, 3, 4};
   for (size_t i = 0; i < 4; i++)
     assert_int_equal(st.victims[i], want[i]);
 
-  /* min 4 (the starting worker counts): the two unused the longest stop. */
+  /* min 4 (the starting worker counts): the starting one and the one unused
+   * the longest stop. */
   step_run(&st, conc(4, 8, 1, 1), &in, now);
   assert_int_equal(st.d.desired, 4);
   assert_int_equal(st.n_victims, 2);
-  assert_int_equal(st.victims[0], 1);
-  assert_int_equal(st.victims[1], 3);
+  assert_int_equal(st.victims[0], 5);
+  assert_int_equal(st.victims[1], 1);
 
   /* Already stopping and gone workers are passed over (and a gone one is
    * not capacity). */
@@ -833,9 +836,120 @@ static void test_step_victims_longest_idle(void **state) {
   ws[3].state = SG_SCALE_W_GONE;
   step_run(&st, conc(0, 8, 1, 1), &in, now);
   assert_int_equal(st.d.stop, 3);
+  assert_int_equal(st.n_victims, 3);
+  assert_int_equal(st.victims[0], 5);
+  assert_int_equal(st.victims[1], 4);
+  assert_int_equal(st.victims[2], 0);
+}
+
+/* Demand fell on a remote runtime: two ready workers idle past the timeout
+ * and a job still pending. The pending job is cancelled first, then the
+ * newest pending of several, and a ready worker stays for min. */
+static void test_step_victims_pending_first(void **state) {
+  (void)state;
+  int64_t now = T0 + 100000;
+  sg_scale_worker_t ws[] = {ready_w(0, T0 + 100), starting_w(T0 + 50000), ready_w(0, T0 + 200)};
+  sg_scale_input_t in = input(ws, SG_ARRAY_SIZE(ws));
+  step_t st;
+  step_run(&st, conc(1, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.desired, 1);
+  assert_int_equal(st.d.stop, 2);
   assert_int_equal(st.n_victims, 2);
-  assert_int_equal(st.victims[0], 4);
-  assert_int_equal(st.victims[1], 0);
+  assert_int_equal(st.victims[0], 1); /* the pending one */
+  assert_int_equal(st.victims[1], 0); /* then the ready one idle the longest */
+
+  /* Two pending: the one started last goes first. */
+  sg_scale_worker_t ws2[] = {ready_w(0, T0), starting_w(T0 + 40000), starting_w(T0 + 60000), ready_w(0, T0)};
+  in = input(ws2, SG_ARRAY_SIZE(ws2));
+  step_run(&st, conc(2, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.stop, 2);
+  assert_int_equal(st.victims[0], 2);
+  assert_int_equal(st.victims[1], 1);
+
+  /* An outdated idle worker (being replaced) goes before anything. */
+  sg_scale_worker_t ws3[] = {ready_w(0, T0), starting_w(T0 + 60000), ready_w(0, T0 + 500)};
+  ws3[2].outdated = true;
+  in = input(ws3, SG_ARRAY_SIZE(ws3));
+  step_run(&st, conc(2, 8, 1, 1), &in, now);
+  assert_int_equal(st.d.stop, 1);
+  assert_int_equal(st.n_victims, 1);
+  assert_int_equal(st.victims[0], 2);
+}
+
+/* Feeds a burst to the step on a 250 ms tick: n workers all busy with n
+ * more queued (a panic: twice the ready workers' worth), from T0 to end;
+ * then every worker is idle from end on. */
+static void feed_burst(sg_scale_params_t p, sg_scale_window_t *w, sg_scale_worker_t *ws, size_t n, int64_t end) {
+  sg_scale_window_init(w);
+  size_t victims[STEP_MAX];
+  sg_scale_decision_t d;
+  for (int64_t t = T0; t < end; t += 250) {
+    for (size_t i = 0; i < n; i++)
+      ws[i] = (sg_scale_worker_t){.state = SG_SCALE_W_READY, .in_flight = 1, .started_ms = T0, .last_used_ms = t};
+    sg_scale_input_t in = input(ws, n);
+    in.in_flight = (int)n;
+    in.queued = (int)n;
+    in.oldest_wait_ms = 1000;
+    in.gpu_slots = 0;
+    in.completed = (uint64_t)(t - T0) / 250 * n;
+    sg_scale_step(&p, w, &in, t, &d, victims);
+  }
+  for (size_t i = 0; i < n; i++)
+    ws[i] = (sg_scale_worker_t){.state = SG_SCALE_W_READY, .started_ms = T0, .last_used_ms = end};
+}
+
+/* idle_timeout_s is the bound: after a burst (panic), workers idle past it
+ * stop although the panic and stable windows would keep them; with
+ * scale.hold_s the policy may keep them that much longer, and says so. */
+static void test_step_idle_timeout_bounds_hold(void **state) {
+  (void)state;
+  enum { N = 4 };
+  sg_scale_worker_t ws[N];
+  sg_scale_window_t w;
+  sg_scale_decision_t d;
+  size_t victims[STEP_MAX];
+  int64_t end = T0 + 10000;
+  sg_scale_params_t p = params(SG_SCALE_CONCURRENCY, 0, 8, 1, 1, 2000);
+  feed_burst(p, &w, ws, N, end);
+  sg_scale_input_t in = input(ws, N);
+  in.completed = 1000;
+  /* Idle for less than the timeout: nothing stops yet. */
+  sg_scale_step(&p, &w, &in, end + 1000, &d, victims);
+  assert_true(d.panic);
+  assert_int_equal(d.stop, 0);
+  /* Past the timeout: all stop, in panic though. */
+  assert_int_equal(sg_scale_step(&p, &w, &in, end + 2000, &d, victims), N);
+  assert_true(d.panic);
+  assert_int_equal(d.stop, N);
+  assert_int_equal(d.desired, 0);
+  assert_int_equal(d.held, 0);
+  assert_int_equal(d.rule, SG_SCALE_RULE_IDLE);
+
+  /* min 1 keeps one. */
+  p.min = 1;
+  feed_burst(p, &w, ws, N, end);
+  in = input(ws, N);
+  in.completed = 1000;
+  assert_int_equal(sg_scale_step(&p, &w, &in, end + 2000, &d, victims), N - 1);
+  assert_int_equal(d.desired, 1);
+
+  /* scale.hold_s 30: held past the timeout, said in the reason, and
+   * stopped once idle for both. */
+  p.min = 0;
+  p.hold_ms = 30000;
+  feed_burst(p, &w, ws, N, end);
+  in = input(ws, N);
+  in.completed = 1000;
+  assert_int_equal(sg_scale_step(&p, &w, &in, end + 2000, &d, victims), 0);
+  assert_int_equal(d.held, N);
+  assert_int_equal(d.rule, SG_SCALE_RULE_HOLD);
+  assert_non_null(strstr(d.reason, "holding 4 workers idle past the idle timeout for scale.hold_s (30s)"));
+  assert_int_equal(sg_scale_step(&p, &w, &in, end + 31999, &d, victims), 0);
+  assert_true(d.panic); /* the windows alone would hold on */
+  assert_int_equal(sg_scale_step(&p, &w, &in, end + 32000, &d, victims), N);
+  assert_int_equal(d.desired, 0);
+  assert_int_equal(d.held, 0);
+  assert_null(strstr(d.reason, "holding"));
 }
 
 /* Only workers idle for the whole timeout count, and the stop never goes
@@ -943,6 +1057,8 @@ int main(void) {
       cmocka_unit_test(test_invariants),
       cmocka_unit_test(test_params_from_spec),
       cmocka_unit_test(test_step_victims_longest_idle),
+      cmocka_unit_test(test_step_victims_pending_first),
+      cmocka_unit_test(test_step_idle_timeout_bounds_hold),
       cmocka_unit_test(test_step_idle_timeout_and_bounds),
       cmocka_unit_test(test_step_metrics),
   };

@@ -24,7 +24,7 @@ static const char *const full =
     " \"gpu\": {\"type\": \"a100\", \"count\": 2},"
     " \"workers\": {\"min\": 1, \"max\": 6, \"idle_timeout_s\": 12.5, \"max_concurrency\": 3,"
     "  \"request_timeout_s\": 90, \"max_queue\": 55, \"stream_timeout_s\": 120},"
-    " \"scale\": {\"policy\": \"queue_delay\", \"value\": 4}}";
+    " \"scale\": {\"policy\": \"queue_delay\", \"value\": 4, \"hold_s\": 20}}";
 
 static sg_spec_t *parse(const char *text, sg_error_t **err) { return sg_spec_parse(text, strlen(text), err); }
 
@@ -59,6 +59,7 @@ static void test_defaults(void **state) {
   assert_true(s->workers.stream_timeout_s == 3600);
   assert_int_equal(s->scale.policy, SG_SCALE_CONCURRENCY);
   assert_true(s->scale.value == 1);
+  assert_true(s->scale.hold_s == 0);
   sg_spec_free(s);
 }
 
@@ -135,6 +136,7 @@ static void test_full(void **state) {
   assert_true(s->workers.stream_timeout_s == 120);
   assert_int_equal(s->scale.policy, SG_SCALE_QUEUE_DELAY);
   assert_true(s->scale.value == 4);
+  assert_true(s->scale.hold_s == 20);
   sg_spec_free(s);
 }
 
@@ -597,6 +599,9 @@ static void test_invalid_scale(void **state) {
   expect_invalid("scale.value", "0.001", "scale.value");
   expect_invalid("scale.value", "10001", "scale.value");
   expect_invalid("scale.value", "\"1\"", "scale.value");
+  expect_invalid("scale.hold_s", "-1", "scale.hold_s");
+  expect_invalid("scale.hold_s", "3601", "scale.hold_s");
+  expect_invalid("scale.hold_s", "\"5\"", "scale.hold_s");
   expect_valid("scale.value", "0.01");
   expect_valid("scale.value", "10000");
 

@@ -30,7 +30,11 @@
  *    next), so, as in ski rental, capacity needed within the restart horizon
  *    max(idle timeout, D) stays: the highest one-second demand of that
  *    horizon, and the stable-window average (the KPA's stable decision)
- *    while the stable arrival rate expects a request within the horizon. */
+ *    while the stable arrival rate expects a request within the horizon.
+ *    That keeps a worker no longer than the idle timeout plus scale.hold_s
+ *    (default 0): past it a worker stops whatever the windows (panic, the
+ *    horizon's peak) say, unless workers.min or the demand now needs it, so
+ *    idle_timeout_s is what a user reads. */
 #include "sgpu/policy.h"
 
 #include <math.h>
@@ -45,6 +49,7 @@ void sg_scale_params_from_spec(const sg_spec_t *spec, sg_scale_params_t *out) {
   out->policy = spec->scale.policy;
   out->value = spec->scale.value;
   out->idle_timeout_ms = (int64_t)(spec->workers.idle_timeout_s * 1000);
+  out->hold_ms = (int64_t)(spec->scale.hold_s * 1000);
   out->stable_ms = SG_SCALE_STABLE_MS;
   out->panic_ms = SG_SCALE_PANIC_MS;
   out->panic_threshold = SG_SCALE_PANIC_THRESHOLD;
@@ -433,7 +438,18 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, in
   if (desired > p->max)
     desired = p->max;
 
-  int start = 0, stop = 0;
+  /* The bound: workers idle past the idle timeout and the hold stop, down
+   * to what min and the demand now need, whatever the windows want. */
+  int floor_now = ceil_pos(demand / t);
+  if (floor_now < p->min)
+    floor_now = p->min;
+  int force = m->idle_over_hold;
+  if (force > active - floor_now)
+    force = active - floor_now > 0 ? active - floor_now : 0;
+  if (force > 0 && desired > active - force)
+    desired = active - force;
+
+  int start = 0, stop = 0, held = 0;
   if (desired > active) {
     start = desired - active;
     if (m->start_slots >= 0 && start > m->start_slots)
@@ -444,13 +460,21 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, in
     stop = active - desired;
     if (stop > expired)
       stop = expired;
+    if (stop < force)
+      stop = force;
     rule = stop > 0 ? SG_SCALE_RULE_IDLE : SG_SCALE_RULE_HOLD;
   } else {
     rule = SG_SCALE_RULE_HOLD;
   }
+  if (start == 0) {
+    /* Workers idle past the timeout that the policy keeps, within the hold. */
+    int can = m->idle_expired < active - floor_now ? m->idle_expired : active - floor_now;
+    held = can - stop > 0 ? can - stop : 0;
+  }
   out->desired = desired;
   out->start = start;
   out->stop = stop;
+  out->held = held;
   out->panic = panic;
   out->rule = rule;
 
@@ -478,11 +502,17 @@ void sg_scale_decide(const sg_scale_params_t *p, const sg_scale_metrics_t *m, in
     break;
   case SG_SCALE_RULE_IDLE:
     snprintf(out->reason, sizeof(out->reason), "scale down %d -> %d (%d idle past the idle timeout, keeping %d; %s)",
-             active, active - stop, expired, desired, basis);
+             active, active - stop, expired > stop ? expired : stop, desired, basis);
     break;
   case SG_SCALE_RULE_HOLD:
     snprintf(out->reason, sizeof(out->reason), "hold at %d (%s)", active, basis);
     break;
+  }
+  if (held > 0) {
+    size_t len = strlen(out->reason);
+    snprintf(out->reason + len, sizeof(out->reason) - len,
+             "; holding %d worker%s idle past the idle timeout for scale.hold_s (%gs)", held, held == 1 ? "" : "s",
+             (double)p->hold_ms / 1000);
   }
 }
 
@@ -497,8 +527,27 @@ static int step_start_slots(const sg_scale_input_t *in, int starting) {
   return slots;
 }
 
-static bool stoppable(const sg_scale_worker_t *w) {
-  return w->state == SG_SCALE_W_READY && w->in_flight == 0 && !w->stopping;
+/* Victim classes, the first stopped first: outdated idle ready workers
+ * (replaced anyway), workers not ready yet (a pending job serves nothing),
+ * idle ready workers; -1: never a victim. */
+static int victim_class(const sg_scale_worker_t *w) {
+  if (w->stopping || w->in_flight > 0)
+    return -1;
+  if (w->state == SG_SCALE_W_READY)
+    return w->outdated ? 0 : 2;
+  if (w->state == SG_SCALE_W_STARTING)
+    return 1;
+  return -1;
+}
+
+/* True when a is to stop before b (both victims). */
+static bool stops_before(const sg_scale_worker_t *a, const sg_scale_worker_t *b) {
+  int ca = victim_class(a), cb = victim_class(b);
+  if (ca != cb)
+    return ca < cb;
+  if (ca == 1)
+    return a->started_ms > b->started_ms; /* the newest start is the furthest from serving */
+  return a->last_used_ms < b->last_used_ms;
 }
 
 size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, const sg_scale_input_t *in, int64_t now,
@@ -513,6 +562,8 @@ size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, cons
         idle++;
         if (now - w->last_used_ms >= p->idle_timeout_ms)
           m.idle_expired++;
+        if (now - w->last_used_ms >= p->idle_timeout_ms + p->hold_ms)
+          m.idle_over_hold++;
       }
     } else if (w->state == SG_SCALE_W_STARTING) {
       m.starting++;
@@ -527,14 +578,13 @@ size_t sg_scale_step(const sg_scale_params_t *p, sg_scale_window_t *window, cons
   m.window = window;
   sg_scale_decide(p, &m, now, out);
 
-  /* The victims: the stop count's worth of idle workers, least recently
-   * used first. */
+  /* The victims: the stop count's worth, in victim_class order. */
   size_t n = 0;
   for (int k = 0; k < out->stop; k++) {
     size_t best = in->n_workers;
     for (size_t i = 0; i < in->n_workers; i++) {
       const sg_scale_worker_t *w = &in->workers[i];
-      if (!stoppable(w) || (best < in->n_workers && w->last_used_ms >= in->workers[best].last_used_ms))
+      if (victim_class(w) < 0 || (best < in->n_workers && !stops_before(w, &in->workers[best])))
         continue;
       bool taken = false;
       for (size_t j = 0; j < n && !taken; j++)

@@ -14,12 +14,15 @@
 #include "sgpu/policy.h"
 #include "sgpu/util.h"
 
+#include <string.h>
+
 /* The scaler's state of an endpoint (ep->scale): made by its first pass,
  * freed with the endpoint (endpoint_freed). */
 struct sg_ep_scale {
   sg_scale_window_t window; /* demand history, for sg_scale_step */
   int64_t seen_ready_mono;  /* the newest worker ready time measured */
   int desired;              /* workers the last pass wanted */
+  int held;                 /* idle workers the last pass held within scale.hold_s */
   char *last_decision;      /* the reason of the last decision logged */
 };
 
@@ -57,7 +60,7 @@ static int gpu_slots(const sg_endpoint_t *ep) {
 static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
   struct sg_ep_scale *sc = ep->scale;
   bool acted = dec->start > 0 || dec->stop > 0;
-  if (acted || dec->desired != sc->desired) {
+  if (acted || dec->desired != sc->desired || dec->held != sc->held) {
     sg_logs_event(ep->d, ep->name, NULL, "scaler: %s", dec->reason);
     free(sc->last_decision);
     sc->last_decision = xstrdup(dec->reason);
@@ -67,6 +70,7 @@ static void set_decision(sg_endpoint_t *ep, const sg_scale_decision_t *dec) {
   if (dec->stop > 0)
     ep->metrics.scale_downs++;
   sc->desired = dec->desired;
+  sc->held = dec->held;
 }
 
 /* Feeds the endpoint's window the start delay of every worker that became
@@ -92,6 +96,76 @@ static sg_scale_wstate_t scale_state(const sg_worker_t *w) {
 
 static void rollout(sg_endpoint_t *ep, int64_t now);
 
+/* GPUs of type that worker w holds in the inventory. */
+static int gpus_held(const sg_worker_t *w, const char *type) {
+  const sg_gpu_inventory_t *inv = w->d->gpus;
+  int n = 0;
+  for (size_t i = 0; i < inv->n; i++)
+    if (inv->gpus[i].holder && !strcmp(inv->gpus[i].holder, w->id) && !strcmp(inv->gpus[i].type, type))
+      n++;
+  return n;
+}
+
+/* Live workers of ep not asked to stop. */
+static int running_count(const sg_endpoint_t *ep) {
+  int n = 0;
+  const sg_worker_t *w;
+  TAILQ_FOREACH(w, &ep->workers, link) n += sg_worker_live(w) && !w->stopping;
+  return n;
+}
+
+/* Fair share of the node's GPUs: ep has work waiting and no worker can start
+ * because the GPUs of its type are held. Idle workers (ready, nothing in
+ * flight) of other endpoints that hold such GPUs stop, never below their
+ * workers.min, the longest idle first, just enough for one worker of ep
+ * (GPUs that stopping workers still hold count as coming free, so the next
+ * passes stop no more while they exit). Each stop is an event on both
+ * endpoints. The GPUs come free when the worker has exited; that pass starts
+ * ep's worker. */
+static void reclaim_gpus(sg_endpoint_t *ep) {
+  sg_daemon_t *d = ep->d;
+  const char *type = ep->spec->gpu.type;
+  if (ep->spec->gpu.count <= 0 || !type)
+    return;
+  int short_by = ep->spec->gpu.count - sg_gpu_free_count(d->gpus, type);
+  sg_endpoint_t *o;
+  sg_worker_t *w;
+  TAILQ_FOREACH(o, &d->endpoints, link) {
+    TAILQ_FOREACH(w, &o->workers, link) {
+      if (w->stopping && !w->exited)
+        short_by -= gpus_held(w, type);
+    }
+  }
+  while (short_by > 0) {
+    sg_worker_t *victim = NULL;
+    int victim_gpus = 0;
+    TAILQ_FOREACH(o, &d->endpoints, link) {
+      if (o == ep || running_count(o) <= o->spec->workers.min)
+        continue;
+      TAILQ_FOREACH(w, &o->workers, link) {
+        if (w->state != SG_W_READY || w->stopping || w->in_flight > 0)
+          continue;
+        int held = gpus_held(w, type);
+        if (held > 0 && (!victim || w->last_used_mono < victim->last_used_mono)) {
+          victim = w;
+          victim_gpus = held;
+        }
+      }
+    }
+    if (!victim)
+      return;
+    /* sg_worker_stop's event on the victim's endpoint names ep. */
+    cleanup_free char *why = xasprintf("scaler: idle, its %d %s GPU(s) go to endpoint %s, whose work waits for GPUs",
+                                       victim_gpus, type, ep->name);
+    sg_logs_event(d, ep->name, NULL,
+                  "scaler: stopping idle worker %s of endpoint %s to free %d %s GPU(s) for this "
+                  "endpoint's waiting work",
+                  victim->id, victim->ep->name, victim_gpus, type);
+    sg_worker_stop(victim, why);
+    short_by -= victim_gpus;
+  }
+}
+
 /* One pass over ep: describes it to the pure step (policy.c), logs the
  * decision and carries it out. */
 static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
@@ -111,6 +185,7 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   TAILQ_FOREACH(w, &ep->workers, link) {
     sw[i] = (sg_scale_worker_t){.state = scale_state(w),
                                 .stopping = w->stopping,
+                                .outdated = w->version != ep->version,
                                 .in_flight = w->in_flight,
                                 .started_ms = w->started_mono,
                                 .last_used_ms = w->last_used_mono};
@@ -133,8 +208,12 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
   size_t n_victims = sg_scale_step(&params, &ep->scale->window, &in, now, &dec, victims);
   set_decision(ep, &dec);
 
-  for (size_t k = 0; k < n_victims; k++)
-    sg_worker_drain(ws[victims[k]], SG_SCALE_STOP_REASON);
+  for (size_t k = 0; k < n_victims; k++) {
+    if (ws[victims[k]]->state == SG_W_READY)
+      sg_worker_drain(ws[victims[k]], SG_SCALE_STOP_REASON);
+    else
+      sg_worker_stop(ws[victims[k]], SG_SCALE_STOP_STARTING_REASON);
+  }
   for (int k = 0; k < dec.start; k++) {
     cleanup_error sg_error_t *err = NULL;
     if (!sg_worker_start(ep, &err)) {
@@ -142,6 +221,8 @@ static void scale_endpoint(sg_endpoint_t *ep, int64_t now) {
       break;
     }
   }
+  if (dec.rule == SG_SCALE_RULE_WAIT_GPUS && queued > 0 && !in.backing_off && in.gpu_slots == 0)
+    reclaim_gpus(ep);
   rollout(ep, now);
 }
 

@@ -263,7 +263,7 @@ static int parse_workers(sg_spec_t *s, json_t *root, sg_error_t **err) {
 }
 
 static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"policy", "value", NULL};
+  static const char *const keys[] = {"policy", "value", "hold_s", NULL};
   json_t *sc;
   if (get_obj(root, "scale", &sc, err) < 0)
     return -SG_EINVAL;
@@ -287,6 +287,8 @@ static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
     r = s->scale.policy == SG_SCALE_CONCURRENCY ? get_num(sc, "scale", "value", 0.01, 10000, def, &s->scale.value, err)
                                                 : get_num(sc, "scale", "value", 0, 3600, def, &s->scale.value, err);
   }
+  if (r == 0)
+    r = get_num(sc, "scale", "hold_s", 0, 3600, 0, &s->scale.hold_s, err);
   json_decref(empty);
   return r;
 }
@@ -484,7 +486,7 @@ static json_t *spec_to_json_core(const sg_spec_t *s) {
   json_t *gpu = json_pack("{s:i}", "count", s->gpu.count);
   json_object_set_new(gpu, "type", s->gpu.type ? json_string(s->gpu.type) : json_null());
   return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:s, s:f, s:f, s:i, s:f}, s:o,"
-                   " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f}}",
+                   " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f, s:f}}",
                    "name", s->name, "type", s->type, "runtime", s->runtime, "image",
                    s->image ? json_string(s->image) : json_null(), "command", cmd, "env", env, "port", s->port,
                    "health", "path", s->health.path, "period_s", s->health.period_s, "timeout_s", s->health.timeout_s,
@@ -492,7 +494,7 @@ static json_t *spec_to_json_core(const sg_spec_t *s) {
                    "gpu", gpu, "workers", "min", s->workers.min, "max", s->workers.max, "idle_timeout_s",
                    s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
                    s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
-                   sg_scale_policy_name(s->scale.policy), "value", s->scale.value);
+                   sg_scale_policy_name(s->scale.policy), "value", s->scale.value, "hold_s", s->scale.hold_s);
 }
 
 static json_t *spec_to_json(const sg_spec_t *s) {
