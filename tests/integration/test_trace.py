@@ -79,9 +79,9 @@ class RequestIdTest(SgpudTestCase):
 
     def test_gateway_errors_carry_the_id(self):
         name = unique_name("trace-to")
-        # No worker can start (the command fails), so the request times out in the queue.
+        # The worker loads for longer than the request may wait: a 504 from the queue.
         self.create(echo_spec(name, workers={"min": 0, "max": 1, "request_timeout_s": 1},
-                              command=["/nonexistent/worker"]))
+                              env={"WARMUP_MS": "30000"}))
         resp = self.sg.invoke(name, "/echo", headers={"X-Request-Id": "timeout-1"})
         self.assertError(resp, 504, "timeout")
         self.assertEqual(resp.headers["X-Request-Id"], "timeout-1")
