@@ -16,14 +16,15 @@ struct sg_stream {
   struct event_base *base;
   int fd;
   struct event *rev, *wev, *fev; /* readable, writable, deferred flush/events */
+  struct event *rtimer;          /* the read inactivity timeout (rtv), kept apart from rev */
   struct evbuffer *in, *out;
   sg_stream_callbacks_t cbs;
   void *arg;
   struct timeval rtv, wtv;
   bool has_rtv, has_wtv;
-  bool rev_timed, wev_timed; /* the event was last added with a timeout */
-  bool reading;              /* the owner wants input */
-  bool read_blocked;         /* input over the read limit */
+  bool wev_timed;    /* wev was last added with a timeout */
+  bool reading;      /* the owner wants input */
+  bool read_blocked; /* input over the read limit */
   bool connecting;
   size_t read_limit;
   size_t low_water;
@@ -35,6 +36,7 @@ struct sg_stream {
 
 static void really_free(sg_stream_t *s) {
   event_free(s->rev);
+  event_free(s->rtimer);
   event_free(s->wev);
   event_free(s->fev);
   evbuffer_free(s->in);
@@ -50,6 +52,7 @@ void sg_stream_free(sg_stream_t *s) {
   if (s->in_cb) {
     s->free_pending = true;
     event_del(s->rev);
+    event_del(s->rtimer);
     event_del(s->wev);
     event_del(s->fev);
     return;
@@ -97,12 +100,26 @@ static void arm(struct event *ev, bool *timed, bool has, const struct timeval *t
   *timed = has;
 }
 
+/* The read timeout is a timer of its own, restarted at every read event,
+ * rather than rev's timeout: turning it on and off (the server does at every
+ * request) then costs a timer change, never a removal and re-insertion of
+ * the descriptor's event in the kernel. */
+static void restart_read_timer(sg_stream_t *s) {
+  if (s->has_rtv)
+    evtimer_add(s->rtimer, &s->rtv);
+  else
+    evtimer_del(s->rtimer);
+}
+
 static void update_read(sg_stream_t *s) {
   bool want = s->reading && !s->read_blocked && !s->connecting && !s->free_pending;
-  if (want)
-    arm(s->rev, &s->rev_timed, s->has_rtv, &s->rtv);
-  else
+  if (want) {
+    event_add(s->rev, NULL);
+    restart_read_timer(s);
+  } else {
     event_del(s->rev);
+    evtimer_del(s->rtimer);
+  }
 }
 
 static void arm_write(sg_stream_t *s) { arm(s->wev, &s->wev_timed, s->has_wtv, &s->wtv); }
@@ -195,18 +212,22 @@ static int read_into(struct evbuffer *in, int fd) {
   return (int)n;
 }
 
+static void read_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+  sg_stream_t *s = arg;
+  deliver_event(s, SG_STREAM_TIMEOUT);
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg) {
   sg_stream_t *s = arg;
-  if (what & EV_TIMEOUT) {
-    deliver_event(s, SG_STREAM_TIMEOUT);
-    return;
-  }
+  if (s->has_rtv)
+    evtimer_add(s->rtimer, &s->rtv); /* activity: the inactivity timeout starts again */
   int n = read_into(s->in, s->fd);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
     return;
   if (n <= 0) {
     s->err = n < 0 ? errno : 0;
     event_del(s->rev);
+    evtimer_del(s->rtimer);
     s->reading = false;
     deliver_event(s, n < 0 ? SG_STREAM_ERROR : SG_STREAM_EOF);
     return;
@@ -263,6 +284,7 @@ static sg_stream_t *stream_alloc(struct event_base *base, int fd, const sg_strea
   s->in = evbuffer_new();
   s->out = evbuffer_new();
   s->rev = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, s);
+  s->rtimer = evtimer_new(base, read_timeout_cb, s);
   s->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, s);
   s->fev = event_new(base, -1, 0, flush_cb, s);
   evbuffer_add_cb(s->out, out_cb, s);
@@ -359,7 +381,7 @@ void sg_stream_set_timeouts(sg_stream_t *s, double read_s, double write_s) {
   to_tv(read_s, &s->rtv);
   to_tv(write_s, &s->wtv);
   if (event_pending(s->rev, EV_READ, NULL))
-    arm(s->rev, &s->rev_timed, s->has_rtv, &s->rtv);
+    restart_read_timer(s);
   if (event_pending(s->wev, EV_WRITE, NULL))
     arm_write(s);
 }
