@@ -87,6 +87,16 @@ static void delivery_free(struct delivery *dl) {
   free(dl);
 }
 
+/* A URL's host as a name or address: an IPv6 literal loses its brackets. */
+static void unbracket(const char *host, char *name, size_t len) {
+  snprintf(name, len, "%s", host);
+  size_t nl = strlen(name);
+  if (nl >= 2 && name[0] == '[' && name[nl - 1] == ']') {
+    memmove(name, name + 1, nl - 2);
+    name[nl - 2] = '\0';
+  }
+}
+
 static size_t discard(char *ptr, size_t size, size_t n, void *ud) { return size * n; }
 
 /* Resolves url's host and picks the first address the allow-list admits.
@@ -102,12 +112,7 @@ static int pick_address(const sg_webhooks_t *wh, const char *url, char *pin, siz
     goto out;
   }
   char name[256];
-  snprintf(name, sizeof(name), "%s", host);
-  size_t nl = strlen(name);
-  if (nl >= 2 && name[0] == '[' && name[nl - 1] == ']') {
-    memmove(name, name + 1, nl - 2);
-    name[nl - 2] = '\0';
-  }
+  unbracket(host, name, sizeof(name));
   struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
   int g = getaddrinfo(name, port, &hints, &res);
   if (g != 0) {
@@ -316,12 +321,7 @@ int sg_webhooks_check(const sg_webhooks_t *wh, const char *url, sg_error_t **err
   int r = 1; /* a name, until its host parses as an address */
   if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
     char name[256];
-    snprintf(name, sizeof(name), "%s", host);
-    size_t nl = strlen(name);
-    if (nl >= 2 && name[0] == '[' && name[nl - 1] == ']') {
-      memmove(name, name + 1, nl - 2);
-      name[nl - 2] = '\0';
-    }
+    unbracket(host, name, sizeof(name));
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res = NULL;
     if (getaddrinfo(name, NULL, &hints, &res) == 0) {
       r = 0;

@@ -174,6 +174,15 @@ static bool query(sg_slurm_backend_t *be, sg_slurm_job_info_t *jobs, size_t n, c
   return true;
 }
 
+/* Ends the line at line with a NUL; returns the next one (at the end: ""). */
+static char *cut_line(char *line) {
+  char *next = strchr(line, '\n');
+  if (!next)
+    return line + strlen(line);
+  *next = '\0';
+  return next + 1;
+}
+
 static bool nodes(sg_slurm_backend_t *be, sg_runtime_node_t **list, size_t *count) {
   (void)be;
   char *argv[] = {"scontrol", "--oneliner", "--details", "show", "node", NULL};
@@ -181,11 +190,7 @@ static bool nodes(sg_slurm_backend_t *be, sg_runtime_node_t **list, size_t *coun
   if (!cmd_ok(run_cmd(argv, &out)) || !out)
     return false;
   for (char *line = out, *next; *line; line = next) {
-    next = strchr(line, '\n');
-    if (next)
-      *next++ = '\0';
-    else
-      next = line + strlen(line);
+    next = cut_line(line);
     sg_runtime_node_t x = {0};
     if (!sg_slurm_field(line, "NodeName", x.name, sizeof(x.name)))
       continue;
@@ -210,11 +215,7 @@ static bool list(sg_slurm_backend_t *be, sg_slurm_listed_t **jobs, size_t *count
   if (!cmd_ok(run_cmd(argv, &out)) || !out)
     return false;
   for (char *line = out, *next; *line; line = next) {
-    next = strchr(line, '\n');
-    if (next)
-      *next++ = '\0';
-    else
-      next = line + strlen(line);
+    next = cut_line(line);
     char *f[4] = {0};
     char *p = line;
     int nf = 0;
