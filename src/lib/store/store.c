@@ -87,8 +87,8 @@ static const char *const migrations[] = {
     "INSERT INTO endpoint_versions(name, version, created_ms, spec)"
     "  SELECT name, version, updated_ms, spec FROM endpoints;",
     /* 6: the request a worker's log line was written for (?request_id=) */
-    "ALTER TABLE logs ADD COLUMN request_id TEXT;"
-    "CREATE INDEX logs_request ON logs(endpoint, request_id) WHERE request_id IS NOT NULL;",
+    ("ALTER TABLE logs ADD COLUMN request_id TEXT;"
+     "CREATE INDEX logs_request ON logs(endpoint, request_id) WHERE request_id IS NOT NULL;"),
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
