@@ -308,3 +308,98 @@ bool sg_addr_allowed(const sg_addr_rule_t *rules, size_t n, const struct sockadd
   }
   return false;
 }
+
+/* ---- RunPod's worker protocol ---- */
+
+static json_t *load_object(const char *body, size_t len, sg_error_t **err) {
+  json_error_t jerr;
+  json_t *j = len ? json_loadb(body, len, JSON_ALLOW_NUL, &jerr) : NULL;
+  if (!j) {
+    if (len)
+      sg_make_error(err, SG_EJSON, "body is not valid JSON: line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    else
+      sg_make_error(err, SG_EJSON, "body is empty: a JSON object is expected");
+    return NULL;
+  }
+  if (!json_is_object(j)) {
+    json_decref(j);
+    sg_make_error(err, SG_EJSON, "body must be a JSON object");
+    return NULL;
+  }
+  return j;
+}
+
+int sg_rp_result_parse(const char *body, size_t len, sg_rp_result_t *out, sg_error_t **err) {
+  memset(out, 0, sizeof(*out));
+  cleanup_json json_t *j = load_object(body, len, err);
+  if (!j)
+    return -SG_EJSON;
+  json_t *stop = json_object_get(j, "stopPod");
+  if (stop && !json_is_null(stop) && !json_is_boolean(stop))
+    return sg_make_field_error(err, "stopPod", "must be a boolean");
+  json_t *status = json_object_get(j, "status");
+  if (status && !json_is_null(status)) {
+    const char *s = json_is_string(status) ? json_string_value(status) : "";
+    if (strcmp(s, "IN_PROGRESS") && strcmp(s, "COMPLETED") && strcmp(s, "FAILED"))
+      return sg_make_field_error(err, "status", "must be IN_PROGRESS (progress), COMPLETED or FAILED");
+    out->progress = !strcmp(s, "IN_PROGRESS");
+  }
+  out->stop_pod = json_is_true(stop);
+  json_t *o = json_object_get(j, "output");
+  if (o)
+    out->output = dump(o);
+  if (out->progress)
+    return 0;
+  json_t *e = json_object_get(j, "error");
+  if (e && !json_is_null(e) && !(json_is_string(e) && json_string_length(e) == 0)) {
+    out->status = SG_JOB_FAILED;
+    out->error = dump(e);
+  } else {
+    out->status = SG_JOB_COMPLETED;
+  }
+  return 0;
+}
+
+void sg_rp_result_clear(sg_rp_result_t *r) {
+  free(r->output);
+  free(r->error);
+  memset(r, 0, sizeof(*r));
+}
+
+int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t **err) {
+  *output = NULL;
+  cleanup_json json_t *j = load_object(body, len, err);
+  if (!j)
+    return -SG_EJSON;
+  json_t *o = json_object_get(j, "output");
+  if (!o)
+    return sg_make_field_error(err, "output", "is required");
+  *output = dump(o);
+  return 0;
+}
+
+size_t sg_rp_ids_parse(const char *list, char ***ids) {
+  *ids = NULL;
+  size_t n = 0;
+  for (const char *p = list ? list : ""; *p && n < SG_RP_IDS_MAX;) {
+    size_t len = strcspn(p, ",");
+    cleanup_free char *id = xstrndup(p, len);
+    bool dup = false;
+    for (size_t i = 0; i < n && !dup; i++)
+      dup = !strcmp((*ids)[i], id);
+    if (!dup && sg_job_id_valid(id)) {
+      *ids = xrealloc(*ids, (n + 1) * sizeof(char *));
+      (*ids)[n++] = steal_pointer(&id);
+    }
+    p += len;
+    if (*p == ',')
+      p++;
+  }
+  return n;
+}
+
+void sg_rp_ids_free(char **ids, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    free(ids[i]);
+  free(ids);
+}

@@ -75,4 +75,37 @@ bool sg_addr_is_public(const struct sockaddr *sa);
 /* True when a rule of rules[0..n) admits the address. */
 bool sg_addr_allowed(const sg_addr_rule_t *rules, size_t n, const struct sockaddr *sa);
 
+/* ---- RunPod's worker protocol (pull workers) ---- */
+
+/* The most job ids a ping or stop list carries that are looked at. */
+#define SG_RP_IDS_MAX 1024
+
+/* What a pull worker posted to its result route. */
+typedef struct sg_rp_result {
+  bool progress;          /* {"status": "IN_PROGRESS", ...}: not the end of the job */
+  sg_job_status_t status; /* COMPLETED or FAILED, when not progress */
+  char *output;           /* JSON text, or NULL: none */
+  char *error;            /* JSON text, or NULL */
+  bool stop_pod;          /* "stopPod": true: replace the worker after this job */
+} sg_rp_result_t;
+
+/* Parses a result post (JSON whatever its Content-Type says): an object
+ * with "status": "IN_PROGRESS" is progress, its "output" what /status
+ * shows; otherwise the end of the job: FAILED with "error" when that is
+ * there and neither null nor "", else COMPLETED with "output" (absent:
+ * none). Errors: SG_EJSON (not a JSON object), SG_EINVAL naming the field
+ * ("stopPod" not a boolean, "status" neither absent nor a known word). */
+int sg_rp_result_parse(const char *body, size_t len, sg_rp_result_t *out, sg_error_t **err);
+void sg_rp_result_clear(sg_rp_result_t *r);
+
+/* Parses a stream post {"output": X}: *output is X as JSON text. Errors:
+ * SG_EJSON (not a JSON object), SG_EINVAL ("output" missing). */
+int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t **err);
+
+/* Splits a comma-separated list of job ids (a ping's job_id): the valid
+ * ones, at most SG_RP_IDS_MAX, in order, duplicates dropped; *ids is NULL
+ * for none. Returns the count. Free with sg_rp_ids_free. */
+size_t sg_rp_ids_parse(const char *list, char ***ids);
+void sg_rp_ids_free(char **ids, size_t n);
+
 #endif
