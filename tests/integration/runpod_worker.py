@@ -63,7 +63,10 @@ Those are applied in that order (progress, gate and sleep before the rest).
 Lines on stdout (read by the tests through the logs API):
   "worker WID concurrency N", "take JID", "done JID STATUS" (STATUS: the HTTP status of the
   final post, or "error"), "stop JID" (a job of this worker stopped), "stop-unknown JID",
-  "exit JID".
+  "exit JID", "shutdown on signal N", "worker WID exits".
+
+SIGTERM or SIGINT (JobScaler.handle_shutdown): no new take after the one under way, the jobs
+taken run to the end and post their results, then the worker exits 0.
 """
 
 import gzip
@@ -272,6 +275,10 @@ class JobsProgress:
         with self._lock:
             return len(self._jobs)
 
+    def wait_empty(self):
+        with self._lock:
+            self._changed.wait_for(lambda: not self._jobs)
+
     def wait_below(self, limit, timeout):
         with self._lock:
             self._changed.wait_for(lambda: len(self._jobs) < limit, timeout)
@@ -467,6 +474,7 @@ class Worker:
     def __init__(self, progress):
         self.session = sdk_session()
         self.progress = progress
+        self.shutting_down = threading.Event()
 
     # ---- take (JobScaler.get_jobs, rp_job.get_job)
 
@@ -504,7 +512,7 @@ class Worker:
         return None
 
     def take_loop(self):
-        while True:
+        while not self.shutting_down.is_set():
             needed = CONCURRENCY - self.progress.count()
             if needed <= 0:
                 # The SDK sleeps 1 s here; this wakes as soon as a slot frees.
@@ -638,14 +646,19 @@ def main():
     worker = Worker(JobsProgress(mirror))
 
     def shutdown(signum, frame):
-        if ping is not None and ping.is_alive():
-            ping.kill()
-        os._exit(0)
+        # JobScaler.handle_shutdown: no take after the one under way; the jobs taken run
+        # to the end and post their results, then the worker exits.
+        say("shutdown on signal %d" % signum)
+        worker.shutting_down.set()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     threading.Thread(target=worker.stop_loop, daemon=True).start()
     worker.take_loop()
+    worker.progress.wait_empty()
+    if ping is not None and ping.is_alive():
+        ping.kill()
+    say("worker %s exits" % WORKER_ID)
     return 0
 
 

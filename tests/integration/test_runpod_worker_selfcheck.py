@@ -378,6 +378,20 @@ class RunPodWorkerSelfCheck(unittest.TestCase):
         wait_for(lambda: len(self.srv.calls_of("job-take")) >= 3, 10, "takes retried after 401")
         self.assertTrue(any(line.startswith("take failed: HTTP 401") for line in w.lines), w.lines)
 
+    def test_sigterm_lets_the_running_job_finish(self):
+        w = self.worker()
+        gate = os.path.join(self.dir, "gate")
+        self.srv.submit("j-t", {"gate": gate, "echo": "kept"})
+        wait_for(lambda: w.has_line("take j-t"), 10, "the take")
+        w.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: w.has_line("shutdown on signal %d" % signal.SIGTERM), 10, "the shutdown line")
+        self.assertIsNone(w.proc.poll())
+        takes = len(self.srv.calls_of("job-take"))
+        open(gate, "w").close()
+        self.assertEqual(self.final("j-t").json(), {"output": "kept"})
+        self.assertEqual(w.proc.wait(scaled(10)), 0)
+        self.assertLessEqual(len(self.srv.calls_of("job-take")), takes + 1)
+
     def test_exit_kills_the_worker_and_its_ping_process(self):
         w = self.worker()
         wait_for(lambda: w.children(), 10, "the ping process")
