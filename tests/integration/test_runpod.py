@@ -6,6 +6,8 @@ The worker is tests/integration/runpod_worker.py, which speaks the protocol as R
 Python SDK 1.12 does (test_runpod_worker_selfcheck checks it against a stand-in server);
 what its handler does comes from each job's input (see its docstring)."""
 
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -21,6 +23,10 @@ from harness import (HERE, RUN_ID, WORKER_PYTHON, SgpudTestCase, http_request, s
                      wait_for, worker_path)
 
 RUNPOD_WORKER = worker_path(os.path.join(HERE, "runpod_worker.py"))
+_CONFIG_DIR = tempfile.mkdtemp(prefix="sgpu-it-rp-")
+SMALL_BODY_CONFIG = os.path.join(_CONFIG_DIR, "sgpud-small-body.json")
+with open(SMALL_BODY_CONFIG, "w") as f:
+    json.dump({"max_body_bytes": 65536}, f)
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 ACTIVE = ("starting", "ready", "draining")
 
@@ -192,7 +198,11 @@ class RunPodTest(RunPodBase):
         self.assertEqual(env["RUNPOD_ENDPOINT_ID"], name)
         self.assertEqual(env["RUNPOD_PING_INTERVAL"], "1000")  # max(1000, 3 s * 1000 / 3)
         self.assertEqual(env["RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"], "true")
-        self.assertRegex(env["RUNPOD_AI_API_KEY"], r"^[0-9a-f]{64}$")
+        with open(os.path.join(self.sg.data_dir, "worker.key"), "rb") as f:
+            key = f.read()
+        self.assertEqual(len(key), 32)
+        self.assertEqual(env["RUNPOD_AI_API_KEY"],
+                         hmac.new(key, ("sgpu-worker:" + info["id"]).encode(), hashlib.sha256).hexdigest())
         # the spec's env cannot override them
         other = unique_name("rpenv")
         self.create(rp_spec(other, env={"RUNPOD_POD_ID": "mine", "RUNPOD_AI_API_KEY": "mine"}))
@@ -528,6 +538,25 @@ class RunPodTest(RunPodBase):
             # held, not answered at once (the SDK would spin on an immediate 204);
             # a lower bound only: the spec's take_wait_s is 2
             self.assertGreaterEqual(waited, 1.0, path)
+
+
+class RunPodLimitsTest(RunPodBase):
+    SHARED = {"config": SMALL_BODY_CONFIG}
+
+    def test_oversize_result_is_413(self):
+        d = shared_dir(self)
+        gate = os.path.join(d, "gate")
+        name = self.endpoint("rpbig")
+        (w,) = self.rp_workers(name)
+        job = self.run_job(name, {"gate": gate, "echo": "small"})
+        self.wait_status(name, job, lambda s: s["status"] == "IN_PROGRESS")
+        big = {"output": "x" * 70000}
+        self.assertError(wire(self.sg, "POST", w.done(job), w.token, big), 413, "too_large")
+        self.assertError(wire(self.sg, "POST", w.stream(job), w.token, big), 413, "too_large")
+        self.assertEqual(self.status(name, job)["status"], "IN_PROGRESS")
+        open(gate, "w").close()
+        final = self.wait_final(name, job)
+        self.assertEqual((final["status"], final["output"]), ("COMPLETED", "small"), final)
 
 
 class RunPodCrashTest(RunPodBase):
