@@ -129,6 +129,7 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
   sg_api_routes(d->router, d);
   sg_gateway_routes(d->router, d);
   sg_jobs_routes(d->router, d);
+  sg_jobs_pull_routes(d->router, d);
   sg_metrics_routes(d->router, d);
   sg_http_server_config_t hc = {
       .max_header_bytes = d->cfg.max_header_bytes,

@@ -71,6 +71,7 @@ struct sg_worker {
   struct event *drain_timer;     /* ends a drain that outlasts request_timeout_s */
   struct sg_worker_conns *conns; /* upstream connections not in use (gateway/conns.c) */
   struct sg_worker_meter *meter; /* its usage record (meter/recorder.c) */
+  struct sg_worker_pull *pull;   /* a pull worker's polls, held slots, pings (gateway/jobs-pull.c) */
 };
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
