@@ -71,6 +71,7 @@ struct sg_worker {
   struct event *drain_timer;     /* ends a drain that outlasts request_timeout_s */
   struct sg_worker_conns *conns; /* upstream connections not in use (gateway/conns.c) */
   struct sg_worker_meter *meter; /* its usage record (meter/recorder.c) */
+  struct sg_worker_pull *pull;   /* a pull worker's polls, held slots, pings (gateway/jobs-pull.c) */
 };
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
@@ -143,6 +144,10 @@ TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
 
 #define SG_FLEET_MAX_SUBSCRIBERS 8
 
+/* token.c: a worker's token (RUNPOD_AI_API_KEY of a runpod endpoint's workers). */
+#define SG_WORKER_KEY_LEN 32   /* bytes of DATA_DIR/worker.key */
+#define SG_WORKER_TOKEN_LEN 64 /* lowercase hex of an HMAC-SHA256 */
+
 struct sg_daemon {
   sg_daemon_config_t cfg;
   struct event_base *base;
@@ -151,6 +156,7 @@ struct sg_daemon {
   sg_store_t *store;
   sg_gpu_inventory_t *gpus;
   char *api_key;
+  unsigned char worker_key[SG_WORKER_KEY_LEN]; /* DATA_DIR/worker.key, loaded at start (token.c) */
   char *url;
   char *self_dir; /* directory of the sgpud binary */
   struct sg_endpoint_list endpoints;
@@ -242,12 +248,18 @@ void sg_worker_release_request(sg_worker_t *w);
  * again: the slot is free, but no request ended (no request_ended event), so
  * a request or job is counted once however many attempts it took. */
 void sg_worker_release_attempt(sg_worker_t *w);
-/* Called by health checks: first 200, or too many failed probes. */
+/* Called by health checks (first 200) or, for a runpod worker, by the
+ * gateway at its first job take: a starting worker becomes ready (a worker
+ * in any other state, or stopping, is left as it is). */
 void sg_worker_became_ready(sg_worker_t *w);
+/* Called by health checks: too many failed probes, or a start that outlasted
+ * health.startup_timeout_s. */
 void sg_worker_unhealthy(sg_worker_t *w, const char *why);
 
 /* health.c: w->health is owned there. */
-/* Starts probing w on the start-up schedule (the first probe in 0.5 ms). */
+/* Starts probing w on the start-up schedule (the first probe in 0.5 ms); a
+ * worker whose spec has no health.path is not probed, only failed once
+ * health.startup_timeout_s passes before it became ready. */
 void sg_health_start(sg_worker_t *w);
 /* The runtime says the worker's process is about to run (a container was
  * created): a starting worker is probed at once, then on the tight schedule. */
@@ -257,6 +269,20 @@ void sg_health_process_started(sg_worker_t *w);
 void sg_health_stop(sg_worker_t *w);
 /* Takes a ready worker out of rotation until a probe, sent at once, passes. */
 void sg_health_suspect(sg_worker_t *w);
+
+/* token.c. Reads the worker key from path (exactly SG_WORKER_KEY_LEN bytes;
+ * any other length or an unreadable file is an error naming it), or, when
+ * there is none, makes one from getrandom in a mode 0600 file linked into
+ * place (a key another process made first is read instead). Blocks. */
+int sg_worker_key_load(const char *path, unsigned char key[SG_WORKER_KEY_LEN], sg_error_t **err);
+/* The token of worker_id: lowercase hex of HMAC-SHA256(d->worker_key,
+ * "sgpu-worker:" + worker_id), NUL-terminated in out. The same for the same
+ * key and id, so it survives an sgpud restart; it is worth something only
+ * while the gateway accepts it (a live worker of that endpoint). */
+void sg_worker_token(const sg_daemon_t *d, const char *worker_id, char out[SG_WORKER_TOKEN_LEN + 1]);
+/* Whether token (len bytes, not NUL-terminated) is worker_id's, compared in
+ * constant time. */
+bool sg_worker_token_valid(const sg_daemon_t *d, const char *worker_id, const char *token, size_t len);
 
 /* images.c: thread pool and image cache; the fleet's images */
 struct sg_registry_auth;
