@@ -468,36 +468,44 @@ class RunPodTest(RunPodBase):
         self.assertError(wire(self.sg, "GET", a.ping(), a.token), 401, "unauthorized")
         self.assertError(wire(self.sg, "GET", a.take(), a.token), 401, "unauthorized")
 
-    def test_results_for_jobs_a_worker_does_not_hold_are_refused(self):
+    def test_results_from_a_worker_that_does_not_hold_the_job_are_409(self):
         d = shared_dir(self)
         gate = os.path.join(d, "gate")
         name = self.endpoint("rpheld", workers={"min": 2, "max": 2})
-        done = self.runsync(name, {"echo": "first"})
-        self.assertEqual(done["status"], "COMPLETED", done)
         workers = {w.id: w for w in self.rp_workers(name)}
-        holder = workers[done["workerId"]]
-        # a finished job: its own worker's second result changes nothing
-        for body in ({"output": "second"}, {"error": "late"}, {"status": "IN_PROGRESS", "output": "p"}):
-            self.assertError(wire(self.sg, "POST", holder.done(done["id"]), holder.token, body), 409, "not_held")
-        self.assertError(wire(self.sg, "POST", holder.stream(done["id"]), holder.token, {"output": "x"}),
-                         409, "not_held")
-        # a running job held by one worker: the other's results are refused
         job = self.run_job(name, {"gate": gate, "echo": "real"})
         running = self.wait_status(name, job, lambda s: s["status"] == "IN_PROGRESS")
         owner = workers[running["workerId"]]
-        intruder = [w for w in workers.values() if w.id != owner.id][0]
-        self.assertError(wire(self.sg, "POST", intruder.done(job), intruder.token, {"output": "forged"}),
-                         409, "not_held")
+        (intruder,) = [w for w in workers.values() if w.id != owner.id]
+        for body in ({"output": "forged"}, {"error": "forged"}, {"status": "IN_PROGRESS", "output": "forged"}):
+            self.assertError(wire(self.sg, "POST", intruder.done(job), intruder.token, body), 409, "not_held",
+                             msg=repr(body))
         self.assertError(wire(self.sg, "POST", intruder.stream(job), intruder.token, {"output": "forged"}),
                          409, "not_held")
-        # unknown job
+        # a job id nobody ever had
         self.assertError(wire(self.sg, "POST", owner.done("0" * 36), owner.token, {"output": 1}), 404, "not_found")
-        self.assertEqual(self.status(name, job)["status"], "IN_PROGRESS")
+        running = self.status(name, job)
+        self.assertEqual(running["status"], "IN_PROGRESS")
+        self.assertNotEqual(running.get("output"), "forged", running)
         open(gate, "w").close()
         final = self.wait_final(name, job)
         self.assertEqual((final["status"], final["output"], final["workerId"]), ("COMPLETED", "real", owner.id))
         stream = self.sg.api("GET", "/v2/%s/stream/%s?wait=0" % (name, job)).body
         self.assertNotIn({"output": "forged"}, stream.get("stream") or [], stream)
+
+    def test_results_for_a_finished_job_are_409(self):
+        """The worker that completed a job posts again (as a stale retry would): 409
+        not_held, and the job keeps its first result."""
+        name = self.endpoint("rpheld2")
+        done = self.runsync(name, {"echo": "first"})
+        self.assertEqual(done["status"], "COMPLETED", done)
+        (holder,) = self.rp_workers(name)
+        self.assertEqual(holder.id, done["workerId"])
+        for body in ({"output": "second"}, {"error": "late"}, {"status": "IN_PROGRESS", "output": "p"}):
+            self.assertError(wire(self.sg, "POST", holder.done(done["id"]), holder.token, body), 409, "not_held",
+                             msg=repr(body))
+        self.assertError(wire(self.sg, "POST", holder.stream(done["id"]), holder.token, {"output": "x"}),
+                         409, "not_held")
         again = self.status(name, done["id"])
         self.assertEqual((again["status"], again["output"]), ("COMPLETED", "first"), again)
 
@@ -528,8 +536,13 @@ class RunPodTest(RunPodBase):
         self.assertEqual((final["status"], final["output"]), ("COMPLETED", "good"), final)
 
     def test_take_with_nothing_to_take_is_204_after_take_wait(self):
-        name = self.endpoint("rpempty")
+        """A take (and a stop poll) with nothing to answer is held take_wait_s, then 204.
+        The worker itself is frozen meanwhile: a newer poll of a worker replaces its
+        older one, so its own polls would end the test's at once."""
+        name = self.endpoint("rpempty", async_={"ping_timeout_s": 60})
         (w,) = self.rp_workers(name)
+        os.killpg(w.pid, signal.SIGSTOP)
+        self.addCleanup(self.thaw, w.pid)
         for path in (w.take(), w.take(batch_size=3), w.stop()):
             start = time.monotonic()
             resp = wire(self.sg, "GET", path, w.token)
@@ -537,26 +550,51 @@ class RunPodTest(RunPodBase):
             self.assertEqual(resp.status, 204, "%s: %r" % (path, resp.body))
             # held, not answered at once (the SDK would spin on an immediate 204);
             # a lower bound only: the spec's take_wait_s is 2
-            self.assertGreaterEqual(waited, 1.0, path)
+            self.assertGreaterEqual(waited, 1.5, path)
+        self.thaw(w.pid)
+        final = self.runsync(name, {"echo": "thawed"})
+        self.assertEqual((final["status"], final["output"]), ("COMPLETED", "thawed"), final)
+
+    def test_long_jobs_reported_by_pings_are_not_lost(self):
+        """Two jobs running for several ping intervals on one worker: its pings name both
+        (job_id=a%2Cb, as the SDK encodes the list), so neither is taken for lost."""
+        name = self.endpoint("rplong", workers={"max_concurrency": 2}, env={"TEST_CONCURRENCY": "2"})
+        jobs = [self.run_job(name, {"sleep": 4, "echo": i}) for i in range(2)]
+        for i, j in enumerate(jobs):
+            final = self.wait_final(name, j)
+            self.assertEqual((final["status"], final["output"]), ("COMPLETED", i), final)
+            self.assertEqual((final["attempts"], final["retries"]), (1, 0), final)
+        events = [l["line"] for l in self.sg.logs(name, stream="event") if "lost" in l["line"]]
+        self.assertEqual(events, [])
 
 
 class RunPodLimitsTest(RunPodBase):
     SHARED = {"config": SMALL_BODY_CONFIG}
 
-    def test_oversize_result_is_413(self):
+    def test_oversize_result_is_413_and_fails_the_job(self):
+        """A result or partial output over max_body_bytes is refused (413) and fails its
+        job with an error naming the limit: the SDK drops a refused result, so the job
+        would otherwise wait for its execution timeout."""
         d = shared_dir(self)
         gate = os.path.join(d, "gate")
         name = self.endpoint("rpbig")
         (w,) = self.rp_workers(name)
-        job = self.run_job(name, {"gate": gate, "echo": "small"})
-        self.wait_status(name, job, lambda s: s["status"] == "IN_PROGRESS")
         big = {"output": "x" * 70000}
-        self.assertError(wire(self.sg, "POST", w.done(job), w.token, big), 413, "too_large")
-        self.assertError(wire(self.sg, "POST", w.stream(job), w.token, big), 413, "too_large")
-        self.assertEqual(self.status(name, job)["status"], "IN_PROGRESS")
-        open(gate, "w").close()
-        final = self.wait_final(name, job)
-        self.assertEqual((final["status"], final["output"]), ("COMPLETED", "small"), final)
+        for route in ("done", "stream"):
+            job = self.run_job(name, {"gate": gate, "echo": "small"})
+            self.wait_status(name, job, lambda s: s["status"] == "IN_PROGRESS")
+            path = w.done(job) if route == "done" else w.stream(job)
+            self.assertError(wire(self.sg, "POST", path, w.token, big), 413, "too_large", msg=route)
+            final = self.wait_final(name, job)
+            self.assertEqual(final["status"], "FAILED", final)
+            self.assertIn("65536", json.dumps(final["error"]), final)
+            self.assertNotIn("output", final)
+            self.assertEqual(self.sg.api("POST", "/v2/%s/cancel/%s" % (name, job)).body["status"], "FAILED")
+            # the worker drops its job when told to stop; the next one runs
+            open(gate, "w").close()
+            after = self.runsync(name, {"echo": "next"})
+            self.assertEqual((after["status"], after["output"]), ("COMPLETED", "next"), after)
+            os.unlink(gate)
 
 
 class RunPodCrashTest(RunPodBase):
