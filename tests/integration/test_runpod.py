@@ -620,15 +620,21 @@ class RunPodCrashTest(RunPodBase):
             tag = "before-%d" % n
             acked[self.run_job(name, {"sleep": rng.choice((0.2, 0.5, 1.0, 1.5)), "echo": tag}, sg=sg)] = tag
 
-        def states():
-            return [self.status(name, j, sg)["status"] for j in acked]
-        wait_for(lambda: (lambda s: s.count("IN_PROGRESS") >= 2 and "COMPLETED" in s)(states()), 30,
-                 message="jobs taken and some completed")
+        def taken():
+            states = [self.status(name, j, sg) for j in acked]
+            running = [s for s in states if s["status"] == "IN_PROGRESS"]
+            return running if len(running) >= 2 and any(s["status"] == "COMPLETED" for s in states) else None
+        held = wait_for(taken, 30, message="jobs taken and some completed")[0]
         old = {w["id"] for w in sg.active_workers(name)}
+        # the credential of a worker of the old sgpud that holds a job
+        holder = RpWorker(next(w for w in sg.active_workers(name) if w["id"] == held["workerId"]))
         sg.kill()
         kill_ms = int(time.time() * 1000)  # every answer of the old sgpud was sent before this
         port = sg.port
         sg.start(port=port)
+        # the old worker's late result is refused by the new sgpud (its worker is gone)
+        late = wire(sg, "POST", holder.done(held["id"]), holder.token, {"output": "late"})
+        self.assertIn(late.status, (401, 409), late.body)
         for n in range(6):
             tag = "after-%d" % n
             acked[self.run_job(name, {"sleep": 0.2, "echo": tag}, sg=sg)] = tag
