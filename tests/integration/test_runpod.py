@@ -31,7 +31,7 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 ACTIVE = ("starting", "ready", "draining")
 
 
-def rp_spec(name, workers=None, env=None, async_=None):
+def rp_spec(name, workers=None, env=None, async_=None, **extra):
     """An async endpoint of RunPod workers (no health path: ready at the first take)."""
     w = {"min": 1, "max": 1, "idle_timeout_s": 60, "max_concurrency": 1}
     w.update(workers or {})
@@ -39,8 +39,10 @@ def rp_spec(name, workers=None, env=None, async_=None):
     e.update(env or {})
     a = {"protocol": "runpod", "ping_timeout_s": 3, "take_wait_s": 2}
     a.update(async_ or {})
-    return {"name": name, "type": "async", "runtime": "process",
+    spec = {"name": name, "type": "async", "runtime": "process",
             "command": [WORKER_PYTHON, RUNPOD_WORKER], "env": e, "workers": w, "async": a}
+    spec.update(extra)
+    return spec
 
 
 def shared_dir(test):
@@ -181,7 +183,7 @@ class RunPodBase(SgpudTestCase):
 
 
 class RunPodTest(RunPodBase):
-    SHARED = {}
+    SHARED = {"gpus": "a100:2"}
 
     # ---- the worker's environment
 
@@ -210,6 +212,14 @@ class RunPodTest(RunPodBase):
         env = proc_environ(w["pid"])
         self.assertEqual(env["RUNPOD_POD_ID"], w["id"])
         self.assertNotEqual(env["RUNPOD_AI_API_KEY"], "mine")
+        # the GPU type goes into each URL
+        gpu = unique_name("rpenv")
+        self.create(rp_spec(gpu, gpu={"type": "a100", "count": 1}))
+        (w,) = self.sg.wait_ready(gpu, 1, timeout=30)
+        env = proc_environ(w["pid"])
+        base = "http://127.0.0.1:%d/worker/%s" % (self.sg.port, gpu)
+        self.assertEqual(env["RUNPOD_WEBHOOK_GET_JOB"], base + "/job-take/$ID?gpu=a100")
+        self.assertEqual(env["RUNPOD_WEBHOOK_PING"], base + "/ping/$RUNPOD_POD_ID?gpu=a100")
 
     # ---- client routes
 
@@ -296,6 +306,39 @@ class RunPodTest(RunPodBase):
         self.assertEqual(after["workerId"], w["id"])
         self.assertEqual(self.status(name, job)["status"], "CANCELLED")
         self.assertEqual(self.stdout_lines(name, "done %s" % job), [])
+
+    def test_execution_timeout_reaches_the_worker(self):
+        name = self.endpoint("rptimeout")
+        (w,) = self.sg.ready_workers(name)
+        job = self.run_job(name, {"sleep": 120}, policy={"executionTimeout": 500})
+        final = self.wait_final(name, job)
+        self.assertEqual(final["status"], "TIMED_OUT", final)
+        self.assertEqual(self.wait_line(name, "stop %s" % job), [w["id"]])
+        after = self.runsync(name, {"echo": "next"})
+        self.assertEqual((after["status"], after["output"], after["workerId"]), ("COMPLETED", "next", w["id"]), after)
+        self.assertEqual(self.status(name, job)["status"], "TIMED_OUT")
+
+    def test_queued_and_taken_jobs_scale_workers(self):
+        """The scaler counts queued and taken jobs as for push workers: four jobs, one
+        slot a worker, max 2: two workers run two of them, two wait; then back to zero."""
+        d = shared_dir(self)
+        gate = os.path.join(d, "gate")
+        name = self.endpoint("rpscale", ready=0, workers={"min": 0, "max": 2, "idle_timeout_s": 1})
+        jobs = [self.run_job(name, {"gate": gate, "echo": i}) for i in range(4)]
+
+        def two_running():
+            states = [self.status(name, j) for j in jobs]
+            running = [s for s in states if s["status"] == "IN_PROGRESS"]
+            return states if len(running) == 2 else None
+        states = wait_for(two_running, 30, message="two jobs running")
+        self.assertEqual(len({s["workerId"] for s in states if s["status"] == "IN_PROGRESS"}), 2, states)
+        self.assertEqual(sorted(s["status"] for s in states), ["IN_PROGRESS"] * 2 + ["IN_QUEUE"] * 2, states)
+        self.assertEqual(len(self.sg.active_workers(name)), 2)
+        open(gate, "w").close()
+        for i, j in enumerate(jobs):
+            final = self.wait_final(name, j)
+            self.assertEqual((final["status"], final["output"]), ("COMPLETED", i), final)
+        wait_for(lambda: self.sg.active_workers(name) == [], 60, message="back to zero workers")
 
     def test_handler_that_raises_fails_the_job(self):
         name = self.endpoint("rpraise")
