@@ -17,11 +17,11 @@
 #include "gateway/jobs-internal.h"
 #include "logs/logs.h"
 
-#define PASS_MAX 64          /* queued jobs a take looks past for one it may run */
-#define BATCH_MAX 256        /* jobs one batch take may get */
-#define GET_BODY_MAX 4096    /* a body sent with a take, stop or ping is read and dropped */
+#define PASS_MAX 64       /* queued jobs a take looks past for one it may run */
+#define BATCH_MAX 256     /* jobs one batch take may get */
+#define GET_BODY_MAX 4096 /* a body sent with a take, stop or ping is read and dropped */
 #define STREAM_ITEMS_MAX 100000
-#define PING_MISSES_LOST 2   /* pings in a row without a held job: it is lost */
+#define PING_MISSES_LOST 2 /* pings in a row without a held job: it is lost */
 
 typedef struct pull_req pull_req_t;
 
@@ -78,46 +78,6 @@ static const struct {
     {"job-stop", P_STOP, false, false},   {"job-done", P_DONE, true, true},
     {"job-stream", P_STREAM, true, true}, {"ping", P_PING, false, false},
 };
-
-/* ---- query parameters ---- */
-
-static int hex_value(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-/* The percent-decoded value of name in the query (the first), or NULL.
- * Caller frees. */
-static char *query_param(const char *q, const char *name) {
-  size_t nl = strlen(name);
-  for (const char *p = q; p && *p;) {
-    size_t n = strcspn(p, "&");
-    if (n > nl && p[nl] == '=' && !strncmp(p, name, nl)) {
-      char *out = xmalloc(n - nl);
-      size_t o = 0;
-      for (size_t i = nl + 1; i < n; i++) {
-        int hi, lo;
-        if (p[i] == '%' && i + 2 < n && (hi = hex_value(p[i + 1])) >= 0 && (lo = hex_value(p[i + 2])) >= 0) {
-          out[o++] = (char)(hi * 16 + lo);
-          i += 2;
-        } else {
-          out[o++] = p[i] == '+' ? ' ' : p[i];
-        }
-      }
-      out[o] = '\0';
-      return out;
-    }
-    p += n;
-    if (*p)
-      p++;
-  }
-  return NULL;
-}
 
 /* ---- per-worker state ---- */
 
@@ -271,8 +231,7 @@ static void ping_timeout_cb(evutil_socket_t fd, short what, void *arg) {
   if (w->exited || w->stopping)
     return; /* it is on its way out: its end settles its jobs */
   double s = w->ep->spec->async.ping_timeout_s;
-  sg_logs_event(w->d, w->ep->name, w->id, "no ping from the worker for %.0f s (async.ping_timeout_s): it is lost",
-                s);
+  sg_logs_event(w->d, w->ep->name, w->id, "no ping from the worker for %.0f s (async.ping_timeout_s): it is lost", s);
   sg_job_t *j, *tmp;
   for (j = LIST_FIRST(&sg_jobs_ep(w->ep)->running); j; j = tmp) {
     tmp = LIST_NEXT(j, rlink);
@@ -290,7 +249,7 @@ static void ping(struct sg_worker_pull *p, const char *query) {
   p->pinged = true;
   if (w->state == SG_W_READY)
     arm_watchdog(p);
-  cleanup_free char *list = query_param(query, "job_id");
+  cleanup_free char *list = sg_rp_query_param(query, "job_id");
   char **ids = NULL;
   size_t n = sg_rp_ids_parse(list, &ids);
   /* A job taken less than a ping interval ago may not be in this ping yet. */
@@ -693,11 +652,11 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
   pp->body = evbuffer_new();
   pp->limit = actions[a].post ? d->cfg.max_body : GET_BODY_MAX;
   const char *q = sg_http_query(req);
-  cleanup_free char *is_stream = query_param(q, "isStream");
+  cleanup_free char *is_stream = sg_rp_query_param(q, "isStream");
   pp->is_stream = is_stream && !strcasecmp(is_stream, "true");
   pp->want = 1;
   if (pp->action == P_TAKE_BATCH) {
-    cleanup_free char *bs = query_param(q, "batch_size");
+    cleanup_free char *bs = sg_rp_query_param(q, "batch_size");
     char *end = NULL;
     long v = bs ? strtol(bs, &end, 10) : 1;
     pp->want = bs && (*end || v < 1) ? 1 : (int)(v > BATCH_MAX ? BATCH_MAX : v);
@@ -719,5 +678,6 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
 }
 
 void sg_jobs_pull_routes(sg_router_t *r, sg_daemon_t *d) {
-  sg_router_add(r, &(sg_route_t){.path = "/worker/", .prefix = true, .public_route = true, .on_head = handle, .ctx = d});
+  sg_router_add(r,
+                &(sg_route_t){.path = "/worker/", .prefix = true, .public_route = true, .on_head = handle, .ctx = d});
 }
