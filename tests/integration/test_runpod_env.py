@@ -188,7 +188,9 @@ class RunpodEnvTest(SgpudTestCase):
         self.assertIsNone(f["ready_at"])
         # It listened on $PORT the whole time and was never probed.
         self.assertNotIn("PROBED", self.lines(name, worker=w["id"]))
-        self.assertEqual([l for l in self.lines(name, stream="event") if "health probe" in l], [])
+        events = self.lines(name, stream="event")
+        self.assertEqual([l for l in events if "health probe" in l], [])
+        self.assertTrue(any("took no job within health.startup_timeout_s" in l for l in events), events)
         st = self.sg.status(name)
         self.assertRegex(st["last_error"] or "", r"took no job")
 
