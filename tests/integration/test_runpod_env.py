@@ -208,9 +208,16 @@ class RunpodRemoteTest(SgpudTestCase):
         with open(cfg, "w") as f:
             json.dump(conf, f)
         sg = self.start_sgpud(config=cfg)
+        self.addCleanup(self.assert_clean_exit, sg)
         with open(os.path.join(sg.data_dir, "slurm", "tag")) as f:
             prefix = "sgpu:%s:" % f.read().strip()
         return sg, prefix
+
+    def assert_clean_exit(self, sg):
+        code = sg.stop() if sg.alive() else 0
+        log = sg.log_text()
+        self.assertEqual([m for m in SANITIZER_MARKS if m in log], [], sg.log_tail(80))
+        self.assertEqual(code, 0, sg.log_tail(60))
 
     def spec(self, name, **over):
         spec = runpod_spec(name, runtime="slurm", gpu={"type": "a100", "count": 1}, workers={"min": 0, "max": 1},
