@@ -220,6 +220,12 @@ const char *sg_endpoint_state(const sg_endpoint_t *ep);
 bool sg_endpoint_failing(const sg_endpoint_t *ep, const char **code);
 
 /* worker.c */
+/* The base URL (no trailing '/') the workers of runpod endpoints are given
+ * for sgpud's /worker/ routes: config advertise_url when set, else the listen
+ * address with the port bound (http://127.0.0.1:PORT for a wildcard address).
+ * *local_only: it is reachable from this host only (loopback or wildcard
+ * without advertise_url). A new string. */
+char *sg_worker_base_url(const sg_daemon_t *d, bool *local_only);
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
 /* Takes over a worker of runtime rt an earlier sgpud started for ep (at its
  * current version), through rt->adopt_instance; metered on from the earlier sgpud's records. Returns
