@@ -178,8 +178,14 @@ class RunPodBase(SgpudTestCase):
                 if text in l["line"]]
 
     def wait_line(self, name, line, sg=None, timeout=20):
-        return wait_for(lambda: [w for w, l in self.stdout_lines(name, line, sg) if l == line], timeout,
-                        message="worker line %r" % line)
+        """The ids of the workers that wrote `line`, once one did; on timeout the workers'
+        last lines are in the failure."""
+        try:
+            return wait_for(lambda: [w for w, l in self.stdout_lines(name, line, sg) if l == line], timeout,
+                            message="worker line %r" % line)
+        except AssertionError as e:
+            lines = ["%s %s" % (l.get("worker"), l["line"]) for l in (sg or self.sg).logs(name, limit=40)]
+            raise AssertionError("%s\nlast lines of %s:\n%s" % (e, name, "\n".join(lines))) from None
 
 
 class RunPodTest(RunPodBase):
@@ -296,6 +302,9 @@ class RunPodTest(RunPodBase):
         (w,) = self.sg.ready_workers(name)
         job = self.run_job(name, {"sleep": 120})
         self.wait_status(name, job, lambda s: s["status"] == "IN_PROGRESS")
+        # The worker runs the job (a stop that comes before the handler runs is
+        # dropped by the SDK: "No in-progress job").
+        self.assertEqual(self.wait_line(name, "take %s" % job), [w["id"]])
         resp = self.sg.api("POST", "/v2/%s/cancel/%s" % (name, job))
         self.assertEqual(resp.status, 200, resp.body)
         self.assertEqual(resp.body["status"], "CANCELLED", resp.body)
@@ -310,7 +319,8 @@ class RunPodTest(RunPodBase):
     def test_execution_timeout_reaches_the_worker(self):
         name = self.endpoint("rptimeout")
         (w,) = self.sg.ready_workers(name)
-        job = self.run_job(name, {"sleep": 120}, policy={"executionTimeout": 500})
+        job = self.run_job(name, {"sleep": 120}, policy={"executionTimeout": 3000})
+        self.assertEqual(self.wait_line(name, "take %s" % job), [w["id"]])
         final = self.wait_final(name, job)
         self.assertEqual(final["status"], "TIMED_OUT", final)
         self.assertEqual(self.wait_line(name, "stop %s" % job), [w["id"]])
