@@ -381,7 +381,7 @@ class RunPodTest(RunPodBase):
         self.assertNotEqual(nxt["workerId"], old["id"], "the refreshed worker took another job")
         wait_for(lambda: old["id"] not in [w["id"] for w in self.sg.active_workers(name)], 30,
                  message="the refreshed worker %s to go" % old["id"])
-        self.assertEqual(self.stdout_lines(name, "take %s" % nxt["id"]), [(nxt["workerId"], "take %s" % nxt["id"])])
+        self.assertEqual(self.wait_line(name, "take %s" % nxt["id"]), [nxt["workerId"]])
 
     def test_worker_killed_mid_job_is_retried_on_the_other(self):
         d = shared_dir(self)
@@ -391,7 +391,7 @@ class RunPodTest(RunPodBase):
         final = self.wait_final(name, job, timeout=40)
         self.assertEqual((final["status"], final["output"]), ("COMPLETED", "survived"), final)
         self.assertEqual((final["attempts"], final["retries"]), (2, 1), final)
-        (died,) = [w for w, _ in self.stdout_lines(name, "exit %s" % job)]
+        (died,) = self.wait_line(name, "exit %s" % job)
         self.assertNotEqual(final["workerId"], died, final)
         self.assertTrue(os.path.exists(marker))
         events = [l["line"] for l in self.sg.logs(name, stream="event")]
