@@ -11,7 +11,6 @@
  * holds for ended jobs and its ping watchdog; parked takes wait in their
  * endpoint's FIFO (ep->jobs->takes), where sg_jobs_pull_pump() hands them
  * queued jobs. Loop thread only. */
-#include <openssl/crypto.h>
 #include <strings.h>
 
 #include "gateway/jobs-internal.h"
@@ -592,9 +591,7 @@ static bool token_ok(sg_daemon_t *d, sg_http_req_t *req, const sg_worker_t *w) {
   size_t len = strlen(h);
   while (len > 0 && h[len - 1] == ' ')
     len--;
-  char want[SG_WORKER_TOKEN_LEN + 1];
-  sg_worker_token(d, w->id, want);
-  return len == SG_WORKER_TOKEN_LEN && CRYPTO_memcmp(h, want, SG_WORKER_TOKEN_LEN) == 0;
+  return sg_worker_token_valid(d, w->id, h, len);
 }
 
 static sg_http_head_action_t unauthorized(sg_http_req_t *req) {
