@@ -19,7 +19,7 @@
 #define MAX_RATE 1e6
 #define SECRET_BYTES 32
 #define SECRET_PREFIX "sgpu_"
-#define SHOWN_HEX 8      /* hex characters of the secret kept as its public prefix */
+#define SHOWN_HEX 8         /* hex characters of the secret kept as its public prefix */
 #define FLUSH_DELAY_MS 2000 /* last_used times are written at most this late */
 
 typedef struct key {
@@ -366,9 +366,8 @@ static bool check(void *ud, sg_http_req_t *req, const sg_route_t *rt, const char
       char v[32];
       snprintf(v, sizeof(v), "%lld", (long long)retry);
       sg_http_add_header(req, "Retry-After", v);
-      cleanup_free char *msg =
-          xasprintf("API key \"%s\" is over its rate limit of %g requests/s; retry in %lld s", k->name, k->rate,
-                    (long long)retry);
+      cleanup_free char *msg = xasprintf("API key \"%s\" is over its rate limit of %g requests/s; retry in %lld s",
+                                         k->name, k->rate, (long long)retry);
       sg_http_send_error(req, 429, "rate_limited", msg, NULL);
       return false;
     }
@@ -433,9 +432,8 @@ static json_t *key_json(const api_key_t *k) {
   }
   json_t *rate = k->rate > 0 ? json_pack("{s:f, s:f}", "requests_per_s", k->rate, "burst", k->burst) : json_null();
   return json_pack("{s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "name", k->name, "prefix", k->prefix, "scopes",
-                   scopes_json(k->scopes), "endpoints", eps, "created_at", time_or_null(k->created_ms),
-                   "last_used_at", time_or_null(k->last_used_ms), "expires_at", time_or_null(k->expires_ms),
-                   "rate_limit", rate);
+                   scopes_json(k->scopes), "endpoints", eps, "created_at", time_or_null(k->created_ms), "last_used_at",
+                   time_or_null(k->last_used_ms), "expires_at", time_or_null(k->expires_ms), "rate_limit", rate);
 }
 
 void sg_api_keys_list(sg_daemon_t *d, sg_http_req_t *req) {
@@ -495,8 +493,8 @@ static void create_job_free(create_job_t *j) {
 static void create_work(sg_store_t *store, void *data) {
   create_job_t *j = data;
   api_key_t *k = j->key;
-  sg_key_record_t r = {k->name, k->prefix, k->hash, j->scopes, j->endpoints, k->created_ms, 0, k->expires_ms,
-                       k->rate, k->burst};
+  sg_key_record_t r = {k->name,       k->prefix, k->hash,       j->scopes, j->endpoints,
+                       k->created_ms, 0,         k->expires_ms, k->rate,   k->burst};
   sg_store_key_insert(store, &r, &j->err);
 }
 
@@ -540,8 +538,8 @@ void sg_api_keys_create(sg_daemon_t *d, sg_http_req_t *req) {
   const char *field;
   json_t *v;
   json_object_foreach(j, field, v) {
-    if (strcmp(field, "name") && strcmp(field, "scopes") && strcmp(field, "endpoints") &&
-        strcmp(field, "expires_at") && strcmp(field, "rate_limit"))
+    if (strcmp(field, "name") && strcmp(field, "scopes") && strcmp(field, "endpoints") && strcmp(field, "expires_at") &&
+        strcmp(field, "rate_limit"))
       return invalid(req, field, "unknown field");
   }
   const char *name = json_string_value(json_object_get(j, "name"));
