@@ -3,21 +3,20 @@
 
 #include <string.h>
 
-const char sg_keys_help[] =
-    "Usage: sgpu keys create NAME --scope SCOPE [--scope SCOPE]... [--endpoint NAME]...\n"
-    "                        [--expires WHEN] [--rate N] [--burst M]\n"
-    "       sgpu keys list\n"
-    "       sgpu keys revoke NAME\n"
-    "\n"
-    "Creates an API key and prints its secret (shown this once: sgpud keeps only\n"
-    "its hash), lists the keys (never their secrets), or revokes one at once.\n"
-    "\n"
-    "  --scope SCOPE      admin, deploy, invoke or read (repeat for several)\n"
-    "  --endpoint NAME    limit the key to this endpoint (repeat for several)\n"
-    "  --expires WHEN     a duration from now (30d, 12h), an RFC 3339 UTC time\n"
-    "                     (2027-01-01T00:00:00Z) or epoch milliseconds\n"
-    "  --rate N           at most N requests a second (token bucket)\n"
-    "  --burst M          requests allowed at once above the rate (default: N rounded up)\n";
+const char sg_keys_help[] = "Usage: sgpu keys create NAME --scope SCOPE [--scope SCOPE]... [--endpoint NAME]...\n"
+                            "                        [--expires WHEN] [--rate N] [--burst M]\n"
+                            "       sgpu keys list\n"
+                            "       sgpu keys revoke NAME\n"
+                            "\n"
+                            "Creates an API key and prints its secret (shown this once: sgpud keeps only\n"
+                            "its hash), lists the keys (never their secrets), or revokes one at once.\n"
+                            "\n"
+                            "  --scope SCOPE      admin, deploy, invoke or read (repeat for several)\n"
+                            "  --endpoint NAME    limit the key to this endpoint (repeat for several)\n"
+                            "  --expires WHEN     a duration from now (30d, 12h), an RFC 3339 UTC time\n"
+                            "                     (2027-01-01T00:00:00Z) or epoch milliseconds\n"
+                            "  --rate N           at most N requests a second (token bucket)\n"
+                            "  --burst M          requests allowed at once above the rate (default: N rounded up)\n";
 
 #define CMD "keys"
 

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "api/keys.h"
+#include "auth/keys.h"
 
 static void test_bucket_starts_full_and_refills_at_its_rate(void **state) {
   (void)state;
@@ -45,8 +45,7 @@ static void test_bucket_retry_after_rounds_up_whole_seconds(void **state) {
 static const sg_route_t read_or_deploy = {.path = "/v1/endpoints/{endpoint}", .scope = SG_SCOPE_READ | SG_SCOPE_DEPLOY};
 static const sg_route_t admin_only = {.path = "/v1/api-keys", .scope = SG_SCOPE_ADMIN};
 static const sg_route_t invoke = {.path = "/e/{endpoint}/*", .scope = SG_SCOPE_INVOKE};
-static const sg_route_t list = {
-    .path = "/v1/endpoints", .scope = SG_SCOPE_READ, .flags = SG_ROUTE_LISTS_ENDPOINTS};
+static const sg_route_t list = {.path = "/v1/endpoints", .scope = SG_SCOPE_READ, .flags = SG_ROUTE_LISTS_ENDPOINTS};
 static const sg_route_t global = {.path = "/metrics", .scope = SG_SCOPE_READ};
 
 static void test_scope_check(void **state) {
@@ -63,8 +62,8 @@ static void test_scope_check(void **state) {
   assert_string_equal(why, "this route needs an API key with scope \"deploy\" or \"read\" or \"admin\"");
   free(why);
   why = NULL;
-  assert_int_equal(
-      sg_key_check(SG_SCOPE_DEPLOY | SG_SCOPE_READ | SG_SCOPE_INVOKE, NULL, 0, &admin_only, NULL, &why), -1);
+  assert_int_equal(sg_key_check(SG_SCOPE_DEPLOY | SG_SCOPE_READ | SG_SCOPE_INVOKE, NULL, 0, &admin_only, NULL, &why),
+                   -1);
   assert_string_equal(why, "this route needs an API key with scope \"admin\"");
   free(why);
   why = NULL;

@@ -10,7 +10,7 @@
  * the last one queued, so versions stay unique and in order. A client that
  * leaves before the answer is forgotten; its write still applies. */
 
-#include "api/keys.h"
+#include "auth/keys.h"
 #include "api-internal.h"
 #include "logs/logs.h"
 #include "sgpu/util.h"

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 
 #include "api/api-internal.h"
-#include "api/keys.h"
+#include "auth/keys.h"
 #include "gateway/gateway.h"
 #include "gateway/jobs.h"
 #include "logs/logs.h"

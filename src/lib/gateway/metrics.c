@@ -2,7 +2,7 @@
  * format (version 0.0.4), one series per endpoint. */
 #include <event2/buffer.h>
 
-#include "api/keys.h"
+#include "auth/keys.h"
 #include "gateway/gateway.h"
 #include "logs/logs.h"
 #include "scaler/scaler.h"

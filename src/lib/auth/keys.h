@@ -1,7 +1,7 @@
-/* API keys (api/keys.c): the keys table on the loop, the router's auth hook
- * (key, expiry, rate limit, scope and endpoint checks, once per request), and
- * the pure pieces it is made of (token bucket, scope check), which the unit
- * tests call directly.
+/* API keys (auth/keys.c): the keys table on the loop, the router's auth
+ * hook (key, expiry, rate limit, scope and endpoint checks, once per
+ * request), and the pure pieces it is made of (token bucket, scope check),
+ * which the unit tests call directly. The /v1/api-keys routes are api/keys.c's.
  *
  * Keys live in the store (table api_keys, store/keys.c) as SHA-256 hashes
  * of their secrets and in memory (d->keys), loaded at start; the routes
@@ -11,8 +11,8 @@
  * written in batches, off the loop. The bootstrap key (DATA_DIR/admin.key)
  * is admin and is not in the table. Loop-thread only, except the pure
  * functions. */
-#ifndef SGPU_API_KEYS_H
-#define SGPU_API_KEYS_H
+#ifndef SGPU_AUTH_KEYS_H
+#define SGPU_AUTH_KEYS_H
 
 #include <event2/buffer.h>
 #include <stdbool.h>
@@ -21,6 +21,10 @@
 #include "daemon/fleet.h"
 #include "http/http.h"
 #include "http/router.h"
+#include "sgpu/keys-store.h"
+
+/* Room for a key's public prefix ("sgpu_" and 8 hex characters). */
+#define SG_KEY_PREFIX_MAX 24
 
 /* Loads the keys from the store (before the loop runs). */
 int sg_keys_init(sg_daemon_t *d, sg_error_t **err);
@@ -35,7 +39,21 @@ void sg_keys_metrics(sg_daemon_t *d, struct evbuffer *b);
  * filter of lists (routes flagged SG_ROUTE_LISTS_ENDPOINTS). */
 bool sg_keys_endpoint_visible(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
+/* The table, for the /v1/api-keys routes. */
+/* Answers GET /v1/api-keys: every key (never a secret or a hash). */
+void sg_keys_list(sg_daemon_t *d, sg_http_req_t *req);
+bool sg_keys_has(sg_daemon_t *d, const char *name);
+size_t sg_keys_count(sg_daemon_t *d);
+/* Adds a key just stored; returns its listing (a new reference), or NULL
+ * when the record is malformed. */
+json_t *sg_keys_add(sg_daemon_t *d, const sg_key_record_t *rec);
+/* Forgets a key at once; false when there is none of that name. */
+bool sg_keys_remove(sg_daemon_t *d, const char *name);
+
 /* ---- pure pieces ---- */
+
+/* The SHA-256 of a secret: what the store and the table hold. */
+void sg_key_hash(const char *s, size_t len, unsigned char out[SG_KEY_HASH_LEN]);
 
 /* A token bucket: rate tokens a second up to burst; starts full. */
 typedef struct sg_bucket {
