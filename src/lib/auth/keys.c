@@ -414,7 +414,8 @@ static json_t *key_json(const api_key_t *k) {
     for (size_t i = 0; i < k->n_endpoints; i++)
       json_array_append_new(eps, json_string(k->endpoints[i]));
   }
-  json_t *rate = k->rate > 0 ? json_pack("{s:f, s:f}", "requests_per_s", k->rate, "burst", k->burst) : json_null();
+  json_t *rate =
+      k->rate > 0 ? json_pack("{s:f, s:I}", "requests_per_s", k->rate, "burst", (json_int_t)k->burst) : json_null();
   return json_pack("{s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o}", "name", k->name, "prefix", k->prefix, "scopes",
                    scopes_json(k->scopes), "endpoints", eps, "created_at", time_or_null(k->created_ms), "last_used_at",
                    time_or_null(k->last_used_ms), "expires_at", time_or_null(k->expires_ms), "rate_limit", rate);
