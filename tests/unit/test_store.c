@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <pthread.h>
 
+#include "sgpu/keys-store.h"
 #include "sgpu/store.h"
 #include "sgpu/util.h"
 
@@ -666,6 +667,63 @@ static void test_reopen_keeps_data(void **state) {
   rows_free(&rs);
 }
 
+typedef struct keys_seen {
+  int n;
+  char names[4][32];
+  int64_t last_used[4];
+  unsigned char first_hash[SG_KEY_HASH_LEN];
+  double rate;
+} keys_seen_t;
+
+static void collect_key(void *ud, const sg_key_record_t *r) {
+  keys_seen_t *k = ud;
+  if (k->n == 0) {
+    memcpy(k->first_hash, r->hash, SG_KEY_HASH_LEN);
+    k->rate = r->rate;
+  }
+  if (k->n < 4) {
+    snprintf(k->names[k->n], sizeof(k->names[0]), "%s", r->name);
+    k->last_used[k->n] = r->last_used_ms;
+  }
+  k->n++;
+}
+
+static void test_api_keys(void **state) {
+  fixture_t *f = *state;
+  unsigned char h1[SG_KEY_HASH_LEN], h2[SG_KEY_HASH_LEN];
+  memset(h1, 0xab, sizeof(h1));
+  memset(h2, 0xcd, sizeof(h2));
+  sg_key_record_t a = {"alpha", "sgpu_0123abcd", h1, "invoke|read", "[\"e1\"]", 10, 0, 0, 2.5, 3};
+  sg_key_record_t b = {"bravo", "sgpu_ffff0000", h2, "admin", NULL, 11, 0, 99, 0, 0};
+  assert_int_equal(sg_store_key_insert(f->store, &a, NULL), 0);
+  assert_int_equal(sg_store_key_insert(f->store, &b, NULL), 0);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_key_insert(f->store, &a, &err), -SG_EEXIST);
+  sg_error_free(err);
+  char *names[] = {"alpha", "gone"};
+  int64_t when[] = {500, 600};
+  assert_int_equal(sg_store_key_touch(f->store, names, when, 2, NULL), 0);
+  when[0] = 400; /* an older time never goes back */
+  assert_int_equal(sg_store_key_touch(f->store, names, when, 1, NULL), 0);
+  reopen(f);
+  keys_seen_t k = {0};
+  assert_int_equal(sg_store_key_load(f->store, collect_key, &k, NULL), 0);
+  assert_int_equal(k.n, 2);
+  assert_string_equal(k.names[0], "alpha");
+  assert_int_equal(k.last_used[0], 500);
+  assert_int_equal(k.last_used[1], 0);
+  assert_memory_equal(k.first_hash, h1, SG_KEY_HASH_LEN);
+  assert_true(k.rate == 2.5);
+  assert_int_equal(sg_store_key_delete(f->store, "alpha", NULL), 0);
+  err = NULL;
+  assert_int_equal(sg_store_key_delete(f->store, "alpha", &err), -SG_ENOTFOUND);
+  sg_error_free(err);
+  memset(&k, 0, sizeof(k));
+  assert_int_equal(sg_store_key_load(f->store, collect_key, &k, NULL), 0);
+  assert_int_equal(k.n, 1);
+  assert_string_equal(k.names[0], "bravo");
+}
+
 static void test_two_stores_same_file(void **state) {
   fixture_t *f = *state;
   sg_error_t *err = NULL;
@@ -854,6 +912,7 @@ static void test_write_on_loop_thread_aborts(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_api_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_versions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_store_thread_order_and_drain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_insert_other_failure, setup, teardown),

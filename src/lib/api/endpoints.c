@@ -10,6 +10,7 @@
  * the last one queued, so versions stay unique and in order. A client that
  * leaves before the answer is forgotten; its write still applies. */
 
+#include "auth/keys.h"
 #include "api-internal.h"
 #include "logs/logs.h"
 #include "sgpu/util.h"
@@ -206,7 +207,10 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
 static void list(sg_daemon_t *d, sg_http_req_t *req) {
   json_t *arr = json_array();
   sg_endpoint_t *ep;
-  TAILQ_FOREACH(ep, &d->endpoints, link) json_array_append_new(arr, sg_endpoint_to_json(ep));
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (sg_keys_endpoint_visible(d, req, ep->name))
+      json_array_append_new(arr, sg_endpoint_to_json(ep));
+  }
   sg_http_send_json(req, 200, json_pack("{s:o}", "endpoints", arr));
 }
 

@@ -180,6 +180,7 @@ struct sg_daemon {
   struct sg_store_thread *store_thread;
   LIST_HEAD(, sg_ep_write) ep_writes; /* endpoint writes in flight (api/endpoints.c) */
   struct sg_auth_cache *auths;        /* registry credentials as stored (daemon/images.c) */
+  struct sg_keys *keys;               /* API keys as stored, with their counters (api/keys.c) */
   /* Modules told of endpoint and worker events, in the order they subscribed. */
   struct sg_fleet_sub {
     const struct sg_fleet_subscriber *ops;

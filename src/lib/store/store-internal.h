@@ -33,4 +33,19 @@ struct sg_store {
   "CREATE INDEX jobs_open ON jobs(status, seq) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');"                           \
   "CREATE INDEX jobs_expires ON jobs(expires_ms) WHERE expires_ms > 0;"
 
+/* The schema of the API keys table (store/keys.c), a migration of store.c:
+ * the SHA-256 of each secret, never the secret. */
+#define SG_STORE_KEYS_MIGRATION                                                                                        \
+  "CREATE TABLE api_keys ("                                                                                            \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  prefix TEXT NOT NULL,"                                                                                            \
+  "  hash BLOB NOT NULL UNIQUE,"                                                                                       \
+  "  scopes TEXT NOT NULL,"                                                                                            \
+  "  endpoints TEXT,"                                                                                                  \
+  "  created_ms INTEGER NOT NULL,"                                                                                     \
+  "  last_used_ms INTEGER NOT NULL DEFAULT 0,"                                                                         \
+  "  expires_ms INTEGER NOT NULL DEFAULT 0,"                                                                           \
+  "  rate REAL NOT NULL DEFAULT 0,"                                                                                    \
+  "  burst REAL NOT NULL DEFAULT 0);"
+
 #endif
