@@ -81,6 +81,9 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
     return sg_api_images(d, req);
   if ((n == 1 || n == 2) && !strcmp(seg[0], "registry-auths"))
     return sg_api_registry_auths(d, req, n == 2 ? seg[1] : NULL);
+  /* Secrets: GET list; GET, PUT, DELETE one (api/secrets.c). */
+  if ((n == 1 || n == 2) && !strcmp(seg[0], "secrets"))
+    return sg_api_secrets(d, req, n == 2 ? seg[1] : NULL);
   if (n == 1 && !strcmp(seg[0], "usage")) {
     if (!get)
       return sg_http_method_not_allowed(req, "GET");

@@ -26,6 +26,12 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   cleanup_free char *dir = xasprintf("%s/images", d->cfg.data_dir);
   sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries, d->cfg.image_max_layer_bytes,
                            d->cfg.image_max_unpacked_bytes};
+  /* Passwords an sgpud before sealing stored in clear: sealed once, here. */
+  int sealed = sg_store_auth_seal_clear(d->store, err);
+  if (sealed < 0)
+    return -1;
+  if (sealed > 0)
+    sg_info("sealed %d registry password(s) stored in clear by an earlier sgpud (DATA_DIR/secret.key)", sealed);
   if (sg_store_auth_load(d->store, load_auth, d, err) < 0)
     return -1;
   d->images = sg_images_new(d->pool, d->store, &ic, err);
