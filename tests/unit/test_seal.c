@@ -36,7 +36,7 @@ static void test_round_trip(void **state) {
     assert_int_equal(sg_seal(key, "secret:hf", values[i], strlen(values[i]), &sealed, &len, &err), 0);
     assert_int_equal(len, strlen(values[i]) + SG_SEAL_OVERHEAD);
     assert_int_equal(sealed[0], SG_SEAL_VERSION);
-    if (*values[i]) /* the plain text is not in the sealed bytes */
+    if (strlen(values[i]) >= 16) /* the plain text is not in the sealed bytes (a byte may be, by chance) */
       assert_null(memmem(sealed, len, values[i], strlen(values[i])));
     char *plain = NULL;
     size_t plain_len = 0;

@@ -54,7 +54,9 @@ static void job_done(void *data) {
   if (req)
     sg_http_set_close_cb(req, NULL, NULL);
   if (j->err) {
-    if (req)
+    if (req && j->err->status == SG_EEXIST) /* an endpoint write before it referenced it */
+      sg_http_send_error(req, 409, "in_use", j->err->message, NULL);
+    else if (req)
       sg_http_send_sg_error(req, j->err);
   } else if (j->put) {
     sg_secret_record_t rec = {j->name, j->sealed, j->sealed_len, j->now, j->now}, now;
