@@ -202,11 +202,8 @@ static void test_key_file(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_round_trip),
-      cmocka_unit_test(test_fresh_nonce),
-      cmocka_unit_test(test_tamper),
-      cmocka_unit_test(test_wrong_ad_and_key),
-      cmocka_unit_test(test_key_file),
+      cmocka_unit_test(test_round_trip),       cmocka_unit_test(test_fresh_nonce), cmocka_unit_test(test_tamper),
+      cmocka_unit_test(test_wrong_ad_and_key), cmocka_unit_test(test_key_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
