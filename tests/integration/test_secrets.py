@@ -127,6 +127,21 @@ class SecretsTest(SgpudTestCase):
         self.sg.update(name, echo_spec(name, workers={"min": 0, "max": 1}))
         self.assertOk(self.sg.api("DELETE", "/v1/secrets/%s" % secret))
 
+    def test_rollback_to_a_spec_naming_a_deleted_secret_is_422(self):
+        secret = unique_name("gone")
+        self.put_secret(secret, "v")
+        name = unique_name("sec-rb")
+        self.create(echo_spec(name, env={"MODEL": {"secret": secret}}))
+        self.sg.update(name, echo_spec(name))
+        self.assertOk(self.sg.api("DELETE", "/v1/secrets/%s" % secret))
+        resp = self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 1})
+        self.assertError(resp, 422, "invalid_field", "env.MODEL")
+        self.assertEqual(self.sg.get(name)["version"], 2)
+        # With the secret back, the same rollback goes through.
+        self.put_secret(secret, "again")
+        self.assertOk(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 1}))
+        self.assertEqual(self.sg.get(name)["env"]["MODEL"], {"secret": secret})
+
     def test_replaced_value_reaches_new_workers(self):
         secret = unique_name("tok")
         self.put_secret(secret, "first")
