@@ -43,7 +43,8 @@ int sg_store_auth_put(sg_store_t *store, const sg_registry_auth_record_t *rec, b
 /* Calls cb with the record named name (secret included); SG_ENOTFOUND when absent. */
 int sg_store_auth_get(sg_store_t *store, const char *name, void (*cb)(void *ud, const sg_registry_auth_record_t *rec),
                       void *ud, sg_error_t **err);
-/* Every credential with its secret, by name. */
+/* Every credential with its secret, by name; one whose sealed secret does
+ * not open (another key, changed bytes) is left out with a warning. */
 int sg_store_auth_load(sg_store_t *store, void (*cb)(void *ud, const sg_registry_auth_record_t *rec), void *ud,
                        sg_error_t **err);
 int sg_store_auth_delete(sg_store_t *store, const char *name, sg_error_t **err);

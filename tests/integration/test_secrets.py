@@ -204,6 +204,36 @@ class AtRestTest(SgpudTestCase):
         sg.restart()
         self.assertEqual(sg.log_text().count("sealed 1 registry password"), 1)
 
+    def test_another_key_opens_nothing_but_sgpud_serves(self):
+        """With another secret.key (a lost key replaced), sealed values do not
+        open: registry auths are left out with a warning, a worker that needs
+        a secret fails to start saying which; storing them again mends both."""
+        sg = self.start_sgpud()
+        self.assertOk(sg.api("POST", "/v1/registry-auths",
+                             {"name": "reg", "registry": "127.0.0.1:5999", "username": "u",
+                              "password": "pw"}), 201)
+        self.assertOk(sg.api("PUT", "/v1/secrets/s1", {"value": "first"}), 201)
+        name = unique_name("other-key")
+        self.create(echo_spec(name, env={"MODEL": {"secret": "s1"}}, workers={"min": 0, "max": 1}), sg=sg)
+        sg.stop()
+        with open(os.path.join(sg.data_dir, "secret.key"), "wb") as f:
+            f.write(pysecrets.token_bytes(32))
+        sg.start()
+        self.assertIn("registry auth reg: its sealed password does not open", sg.log_text())
+        self.assertEqual(self.assertOk(sg.api("GET", "/v1/registry-auths"))["registry_auths"], [])
+        resp = sg.invoke(name, "/env")
+        self.assertNotEqual(resp.status, 200, resp.body)
+        err = wait_for(lambda: sg.status(name)["last_error"], 20, message="the start's error")
+        self.assertIn("env.MODEL", err)
+        self.assertIn("does not open", err)
+        self.assertOk(sg.api("PUT", "/v1/registry-auths/reg",
+                             {"registry": "127.0.0.1:5999", "username": "u", "password": "pw"}), 200)
+        self.assertOk(sg.api("PUT", "/v1/secrets/s1", {"value": "second"}), 200)
+        # The failed starts' backoff passes, then a start opens it.
+        got = wait_for(lambda: (lambda r: r.body if r.status == 200 else None)(sg.invoke(name, "/env")), 60,
+                       interval=0.5, message="a worker started with the secret stored again")
+        self.assertEqual(got["MODEL"], "second")
+
     def test_damaged_key_file_is_refused(self):
         sg = self.start_sgpud()
         sg.stop()

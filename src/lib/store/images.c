@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include "sgpu/images-store.h"
+#include "sgpu/log.h"
 #include "sgpu/seal.h"
 #include "sgpu/util.h"
 #include "store/store-internal.h"
@@ -166,11 +167,19 @@ static int auth_query(sg_store_t *s, const char *name, bool secret,
       if (!s->has_seal_key)
         return sg_make_error(err, SG_EINVAL, "store: no secret key to open registry passwords with");
       if (sg_unseal(s->seal_key, ad, sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), &plain, NULL,
-                    NULL) < 0)
+                    NULL) < 0) {
+        if (!name) {
+          /* The others still load; a PUT of this one replaces it. */
+          sg_warn("registry auth %s: its sealed password does not open (changed, or sealed under another "
+                  "secret.key): left out until it is stored again (PUT /v1/registry-auths/%s)",
+                  col(st, 0), col(st, 0));
+          continue;
+        }
         return sg_make_error(err, SG_EINVAL,
                              "registry auth %s: its sealed password does not open (changed, or sealed under "
                              "another secret.key)",
                              col(st, 0));
+      }
     }
     sg_registry_auth_record_t r = {col(st, 0),
                                    col(st, 1),
