@@ -46,6 +46,8 @@ ROUTES = {
     ("DELETE", "/v1/images/{ref*}", "deploy"): "/v1/images/127.0.0.1:9/ghost:1",
     ("GET|POST", "/v1/registry-auths", "deploy"): "/v1/registry-auths",
     ("GET|PUT|DELETE", "/v1/registry-auths/{name}", "deploy"): "/v1/registry-auths/ghost",
+    ("GET", "/v1/secrets", "deploy"): "/v1/secrets",
+    ("GET|PUT|DELETE", "/v1/secrets/{name}", "deploy"): "/v1/secrets/ghost",
     ("GET", "/v1/nodes", "read"): "/v1/nodes",
     ("GET", "/v1/usage", "deploy|read"): "/v1/usage",
     ("GET", "/v1/api-keys", "admin"): "/v1/api-keys",

@@ -19,6 +19,8 @@
 #include <pthread.h>
 
 #include "sgpu/keys-store.h"
+#include "sgpu/images-store.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/store.h"
 #include "sgpu/util.h"
 
@@ -909,6 +911,104 @@ static void test_write_on_loop_thread_aborts(void **state) {
 }
 #endif
 
+static void count_secret(void *ud, const sg_secret_record_t *r) {
+  (void)r;
+  (*(int *)ud)++;
+}
+
+/* A secret referenced by a stored endpoint's env cannot be deleted; once
+ * the endpoint is gone it can. */
+static void test_secret_delete_in_use(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  unsigned char sealed[4] = {1, 2, 3, 4};
+  sg_secret_record_t sec = {"hf", sealed, sizeof(sealed), 10, 10};
+  assert_int_equal(sg_store_secret_put(f->store, &sec, &err), 0);
+  sg_secret_record_t other = {"hf2", sealed, sizeof(sealed), 10, 10};
+  assert_int_equal(sg_store_secret_put(f->store, &other, &err), 0);
+  sg_endpoint_record_t ep = {"uses", "{\"name\":\"uses\",\"env\":{\"A\":\"hf\",\"T\":{\"secret\":\"hf\"}}}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &ep, &err), 0);
+  /* A plain value equal to the name is no reference. */
+  sg_endpoint_record_t plain = {"plain", "{\"name\":\"plain\",\"env\":{\"A\":\"hf2\"}}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &plain, &err), 0);
+  assert_true(sg_store_secret_delete(f->store, "hf", &err) < 0);
+  assert_int_equal(err->status, SG_EEXIST);
+  assert_non_null(strstr(err->message, "\"uses\""));
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_store_secret_delete(f->store, "hf2", &err), 0);
+  assert_int_equal(sg_store_endpoint_delete(f->store, "uses", &err), 0);
+  assert_int_equal(sg_store_secret_delete(f->store, "hf", &err), 0);
+  assert_true(sg_store_secret_delete(f->store, "hf", &err) < 0);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  int n = 0;
+  assert_int_equal(sg_store_secret_load(f->store, count_secret, &n, NULL), 0);
+  assert_int_equal(n, 0);
+}
+
+static void count_auth(void *ud, const sg_registry_auth_record_t *r) {
+  (void)r;
+  (*(int *)ud)++;
+}
+
+static void keep_secret(void *ud, const sg_registry_auth_record_t *r) {
+  snprintf(ud, 64, "%s", r->secret ? r->secret : "(null)");
+}
+
+/* Registry passwords: refused without a key, sealed with one (a BLOB that
+ * does not hold the password), read back in clear; a row written in clear
+ * is sealed once. */
+static void test_auth_sealed(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_registry_auth_record_t rec = {"reg", "ghcr.io", "me", "hunter2-password", 5, 5};
+  assert_true(sg_store_auth_put(f->store, &rec, false, &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  unsigned char key[SG_SEAL_KEY_LEN];
+  memset(key, 7, sizeof(key));
+  sg_store_set_seal_key(f->store, key);
+  assert_int_equal(sg_store_auth_put(f->store, &rec, false, &err), 0);
+  char got[64] = "";
+  assert_int_equal(sg_store_auth_get(f->store, "reg", keep_secret, got, &err), 0);
+  assert_string_equal(got, "hunter2-password");
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(
+      sqlite3_prepare_v2(db, "SELECT typeof(secret), instr(secret, 'hunter2') FROM registry_auths", -1, &st, NULL),
+      SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_string_equal((const char *)sqlite3_column_text(st, 0), "blob");
+  assert_int_equal(sqlite3_column_int(st, 1), 0);
+  sqlite3_finalize(st);
+  /* A row as an earlier sgpud wrote it. */
+  assert_int_equal(sqlite3_exec(db, "INSERT INTO registry_auths VALUES('old', 'docker.io', 'u', 'clear-pass', 1, 1)",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+  assert_int_equal(sg_store_auth_seal_clear(f->store, &err), 1);
+  assert_int_equal(sg_store_auth_seal_clear(f->store, &err), 0);
+  assert_int_equal(sg_store_auth_get(f->store, "old", keep_secret, got, &err), 0);
+  assert_string_equal(got, "clear-pass");
+  /* Another key does not open them. */
+  unsigned char other[SG_SEAL_KEY_LEN];
+  memset(other, 8, sizeof(other));
+  sg_store_set_seal_key(f->store, other);
+  assert_true(sg_store_auth_get(f->store, "old", keep_secret, got, &err) < 0);
+  assert_non_null(strstr(err->message, "does not open"));
+  sg_error_free(err);
+  err = NULL;
+  /* Loading all leaves them out rather than failing. */
+  int n = 0;
+  assert_int_equal(sg_store_auth_load(f->store, count_auth, &n, &err), 0);
+  assert_int_equal(n, 0);
+  sg_store_set_seal_key(f->store, key);
+  assert_int_equal(sg_store_auth_load(f->store, count_auth, &n, &err), 0);
+  assert_int_equal(n, 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
@@ -927,6 +1027,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_stores_same_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_readers_snapshot, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_secret_delete_in_use, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_auth_sealed, setup, teardown),
 #ifndef NDEBUG
       cmocka_unit_test_setup_teardown(test_query_on_loop_thread_aborts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_on_loop_thread_aborts, setup, teardown),

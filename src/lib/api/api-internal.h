@@ -41,6 +41,9 @@ void sg_api_images(sg_daemon_t *d, sg_http_req_t *req);
 void sg_api_image(sg_daemon_t *d, sg_http_req_t *req, const char *ref);
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
+/* secrets.c: /v1/secrets, /v1/secrets/{name} (name NULL for the list) */
+void sg_api_secrets(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+
 /* nodes.c: /v1/nodes */
 void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req);
 

@@ -92,6 +92,9 @@ static void image(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) 
 static void registry_auths(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
   sg_api_registry_auths(d, req, a->n_params ? a->param[0] : NULL);
 }
+static void secrets(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_secrets(d, req, a->n_params ? a->param[0] : NULL);
+}
 static void nodes(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_nodes(d, req); }
 static void usage(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_usage(d, req); }
 static void keys_list(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_keys_list(d, req); }
@@ -136,6 +139,8 @@ static const struct v1_route {
     {DELETE, "/v1/images/{ref*}", DEPLOY, 0, image},
     {GET | POST, "/v1/registry-auths", DEPLOY, 0, registry_auths},
     {GET | PUT | DELETE, "/v1/registry-auths/{name}", DEPLOY, 0, registry_auths},
+    {GET, "/v1/secrets", DEPLOY, 0, secrets},
+    {GET | PUT | DELETE, "/v1/secrets/{name}", DEPLOY, 0, secrets},
     {GET, "/v1/nodes", READ, 0, nodes},
     {GET, "/v1/usage", READ | DEPLOY, 0, usage},
     {GET, "/v1/api-keys", ADMIN, 0, keys_list},

@@ -13,6 +13,7 @@
 #include "auth/keys.h"
 #include "api-internal.h"
 #include "logs/logs.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 /* The writes in flight for one endpoint name. */
@@ -99,6 +100,20 @@ static bool rollback_spec(sg_store_t *store, ep_job_t *j) {
   j->spec = sg_spec_parse(text, strlen(text), &j->err);
   if (!j->spec)
     return false;
+  /* The secrets its env names, as sg_api_validate_spec checks a new spec's
+   * on the loop: here, in the order of the store's writes. */
+  for (size_t i = 0; i < j->spec->n_env; i++) {
+    const char *secret = j->spec->env_secrets[i];
+    int r = secret ? sg_store_secret_exists(store, secret, &j->err) : 1;
+    if (r < 0)
+      return false;
+    if (r == 0) {
+      cleanup_free char *field = xasprintf("env.%s", j->spec->env_keys[i]);
+      sg_make_field_error(&j->err, field, "no secret named \"%s\" (create it with PUT /v1/secrets/%s first)", secret,
+                          secret);
+      return false;
+    }
+  }
   j->text = spec_text(j->spec);
   return true;
 }

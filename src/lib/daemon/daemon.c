@@ -17,6 +17,7 @@
 #include "scaler/scaler.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 #define TICK_MS 250
@@ -205,7 +206,7 @@ static void create_sample(sg_daemon_t *d) {
 }
 
 sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
-  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL, *worker_key = NULL;
+  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL, *worker_key = NULL, *secret_key = NULL;
   sg_daemon_t *d = xcalloc(1, sizeof(*d));
   d->cfg = *cfg;
   memset(cfg, 0, sizeof(*cfg));
@@ -235,12 +236,16 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   worker_key = xasprintf("%s/worker.key", d->cfg.data_dir);
   if (sg_worker_key_load(worker_key, d->worker_key, err) < 0)
     goto fail;
+  secret_key = xasprintf("%s/secret.key", d->cfg.data_dir);
+  if (sg_seal_key_load(secret_key, d->secret_key, err) < 0)
+    goto fail;
   db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
   d->store = sg_store_open(db, err);
   if (!d->store)
     goto fail;
   if (sg_keys_init(d, err) < 0)
     goto fail;
+  sg_store_set_seal_key(d->store, d->secret_key);
   if (sg_logs_init(d, db, err) < 0)
     goto fail;
   if (sg_meter_init(d, db, err) < 0)
@@ -271,6 +276,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   if (!d->query_pool)
     goto fail;
   if (sg_daemon_images_init(d, err) < 0)
+    goto fail;
+  if (sg_daemon_secrets_init(d, err) < 0)
     goto fail;
   if (sg_daemon_runtimes_init(d, err) < 0)
     goto fail;
@@ -407,6 +414,7 @@ void sg_daemon_free(sg_daemon_t *d) {
   sg_store_thread_free(d->store_thread);
   d->store_thread = NULL;
   sg_keys_free(d);
+  sg_daemon_secrets_free(d); /* after the last done() that may set one */
   sg_http_server_free(d->http);
   if (d->tick)
     event_free(d->tick);

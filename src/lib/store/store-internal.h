@@ -3,10 +3,27 @@
 #define SGPU_STORE_INTERNAL_H
 
 #include <sqlite3.h>
+#include <stdbool.h>
+
+#include "sgpu/seal.h"
 
 struct sg_store {
   sqlite3 *db;
+  /* Seals registry passwords (store/images.c); set by sg_store_set_seal_key. */
+  unsigned char seal_key[SG_SEAL_KEY_LEN];
+  bool has_seal_key;
 };
+
+/* Secrets (store/secrets.c) and whether a cached image was pulled with
+ * credentials (store/images.c): migration 7 of store.c. */
+#define SG_STORE_SECRETS_MIGRATION                                                                                     \
+  "CREATE TABLE secrets ("                                                                                             \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  value BLOB NOT NULL,"                                                                                             \
+  "  created_ms INTEGER NOT NULL,"                                                                                     \
+  "  updated_ms INTEGER NOT NULL);"                                                                                    \
+  "ALTER TABLE images ADD COLUMN with_auth INTEGER NOT NULL DEFAULT 0;"                                                \
+  "UPDATE images SET with_auth = 1;"
 
 /* The schema of the jobs table (store/jobs.c), a migration of store.c. */
 #define SG_STORE_JOBS_MIGRATION                                                                                        \
