@@ -11,7 +11,6 @@
  * holds for ended jobs and its ping watchdog; parked takes wait in their
  * endpoint's FIFO (ep->jobs->takes), where sg_jobs_pull_pump() hands them
  * queued jobs. Loop thread only. */
-#include <openssl/crypto.h>
 #include <strings.h>
 
 #include "gateway/jobs-internal.h"
@@ -415,11 +414,13 @@ static sg_worker_t *find_worker(sg_endpoint_t *ep, const char *id) {
   return NULL;
 }
 
-/* The job jid when w holds it, else NULL after answering 404 or 409. */
+/* The job jid when w holds it, else NULL after answering 409. */
 static sg_job_t *held_job(pull_post_t *pp, sg_endpoint_t *ep, sg_worker_t *w) {
   sg_job_t *j = sg_jobs_map_get(pp->J, pp->job_id);
   if (!j || j->ep != ep) {
-    post_error(pp, 404, "not_found", "no such job");
+    /* Unknown, or final and no longer in memory: not the worker's either. */
+    cleanup_free char *msg = xasprintf("worker %s does not hold job %s", w->id, pp->job_id);
+    post_error(pp, 409, "not_held", msg);
     return NULL;
   }
   if (j->w != w || !j->pulled || j->finishing || j->status != SG_JOB_IN_PROGRESS) {
@@ -592,9 +593,7 @@ static bool token_ok(sg_daemon_t *d, sg_http_req_t *req, const sg_worker_t *w) {
   size_t len = strlen(h);
   while (len > 0 && h[len - 1] == ' ')
     len--;
-  char want[SG_WORKER_TOKEN_LEN + 1];
-  sg_worker_token(d, w->id, want);
-  return len == SG_WORKER_TOKEN_LEN && CRYPTO_memcmp(h, want, SG_WORKER_TOKEN_LEN) == 0;
+  return sg_worker_token_valid(d, w->id, h, len);
 }
 
 static sg_http_head_action_t unauthorized(sg_http_req_t *req) {
