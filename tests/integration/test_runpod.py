@@ -535,8 +535,9 @@ class RunPodTest(RunPodBase):
                              msg=repr(body))
         self.assertError(wire(self.sg, "POST", intruder.stream(job), intruder.token, {"output": "forged"}),
                          409, "not_held")
-        # a job id nobody ever had
-        self.assertError(wire(self.sg, "POST", owner.done("0" * 36), owner.token, {"output": 1}), 404, "not_found")
+        # a job id nobody ever had is not the worker's either (sgpud does not look in the
+        # store for it: finished jobs and unknown ones answer alike)
+        self.assertError(wire(self.sg, "POST", owner.done("0" * 36), owner.token, {"output": 1}), 409, "not_held")
         running = self.status(name, job)
         self.assertEqual(running["status"], "IN_PROGRESS")
         self.assertNotEqual(running.get("output"), "forged", running)
