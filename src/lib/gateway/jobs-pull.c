@@ -272,8 +272,20 @@ static void ping(struct sg_worker_pull *p, const char *query) {
       sg_job_worker_lost(j, why, true);
     }
   }
+  /* A stop told but still held (the worker may have missed it: the SDK
+   * drops a stop for a job whose handler had not started yet) is told
+   * again, at most once a ping. */
+  bool again = false;
+  for (size_t i = 0; i < p->n_held; i++)
+    for (size_t k = 0; k < n && p->held[i].told; k++)
+      if (!strcmp(ids[k], p->held[i].id)) {
+        p->held[i].told = false;
+        again = true;
+      }
   release_told(p, ids, n);
   sg_rp_ids_free(ids, n);
+  if (again && p->stop)
+    answer_stop(p);
 }
 
 /* ---- takes ---- */
