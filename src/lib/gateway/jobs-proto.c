@@ -354,6 +354,10 @@ int sg_rp_result_parse(const char *body, size_t len, sg_rp_result_t *out, sg_err
   if (e && !json_is_null(e) && !(json_is_string(e) && json_string_length(e) == 0)) {
     out->status = SG_JOB_FAILED;
     out->error = dump(e);
+  } else if (json_is_string(status) && !strcmp(json_string_value(status), "FAILED")) {
+    /* The worker said the job failed: it does, with an error that says so. */
+    out->status = SG_JOB_FAILED;
+    out->error = xstrdup("\"the worker reported FAILED without an error\"");
   } else {
     out->status = SG_JOB_COMPLETED;
   }
@@ -381,7 +385,10 @@ int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t *
 size_t sg_rp_ids_parse(const char *list, char ***ids) {
   *ids = NULL;
   size_t n = 0;
-  for (const char *p = list ? list : ""; *p && n < SG_RP_IDS_MAX;) {
+  /* At most SG_RP_IDS_MAX entries are looked at, valid or not, so that a
+   * long list of repeats costs no more than a full one. */
+  size_t seen = 0;
+  for (const char *p = list ? list : ""; *p && seen < SG_RP_IDS_MAX; seen++) {
     size_t len = strcspn(p, ",");
     cleanup_free char *id = xstrndup(p, len);
     bool dup = false;
