@@ -28,7 +28,7 @@ typedef struct sg_spec {
   size_t n_env;
   int port;
   struct {
-    char *path;
+    char *path; /* NULL: no probes (a runpod endpoint that names none: ready at its first take) */
     double period_s;
     double timeout_s;
     int failure_threshold;
@@ -60,6 +60,11 @@ typedef struct sg_spec {
     double ttl_s;            /* default whole life of a job (86400) */
     int64_t max_input_bytes; /* input as JSON (10 MiB) */
     int max_queue;           /* jobs waiting (100000) */
+    /* How jobs reach workers: "http" (pushed to path) or "runpod" (workers
+     * take them over RunPod's worker protocol); always set. */
+    char *protocol;
+    double ping_timeout_s; /* runpod: a worker whose pings stop this long is lost (30; 3..3600) */
+    double take_wait_s;    /* runpod: a take or stop poll is held this long before 204 (20; 1..60) */
   } async;
   /* The slurm runtime's job options; NULL: the daemon's default. */
   struct {
@@ -71,6 +76,14 @@ typedef struct sg_spec {
 
 /* True for "type": "async". */
 bool sg_spec_is_async(const sg_spec_t *spec);
+
+/* True for an async endpoint with "async": {"protocol": "runpod"}. */
+bool sg_spec_is_runpod(const sg_spec_t *spec);
+
+/* RUNPOD_PING_INTERVAL of a runpod endpoint's workers, in ms: a third of
+ * async.ping_timeout_s, at least 1000 (RunPod's SDK sleeps interval/1000
+ * whole seconds between pings). */
+int sg_spec_ping_interval_ms(const sg_spec_t *spec);
 
 /* True when s is a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends. */
 bool sg_name_valid(const char *s);
@@ -92,7 +105,9 @@ json_t *sg_spec_to_json(const sg_spec_t *spec);
  * unless listed as live here). The fields that apply to running workers at
  * once are "workers" (bounds, idle and request timeouts, concurrency,
  * queue), "scale", "health" (probes read the spec each time) and "async"
- * (read at each dispatch). */
+ * (read at each dispatch), except async.protocol and, for runpod, the ping
+ * interval that follows from async.ping_timeout_s: both are in the workers'
+ * environment. */
 bool sg_spec_restart_needed(const sg_spec_t *old, const sg_spec_t *new);
 
 void sg_spec_free(sg_spec_t *spec);

@@ -767,6 +767,166 @@ static void test_round_trip(void **state) {
              " \"gpu\": {\"type\": \"h100\"}, \"scale\": {\"value\": 0.25}}");
 }
 
+/* ---- async.protocol and the runpod fields ---- */
+
+static const char *const async_min = "{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"]}";
+static const char *const runpod_min =
+    "{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"], \"async\": {\"protocol\": \"runpod\"}}";
+
+static void test_async_protocol_defaults(void **state) {
+  (void)state;
+  sg_error_t *err = NULL;
+  sg_spec_t *s = parse(async_min, &err);
+  assert_non_null(s);
+  assert_string_equal(s->async.protocol, "http");
+  assert_false(sg_spec_is_runpod(s));
+  assert_true(s->async.ping_timeout_s == 30);
+  assert_true(s->async.take_wait_s == 20);
+  assert_string_equal(s->health.path, "/health");
+  sg_spec_free(s);
+  /* A sync spec has the defaults too, and is never runpod. */
+  s = parse(minimal, &err);
+  assert_non_null(s);
+  assert_string_equal(s->async.protocol, "http");
+  assert_false(sg_spec_is_runpod(s));
+  sg_spec_free(s);
+
+  s = parse(runpod_min, &err);
+  assert_non_null(s);
+  assert_string_equal(s->async.protocol, "runpod");
+  assert_true(sg_spec_is_runpod(s));
+  /* No health path given: none, the worker is not probed. */
+  assert_null(s->health.path);
+  assert_int_equal(sg_spec_ping_interval_ms(s), 10000);
+  json_t *j = sg_spec_to_json(s);
+  json_t *a = json_object_get(j, "async");
+  assert_string_equal(json_string_value(json_object_get(a, "protocol")), "runpod");
+  assert_true(json_number_value(json_object_get(a, "ping_timeout_s")) == 30);
+  assert_true(json_number_value(json_object_get(a, "take_wait_s")) == 20);
+  assert_true(json_is_null(json_object_get(json_object_get(j, "health"), "path")));
+  json_decref(j);
+  sg_spec_free(s);
+}
+
+static void test_async_protocol_fields(void **state) {
+  (void)state;
+  sg_error_t *err = NULL;
+  sg_spec_t *s = parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"], \"health\": {\"path\": \"/ok\"},"
+                       " \"async\": {\"protocol\": \"runpod\", \"ping_timeout_s\": 4, \"take_wait_s\": 1.5}}",
+                       &err);
+  assert_non_null(s);
+  assert_true(sg_spec_is_runpod(s));
+  assert_string_equal(s->health.path, "/ok"); /* given: probed as for any worker */
+  assert_true(s->async.ping_timeout_s == 4);
+  assert_true(s->async.take_wait_s == 1.5);
+  assert_int_equal(sg_spec_ping_interval_ms(s), 1333);
+  sg_spec_free(s);
+  s = parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"],"
+            " \"async\": {\"protocol\": \"runpod\", \"ping_timeout_s\": 3}}",
+            &err);
+  assert_non_null(s);
+  assert_int_equal(sg_spec_ping_interval_ms(s), 1000);
+  sg_spec_free(s);
+  s = parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"],"
+            " \"async\": {\"protocol\": \"http\", \"ping_timeout_s\": 3600}}",
+            &err);
+  assert_non_null(s);
+  assert_false(sg_spec_is_runpod(s));
+  assert_string_equal(s->health.path, "/health");
+  sg_spec_free(s);
+}
+
+/* Parses text and expects an SG_EINVAL error naming field. */
+static void expect_text_invalid(const char *text, const char *field) {
+  sg_error_t *err = NULL;
+  sg_spec_t *s = parse(text, &err);
+  if (s)
+    fail_msg("accepted: %s", text);
+  assert_non_null(err);
+  assert_int_equal(err->status, SG_EINVAL);
+  if (!err->field || strcmp(err->field, field))
+    fail_msg("%s: error names %s, want %s (%s)", text, err->field ? err->field : "(none)", field, err->message);
+  sg_error_free(err);
+}
+
+static void test_invalid_async_protocol(void **state) {
+  (void)state;
+  const char *head = "{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"], \"async\": ";
+  static const struct {
+    const char *async, *field;
+  } bad[] = {
+      {"{\"protocol\": \"grpc\"}", "async.protocol"},
+      {"{\"protocol\": \"RunPod\"}", "async.protocol"},
+      {"{\"protocol\": \"\"}", "async.protocol"},
+      {"{\"protocol\": 1}", "async.protocol"},
+      {"{\"protocol\": \"runpod\", \"ping_timeout_s\": 2.9}", "async.ping_timeout_s"},
+      {"{\"protocol\": \"runpod\", \"ping_timeout_s\": 3601}", "async.ping_timeout_s"},
+      {"{\"protocol\": \"runpod\", \"ping_timeout_s\": \"30\"}", "async.ping_timeout_s"},
+      {"{\"protocol\": \"runpod\", \"take_wait_s\": 0.5}", "async.take_wait_s"},
+      {"{\"protocol\": \"runpod\", \"take_wait_s\": 61}", "async.take_wait_s"},
+      {"{\"protocol\": \"runpod\", \"take_wait_s\": null}", "async.take_wait_s"},
+      {"{\"protocol\": \"runpod\", \"poll\": 1}", "async.poll"},
+  };
+  for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
+    char *text = xasprintf("%s%s}", head, bad[i].async);
+    expect_text_invalid(text, bad[i].field);
+    free(text);
+  }
+  /* runpod (or any protocol) on a sync endpoint names async.protocol. */
+  expect_text_invalid("{\"name\": \"rp\", \"command\": [\"/w\"], \"async\": {\"protocol\": \"runpod\"}}",
+                      "async.protocol");
+  expect_text_invalid("{\"name\": \"rp\", \"type\": \"sync\", \"command\": [\"/w\"], \"async\": {\"protocol\": "
+                      "\"http\", \"take_wait_s\": 5}}",
+                      "async.protocol");
+  expect_text_invalid("{\"name\": \"rp\", \"command\": [\"/w\"], \"async\": {\"take_wait_s\": 5}}", "async");
+  /* An explicit health path is checked as always. */
+  expect_text_invalid("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"], \"health\": {\"path\": \"x\"},"
+                      " \"async\": {\"protocol\": \"runpod\"}}",
+                      "health.path");
+}
+
+/* GET's JSON parses back to the same spec, health path null included. */
+static void test_async_protocol_round_trip(void **state) {
+  (void)state;
+  round_trip(runpod_min);
+  round_trip("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"], \"health\": {\"path\": \"/h\"},"
+             " \"async\": {\"protocol\": \"runpod\", \"ping_timeout_s\": 9, \"take_wait_s\": 2}}");
+  round_trip(async_min);
+}
+
+/* The protocol and the ping interval reach the workers' environment: a
+ * change needs new workers; take_wait_s and the health path do not. */
+static void test_async_protocol_restart(void **state) {
+  (void)state;
+  sg_spec_t *http = parse(async_min, NULL);
+  sg_spec_t *rp = parse(runpod_min, NULL);
+  sg_spec_t *rp_ping = parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"],"
+                             " \"async\": {\"protocol\": \"runpod\", \"ping_timeout_s\": 60}}",
+                             NULL);
+  sg_spec_t *rp_wait =
+      parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"],"
+            " \"health\": {\"path\": \"/h\"}, \"async\": {\"protocol\": \"runpod\", \"take_wait_s\": 5}}",
+            NULL);
+  sg_spec_t *http_ping = parse("{\"name\": \"rp\", \"type\": \"async\", \"command\": [\"/w\"],"
+                               " \"async\": {\"ping_timeout_s\": 60}}",
+                               NULL);
+  assert_non_null(http);
+  assert_non_null(rp);
+  assert_non_null(rp_ping);
+  assert_non_null(rp_wait);
+  assert_non_null(http_ping);
+  assert_true(sg_spec_restart_needed(http, rp));
+  assert_true(sg_spec_restart_needed(rp, http));
+  assert_true(sg_spec_restart_needed(rp, rp_ping));
+  assert_false(sg_spec_restart_needed(rp, rp_wait));
+  assert_false(sg_spec_restart_needed(http, http_ping));
+  sg_spec_free(http);
+  sg_spec_free(rp);
+  sg_spec_free(rp_ping);
+  sg_spec_free(rp_wait);
+  sg_spec_free(http_ping);
+}
+
 static void test_name_valid(void **state) {
   (void)state;
   const char *good[] = {"a",     "0",      "echo",   "echo-2",
@@ -853,6 +1013,11 @@ int main(void) {
       cmocka_unit_test(test_name_valid),
       cmocka_unit_test(test_policy_name),
       cmocka_unit_test(test_restart_needed),
+      cmocka_unit_test(test_async_protocol_defaults),
+      cmocka_unit_test(test_async_protocol_fields),
+      cmocka_unit_test(test_invalid_async_protocol),
+      cmocka_unit_test(test_async_protocol_round_trip),
+      cmocka_unit_test(test_async_protocol_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

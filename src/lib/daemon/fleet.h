@@ -242,12 +242,18 @@ void sg_worker_release_request(sg_worker_t *w);
  * again: the slot is free, but no request ended (no request_ended event), so
  * a request or job is counted once however many attempts it took. */
 void sg_worker_release_attempt(sg_worker_t *w);
-/* Called by health checks: first 200, or too many failed probes. */
+/* Called by health checks (first 200) or, for a runpod worker, by the
+ * gateway at its first job take: a starting worker becomes ready (a worker
+ * in any other state, or stopping, is left as it is). */
 void sg_worker_became_ready(sg_worker_t *w);
+/* Called by health checks: too many failed probes, or a start that outlasted
+ * health.startup_timeout_s. */
 void sg_worker_unhealthy(sg_worker_t *w, const char *why);
 
 /* health.c: w->health is owned there. */
-/* Starts probing w on the start-up schedule (the first probe in 0.5 ms). */
+/* Starts probing w on the start-up schedule (the first probe in 0.5 ms); a
+ * worker whose spec has no health.path is not probed, only failed once
+ * health.startup_timeout_s passes before it became ready. */
 void sg_health_start(sg_worker_t *w);
 /* The runtime says the worker's process is about to run (a container was
  * created): a starting worker is probed at once, then on the tight schedule. */

@@ -14,7 +14,13 @@
  * probes. The body is read and dropped so that the connection can serve the
  * next probe; a body over HEALTH_BODY_MAX, or one still arriving at the next
  * probe, costs the connection, never memory: a worker cannot hold sgpud's
- * memory or loop with its health answers. */
+ * memory or loop with its health answers.
+ *
+ * A worker whose spec has no health.path (a runpod endpoint that names none)
+ * is never probed: the gateway makes it ready at its first job take
+ * (sg_worker_became_ready). Its timer still runs to fail it once
+ * health.startup_timeout_s passes without that, and, the spec being read each
+ * time, starts probing should a path be set later. */
 #include <time.h>
 
 #include "daemon/fleet.h"
@@ -97,20 +103,27 @@ static void tell_failure(struct sg_health_state *h, int code, probe_fail_t how) 
   if (h->untold > 1)
     snprintf(more, sizeof(more), " (%d failed probes since the last report)", h->untold);
   const char *host = w->host ? w->host : "127.0.0.1";
+  const char *path = spec->health.path ? spec->health.path : "(no health.path)";
   if (how == PROBE_HTTP)
-    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s -> %d%s", spec->health.path, code, more);
+    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s -> %d%s", path, code, more);
   else if (how == PROBE_REFUSED)
     sg_logs_event(w->d, w->ep->name, w->id,
                   "health probe: connection refused on %s port %d: does the worker listen on $PORT?%s", host, w->port,
                   more);
   else if (how == PROBE_TIMEOUT)
-    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s: no answer within health.timeout_s=%gs%s",
-                  spec->health.path, spec->health.timeout_s, more);
+    sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s: no answer within health.timeout_s=%gs%s", path,
+                  spec->health.timeout_s, more);
   else
     sg_logs_event(w->d, w->ep->name, w->id, "health probe: GET %s: the connection broke or the answer was not HTTP%s",
-                  spec->health.path, more);
+                  path, more);
   h->event_mono = now;
   h->untold = 0;
+}
+
+/* When a starting worker's health.startup_timeout_s counts from (monotonic
+ * ms): a remote worker's time waiting for its node does not count. */
+static int64_t startup_since(const sg_worker_t *w) {
+  return w->rt->remote && w->running_mono ? w->running_mono : w->started_mono;
 }
 
 /* Acts on a probe's result: code is the answer's status, 0 when none came
@@ -128,9 +141,7 @@ static void verdict(struct sg_health_state *h, int code, probe_fail_t how) {
       sg_worker_became_ready(w);
       return;
     }
-    /* A remote worker's time waiting for its node does not count. */
-    int64_t since = w->rt->remote && w->running_mono ? w->running_mono : w->started_mono;
-    if (sg_now_ms() - since > (int64_t)(spec->health.startup_timeout_s * 1000)) {
+    if (sg_now_ms() - startup_since(w) > (int64_t)(spec->health.startup_timeout_s * 1000)) {
       cleanup_free char *why =
           code ? xasprintf("did not become healthy within health.startup_timeout_s=%gs (last probe: HTTP %d)",
                            spec->health.startup_timeout_s, code)
@@ -203,12 +214,39 @@ static void add_path(struct evbuffer *out, const char *path) {
   }
 }
 
+/* The timer of a worker without health.path: a starting one fails once
+ * health.startup_timeout_s has passed; the spec is looked at again at least
+ * every health.period_s. May stop the worker, which frees h. */
+static void unprobed(struct sg_health_state *h) {
+  sg_worker_t *w = h->w;
+  const sg_spec_t *spec = w->ep->spec;
+  int64_t next = (int64_t)(spec->health.period_s * 1000);
+  if (w->state == SG_W_STARTING) {
+    int64_t left = startup_since(w) + (int64_t)(spec->health.startup_timeout_s * 1000) - sg_now_ms();
+    if (left < 0) {
+      cleanup_free char *why = xasprintf("took no job within health.startup_timeout_s=%gs (without health.path a "
+                                         "runpod worker is ready at its first job take)",
+                                         spec->health.startup_timeout_s);
+      sg_logs_event(w->d, w->ep->name, w->id, "%s", why);
+      sg_worker_unhealthy(w, why);
+      return;
+    }
+    if (left + 1 < next)
+      next = left + 1;
+  }
+  schedule(h, next);
+}
+
 static void probe_cb(evutil_socket_t fd, short what, void *arg) {
   struct sg_health_state *h = arg;
   sg_worker_t *w = h->w;
   if (w->exited || w->stopping || h->probing)
     return;
   const sg_spec_t *spec = w->ep->spec;
+  if (!spec->health.path) {
+    unprobed(h);
+    return;
+  }
   /* A connection still dropping an earlier body, or closed by the worker,
    * gives way to a new one. */
   if (h->conn && !sg_upstream_usable(h->conn))
@@ -246,7 +284,8 @@ void sg_health_process_started(sg_worker_t *w) {
 }
 
 void sg_health_suspect(sg_worker_t *w) {
-  if (w->state != SG_W_READY || w->suspect || !w->health)
+  /* Without a health path no probe could put it back. */
+  if (w->state != SG_W_READY || w->suspect || !w->health || !w->ep->spec->health.path)
     return;
   w->suspect = true;
   sg_logs_event(w->d, w->ep->name, w->id,

@@ -556,6 +556,8 @@ json_t *sg_worker_to_json(const sg_worker_t *w) {
 
 void sg_worker_became_ready(sg_worker_t *w) {
   sg_endpoint_t *ep = w->ep;
+  if (w->state != SG_W_STARTING || w->exited || w->stopping)
+    return;
   w->state = SG_W_READY;
   w->ready_mono = sg_now_ms();
   w->ready_wall = sg_wall_ms();
@@ -568,8 +570,8 @@ void sg_worker_became_ready(sg_worker_t *w) {
     ep->image_failed = false;
     set_error(&ep->last_error, NULL);
   }
-  sg_logs_event(w->d, ep->name, w->id, "worker ready: healthy after %lld ms",
-                (long long)(w->ready_mono - w->started_mono));
+  sg_logs_event(w->d, ep->name, w->id, "worker ready: %s after %lld ms",
+                ep->spec->health.path ? "healthy" : "first job take", (long long)(w->ready_mono - w->started_mono));
   sg_fleet_worker_ready(w);
   sg_fleet_demand_changed(w->d);
 }

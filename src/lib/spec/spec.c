@@ -193,9 +193,9 @@ static int parse_health(sg_spec_t *s, json_t *root, sg_error_t **err) {
   int r = check_keys(h, "health", keys, err);
   if (r == 0)
     r = get_str(h, "health.path", "path", 1024, &s->health.path, err);
-  if (r == 0 && !s->health.path)
-    s->health.path = xstrdup("/health");
-  if (r == 0 && s->health.path[0] != '/')
+  /* No path stays NULL here: sg_spec_from_json fills the default once the
+   * protocol is known (a runpod endpoint has none). */
+  if (r == 0 && s->health.path && s->health.path[0] != '/')
     r = sg_make_field_error(err, "health.path", "must start with '/'");
   if (r == 0)
     r = get_num(h, "health", "period_s", 0.05, 3600, 2, &s->health.period_s, err);
@@ -295,15 +295,28 @@ static int parse_scale(sg_spec_t *s, json_t *root, sg_error_t **err) {
 
 bool sg_spec_is_async(const sg_spec_t *s) { return s->type && !strcmp(s->type, "async"); }
 
+bool sg_spec_is_runpod(const sg_spec_t *s) {
+  return sg_spec_is_async(s) && s->async.protocol && !strcmp(s->async.protocol, "runpod");
+}
+
+int sg_spec_ping_interval_ms(const sg_spec_t *s) {
+  int ms = (int)(s->async.ping_timeout_s * 1000 / 3);
+  return ms < 1000 ? 1000 : ms;
+}
+
 #define ASYNC_MAX_INPUT_DEFAULT (10ll << 20)
 #define ASYNC_MAX_INPUT_LIMIT (64ll << 20)
 
 static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"path",      "max_retries", "retention_s", "ttl_s", "max_input_bytes",
-                                     "max_queue", NULL};
+  static const char *const keys[] = {"path",      "max_retries", "retention_s",    "ttl_s",       "max_input_bytes",
+                                     "max_queue", "protocol",    "ping_timeout_s", "take_wait_s", NULL};
   json_t *a;
   if (get_obj(root, "async", &a, err) < 0)
     return -SG_EINVAL;
+  if (a && !sg_spec_is_async(s) && json_object_get(a, "protocol"))
+    return sg_make_field_error(err, "async.protocol",
+                               "is only for endpoints of \"type\": \"async\" (a sync endpoint's workers answer "
+                               "requests over HTTP)");
   if (a && !sg_spec_is_async(s))
     return sg_make_field_error(err, "async", "is only for endpoints of \"type\": \"async\"");
   json_t *empty = json_object();
@@ -333,6 +346,16 @@ static int parse_async(sg_spec_t *s, json_t *root, sg_error_t **err) {
   }
   if (r == 0)
     r = get_int(a, "async", "max_queue", 1, 1000000, 100000, &s->async.max_queue, err);
+  if (r == 0)
+    r = get_str(a, "async.protocol", "protocol", 16, &s->async.protocol, err);
+  if (r == 0 && !s->async.protocol)
+    s->async.protocol = xstrdup("http");
+  if (r == 0 && strcmp(s->async.protocol, "http") && strcmp(s->async.protocol, "runpod"))
+    r = sg_make_field_error(err, "async.protocol", "must be \"http\" or \"runpod\"");
+  if (r == 0)
+    r = get_num(a, "async", "ping_timeout_s", 3, 3600, 30, &s->async.ping_timeout_s, err);
+  if (r == 0)
+    r = get_num(a, "async", "take_wait_s", 1, 60, 20, &s->async.take_wait_s, err);
   json_decref(empty);
   return r;
 }
@@ -437,6 +460,9 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
   if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 || parse_workers(s, root, err) < 0 ||
       parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0)
     return NULL;
+  /* A runpod worker need not serve HTTP: without a path it is not probed. */
+  if (!s->health.path && !sg_spec_is_runpod(s))
+    s->health.path = xstrdup("/health");
   return steal_pointer(&s);
 }
 
@@ -467,12 +493,15 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
       json_object_set_new(o, "time_limit", json_string(s->slurm.time_limit));
     json_object_set_new(j, "slurm", o);
   }
-  if (sg_spec_is_async(s))
-    json_object_set_new(j, "async",
-                        json_pack("{s:s, s:i, s:f, s:f, s:I, s:i}", "path", s->async.path, "max_retries",
-                                  s->async.max_retries, "retention_s", s->async.retention_s, "ttl_s", s->async.ttl_s,
-                                  "max_input_bytes", (json_int_t)s->async.max_input_bytes, "max_queue",
-                                  s->async.max_queue));
+  if (sg_spec_is_async(s)) {
+    json_t *a = json_pack("{s:s, s:i, s:f, s:f, s:I, s:i}", "path", s->async.path, "max_retries", s->async.max_retries,
+                          "retention_s", s->async.retention_s, "ttl_s", s->async.ttl_s, "max_input_bytes",
+                          (json_int_t)s->async.max_input_bytes, "max_queue", s->async.max_queue);
+    json_object_set_new(a, "protocol", json_string(s->async.protocol));
+    json_object_set_new(a, "ping_timeout_s", json_real(s->async.ping_timeout_s));
+    json_object_set_new(a, "take_wait_s", json_real(s->async.take_wait_s));
+    json_object_set_new(j, "async", a);
+  }
   return j;
 }
 
@@ -485,16 +514,17 @@ static json_t *spec_to_json_core(const sg_spec_t *s) {
     json_object_set_new(env, s->env_keys[i], json_string(s->env_values[i]));
   json_t *gpu = json_pack("{s:i}", "count", s->gpu.count);
   json_object_set_new(gpu, "type", s->gpu.type ? json_string(s->gpu.type) : json_null());
-  return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:s, s:f, s:f, s:i, s:f}, s:o,"
+  return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:o, s:f, s:f, s:i, s:f}, s:o,"
                    " s:{s:i, s:i, s:f, s:i, s:f, s:i}, s:{s:s, s:f, s:f}}",
                    "name", s->name, "type", s->type, "runtime", s->runtime, "image",
                    s->image ? json_string(s->image) : json_null(), "command", cmd, "env", env, "port", s->port,
-                   "health", "path", s->health.path, "period_s", s->health.period_s, "timeout_s", s->health.timeout_s,
-                   "failure_threshold", s->health.failure_threshold, "startup_timeout_s", s->health.startup_timeout_s,
-                   "gpu", gpu, "workers", "min", s->workers.min, "max", s->workers.max, "idle_timeout_s",
-                   s->workers.idle_timeout_s, "max_concurrency", s->workers.max_concurrency, "request_timeout_s",
-                   s->workers.request_timeout_s, "max_queue", s->workers.max_queue, "scale", "policy",
-                   sg_scale_policy_name(s->scale.policy), "value", s->scale.value, "hold_s", s->scale.hold_s);
+                   "health", "path", s->health.path ? json_string(s->health.path) : json_null(), "period_s",
+                   s->health.period_s, "timeout_s", s->health.timeout_s, "failure_threshold",
+                   s->health.failure_threshold, "startup_timeout_s", s->health.startup_timeout_s, "gpu", gpu, "workers",
+                   "min", s->workers.min, "max", s->workers.max, "idle_timeout_s", s->workers.idle_timeout_s,
+                   "max_concurrency", s->workers.max_concurrency, "request_timeout_s", s->workers.request_timeout_s,
+                   "max_queue", s->workers.max_queue, "scale", "policy", sg_scale_policy_name(s->scale.policy), "value",
+                   s->scale.value, "hold_s", s->scale.hold_s);
 }
 
 static json_t *spec_to_json(const sg_spec_t *s) {
@@ -511,6 +541,10 @@ const char *sg_scale_policy_name(sg_scale_policy_t p) {
 static const char *const live_fields[] = {"workers", "scale", "health", "async"};
 
 bool sg_spec_restart_needed(const sg_spec_t *old, const sg_spec_t *new) {
+  /* The protocol and the ping interval are in a runpod worker's environment. */
+  if (sg_spec_is_runpod(old) != sg_spec_is_runpod(new) ||
+      (sg_spec_is_runpod(old) && sg_spec_ping_interval_ms(old) != sg_spec_ping_interval_ms(new)))
+    return true;
   cleanup_json json_t *a = sg_spec_to_json(old);
   cleanup_json json_t *b = sg_spec_to_json(new);
   for (size_t i = 0; i < sizeof(live_fields) / sizeof(live_fields[0]); i++) {
@@ -533,6 +567,7 @@ void sg_spec_free(sg_spec_t *s) {
   free(s->health.path);
   free(s->gpu.type);
   free(s->async.path);
+  free(s->async.protocol);
   free(s->registry_auth);
   free(s->slurm.partition);
   free(s->slurm.account);
