@@ -563,8 +563,10 @@ int main(int argc, char **argv) {
   printf("\nadded latency over the handler's %ld ms (runsync, 1 worker, %ld rounds each), ms\n", o.handler_ms,
          o.rounds);
   printf("%-22s %12s %12s %14s\n", "", "http", "runpod", "runpod/http");
-  double p50h = bench_percentile(added[0], (size_t)o.rounds, 50), p50p = bench_percentile(added[1], (size_t)o.rounds, 50);
-  double p99h = bench_percentile(added[0], (size_t)o.rounds, 99), p99p = bench_percentile(added[1], (size_t)o.rounds, 99);
+  double p50h = bench_percentile(added[0], (size_t)o.rounds, 50),
+         p50p = bench_percentile(added[1], (size_t)o.rounds, 50);
+  double p99h = bench_percentile(added[0], (size_t)o.rounds, 99),
+         p99p = bench_percentile(added[1], (size_t)o.rounds, 99);
   printf("%-22s %12.2f %12.2f %13.2fx\n", "median", p50h, p50p, p50p / p50h);
   printf("%-22s %12.2f %12.2f %13.2fx\n", "p99", p99h, p99p, p99p / p99h);
   free(added[0]);
