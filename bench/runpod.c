@@ -437,7 +437,7 @@ static double runsync_ms(bench_http_t *api, const char *url, int e, long handler
 static void usage(FILE *f) {
   fprintf(f, "usage: bench-runpod [--jobs N] [--reps N] [--submitters N] [--rounds N] [--handler-ms N]\n"
              "                    [--sgpud PATH] [--worker PATH]\n"
-             "  --jobs N         jobs per throughput run (default 2000)\n"
+             "  --jobs N         jobs per throughput run (default 5000)\n"
              "  --reps N         throughput runs per endpoint, interleaved (default 3)\n"
              "  --submitters N   threads submitting with POST /v2/NAME/run (default 8)\n"
              "  --rounds N       runsync rounds per protocol for the latency (default 200)\n"
@@ -449,7 +449,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   if (argc == 2 && !strcmp(argv[1], "--pull-worker"))
     return pull_worker_main();
-  struct options o = {.jobs = 2000,
+  struct options o = {.jobs = 5000,
                       .reps = 3,
                       .submitters = 8,
                       .rounds = 200,
