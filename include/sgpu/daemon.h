@@ -59,6 +59,7 @@ typedef struct sg_daemon_config {
   int64_t image_max_unpacked_bytes; /* unpacked size of one image's layers together (0: no limit) */
   char *run_as;          /* process workers' user when sgpud is root: NULL/"" sgpu-worker or nobody, "root" */
   char *default_runtime; /* for specs that name none: "process" (default: "oci" with an image), "oci", "slurm" */
+  char *advertise_url;   /* base URL runpod workers reach sgpud at ("http://10.0.0.5:8080"); NULL: from listen */
   struct {
     bool configured; /* a "slurm" object was given, or default_runtime is "slurm" */
     char *dir;       /* job files, shared with the nodes (DATA_DIR/slurm) */

@@ -57,6 +57,7 @@ static const struct {
     {"slurm", "{\"partition\": \"gpu\"}"},
     {"run_as", "\"nobody\""},
     {"oci_userns", "false"},
+    {"advertise_url", "\"http://10.0.0.5:8080\""},
 };
 
 static char *write_config(const char *text) {
@@ -312,6 +313,54 @@ static void test_defaults(void **state) {
 }
 
 /* Values land in their fields (the offsets of the table are right). */
+/* advertise_url: a http(s) URL, trailing slashes dropped, "" unsets it;
+ * anything else is refused naming the key. */
+static void test_advertise_url(void **state) {
+  static const struct {
+    const char *value, *want; /* want NULL: unset */
+  } good[] = {
+      {"\"http://10.0.0.5:8080\"", "http://10.0.0.5:8080"},
+      {"\"https://sgpu.example.org/\"", "https://sgpu.example.org"},
+      {"\"http://[fd00::5]:8080/sgpu//\"", "http://[fd00::5]:8080/sgpu"},
+      {"\"\"", NULL},
+  };
+  for (size_t i = 0; i < SG_ARRAY_SIZE(good); i++) {
+    char *text = xasprintf("{\"advertise_url\": %s}", good[i].value);
+    char *path = write_config(text);
+    sg_daemon_config_t cfg;
+    sg_daemon_config_defaults(&cfg);
+    assert_null(cfg.advertise_url);
+    cfg.advertise_url = xstrdup("http://before");
+    sg_error_t *err = NULL;
+    if (sg_daemon_config_load(&cfg, path, &err) != 0)
+      fail_msg("%s: %s", text, err->message);
+    if (good[i].want)
+      assert_string_equal(cfg.advertise_url, good[i].want);
+    else
+      assert_null(cfg.advertise_url);
+    sg_daemon_config_clear(&cfg);
+    unlink(path);
+    free(path);
+    free(text);
+  }
+  static const char *const bad[] = {"\"10.0.0.5:8080\"",
+                                    "\"ftp://h\"",
+                                    "\"http://\"",
+                                    "\"http:///x\"",
+                                    "\"http://h?x=1\"",
+                                    "\"http://h#f\"",
+                                    "\"http://h w\"",
+                                    "\"http://h\\n\"",
+                                    "8080",
+                                    "\"http://:8080\"",
+                                    "null"};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
+    char *text = xasprintf("{\"advertise_url\": %s}", bad[i]);
+    expect_error(text, "advertise_url", NULL);
+    free(text);
+  }
+}
+
 static void test_values_land(void **state) {
   char *path = write_config("{\"max_body_bytes\": 2048, \"log_level\": \"warn\", \"stop_grace_s\": 1.5,"
                             " \"jobs_max_batch\": 7, \"oci_userns\": true, \"webhook_allow\": [],"
@@ -423,6 +472,7 @@ int main(void) {
       cmocka_unit_test(test_bounds),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_values_land),
+      cmocka_unit_test(test_advertise_url),
       cmocka_unit_test(test_docs_match_the_table),
       cmocka_unit_test(test_help_prints_every_key),
   };

@@ -14,7 +14,10 @@
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
  *   found; the file must exist, be a regular file and be executable by
  *   someone. A remote runtime's command runs on another node: it must be an
- *   absolute path there, which is not checked here. */
+ *   absolute path there, which is not checked here.
+ * - async.protocol "runpod" on a remote runtime: its workers run on other
+ *   nodes and must reach sgpud, which a loopback or wildcard listen address
+ *   without config advertise_url does not give them. */
 
 #include <errno.h>
 #include <limits.h>
@@ -146,11 +149,26 @@ static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t
   return 0;
 }
 
+static int check_protocol(sg_daemon_t *d, const sg_runtime_ops_t *rt, const sg_spec_t *spec, sg_error_t **err) {
+  if (!sg_spec_is_runpod(spec) || !rt->remote)
+    return 0;
+  bool local_only;
+  cleanup_free char *base = sg_worker_base_url(d, &local_only);
+  if (!local_only)
+    return 0;
+  return sg_make_field_error(err, "async.protocol",
+                             "\"runpod\" workers of the %s runtime run on other nodes and could not reach sgpud at "
+                             "%s: set advertise_url in sgpud's config to a URL they can reach",
+                             rt->name, base);
+}
+
 int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err) {
   const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
   if (!rt)
     return 0; /* the spec parser refused it already */
   if (check_gpus(d, rt, spec, err) < 0)
+    return -1;
+  if (check_protocol(d, rt, spec, err) < 0)
     return -1;
   /* Credentials are used to pull an image: a spec that runs none (the
    * process runtime) may name any. */

@@ -107,6 +107,39 @@ static int check_host_port(const char *key, size_t i, const char *s, sg_error_t 
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
+/* advertise_url: "http[s]://HOST[:PORT][/PREFIX]", no query, fragment,
+ * space or control character; trailing slashes dropped. "" unsets it. */
+static int parse_advertise_url(sg_daemon_config_t *cfg, const char *key, json_t *v, sg_error_t **err) {
+  const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+  if (!s || strlen(s) != json_string_length(v) || strlen(s) > 512)
+    return sg_make_error(err, SG_EINVAL, "config: %s must be a URL string of at most 512 characters", key);
+  size_t len = strlen(s);
+  while (len > 0 && s[len - 1] == '/')
+    len--;
+  if (len == 0) {
+    free(cfg->advertise_url);
+    cfg->advertise_url = NULL;
+    return 0;
+  }
+  size_t scheme = !strncmp(s, "http://", 7) ? 7 : !strncmp(s, "https://", 8) ? 8 : 0;
+  bool ok = scheme > 0 && len > scheme && s[scheme] != '/' && s[scheme] != ':';
+  for (size_t i = 0; ok && i < len; i++)
+    ok = (unsigned char)s[i] > ' ' && s[i] != 0x7f && !strchr("?#\\\"", s[i]);
+  if (!ok)
+    return sg_make_error(err, SG_EINVAL,
+                         "config: %s must be http://HOST[:PORT] or https://HOST[:PORT], optionally with a path, as "
+                         "the workers reach sgpud (got \"%s\")",
+                         key, s);
+  free(cfg->advertise_url);
+  cfg->advertise_url = xstrndup(s, len);
+  return 0;
+}
+
+static void clear_advertise_url(sg_daemon_config_t *cfg) {
+  free(cfg->advertise_url);
+  cfg->advertise_url = NULL;
+}
+
 /* ---- the table ---------------------------------------------------------------------------- */
 
 const sg_config_key_t sg_config_keys[] = {
@@ -353,6 +386,14 @@ const sg_config_key_t sg_config_keys[] = {
      .what = "runtime name",
      .shown_default = "`\"process\"` (`\"oci\"` with an image)",
      .help = "runtime of specs that name none: `\"process\"`, `\"oci\"` or `\"slurm\"`"},
+    {.key = "advertise_url",
+     .type = SG_CFG_CUSTOM,
+     .off = F(advertise_url),
+     .parse = parse_advertise_url,
+     .clear = clear_advertise_url,
+     .what = "URL string",
+     .shown_default = "`http://127.0.0.1:PORT` (the listen address when it names one)",
+     .help = "base URL the workers of `async.protocol: \"runpod\"` endpoints reach sgpud at; needed for Slurm workers"},
     {.key = "slurm",
      .type = SG_CFG_CUSTOM,
      .off = F(slurm),

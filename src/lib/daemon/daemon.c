@@ -129,6 +129,7 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
   sg_api_routes(d->router, d);
   sg_gateway_routes(d->router, d);
   sg_jobs_routes(d->router, d);
+  sg_jobs_pull_routes(d->router, d);
   sg_metrics_routes(d->router, d);
   sg_http_server_config_t hc = {
       .max_header_bytes = d->cfg.max_header_bytes,
@@ -183,7 +184,7 @@ static void create_sample(sg_daemon_t *d) {
 }
 
 sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
-  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL;
+  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL, *worker_key = NULL;
   sg_daemon_t *d = xcalloc(1, sizeof(*d));
   d->cfg = *cfg;
   memset(cfg, 0, sizeof(*cfg));
@@ -209,6 +210,9 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   }
   if (write_key(d, err) < 0)
+    goto fail;
+  worker_key = xasprintf("%s/worker.key", d->cfg.data_dir);
+  if (sg_worker_key_load(worker_key, d->worker_key, err) < 0)
     goto fail;
   db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
   d->store = sg_store_open(db, err);

@@ -71,6 +71,7 @@ struct sg_worker {
   struct event *drain_timer;     /* ends a drain that outlasts request_timeout_s */
   struct sg_worker_conns *conns; /* upstream connections not in use (gateway/conns.c) */
   struct sg_worker_meter *meter; /* its usage record (meter/recorder.c) */
+  struct sg_worker_pull *pull;   /* a pull worker's polls, held slots, pings (gateway/jobs-pull.c) */
 };
 
 TAILQ_HEAD(sg_worker_list, sg_worker);
@@ -143,6 +144,10 @@ TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
 
 #define SG_FLEET_MAX_SUBSCRIBERS 8
 
+/* token.c: a worker's token (RUNPOD_AI_API_KEY of a runpod endpoint's workers). */
+#define SG_WORKER_KEY_LEN 32   /* bytes of DATA_DIR/worker.key */
+#define SG_WORKER_TOKEN_LEN 64 /* lowercase hex of an HMAC-SHA256 */
+
 struct sg_daemon {
   sg_daemon_config_t cfg;
   struct event_base *base;
@@ -151,6 +156,7 @@ struct sg_daemon {
   sg_store_t *store;
   sg_gpu_inventory_t *gpus;
   char *api_key;
+  unsigned char worker_key[SG_WORKER_KEY_LEN]; /* DATA_DIR/worker.key, loaded at start (token.c) */
   char *url;
   char *self_dir; /* directory of the sgpud binary */
   struct sg_endpoint_list endpoints;
@@ -214,6 +220,12 @@ const char *sg_endpoint_state(const sg_endpoint_t *ep);
 bool sg_endpoint_failing(const sg_endpoint_t *ep, const char **code);
 
 /* worker.c */
+/* The base URL (no trailing '/') the workers of runpod endpoints are given
+ * for sgpud's /worker/ routes: config advertise_url when set, else the listen
+ * address with the port bound (http://127.0.0.1:PORT for a wildcard address).
+ * *local_only: it is reachable from this host only (loopback or wildcard
+ * without advertise_url). A new string. */
+char *sg_worker_base_url(const sg_daemon_t *d, bool *local_only);
 sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err);
 /* Takes over a worker of runtime rt an earlier sgpud started for ep (at its
  * current version), through rt->adopt_instance; metered on from the earlier sgpud's records. Returns
@@ -263,6 +275,20 @@ void sg_health_process_started(sg_worker_t *w);
 void sg_health_stop(sg_worker_t *w);
 /* Takes a ready worker out of rotation until a probe, sent at once, passes. */
 void sg_health_suspect(sg_worker_t *w);
+
+/* token.c. Reads the worker key from path (exactly SG_WORKER_KEY_LEN bytes;
+ * any other length or an unreadable file is an error naming it), or, when
+ * there is none, makes one from getrandom in a mode 0600 file linked into
+ * place (a key another process made first is read instead). Blocks. */
+int sg_worker_key_load(const char *path, unsigned char key[SG_WORKER_KEY_LEN], sg_error_t **err);
+/* The token of worker_id: lowercase hex of HMAC-SHA256(d->worker_key,
+ * "sgpu-worker:" + worker_id), NUL-terminated in out. The same for the same
+ * key and id, so it survives an sgpud restart; it is worth something only
+ * while the gateway accepts it (a live worker of that endpoint). */
+void sg_worker_token(const sg_daemon_t *d, const char *worker_id, char out[SG_WORKER_TOKEN_LEN + 1]);
+/* Whether token (len bytes, not NUL-terminated) is worker_id's, compared in
+ * constant time. */
+bool sg_worker_token_valid(const sg_daemon_t *d, const char *worker_id, const char *token, size_t len);
 
 /* images.c: thread pool and image cache; the fleet's images */
 struct sg_registry_auth;

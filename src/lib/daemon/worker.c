@@ -1,5 +1,6 @@
 /* Worker lifecycle: start through the endpoint's runtime, capture output,
  * health-gate traffic, stop (SIGTERM then SIGKILL), notice exits. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -135,8 +136,87 @@ static void gpu_list(const sg_worker_t *w, char *buf, size_t len) {
     off += (size_t)snprintf(buf + off, len - off, "%s%d", i ? "," : "", w->gpus[i]);
 }
 
+/* True for "localhost", 127.0.0.0/8 and ::1. */
+static bool loopback_host(const char *host) {
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (!strcasecmp(host, "localhost"))
+    return true;
+  if (inet_pton(AF_INET, host, &a4) == 1)
+    return (ntohl(a4.s_addr) >> 24) == 127;
+  return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+char *sg_worker_base_url(const sg_daemon_t *d, bool *local_only) {
+  if (d->cfg.advertise_url) {
+    *local_only = false;
+    return xstrdup(d->cfg.advertise_url);
+  }
+  /* The listen address as bind_http reads it ("HOST:PORT", "[V6]:PORT"),
+   * with the port it bound (listen may say 0) from d->url. */
+  const char *listen = d->cfg.listen ? d->cfg.listen : "";
+  const char *colon = strrchr(listen, ':');
+  cleanup_free char *host = xstrndup(listen, colon ? (size_t)(colon - listen) : 0);
+  size_t hlen = strlen(host);
+  if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+    memmove(host, host + 1, hlen - 2);
+    host[hlen - 2] = '\0';
+  }
+  const char *port_text = d->url && strrchr(d->url, ':') ? strrchr(d->url, ':') + 1 : colon ? colon + 1 : "";
+  int port = atoi(port_text);
+  if (!*host || !strcmp(host, "0.0.0.0") || !strcmp(host, "::")) {
+    *local_only = true;
+    return xasprintf("http://127.0.0.1:%d", port);
+  }
+  *local_only = loopback_host(host);
+  return strchr(host, ':') ? xasprintf("http://[%s]:%d", host, port) : xasprintf("http://%s:%d", host, port);
+}
+
+/* How many variables add_runpod_env adds. */
+#define RUNPOD_ENV_VARS 9
+
+/* The RunPod worker protocol's variables for w (docs/API.md, async.protocol):
+ * the SDK substitutes the literal "$ID" and "$RUNPOD_POD_ID" itself. */
+static void add_runpod_env(const sg_worker_t *w, const sg_spec_t *spec, char **env, size_t *n) {
+  bool local_only;
+  cleanup_free char *base = sg_worker_base_url(w->d, &local_only);
+  cleanup_free char *at = xasprintf("%s/worker/%s", base, spec->name);
+  const char *gpu = spec->gpu.count > 0 && spec->gpu.type ? spec->gpu.type : "none";
+  char token[SG_WORKER_TOKEN_LEN + 1];
+  sg_worker_token(w->d, w->id, token);
+  env[(*n)++] = xasprintf("RUNPOD_WEBHOOK_GET_JOB=%s/job-take/$ID?gpu=%s", at, gpu);
+  env[(*n)++] = xasprintf("RUNPOD_WEBHOOK_POST_OUTPUT=%s/job-done/$RUNPOD_POD_ID/$ID?gpu=%s", at, gpu);
+  env[(*n)++] = xasprintf("RUNPOD_WEBHOOK_POST_STREAM=%s/job-stream/$RUNPOD_POD_ID/$ID?gpu=%s", at, gpu);
+  env[(*n)++] = xasprintf("RUNPOD_WEBHOOK_PING=%s/ping/$RUNPOD_POD_ID?gpu=%s", at, gpu);
+  env[(*n)++] = xasprintf("RUNPOD_POD_ID=%s", w->id);
+  env[(*n)++] = xasprintf("RUNPOD_ENDPOINT_ID=%s", spec->name);
+  env[(*n)++] = xasprintf("RUNPOD_AI_API_KEY=%s", token);
+  env[(*n)++] = xasprintf("RUNPOD_PING_INTERVAL=%d", sg_spec_ping_interval_ms(spec));
+  env[(*n)++] = xstrdup("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS=true");
+}
+
+/* Keeps only the last "NAME=value" of each name in env (n entries, then
+ * NULL): what sgpud sets after the spec's env then wins for every reader
+ * (getenv and most runtimes take the first of duplicates). */
+static void env_keep_last(char **env, size_t *n) {
+  size_t out = 0;
+  for (size_t i = 0; i < *n; i++) {
+    size_t len = strcspn(env[i], "=");
+    bool later = false;
+    for (size_t j = i + 1; j < *n && !later; j++)
+      later = !strncmp(env[i], env[j], len) && env[j][len] == '=';
+    if (later)
+      free(env[i]);
+    else
+      env[out++] = env[i];
+  }
+  for (size_t i = out; i < *n; i++)
+    env[i] = NULL;
+  *n = out;
+}
+
 static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
-  size_t cap = spec->n_env + 16, n = 0;
+  size_t cap = spec->n_env + 16 + RUNPOD_ENV_VARS, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
   /* A container's PATH and HOME come from its image, not from this host. */
   bool host = !w->ep->spec->image || (w->rt->caps & SG_RUNTIME_HOST_ENV);
@@ -159,6 +239,9 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   env[n++] = xstrdup("CUDA_DEVICE_ORDER=PCI_BUS_ID");
   env[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
   env[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
+  if (sg_spec_is_runpod(spec))
+    add_runpod_env(w, spec, env, &n);
+  env_keep_last(env, &n);
   return env;
 }
 
@@ -295,15 +378,19 @@ sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, co
   return w->inst;
 }
 
-/* The environment of a remote worker: only what the spec adds (PORT and the
+/* The environment of a remote worker: what the spec adds, the worker's
+ * identity and, for a runpod endpoint, the protocol's variables (PORT and the
  * GPU variables are set on the node). */
 static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec) {
-  char **envp = xcalloc(spec->n_env + 3, sizeof(char *));
+  char **envp = xcalloc(spec->n_env + 3 + RUNPOD_ENV_VARS, sizeof(char *));
   size_t n = 0;
   for (size_t i = 0; i < spec->n_env; i++)
     envp[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
   envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
   envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
+  if (sg_spec_is_runpod(spec))
+    add_runpod_env(w, spec, envp, &n);
+  env_keep_last(envp, &n);
   return envp;
 }
 

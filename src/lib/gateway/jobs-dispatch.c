@@ -80,14 +80,7 @@ static void orphan_end(sg_job_exec_t *x, bool completed) {
   free(x);
 }
 
-void sg_job_abandon_worker(sg_job_t *j) {
-  sg_job_exec_t *x = j->x;
-  if (!j->w)
-    return;
-  if (!x || !x->u) {
-    sg_job_release_worker(j, false);
-    return;
-  }
+void sg_job_take_off_worker(sg_job_t *j) {
   sg_logs_source_request(j->w->logs, j->id, false); /* ended, as far as its log lines go */
   j->x = NULL;
   j->w = NULL;
@@ -97,6 +90,21 @@ void sg_job_abandon_worker(sg_job_t *j) {
   if (j->exec_timer)
     evtimer_del(j->exec_timer);
   j->execution_ms = sg_now_ms() - j->started_mono;
+}
+
+void sg_job_abandon_worker(sg_job_t *j) {
+  sg_job_exec_t *x = j->x;
+  if (!j->w)
+    return;
+  if (j->pulled) {
+    sg_jobs_pull_hold(j);
+    return;
+  }
+  if (!x || !x->u) {
+    sg_job_release_worker(j, false);
+    return;
+  }
+  sg_job_take_off_worker(j);
   x->job = NULL;
   x->ep->proxies++;
   LIST_INSERT_HEAD(&x->J->orphans, x, link);
@@ -139,7 +147,7 @@ void sg_jobs_worker_trusted(sg_endpoint_t *ep, const sg_worker_t *w) {
  * it passed a health check), or FAILED once the attempts are spent. An
  * attempt the worker never took (the connection was refused) does not
  * count. */
-static void worker_lost(sg_job_t *j, const char *why, bool taken) {
+void sg_job_worker_lost(sg_job_t *j, const char *why, bool taken) {
   sg_worker_t *w = j->w;
   if ((!taken || j->J->d->shutting_down) && j->attempts > 0)
     j->attempts--; /* not the job's fault: never reached the worker, or sgpud stopped it */
@@ -260,7 +268,7 @@ static void up_error(void *arg, sg_upstream_error_t e, bool answer_started) {
   cleanup_free char *why = xasprintf(e == SG_UP_CONNECT_FAILED ? "worker %s refused the connection"
                                                                : "worker %s closed the connection before it answered",
                                      wid);
-  worker_lost(j, why, e != SG_UP_CONNECT_FAILED);
+  sg_job_worker_lost(j, why, e != SG_UP_CONNECT_FAILED);
 }
 
 static const sg_upstream_handler_t handler = {up_head, up_body, up_done, up_error, NULL};
@@ -272,12 +280,16 @@ static void exec_timeout_cb(evutil_socket_t fd, short what, void *arg) {
                                    (long long)j->exec_timeout_ms));
 }
 
-static void dispatch(sg_job_t *j, sg_worker_t *w) {
+void sg_job_start_on(sg_job_t *j, sg_worker_t *w) {
   sg_endpoint_t *ep = j->ep;
   sg_job_unqueue(j);
   j->status = SG_JOB_IN_PROGRESS;
   j->attempts++;
   j->w = w;
+  j->pulled = false;
+  j->ping_misses = 0;
+  sg_jobs_set_str(&j->progress, NULL);
+  j->stream_bytes = 0;
   LIST_INSERT_HEAD(&ep->jobs->running, j, rlink);
   ep->jobs->running_n++;
   sg_jobs_set_str(&j->worker_id, xstrdup(w->id));
@@ -299,8 +311,13 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   ep->in_flight++;
   sg_fleet_worker_load(w, 1); /* the meter bills the job's time as busy, as a request's */
   sg_job_put(j, false, SG_JOB_IN_PROGRESS, sg_job_written);
-
   sg_logs_source_request(w->logs, j->id, true);
+  sg_jobs_arm(&j->exec_timer, j->J->d->base, exec_timeout_cb, j, j->exec_timeout_ms);
+}
+
+static void dispatch(sg_job_t *j, sg_worker_t *w) {
+  sg_endpoint_t *ep = j->ep;
+  sg_job_start_on(j, w);
   j->u = sg_gateway_get_conn(w);
   j->x = xcalloc(1, sizeof(*j->x));
   *j->x = (sg_job_exec_t){.J = j->J, .job = j, .ep = ep, .w = w, .u = j->u};
@@ -315,13 +332,16 @@ static void dispatch(sg_job_t *j, sg_worker_t *w) {
   evbuffer_add_printf(out, "{\"id\":\"%s\",\"input\":", j->id);
   evbuffer_add(out, j->input, j->input_len);
   evbuffer_add(out, "}", 1);
-  sg_jobs_arm(&j->exec_timer, j->J->d->base, exec_timeout_cb, j, j->exec_timeout_ms);
 }
 
 void sg_jobs_pump(sg_endpoint_t *ep) {
   struct sg_ep_jobs *ej = ep->jobs;
   if (!ej || ep->deleted || ep->d->shutting_down)
     return;
+  if (sg_spec_is_runpod(ep->spec)) {
+    sg_jobs_pull_pump(ep); /* its workers take jobs */
+    return;
+  }
   /* In queue order; a job that may not go to the one free worker (it was
    * lost there) lets the next ones pass, up to PASS_MAX of them. */
   sg_job_t *j, *next;

@@ -20,6 +20,7 @@
 typedef struct sg_job sg_job_t;
 typedef struct jreq jreq_t;
 typedef struct sg_job_exec sg_job_exec_t;
+struct pull_req;
 
 struct sg_ep_jobs {
   TAILQ_HEAD(, sg_job) queue;
@@ -27,6 +28,7 @@ struct sg_ep_jobs {
   int queued, running_n, inserting;
   uint64_t completed, failed, retried;
   struct event *pump_ev;
+  TAILQ_HEAD(, pull_req) takes; /* parked takes of pull workers, oldest first (jobs-pull.c) */
 };
 
 typedef struct sg_jobs {
@@ -79,6 +81,11 @@ struct sg_job {
   struct event *exec_timer, *ttl_timer;
   struct event *keep_timer; /* a final job with unread partial outputs stays this long */
   bool keep_over;
+  /* taken by a pull worker (jobs-pull.c) */
+  bool pulled;
+  int ping_misses;     /* the worker's pings in a row that did not carry it */
+  char *progress;      /* the last progress output (memory only), shown while IN_PROGRESS */
+  size_t stream_bytes; /* partial outputs received, bounded by max_body */
   LIST_HEAD(, jreq) waiters;
 };
 
@@ -165,6 +172,14 @@ void sg_job_release_worker(sg_job_t *j, bool completed);
  * goes on without j, its answer discarded, and holds the worker's slot until
  * the answer ends or the connection closes (the worker exited). */
 void sg_job_abandon_worker(sg_job_t *j);
+/* Starts j's execution on w: out of the queue, IN_PROGRESS (written), w's
+ * slot taken, its execution timeout armed. */
+void sg_job_start_on(sg_job_t *j, sg_worker_t *w);
+/* Takes j off its worker without giving the slot back. */
+void sg_job_take_off_worker(sg_job_t *j);
+/* The worker was lost during j's execution (taken: the job reached it):
+ * queued again at the head, or FAILED once async.max_retries is spent. */
+void sg_job_worker_lost(sg_job_t *j, const char *why, bool taken);
 /* Frees the executions left by ended jobs (shutdown). */
 void sg_jobs_orphans_free(sg_jobs_t *J);
 /* Worker w passed a health check: queued jobs lost on it may go to it again. */
@@ -172,7 +187,22 @@ void sg_jobs_worker_trusted(sg_endpoint_t *ep, const sg_worker_t *w);
 /* Dispatches ep's queued jobs to the workers that can take them. */
 void sg_jobs_pump(sg_endpoint_t *ep);
 
+/* ---- pull workers (jobs-pull.c) ---- */
+
+/* Hands queued jobs of ep to its parked takes. */
+void sg_jobs_pull_pump(sg_endpoint_t *ep);
+/* j ended while a pull worker held it: the worker is told to stop it and
+ * the slot stays taken until the worker is free again. */
+void sg_jobs_pull_hold(sg_job_t *j);
+/* w ended: the jobs it held are lost, its polls answered, its slots freed. */
+void sg_jobs_pull_worker_ended(sg_worker_t *w);
+/* Frees w's pull state. */
+void sg_jobs_pull_free(sg_worker_t *w);
+
 /* ---- waiting requests (jobs-wait.c) ---- */
+
+/* The close callback of a waiting request's client. */
+void sg_jreq_client_closed(sg_http_req_t *req, void *arg);
 
 /* Frees r (out of J->reqs and its job's waiters). */
 void sg_jreq_free(jreq_t *r);

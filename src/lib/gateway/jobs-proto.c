@@ -1,6 +1,9 @@
 /* The pure parts of the job API. See jobs-proto.h. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <sys/queue.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <jansson.h>
 #include <strings.h>
 
@@ -409,4 +412,17 @@ void sg_rp_ids_free(char **ids, size_t n) {
   for (size_t i = 0; i < n; i++)
     free(ids[i]);
   free(ids);
+}
+
+char *sg_rp_query_param(const char *query, const char *name) {
+  struct evkeyvalq params;
+  TAILQ_INIT(&params);
+  if (!query || evhttp_parse_query_str(query, &params) < 0) {
+    evhttp_clear_headers(&params);
+    return NULL;
+  }
+  const char *v = evhttp_find_header(&params, name);
+  char *out = v ? xstrdup(v) : NULL;
+  evhttp_clear_headers(&params);
+  return out;
 }

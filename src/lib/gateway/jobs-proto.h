@@ -110,4 +110,8 @@ int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t *
 size_t sg_rp_ids_parse(const char *list, char ***ids);
 void sg_rp_ids_free(char **ids, size_t n);
 
+/* The value of name in a URL query (NULL query: none), percent-decoded,
+ * or NULL when absent or the query is malformed. Caller frees. */
+char *sg_rp_query_param(const char *query, const char *name);
+
 #endif

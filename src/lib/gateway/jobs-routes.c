@@ -430,7 +430,7 @@ static void stream(jreq_t *r, sg_endpoint_t *ep) {
 
 /* ---- routing ---- */
 
-static void client_closed(sg_http_req_t *req, void *arg) {
+void sg_jreq_client_closed(sg_http_req_t *req, void *arg) {
   jreq_t *r = arg;
   r->req = NULL;
   if (r->wait == W_BARRIER || r->wait == W_STORE || r->wait == W_CHECK)
@@ -611,7 +611,7 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
     sg_jreq_free(r);
     return SG_HTTP_DONE;
   }
-  sg_http_set_close_cb(req, client_closed, r);
+  sg_http_set_close_cb(req, sg_jreq_client_closed, r);
   sg_http_stream_body(req, body_data, body_end, r);
   return SG_HTTP_STREAM;
 }

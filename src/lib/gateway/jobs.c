@@ -108,6 +108,7 @@ struct sg_ep_jobs *sg_jobs_ep(sg_endpoint_t *ep) {
     struct sg_ep_jobs *ej = xcalloc(1, sizeof(*ej));
     TAILQ_INIT(&ej->queue);
     LIST_INIT(&ej->running);
+    TAILQ_INIT(&ej->takes);
     ej->pump_ev = event_new(ep->d->base, -1, 0, pump_cb, ep);
     ep->jobs = ej;
   }
@@ -194,6 +195,7 @@ void sg_job_free(sg_job_t *j) {
   free(j->worker_id);
   free(j->item_error);
   free(j->avoid_worker);
+  free(j->progress);
   free(j->x);
   free(j);
 }
@@ -302,7 +304,10 @@ static int position_of(const sg_job_t *j) {
 json_t *sg_job_json(const sg_job_t *j) {
   sg_job_record_t r;
   sg_job_to_record(j, j->status, &r);
-  return sg_jobs_record_json(&r, position_of(j));
+  json_t *out = sg_jobs_record_json(&r, position_of(j));
+  if (j->status == SG_JOB_IN_PROGRESS && j->progress) /* a pull worker's progress update */
+    json_object_set_new(out, "output", sg_jobs_json_value(j->progress));
+  return out;
 }
 
 void sg_jobs_arm(struct event **ev, struct event_base *base, event_callback_fn cb, void *arg, int64_t ms) {
@@ -556,6 +561,10 @@ static void recover_one(void *ud, const sg_job_record_t *rec) {
 static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_deleted(ep); }
 static void on_endpoint_freed(void *ud, sg_endpoint_t *ep) { sg_jobs_endpoint_free(ep); }
 static void on_worker_free(void *ud, sg_worker_t *w) { sg_jobs_kick(w->ep); }
+static void on_worker_ended(void *ud, sg_worker_t *w, bool scheduled, int64_t end_wall) {
+  sg_jobs_pull_worker_ended(w);
+}
+static void on_worker_freed(void *ud, sg_worker_t *w) { sg_jobs_pull_free(w); }
 
 /* A suspect worker passed a probe: jobs lost on it may go there again. */
 static void on_worker_in_rotation(void *ud, sg_worker_t *w) {
@@ -577,6 +586,8 @@ static const sg_fleet_subscriber_t subscriber = {
     .worker_ready = on_worker_free,
     .worker_released = on_worker_free,
     .worker_in_rotation = on_worker_in_rotation,
+    .worker_ended = on_worker_ended,
+    .worker_freed = on_worker_freed,
     .waiting = waiting,
 };
 
@@ -627,6 +638,9 @@ void sg_jobs_shutdown(sg_daemon_t *d) {
     return;
   sg_job_writer_stop(J->writer);
   sg_webhooks_stop(J->webhooks);
+  sg_endpoint_t *ep;
+  sg_worker_t *w;
+  TAILQ_FOREACH(ep, &d->endpoints, link) { TAILQ_FOREACH(w, &ep->workers, link) sg_jobs_pull_free(w); }
   jreq_t *r;
   while ((r = LIST_FIRST(&J->reqs))) {
     if (r->job) {

@@ -22,5 +22,7 @@ void sg_jobs_shutdown(sg_daemon_t *d);
 
 /* Registers /v2/ (RunPod's job API) with the router. */
 void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d);
+/* Adds the routes pull workers talk to (/worker/...; jobs-pull.c). */
+void sg_jobs_pull_routes(sg_router_t *r, sg_daemon_t *d);
 
 #endif
