@@ -13,8 +13,10 @@
  * worker protocol): a parsed result's output and error are JSON text,
  * progress never carries an error or a final status, a failed job always has
  * an error; a stream chunk is JSON text; a ping's job ids are valid, unique,
- * at most SG_RP_IDS_MAX and in the list; every refusal carries a message. */
+ * at most SG_RP_IDS_MAX and in the list; every refusal carries a message; a
+ * query value percent-encoded decodes to itself. */
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -182,6 +184,33 @@ static void check_rp_ids(const uint8_t *data, size_t size) {
   free(list);
 }
 
+/* The input up to its first NUL as a query (crash-free whatever it is), and
+ * as a value percent-encoded into one: it decodes to itself. */
+static void check_rp_query(const uint8_t *data, size_t size) {
+  size_t n = strnlen((const char *)data, size);
+  char *text = malloc(n + 1);
+  if (!text)
+    abort();
+  memcpy(text, data, n);
+  text[n] = '\0';
+  free(sg_rp_query_param(text, "job_id"));
+  char *esc = curl_easy_escape(NULL, text, (int)n);
+  if (!esc)
+    abort();
+  size_t qlen = strlen(esc) + 64;
+  char *query = malloc(qlen);
+  if (!query)
+    abort();
+  snprintf(query, qlen, "gpu=none&job_id=%s&runpod_version=1.12.0", esc);
+  char *v = sg_rp_query_param(query, "job_id");
+  if (!v || strcmp(v, text))
+    abort();
+  free(v);
+  free(query);
+  curl_free(esc);
+  free(text);
+}
+
 /* One NUL-terminated line of the input, for the text parsers. */
 static void check_line(const uint8_t *data, size_t size) {
   size_t n = 0;
@@ -242,5 +271,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_rp_result(data, size);
   check_rp_stream(data, size);
   check_rp_ids(data, size);
+  check_rp_query(data, size);
   return 0;
 }

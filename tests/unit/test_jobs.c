@@ -306,6 +306,38 @@ static void test_rp_ids(void **state) {
   free(big);
 }
 
+static void expect_param(const char *query, const char *name, const char *want) {
+  char *v = sg_rp_query_param(query, name);
+  if (want)
+    assert_string_equal(v, want);
+  else
+    assert_null(v);
+  free(v);
+}
+
+static void test_rp_query_param(void **state) {
+  (void)state;
+  /* What the SDK appends to the URLs sgpud gave it. */
+  const char *ping = "gpu=a100&job_id=3f2c1d9e-7a1b%2Csync-5d3c&runpod_version=1.12.0";
+  expect_param(ping, "job_id", "3f2c1d9e-7a1b,sync-5d3c");
+  expect_param(ping, "gpu", "a100");
+  expect_param(ping, "runpod_version", "1.12.0");
+  expect_param(ping, "status", NULL);
+  expect_param("gpu=none&job_in_progress=0&batch_size=3", "batch_size", "3");
+  expect_param("gpu=none&isStream=true", "isStream", "true");
+  expect_param("job_id=", "job_id", "");
+  expect_param("", "job_id", NULL);
+  expect_param(NULL, "job_id", NULL);
+  /* The decoded list is what sg_rp_ids_parse splits. */
+  char *list = sg_rp_query_param(ping, "job_id");
+  char **ids = NULL;
+  size_t n = sg_rp_ids_parse(list, &ids);
+  assert_int_equal(n, 2);
+  assert_string_equal(ids[1], "sync-5d3c");
+  sg_rp_ids_free(ids, n);
+  free(list);
+}
+
 /* ---- ids and states ---- */
 
 static void test_ids_and_states(void **state) {
@@ -593,6 +625,7 @@ int main(void) {
       cmocka_unit_test(test_rp_result),
       cmocka_unit_test(test_rp_stream),
       cmocka_unit_test(test_rp_ids),
+      cmocka_unit_test(test_rp_query_param),
       cmocka_unit_test(test_ids_and_states),
       cmocka_unit_test(test_allow_list),
       cmocka_unit_test_setup_teardown(test_store_apply_get_recover, setup, teardown),
