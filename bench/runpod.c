@@ -434,6 +434,22 @@ static double runsync_ms(bench_http_t *api, const char *url, int e, long handler
   return ms;
 }
 
+/* Lines of the endpoint's log holding text (NDJSON, one line each): what
+ * its pull workers complained of, or jobs lost. */
+static long log_lines(bench_http_t *api, const char *url, int e, const char *text) {
+  char *esc = curl_easy_escape(NULL, text, 0);
+  char *u = bench_asprintf("%s/v1/endpoints/%s/logs?q=%s&limit=10000", url, ep_names[e], esc);
+  long st = bench_http(api, "GET", u, NULL, 10000);
+  if (st != 200)
+    bench_die("GET %s: HTTP %ld", u, st);
+  long n = 0;
+  for (const char *p = api->body; p && *p; p++)
+    n += *p == '\n';
+  curl_free(esc);
+  free(u);
+  return n;
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: bench-runpod [--jobs N] [--reps N] [--submitters N] [--rounds N] [--handler-ms N]\n"
              "                    [--sgpud PATH] [--worker PATH]\n"
@@ -551,6 +567,16 @@ int main(int argc, char **argv) {
       bench_die("interrupted");
   }
 
+  /* The figures hold only if the pull workers ran clean. */
+  long complaints = 0, lost = 0;
+  for (int e = 0; e < N_EPS; e++) {
+    if (is_runpod(e))
+      complaints += log_lines(&api, d.url, e, "pull-worker:");
+    lost += log_lines(&api, d.url, e, "lost");
+  }
+  if (complaints || lost)
+    bench_note("the logs hold %ld complaints of pull workers and %ld lines on lost jobs or workers", complaints, lost);
+
   printf("async jobs: protocol runpod (pull workers) vs http (push to async.path), one sgpud\n");
   printf("no-op handlers, workers.max_concurrency 1; %ld jobs per run, %ld submitters, median of %ld runs\n\n", o.jobs,
          o.submitters, o.reps);
@@ -569,6 +595,7 @@ int main(int argc, char **argv) {
          p99p = bench_percentile(added[1], (size_t)o.rounds, 99);
   printf("%-22s %12.2f %12.2f %13.2fx\n", "median", p50h, p50p, p50p / p50h);
   printf("%-22s %12.2f %12.2f %13.2fx\n", "p99", p99h, p99p, p99p / p99h);
+  printf("\npull workers' complaints in the logs: %ld; lines on lost jobs or workers: %ld\n", complaints, lost);
   free(added[0]);
   free(added[1]);
   bench_http_cleanup(&api);
