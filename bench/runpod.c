@@ -48,6 +48,7 @@
 #define SDK_VERSION "1.12.0"
 /* The SDK's client timeout for a take: sgpud answers well before it. */
 #define TAKE_TIMEOUT_MS 90000L
+#define STATS_JOBS 500
 
 /* ======================================================================
  * The pull worker (--pull-worker)
@@ -221,8 +222,15 @@ static int pull_worker_main(void) {
   post_headers = curl_slist_append(post_headers, "Expect:");
   char *take = bench_asprintf("%s&job_in_progress=0", w.take_url);
   struct answer a = {0};
+  /* Where a job's time goes, over the last STATS_JOBS jobs: from sending
+   * the take that got it to its arrival, the handler, from sending the
+   * result to its answer. Printed on stdout (the endpoint's logs). */
+  double t_take = 0, t_run = 0, t_post = 0;
+  long n_stats = 0;
   for (;;) {
+    double t0 = bench_now_ms();
     long st = pw_request(h, take_headers, take, NULL, TAKE_TIMEOUT_MS, &a);
+    double t1 = bench_now_ms();
     if (st == 204 || st == 400)
       continue;
     if (st == 429) {
@@ -263,11 +271,22 @@ static int pull_worker_main(void) {
     char *url = bench_asprintf("%s&isStream=false", done);
     /* The SDK retries a 5xx after 2 s and 3 s; a 4xx drops the result. */
     long pst = 0;
+    double t2 = bench_now_ms();
     for (int attempt = 0; attempt < 3; attempt++) {
       pst = pw_request(h, post_headers, url, body, 30000, &a);
       if (pst >= 200 && pst < 500)
         break;
       pw_sleep_ms(attempt == 0 ? 2000 : 3000);
+    }
+    t_take += t1 - t0;
+    t_run += t2 - t1;
+    t_post += bench_now_ms() - t2;
+    if (++n_stats == STATS_JOBS) {
+      printf("pull-stats: last %d jobs, ms per job: take %.3f handler %.3f result %.3f\n", STATS_JOBS,
+             t_take / STATS_JOBS, t_run / STATS_JOBS, t_post / STATS_JOBS);
+      fflush(stdout);
+      t_take = t_run = t_post = 0;
+      n_stats = 0;
     }
     if (pst < 200 || pst > 299)
       fprintf(stderr, "pull-worker: result of %s answered %ld: %.300s\n", id, pst, a.body ? a.body : "");
@@ -450,6 +469,21 @@ static long log_lines(bench_http_t *api, const char *url, int e, const char *tex
   return n;
 }
 
+/* The newest "pull-stats" line of the endpoint's workers (malloc'ed), or
+ * NULL when none is stored. */
+static char *newest_stats(bench_http_t *api, const char *url, int e) {
+  char *u = bench_asprintf("%s/v1/endpoints/%s/logs?q=pull-stats:&limit=1", url, ep_names[e]);
+  long st = bench_http(api, "GET", u, NULL, 10000);
+  if (st != 200)
+    bench_die("GET %s: HTTP %ld", u, st);
+  free(u);
+  json_t *j = api->body ? json_loads(api->body, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+  const char *line = json_string_value(json_object_get(j, "line"));
+  char *out = line ? strdup(line) : NULL;
+  json_decref(j);
+  return out;
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: bench-runpod [--jobs N] [--reps N] [--submitters N] [--rounds N] [--handler-ms N]\n"
              "                    [--sgpud PATH] [--worker PATH]\n"
@@ -550,6 +584,11 @@ int main(int argc, char **argv) {
     }
   }
 
+  /* Where a pulled job's time went in the last throughput runs. The log
+   * writer stores lines a moment after they are written. */
+  bench_sleep_ms(500);
+  char *stats[2] = {newest_stats(&api, d.url, E_RP1), newest_stats(&api, d.url, E_RP4)};
+
   /* Latency: runsync rounds alternating between the 1-worker endpoints. */
   double *added[2];
   for (int p = 0; p < 2; p++)
@@ -596,6 +635,11 @@ int main(int argc, char **argv) {
   printf("%-22s %12.2f %12.2f %13.2fx\n", "median", p50h, p50p, p50p / p50h);
   printf("%-22s %12.2f %12.2f %13.2fx\n", "p99", p99h, p99p, p99p / p99h);
   printf("\npull workers' complaints in the logs: %ld; lines on lost jobs or workers: %ld\n", complaints, lost);
+  printf("a pull worker's own view, end of the throughput runs:\n");
+  for (int i = 0; i < 2; i++) {
+    printf("  %-6s %s\n", ep_names[i ? E_RP4 : E_RP1], stats[i] ? stats[i] : "(no pull-stats line stored)");
+    free(stats[i]);
+  }
   free(added[0]);
   free(added[1]);
   bench_http_cleanup(&api);
