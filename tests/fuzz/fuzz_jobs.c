@@ -201,7 +201,8 @@ static void check_rp_query(const uint8_t *data, size_t size) {
   char *query = malloc(qlen);
   if (!query)
     abort();
-  snprintf(query, qlen, "gpu=none&job_id=%s&runpod_version=1.12.0", esc);
+  /* Malformed elements before it hide nothing. */
+  snprintf(query, qlen, "gpu=none&flag&&=x&job_id=%s&runpod_version=1.12.0", esc);
   char *v = sg_rp_query_param(query, "job_id");
   if (!v || strcmp(v, text))
     abort();

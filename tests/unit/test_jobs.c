@@ -328,6 +328,21 @@ static void test_rp_query_param(void **state) {
   expect_param("job_id=", "job_id", "");
   expect_param("", "job_id", NULL);
   expect_param(NULL, "job_id", NULL);
+  /* Percent and plus decoding as in a form; a broken escape stays as it is. */
+  expect_param("job_id=%41%2c%2C", "job_id", "A,,");
+  expect_param("reason=out+of%20memory", "reason", "out of memory");
+  expect_param("job_id=a%2", "job_id", "a%2");
+  expect_param("job_id=a%zz", "job_id", "a%zz");
+  /* The first of repeated names; a longer name that ends in it is another. */
+  expect_param("job_id=a&job_id=b", "job_id", "a");
+  expect_param("xjob_id=1&job_id=2", "job_id", "2");
+  expect_param("job_id", "job_id", NULL);
+  /* A malformed element (no '=', empty, empty name) hides nothing else: a
+   * ping's job ids must not vanish, or its jobs would look lost. */
+  expect_param("gpu=none&flag&job_id=a", "job_id", "a");
+  expect_param("gpu=none&&job_id=a&", "job_id", "a");
+  expect_param("=x&job_id=a", "job_id", "a");
+  expect_param("status=unhealthy&check&job_id=j1%2Cj2", "job_id", "j1,j2");
   /* The decoded list is what sg_rp_ids_parse splits. */
   char *list = sg_rp_query_param(ping, "job_id");
   char **ids = NULL;

@@ -110,8 +110,10 @@ int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t *
 size_t sg_rp_ids_parse(const char *list, char ***ids);
 void sg_rp_ids_free(char **ids, size_t n);
 
-/* The value of name in a URL query (NULL query: none), percent-decoded,
- * or NULL when absent or the query is malformed. Caller frees. */
+/* The value of the first name=value of a URL query (NULL query: none),
+ * decoded as a form's ("+" a space, "%XX" a byte), or NULL when absent.
+ * Elements without "=" are passed over: they hide nothing else. Caller
+ * frees. */
 char *sg_rp_query_param(const char *query, const char *name);
 
 #endif
