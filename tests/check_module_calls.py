@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fails when the daemon's modules call each other in a circle.
 
-Modules (docs/DESIGN.md section 2): api (src/lib/api), gateway
+Modules (docs/DESIGN.md section 2): api (src/lib/api), auth (src/lib/auth), gateway
 (src/lib/gateway but the job files), jobs (gateway/jobs*.c, job-writer.c,
 webhook.c), scaler, meter, logs, the fleet (src/lib/daemon but daemon.c and
 config.c) and the daemon proper (daemon/daemon.c, config.c). A module calls
@@ -19,7 +19,7 @@ args = [a for a in sys.argv[1:] if a != "-v"]
 verbose = "-v" in sys.argv[1:]
 root = pathlib.Path(args[0] if args else pathlib.Path(__file__).resolve().parent.parent)
 lib = root / "src" / "lib"
-MODULES = ("api", "gateway", "jobs", "scaler", "meter", "logs", "fleet", "daemon")
+MODULES = ("api", "gateway", "jobs", "scaler", "meter", "logs", "fleet", "daemon", "auth")
 JOB_FILES = ("job-writer.c", "webhook.c")  # and every gateway/jobs*.c
 
 

@@ -88,5 +88,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err);
 /* Runs until SIGTERM/SIGINT; stops every worker before returning. */
 int sg_daemon_run(sg_daemon_t *d);
 void sg_daemon_free(sg_daemon_t *d);
+/* Prints every route sgpud serves, one a line: "METHODS<TAB>PATTERN<TAB>SCOPES"
+ * (and "<TAB>lists-endpoints" for lists filtered to a key's endpoints). */
+void sg_daemon_list_routes(FILE *out);
 
 #endif

@@ -41,6 +41,7 @@ bool sg_digest_valid(const char *s);
 typedef struct sg_registry_auth {
   char *username;
   char *password;
+  char *registry; /* the registry they are for ("ghcr.io"); NULL: not known */
 } sg_registry_auth_t;
 
 /* What one pull learnt about authenticating: the bearer token, or that the
@@ -145,6 +146,7 @@ typedef struct sg_image {
   int64_t size_bytes, compressed_bytes;
   int64_t pulled_wall, pull_ms, last_used_wall;
   int in_use;
+  bool with_auth; /* pulled with registry credentials: maybe private (sg_images_usable) */
 } sg_image_t;
 
 typedef struct sg_images sg_images_t;
@@ -177,6 +179,23 @@ sg_image_wait_t *sg_images_pull(sg_images_t *images, const char *ref, const sg_r
                                 void *ud);
 /* The callback will not be called. */
 void sg_images_cancel(sg_image_wait_t *wait);
+
+/* Whether a start with credentials for auth_registry (NULL: none) may use
+ * the cached img: always when it was pulled without credentials; when it
+ * was pulled with some (it may be private), only with credentials for its
+ * registry (the reference's domain, or the host serving its API). */
+bool sg_images_usable(const sg_image_t *img, const char *auth_registry);
+
+/* What a worker start calls: the cached image for ref when auth (may be
+ * NULL) may use it (sg_images_usable; cb never runs); otherwise NULL with
+ * *wait set: a pull (not cached), or, for an image cached with credentials
+ * auth is not for, the registry asked again with auth's credentials or none
+ * (sg_images_recheck for a tag, a pull for a digest), so a private image
+ * fails for a start without them. A start that joins a pull run with other
+ * credentials gets the image only when it may use it, else an error (EACCES)
+ * and checks with its own at its next start. */
+sg_image_t *sg_images_get(sg_images_t *images, const char *ref, const sg_registry_auth_t *auth, sg_image_cb cb,
+                          void *ud, sg_image_wait_t **wait);
 
 /* For a cached image named by tag: asks the registry whether the tag still
  * names the cached manifest (a HEAD, then the manifest when the tag names an

@@ -25,6 +25,10 @@ typedef struct sg_spec {
   size_t n_command;
   char **env_keys;
   char **env_values;
+  /* Per entry, the secret it names ({"secret": "hf"}), or NULL: then the
+   * value is env_values[i]; with a secret, env_values[i] is "" and the
+   * worker gets the secret's value (daemon/worker.c). n_env entries. */
+  char **env_secrets;
   size_t n_env;
   int port;
   struct {

@@ -123,6 +123,7 @@ int sg_cmd_workers(int argc, char **argv);
 int sg_cmd_logs(int argc, char **argv);
 int sg_cmd_nodes(int argc, char **argv);
 int sg_cmd_usage(int argc, char **argv);
+int sg_cmd_keys(int argc, char **argv);
 
 extern const char sg_endpoint_help[];
 extern const char sg_invoke_help[];
@@ -130,5 +131,6 @@ extern const char sg_workers_help[];
 extern const char sg_logs_help[];
 extern const char sg_nodes_help[];
 extern const char sg_usage_help[];
+extern const char sg_keys_help[];
 
 #endif

@@ -28,6 +28,7 @@ static const struct command commands[] = {
     {"logs", sg_cmd_logs, sg_logs_help, "show or follow the logs of an endpoint"},
     {"nodes", sg_cmd_nodes, sg_nodes_help, "list the GPUs of the nodes and who holds them"},
     {"usage", sg_cmd_usage, sg_usage_help, "show GPU time and cost per endpoint"},
+    {"keys", sg_cmd_keys, sg_keys_help, "create, list and revoke API keys"},
     {"help", cmd_help, help_help, "show help"},
 };
 

@@ -13,7 +13,7 @@
 static const char usage[] =
     "usage: sgpud [--listen HOST:PORT] [--data-dir DIR] [--gpus TYPE:N,...] [--config FILE]\n"
     "             [--log-level debug|info|warn|error] [--sample-endpoint]\n"
-    "             [--price TYPE=PRICE,...] [--web-dir DIR] [--help-config]\n"
+    "             [--price TYPE=PRICE,...] [--web-dir DIR] [--help-config] [--list-routes]\n"
     "\n"
     "Runs the sgpu daemon: control API (/v1), gateway (/e/NAME/...), workers.\n"
     "\n"
@@ -26,7 +26,8 @@ static const char usage[] =
     "  --price TYPE=PRICE,... price per GPU-second by GPU type (\"a100=0.0004,default=0.0002\");\n"
     "                       replaces the config file's \"prices\"; applies from this start on\n"
     "  --web-dir DIR        serve the web console from DIR instead of the copy built in\n"
-    "  --help-config        print the config file's keys (a Markdown table) and exit\n";
+    "  --help-config        print the config file's keys (a Markdown table) and exit\n"
+    "  --list-routes        print every route with its methods and scopes, and exit\n";
 
 /* Every client connection, worker connection and log pipe is a descriptor:
  * take all the system allows rather than the shell's soft limit. */
@@ -53,6 +54,7 @@ int main(int argc, char **argv) {
       {"web-dir", required_argument, NULL, 'w'},
       {"help", no_argument, NULL, 'h'},
       {"help-config", no_argument, NULL, 'K'},
+      {"list-routes", no_argument, NULL, 'R'},
       {NULL, 0, NULL, 0},
   };
   const char *listen = NULL, *data_dir = NULL, *gpus = NULL, *config = NULL, *prices = NULL, *web_dir = NULL;
@@ -91,6 +93,9 @@ int main(int argc, char **argv) {
       break;
     case 'h':
       fputs(usage, stdout);
+      return 0;
+    case 'R':
+      sg_daemon_list_routes(stdout);
       return 0;
     case 'K':
       sg_daemon_config_help(stdout);

@@ -313,6 +313,39 @@ class OciTest(SgpudTestCase):
             self.assertNotIn(PASSWORD.encode(), blob)
         self.assertIn(b'"username":"alice"', one)
 
+    def test_private_image_not_shared_from_cache(self):
+        """An endpoint without credentials for the private registry cannot start
+        the private image another endpoint pulled into the cache with them; one
+        that holds them starts from the cache. The first also reads a secret
+        from its container's environment."""
+        sg = self.start_oci_sgpud()
+        image = "%s/private/echo:latest" % self.private.addr
+        r = sg.api("POST", "/v1/registry-auths", {"name": "priv", "registry": self.private.addr,
+                                                   "username": USER, "password": PASSWORD})
+        self.assertEqual(r.status, 201, r.body)
+        value = "tok-%s-in-container" % RUN_ID
+        self.assertEqual(sg.api("PUT", "/v1/secrets/model", {"value": value}).status, 201)
+        a = unique_name("priv-a")
+        self.create(self.spec(a, image, registry_auth="priv", workers={"min": 1, "max": 1},
+                              env={"MODEL": {"secret": "model"}, "SGPU_IT_RUN": RUN_ID}), sg=sg)
+        sg.wait_ready(a, 1, timeout=60)
+        self.assertEqual(self.assertOk(sg.invoke(a, "/env"))["MODEL"], value)
+        # B names no credentials: the cached image is not B's to start.
+        b = unique_name("priv-b")
+        self.create(self.spec(b, image, workers={"min": 1, "max": 1}), sg=sg)
+        err = self.wait_for(lambda: sg.status(b)["last_error"], 30, message="B's pull error")
+        self.assertIn("credentials", err)
+        self.assertEqual(sg.ready_workers(b), [])
+        self.assertEqual(sg.invoke(b, "/env").status, 503)
+        # C holds credentials for that registry: it starts from the cache.
+        c = unique_name("priv-c")
+        self.create(self.spec(c, image, registry_auth="priv", workers={"min": 1, "max": 1}), sg=sg)
+        (w,) = sg.wait_ready(c, 1, timeout=60)
+        self.assertEqual(w["cold_start"]["pull_ms"], 0, w)
+        for blob in (sg.log_text(), sg.api("GET", "/v1/endpoints/%s/logs" % a, raw=True).body.decode()):
+            self.assertNotIn(value, blob)
+            self.assertNotIn(PASSWORD, blob)
+
     def test_digest_mismatch_refused(self):
         sg = self.start_oci_sgpud()
         name = unique_name("tamper")

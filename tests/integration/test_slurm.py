@@ -304,6 +304,27 @@ class SlurmTest(SlurmCase):
         self.assertEqual(resp.body["MODEL"], value)
         self.assertFalse(os.path.exists(canary), "a spec value ran as shell in the job script")
 
+    def test_secret_reaches_job_and_its_script_is_private(self):
+        """A secret referenced in env reaches the Slurm job's worker; the
+        batch script, which must carry it to the node, is readable by its
+        owner only, and no log line or route shows it."""
+        sg, prefix = self.start_slurm_sgpud()
+        value = "slurm-secret-%s" % unique_name("v")
+        self.assertOk(sg.api("PUT", "/v1/secrets/tok", {"value": value}), 201)
+        name = unique_name("sls")
+        self.create(slurm_spec(name, env={"MODEL": {"secret": "tok"}, "SGPU_IT_RUN": RUN_ID},
+                               workers={"min": 1, "max": 1, "idle_timeout_s": 600}), sg=sg)
+        (w,) = sg.wait_ready(name, 1, timeout=60)
+        resp = sg.invoke(name, "/env", method="GET", timeout=scaled(30))
+        self.assertEqual(resp.status, 200, resp.body)
+        self.assertEqual(resp.body["MODEL"], value)
+        script = os.path.join(sg.data_dir, "slurm", "%s.sh" % w["id"])
+        self.assertEqual(os.stat(script).st_mode & 0o077, 0, "the job script is readable by others")
+        for path in ("/v1/endpoints/%s" % name, "/v1/endpoints/%s/workers" % name,
+                     "/v1/endpoints/%s/logs" % name, "/metrics"):
+            self.assertNotIn(value.encode(), sg.api("GET", path, raw=True).body, path)
+        self.assertNotIn(value, sg.log_text())
+
     def usage_of(self, sg, name, worker):
         """The closed usage of worker (its records summed), or None while it runs."""
         resp = sg.api("GET", "/v1/usage?endpoint=%s&group=worker" % name)

@@ -19,6 +19,7 @@
 #include "http/http.h"
 #include "http/router.h"
 #include "sgpu/log.h"
+#include "sgpu/util.h"
 
 #define KEY "sg_test_key"
 
@@ -33,9 +34,16 @@ static sg_http_head_action_t answer(void *ctx, sg_http_req_t *req, const char *r
   return SG_HTTP_DONE;
 }
 
-static void buffered(void *ctx, sg_http_req_t *req, const char *rest) {
+static char last_params[256];
+
+static void buffered(void *ctx, sg_http_req_t *req, const sg_route_args_t *a) {
   calls++;
-  snprintf(last_rest, sizeof(last_rest), "%s", rest);
+  snprintf(last_rest, sizeof(last_rest), "%s", a->rest);
+  last_params[0] = '\0';
+  for (size_t i = 0; i < a->n_params; i++)
+    snprintf(last_params + strlen(last_params), sizeof(last_params) - strlen(last_params), "[%s]", a->param[i]);
+  if (a->endpoint)
+    snprintf(last_params + strlen(last_params), sizeof(last_params) - strlen(last_params), "ep=%s", a->endpoint);
   struct evbuffer *b = sg_http_body(req);
   size_t n = evbuffer_get_length(b);
   if (n >= sizeof(last_body))
@@ -47,15 +55,37 @@ static void buffered(void *ctx, sg_http_req_t *req, const char *rest) {
 
 /* Sends one request on a fresh connection; returns the whole answer (the
  * request says Connection: close, so the server ends it). */
+static sg_router_auth_fn hook;
+
 static char *exchange(const char *request) {
   signal(SIGPIPE, SIG_IGN);
   sg_log_set_level(SG_LOG_ERROR);
   struct event_base *base = event_base_new();
   sg_router_t *r = sg_router_new(KEY);
   sg_router_add(r, &(sg_route_t){.path = "/open", .public_route = true, .on_head = answer, .ctx = "open"});
-  sg_router_add(r, &(sg_route_t){.path = "/m", .methods = SG_HTTP_GET, .on_head = answer, .ctx = "m"});
-  sg_router_add(r, &(sg_route_t){.path = "/p/", .prefix = true, .on_head = answer, .ctx = "p"});
-  sg_router_add(r, &(sg_route_t){.path = "/b/", .prefix = true, .on_request = buffered, .ctx = "b"});
+  sg_router_add(
+      r, &(sg_route_t){.path = "/m", .methods = SG_HTTP_GET, .scope = SG_SCOPE_READ, .on_head = answer, .ctx = "m"});
+  sg_router_add(r,
+                &(sg_route_t){.path = "/p/", .prefix = true, .scope = SG_SCOPE_ADMIN, .on_head = answer, .ctx = "p"});
+  sg_router_add(
+      r, &(sg_route_t){.path = "/b/", .prefix = true, .scope = SG_SCOPE_ADMIN, .on_request = buffered, .ctx = "b"});
+  /* Patterns: parameters, the rest of the path, and one pattern with two rows. */
+  sg_router_add(r, &(sg_route_t){.path = "/t/{endpoint}/w/{id}",
+                                 .methods = SG_HTTP_GET,
+                                 .scope = SG_SCOPE_READ,
+                                 .on_request = buffered,
+                                 .ctx = "t-get"});
+  sg_router_add(r, &(sg_route_t){.path = "/t/{endpoint}/w/{id}",
+                                 .methods = SG_HTTP_DELETE | SG_HTTP_PUT,
+                                 .scope = SG_SCOPE_DEPLOY,
+                                 .on_request = buffered,
+                                 .ctx = "t-del"});
+  sg_router_add(
+      r, &(sg_route_t){
+             .path = "/i/{ref*}", .methods = SG_HTTP_GET, .scope = SG_SCOPE_READ, .on_request = buffered, .ctx = "i"});
+  sg_router_add(r, &(sg_route_t){.path = "/e/{endpoint}/*", .scope = SG_SCOPE_INVOKE, .on_head = answer, .ctx = "e"});
+  if (hook)
+    sg_router_set_auth(r, hook, NULL);
   sg_http_server_config_t cfg = {
       .max_buffered_body = 4096,
       .header_timeout_s = 10,
@@ -185,6 +215,114 @@ static void test_route_without_on_head_gets_body_buffered(void **state) {
   free(a);
 }
 
+#define GET_WITH_KEY(path)                                                                                             \
+  "GET " path " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY "\r\nConnection: close\r\n\r\n"
+
+static void test_pattern_parameters_reach_handler(void **state) {
+  (void)state;
+  calls = 0;
+  char *a = exchange(GET_WITH_KEY("/t/echo/w/w-1"));
+  assert_string_equal(body_of(a), "t-get");
+  assert_string_equal(last_params, "[echo][w-1]ep=echo");
+  assert_string_equal(last_rest, "echo/w/w-1");
+  free(a);
+  /* the second row of the same pattern, chosen by method */
+  a = exchange("DELETE /t/echo/w/w-2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
+               "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  assert_string_equal(body_of(a), "t-del");
+  assert_string_equal(last_params, "[echo][w-2]ep=echo");
+  free(a);
+  a = exchange(GET_WITH_KEY("/i/registry:5000/a/b:tag"));
+  assert_string_equal(body_of(a), "i");
+  assert_string_equal(last_params, "[registry:5000/a/b:tag]");
+  free(a);
+  assert_int_equal(calls, 3);
+}
+
+static void test_pattern_mismatch_is_404_and_methods_of_all_rows_are_allowed(void **state) {
+  (void)state;
+  const char *missing[] = {GET_WITH_KEY("/t/echo/w"), GET_WITH_KEY("/t//w/x"), GET_WITH_KEY("/t/echo/w/x/y"),
+                           GET_WITH_KEY("/i/"),       GET_WITH_KEY("/i/a//b"), GET_WITH_KEY("/e/"),
+                           GET_WITH_KEY("/e/x-y")};
+  calls = 0;
+  for (size_t i = 0; i < sizeof(missing) / sizeof(missing[0]); i++) {
+    char *a = exchange(missing[i]);
+    if (i == SG_ARRAY_SIZE(missing) - 1) { /* /e/{endpoint} with nothing after is a match */
+      assert_string_equal(body_of(a), "e");
+    } else {
+      assert_true(!strncmp(a, "HTTP/1.1 404 ", 13));
+    }
+    free(a);
+  }
+  assert_int_equal(calls, 1);
+  char *a = exchange("POST /t/echo/w/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " KEY
+                     "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  assert_true(!strncmp(a, "HTTP/1.1 405 ", 13));
+  assert_non_null(strstr(a, "\r\nAllow: GET, PUT, DELETE\r\n"));
+  free(a);
+}
+
+static bool seen_route; /* the hook was asked about a route (the router is freed after each exchange) */
+static unsigned seen_scope;
+static char seen_endpoint[64];
+static int hook_calls;
+
+/* Grants only routes of scope invoke, and records what it was asked. */
+static bool invoke_only(void *ud, sg_http_req_t *req, const sg_route_t *rt, const char *endpoint) {
+  hook_calls++;
+  seen_route = rt != NULL;
+  seen_scope = rt ? rt->scope : 0;
+  snprintf(seen_endpoint, sizeof(seen_endpoint), "%s", endpoint ? endpoint : "(none)");
+  if (!rt || sg_scope_grants(SG_SCOPE_INVOKE, rt->scope))
+    return true;
+  sg_http_send_error(req, 403, "forbidden", "no", NULL);
+  return false;
+}
+
+static void test_auth_hook_decides_once_with_route_and_endpoint(void **state) {
+  (void)state;
+  hook = invoke_only;
+  calls = hook_calls = 0;
+  char *a = exchange("GET /e/my-ep/x/y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_string_equal(body_of(a), "e");
+  assert_string_equal(last_rest, "my-ep/x/y");
+  assert_true(seen_route);
+  assert_int_equal(seen_scope, SG_SCOPE_INVOKE);
+  assert_string_equal(seen_endpoint, "my-ep");
+  free(a);
+  a = exchange("GET /t/my-ep/w/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_true(!strncmp(a, "HTTP/1.1 403 ", 13));
+  free(a);
+  /* public routes never ask */
+  a = exchange("GET /open HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_string_equal(body_of(a), "open");
+  free(a);
+  /* no route: asked without one */
+  a = exchange("GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert_true(!strncmp(a, "HTTP/1.1 404 ", 13));
+  assert_false(seen_route);
+  free(a);
+  assert_int_equal(hook_calls, 3);
+  assert_int_equal(calls, 2); /* /e/ and /open */
+  hook = NULL;
+}
+
+static void test_scope_names_and_grants(void **state) {
+  (void)state;
+  char buf[64];
+  assert_string_equal(sg_scope_str(SG_SCOPE_READ | SG_SCOPE_DEPLOY, buf, sizeof(buf)), "deploy|read");
+  assert_string_equal(sg_route_methods_str(SG_HTTP_GET | SG_HTTP_DELETE, buf, sizeof(buf)), "GET|DELETE");
+  assert_string_equal(sg_route_methods_str(SG_HTTP_ANY, buf, sizeof(buf)), "ANY");
+  assert_int_equal(sg_scope_parse("invoke"), SG_SCOPE_INVOKE);
+  assert_int_equal(sg_scope_parse("public"), 0);
+  assert_int_equal(sg_scope_parse("root"), 0);
+  assert_true(sg_scope_grants(SG_SCOPE_ADMIN, SG_SCOPE_READ));
+  assert_true(sg_scope_grants(SG_SCOPE_READ, SG_SCOPE_READ | SG_SCOPE_DEPLOY));
+  assert_false(sg_scope_grants(SG_SCOPE_INVOKE, SG_SCOPE_READ | SG_SCOPE_DEPLOY));
+  assert_false(sg_scope_grants(SG_SCOPE_DEPLOY | SG_SCOPE_READ | SG_SCOPE_INVOKE, SG_SCOPE_ADMIN));
+  assert_true(sg_scope_grants(0, SG_SCOPE_PUBLIC));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_public_route_needs_no_key),
@@ -193,6 +331,10 @@ int main(void) {
       cmocka_unit_test(test_unmatched_path_with_key_is_404),
       cmocka_unit_test(test_method_outside_set_is_405),
       cmocka_unit_test(test_route_without_on_head_gets_body_buffered),
+      cmocka_unit_test(test_pattern_parameters_reach_handler),
+      cmocka_unit_test(test_pattern_mismatch_is_404_and_methods_of_all_rows_are_allowed),
+      cmocka_unit_test(test_auth_hook_decides_once_with_route_and_endpoint),
+      cmocka_unit_test(test_scope_names_and_grants),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

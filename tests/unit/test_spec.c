@@ -428,6 +428,56 @@ static void test_invalid_command(void **state) {
   expect_valid("command", "[\"/a\", \"\", \"--x=$PORT\"]");
 }
 
+/* {"secret": NAME} in env: kept as a reference (the value is ""), shown as
+ * the reference again, and a change of secret restarts workers. */
+static void test_env_secret_reference(void **state) {
+  (void)state;
+  const char *text = "{\"name\": \"e\", \"command\": [\"/bin/true\"],"
+                     " \"env\": {\"HF_TOKEN\": {\"secret\": \"hf\"}, \"MODEL\": \"tiny\"}}";
+  sg_error_t *err = NULL;
+  sg_spec_t *s = parse(text, &err);
+  assert_null(err);
+  assert_int_equal(s->n_env, 2);
+  int seen = 0;
+  for (size_t i = 0; i < s->n_env; i++) {
+    if (!strcmp(s->env_keys[i], "HF_TOKEN")) {
+      assert_string_equal(s->env_secrets[i], "hf");
+      assert_string_equal(s->env_values[i], "");
+      seen |= 1;
+    } else {
+      assert_null(s->env_secrets[i]);
+      assert_string_equal(s->env_values[i], "tiny");
+      seen |= 2;
+    }
+  }
+  assert_int_equal(seen, 3);
+  json_t *j = sg_spec_to_json(s);
+  json_t *ref = json_object_get(json_object_get(j, "env"), "HF_TOKEN");
+  assert_true(json_is_object(ref));
+  assert_int_equal(json_object_size(ref), 1);
+  assert_string_equal(json_string_value(json_object_get(ref, "secret")), "hf");
+  /* Round trip: the JSON parses back to the same reference. */
+  sg_spec_t *again = sg_spec_from_json(j, &err);
+  assert_non_null(again);
+  assert_false(sg_spec_restart_needed(s, again));
+  json_decref(j);
+  const char *other = "{\"name\": \"e\", \"command\": [\"/bin/true\"],"
+                      " \"env\": {\"HF_TOKEN\": {\"secret\": \"hf2\"}, \"MODEL\": \"tiny\"}}";
+  sg_spec_t *changed = parse(other, &err);
+  assert_true(sg_spec_restart_needed(s, changed));
+  sg_spec_free(changed);
+  sg_spec_free(again);
+  sg_spec_free(s);
+  expect_valid("env", "{\"A\": {\"secret\": \"a-1\"}}");
+  expect_invalid("env", "{\"A\": {}}", "env.A");
+  expect_invalid("env", "{\"A\": {\"secret\": 1}}", "env.A");
+  expect_invalid("env", "{\"A\": {\"secret\": \"Bad_Name\"}}", "env.A");
+  expect_invalid("env", "{\"A\": {\"secret\": \"\"}}", "env.A");
+  expect_invalid("env", "{\"A\": {\"secret\": \"a\", \"b\": 1}}", "env.A");
+  expect_invalid("env", "{\"A\": {\"value\": \"a\"}}", "env.A");
+  expect_invalid("env", "{\"OK\": {\"secret\": \"a\"}, \"1B\": {\"secret\": \"a\"}}", "env.1B");
+}
+
 static void test_invalid_env(void **state) {
   (void)state;
   expect_invalid("env", "[]", "env");
@@ -1051,6 +1101,7 @@ int main(void) {
       cmocka_unit_test(test_invalid_type_runtime_image),
       cmocka_unit_test(test_invalid_command),
       cmocka_unit_test(test_invalid_env),
+      cmocka_unit_test(test_env_secret_reference),
       cmocka_unit_test(test_invalid_port),
       cmocka_unit_test(test_invalid_health),
       cmocka_unit_test(test_invalid_gpu),

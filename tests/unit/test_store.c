@@ -18,6 +18,9 @@
 #include <event2/event.h>
 #include <pthread.h>
 
+#include "sgpu/keys-store.h"
+#include "sgpu/images-store.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/store.h"
 #include "sgpu/util.h"
 
@@ -666,6 +669,63 @@ static void test_reopen_keeps_data(void **state) {
   rows_free(&rs);
 }
 
+typedef struct keys_seen {
+  int n;
+  char names[4][32];
+  int64_t last_used[4];
+  unsigned char first_hash[SG_KEY_HASH_LEN];
+  double rate;
+} keys_seen_t;
+
+static void collect_key(void *ud, const sg_key_record_t *r) {
+  keys_seen_t *k = ud;
+  if (k->n == 0) {
+    memcpy(k->first_hash, r->hash, SG_KEY_HASH_LEN);
+    k->rate = r->rate;
+  }
+  if (k->n < 4) {
+    snprintf(k->names[k->n], sizeof(k->names[0]), "%s", r->name);
+    k->last_used[k->n] = r->last_used_ms;
+  }
+  k->n++;
+}
+
+static void test_api_keys(void **state) {
+  fixture_t *f = *state;
+  unsigned char h1[SG_KEY_HASH_LEN], h2[SG_KEY_HASH_LEN];
+  memset(h1, 0xab, sizeof(h1));
+  memset(h2, 0xcd, sizeof(h2));
+  sg_key_record_t a = {"alpha", "sgpu_0123abcd", h1, "invoke|read", "[\"e1\"]", 10, 0, 0, 2.5, 3};
+  sg_key_record_t b = {"bravo", "sgpu_ffff0000", h2, "admin", NULL, 11, 0, 99, 0, 0};
+  assert_int_equal(sg_store_key_insert(f->store, &a, NULL), 0);
+  assert_int_equal(sg_store_key_insert(f->store, &b, NULL), 0);
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_key_insert(f->store, &a, &err), -SG_EEXIST);
+  sg_error_free(err);
+  char *names[] = {"alpha", "gone"};
+  int64_t when[] = {500, 600};
+  assert_int_equal(sg_store_key_touch(f->store, names, when, 2, NULL), 0);
+  when[0] = 400; /* an older time never goes back */
+  assert_int_equal(sg_store_key_touch(f->store, names, when, 1, NULL), 0);
+  reopen(f);
+  keys_seen_t k = {0};
+  assert_int_equal(sg_store_key_load(f->store, collect_key, &k, NULL), 0);
+  assert_int_equal(k.n, 2);
+  assert_string_equal(k.names[0], "alpha");
+  assert_int_equal(k.last_used[0], 500);
+  assert_int_equal(k.last_used[1], 0);
+  assert_memory_equal(k.first_hash, h1, SG_KEY_HASH_LEN);
+  assert_true(k.rate == 2.5);
+  assert_int_equal(sg_store_key_delete(f->store, "alpha", NULL), 0);
+  err = NULL;
+  assert_int_equal(sg_store_key_delete(f->store, "alpha", &err), -SG_ENOTFOUND);
+  sg_error_free(err);
+  memset(&k, 0, sizeof(k));
+  assert_int_equal(sg_store_key_load(f->store, collect_key, &k, NULL), 0);
+  assert_int_equal(k.n, 1);
+  assert_string_equal(k.names[0], "bravo");
+}
+
 static void test_two_stores_same_file(void **state) {
   fixture_t *f = *state;
   sg_error_t *err = NULL;
@@ -851,9 +911,108 @@ static void test_write_on_loop_thread_aborts(void **state) {
 }
 #endif
 
+static void count_secret(void *ud, const sg_secret_record_t *r) {
+  (void)r;
+  (*(int *)ud)++;
+}
+
+/* A secret referenced by a stored endpoint's env cannot be deleted; once
+ * the endpoint is gone it can. */
+static void test_secret_delete_in_use(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  unsigned char sealed[4] = {1, 2, 3, 4};
+  sg_secret_record_t sec = {"hf", sealed, sizeof(sealed), 10, 10};
+  assert_int_equal(sg_store_secret_put(f->store, &sec, &err), 0);
+  sg_secret_record_t other = {"hf2", sealed, sizeof(sealed), 10, 10};
+  assert_int_equal(sg_store_secret_put(f->store, &other, &err), 0);
+  sg_endpoint_record_t ep = {"uses", "{\"name\":\"uses\",\"env\":{\"A\":\"hf\",\"T\":{\"secret\":\"hf\"}}}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &ep, &err), 0);
+  /* A plain value equal to the name is no reference. */
+  sg_endpoint_record_t plain = {"plain", "{\"name\":\"plain\",\"env\":{\"A\":\"hf2\"}}", 1, 1, 1};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &plain, &err), 0);
+  assert_true(sg_store_secret_delete(f->store, "hf", &err) < 0);
+  assert_int_equal(err->status, SG_EEXIST);
+  assert_non_null(strstr(err->message, "\"uses\""));
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_store_secret_delete(f->store, "hf2", &err), 0);
+  assert_int_equal(sg_store_endpoint_delete(f->store, "uses", &err), 0);
+  assert_int_equal(sg_store_secret_delete(f->store, "hf", &err), 0);
+  assert_true(sg_store_secret_delete(f->store, "hf", &err) < 0);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  int n = 0;
+  assert_int_equal(sg_store_secret_load(f->store, count_secret, &n, NULL), 0);
+  assert_int_equal(n, 0);
+}
+
+static void count_auth(void *ud, const sg_registry_auth_record_t *r) {
+  (void)r;
+  (*(int *)ud)++;
+}
+
+static void keep_secret(void *ud, const sg_registry_auth_record_t *r) {
+  snprintf(ud, 64, "%s", r->secret ? r->secret : "(null)");
+}
+
+/* Registry passwords: refused without a key, sealed with one (a BLOB that
+ * does not hold the password), read back in clear; a row written in clear
+ * is sealed once. */
+static void test_auth_sealed(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_registry_auth_record_t rec = {"reg", "ghcr.io", "me", "hunter2-password", 5, 5};
+  assert_true(sg_store_auth_put(f->store, &rec, false, &err) < 0);
+  sg_error_free(err);
+  err = NULL;
+  unsigned char key[SG_SEAL_KEY_LEN];
+  memset(key, 7, sizeof(key));
+  sg_store_set_seal_key(f->store, key);
+  assert_int_equal(sg_store_auth_put(f->store, &rec, false, &err), 0);
+  char got[64] = "";
+  assert_int_equal(sg_store_auth_get(f->store, "reg", keep_secret, got, &err), 0);
+  assert_string_equal(got, "hunter2-password");
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(
+      sqlite3_prepare_v2(db, "SELECT typeof(secret), instr(secret, 'hunter2') FROM registry_auths", -1, &st, NULL),
+      SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_string_equal((const char *)sqlite3_column_text(st, 0), "blob");
+  assert_int_equal(sqlite3_column_int(st, 1), 0);
+  sqlite3_finalize(st);
+  /* A row as an earlier sgpud wrote it. */
+  assert_int_equal(sqlite3_exec(db, "INSERT INTO registry_auths VALUES('old', 'docker.io', 'u', 'clear-pass', 1, 1)",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+  assert_int_equal(sg_store_auth_seal_clear(f->store, &err), 1);
+  assert_int_equal(sg_store_auth_seal_clear(f->store, &err), 0);
+  assert_int_equal(sg_store_auth_get(f->store, "old", keep_secret, got, &err), 0);
+  assert_string_equal(got, "clear-pass");
+  /* Another key does not open them. */
+  unsigned char other[SG_SEAL_KEY_LEN];
+  memset(other, 8, sizeof(other));
+  sg_store_set_seal_key(f->store, other);
+  assert_true(sg_store_auth_get(f->store, "old", keep_secret, got, &err) < 0);
+  assert_non_null(strstr(err->message, "does not open"));
+  sg_error_free(err);
+  err = NULL;
+  /* Loading all leaves them out rather than failing. */
+  int n = 0;
+  assert_int_equal(sg_store_auth_load(f->store, count_auth, &n, &err), 0);
+  assert_int_equal(n, 0);
+  sg_store_set_seal_key(f->store, key);
+  assert_int_equal(sg_store_auth_load(f->store, count_auth, &n, &err), 0);
+  assert_int_equal(n, 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_endpoint_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_api_keys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_versions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_store_thread_order_and_drain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoint_insert_other_failure, setup, teardown),
@@ -868,6 +1027,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_stores_same_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_readers_snapshot, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_secret_delete_in_use, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_auth_sealed, setup, teardown),
 #ifndef NDEBUG
       cmocka_unit_test_setup_teardown(test_query_on_loop_thread_aborts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_on_loop_thread_aborts, setup, teardown),

@@ -41,11 +41,19 @@ void sg_api_images(sg_daemon_t *d, sg_http_req_t *req);
 void sg_api_image(sg_daemon_t *d, sg_http_req_t *req, const char *ref);
 void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
+/* secrets.c: /v1/secrets, /v1/secrets/{name} (name NULL for the list) */
+void sg_api_secrets(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+
 /* nodes.c: /v1/nodes */
 void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req);
 
 /* usage.c: GET /v1/usage */
 void sg_api_usage(sg_daemon_t *d, sg_http_req_t *req);
+
+/* keys.c: GET and POST /v1/api-keys, DELETE /v1/api-keys/{name} */
+void sg_api_keys_list(sg_daemon_t *d, sg_http_req_t *req);
+void sg_api_keys_create(sg_daemon_t *d, sg_http_req_t *req);
+void sg_api_keys_revoke(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
 /* console.c: answers a request for a console file (/, /console/...) and
  * returns true; false when the path is not the console's. */

@@ -1,6 +1,6 @@
 /* The control API's routes: /healthz and the console's static files
- * (/, /console/..., public), and /v1 (the key is checked by the router,
- * http/router.c, before any of these run), with the /v1 dispatch and the
+ * (/, /console/..., public), and the /v1 table (the key and its scope are
+ * checked by the router, http/router.c, before any of these run), with the
  * JSON body reader its handlers use. */
 #include <event2/buffer.h>
 
@@ -38,90 +38,119 @@ json_t *sg_api_read_json(sg_http_req_t *req) {
   return j;
 }
 
-/* Splits path after prefix into at most n '/'-separated segments. Returns
- * the count, or -1 when there are more or one is empty. */
-static int split(const char *path, char **seg, int n, char *storage, size_t cap) {
-  snprintf(storage, cap, "%s", path);
-  int count = 0;
-  char *save = NULL;
-  size_t len = strlen(storage);
-  if (len > 0 && storage[len - 1] == '/')
-    storage[len - 1] = '\0'; /* one trailing slash is tolerated */
-  if (!*storage)
-    return 0;
-  if (strstr(storage, "//"))
-    return -1;
-  for (char *s = strtok_r(storage, "/", &save); s; s = strtok_r(NULL, "/", &save)) {
-    if (count == n)
-      return -1;
-    seg[count++] = s;
-  }
-  return count;
-}
-
 static void not_found(sg_http_req_t *req, const char *what) { sg_http_send_error(req, 404, "not_found", what, NULL); }
 
-static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
-  char storage[1024];
-  char *seg[4];
-  if (!strncmp(rest, "images/", 7) && rest[7])
-    return sg_api_image(d, req, rest + 7);
-  if (strlen(rest) >= sizeof(storage)) {
-    not_found(req, "no such route");
-    return;
-  }
-  int n = split(rest, seg, 4, storage, sizeof(storage));
-  bool get = sg_http_method_is(req, "GET");
-  if (n == 1 && !strcmp(seg[0], "nodes")) {
-    if (!get)
-      return sg_http_method_not_allowed(req, "GET");
-    return sg_api_nodes(d, req);
-  }
-  if (n == 1 && !strcmp(seg[0], "images"))
-    return sg_api_images(d, req);
-  if ((n == 1 || n == 2) && !strcmp(seg[0], "registry-auths"))
-    return sg_api_registry_auths(d, req, n == 2 ? seg[1] : NULL);
-  if (n == 1 && !strcmp(seg[0], "usage")) {
-    if (!get)
-      return sg_http_method_not_allowed(req, "GET");
-    return sg_api_usage(d, req);
-  }
-  if (n < 1 || strcmp(seg[0], "endpoints")) {
-    not_found(req, "no such route");
-    return;
-  }
-  if (n == 1)
-    return sg_api_endpoints(d, req);
-  if (n == 2)
-    return sg_api_endpoint(d, req, seg[1]);
-  sg_endpoint_t *ep = sg_daemon_find_endpoint(d, seg[1]);
-  if (n == 3 && !strcmp(seg[2], "logs")) {
-    if (!get)
-      return sg_http_method_not_allowed(req, "GET");
-    if (!ep)
-      return not_found(req, "no such endpoint");
-    return sg_logs_handle(d, req, ep->name);
-  }
-  if (n == 3 && !strcmp(seg[2], "series")) {
-    if (!get)
-      return sg_http_method_not_allowed(req, "GET");
-    if (!ep)
-      return not_found(req, "no such endpoint");
-    return sg_http_send_json(req, 200, sg_series_to_json(ep, 0));
-  }
-  if (n == 3 && (!strcmp(seg[2], "versions") || !strcmp(seg[2], "rollback"))) {
-    if (!ep)
-      return not_found(req, "no such endpoint");
-    if (!strcmp(seg[2], "versions"))
-      return sg_api_endpoint_versions(d, req, ep);
-    return sg_api_endpoint_rollback(d, req, ep);
-  }
-  if ((n == 3 || n == 4) && !strcmp(seg[2], "workers")) {
-    if (!ep)
-      return not_found(req, "no such endpoint");
-    return sg_api_workers(d, req, ep, n == 4 ? seg[3] : NULL);
-  }
-  not_found(req, "no such route");
+/* ---- the /v1 routes: one row per (methods, pattern), each with its scope ---- */
+
+typedef void (*v1_fn)(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a);
+
+static void endpoints(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_endpoints(d, req); }
+static void endpoint(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_endpoint(d, req, a->endpoint);
+}
+
+/* The endpoint of a /v1/endpoints/{endpoint}/... route, or NULL after 404. */
+static sg_endpoint_t *endpoint_of(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = sg_daemon_find_endpoint(d, a->endpoint);
+  if (!ep)
+    not_found(req, "no such endpoint");
+  return ep;
+}
+
+static void logs(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_logs_handle(d, req, ep->name);
+}
+
+static void series(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_http_send_json(req, 200, sg_series_to_json(ep, 0));
+}
+
+static void versions(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_api_endpoint_versions(d, req, ep);
+}
+
+static void rollback(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_api_endpoint_rollback(d, req, ep);
+}
+
+static void workers(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_api_workers(d, req, ep, a->n_params > 1 ? a->param[1] : NULL);
+}
+
+static void images(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_images(d, req); }
+static void image(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_image(d, req, a->param[0]); }
+static void registry_auths(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_registry_auths(d, req, a->n_params ? a->param[0] : NULL);
+}
+static void secrets(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_secrets(d, req, a->n_params ? a->param[0] : NULL);
+}
+static void nodes(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_nodes(d, req); }
+static void usage(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_usage(d, req); }
+static void keys_list(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_keys_list(d, req); }
+static void keys_create(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_keys_create(d, req); }
+static void keys_revoke(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_keys_revoke(d, req, a->param[0]);
+}
+
+#define GET SG_HTTP_GET
+#define POST SG_HTTP_POST
+#define PUT SG_HTTP_PUT
+#define PATCH SG_HTTP_PATCH
+#define DELETE SG_HTTP_DELETE
+#define ADMIN SG_SCOPE_ADMIN
+#define DEPLOY SG_SCOPE_DEPLOY
+#define READ SG_SCOPE_READ
+#define LISTS SG_ROUTE_LISTS_ENDPOINTS
+
+/* Every /v1 route. A new route is a row here (methods, pattern, the scopes
+ * that grant it besides admin, flags, handler) and a row in the route x
+ * scope table of tests/integration/test_keys.py. Bodies are buffered
+ * (SG_API_MAX_BODY). */
+static const struct v1_route {
+  unsigned methods;
+  const char *path;
+  unsigned scope;
+  unsigned flags;
+  v1_fn fn;
+} v1_routes[] = {
+    {GET, "/v1/endpoints", READ | DEPLOY, LISTS, endpoints},
+    {POST, "/v1/endpoints", DEPLOY, 0, endpoints},
+    {GET, "/v1/endpoints/{endpoint}", READ | DEPLOY, 0, endpoint},
+    {PUT | PATCH | DELETE, "/v1/endpoints/{endpoint}", DEPLOY, 0, endpoint},
+    {GET, "/v1/endpoints/{endpoint}/logs", READ | DEPLOY, 0, logs},
+    {GET, "/v1/endpoints/{endpoint}/series", READ | DEPLOY, 0, series},
+    {GET, "/v1/endpoints/{endpoint}/versions", READ | DEPLOY, 0, versions},
+    {POST, "/v1/endpoints/{endpoint}/rollback", DEPLOY, 0, rollback},
+    {GET, "/v1/endpoints/{endpoint}/workers", READ | DEPLOY, 0, workers},
+    {DELETE, "/v1/endpoints/{endpoint}/workers/{id}", DEPLOY, 0, workers},
+    {GET, "/v1/images", READ | DEPLOY, 0, images},
+    {POST, "/v1/images", DEPLOY, 0, images},
+    {DELETE, "/v1/images/{ref*}", DEPLOY, 0, image},
+    {GET | POST, "/v1/registry-auths", DEPLOY, 0, registry_auths},
+    {GET | PUT | DELETE, "/v1/registry-auths/{name}", DEPLOY, 0, registry_auths},
+    {GET, "/v1/secrets", DEPLOY, 0, secrets},
+    {GET | PUT | DELETE, "/v1/secrets/{name}", DEPLOY, 0, secrets},
+    {GET, "/v1/nodes", READ, 0, nodes},
+    {GET, "/v1/usage", READ | DEPLOY, 0, usage},
+    {GET, "/v1/api-keys", ADMIN, 0, keys_list},
+    {POST, "/v1/api-keys", ADMIN, 0, keys_create},
+    {DELETE, "/v1/api-keys/{name}", ADMIN, 0, keys_revoke},
+};
+
+static void v1(void *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  const struct v1_route *row = a->data;
+  row->fn(d, req, a);
 }
 
 static sg_http_head_action_t healthz(void *ctx, sg_http_req_t *req, const char *rest) {
@@ -136,15 +165,21 @@ static sg_http_head_action_t console(void *d, sg_http_req_t *req, const char *re
   return SG_HTTP_DONE;
 }
 
-static void v1(void *d, sg_http_req_t *req, const char *rest) { route_v1(d, req, rest); }
-
 void sg_api_routes(sg_router_t *r, sg_daemon_t *d) {
   /* Public: the health check and the console's files (they hold no data). */
-  sg_router_add(r, &(sg_route_t){.path = "/healthz", .public_route = true, .on_head = healthz, .ctx = d});
-  sg_router_add(r, &(sg_route_t){.path = "/", .public_route = true, .on_head = console, .ctx = d});
-  sg_router_add(r, &(sg_route_t){.path = "/index.html", .public_route = true, .on_head = console, .ctx = d});
-  sg_router_add(r,
-                &(sg_route_t){.path = "/console/", .prefix = true, .public_route = true, .on_head = console, .ctx = d});
-  /* The control API: bodies buffered (SG_API_MAX_BODY), then route_v1. */
-  sg_router_add(r, &(sg_route_t){.path = "/v1/", .prefix = true, .on_request = v1, .ctx = d});
+  sg_router_add(r, &(sg_route_t){.path = "/healthz", .scope = SG_SCOPE_PUBLIC, .on_head = healthz, .ctx = d});
+  sg_router_add(r, &(sg_route_t){.path = "/", .scope = SG_SCOPE_PUBLIC, .on_head = console, .ctx = d});
+  sg_router_add(r, &(sg_route_t){.path = "/index.html", .scope = SG_SCOPE_PUBLIC, .on_head = console, .ctx = d});
+  sg_router_add(
+      r, &(sg_route_t){.path = "/console/", .prefix = true, .scope = SG_SCOPE_PUBLIC, .on_head = console, .ctx = d});
+  for (size_t i = 0; i < SG_ARRAY_SIZE(v1_routes); i++) {
+    const struct v1_route *row = &v1_routes[i];
+    sg_router_add(r, &(sg_route_t){.path = row->path,
+                                   .methods = row->methods,
+                                   .scope = row->scope,
+                                   .flags = row->flags,
+                                   .on_request = v1,
+                                   .ctx = d,
+                                   .data = row});
+  }
 }

@@ -10,8 +10,10 @@
  * the last one queued, so versions stay unique and in order. A client that
  * leaves before the answer is forgotten; its write still applies. */
 
+#include "auth/keys.h"
 #include "api-internal.h"
 #include "logs/logs.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 /* The writes in flight for one endpoint name. */
@@ -98,6 +100,20 @@ static bool rollback_spec(sg_store_t *store, ep_job_t *j) {
   j->spec = sg_spec_parse(text, strlen(text), &j->err);
   if (!j->spec)
     return false;
+  /* The secrets its env names, as sg_api_validate_spec checks a new spec's
+   * on the loop: here, in the order of the store's writes. */
+  for (size_t i = 0; i < j->spec->n_env; i++) {
+    const char *secret = j->spec->env_secrets[i];
+    int r = secret ? sg_store_secret_exists(store, secret, &j->err) : 1;
+    if (r < 0)
+      return false;
+    if (r == 0) {
+      cleanup_free char *field = xasprintf("env.%s", j->spec->env_keys[i]);
+      sg_make_field_error(&j->err, field, "no secret named \"%s\" (create it with PUT /v1/secrets/%s first)", secret,
+                          secret);
+      return false;
+    }
+  }
   j->text = spec_text(j->spec);
   return true;
 }
@@ -206,7 +222,10 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
 static void list(sg_daemon_t *d, sg_http_req_t *req) {
   json_t *arr = json_array();
   sg_endpoint_t *ep;
-  TAILQ_FOREACH(ep, &d->endpoints, link) json_array_append_new(arr, sg_endpoint_to_json(ep));
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (sg_keys_endpoint_visible(d, req, ep->name))
+      json_array_append_new(arr, sg_endpoint_to_json(ep));
+  }
   sg_http_send_json(req, 200, json_pack("{s:o}", "endpoints", arr));
 }
 

@@ -9,6 +9,7 @@
  *   node whose GPUs have no type (it cannot tell).
  * - registry_auth: must name stored credentials (the loop's cache) when the
  *   runtime pulls the spec's image with them.
+ * - env.NAME: {"secret": S} must name a stored secret (the loop's cache).
  * - command[0] of a worker this host runs itself (not remote, not an image's
  *   command): a bare name is looked up in the worker's PATH (the spec's env
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
@@ -26,6 +27,7 @@
 
 #include "api-internal.h"
 #include "sgpu/images-store.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 #define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
@@ -93,7 +95,7 @@ static bool executable_file(const char *path, int *why) {
 /* The PATH the worker gets: its spec's, else sgpud's (daemon/worker.c). */
 static const char *worker_path(const sg_spec_t *spec) {
   for (size_t i = 0; i < spec->n_env; i++)
-    if (!strcmp(spec->env_keys[i], "PATH"))
+    if (!strcmp(spec->env_keys[i], "PATH") && !spec->env_secrets[i])
       return spec->env_values[i];
   const char *path = getenv("PATH");
   return path && *path ? path : DEFAULT_PATH;
@@ -179,6 +181,14 @@ int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err) {
       return sg_make_field_error(err, "registry_auth",
                                  "no registry auth named \"%s\" (create it with POST /v1/registry-auths first)",
                                  spec->registry_auth);
+  }
+  for (size_t i = 0; i < spec->n_env; i++) {
+    sg_secret_record_t rec;
+    if (spec->env_secrets[i] && sg_daemon_secret_get(d, spec->env_secrets[i], &rec, NULL) < 0) {
+      cleanup_free char *field = xasprintf("env.%s", spec->env_keys[i]);
+      return sg_make_field_error(err, field, "no secret named \"%s\" (create it with PUT /v1/secrets/%s first)",
+                                 spec->env_secrets[i], spec->env_secrets[i]);
+    }
   }
   return check_command(rt, spec, err);
 }

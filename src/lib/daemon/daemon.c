@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "api/api-internal.h"
+#include "auth/keys.h"
 #include "gateway/gateway.h"
 #include "gateway/jobs.h"
 #include "logs/logs.h"
@@ -16,6 +17,7 @@
 #include "scaler/scaler.h"
 #include "sgpu/log.h"
 #include "sgpu/pool.h"
+#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 #define TICK_MS 250
@@ -109,6 +111,28 @@ static size_t default_max_connections(void) {
   return half > 64 + 16 ? half - 64 : 16;
 }
 
+/* Every module's routes (d NULL: only to list them). */
+static void add_routes(sg_router_t *r, sg_daemon_t *d) {
+  sg_api_routes(r, d);
+  sg_gateway_routes(r, d);
+  sg_jobs_routes(r, d);
+  sg_jobs_pull_routes(r, d);
+  sg_metrics_routes(r, d);
+}
+
+static void print_route(void *ud, const sg_route_t *rt) {
+  char m[64], sc[64];
+  fprintf(ud, "%s\t%s%s\t%s%s\n", sg_route_methods_str(rt->methods, m, sizeof(m)), rt->path, rt->prefix ? "*" : "",
+          sg_scope_str(rt->scope, sc, sizeof(sc)), rt->flags & SG_ROUTE_LISTS_ENDPOINTS ? "\tlists-endpoints" : "");
+}
+
+void sg_daemon_list_routes(FILE *f) {
+  sg_router_t *r = sg_router_new("-");
+  add_routes(r, NULL);
+  sg_router_each(r, print_route, f);
+  sg_router_free(r);
+}
+
 static int bind_http(sg_daemon_t *d, sg_error_t **err) {
   cleanup_free char *addr = xstrdup(d->cfg.listen);
   char *colon = strrchr(addr, ':');
@@ -124,13 +148,11 @@ static int bind_http(sg_daemon_t *d, sg_error_t **err) {
     host++;
     colon[-1] = '\0';
   }
-  /* The daemon owns the router; each module registers its routes. */
+  /* The daemon owns the router; each module registers its routes; keys
+   * and scopes are checked by api/keys.c. */
   d->router = sg_router_new(d->api_key);
-  sg_api_routes(d->router, d);
-  sg_gateway_routes(d->router, d);
-  sg_jobs_routes(d->router, d);
-  sg_jobs_pull_routes(d->router, d);
-  sg_metrics_routes(d->router, d);
+  add_routes(d->router, d);
+  sg_keys_attach(d, d->router);
   sg_http_server_config_t hc = {
       .max_header_bytes = d->cfg.max_header_bytes,
       .max_headers = d->cfg.max_headers,
@@ -184,7 +206,7 @@ static void create_sample(sg_daemon_t *d) {
 }
 
 sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
-  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL, *worker_key = NULL;
+  cleanup_free char *db = NULL, *url_path = NULL, *url_line = NULL, *worker_key = NULL, *secret_key = NULL;
   sg_daemon_t *d = xcalloc(1, sizeof(*d));
   d->cfg = *cfg;
   memset(cfg, 0, sizeof(*cfg));
@@ -214,10 +236,16 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   worker_key = xasprintf("%s/worker.key", d->cfg.data_dir);
   if (sg_worker_key_load(worker_key, d->worker_key, err) < 0)
     goto fail;
+  secret_key = xasprintf("%s/secret.key", d->cfg.data_dir);
+  if (sg_seal_key_load(secret_key, d->secret_key, err) < 0)
+    goto fail;
   db = xasprintf("%s/sgpu.db", d->cfg.data_dir);
   d->store = sg_store_open(db, err);
   if (!d->store)
     goto fail;
+  if (sg_keys_init(d, err) < 0)
+    goto fail;
+  sg_store_set_seal_key(d->store, d->secret_key);
   if (sg_logs_init(d, db, err) < 0)
     goto fail;
   if (sg_meter_init(d, db, err) < 0)
@@ -248,6 +276,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
   if (!d->query_pool)
     goto fail;
   if (sg_daemon_images_init(d, err) < 0)
+    goto fail;
+  if (sg_daemon_secrets_init(d, err) < 0)
     goto fail;
   if (sg_daemon_runtimes_init(d, err) < 0)
     goto fail;
@@ -355,6 +385,7 @@ void sg_daemon_free(sg_daemon_t *d) {
   sg_pool_free(d->query_pool);
   d->query_pool = NULL;
   /* Writes still queued apply, live state with them, before the endpoints go. */
+  sg_keys_flush(d);
   if (d->store_thread)
     sg_store_thread_drain(d->store_thread);
   sg_meter_shutdown(d);
@@ -382,6 +413,8 @@ void sg_daemon_free(sg_daemon_t *d) {
   /* Before the loop goes: its last writes apply (done() runs on the loop). */
   sg_store_thread_free(d->store_thread);
   d->store_thread = NULL;
+  sg_keys_free(d);
+  sg_daemon_secrets_free(d); /* after the last done() that may set one */
   sg_http_server_free(d->http);
   if (d->tick)
     event_free(d->tick);

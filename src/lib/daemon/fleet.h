@@ -20,6 +20,7 @@
 #include "sgpu/gpu.h"
 #include "sgpu/meter.h"
 #include "sgpu/runtime.h"
+#include "sgpu/seal.h"
 #include "sgpu/spec.h"
 #include "sgpu/store.h"
 
@@ -157,6 +158,7 @@ struct sg_daemon {
   sg_gpu_inventory_t *gpus;
   char *api_key;
   unsigned char worker_key[SG_WORKER_KEY_LEN]; /* DATA_DIR/worker.key, loaded at start (token.c) */
+  unsigned char secret_key[SG_SEAL_KEY_LEN];   /* DATA_DIR/secret.key: seals secrets and registry passwords */
   char *url;
   char *self_dir; /* directory of the sgpud binary */
   struct sg_endpoint_list endpoints;
@@ -180,6 +182,8 @@ struct sg_daemon {
   struct sg_store_thread *store_thread;
   LIST_HEAD(, sg_ep_write) ep_writes; /* endpoint writes in flight (api/endpoints.c) */
   struct sg_auth_cache *auths;        /* registry credentials as stored (daemon/images.c) */
+  struct sg_keys *keys;               /* API keys as stored, with their counters (api/keys.c) */
+  struct sg_secret_cache *secrets;    /* secrets, sealed as stored (daemon/secrets.c) */
   /* Modules told of endpoint and worker events, in the order they subscribed. */
   struct sg_fleet_sub {
     const struct sg_fleet_subscriber *ops;
@@ -313,6 +317,27 @@ void sg_daemon_pull(sg_daemon_t *d, const char *ref, const struct sg_registry_au
 bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const struct sg_registry_auth *auth);
 /* (sg_daemon_images_init subscribes to endpoint events: a created or updated
  * endpoint's image is pulled when it is not cached.) */
+
+/* secrets.c: the secrets kept on the loop, sealed (see secrets.c). */
+struct sg_secret_record;
+/* Loads every stored secret (blocks; before the loop serves). */
+int sg_daemon_secrets_init(sg_daemon_t *d, sg_error_t **err);
+/* Frees them and wipes d->secret_key. */
+void sg_daemon_secrets_free(sg_daemon_t *d);
+/* "secret:<name>", the associated data a secret's value is sealed with (new string). */
+char *sg_secret_ad(const char *name);
+/* Set (insert, or replace keeping created_ms) and forget after the store
+ * thread wrote the same. */
+void sg_daemon_secret_set(sg_daemon_t *d, const struct sg_secret_record *rec);
+bool sg_daemon_secret_forget(sg_daemon_t *d, const char *name);
+/* *out points into the cache until its next change; SG_ENOTFOUND when absent. */
+int sg_daemon_secret_get(sg_daemon_t *d, const char *name, struct sg_secret_record *out, sg_error_t **err);
+/* In name order. */
+void sg_daemon_secret_each(sg_daemon_t *d, void (*cb)(void *ud, const struct sg_secret_record *rec), void *ud);
+/* The value of secret name, unsealed (the caller frees it with
+ * sg_unsealed_free), or NULL with SG_ENOTFOUND or SG_EINVAL (it does not
+ * open). Never logged by anyone. */
+char *sg_daemon_secret_value(sg_daemon_t *d, const char *name, sg_error_t **err);
 
 /* cluster.c: the runtimes' life through the registry, adoption and nodes
  * (the parsers of default_runtime and slurm: config.h) */

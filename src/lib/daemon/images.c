@@ -26,6 +26,12 @@ int sg_daemon_images_init(sg_daemon_t *d, sg_error_t **err) {
   cleanup_free char *dir = xasprintf("%s/images", d->cfg.data_dir);
   sg_images_config_t ic = {dir, d->cfg.image_cache_max_bytes, d->cfg.insecure_registries, d->cfg.image_max_layer_bytes,
                            d->cfg.image_max_unpacked_bytes};
+  /* Passwords an sgpud before sealing stored in clear: sealed once, here. */
+  int sealed = sg_store_auth_seal_clear(d->store, err);
+  if (sealed < 0)
+    return -1;
+  if (sealed > 0)
+    sg_info("sealed %d registry password(s) stored in clear by an earlier sgpud (DATA_DIR/secret.key)", sealed);
   if (sg_store_auth_load(d->store, load_auth, d, err) < 0)
     return -1;
   d->images = sg_images_new(d->pool, d->store, &ic, err);
@@ -160,6 +166,7 @@ sg_registry_auth_t *sg_daemon_registry_auth(sg_daemon_t *d, const char *name, sg
   sg_registry_auth_t *a = xcalloc(1, sizeof(*a));
   a->username = xstrdup(r.username);
   a->password = xstrdup(r.secret);
+  a->registry = xstrdup(r.registry);
   return a;
 }
 
@@ -170,6 +177,7 @@ void sg_registry_auth_free(sg_registry_auth_t *a) {
     explicit_bzero(a->password, strlen(a->password));
   free(a->username);
   free(a->password);
+  free(a->registry);
   free(a);
 }
 
@@ -224,16 +232,20 @@ bool sg_daemon_recheck(sg_daemon_t *d, const char *ref, const sg_registry_auth_t
   return true;
 }
 
-/* Starts pulling ep's image when it is not cached; a failure becomes ep's last_error. */
+/* Starts pulling ep's image when it is not cached, or not as ep may use it
+ * (sg_images_get: cached with credentials ep does not hold); a failure
+ * becomes ep's last_error. */
 static void prepull(void *ud, sg_endpoint_t *ep) {
   sg_daemon_t *d = ep->d;
   const sg_spec_t *spec = ep->spec;
   const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
-  if (!d->images || !spec->image || !rt || !(rt->caps & SG_RUNTIME_IMAGES) || sg_images_lookup(d->images, spec->image))
+  if (!d->images || !spec->image || !rt || !(rt->caps & SG_RUNTIME_IMAGES))
     return;
   cleanup_error sg_error_t *err = NULL;
   sg_registry_auth_t *auth = NULL;
   if (spec->registry_auth && !(auth = sg_daemon_registry_auth(d, spec->registry_auth, &err))) {
+    if (sg_images_lookup(d->images, spec->image))
+      return; /* as before: the worker start says what is missing */
     cleanup_free char *msg = xasprintf("image %s: %s", spec->image, err->message);
     free(ep->last_error);
     ep->last_error = xstrdup(msg);
@@ -244,7 +256,8 @@ static void prepull(void *ud, sg_endpoint_t *ep) {
   p->d = d;
   p->endpoint = xstrdup(ep->name);
   p->version = ep->version;
-  if (!sg_images_pull(d->images, spec->image, auth, pulled, p)) {
+  sg_image_wait_t *wait = NULL;
+  if (sg_images_get(d->images, spec->image, auth, pulled, p, &wait) || !wait) {
     free(p->endpoint);
     free(p);
   }

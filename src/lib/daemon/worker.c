@@ -206,7 +206,7 @@ static void env_keep_last(char **env, size_t *n) {
     for (size_t j = i + 1; j < *n && !later; j++)
       later = !strncmp(env[i], env[j], len) && env[j][len] == '=';
     if (later)
-      free(env[i]);
+      sg_unsealed_free(env[i]); /* it may hold a secret's value */
     else
       env[out++] = env[i];
   }
@@ -215,7 +215,39 @@ static void env_keep_last(char **env, size_t *n) {
   *n = out;
 }
 
-static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
+/* The values of spec's env entries (n_env strings, a new vector the caller
+ * frees with strv_wipe_free): the spec's strings, and for a {"secret": S}
+ * entry the secret's value, unsealed now. NULL with *err when a secret is
+ * gone or does not open (the message names the variable, never a value). */
+static char **env_values(sg_daemon_t *d, const sg_spec_t *spec, sg_error_t **err) {
+  char **v = xcalloc(spec->n_env + 1, sizeof(char *));
+  for (size_t i = 0; i < spec->n_env; i++) {
+    if (!spec->env_secrets[i]) {
+      v[i] = xstrdup(spec->env_values[i]);
+      continue;
+    }
+    cleanup_error sg_error_t *e = NULL;
+    v[i] = sg_daemon_secret_value(d, spec->env_secrets[i], &e);
+    if (!v[i]) {
+      sg_make_error(err, e->status, "env.%s: %s", spec->env_keys[i], e->message);
+      for (size_t k = 0; k < i; k++)
+        sg_unsealed_free(v[k]);
+      free(v);
+      return NULL;
+    }
+  }
+  return v;
+}
+
+/* Wipes each string of a NULL-terminated vector that may hold secret
+ * values, then frees it. */
+static void strv_wipe_free(char **v) {
+  for (size_t i = 0; v && v[i]; i++)
+    sg_unsealed_free(v[i]);
+  free(v);
+}
+
+static char **build_env(sg_worker_t *w, const sg_spec_t *spec, char **values) {
   size_t cap = spec->n_env + 16 + RUNPOD_ENV_VARS, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
   /* A container's PATH and HOME come from its image, not from this host. */
@@ -229,7 +261,7 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec) {
   if (home && host)
     env[n++] = xasprintf("HOME=%s", home);
   for (size_t i = 0; i < spec->n_env; i++)
-    env[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
+    env[n++] = xasprintf("%s=%s", spec->env_keys[i], values[i]);
   char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
   gpu_list(w, gpus, sizeof(gpus));
   /* Set last so that a spec cannot override what sgpud assigns. */
@@ -381,11 +413,11 @@ sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, co
 /* The environment of a remote worker: what the spec adds, the worker's
  * identity and, for a runpod endpoint, the protocol's variables (PORT and the
  * GPU variables are set on the node). */
-static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec) {
+static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec, char **values) {
   char **envp = xcalloc(spec->n_env + 3 + RUNPOD_ENV_VARS, sizeof(char *));
   size_t n = 0;
   for (size_t i = 0; i < spec->n_env; i++)
-    envp[n++] = xasprintf("%s=%s", spec->env_keys[i], spec->env_values[i]);
+    envp[n++] = xasprintf("%s=%s", spec->env_keys[i], values[i]);
   envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
   envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
   if (sg_spec_is_runpod(spec))
@@ -434,10 +466,20 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     }
     w->port = port;
   }
+  char **values = env_values(d, spec, err);
+  if (!values) {
+    TAILQ_INSERT_TAIL(&ep->workers, w, link);
+    start_failed(w, (*err)->message);
+    sg_fleet_demand_changed(d);
+    return NULL;
+  }
   char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
   for (size_t i = 0; i < spec->n_command; i++)
     argv[i] = rt->remote ? xstrdup(spec->command[i]) : subst_port(spec->command[i], w->port);
-  char **envp = rt->remote ? remote_env(w, spec) : build_env(w, spec);
+  char **envp = rt->remote ? remote_env(w, spec, values) : build_env(w, spec, values);
+  for (size_t i = 0; i < spec->n_env; i++)
+    sg_unsealed_free(values[i]);
+  free(values);
   sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image};
   if (rt->remote) {
     launch.endpoint = ep->name;
@@ -467,7 +509,7 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     w->inst = rt->start(d->base, &launch, &cbs, w, err);
   sg_registry_auth_free(auth);
   sg_strv_free(argv);
-  sg_strv_free(envp);
+  strv_wipe_free(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);
   if (!w->inst) {
     start_failed(w, (*err)->message);

@@ -414,11 +414,13 @@ static sg_worker_t *find_worker(sg_endpoint_t *ep, const char *id) {
   return NULL;
 }
 
-/* The job jid when w holds it, else NULL after answering 404 or 409. */
+/* The job jid when w holds it, else NULL after answering 409. */
 static sg_job_t *held_job(pull_post_t *pp, sg_endpoint_t *ep, sg_worker_t *w) {
   sg_job_t *j = sg_jobs_map_get(pp->J, pp->job_id);
   if (!j || j->ep != ep) {
-    post_error(pp, 404, "not_found", "no such job");
+    /* Unknown, or final and no longer in memory: not the worker's either. */
+    cleanup_free char *msg = xasprintf("worker %s does not hold job %s", w->id, pp->job_id);
+    post_error(pp, 409, "not_held", msg);
     return NULL;
   }
   if (j->w != w || !j->pulled || j->finishing || j->status != SG_JOB_IN_PROGRESS) {

@@ -617,5 +617,5 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
 }
 
 void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d) {
-  sg_router_add(r, &(sg_route_t){.path = "/v2/", .prefix = true, .on_head = handle, .ctx = d});
+  sg_router_add(r, &(sg_route_t){.path = "/v2/{endpoint}/*", .scope = SG_SCOPE_INVOKE, .on_head = handle, .ctx = d});
 }

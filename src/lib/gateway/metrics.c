@@ -2,6 +2,7 @@
  * format (version 0.0.4), one series per endpoint. */
 #include <event2/buffer.h>
 
+#include "auth/keys.h"
 #include "gateway/gateway.h"
 #include "logs/logs.h"
 #include "scaler/scaler.h"
@@ -158,6 +159,7 @@ static void handle(sg_daemon_t *d, sg_http_req_t *req) {
     evbuffer_add_printf(b, "sgpu_gpus{type=\"%s\",state=\"held\"} %d\n", type, total - free_n);
   }
   sg_logs_metrics(d, b);
+  sg_keys_metrics(d, b);
   size_t len = evbuffer_get_length(b);
   sg_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(b, -1), len);
   evbuffer_free(b);
@@ -170,5 +172,7 @@ static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *re
 }
 
 void sg_metrics_routes(sg_router_t *r, sg_daemon_t *d) {
-  sg_router_add(r, &(sg_route_t){.path = "/metrics", .methods = SG_HTTP_GET, .on_head = on_head, .ctx = d});
+  sg_router_add(
+      r,
+      &(sg_route_t){.path = "/metrics", .methods = SG_HTTP_GET, .scope = SG_SCOPE_READ, .on_head = on_head, .ctx = d});
 }

@@ -691,5 +691,5 @@ static sg_http_head_action_t on_head(void *d, sg_http_req_t *req, const char *re
 }
 
 void sg_gateway_routes(sg_router_t *r, sg_daemon_t *d) {
-  sg_router_add(r, &(sg_route_t){.path = "/e/", .prefix = true, .on_head = on_head, .ctx = d});
+  sg_router_add(r, &(sg_route_t){.path = "/e/{endpoint}/*", .scope = SG_SCOPE_INVOKE, .on_head = on_head, .ctx = d});
 }

@@ -5,7 +5,14 @@
  * DIR/layers/<hex> once whole, so a layer directory is always complete.
  * Eviction removes the least recently used images not in use while the
  * layers on disk exceed max_bytes; it waits while pulls run so that a layer a
- * pull just found is never removed under it. */
+ * pull just found is never removed under it.
+ *
+ * An image pulled with registry credentials may be private: it is recorded
+ * with with_auth, and a start whose credentials are not for its registry
+ * (or that has none) does not take it from the cache (sg_images_get): the
+ * registry is asked again with that start's own credentials, or none, and
+ * what it answers decides. An anonymous check that passes shows the image is
+ * public, and clears with_auth. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -27,6 +34,8 @@ struct sg_image_wait {
   pull_t *pull;
   sg_image_cb cb;
   void *ud;
+  bool ran;            /* its credentials (or none) are the ones the pull runs with */
+  char *auth_registry; /* the registry its credentials are for; NULL: none or unknown */
 };
 
 struct pull {
@@ -132,9 +141,16 @@ static void persist(sg_images_t *im, const sg_image_t *img) {
   cleanup_free char *ct = json_dumps(cfg, JSON_COMPACT);
   json_decref(layers);
   json_decref(cfg);
-  sg_image_record_t rec = {
-      img->ref,     img->digest,        ct, lt, img->size_bytes, img->compressed_bytes, img->pulled_wall,
-      img->pull_ms, img->last_used_wall};
+  sg_image_record_t rec = {img->ref,
+                           img->digest,
+                           ct,
+                           lt,
+                           img->size_bytes,
+                           img->compressed_bytes,
+                           img->pulled_wall,
+                           img->pull_ms,
+                           img->last_used_wall,
+                           img->with_auth};
   if (im->store_thread) {
     sg_store_thread_image_put(im->store_thread, &rec);
     return;
@@ -178,6 +194,7 @@ static void load_one(void *ud, const sg_image_record_t *rec) {
     img->pulled_wall = rec->pulled_ms;
     img->pull_ms = rec->pull_ms;
     img->last_used_wall = rec->last_used_ms;
+    img->with_auth = rec->with_auth;
     im->imgs = xrealloc(im->imgs, (im->n + 1) * sizeof(*im->imgs));
     im->imgs[im->n++] = img;
   }
@@ -616,8 +633,13 @@ static void pull_done(void *data, bool cancelled) {
     }
   }
   if (img && j->unchanged) {
-    /* nothing to add */
+    if (img->with_auth && !j->has_auth) {
+      /* The registry answered without credentials: the image is public. */
+      img->with_auth = false;
+      persist(im, img);
+    }
   } else if (img) {
+    img->with_auth = j->has_auth;
     /* Layer sizes from the pull; directories from the cache's layout. */
     char **digests = steal_pointer(&img->layer_digests);
     int64_t *bytes = steal_pointer(&img->layer_bytes);
@@ -637,13 +659,24 @@ static void pull_done(void *data, bool cancelled) {
     sg_warn("image %s: pull failed: %s", p->ref, p->error);
   }
   sg_image_wait_t *w;
+  cleanup_error sg_error_t *refused = NULL;
+  if (img && img->with_auth)
+    sg_make_error(&refused, EACCES,
+                  "image %s was being pulled with another endpoint's registry credentials, which this one has "
+                  "no share in; it checks with its own at its next start",
+                  p->ref);
   while ((w = LIST_FIRST(&p->waits))) {
     LIST_REMOVE(w, link);
     sg_image_cb cb = w->cb;
     void *ud = w->ud;
+    bool usable = !img || w->ran || sg_images_usable(img, w->auth_registry);
+    free(w->auth_registry);
     free(w);
     /* A callback may pin the image before eviction runs below. */
-    cb(ud, img, img ? NULL : j->err);
+    if (usable)
+      cb(ud, img, img ? NULL : j->err);
+    else
+      cb(ud, NULL, refused);
   }
   if (img) {
     LIST_REMOVE(p, link);
@@ -711,6 +744,7 @@ static sg_image_wait_t *start_pull(sg_images_t *im, const char *refstr, const sg
     LIST_INIT(&p->waits);
     LIST_INSERT_HEAD(&im->pulls, p, link);
   }
+  bool started = !p->running;
   if (!p->running) {
     p->running = true;
     p->started_wall = sg_wall_ms();
@@ -737,6 +771,8 @@ static sg_image_wait_t *start_pull(sg_images_t *im, const char *refstr, const sg
   w->pull = p;
   w->cb = cb;
   w->ud = ud;
+  w->ran = started;
+  w->auth_registry = auth && auth->registry ? xstrdup(auth->registry) : NULL;
   LIST_INSERT_HEAD(&p->waits, w, link);
   return w;
 }
@@ -781,7 +817,39 @@ void sg_images_cancel(sg_image_wait_t *w) {
   if (!w)
     return;
   LIST_REMOVE(w, link);
+  free(w->auth_registry);
   free(w);
+}
+
+bool sg_images_usable(const sg_image_t *img, const char *auth_registry) {
+  if (!img->with_auth)
+    return true;
+  if (!auth_registry)
+    return false;
+  sg_image_ref_t r;
+  if (sg_image_ref_parse(img->ref, &r, NULL) < 0)
+    return false;
+  bool ok = !strcasecmp(auth_registry, r.domain) || !strcasecmp(auth_registry, sg_image_ref_api_host(&r));
+  sg_image_ref_clear(&r);
+  return ok;
+}
+
+sg_image_t *sg_images_get(sg_images_t *im, const char *refstr, const sg_registry_auth_t *auth, sg_image_cb cb, void *ud,
+                          sg_image_wait_t **wait) {
+  *wait = NULL;
+  sg_image_t *img = sg_images_lookup(im, refstr);
+  if (img && sg_images_usable(img, auth ? auth->registry : NULL))
+    return img;
+  if (img) {
+    /* Cached with credentials this start does not hold: the registry
+     * decides, asked with this start's own (a tag: HEAD, the cached image
+     * when it still names it; a digest: the manifest again). */
+    *wait = sg_images_recheck(im, refstr, auth, cb, ud);
+    if (*wait)
+      return NULL;
+  }
+  *wait = sg_images_pull(im, refstr, auth, cb, ud);
+  return NULL;
 }
 
 const char *sg_images_pull_state(sg_images_t *im, const char *refstr, const char **error) {

@@ -469,6 +469,7 @@ static void oci_free(oci_t *o) {
     explicit_bzero(o->auth.password, strlen(o->auth.password));
     free(o->auth.username);
     free(o->auth.password);
+    free(o->auth.registry);
   }
   free(o);
 }
@@ -677,10 +678,12 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
     o->has_auth = true;
     o->auth.username = xstrdup(l->auth->username);
     o->auth.password = xstrdup(l->auth->password);
+    o->auth.registry = l->auth->registry ? xstrdup(l->auth->registry) : NULL;
   }
   o->t0 = sg_now_ms();
   LIST_INSERT_HEAD(&rt.all, o, link);
-  sg_image_t *img = sg_images_lookup(rt.images, l->image);
+  sg_image_wait_t *wait = NULL;
+  sg_image_t *img = sg_images_get(rt.images, l->image, o->has_auth ? &o->auth : NULL, pulled, o, &wait);
   if (img) {
     o->img = img;
     o->t_image = o->t0; /* cached: no wait */
@@ -688,7 +691,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
     prepare(o);
   } else {
     o->state = O_PULLING;
-    o->wait = sg_images_pull(rt.images, l->image, o->has_auth ? &o->auth : NULL, pulled, o);
+    o->wait = wait;
   }
   return (sg_instance_t *)o;
 }

@@ -770,13 +770,12 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   s->cenvp[k++] = xstrdup("CUDA_DEVICE_ORDER=PCI_BUS_ID");
   s->config_path = xasprintf("%s/%s.json", rt.dir, l->id);
   inst->pending = s;
-  sg_image_t *img = sg_images_lookup(rt.images, l->image);
+  sg_image_t *img = sg_images_get(rt.images, l->image, l->auth, pulled, inst, &inst->wait);
   if (img) {
     inst->img = img;
     sg_images_use(rt.images, img);
     submit_image(inst);
   } else {
-    inst->wait = sg_images_pull(rt.images, l->image, l->auth, pulled, inst);
     if (!inst->wait) {
       LIST_REMOVE(inst, link);
       instance_free(inst);

@@ -165,14 +165,27 @@ static int parse_env(sg_spec_t *s, json_t *root, sg_error_t **err) {
   size_t n = json_object_size(env);
   s->env_keys = xcalloc(n + 1, sizeof(char *));
   s->env_values = xcalloc(n + 1, sizeof(char *));
+  s->env_secrets = xcalloc(n + 1, sizeof(char *));
   const char *key;
   json_t *v;
   json_object_foreach(env, key, v) {
     cleanup_free char *f = xasprintf("env.%s", key);
     if (!env_name_valid(key))
       return sg_make_field_error(err, f, "is not a valid environment variable name");
+    if (json_is_object(v)) {
+      const char *secret = json_string_value(json_object_get(v, "secret"));
+      if (json_object_size(v) != 1 || !secret || !sg_name_valid(secret))
+        return sg_make_field_error(err, f,
+                                   "must be a string, or {\"secret\": NAME} naming a secret (a DNS label: 1-63 of "
+                                   "[a-z0-9-])");
+      s->env_keys[s->n_env] = xstrdup(key);
+      s->env_values[s->n_env] = xstrdup("");
+      s->env_secrets[s->n_env] = xstrdup(secret);
+      s->n_env++;
+      continue;
+    }
     if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
-      return sg_make_field_error(err, f, "must be a string without NUL bytes");
+      return sg_make_field_error(err, f, "must be a string without NUL bytes, or {\"secret\": NAME}");
     if (json_string_length(v) > MAX_ENV_VALUE)
       return sg_make_field_error(err, f, "must be at most %d bytes", MAX_ENV_VALUE);
     s->env_keys[s->n_env] = xstrdup(key);
@@ -511,7 +524,9 @@ static json_t *spec_to_json_core(const sg_spec_t *s) {
     json_array_append_new(cmd, json_string(s->command[i]));
   json_t *env = json_object();
   for (size_t i = 0; i < s->n_env; i++)
-    json_object_set_new(env, s->env_keys[i], json_string(s->env_values[i]));
+    json_object_set_new(env, s->env_keys[i],
+                        s->env_secrets[i] ? json_pack("{s:s}", "secret", s->env_secrets[i])
+                                          : json_string(s->env_values[i]));
   json_t *gpu = json_pack("{s:i}", "count", s->gpu.count);
   json_object_set_new(gpu, "type", s->gpu.type ? json_string(s->gpu.type) : json_null());
   return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:i, s:{s:o, s:f, s:f, s:i, s:f}, s:o,"
@@ -564,6 +579,9 @@ void sg_spec_free(sg_spec_t *s) {
   sg_strv_free(s->command); /* NULL-terminated, as are the env vectors */
   sg_strv_free(s->env_keys);
   sg_strv_free(s->env_values);
+  for (size_t i = 0; s->env_secrets && i < s->n_env; i++)
+    free(s->env_secrets[i]);
+  free(s->env_secrets);
   free(s->health.path);
   free(s->gpu.type);
   free(s->async.path);

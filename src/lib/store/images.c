@@ -1,7 +1,13 @@
-/* SQL of the image cache and registry credentials tables (migration 3 in store.c). */
+/* SQL of the image cache and registry credentials tables (migration 3 in
+ * store.c). Registry passwords are sealed here (sgpu/seal.h) under the key
+ * of sg_store_set_seal_key: the secret column holds a BLOB, never the
+ * password (a TEXT value is one a store before sealing wrote, until
+ * sg_store_auth_seal_clear seals it). */
 #include <sqlite3.h>
 
 #include "sgpu/images-store.h"
+#include "sgpu/log.h"
+#include "sgpu/seal.h"
 #include "sgpu/util.h"
 #include "store/store-internal.h"
 
@@ -35,7 +41,7 @@ int sg_store_image_put(sg_store_t *s, const sg_image_record_t *r, sg_error_t **e
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
               "INSERT OR REPLACE INTO images(ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms,"
-              " pull_ms, last_used_ms) VALUES(?,?,?,?,?,?,?,?,?)",
+              " pull_ms, last_used_ms, with_auth) VALUES(?,?,?,?,?,?,?,?,?,?)",
               &st, err) < 0)
     return -SG_ESTORE;
   text(st, 1, r->ref);
@@ -47,6 +53,7 @@ int sg_store_image_put(sg_store_t *s, const sg_image_record_t *r, sg_error_t **e
   sqlite3_bind_int64(st, 7, r->pulled_ms);
   sqlite3_bind_int64(st, 8, r->pull_ms);
   sqlite3_bind_int64(st, 9, r->last_used_ms);
+  sqlite3_bind_int(st, 10, r->with_auth);
   if (sqlite3_step(st) != SQLITE_DONE)
     return fail(s, err, "put image");
   return 0;
@@ -79,8 +86,8 @@ int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_recor
   sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s,
-              "SELECT ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms, pull_ms, last_used_ms"
-              " FROM images ORDER BY last_used_ms",
+              "SELECT ref, digest, config, layers, size_bytes, compressed_bytes, pulled_ms, pull_ms, last_used_ms,"
+              " with_auth FROM images ORDER BY last_used_ms",
               &st, err) < 0)
     return -SG_ESTORE;
   int rc;
@@ -93,12 +100,24 @@ int sg_store_image_each(sg_store_t *s, void (*cb)(void *ud, const sg_image_recor
                            sqlite3_column_int64(st, 5),
                            sqlite3_column_int64(st, 6),
                            sqlite3_column_int64(st, 7),
-                           sqlite3_column_int64(st, 8)};
+                           sqlite3_column_int64(st, 8),
+                           sqlite3_column_int(st, 9) != 0};
     cb(ud, &r);
   }
   if (rc != SQLITE_DONE)
     return fail(s, err, "list images");
   return 0;
+}
+
+/* The associated data of a registry password: its row's name. */
+static char *auth_ad(const char *name) { return xasprintf("registry_auth:%s", name); }
+
+static int seal_secret(sg_store_t *s, const char *name, const char *secret, unsigned char **out, size_t *len,
+                       sg_error_t **err) {
+  if (!s->has_seal_key)
+    return sg_make_error(err, SG_EINVAL, "store: no secret key to seal registry passwords with");
+  cleanup_free char *ad = auth_ad(name);
+  return sg_seal(s->seal_key, ad, secret, strlen(secret), out, len, err);
 }
 
 int sg_store_auth_put(sg_store_t *s, const sg_registry_auth_record_t *r, bool replace, sg_error_t **err) {
@@ -111,10 +130,14 @@ int sg_store_auth_put(sg_store_t *s, const sg_registry_auth_record_t *r, bool re
                               " VALUES(?1,?2,?3,?4,?5,?6)";
   if (prepare(s, sql, &st, err) < 0)
     return -SG_ESTORE;
+  cleanup_free unsigned char *sealed = NULL;
+  size_t sealed_len = 0;
+  if (seal_secret(s, r->name, r->secret, &sealed, &sealed_len, err) < 0)
+    return -SG_EINVAL;
   text(st, 1, r->name);
   text(st, 2, r->registry);
   text(st, 3, r->username);
-  text(st, 4, r->secret);
+  sqlite3_bind_blob(st, 4, sealed, (int)sealed_len, SQLITE_TRANSIENT);
   sqlite3_bind_int64(st, 5, r->created_ms);
   sqlite3_bind_int64(st, 6, r->updated_ms);
   int rc = sqlite3_step(st);
@@ -138,13 +161,36 @@ static int auth_query(sg_store_t *s, const char *name, bool secret,
     text(st, 1, name);
   int rc, n = 0;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    char *plain = NULL;
+    if (secret && sqlite3_column_type(st, 3) == SQLITE_BLOB) {
+      cleanup_free char *ad = auth_ad(col(st, 0));
+      if (!s->has_seal_key)
+        return sg_make_error(err, SG_EINVAL, "store: no secret key to open registry passwords with");
+      if (sg_unseal(s->seal_key, ad, sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), &plain, NULL,
+                    NULL) < 0) {
+        if (!name) {
+          /* The others still load; a PUT of this one replaces it. */
+          sg_warn("registry auth %s: its sealed password does not open (changed, or sealed under another "
+                  "secret.key): left out until it is stored again (PUT /v1/registry-auths/%s)",
+                  col(st, 0), col(st, 0));
+          continue;
+        }
+        return sg_make_error(err, SG_EINVAL,
+                             "registry auth %s: its sealed password does not open (changed, or sealed under "
+                             "another secret.key)",
+                             col(st, 0));
+      }
+    }
     sg_registry_auth_record_t r = {col(st, 0),
                                    col(st, 1),
                                    col(st, 2),
-                                   secret ? col(st, 3) : NULL,
+                                   plain    ? plain
+                                   : secret ? col(st, 3)
+                                            : NULL,
                                    sqlite3_column_int64(st, 4),
                                    sqlite3_column_int64(st, 5)};
     cb(ud, &r);
+    sg_unsealed_free(plain);
     n++;
   }
   if (rc != SQLITE_DONE)
@@ -183,4 +229,48 @@ int sg_store_auth_delete(sg_store_t *s, const char *name, sg_error_t **err) {
   if (sqlite3_changes(s->db) == 0)
     return sg_make_error(err, SG_ENOTFOUND, "registry auth %s not found", name);
   return 0;
+}
+
+/* Seals the passwords of one row at a time in one transaction. */
+static int seal_clear_rows(sg_store_t *s, int *count, sg_error_t **err) {
+  cleanup_stmt sqlite3_stmt *sel = NULL, *up = NULL;
+  if (prepare(s, "SELECT name, secret FROM registry_auths WHERE typeof(secret) = 'text'", &sel, err) < 0 ||
+      prepare(s, "UPDATE registry_auths SET secret = ? WHERE name = ?", &up, err) < 0)
+    return -SG_ESTORE;
+  int rc;
+  while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+    cleanup_free unsigned char *sealed = NULL;
+    size_t len = 0;
+    if (seal_secret(s, col(sel, 0), col(sel, 1), &sealed, &len, err) < 0)
+      return -SG_EINVAL;
+    sqlite3_bind_blob(up, 1, sealed, (int)len, SQLITE_TRANSIENT);
+    text(up, 2, col(sel, 0));
+    if (sqlite3_step(up) != SQLITE_DONE)
+      return fail(s, err, "seal registry password");
+    sqlite3_reset(up);
+    (*count)++;
+  }
+  if (rc != SQLITE_DONE)
+    return fail(s, err, "read registry auths");
+  return 0;
+}
+
+int sg_store_auth_seal_clear(sg_store_t *s, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  int count = 0;
+  /* Freed space is zeroed, and the WAL folded into the database and
+   * emptied, so that no page keeps a password in clear. */
+  if (sqlite3_exec(s->db, "PRAGMA secure_delete = ON; BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return fail(s, err, "begin sealing registry passwords");
+  int r = seal_clear_rows(s, &count, err);
+  if (r < 0 || sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    if (r == 0)
+      r = fail(s, err, "commit sealed registry passwords");
+    sqlite3_exec(s->db, "ROLLBACK; PRAGMA secure_delete = OFF", NULL, NULL, NULL);
+    return r;
+  }
+  if (count > 0 && sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL) != SQLITE_OK)
+    r = fail(s, err, "checkpoint after sealing registry passwords");
+  sqlite3_exec(s->db, "PRAGMA secure_delete = OFF", NULL, NULL, NULL);
+  return r < 0 ? r : count;
 }

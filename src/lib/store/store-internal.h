@@ -3,10 +3,27 @@
 #define SGPU_STORE_INTERNAL_H
 
 #include <sqlite3.h>
+#include <stdbool.h>
+
+#include "sgpu/seal.h"
 
 struct sg_store {
   sqlite3 *db;
+  /* Seals registry passwords (store/images.c); set by sg_store_set_seal_key. */
+  unsigned char seal_key[SG_SEAL_KEY_LEN];
+  bool has_seal_key;
 };
+
+/* Secrets (store/secrets.c) and whether a cached image was pulled with
+ * credentials (store/images.c): migration 7 of store.c. */
+#define SG_STORE_SECRETS_MIGRATION                                                                                     \
+  "CREATE TABLE secrets ("                                                                                             \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  value BLOB NOT NULL,"                                                                                             \
+  "  created_ms INTEGER NOT NULL,"                                                                                     \
+  "  updated_ms INTEGER NOT NULL);"                                                                                    \
+  "ALTER TABLE images ADD COLUMN with_auth INTEGER NOT NULL DEFAULT 0;"                                                \
+  "UPDATE images SET with_auth = 1;"
 
 /* The schema of the jobs table (store/jobs.c), a migration of store.c. */
 #define SG_STORE_JOBS_MIGRATION                                                                                        \
@@ -32,5 +49,20 @@ struct sg_store {
   "  expires_ms INTEGER NOT NULL DEFAULT 0);"                                                                          \
   "CREATE INDEX jobs_open ON jobs(status, seq) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');"                           \
   "CREATE INDEX jobs_expires ON jobs(expires_ms) WHERE expires_ms > 0;"
+
+/* The schema of the API keys table (store/keys.c), a migration of store.c:
+ * the SHA-256 of each secret, never the secret. */
+#define SG_STORE_KEYS_MIGRATION                                                                                        \
+  "CREATE TABLE api_keys ("                                                                                            \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  prefix TEXT NOT NULL,"                                                                                            \
+  "  hash BLOB NOT NULL UNIQUE,"                                                                                       \
+  "  scopes TEXT NOT NULL,"                                                                                            \
+  "  endpoints TEXT,"                                                                                                  \
+  "  created_ms INTEGER NOT NULL,"                                                                                     \
+  "  last_used_ms INTEGER NOT NULL DEFAULT 0,"                                                                         \
+  "  expires_ms INTEGER NOT NULL DEFAULT 0,"                                                                           \
+  "  rate REAL NOT NULL DEFAULT 0,"                                                                                    \
+  "  burst REAL NOT NULL DEFAULT 0);"
 
 #endif

@@ -89,6 +89,11 @@ static const char *const migrations[] = {
     /* 6: the request a worker's log line was written for (?request_id=) */
     ("ALTER TABLE logs ADD COLUMN request_id TEXT;"
      "CREATE INDEX logs_request ON logs(endpoint, request_id) WHERE request_id IS NOT NULL;"),
+    /* 7: secrets, sealed (store/secrets.c); images pulled with credentials
+     * (the ones cached before are assumed to have been) */
+    SG_STORE_SECRETS_MIGRATION,
+    /* 8: API keys, their hashes only (store/keys.c) */
+    SG_STORE_KEYS_MIGRATION,
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
@@ -214,6 +219,7 @@ void sg_store_set_cache(sg_store_t *s, int64_t bytes) {
 void sg_store_close(sg_store_t *store) {
   if (!store)
     return;
+  explicit_bzero(store->seal_key, sizeof(store->seal_key));
   sqlite3_close(store->db);
   free(store);
 }
