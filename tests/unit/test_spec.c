@@ -1080,6 +1080,12 @@ static void test_examples_parse(void **state) {
       assert_non_null(s->image);
       assert_true(s->gpu.count >= 1);
       assert_null(s->health.path);
+      /* Its token is a secret reference, not a value in the spec. */
+      bool hf = false;
+      for (size_t k = 0; k < s->n_env; k++)
+        if (!strcmp(s->env_keys[k], "HF_TOKEN"))
+          hf = s->env_secrets && s->env_secrets[k] != NULL;
+      assert_true(hf);
     }
     sg_spec_free(s);
     free(names[i]);
