@@ -81,6 +81,11 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
     return sg_api_images(d, req);
   if ((n == 1 || n == 2) && !strcmp(seg[0], "registry-auths"))
     return sg_api_registry_auths(d, req, n == 2 ? seg[1] : NULL);
+  /* Volumes: POST volumes/{name}/files streams (v1_head), never buffered here. */
+  if ((n == 1 || n == 2) && !strcmp(seg[0], "volumes"))
+    return sg_api_volumes(d, req, n == 2 ? seg[1] : NULL);
+  if (n == 3 && !strcmp(seg[0], "volumes") && !strcmp(seg[2], "files"))
+    return sg_http_method_not_allowed(req, "POST");
   if (n == 1 && !strcmp(seg[0], "usage")) {
     if (!get)
       return sg_http_method_not_allowed(req, "GET");
@@ -138,6 +143,24 @@ static sg_http_head_action_t console(void *d, sg_http_req_t *req, const char *re
 
 static void v1(void *d, sg_http_req_t *req, const char *rest) { route_v1(d, req, rest); }
 
+/* The /v1 requests whose body is streamed rather than buffered: POST
+ * volumes/{name}/files (a tarball). Every other is buffered for route_v1. */
+static sg_http_head_action_t v1_head(void *d, sg_http_req_t *req, const char *rest) {
+  const char *files = "/files";
+  size_t len = strlen(rest);
+  if (sg_http_method_is(req, "POST") && !strncmp(rest, "volumes/", 8) && len > 8 + strlen(files) &&
+      !strcmp(rest + len - strlen(files), files)) {
+    char name[64];
+    size_t n = len - 8 - strlen(files);
+    if (n < sizeof(name) && !memchr(rest + 8, '/', n)) {
+      memcpy(name, rest + 8, n);
+      name[n] = '\0';
+      return sg_api_volume_upload(d, req, name);
+    }
+  }
+  return SG_HTTP_BUFFER;
+}
+
 void sg_api_routes(sg_router_t *r, sg_daemon_t *d) {
   /* Public: the health check and the console's files (they hold no data). */
   sg_router_add(r, &(sg_route_t){.path = "/healthz", .public_route = true, .on_head = healthz, .ctx = d});
@@ -145,6 +168,7 @@ void sg_api_routes(sg_router_t *r, sg_daemon_t *d) {
   sg_router_add(r, &(sg_route_t){.path = "/index.html", .public_route = true, .on_head = console, .ctx = d});
   sg_router_add(r,
                 &(sg_route_t){.path = "/console/", .prefix = true, .public_route = true, .on_head = console, .ctx = d});
-  /* The control API: bodies buffered (SG_API_MAX_BODY), then route_v1. */
-  sg_router_add(r, &(sg_route_t){.path = "/v1/", .prefix = true, .on_request = v1, .ctx = d});
+  /* The control API: bodies buffered (SG_API_MAX_BODY), then route_v1, but
+   * for the uploads v1_head streams. */
+  sg_router_add(r, &(sg_route_t){.path = "/v1/", .prefix = true, .on_head = v1_head, .on_request = v1, .ctx = d});
 }

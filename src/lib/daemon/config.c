@@ -105,6 +105,12 @@ static int check_host_port(const char *key, size_t i, const char *s, sg_error_t 
   return 0;
 }
 
+static int check_abs_dir(const char *key, size_t i, const char *s, sg_error_t **err) {
+  if (s[0] != '/' || !strcmp(s, "/"))
+    return sg_make_error(err, SG_EINVAL, "config: %s[%zu] must be an absolute directory other than /", key, i);
+  return 0;
+}
+
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
 /* ---- the table ---------------------------------------------------------------------------- */
@@ -353,6 +359,12 @@ const sg_config_key_t sg_config_keys[] = {
      .what = "runtime name",
      .shown_default = "`\"process\"` (`\"oci\"` with an image)",
      .help = "runtime of specs that name none: `\"process\"`, `\"oci\"` or `\"slurm\"`"},
+    {.key = "volume_host_paths",
+     .type = SG_CFG_STRV,
+     .off = F(volume_host_paths),
+     .imax = 64,
+     .check = check_abs_dir,
+     .help = "directories under which specs may mount host paths (`\"host_path\"` volumes); none: no host path"},
     {.key = "slurm",
      .type = SG_CFG_CUSTOM,
      .off = F(slurm),
@@ -360,7 +372,8 @@ const sg_config_key_t sg_config_keys[] = {
      .clear = sg_daemon_config_clear_slurm,
      .what = "object",
      .shown_default = "none",
-     .help = "the Slurm runtime: `dir`, `partition`, `account`, `time_limit`, `image_dir`, `rest_*` (below)"},
+     .help =
+         "the Slurm runtime: `dir`, `partition`, `account`, `time_limit`, `image_dir`, `volume_dir`, `rest_*` (below)"},
 };
 const size_t sg_config_nkeys = SG_ARRAY_SIZE(sg_config_keys);
 

@@ -17,11 +17,11 @@
 #include "gateway/jobs-internal.h"
 #include "logs/logs.h"
 
-#define PASS_MAX 64          /* queued jobs a take looks past for one it may run */
-#define BATCH_MAX 256        /* jobs one batch take may get */
-#define GET_BODY_MAX 4096    /* a body sent with a take, stop or ping is read and dropped */
+#define PASS_MAX 64       /* queued jobs a take looks past for one it may run */
+#define BATCH_MAX 256     /* jobs one batch take may get */
+#define GET_BODY_MAX 4096 /* a body sent with a take, stop or ping is read and dropped */
 #define STREAM_ITEMS_MAX 100000
-#define PING_MISSES_LOST 2   /* pings in a row without a held job: it is lost */
+#define PING_MISSES_LOST 2 /* pings in a row without a held job: it is lost */
 
 typedef struct pull_req pull_req_t;
 
@@ -271,8 +271,7 @@ static void ping_timeout_cb(evutil_socket_t fd, short what, void *arg) {
   if (w->exited || w->stopping)
     return; /* it is on its way out: its end settles its jobs */
   double s = w->ep->spec->async.ping_timeout_s;
-  sg_logs_event(w->d, w->ep->name, w->id, "no ping from the worker for %.0f s (async.ping_timeout_s): it is lost",
-                s);
+  sg_logs_event(w->d, w->ep->name, w->id, "no ping from the worker for %.0f s (async.ping_timeout_s): it is lost", s);
   sg_job_t *j, *tmp;
   for (j = LIST_FIRST(&sg_jobs_ep(w->ep)->running); j; j = tmp) {
     tmp = LIST_NEXT(j, rlink);
@@ -719,5 +718,6 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
 }
 
 void sg_jobs_pull_routes(sg_router_t *r, sg_daemon_t *d) {
-  sg_router_add(r, &(sg_route_t){.path = "/worker/", .prefix = true, .public_route = true, .on_head = handle, .ctx = d});
+  sg_router_add(r,
+                &(sg_route_t){.path = "/worker/", .prefix = true, .public_route = true, .on_head = handle, .ctx = d});
 }

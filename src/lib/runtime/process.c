@@ -11,6 +11,8 @@
 #include <event2/event.h>
 #include <ctype.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -294,8 +296,131 @@ int sg_process_runtime_init(struct event_base *base, sg_error_t **err) {
 
 void sg_process_runtime_shutdown(void) { clear_user(); }
 
+/* What a worker's child does with its volumes in a mount namespace of its
+ * own, all prepared before fork (the child only makes system calls): with
+ * `cover` (sgpud's data directory, which a worker run as another user
+ * cannot reach), an empty tmpfs over it with `dirs` made in it and every
+ * volume beneath it bound back at its own path; every read-only volume a
+ * read-only, nosuid, nodev bind of itself. Only when sgpud runs as root. */
+typedef struct mount_plan {
+  bool active;
+  char *cover;
+  char **dirs;   /* made in the tmpfs, parents first */
+  char **target; /* each volume's real path */
+  char **from;   /* "/proc/self/fd/N" of an O_PATH descriptor of it */
+  int *fds;
+  bool *bind, *ro;
+  int n;
+} mount_plan_t;
+
+static void plan_free(mount_plan_t *p) {
+  for (int i = 0; i < p->n; i++)
+    if (p->fds[i] >= 0)
+      close(p->fds[i]);
+  free(p->cover);
+  sg_strv_free(p->dirs);
+  sg_strv_free(p->target);
+  sg_strv_free(p->from);
+  free(p->fds);
+  free(p->bind);
+  free(p->ro);
+  memset(p, 0, sizeof(*p));
+}
+
+static bool beneath(const char *path, const char *dir) {
+  size_t n = strlen(dir);
+  return !strncmp(path, dir, n) && path[n] == '/';
+}
+
+static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t *p, sg_error_t **err) {
+  memset(p, 0, sizeof(*p));
+  if (launch->n_volumes == 0 || geteuid() != 0)
+    return 0;
+  p->active = true;
+  int n = launch->n_volumes;
+  p->target = xcalloc((size_t)n + 1, sizeof(char *));
+  p->from = xcalloc((size_t)n + 1, sizeof(char *));
+  p->fds = xcalloc((size_t)n, sizeof(int));
+  p->bind = xcalloc((size_t)n, sizeof(bool));
+  p->ro = xcalloc((size_t)n, sizeof(bool));
+  for (int i = 0; i < n; i++)
+    p->fds[i] = -1;
+  p->n = n;
+  char real[PATH_MAX];
+  if (other_user && launch->private_dir && realpath(launch->private_dir, real))
+    p->cover = xstrdup(real);
+  size_t ndirs = 0, capdirs = 8;
+  p->dirs = xcalloc(capdirs, sizeof(char *));
+  for (int i = 0; i < n; i++) {
+    const char *src = launch->volumes[i].source;
+    if (!realpath(src, real))
+      return sg_make_error(err, errno, "volume %s: %s", src, strerror(errno));
+    p->fds[i] = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (p->fds[i] < 0)
+      return sg_make_error(err, errno, "volume %s: %s", real, strerror(errno));
+    p->target[i] = xstrdup(real);
+    p->from[i] = xasprintf("/proc/self/fd/%d", p->fds[i]);
+    p->ro[i] = launch->volumes[i].read_only;
+    bool under = p->cover && beneath(real, p->cover);
+    p->bind[i] = under || p->ro[i];
+    /* The directories between the cover and the volume, parents first. */
+    for (char *c = under ? real + strlen(p->cover) + 1 : NULL; c && *c; c++) {
+      bool end = !c[1];
+      if (*c != '/' && !end)
+        continue;
+      if (ndirs + 2 > capdirs) {
+        capdirs *= 2;
+        p->dirs = xrealloc(p->dirs, capdirs * sizeof(char *));
+      }
+      p->dirs[ndirs++] = xstrndup(real, (size_t)(c - real) + (end ? 1 : 0));
+      p->dirs[ndirs] = NULL;
+    }
+  }
+  return 0;
+}
+
+/* In the child: async-signal-safe calls only. */
+static int apply_mounts(const mount_plan_t *p, bool unshared) {
+  if (!p->active)
+    return 0;
+  if (!unshared && (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0))
+    return -1;
+  if (p->cover && mount("tmpfs", p->cover, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") < 0)
+    return -1;
+  for (char **d = p->dirs; p->cover && d && *d; d++)
+    if (mkdir(*d, 0755) < 0 && errno != EEXIST)
+      return -1;
+  for (int i = 0; i < p->n; i++) {
+    if (!p->bind[i])
+      continue;
+    if (mount(p->from[i], p->target[i], NULL, MS_BIND | MS_REC, NULL) < 0)
+      return -1;
+    if (p->ro[i] && mount(NULL, p->target[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+static sg_instance_t *start_child(struct event_base *base, const sg_launch_t *launch, const sg_run_as_t *user,
+                                  const mount_plan_t *plan, const sg_instance_callbacks_t *cbs, void *ud,
+                                  sg_error_t **err);
+
 static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, const sg_instance_callbacks_t *cbs,
                             void *ud, sg_error_t **err) {
+  const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
+  mount_plan_t plan;
+  if (plan_mounts(launch, user != NULL, &plan, err) < 0) {
+    plan_free(&plan);
+    return NULL;
+  }
+  sg_instance_t *inst = start_child(base, launch, user, &plan, cbs, ud, err);
+  plan_free(&plan);
+  return inst;
+}
+
+static sg_instance_t *start_child(struct event_base *base, const sg_launch_t *launch, const sg_run_as_t *user,
+                                  const mount_plan_t *plan, const sg_instance_callbacks_t *cbs, void *ud,
+                                  sg_error_t **err) {
   int outp[2] = {-1, -1}, errp[2] = {-1, -1}, execp[2] = {-1, -1};
   if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(execp, O_CLOEXEC) < 0) {
     int e = errno;
@@ -310,7 +435,6 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     sg_make_error(err, e, "pipe: %s", strerror(e));
     return NULL;
   }
-  const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -345,8 +469,11 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
      * directory the user cannot search (a checkout in /root) still runs;
      * the file itself must be executable by the user. */
     int exefd = -1;
-    if (user) {
+    if (user)
       exefd = open(launch->argv[0], O_PATH | O_CLOEXEC);
+    if (apply_mounts(plan, launch->flags & SG_LAUNCH_HIDE_CGROUP2) < 0)
+      goto child_fail;
+    if (user) {
       failure[0] = STAGE_USER;
       if (setgroups((size_t)user->n_groups, user->groups) < 0 || setresgid(user->gid, user->gid, user->gid) < 0 ||
           setresuid(user->uid, user->uid, user->uid) < 0)

@@ -33,4 +33,11 @@ struct sg_store {
   "CREATE INDEX jobs_open ON jobs(status, seq) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');"                           \
   "CREATE INDEX jobs_expires ON jobs(expires_ms) WHERE expires_ms > 0;"
 
+/* The schema of the named volumes table (store/volumes.c), a migration of store.c. */
+#define SG_STORE_VOLUMES_MIGRATION                                                                                     \
+  "CREATE TABLE volumes ("                                                                                             \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  size_bytes INTEGER NOT NULL,"                                                                                     \
+  "  created_ms INTEGER NOT NULL);"
+
 #endif

@@ -89,6 +89,8 @@ static const char *const migrations[] = {
     /* 6: the request a worker's log line was written for (?request_id=) */
     ("ALTER TABLE logs ADD COLUMN request_id TEXT;"
      "CREATE INDEX logs_request ON logs(endpoint, request_id) WHERE request_id IS NOT NULL;"),
+    /* named volumes (store/volumes.c) */
+    SG_STORE_VOLUMES_MIGRATION,
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
