@@ -24,6 +24,8 @@
 
 #define UPLOAD_MAX_BYTES (256ll << 30) /* an upload into a volume without size_bytes */
 #define SIZE_MAX_BYTES (1ll << 50)
+/* What a tarball may hold besides its files' bytes (headers, padding). */
+#define TAR_SLACK_BYTES (1ll << 20)
 
 static json_t *volume_json(sg_daemon_t *d, const sg_volume_t *v) {
   char t[32];
@@ -208,7 +210,7 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   vol_submit(d, req, job);
 }
 
-static void delete(sg_daemon_t *d, sg_http_req_t *req, sg_volume_t *v) {
+static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_volume_t *v) {
   cleanup_json json_t *users = sg_daemon_volume_users(d, v->name);
   if (json_array_size(users) > 0) {
     cleanup_free char *list = json_dumps(users, JSON_COMPACT);
@@ -236,7 +238,8 @@ typedef struct upload {
   char *name, *tmp, *dir;
   int fd;
   int64_t received, max_bytes, unpacked;
-  bool failed; /* answered already (the body went over the bound or a write failed) */
+  int64_t max_stream; /* max_bytes and the tar format's own bytes */
+  bool failed;        /* answered already (the body went over the bound or a write failed) */
   sg_error_t *err;
 } upload_t;
 
@@ -314,7 +317,7 @@ static void upload_data(sg_http_req_t *req, struct evbuffer *data, void *arg) {
   upload_t *u = arg;
   size_t len = evbuffer_get_length(data);
   u->received += (int64_t)len;
-  if (u->received > u->max_bytes) {
+  if (u->received > u->max_stream) {
     evbuffer_drain(data, len);
     cleanup_free char *msg =
         xasprintf("the tarball is over the %lld bytes the volume has room for", (long long)u->max_bytes);
@@ -385,7 +388,7 @@ sg_http_head_action_t sg_api_volume_upload(sg_daemon_t *d, sg_http_req_t *req, c
     return SG_HTTP_DONE;
   }
   int64_t cl = sg_http_content_length(req);
-  if (cl > room) {
+  if (cl > room + TAR_SLACK_BYTES) {
     cleanup_free char *msg = xasprintf("the tarball is over the %lld bytes the volume has room for", (long long)room);
     sg_http_send_error(req, 413, "too_large", msg, NULL);
     return SG_HTTP_DONE;
@@ -404,6 +407,7 @@ sg_http_head_action_t sg_api_volume_upload(sg_daemon_t *d, sg_http_req_t *req, c
   u->dir = sg_daemon_volume_dir(d, name);
   u->tmp = xasprintf("%s/%s-XXXXXX", updir, name);
   u->max_bytes = room;
+  u->max_stream = room + TAR_SLACK_BYTES;
   u->fd = mkostemp(u->tmp, O_CLOEXEC);
   v->uploads++;
   if (u->fd < 0) {
@@ -431,7 +435,7 @@ void sg_api_volumes(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   if (!v)
     return sg_http_send_error(req, 404, "not_found", "no such volume", NULL);
   if (sg_http_method_is(req, "DELETE"))
-    return delete(d, req, v);
+    return delete (d, req, v);
   if (!sg_http_method_is(req, "GET"))
     return sg_http_method_not_allowed(req, "GET, DELETE");
   show(d, req, name);

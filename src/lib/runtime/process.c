@@ -300,29 +300,27 @@ void sg_process_runtime_shutdown(void) { clear_user(); }
  * own, all prepared before fork (the child only makes system calls): with
  * `cover` (sgpud's data directory, which a worker run as another user
  * cannot reach), an empty tmpfs over it with `dirs` made in it and every
- * volume beneath it bound back at its own path; every read-only volume a
+ * volume beneath it bound back at its own path (from a descriptor opened in
+ * the new namespace before the tmpfs hid it); every read-only volume a
  * read-only, nosuid, nodev bind of itself. Only when sgpud runs as root. */
+#define FD_PATH_LEN 32
+
 typedef struct mount_plan {
   bool active;
   char *cover;
   char **dirs;   /* made in the tmpfs, parents first */
   char **target; /* each volume's real path */
-  char **from;   /* "/proc/self/fd/N" of an O_PATH descriptor of it */
-  int *fds;
-  bool *bind, *ro;
+  char **from;   /* FD_PATH_LEN bytes each: "/proc/self/fd/N", written by the child */
+  bool *under, *ro;
   int n;
 } mount_plan_t;
 
 static void plan_free(mount_plan_t *p) {
-  for (int i = 0; i < p->n; i++)
-    if (p->fds[i] >= 0)
-      close(p->fds[i]);
   free(p->cover);
   sg_strv_free(p->dirs);
   sg_strv_free(p->target);
   sg_strv_free(p->from);
-  free(p->fds);
-  free(p->bind);
+  free(p->under);
   free(p->ro);
   memset(p, 0, sizeof(*p));
 }
@@ -340,11 +338,8 @@ static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t 
   int n = launch->n_volumes;
   p->target = xcalloc((size_t)n + 1, sizeof(char *));
   p->from = xcalloc((size_t)n + 1, sizeof(char *));
-  p->fds = xcalloc((size_t)n, sizeof(int));
-  p->bind = xcalloc((size_t)n, sizeof(bool));
+  p->under = xcalloc((size_t)n, sizeof(bool));
   p->ro = xcalloc((size_t)n, sizeof(bool));
-  for (int i = 0; i < n; i++)
-    p->fds[i] = -1;
   p->n = n;
   char real[PATH_MAX];
   if (other_user && launch->private_dir && realpath(launch->private_dir, real))
@@ -353,18 +348,17 @@ static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t 
   p->dirs = xcalloc(capdirs, sizeof(char *));
   for (int i = 0; i < n; i++) {
     const char *src = launch->volumes[i].source;
-    if (!realpath(src, real))
+    struct stat st;
+    if (!realpath(src, real) || stat(real, &st) < 0)
       return sg_make_error(err, errno, "volume %s: %s", src, strerror(errno));
-    p->fds[i] = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (p->fds[i] < 0)
-      return sg_make_error(err, errno, "volume %s: %s", real, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+      return sg_make_error(err, ENOTDIR, "volume %s is not a directory", src);
     p->target[i] = xstrdup(real);
-    p->from[i] = xasprintf("/proc/self/fd/%d", p->fds[i]);
+    p->from[i] = xcalloc(FD_PATH_LEN, 1);
     p->ro[i] = launch->volumes[i].read_only;
-    bool under = p->cover && beneath(real, p->cover);
-    p->bind[i] = under || p->ro[i];
+    p->under[i] = p->cover && beneath(real, p->cover);
     /* The directories between the cover and the volume, parents first. */
-    for (char *c = under ? real + strlen(p->cover) + 1 : NULL; c && *c; c++) {
+    for (char *c = p->under[i] ? real + strlen(p->cover) + 1 : NULL; c && *c; c++) {
       bool end = !c[1];
       if (*c != '/' && !end)
         continue;
@@ -379,21 +373,46 @@ static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t 
   return 0;
 }
 
+/* "/proc/self/fd/FD" into out (FD_PATH_LEN bytes), async-signal-safe. */
+static void fd_path(char *out, int fd) {
+  static const char prefix[] = "/proc/self/fd/";
+  memcpy(out, prefix, sizeof(prefix) - 1);
+  char digits[12];
+  int n = 0;
+  do
+    digits[n++] = (char)('0' + fd % 10);
+  while ((fd /= 10) > 0 && n < (int)sizeof(digits));
+  char *o = out + sizeof(prefix) - 1;
+  while (n > 0)
+    *o++ = digits[--n];
+  *o = '\0';
+}
+
 /* In the child: async-signal-safe calls only. */
 static int apply_mounts(const mount_plan_t *p, bool unshared) {
   if (!p->active)
     return 0;
   if (!unshared && (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0))
     return -1;
+  /* In this namespace, before the tmpfs hides them: binds of the volumes
+   * beneath the cover are made from these (O_CLOEXEC: gone at exec). */
+  for (int i = 0; i < p->n; i++) {
+    if (!p->under[i])
+      continue;
+    int fd = open(p->target[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      return -1;
+    fd_path(p->from[i], fd);
+  }
   if (p->cover && mount("tmpfs", p->cover, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") < 0)
     return -1;
   for (char **d = p->dirs; p->cover && d && *d; d++)
     if (mkdir(*d, 0755) < 0 && errno != EEXIST)
       return -1;
   for (int i = 0; i < p->n; i++) {
-    if (!p->bind[i])
+    if (!p->under[i] && !p->ro[i])
       continue;
-    if (mount(p->from[i], p->target[i], NULL, MS_BIND | MS_REC, NULL) < 0)
+    if (mount(p->under[i] ? p->from[i] : p->target[i], p->target[i], NULL, MS_BIND | MS_REC, NULL) < 0)
       return -1;
     if (p->ro[i] && mount(NULL, p->target[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
       return -1;
