@@ -258,5 +258,75 @@ class VolumeApiTest(SgpudTestCase):
         self.assertError(r, 409, code="in_use")
 
 
+class OciVolumeTest(SgpudTestCase):
+    """Named volumes bound into real crun containers (skipped where containers
+    cannot run here, as test_oci.py is)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import test_oci
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="sgpu-voci-")
+        os.chmod(cls.tmp, 0o711)
+        cls.img = os.path.join(cls.tmp, "img")
+        try:
+            test_oci._sh("bash", test_oci.IMAGE_SCRIPT, "build", cls.img, REPO)
+        except (subprocess.CalledProcessError, OSError) as e:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            if any(not shutil.which(t) for t in test_oci.TOOLS):
+                raise unittest.SkipTest("cannot build the test image: %s" % getattr(e, "stderr", e))
+            raise
+        why = test_oci.crun_works(cls.tmp, os.path.join(cls.img, "layout"))
+        if why:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise unittest.SkipTest(why)
+        cls.registry = test_oci.Registry(os.path.join(cls.tmp, "registry"))
+        cls.registry.start()
+        test_oci._sh("bash", test_oci.IMAGE_SCRIPT, "push", cls.img, cls.registry.addr, "demo/echo:latest")
+        cls.image = "%s/demo/echo:latest" % cls.registry.addr
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "registry", None):
+            cls.registry.stop()
+        shutil.rmtree(getattr(cls, "tmp", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    def spec(self, name, volumes):
+        return {"name": name, "image": self.image, "env": {"SGPU_IT_RUN": RUN_ID},
+                "health": {"path": "/health"}, "workers": {"min": 0, "max": 1, "idle_timeout_s": 30},
+                "volumes": volumes}
+
+    def test_container_writes_and_another_reads_read_only(self):
+        d = tempfile.mkdtemp(prefix="sgpu-voci-d-", dir=self.tmp)
+        cfg = os.path.join(d, "config.json")
+        with open(cfg, "w") as f:
+            json.dump({"insecure_registries": [self.registry.addr], "stop_grace_s": 2,
+                       "cdi_dir": os.path.join(d, "cdi")}, f)
+        sg = self.start_sgpud(config=cfg)
+        vol = unique_name("ovol")
+        self.assertOk(sg.api("POST", "/v1/volumes", {"name": vol}), 201)
+        env = "SGPU_VOLUME_" + vol.upper().replace("-", "_")
+        writer = unique_name("ow")
+        self.create(self.spec(writer, [{"name": vol, "path": "/data/cache"}]), sg=sg)
+        r = sg.invoke(writer, "/file?env=%s&name=w.txt" % env, method="PUT", body=b"from a container",
+                      timeout=120)
+        self.assertEqual(r.status, 200, r.body)
+        with open(os.path.join(sg.data_dir, "volumes", vol, "w.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"from a container")
+        # The variable is the path inside the container.
+        r = sg.invoke(writer, "/file?path=/data/cache/w.txt", raw=True)
+        self.assertEqual((r.status, r.body), (200, b"from a container"))
+        reader = unique_name("or")
+        self.create(self.spec(reader, [{"name": vol, "path": "/weights", "read_only": True}]), sg=sg)
+        r = sg.invoke(reader, "/file?env=%s&name=w.txt" % env, raw=True, timeout=120)
+        self.assertEqual((r.status, r.body), (200, b"from a container"))
+        r = sg.invoke(reader, "/file?env=%s&name=x.txt" % env, method="PUT", body=b"x")
+        self.assertEqual(r.status, 403, r.body)
+        self.assertIn("EROFS", json.dumps(r.body))
+        self.assertFalse(os.path.exists(os.path.join(sg.data_dir, "volumes", vol, "x.txt")))
+        self.assertError(sg.api("DELETE", "/v1/volumes/%s" % vol), 409, code="in_use")
+
+
 if __name__ == "__main__":
     unittest.main()
