@@ -86,8 +86,9 @@ typedef struct sg_launch {
    * (SGPU_VOLUME_* in envp, set by the daemon for every runtime). */
   const sg_launch_volume_t *volumes;
   int n_volumes;
-  /* process: sgpud's data directory, which a worker run as another user
-   * gets as an empty tmpfs with only its named volumes bound back in. */
+  /* process: sgpud's data directory. For a worker run as another user, the
+   * highest directory on the way to it that the user cannot search becomes
+   * an empty tmpfs with only the worker's volumes beneath it bound back. */
   const char *private_dir;
 } sg_launch_t;
 

@@ -172,6 +172,22 @@ class VolumeApiTest(SgpudTestCase):
         r = self.sg.invoke(name, "/file?path=%s" % os.path.join(self.sg.data_dir, "admin.key"), raw=True)
         self.assertIn(r.status, (403, 404), r.body)
 
+    def test_data_dir_below_a_private_directory(self):
+        # As ~/.sgpu of root: /root is not searchable by the worker's user, yet
+        # its process workers reach their volumes.
+        private = tempfile.mkdtemp(prefix="sgpu-vol-priv-", dir=self.tmp)
+        os.chmod(private, 0o700)
+        sg = self.start_sgpud(data_dir=os.path.join(private, "data"))
+        vol = unique_name("pv")
+        self.assertOk(sg.api("POST", "/v1/volumes", {"name": vol}), 201)
+        name = unique_name("pw")
+        self.create(echo_spec(name, volumes=[{"name": vol, "path": "/d"}]), sg=sg)
+        env = "SGPU_VOLUME_" + vol.upper().replace("-", "_")
+        r = sg.invoke(name, "/file?env=%s&name=a.txt" % env, method="PUT", body=b"reached")
+        self.assertEqual(r.status, 200, r.body)
+        with open(os.path.join(private, "data", "volumes", vol, "a.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"reached")
+
     def test_host_path_read_only(self):
         name = unique_name("vh")
         self.create(echo_spec(name, volumes=[{"host_path": self.allowed, "path": "/models", "read_only": True}]))

@@ -298,9 +298,10 @@ void sg_process_runtime_shutdown(void) { clear_user(); }
 
 /* What a worker's child does with its volumes in a mount namespace of its
  * own, all prepared before fork (the child only makes system calls): with
- * `cover` (sgpud's data directory, which a worker run as another user
- * cannot reach), an empty tmpfs over it with `dirs` made in it and every
- * volume beneath it bound back at its own path (from a descriptor opened in
+ * `cover` (the highest directory on the way to sgpud's data directory that
+ * a worker run as another user cannot search: the data directory itself, or
+ * /root above a data directory in it), an empty tmpfs over it with `dirs`
+ * made in it and every volume beneath it bound back at its own path (from a descriptor opened in
  * the new namespace before the tmpfs hid it); every read-only volume a
  * read-only, nosuid, nodev bind of itself. Only when sgpud runs as root. */
 #define FD_PATH_LEN 32
@@ -330,7 +331,39 @@ static bool beneath(const char *path, const char *dir) {
   return !strncmp(path, dir, n) && path[n] == '/';
 }
 
-static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t *p, sg_error_t **err) {
+/* Whether user may search (x) a directory of this mode and owner. */
+static bool searchable(const struct stat *st, const sg_run_as_t *user) {
+  if (st->st_uid == user->uid)
+    return st->st_mode & S_IXUSR;
+  bool in_group = st->st_gid == user->gid;
+  for (int i = 0; i < user->n_groups && !in_group; i++)
+    in_group = user->groups[i] == st->st_gid;
+  return in_group ? (st->st_mode & S_IXGRP) : (st->st_mode & S_IXOTH);
+}
+
+/* The directory to cover for a worker run as user: the highest one on the way
+ * to dir (realpath) that the user cannot search. Nothing beneath it was
+ * within the worker's reach, so an empty tmpfs there takes nothing from it.
+ * NULL when the user can search them all, dir included. */
+static char *cover_for(const char *dir, const sg_run_as_t *user) {
+  char *path = xstrdup(dir);
+  for (char *c = path + 1;; c++) {
+    if (*c != '/' && *c)
+      continue;
+    char saved = *c;
+    *c = '\0';
+    struct stat st;
+    if (stat(path, &st) == 0 && !searchable(&st, user))
+      return path;
+    *c = saved;
+    if (!saved)
+      break;
+  }
+  free(path);
+  return NULL;
+}
+
+static int plan_mounts(const sg_launch_t *launch, const sg_run_as_t *user, mount_plan_t *p, sg_error_t **err) {
   memset(p, 0, sizeof(*p));
   if (launch->n_volumes == 0 || geteuid() != 0)
     return 0;
@@ -342,8 +375,8 @@ static int plan_mounts(const sg_launch_t *launch, bool other_user, mount_plan_t 
   p->ro = xcalloc((size_t)n, sizeof(bool));
   p->n = n;
   char real[PATH_MAX];
-  if (other_user && launch->private_dir && realpath(launch->private_dir, real))
-    p->cover = xstrdup(real);
+  if (user && launch->private_dir && realpath(launch->private_dir, real))
+    p->cover = cover_for(real, user);
   size_t ndirs = 0, capdirs = 8;
   p->dirs = xcalloc(capdirs, sizeof(char *));
   for (int i = 0; i < n; i++) {
@@ -428,7 +461,7 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
                             void *ud, sg_error_t **err) {
   const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
   mount_plan_t plan;
-  if (plan_mounts(launch, user != NULL, &plan, err) < 0) {
+  if (plan_mounts(launch, user, &plan, err) < 0) {
     plan_free(&plan);
     return NULL;
   }
