@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 import unittest
 
+import test_slurm
 from harness import (REPO, RUN_ID, SgpudTestCase, echo_spec, unique_name, wait_for)
 
 
@@ -87,7 +88,7 @@ class VolumeApiTest(SgpudTestCase):
 
     def test_create_list_show_delete(self):
         name = self.volume(size_bytes=1 << 20)
-        self.assertError(self.sg.api("POST", "/v1/volumes", {"name": name}), 409)
+        self.assertError(self.sg.api("POST", "/v1/volumes", {"name": name}), 409, code="conflict")
         self.assertError(self.sg.api("POST", "/v1/volumes", {"name": "Bad_Name"}), 422, field="name")
         self.assertError(self.sg.api("POST", "/v1/volumes", {"name": "x", "size_bytes": 0}), 422,
                          field="size_bytes")
@@ -343,6 +344,29 @@ class OciVolumeTest(SgpudTestCase):
         self.assertFalse(os.path.exists(os.path.join(sg.data_dir, "volumes", vol, "x.txt")))
         self.assertError(sg.api("DELETE", "/v1/volumes/%s" % vol), 409, code="in_use")
 
+
+class SlurmVolumeTest(test_slurm.SlurmCase):
+    """A slurm worker finds a named volume in the slurm directory the nodes share
+    (skipped where the one-machine Slurm cluster of test_slurm.py cannot start)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        test_slurm.setUpModule()  # starts the cluster, or says why it cannot
+
+    def test_slurm_worker_writes_the_shared_volume_dir(self):
+        sg, _ = self.start_slurm_sgpud()
+        vol = unique_name("svol")
+        self.assertOk(sg.api("POST", "/v1/volumes", {"name": vol}), 201)
+        shared = os.path.join(sg.data_dir, "slurm", "volumes", vol)
+        self.assertTrue(os.path.isdir(shared), "the volume's slurm directory is made at create")
+        name = unique_name("sv")
+        self.create(test_slurm.slurm_spec(name, volumes=[{"name": vol, "path": "/data"}]), sg=sg)
+        env = "SGPU_VOLUME_" + vol.upper().replace("-", "_")
+        r = sg.invoke(name, "/file?env=%s&name=s.txt" % env, method="PUT", body=b"from slurm", timeout=120)
+        self.assertEqual(r.status, 200, r.body)
+        with open(os.path.join(shared, "s.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"from slurm")
 
 if __name__ == "__main__":
     unittest.main()

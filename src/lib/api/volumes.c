@@ -8,8 +8,10 @@
  * UPLOAD_MAX_BYTES), then unpacked on the pool by sg_volume_unpack into the
  * volume. An upload is refused while another one into the same volume, a
  * delete, or a worker of an endpoint that mounts the volume read-write is
- * running: the unpacker is then the only writer of the directory, so what
- * it checked (no symbolic link on the way) stays true while it writes. */
+ * running, and no such worker starts while it runs
+ * (sg_daemon_volumes_for_start): the unpacker is then the only writer of the
+ * directory, so what it checked (no symbolic link on the way) stays true
+ * while it writes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -198,7 +200,7 @@ static void create(sg_daemon_t *d, sg_http_req_t *req) {
   }
   const char *n = json_string_value(name);
   if (sg_daemon_volume_find(d, n))
-    return sg_http_send_error(req, 409, "exists", "a volume of that name exists", "name");
+    return sg_http_send_error(req, 409, "conflict", "a volume of that name exists", "name");
   vol_job_t *job = xcalloc(1, sizeof(*job));
   job->create = true;
   job->name = xstrdup(n);

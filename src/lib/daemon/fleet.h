@@ -328,7 +328,8 @@ int sg_daemon_volume_host_path(const sg_daemon_t *d, const char *host_path, char
 /* The spec's volumes as a start gives them to the runtime (*out, freed with
  * sg_launch_volumes_free): named volumes' directories (remote: as slurm
  * nodes see them), host paths resolved and checked again. Fails when a named
- * volume is gone or holds more than its size_bytes. Returns the count. */
+ * volume is gone, holds more than its size_bytes, or would be mounted
+ * read-write here while an upload into it runs. Returns the count. */
 int sg_daemon_volumes_for_start(sg_daemon_t *d, const sg_spec_t *spec, bool remote, sg_launch_volume_t **out,
                                 sg_error_t **err);
 void sg_launch_volumes_free(sg_launch_volume_t *v, int n);

@@ -280,6 +280,11 @@ int sg_daemon_volumes_for_start(sg_daemon_t *d, const sg_spec_t *spec, bool remo
         return sg_make_error(err, EDQUOT, "volume %s holds %lld bytes, over its size_bytes %lld: no new workers",
                              sv->name, (long long)vol->used_bytes, (long long)vol->size_bytes);
       }
+      if (vol->uploads > 0 && !sv->read_only && !remote) {
+        sg_launch_volumes_free(v, (int)i);
+        return sg_make_error(err, EBUSY, "an upload into volume %s is under way: it is mounted read-write once it ends",
+                             sv->name);
+      }
       v[i].source = remote ? sg_daemon_volume_remote_dir(d, sv->name) : sg_daemon_volume_dir(d, sv->name);
     } else {
       char *real = NULL;
