@@ -42,16 +42,17 @@
 #define ZERO_TIMEOUT_MS 30000.0
 #define MAX_ROUNDS 1000
 
-static const char usage[] = "usage: bench-volume [--rounds N] [--warmup N] [--size BYTES] [--sgpud PATH] [--worker PATH]\n"
-                            "\n"
-                            "Times the cold start of a worker that reads its weights from a volume beside one\n"
-                            "that downloads them from a local HTTP server, and prints medians and their ratio.\n"
-                            "\n"
-                            "  --rounds N     measured rounds of each (default 5, at most 1000)\n"
-                            "  --warmup N     unmeasured rounds first (default 1)\n"
-                            "  --size BYTES   the weights file (default 1073741824)\n"
-                            "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
-                            "  --worker PATH  the worker (default " BENCH_ECHO_WORKER ")\n";
+static const char usage[] =
+    "usage: bench-volume [--rounds N] [--warmup N] [--size BYTES] [--sgpud PATH] [--worker PATH]\n"
+    "\n"
+    "Times the cold start of a worker that reads its weights from a volume beside one\n"
+    "that downloads them from a local HTTP server, and prints medians and their ratio.\n"
+    "\n"
+    "  --rounds N     measured rounds of each (default 5, at most 1000)\n"
+    "  --warmup N     unmeasured rounds first (default 1)\n"
+    "  --size BYTES   the weights file (default 1073741824)\n"
+    "  --sgpud PATH   the daemon (default " BENCH_SGPUD ")\n"
+    "  --worker PATH  the worker (default " BENCH_ECHO_WORKER ")\n";
 
 /* Writes size random-looking bytes (a cheap generator: the content does not
  * matter, only that it is not sparse) to path. */
@@ -157,13 +158,13 @@ static double round_one(struct run *r, bool volume) {
   } else {
     json_object_set_new(env, "WEIGHTS_URL", json_string(r->weights_url));
   }
-  json_t *spec = json_pack("{s:s, s:s, s:[s], s:o, s:{s:s, s:f}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name, "runtime",
-                           "process", "command", r->worker, "env", env, "health", "path", "/health",
-                           "startup_timeout_s", 600.0, "workers", "min", 0, "max", 1, "idle_timeout_s", 300,
-                           "max_concurrency", 1, "request_timeout_s", 600);
+  json_t *spec =
+      json_pack("{s:s, s:s, s:[s], s:o, s:{s:s, s:f}, s:{s:i, s:i, s:i, s:i, s:i}}", "name", name, "runtime", "process",
+                "command", r->worker, "env", env, "health", "path", "/health", "startup_timeout_s", 600.0, "workers",
+                "min", 0, "max", 1, "idle_timeout_s", 300, "max_concurrency", 1, "request_timeout_s", 600);
   if (volume)
-    json_object_set_new(spec, "volumes", json_pack("[{s:s, s:s, s:b}]", "name", "weights", "path", "/weights",
-                                                   "read_only", 1));
+    json_object_set_new(spec, "volumes",
+                        json_pack("[{s:s, s:s, s:b}]", "name", "weights", "path", "/weights", "read_only", 1));
   char *body = json_dumps(spec, JSON_COMPACT);
   char *url = bench_asprintf("%s/v1/endpoints", r->d.url);
   json_decref(bench_http_json(&r->api, "POST", url, body, 201));
@@ -184,11 +185,13 @@ static double round_one(struct run *r, bool volume) {
 }
 
 int main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"rounds", required_argument, NULL, 'r'}, {"warmup", required_argument, NULL, 'w'},
-      {"size", required_argument, NULL, 'z'},   {"sgpud", required_argument, NULL, 's'},
-      {"worker", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
+  static const struct option opts[] = {{"rounds", required_argument, NULL, 'r'},
+                                       {"warmup", required_argument, NULL, 'w'},
+                                       {"size", required_argument, NULL, 'z'},
+                                       {"sgpud", required_argument, NULL, 's'},
+                                       {"worker", required_argument, NULL, 'k'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
   long rounds = 5, warmup = 1;
   long long size = 1ll << 30;
   const char *sgpud = BENCH_SGPUD, *worker = BENCH_ECHO_WORKER;

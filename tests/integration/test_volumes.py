@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -264,6 +265,31 @@ class VolumeApiTest(SgpudTestCase):
         self.assertIn("over its size_bytes", json.dumps(events))
         r = self.sg.api("POST", "/v1/volumes/%s/files" % vol, tarball([("more", b"m")]))
         self.assertError(r, 413, code="too_large")
+
+    def test_no_read_write_start_during_an_upload(self):
+        vol = self.volume()
+        data = tarball([("late.txt", b"L" * 1000)])
+        sock = socket.create_connection(("127.0.0.1", self.sg.port))
+        self.addCleanup(sock.close)
+        head = ("POST /v1/volumes/%s/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                "Content-Length: %d\r\n\r\n" % (vol, self.sg.key, len(data)))
+        sock.sendall(head.encode() + data[:512])
+        # The upload is under way: a second one is refused, which shows it.
+        wait_for(lambda: self.sg.api("POST", "/v1/volumes/%s/files" % vol, tarball([("b", b"b")])).status == 409,
+                 10, message="the first upload under way")
+        name = unique_name("vd")
+        self.create(echo_spec(name, volumes=[{"name": vol, "path": "/d"}],
+                              workers={"min": 0, "max": 1, "request_timeout_s": 1}))
+        r = self.sg.invoke(name, "/health")
+        self.assertNotEqual(r.status, 200, r.body)
+        wait_for(lambda: "upload into volume" in json.dumps(self.sg.logs(name)), 10,
+                 message="the start refused for the upload")
+        sock.sendall(data[512:])
+        reply = sock.recv(4096)
+        self.assertIn(b" 200 ", reply.split(b"\r\n")[0])
+        r = self.sg.invoke(name, "/file?env=SGPU_VOLUME_%s&name=late.txt" % vol.upper().replace("-", "_"),
+                           raw=True, timeout=30)
+        self.assertEqual((r.status, r.body), (200, b"L" * 1000))
 
     def test_upload_unknown_volume_and_rw_busy(self):
         self.assertError(self.sg.api("POST", "/v1/volumes/nope/files", tarball([("a", b"a")])), 404)
