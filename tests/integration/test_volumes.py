@@ -222,6 +222,17 @@ class VolumeApiTest(SgpudTestCase):
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(r.body, b"W" * 5000)
 
+    def test_large_upload_streams(self):
+        # Past the bytes kept waiting for the file's writer: the body is paused and resumed.
+        vol = self.volume()
+        blob = os.urandom(24 << 20)
+        body = self.assertOk(self.sg.api("POST", "/v1/volumes/%s/files" % vol, tarball([("big.bin", blob)]),
+                                         timeout=120))
+        self.assertEqual(body["unpacked_bytes"], len(blob))
+        with open(os.path.join(self.sg.data_dir, "volumes", vol, "big.bin"), "rb") as f:
+            self.assertTrue(f.read() == blob, "the unpacked file differs from the upload")
+        self.assertEqual(os.listdir(os.path.join(self.sg.data_dir, "volumes", ".uploads")), [])
+
     def test_hostile_tarballs_refused_or_confined(self):
         vol = self.volume()
         vdir = os.path.join(self.sg.data_dir, "volumes", vol)

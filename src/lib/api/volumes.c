@@ -5,8 +5,8 @@
  * (daemon/volumes.c) changes in their done(). Bytes used are measured on the
  * pool before a list or show is answered. An upload is streamed to a file in
  * DATA_DIR/volumes/.uploads (bounded: the volume's room, else
- * UPLOAD_MAX_BYTES), then unpacked on the pool by sg_volume_unpack into the
- * volume. An upload is refused while another one into the same volume, a
+ * UPLOAD_MAX_BYTES) by writes on the pool, then unpacked on the pool by
+ * sg_volume_unpack into the volume. An upload is refused while another one into the same volume, a
  * delete, or a worker of an endpoint that mounts the volume read-write is
  * running, and no such worker starts while it runs
  * (sg_daemon_volumes_for_start): the unpacker is then the only writer of the
@@ -234,16 +234,30 @@ static void delete (sg_daemon_t *d, sg_http_req_t *req, sg_volume_t *v) {
 
 /* ---- uploads -------------------------------------------------------------------------------------- */
 
+/* An upload's life: RECEIVING (the body arrives; writes to the temporary
+ * file run on the pool, one at a time, the body paused while more than
+ * PENDING_MAX bytes wait), then UNPACKING (on the pool), then answered and
+ * freed. `gone`: the request ended (the client left, or it was answered
+ * early) while a write ran; that write's done() frees the upload. */
+#define PENDING_MAX (8u << 20)
+
 typedef struct upload {
   sg_daemon_t *d;
   sg_http_req_t *req; /* NULL once the client went away */
   char *name, *tmp, *dir;
   int fd;
   int64_t received, max_bytes, unpacked;
-  int64_t max_stream; /* max_bytes and the tar format's own bytes */
-  bool failed;        /* answered already (the body went over the bound or a write failed) */
+  int64_t max_stream;      /* max_bytes and the tar format's own bytes */
+  struct evbuffer *queued; /* received, not yet handed to a write */
+  bool writing, ended, gone, unpacking, paused;
   sg_error_t *err;
 } upload_t;
+
+typedef struct write_job {
+  upload_t *u;
+  struct evbuffer *buf; /* owned by the job while it runs */
+  int error;            /* errno of a failed write, or 0 */
+} write_job_t;
 
 static void upload_free(upload_t *u) {
   if (u->fd >= 0)
@@ -253,6 +267,8 @@ static void upload_free(upload_t *u) {
   sg_volume_t *v = sg_daemon_volume_find(u->d, u->name);
   if (v)
     v->uploads--;
+  if (u->queued)
+    evbuffer_free(u->queued);
   free(u->name);
   free(u->tmp);
   free(u->dir);
@@ -288,6 +304,10 @@ static void upload_measured(sg_daemon_t *d, void *arg) {
 static void unpack_done(void *data, bool cancelled) {
   upload_t *u = data;
   if (cancelled) {
+    if (u->req) {
+      sg_http_set_close_cb(u->req, NULL, NULL);
+      sg_http_send_error(u->req, 503, "shutting_down", "sgpud is shutting down", NULL);
+    }
     upload_free(u);
     return;
   }
@@ -298,24 +318,92 @@ static void unpack_done(void *data, bool cancelled) {
 
 static const sg_pool_job_ops_t unpack_ops = {unpack_work, unpack_done};
 
+static void start_unpack(upload_t *u) {
+  close(u->fd);
+  u->fd = -1;
+  u->unpacking = true;
+  sg_pool_submit(u->d->pool, &unpack_ops, u);
+}
+
+/* On a pool thread: the temporary file is this job's alone while it runs. */
+static void write_work(void *data) {
+  write_job_t *j = data;
+  while (evbuffer_get_length(j->buf) > 0) {
+    int n = evbuffer_write(j->buf, j->u->fd);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      j->error = n < 0 ? errno : EIO;
+      return;
+    }
+  }
+}
+
+static void write_done(void *data, bool cancelled);
+static const sg_pool_job_ops_t write_ops = {write_work, write_done};
+
+static void start_write(upload_t *u) {
+  write_job_t *j = xcalloc(1, sizeof(*j));
+  j->u = u;
+  j->buf = evbuffer_new();
+  evbuffer_add_buffer(j->buf, u->queued);
+  u->writing = true;
+  sg_pool_submit(u->d->pool, &write_ops, j);
+}
+
+/* Answers an upload still receiving with an error and lets it go. */
+static void upload_fail(upload_t *u, int status, const char *code, const char *msg) {
+  if (u->req) {
+    sg_http_set_close_cb(u->req, NULL, NULL);
+    sg_http_send_error(u->req, status, code, msg, NULL);
+    u->req = NULL;
+  }
+  if (u->writing)
+    u->gone = true;
+  else
+    upload_free(u);
+}
+
+static void write_done(void *data, bool cancelled) {
+  write_job_t *j = data;
+  upload_t *u = j->u;
+  int error = cancelled ? ECANCELED : j->error;
+  evbuffer_free(j->buf);
+  free(j);
+  u->writing = false;
+  if (u->gone) {
+    upload_free(u);
+    return;
+  }
+  if (error) {
+    cleanup_free char *msg = xasprintf("cannot write the upload: %s", strerror(error));
+    return upload_fail(u, 500, "internal", msg);
+  }
+  if (evbuffer_get_length(u->queued) > 0)
+    start_write(u);
+  else if (u->ended)
+    return start_unpack(u);
+  if (u->paused && u->req) {
+    u->paused = false;
+    sg_http_pause_body(u->req, false);
+  }
+}
+
 static void upload_closed(sg_http_req_t *req, void *arg) {
   (void)req;
   upload_t *u = arg;
   u->req = NULL;
-  /* The body stopped coming: nothing runs for it any more. */
-  if (u->fd >= 0)
+  /* While unpacking, the answer is dropped when it comes; before, nothing
+   * more comes for it. */
+  if (u->unpacking)
+    return;
+  if (u->writing)
+    u->gone = true;
+  else
     upload_free(u);
 }
 
-static void upload_fail(upload_t *u, int status, const char *code, const char *msg) {
-  u->failed = true;
-  sg_http_set_close_cb(u->req, NULL, NULL);
-  sg_http_send_error(u->req, status, code, msg, NULL);
-  upload_free(u);
-}
-
 static void upload_data(sg_http_req_t *req, struct evbuffer *data, void *arg) {
-  (void)req;
   upload_t *u = arg;
   size_t len = evbuffer_get_length(data);
   u->received += (int64_t)len;
@@ -325,24 +413,23 @@ static void upload_data(sg_http_req_t *req, struct evbuffer *data, void *arg) {
         xasprintf("the tarball is over the %lld bytes the volume has room for", (long long)u->max_bytes);
     return upload_fail(u, 413, "too_large", msg);
   }
-  /* A regular file: the write goes to the page cache. */
-  while (evbuffer_get_length(data) > 0) {
-    int n = evbuffer_write(data, u->fd);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      cleanup_free char *msg = xasprintf("cannot write the upload: %s", strerror(errno));
-      return upload_fail(u, 500, "internal", msg);
-    }
+  evbuffer_add_buffer(u->queued, data);
+  if (!u->writing)
+    start_write(u);
+  else if (evbuffer_get_length(u->queued) > PENDING_MAX && !u->paused) {
+    u->paused = true;
+    sg_http_pause_body(req, true);
   }
 }
 
 static void upload_end(sg_http_req_t *req, void *arg) {
   (void)req;
   upload_t *u = arg;
-  close(u->fd);
-  u->fd = -1;
-  sg_pool_submit(u->d->pool, &unpack_ops, u);
+  u->ended = true;
+  if (!u->writing && evbuffer_get_length(u->queued) == 0)
+    start_unpack(u);
+  else if (!u->writing)
+    start_write(u);
 }
 
 /* An endpoint that mounts the volume read-write and has a live worker, or NULL. */
@@ -409,6 +496,7 @@ sg_http_head_action_t sg_api_volume_upload(sg_daemon_t *d, sg_http_req_t *req, c
   u->dir = sg_daemon_volume_dir(d, name);
   u->tmp = xasprintf("%s/%s-XXXXXX", updir, name);
   u->max_bytes = room;
+  u->queued = evbuffer_new();
   u->max_stream = room + TAR_SLACK_BYTES;
   u->fd = mkostemp(u->tmp, O_CLOEXEC);
   v->uploads++;
