@@ -189,6 +189,12 @@ class VolumeApiTest(SgpudTestCase):
         self.assertEqual(r.status, 200, r.body)
         with open(os.path.join(private, "data", "volumes", vol, "a.txt"), "rb") as f:
             self.assertEqual(f.read(), b"reached")
+        # The volume and its files outlive sgpud.
+        sg.restart()
+        got = self.assertOk(sg.api("GET", "/v1/volumes/%s" % vol))
+        self.assertEqual((got["used_bytes"], got["mounted_by"]), (len(b"reached"), [name]))
+        r = sg.invoke(name, "/file?env=%s&name=a.txt" % env, raw=True, timeout=30)
+        self.assertEqual((r.status, r.body), (200, b"reached"))
 
     def test_host_path_read_only(self):
         name = unique_name("vh")
