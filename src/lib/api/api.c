@@ -84,8 +84,11 @@ static void route_v1(sg_daemon_t *d, sg_http_req_t *req, const char *rest) {
   /* Volumes: POST volumes/{name}/files streams (v1_head), never buffered here. */
   if ((n == 1 || n == 2) && !strcmp(seg[0], "volumes"))
     return sg_api_volumes(d, req, n == 2 ? seg[1] : NULL);
-  if (n == 3 && !strcmp(seg[0], "volumes") && !strcmp(seg[2], "files"))
+  if (n == 3 && !strcmp(seg[0], "volumes") && !strcmp(seg[2], "files")) {
+    if (sg_http_method_is(req, "POST")) /* a name v1_head did not take: no volume has it */
+      return not_found(req, "no such volume");
     return sg_http_method_not_allowed(req, "POST");
+  }
   if (n == 1 && !strcmp(seg[0], "usage")) {
     if (!get)
       return sg_http_method_not_allowed(req, "GET");

@@ -20,8 +20,6 @@
 #include <sys/stat.h>
 
 #include "daemon/fleet.h"
-#include "sgpu/image.h"
-#include "sgpu/log.h"
 #include "sgpu/pool.h"
 #include "sgpu/util.h"
 #include "sgpu/volumes-store.h"
@@ -247,8 +245,10 @@ int sg_daemon_volume_host_path(const sg_daemon_t *d, const char *host_path, char
       return 0;
     }
   }
-  return sg_make_error(err, EACCES, "%s%s%s is not beneath a directory of the daemon's volume_host_paths", host_path,
-                       strcmp(real, host_path) ? " (resolved: " : "", strcmp(real, host_path) ? real : "");
+  if (strcmp(real, host_path))
+    return sg_make_error(err, EACCES, "%s (resolved: %s) is not beneath a directory of the daemon's volume_host_paths",
+                         host_path, real);
+  return sg_make_error(err, EACCES, "%s is not beneath a directory of the daemon's volume_host_paths", host_path);
 }
 
 /* ---- a worker's volumes ------------------------------------------------------------------------ */
