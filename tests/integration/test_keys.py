@@ -41,6 +41,7 @@ ROUTES = {
     ("POST", "/v1/endpoints/{endpoint}/rollback", "deploy"): "/v1/endpoints/ghost/rollback",
     ("GET", "/v1/endpoints/{endpoint}/workers", "deploy|read"): "/v1/endpoints/ghost/workers",
     ("DELETE", "/v1/endpoints/{endpoint}/workers/{id}", "deploy"): "/v1/endpoints/ghost/workers/w-1",
+    ("GET", "/v1/endpoints/{endpoint}/jobs", "deploy|read"): "/v1/endpoints/ghost/jobs",
     ("GET", "/v1/images", "deploy|read"): "/v1/images",
     ("POST", "/v1/images", "deploy"): "/v1/images",
     ("DELETE", "/v1/images/{ref*}", "deploy"): "/v1/images/127.0.0.1:9/ghost:1",
