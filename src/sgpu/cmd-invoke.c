@@ -93,7 +93,7 @@ int sg_cmd_invoke(int argc, char **argv) {
   struct invoke_out out = {0};
   cleanup_slist struct curl_slist *headers = NULL;
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hX:d:f:H:it:", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "X:d:f:H:it:", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {

@@ -15,7 +15,9 @@ import unittest
 from harness import (SGPU, SgpudTestCase, echo_spec, free_port, require_binaries, scaled,
                      unique_name)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# The exit statuses (sgpu --help): usage 2, 404 3, another 4xx 4, 5xx or no answer 5.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4, 5
+API_FAILURES = (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_SERVER)
 
 LOG_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\S+Z) (\S+) (stdout|stderr|event) (.*)$")
 
@@ -36,6 +38,17 @@ def parse_table(text):
             raise AssertionError("row %r does not match headers %r" % (line, headers))
         rows.append(dict(zip(headers, cells)))
     return rows
+
+
+def parse_columns(text):
+    """A table whose last cells may hold spaces: cells cut at the headers' columns."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    if not lines:
+        raise AssertionError("no table in %r" % text)
+    starts = [m.start() for m in re.finditer(r"(?:(?<=  )|^)\S", lines[0])]
+    headers = [lines[0][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    return [{h: line[a:b].strip() for h, a, b in zip(headers, starts, starts[1:] + [None])}
+            for line in lines[1:]]
 
 
 class LineReader:
@@ -130,8 +143,8 @@ class CliTestCase(SgpudTestCase):
         return proc.stdout
 
     def assertFails(self, proc, code=EXIT_FAIL, what=""):
-        """Exit status `code`, nothing on stdout; for API errors (code 1) exactly one
-        line "sgpu: <message>" on stderr. Returns that message."""
+        """Exit status `code`, nothing on stdout; for API errors (codes 1, 3, 4, 5)
+        exactly one line "sgpu: <message>" on stderr. Returns that message."""
         ctx = "%s: exit %d\nstdout: %r\nstderr: %r" % (what, proc.returncode, proc.stdout,
                                                         proc.stderr)
         self.assertEqual(proc.returncode, code, ctx)
@@ -140,7 +153,7 @@ class CliTestCase(SgpudTestCase):
         self.assertTrue(lines, "no error message; " + ctx)
         self.assertTrue(lines[0].startswith("sgpu: "), ctx)
         self.assertGreater(len(lines[0]), len("sgpu: "), ctx)
-        if code == EXIT_FAIL:
+        if code in API_FAILURES:
             self.assertEqual(len(lines), 1, "the error is not one line; " + ctx)
         return lines[0][len("sgpu: "):]
 
@@ -235,10 +248,10 @@ class CliBasicsTest(CliTestCase):
         self.assertIn("Usage", proc.stderr)
 
     def test_bad_usage_does_not_reach_the_server(self):
-        # a closed port: a request would fail with exit 1, not 2
+        # a closed port: a request would fail with exit 5, not 2
         env = {"SGPU_URL": "http://127.0.0.1:%d" % free_port()}
         self.assertFails(self.cli("endpoint", "get", env=env), EXIT_USAGE)
-        self.assertFails(self.cli("endpoint", "list", env=env), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "list", env=env), EXIT_SERVER)
 
 
 class CliEndpointTest(CliTestCase):
@@ -248,14 +261,10 @@ class CliEndpointTest(CliTestCase):
                                         workers={"min": 0, "max": 3}))
         self.assertIn("created", out)
 
-        row = self.row_where(parse_table(self.ok("endpoint", "list")), "NAME", name)
-        self.assertEqual(row["VERSION"], "1")
-        self.assertEqual(row["RUNTIME"], "process")
-        self.assertEqual(row["GPU"], "a100:1")
-        self.assertEqual(row["WORKERS"], "0/0")
-        self.assertEqual(row["MIN/MAX"], "0/3")
-        self.assertEqual(row["QUEUED"], "0")
-        self.assertEqual(row["SERVED"], "0")
+        row = self.row_where(parse_columns(self.ok("endpoint", "list")), "NAME", name)
+        self.assertEqual(row, {"NAME": name, "TYPE": "sync", "STATE": "scaled_to_zero",
+                               "READY/DESIRED": "0/0", "IN FLIGHT": "0", "QUEUED": "0",
+                               "LAST ERROR": "-"})
 
         listing = json.loads(self.ok("endpoint", "list", "--json"))
         self.assertIn(name, [e["name"] for e in listing["endpoints"]])
@@ -299,7 +308,7 @@ class CliEndpointTest(CliTestCase):
         self.assertEqual(ep["env"]["MODEL"], "tiny")
         self.assertEqual(ep["workers"]["max"], 3)
         self.assertFails(self.cli("endpoint", "rollback", name, "x"), EXIT_USAGE)
-        self.assertFails(self.cli("endpoint", "rollback", name, "99"), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "rollback", name, "99"), EXIT_NOT_FOUND)
 
         out = self.ok("endpoint", "delete", name)
         self.assertIn(name, out)
@@ -307,9 +316,9 @@ class CliEndpointTest(CliTestCase):
         rows = parse_table(self.ok("endpoint", "list"))
         self.assertNotIn(name, [r["NAME"] for r in rows])
 
-        msg = self.assertFails(self.cli("endpoint", "get", name), EXIT_FAIL)
+        msg = self.assertFails(self.cli("endpoint", "get", name), EXIT_NOT_FOUND)
         self.assertIn(name, msg)
-        self.assertFails(self.cli("endpoint", "delete", name), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "delete", name), EXIT_NOT_FOUND)
 
     def test_create_from_stdin(self):
         name = unique_name("cli-stdin")
@@ -332,15 +341,15 @@ class CliEndpointTest(CliTestCase):
     def test_api_errors_are_one_line(self):
         name = unique_name("cli-bad")
         bad = self.spec_file(echo_spec(name, workers={"max": 0}))
-        msg = self.assertFails(self.cli("endpoint", "create", "-f", bad), EXIT_FAIL)
+        msg = self.assertFails(self.cli("endpoint", "create", "-f", bad), EXIT_REFUSED)
         self.assertIn("workers.max", msg)
         self.assertNotIn(name, self.sg.list_names())
 
         self.cli_create(echo_spec(name))
         self.assertFails(self.cli("endpoint", "create", "-f", self.spec_file(echo_spec(name))),
-                         EXIT_FAIL, "duplicate create")
+                         EXIT_REFUSED, "duplicate create")
         other = self.spec_file(echo_spec(unique_name("cli-other")))
-        self.assertFails(self.cli("endpoint", "update", name, "-f", other), EXIT_FAIL,
+        self.assertFails(self.cli("endpoint", "update", name, "-f", other), EXIT_REFUSED,
                          "update naming another endpoint")
         self.assertEqual(self.sg.get(name)["version"], 1)
 
@@ -420,27 +429,28 @@ class CliInvokeTest(CliTestCase):
         self.assertGreaterEqual(len(data), 2, out)
         self.assertEqual(data[-1], "[DONE]")
 
-    def test_invoke_error_status_exits_1(self):
-        for code in (400, 404, 418, 500, 503):
+    def test_invoke_error_status_exit_codes(self):
+        for code, exit_code in ((400, EXIT_REFUSED), (404, EXIT_NOT_FOUND), (418, EXIT_REFUSED),
+                                (500, EXIT_SERVER), (503, EXIT_SERVER)):
             with self.subTest(code=code):
                 proc = self.cli("invoke", self.warm, "/status/%d" % code)
-                msg = self.assertFails(proc, EXIT_FAIL)
+                msg = self.assertFails(proc, exit_code)
                 self.assertIn(str(code), msg)
         # statuses below 400 are a success
         self.ok("invoke", self.warm, "/status/201")
 
     def test_invoke_unknown_endpoint(self):
         proc = self.cli("invoke", "no-such-endpoint", "/infer", "-d", "x")
-        msg = self.assertFails(proc, EXIT_FAIL)
+        msg = self.assertFails(proc, EXIT_NOT_FOUND)
         self.assertIn("no-such-endpoint", msg)
 
     def test_wrong_key_and_unreachable_server(self):
         proc = self.cli("invoke", self.warm, "/infer", "-d", "x", env={"SGPU_API_KEY": "wrong"})
-        self.assertFails(proc, EXIT_FAIL, "wrong key")
+        self.assertFails(proc, EXIT_REFUSED, "wrong key")
         proc = self.cli("endpoint", "list", env={"SGPU_API_KEY": "wrong"})
-        self.assertFails(proc, EXIT_FAIL, "wrong key")
+        self.assertFails(proc, EXIT_REFUSED, "wrong key")
         proc = self.cli("nodes", env={"SGPU_URL": "http://127.0.0.1:%d" % free_port()})
-        self.assertFails(proc, EXIT_FAIL, "closed port")
+        self.assertFails(proc, EXIT_SERVER, "closed port")
 
 
 class CliWorkersTest(CliTestCase):
@@ -469,8 +479,8 @@ class CliWorkersTest(CliTestCase):
         row = self.row_where(parse_table(self.ok("workers", name)), "ID", w["id"])
         self.assertIn(row["STATE"], ("stopped", "failed"))
 
-        self.assertFails(self.cli("workers", "stop", name, "w-doesnotexist"), EXIT_FAIL)
-        self.assertFails(self.cli("workers", "no-such-endpoint"), EXIT_FAIL)
+        self.assertFails(self.cli("workers", "stop", name, "w-doesnotexist"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("workers", "no-such-endpoint"), EXIT_NOT_FOUND)
 
 
 class CliLogsTest(CliTestCase):
@@ -514,7 +524,7 @@ class CliLogsTest(CliTestCase):
         self.assertTrue(self.ok("logs", name, "--since", "10m").splitlines())
         self.assertEqual(self.ok("logs", name, "--until", "1"), "")
 
-        self.assertFails(self.cli("logs", "no-such-endpoint"), EXIT_FAIL)
+        self.assertFails(self.cli("logs", "no-such-endpoint"), EXIT_NOT_FOUND)
 
     def test_logs_by_request_id(self):
         name = unique_name("cli-logs-rid")
@@ -530,7 +540,7 @@ class CliLogsTest(CliTestCase):
         self.assertEqual([LOG_LINE.match(l).group(4) for l in lines], ["trace cli-rid-1 stderr"], lines)
         objs = [json.loads(l) for l in self.ok("logs", name, "--request-id", "cli-rid-1", "--json").splitlines()]
         self.assertEqual({o["request_id"] for o in objs}, {"cli-rid-1"})
-        self.assertFails(self.cli("logs", name, "--request-id", "bad id"), EXIT_FAIL)
+        self.assertFails(self.cli("logs", name, "--request-id", "bad id"), EXIT_REFUSED)
 
     def test_logs_follow(self):
         name = unique_name("cli-follow")
@@ -621,7 +631,7 @@ class CliDiscoveryTest(CliTestCase):
         wrong = self.write_dir(os.path.join(self.tmp, "wrong"),
                                "http://127.0.0.1:%d" % free_port(), "wrong-key")
         # the files are used, and fail
-        self.assertFails(self.cli("nodes", "--data-dir", wrong, discover=True), EXIT_FAIL)
+        self.assertFails(self.cli("nodes", "--data-dir", wrong, discover=True), EXIT_SERVER)
         # the environment wins over the files
         self.ok("nodes", "--data-dir", wrong, discover=True,
                 env={"SGPU_URL": self.sg.base_url, "SGPU_API_KEY": self.sg.key})
@@ -635,16 +645,16 @@ class CliDiscoveryTest(CliTestCase):
     def test_wrong_key_in_data_dir(self):
         d = self.write_dir(os.path.join(self.tmp, "badkey"), self.sg.base_url, "not-the-key")
         msg = self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True),
-                               EXIT_FAIL)
+                               EXIT_REFUSED)
         self.assertTrue(msg)
         # no key at all
         d = self.write_dir(os.path.join(self.tmp, "nokey"), self.sg.base_url)
-        self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True), EXIT_REFUSED)
 
     def test_no_url_anywhere(self):
         empty = self.write_dir(os.path.join(self.tmp, "empty"))
         self.assertFails(self.cli("endpoint", "list", "--data-dir", empty, discover=True),
-                         EXIT_FAIL)
+                         EXIT_SERVER)
 
 
 if __name__ == "__main__":
