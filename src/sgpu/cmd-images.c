@@ -33,9 +33,7 @@ const char sg_registry_auth_help[] = "Usage: sgpu registry-auth list\n"
 
 enum { OPT_AUTH = 1, OPT_REGISTRY, OPT_USERNAME, OPT_PASSWORD };
 
-static struct {
-  const char *auth, *registry, *username, *password;
-} o;
+static struct { const char *auth, *registry, *username, *password; } o;
 
 static void fmt_bytes(const json_t *v, char *buf, size_t len) {
   if (!json_is_number(v)) {
@@ -217,7 +215,7 @@ static int auth_set(sg_client_t *c, int nargs, char **args) {
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json)
     return sg_print_raw(&r);
-  printf("registry auth %s %s\n", args[0], r.status == 201 ? "created" : "updated");
+  printf("registry auth %s stored\n", args[0]);
   return SG_EXIT_OK;
 }
 

@@ -5,28 +5,27 @@
 #include <string.h>
 #include <time.h>
 
-const char sg_jobs_help[] =
-    "Usage: sgpu jobs run ENDPOINT --input JSON|@FILE [--sync [--wait SECS]]\n"
-    "       sgpu jobs status ENDPOINT ID\n"
-    "       sgpu jobs cancel ENDPOINT ID\n"
-    "       sgpu jobs retry ENDPOINT ID\n"
-    "       sgpu jobs purge ENDPOINT\n"
-    "       sgpu jobs list ENDPOINT [--status STATE] [--limit N] [--before MS]\n"
-    "\n"
-    "run queues a job with that input and prints its id; with --sync it waits for the\n"
-    "job's end and prints its output (exit 1 when the job did not complete). status\n"
-    "prints the job; cancel ends a queued or running job; retry runs a FAILED or\n"
-    "TIMED_OUT job again; purge cancels every queued job; list shows the jobs, newest\n"
-    "first.\n"
-    "\n"
-    "Options:\n"
-    "  --input JSON     the job's input: JSON text, @FILE, or @- for standard input\n"
-    "  --sync           wait for the job to end\n"
-    "  --wait SECS      with --sync: give up waiting after SECS (the job goes on; exit 1)\n"
-    "  --status STATE   list: only IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED\n"
-    "                   or TIMED_OUT jobs\n"
-    "  --limit N        list: at most N jobs (1-1000, default 100)\n"
-    "  --before MS      list: jobs submitted before this time (epoch ms; to page)\n";
+const char sg_jobs_help[] = "Usage: sgpu jobs run ENDPOINT --input JSON|@FILE [--sync [--wait SECS]]\n"
+                            "       sgpu jobs status ENDPOINT ID\n"
+                            "       sgpu jobs cancel ENDPOINT ID\n"
+                            "       sgpu jobs retry ENDPOINT ID\n"
+                            "       sgpu jobs purge ENDPOINT\n"
+                            "       sgpu jobs list ENDPOINT [--status STATE] [--limit N] [--before MS]\n"
+                            "\n"
+                            "run queues a job with that input and prints its id; with --sync it waits for the\n"
+                            "job's end and prints its output (exit 1 when the job did not complete). status\n"
+                            "prints the job; cancel ends a queued or running job; retry runs a FAILED or\n"
+                            "TIMED_OUT job again; purge cancels every queued job; list shows the jobs, newest\n"
+                            "first.\n"
+                            "\n"
+                            "Options:\n"
+                            "  --input JSON     the job's input: JSON text, @FILE, or @- for standard input\n"
+                            "  --sync           wait for the job to end\n"
+                            "  --wait SECS      with --sync: give up waiting after SECS (the job goes on; exit 1)\n"
+                            "  --status STATE   list: only IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED\n"
+                            "                   or TIMED_OUT jobs\n"
+                            "  --limit N        list: at most N jobs (1-1000, default 100)\n"
+                            "  --before MS      list: jobs submitted before this time (epoch ms; to page)\n";
 
 #define CMD "jobs"
 #define MAX_INPUT_BYTES ((size_t)64 * 1024 * 1024)
@@ -242,9 +241,12 @@ static int do_list(sg_client_t *c, int nargs, char **args) {
 }
 
 static const struct sg_cli_action actions[] = {
-    {"run", 1, 1, do_run, "an ENDPOINT and --input"},  {"status", 2, 2, do_status, "an ENDPOINT and a job ID"},
-    {"cancel", 2, 2, do_cancel, "an ENDPOINT and a job ID"}, {"retry", 2, 2, do_retry, "an ENDPOINT and a job ID"},
-    {"purge", 1, 1, do_purge, "one ENDPOINT"},         {"list", 1, 1, do_list, "one ENDPOINT"},
+    {"run", 1, 1, do_run, "an ENDPOINT and --input"},
+    {"status", 2, 2, do_status, "an ENDPOINT and a job ID"},
+    {"cancel", 2, 2, do_cancel, "an ENDPOINT and a job ID"},
+    {"retry", 2, 2, do_retry, "an ENDPOINT and a job ID"},
+    {"purge", 1, 1, do_purge, "one ENDPOINT"},
+    {"list", 1, 1, do_list, "one ENDPOINT"},
 };
 
 int sg_cmd_jobs(int argc, char **argv) {

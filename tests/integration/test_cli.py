@@ -478,6 +478,14 @@ class CliWorkersTest(CliTestCase):
                       message="worker %s stopped" % w["id"])
         row = self.row_where(parse_table(self.ok("workers", name)), "ID", w["id"])
         self.assertIn(row["STATE"], ("stopped", "failed"))
+        # a new worker is listed before the stopped one: newest first
+        self.ok("invoke", name, "/infer", "-d", "x", timeout=60)
+        (w2,) = self.sg.active_workers(name)
+        rows = parse_table(self.ok("workers", name))
+        ids = [r["ID"] for r in rows]
+        self.assertLess(ids.index(w2["id"]), ids.index(w["id"]), rows)
+        started = [r["STARTED"] for r in rows]
+        self.assertEqual(started, sorted(started, reverse=True))
 
         self.assertFails(self.cli("workers", "stop", name, "w-doesnotexist"), EXIT_NOT_FOUND)
         self.assertFails(self.cli("workers", "no-such-endpoint"), EXIT_NOT_FOUND)
@@ -563,6 +571,18 @@ class CliLogsTest(CliTestCase):
         reader.join(5)
         self.assertEqual(proc.stderr.read(), b"")
 
+    def test_logs_follow_ends_when_the_endpoint_is_deleted(self):
+        name = unique_name("cli-follow-del")
+        self.cli_create(echo_spec(name))
+        proc = self.popen("logs", name, "-f", "--stream", "event")
+        reader = LineReader(proc.stdout)
+        self.ok("endpoint", "delete", name)
+        self.assertEqual(proc.wait(scaled(20)), EXIT_OK)
+        reader.join(5)
+        self.assertIn("endpoint deleted", reader.text())
+        self.assertEqual(proc.stderr.read().decode(),
+                         "sgpu: endpoint %s was deleted; the logs end here\n" % name)
+
     def test_logs_follow_json(self):
         name = unique_name("cli-follow-json")
         self.cli_create(echo_spec(name))
@@ -577,6 +597,255 @@ class CliLogsTest(CliTestCase):
             self.assertEqual(obj["endpoint"], name)
         proc.terminate()
         proc.wait(scaled(10))
+
+
+def async_cli_spec(name, **kwargs):
+    return echo_spec(name, type="async", workers={"min": 1, "max": 1, "max_concurrency": 1},
+                     env={"WARMUP_MS": "0"}, health={"path": "/health", "period_s": 30}, **kwargs)
+
+
+class CliJobsTest(CliTestCase):
+    def test_jobs(self):
+        name = unique_name("cli-jobs")
+        self.cli_create(async_cli_spec(name))
+        self.sg.wait_ready(name, 1, timeout=20)
+
+        # run: the id; --sync: the output
+        job_id = self.ok("jobs", "run", name, "--input", '{"n": 1}').strip()
+        self.assertRegex(job_id, r"^[0-9a-f-]{36}$")
+        out = json.loads(self.ok("jobs", "run", name, "--sync", "--input", '{"output": {"answer": 42}}'))
+        self.assertEqual(out, {"answer": 42})
+        path = os.path.join(self.tmp, "input-%s.json" % name)
+        with open(path, "w") as f:
+            json.dump({"output": "from-file"}, f)
+        self.assertEqual(json.loads(self.ok("jobs", "run", name, "--sync", "--input", "@" + path)),
+                         "from-file")
+        self.assertEqual(json.loads(self.ok("jobs", "run", name, "--sync", "--input", "@-",
+                                            input='{"output": "from-stdin"}')), "from-stdin")
+        final = json.loads(self.ok("jobs", "run", name, "--sync", "-o", "json", "--input", "{}"))
+        self.assertEqual(final["status"], "COMPLETED")
+
+        # a job that fails: exit 1, its error on stderr
+        proc = self.cli("jobs", "run", name, "--sync", "--input", '{"fail": "nope"}')
+        msg = self.assertFails(proc, EXIT_FAIL)
+        self.assertIn("FAILED", msg)
+        self.assertIn("nope", msg)
+        failed_id = json.loads(self.ok("jobs", "list", name, "--status", "FAILED", "-o", "json"))["jobs"][0]["id"]
+
+        # status
+        st = json.loads(self.ok("jobs", "status", name, job_id))
+        self.assertEqual(st["id"], job_id)
+        self.assertEqual(st["status"], "COMPLETED")
+        self.assertEqual(json.loads(self.ok("jobs", "status", name, job_id, "-o", "json"))["id"], job_id)
+
+        # list: newest first, filters, limit
+        rows = parse_columns(self.ok("jobs", "list", name))
+        self.assertEqual(len(rows), 6, rows)
+        self.assertEqual(rows[0]["ID"], failed_id)
+        self.assertEqual(rows[0]["STATUS"], "FAILED")
+        self.assertEqual(rows[-1]["ID"], job_id)
+        self.assertEqual([r["ID"] for r in parse_columns(self.ok("jobs", "list", name, "--limit", "2"))],
+                         [r["ID"] for r in rows[:2]])
+        listed = json.loads(self.ok("jobs", "list", name, "--status", "COMPLETED", "-o", "json"))["jobs"]
+        self.assertEqual([j["id"] for j in listed], [r["ID"] for r in rows[1:]])
+        self.assertEqual(parse_columns(self.ok("jobs", "list", name, "--status", "CANCELLED")), [])
+
+        # retry a failed job; cancel; purge
+        self.assertEqual(self.ok("jobs", "retry", name, failed_id).strip(), "job %s IN_QUEUE" % failed_id)
+        self.wait_for(lambda: self.sg.api("GET", "/v2/%s/status/%s" % (name, failed_id)).body["status"]
+                      == "FAILED", 20, message="the retried job to fail again")
+        blocker = self.ok("jobs", "run", name, "--input", '{"sleep_ms": 30000}').strip()
+        self.wait_for(lambda: self.sg.api("GET", "/v2/%s/status/%s" % (name, blocker)).body["status"]
+                      == "IN_PROGRESS", 10, message="the blocker to run")
+        queued = [self.ok("jobs", "run", name, "--input", "{}").strip() for _ in range(2)]
+        self.assertEqual(self.ok("jobs", "purge", name).strip(), "2 queued jobs of %s cancelled" % name)
+        for q in queued:
+            self.assertEqual(json.loads(self.ok("jobs", "status", name, q))["status"], "CANCELLED")
+        self.assertEqual(self.ok("jobs", "cancel", name, blocker).strip(), "job %s CANCELLED" % blocker)
+
+        # exit codes
+        self.assertFails(self.cli("jobs", "status", name, "0" * 36), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("jobs", "list", "no-such-endpoint"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("jobs", "retry", name, job_id), EXIT_REFUSED)  # COMPLETED: 409
+        sync = unique_name("cli-jobs-sync")
+        self.cli_create(echo_spec(sync))
+        self.assertFails(self.cli("jobs", "list", sync), EXIT_REFUSED)  # not async: 409
+        for args in (("jobs",), ("jobs", "run", name), ("jobs", "run", name, "--input", "{bad"),
+                     ("jobs", "list", name, "--limit", "0"), ("jobs", "status", name),
+                     ("jobs", "list", name, "--input", "{}"), ("jobs", "frob", name),
+                     ("jobs", "run", name, "--input", "@/no/such/file")):
+            self.assertFails(self.cli(*args), EXIT_USAGE, " ".join(args))
+
+
+class CliImagesTest(CliTestCase):
+    def test_images(self):
+        out = self.ok("images", "list")
+        self.assertTrue(out.startswith("IMAGE"), out)
+        listing = json.loads(self.ok("images", "list", "-o", "json"))
+        self.assertIn("images", listing)
+        ref = "127.0.0.1:%d/cli-ghost:1" % free_port()  # nothing listens: the pull fails
+        self.assertEqual(self.ok("images", "pull", ref).strip(), "%s pulling" % ref)
+        self.wait_for(lambda: any(r["IMAGE"] == ref and r["STATE"] == "failed"
+                                  for r in parse_columns(self.ok("images", "list"))), 30,
+                      message="the failed pull listed")
+        self.assertFails(self.cli("images", "rm", ref), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("images", "pull", ref, "--registry-auth", "no-such-auth"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("images", "rm"), EXIT_USAGE)
+        self.assertFails(self.cli("images", "list", "--registry-auth", "x"), EXIT_USAGE)
+
+
+class CliRegistryAuthTest(CliTestCase):
+    def test_registry_auth(self):
+        name = unique_name("cli-auth")
+        password = "pw-%d" % time.monotonic_ns()
+        out = self.ok("registry-auth", "set", name, "--registry", "registry.example:5000",
+                      "--username", "bob", input=password + "\n")
+        self.assertEqual(out.strip(), "registry auth %s stored" % name)
+        self.addCleanup(self.sg.api, "DELETE", "/v1/registry-auths/%s" % name)
+        out = self.ok("registry-auth", "set", name, "--registry", "registry.example:5000",
+                      "--username", "alice", "--password", password)
+        self.assertEqual(out.strip(), "registry auth %s stored" % name)
+        table = self.ok("registry-auth", "list")
+        row = self.row_where(parse_columns(table), "NAME", name)
+        self.assertEqual((row["REGISTRY"], row["USERNAME"]), ("registry.example:5000", "alice"))
+        raw = self.ok("registry-auth", "list", "-o", "json")
+        self.assertIn(name, [a["name"] for a in json.loads(raw)["registry_auths"]])
+        self.assertNotIn(password, table + raw + out)
+        self.assertEqual(self.ok("registry-auth", "rm", name).strip(), "registry auth %s removed" % name)
+        self.assertFails(self.cli("registry-auth", "rm", name), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("registry-auth", "set", name, "--username", "x", "--password", "y"),
+                         EXIT_USAGE)
+        self.assertFails(self.cli("registry-auth", "list", "--registry", "x"), EXIT_USAGE)
+
+
+class CliSecretsTest(CliTestCase):
+    def test_secrets(self):
+        secret = unique_name("cli-secret")
+        value = "tok-%d" % time.monotonic_ns()
+        self.addCleanup(self.sg.api, "DELETE", "/v1/secrets/%s" % secret)
+        outs = [self.ok("secrets", "set", secret, "--value", "first")]
+        self.assertEqual(outs[0].strip(), "secret %s created" % secret)
+        path = os.path.join(self.tmp, "secret-%s" % secret)
+        with open(path, "w") as f:
+            f.write("from-file\n")
+        outs.append(self.ok("secrets", "set", secret, "--value", "@" + path))
+        # from standard input, one final newline removed
+        outs.append(self.ok("secrets", "set", secret, input=value + "\n"))
+        self.assertEqual(outs[-1].strip(), "secret %s updated" % secret)
+        outs.append(self.ok("secrets", "list"))
+        self.row_where(parse_columns(outs[-1]), "NAME", secret)
+        outs.append(self.ok("secrets", "list", "-o", "json"))
+        self.assertIn(secret, [x["name"] for x in json.loads(outs[-1])["secrets"]])
+        for out in outs:
+            self.assertNotIn(value, out)
+            self.assertNotIn("from-file", out)
+
+        # the worker gets the value as it was given on standard input
+        name = unique_name("cli-secret-ep")
+        self.cli_create(echo_spec(name, env={"MODEL": {"secret": secret}}, workers={"min": 1, "max": 1}))
+        self.sg.wait_ready(name, 1, timeout=20)
+        self.assertEqual(json.loads(self.ok("invoke", name, "/env"))["MODEL"], value)
+        msg = self.assertFails(self.cli("secrets", "rm", secret), EXIT_REFUSED)  # in use: 409
+        self.assertIn(name, msg)
+        self.sg.try_delete(name)
+        self.assertEqual(self.ok("secrets", "rm", secret).strip(), "secret %s removed" % secret)
+        self.assertFails(self.cli("secrets", "rm", secret), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("secrets", "set", "Bad_Name", "--value", "x"), EXIT_REFUSED)
+        self.assertFails(self.cli("secrets", "list", "--value", "x"), EXIT_USAGE)
+        self.assertFails(self.cli("secrets", "set"), EXIT_USAGE)
+
+
+class CliOutputTest(CliTestCase):
+    def test_output_json_on_every_listing(self):
+        for args, key in ((("endpoint", "list"), "endpoints"), (("nodes",), "nodes"),
+                          (("images", "list"), "images"), (("secrets", "list"), "secrets"),
+                          (("registry-auth", "list"), "registry_auths"), (("keys", "list"), "api_keys"),
+                          (("usage",), None)):
+            with self.subTest(args=args):
+                out = json.loads(self.ok(*args, "-o", "json"))
+                if key:
+                    self.assertIn(key, out)
+                self.assertEqual(json.loads(self.ok("--output", "json", *args)).keys(), out.keys())
+        self.assertTrue(self.ok("endpoint", "list", "-o", "table").startswith("NAME"))
+        self.assertFails(self.cli("endpoint", "list", "-o", "yaml"), EXIT_USAGE)
+
+    def long_error_endpoint(self):
+        name = unique_name("cli-cut")
+        self.cli_create(echo_spec(name, command=["/bin/sh", "-c", "echo " + "x" * 200 + "; exit 3"],
+                                  workers={"min": 1, "max": 1}))
+        self.wait_for(lambda: (self.sg.get(name)["status"].get("last_error") or ""), 30,
+                      message="a last error")
+        return name
+
+    def test_endpoint_list_cut_to_the_terminal(self):
+        name = self.long_error_endpoint()
+        # not a terminal: never cut, whatever COLUMNS says
+        out = self.ok("endpoint", "list", env={"COLUMNS": "60"})
+        row = self.row_where(parse_columns(out), "NAME", name)
+        self.assertNotEqual(row["LAST ERROR"], "-")
+        self.assertTrue(any(len(l) > 60 for l in out.splitlines()), out)
+        # a terminal of 60 columns: every line cut to 60
+        import pty
+        pid, fd = pty.fork()
+        if pid == 0:
+            env = self.env(extra={"COLUMNS": "60"})
+            os.execve(SGPU, [SGPU, "endpoint", "list"], env)
+        chunks = []
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        lines = b"".join(chunks).decode().replace("\r", "").splitlines()
+        self.assertTrue(any(l.startswith(name) for l in lines), lines)
+        self.assertTrue(all(len(l) <= 60 for l in lines), lines)
+        self.assertTrue(any(len(l) == 60 for l in lines), lines)
+
+
+class CliCompletionTest(CliTestCase):
+    COMMANDS = ("endpoint", "invoke", "jobs", "workers", "logs", "images", "registry-auth", "secrets",
+                "nodes", "usage", "keys", "completion", "help")
+
+    def test_bash_completion(self):
+        script = self.ok("completion", "bash")
+        for cmd in self.COMMANDS:
+            self.assertRegex(script, r"\b%s\b" % re.escape(cmd))
+        path = os.path.join(self.tmp, "sgpu-completion.bash")
+        with open(path, "w") as f:
+            f.write(script)
+
+        def complete(*words):
+            line = "COMP_WORDS=(sgpu %s); COMP_CWORD=%d; _sgpu; echo \"${COMPREPLY[*]}\"" % (
+                " ".join("'%s'" % w for w in words), len(words))
+            proc = subprocess.run(["bash", "-c", "source %s && complete -p sgpu && %s" % (path, line)],
+                                  capture_output=True, text=True, timeout=scaled(10))
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            first, _, rest = proc.stdout.partition("\n")
+            self.assertEqual(first, "complete -F _sgpu sgpu")
+            return rest.split()
+
+        self.assertEqual(sorted(complete("")), sorted(self.COMMANDS))
+        self.assertEqual(complete("jo"), ["jobs"])
+        self.assertEqual(sorted(complete("jobs", "")), ["cancel", "list", "purge", "retry", "run", "status"])
+        self.assertEqual(complete("--json", "secrets", "s"), ["set"])
+        self.assertEqual(complete("--url", "http://x", "images", "r"), ["rm"])
+        self.assertIn("--output", complete("endpoint", "--o"))
+        self.assertFails(self.cli("completion", "zsh"), EXIT_USAGE)
+
+    def test_help_lists_commands_and_exit_codes(self):
+        out = self.ok("--help")
+        for cmd in self.COMMANDS:
+            self.assertRegex(out, r"\n  %s\s" % re.escape(cmd))
+        for code in range(6):
+            self.assertRegex(out, r"\n  %d  " % code)
+        for cmd in ("jobs", "images", "registry-auth", "secrets"):
+            self.assertIn("Usage: sgpu %s" % cmd, self.ok("help", cmd))
 
 
 class CliNodesTest(CliTestCase):
