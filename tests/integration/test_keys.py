@@ -359,13 +359,13 @@ class KeysCliTest(KeysTestCase):
         proc = self.cli("endpoint", "list", key=secret)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         proc = self.cli("keys", "list", key=secret)
-        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(proc.returncode, 4)  # refused: 403
         self.assertIn("admin", proc.stderr)
         proc = self.cli("keys", "revoke", name)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertNotIn(name, [k["name"] for k in self.list_keys()])
         proc = self.cli("keys", "list", key=secret)
-        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(proc.returncode, 4)  # refused: 401
         # usage errors
         self.assertEqual(self.cli("keys", "create", "x").returncode, 2)
         self.assertEqual(self.cli("keys", "frobnicate").returncode, 2)
