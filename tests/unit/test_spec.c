@@ -7,6 +7,9 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <stdio.h>
+
 #include "sgpu/spec.h"
 #include "sgpu/util.h"
 
@@ -1036,6 +1039,156 @@ static void test_restart_needed(void **state) {
   sg_spec_free(base);
 }
 
+/* ---- every examples/NAME.json is a spec sgpud takes ---- */
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void test_examples_parse(void **state) {
+  (void)state;
+  const char *dir = SG_SOURCE_ROOT "/examples";
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  char *names[64];
+  size_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    if (len > 5 && !strcmp(e->d_name + len - 5, ".json")) {
+      assert_true(n < 64);
+      names[n++] = xstrdup(e->d_name);
+    }
+  }
+  closedir(d);
+  qsort(names, n, sizeof(names[0]), cmp_name);
+  bool runpod_seen = false;
+  for (size_t i = 0; i < n; i++) {
+    cleanup_free char *path = xasprintf("%s/%s", dir, names[i]);
+    FILE *f = fopen(path, "re");
+    assert_non_null(f);
+    char buf[65536];
+    size_t len = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    assert_true(len < sizeof(buf));
+    sg_error_t *err = NULL;
+    sg_spec_t *s = sg_spec_parse(buf, len, &err);
+    if (!s)
+      fail_msg("%s: %s", names[i], err->message);
+    if (!strcmp(names[i], "runpod-worker.json")) {
+      /* An unmodified RunPod worker image: pulled, on a GPU, not probed. */
+      runpod_seen = true;
+      assert_true(sg_spec_is_runpod(s));
+      assert_non_null(s->image);
+      assert_true(s->gpu.count >= 1);
+      assert_null(s->health.path);
+      /* Its token is a secret reference, not a value in the spec. */
+      bool hf = false;
+      for (size_t k = 0; k < s->n_env; k++)
+        if (!strcmp(s->env_keys[k], "HF_TOKEN"))
+          hf = s->env_secrets && s->env_secrets[k] != NULL;
+      assert_true(hf);
+    }
+    sg_spec_free(s);
+    free(names[i]);
+  }
+  assert_true(runpod_seen);
+}
+
+static void test_volume_paths(void **state) {
+  (void)state;
+  const char *good[] = {"/a", "/a/b", "/root/.cache/huggingface", "/a.b/c..d", "/...", "/", NULL};
+  const char *bad[] = {"", "a", "a/b", "//a", "/a/", "/a//b", "/a/./b", "/a/../b", "/..", "/.", "/a/..", NULL};
+  for (const char **p = good; *p; p++)
+    if (!sg_spec_path_normalized(*p))
+      fail_msg("%s refused", *p);
+  for (const char **p = bad; *p; p++)
+    if (sg_spec_path_normalized(*p))
+      fail_msg("%s accepted", *p);
+}
+
+static void test_volumes(void **state) {
+  (void)state;
+  expect_valid("volumes", "[{\"name\": \"hf-cache\", \"path\": \"/root/.cache/huggingface\"},"
+                          " {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]");
+  expect_valid("volumes", "[]");
+  expect_valid("volumes", "null");
+  expect_invalid("volumes", "{}", "volumes");
+  expect_invalid("volumes", "[1]", "volumes[0]");
+  expect_invalid("volumes", "[{\"path\": \"/a\"}]", "volumes[0]");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"host_path\": \"/srv\", \"path\": \"/a\"}]", "volumes[0]");
+  expect_invalid("volumes", "[{\"name\": \"v\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"V_1\", \"path\": \"/a\"}]", "volumes[0].name");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a/../etc\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"a\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"host_path\": \"/srv/../etc\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"host_path\": \"srv\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"host_path\": \"/\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\", \"read_only\": 1}]", "volumes[0].read_only");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\", \"x\": 1}]", "volumes[0].x");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\"}, {\"name\": \"w\", \"path\": \"/a\"}]",
+                 "volumes[1].path");
+  /* Two volumes whose variables would be the same name. */
+  expect_invalid("volumes",
+                 "[{\"host_path\": \"/srv/m\", \"path\": \"/a/models\"},"
+                 " {\"host_path\": \"/srv/n\", \"path\": \"/b/models\"}]",
+                 "volumes[1].path");
+  expect_invalid("volumes", "[{\"name\": \"a-b\", \"path\": \"/x\"}, {\"name\": \"a-b\", \"path\": \"/y\"}]",
+                 "volumes[1].name");
+  /* At most SG_SPEC_MAX_VOLUMES. */
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  sg_strbuf_appendf(&b, "[");
+  for (int i = 0; i <= SG_SPEC_MAX_VOLUMES; i++)
+    sg_strbuf_appendf(&b, "%s{\"name\": \"v%d\", \"path\": \"/v%d\"}", i ? "," : "", i, i);
+  sg_strbuf_appendf(&b, "]");
+  char *many = sg_strbuf_steal(&b);
+  expect_invalid("volumes", many, "volumes");
+  free(many);
+}
+
+static void test_volume_env_names(void **state) {
+  (void)state;
+  sg_spec_volume_t named = {.name = "hf-cache", .path = "/root/.cache/huggingface"};
+  sg_spec_volume_t host = {.host_path = "/srv/models", .path = "/models"};
+  sg_spec_volume_t dotted = {.host_path = "/srv/m", .path = "/opt/llama-3.1"};
+  char *a = sg_spec_volume_env_name(&named), *h = sg_spec_volume_env_name(&host), *d = sg_spec_volume_env_name(&dotted);
+  assert_string_equal(a, "SGPU_VOLUME_HF_CACHE");
+  assert_string_equal(h, "SGPU_VOLUME_MODELS");
+  assert_string_equal(d, "SGPU_VOLUME_LLAMA_3_1");
+  free(a);
+  free(h);
+  free(d);
+}
+
+static void test_volumes_round_trip_and_restart(void **state) {
+  (void)state;
+  const char *with = "{\"name\": \"v\", \"command\": [\"/w\"], \"volumes\": [{\"name\": \"hf\", \"path\": \"/c\"},"
+                     " {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]}";
+  const char *ro =
+      "{\"name\": \"v\", \"command\": [\"/w\"], \"volumes\": [{\"name\": \"hf\", \"path\": \"/c\","
+      " \"read_only\": true}, {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]}";
+  sg_error_t *err = NULL;
+  sg_spec_t *a = parse(with, &err), *b = parse(ro, &err), *none = parse(minimal, &err);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(none);
+  json_t *j = sg_spec_to_json(a);
+  json_t *vols = json_object_get(j, "volumes");
+  assert_int_equal(json_array_size(vols), 2);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(vols, 0), "name")), "hf");
+  assert_true(json_is_false(json_object_get(json_array_get(vols, 0), "read_only")));
+  assert_string_equal(json_string_value(json_object_get(json_array_get(vols, 1), "host_path")), "/srv/models");
+  sg_spec_t *again = sg_spec_from_json(j, &err);
+  assert_non_null(again);
+  assert_false(sg_spec_restart_needed(a, again));
+  assert_true(sg_spec_restart_needed(a, b));
+  assert_true(sg_spec_restart_needed(none, a));
+  json_decref(j);
+  sg_spec_free(a);
+  sg_spec_free(b);
+  sg_spec_free(none);
+  sg_spec_free(again);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -1069,6 +1222,11 @@ int main(void) {
       cmocka_unit_test(test_invalid_async_protocol),
       cmocka_unit_test(test_async_protocol_round_trip),
       cmocka_unit_test(test_async_protocol_restart),
+      cmocka_unit_test(test_examples_parse),
+      cmocka_unit_test(test_volume_paths),
+      cmocka_unit_test(test_volumes),
+      cmocka_unit_test(test_volume_env_names),
+      cmocka_unit_test(test_volumes_round_trip_and_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
