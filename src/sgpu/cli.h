@@ -157,6 +157,7 @@ int sg_cmd_jobs(int argc, char **argv);
 int sg_cmd_images(int argc, char **argv);
 int sg_cmd_registry_auth(int argc, char **argv);
 int sg_cmd_secrets(int argc, char **argv);
+int sg_cmd_volumes(int argc, char **argv);
 
 extern const char sg_endpoint_help[];
 extern const char sg_invoke_help[];
@@ -169,6 +170,7 @@ extern const char sg_jobs_help[];
 extern const char sg_images_help[];
 extern const char sg_registry_auth_help[];
 extern const char sg_secrets_help[];
+extern const char sg_volumes_help[];
 
 /* Runs one action of a command from its argv (after the options): finds
  * args[0] in acts, checks the count of arguments, connects and calls it. */

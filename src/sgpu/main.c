@@ -41,6 +41,8 @@ static const struct command commands[] = {
      "list set rm"},
     {"secrets", sg_cmd_secrets, sg_secrets_help, "set, list and remove secrets (values are never shown)",
      "list set rm"},
+    {"volumes", sg_cmd_volumes, sg_volumes_help, "create, list, remove and upload into volumes",
+     "list create rm upload"},
     {"nodes", sg_cmd_nodes, sg_nodes_help, "list the GPUs of the nodes and who holds them", NULL},
     {"usage", sg_cmd_usage, sg_usage_help, "show GPU time and cost per endpoint", NULL},
     {"keys", sg_cmd_keys, sg_keys_help, "create, list and revoke API keys", "create list revoke"},

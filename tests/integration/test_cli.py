@@ -755,11 +755,47 @@ class CliSecretsTest(CliTestCase):
         self.assertFails(self.cli("secrets", "set"), EXIT_USAGE)
 
 
+class CliVolumesTest(CliTestCase):
+    def test_volumes(self):
+        import io
+        import tarfile
+        vol = unique_name("cli-vol")
+        self.addCleanup(self.sg.api, "DELETE", "/v1/volumes/%s" % vol)
+        self.assertEqual(self.ok("volumes", "create", vol, "--size", "1M").strip(),
+                         "volume %s created" % vol)
+        got = self.sg.api("GET", "/v1/volumes/%s" % vol).body
+        self.assertEqual(got["size_bytes"], 1 << 20)
+        row = self.row_where(parse_columns(self.ok("volumes", "list")), "NAME", vol)
+        self.assertEqual(row["SIZE"], "1.0MiB")
+        self.assertIn(vol, [v["name"] for v in json.loads(self.ok("volumes", "list", "-o", "json"))["volumes"]])
+
+        tarball = os.path.join(self.tmp, "%s.tar.gz" % vol)
+        with tarfile.open(tarball, "w:gz") as tar:
+            data = b"w" * 5000
+            info = tarfile.TarInfo("weights/model.bin")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        out = self.ok("volumes", "upload", vol, tarball)
+        self.assertIn("unpacked into volume %s" % vol, out)
+        self.assertEqual(self.sg.api("GET", "/v1/volumes/%s" % vol).body["used_bytes"], 5000)
+        answer = json.loads(self.ok("volumes", "upload", vol, tarball, "-o", "json"))
+        self.assertEqual(answer["unpacked_bytes"], 5000)
+
+        self.assertFails(self.cli("volumes", "create", vol), EXIT_REFUSED)  # taken: 409
+        self.assertFails(self.cli("volumes", "upload", "no-such-volume", tarball), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("volumes", "upload", vol, "/no/such.tar"), EXIT_USAGE)
+        self.assertFails(self.cli("volumes", "create", vol, "--size", "lots"), EXIT_USAGE)
+        self.assertFails(self.cli("volumes", "list", "--size", "1"), EXIT_USAGE)
+        self.assertEqual(self.ok("volumes", "rm", vol).strip(), "volume %s removed" % vol)
+        self.assertFails(self.cli("volumes", "rm", vol), EXIT_NOT_FOUND)
+
+
 class CliOutputTest(CliTestCase):
     def test_output_json_on_every_listing(self):
         for args, key in ((("endpoint", "list"), "endpoints"), (("nodes",), "nodes"),
                           (("images", "list"), "images"), (("secrets", "list"), "secrets"),
                           (("registry-auth", "list"), "registry_auths"), (("keys", "list"), "api_keys"),
+                          (("volumes", "list"), "volumes"),
                           (("usage",), None)):
             with self.subTest(args=args):
                 out = json.loads(self.ok(*args, "-o", "json"))
@@ -810,7 +846,7 @@ class CliOutputTest(CliTestCase):
 
 class CliCompletionTest(CliTestCase):
     COMMANDS = ("endpoint", "invoke", "jobs", "workers", "logs", "images", "registry-auth", "secrets",
-                "nodes", "usage", "keys", "completion", "help")
+                "volumes", "nodes", "usage", "keys", "completion", "help")
 
     def test_bash_completion(self):
         script = self.ok("completion", "bash")
