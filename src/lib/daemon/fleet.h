@@ -143,7 +143,7 @@ struct sg_endpoint {
 
 TAILQ_HEAD(sg_endpoint_list, sg_endpoint);
 
-#define SG_FLEET_MAX_SUBSCRIBERS 12
+#define SG_FLEET_MAX_SUBSCRIBERS 8
 
 /* token.c: a worker's token (RUNPOD_AI_API_KEY of a runpod endpoint's workers). */
 #define SG_WORKER_KEY_LEN 32   /* bytes of DATA_DIR/worker.key */

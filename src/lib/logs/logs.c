@@ -321,15 +321,13 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
   free(msg);
 }
 
-/* The endpoint was deleted (its "endpoint deleted" event line already went
- * out): its followers' answers end, so that a follow does not outlive it or
- * go on with a new endpoint of the same name. */
-static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) {
-  sg_daemon_t *d = ud;
+void sg_logs_endpoint_deleted(sg_daemon_t *d, const char *endpoint) {
+  if (!d->logs)
+    return;
   sg_follower_t *f, *tmp;
   for (f = LIST_FIRST(&d->logs->followers); f; f = tmp) {
     tmp = LIST_NEXT(f, link);
-    if (strcmp(f->endpoint, ep->name) != 0)
+    if (strcmp(f->endpoint, endpoint) != 0)
       continue;
     if (f->job)
       f->deleted = true; /* its backfill is running: end when it is sent */
@@ -338,13 +336,10 @@ static void on_endpoint_deleted(void *ud, sg_endpoint_t *ep) {
   }
 }
 
-static const sg_fleet_subscriber_t subscriber = {.endpoint_deleted = on_endpoint_deleted};
-
 int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
   d->logs = xcalloc(1, sizeof(*d->logs));
   LIST_INIT(&d->logs->followers);
   TAILQ_INIT(&d->logs->sources);
-  sg_fleet_subscribe(d, &subscriber, d);
   sg_log_retention_t def = {NULL, d->cfg.log_keep_lines, d->cfg.log_max_bytes, d->cfg.log_max_age_s};
   d->logs->writer =
       sg_log_writer_start(db_path, &def, d->cfg.log_retention, d->cfg.n_log_retention, d->cfg.log_trim_interval_s, err);
@@ -640,7 +635,6 @@ void sg_logs_handle(sg_daemon_t *d, sg_http_req_t *req, const char *endpoint) {
 void sg_logs_shutdown(sg_daemon_t *d) {
   if (!d->logs)
     return;
-  sg_fleet_unsubscribe(d, &subscriber, d);
   sg_follower_t *f;
   while ((f = LIST_FIRST(&d->logs->followers))) {
     if (!f->job) {
