@@ -62,7 +62,7 @@ static const char global_help[] =
     "  --url URL        sgpud's address (else $SGPU_URL, else the file url in the data dir)\n"
     "  --key KEY        API key (else $SGPU_API_KEY, else the file admin.key in the data dir)\n"
     "  --data-dir DIR   sgpud's data directory (else $SGPU_DATA_DIR, else $HOME/.sgpu)\n"
-    "  -o, --output FMT json (the API's JSON as it answered) or table (the default)\n"
+    "  -o, --output F   F is json (the API's JSON as it answered) or table (default)\n"
     "  --json           the same as -o json\n"
     "  -h, --help       show help\n";
 
