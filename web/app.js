@@ -277,10 +277,12 @@ function showFieldError(form, err, general) {
 let fieldSeq = 0;
 /* A labelled control with its error slot; the label's text finds it. */
 function field(labelText, control, fieldName) {
-  const errId = "ferr-" + ++fieldSeq;
+  const n = ++fieldSeq;
+  const errId = "ferr-" + n;
   if (fieldName) control.dataset.field = fieldName;
+  if (!control.id) control.id = "f-" + n;
   control.setAttribute("aria-describedby", errId);
-  return el("div", { class: "field" }, el("label", {}, el("span", { text: labelText }), control),
+  return el("div", { class: "field" }, el("label", { for: control.id, text: labelText }), control,
     el("span", { class: "error field-error", id: errId, "aria-live": "polite" }));
 }
 
@@ -406,7 +408,6 @@ function endpointFormPage(name) {
         const k = row.querySelector(".env-name").value.trim();
         const v = row.querySelector(".env-value");
         v.dataset.field = "env." + k;
-        row.querySelector(".env-name").dataset.field = "env." + k;
         if (!k) return;
         env[k] = row.querySelector(".env-kind").value === "secret" ? { secret: v.value.trim() } : v.value;
       });
@@ -652,8 +653,8 @@ function endpointPage(name) {
       apiJSON(`/v1/endpoints/${name}`), apiJSON(`/v1/endpoints/${name}/workers`)]);
     const s = ep.status || {};
     const w = s.workers || {};
-    r.state.textContent = stateWords(ep);
-    r.state.className = "state state-" + endpointState(ep);
+    r.epstate.textContent = stateWords(ep);
+    r.epstate.className = "state state-" + endpointState(ep);
     r.status.textContent = `· ${ep.type || "sync"} · version ${ep.version} · ${w.ready || 0} ready, ${w.starting || 0} starting` +
       (w.outdated ? `, ${w.outdated} of an older version` : "") + ` · desired ${s.desired} · ` +
       `${s.in_flight} in flight, ${s.queued} queued · ${fmtNum(s.served)} served` + (s.last_error ? ` · last error: ${s.last_error}` : "");

@@ -5,7 +5,10 @@ headless Chromium against a real sgpud with real echo workers.
 Installs the npm packages if they are missing (install.sh), starts sgpud, then
 runs console.test.mjs, which logs in, finds the endpoint, watches a worker's log
 line arrive in the log panel, filters it, pauses, and sees usage grow; it also
-checks that the console's API calls are refused without a valid key. Screenshots
+checks that the console's API calls are refused without a valid key; then
+manage.test.mjs, the management flows (create, invoke, edit, roll back, stop,
+jobs, delete, keys, secrets, empty and error states, 420 px). Name one .mjs
+file as an argument to run only it. Screenshots
 go to $SGPU_BUILD_DIR/browser-screenshots.
 
 Exits 77 (skipped) with a message only when Chromium is missing or cannot start.
@@ -19,7 +22,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from harness import BUILD_DIR, Sgpud, echo_spec, scaled  # noqa: E402
+from harness import BUILD_DIR, ECHO_WORKER, RUN_ID, Sgpud, echo_spec, scaled  # noqa: E402
 
 SKIP = 77
 
@@ -60,7 +63,13 @@ def main():
                             workers={"min": 1, "max": 1, "idle_timeout_s": 600}))
         sg.wait_ready(name, 1, timeout=20)
         env.update(SGPU_URL=sg.base_url, SGPU_KEY=sg.key, SGPU_ENDPOINT=name, SHOTS_DIR=shots)
-        r = subprocess.run([node, os.path.join(HERE, "console.test.mjs")], env=env, timeout=scaled(300))
+        env.update(SGPU_WORKER=ECHO_WORKER, SGPU_IT_RUN=RUN_ID, SGPU_IT_OWNER=sg.owner)
+        tests = [a for a in sys.argv[1:] if a.endswith(".mjs")] or ["console.test.mjs", "manage.test.mjs"]
+        r = None
+        for test in tests:
+            r = subprocess.run([node, os.path.join(HERE, test)], env=env, timeout=scaled(300))
+            if r.returncode != 0:
+                break
         if r.returncode != 0:
             sys.stderr.write("----- sgpud log -----\n%s\n" % sg.log_tail(80))
         print("screenshots: %s" % shots)
