@@ -247,6 +247,7 @@ function drawChart(canvas, t, series, rangeS = 3600) {
   }
 }
 
+const SERIES_KEPT_S = 3600;
 let flash = ""; /* a message for the next page (after a save or a delete) */
 
 /* A field error from the API: {"error": {"code", "message", "field"}}. */
@@ -387,7 +388,8 @@ function endpointFormPage(name) {
       setIn(spec, "command", cmd.length ? cmd : undefined);
       const gpu = Object.assign({}, spec.gpu || {});
       setIn(gpu, "count", num(f.gpuCount));
-      setIn(gpu, "type", f.gpuType.value.trim() || undefined);
+      const gt = f.gpuType.value.trim();
+      if (gt) gpu.type = gt; else if (gpu.type !== undefined) gpu.type = null; /* as GET shows "no type" */
       setIn(spec, "gpu", Object.keys(gpu).length ? gpu : undefined);
       const w = Object.assign({}, spec.workers || {});
       setIn(w, "min", num(f.wMin));
@@ -712,9 +714,9 @@ function endpointPage(name) {
   const draw = () => {
     if (!last) return;
     const range = Number(r.range.value);
-    const kept = last.t.length ? (Date.now() - last.t[0]) / 1000 : 0;
-    r.chartnote.textContent = range > kept + 2 * last.step_s
-      ? `sgpud keeps ${Math.round(kept / 60)} min of this endpoint's series (${last.step_s} s steps); older points are not kept.` : "";
+    /* /series answers the last hour (docs/API.md, Time series) */
+    r.chartnote.textContent = range > SERIES_KEPT_S
+      ? `sgpud keeps the last ${SERIES_KEPT_S / 60} min of an endpoint's series (${last.step_s} s steps): older points are not shown.` : "";
     drawChart(r["chart-rps"], last.t, [{ values: last.requests_per_s, color: "#2f7de1" }], range);
     drawChart(r["chart-queue"], last.t, [{ values: last.queue, color: "#d9822b" }], range);
     drawChart(r["chart-inflight"], last.t, [{ values: last.in_flight, color: "#c2185b" }], range);
