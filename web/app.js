@@ -173,6 +173,8 @@ function endpointsPage() {
   setNav("endpoints");
   document.title = "Endpoints · sgpu";
   const r = mount("tpl-endpoints");
+  r.flash.textContent = flash;
+  flash = "";
   every(2000, async () => {
     const body = await apiJSON("/v1/endpoints");
     const rows = body.endpoints.map((ep) => {

@@ -81,6 +81,7 @@ try {
   await page.goto(URL + "/#/");
   await page.getByRole("link", { name: "New endpoint" }).click();
   await page.getByLabel("Name", { exact: true }).fill("form-echo");
+  assert.equal(await page.getByLabel("Async protocol").isVisible(), false, "no protocol for a sync endpoint");
   await page.getByLabel("Command (one argument a line)").fill(WORKER);
   await page.getByLabel("Health check path").fill("/health");
   await page.getByLabel("Maximum workers").fill("5000");
@@ -220,6 +221,7 @@ try {
   // ---- delete with confirmation
   await page.getByRole("button", { name: "Delete endpoint" }).click();
   await page.waitForFunction(() => location.hash === "#/" || location.hash === "");
+  await page.waitForFunction(() => /Deleted form-jobs/.test(document.querySelector("[data-ref=flash]").textContent));
   await page.waitForSelector("#endpoints tr[data-name]");
   assert.equal(await page.$('#endpoints tr[data-name="form-jobs"]'), null);
   assert.equal((await call("/v1/endpoints/form-jobs")).status, 404);
