@@ -631,6 +631,7 @@ function endpointPage(name) {
       /* the endpoint was just read, so the route is what is missing: an
        * sgpud from before the jobs list */
       jobsMissing = true;
+      r.jobs.closest(".scroll").hidden = true;
       r.jobsnote.textContent = "This sgpud does not list jobs (no /v1/endpoints/{name}/jobs route): run a job from the test panel to follow it.";
       return;
     }
