@@ -249,7 +249,6 @@ function drawChart(canvas, t, series, rangeS = 3600) {
   }
 }
 
-const SERIES_KEPT_S = 3600;
 let flash = ""; /* a message for the next page (after a save or a delete) */
 
 /* A field error from the API: {"error": {"code", "message", "field"}}. */
@@ -717,19 +716,19 @@ function endpointPage(name) {
   const draw = () => {
     if (!last) return;
     const range = Number(r.range.value);
-    /* /series answers the last hour (docs/API.md, Time series) */
-    r.chartnote.textContent = range > SERIES_KEPT_S
-      ? `sgpud keeps the last ${SERIES_KEPT_S / 60} min of an endpoint's series (${last.step_s} s steps): older points are not shown.` : "";
+    r.chartnote.textContent = `${last.points} point(s), one every ${last.step_s >= 60 ? last.step_s / 60 + " min" : last.step_s + " s"}`;
     drawChart(r["chart-rps"], last.t, [{ values: last.requests_per_s, color: "#2f7de1" }], range);
     drawChart(r["chart-queue"], last.t, [{ values: last.queue, color: "#d9822b" }], range);
     drawChart(r["chart-inflight"], last.t, [{ values: last.in_flight, color: "#c2185b" }], range);
     drawChart(r["chart-workers"], last.t, [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }], range);
   };
-  r.range.addEventListener("change", draw);
-  every(5000, async () => {
-    last = await apiJSON(`/v1/endpoints/${name}/series`);
-    draw();
-  });
+  const load = async () => {
+    const range = r.range.value;
+    const s = await apiJSON(`/v1/endpoints/${name}/series?range=${range}s`);
+    if (range === r.range.value) { last = s; draw(); }
+  };
+  r.range.addEventListener("change", () => load().catch(handleError));
+  every(5000, load);
 
   logPanel(name, r);
 }

@@ -1,8 +1,11 @@
-/* Per-endpoint time series of the last hour, for the console's charts:
- * one point every STEP_MS with the requests per second that arrived, the
+/* Per-endpoint time series for the console's charts: the last hour with
+ * one point every STEP_MS (the requests per second that arrived, the
  * longest queue seen, and the workers (live and ready) and requests in
- * flight at the end of the step. Sampled on the daemon's tick; kept in a
- * fixed ring, so an endpoint costs the same memory however long it lives. */
+ * flight at the end of the step), and the last seven days with one point
+ * every COARSE_MS made of the same steps (requests per second over the
+ * whole step, the longest queue, the rest as at its end). Sampled on the
+ * daemon's tick; kept in fixed rings, so an endpoint costs the same memory
+ * however long it lives. */
 #include <math.h>
 
 #include "gateway/gateway.h"
@@ -11,6 +14,8 @@
 
 #define STEP_MS 5000
 #define POINTS 720 /* one hour */
+#define COARSE_MS 600000
+#define COARSE_POINTS 1008 /* seven days */
 
 struct point {
   int64_t t; /* wall-clock start of the step */
@@ -25,6 +30,12 @@ struct sg_series {
   int64_t cur_wall, cur_mono;
   uint64_t cur_requests;
   int cur_queue_max;
+  /* the coarse ring and its step being gathered */
+  struct point coarse[COARSE_POINTS];
+  size_t c_head, c_n;
+  int64_t c_wall, c_mono;
+  uint64_t c_requests;
+  int c_queue_max;
 };
 
 static void live_counts(sg_endpoint_t *ep, int *live, int *ready) {
@@ -54,10 +65,46 @@ static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->cur_queue_max = sg_gateway_queued(ep);
 }
 
+/* The coarse step being gathered as a point, as of now: `fine` is the
+ * latest fine point (workers and in flight as at its end). */
+static struct point coarse_current(sg_series_t *s, uint64_t requests, struct point fine, int64_t now_mono) {
+  struct point p = fine;
+  p.t = s->c_wall;
+  p.queue = s->c_queue_max > fine.queue ? s->c_queue_max : fine.queue;
+  int64_t elapsed = now_mono - s->c_mono;
+  p.rps = elapsed > 0 ? (double)(requests - s->c_requests) * 1000.0 / (double)elapsed : 0;
+  return p;
+}
+
+static void begin_coarse(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
+  sg_series_t *s = ep->series;
+  s->c_wall = wall;
+  s->c_mono = mono;
+  s->c_requests = ep->metrics.requests;
+  s->c_queue_max = 0;
+}
+
+/* A fine step ended with point p: fold it into the coarse step, which ends
+ * in turn once COARSE_MS have passed. */
+static void fold_coarse(sg_endpoint_t *ep, struct point p, int64_t wall, int64_t mono) {
+  sg_series_t *s = ep->series;
+  if (p.queue > s->c_queue_max)
+    s->c_queue_max = p.queue;
+  if (mono - s->c_mono < COARSE_MS)
+    return;
+  s->coarse[(s->c_head + s->c_n) % COARSE_POINTS] = coarse_current(s, ep->metrics.requests, p, mono);
+  if (s->c_n < COARSE_POINTS)
+    s->c_n++;
+  else
+    s->c_head = (s->c_head + 1) % COARSE_POINTS;
+  begin_coarse(ep, wall, mono);
+}
+
 static void sample(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   if (!ep->series) {
     ep->series = xcalloc(1, sizeof(*ep->series));
     begin_step(ep, wall, mono);
+    begin_coarse(ep, wall, mono);
     return;
   }
   sg_series_t *s = ep->series;
@@ -73,6 +120,7 @@ static void sample(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   else
     s->head = (s->head + 1) % POINTS;
   begin_step(ep, wall, mono);
+  fold_coarse(ep, p, wall, mono);
 }
 
 void sg_series_tick(sg_daemon_t *d) {
@@ -83,13 +131,20 @@ void sg_series_tick(sg_daemon_t *d) {
 
 void sg_series_free(sg_series_t *s) { free(s); }
 
-json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms) {
+json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse) {
   json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(), *ready = json_array(),
          *in_flight = json_array();
   sg_series_t *s = ep->series;
-  size_t n = s ? s->n : 0;
+  size_t n = s ? (coarse ? s->c_n : s->n) : 0;
+  int64_t now = sg_now_ms();
   for (size_t i = 0; i <= n && s; i++) {
-    struct point p = i < n ? s->ring[(s->head + i) % POINTS] : current(ep, sg_now_ms());
+    struct point p;
+    if (i < n)
+      p = coarse ? s->coarse[(s->c_head + i) % COARSE_POINTS] : s->ring[(s->head + i) % POINTS];
+    else if (coarse)
+      p = coarse_current(s, ep->metrics.requests, current(ep, now), now);
+    else
+      p = current(ep, now);
     if (p.t < since_wall_ms)
       continue;
     json_array_append_new(t, json_integer(p.t));
@@ -99,7 +154,7 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms) {
     json_array_append_new(ready, json_integer(p.ready));
     json_array_append_new(in_flight, json_integer(p.in_flight));
   }
-  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s", STEP_MS / 1000,
-                   "points", (int)json_array_size(t), "t", t, "requests_per_s", rps, "queue", queue, "workers", workers,
-                   "ready", ready, "in_flight", in_flight);
+  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s",
+                   (coarse ? COARSE_MS : STEP_MS) / 1000, "points", (int)json_array_size(t), "t", t, "requests_per_s",
+                   rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight);
 }

@@ -1,0 +1,57 @@
+"""GET /v1/endpoints/{name}/series and its range: the last hour in 5 s steps,
+longer ranges (up to 7 days) in 10 min steps, a bad range refused."""
+
+import time
+import unittest
+
+from harness import SgpudTestCase, echo_spec, unique_name, wait_for
+
+
+class SeriesTest(SgpudTestCase):
+    SHARED = {}
+
+    def series(self, name, query=""):
+        resp = self.sg.api("GET", "/v1/endpoints/%s/series%s" % (name, query))
+        self.assertOk(resp, 200)
+        body = resp.body
+        for col in ("requests_per_s", "queue", "workers", "ready", "in_flight"):
+            self.assertEqual(len(body[col]), body["points"], col)
+        self.assertEqual(len(body["t"]), body["points"])
+        return body
+
+    def test_ranges(self):
+        name = unique_name("series")
+        self.create(echo_spec(name, workers={"min": 1, "max": 1}))
+        self.sg.wait_ready(name, 1, timeout=20)
+
+        hour = wait_for(lambda: (lambda b: b if b["points"] >= 1 else None)(self.series(name)),
+                        timeout=10, message="a point of the hour's series")
+        self.assertEqual(hour["step_s"], 5)
+        # requests after the series began (its first point is on a tick after create)
+        for _ in range(3):
+            self.assertOk(self.sg.invoke(name, "/infer", body=b"x"), 200)
+        quarter = self.series(name, "?range=15m")
+        self.assertEqual(quarter["step_s"], 5)
+        cutoff = time.time() * 1000 - 15 * 60 * 1000 - 5000
+        self.assertTrue(all(t >= cutoff for t in quarter["t"]), quarter["t"])
+
+        # 24 h and 7 d come from the 10 min ring; its step in progress already
+        # counts this endpoint's requests and its ready worker
+        for rng in ("24h", "7d"):
+            day = wait_for(lambda: (lambda b: b if b["requests_per_s"][-1] > 0 and b["ready"][-1] == 1 else None)(
+                self.series(name, "?range=" + rng)), timeout=10, message="the %s series" % rng)
+            self.assertEqual(day["step_s"], 600)
+            self.assertGreaterEqual(day["t"][-1], time.time() * 1000 - 600 * 1000 - 5000)
+
+    def test_bad_range(self):
+        name = unique_name("series")
+        self.create(echo_spec(name))
+        for q in ("?range=8d", "?range=soon", "?range=0s", "?range="):
+            resp = self.sg.api("GET", "/v1/endpoints/%s/series%s" % (name, q))
+            self.assertEqual(resp.status, 400, q)
+            self.assertEqual(resp.body["error"]["code"], "invalid_query", q)
+            self.assertEqual(resp.body["error"]["field"], "range", q)
+
+
+if __name__ == "__main__":
+    unittest.main()
