@@ -744,7 +744,8 @@ function logPanel(name, r) {
   const lineNode = (l) => {
     const t = new Date(l.ts);
     const stamp = t.toISOString().replace("T", " ").replace("Z", "");
-    return el("span", { class: "line " + l.stream, "data-ts": l.ts, "data-worker": l.worker || "", "data-stream": l.stream },
+    return el("span", { class: "line " + l.stream, "data-ts": l.ts, "data-worker": l.worker || "", "data-stream": l.stream,
+      "data-request-id": l.request_id || "" },
       el("span", { class: "ts", text: stamp + " " }),
       el("span", { class: "wk", text: (l.worker || "sgpud") + " " }),
       el("span", { class: "st", text: l.stream + " " }),
@@ -769,6 +770,7 @@ function logPanel(name, r) {
     if (r.worker.value) p.set("worker", r.worker.value);
     if (r.stream.value) p.set("stream", r.stream.value);
     if (r.text.value) p.set("q", r.text.value);
+    if (r.rid.value.trim()) p.set("request_id", r.rid.value.trim());
     return p;
   };
 
@@ -852,6 +854,7 @@ function logPanel(name, r) {
   r.worker.addEventListener("change", refilter);
   r.stream.addEventListener("change", refilter);
   r.text.addEventListener("input", refilter);
+  r.rid.addEventListener("input", refilter);
   r.logform.addEventListener("submit", (ev) => { ev.preventDefault(); refilter(); });
   r.jump.addEventListener("click", jump);
   r.live.addEventListener("click", () => { paused = false; r.pause.setAttribute("aria-pressed", "false"); r.pause.textContent = "Pause"; follow(); });
