@@ -14,7 +14,7 @@ class SeriesTest(SgpudTestCase):
         resp = self.sg.api("GET", "/v1/endpoints/%s/series%s" % (name, query))
         self.assertOk(resp, 200)
         body = resp.body
-        for col in ("requests_per_s", "queue", "workers", "ready", "in_flight"):
+        for col in ("requests_per_s", "queue", "workers", "ready", "in_flight", "errors_4xx", "errors_5xx"):
             self.assertEqual(len(body[col]), body["points"], col)
         self.assertEqual(len(body["t"]), body["points"])
         return body
@@ -30,15 +30,21 @@ class SeriesTest(SgpudTestCase):
         # requests after the series began (its first point is on a tick after create)
         for _ in range(3):
             self.assertOk(self.sg.invoke(name, "/infer", body=b"x"), 200)
+        for status in (500, 503, 404):
+            self.assertEqual(self.sg.invoke(name, "/status/%d" % status, body=b"x").status, status)
+        errors = wait_for(lambda: (lambda b: b if sum(b["errors_5xx"]) == 2 and sum(b["errors_4xx"]) == 1 else None)(
+            self.series(name)), timeout=10, message="the answers with errors counted")
+        self.assertTrue(all(n >= 0 for n in errors["errors_5xx"] + errors["errors_4xx"]))
         quarter = self.series(name, "?range=15m")
         self.assertEqual(quarter["step_s"], 5)
         cutoff = time.time() * 1000 - 15 * 60 * 1000 - 5000
         self.assertTrue(all(t >= cutoff for t in quarter["t"]), quarter["t"])
 
         # 24 h and 7 d come from the 10 min ring; its step in progress already
-        # counts this endpoint's requests and its ready worker
+        # counts this endpoint's requests, errors and its ready worker
         for rng in ("24h", "7d"):
-            day = wait_for(lambda: (lambda b: b if b["requests_per_s"][-1] > 0 and b["ready"][-1] == 1 else None)(
+            day = wait_for(lambda: (lambda b: b if b["requests_per_s"][-1] > 0 and b["ready"][-1] == 1
+                                    and b["errors_5xx"][-1] == 2 and b["errors_4xx"][-1] == 1 else None)(
                 self.series(name, "?range=" + rng)), timeout=10, message="the %s series" % rng)
             self.assertEqual(day["step_s"], 600)
             self.assertGreaterEqual(day["t"][-1], time.time() * 1000 - 600 * 1000 - 5000)

@@ -1,7 +1,8 @@
 /* Per-endpoint time series for the console's charts: the last hour with
  * one point every STEP_MS (the requests per second that arrived, the
  * longest queue seen, and the workers (live and ready) and requests in
- * flight at the end of the step), and the last seven days with one point
+ * flight at the end of the step, and the answers with a 4xx and a 5xx
+ * status), and the last seven days with one point
  * every COARSE_MS made of the same steps (requests per second over the
  * whole step, the longest queue, the rest as at its end). Sampled on the
  * daemon's tick; kept in fixed rings, so an endpoint costs the same memory
@@ -21,6 +22,7 @@ struct point {
   int64_t t; /* wall-clock start of the step */
   double rps;
   int queue, workers, ready, in_flight;
+  int err4, err5; /* answers with a 4xx and a 5xx status in the step */
 };
 
 struct sg_series {
@@ -28,15 +30,24 @@ struct sg_series {
   size_t head, n; /* the oldest point, and how many there are */
   /* the step being gathered */
   int64_t cur_wall, cur_mono;
-  uint64_t cur_requests;
+  uint64_t cur_requests, cur_err4, cur_err5;
   int cur_queue_max;
   /* the coarse ring and its step being gathered */
   struct point coarse[COARSE_POINTS];
   size_t c_head, c_n;
   int64_t c_wall, c_mono;
   uint64_t c_requests;
-  int c_queue_max;
+  int c_queue_max, c_err4, c_err5; /* errors of the fine steps folded in */
 };
+
+/* Answers so far with a 4xx and with a 5xx status. */
+static void error_counts(const sg_endpoint_t *ep, uint64_t *c4, uint64_t *c5) {
+  *c4 = *c5 = 0;
+  for (int code = 400; code < 500; code++)
+    *c4 += ep->metrics.by_status[code];
+  for (int code = 500; code < 600; code++)
+    *c5 += ep->metrics.by_status[code];
+}
 
 static void live_counts(sg_endpoint_t *ep, int *live, int *ready) {
   *live = *ready = 0;
@@ -54,6 +65,10 @@ static struct point current(sg_endpoint_t *ep, int64_t now_mono) {
   int64_t elapsed = now_mono - s->cur_mono;
   p.rps = elapsed > 0 ? (double)(ep->metrics.requests - s->cur_requests) * 1000.0 / (double)elapsed : 0;
   live_counts(ep, &p.workers, &p.ready);
+  uint64_t c4, c5;
+  error_counts(ep, &c4, &c5);
+  p.err4 = (int)(c4 - s->cur_err4);
+  p.err5 = (int)(c5 - s->cur_err5);
   return p;
 }
 
@@ -63,6 +78,7 @@ static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->cur_mono = mono;
   s->cur_requests = ep->metrics.requests;
   s->cur_queue_max = sg_gateway_queued(ep);
+  error_counts(ep, &s->cur_err4, &s->cur_err5);
 }
 
 /* The coarse step being gathered as a point, as of now: `fine` is the
@@ -73,6 +89,8 @@ static struct point coarse_current(sg_series_t *s, uint64_t requests, struct poi
   p.queue = s->c_queue_max > fine.queue ? s->c_queue_max : fine.queue;
   int64_t elapsed = now_mono - s->c_mono;
   p.rps = elapsed > 0 ? (double)(requests - s->c_requests) * 1000.0 / (double)elapsed : 0;
+  p.err4 += s->c_err4;
+  p.err5 += s->c_err5;
   return p;
 }
 
@@ -81,7 +99,7 @@ static void begin_coarse(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->c_wall = wall;
   s->c_mono = mono;
   s->c_requests = ep->metrics.requests;
-  s->c_queue_max = 0;
+  s->c_queue_max = s->c_err4 = s->c_err5 = 0;
 }
 
 /* A fine step ended with point p: fold it into the coarse step, which ends
@@ -90,9 +108,13 @@ static void fold_coarse(sg_endpoint_t *ep, struct point p, int64_t wall, int64_t
   sg_series_t *s = ep->series;
   if (p.queue > s->c_queue_max)
     s->c_queue_max = p.queue;
+  s->c_err4 += p.err4;
+  s->c_err5 += p.err5;
   if (mono - s->c_mono < COARSE_MS)
     return;
-  s->coarse[(s->c_head + s->c_n) % COARSE_POINTS] = coarse_current(s, ep->metrics.requests, p, mono);
+  struct point none = p;
+  none.err4 = none.err5 = 0; /* p is folded in already */
+  s->coarse[(s->c_head + s->c_n) % COARSE_POINTS] = coarse_current(s, ep->metrics.requests, none, mono);
   if (s->c_n < COARSE_POINTS)
     s->c_n++;
   else
@@ -133,7 +155,7 @@ void sg_series_free(sg_series_t *s) { free(s); }
 
 json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse) {
   json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(), *ready = json_array(),
-         *in_flight = json_array();
+         *in_flight = json_array(), *err4 = json_array(), *err5 = json_array();
   sg_series_t *s = ep->series;
   size_t n = s ? (coarse ? s->c_n : s->n) : 0;
   int64_t now = sg_now_ms();
@@ -153,8 +175,11 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse)
     json_array_append_new(workers, json_integer(p.workers));
     json_array_append_new(ready, json_integer(p.ready));
     json_array_append_new(in_flight, json_integer(p.in_flight));
+    json_array_append_new(err4, json_integer(p.err4));
+    json_array_append_new(err5, json_integer(p.err5));
   }
-  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s",
+  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s",
                    (coarse ? COARSE_MS : STEP_MS) / 1000, "points", (int)json_array_size(t), "t", t, "requests_per_s",
-                   rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight);
+                   rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight, "errors_4xx", err4,
+                   "errors_5xx", err5);
 }
