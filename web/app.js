@@ -720,6 +720,11 @@ function endpointPage(name) {
     drawChart(r["chart-rps"], last.t, [{ values: last.requests_per_s, color: "#2f7de1" }], range);
     drawChart(r["chart-queue"], last.t, [{ values: last.queue, color: "#d9822b" }], range);
     drawChart(r["chart-inflight"], last.t, [{ values: last.in_flight, color: "#c2185b" }], range);
+    if (last.latency_p50_ms) { /* null: no answer in the step */
+      const z = (col) => last[col].map((v) => (v === null ? 0 : v));
+      drawChart(r["chart-latency"], last.t, [{ values: z("latency_p50_ms"), color: "#2e9b56" },
+        { values: z("latency_p95_ms"), color: "#d9822b" }, { values: z("latency_p99_ms"), color: "#b3261e" }], range);
+    }
     if (last.errors_5xx) /* an sgpud from before these columns has none */
       drawChart(r["chart-errors"], last.t, [{ values: last.errors_4xx, color: "#d9822b" }, { values: last.errors_5xx, color: "#b3261e" }], range);
     drawChart(r["chart-workers"], last.t, [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }], range);

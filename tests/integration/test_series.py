@@ -14,7 +14,8 @@ class SeriesTest(SgpudTestCase):
         resp = self.sg.api("GET", "/v1/endpoints/%s/series%s" % (name, query))
         self.assertOk(resp, 200)
         body = resp.body
-        for col in ("requests_per_s", "queue", "workers", "ready", "in_flight", "errors_4xx", "errors_5xx"):
+        for col in ("requests_per_s", "queue", "workers", "ready", "in_flight", "errors_4xx", "errors_5xx",
+                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
             self.assertEqual(len(body[col]), body["points"], col)
         self.assertEqual(len(body["t"]), body["points"])
         return body
@@ -35,6 +36,15 @@ class SeriesTest(SgpudTestCase):
         errors = wait_for(lambda: (lambda b: b if sum(b["errors_5xx"]) == 2 and sum(b["errors_4xx"]) == 1 else None)(
             self.series(name)), timeout=10, message="the answers with errors counted")
         self.assertTrue(all(n >= 0 for n in errors["errors_5xx"] + errors["errors_4xx"]))
+        # latency percentiles: null for a step without answers, else p50 <= p95 <= p99 (ms)
+        answered = [i for i, v in enumerate(errors["latency_p50_ms"]) if v is not None]
+        self.assertTrue(answered, errors)
+        for i in range(errors["points"]):
+            p50, p95, p99 = (errors[c][i] for c in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"))
+            if p50 is None:
+                self.assertEqual((p95, p99), (None, None))
+            else:
+                self.assertTrue(0 < p50 <= p95 <= p99 <= 30000, (p50, p95, p99))
         quarter = self.series(name, "?range=15m")
         self.assertEqual(quarter["step_s"], 5)
         cutoff = time.time() * 1000 - 15 * 60 * 1000 - 5000
@@ -44,7 +54,8 @@ class SeriesTest(SgpudTestCase):
         # counts this endpoint's requests, errors and its ready worker
         for rng in ("24h", "7d"):
             day = wait_for(lambda: (lambda b: b if b["requests_per_s"][-1] > 0 and b["ready"][-1] == 1
-                                    and b["errors_5xx"][-1] == 2 and b["errors_4xx"][-1] == 1 else None)(
+                                    and b["errors_5xx"][-1] == 2 and b["errors_4xx"][-1] == 1
+                                    and b["latency_p99_ms"][-1] is not None else None)(
                 self.series(name, "?range=" + rng)), timeout=10, message="the %s series" % rng)
             self.assertEqual(day["step_s"], 600)
             self.assertGreaterEqual(day["t"][-1], time.time() * 1000 - 600 * 1000 - 5000)

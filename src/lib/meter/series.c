@@ -2,12 +2,14 @@
  * one point every STEP_MS (the requests per second that arrived, the
  * longest queue seen, and the workers (live and ready) and requests in
  * flight at the end of the step, and the answers with a 4xx and a 5xx
- * status), and the last seven days with one point
+ * status, and the p50/p95/p99 latency of those answers from the
+ * gateway's histogram), and the last seven days with one point
  * every COARSE_MS made of the same steps (requests per second over the
  * whole step, the longest queue, the rest as at its end). Sampled on the
  * daemon's tick; kept in fixed rings, so an endpoint costs the same memory
  * however long it lives. */
 #include <math.h>
+#include <string.h>
 
 #include "gateway/gateway.h"
 #include "meter/meter-internal.h"
@@ -23,6 +25,7 @@ struct point {
   double rps;
   int queue, workers, ready, in_flight;
   int err4, err5; /* answers with a 4xx and a 5xx status in the step */
+  float lat[3];   /* p50, p95, p99 latency (s) of the answers in the step; -1: none */
 };
 
 struct sg_series {
@@ -31,6 +34,7 @@ struct sg_series {
   /* the step being gathered */
   int64_t cur_wall, cur_mono;
   uint64_t cur_requests, cur_err4, cur_err5;
+  uint64_t cur_lat[SG_METRIC_BUCKETS + 1]; /* the latency histogram as the step began */
   int cur_queue_max;
   /* the coarse ring and its step being gathered */
   struct point coarse[COARSE_POINTS];
@@ -38,7 +42,40 @@ struct sg_series {
   int64_t c_wall, c_mono;
   uint64_t c_requests;
   int c_queue_max, c_err4, c_err5; /* errors of the fine steps folded in */
+  uint64_t c_lat[SG_METRIC_BUCKETS + 1];
 };
+
+static const double QUANTILES[3] = {0.5, 0.95, 0.99};
+
+/* The latency quantiles of the answers since the histogram was `since`,
+ * interpolated within their bucket as Prometheus' histogram_quantile does
+ * (one in the +Inf bucket counts as the last bound); -1 without answers. */
+static void latency_quantiles(const sg_endpoint_t *ep, const uint64_t *since, float out[3]) {
+  uint64_t delta[SG_METRIC_BUCKETS + 1], total = 0;
+  for (int i = 0; i <= SG_METRIC_BUCKETS; i++) {
+    delta[i] = ep->metrics.latency.buckets[i] - since[i];
+    total += delta[i];
+  }
+  for (int q = 0; q < 3; q++) {
+    out[q] = -1;
+    if (!total)
+      continue;
+    double rank = QUANTILES[q] * (double)total, seen = 0;
+    for (int i = 0; i <= SG_METRIC_BUCKETS; i++) {
+      if (!delta[i] || seen + (double)delta[i] < rank) {
+        seen += (double)delta[i];
+        continue;
+      }
+      if (i == SG_METRIC_BUCKETS) {
+        out[q] = (float)sg_metric_bounds[SG_METRIC_BUCKETS - 1];
+      } else {
+        double lo = i ? sg_metric_bounds[i - 1] : 0, hi = sg_metric_bounds[i];
+        out[q] = (float)(lo + (hi - lo) * (rank - seen) / (double)delta[i]);
+      }
+      break;
+    }
+  }
+}
 
 /* Answers so far with a 4xx and with a 5xx status. */
 static void error_counts(const sg_endpoint_t *ep, uint64_t *c4, uint64_t *c5) {
@@ -69,6 +106,7 @@ static struct point current(sg_endpoint_t *ep, int64_t now_mono) {
   error_counts(ep, &c4, &c5);
   p.err4 = (int)(c4 - s->cur_err4);
   p.err5 = (int)(c5 - s->cur_err5);
+  latency_quantiles(ep, s->cur_lat, p.lat);
   return p;
 }
 
@@ -79,11 +117,14 @@ static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->cur_requests = ep->metrics.requests;
   s->cur_queue_max = sg_gateway_queued(ep);
   error_counts(ep, &s->cur_err4, &s->cur_err5);
+  memcpy(s->cur_lat, ep->metrics.latency.buckets, sizeof(s->cur_lat));
 }
 
 /* The coarse step being gathered as a point, as of now: `fine` is the
  * latest fine point (workers and in flight as at its end). */
-static struct point coarse_current(sg_series_t *s, uint64_t requests, struct point fine, int64_t now_mono) {
+static struct point coarse_current(sg_endpoint_t *ep, struct point fine, int64_t now_mono) {
+  sg_series_t *s = ep->series;
+  uint64_t requests = ep->metrics.requests;
   struct point p = fine;
   p.t = s->c_wall;
   p.queue = s->c_queue_max > fine.queue ? s->c_queue_max : fine.queue;
@@ -91,6 +132,7 @@ static struct point coarse_current(sg_series_t *s, uint64_t requests, struct poi
   p.rps = elapsed > 0 ? (double)(requests - s->c_requests) * 1000.0 / (double)elapsed : 0;
   p.err4 += s->c_err4;
   p.err5 += s->c_err5;
+  latency_quantiles(ep, s->c_lat, p.lat);
   return p;
 }
 
@@ -100,6 +142,7 @@ static void begin_coarse(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->c_mono = mono;
   s->c_requests = ep->metrics.requests;
   s->c_queue_max = s->c_err4 = s->c_err5 = 0;
+  memcpy(s->c_lat, ep->metrics.latency.buckets, sizeof(s->c_lat));
 }
 
 /* A fine step ended with point p: fold it into the coarse step, which ends
@@ -114,7 +157,7 @@ static void fold_coarse(sg_endpoint_t *ep, struct point p, int64_t wall, int64_t
     return;
   struct point none = p;
   none.err4 = none.err5 = 0; /* p is folded in already */
-  s->coarse[(s->c_head + s->c_n) % COARSE_POINTS] = coarse_current(s, ep->metrics.requests, none, mono);
+  s->coarse[(s->c_head + s->c_n) % COARSE_POINTS] = coarse_current(ep, none, mono);
   if (s->c_n < COARSE_POINTS)
     s->c_n++;
   else
@@ -155,7 +198,8 @@ void sg_series_free(sg_series_t *s) { free(s); }
 
 json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse) {
   json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(), *ready = json_array(),
-         *in_flight = json_array(), *err4 = json_array(), *err5 = json_array();
+         *in_flight = json_array(), *err4 = json_array(), *err5 = json_array(),
+         *lat[3] = {json_array(), json_array(), json_array()};
   sg_series_t *s = ep->series;
   size_t n = s ? (coarse ? s->c_n : s->n) : 0;
   int64_t now = sg_now_ms();
@@ -164,7 +208,7 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse)
     if (i < n)
       p = coarse ? s->coarse[(s->c_head + i) % COARSE_POINTS] : s->ring[(s->head + i) % POINTS];
     else if (coarse)
-      p = coarse_current(s, ep->metrics.requests, current(ep, now), now);
+      p = coarse_current(ep, current(ep, now), now);
     else
       p = current(ep, now);
     if (p.t < since_wall_ms)
@@ -177,9 +221,12 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse)
     json_array_append_new(in_flight, json_integer(p.in_flight));
     json_array_append_new(err4, json_integer(p.err4));
     json_array_append_new(err5, json_integer(p.err5));
+    for (int q = 0; q < 3; q++)
+      json_array_append_new(lat[q], p.lat[q] < 0 ? json_null() : json_real(round((double)p.lat[q] * 1e6) / 1e3));
   }
-  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name, "step_s",
-                   (coarse ? COARSE_MS : STEP_MS) / 1000, "points", (int)json_array_size(t), "t", t, "requests_per_s",
-                   rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight, "errors_4xx", err4,
-                   "errors_5xx", err5);
+  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name,
+                   "step_s", (coarse ? COARSE_MS : STEP_MS) / 1000, "points", (int)json_array_size(t), "t", t,
+                   "requests_per_s", rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight,
+                   "errors_4xx", err4, "errors_5xx", err5, "latency_p50_ms", lat[0], "latency_p95_ms", lat[1],
+                   "latency_p99_ms", lat[2]);
 }
