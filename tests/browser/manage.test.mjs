@@ -252,6 +252,30 @@ try {
   assert.equal((await call("/v1/endpoints", { key: secret })).status, 401);
   ok("create a key shows its secret once; a duplicate name shows the 409; revoke makes the key fail");
 
+  // ---- registry credentials: saved (the password never shown), then deleted
+  await page.goto(URL + "/#/registry");
+  await page.getByLabel("Name", { exact: true }).fill("form-reg");
+  await page.getByLabel("Registry", { exact: true }).fill("localhost:5000");
+  await page.getByLabel("Username").fill("robot");
+  await page.getByLabel("Password").fill("pa55-word");
+  await page.getByRole("button", { name: "Save credentials" }).click();
+  await page.waitForSelector('#registry-auths tr[data-id="form-reg"]');
+  assert.match(await page.textContent('#registry-auths tr[data-id="form-reg"]'), /localhost:5000.*robot/);
+  assert.equal((await page.textContent("#view")).includes("pa55-word"), false);
+  await page.getByRole("button", { name: "Delete credentials form-reg" }).click();
+  await page.waitForFunction(() => !document.querySelector('#registry-auths tr[data-id="form-reg"]'));
+  assert.equal((await call("/v1/registry-auths/form-reg")).status, 404);
+  ok("registry credentials: saved without showing the password, then deleted");
+
+  // ---- images: a preheat that cannot pull shows its failure in the pulls
+  await page.goto(URL + "/#/images");
+  await page.getByLabel("Image reference").fill("localhost:1/nothing:tag");
+  await page.getByRole("button", { name: "Pull image" }).click();
+  await page.waitForFunction(() => /localhost:1\/nothing:tag: pulling/.test(document.querySelector("[role=status].result").textContent));
+  await page.waitForFunction(() => /localhost:1\/nothing:tag: failed/.test((document.querySelector("#pulls") || {}).textContent || ""),
+    null, { timeout: ms(20000) });
+  ok("images: a preheat is pulling, then its failure is listed with the error");
+
   // ---- error state: the API down
   await page.route("**/v1/secrets", (route) => route.fulfill({ status: 500, contentType: "application/json",
     body: JSON.stringify({ error: { code: "internal", message: "store unavailable" } }) }));
