@@ -24,8 +24,8 @@ const SHOTS = process.env.SHOTS_DIR;
 const ms = (x) => Math.round(x * SCALE);
 const ok = (what) => console.log("ok - " + what);
 
-async function call(pathname, { key = KEY, method = "GET", body } = {}) {
-  const headers = key === null ? {} : { Authorization: "Bearer " + key };
+async function call(pathname, { key = KEY, method = "GET", body, headers: extra = {} } = {}) {
+  const headers = Object.assign(key === null ? {} : { Authorization: "Bearer " + key }, extra);
   return fetch(URL + pathname, { method, headers, body });
 }
 
@@ -122,6 +122,19 @@ try {
   await page.selectOption("#log-stream", "");
   ok("text and stream filters show only matching lines");
 
+  // ---- filter by request id: only the lines stored with that request's id
+  const rid = "rid-" + Date.now();
+  await page.getByLabel("Request id").fill(rid);
+  await page.waitForTimeout(600);
+  await call(`/e/${EP}/trace`, { method: "POST", body: "x", headers: { "X-Request-Id": "other-" + rid } });
+  await call(`/e/${EP}/trace`, { method: "POST", body: "x", headers: { "X-Request-Id": rid } });
+  await page.waitForFunction((t) => [...document.querySelectorAll("#log-lines .line")].some((l) => l.textContent.includes("trace " + t)),
+    rid, { timeout: ms(3000) });
+  const rids = await page.$$eval("#log-lines .line", (ls) => ls.map((l) => l.dataset.requestId));
+  assert.ok(rids.length >= 1 && rids.every((x) => x === rid), "only the request's lines: " + rids.join(","));
+  await page.getByLabel("Request id").fill("");
+  ok("the request id filter shows only that request's lines");
+
   // ---- pause and resume
   await page.waitForTimeout(400);
   await page.click("#log-pause");
@@ -156,6 +169,7 @@ try {
   const cost = await page.textContent(`#usage-endpoints tr[data-endpoint="${EP}"] td.cost`);
   assert.ok(Number(cost) > 0, "cost " + cost);
   assert.ok((await page.$$("#usage-days tbody tr")).length >= 1);
+  assert.equal(await page.textContent("#usage-chart-caption"), "Cost per day");
   await page.screenshot({ path: path.join(SHOTS, "usage.png"), fullPage: true });
   ok(`usage grows (GPU-seconds from ${gpu0}); cost per endpoint and per day shown`);
 

@@ -5,7 +5,11 @@ headless Chromium against a real sgpud with real echo workers.
 Installs the npm packages if they are missing (install.sh), starts sgpud, then
 runs console.test.mjs, which logs in, finds the endpoint, watches a worker's log
 line arrive in the log panel, filters it, pauses, and sees usage grow; it also
-checks that the console's API calls are refused without a valid key. Screenshots
+checks that the console's API calls are refused without a valid key; then
+manage.test.mjs, the management flows (create, invoke, edit, roll back, stop,
+jobs, delete, keys, secrets, empty and error states, 420 px); then
+noprices.test.mjs against a second sgpud without prices. Name .mjs files as
+arguments to run only them. Screenshots
 go to $SGPU_BUILD_DIR/browser-screenshots.
 
 Exits 77 (skipped) with a message only when Chromium is missing or cannot start.
@@ -19,7 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from harness import BUILD_DIR, Sgpud, echo_spec, scaled  # noqa: E402
+from harness import BUILD_DIR, ECHO_WORKER, RUN_ID, Sgpud, echo_spec, scaled  # noqa: E402
 
 SKIP = 77
 
@@ -60,11 +64,38 @@ def main():
                             workers={"min": 1, "max": 1, "idle_timeout_s": 600}))
         sg.wait_ready(name, 1, timeout=20)
         env.update(SGPU_URL=sg.base_url, SGPU_KEY=sg.key, SGPU_ENDPOINT=name, SHOTS_DIR=shots)
-        r = subprocess.run([node, os.path.join(HERE, "console.test.mjs")], env=env, timeout=scaled(300))
-        if r.returncode != 0:
-            sys.stderr.write("----- sgpud log -----\n%s\n" % sg.log_tail(80))
+        env.update(SGPU_WORKER=ECHO_WORKER, SGPU_IT_RUN=RUN_ID, SGPU_IT_OWNER=sg.owner)
+        tests = [a for a in sys.argv[1:] if a.endswith(".mjs") and a != "noprices.test.mjs"]
+        if not sys.argv[1:]:
+            tests = ["console.test.mjs", "manage.test.mjs"]
+        rc = 0
+        for test in tests:
+            rc = subprocess.run([node, os.path.join(HERE, test)], env=env, timeout=scaled(300)).returncode
+            if rc != 0:
+                sys.stderr.write("----- sgpud log -----\n%s\n" % sg.log_tail(80))
+                break
+        if rc == 0 and (not sys.argv[1:] or "noprices.test.mjs" in sys.argv[1:]):
+            rc = run_without_prices(node, env)
         print("screenshots: %s" % shots)
-        return r.returncode
+        return rc
+    finally:
+        sg.close()
+
+
+def run_without_prices(node, env):
+    """noprices.test.mjs against a second sgpud that has no prices."""
+    sg = Sgpud(gpus="a100:1")
+    try:
+        sg.start()
+        name = "console-noprice"
+        sg.create(echo_spec(name, gpu={"type": "a100", "count": 1},
+                            workers={"min": 1, "max": 1, "idle_timeout_s": 600}))
+        sg.wait_ready(name, 1, timeout=20)
+        env = dict(env, SGPU_URL=sg.base_url, SGPU_KEY=sg.key, SGPU_ENDPOINT=name)
+        rc = subprocess.run([node, os.path.join(HERE, "noprices.test.mjs")], env=env, timeout=scaled(120)).returncode
+        if rc != 0:
+            sys.stderr.write("----- sgpud log (no prices) -----\n%s\n" % sg.log_tail(80))
+        return rc
     finally:
         sg.close()
 

@@ -3,6 +3,8 @@
  * checked by the router, http/router.c, before any of these run), with the
  * JSON body reader its handlers use. */
 #include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "api-internal.h"
 #include "gateway/jobs.h"
@@ -64,10 +66,31 @@ static void logs(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
     sg_logs_handle(d, req, ep->name);
 }
 
+#define SERIES_FINE_MS 3600000LL       /* the 5 s ring: one hour */
+#define SERIES_MAX_MS (7 * 86400000LL) /* the 10 min ring: seven days */
+
+/* ?range=DURATION (default 1h, 1s..7d): up to an hour from the 5 s ring,
+ * longer from the 10 min one. */
 static void series(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
   sg_endpoint_t *ep = endpoint_of(d, req, a);
-  if (ep)
-    sg_http_send_json(req, 200, sg_series_to_json(ep, 0));
+  if (!ep)
+    return;
+  int64_t range = SERIES_FINE_MS;
+  const char *query = sg_http_query(req);
+  if (query && *query) {
+    struct evkeyvalq params;
+    TAILQ_INIT(&params);
+    if (evhttp_parse_query_str(query, &params) < 0)
+      return sg_http_send_error(req, 400, "invalid_query", "the query string is malformed", NULL);
+    const char *v = evhttp_find_header(&params, "range");
+    if (v)
+      range = sg_parse_duration_ms(v);
+    evhttp_clear_headers(&params);
+  }
+  if (range < 1000 || range > SERIES_MAX_MS)
+    return sg_http_send_error(req, 400, "invalid_query", "range: a duration from 1s to 7d, such as 15m, 1h, 24h or 7d",
+                              "range");
+  sg_http_send_json(req, 200, sg_series_to_json(ep, sg_wall_ms() - range, range > SERIES_FINE_MS));
 }
 
 static void versions(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {

@@ -30,6 +30,9 @@ void sg_meter_shutdown(sg_daemon_t *d);
 /* meter/series.c: per-endpoint time series of the last hour */
 void sg_series_tick(sg_daemon_t *d);
 void sg_series_free(sg_series_t *s);
-json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms);
+/* The points from since_wall_ms on: of the last hour in 5 s steps, or
+ * (coarse) of the last seven days in 10 min steps; the last point is the
+ * step in progress. */
+json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse);
 
 #endif
