@@ -7,8 +7,16 @@
  * a webhook that passes the URL check and policy values within their bounds,
  * and survives the round trip: written back as a body, it parses to the same
  * thing. A worker's answer always becomes a finished job whose output or error
- * is JSON text. */
+ * is JSON text.
+ *
+ * The same bytes are a pull worker's result, stream and ping bodies (RunPod's
+ * worker protocol): a parsed result's output and error are JSON text,
+ * progress never carries an error or a final status, a failed job always has
+ * an error; a stream chunk is JSON text; a ping's job ids are valid, unique,
+ * at most SG_RP_IDS_MAX and in the list; every refusal carries a message; a
+ * query value percent-encoded decodes to itself. */
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -77,6 +85,133 @@ static void check_result(int status, const uint8_t *data, size_t size) {
   sg_job_result_clear(&r);
 }
 
+/* A refusal of a pull worker's body: a message, and a field for SG_EINVAL. */
+static void check_refusal(sg_error_t *err) {
+  if (!err || !err->message || !*err->message)
+    abort();
+  if (err->status != SG_EJSON && err->status != SG_EINVAL)
+    abort();
+  if (err->status == SG_EINVAL && (!err->field || !*err->field))
+    abort();
+  sg_error_free(err);
+}
+
+static void check_rp_result(const uint8_t *data, size_t size) {
+  sg_rp_result_t r;
+  sg_error_t *err = NULL;
+  if (sg_rp_result_parse((const char *)data, size, &r, &err) < 0) {
+    if (r.output || r.error || r.progress || r.stop_pod)
+      abort();
+    check_refusal(err);
+    return;
+  }
+  if (err)
+    abort();
+  if (r.output && !is_json(r.output))
+    abort();
+  if (r.error && !is_json(r.error))
+    abort();
+  if (r.progress) {
+    if (r.error || r.status == SG_JOB_COMPLETED || r.status == SG_JOB_FAILED)
+      abort();
+  } else if (r.status == SG_JOB_FAILED) {
+    if (!r.error)
+      abort();
+  } else if (r.status != SG_JOB_COMPLETED || r.error) {
+    abort();
+  }
+  /* The body was a JSON object: what the parser read is what it holds. */
+  json_t *j = json_loadb((const char *)data, size, JSON_ALLOW_NUL, NULL);
+  if (!json_is_object(j))
+    abort();
+  if (!json_object_get(j, "output") != !r.output)
+    abort();
+  if (r.stop_pod != json_is_true(json_object_get(j, "stopPod")))
+    abort();
+  /* A worker that says the job failed, or gives an error, fails it. */
+  json_t *st = json_object_get(j, "status"), *e = json_object_get(j, "error");
+  if (json_is_string(st) && !strcmp(json_string_value(st), "FAILED") && r.status != SG_JOB_FAILED)
+    abort();
+  if (!r.progress && e && !json_is_null(e) && !(json_is_string(e) && !json_string_length(e)) &&
+      r.status != SG_JOB_FAILED)
+    abort();
+  if (r.progress != (json_is_string(st) && !strcmp(json_string_value(st), "IN_PROGRESS")))
+    abort();
+  json_decref(j);
+  sg_rp_result_clear(&r);
+}
+
+static void check_rp_stream(const uint8_t *data, size_t size) {
+  char *out = NULL;
+  sg_error_t *err = NULL;
+  if (sg_rp_stream_parse((const char *)data, size, &out, &err) < 0) {
+    if (out)
+      abort();
+    check_refusal(err);
+    return;
+  }
+  if (err || !out || !is_json(out))
+    abort();
+  free(out);
+}
+
+/* The input up to its first NUL as a ping's job_id list. */
+static void check_rp_ids(const uint8_t *data, size_t size) {
+  char *list = malloc(size + 1);
+  if (!list)
+    abort();
+  memcpy(list, data, size);
+  list[size] = '\0';
+  char **ids = NULL;
+  size_t n = sg_rp_ids_parse(list, &ids);
+  if (n > SG_RP_IDS_MAX || (!n != !ids))
+    abort();
+  for (size_t i = 0; i < n; i++) {
+    if (!sg_job_id_valid(ids[i]))
+      abort();
+    for (size_t k = 0; k < i; k++)
+      if (!strcmp(ids[i], ids[k]))
+        abort();
+    /* Each is a whole entry of the list. */
+    size_t len = strlen(ids[i]);
+    bool found = false;
+    for (const char *p = list; !found && (p = strstr(p, ids[i])); p++)
+      found = (p == list || p[-1] == ',') && (p[len] == ',' || p[len] == '\0');
+    if (!found)
+      abort();
+  }
+  sg_rp_ids_free(ids, n);
+  free(list);
+}
+
+/* The input up to its first NUL as a query (crash-free whatever it is), and
+ * as a value percent-encoded into one: it decodes to itself. */
+static void check_rp_query(const uint8_t *data, size_t size) {
+  size_t n = strnlen((const char *)data, size);
+  char *text = malloc(n + 1);
+  if (!text)
+    abort();
+  memcpy(text, data, n);
+  text[n] = '\0';
+  free(sg_rp_query_param(text, "job_id"));
+  char *esc = curl_easy_escape(NULL, text, (int)n);
+  if (!esc)
+    abort();
+  size_t qlen = strlen(esc) + 64;
+  char *query = malloc(qlen);
+  if (!query)
+    abort();
+  /* Malformed elements before it hide nothing. */
+  snprintf(query, qlen, "gpu=none&flag&&=x&job_id=%s&runpod_version=1.12.0", esc);
+  char *v = sg_rp_query_param(query, "job_id");
+  if (!v || strcmp(v, text))
+    abort();
+  free(v);
+  free(query);
+  curl_free(esc);
+  free(text);
+}
+
 /* One NUL-terminated line of the input, for the text parsers. */
 static void check_line(const uint8_t *data, size_t size) {
   size_t n = 0;
@@ -134,5 +269,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_result(200, data, size);
   check_result(size > 1 ? 100 + data[1] * 2 : 500, data, size);
   check_line(data, size);
+  check_rp_result(data, size);
+  check_rp_stream(data, size);
+  check_rp_ids(data, size);
+  check_rp_query(data, size);
   return 0;
 }

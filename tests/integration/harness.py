@@ -455,10 +455,11 @@ class Sgpud:
             cmd += ["--log-level", self.log_level]
         return cmd + self.args
 
-    def start(self, timeout=20):
+    def start(self, timeout=20, port=None):
+        """Start sgpud on `port` (default: a free one) and wait until it answers."""
         if self.proc is not None and self.proc.poll() is None:
             raise SgpudError("sgpud already running")
-        self.port = free_port()
+        self.port = port or free_port()
         self.starts += 1
         log_path = os.path.join(self.tmp, "sgpud-%d.log" % self.starts)
         self.log_paths.append(log_path)

@@ -130,6 +130,229 @@ static void test_result(void **state) {
   sg_job_result_clear(&r);
 }
 
+/* ---- RunPod's worker protocol: result, stream and ping bodies ---- */
+
+static void expect_rp(const char *body, bool progress, sg_job_status_t want, const char *output, const char *error,
+                      bool stop_pod) {
+  sg_rp_result_t r;
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_rp_result_parse(body, strlen(body), &r, &err), 0);
+  assert_null(err);
+  assert_int_equal(r.progress, progress);
+  if (!progress)
+    assert_int_equal(r.status, want);
+  if (output)
+    assert_string_equal(r.output, output);
+  else
+    assert_null(r.output);
+  if (error)
+    assert_string_equal(r.error, error);
+  else
+    assert_null(r.error);
+  assert_int_equal(r.stop_pod, stop_pod);
+  sg_rp_result_clear(&r);
+  assert_null(r.output);
+}
+
+static void expect_rp_error(const char *body, size_t len, int status, const char *field) {
+  sg_rp_result_t r;
+  sg_error_t *err = NULL;
+  assert_true(sg_rp_result_parse(body, len, &r, &err) < 0);
+  assert_non_null(err);
+  assert_non_null(err->message);
+  assert_int_equal(err->status, status);
+  if (field) {
+    assert_non_null(err->field);
+    assert_string_equal(err->field, field);
+  }
+  assert_null(r.output);
+  assert_null(r.error);
+  sg_error_free(err);
+}
+
+static void test_rp_result(void **state) {
+  (void)state;
+  /* The shapes the SDK posts (see the protocol reference). */
+  expect_rp("{\"output\": {\"text\": \"hi\"}}", false, SG_JOB_COMPLETED, "{\"text\":\"hi\"}", NULL, false);
+  expect_rp("{\"output\": {\"partial\": 1}, \"error\": \"bad prompt\"}", false, SG_JOB_FAILED, "{\"partial\":1}",
+            "\"bad prompt\"", false);
+  expect_rp("{\"error\": \"{\\\"error_type\\\": \\\"<class 'ValueError'>\\\", \\\"error_message\\\": \\\"x\\\"}\"}",
+            false, SG_JOB_FAILED, NULL,
+            "\"{\\\"error_type\\\": \\\"<class 'ValueError'>\\\", \\\"error_message\\\": \\\"x\\\"}\"", false);
+  expect_rp("{\"output\": {\"done\": true}, \"stopPod\": true}", false, SG_JOB_COMPLETED, "{\"done\":true}", NULL,
+            true);
+  expect_rp("{\"output\": 1, \"stopPod\": false}", false, SG_JOB_COMPLETED, "1", NULL, false);
+  expect_rp("{\"output\": 1, \"stopPod\": null}", false, SG_JOB_COMPLETED, "1", NULL, false);
+  expect_rp("{\"status\": \"IN_PROGRESS\", \"output\": \"50%\"}", true, 0, "\"50%\"", NULL, false);
+  /* Progress never ends the job, whatever else it carries. */
+  expect_rp("{\"status\": \"IN_PROGRESS\", \"output\": 1, \"error\": \"x\"}", true, 0, "1", NULL, false);
+  expect_rp("{\"status\": \"IN_PROGRESS\"}", true, 0, NULL, NULL, false);
+  expect_rp("{\"output\": [\"a\", \"b\"]}", false, SG_JOB_COMPLETED, "[\"a\",\"b\"]", NULL, false);
+  expect_rp("{\"output\": []}", false, SG_JOB_COMPLETED, "[]", NULL, false);
+  expect_rp("{}", false, SG_JOB_COMPLETED, NULL, NULL, false);
+  expect_rp("{\"output\": null}", false, SG_JOB_COMPLETED, "null", NULL, false);
+  expect_rp("{\"error\": null, \"output\": 2}", false, SG_JOB_COMPLETED, "2", NULL, false);
+  expect_rp("{\"error\": \"\", \"output\": 2}", false, SG_JOB_COMPLETED, "2", NULL, false);
+  expect_rp("{\"error\": {\"code\": 7}}", false, SG_JOB_FAILED, NULL, "{\"code\":7}", false);
+  expect_rp("{\"status\": \"COMPLETED\", \"output\": 3}", false, SG_JOB_COMPLETED, "3", NULL, false);
+  expect_rp("{\"status\": null, \"output\": 3}", false, SG_JOB_COMPLETED, "3", NULL, false);
+  expect_rp("{\"status\": \"FAILED\", \"error\": \"oom\"}", false, SG_JOB_FAILED, NULL, "\"oom\"", false);
+  /* A worker that says FAILED fails the job even without an error. */
+  expect_rp("{\"status\": \"FAILED\", \"output\": 3}", false, SG_JOB_FAILED, "3",
+            "\"the worker reported FAILED without an error\"", false);
+  expect_rp("{\"status\": \"FAILED\", \"error\": \"\"}", false, SG_JOB_FAILED, NULL,
+            "\"the worker reported FAILED without an error\"", false);
+  /* A NUL inside a string stays JSON text. */
+  static const char nul[] = "{\"output\": \"a\\u0000b\"}";
+  expect_rp(nul, false, SG_JOB_COMPLETED, "\"a\\u0000b\"", NULL, false);
+
+  expect_rp_error("", 0, SG_EJSON, NULL);
+  expect_rp_error("{", 1, SG_EJSON, NULL);
+  expect_rp_error("[1]", 3, SG_EJSON, NULL);
+  expect_rp_error("\"output\"", 8, SG_EJSON, NULL);
+  expect_rp_error("output=1", 8, SG_EJSON, NULL);
+  expect_rp_error("{\"output\": 1}\0junk", 18, SG_EJSON, NULL);
+  expect_rp_error("{\"stopPod\": \"yes\"}", 18, SG_EINVAL, "stopPod");
+  expect_rp_error("{\"status\": \"DONE\"}", 18, SG_EINVAL, "status");
+  expect_rp_error("{\"status\": 1, \"output\": 1}", 26, SG_EINVAL, "status");
+  expect_rp_error("{\"status\": \"in_progress\"}", 25, SG_EINVAL, "status");
+}
+
+static void test_rp_stream(void **state) {
+  (void)state;
+  char *out = NULL;
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_rp_stream_parse("{\"output\": {\"token\": \"a\"}}", 26, &out, &err), 0);
+  assert_string_equal(out, "{\"token\":\"a\"}");
+  free(out);
+  assert_int_equal(sg_rp_stream_parse("{\"output\": null}", 16, &out, &err), 0);
+  assert_string_equal(out, "null");
+  free(out);
+  assert_int_equal(sg_rp_stream_parse("{\"output\": \"t\", \"extra\": 1}", 27, &out, &err), 0);
+  assert_string_equal(out, "\"t\"");
+  free(out);
+  static const struct {
+    const char *body;
+    int status;
+    const char *field;
+  } bad[] = {
+      {"", SG_EJSON, NULL},       {"[]", SG_EJSON, NULL},      {"\"x\"", SG_EJSON, NULL},
+      {"{\"out", SG_EJSON, NULL}, {"{}", SG_EINVAL, "output"}, {"{\"chunk\": 1}", SG_EINVAL, "output"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    out = (char *)"untouched";
+    assert_true(sg_rp_stream_parse(bad[i].body, strlen(bad[i].body), &out, &err) < 0);
+    assert_null(out);
+    assert_non_null(err);
+    assert_non_null(err->message);
+    assert_int_equal(err->status, bad[i].status);
+    if (bad[i].field)
+      assert_string_equal(err->field, bad[i].field);
+    sg_error_free(err);
+    err = NULL;
+  }
+}
+
+static void expect_ids(const char *list, size_t n, const char *const *want) {
+  char **ids = (char **)1;
+  assert_int_equal(sg_rp_ids_parse(list, &ids), n);
+  if (!n)
+    assert_null(ids);
+  for (size_t i = 0; i < n; i++)
+    assert_string_equal(ids[i], want[i]);
+  sg_rp_ids_free(ids, n);
+}
+
+static void test_rp_ids(void **state) {
+  (void)state;
+  expect_ids(NULL, 0, NULL);
+  expect_ids("", 0, NULL);
+  expect_ids(",,,", 0, NULL);
+  expect_ids("a/b,c d,%2C", 0, NULL);
+  expect_ids("job-1", 1, (const char *[]){"job-1"});
+  expect_ids("a,b,a,,c,b", 3, (const char *[]){"a", "b", "c"});
+  expect_ids(",x_1,", 1, (const char *[]){"x_1"});
+  /* Invalid entries are skipped, valid ones around them kept. */
+  expect_ids("a,../etc,b", 2, (const char *[]){"a", "b"});
+  char long_id[70];
+  memset(long_id, 'z', 65);
+  long_id[65] = '\0';
+  char *list = xasprintf("%s,ok", long_id);
+  expect_ids(list, 1, (const char *[]){"ok"});
+  free(list);
+
+  /* At most SG_RP_IDS_MAX distinct ids. */
+  size_t cap = (SG_RP_IDS_MAX + 10) * 8;
+  char *big = xmalloc(cap), *p = big;
+  for (int i = 0; i < SG_RP_IDS_MAX + 10; i++)
+    p += sprintf(p, "%s%d", i ? "," : "", i);
+  char **ids = NULL;
+  size_t n = sg_rp_ids_parse(big, &ids);
+  assert_int_equal(n, SG_RP_IDS_MAX);
+  assert_string_equal(ids[0], "0");
+  assert_string_equal(ids[SG_RP_IDS_MAX - 1], "1023");
+  sg_rp_ids_free(ids, n);
+
+  /* Only the first SG_RP_IDS_MAX entries are looked at, repeats and
+   * invalid ones included: a list of repeats costs no more than a full one. */
+  p = big;
+  for (int i = 0; i < SG_RP_IDS_MAX; i++)
+    p += sprintf(p, "dup,");
+  sprintf(p, "late");
+  n = sg_rp_ids_parse(big, &ids);
+  assert_int_equal(n, 1);
+  assert_string_equal(ids[0], "dup");
+  sg_rp_ids_free(ids, n);
+  free(big);
+}
+
+static void expect_param(const char *query, const char *name, const char *want) {
+  char *v = sg_rp_query_param(query, name);
+  if (want)
+    assert_string_equal(v, want);
+  else
+    assert_null(v);
+  free(v);
+}
+
+static void test_rp_query_param(void **state) {
+  (void)state;
+  /* What the SDK appends to the URLs sgpud gave it. */
+  const char *ping = "gpu=a100&job_id=3f2c1d9e-7a1b%2Csync-5d3c&runpod_version=1.12.0";
+  expect_param(ping, "job_id", "3f2c1d9e-7a1b,sync-5d3c");
+  expect_param(ping, "gpu", "a100");
+  expect_param(ping, "runpod_version", "1.12.0");
+  expect_param(ping, "status", NULL);
+  expect_param("gpu=none&job_in_progress=0&batch_size=3", "batch_size", "3");
+  expect_param("gpu=none&isStream=true", "isStream", "true");
+  expect_param("job_id=", "job_id", "");
+  expect_param("", "job_id", NULL);
+  expect_param(NULL, "job_id", NULL);
+  /* Percent and plus decoding as in a form; a broken escape stays as it is. */
+  expect_param("job_id=%41%2c%2C", "job_id", "A,,");
+  expect_param("reason=out+of%20memory", "reason", "out of memory");
+  expect_param("job_id=a%2", "job_id", "a%2");
+  expect_param("job_id=a%zz", "job_id", "a%zz");
+  /* The first of repeated names; a longer name that ends in it is another. */
+  expect_param("job_id=a&job_id=b", "job_id", "a");
+  expect_param("xjob_id=1&job_id=2", "job_id", "2");
+  expect_param("job_id", "job_id", NULL);
+  /* A malformed element (no '=', empty, empty name) hides nothing else: a
+   * ping's job ids must not vanish, or its jobs would look lost. */
+  expect_param("gpu=none&flag&job_id=a", "job_id", "a");
+  expect_param("gpu=none&&job_id=a&", "job_id", "a");
+  expect_param("=x&job_id=a", "job_id", "a");
+  expect_param("status=unhealthy&check&job_id=j1%2Cj2", "job_id", "j1,j2");
+  /* The decoded list is what sg_rp_ids_parse splits. */
+  char *list = sg_rp_query_param(ping, "job_id");
+  char **ids = NULL;
+  size_t n = sg_rp_ids_parse(list, &ids);
+  assert_int_equal(n, 2);
+  assert_string_equal(ids[1], "sync-5d3c");
+  sg_rp_ids_free(ids, n);
+  free(list);
+}
+
 /* ---- ids and states ---- */
 
 static void test_ids_and_states(void **state) {
@@ -414,6 +637,10 @@ int main(void) {
       cmocka_unit_test(test_submit_valid),
       cmocka_unit_test(test_submit_invalid),
       cmocka_unit_test(test_result),
+      cmocka_unit_test(test_rp_result),
+      cmocka_unit_test(test_rp_stream),
+      cmocka_unit_test(test_rp_ids),
+      cmocka_unit_test(test_rp_query_param),
       cmocka_unit_test(test_ids_and_states),
       cmocka_unit_test(test_allow_list),
       cmocka_unit_test_setup_teardown(test_store_apply_get_recover, setup, teardown),

@@ -7,6 +7,9 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <stdio.h>
+
 #include "sgpu/spec.h"
 #include "sgpu/util.h"
 
@@ -1036,6 +1039,60 @@ static void test_restart_needed(void **state) {
   sg_spec_free(base);
 }
 
+/* ---- every examples/NAME.json is a spec sgpud takes ---- */
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void test_examples_parse(void **state) {
+  (void)state;
+  const char *dir = SG_SOURCE_ROOT "/examples";
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  char *names[64];
+  size_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    if (len > 5 && !strcmp(e->d_name + len - 5, ".json")) {
+      assert_true(n < 64);
+      names[n++] = xstrdup(e->d_name);
+    }
+  }
+  closedir(d);
+  qsort(names, n, sizeof(names[0]), cmp_name);
+  bool runpod_seen = false;
+  for (size_t i = 0; i < n; i++) {
+    cleanup_free char *path = xasprintf("%s/%s", dir, names[i]);
+    FILE *f = fopen(path, "re");
+    assert_non_null(f);
+    char buf[65536];
+    size_t len = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    assert_true(len < sizeof(buf));
+    sg_error_t *err = NULL;
+    sg_spec_t *s = sg_spec_parse(buf, len, &err);
+    if (!s)
+      fail_msg("%s: %s", names[i], err->message);
+    if (!strcmp(names[i], "runpod-worker.json")) {
+      /* An unmodified RunPod worker image: pulled, on a GPU, not probed. */
+      runpod_seen = true;
+      assert_true(sg_spec_is_runpod(s));
+      assert_non_null(s->image);
+      assert_true(s->gpu.count >= 1);
+      assert_null(s->health.path);
+      /* Its token is a secret reference, not a value in the spec. */
+      bool hf = false;
+      for (size_t k = 0; k < s->n_env; k++)
+        if (!strcmp(s->env_keys[k], "HF_TOKEN"))
+          hf = s->env_secrets && s->env_secrets[k] != NULL;
+      assert_true(hf);
+    }
+    sg_spec_free(s);
+    free(names[i]);
+  }
+  assert_true(runpod_seen);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -1069,6 +1126,7 @@ int main(void) {
       cmocka_unit_test(test_invalid_async_protocol),
       cmocka_unit_test(test_async_protocol_round_trip),
       cmocka_unit_test(test_async_protocol_restart),
+      cmocka_unit_test(test_examples_parse),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,9 +1,6 @@
 /* The pure parts of the job API. See jobs-proto.h. */
 #include <arpa/inet.h>
 #include <curl/curl.h>
-#include <sys/queue.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <jansson.h>
 #include <strings.h>
 
@@ -357,6 +354,10 @@ int sg_rp_result_parse(const char *body, size_t len, sg_rp_result_t *out, sg_err
   if (e && !json_is_null(e) && !(json_is_string(e) && json_string_length(e) == 0)) {
     out->status = SG_JOB_FAILED;
     out->error = dump(e);
+  } else if (json_is_string(status) && !strcmp(json_string_value(status), "FAILED")) {
+    /* The worker said the job failed: it does, with an error that says so. */
+    out->status = SG_JOB_FAILED;
+    out->error = xstrdup("\"the worker reported FAILED without an error\"");
   } else {
     out->status = SG_JOB_COMPLETED;
   }
@@ -384,7 +385,10 @@ int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t *
 size_t sg_rp_ids_parse(const char *list, char ***ids) {
   *ids = NULL;
   size_t n = 0;
-  for (const char *p = list ? list : ""; *p && n < SG_RP_IDS_MAX;) {
+  /* At most SG_RP_IDS_MAX entries are looked at, valid or not, so that a
+   * long list of repeats costs no more than a full one. */
+  size_t seen = 0;
+  for (const char *p = list ? list : ""; *p && seen < SG_RP_IDS_MAX; seen++) {
     size_t len = strcspn(p, ",");
     cleanup_free char *id = xstrndup(p, len);
     bool dup = false;
@@ -407,15 +411,47 @@ void sg_rp_ids_free(char **ids, size_t n) {
   free(ids);
 }
 
-char *sg_rp_query_param(const char *query, const char *name) {
-  struct evkeyvalq params;
-  TAILQ_INIT(&params);
-  if (!query || evhttp_parse_query_str(query, &params) < 0) {
-    evhttp_clear_headers(&params);
-    return NULL;
+static int hex_value(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* Decodes n bytes of a query value: "+" is a space, "%XX" a byte, a broken
+ * escape stays as it is. The result ends at its first NUL, if any. */
+static char *query_decode(const char *v, size_t n) {
+  char *out = xmalloc(n + 1), *o = out;
+  for (size_t i = 0; i < n; i++) {
+    int hi = i + 2 < n ? hex_value(v[i + 1]) : -1;
+    int lo = i + 2 < n ? hex_value(v[i + 2]) : -1;
+    if (v[i] == '+') {
+      *o++ = ' ';
+    } else if (v[i] == '%' && hi >= 0 && lo >= 0) {
+      *o++ = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      *o++ = v[i];
+    }
   }
-  const char *v = evhttp_find_header(&params, name);
-  char *out = v ? xstrdup(v) : NULL;
-  evhttp_clear_headers(&params);
+  *o = '\0';
   return out;
+}
+
+char *sg_rp_query_param(const char *query, const char *name) {
+  size_t nlen = strlen(name);
+  for (const char *p = query ? query : ""; *p;) {
+    size_t len = strcspn(p, "&");
+    const char *eq = memchr(p, '=', len);
+    /* Elements without "=" or with another name are passed over. */
+    if (eq && (size_t)(eq - p) == nlen && nlen && !memcmp(p, name, nlen))
+      return query_decode(eq + 1, len - nlen - 1);
+    p += len;
+    if (*p == '&')
+      p++;
+  }
+  return NULL;
 }

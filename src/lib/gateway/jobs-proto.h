@@ -92,7 +92,8 @@ typedef struct sg_rp_result {
 /* Parses a result post (JSON whatever its Content-Type says): an object
  * with "status": "IN_PROGRESS" is progress, its "output" what /status
  * shows; otherwise the end of the job: FAILED with "error" when that is
- * there and neither null nor "", else COMPLETED with "output" (absent:
+ * there and neither null nor "" (also with "status": "FAILED" and no
+ * error: the error then says so), else COMPLETED with "output" (absent:
  * none). Errors: SG_EJSON (not a JSON object), SG_EINVAL naming the field
  * ("stopPod" not a boolean, "status" neither absent nor a known word). */
 int sg_rp_result_parse(const char *body, size_t len, sg_rp_result_t *out, sg_error_t **err);
@@ -102,14 +103,17 @@ void sg_rp_result_clear(sg_rp_result_t *r);
  * SG_EJSON (not a JSON object), SG_EINVAL ("output" missing). */
 int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t **err);
 
-/* Splits a comma-separated list of job ids (a ping's job_id): the valid
- * ones, at most SG_RP_IDS_MAX, in order, duplicates dropped; *ids is NULL
- * for none. Returns the count. Free with sg_rp_ids_free. */
+/* Splits a comma-separated list of job ids (a ping's job_id, already
+ * percent-decoded): the valid ones among its first SG_RP_IDS_MAX entries,
+ * in order, duplicates dropped; *ids is NULL for none. Returns the count.
+ * Free with sg_rp_ids_free. */
 size_t sg_rp_ids_parse(const char *list, char ***ids);
 void sg_rp_ids_free(char **ids, size_t n);
 
-/* The value of name in a URL query (NULL query: none), percent-decoded,
- * or NULL when absent or the query is malformed. Caller frees. */
+/* The value of the first name=value of a URL query (NULL query: none),
+ * decoded as a form's ("+" a space, "%XX" a byte), or NULL when absent.
+ * Elements without "=" are passed over: they hide nothing else. Caller
+ * frees. */
 char *sg_rp_query_param(const char *query, const char *name);
 
 #endif

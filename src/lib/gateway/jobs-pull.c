@@ -272,8 +272,20 @@ static void ping(struct sg_worker_pull *p, const char *query) {
       sg_job_worker_lost(j, why, true);
     }
   }
+  /* A stop told but still held (the worker may have missed it: the SDK
+   * drops a stop for a job whose handler had not started yet) is told
+   * again, at most once a ping. */
+  bool again = false;
+  for (size_t i = 0; i < p->n_held; i++)
+    for (size_t k = 0; k < n && p->held[i].told; k++)
+      if (!strcmp(ids[k], p->held[i].id)) {
+        p->held[i].told = false;
+        again = true;
+      }
   release_told(p, ids, n);
   sg_rp_ids_free(ids, n);
+  if (again && p->stop)
+    answer_stop(p);
 }
 
 /* ---- takes ---- */
@@ -469,17 +481,11 @@ static void done(pull_post_t *pp, sg_endpoint_t *ep, sg_worker_t *w, sg_job_t *j
   char *error = steal_pointer(&res.error);
   sg_rp_result_clear(&res);
   sg_job_release_worker(j, true);
-  /* The answer waits for the end to be stored: a result acknowledged is
-   * never lost with sgpud. */
-  jreq_t *r = xcalloc(1, sizeof(*r));
-  r->J = pp->J;
-  r->req = steal_pointer(&pp->req);
-  r->ep_name = xstrdup(ep->name);
-  r->id = xstrdup(j->id);
-  LIST_INSERT_HEAD(&pp->J->reqs, r, link);
-  sg_jreq_attach(r, j, W_FINAL);
-  sg_http_set_close_cb(r->req, sg_jreq_client_closed, r);
-  post_free(pp);
+  /* Answered at once, as a push worker's answer ends its exchange at once:
+   * the end shows when it is stored, and a crash of sgpud before that runs
+   * the job again (it never completes twice). Waiting for the commit here
+   * would cost every pull worker an fsync per job before its next take. */
+  post_ok(pp);
   sg_job_finish(j, status, output, error);
   if (stop_pod && !w->stopping)
     sg_worker_drain(w, "the handler asked for a fresh worker (stopPod)");
