@@ -6,6 +6,8 @@ every request body example) is sent to a running sgpud and gets the documented s
 error code and body (checked against the document's schema with Ajv); sgpud serves the
 document at /v1/openapi.yaml."""
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -13,7 +15,8 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import (REPO, SGPUD, SgpudTestCase, echo_spec, error_of, require_binaries, scaled)
+from harness import (DELETE, REPO, SGPUD, SgpudTestCase, echo_spec, error_of, require_binaries, scaled,
+                     wait_for)
 
 DOC_PATH = os.path.join(REPO, "docs", "openapi.yaml")
 CHECKER_DIR = os.path.join(REPO, "tests", "openapi")
@@ -163,6 +166,9 @@ class TestExamples(SgpudTestCase):
             return None
         if name == "bad":
             return "sgpu_" + "0" * 64
+        if name == "worker":
+            with open(os.path.join(self.sg.data_dir, "worker.key"), "rb") as f:
+                return hmac.new(f.read(), ("sgpu-worker:" + self.worker).encode(), hashlib.sha256).hexdigest()
         if name not in self.keys:
             r = self.sg.api("POST", "/v1/api-keys", {"name": "openapi-" + name, "scopes": [name]})
             self.assertEqual(r.status, 201, r)
@@ -174,6 +180,12 @@ class TestExamples(SgpudTestCase):
         self.create(echo_spec("echo", env={"WARMUP_MS": "0"}))
         self.create(echo_spec("jobs", type="async", env={"WARMUP_MS": "0"},
                               workers={"min": 0, "max": 1}))
+        # A runpod endpoint whose worker never pulls by itself: the examples are its calls.
+        self.create(echo_spec("pull", type="async", command=["/bin/sleep", "3600"], health=DELETE,
+                              workers={"min": 1, "max": 1, "max_concurrency": 1},
+                              **{"async": {"protocol": "runpod", "take_wait_s": 1, "ping_timeout_s": 3600}}))
+        self.worker = wait_for(lambda: [w["id"] for w in self.sg.api("GET", "/v1/endpoints/pull/workers").body[
+            "workers"] if w["state"] == "starting"], timeout=30, message="pull's worker")[0]
         job = None
         answers, where = [], []
         reached = {}
@@ -181,7 +193,7 @@ class TestExamples(SgpudTestCase):
             body_doc = resolve(DOC, op.get("requestBody") or {})
             for call in op["x-sgpu-examples"]:
                 call_method = call.get("method", method).upper()
-                url = call["path"]
+                url = call["path"].replace("{worker}", self.worker)
                 if "{job}" in url:
                     self.assertIsNotNone(job, "%s needs a job from an earlier call" % url)
                     url = url.replace("{job}", job)
@@ -209,7 +221,7 @@ class TestExamples(SgpudTestCase):
                                   "%s: error code %s is not documented for %d" % (what, call["code"], r.status))
                 if not (r.status == 404 and err.get("message") == "no such route"):
                     reached[(path, method)] = True
-                if isinstance(parsed, dict) and path.startswith("/v2/") and "id" in parsed:
+                if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
                     job = parsed["id"]
                 answer = {"method": method, "path": path, "status": r.status, "media": media}
                 if parsed is not None:
