@@ -178,6 +178,10 @@ class TestExamples(SgpudTestCase):
     def test_examples_answer_as_documented(self):
         self.keys = {}
         self.create(echo_spec("echo", env={"WARMUP_MS": "0"}))
+        # echo serves one request first: its worker and log lines are in the answers checked.
+        r = self.sg.invoke("echo", "/warm", timeout=60)
+        self.assertEqual(r.status, 200, r)
+        echo_worker = r.headers["X-Sgpu-Worker"]
         self.create(echo_spec("jobs", type="async", env={"WARMUP_MS": "0"},
                               workers={"min": 0, "max": 1}))
         # A runpod endpoint whose worker never pulls by itself: the examples are its calls.
@@ -193,7 +197,7 @@ class TestExamples(SgpudTestCase):
             body_doc = resolve(DOC, op.get("requestBody") or {})
             for call in op["x-sgpu-examples"]:
                 call_method = call.get("method", method).upper()
-                url = call["path"].replace("{worker}", self.worker)
+                url = call["path"].replace("{worker}", self.worker).replace("{echo_worker}", echo_worker)
                 if "{job}" in url:
                     self.assertIsNotNone(job, "%s needs a job from an earlier call" % url)
                     url = url.replace("{job}", job)
