@@ -57,9 +57,10 @@ typedef struct sg_daemon_config {
   int64_t image_cache_max_bytes;    /* unpacked layers kept; least recently used images go first (0: no limit) */
   int64_t image_max_layer_bytes;    /* unpacked size of one layer of a pull (0: no limit) */
   int64_t image_max_unpacked_bytes; /* unpacked size of one image's layers together (0: no limit) */
-  char *run_as;          /* process workers' user when sgpud is root: NULL/"" sgpu-worker or nobody, "root" */
-  char *default_runtime; /* for specs that name none: "process" (default: "oci" with an image), "oci", "slurm" */
-  char *advertise_url;   /* base URL runpod workers reach sgpud at ("http://10.0.0.5:8080"); NULL: from listen */
+  char *run_as;             /* process workers' user when sgpud is root: NULL/"" sgpu-worker or nobody, "root" */
+  char *default_runtime;    /* for specs that name none: "process" (default: "oci" with an image), "oci", "slurm" */
+  char *advertise_url;      /* base URL runpod workers reach sgpud at ("http://10.0.0.5:8080"); NULL: from listen */
+  char **volume_host_paths; /* directories whose subtrees specs may mount ("host_path"); NULL-terminated */
   struct {
     bool configured; /* a "slurm" object was given, or default_runtime is "slurm" */
     char *dir;       /* job files, shared with the nodes (DATA_DIR/slurm) */
@@ -67,6 +68,7 @@ typedef struct sg_daemon_config {
     char *account;
     char *time_limit;
     char *image_dir;     /* where the nodes see DATA_DIR/images (the same path) */
+    char *volume_dir;    /* named volumes of slurm workers, shared with the nodes (slurm dir/volumes) */
     char *rest_url;      /* slurmrestd: jobs through its REST API instead of the commands */
     char *rest_user;     /* the Slurm user (sgpud's own) */
     char *rest_token;    /* a JWT, or */

@@ -126,6 +126,14 @@ sg_whiteout_t sg_whiteout_classify(const char *path, char **target);
  * gets the size of the regular files written. On failure dest holds a partial
  * layer that the caller removes. */
 int sg_layer_unpack_bounded(const char *archive, const char *dest, int64_t max_bytes, int64_t *bytes, sg_error_t **err);
+/* Unpacks a tarball (any compression) into the volume directory dest, with
+ * the confinement of sg_layer_unpack_bounded() (no "..", nothing below a
+ * symbolic link, links never followed out) and more: absolute names,
+ * devices, FIFOs and sockets are refused (EBADMSG); no owner, xattr or
+ * setuid/setgid/sticky bit is kept (directories 0777, files 0666, or 0777
+ * when executable); ".wh." names are plain files. max_bytes > 0 bounds the
+ * unpacked size as there (EFBIG). What was written before a failure stays. */
+int sg_volume_unpack(const char *archive, const char *dest, int64_t max_bytes, int64_t *bytes, sg_error_t **err);
 /* sg_layer_unpack_bounded() without a size bound. */
 int sg_layer_unpack(const char *archive, const char *dest, int64_t *bytes, sg_error_t **err);
 

@@ -51,6 +51,13 @@ enum {
   SG_LAUNCH_AS_USER = 1 << 1,
 };
 
+/* A volume a worker gets (sg_launch_t.volumes). */
+typedef struct sg_launch_volume {
+  const char *source; /* the host directory (a remote runtime: as its nodes see it) */
+  const char *path;   /* where a container sees it (absolute, normalized) */
+  bool read_only;
+} sg_launch_volume_t;
+
 typedef struct sg_launch {
   const char *id;    /* worker id, exported as SGPU_WORKER_ID */
   char *const *argv; /* argv[0] is an absolute path */
@@ -72,6 +79,17 @@ typedef struct sg_launch {
   const char *partition;  /* NULL: the runtime's default */
   const char *account;    /* NULL: the runtime's default */
   const char *time_limit; /* Slurm's time format; NULL: the runtime's default */
+  /* The spec's volumes, resolved: oci binds each source at path in the
+   * container (read-only when read_only); process gives the worker a
+   * mount namespace where each read-only source is a read-only bind of
+   * itself (when sgpud runs as root); slurm only passes the environment
+   * (SGPU_VOLUME_* in envp, set by the daemon for every runtime). */
+  const sg_launch_volume_t *volumes;
+  int n_volumes;
+  /* process: sgpud's data directory. For a worker run as another user, the
+   * highest directory on the way to it that the user cannot search becomes
+   * an empty tmpfs with only the worker's volumes beneath it bound back. */
+  const char *private_dir;
 } sg_launch_t;
 
 /* Where a worker of a remote runtime runs, as its scheduler reports it. The

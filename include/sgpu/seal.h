@@ -9,6 +9,7 @@
 #ifndef SGPU_SEAL_H
 #define SGPU_SEAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "sgpu/error.h"
@@ -23,6 +24,15 @@
  * makes one from getrandom in a mode 0600 file linked into place (a key
  * another process made first is read instead). Blocks. */
 int sg_seal_key_load(const char *path, unsigned char key[SG_SEAL_KEY_LEN], sg_error_t **err);
+
+/* The largest key sg_key_file_load reads. */
+#define SG_KEY_FILE_MAX 64
+/* Reads the len-byte key at path (a file of another length is refused with
+ * an error naming it the what, ending with damaged), or makes it when
+ * absent: random bytes, mode 0600, written whole then linked into place so
+ * that two processes starting at once agree on one key (*created then). */
+int sg_key_file_load(const char *path, const char *what, const char *damaged, unsigned char *key, size_t len,
+                     bool *created, sg_error_t **err);
 
 /* Seals len bytes of plain under key with associated data ad (a string).
  * *out (the caller frees it, len + SG_SEAL_OVERHEAD bytes in *out_len). */

@@ -14,6 +14,17 @@ typedef enum { SG_SCALE_CONCURRENCY, SG_SCALE_QUEUE_DELAY } sg_scale_policy_t;
 #define SG_SPEC_MAX_ENV 128
 #define SG_SPEC_MAX_WORKERS 1000
 #define SG_SPEC_MAX_GPUS 16
+#define SG_SPEC_MAX_VOLUMES 16
+#define SG_SPEC_MAX_VOLUME_PATH 1024
+
+/* One entry of a spec's "volumes": a named volume (name set) or a host
+ * directory (host_path set), never both, seen by the worker at path. */
+typedef struct sg_spec_volume {
+  char *name;      /* a volume of /v1/volumes (a DNS label), or NULL */
+  char *host_path; /* an absolute, normalized host directory, or NULL */
+  char *path;      /* absolute and normalized: where a container sees it */
+  bool read_only;
+} sg_spec_volume_t;
 
 typedef struct sg_spec {
   char *name;
@@ -76,6 +87,8 @@ typedef struct sg_spec {
     char *account;
     char *time_limit; /* Slurm's format: "30", "1:00:00", "1-00:00:00" */
   } slurm;
+  sg_spec_volume_t *volumes; /* "volumes", in the spec's order */
+  size_t n_volumes;
 } sg_spec_t;
 
 /* True for "type": "async". */
@@ -105,7 +118,7 @@ json_t *sg_spec_to_json(const sg_spec_t *spec);
 
 /* Whether going from spec old to spec new needs new workers: true when a
  * field that shapes a worker's process differs (type, runtime, image,
- * registry_auth, command, env, port, gpu, slurm, and any field added later
+ * registry_auth, command, env, port, gpu, slurm, volumes, and any field added later
  * unless listed as live here). The fields that apply to running workers at
  * once are "workers" (bounds, idle and request timeouts, concurrency,
  * queue), "scale", "health" (probes read the spec each time) and "async"
@@ -113,6 +126,15 @@ json_t *sg_spec_to_json(const sg_spec_t *spec);
  * interval that follows from async.ping_timeout_s: both are in the workers'
  * environment. */
 bool sg_spec_restart_needed(const sg_spec_t *old, const sg_spec_t *new);
+
+/* The environment variable that tells a worker where volume v is:
+ * SGPU_VOLUME_<NAME> with the volume's name (a host path volume: the last
+ * component of its path) upper-cased, '-' and '.' as '_'. New string. */
+char *sg_spec_volume_env_name(const sg_spec_volume_t *v);
+
+/* True when p is an absolute path in normal form: starts with '/', no
+ * empty, "." or ".." component, no trailing '/' (except "/" itself). */
+bool sg_spec_path_normalized(const char *p);
 
 void sg_spec_free(sg_spec_t *spec);
 static inline void sg_spec_freep(sg_spec_t **s) {

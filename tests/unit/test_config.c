@@ -50,6 +50,7 @@ static const struct {
     {"oci_runtime", "\"crun\""},
     {"cdi_dir", "\"/etc/cdi\""},
     {"insecure_registries", "[\"127.0.0.1:5000\"]"},
+    {"volume_host_paths", "[\"/srv/models\"]"},
     {"image_cache_max_bytes", "1073741824"},
     {"image_max_layer_bytes", "1073741824"},
     {"image_max_unpacked_bytes", "2147483648"},

@@ -174,6 +174,77 @@ static void test_unpack_refuses_escape(void **state) {
   free(tar), free(dest), free(dir);
 }
 
+/* Volumes: plain files and modes open to every worker; what has no place in a
+ * volume is refused. */
+static int volume_unpack_one(const char *dir, const entry_t *e, size_t n, char **msg) {
+  char *tar = xasprintf("%s/up.tar", dir);
+  char *dest = xasprintf("%s/vol", dir);
+  mkdir(dest, 0777);
+  write_tar(tar, e, n, false);
+  sg_error_t *err = NULL;
+  int rc = sg_volume_unpack(tar, dest, 0, NULL, &err);
+  *msg = err ? xstrdup(err->message) : NULL;
+  sg_error_free(err);
+  free(tar);
+  free(dest);
+  return rc;
+}
+
+static void test_volume_unpack(void **state) {
+  (void)state;
+  char *dir = tmpdir();
+  const entry_t ok[] = {
+      {"models/", AE_IFDIR, NULL, 0700},
+      {"models/w.bin", AE_IFREG, "weights", 04700},
+      {"models/run", AE_IFREG, "#!/bin/sh", 02755},
+      {".wh.kept", AE_IFREG, "plain"},
+      {"models/link", AE_IFLNK, "w.bin"},
+  };
+  char *msg = NULL;
+  if (volume_unpack_one(dir, ok, SG_ARRAY_SIZE(ok), &msg) != 0)
+    fail_msg("volume unpack: %s", msg);
+  struct stat st;
+  char *p = xasprintf("%s/vol/models", dir);
+  assert_int_equal(stat(p, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0777);
+  free(p);
+  p = xasprintf("%s/vol/models/w.bin", dir);
+  assert_int_equal(stat(p, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0777); /* executable: 0777, setuid dropped */
+  free(p);
+  p = xasprintf("%s/vol/models/run", dir);
+  assert_int_equal(stat(p, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0777);
+  free(p);
+  p = xasprintf("%s/vol/.wh.kept", dir); /* no whiteout in a volume */
+  assert_int_equal(lstat(p, &st), 0);
+  assert_true(S_ISREG(st.st_mode));
+  assert_int_equal(st.st_mode & 07777, 0666);
+  free(p);
+  const entry_t absolute[] = {{"/etc/x", AE_IFREG, "x"}};
+  const entry_t dotdot[] = {{"a/../../x", AE_IFREG, "x"}};
+  const entry_t fifo[] = {{"f", AE_IFIFO, NULL}};
+  const entry_t chr[] = {{"c", AE_IFCHR, NULL}};
+  const entry_t below_link[] = {{"out", AE_IFLNK, "/tmp"}, {"out/planted", AE_IFREG, "x"}};
+  const entry_t hard_out[] = {{"h", HARDLINK, "../../etc/passwd"}};
+  const struct {
+    const entry_t *e;
+    size_t n;
+  } bad[] = {{absolute, 1}, {dotdot, 1}, {fifo, 1}, {chr, 1}, {below_link, 2}, {hard_out, 1}};
+  for (size_t i = 0; i < SG_ARRAY_SIZE(bad); i++) {
+    if (volume_unpack_one(dir, bad[i].e, bad[i].n, &msg) == 0)
+      fail_msg("case %zu accepted", i);
+    assert_non_null(strstr(msg, "refused"));
+    free(msg);
+  }
+  p = xasprintf("%s/vol/f", dir);
+  assert_int_not_equal(lstat(p, &st), 0);
+  free(p);
+  assert_int_not_equal(lstat("/tmp/planted", &st), 0);
+  sg_rm_rf(dir);
+  free(dir);
+}
+
 /* ---- escapes: a canary directory beside the layer must stay as it was ---- */
 
 static char snap_buf[16384];
@@ -434,6 +505,7 @@ int main(void) {
       cmocka_unit_test(test_escape_paths),
       cmocka_unit_test(test_unpack_bound),
       cmocka_unit_test(test_unpack_drops_overlay_xattrs),
+      cmocka_unit_test(test_volume_unpack),
       cmocka_unit_test(test_escape_without_openat2), /* last: it keeps its seccomp filter */
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

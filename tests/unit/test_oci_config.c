@@ -213,6 +213,30 @@ static void test_user_namespace(void **state) {
 }
 
 /* Writes path (under dir) with text. */
+/* Volumes are bind mounts after the standard ones: nosuid, nodev, ro or rw. */
+static void test_volume_mounts(void **state) {
+  (void)state;
+  sg_image_t img = {.ref = "x"};
+  const sg_launch_volume_t vols[] = {{"/data/volumes/hf", "/root/.cache/huggingface", false},
+                                     {"/srv/models", "/models", true}};
+  sg_oci_bundle_spec_t b = {.id = "w-test", .img = &img, .rootfs = "rootfs", .volumes = vols, .n_volumes = 2};
+  json_t *c = sg_oci_config_new(&b);
+  json_t *mounts = json_object_get(c, "mounts");
+  size_t n = json_array_size(mounts);
+  assert_true(n >= 2);
+  for (size_t k = 0; k < 2; k++) {
+    json_t *m = json_array_get(mounts, n - 2 + k);
+    assert_string_equal(json_string_value(json_object_get(m, "destination")), vols[k].path);
+    assert_string_equal(json_string_value(json_object_get(m, "source")), vols[k].source);
+    assert_string_equal(json_string_value(json_object_get(m, "type")), "bind");
+    json_t *opts = json_object_get(m, "options");
+    assert_true(has_string(opts, "nosuid") && has_string(opts, "nodev") && has_string(opts, "rbind"));
+    assert_true(has_string(opts, k ? "ro" : "rw"));
+    assert_false(has_string(opts, k ? "rw" : "ro"));
+  }
+  json_decref(c);
+}
+
 static void put(const char *dir, const char *name, const char *text) {
   char *path = xasprintf("%s/%s", dir, name);
   FILE *f = fopen(path, "w");
@@ -284,11 +308,9 @@ static void test_user_lookup_stays_in_the_image(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_capabilities),
-      cmocka_unit_test(test_seccomp),
-      cmocka_unit_test(test_paths_mounts_devices),
-      cmocka_unit_test(test_user_namespace),
-      cmocka_unit_test(test_user_lookup_stays_in_the_image),
+      cmocka_unit_test(test_capabilities),         cmocka_unit_test(test_seccomp),
+      cmocka_unit_test(test_paths_mounts_devices), cmocka_unit_test(test_user_namespace),
+      cmocka_unit_test(test_volume_mounts),        cmocka_unit_test(test_user_lookup_stays_in_the_image),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

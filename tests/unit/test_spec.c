@@ -1093,6 +1093,102 @@ static void test_examples_parse(void **state) {
   assert_true(runpod_seen);
 }
 
+static void test_volume_paths(void **state) {
+  (void)state;
+  const char *good[] = {"/a", "/a/b", "/root/.cache/huggingface", "/a.b/c..d", "/...", "/", NULL};
+  const char *bad[] = {"", "a", "a/b", "//a", "/a/", "/a//b", "/a/./b", "/a/../b", "/..", "/.", "/a/..", NULL};
+  for (const char **p = good; *p; p++)
+    if (!sg_spec_path_normalized(*p))
+      fail_msg("%s refused", *p);
+  for (const char **p = bad; *p; p++)
+    if (sg_spec_path_normalized(*p))
+      fail_msg("%s accepted", *p);
+}
+
+static void test_volumes(void **state) {
+  (void)state;
+  expect_valid("volumes", "[{\"name\": \"hf-cache\", \"path\": \"/root/.cache/huggingface\"},"
+                          " {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]");
+  expect_valid("volumes", "[]");
+  expect_valid("volumes", "null");
+  expect_invalid("volumes", "{}", "volumes");
+  expect_invalid("volumes", "[1]", "volumes[0]");
+  expect_invalid("volumes", "[{\"path\": \"/a\"}]", "volumes[0]");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"host_path\": \"/srv\", \"path\": \"/a\"}]", "volumes[0]");
+  expect_invalid("volumes", "[{\"name\": \"v\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"V_1\", \"path\": \"/a\"}]", "volumes[0].name");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a/../etc\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"a\"}]", "volumes[0].path");
+  expect_invalid("volumes", "[{\"host_path\": \"/srv/../etc\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"host_path\": \"srv\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"host_path\": \"/\", \"path\": \"/a\"}]", "volumes[0].host_path");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\", \"read_only\": 1}]", "volumes[0].read_only");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\", \"x\": 1}]", "volumes[0].x");
+  expect_invalid("volumes", "[{\"name\": \"v\", \"path\": \"/a\"}, {\"name\": \"w\", \"path\": \"/a\"}]",
+                 "volumes[1].path");
+  /* Two volumes whose variables would be the same name. */
+  expect_invalid("volumes",
+                 "[{\"host_path\": \"/srv/m\", \"path\": \"/a/models\"},"
+                 " {\"host_path\": \"/srv/n\", \"path\": \"/b/models\"}]",
+                 "volumes[1].path");
+  expect_invalid("volumes", "[{\"name\": \"a-b\", \"path\": \"/x\"}, {\"name\": \"a-b\", \"path\": \"/y\"}]",
+                 "volumes[1].name");
+  /* At most SG_SPEC_MAX_VOLUMES. */
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  sg_strbuf_appendf(&b, "[");
+  for (int i = 0; i <= SG_SPEC_MAX_VOLUMES; i++)
+    sg_strbuf_appendf(&b, "%s{\"name\": \"v%d\", \"path\": \"/v%d\"}", i ? "," : "", i, i);
+  sg_strbuf_appendf(&b, "]");
+  char *many = sg_strbuf_steal(&b);
+  expect_invalid("volumes", many, "volumes");
+  free(many);
+}
+
+static void test_volume_env_names(void **state) {
+  (void)state;
+  sg_spec_volume_t named = {.name = "hf-cache", .path = "/root/.cache/huggingface"};
+  sg_spec_volume_t host = {.host_path = "/srv/models", .path = "/models"};
+  sg_spec_volume_t dotted = {.host_path = "/srv/m", .path = "/opt/llama-3.1"};
+  char *a = sg_spec_volume_env_name(&named), *h = sg_spec_volume_env_name(&host), *d = sg_spec_volume_env_name(&dotted);
+  assert_string_equal(a, "SGPU_VOLUME_HF_CACHE");
+  assert_string_equal(h, "SGPU_VOLUME_MODELS");
+  assert_string_equal(d, "SGPU_VOLUME_LLAMA_3_1");
+  free(a);
+  free(h);
+  free(d);
+}
+
+static void test_volumes_round_trip_and_restart(void **state) {
+  (void)state;
+  const char *with = "{\"name\": \"v\", \"command\": [\"/w\"], \"volumes\": [{\"name\": \"hf\", \"path\": \"/c\"},"
+                     " {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]}";
+  const char *ro =
+      "{\"name\": \"v\", \"command\": [\"/w\"], \"volumes\": [{\"name\": \"hf\", \"path\": \"/c\","
+      " \"read_only\": true}, {\"host_path\": \"/srv/models\", \"path\": \"/models\", \"read_only\": true}]}";
+  sg_error_t *err = NULL;
+  sg_spec_t *a = parse(with, &err), *b = parse(ro, &err), *none = parse(minimal, &err);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(none);
+  json_t *j = sg_spec_to_json(a);
+  json_t *vols = json_object_get(j, "volumes");
+  assert_int_equal(json_array_size(vols), 2);
+  assert_string_equal(json_string_value(json_object_get(json_array_get(vols, 0), "name")), "hf");
+  assert_true(json_is_false(json_object_get(json_array_get(vols, 0), "read_only")));
+  assert_string_equal(json_string_value(json_object_get(json_array_get(vols, 1), "host_path")), "/srv/models");
+  sg_spec_t *again = sg_spec_from_json(j, &err);
+  assert_non_null(again);
+  assert_false(sg_spec_restart_needed(a, again));
+  assert_true(sg_spec_restart_needed(a, b));
+  assert_true(sg_spec_restart_needed(none, a));
+  json_decref(j);
+  sg_spec_free(a);
+  sg_spec_free(b);
+  sg_spec_free(none);
+  sg_spec_free(again);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -1127,6 +1223,10 @@ int main(void) {
       cmocka_unit_test(test_async_protocol_round_trip),
       cmocka_unit_test(test_async_protocol_restart),
       cmocka_unit_test(test_examples_parse),
+      cmocka_unit_test(test_volume_paths),
+      cmocka_unit_test(test_volumes),
+      cmocka_unit_test(test_volume_env_names),
+      cmocka_unit_test(test_volumes_round_trip_and_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

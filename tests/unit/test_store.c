@@ -23,6 +23,7 @@
 #include "sgpu/secrets-store.h"
 #include "sgpu/store.h"
 #include "sgpu/util.h"
+#include "sgpu/volumes-store.h"
 
 typedef struct fixture {
   char *dir;
@@ -634,6 +635,44 @@ static int user_version(const char *path) {
   return v;
 }
 
+static void collect_volume(void *ud, const sg_volume_record_t *r) {
+  sg_strbuf_appendf(ud, "%s:%lld:%lld;", r->name, (long long)r->size_bytes, (long long)r->created_ms);
+}
+
+static char *volumes_text(fixture_t *f) {
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  sg_strbuf_appendf(&b, "%s", "");
+  sg_error_t *err = NULL;
+  assert_int_equal(sg_store_volume_each(f->store, collect_volume, &b, &err), 0);
+  return sg_strbuf_steal(&b);
+}
+
+static void test_volumes(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_volume_record_t hf = {"hf-cache", 0, 1000}, w = {"weights", 1 << 20, 2000};
+  assert_int_equal(sg_store_volume_add(f->store, &w, &err), 0);
+  assert_int_equal(sg_store_volume_add(f->store, &hf, &err), 0);
+  assert_int_not_equal(sg_store_volume_add(f->store, &hf, &err), 0);
+  assert_int_equal(err->status, SG_EEXIST);
+  sg_error_free(err);
+  err = NULL;
+  char *t = volumes_text(f);
+  assert_string_equal(t, "hf-cache:0:1000;weights:1048576:2000;");
+  free(t);
+  reopen(f);
+  t = volumes_text(f);
+  assert_string_equal(t, "hf-cache:0:1000;weights:1048576:2000;");
+  free(t);
+  assert_int_equal(sg_store_volume_delete(f->store, "hf-cache", &err), 0);
+  assert_int_not_equal(sg_store_volume_delete(f->store, "hf-cache", &err), 0);
+  assert_int_equal(err->status, SG_ENOTFOUND);
+  sg_error_free(err);
+  t = volumes_text(f);
+  assert_string_equal(t, "weights:1048576:2000;");
+  free(t);
+}
+
 static void test_reopen_keeps_data(void **state) {
   fixture_t *f = *state;
   rows_t rs = {0};
@@ -1024,6 +1063,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_logs_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_logs_trim, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_volumes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_two_stores_same_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_readers_snapshot, setup, teardown),

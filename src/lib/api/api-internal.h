@@ -44,6 +44,10 @@ void sg_api_registry_auths(sg_daemon_t *d, sg_http_req_t *req, const char *name)
 /* secrets.c: /v1/secrets, /v1/secrets/{name} (name NULL for the list) */
 void sg_api_secrets(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 
+/* volumes.c: /v1/volumes[/{name}] (name NULL for the list), and the head of
+ * POST /v1/volumes/{name}/files, whose body it streams (or answers). */
+void sg_api_volumes(sg_daemon_t *d, sg_http_req_t *req, const char *name);
+sg_http_head_action_t sg_api_volume_upload(sg_daemon_t *d, sg_http_req_t *req, const char *name);
 /* nodes.c: /v1/nodes */
 void sg_api_nodes(sg_daemon_t *d, sg_http_req_t *req);
 

@@ -95,6 +95,9 @@ static void registry_auths(sg_daemon_t *d, sg_http_req_t *req, const sg_route_ar
 static void secrets(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
   sg_api_secrets(d, req, a->n_params ? a->param[0] : NULL);
 }
+static void volumes(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_api_volumes(d, req, a->n_params ? a->param[0] : NULL);
+}
 static void nodes(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_nodes(d, req); }
 static void usage(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_usage(d, req); }
 static void keys_list(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_keys_list(d, req); }
@@ -150,6 +153,10 @@ static const struct v1_route {
     {GET | PUT | DELETE, "/v1/registry-auths/{name}", DEPLOY, 0, registry_auths},
     {GET, "/v1/secrets", DEPLOY, 0, secrets},
     {GET | PUT | DELETE, "/v1/secrets/{name}", DEPLOY, 0, secrets},
+    {GET, "/v1/volumes", READ | DEPLOY, 0, volumes},
+    {POST, "/v1/volumes", DEPLOY, 0, volumes},
+    {GET, "/v1/volumes/{name}", READ | DEPLOY, 0, volumes},
+    {DELETE, "/v1/volumes/{name}", DEPLOY, 0, volumes},
     {GET, "/v1/nodes", READ, 0, nodes},
     {GET, "/v1/usage", READ | DEPLOY, 0, usage},
     {GET, "/v1/api-keys", ADMIN, 0, keys_list},
@@ -157,6 +164,20 @@ static const struct v1_route {
     {DELETE, "/v1/api-keys/{name}", ADMIN, 0, keys_revoke},
     {GET, "/v1/openapi.yaml", READ | DEPLOY | INVOKE, 0, openapi},
 };
+
+/* POST /v1/volumes/{name}/files: the body (a tarball) is streamed, not
+ * buffered; rest is "NAME/files". */
+static sg_http_head_action_t volume_upload(void *d, sg_http_req_t *req, const char *rest) {
+  char name[64];
+  size_t n = strcspn(rest, "/");
+  if (n == 0 || n >= sizeof(name)) {
+    not_found(req, "no such volume");
+    return SG_HTTP_DONE;
+  }
+  memcpy(name, rest, n);
+  name[n] = '\0';
+  return sg_api_volume_upload(d, req, name);
+}
 
 static void v1(void *d, sg_http_req_t *req, const sg_route_args_t *a) {
   const struct v1_route *row = a->data;
@@ -192,4 +213,11 @@ void sg_api_routes(sg_router_t *r, sg_daemon_t *d) {
                                    .ctx = d,
                                    .data = row});
   }
+  /* The one /v1 route whose body is streamed (the route x scope test of
+   * tests/integration/test_keys.py has its row too). */
+  sg_router_add(r, &(sg_route_t){.path = "/v1/volumes/{name}/files",
+                                 .methods = SG_HTTP_POST,
+                                 .scope = SG_SCOPE_DEPLOY,
+                                 .on_head = volume_upload,
+                                 .ctx = d});
 }

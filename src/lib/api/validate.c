@@ -10,6 +10,8 @@
  * - registry_auth: must name stored credentials (the loop's cache) when the
  *   runtime pulls the spec's image with them.
  * - env.NAME: {"secret": S} must name a stored secret (the loop's cache).
+ * - volumes: a named volume must exist; a host_path must resolve (links
+ *   followed) to a directory beneath a directory of volume_host_paths.
  * - command[0] of a worker this host runs itself (not remote, not an image's
  *   command): a bare name is looked up in the worker's PATH (the spec's env
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
@@ -164,11 +166,34 @@ static int check_protocol(sg_daemon_t *d, const sg_runtime_ops_t *rt, const sg_s
                              rt->name, base);
 }
 
+/* A named volume must exist (and not be going); a host path must resolve
+ * (symbolic links followed) to a directory beneath one of volume_host_paths. */
+static int check_volumes(sg_daemon_t *d, const sg_spec_t *spec, sg_error_t **err) {
+  for (size_t i = 0; i < spec->n_volumes; i++) {
+    const sg_spec_volume_t *v = &spec->volumes[i];
+    if (v->name) {
+      sg_volume_t *vol = sg_daemon_volume_find(d, v->name);
+      if (!vol || vol->deleting) {
+        cleanup_free char *f = xasprintf("volumes[%zu].name", i);
+        return sg_make_field_error(err, f, "no volume named \"%s\" (create it with POST /v1/volumes first)", v->name);
+      }
+      continue;
+    }
+    cleanup_free char *real = NULL;
+    cleanup_error sg_error_t *e = NULL;
+    if (sg_daemon_volume_host_path(d, v->host_path, &real, &e) < 0) {
+      cleanup_free char *f = xasprintf("volumes[%zu].host_path", i);
+      return sg_make_field_error(err, f, "%s", e->message);
+    }
+  }
+  return 0;
+}
+
 int sg_api_validate_spec(sg_daemon_t *d, sg_spec_t *spec, sg_error_t **err) {
   const sg_runtime_ops_t *rt = sg_runtime_find(spec->runtime);
   if (!rt)
     return 0; /* the spec parser refused it already */
-  if (check_gpus(d, rt, spec, err) < 0)
+  if (check_gpus(d, rt, spec, err) < 0 || check_volumes(d, spec, err) < 0)
     return -1;
   if (check_protocol(d, rt, spec, err) < 0)
     return -1;

@@ -17,30 +17,28 @@
 #define NONCE_LEN 12
 #define TAG_LEN 16
 
-/* Reads exactly SG_SEAL_KEY_LEN bytes from fd into key; a file of any other
- * length is refused. */
-static int read_key(int fd, const char *path, unsigned char key[SG_SEAL_KEY_LEN], sg_error_t **err) {
-  unsigned char buf[SG_SEAL_KEY_LEN + 1];
-  size_t len = 0;
-  while (len < sizeof(buf)) {
-    ssize_t r = read(fd, buf + len, sizeof(buf) - len);
+/* Reads exactly len bytes from fd into key; a file of any other length is
+ * refused. */
+static int read_key(int fd, const char *path, const char *what, const char *damaged, unsigned char *key, size_t len,
+                    sg_error_t **err) {
+  unsigned char buf[SG_KEY_FILE_MAX + 1];
+  size_t got = 0;
+  while (got < len + 1) {
+    ssize_t r = read(fd, buf + got, len + 1 - got);
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0)
-      return sg_make_error(err, errno, "cannot read the secret key %s: %s", path, strerror(errno));
+      return sg_make_error(err, errno, "cannot read the %s %s: %s", what, path, strerror(errno));
     if (r == 0)
       break;
-    len += (size_t)r;
+    got += (size_t)r;
   }
-  if (len != SG_SEAL_KEY_LEN) {
+  if (got != len) {
     OPENSSL_cleanse(buf, sizeof(buf));
-    return sg_make_error(err, SG_EINVAL,
-                         "the secret key %s holds %s%zu bytes, not %d: it is damaged (restore it from a backup; "
-                         "a new key cannot open the secrets and registry passwords sealed under the old one)",
-                         path, len > SG_SEAL_KEY_LEN ? "more than " : "", len > SG_SEAL_KEY_LEN ? len - 1 : len,
-                         SG_SEAL_KEY_LEN);
+    return sg_make_error(err, SG_EINVAL, "the %s %s holds %s%zu bytes, not %zu: %s", what, path,
+                         got > len ? "more than " : "", got > len ? got - 1 : got, len, damaged);
   }
-  memcpy(key, buf, SG_SEAL_KEY_LEN);
+  memcpy(key, buf, len);
   OPENSSL_cleanse(buf, sizeof(buf));
   return 0;
 }
@@ -61,9 +59,9 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
 /* Makes a new key at path: written to a private temporary file, then linked
  * to path, which fails when path exists. *raced is set when another process
  * made path first (its key is then the one to read). */
-static int make_key(const char *path, unsigned char key[SG_SEAL_KEY_LEN], bool *raced, sg_error_t **err) {
+static int make_key(const char *path, const char *what, unsigned char *key, size_t len, bool *raced, sg_error_t **err) {
   *raced = false;
-  if (sg_random_bytes(key, SG_SEAL_KEY_LEN) < 0)
+  if (sg_random_bytes(key, len) < 0)
     return sg_make_error(err, errno, "getrandom: %s", strerror(errno));
   cleanup_free char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
   unlink(tmp); /* left by a process of the same id that died here */
@@ -72,7 +70,7 @@ static int make_key(const char *path, unsigned char key[SG_SEAL_KEY_LEN], bool *
     return sg_make_error(err, errno, "cannot create %s: %s", tmp, strerror(errno));
   int r = fchmod(fd, 0600) < 0 ? -errno : 0;
   if (r == 0)
-    r = write_all(fd, key, SG_SEAL_KEY_LEN);
+    r = write_all(fd, key, len);
   if (r == 0 && fsync(fd) < 0)
     r = -errno;
   if (r == 0 && link(tmp, path) < 0) {
@@ -83,30 +81,45 @@ static int make_key(const char *path, unsigned char key[SG_SEAL_KEY_LEN], bool *
   if (*raced)
     return -1;
   if (r < 0) {
-    OPENSSL_cleanse(key, SG_SEAL_KEY_LEN);
-    return sg_make_error(err, -r, "cannot write the secret key %s: %s", path, strerror(-r));
+    OPENSSL_cleanse(key, len);
+    return sg_make_error(err, -r, "cannot write the %s %s: %s", what, path, strerror(-r));
   }
   return 0;
 }
 
-int sg_seal_key_load(const char *path, unsigned char key[SG_SEAL_KEY_LEN], sg_error_t **err) {
+int sg_key_file_load(const char *path, const char *what, const char *damaged, unsigned char *key, size_t len,
+                     bool *created, sg_error_t **err) {
+  *created = false;
+  if (len == 0 || len > SG_KEY_FILE_MAX)
+    return sg_make_error(err, SG_EINVAL, "a key file holds 1 to %d bytes", SG_KEY_FILE_MAX);
   for (int attempt = 0; attempt < 2; attempt++) {
     cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0)
-      return read_key(fd, path, key, err);
+      return read_key(fd, path, what, damaged, key, len, err);
     if (errno != ENOENT)
-      return sg_make_error(err, errno, "cannot open the secret key %s: %s", path, strerror(errno));
+      return sg_make_error(err, errno, "cannot open the %s %s: %s", what, path, strerror(errno));
     bool raced;
-    int r = make_key(path, key, &raced, err);
+    int r = make_key(path, what, key, len, &raced, err);
     if (r == 0) {
-      sg_info("wrote a new secret key to %s (back it up with the database: without it the secrets cannot be read)",
-              path);
+      *created = true;
       return 0;
     }
     if (!raced)
       return r;
   }
-  return sg_make_error(err, SG_EINVAL, "the secret key %s could not be made or read", path);
+  return sg_make_error(err, SG_EINVAL, "the %s %s could not be made or read", what, path);
+}
+
+int sg_seal_key_load(const char *path, unsigned char key[SG_SEAL_KEY_LEN], sg_error_t **err) {
+  bool created;
+  if (sg_key_file_load(path, "secret key",
+                       "it is damaged (restore it from a backup; a new key cannot open the "
+                       "secrets and registry passwords sealed under the old one)",
+                       key, SG_SEAL_KEY_LEN, &created, err) < 0)
+    return -1;
+  if (created)
+    sg_info("wrote a new secret key to %s (back it up with the database: without it the secrets cannot be read)", path);
+  return 0;
 }
 
 static void ctx_freep(EVP_CIPHER_CTX **c) { EVP_CIPHER_CTX_free(*c); }

@@ -55,16 +55,16 @@ int sg_daemon_config_parse_slurm(sg_daemon_config_t *cfg, const char *key, json_
   const char *k;
   json_t *x;
   json_object_foreach(v, k, x) {
-    static const char *const keys[] = {"dir",           "partition", "account",   "time_limit",
-                                       "image_dir",     "rest_url",  "rest_user", "rest_token",
-                                       "rest_key_file", "rest_api",  NULL};
+    static const char *const keys[] = {"dir",           "partition", "account",    "time_limit",
+                                       "image_dir",     "rest_url",  "rest_user",  "rest_token",
+                                       "rest_key_file", "rest_api",  "volume_dir", NULL};
     bool known = false;
     for (const char *const *kk = keys; *kk && !known; kk++)
       known = !strcmp(k, *kk);
     if (!known)
       return sg_make_error(err, SG_EINVAL,
                            "config: slurm.%s is not dir, partition, account, time_limit, image_dir, "
-                           "rest_url, rest_user, rest_token, rest_key_file or rest_api",
+                           "rest_url, rest_user, rest_token, rest_key_file, rest_api or volume_dir",
                            k);
   }
   if (opt_str(v, "dir", &cfg->slurm.dir, err) < 0 || opt_str(v, "partition", &cfg->slurm.partition, err) < 0 ||
@@ -74,7 +74,8 @@ int sg_daemon_config_parse_slurm(sg_daemon_config_t *cfg, const char *key, json_
       opt_str(v, "rest_url", &cfg->slurm.rest_url, err) < 0 ||
       opt_str(v, "rest_user", &cfg->slurm.rest_user, err) < 0 ||
       opt_str(v, "rest_key_file", &cfg->slurm.rest_key_file, err) < 0 ||
-      opt_str(v, "rest_api", &cfg->slurm.rest_api, err) < 0)
+      opt_str(v, "rest_api", &cfg->slurm.rest_api, err) < 0 ||
+      opt_str(v, "volume_dir", &cfg->slurm.volume_dir, err) < 0)
     return -SG_EINVAL;
   json_t *tok = json_object_get(v, "rest_token");
   if (tok && !json_is_null(tok)) {
@@ -104,6 +105,7 @@ void sg_daemon_config_clear_slurm(sg_daemon_config_t *cfg) {
   free(cfg->slurm.rest_token);
   free(cfg->slurm.rest_key_file);
   free(cfg->slurm.rest_api);
+  free(cfg->slurm.volume_dir);
   memset(&cfg->slurm, 0, sizeof(cfg->slurm));
 }
 

@@ -105,6 +105,12 @@ static int check_host_port(const char *key, size_t i, const char *s, sg_error_t 
   return 0;
 }
 
+static int check_abs_dir(const char *key, size_t i, const char *s, sg_error_t **err) {
+  if (s[0] != '/' || !strcmp(s, "/"))
+    return sg_make_error(err, SG_EINVAL, "config: %s[%zu] must be an absolute directory other than /", key, i);
+  return 0;
+}
+
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
 /* advertise_url: "http[s]://HOST[:PORT][/PREFIX]", no query, fragment,
@@ -394,6 +400,12 @@ const sg_config_key_t sg_config_keys[] = {
      .what = "URL string",
      .shown_default = "`http://127.0.0.1:PORT` (the listen address when it names one)",
      .help = "base URL the workers of `async.protocol: \"runpod\"` endpoints reach sgpud at; needed for Slurm workers"},
+    {.key = "volume_host_paths",
+     .type = SG_CFG_STRV,
+     .off = F(volume_host_paths),
+     .imax = 64,
+     .check = check_abs_dir,
+     .help = "directories under which specs may mount host paths (`\"host_path\"` volumes); none: no host path"},
     {.key = "slurm",
      .type = SG_CFG_CUSTOM,
      .off = F(slurm),
@@ -401,7 +413,8 @@ const sg_config_key_t sg_config_keys[] = {
      .clear = sg_daemon_config_clear_slurm,
      .what = "object",
      .shown_default = "none",
-     .help = "the Slurm runtime: `dir`, `partition`, `account`, `time_limit`, `image_dir`, `rest_*` (below)"},
+     .help =
+         "the Slurm runtime: `dir`, `partition`, `account`, `time_limit`, `image_dir`, `volume_dir`, `rest_*` (below)"},
 };
 const size_t sg_config_nkeys = SG_ARRAY_SIZE(sg_config_keys);
 

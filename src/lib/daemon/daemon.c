@@ -279,6 +279,8 @@ sg_daemon_t *sg_daemon_new(sg_daemon_config_t *cfg, sg_error_t **err) {
     goto fail;
   if (sg_daemon_secrets_init(d, err) < 0)
     goto fail;
+  if (sg_daemon_volumes_init(d, err) < 0)
+    goto fail;
   if (sg_daemon_runtimes_init(d, err) < 0)
     goto fail;
   if (reconcile(d, err) < 0)
@@ -408,6 +410,7 @@ void sg_daemon_free(sg_daemon_t *d) {
     sg_endpoint_maybe_free(ep);
   }
   sg_daemon_images_free(d);
+  sg_daemon_volumes_free(d);
   sg_daemon_runtimes_free(d);
   sg_logs_shutdown(d);
   /* Before the loop goes: its last writes apply (done() runs on the loop). */

@@ -184,6 +184,7 @@ struct sg_daemon {
   struct sg_auth_cache *auths;        /* registry credentials as stored (daemon/images.c) */
   struct sg_keys *keys;               /* API keys as stored, with their counters (api/keys.c) */
   struct sg_secret_cache *secrets;    /* secrets, sealed as stored (daemon/secrets.c) */
+  struct sg_volumes *volumes;         /* named volumes as stored (daemon/volumes.c) */
   /* Modules told of endpoint and worker events, in the order they subscribed. */
   struct sg_fleet_sub {
     const struct sg_fleet_subscriber *ops;
@@ -293,6 +294,55 @@ void sg_worker_token(const sg_daemon_t *d, const char *worker_id, char out[SG_WO
 /* Whether token (len bytes, not NUL-terminated) is worker_id's, compared in
  * constant time. */
 bool sg_worker_token_valid(const sg_daemon_t *d, const char *worker_id, const char *token, size_t len);
+
+/* volumes.c: named volumes (the loop's copy of the store's table), their
+ * directories, host paths, and what a worker start gets. */
+typedef struct sg_volume {
+  char *name;
+  int64_t size_bytes; /* 0: no limit */
+  int64_t created_ms;
+  int64_t used_bytes; /* as last measured; -1 before the first measure */
+  bool deleting;      /* a delete is being written */
+  int uploads;        /* uploads in flight (api/volumes.c) */
+} sg_volume_t;
+/* Loads the table, makes DATA_DIR/volumes (0711), measures each volume.
+ * Before the loop serves, after the pool exists. */
+int sg_daemon_volumes_init(sg_daemon_t *d, sg_error_t **err);
+/* After the pool is freed. */
+void sg_daemon_volumes_free(sg_daemon_t *d);
+sg_volume_t *sg_daemon_volume_find(sg_daemon_t *d, const char *name);
+/* Adds to the loop's copy after the store thread wrote the volume. */
+sg_volume_t *sg_daemon_volume_add(sg_daemon_t *d, const char *name, int64_t size_bytes, int64_t created_ms);
+void sg_daemon_volume_forget(sg_daemon_t *d, const char *name);
+size_t sg_daemon_volume_count(const sg_daemon_t *d);
+/* The i-th volume in name order (i < sg_daemon_volume_count). */
+sg_volume_t *sg_daemon_volume_at(sg_daemon_t *d, size_t i);
+/* DATA_DIR/volumes, DATA_DIR/volumes/NAME, and a volume's directory for slurm
+ * workers (slurm.volume_dir/NAME, else SLURM_DIR/volumes/NAME). New strings. */
+char *sg_daemon_volumes_root(const sg_daemon_t *d);
+char *sg_daemon_volume_dir(const sg_daemon_t *d, const char *name);
+char *sg_daemon_volume_remote_dir(const sg_daemon_t *d, const char *name);
+/* Makes dir (and its parents) with mode 0777 for workers of any user. Blocks. */
+int sg_volume_make_dir(const char *dir, sg_error_t **err);
+/* The sizes of the regular files beneath dir, links not followed. Blocks. */
+int64_t sg_volume_measure(const char *dir);
+/* The names of the endpoints whose spec mounts volume `name`. New reference. */
+json_t *sg_daemon_volume_users(sg_daemon_t *d, const char *name);
+/* Measures the volumes (only: just that one) on the pool, updates their
+ * used_bytes, then calls cb (d NULL: the pool was freed first). */
+void sg_daemon_volumes_measure(sg_daemon_t *d, const char *only, void (*cb)(sg_daemon_t *d, void *arg), void *arg);
+/* Whether host_path may be mounted: its realpath (*resolved, a new string)
+ * must be a directory beneath the realpath of a directory of
+ * volume_host_paths. Blocks on the filesystem briefly (realpath). */
+int sg_daemon_volume_host_path(const sg_daemon_t *d, const char *host_path, char **resolved, sg_error_t **err);
+/* The spec's volumes as a start gives them to the runtime (*out, freed with
+ * sg_launch_volumes_free): named volumes' directories (remote: as slurm
+ * nodes see them), host paths resolved and checked again. Fails when a named
+ * volume is gone, holds more than its size_bytes, or would be mounted
+ * read-write here while an upload into it runs. Returns the count. */
+int sg_daemon_volumes_for_start(sg_daemon_t *d, const sg_spec_t *spec, bool remote, sg_launch_volume_t **out,
+                                sg_error_t **err);
+void sg_launch_volumes_free(sg_launch_volume_t *v, int n);
 
 /* images.c: thread pool and image cache; the fleet's images */
 struct sg_registry_auth;

@@ -247,8 +247,20 @@ static void strv_wipe_free(char **v) {
   free(v);
 }
 
-static char **build_env(sg_worker_t *w, const sg_spec_t *spec, char **values) {
-  size_t cap = spec->n_env + 16 + RUNPOD_ENV_VARS, n = 0;
+/* SGPU_VOLUME_<NAME>=where the worker finds volume i: the container path
+ * when the runtime runs the spec's image, else the host (or node) directory. */
+static size_t volume_env(char **env, size_t n, const sg_worker_t *w, const sg_spec_t *spec,
+                         const sg_launch_volume_t *vols) {
+  bool in_image = spec->image && (w->rt->caps & SG_RUNTIME_IMAGES);
+  for (size_t i = 0; vols && i < spec->n_volumes; i++) {
+    cleanup_free char *name = sg_spec_volume_env_name(&spec->volumes[i]);
+    env[n++] = xasprintf("%s=%s", name, in_image ? vols[i].path : vols[i].source);
+  }
+  return n;
+}
+
+static char **build_env(sg_worker_t *w, const sg_spec_t *spec, char **values, const sg_launch_volume_t *vols) {
+  size_t cap = spec->n_env + spec->n_volumes + 16 + RUNPOD_ENV_VARS, n = 0;
   char **env = xcalloc(cap, sizeof(char *));
   /* A container's PATH and HOME come from its image, not from this host. */
   bool host = !w->ep->spec->image || (w->rt->caps & SG_RUNTIME_HOST_ENV);
@@ -262,6 +274,7 @@ static char **build_env(sg_worker_t *w, const sg_spec_t *spec, char **values) {
     env[n++] = xasprintf("HOME=%s", home);
   for (size_t i = 0; i < spec->n_env; i++)
     env[n++] = xasprintf("%s=%s", spec->env_keys[i], values[i]);
+  n = volume_env(env, n, w, spec, vols);
   char gpus[SG_SPEC_MAX_GPUS * 6 + 1] = "";
   gpu_list(w, gpus, sizeof(gpus));
   /* Set last so that a spec cannot override what sgpud assigns. */
@@ -413,11 +426,12 @@ sg_instance_t *sg_worker_adopt(sg_endpoint_t *ep, const sg_runtime_ops_t *rt, co
 /* The environment of a remote worker: what the spec adds, the worker's
  * identity and, for a runpod endpoint, the protocol's variables (PORT and the
  * GPU variables are set on the node). */
-static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec, char **values) {
-  char **envp = xcalloc(spec->n_env + 3 + RUNPOD_ENV_VARS, sizeof(char *));
+static char **remote_env(const sg_worker_t *w, const sg_spec_t *spec, char **values, const sg_launch_volume_t *vols) {
+  char **envp = xcalloc(spec->n_env + spec->n_volumes + 3 + RUNPOD_ENV_VARS, sizeof(char *));
   size_t n = 0;
   for (size_t i = 0; i < spec->n_env; i++)
     envp[n++] = xasprintf("%s=%s", spec->env_keys[i], values[i]);
+  n = volume_env(envp, n, w, spec, vols);
   envp[n++] = xasprintf("SGPU_WORKER_ID=%s", w->id);
   envp[n++] = xasprintf("SGPU_ENDPOINT=%s", spec->name);
   if (sg_spec_is_runpod(spec))
@@ -473,14 +487,23 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
     sg_fleet_demand_changed(d);
     return NULL;
   }
+  sg_launch_volume_t *vols = NULL;
+  /* A failure here is a start that failed (below, without rt->start). */
+  int n_vols = sg_daemon_volumes_for_start(d, spec, rt->remote, &vols, err);
   char **argv = xcalloc(spec->n_command + 1, sizeof(char *));
   for (size_t i = 0; i < spec->n_command; i++)
     argv[i] = rt->remote ? xstrdup(spec->command[i]) : subst_port(spec->command[i], w->port);
-  char **envp = rt->remote ? remote_env(w, spec, values) : build_env(w, spec, values);
+  char **envp = rt->remote ? remote_env(w, spec, values, vols) : build_env(w, spec, values, vols);
   for (size_t i = 0; i < spec->n_env; i++)
     sg_unsealed_free(values[i]);
   free(values);
-  sg_launch_t launch = {.id = w->id, .argv = argv, .envp = envp, .image = spec->image};
+  sg_launch_t launch = {.id = w->id,
+                        .argv = argv,
+                        .envp = envp,
+                        .image = spec->image,
+                        .volumes = vols,
+                        .n_volumes = n_vols > 0 ? n_vols : 0,
+                        .private_dir = d->cfg.data_dir};
   if (rt->remote) {
     launch.endpoint = ep->name;
     launch.version = ep->version;
@@ -501,13 +524,14 @@ sg_worker_t *sg_worker_start(sg_endpoint_t *ep, sg_error_t **err) {
   w->started_wall = sg_wall_ms();
   sg_registry_auth_t *auth = NULL;
   bool need_auth = spec->registry_auth && spec->image && (rt->caps & SG_RUNTIME_IMAGES);
-  if (need_auth) {
+  if (need_auth && n_vols >= 0) {
     auth = sg_daemon_registry_auth(d, spec->registry_auth, err);
     launch.auth = auth;
   }
-  if (!need_auth || auth)
+  if (n_vols >= 0 && (!need_auth || auth))
     w->inst = rt->start(d->base, &launch, &cbs, w, err);
   sg_registry_auth_free(auth);
+  sg_launch_volumes_free(vols, n_vols > 0 ? n_vols : 0);
   sg_strv_free(argv);
   strv_wipe_free(envp);
   TAILQ_INSERT_TAIL(&ep->workers, w, link);

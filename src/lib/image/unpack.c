@@ -281,8 +281,35 @@ int sg_layer_unpack(const char *archive_path, const char *dest_in, int64_t *byte
   return sg_layer_unpack_bounded(archive_path, dest_in, 0, bytes, err);
 }
 
+/* Refuses what has no place in a volume: absolute names, devices, FIFOs and
+ * sockets; clears setuid, setgid and sticky bits and opens what is left to
+ * every user (directories 0777, files 0666 or 0777 when executable), as the
+ * volume directory itself is. */
+static int volume_entry(struct archive_entry *e, const char *name, sg_error_t **err) {
+  if (name[0] == '/')
+    return sg_make_error(err, EBADMSG, "entry \"%s\" is an absolute path: refused", name);
+  mode_t type = archive_entry_filetype(e);
+  if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK)
+    return sg_make_error(err, EBADMSG, "entry \"%s\" is a device, FIFO or socket: refused", name);
+  mode_t perm = archive_entry_perm(e);
+  archive_entry_set_perm(e, type == AE_IFDIR ? 0777 : (perm & 0111) ? 0777 : 0666);
+  return 0;
+}
+
+static int unpack(const char *archive_path, const char *dest_in, int64_t max_bytes, bool volume, int64_t *bytes,
+                  sg_error_t **err);
+
 int sg_layer_unpack_bounded(const char *archive_path, const char *dest_in, int64_t max_bytes, int64_t *bytes,
                             sg_error_t **err) {
+  return unpack(archive_path, dest_in, max_bytes, false, bytes, err);
+}
+
+int sg_volume_unpack(const char *archive_path, const char *dest, int64_t max_bytes, int64_t *bytes, sg_error_t **err) {
+  return unpack(archive_path, dest, max_bytes, true, bytes, err);
+}
+
+static int unpack(const char *archive_path, const char *dest_in, int64_t max_bytes, bool volume, int64_t *bytes,
+                  sg_error_t **err) {
   char dest[PATH_MAX];
   if (bytes)
     *bytes = 0;
@@ -296,9 +323,10 @@ int sg_layer_unpack_bounded(const char *archive_path, const char *dest_in, int64
   archive_read_support_format_tar(a);
   archive_read_support_format_gnutar(a);
   struct archive *w = archive_write_disk_new();
-  archive_write_disk_set_options(w, ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
-                                        ARCHIVE_EXTRACT_XATTR | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                        ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_UNLINK);
+  int secure = ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT | ARCHIVE_EXTRACT_UNLINK;
+  archive_write_disk_set_options(w, volume ? ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME | secure
+                                           : ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
+                                                 ARCHIVE_EXTRACT_XATTR | secure);
   archive_write_disk_set_standard_lookup(w);
   int ret = 0;
   int64_t total = 0, accounted = 0;
@@ -310,6 +338,8 @@ int sg_layer_unpack_bounded(const char *archive_path, const char *dest_in, int64
   int rc;
   while ((rc = archive_read_next_header(a, &e)) == ARCHIVE_OK || rc == ARCHIVE_WARN) {
     const char *name = archive_entry_pathname(e);
+    if (volume && (ret = volume_entry(e, name ? name : "", err)) < 0)
+      goto out;
     cleanup_free char *rel = clean_path(name ? name : "");
     if (!rel) {
       ret = sg_make_error(err, EBADMSG, "layer entry \"%s\" leaves the root: refused", name);
@@ -322,7 +352,7 @@ int sg_layer_unpack_bounded(const char *archive_path, const char *dest_in, int64
       goto out;
     }
     cleanup_free char *target = NULL;
-    sg_whiteout_t wh = sg_whiteout_classify(rel, &target);
+    sg_whiteout_t wh = volume ? SG_WH_NONE : sg_whiteout_classify(rel, &target);
     if (wh == SG_WH_FILE) {
       /* ".wh.." and ".wh..." would name the directory itself or its parent */
       cleanup_free char *clean = clean_path(target);

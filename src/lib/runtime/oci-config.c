@@ -132,6 +132,10 @@ json_t *sg_oci_config_new(const sg_oci_bundle_spec_t *b) {
     json_array_append_new(mounts, mount_entry("/etc/resolv.conf", "bind", "/etc/resolv.conf", bind_ro));
   if (access("/etc/hosts", R_OK) == 0)
     json_array_append_new(mounts, mount_entry("/etc/hosts", "bind", "/etc/hosts", bind_ro));
+  const char *const bind_rw[] = {"rbind", "rw", "nosuid", "nodev", NULL};
+  for (int i = 0; i < b->n_volumes; i++)
+    json_array_append_new(mounts, mount_entry(b->volumes[i].path, "bind", b->volumes[i].source,
+                                              b->volumes[i].read_only ? bind_ro : bind_rw));
   json_t *linux_ =
       json_pack("{s:[{s:s}, {s:s}, {s:s}, {s:s}], s:[], s:{s:o}, s:o, s:o, s:o}", "namespaces", "type", "pid", "type",
                 "ipc", "type", "uts", "type", "mount", "devices", "resources", "devices", device_rules(), "maskedPaths",

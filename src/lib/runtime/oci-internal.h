@@ -43,6 +43,12 @@ typedef struct sg_oci_bundle_spec {
   const char *rootfs; /* root.path: absolute, or relative to the bundle */
   bool userns;        /* in a user namespace: ids 0..SG_OCI_USERNS_SIZE-1 are
                          SG_OCI_USERNS_BASE.. on the host */
+  /* Bound at their path in the container after the standard mounts
+   * ("rbind", "nosuid", "nodev", and "ro" or "rw"); the runtime (crun,
+   * runc) resolves each destination inside the root, never through a link
+   * out of it. */
+  const sg_launch_volume_t *volumes;
+  int n_volumes;
 } sg_oci_bundle_spec_t;
 
 /* The host ids a user namespace maps the container's 0..65535 to. */

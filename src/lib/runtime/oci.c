@@ -68,6 +68,8 @@ typedef struct oci {
   sg_instance_callbacks_t cbs;
   void *ud;
   char **argv, **envp;
+  sg_launch_volume_t *volumes; /* copies: source strings owned here */
+  int n_volumes;
   int *gpus;
   int n_gpus;
   char *image_ref;
@@ -161,7 +163,7 @@ static int runtime_cmd(const char *verb, const char *a1, const char *a2, char **
 
 /* The OCI config for o (user resolved later, on the pool). New reference. */
 static json_t *build_config(oci_t *o) {
-  sg_oci_bundle_spec_t b = {o->id, o->img, o->argv, o->envp, o->rootfs, rt.userns};
+  sg_oci_bundle_spec_t b = {o->id, o->img, o->argv, o->envp, o->rootfs, rt.userns, o->volumes, o->n_volumes};
   json_t *c = sg_oci_config_new(&b);
   json_t *env = json_object_get(json_object_get(c, "process"), "env");
   if (o->n_gpus > 0 && sg_cdi_count(rt.cdi) > 0) {
@@ -463,6 +465,11 @@ static void oci_free(oci_t *o) {
   free(o->rootfs);
   sg_strv_free(o->argv);
   sg_strv_free(o->envp);
+  for (int i = 0; i < o->n_volumes; i++) {
+    free((char *)o->volumes[i].source);
+    free((char *)o->volumes[i].path);
+  }
+  free(o->volumes);
   free(o->gpus);
   free(o->image_ref);
   if (o->has_auth) {
@@ -668,6 +675,11 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *l, const
   o->ud = ud;
   o->argv = sg_strv_dup(l->argv);
   o->envp = sg_strv_dup(l->envp);
+  o->volumes = xcalloc((size_t)l->n_volumes + 1, sizeof(*o->volumes));
+  for (int i = 0; i < l->n_volumes; i++)
+    o->volumes[i] =
+        (sg_launch_volume_t){xstrdup(l->volumes[i].source), xstrdup(l->volumes[i].path), l->volumes[i].read_only};
+  o->n_volumes = l->n_volumes;
   o->n_gpus = l->n_gpus;
   o->gpus = xcalloc((size_t)l->n_gpus + 1, sizeof(int));
   if (l->n_gpus)

@@ -11,6 +11,8 @@
 #include <event2/event.h>
 #include <ctype.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -294,8 +296,183 @@ int sg_process_runtime_init(struct event_base *base, sg_error_t **err) {
 
 void sg_process_runtime_shutdown(void) { clear_user(); }
 
+/* What a worker's child does with its volumes in a mount namespace of its
+ * own, all prepared before fork (the child only makes system calls): with
+ * `cover` (the highest directory on the way to sgpud's data directory that
+ * a worker run as another user cannot search: the data directory itself, or
+ * /root above a data directory in it), an empty tmpfs over it with `dirs`
+ * made in it and every volume beneath it bound back at its own path (from a descriptor opened in
+ * the new namespace before the tmpfs hid it); every read-only volume a
+ * read-only, nosuid, nodev bind of itself. Only when sgpud runs as root. */
+#define FD_PATH_LEN 32
+
+typedef struct mount_plan {
+  bool active;
+  char *cover;
+  char **dirs;   /* made in the tmpfs, parents first */
+  char **target; /* each volume's real path */
+  char **from;   /* FD_PATH_LEN bytes each: "/proc/self/fd/N", written by the child */
+  bool *under, *ro;
+  int n;
+} mount_plan_t;
+
+static void plan_free(mount_plan_t *p) {
+  free(p->cover);
+  sg_strv_free(p->dirs);
+  sg_strv_free(p->target);
+  sg_strv_free(p->from);
+  free(p->under);
+  free(p->ro);
+  memset(p, 0, sizeof(*p));
+}
+
+static bool beneath(const char *path, const char *dir) {
+  size_t n = strlen(dir);
+  return !strncmp(path, dir, n) && path[n] == '/';
+}
+
+/* Whether user may search (x) a directory of this mode and owner. */
+static bool searchable(const struct stat *st, const sg_run_as_t *user) {
+  if (st->st_uid == user->uid)
+    return st->st_mode & S_IXUSR;
+  bool in_group = st->st_gid == user->gid;
+  for (int i = 0; i < user->n_groups && !in_group; i++)
+    in_group = user->groups[i] == st->st_gid;
+  return in_group ? (st->st_mode & S_IXGRP) : (st->st_mode & S_IXOTH);
+}
+
+/* The directory to cover for a worker run as user: the highest one on the way
+ * to dir (realpath) that the user cannot search. Nothing beneath it was
+ * within the worker's reach, so an empty tmpfs there takes nothing from it.
+ * NULL when the user can search them all, dir included. */
+static char *cover_for(const char *dir, const sg_run_as_t *user) {
+  char *path = xstrdup(dir);
+  for (char *c = path + 1;; c++) {
+    if (*c != '/' && *c)
+      continue;
+    char saved = *c;
+    *c = '\0';
+    struct stat st;
+    if (stat(path, &st) == 0 && !searchable(&st, user))
+      return path;
+    *c = saved;
+    if (!saved)
+      break;
+  }
+  free(path);
+  return NULL;
+}
+
+static int plan_mounts(const sg_launch_t *launch, const sg_run_as_t *user, mount_plan_t *p, sg_error_t **err) {
+  memset(p, 0, sizeof(*p));
+  if (launch->n_volumes == 0 || geteuid() != 0)
+    return 0;
+  p->active = true;
+  int n = launch->n_volumes;
+  p->target = xcalloc((size_t)n + 1, sizeof(char *));
+  p->from = xcalloc((size_t)n + 1, sizeof(char *));
+  p->under = xcalloc((size_t)n, sizeof(bool));
+  p->ro = xcalloc((size_t)n, sizeof(bool));
+  p->n = n;
+  char real[PATH_MAX];
+  if (user && launch->private_dir && realpath(launch->private_dir, real))
+    p->cover = cover_for(real, user);
+  size_t ndirs = 0, capdirs = 8;
+  p->dirs = xcalloc(capdirs, sizeof(char *));
+  for (int i = 0; i < n; i++) {
+    const char *src = launch->volumes[i].source;
+    struct stat st;
+    if (!realpath(src, real) || stat(real, &st) < 0)
+      return sg_make_error(err, errno, "volume %s: %s", src, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+      return sg_make_error(err, ENOTDIR, "volume %s is not a directory", src);
+    p->target[i] = xstrdup(real);
+    p->from[i] = xcalloc(FD_PATH_LEN, 1);
+    p->ro[i] = launch->volumes[i].read_only;
+    p->under[i] = p->cover && beneath(real, p->cover);
+    /* The directories between the cover and the volume, parents first. */
+    for (char *c = p->under[i] ? real + strlen(p->cover) + 1 : NULL; c && *c; c++) {
+      bool end = !c[1];
+      if (*c != '/' && !end)
+        continue;
+      if (ndirs + 2 > capdirs) {
+        capdirs *= 2;
+        p->dirs = xrealloc(p->dirs, capdirs * sizeof(char *));
+      }
+      p->dirs[ndirs++] = xstrndup(real, (size_t)(c - real) + (end ? 1 : 0));
+      p->dirs[ndirs] = NULL;
+    }
+  }
+  return 0;
+}
+
+/* "/proc/self/fd/FD" into out (FD_PATH_LEN bytes), async-signal-safe. */
+static void fd_path(char *out, int fd) {
+  static const char prefix[] = "/proc/self/fd/";
+  memcpy(out, prefix, sizeof(prefix) - 1);
+  char digits[12];
+  int n = 0;
+  do
+    digits[n++] = (char)('0' + fd % 10);
+  while ((fd /= 10) > 0 && n < (int)sizeof(digits));
+  char *o = out + sizeof(prefix) - 1;
+  while (n > 0)
+    *o++ = digits[--n];
+  *o = '\0';
+}
+
+/* In the child: async-signal-safe calls only. */
+static int apply_mounts(const mount_plan_t *p, bool unshared) {
+  if (!p->active)
+    return 0;
+  if (!unshared && (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0))
+    return -1;
+  /* In this namespace, before the tmpfs hides them: binds of the volumes
+   * beneath the cover are made from these (O_CLOEXEC: gone at exec). */
+  for (int i = 0; i < p->n; i++) {
+    if (!p->under[i])
+      continue;
+    int fd = open(p->target[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      return -1;
+    fd_path(p->from[i], fd);
+  }
+  if (p->cover && mount("tmpfs", p->cover, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") < 0)
+    return -1;
+  for (char **d = p->dirs; p->cover && d && *d; d++)
+    if (mkdir(*d, 0755) < 0 && errno != EEXIST)
+      return -1;
+  for (int i = 0; i < p->n; i++) {
+    if (!p->under[i] && !p->ro[i])
+      continue;
+    if (mount(p->under[i] ? p->from[i] : p->target[i], p->target[i], NULL, MS_BIND | MS_REC, NULL) < 0)
+      return -1;
+    if (p->ro[i] && mount(NULL, p->target[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+static sg_instance_t *start_child(struct event_base *base, const sg_launch_t *launch, const sg_run_as_t *user,
+                                  const mount_plan_t *plan, const sg_instance_callbacks_t *cbs, void *ud,
+                                  sg_error_t **err);
+
 static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, const sg_instance_callbacks_t *cbs,
                             void *ud, sg_error_t **err) {
+  const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
+  mount_plan_t plan;
+  if (plan_mounts(launch, user, &plan, err) < 0) {
+    plan_free(&plan);
+    return NULL;
+  }
+  sg_instance_t *inst = start_child(base, launch, user, &plan, cbs, ud, err);
+  plan_free(&plan);
+  return inst;
+}
+
+static sg_instance_t *start_child(struct event_base *base, const sg_launch_t *launch, const sg_run_as_t *user,
+                                  const mount_plan_t *plan, const sg_instance_callbacks_t *cbs, void *ud,
+                                  sg_error_t **err) {
   int outp[2] = {-1, -1}, errp[2] = {-1, -1}, execp[2] = {-1, -1};
   if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0 || pipe2(execp, O_CLOEXEC) < 0) {
     int e = errno;
@@ -310,7 +487,6 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
     sg_make_error(err, e, "pipe: %s", strerror(e));
     return NULL;
   }
-  const sg_run_as_t *user = launch->flags & SG_LAUNCH_AS_USER ? sg_process_runtime_user() : NULL;
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -345,8 +521,11 @@ static sg_instance_t *start(struct event_base *base, const sg_launch_t *launch, 
      * directory the user cannot search (a checkout in /root) still runs;
      * the file itself must be executable by the user. */
     int exefd = -1;
-    if (user) {
+    if (user)
       exefd = open(launch->argv[0], O_PATH | O_CLOEXEC);
+    if (apply_mounts(plan, launch->flags & SG_LAUNCH_HIDE_CGROUP2) < 0)
+      goto child_fail;
+    if (user) {
       failure[0] = STAGE_USER;
       if (setgroups((size_t)user->n_groups, user->groups) < 0 || setresgid(user->gid, user->gid, user->gid) < 0 ||
           setresuid(user->uid, user->uid, user->uid) < 0)

@@ -404,9 +404,96 @@ static int parse_slurm(sg_spec_t *s, json_t *root, sg_error_t **err) {
   return 0;
 }
 
+bool sg_spec_path_normalized(const char *p) {
+  if (p[0] != '/')
+    return false;
+  if (!p[1])
+    return true;
+  for (const char *c = p; *c;) {
+    const char *comp = c + 1; /* after the '/' */
+    size_t len = strcspn(comp, "/");
+    if (len == 0 || (len == 1 && comp[0] == '.') || (len == 2 && comp[0] == '.' && comp[1] == '.'))
+      return false;
+    c = comp + len;
+  }
+  return true;
+}
+
+char *sg_spec_volume_env_name(const sg_spec_volume_t *v) {
+  const char *base = v->name;
+  if (!base) {
+    const char *slash = strrchr(v->path, '/');
+    base = slash ? slash + 1 : v->path;
+  }
+  char *s = xasprintf("SGPU_VOLUME_%s", base);
+  for (char *c = s + strlen("SGPU_VOLUME_"); *c; c++)
+    *c = isalnum((unsigned char)*c) ? (char)toupper((unsigned char)*c) : '_';
+  return s;
+}
+
+/* "volumes": [{"name" | "host_path", "path", "read_only"?}], at most
+ * SG_SPEC_MAX_VOLUMES. Whether a named volume exists and a host path is
+ * allowed is the daemon's check (api/validate.c). */
+static int parse_volumes(sg_spec_t *s, json_t *root, sg_error_t **err) {
+  static const char *const keys[] = {"name", "host_path", "path", "read_only", NULL};
+  json_t *arr = json_object_get(root, "volumes");
+  if (!arr || json_is_null(arr))
+    return 0;
+  if (!json_is_array(arr) || json_array_size(arr) > SG_SPEC_MAX_VOLUMES)
+    return sg_make_field_error(err, "volumes", "must be an array of at most %d volumes", SG_SPEC_MAX_VOLUMES);
+  s->volumes = xcalloc(json_array_size(arr) + 1, sizeof(*s->volumes));
+  for (size_t i = 0; i < json_array_size(arr); i++) {
+    json_t *o = json_array_get(arr, i);
+    cleanup_free char *pre = xasprintf("volumes[%zu]", i);
+    cleanup_free char *f_name = xasprintf("%s.name", pre);
+    cleanup_free char *f_host = xasprintf("%s.host_path", pre);
+    cleanup_free char *f_path = xasprintf("%s.path", pre);
+    cleanup_free char *f_ro = xasprintf("%s.read_only", pre);
+    if (!json_is_object(o))
+      return sg_make_field_error(err, pre, "must be an object");
+    if (check_keys(o, pre, keys, err) < 0)
+      return -SG_EINVAL;
+    sg_spec_volume_t *v = &s->volumes[s->n_volumes++];
+    if (get_str(o, f_name, "name", 63, &v->name, err) < 0 ||
+        get_str(o, f_host, "host_path", SG_SPEC_MAX_VOLUME_PATH, &v->host_path, err) < 0 ||
+        get_str(o, f_path, "path", SG_SPEC_MAX_VOLUME_PATH, &v->path, err) < 0)
+      return -SG_EINVAL;
+    if (!v->name == !v->host_path)
+      return sg_make_field_error(err, pre, "must have exactly one of \"name\" (a volume) and \"host_path\"");
+    if (v->name && !sg_name_valid(v->name))
+      return sg_make_field_error(err, f_name, "must name a volume (a DNS label: 1-63 of [a-z0-9-])");
+    if (v->host_path && (!sg_spec_path_normalized(v->host_path) || !strcmp(v->host_path, "/")))
+      return sg_make_field_error(err, f_host,
+                                 "must be an absolute path in normal form (no \"..\", \".\", \"//\" or trailing "
+                                 "'/'), not \"/\"");
+    if (!v->path)
+      return sg_make_field_error(err, f_path, "is required: where the worker sees the volume");
+    if (!sg_spec_path_normalized(v->path) || !strcmp(v->path, "/"))
+      return sg_make_field_error(err, f_path,
+                                 "must be an absolute path in normal form (no \"..\", \".\", \"//\" or trailing "
+                                 "'/'), not \"/\"");
+    json_t *ro = json_object_get(o, "read_only");
+    if (ro && !json_is_boolean(ro))
+      return sg_make_field_error(err, f_ro, "must be true or false");
+    v->read_only = ro && json_is_true(ro);
+    cleanup_free char *env = sg_spec_volume_env_name(v);
+    for (size_t k = 0; k + 1 < s->n_volumes; k++) {
+      const sg_spec_volume_t *u = &s->volumes[k];
+      if (!strcmp(u->path, v->path))
+        return sg_make_field_error(err, f_path, "is the path of volumes[%zu] too", k);
+      cleanup_free char *uenv = sg_spec_volume_env_name(u);
+      if (!strcmp(uenv, env))
+        return sg_make_field_error(err, v->name ? f_name : f_path,
+                                   "gives the environment variable %s of volumes[%zu] too", env, k);
+    }
+  }
+  return 0;
+}
+
 sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
-  static const char *const keys[] = {"name", "type",    "runtime", "image", "command",       "env",   "port", "health",
-                                     "gpu",  "workers", "scale",   "async", "registry_auth", "slurm", NULL};
+  static const char *const keys[] = {"name",          "type",   "runtime", "image",   "command", "env",
+                                     "port",          "health", "gpu",     "workers", "scale",   "async",
+                                     "registry_auth", "slurm",  "volumes", NULL};
   if (!json_is_object(root)) {
     sg_make_error(err, SG_EJSON, "the spec must be a JSON object");
     return NULL;
@@ -471,7 +558,7 @@ sg_spec_t *sg_spec_from_json(json_t *root, sg_error_t **err) {
   if (get_int(root, NULL, "port", 1, 65535, 8000, &s->port, err) < 0)
     return NULL;
   if (parse_health(s, root, err) < 0 || parse_gpu(s, root, err) < 0 || parse_workers(s, root, err) < 0 ||
-      parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0)
+      parse_scale(s, root, err) < 0 || parse_async(s, root, err) < 0 || parse_volumes(s, root, err) < 0)
     return NULL;
   /* A runpod worker need not serve HTTP: without a path it is not probed. */
   if (!s->health.path && !sg_spec_is_runpod(s))
@@ -514,6 +601,18 @@ json_t *sg_spec_to_json(const sg_spec_t *s) {
     json_object_set_new(a, "ping_timeout_s", json_real(s->async.ping_timeout_s));
     json_object_set_new(a, "take_wait_s", json_real(s->async.take_wait_s));
     json_object_set_new(j, "async", a);
+  }
+  if (s->n_volumes) {
+    json_t *vols = json_array();
+    for (size_t i = 0; i < s->n_volumes; i++) {
+      const sg_spec_volume_t *v = &s->volumes[i];
+      json_t *o = json_object();
+      json_object_set_new(o, v->name ? "name" : "host_path", json_string(v->name ? v->name : v->host_path));
+      json_object_set_new(o, "path", json_string(v->path));
+      json_object_set_new(o, "read_only", json_boolean(v->read_only));
+      json_array_append_new(vols, o);
+    }
+    json_object_set_new(j, "volumes", vols);
   }
   return j;
 }
@@ -590,5 +689,11 @@ void sg_spec_free(sg_spec_t *s) {
   free(s->slurm.partition);
   free(s->slurm.account);
   free(s->slurm.time_limit);
+  for (size_t i = 0; i < s->n_volumes; i++) {
+    free(s->volumes[i].name);
+    free(s->volumes[i].host_path);
+    free(s->volumes[i].path);
+  }
+  free(s->volumes);
   free(s);
 }

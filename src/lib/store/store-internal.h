@@ -64,5 +64,11 @@ struct sg_store {
   "  expires_ms INTEGER NOT NULL DEFAULT 0,"                                                                           \
   "  rate REAL NOT NULL DEFAULT 0,"                                                                                    \
   "  burst REAL NOT NULL DEFAULT 0);"
+/* The schema of the named volumes table (store/volumes.c), a migration of store.c. */
+#define SG_STORE_VOLUMES_MIGRATION                                                                                     \
+  "CREATE TABLE volumes ("                                                                                             \
+  "  name TEXT PRIMARY KEY,"                                                                                           \
+  "  size_bytes INTEGER NOT NULL,"                                                                                     \
+  "  created_ms INTEGER NOT NULL);"
 
 #endif

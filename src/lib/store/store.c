@@ -94,6 +94,8 @@ static const char *const migrations[] = {
     SG_STORE_SECRETS_MIGRATION,
     /* 8: API keys, their hashes only (store/keys.c) */
     SG_STORE_KEYS_MIGRATION,
+    /* 9: named volumes (store/volumes.c) */
+    SG_STORE_VOLUMES_MIGRATION,
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
