@@ -8,10 +8,12 @@ document at /v1/openapi.yaml."""
 
 import hashlib
 import hmac
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import unittest
 
@@ -87,6 +89,18 @@ def pattern_of(path, routes):
         if pattern.endswith("/*") and path.startswith(pattern[:-1]):
             return pattern
     return None
+
+
+def tarball(files):
+    """A tarball holding files (name -> text), as bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def resolve(doc, obj):
@@ -205,7 +219,8 @@ class TestExamples(SgpudTestCase):
                 if "example" in call:
                     media, content = next((m, c) for m, c in body_doc["content"].items()
                                           if call["example"] in (c.get("examples") or {}))
-                    body = content["examples"][call["example"]]["value"]
+                    example = content["examples"][call["example"]]
+                    body = tarball(example["x-sgpu-tar"]) if "x-sgpu-tar" in example else example["value"]
                     headers["Content-Type"] = "application/json" if media == "*/*" else media
                 what = "%s %s (documented under %s %s)" % (call_method, url, method, path)
                 r = self.sg.api(call_method, url, body=body, key=self.key(call.get("key", "admin")),
