@@ -217,11 +217,11 @@ class TestExamples(SgpudTestCase):
                     url = url.replace("{job}", job)
                 body, headers = None, {}
                 if "example" in call:
-                    media, content = next((m, c) for m, c in body_doc["content"].items()
-                                          if call["example"] in (c.get("examples") or {}))
+                    body_media, content = next((m, c) for m, c in body_doc["content"].items()
+                                               if call["example"] in (c.get("examples") or {}))
                     example = content["examples"][call["example"]]
                     body = tarball(example["x-sgpu-tar"]) if "x-sgpu-tar" in example else example["value"]
-                    headers["Content-Type"] = "application/json" if media == "*/*" else media
+                    headers["Content-Type"] = "application/json" if body_media == "*/*" else body_media
                 what = "%s %s (documented under %s %s)" % (call_method, url, method, path)
                 r = self.sg.api(call_method, url, body=body, key=self.key(call.get("key", "admin")),
                                 headers=headers, raw=True, timeout=90)
@@ -242,6 +242,11 @@ class TestExamples(SgpudTestCase):
                     reached[(path, method)] = True
                 if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
                     job = parsed["id"]
+                if "example" in call and 200 <= r.status < 300 and "x-sgpu-tar" not in example:
+                    # sgpud accepted it: the document's request schema must accept it too
+                    answers.append({"method": method, "path": path, "media": body_media,
+                                    "body": body, "request": True})
+                    where.append(what + " request")
                 answer = {"method": method, "path": path, "status": r.status, "media": media}
                 if parsed is not None:
                     answer["body"] = parsed

@@ -6,7 +6,9 @@
 // answers sgpud gave, `path` the document's path template), checks each body
 // against the schema the document gives that method, path, status and media
 // type (Ajv, JSON Schema 2020-12) and prints instead a JSON array with, for
-// each answer, the list of its errors (empty when it matches).
+// each answer, the list of its errors (empty when it matches). An entry with
+// "request": true is a request body sgpud accepted, checked against the
+// operation's request body schema for that media type.
 //
 // usage: node validate.mjs DOC.yaml [--answers FILE]
 // exit: 0 valid (the JSON on stdout), 1 invalid (the errors on stderr).
@@ -40,9 +42,16 @@ async function checkAnswers() {
 const doc = await dereference(file);
 const ajv = new Ajv2020({ strict: false, allErrors: true, validateFormats: false });
 const answers = JSON.parse(await readFile(answersFile, 'utf8'));
-const out = answers.map(({ method, path, status, media, body }) => {
+const out = answers.map(({ method, path, status, media, body, request }) => {
   const op = doc.paths?.[path]?.[method];
   if (!op) return [`${method} ${path}: not in the document`];
+  if (request) {
+    const content = op.requestBody?.content?.[media];
+    if (!content) return [`${method} ${path}: request media type ${media} is not documented`];
+    const check = ajv.compile(content.schema || {});
+    if (check(body)) return [];
+    return check.errors.map((e) => `${method} ${path}: request body${e.instancePath} ${e.message}`);
+  }
   const resp = op.responses?.[String(status)] || op.responses?.default;
   if (!resp) return [`${method} ${path}: status ${status} is not documented`];
   if (!resp.content) return body == null ? [] : [`${method} ${path} ${status}: a body where none is documented`];
