@@ -113,7 +113,9 @@ int sg_client_send(sg_client_t *c, const sg_client_request_t *req, sg_client_res
  * "Accept: application/json". Returns 0 on an answer below 400. An answer
  * of 400 or more fails with the message of its {"error": ...} body (or the
  * status and the body's first line), and a 401 says where the key came
- * from; *resp is then empty. */
+ * from; *resp is then empty. The error's status tells the answers apart:
+ * EACCES for 401, SG_ENOTFOUND for 404, EPERM for another 4xx, EPROTO for
+ * 5xx; ECONNREFUSED or ETIMEDOUT when no answer came. */
 int sg_client_call(sg_client_t *c, const char *method, const char *path, json_t *body, sg_client_response_t *resp,
                    sg_error_t **err);
 

@@ -73,6 +73,12 @@ int sg_store_jobs_apply(sg_store_t *store, sg_job_write_t *writes, size_t n, sg_
 int sg_store_jobs_get(sg_store_t *store, const char *endpoint, const char *id,
                       void (*cb)(void *ud, const sg_job_record_t *rec), void *ud, sg_error_t **err);
 
+/* Calls cb for at most limit jobs of endpoint, newest first (by creation):
+ * those with that status (a sg_job_status_t; -1: any) created before
+ * before_ms (<= 0: any time). Expired rows not yet deleted are included. */
+int sg_store_jobs_list(sg_store_t *store, const char *endpoint, int status, int64_t before_ms, int limit,
+                       void (*cb)(void *ud, const sg_job_record_t *rec), void *ud, sg_error_t **err);
+
 /* Calls cb for every job IN_QUEUE or IN_PROGRESS, oldest first. */
 int sg_store_jobs_each_open(sg_store_t *store, void (*cb)(void *ud, const sg_job_record_t *rec), void *ud,
                             sg_error_t **err);

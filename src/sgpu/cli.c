@@ -6,12 +6,28 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #define SG_USER_AGENT "sgpu-cli"
 /* Bound on JSON input files. */
 #define MAX_INPUT_BYTES ((size_t)64 * 1024 * 1024)
 
 struct sg_cli_options sg_cli_opts;
+int sg_cli_fail_exit;
+
+/* The exit status a failed request means (see cli.h). */
+static int exit_for(const sg_error_t *err) {
+  switch (err->status) {
+  case SG_ENOTFOUND:
+    return SG_EXIT_NOT_FOUND;
+  case EACCES:
+  case EPERM:
+    return SG_EXIT_REFUSED;
+  default:
+    return SG_EXIT_SERVER;
+  }
+}
 
 /* ---- errors and usage ------------------------------------------------------- */
 
@@ -64,6 +80,11 @@ bool sg_cli_global_option(int ch, const char *arg) {
   case SG_OPT_JSON:
     sg_cli_opts.json = true;
     return true;
+  case 'o':
+    if (strcmp(arg, "json") && strcmp(arg, "table"))
+      exit(sg_cli_usage_error(NULL, "-o %s: the output format is json or table", arg));
+    sg_cli_opts.json = !strcmp(arg, "json");
+    return true;
   default:
     return false;
   }
@@ -77,13 +98,16 @@ sg_client_t *sg_cli_connect(void) {
   sg_client_target_t t;
   if (sg_client_resolve(&flags, &t, &err) < 0) {
     sg_cli_errorf("%s", err->message);
+    sg_cli_fail_exit = SG_EXIT_SERVER;
     return NULL;
   }
   sg_client_options_t opts = {.user_agent = SG_USER_AGENT};
   sg_client_t *c = sg_client_open(&t, &opts, &err);
   sg_client_target_free(&t);
-  if (!c)
+  if (!c) {
     sg_cli_errorf("%s", err->message);
+    sg_cli_fail_exit = SG_EXIT_SERVER;
+  }
   return c;
 }
 
@@ -91,6 +115,7 @@ int sg_cli_call(sg_client_t *c, const char *method, const char *path, json_t *bo
   cleanup_error sg_error_t *err = NULL;
   if (sg_client_call(c, method, path, body, resp, &err) < 0) {
     sg_cli_errorf("%s", err->message);
+    sg_cli_fail_exit = exit_for(err);
     return -1;
   }
   return 0;
@@ -100,12 +125,34 @@ int sg_cli_stream(sg_client_t *c, sg_client_stream_t *s) {
   cleanup_error sg_error_t *err = NULL;
   if (sg_client_stream(c, s, &err) < 0) {
     sg_cli_errorf("%s", err->message);
+    sg_cli_fail_exit = exit_for(err);
     return -1;
   }
   return 0;
 }
 
 /* ---- output ------------------------------------------------------------------ */
+
+int sg_print_raw(const sg_client_response_t *r) {
+  fwrite(r->body, 1, r->len, stdout);
+  if (r->len && r->body[r->len - 1] != '\n')
+    putchar('\n');
+  return SG_EXIT_OK;
+}
+
+size_t sg_cli_term_width(void) {
+  if (!isatty(STDOUT_FILENO))
+    return 0;
+  const char *cols = getenv("COLUMNS");
+  char *end;
+  long n = cols ? strtol(cols, &end, 10) : 0;
+  if (cols && *cols && !*end && n > 0)
+    return (size_t)n;
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    return ws.ws_col;
+  return 0;
+}
 
 void sg_print_json(const json_t *j) {
   cleanup_free char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
@@ -191,16 +238,41 @@ void sg_table_print(const struct sg_table *t, FILE *f) {
         width[c] = w;
     }
   }
+  size_t cut = f == stdout ? sg_cli_term_width() : 0;
+  cleanup_strbuf sg_strbuf_t line = SG_STRBUF_INIT;
   for (size_t r = 0; r < t->nrows; r++) {
+    line.len = 0;
     for (size_t c = 0; c < t->ncols; c++) {
       const char *cell = t->cells[r * t->ncols + c];
       if (c + 1 < t->ncols)
-        fprintf(f, "%-*s  ", (int)width[c], cell);
+        sg_strbuf_appendf(&line, "%-*s  ", (int)width[c], cell);
       else
-        fputs(cell, f);
+        sg_strbuf_append(&line, cell);
     }
+    size_t n = line.len;
+    if (cut && n > cut) {
+      n = cut;
+      while (n > 0 && ((unsigned char)line.s[n] & 0xC0) == 0x80)
+        n--; /* not inside a UTF-8 sequence */
+    }
+    fwrite(line.s, 1, n, f);
     fputc('\n', f);
   }
+}
+
+static size_t sort_col;
+static bool sort_desc;
+static int row_cmp(const void *a, const void *b) {
+  int c = strcmp(((char *const *)a)[sort_col], ((char *const *)b)[sort_col]);
+  return sort_desc ? -c : c;
+}
+
+void sg_table_sort(struct sg_table *t, size_t col, bool desc) {
+  if (t->nrows < 3 || col >= t->ncols)
+    return;
+  sort_col = col;
+  sort_desc = desc;
+  qsort(t->cells + t->ncols, t->nrows - 1, t->ncols * sizeof *t->cells, row_cmp);
 }
 
 void sg_table_free(struct sg_table *t) {
@@ -258,4 +330,36 @@ json_t *sg_load_json_file(const char *path) {
     return NULL;
   }
   return j;
+}
+
+/* ---- actions ------------------------------------------------------------------- */
+
+int sg_cli_run_action(const char *cmd, const struct sg_cli_action *acts, size_t n, int nargs, char **args) {
+  if (nargs < 1) {
+    cleanup_strbuf sg_strbuf_t names = SG_STRBUF_INIT;
+    for (size_t i = 0; i < n; i++)
+      sg_strbuf_appendf(&names, "%s%s", i ? ", " : "", acts[i].name);
+    return sg_cli_usage_error(cmd, "%s: needs an action: %s", cmd, names.s);
+  }
+  const struct sg_cli_action *a = NULL;
+  for (size_t i = 0; i < n && !a; i++)
+    if (!strcmp(acts[i].name, args[0]))
+      a = &acts[i];
+  if (!a)
+    return sg_cli_usage_error(cmd, "%s: unknown action '%s'", cmd, args[0]);
+  if (nargs - 1 < a->min_args || nargs - 1 > a->max_args)
+    return sg_cli_usage_error(cmd, "%s %s: takes %s", cmd, a->name, a->usage);
+  cleanup_client sg_client_t *c = sg_cli_connect();
+  if (!c)
+    return SG_EXIT_FAIL;
+  return a->fn(c, nargs - 1, args + 1);
+}
+
+char *sg_cli_path(const char *a, const char *b, const char *c) {
+  if (!b)
+    return xasprintf("/v1/%s", a);
+  cleanup_free char *eb = sg_client_escape(b);
+  if (!c)
+    return xasprintf("/v1/%s/%s", a, eb);
+  return xasprintf("/v1/%s/%s/%s", a, eb, c);
 }

@@ -20,6 +20,9 @@ const char sg_endpoint_help[] = "Usage: sgpu endpoint create -f SPEC.json\n"
                                 "VERSION; get prints the endpoint with its status as JSON (status.state: serving,\n"
                                 "starting, scaled_to_zero, crash_loop, image_pull_failed, unschedulable; list\n"
                                 "shows it as STATE); delete stops its workers and removes it.\n"
+                                "list shows NAME, TYPE (sync or async), STATE, READY/DESIRED workers, IN FLIGHT\n"
+                                "and QUEUED requests (jobs for async) and LAST ERROR; on a terminal, lines are\n"
+                                "cut to its width ($COLUMNS, else the terminal's).\n"
                                 "\n"
                                 "Options:\n"
                                 "  -f, --file FILE  the endpoint spec (JSON); '-' reads standard input\n";
@@ -43,30 +46,23 @@ static json_t *get_path(const json_t *j, const char *a, const char *b) {
 }
 
 static void add_row(struct sg_table *t, const json_t *ep) {
-  char name[128], state[32], version[32], runtime[32], gpu[96], workers[64], minmax[64], queued[32], served[32];
+  char name[128], type[16], state[32], ready[64], in_flight[32], queued[32], last_error[1024];
   char a[32], b[32];
 
   sg_cell(json_object_get(ep, "name"), name, sizeof name);
-  sg_cell(json_object_get(ep, "version"), version, sizeof version);
-  sg_cell(json_object_get(ep, "runtime"), runtime, sizeof runtime);
-
-  json_int_t count = json_integer_value(get_path(ep, "gpu", "count"));
-  if (count > 0)
-    snprintf(gpu, sizeof gpu, "%s:%" JSON_INTEGER_FORMAT, sg_cell(get_path(ep, "gpu", "type"), a, sizeof a), count);
-  else
-    snprintf(gpu, sizeof gpu, "-");
-
+  sg_cell(json_object_get(ep, "type"), type, sizeof type);
   const json_t *st = json_object_get(ep, "status");
-  const json_t *sw = json_object_get(st, "workers");
-  snprintf(workers, sizeof workers, "%s/%s", sg_cell(json_object_get(sw, "ready"), a, sizeof a),
-           sg_cell(json_object_get(sw, "starting"), b, sizeof b));
-  snprintf(minmax, sizeof minmax, "%s/%s", sg_cell(get_path(ep, "workers", "min"), a, sizeof a),
-           sg_cell(get_path(ep, "workers", "max"), b, sizeof b));
-  sg_cell(json_object_get(st, "queued"), queued, sizeof queued);
   sg_cell(json_object_get(st, "state"), state, sizeof state);
-  sg_cell(json_object_get(st, "served"), served, sizeof served);
+  snprintf(ready, sizeof ready, "%s/%s", sg_cell(get_path(st, "workers", "ready"), a, sizeof a),
+           sg_cell(json_object_get(st, "desired"), b, sizeof b));
+  sg_cell(json_object_get(st, "in_flight"), in_flight, sizeof in_flight);
+  sg_cell(json_object_get(st, "queued"), queued, sizeof queued);
+  sg_cell(json_object_get(st, "last_error"), last_error, sizeof last_error);
+  for (char *p = last_error; *p; p++)
+    if (*p == '\n' || *p == '\r' || *p == '\t')
+      *p = ' '; /* one line per endpoint */
 
-  const char *cells[] = {name, state, version, runtime, gpu, workers, minmax, queued, served};
+  const char *cells[] = {name, type, state, ready, in_flight, queued, last_error};
   sg_table_add(t, cells);
 }
 
@@ -74,19 +70,14 @@ static int do_list(sg_client_t *c) {
   cleanup_response sg_client_response_t r = {0};
   if (sg_cli_call(c, "GET", "/v1/endpoints", NULL, &r) < 0)
     return SG_EXIT_FAIL;
-  if (sg_cli_opts.json) {
-    fwrite(r.body, 1, r.len, stdout);
-    if (r.len && r.body[r.len - 1] != '\n')
-      putchar('\n');
-    return SG_EXIT_OK;
-  }
+  if (sg_cli_opts.json)
+    return sg_print_raw(&r);
   json_t *list = json_object_get(r.json, "endpoints");
   if (!json_is_array(list)) {
     sg_cli_errorf("unexpected answer from the server: no endpoints list");
     return SG_EXIT_FAIL;
   }
-  static const char *const headers[] = {"NAME",    "STATE",   "VERSION", "RUNTIME", "GPU",
-                                        "WORKERS", "MIN/MAX", "QUEUED",  "SERVED"};
+  static const char *const headers[] = {"NAME", "TYPE", "STATE", "READY/DESIRED", "IN FLIGHT", "QUEUED", "LAST ERROR"};
   cleanup_table struct sg_table *t = sg_table_new(SG_ARRAY_SIZE(headers), headers);
   size_t i;
   json_t *ep;
@@ -216,7 +207,7 @@ int sg_cmd_endpoint(int argc, char **argv) {
       SG_CLI_GLOBAL_OPTIONS, {"file", required_argument, NULL, 'f'}, {NULL, 0, NULL, 0}};
   struct endpoint_args a = {0};
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hf:", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "f:", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {

@@ -14,7 +14,8 @@ const char sg_invoke_help[] = "Usage: sgpu invoke NAME [PATH] [-X METHOD] [-d DA
                               "answer's body to standard output as it arrives, so streamed answers (server-sent\n"
                               "events) show up as they are produced. The method is GET, or POST with a body.\n"
                               "A JSON body is sent as application/json unless -H sets Content-Type.\n"
-                              "Exits 1 after printing the error when the answer's status is 400 or more.\n"
+                              "Exits 3 (404), 4 (another 4xx) or 5 (5xx) after printing the error when the\n"
+                              "answer's status is 400 or more.\n"
                               "\n"
                               "Options:\n"
                               "  -X, --method METHOD  request method\n"
@@ -93,7 +94,7 @@ int sg_cmd_invoke(int argc, char **argv) {
   struct invoke_out out = {0};
   cleanup_slist struct curl_slist *headers = NULL;
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hX:d:f:H:it:", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "X:d:f:H:it:", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {

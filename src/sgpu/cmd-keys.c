@@ -114,7 +114,7 @@ int sg_cmd_keys(int argc, char **argv) {
   long long burst = 0;
   int ch;
   char *end;
-  while ((ch = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {

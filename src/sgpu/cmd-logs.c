@@ -23,7 +23,8 @@ const char sg_logs_help[] = "Usage: sgpu logs NAME [--worker ID] [--stream S] [-
                             "      --until T      lines up to T (same forms)\n"
                             "  -q, --grep TEXT    only lines that contain TEXT\n"
                             "  -n, --limit N      the newest N lines (the server's default is 1000)\n"
-                            "  -f, --follow       keep printing new lines as they come, until interrupted\n";
+                            "  -f, --follow       keep printing new lines as they come, until interrupted or\n"
+                            "                     the endpoint is deleted (then exit 0 with a message)\n";
 
 #define CMD "logs"
 /* A longer line is printed as it is, unparsed. */
@@ -148,6 +149,17 @@ static bool is_count(const char *s) {
   return true;
 }
 
+/* True when the server says there is no endpoint name (sgpud ends a
+ * follow's answer when its endpoint is deleted). Other failures say no: the
+ * follow then tries again. */
+static bool endpoint_gone(sg_client_t *c, const char *name) {
+  cleanup_free char *esc = sg_client_escape(name);
+  cleanup_free char *path = xasprintf("/v1/endpoints/%s", esc);
+  cleanup_response sg_client_response_t r = {0};
+  cleanup_error sg_error_t *err = NULL;
+  return sg_client_call(c, "GET", path, NULL, &r, &err) < 0 && err->status == SG_ENOTFOUND;
+}
+
 int sg_cmd_logs(int argc, char **argv) {
   static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS,
                                           {"worker", required_argument, NULL, 'w'},
@@ -161,7 +173,7 @@ int sg_cmd_logs(int argc, char **argv) {
                                           {NULL, 0, NULL, 0}};
   struct logs_query q = {0};
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hw:s:r:q:n:f", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "w:s:r:q:n:f", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {
@@ -233,6 +245,10 @@ int sg_cmd_logs(int argc, char **argv) {
     }
     if (!q.follow || out.failed)
       break;
+    if (endpoint_gone(c, name)) {
+      sg_cli_errorf("endpoint %s was deleted; the logs end here", name);
+      break;
+    }
     struct timespec pause = {.tv_sec = 1};
     while (nanosleep(&pause, &pause) < 0 && errno == EINTR) {
     }

@@ -12,7 +12,7 @@ const char sg_nodes_help[] = "Usage: sgpu nodes\n"
 int sg_cmd_nodes(int argc, char **argv) {
   static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     if (ch == 'h') {

@@ -65,7 +65,7 @@ int sg_cmd_usage(int argc, char **argv) {
                                           {NULL, 0, NULL, 0}};
   const char *from = NULL, *to = NULL, *by = NULL;
   int ch;
-  while ((ch = getopt_long(argc, argv, ":hb:", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "b:", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     switch (ch) {

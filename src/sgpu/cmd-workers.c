@@ -6,8 +6,8 @@
 const char sg_workers_help[] = "Usage: sgpu workers NAME\n"
                                "       sgpu workers stop NAME ID\n"
                                "\n"
-                               "Lists the workers of endpoint NAME, recently ended ones included, or stops\n"
-                               "worker ID (SIGTERM, then SIGKILL after the grace period).\n";
+                               "Lists the workers of endpoint NAME, newest first, recently ended ones included,\n"
+                               "or stops worker ID (SIGTERM, then SIGKILL after the grace period).\n";
 
 #define CMD "workers"
 
@@ -53,6 +53,7 @@ static int list_workers(sg_client_t *c, const char *name) {
   size_t i;
   json_t *w;
   json_array_foreach(list, i, w) add_row(t, w);
+  sg_table_sort(t, 8, true); /* STARTED: RFC 3339 UTC times sort as text */
   sg_table_print(t, stdout);
   return SG_EXIT_OK;
 }
@@ -77,7 +78,7 @@ static int stop_worker(sg_client_t *c, const char *name, const char *id) {
 int sg_cmd_workers(int argc, char **argv) {
   static const struct option options[] = {SG_CLI_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, SG_CLI_SHORT "", options, NULL)) != -1) {
     if (sg_cli_global_option(ch, optarg))
       continue;
     if (ch == 'h') {

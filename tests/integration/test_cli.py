@@ -15,7 +15,9 @@ import unittest
 from harness import (SGPU, SgpudTestCase, echo_spec, free_port, require_binaries, scaled,
                      unique_name)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# The exit statuses (sgpu --help): usage 2, 404 3, another 4xx 4, 5xx or no answer 5.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_SERVER = 0, 1, 2, 3, 4, 5
+API_FAILURES = (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_SERVER)
 
 LOG_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\S+Z) (\S+) (stdout|stderr|event) (.*)$")
 
@@ -36,6 +38,17 @@ def parse_table(text):
             raise AssertionError("row %r does not match headers %r" % (line, headers))
         rows.append(dict(zip(headers, cells)))
     return rows
+
+
+def parse_columns(text):
+    """A table whose last cells may hold spaces: cells cut at the headers' columns."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    if not lines:
+        raise AssertionError("no table in %r" % text)
+    starts = [m.start() for m in re.finditer(r"(?:(?<=  )|^)\S", lines[0])]
+    headers = [lines[0][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    return [{h: line[a:b].strip() for h, a, b in zip(headers, starts, starts[1:] + [None])}
+            for line in lines[1:]]
 
 
 class LineReader:
@@ -130,8 +143,8 @@ class CliTestCase(SgpudTestCase):
         return proc.stdout
 
     def assertFails(self, proc, code=EXIT_FAIL, what=""):
-        """Exit status `code`, nothing on stdout; for API errors (code 1) exactly one
-        line "sgpu: <message>" on stderr. Returns that message."""
+        """Exit status `code`, nothing on stdout; for API errors (codes 1, 3, 4, 5)
+        exactly one line "sgpu: <message>" on stderr. Returns that message."""
         ctx = "%s: exit %d\nstdout: %r\nstderr: %r" % (what, proc.returncode, proc.stdout,
                                                         proc.stderr)
         self.assertEqual(proc.returncode, code, ctx)
@@ -140,7 +153,7 @@ class CliTestCase(SgpudTestCase):
         self.assertTrue(lines, "no error message; " + ctx)
         self.assertTrue(lines[0].startswith("sgpu: "), ctx)
         self.assertGreater(len(lines[0]), len("sgpu: "), ctx)
-        if code == EXIT_FAIL:
+        if code in API_FAILURES:
             self.assertEqual(len(lines), 1, "the error is not one line; " + ctx)
         return lines[0][len("sgpu: "):]
 
@@ -235,10 +248,10 @@ class CliBasicsTest(CliTestCase):
         self.assertIn("Usage", proc.stderr)
 
     def test_bad_usage_does_not_reach_the_server(self):
-        # a closed port: a request would fail with exit 1, not 2
+        # a closed port: a request would fail with exit 5, not 2
         env = {"SGPU_URL": "http://127.0.0.1:%d" % free_port()}
         self.assertFails(self.cli("endpoint", "get", env=env), EXIT_USAGE)
-        self.assertFails(self.cli("endpoint", "list", env=env), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "list", env=env), EXIT_SERVER)
 
 
 class CliEndpointTest(CliTestCase):
@@ -248,14 +261,10 @@ class CliEndpointTest(CliTestCase):
                                         workers={"min": 0, "max": 3}))
         self.assertIn("created", out)
 
-        row = self.row_where(parse_table(self.ok("endpoint", "list")), "NAME", name)
-        self.assertEqual(row["VERSION"], "1")
-        self.assertEqual(row["RUNTIME"], "process")
-        self.assertEqual(row["GPU"], "a100:1")
-        self.assertEqual(row["WORKERS"], "0/0")
-        self.assertEqual(row["MIN/MAX"], "0/3")
-        self.assertEqual(row["QUEUED"], "0")
-        self.assertEqual(row["SERVED"], "0")
+        row = self.row_where(parse_columns(self.ok("endpoint", "list")), "NAME", name)
+        self.assertEqual(row, {"NAME": name, "TYPE": "sync", "STATE": "scaled_to_zero",
+                               "READY/DESIRED": "0/0", "IN FLIGHT": "0", "QUEUED": "0",
+                               "LAST ERROR": "-"})
 
         listing = json.loads(self.ok("endpoint", "list", "--json"))
         self.assertIn(name, [e["name"] for e in listing["endpoints"]])
@@ -299,7 +308,7 @@ class CliEndpointTest(CliTestCase):
         self.assertEqual(ep["env"]["MODEL"], "tiny")
         self.assertEqual(ep["workers"]["max"], 3)
         self.assertFails(self.cli("endpoint", "rollback", name, "x"), EXIT_USAGE)
-        self.assertFails(self.cli("endpoint", "rollback", name, "99"), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "rollback", name, "99"), EXIT_NOT_FOUND)
 
         out = self.ok("endpoint", "delete", name)
         self.assertIn(name, out)
@@ -307,9 +316,9 @@ class CliEndpointTest(CliTestCase):
         rows = parse_table(self.ok("endpoint", "list"))
         self.assertNotIn(name, [r["NAME"] for r in rows])
 
-        msg = self.assertFails(self.cli("endpoint", "get", name), EXIT_FAIL)
+        msg = self.assertFails(self.cli("endpoint", "get", name), EXIT_NOT_FOUND)
         self.assertIn(name, msg)
-        self.assertFails(self.cli("endpoint", "delete", name), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "delete", name), EXIT_NOT_FOUND)
 
     def test_create_from_stdin(self):
         name = unique_name("cli-stdin")
@@ -332,15 +341,15 @@ class CliEndpointTest(CliTestCase):
     def test_api_errors_are_one_line(self):
         name = unique_name("cli-bad")
         bad = self.spec_file(echo_spec(name, workers={"max": 0}))
-        msg = self.assertFails(self.cli("endpoint", "create", "-f", bad), EXIT_FAIL)
+        msg = self.assertFails(self.cli("endpoint", "create", "-f", bad), EXIT_REFUSED)
         self.assertIn("workers.max", msg)
         self.assertNotIn(name, self.sg.list_names())
 
         self.cli_create(echo_spec(name))
         self.assertFails(self.cli("endpoint", "create", "-f", self.spec_file(echo_spec(name))),
-                         EXIT_FAIL, "duplicate create")
+                         EXIT_REFUSED, "duplicate create")
         other = self.spec_file(echo_spec(unique_name("cli-other")))
-        self.assertFails(self.cli("endpoint", "update", name, "-f", other), EXIT_FAIL,
+        self.assertFails(self.cli("endpoint", "update", name, "-f", other), EXIT_REFUSED,
                          "update naming another endpoint")
         self.assertEqual(self.sg.get(name)["version"], 1)
 
@@ -420,27 +429,28 @@ class CliInvokeTest(CliTestCase):
         self.assertGreaterEqual(len(data), 2, out)
         self.assertEqual(data[-1], "[DONE]")
 
-    def test_invoke_error_status_exits_1(self):
-        for code in (400, 404, 418, 500, 503):
+    def test_invoke_error_status_exit_codes(self):
+        for code, exit_code in ((400, EXIT_REFUSED), (404, EXIT_NOT_FOUND), (418, EXIT_REFUSED),
+                                (500, EXIT_SERVER), (503, EXIT_SERVER)):
             with self.subTest(code=code):
                 proc = self.cli("invoke", self.warm, "/status/%d" % code)
-                msg = self.assertFails(proc, EXIT_FAIL)
+                msg = self.assertFails(proc, exit_code)
                 self.assertIn(str(code), msg)
         # statuses below 400 are a success
         self.ok("invoke", self.warm, "/status/201")
 
     def test_invoke_unknown_endpoint(self):
         proc = self.cli("invoke", "no-such-endpoint", "/infer", "-d", "x")
-        msg = self.assertFails(proc, EXIT_FAIL)
+        msg = self.assertFails(proc, EXIT_NOT_FOUND)
         self.assertIn("no-such-endpoint", msg)
 
     def test_wrong_key_and_unreachable_server(self):
         proc = self.cli("invoke", self.warm, "/infer", "-d", "x", env={"SGPU_API_KEY": "wrong"})
-        self.assertFails(proc, EXIT_FAIL, "wrong key")
+        self.assertFails(proc, EXIT_REFUSED, "wrong key")
         proc = self.cli("endpoint", "list", env={"SGPU_API_KEY": "wrong"})
-        self.assertFails(proc, EXIT_FAIL, "wrong key")
+        self.assertFails(proc, EXIT_REFUSED, "wrong key")
         proc = self.cli("nodes", env={"SGPU_URL": "http://127.0.0.1:%d" % free_port()})
-        self.assertFails(proc, EXIT_FAIL, "closed port")
+        self.assertFails(proc, EXIT_SERVER, "closed port")
 
 
 class CliWorkersTest(CliTestCase):
@@ -468,9 +478,17 @@ class CliWorkersTest(CliTestCase):
                       message="worker %s stopped" % w["id"])
         row = self.row_where(parse_table(self.ok("workers", name)), "ID", w["id"])
         self.assertIn(row["STATE"], ("stopped", "failed"))
+        # a new worker is listed before the stopped one: newest first
+        self.ok("invoke", name, "/infer", "-d", "x", timeout=60)
+        (w2,) = self.sg.active_workers(name)
+        rows = parse_table(self.ok("workers", name))
+        ids = [r["ID"] for r in rows]
+        self.assertLess(ids.index(w2["id"]), ids.index(w["id"]), rows)
+        started = [r["STARTED"] for r in rows]
+        self.assertEqual(started, sorted(started, reverse=True))
 
-        self.assertFails(self.cli("workers", "stop", name, "w-doesnotexist"), EXIT_FAIL)
-        self.assertFails(self.cli("workers", "no-such-endpoint"), EXIT_FAIL)
+        self.assertFails(self.cli("workers", "stop", name, "w-doesnotexist"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("workers", "no-such-endpoint"), EXIT_NOT_FOUND)
 
 
 class CliLogsTest(CliTestCase):
@@ -514,7 +532,7 @@ class CliLogsTest(CliTestCase):
         self.assertTrue(self.ok("logs", name, "--since", "10m").splitlines())
         self.assertEqual(self.ok("logs", name, "--until", "1"), "")
 
-        self.assertFails(self.cli("logs", "no-such-endpoint"), EXIT_FAIL)
+        self.assertFails(self.cli("logs", "no-such-endpoint"), EXIT_NOT_FOUND)
 
     def test_logs_by_request_id(self):
         name = unique_name("cli-logs-rid")
@@ -530,7 +548,7 @@ class CliLogsTest(CliTestCase):
         self.assertEqual([LOG_LINE.match(l).group(4) for l in lines], ["trace cli-rid-1 stderr"], lines)
         objs = [json.loads(l) for l in self.ok("logs", name, "--request-id", "cli-rid-1", "--json").splitlines()]
         self.assertEqual({o["request_id"] for o in objs}, {"cli-rid-1"})
-        self.assertFails(self.cli("logs", name, "--request-id", "bad id"), EXIT_FAIL)
+        self.assertFails(self.cli("logs", name, "--request-id", "bad id"), EXIT_REFUSED)
 
     def test_logs_follow(self):
         name = unique_name("cli-follow")
@@ -553,6 +571,18 @@ class CliLogsTest(CliTestCase):
         reader.join(5)
         self.assertEqual(proc.stderr.read(), b"")
 
+    def test_logs_follow_ends_when_the_endpoint_is_deleted(self):
+        name = unique_name("cli-follow-del")
+        self.cli_create(echo_spec(name))
+        proc = self.popen("logs", name, "-f", "--stream", "event")
+        reader = LineReader(proc.stdout)
+        self.ok("endpoint", "delete", name)
+        self.assertEqual(proc.wait(scaled(20)), EXIT_OK)
+        reader.join(5)
+        self.assertIn("endpoint deleted", reader.text())
+        self.assertEqual(proc.stderr.read().decode(),
+                         "sgpu: endpoint %s was deleted; the logs end here\n" % name)
+
     def test_logs_follow_json(self):
         name = unique_name("cli-follow-json")
         self.cli_create(echo_spec(name))
@@ -567,6 +597,291 @@ class CliLogsTest(CliTestCase):
             self.assertEqual(obj["endpoint"], name)
         proc.terminate()
         proc.wait(scaled(10))
+
+
+def async_cli_spec(name, **kwargs):
+    return echo_spec(name, type="async", workers={"min": 1, "max": 1, "max_concurrency": 1},
+                     env={"WARMUP_MS": "0"}, health={"path": "/health", "period_s": 30}, **kwargs)
+
+
+class CliJobsTest(CliTestCase):
+    def test_jobs(self):
+        name = unique_name("cli-jobs")
+        self.cli_create(async_cli_spec(name))
+        self.sg.wait_ready(name, 1, timeout=20)
+
+        # run: the id; --sync: the output
+        job_id = self.ok("jobs", "run", name, "--input", '{"n": 1}').strip()
+        self.assertRegex(job_id, r"^[0-9a-f-]{36}$")
+        out = json.loads(self.ok("jobs", "run", name, "--sync", "--input", '{"output": {"answer": 42}}'))
+        self.assertEqual(out, {"answer": 42})
+        path = os.path.join(self.tmp, "input-%s.json" % name)
+        with open(path, "w") as f:
+            json.dump({"output": "from-file"}, f)
+        self.assertEqual(json.loads(self.ok("jobs", "run", name, "--sync", "--input", "@" + path)),
+                         "from-file")
+        self.assertEqual(json.loads(self.ok("jobs", "run", name, "--sync", "--input", "@-",
+                                            input='{"output": "from-stdin"}')), "from-stdin")
+        final = json.loads(self.ok("jobs", "run", name, "--sync", "-o", "json", "--input", "{}"))
+        self.assertEqual(final["status"], "COMPLETED")
+
+        # a job that fails: exit 1, its error on stderr
+        proc = self.cli("jobs", "run", name, "--sync", "--input", '{"fail": "nope"}')
+        msg = self.assertFails(proc, EXIT_FAIL)
+        self.assertIn("FAILED", msg)
+        self.assertIn("nope", msg)
+        failed_id = json.loads(self.ok("jobs", "list", name, "--status", "FAILED", "-o", "json"))["jobs"][0]["id"]
+
+        # status
+        st = json.loads(self.ok("jobs", "status", name, job_id))
+        self.assertEqual(st["id"], job_id)
+        self.assertEqual(st["status"], "COMPLETED")
+        self.assertEqual(json.loads(self.ok("jobs", "status", name, job_id, "-o", "json"))["id"], job_id)
+
+        # list: newest first, filters, limit
+        rows = parse_columns(self.ok("jobs", "list", name))
+        self.assertEqual(len(rows), 6, rows)
+        self.assertEqual(rows[0]["ID"], failed_id)
+        self.assertEqual(rows[0]["STATUS"], "FAILED")
+        self.assertEqual(rows[-1]["ID"], job_id)
+        self.assertEqual([r["ID"] for r in parse_columns(self.ok("jobs", "list", name, "--limit", "2"))],
+                         [r["ID"] for r in rows[:2]])
+        listed = json.loads(self.ok("jobs", "list", name, "--status", "COMPLETED", "-o", "json"))["jobs"]
+        self.assertEqual([j["id"] for j in listed], [r["ID"] for r in rows[1:]])
+        self.assertEqual(parse_columns(self.ok("jobs", "list", name, "--status", "CANCELLED")), [])
+
+        # retry a failed job; cancel; purge
+        self.assertEqual(self.ok("jobs", "retry", name, failed_id).strip(), "job %s IN_QUEUE" % failed_id)
+        self.wait_for(lambda: self.sg.api("GET", "/v2/%s/status/%s" % (name, failed_id)).body["status"]
+                      == "FAILED", 20, message="the retried job to fail again")
+        blocker = self.ok("jobs", "run", name, "--input", '{"sleep_ms": 30000}').strip()
+        self.wait_for(lambda: self.sg.api("GET", "/v2/%s/status/%s" % (name, blocker)).body["status"]
+                      == "IN_PROGRESS", 10, message="the blocker to run")
+        queued = [self.ok("jobs", "run", name, "--input", "{}").strip() for _ in range(2)]
+        self.assertEqual(self.ok("jobs", "purge", name).strip(), "2 queued jobs of %s cancelled" % name)
+        for q in queued:
+            self.assertEqual(json.loads(self.ok("jobs", "status", name, q))["status"], "CANCELLED")
+        self.assertEqual(self.ok("jobs", "cancel", name, blocker).strip(), "job %s CANCELLED" % blocker)
+
+        # exit codes
+        self.assertFails(self.cli("jobs", "status", name, "0" * 36), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("jobs", "list", "no-such-endpoint"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("jobs", "retry", name, job_id), EXIT_REFUSED)  # COMPLETED: 409
+        sync = unique_name("cli-jobs-sync")
+        self.cli_create(echo_spec(sync))
+        self.assertFails(self.cli("jobs", "list", sync), EXIT_REFUSED)  # not async: 409
+        for args in (("jobs",), ("jobs", "run", name), ("jobs", "run", name, "--input", "{bad"),
+                     ("jobs", "list", name, "--limit", "0"), ("jobs", "status", name),
+                     ("jobs", "list", name, "--input", "{}"), ("jobs", "frob", name),
+                     ("jobs", "run", name, "--input", "@/no/such/file")):
+            self.assertFails(self.cli(*args), EXIT_USAGE, " ".join(args))
+
+
+class CliImagesTest(CliTestCase):
+    def test_images(self):
+        out = self.ok("images", "list")
+        self.assertTrue(out.startswith("IMAGE"), out)
+        listing = json.loads(self.ok("images", "list", "-o", "json"))
+        self.assertIn("images", listing)
+        ref = "127.0.0.1:%d/cli-ghost:1" % free_port()  # nothing listens: the pull fails
+        self.assertEqual(self.ok("images", "pull", ref).strip(), "%s pulling" % ref)
+        self.wait_for(lambda: any(r["IMAGE"] == ref and r["STATE"] == "failed"
+                                  for r in parse_columns(self.ok("images", "list"))), 30,
+                      message="the failed pull listed")
+        self.assertFails(self.cli("images", "rm", ref), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("images", "pull", ref, "--registry-auth", "no-such-auth"), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("images", "rm"), EXIT_USAGE)
+        self.assertFails(self.cli("images", "list", "--registry-auth", "x"), EXIT_USAGE)
+
+
+class CliRegistryAuthTest(CliTestCase):
+    def test_registry_auth(self):
+        name = unique_name("cli-auth")
+        password = "pw-%d" % time.monotonic_ns()
+        out = self.ok("registry-auth", "set", name, "--registry", "registry.example:5000",
+                      "--username", "bob", input=password + "\n")
+        self.assertEqual(out.strip(), "registry auth %s stored" % name)
+        self.addCleanup(self.sg.api, "DELETE", "/v1/registry-auths/%s" % name)
+        out = self.ok("registry-auth", "set", name, "--registry", "registry.example:5000",
+                      "--username", "alice", "--password", password)
+        self.assertEqual(out.strip(), "registry auth %s stored" % name)
+        table = self.ok("registry-auth", "list")
+        row = self.row_where(parse_columns(table), "NAME", name)
+        self.assertEqual((row["REGISTRY"], row["USERNAME"]), ("registry.example:5000", "alice"))
+        raw = self.ok("registry-auth", "list", "-o", "json")
+        self.assertIn(name, [a["name"] for a in json.loads(raw)["registry_auths"]])
+        self.assertNotIn(password, table + raw + out)
+        self.assertEqual(self.ok("registry-auth", "rm", name).strip(), "registry auth %s removed" % name)
+        self.assertFails(self.cli("registry-auth", "rm", name), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("registry-auth", "set", name, "--username", "x", "--password", "y"),
+                         EXIT_USAGE)
+        self.assertFails(self.cli("registry-auth", "list", "--registry", "x"), EXIT_USAGE)
+
+
+class CliSecretsTest(CliTestCase):
+    def test_secrets(self):
+        secret = unique_name("cli-secret")
+        value = "tok-%d" % time.monotonic_ns()
+        self.addCleanup(self.sg.api, "DELETE", "/v1/secrets/%s" % secret)
+        outs = [self.ok("secrets", "set", secret, "--value", "first")]
+        self.assertEqual(outs[0].strip(), "secret %s created" % secret)
+        path = os.path.join(self.tmp, "secret-%s" % secret)
+        with open(path, "w") as f:
+            f.write("from-file\n")
+        outs.append(self.ok("secrets", "set", secret, "--value", "@" + path))
+        # from standard input, one final newline removed
+        outs.append(self.ok("secrets", "set", secret, input=value + "\n"))
+        self.assertEqual(outs[-1].strip(), "secret %s updated" % secret)
+        outs.append(self.ok("secrets", "list"))
+        self.row_where(parse_columns(outs[-1]), "NAME", secret)
+        outs.append(self.ok("secrets", "list", "-o", "json"))
+        self.assertIn(secret, [x["name"] for x in json.loads(outs[-1])["secrets"]])
+        for out in outs:
+            self.assertNotIn(value, out)
+            self.assertNotIn("from-file", out)
+
+        # the worker gets the value as it was given on standard input
+        name = unique_name("cli-secret-ep")
+        self.cli_create(echo_spec(name, env={"MODEL": {"secret": secret}}, workers={"min": 1, "max": 1}))
+        self.sg.wait_ready(name, 1, timeout=20)
+        self.assertEqual(json.loads(self.ok("invoke", name, "/env"))["MODEL"], value)
+        msg = self.assertFails(self.cli("secrets", "rm", secret), EXIT_REFUSED)  # in use: 409
+        self.assertIn(name, msg)
+        self.sg.try_delete(name)
+        self.assertEqual(self.ok("secrets", "rm", secret).strip(), "secret %s removed" % secret)
+        self.assertFails(self.cli("secrets", "rm", secret), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("secrets", "set", "Bad_Name", "--value", "x"), EXIT_REFUSED)
+        self.assertFails(self.cli("secrets", "list", "--value", "x"), EXIT_USAGE)
+        self.assertFails(self.cli("secrets", "set"), EXIT_USAGE)
+
+
+class CliVolumesTest(CliTestCase):
+    def test_volumes(self):
+        import io
+        import tarfile
+        vol = unique_name("cli-vol")
+        self.addCleanup(self.sg.api, "DELETE", "/v1/volumes/%s" % vol)
+        self.assertEqual(self.ok("volumes", "create", vol, "--size", "1M").strip(),
+                         "volume %s created" % vol)
+        got = self.sg.api("GET", "/v1/volumes/%s" % vol).body
+        self.assertEqual(got["size_bytes"], 1 << 20)
+        row = self.row_where(parse_columns(self.ok("volumes", "list")), "NAME", vol)
+        self.assertEqual(row["SIZE"], "1.0MiB")
+        self.assertIn(vol, [v["name"] for v in json.loads(self.ok("volumes", "list", "-o", "json"))["volumes"]])
+
+        tarball = os.path.join(self.tmp, "%s.tar.gz" % vol)
+        with tarfile.open(tarball, "w:gz") as tar:
+            data = b"w" * 5000
+            info = tarfile.TarInfo("weights/model.bin")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        out = self.ok("volumes", "upload", vol, tarball)
+        self.assertIn("unpacked into volume %s" % vol, out)
+        self.assertEqual(self.sg.api("GET", "/v1/volumes/%s" % vol).body["used_bytes"], 5000)
+        answer = json.loads(self.ok("volumes", "upload", vol, tarball, "-o", "json"))
+        self.assertEqual(answer["unpacked_bytes"], 5000)
+
+        self.assertFails(self.cli("volumes", "create", vol), EXIT_REFUSED)  # taken: 409
+        self.assertFails(self.cli("volumes", "upload", "no-such-volume", tarball), EXIT_NOT_FOUND)
+        self.assertFails(self.cli("volumes", "upload", vol, "/no/such.tar"), EXIT_USAGE)
+        self.assertFails(self.cli("volumes", "create", vol, "--size", "lots"), EXIT_USAGE)
+        self.assertFails(self.cli("volumes", "list", "--size", "1"), EXIT_USAGE)
+        self.assertEqual(self.ok("volumes", "rm", vol).strip(), "volume %s removed" % vol)
+        self.assertFails(self.cli("volumes", "rm", vol), EXIT_NOT_FOUND)
+
+
+class CliOutputTest(CliTestCase):
+    def test_output_json_on_every_listing(self):
+        for args, key in ((("endpoint", "list"), "endpoints"), (("nodes",), "nodes"),
+                          (("images", "list"), "images"), (("secrets", "list"), "secrets"),
+                          (("registry-auth", "list"), "registry_auths"), (("keys", "list"), "api_keys"),
+                          (("volumes", "list"), "volumes"),
+                          (("usage",), None)):
+            with self.subTest(args=args):
+                out = json.loads(self.ok(*args, "-o", "json"))
+                if key:
+                    self.assertIn(key, out)
+                self.assertEqual(json.loads(self.ok("--output", "json", *args)).keys(), out.keys())
+        self.assertTrue(self.ok("endpoint", "list", "-o", "table").startswith("NAME"))
+        self.assertFails(self.cli("endpoint", "list", "-o", "yaml"), EXIT_USAGE)
+
+    def long_error_endpoint(self):
+        name = unique_name("cli-cut")
+        self.cli_create(echo_spec(name, command=["/bin/sh", "-c", "echo " + "x" * 200 + "; exit 3"],
+                                  workers={"min": 1, "max": 1}))
+        self.wait_for(lambda: (self.sg.get(name)["status"].get("last_error") or ""), 30,
+                      message="a last error")
+        return name
+
+    def test_endpoint_list_cut_to_the_terminal(self):
+        name = self.long_error_endpoint()
+        # not a terminal: never cut, whatever COLUMNS says
+        out = self.ok("endpoint", "list", env={"COLUMNS": "60"})
+        row = self.row_where(parse_columns(out), "NAME", name)
+        self.assertNotEqual(row["LAST ERROR"], "-")
+        self.assertTrue(any(len(l) > 60 for l in out.splitlines()), out)
+        # a terminal of 60 columns: every line cut to 60
+        import pty
+        pid, fd = pty.fork()
+        if pid == 0:
+            env = self.env(extra={"COLUMNS": "60"})
+            os.execve(SGPU, [SGPU, "endpoint", "list"], env)
+        chunks = []
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        lines = b"".join(chunks).decode().replace("\r", "").splitlines()
+        self.assertTrue(any(l.startswith(name) for l in lines), lines)
+        self.assertTrue(all(len(l) <= 60 for l in lines), lines)
+        self.assertTrue(any(len(l) == 60 for l in lines), lines)
+
+
+class CliCompletionTest(CliTestCase):
+    COMMANDS = ("endpoint", "invoke", "jobs", "workers", "logs", "images", "registry-auth", "secrets",
+                "volumes", "nodes", "usage", "keys", "completion", "help")
+
+    def test_bash_completion(self):
+        script = self.ok("completion", "bash")
+        for cmd in self.COMMANDS:
+            self.assertRegex(script, r"\b%s\b" % re.escape(cmd))
+        path = os.path.join(self.tmp, "sgpu-completion.bash")
+        with open(path, "w") as f:
+            f.write(script)
+
+        def complete(*words):
+            line = "COMP_WORDS=(sgpu %s); COMP_CWORD=%d; _sgpu; echo \"${COMPREPLY[*]}\"" % (
+                " ".join("'%s'" % w for w in words), len(words))
+            proc = subprocess.run(["bash", "-c", "source %s && complete -p sgpu && %s" % (path, line)],
+                                  capture_output=True, text=True, timeout=scaled(10))
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            first, _, rest = proc.stdout.partition("\n")
+            self.assertEqual(first, "complete -F _sgpu sgpu")
+            return rest.split()
+
+        self.assertEqual(sorted(complete("")), sorted(self.COMMANDS))
+        self.assertEqual(complete("jo"), ["jobs"])
+        self.assertEqual(sorted(complete("jobs", "")), ["cancel", "list", "purge", "retry", "run", "status"])
+        self.assertEqual(complete("--json", "secrets", "s"), ["set"])
+        self.assertEqual(complete("--url", "http://x", "images", "r"), ["rm"])
+        self.assertIn("--output", complete("endpoint", "--o"))
+        self.assertFails(self.cli("completion", "zsh"), EXIT_USAGE)
+
+    def test_help_lists_commands_and_exit_codes(self):
+        out = self.ok("--help")
+        for cmd in self.COMMANDS:
+            self.assertRegex(out, r"\n  %s\s" % re.escape(cmd))
+        for code in range(6):
+            self.assertRegex(out, r"\n  %d  " % code)
+        for cmd in ("jobs", "images", "registry-auth", "secrets"):
+            self.assertIn("Usage: sgpu %s" % cmd, self.ok("help", cmd))
 
 
 class CliNodesTest(CliTestCase):
@@ -621,7 +936,7 @@ class CliDiscoveryTest(CliTestCase):
         wrong = self.write_dir(os.path.join(self.tmp, "wrong"),
                                "http://127.0.0.1:%d" % free_port(), "wrong-key")
         # the files are used, and fail
-        self.assertFails(self.cli("nodes", "--data-dir", wrong, discover=True), EXIT_FAIL)
+        self.assertFails(self.cli("nodes", "--data-dir", wrong, discover=True), EXIT_SERVER)
         # the environment wins over the files
         self.ok("nodes", "--data-dir", wrong, discover=True,
                 env={"SGPU_URL": self.sg.base_url, "SGPU_API_KEY": self.sg.key})
@@ -635,16 +950,16 @@ class CliDiscoveryTest(CliTestCase):
     def test_wrong_key_in_data_dir(self):
         d = self.write_dir(os.path.join(self.tmp, "badkey"), self.sg.base_url, "not-the-key")
         msg = self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True),
-                               EXIT_FAIL)
+                               EXIT_REFUSED)
         self.assertTrue(msg)
         # no key at all
         d = self.write_dir(os.path.join(self.tmp, "nokey"), self.sg.base_url)
-        self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True), EXIT_FAIL)
+        self.assertFails(self.cli("endpoint", "list", "--data-dir", d, discover=True), EXIT_REFUSED)
 
     def test_no_url_anywhere(self):
         empty = self.write_dir(os.path.join(self.tmp, "empty"))
         self.assertFails(self.cli("endpoint", "list", "--data-dir", empty, discover=True),
-                         EXIT_FAIL)
+                         EXIT_SERVER)
 
 
 if __name__ == "__main__":

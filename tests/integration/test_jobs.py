@@ -442,6 +442,47 @@ class JobsTest(SgpudTestCase):
         self.create(echo_spec(sync))
         self.assertError(api("POST", "/v2/%s/run" % sync, {"input": 1}), 409, "not_async")
 
+    def test_list_merges_memory_and_store_newest_first(self):
+        name = self.endpoint("jlist")
+        done = []
+        for i in range(3):  # final jobs leave memory: listed from the store
+            done.append(self.sg.api("POST", "/v2/%s/runsync" % name, {"input": {"n": i}}).body)
+            self.assertEqual(done[-1]["status"], "COMPLETED", done[-1])
+        running = self.run_job(name, {"input": {"sleep_ms": 30000}})
+        wait_for(lambda: self.status(name, running["id"])["status"] == "IN_PROGRESS", 10)
+        queued = self.run_job(name, {"input": {"n": 9}})
+        self.addCleanup(self.sg.api, "POST", "/v2/%s/purge-queue" % name)
+        self.addCleanup(self.sg.api, "POST", "/v2/%s/cancel/%s" % (name, running["id"]))
+
+        def listed(query=""):
+            resp = self.sg.api("GET", "/v1/endpoints/%s/jobs%s" % (name, query))
+            self.assertEqual(resp.status, 200, resp.body)
+            return resp.body["jobs"]
+
+        jobs = listed()
+        ids = [j["id"] for j in jobs]
+        self.assertEqual(ids, [queued["id"], running["id"]] + [d["id"] for d in reversed(done)], jobs)
+        self.assertEqual([j["status"] for j in jobs],
+                         ["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "COMPLETED", "COMPLETED"])
+        created = [j["createdAt"] for j in jobs]
+        self.assertEqual(created, sorted(created, reverse=True))
+        self.assertEqual(jobs[0]["position"], 1)
+        self.assertEqual(jobs[2]["output"]["input"], {"n": 2})
+        self.assertEqual([j["id"] for j in listed("?status=COMPLETED")], ids[2:])
+        self.assertEqual([j["id"] for j in listed("?status=IN_PROGRESS")], [running["id"]])
+        self.assertEqual([j["id"] for j in listed("?status=IN_QUEUE&limit=1")], [queued["id"]])
+        self.assertEqual(listed("?status=FAILED"), [])
+        self.assertEqual([j["id"] for j in listed("?limit=2")], ids[:2])
+        self.assertEqual([j["id"] for j in listed("?before=%d" % created[2])], ids[3:])
+        for query, field in (("?status=DONE", "status"), ("?limit=0", "limit"), ("?limit=1001", "limit"),
+                             ("?before=x", "before"), ("?sort=id", "sort")):
+            self.assertError(self.sg.api("GET", "/v1/endpoints/%s/jobs%s" % (name, query)), 400,
+                             "invalid_query", field=field)
+        self.assertError(self.sg.api("GET", "/v1/endpoints/no-such-endpoint/jobs"), 404, "not_found")
+        sync = unique_name("jlistsync")
+        self.create(echo_spec(sync))
+        self.assertError(self.sg.api("GET", "/v1/endpoints/%s/jobs" % sync), 409, "not_async")
+
     def test_oversize_input_is_413(self):
         name = self.endpoint("jbig")
         big = "x" * (10 * 1024 * 1024 + 10)

@@ -41,6 +41,7 @@ ROUTES = {
     ("POST", "/v1/endpoints/{endpoint}/rollback", "deploy"): "/v1/endpoints/ghost/rollback",
     ("GET", "/v1/endpoints/{endpoint}/workers", "deploy|read"): "/v1/endpoints/ghost/workers",
     ("DELETE", "/v1/endpoints/{endpoint}/workers/{id}", "deploy"): "/v1/endpoints/ghost/workers/w-1",
+    ("GET", "/v1/endpoints/{endpoint}/jobs", "deploy|read"): "/v1/endpoints/ghost/jobs",
     ("GET", "/v1/images", "deploy|read"): "/v1/images",
     ("POST", "/v1/images", "deploy"): "/v1/images",
     ("DELETE", "/v1/images/{ref*}", "deploy"): "/v1/images/127.0.0.1:9/ghost:1",
@@ -364,13 +365,13 @@ class KeysCliTest(KeysTestCase):
         proc = self.cli("endpoint", "list", key=secret)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         proc = self.cli("keys", "list", key=secret)
-        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(proc.returncode, 4)  # refused: 403
         self.assertIn("admin", proc.stderr)
         proc = self.cli("keys", "revoke", name)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertNotIn(name, [k["name"] for k in self.list_keys()])
         proc = self.cli("keys", "list", key=secret)
-        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(proc.returncode, 4)  # refused: 401
         # usage errors
         self.assertEqual(self.cli("keys", "create", "x").returncode, 2)
         self.assertEqual(self.cli("keys", "frobnicate").returncode, 2)

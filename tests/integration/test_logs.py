@@ -121,6 +121,23 @@ class LogsTest(SgpudTestCase):
                          % (p50 * 1000, max(delays) * 1000))
         self.assertLess(p50, scaled(0.1))
 
+    def test_follow_ends_when_the_endpoint_is_deleted(self):
+        sg = self.start_sgpud()
+        name = unique_name("logs-del")
+        self.create(chatty_spec(name), sg=sg)
+        sg.wait_ready(name, 1, timeout=20)
+        with sg.stream("GET", "/v1/endpoints/%s/logs?follow=1&stream=event" % name) as s:
+            self.assertEqual(s.status, 200)
+            self.assertEqual(sg.api("DELETE", "/v1/endpoints/%s" % name).status, 200)
+            lines = []
+            while True:  # every line up to the end of the answer, which must come
+                line = s.readline(timeout=10)
+                if line is None:
+                    break
+                if line.strip():
+                    lines.append(json.loads(line)["line"])
+            self.assertIn("endpoint deleted", lines)
+
     def test_follow_sse(self):
         sg = self.start_sgpud()
         name = unique_name("logs-sse")

@@ -567,6 +567,47 @@ static void test_store_apply_get_recover(void **state) {
   sg_error_free(err);
 }
 
+/* The list: one endpoint's jobs, newest first (same time: later insert
+ * first), filtered by status and time, at most limit. */
+static void test_store_list(void **state) {
+  fixture_t *f = *state;
+  sg_error_t *err = NULL;
+  sg_job_write_t w[5] = {
+      {true, record("old", SG_JOB_COMPLETED), 0},  {true, record("mid", SG_JOB_FAILED), 0},
+      {true, record("new", SG_JOB_COMPLETED), 0},  {true, record("same", SG_JOB_IN_QUEUE), 0},
+      {true, record("else", SG_JOB_COMPLETED), 0},
+  };
+  w[0].rec.created_ms = 100;
+  w[1].rec.created_ms = 200;
+  w[2].rec.created_ms = 300;
+  w[3].rec.created_ms = 300;
+  w[4].rec.endpoint = "other";
+  assert_int_equal(sg_store_jobs_apply(f->store, w, 5, &err), 0);
+
+  seen_t s = {0};
+  assert_int_equal(sg_store_jobs_list(f->store, "ep", -1, 0, 10, collect, &s, &err), 0);
+  assert_int_equal(s.n, 4);
+  assert_string_equal(s.ids[0], "same");
+  assert_string_equal(s.ids[1], "new");
+  assert_string_equal(s.ids[2], "mid");
+  assert_string_equal(s.ids[3], "old");
+
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(sg_store_jobs_list(f->store, "ep", SG_JOB_COMPLETED, 0, 10, collect, &s, &err), 0);
+  assert_int_equal(s.n, 2);
+  assert_string_equal(s.ids[0], "new");
+  assert_string_equal(s.ids[1], "old");
+
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(sg_store_jobs_list(f->store, "ep", -1, 300, 1, collect, &s, &err), 0);
+  assert_int_equal(s.n, 1);
+  assert_string_equal(s.ids[0], "mid");
+
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(sg_store_jobs_list(f->store, "none", -1, 0, 10, collect, &s, &err), 0);
+  assert_int_equal(s.n, 0);
+}
+
 typedef struct wstate {
   struct event_base *base;
   int done, failed, order_errors;
@@ -644,6 +685,7 @@ int main(void) {
       cmocka_unit_test(test_ids_and_states),
       cmocka_unit_test(test_allow_list),
       cmocka_unit_test_setup_teardown(test_store_apply_get_recover, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_store_list, setup, teardown),
       cmocka_unit_test_setup_teardown(test_writer_group_commit, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,6 +5,7 @@
 #include <event2/buffer.h>
 
 #include "api-internal.h"
+#include "gateway/jobs.h"
 #include "logs/logs.h"
 #include "meter/meter-internal.h"
 #include "sgpu/pool.h"
@@ -87,6 +88,12 @@ static void workers(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a
     sg_api_workers(d, req, ep, a->n_params > 1 ? a->param[1] : NULL);
 }
 
+static void jobs(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_endpoint_t *ep = endpoint_of(d, req, a);
+  if (ep)
+    sg_jobs_list(d, req, ep);
+}
+
 static void images(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_images(d, req); }
 static void image(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) { sg_api_image(d, req, a->param[0]); }
 static void registry_auths(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
@@ -146,6 +153,7 @@ static const struct v1_route {
     {POST, "/v1/endpoints/{endpoint}/rollback", DEPLOY, 0, rollback},
     {GET, "/v1/endpoints/{endpoint}/workers", READ | DEPLOY, 0, workers},
     {DELETE, "/v1/endpoints/{endpoint}/workers/{id}", DEPLOY, 0, workers},
+    {GET, "/v1/endpoints/{endpoint}/jobs", READ | DEPLOY, 0, jobs},
     {GET, "/v1/images", READ | DEPLOY, 0, images},
     {POST, "/v1/images", DEPLOY, 0, images},
     {DELETE, "/v1/images/{ref*}", DEPLOY, 0, image},

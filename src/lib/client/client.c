@@ -185,7 +185,7 @@ static int answer_error(const sg_client_t *c, long status, const char *body, siz
   } else {
     snprintf(msg, sizeof msg, "HTTP %ld", status);
   }
-  int code = status == 401 ? EACCES : status == 404 ? SG_ENOTFOUND : EPROTO;
+  int code = status == 401 ? EACCES : status == 404 ? SG_ENOTFOUND : status < 500 ? EPERM : EPROTO;
   if (status == 401 && c->key_source)
     return sg_make_error(err, code, "%s (key from %s)", msg, c->key_source);
   if (status == 401)

@@ -35,7 +35,10 @@ void sg_fleet_unsubscribe(sg_daemon_t *d, const sg_fleet_subscriber_t *ops, void
 
 void sg_fleet_endpoint_created(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_created, ep); }
 void sg_fleet_endpoint_updated(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_updated, ep); }
-void sg_fleet_endpoint_deleted(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_deleted, ep); }
+void sg_fleet_endpoint_deleted(sg_endpoint_t *ep) {
+  DELIVER(ep->d, endpoint_deleted, ep);
+  sg_logs_endpoint_deleted(ep->d, ep->name); /* its log follows end */
+}
 void sg_fleet_endpoint_freed(sg_endpoint_t *ep) { DELIVER(ep->d, endpoint_freed, ep); }
 
 void sg_fleet_worker_started(sg_worker_t *w, sg_fleet_start_t how, int64_t start_wall) {

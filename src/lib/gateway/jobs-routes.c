@@ -1,7 +1,12 @@
 /* Async jobs: RunPod's job API on /v2 (run, runsync, status, cancel, retry,
  * purge-queue, health, stream) and reads of jobs no longer in memory on the
  * query pool. */
+#include <errno.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
 #include "gateway/jobs-internal.h"
+#include "logs/logs.h"
 #include "sgpu/pool.h"
 
 #define ENVELOPE_MAX (64u << 10)      /* a submission's bytes besides its input */
@@ -614,6 +619,202 @@ static sg_http_head_action_t handle(void *ctx, sg_http_req_t *req, const char *r
   sg_http_set_close_cb(req, sg_jreq_client_closed, r);
   sg_http_stream_body(req, body_data, body_end, r);
   return SG_HTTP_STREAM;
+}
+
+/* ---- GET /v1/endpoints/{endpoint}/jobs ---- */
+
+#define LIST_LIMIT_DEFAULT 100
+#define LIST_LIMIT_MAX 1000
+
+/* A listing: the stored part is read on a query thread into stored (status
+ * answers with createdAt), then merged on the loop with the jobs in memory. */
+typedef struct listing {
+  sg_http_req_t *req; /* NULL once the client went away */
+  sg_daemon_t *d;
+  sg_store_readers_t *readers;
+  char *ep_name;
+  int status; /* -1: any */
+  int64_t before_ms;
+  int limit, fetch;
+  json_t *stored;
+  sg_error_t *err;
+} listing_t;
+
+static void listing_free(listing_t *l) {
+  json_decref(l->stored);
+  sg_error_free(l->err);
+  free(l->ep_name);
+  free(l);
+}
+
+static void listing_closed(sg_http_req_t *req, void *arg) {
+  (void)req;
+  ((listing_t *)arg)->req = NULL;
+}
+
+static json_t *with_created(json_t *j, int64_t created_ms) {
+  json_object_set_new(j, "createdAt", json_integer(created_ms));
+  return j;
+}
+
+/* Query thread. */
+static void listed_record(void *ud, const sg_job_record_t *rec) {
+  listing_t *l = ud;
+  if (rec->expires_ms > 0 && rec->expires_ms <= sg_wall_ms())
+    return; /* past its retention: as good as deleted */
+  json_array_append_new(l->stored, with_created(sg_jobs_record_json(rec, 0), rec->created_ms));
+}
+
+static void listing_work(void *data) {
+  listing_t *l = data;
+  sg_store_t *reader = sg_store_readers_take(l->readers, &l->err);
+  if (!reader)
+    return;
+  sg_store_jobs_list(reader, l->ep_name, l->status, l->before_ms, l->fetch, listed_record, l, &l->err);
+  sg_store_readers_put(l->readers, reader);
+}
+
+static int newest_first(const void *a, const void *b) {
+  json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+  json_int_t cx = json_integer_value(json_object_get(x, "createdAt"));
+  json_int_t cy = json_integer_value(json_object_get(y, "createdAt"));
+  if (cx != cy)
+    return cx < cy ? 1 : -1;
+  return -strcmp(json_string_value(json_object_get(x, "id")), json_string_value(json_object_get(y, "id")));
+}
+
+static bool listed_job(const listing_t *l, const sg_job_t *j, const sg_endpoint_t *ep) {
+  return j->ep == ep && j->mapped && j->committed && (l->status < 0 || (int)j->status == l->status) &&
+         (l->before_ms <= 0 || j->created_wall < l->before_ms);
+}
+
+/* Loop: the jobs in memory (their state is the newer one) plus the stored
+ * jobs that are not in memory, newest first, at most l->limit. */
+static void listing_done(void *data, bool cancelled) {
+  listing_t *l = data;
+  sg_http_req_t *req = l->req;
+  if (!req) {
+    listing_free(l);
+    return;
+  }
+  sg_http_set_close_cb(req, NULL, NULL);
+  sg_endpoint_t *ep = sg_daemon_find_endpoint(l->d, l->ep_name);
+  sg_jobs_t *J = l->d->jobs;
+  if (cancelled || !J)
+    sg_http_send_error(req, 503, "shutting_down", "sgpud is stopping", NULL);
+  else if (!ep)
+    sg_http_send_error(req, 404, "not_found", "the endpoint is gone", NULL);
+  else if (l->err)
+    sg_http_send_error(req, 500, "store_error", l->err->message, NULL);
+  else {
+    size_t n = 0, cap = json_array_size(l->stored) + 16;
+    json_t **items = xmalloc(cap * sizeof(*items));
+    sg_job_t *j;
+    LIST_FOREACH(j, &J->all, alink) {
+      if (!listed_job(l, j, ep))
+        continue;
+      if (n == cap)
+        items = xrealloc(items, (cap *= 2) * sizeof(*items));
+      items[n++] = with_created(sg_job_json(j), j->created_wall);
+    }
+    size_t i;
+    json_t *rec;
+    json_array_foreach(l->stored, i, rec) {
+      sg_job_t *mem = sg_jobs_map_get(J, json_string_value(json_object_get(rec, "id")));
+      if (mem && mem->ep == ep && mem->committed)
+        continue; /* listed from memory (or left out by its newer state) */
+      if (n == cap)
+        items = xrealloc(items, (cap *= 2) * sizeof(*items));
+      items[n++] = json_incref(rec);
+    }
+    qsort(items, n, sizeof(*items), newest_first);
+    json_t *jobs = json_array();
+    for (i = 0; i < n; i++) {
+      if (i < (size_t)l->limit)
+        json_array_append(jobs, items[i]);
+      json_decref(items[i]);
+    }
+    free(items);
+    sg_http_send_json(req, 200, json_pack("{s:o}", "jobs", jobs));
+  }
+  listing_free(l);
+}
+
+static const sg_pool_job_ops_t listing_ops = {listing_work, listing_done};
+
+/* Reads an integer query value in [min, max]; false when it is not one. */
+static bool query_int(const char *v, long long min, long long max, long long *out) {
+  char *end;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (!*v || *end || errno || x < min || x > max)
+    return false;
+  *out = x;
+  return true;
+}
+
+void sg_jobs_list(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
+  if (!d->jobs) {
+    sg_http_send_error(req, 404, "not_found", "no such route", NULL);
+    return;
+  }
+  if (!sg_spec_is_async(ep->spec)) {
+    cleanup_free char *msg =
+        xasprintf("endpoint \"%s\" is not an async endpoint (its type is \"%s\")", ep->name, ep->spec->type);
+    sg_http_send_error(req, 409, "not_async", msg, NULL);
+    return;
+  }
+  struct evkeyvalq params;
+  TAILQ_INIT(&params);
+  const char *q = sg_http_query(req);
+  const char *bad = NULL, *why = NULL;
+  int status = -1;
+  long long limit = LIST_LIMIT_DEFAULT, before = 0;
+  if (q && evhttp_parse_query_str(q, &params) != 0)
+    bad = "query", why = "is not a valid query string";
+  struct evkeyval *kv;
+  TAILQ_FOREACH(kv, &params, next) {
+    if (bad)
+      break;
+    if (!strcmp(kv->key, "status")) {
+      status = sg_job_status_parse(kv->value);
+      if (status < 0)
+        bad = "status", why = "must be IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED or TIMED_OUT";
+    } else if (!strcmp(kv->key, "limit")) {
+      if (!query_int(kv->value, 1, LIST_LIMIT_MAX, &limit))
+        bad = "limit", why = "must be a whole number from 1 to 1000";
+    } else if (!strcmp(kv->key, "before")) {
+      if (!query_int(kv->value, 1, INT64_MAX, &before))
+        bad = "before", why = "must be a time in epoch milliseconds";
+    } else {
+      bad = kv->key, why = "is not a known parameter (status, limit, before)";
+    }
+  }
+  if (bad) {
+    cleanup_free char *msg = xasprintf("%s: %s", bad, why);
+    cleanup_free char *field = xstrdup(bad);
+    evhttp_clear_headers(&params);
+    sg_http_send_error(req, 400, "invalid_query", msg, field);
+    return;
+  }
+  evhttp_clear_headers(&params);
+  if (sg_queries_busy(d, req))
+    return;
+  listing_t *l = xcalloc(1, sizeof(*l));
+  l->req = req;
+  l->d = d;
+  l->readers = d->readers;
+  l->ep_name = xstrdup(ep->name);
+  l->status = status;
+  l->before_ms = before;
+  l->limit = (int)limit;
+  /* Stored rows of jobs in memory are dropped at the merge (memory has
+   * their state): read enough more that the page stays full. */
+  size_t in_memory = ep->jobs ? (size_t)ep->jobs->queued + (size_t)ep->jobs->running_n : 0;
+  l->fetch = (int)(limit + (long long)(in_memory < LIST_LIMIT_MAX * 10 ? in_memory : LIST_LIMIT_MAX * 10));
+  l->stored = json_array();
+  sg_http_set_close_cb(req, listing_closed, l);
+  sg_pool_submit(d->query_pool, &listing_ops, l);
 }
 
 void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d) {

@@ -24,5 +24,9 @@ void sg_jobs_shutdown(sg_daemon_t *d);
 void sg_jobs_routes(sg_router_t *r, sg_daemon_t *d);
 /* Adds the routes pull workers talk to (/worker/...; jobs-pull.c). */
 void sg_jobs_pull_routes(sg_router_t *r, sg_daemon_t *d);
+/* GET /v1/endpoints/{endpoint}/jobs?status=&limit=&before=: ep's jobs,
+ * newest first; the stored ones are read on the query pool and merged on the
+ * loop with the jobs in memory (whose state is newer). */
+void sg_jobs_list(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep);
 
 #endif

@@ -101,6 +101,7 @@ struct sg_follower {
   size_t npend, cap_pend, pend_bytes;
   size_t ntagged; /* pend[0..ntagged) know their ord (tagged in order) */
   bool overflow;  /* pending lines passed the bound: end after the backfill */
+  bool deleted;   /* its endpoint was deleted: end after the backfill */
   sg_daemon_t *d;
   sg_http_req_t *req;
   char *endpoint;
@@ -320,6 +321,21 @@ void sg_logs_event(sg_daemon_t *d, const char *endpoint, const char *worker, con
   free(msg);
 }
 
+void sg_logs_endpoint_deleted(sg_daemon_t *d, const char *endpoint) {
+  if (!d->logs)
+    return;
+  sg_follower_t *f, *tmp;
+  for (f = LIST_FIRST(&d->logs->followers); f; f = tmp) {
+    tmp = LIST_NEXT(f, link);
+    if (strcmp(f->endpoint, endpoint) != 0)
+      continue;
+    if (f->job)
+      f->deleted = true; /* its backfill is running: end when it is sent */
+    else
+      follower_end(f);
+  }
+}
+
 int sg_logs_init(sg_daemon_t *d, const char *db_path, sg_error_t **err) {
   d->logs = xcalloc(1, sizeof(*d->logs));
   LIST_INIT(&d->logs->followers);
@@ -450,8 +466,9 @@ static void follow_ready(struct logs_job *j, sg_follower_t *f) {
   }
   pending_free(f);
   sg_http_reply_chunk(req, j->buf);
-  if (f->overflow) {
-    sg_warn("log follower of %s is too slow; closing its stream", f->endpoint);
+  if (f->overflow || f->deleted) {
+    if (f->overflow)
+      sg_warn("log follower of %s is too slow; closing its stream", f->endpoint);
     follower_end(f);
     return;
   }

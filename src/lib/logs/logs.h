@@ -61,4 +61,9 @@ void sg_logs_source_free(sg_log_source_t *src);
  * 503 busy (with Retry-After) and returns true. */
 bool sg_queries_busy(sg_daemon_t *d, sg_http_req_t *req);
 
+/* Endpoint endpoint was deleted (its "endpoint deleted" event line already
+ * went out): the answers of its log follows end, so that a follow does not
+ * outlive it or go on with a new endpoint of the same name. */
+void sg_logs_endpoint_deleted(sg_daemon_t *d, const char *endpoint);
+
 #endif
