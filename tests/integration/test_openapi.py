@@ -198,6 +198,9 @@ class TestExamples(SgpudTestCase):
         echo_worker = r.headers["X-Sgpu-Worker"]
         self.create(echo_spec("jobs", type="async", env={"WARMUP_MS": "0"},
                               workers={"min": 0, "max": 1}))
+        # jobs has run one job: the job list's answer holds one.
+        r = self.sg.api("POST", "/v2/jobs/runsync", {"input": {"warm": True}}, timeout=90)
+        self.assertEqual((r.status, r.body.get("status")), (200, "COMPLETED"), r)
         # A runpod endpoint whose worker never pulls by itself: the examples are its calls.
         self.create(echo_spec("pull", type="async", command=["/bin/sleep", "3600"], health=DELETE,
                               workers={"min": 1, "max": 1, "max_concurrency": 1},
