@@ -41,8 +41,7 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
+if [ ${#missing[@]} -gt 0 ]; then
 if [ "$(id -u)" -ne 0 ]; then
   SUDO=sudo
 else
@@ -51,3 +50,9 @@ fi
 echo "installing: ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The npm packages of the tests that run on Node.js (pinned in their package-lock.json).
+if [ "${1:-}" = test ]; then
+  bash "$(dirname "$0")/../tests/openapi/install.sh"
+fi

@@ -59,6 +59,7 @@ ROUTES = {
     ("GET", "/v1/api-keys", "admin"): "/v1/api-keys",
     ("POST", "/v1/api-keys", "admin"): "/v1/api-keys",
     ("DELETE", "/v1/api-keys/{name}", "admin"): "/v1/api-keys/ghost",
+    ("GET", "/v1/openapi.yaml", "deploy|invoke|read"): "/v1/openapi.yaml",
     ("ANY", "/e/{endpoint}/*", "invoke"): "/e/ghost/x",
     ("ANY", "/v2/{endpoint}/*", "invoke"): "/v2/ghost/run",
     ("GET", "/metrics", "read"): "/metrics",

@@ -136,6 +136,14 @@ static void keys_revoke(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_
   sg_api_keys_revoke(d, req, a->param[0]);
 }
 
+/* docs/openapi.yaml, built into sgpud (scripts/embed-data.py). */
+extern const char sg_openapi_yaml[];
+extern const size_t sg_openapi_yaml_len;
+
+static void openapi(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_t *a) {
+  sg_http_reply(req, 200, "application/yaml", sg_openapi_yaml, sg_openapi_yaml_len);
+}
+
 #define GET SG_HTTP_GET
 #define POST SG_HTTP_POST
 #define PUT SG_HTTP_PUT
@@ -144,6 +152,7 @@ static void keys_revoke(sg_daemon_t *d, sg_http_req_t *req, const sg_route_args_
 #define ADMIN SG_SCOPE_ADMIN
 #define DEPLOY SG_SCOPE_DEPLOY
 #define READ SG_SCOPE_READ
+#define INVOKE SG_SCOPE_INVOKE
 #define LISTS SG_ROUTE_LISTS_ENDPOINTS
 
 /* Every /v1 route. A new route is a row here (methods, pattern, the scopes
@@ -184,6 +193,7 @@ static const struct v1_route {
     {GET, "/v1/api-keys", ADMIN, 0, keys_list},
     {POST, "/v1/api-keys", ADMIN, 0, keys_create},
     {DELETE, "/v1/api-keys/{name}", ADMIN, 0, keys_revoke},
+    {GET, "/v1/openapi.yaml", READ | DEPLOY | INVOKE, 0, openapi},
 };
 
 /* POST /v1/volumes/{name}/files: the body (a tarball) is streamed, not
