@@ -761,7 +761,22 @@ function endpointPage(name) {
     }
     if (last.errors_5xx) /* an sgpud from before these columns has none */
       drawChart(r["chart-errors"], last.t, [{ values: last.errors_4xx, color: "#d9822b" }, { values: last.errors_5xx, color: "#b3261e" }], range);
-    drawChart(r["chart-workers"], last.t, [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }], range);
+    const workers = [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }];
+    if (last.starting) workers.push({ values: last.starting, color: "#d9822b" });
+    drawChart(r["chart-workers"], last.t, workers, range);
+    if (last.cold_starts) { /* an sgpud from before these columns has none */
+      const z = (col, f = 1) => last[col].map((v) => (v === null ? 0 : v * f));
+      drawChart(r["chart-delay"], last.t, [{ values: z("queue_delay_ms"), color: "#d9822b" }], range);
+      drawChart(r["chart-cold"], last.t, [{ values: last.cold_starts, color: "#2f7de1" }, { values: z("cold_start_ms", 0.001), color: "#b3261e" }], range);
+      /* the same in words: what was in the range, weighted by count */
+      let n = 0, coldMs = 0;
+      last.cold_starts.forEach((c, i) => { if (c && last.cold_start_ms[i] !== null) { n += c; coldMs += c * last.cold_start_ms[i]; } });
+      r.coldsummary.textContent = n ? `${n} cold start(s) in the range, mean ${fmtNum(coldMs / n / 1000, 1)} s` : "No cold starts in the range.";
+      const waits = last.queue_delay_ms.filter((v) => v !== null);
+      r.delaysummary.textContent = waits.length ? `Longest step mean ${fmtNum(Math.max(...waits), 1)} ms` : "Nothing dispatched in the range.";
+    } else {
+      r.coldsummary.textContent = r.delaysummary.textContent = "This sgpud's series has no cold start or queue delay columns.";
+    }
   };
   const load = async () => {
     const range = r.range.value;
