@@ -771,7 +771,8 @@ function endpointPage(name) {
       /* the same in words: what was in the range, weighted by count */
       let n = 0, coldMs = 0;
       last.cold_starts.forEach((c, i) => { if (c && last.cold_start_ms[i] !== null) { n += c; coldMs += c * last.cold_start_ms[i]; } });
-      r.coldsummary.textContent = n ? `${n} cold start(s) in the range, mean ${fmtNum(coldMs / n / 1000, 1)} s` : "No cold starts in the range.";
+      r.coldsummary.textContent = n ? `${n} cold start(s) in the range, mean ` +
+        (coldMs / n < 1000 ? `${fmtNum(coldMs / n, 0)} ms` : `${fmtNum(coldMs / n / 1000, 1)} s`) : "No cold starts in the range.";
       const waits = last.queue_delay_ms.filter((v) => v !== null);
       r.delaysummary.textContent = waits.length ? `Longest step mean ${fmtNum(Math.max(...waits), 1)} ms` : "Nothing dispatched in the range.";
     } else {
