@@ -150,6 +150,7 @@ function route() {
   if (hash === "#/registry") return registryPage();
   if (hash === "#/keys") return keysPage();
   if (hash === "#/secrets") return secretsPage();
+  if (hash === "#/volumes") return volumesPage();
   return endpointsPage();
 }
 
@@ -351,6 +352,26 @@ function endpointFormPage(name) {
       envRows.append(row);
     };
     for (const [k, v] of Object.entries(b.env || {})) addEnv(k, v);
+    const volRows = el("div", { class: "env-rows" });
+    let volSeq = 0;
+    const addVol = (v = {}) => {
+      const n = ++volSeq;
+      const kind = select([["name", "named volume"], ["host_path", "host path"]], v.host_path ? "host_path" : "name");
+      kind.className = "vol-kind";
+      const src = input("text", v.host_path || v.name, { spellcheck: "false", class: "vol-source" });
+      const at = input("text", v.path, { spellcheck: "false", class: "vol-path", placeholder: "/data" });
+      const ro = input("checkbox", null, { class: "vol-ro" });
+      ro.checked = !!v.read_only;
+      const row = el("div", { class: "env-row vol-row" }, field(`Volume ${n} kind`, kind),
+        field(`Volume ${n} name or host path`, src), field(`Volume ${n} path`, at), field(`Volume ${n} read only`, ro));
+      const rm = el("button", { type: "button", class: "secondary", text: `Remove volume ${n}` });
+      rm.addEventListener("click", () => { row.remove(); updateDiff(); });
+      row.append(rm);
+      volRows.append(row);
+    };
+    for (const v of b.volumes || []) addVol(v);
+    const addVolBtn = el("button", { type: "button", class: "secondary", text: "Add volume" });
+    addVolBtn.addEventListener("click", () => { addVol(); volRows.lastElementChild.querySelector("input").focus(); });
     const addBtn = el("button", { type: "button", class: "secondary", text: "Add variable" });
     addBtn.addEventListener("click", () => { addEnv(); envRows.lastElementChild.querySelector("input").focus(); });
     const general = el("p", { class: "error", role: "alert" });
@@ -371,6 +392,7 @@ function endpointFormPage(name) {
           field("Idle timeout (s)", f.wIdle, "workers.idle_timeout_s"), field("Max concurrency", f.wConc, "workers.max_concurrency")),
         el("div", { class: "row" }, field("Scale policy", f.policy, "scale.policy"), field("Scale value", f.scaleValue, "scale.value"))),
       el("fieldset", {}, el("legend", { text: "Environment" }), envRows, addBtn),
+      el("fieldset", {}, el("legend", { text: "Volumes" }), volRows, addVolBtn),
       diff, general, submit);
     const showAsync = () => { asyncBox.hidden = f.type.value !== "async"; };
     f.type.addEventListener("change", showAsync);
@@ -415,6 +437,18 @@ function endpointFormPage(name) {
         env[k] = row.querySelector(".env-kind").value === "secret" ? { secret: v.value.trim() } : v.value;
       });
       setIn(spec, "env", Object.keys(env).length || base ? env : undefined);
+      const vols = [];
+      volRows.querySelectorAll(".vol-row").forEach((row) => {
+        const kind = row.querySelector(".vol-kind").value;
+        const src = row.querySelector(".vol-source"), at = row.querySelector(".vol-path"), ro = row.querySelector(".vol-ro");
+        if (!src.value.trim() && !at.value.trim()) return;
+        const i = vols.length;
+        src.dataset.field = `volumes[${i}].${kind}`;
+        at.dataset.field = `volumes[${i}].path`;
+        ro.dataset.field = `volumes[${i}].read_only`;
+        vols.push({ [kind]: src.value.trim(), path: at.value.trim(), read_only: ro.checked });
+      });
+      setIn(spec, "volumes", vols.length ? vols : undefined);
       if (spec.type === "async") spec.async = Object.assign({}, spec.async || {}, { protocol: f.protocol.value });
       else delete spec.async;
       return spec;
@@ -727,7 +761,23 @@ function endpointPage(name) {
     }
     if (last.errors_5xx) /* an sgpud from before these columns has none */
       drawChart(r["chart-errors"], last.t, [{ values: last.errors_4xx, color: "#d9822b" }, { values: last.errors_5xx, color: "#b3261e" }], range);
-    drawChart(r["chart-workers"], last.t, [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }], range);
+    const workers = [{ values: last.workers, color: "#7b5cd6" }, { values: last.ready, color: "#2e9b56" }];
+    if (last.starting) workers.push({ values: last.starting, color: "#d9822b" });
+    drawChart(r["chart-workers"], last.t, workers, range);
+    if (last.cold_starts) { /* an sgpud from before these columns has none */
+      const z = (col, f = 1) => last[col].map((v) => (v === null ? 0 : v * f));
+      drawChart(r["chart-delay"], last.t, [{ values: z("queue_delay_ms"), color: "#d9822b" }], range);
+      drawChart(r["chart-cold"], last.t, [{ values: last.cold_starts, color: "#2f7de1" }, { values: z("cold_start_ms", 0.001), color: "#b3261e" }], range);
+      /* the same in words: what was in the range, weighted by count */
+      let n = 0, coldMs = 0;
+      last.cold_starts.forEach((c, i) => { if (c && last.cold_start_ms[i] !== null) { n += c; coldMs += c * last.cold_start_ms[i]; } });
+      r.coldsummary.textContent = n ? `${n} cold start(s) in the range, mean ` +
+        (coldMs / n < 1000 ? `${fmtNum(coldMs / n, 0)} ms` : `${fmtNum(coldMs / n / 1000, 1)} s`) : "No cold starts in the range.";
+      const waits = last.queue_delay_ms.filter((v) => v !== null);
+      r.delaysummary.textContent = waits.length ? `Longest step mean ${fmtNum(Math.max(...waits), 1)} ms` : "Nothing dispatched in the range.";
+    } else {
+      r.coldsummary.textContent = r.delaysummary.textContent = "This sgpud's series has no cold start or queue delay columns.";
+    }
   };
   const load = async () => {
     const range = r.range.value;
@@ -967,6 +1017,7 @@ function resourcePage(opts) {
   const thead = el("thead", {}, el("tr", {}, ...opts.columns.map((c) => el("th", { scope: "col", text: c })), el("th", { scope: "col", text: "Action" })));
   const tbody = el("tbody");
   const extra = el("div");
+  let actionErr = ""; /* a refused delete, kept across reloads until the next action */
   $("#view").replaceChildren(el("h1", { text: opts.title }), opts.intro ? el("p", { class: "muted", text: opts.intro }) : "",
     form, el("h2", { text: opts.listTitle }), listErr, note, el("div", { class: "scroll" }, el("table", { class: "grid", id: opts.id }, thead, tbody)), extra);
   const load = async () => {
@@ -978,7 +1029,7 @@ function resourcePage(opts) {
       listErr.textContent = "Error: " + err.message;
       return;
     }
-    listErr.textContent = "";
+    listErr.textContent = actionErr;
     const items = opts.items(body);
     note.textContent = items.length ? "" : opts.empty;
     tbody.replaceChildren(...items.map((it) => {
@@ -986,10 +1037,11 @@ function resourcePage(opts) {
       const btn = el("button", { type: "button", class: "danger", text: opts.deleteText, "aria-label": `${opts.deleteText} ${id}` });
       btn.addEventListener("click", async () => {
         if (!confirm(`${opts.deleteText} ${id}?`)) return;
+        actionErr = "";
         listErr.textContent = "";
         try {
           const resp = await api(opts.deletePath(id), { method: "DELETE" });
-          if (!resp.ok) listErr.textContent = `${opts.deleteText} ${id}: ` + (await errorBody(resp)).message;
+          if (!resp.ok) actionErr = `${opts.deleteText} ${id}: ` + (await errorBody(resp)).message;
           await load();
         } catch (err) { handleError(err, listErr); }
       });
@@ -1001,6 +1053,7 @@ function resourcePage(opts) {
     ev.preventDefault();
     showFieldError(form, null, general);
     result.replaceChildren();
+    actionErr = "";
     submit.disabled = true;
     try {
       const [path, method, body] = opts.create();
@@ -1118,6 +1171,28 @@ function secretsPage() {
     items: (b) => b.secrets, key: (x) => x.name, columns: ["Name", "Created", "Updated"],
     cells: (x) => [x.name, fmtTime(x.created_at), fmtTime(x.updated_at)],
     deleteText: "Delete secret", deletePath: (n) => "/v1/secrets/" + encodeURIComponent(n),
+  });
+}
+
+function volumesPage() {
+  const name = input("text", "", { spellcheck: "false", autocomplete: "off" });
+  const size = input("number", "", { min: "0", step: "any", placeholder: "no limit" });
+  resourcePage({
+    nav: "volumes", id: "volumes", title: "Volumes", formTitle: "Create a volume", submitText: "Create volume",
+    intro: "Storage that outlives workers. An endpoint mounts a volume in its spec (Volumes in the endpoint form); " +
+      "a volume mounted by an endpoint cannot be deleted.",
+    fields: [["Volume name", name, "name"], ["Size (GiB, optional)", size, "size_bytes"]],
+    create: () => {
+      const body = { name: name.value.trim() };
+      if (size.value !== "") body.size_bytes = Math.round(Number(size.value) * 1073741824);
+      return ["/v1/volumes", "POST", body];
+    },
+    created: (a, out) => { out.textContent = `Created ${a.name}.`; },
+    listTitle: "Volumes", empty: "No volumes.", load: () => apiJSON("/v1/volumes"),
+    items: (b) => b.volumes, key: (v) => v.name, columns: ["Name", "Size", "Used", "Mounted by", "Created"],
+    cells: (v) => [v.name, v.size_bytes ? fmtBytes(v.size_bytes) : "no limit", fmtBytes(v.used_bytes),
+      v.mounted_by && v.mounted_by.length ? v.mounted_by.join(", ") : "none", fmtTime(v.created)],
+    deleteText: "Delete volume", deletePath: (n) => "/v1/volumes/" + encodeURIComponent(n),
   });
 }
 

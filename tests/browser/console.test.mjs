@@ -114,13 +114,13 @@ try {
     keep, { timeout: ms(2000) });
   const texts = await page.$$eval("#log-lines .line", (ls) => ls.map((l) => l.textContent));
   assert.ok(texts.length >= 1 && texts.every((t) => t.includes(keep)), "only filtered lines: " + texts.join(" | "));
-  await page.selectOption("#log-stream", "event");
+  await page.getByLabel("Level").selectOption("event"); /* the stream, sent as ?stream= */
   await page.fill("#log-text", "");
   await page.waitForFunction(() => document.querySelectorAll("#log-lines .line").length > 0, null, { timeout: ms(3000) });
   const streams = await page.$$eval("#log-lines .line", (ls) => ls.map((l) => l.dataset.stream));
   assert.ok(streams.every((s) => s === "event"), streams.join(","));
-  await page.selectOption("#log-stream", "");
-  ok("text and stream filters show only matching lines");
+  await page.getByLabel("Level").selectOption("");
+  ok("text and level (stream) filters show only matching lines");
 
   // ---- filter by request id: only the lines stored with that request's id
   const rid = "rid-" + Date.now();

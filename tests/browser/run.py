@@ -7,7 +7,9 @@ runs console.test.mjs, which logs in, finds the endpoint, watches a worker's log
 line arrive in the log panel, filters it, pauses, and sees usage grow; it also
 checks that the console's API calls are refused without a valid key; then
 manage.test.mjs, the management flows (create, invoke, edit, roll back, stop,
-jobs, delete, keys, secrets, empty and error states, 420 px); then
+jobs, delete, keys, secrets, empty and error states, 420 px), volumes.test.mjs
+(volumes: create, mount through the endpoint form, 409 on delete while mounted),
+charts.test.mjs (cold starts and queue delay of a first request); then
 noprices.test.mjs against a second sgpud without prices. Name .mjs files as
 arguments to run only them. Screenshots
 go to $SGPU_BUILD_DIR/browser-screenshots.
@@ -67,7 +69,7 @@ def main():
         env.update(SGPU_WORKER=ECHO_WORKER, SGPU_IT_RUN=RUN_ID, SGPU_IT_OWNER=sg.owner)
         tests = [a for a in sys.argv[1:] if a.endswith(".mjs") and a != "noprices.test.mjs"]
         if not sys.argv[1:]:
-            tests = ["console.test.mjs", "manage.test.mjs"]
+            tests = ["console.test.mjs", "manage.test.mjs", "volumes.test.mjs", "charts.test.mjs"]
         rc = 0
         for test in tests:
             rc = subprocess.run([node, os.path.join(HERE, test)], env=env, timeout=scaled(300)).returncode

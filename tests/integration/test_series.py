@@ -15,7 +15,8 @@ class SeriesTest(SgpudTestCase):
         self.assertOk(resp, 200)
         body = resp.body
         for col in ("requests_per_s", "queue", "workers", "ready", "in_flight", "errors_4xx", "errors_5xx",
-                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+                    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "starting", "cold_starts",
+                    "cold_start_ms", "queue_delay_ms"):
             self.assertEqual(len(body[col]), body["points"], col)
         self.assertEqual(len(body["t"]), body["points"])
         return body
@@ -59,6 +60,32 @@ class SeriesTest(SgpudTestCase):
                 self.series(name, "?range=" + rng)), timeout=10, message="the %s series" % rng)
             self.assertEqual(day["step_s"], 600)
             self.assertGreaterEqual(day["t"][-1], time.time() * 1000 - 600 * 1000 - 5000)
+
+    def test_cold_starts_and_queue_delay(self):
+        # scaled to zero, the series already sampling: the first request waits
+        # in the queue for a worker that starts (one cold start) in a step
+        name = unique_name("series")
+        self.create(echo_spec(name, workers={"min": 0, "max": 1, "idle_timeout_s": 600}))
+        before = wait_for(lambda: (lambda b: b if b["points"] >= 2 else None)(self.series(name)),
+                          timeout=20, message="the series sampling")
+        self.assertEqual(sum(before["cold_starts"]), 0)
+        self.assertEqual(before["cold_start_ms"], [None] * before["points"])
+        self.assertEqual(before["queue_delay_ms"], [None] * before["points"])
+        self.assertEqual(before["starting"], [0] * before["points"])
+        self.assertOk(self.sg.invoke(name, "/infer", body=b"x"), 200)
+        after = wait_for(lambda: (lambda b: b if sum(b["cold_starts"]) == 1 else None)(self.series(name)),
+                         timeout=10, message="the cold start counted")
+        i = next(i for i, n in enumerate(after["cold_starts"]) if n)
+        self.assertGreater(after["cold_start_ms"][i], 0)
+        waited = [v for v in after["queue_delay_ms"] if v is not None]
+        self.assertEqual(len(waited), 1, after["queue_delay_ms"])
+        self.assertGreaterEqual(waited[0], 0)
+        self.assertTrue(all(n in (0, 1) for n in after["starting"]), after["starting"])
+        # the 10 min ring's step in progress counts them too
+        day = self.series(name, "?range=24h")
+        self.assertEqual(day["cold_starts"][-1], 1)
+        self.assertIsNotNone(day["cold_start_ms"][-1])
+        self.assertIsNotNone(day["queue_delay_ms"][-1])
 
     def test_bad_range(self):
         name = unique_name("series")

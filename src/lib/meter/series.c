@@ -3,7 +3,9 @@
  * longest queue seen, and the workers (live and ready) and requests in
  * flight at the end of the step, and the answers with a 4xx and a 5xx
  * status, and the p50/p95/p99 latency of those answers from the
- * gateway's histogram), and the last seven days with one point
+ * gateway's histogram, the workers starting at its end, the cold starts in
+ * it and their mean duration, and the mean queue delay of what was
+ * dispatched in it), and the last seven days with one point
  * every COARSE_MS made of the same steps (requests per second over the
  * whole step, the longest queue, the rest as at its end). Sampled on the
  * daemon's tick; kept in fixed rings, so an endpoint costs the same memory
@@ -24,9 +26,26 @@ struct point {
   int64_t t; /* wall-clock start of the step */
   double rps;
   int queue, workers, ready, in_flight;
-  int err4, err5; /* answers with a 4xx and a 5xx status in the step */
-  float lat[3];   /* p50, p95, p99 latency (s) of the answers in the step; -1: none */
+  int starting;        /* workers starting at the end of the step */
+  int err4, err5;      /* answers with a 4xx and a 5xx status in the step */
+  float lat[3];        /* p50, p95, p99 latency (s) of the answers in the step; -1: none */
+  int cold_starts;     /* workers that became ready in the step */
+  float cold_start_s;  /* their mean start to ready (s); -1: none */
+  float queue_delay_s; /* mean arrival to dispatch (s) of those dispatched in the step; -1: none */
 };
+
+/* Where a histogram's count and sum stood as a step began. */
+struct mark {
+  uint64_t count;
+  double sum;
+};
+
+static struct mark mark_of(const sg_histogram_t *h) { return (struct mark){h->count, h->sum}; }
+
+/* The mean of the observations since `m`; -1 without any. */
+static float mean_since(const sg_histogram_t *h, struct mark m) {
+  return h->count > m.count ? (float)((h->sum - m.sum) / (double)(h->count - m.count)) : -1;
+}
 
 struct sg_series {
   struct point ring[POINTS];
@@ -36,6 +55,7 @@ struct sg_series {
   uint64_t cur_requests, cur_err4, cur_err5;
   uint64_t cur_lat[SG_METRIC_BUCKETS + 1]; /* the latency histogram as the step began */
   int cur_queue_max;
+  struct mark cur_cold, cur_wait;
   /* the coarse ring and its step being gathered */
   struct point coarse[COARSE_POINTS];
   size_t c_head, c_n;
@@ -43,6 +63,7 @@ struct sg_series {
   uint64_t c_requests;
   int c_queue_max, c_err4, c_err5; /* errors of the fine steps folded in */
   uint64_t c_lat[SG_METRIC_BUCKETS + 1];
+  struct mark c_cold, c_wait;
 };
 
 static const double QUANTILES[3] = {0.5, 0.95, 0.99};
@@ -86,13 +107,20 @@ static void error_counts(const sg_endpoint_t *ep, uint64_t *c4, uint64_t *c5) {
     *c5 += ep->metrics.by_status[code];
 }
 
-static void live_counts(sg_endpoint_t *ep, int *live, int *ready) {
-  *live = *ready = 0;
+static void live_counts(sg_endpoint_t *ep, int *live, int *ready, int *starting) {
+  *live = *ready = *starting = 0;
   sg_worker_t *w;
   TAILQ_FOREACH(w, &ep->workers, link) {
     *live += sg_worker_live(w);
     *ready += w->state == SG_W_READY;
+    *starting += w->state == SG_W_STARTING;
   }
+}
+
+static void cold_and_wait(const sg_endpoint_t *ep, struct mark cold, struct mark wait, struct point *p) {
+  p->cold_starts = (int)(ep->metrics.cold_start.count - cold.count);
+  p->cold_start_s = mean_since(&ep->metrics.cold_start, cold);
+  p->queue_delay_s = mean_since(&ep->metrics.queue_wait, wait);
 }
 
 /* The step being gathered as a point, as of now. */
@@ -101,7 +129,8 @@ static struct point current(sg_endpoint_t *ep, int64_t now_mono) {
   struct point p = {.t = s->cur_wall, .queue = s->cur_queue_max, .in_flight = ep->in_flight};
   int64_t elapsed = now_mono - s->cur_mono;
   p.rps = elapsed > 0 ? (double)(ep->metrics.requests - s->cur_requests) * 1000.0 / (double)elapsed : 0;
-  live_counts(ep, &p.workers, &p.ready);
+  live_counts(ep, &p.workers, &p.ready, &p.starting);
+  cold_and_wait(ep, s->cur_cold, s->cur_wait, &p);
   uint64_t c4, c5;
   error_counts(ep, &c4, &c5);
   p.err4 = (int)(c4 - s->cur_err4);
@@ -116,6 +145,8 @@ static void begin_step(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->cur_mono = mono;
   s->cur_requests = ep->metrics.requests;
   s->cur_queue_max = sg_gateway_queued(ep);
+  s->cur_cold = mark_of(&ep->metrics.cold_start);
+  s->cur_wait = mark_of(&ep->metrics.queue_wait);
   error_counts(ep, &s->cur_err4, &s->cur_err5);
   memcpy(s->cur_lat, ep->metrics.latency.buckets, sizeof(s->cur_lat));
 }
@@ -133,6 +164,7 @@ static struct point coarse_current(sg_endpoint_t *ep, struct point fine, int64_t
   p.err4 += s->c_err4;
   p.err5 += s->c_err5;
   latency_quantiles(ep, s->c_lat, p.lat);
+  cold_and_wait(ep, s->c_cold, s->c_wait, &p);
   return p;
 }
 
@@ -143,6 +175,8 @@ static void begin_coarse(sg_endpoint_t *ep, int64_t wall, int64_t mono) {
   s->c_requests = ep->metrics.requests;
   s->c_queue_max = s->c_err4 = s->c_err5 = 0;
   memcpy(s->c_lat, ep->metrics.latency.buckets, sizeof(s->c_lat));
+  s->c_cold = mark_of(&ep->metrics.cold_start);
+  s->c_wait = mark_of(&ep->metrics.queue_wait);
 }
 
 /* A fine step ended with point p: fold it into the coarse step, which ends
@@ -199,7 +233,8 @@ void sg_series_free(sg_series_t *s) { free(s); }
 json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse) {
   json_t *t = json_array(), *rps = json_array(), *queue = json_array(), *workers = json_array(), *ready = json_array(),
          *in_flight = json_array(), *err4 = json_array(), *err5 = json_array(),
-         *lat[3] = {json_array(), json_array(), json_array()};
+         *lat[3] = {json_array(), json_array(), json_array()}, *starting = json_array(), *cold = json_array(),
+         *cold_ms = json_array(), *wait_ms = json_array();
   sg_series_t *s = ep->series;
   size_t n = s ? (coarse ? s->c_n : s->n) : 0;
   int64_t now = sg_now_ms();
@@ -223,10 +258,17 @@ json_t *sg_series_to_json(sg_endpoint_t *ep, int64_t since_wall_ms, bool coarse)
     json_array_append_new(err5, json_integer(p.err5));
     for (int q = 0; q < 3; q++)
       json_array_append_new(lat[q], p.lat[q] < 0 ? json_null() : json_real(round((double)p.lat[q] * 1e6) / 1e3));
+    json_array_append_new(starting, json_integer(p.starting));
+    json_array_append_new(cold, json_integer(p.cold_starts));
+    json_array_append_new(cold_ms,
+                          p.cold_start_s < 0 ? json_null() : json_real(round((double)p.cold_start_s * 1e6) / 1e3));
+    json_array_append_new(wait_ms,
+                          p.queue_delay_s < 0 ? json_null() : json_real(round((double)p.queue_delay_s * 1e6) / 1e3));
   }
-  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "endpoint", ep->name,
-                   "step_s", (coarse ? COARSE_MS : STEP_MS) / 1000, "points", (int)json_array_size(t), "t", t,
-                   "requests_per_s", rps, "queue", queue, "workers", workers, "ready", ready, "in_flight", in_flight,
-                   "errors_4xx", err4, "errors_5xx", err5, "latency_p50_ms", lat[0], "latency_p95_ms", lat[1],
-                   "latency_p99_ms", lat[2]);
+  return json_pack("{s:s, s:i, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+                   "endpoint", ep->name, "step_s", (coarse ? COARSE_MS : STEP_MS) / 1000, "points",
+                   (int)json_array_size(t), "t", t, "requests_per_s", rps, "queue", queue, "workers", workers, "ready",
+                   ready, "in_flight", in_flight, "errors_4xx", err4, "errors_5xx", err5, "latency_p50_ms", lat[0],
+                   "latency_p95_ms", lat[1], "latency_p99_ms", lat[2], "starting", starting, "cold_starts", cold,
+                   "cold_start_ms", cold_ms, "queue_delay_ms", wait_ms);
 }
