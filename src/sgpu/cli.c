@@ -140,6 +140,19 @@ int sg_print_raw(const sg_client_response_t *r) {
   return SG_EXIT_OK;
 }
 
+int sg_cli_send(sg_client_t *c, const char *method, const char *path, json_t *body, const char *fmt, ...) {
+  cleanup_response sg_client_response_t r = {0};
+  if (sg_cli_call(c, method, path, body, &r) < 0)
+    return SG_EXIT_FAIL;
+  if (sg_cli_opts.json)
+    return sg_print_raw(&r);
+  va_list ap;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  return SG_EXIT_OK;
+}
+
 size_t sg_cli_term_width(void) {
   if (!isatty(STDOUT_FILENO))
     return 0;

@@ -104,6 +104,12 @@ int sg_cli_stream(sg_client_t *c, sg_client_stream_t *s);
 /* Prints the answer's body as is, ending with a newline. Returns SG_EXIT_OK. */
 int sg_print_raw(const sg_client_response_t *r);
 
+/* One request whose success is told in a line: sg_cli_call(), then the
+ * answer as is with -o json, else the line fmt. Returns SG_EXIT_OK, or
+ * SG_EXIT_FAIL after printing the error. */
+int sg_cli_send(sg_client_t *c, const char *method, const char *path, json_t *body, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
 /* The width to cut table lines to: 0 when standard output is not a
  * terminal (never cut), else $COLUMNS or the terminal's width. */
 size_t sg_cli_term_width(void);

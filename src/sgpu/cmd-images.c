@@ -105,13 +105,7 @@ static int images_pull(sg_client_t *c, int nargs, char **args) {
 static int images_rm(sg_client_t *c, int nargs, char **args) {
   (void)nargs;
   cleanup_free char *path = sg_cli_path("images", args[0], NULL);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("image %s removed\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "DELETE", path, NULL, "image %s removed\n", args[0]);
 }
 
 static const struct sg_cli_action image_actions[] = {
@@ -210,25 +204,13 @@ static int auth_set(sg_client_t *c, int nargs, char **args) {
                                         o.username, "password", password, len);
   explicit_bzero(password, len);
   cleanup_free char *path = sg_cli_path("registry-auths", args[0], NULL);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "PUT", path, body, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("registry auth %s stored\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "PUT", path, body, "registry auth %s stored\n", args[0]);
 }
 
 static int auth_rm(sg_client_t *c, int nargs, char **args) {
   (void)nargs;
   cleanup_free char *path = sg_cli_path("registry-auths", args[0], NULL);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("registry auth %s removed\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "DELETE", path, NULL, "registry auth %s removed\n", args[0]);
 }
 
 static const struct sg_cli_action auth_actions[] = {

@@ -22,19 +22,12 @@ const char sg_keys_help[] = "Usage: sgpu keys create NAME --scope SCOPE [--scope
 
 enum { OPT_SCOPE = 1, OPT_ENDPOINT, OPT_EXPIRES, OPT_RATE, OPT_BURST };
 
-static int print_raw(const sg_client_response_t *r) {
-  fwrite(r->body, 1, r->len, stdout);
-  if (r->len && r->body[r->len - 1] != '\n')
-    putchar('\n');
-  return SG_EXIT_OK;
-}
-
 static int list_keys(sg_client_t *c) {
   cleanup_response sg_client_response_t r = {0};
   if (sg_cli_call(c, "GET", "/v1/api-keys", NULL, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json)
-    return print_raw(&r);
+    return sg_print_raw(&r);
   json_t *list = json_object_get(r.json, "api_keys");
   if (!json_is_array(list)) {
     sg_cli_errorf("unexpected answer from the server: no api_keys list");
@@ -61,15 +54,8 @@ static int list_keys(sg_client_t *c) {
 }
 
 static int revoke_key(sg_client_t *c, const char *name) {
-  cleanup_free char *esc = sg_client_escape(name);
-  cleanup_free char *path = xasprintf("/v1/api-keys/%s", esc);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return print_raw(&r);
-  printf("API key %s revoked\n", name);
-  return SG_EXIT_OK;
+  cleanup_free char *path = sg_cli_path("api-keys", name, NULL);
+  return sg_cli_send(c, "DELETE", path, NULL, "API key %s revoked\n", name);
 }
 
 static int create_key(sg_client_t *c, json_t *body) {
@@ -77,7 +63,7 @@ static int create_key(sg_client_t *c, json_t *body) {
   if (sg_cli_call(c, "POST", "/v1/api-keys", body, &r) < 0)
     return SG_EXIT_FAIL;
   if (sg_cli_opts.json)
-    return print_raw(&r);
+    return sg_print_raw(&r);
   const char *key = json_string_value(json_object_get(r.json, "key"));
   if (!key) {
     sg_cli_errorf("unexpected answer from the server: no key");

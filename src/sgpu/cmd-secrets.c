@@ -84,13 +84,7 @@ static int secrets_set(sg_client_t *c, int nargs, char **args) {
 static int secrets_rm(sg_client_t *c, int nargs, char **args) {
   (void)nargs;
   cleanup_free char *path = sg_cli_path("secrets", args[0], NULL);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("secret %s removed\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "DELETE", path, NULL, "secret %s removed\n", args[0]);
 }
 
 static const struct sg_cli_action actions[] = {

@@ -76,25 +76,13 @@ static int volumes_create(sg_client_t *c, int nargs, char **args) {
   cleanup_json json_t *body = json_pack("{s:s}", "name", args[0]);
   if (size_bytes)
     json_object_set_new(body, "size_bytes", json_integer(size_bytes));
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "POST", "/v1/volumes", body, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("volume %s created\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "POST", "/v1/volumes", body, "volume %s created\n", args[0]);
 }
 
 static int volumes_rm(sg_client_t *c, int nargs, char **args) {
   (void)nargs;
   cleanup_free char *path = sg_cli_path("volumes", args[0], NULL);
-  cleanup_response sg_client_response_t r = {0};
-  if (sg_cli_call(c, "DELETE", path, NULL, &r) < 0)
-    return SG_EXIT_FAIL;
-  if (sg_cli_opts.json)
-    return sg_print_raw(&r);
-  printf("volume %s removed\n", args[0]);
-  return SG_EXIT_OK;
+  return sg_cli_send(c, "DELETE", path, NULL, "volume %s removed\n", args[0]);
 }
 
 static int collect(const char *data, size_t len, void *ud) {
