@@ -576,6 +576,10 @@ class CliLogsTest(CliTestCase):
         self.cli_create(echo_spec(name))
         proc = self.popen("logs", name, "-f", "--stream", "event")
         reader = LineReader(proc.stdout)
+        # the follow is under way once it shows the endpoint's first event: deleted any
+        # earlier, the endpoint would be gone before the follow asked (404, exit 3)
+        self.wait_for(lambda: "endpoint created" in reader.text(), 10,
+                      message="the follow's first line (got %r)" % reader.text())
         self.ok("endpoint", "delete", name)
         self.assertEqual(proc.wait(scaled(20)), EXIT_OK)
         reader.join(5)
