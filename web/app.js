@@ -844,10 +844,12 @@ function logPanel(name, r) {
     p.set("limit", "300");
     const ctrl = new AbortController();
     controller = ctrl;
-    setState(paused ? "paused" : "live");
+    setState(paused ? "paused" : "loading…");
     try {
       const resp = await api(`/v1/endpoints/${name}/logs?${p}`, { signal: ctrl.signal });
       if (!resp.ok) throw new Error((await resp.json()).error.message);
+      /* The stream is open: lines from here on reach the panel. */
+      if (!paused) setState("live");
       const reader = resp.body.getReader();
       const dec = new TextDecoder();
       let buf = "";

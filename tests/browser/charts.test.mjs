@@ -7,6 +7,7 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { waitText } from "./wait.mjs";
 
 const SCALE = Number(process.env.SGPU_TEST_TIMEOUT_SCALE || "1");
 const URL = process.env.SGPU_URL, KEY = process.env.SGPU_KEY, WORKER = process.env.SGPU_WORKER;
@@ -49,19 +50,19 @@ try {
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForSelector("#endpoints");
   await page.goto(URL + "/#/e/" + NAME);
-  await page.waitForFunction(() => /No cold starts in the range/.test(document.querySelector("#chart-cold-summary").textContent));
-  await page.waitForFunction(() => /Nothing dispatched in the range/.test(document.querySelector("#chart-delay-summary").textContent));
+  await waitText(page, "#chart-cold-summary", /No cold starts in the range/);
+  await waitText(page, "#chart-delay-summary", /Nothing dispatched in the range/);
   assert.ok(await page.getByRole("img", { name: "cold starts and their mean duration over the chosen range" }).isVisible());
   assert.ok(await page.getByRole("img", { name: "mean queue delay over the chosen range" }).isVisible());
   ok("scaled to zero: no cold starts and nothing dispatched in the range");
 
   const resp = await call(`/e/${NAME}/infer`, "POST", { prompt: "cold" });
   assert.equal(resp.status, 200);
-  await page.waitForFunction(() => /^1 cold start\(s\) in the range, mean \d/.test(document.querySelector("#chart-cold-summary").textContent),
-    null, { timeout: ms(15000) });
-  await page.waitForFunction(() => /Longest step mean [\d.,]+ ms/.test(document.querySelector("#chart-delay-summary").textContent));
+  await waitText(page, "#chart-cold-summary", /^1 cold start\(s\) in the range, mean \d/,
+    { timeout: ms(15000) });
+  await waitText(page, "#chart-delay-summary", /Longest step mean [\d.,]+ ms/);
   await page.getByLabel("Time range").selectOption("86400");
-  await page.waitForFunction(() => /one every 10 min/.test(document.querySelector("#chart-note").textContent));
+  await waitText(page, "#chart-note", /one every 10 min/);
   assert.match(await page.textContent("#chart-cold-summary"), /^1 cold start\(s\)/);
   await page.screenshot({ path: path.join(SHOTS, "charts.png"), fullPage: true });
   ok("the first request: one cold start with its mean duration, and its queue delay, also over 24 h");

@@ -3,6 +3,7 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { waitText } from "./wait.mjs";
 
 const SCALE = Number(process.env.SGPU_TEST_TIMEOUT_SCALE || "1");
 const launchOpts = {
@@ -23,6 +24,9 @@ const URL = process.env.SGPU_URL, KEY = process.env.SGPU_KEY, EP = process.env.S
 const SHOTS = process.env.SHOTS_DIR;
 const ms = (x) => Math.round(x * SCALE);
 const ok = (what) => console.log("ok - " + what);
+// The log panel has opened its stream with the filters now set (a filter change
+// shows "loading…" until then).
+const waitLive = (page) => waitText(page, "#log-state", /^live$/, { timeout: ms(5000) });
 
 async function call(pathname, { key = KEY, method = "GET", body, headers: extra = {} } = {}) {
   const headers = Object.assign(key === null ? {} : { Authorization: "Bearer " + key }, extra);
@@ -63,7 +67,7 @@ try {
   await page.waitForSelector("#login:not([hidden])");
   await page.fill("#login-key", "sg_wrong_key_0000000000000000");
   await page.click("#login-submit");
-  await page.waitForFunction(() => /refused/.test(document.querySelector("#login-error").textContent));
+  await waitText(page, "#login-error", /refused/);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("sgpu.key")), null);
   ok("a wrong key is refused");
   await page.fill("#login-key", KEY);
@@ -90,7 +94,7 @@ try {
   const wrow = await page.textContent("#workers tbody tr");
   assert.match(wrow, /w-[0-9a-f]{12}/);
   assert.match(wrow, /ms/); // cold start
-  await page.waitForFunction(() => /live/.test(document.querySelector("#log-state").textContent), null, { timeout: ms(5000) });
+  await waitText(page, "#log-state", /live/, { timeout: ms(5000) });
   ok("endpoint page: worker ready with its cold start; log panel live");
 
   // ---- a line written by the worker appears within a second
@@ -107,7 +111,7 @@ try {
   // ---- filter
   const keep = "keep" + Date.now(), skip = "skip" + Date.now();
   await page.fill("#log-text", keep);
-  await page.waitForTimeout(600);
+  await waitLive(page);
   await call(`/e/${EP}/${skip}`, { method: "POST", body: "x" });
   await call(`/e/${EP}/${keep}`, { method: "POST", body: "x" });
   await page.waitForFunction((t) => [...document.querySelectorAll("#log-lines .line")].some((l) => l.textContent.includes(t)),
@@ -125,7 +129,7 @@ try {
   // ---- filter by request id: only the lines stored with that request's id
   const rid = "rid-" + Date.now();
   await page.getByLabel("Request id").fill(rid);
-  await page.waitForTimeout(600);
+  await waitLive(page);
   await call(`/e/${EP}/trace`, { method: "POST", body: "x", headers: { "X-Request-Id": "other-" + rid } });
   await call(`/e/${EP}/trace`, { method: "POST", body: "x", headers: { "X-Request-Id": rid } });
   await page.waitForFunction((t) => [...document.querySelectorAll("#log-lines .line")].some((l) => l.textContent.includes("trace " + t)),
@@ -133,17 +137,17 @@ try {
   const rids = await page.$$eval("#log-lines .line", (ls) => ls.map((l) => l.dataset.requestId));
   assert.ok(rids.length >= 1 && rids.every((x) => x === rid), "only the request's lines: " + rids.join(","));
   await page.getByLabel("Request id").fill("");
+  await waitLive(page);
   ok("the request id filter shows only that request's lines");
 
   // ---- pause and resume
-  await page.waitForTimeout(400);
   await page.click("#log-pause");
   const held = "held" + Date.now();
   await call(`/e/${EP}/${held}`, { method: "POST", body: "x" });
-  await page.waitForFunction(() => /new line/.test(document.querySelector("#log-state").textContent), null, { timeout: ms(2000) });
+  await waitText(page, "#log-state", /new line/, { timeout: ms(2000) });
   assert.equal((await page.textContent("#log-lines")).includes(held), false);
   await page.click("#log-pause");
-  await page.waitForFunction((t) => document.querySelector("#log-lines").textContent.includes(t), held, { timeout: ms(1000) });
+  await page.waitForFunction((t) => (document.querySelector("#log-lines")?.textContent ?? "").includes(t), held, { timeout: ms(1000) });
   ok("pause holds new lines; resume shows them");
 
   // ---- jump to a time
@@ -152,7 +156,7 @@ try {
   const local = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   await page.fill("#log-time", local);
   await page.click("#log-jump");
-  await page.waitForFunction(() => /showing/.test(document.querySelector("#log-state").textContent), null, { timeout: ms(3000) });
+  await waitText(page, "#log-state", /showing/, { timeout: ms(3000) });
   const first = await page.$eval("#log-lines .line", (l) => Number(l.dataset.ts));
   assert.ok(first >= t0 - 3000, "history starts at the time asked (to the second)");
   assert.ok((await page.textContent("#log-lines")).includes(token));
@@ -161,10 +165,10 @@ try {
 
   // ---- usage grows
   await page.goto(URL + "/#/usage");
-  await page.waitForFunction(() => document.querySelector("#usage-total-gpu").textContent !== "", null, { timeout: ms(5000) });
+  await waitText(page, "#usage-total-gpu", /./, { timeout: ms(5000) });
   const gpu0 = Number((await page.textContent("#usage-total-gpu")).replace(/[^0-9.]/g, ""));
   await page.waitForSelector(`#usage-endpoints tr[data-endpoint="${EP}"]`);
-  await page.waitForFunction((g0) => Number(document.querySelector("#usage-total-gpu").textContent.replace(/[^0-9.]/g, "")) > g0 + 1,
+  await page.waitForFunction((g0) => Number((document.querySelector("#usage-total-gpu")?.textContent ?? "").replace(/[^0-9.]/g, "")) > g0 + 1,
     gpu0, { timeout: ms(12000) });
   const cost = await page.textContent(`#usage-endpoints tr[data-endpoint="${EP}"] td.cost`);
   assert.ok(Number(cost) > 0, "cost " + cost);

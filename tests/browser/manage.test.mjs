@@ -8,6 +8,7 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { waitText } from "./wait.mjs";
 
 const SCALE = Number(process.env.SGPU_TEST_TIMEOUT_SCALE || "1");
 const URL = process.env.SGPU_URL, KEY = process.env.SGPU_KEY, WORKER = process.env.SGPU_WORKER;
@@ -51,13 +52,13 @@ try {
 
   // ---- empty states
   await page.goto(URL + "/#/keys");
-  await page.waitForFunction(() => /No keys/.test(document.querySelector("#api-keys-empty").textContent));
+  await waitText(page, "#api-keys-empty", /No keys/);
   await page.goto(URL + "/#/secrets");
-  await page.waitForFunction(() => /No secrets/.test(document.querySelector("#secrets-empty").textContent));
+  await waitText(page, "#secrets-empty", /No secrets/);
   await page.goto(URL + "/#/images");
-  await page.waitForFunction(() => /No cached images/.test(document.querySelector("#images-empty").textContent));
+  await waitText(page, "#images-empty", /No cached images/);
   await page.goto(URL + "/#/registry");
-  await page.waitForFunction(() => /No registry credentials/.test(document.querySelector("#registry-auths-empty").textContent));
+  await waitText(page, "#registry-auths-empty", /No registry credentials/);
   await shot(page, "registry-empty");
   ok("empty states: no keys, secrets, images or registry credentials");
 
@@ -109,7 +110,7 @@ try {
   await page.getByLabel("Variable 3 value or secret name").fill("form-secret");
   await page.getByRole("button", { name: "Create endpoint" }).click();
   await page.waitForFunction(() => location.hash === "#/e/form-echo");
-  await page.waitForFunction(() => /scaled to zero/.test(document.querySelector("#ep-state").textContent));
+  await waitText(page, "#ep-state", /scaled to zero/);
   const created = await getJSON("/v1/endpoints/form-echo");
   assert.equal(created.workers.max, 1);
   assert.equal(created.workers.idle_timeout_s, 600);
@@ -124,9 +125,9 @@ try {
   await page.getByLabel("Path").fill("/infer");
   await page.getByLabel("Request body").fill('{"prompt": "from-the-panel"}');
   await page.getByRole("button", { name: "Send request" }).click();
-  await page.waitForFunction(() => /^200/.test(document.querySelector("#test-status").textContent), null, { timeout: ms(20000) });
+  await waitText(page, "#test-status", /^200/, { timeout: ms(20000) });
   assert.match(await page.textContent("#test-body"), /from-the-panel/);
-  await page.waitForFunction(() => /serving/.test(document.querySelector("#ep-state").textContent));
+  await waitText(page, "#ep-state", /serving/);
   await shot(page, "endpoint-test-request");
   ok("the test panel invokes /e/form-echo/infer: 200 with the echoed body; state 'serving'");
 
@@ -136,13 +137,13 @@ try {
   assert.equal(await page.getByLabel("Name", { exact: true }).inputValue(), "form-echo");
   assert.equal(await page.getByLabel("Maximum workers").inputValue(), "1");
   await page.getByLabel("Maximum workers").fill("2");
-  await page.waitForFunction(() => /No worker restarts.*Applies live: workers/.test(document.querySelector("#restart-note").textContent));
+  await waitText(page, "#restart-note", /No worker restarts.*Applies live: workers/);
   await envRow(4, "FOO", "value", "bar");
-  await page.waitForFunction(() => /Restarts the workers.*env/.test(document.querySelector("#restart-note").textContent));
+  await waitText(page, "#restart-note", /Restarts the workers.*env/);
   await shot(page, "endpoint-edit");
   await page.getByRole("button", { name: "Save changes" }).click();
   await page.waitForFunction(() => location.hash === "#/e/form-echo");
-  await page.waitForFunction(() => /version 2; the workers are being replaced/.test(document.querySelector("[data-ref=flash]").textContent));
+  await waitText(page, "[data-ref=flash]", /version 2; the workers are being replaced/);
   const edited = await getJSON("/v1/endpoints/form-echo");
   assert.equal(edited.version, 2);
   assert.equal(edited.workers.max, 2);
@@ -154,7 +155,7 @@ try {
   await page.waitForSelector('#ep-rollback-version option[value="1"]', { state: "attached" });
   await page.getByLabel("Version to roll back to").selectOption("1");
   await page.getByRole("button", { name: "Roll back" }).click();
-  await page.waitForFunction(() => /Rolled back to version 1: now version 3/.test(document.querySelector("[data-ref=flash]").textContent));
+  await waitText(page, "[data-ref=flash]", /Rolled back to version 1: now version 3/);
   const rolled = await getJSON("/v1/endpoints/form-echo");
   assert.equal(rolled.version, 3);
   assert.equal(rolled.env.FOO, undefined);
@@ -163,7 +164,7 @@ try {
 
   // ---- stop a worker
   await page.getByRole("button", { name: "Send request" }).click();
-  await page.waitForFunction(() => /^200/.test(document.querySelector("#test-status").textContent), null, { timeout: ms(20000) });
+  await waitText(page, "#test-status", /^200/, { timeout: ms(20000) });
   const live = (await getJSON("/v1/endpoints/form-echo/workers")).workers.filter((w) => w.state === "ready");
   assert.ok(live.length >= 1, "a ready worker");
   const wid = live[0].id;
@@ -194,34 +195,34 @@ try {
   await page.waitForSelector("[data-field=input][aria-invalid=true]");
   await page.getByLabel("Job input (JSON)").fill('{"output": "job-output-42"}');
   await page.getByRole("button", { name: "Run job" }).click();
-  await page.waitForFunction(() => /COMPLETED/.test(document.querySelector("#test-job-status").textContent), null, { timeout: ms(30000) });
+  await waitText(page, "#test-job-status", /COMPLETED/, { timeout: ms(30000) });
   assert.match(await page.textContent("#test-job"), /job-output-42/);
   const jobId = (await page.textContent("#test-job-status")).match(/job (\S+):/)[1];
   const listed = await call("/v1/endpoints/form-jobs/jobs?limit=10");
   if (listed.status === 404) {
-    await page.waitForFunction(() => /does not list jobs/.test(document.querySelector("#jobs-note").textContent));
+    await waitText(page, "#jobs-note", /does not list jobs/);
     ok(`async: job ${jobId} run from the panel completed; this sgpud has no jobs list, the page says so`);
   } else {
     assert.equal(listed.status, 200);
     await page.waitForSelector(`#jobs tr[data-job="${jobId}"]`, { timeout: ms(10000) });
     assert.match(await page.textContent(`#jobs tr[data-job="${jobId}"]`), /COMPLETED/);
     await page.getByRole("button", { name: "Show job " + jobId }).click();
-    await page.waitForFunction(() => /job-output-42/.test(document.querySelector("#job-detail").textContent));
+    await waitText(page, "#job-detail", /job-output-42/);
     ok(`async: job ${jobId} run from the panel completed and is listed in the jobs table with its output`);
   }
   await shot(page, "async-endpoint");
 
   // ---- the chart range picker
   await page.getByLabel("Time range").selectOption("604800");
-  await page.waitForFunction(() => /one every 10 min/.test(document.querySelector("#chart-note").textContent));
+  await waitText(page, "#chart-note", /one every 10 min/);
   await page.getByLabel("Time range").selectOption("900");
-  await page.waitForFunction(() => /one every 5 s/.test(document.querySelector("#chart-note").textContent));
+  await waitText(page, "#chart-note", /one every 5 s/);
   ok("the chart range picker asks /series for the range: 7 d in 10 min steps, 15 min in 5 s steps");
 
   // ---- delete with confirmation
   await page.getByRole("button", { name: "Delete endpoint" }).click();
   await page.waitForFunction(() => location.hash === "#/" || location.hash === "");
-  await page.waitForFunction(() => /Deleted form-jobs/.test(document.querySelector("[data-ref=flash]").textContent));
+  await waitText(page, "[data-ref=flash]", /Deleted form-jobs/);
   await page.waitForSelector("#endpoints tr[data-name]");
   assert.equal(await page.$('#endpoints tr[data-name="form-jobs"]'), null);
   assert.equal((await call("/v1/endpoints/form-jobs")).status, 404);
@@ -271,8 +272,8 @@ try {
   await page.goto(URL + "/#/images");
   await page.getByLabel("Image reference").fill("localhost:1/nothing:tag");
   await page.getByRole("button", { name: "Pull image" }).click();
-  await page.waitForFunction(() => /localhost:1\/nothing:tag: pulling/.test(document.querySelector("[role=status].result").textContent));
-  await page.waitForFunction(() => /localhost:1\/nothing:tag: failed/.test((document.querySelector("#pulls") || {}).textContent || ""),
+  await waitText(page, "[role=status].result", /localhost:1\/nothing:tag: pulling/);
+  await page.waitForFunction(() => /localhost:1\/nothing:tag: failed/.test(document.querySelector("#pulls")?.textContent ?? ""),
     null, { timeout: ms(20000) });
   ok("images: a preheat is pulling, then its failure is listed with the error");
 
@@ -280,7 +281,7 @@ try {
   await page.route("**/v1/secrets", (route) => route.fulfill({ status: 500, contentType: "application/json",
     body: JSON.stringify({ error: { code: "internal", message: "store unavailable" } }) }));
   await page.goto(URL + "/#/secrets");
-  await page.waitForFunction(() => /store unavailable/.test(document.querySelector("#secrets-error").textContent));
+  await waitText(page, "#secrets-error", /store unavailable/);
   await page.unroute("**/v1/secrets");
   ok("an API error is shown on the page");
 

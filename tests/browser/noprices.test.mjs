@@ -4,6 +4,7 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { waitText } from "./wait.mjs";
 
 const SCALE = Number(process.env.SGPU_TEST_TIMEOUT_SCALE || "1");
 const URL = process.env.SGPU_URL, KEY = process.env.SGPU_KEY, EP = process.env.SGPU_ENDPOINT;
@@ -21,10 +22,10 @@ try {
   await page.getByLabel("API key").fill(KEY);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForSelector(`#usage-endpoints tr[data-endpoint="${EP}"]`, { timeout: ms(10000) });
-  await page.waitForFunction(() => /No prices set/.test(document.querySelector("[data-ref=prices]").textContent));
+  await waitText(page, "[data-ref=prices]", /No prices set/);
   assert.equal(await page.textContent("#usage-chart-caption"), "GPU-seconds per day (no prices set)");
   assert.equal(await page.getAttribute("[data-ref=chart]", "aria-label"), "GPU-seconds per day");
-  await page.waitForFunction(() => Number(document.querySelector("#usage-total-gpu").textContent.replace(/[^0-9.]/g, "")) > 0,
+  await page.waitForFunction(() => Number((document.querySelector("#usage-total-gpu")?.textContent ?? "").replace(/[^0-9.]/g, "")) > 0,
     null, { timeout: ms(12000) });
   const day = await page.textContent("#usage-days tbody tr");
   assert.match(day, new RegExp(EP));

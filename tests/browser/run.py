@@ -72,9 +72,8 @@ def main():
             tests = ["console.test.mjs", "manage.test.mjs", "volumes.test.mjs", "charts.test.mjs"]
         rc = 0
         for test in tests:
-            rc = subprocess.run([node, os.path.join(HERE, test)], env=env, timeout=scaled(300)).returncode
+            rc = run_test(node, test, env, scaled(300), sg, "sgpud log")
             if rc != 0:
-                sys.stderr.write("----- sgpud log -----\n%s\n" % sg.log_tail(80))
                 break
         if rc == 0 and (not sys.argv[1:] or "noprices.test.mjs" in sys.argv[1:]):
             rc = run_without_prices(node, env)
@@ -82,6 +81,21 @@ def main():
         return rc
     finally:
         sg.close()
+
+
+def run_test(node, test, env, timeout, sg, log_title):
+    """Runs one .mjs file and prints what it printed. On a failure the sgpud
+    log comes first and the test's output is printed again after it, so that
+    the failing check ends the output (where a log's tail shows it)."""
+    proc = subprocess.run([node, os.path.join(HERE, test)], env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stdout.write("----- %s -----\n%s\n" % (log_title, sg.log_tail(80)))
+        sys.stdout.write("----- %s failed (exit %d); its output again -----\n%s"
+                         % (test, proc.returncode, proc.stdout[-6000:]))
+    sys.stdout.flush()
+    return proc.returncode
 
 
 def run_without_prices(node, env):
@@ -94,10 +108,7 @@ def run_without_prices(node, env):
                             workers={"min": 1, "max": 1, "idle_timeout_s": 600}))
         sg.wait_ready(name, 1, timeout=20)
         env = dict(env, SGPU_URL=sg.base_url, SGPU_KEY=sg.key, SGPU_ENDPOINT=name)
-        rc = subprocess.run([node, os.path.join(HERE, "noprices.test.mjs")], env=env, timeout=scaled(120)).returncode
-        if rc != 0:
-            sys.stderr.write("----- sgpud log (no prices) -----\n%s\n" % sg.log_tail(80))
-        return rc
+        return run_test(node, "noprices.test.mjs", env, scaled(120), sg, "sgpud log (no prices)")
     finally:
         sg.close()
 

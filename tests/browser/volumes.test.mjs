@@ -7,6 +7,7 @@
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { waitText } from "./wait.mjs";
 
 const SCALE = Number(process.env.SGPU_TEST_TIMEOUT_SCALE || "1");
 const URL = process.env.SGPU_URL, KEY = process.env.SGPU_KEY, WORKER = process.env.SGPU_WORKER;
@@ -44,7 +45,7 @@ try {
 
   // ---- empty, then a size the API refuses, then created
   await page.getByRole("link", { name: "Volumes" }).click();
-  await page.waitForFunction(() => /No volumes/.test(document.querySelector("#volumes-empty").textContent));
+  await waitText(page, "#volumes-empty", /No volumes/);
   await page.getByLabel("Volume name").fill("form-vol");
   await page.getByLabel("Size (GiB, optional)").fill("0");
   await page.getByRole("button", { name: "Create volume" }).click();
@@ -76,9 +77,9 @@ try {
 
   // ---- listed as mounted by that endpoint; a delete is refused with the API's 409
   await page.goto(URL + "/#/volumes");
-  await page.waitForFunction(() => /form-vol-ep/.test((document.querySelector('#volumes tr[data-id="form-vol"]') || {}).textContent || ""));
+  await page.waitForFunction(() => /form-vol-ep/.test(document.querySelector('#volumes tr[data-id="form-vol"]')?.textContent ?? ""));
   await page.getByRole("button", { name: "Delete volume form-vol" }).click();
-  await page.waitForFunction(() => /mounted by endpoint\(s\).*form-vol-ep/.test(document.querySelector("#volumes-error").textContent));
+  await waitText(page, "#volumes-error", /mounted by endpoint\(s\).*form-vol-ep/);
   assert.equal((await getJSON("/v1/volumes/form-vol")).name, "form-vol");
   await shot(page, "volumes-in-use");
   ok("the volume is listed as mounted by form-vol-ep; its delete shows the API's 409 in_use and keeps it");
@@ -90,12 +91,12 @@ try {
   assert.equal(await page.getByLabel("Volume 1 path", { exact: true }).inputValue(), "/data");
   assert.equal(await page.getByLabel("Volume 1 read only", { exact: true }).isChecked(), true);
   await page.getByRole("button", { name: "Remove volume 1" }).click();
-  await page.waitForFunction(() => /Restarts the workers.*volumes/.test(document.querySelector("#restart-note").textContent));
+  await waitText(page, "#restart-note", /Restarts the workers.*volumes/);
   await page.getByRole("button", { name: "Save changes" }).click();
   await page.waitForFunction(() => location.hash === "#/e/form-vol-ep");
   assert.equal((await getJSON("/v1/endpoints/form-vol-ep")).volumes, undefined);
   await page.goto(URL + "/#/volumes");
-  await page.waitForFunction(() => /none/.test((document.querySelector('#volumes tr[data-id="form-vol"]') || {}).textContent || ""));
+  await page.waitForFunction(() => /none/.test(document.querySelector('#volumes tr[data-id="form-vol"]')?.textContent ?? ""));
   await page.getByRole("button", { name: "Delete volume form-vol" }).click();
   await page.waitForFunction(() => !document.querySelector('#volumes tr[data-id="form-vol"]'));
   const gone = await fetch(URL + "/v1/volumes/form-vol", { headers: { Authorization: "Bearer " + KEY } });
