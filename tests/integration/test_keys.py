@@ -3,9 +3,11 @@ table); keys limited to endpoints; per-key rate limit; expiry; hashes only in th
 store; the `sgpu keys` command."""
 
 import hashlib
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import unittest
@@ -290,6 +292,51 @@ class KeysTest(KeysTestCase):
         resp = self.sg.api("GET", "/v1/nodes", key=key)
         self.assertError(resp, 401, "unauthorized")
         self.assertIn("expired", error_of(resp)["message"])
+
+
+    def read_to_end(self, stream, timeout=10):
+        """Reads stream until its connection ends (a cut chunked answer counts);
+        fails if it is still open after `timeout` (scaled) seconds."""
+        deadline = time.monotonic() + scaled(timeout)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or stream.read_some(timeout=left / scaled(1)) == b"":
+                    break
+        except (http.client.IncompleteRead, ConnectionError):
+            return
+        except socket.timeout:
+            self.fail("the stream is still open after %.0f s" % scaled(timeout))
+        self.assertLess(time.monotonic(), deadline, "the stream is still open")
+
+    def test_revoking_a_key_ends_the_streams_it_opened(self):
+        ep = unique_name("keys-rv")
+        self.sg.create(echo_spec(ep))
+        self.addCleanup(self.sg.try_delete, ep)
+        name, secret = self.make_key(["read"])
+        path = "/v1/endpoints/%s/logs?follow=1&stream=event" % ep
+        with self.sg.stream("GET", path, key=secret) as mine, self.sg.stream("GET", path) as other:
+            self.assertEqual(mine.status, 200)
+            self.assertEqual(other.status, 200)
+            self.assertOk(self.sg.api("DELETE", "/v1/api-keys/" + name))
+            self.read_to_end(mine)
+            # a stream opened with another key goes on: a cold start's events reach it
+            self.assertOk(self.sg.api("POST", "/e/%s/x" % ep, body={}))
+            while True:
+                line = other.readline(timeout=10)
+                self.assertIsNotNone(line, "the admin key's stream ended too")
+                if line.strip() and "scale up" in json.loads(line)["line"]:
+                    break
+        self.assertIn("open requests made with it ended: 1", self.sg.log_text())
+
+    def test_an_expiring_key_ends_the_streams_it_opened(self):
+        ep = unique_name("keys-exp")
+        self.sg.create(echo_spec(ep))
+        self.addCleanup(self.sg.try_delete, ep)
+        _, secret = self.make_key(["read"], expires_at=int(time.time() * 1000) + int(scaled(2) * 1000))
+        with self.sg.stream("GET", "/v1/endpoints/%s/logs?follow=1" % ep, key=secret) as mine:
+            self.assertEqual(mine.status, 200)
+            self.read_to_end(mine, timeout=30)
 
 
 class KeyStoreTest(KeysTestCase):

@@ -244,11 +244,12 @@ static void revoke_done(void *data) {
 
 void sg_api_keys_revoke(sg_daemon_t *d, sg_http_req_t *req, const char *name) {
   /* Revoked at once: the next request with it finds no key. */
-  if (!sg_keys_remove(d, name)) {
+  size_t ended = 0;
+  if (!sg_keys_remove(d, name, req, &ended)) {
     cleanup_free char *msg = xasprintf("no API key named \"%s\"", name);
     return sg_http_send_error(req, 404, "not_found", msg, NULL);
   }
-  sg_info("API key %s revoked", name);
+  sg_info("API key %s revoked (open requests made with it ended: %zu)", name, ended);
   revoke_job_t *j = xcalloc(1, sizeof(*j));
   j->req = req;
   j->name = xstrdup(name);

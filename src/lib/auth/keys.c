@@ -1,6 +1,7 @@
 /* API keys: the table on the loop, the router's auth hook, the per-key
  * counters. See keys.h. */
 #include <errno.h>
+#include <event2/event.h>
 #include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -27,11 +28,16 @@ typedef struct key {
   sg_bucket_t bucket;
   bool dirty; /* last_used_ms not yet written */
   uint64_t requests, rate_limited;
+  uint64_t serial;      /* the requests' principal (sg_http_set_principal) */
+  struct event *expiry; /* ends its open requests when it expires */
+  struct sg_keys *K;
 } api_key_t;
 
 struct sg_keys {
+  sg_daemon_t *d;
   api_key_t **keys;
   size_t n, cap;
+  uint64_t serials; /* the last one given */
   unsigned char admin_hash[SG_KEY_HASH_LEN];
   struct event *flush;
 };
@@ -105,6 +111,8 @@ void sg_key_hash(const char *s, size_t len, unsigned char out[SG_KEY_HASH_LEN]) 
 static void key_free(api_key_t *k) {
   if (!k)
     return;
+  if (k->expiry)
+    event_free(k->expiry);
   free(k->name);
   sg_strv_free(k->endpoints);
   free(k);
@@ -129,12 +137,48 @@ static api_key_t *find_name(struct sg_keys *K, const char *name, size_t *at) {
   return NULL;
 }
 
+/* Ends the requests made with k that are still open (a log follow, a
+ * stream, a long wait), except keep; returns how many. */
+static size_t end_requests(struct sg_keys *K, api_key_t *k, const sg_http_req_t *keep) {
+  return sg_http_server_end_principal(K->d->http, k->serial, keep);
+}
+
+#define EXPIRY_RECHECK_MS (3600 * 1000) /* the wall clock may move under a long timer */
+
+static void arm_expiry(api_key_t *k);
+
+static void expiry_cb(evutil_socket_t fd, short what, void *arg) {
+  api_key_t *k = arg;
+  if (sg_wall_ms() < k->expires_ms) {
+    arm_expiry(k);
+    return;
+  }
+  size_t n = end_requests(k->K, k, NULL);
+  sg_info("API key %s expired%s", k->name, n ? "; its open requests were ended" : "");
+}
+
+static void arm_expiry(api_key_t *k) {
+  int64_t left = k->expires_ms - sg_wall_ms();
+  if (left < 0)
+    left = 0;
+  if (left > EXPIRY_RECHECK_MS)
+    left = EXPIRY_RECHECK_MS;
+  struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+  evtimer_add(k->expiry, &tv);
+}
+
 static void add_key(struct sg_keys *K, api_key_t *k) {
   if (K->n == K->cap) {
     K->cap = K->cap ? K->cap * 2 : 8;
     K->keys = xrealloc(K->keys, K->cap * sizeof(*K->keys));
   }
   K->keys[K->n++] = k;
+  k->K = K;
+  k->serial = ++K->serials;
+  if (k->expires_ms && sg_wall_ms() < k->expires_ms) {
+    k->expiry = evtimer_new(K->d->base, expiry_cb, k);
+    arm_expiry(k);
+  }
 }
 
 /* "read,invoke" -> bits; 0 when a name is unknown. */
@@ -208,6 +252,7 @@ static void load_key(void *ud, const sg_key_record_t *r) {
 
 int sg_keys_init(sg_daemon_t *d, sg_error_t **err) {
   struct sg_keys *K = xcalloc(1, sizeof(*K));
+  K->d = d;
   d->keys = K;
   sg_key_hash(d->api_key, strlen(d->api_key), K->admin_hash);
   return sg_store_key_load(d->store, load_key, K, err);
@@ -361,6 +406,8 @@ static bool check(void *ud, sg_http_req_t *req, const sg_route_t *rt, const char
     sg_http_send_error(req, 403, "forbidden", why, NULL);
     return false;
   }
+  /* Revoking or expiring the key ends the request if it is still open. */
+  sg_http_set_principal(req, k->serial);
   return true;
 }
 
@@ -441,7 +488,7 @@ json_t *sg_keys_add(sg_daemon_t *d, const sg_key_record_t *rec) {
   return key_json(k);
 }
 
-bool sg_keys_remove(sg_daemon_t *d, const char *name) {
+bool sg_keys_remove(sg_daemon_t *d, const char *name, const sg_http_req_t *keep, size_t *ended) {
   struct sg_keys *K = d->keys;
   size_t at;
   api_key_t *k = find_name(K, name, &at);
@@ -449,6 +496,7 @@ bool sg_keys_remove(sg_daemon_t *d, const char *name) {
     return false;
   memmove(&K->keys[at], &K->keys[at + 1], (K->n - at - 1) * sizeof(*K->keys));
   K->n--;
+  *ended = end_requests(K, k, keep);
   key_free(k);
   return true;
 }

@@ -47,8 +47,10 @@ size_t sg_keys_count(sg_daemon_t *d);
 /* Adds a key just stored; returns its listing (a new reference), or NULL
  * when the record is malformed. */
 json_t *sg_keys_add(sg_daemon_t *d, const sg_key_record_t *rec);
-/* Forgets a key at once; false when there is none of that name. */
-bool sg_keys_remove(sg_daemon_t *d, const char *name);
+/* Forgets a key at once and ends the requests made with it that are still
+ * open (log follows, streams, long waits), except keep, counted in *ended;
+ * false when there is no key of that name. */
+bool sg_keys_remove(sg_daemon_t *d, const char *name, const sg_http_req_t *keep, size_t *ended);
 
 /* ---- pure pieces ---- */
 

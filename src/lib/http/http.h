@@ -74,6 +74,11 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
                                      int port, int *bound_port, sg_error_t **err);
 /* Closes the listener and every connection (close callbacks run). */
 void sg_http_server_free(sg_http_server_t *srv);
+/* Closes every connection whose request in progress was made by principal
+ * (sg_http_set_principal; not 0), except keep's: their owners' close
+ * callbacks run. For a credential withdrawn while requests made with it
+ * still stream. Returns how many were closed. */
+size_t sg_http_server_end_principal(sg_http_server_t *srv, uint64_t principal, const sg_http_req_t *keep);
 /* Serves an already connected socket (taken; made non-blocking) as if it had
  * been accepted, e.g. one end of a socketpair. It counts as an open
  * connection but is never refused. */
@@ -108,6 +113,9 @@ int sg_http_version_minor(const sg_http_req_t *req);
  * the owner must forget req, which the server frees after the callback
  * returns. NULL removes it. */
 void sg_http_set_close_cb(sg_http_req_t *req, void (*cb)(sg_http_req_t *req, void *arg), void *arg);
+/* Who made req (an authentication layer's id for a credential; 0: nobody in
+ * particular): see sg_http_server_end_principal. */
+void sg_http_set_principal(sg_http_req_t *req, uint64_t principal);
 
 /* Streams the request body: on_data gets each piece as it arrives (the
  * handler drains `data`), on_end once after the last piece. Only from on_head. */

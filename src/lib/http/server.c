@@ -82,6 +82,7 @@ struct sg_http_req {
   struct evbuffer *chunk; /* scratch for streamed body pieces */
   void (*close_cb)(sg_http_req_t *, void *);
   void *close_arg;
+  uint64_t principal; /* sg_http_set_principal; 0: none */
   /* answer */
   struct evbuffer *out_head; /* "Name: value\r\n" lines added by the handler */
   bool out_has_length;
@@ -778,6 +779,24 @@ sg_http_server_t *sg_http_server_new(struct event_base *base, const sg_http_serv
   return srv;
 }
 
+size_t sg_http_server_end_principal(sg_http_server_t *srv, uint64_t principal, const sg_http_req_t *keep) {
+  if (!srv || !principal)
+    return 0;
+  size_t n = 0;
+  /* A close callback may end other connections: look again after each. */
+  for (;;) {
+    conn_t *c;
+    LIST_FOREACH(c, &srv->conns, link) {
+      if (!c->dead && c->req && c->req != keep && c->req->principal == principal)
+        break;
+    }
+    if (!c)
+      return n;
+    n++;
+    conn_kill(c);
+  }
+}
+
 void sg_http_server_free(sg_http_server_t *srv) {
   if (!srv)
     return;
@@ -826,6 +845,8 @@ void sg_http_set_close_cb(sg_http_req_t *req, void (*cb)(sg_http_req_t *, void *
   req->close_cb = cb;
   req->close_arg = arg;
 }
+
+void sg_http_set_principal(sg_http_req_t *req, uint64_t principal) { req->principal = principal; }
 
 void sg_http_stream_body(sg_http_req_t *req, void (*on_data)(sg_http_req_t *, struct evbuffer *, void *),
                          void (*on_end)(sg_http_req_t *, void *), void *arg) {
