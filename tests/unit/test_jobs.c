@@ -19,6 +19,7 @@
 #include "gateway/jobs-proto.h"
 #include "sgpu/jobs-store.h"
 #include "sgpu/util.h"
+#include "store/store-internal.h"
 
 /* ---- submissions ---- */
 
@@ -608,6 +609,27 @@ static void test_store_list(void **state) {
   assert_int_equal(s.n, 0);
 }
 
+/* A page of one endpoint's jobs is a range of the index of migration 10,
+ * neither a scan of every job nor a sort (bench-jobs-list times both). */
+static void test_store_list_uses_the_index(void **state) {
+  fixture_t *f = *state;
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  assert_int_equal(
+      sqlite3_prepare_v2(db, "EXPLAIN QUERY PLAN SELECT * FROM jobs" SG_STORE_JOBS_LIST_WHERE, -1, &st, NULL),
+      SQLITE_OK);
+  char plan[512] = "";
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    size_t len = strlen(plan);
+    snprintf(plan + len, sizeof(plan) - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  assert_non_null(strstr(plan, "USING INDEX jobs_endpoint_created (endpoint=? AND created_ms<?)"));
+  assert_null(strstr(plan, "TEMP B-TREE"));
+}
+
 typedef struct wstate {
   struct event_base *base;
   int done, failed, order_errors;
@@ -686,6 +708,7 @@ int main(void) {
       cmocka_unit_test(test_allow_list),
       cmocka_unit_test_setup_teardown(test_store_apply_get_recover, setup, teardown),
       cmocka_unit_test_setup_teardown(test_store_list, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_store_list_uses_the_index, setup, teardown),
       cmocka_unit_test_setup_teardown(test_writer_group_commit, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -182,14 +182,11 @@ int sg_store_jobs_list(sg_store_t *s, const char *endpoint, int status, int64_t 
                        void (*cb)(void *ud, const sg_job_record_t *rec), void *ud, sg_error_t **err) {
   sg_assert_not_loop_thread();
   cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s->db,
-              SELECT_COLS " WHERE endpoint = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 <= 0 OR created_ms < ?3)"
-                          " ORDER BY created_ms DESC, seq DESC LIMIT ?4",
-              &st, err) < 0)
+  if (prepare(s->db, SELECT_COLS SG_STORE_JOBS_LIST_WHERE, &st, err) < 0)
     return -SG_ESTORE;
   bind_text(st, 1, endpoint);
   bind_text(st, 2, status >= 0 ? sg_job_status_name((sg_job_status_t)status) : NULL);
-  sqlite3_bind_int64(st, 3, before_ms);
+  sqlite3_bind_int64(st, 3, before_ms > 0 ? before_ms : INT64_MAX);
   sqlite3_bind_int(st, 4, limit);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

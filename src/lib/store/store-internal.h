@@ -50,6 +50,14 @@ struct sg_store {
   "CREATE INDEX jobs_open ON jobs(status, seq) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');"                           \
   "CREATE INDEX jobs_expires ON jobs(expires_ms) WHERE expires_ms > 0;"
 
+/* The index of sg_store_jobs_list (migration 10), and the condition and order
+ * of its query: a range of that index, walked backwards from ?3 (created
+ * before) until ?4 rows pass the status ?2 (NULL: any). */
+#define SG_STORE_JOBS_LIST_INDEX "CREATE INDEX jobs_endpoint_created ON jobs(endpoint, created_ms, seq);"
+#define SG_STORE_JOBS_LIST_WHERE                                                                                       \
+  " WHERE endpoint = ?1 AND created_ms < ?3 AND (?2 IS NULL OR status = ?2) ORDER BY created_ms DESC, seq DESC LIMIT " \
+  "?4"
+
 /* The schema of the API keys table (store/keys.c), a migration of store.c:
  * the SHA-256 of each secret, never the secret. */
 #define SG_STORE_KEYS_MIGRATION                                                                                        \

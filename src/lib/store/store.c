@@ -96,6 +96,9 @@ static const char *const migrations[] = {
     SG_STORE_KEYS_MIGRATION,
     /* 9: named volumes (store/volumes.c) */
     SG_STORE_VOLUMES_MIGRATION,
+    /* 10: an endpoint's jobs newest first (GET /v1/endpoints/{name}/jobs) read
+     * from this index instead of a scan of every endpoint's jobs */
+    SG_STORE_JOBS_LIST_INDEX,
 };
 
 static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
