@@ -382,25 +382,44 @@ int sg_rp_stream_parse(const char *body, size_t len, char **output, sg_error_t *
   return 0;
 }
 
+/* Slots of the set of ids kept so far: a power of two, at least twice
+ * SG_RP_IDS_MAX, so that probing always ends at an empty one. */
+#define IDS_SLOTS 2048
+_Static_assert(IDS_SLOTS >= 2 * SG_RP_IDS_MAX && (IDS_SLOTS & (IDS_SLOTS - 1)) == 0, "IDS_SLOTS");
+
+static uint32_t id_hash(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
 size_t sg_rp_ids_parse(const char *list, char ***ids) {
   *ids = NULL;
-  size_t n = 0;
+  size_t n = 0, cap = 0;
+  uint16_t slot[IDS_SLOTS] = {0}; /* 1 + the index in *ids; 0: empty */
   /* At most SG_RP_IDS_MAX entries are looked at, valid or not, so that a
    * long list of repeats costs no more than a full one. */
   size_t seen = 0;
   for (const char *p = list ? list : ""; *p && seen < SG_RP_IDS_MAX; seen++) {
     size_t len = strcspn(p, ",");
     cleanup_free char *id = xstrndup(p, len);
-    bool dup = false;
-    for (size_t i = 0; i < n && !dup; i++)
-      dup = !strcmp((*ids)[i], id);
-    if (!dup && sg_job_id_valid(id)) {
-      *ids = xrealloc(*ids, (n + 1) * sizeof(char *));
-      (*ids)[n++] = steal_pointer(&id);
-    }
     p += len;
     if (*p == ',')
       p++;
+    if (!sg_job_id_valid(id))
+      continue;
+    size_t i = id_hash(id) & (IDS_SLOTS - 1);
+    while (slot[i] && strcmp((*ids)[slot[i] - 1], id))
+      i = (i + 1) & (IDS_SLOTS - 1);
+    if (slot[i])
+      continue; /* a repeat */
+    if (n == cap) {
+      cap = cap ? 2 * cap : 8;
+      *ids = xrealloc(*ids, cap * sizeof(char *));
+    }
+    (*ids)[n++] = steal_pointer(&id);
+    slot[i] = (uint16_t)n;
   }
   return n;
 }
