@@ -144,12 +144,9 @@ int main(int argc, char **argv) {
     case 'r':
       rounds = (int)strtol(optarg, NULL, 10);
       break;
-    case 'h':
-      fputs(usage, stdout);
-      return 0;
-    default:
-      fputs(usage, stderr);
-      return 2;
+    default: /* -h: the usage asked for; anything else: a mistake */
+      fputs(usage, c == 'h' ? stdout : stderr);
+      return c == 'h' ? 0 : 2;
     }
   }
   if (endpoints < 1 || endpoints > 999 || rounds < 1 || rounds > 100000 || jobs < (long)endpoints * 2 * PAGE * 50)
