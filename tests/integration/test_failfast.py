@@ -154,6 +154,35 @@ class FailFastTest(SgpudTestCase):
         self.assertOk(self.sg.invoke(name, "/infer", body=b"x", timeout=60))
         self.assertEqual(self.sg.status(name)["state"], "serving")
 
+    def test_a_waiting_runsync_gets_the_503_when_the_crash_loop_is_found(self):
+        name = unique_name("ff-crash-wait")
+        self.create(echo_spec(name, type="async", command=["/bin/sh", "-c", "exit 3"],
+                              workers={"min": 0, "max": 1}))
+        self.assertEqual(self.sg.status(name)["state"], "scaled_to_zero")
+        queued = self.sg.api("POST", "/v2/%s/run" % name, {"input": {"n": 1}})
+        self.assertEqual(queued.status, 200, queued.body)
+        # scaled to zero, so the runsync queues its job and waits; the crash
+        # loop is found while it waits (three failed starts)
+        t0 = time.monotonic()
+        r = self.sg.api("POST", "/v2/%s/runsync?wait=60000" % name, {"input": {"n": 2}}, timeout=120)
+        elapsed = time.monotonic() - t0
+        self.assertEqual(r.status, 503, r.body)
+        self.assertEqual(error_of(r)["code"], "crash_loop", r.body)
+        self.assertIn("status 3", error_of(r)["message"])
+        print("\n[measure] waiting runsync on a crash-looping endpoint: 503 after %.2f s (wait 60 s)" % elapsed)
+        # its job fails with the reason (once that is written); the job
+        # submitted with run stays queued
+        def listed():
+            jobs = self.assertOk(self.sg.api("GET", "/v1/endpoints/%s/jobs" % name))["jobs"]
+            return jobs if any(j["status"] == "FAILED" for j in jobs) else None
+        jobs = self.wait_for(listed, 10, message="the runsync's job to be FAILED")
+        by_id = {j["id"]: j for j in jobs}
+        self.assertEqual(by_id.pop(queued.body["id"])["status"], "IN_QUEUE")
+        self.assertEqual(len(by_id), 1, jobs)
+        job = list(by_id.values())[0]
+        self.assertEqual(job["status"], "FAILED", job)
+        self.assertIn("crash_loop", json.dumps(job.get("error")))
+
     def test_image_that_cannot_be_pulled_answers_503(self):
         name = unique_name("ff-pull")
         # nothing listens on port 1 of loopback: the pull fails at once

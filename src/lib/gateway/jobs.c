@@ -580,8 +580,66 @@ static void waiting(void *ud, const sg_endpoint_t *ep, int64_t now, int *queued,
     *oldest = wait;
 }
 
+/* Whether a runsync call waits for j's end. */
+static bool runsync_waits(const sg_job_t *j) {
+  const jreq_t *r;
+  LIST_FOREACH(r, &j->waiters, wlink) {
+    if (r->action == A_RUNSYNC && r->wait == W_FINAL)
+      return true;
+  }
+  return false;
+}
+
+/* An endpoint that can no longer start workers answers the runsync calls
+ * waiting for its queued jobs at once, as it answers a new one: 503 with
+ * the reason. Their jobs fail with that reason (the callers were never told
+ * their ids, so none would come back for them); jobs submitted with run stay
+ * queued for the endpoint's recovery. */
+static void fail_runsync_waits(sg_endpoint_t *ep, const char *code) {
+  struct sg_ep_jobs *ej = ep->jobs;
+  if (!ej)
+    return;
+  size_t n = 0, cap = 0;
+  sg_job_t **failing = NULL;
+  sg_job_t *j;
+  TAILQ_FOREACH(j, &ej->queue, qlink) {
+    if (!j->committed || j->finishing || !runsync_waits(j))
+      continue;
+    if (n == cap) {
+      cap = cap ? 2 * cap : 8;
+      failing = xrealloc(failing, cap * sizeof(*failing));
+    }
+    failing[n++] = j;
+  }
+  if (!n)
+    return;
+  cleanup_free char *msg = xasprintf("endpoint \"%s\" cannot start workers (%s): %s", ep->name, code,
+                                     ep->last_error ? ep->last_error : "no error recorded");
+  for (size_t i = 0; i < n; i++) {
+    j = failing[i];
+    jreq_t *r, *tmp;
+    for (r = LIST_FIRST(&j->waiters); r; r = tmp) {
+      tmp = LIST_NEXT(r, wlink);
+      if (r->action == A_RUNSYNC && r->wait == W_FINAL)
+        sg_jreq_error(r, 503, code, msg);
+    }
+    sg_job_finish(j, SG_JOB_FAILED, NULL, sg_jobs_error_text("%s", msg));
+  }
+  free(failing);
+}
+
+static void on_demand_changed(void *ud, sg_daemon_t *d) {
+  sg_endpoint_t *ep;
+  const char *code;
+  TAILQ_FOREACH(ep, &d->endpoints, link) {
+    if (ep->jobs && ep->jobs->queued > 0 && sg_endpoint_failing(ep, &code))
+      fail_runsync_waits(ep, code);
+  }
+}
+
 static const sg_fleet_subscriber_t subscriber = {
     .endpoint_deleted = on_endpoint_deleted,
+    .demand_changed = on_demand_changed,
     .endpoint_freed = on_endpoint_freed,
     .worker_ready = on_worker_free,
     .worker_released = on_worker_free,
