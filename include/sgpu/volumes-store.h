@@ -16,7 +16,8 @@ typedef struct sg_volume_record {
 
 /* Adds a volume; SG_EEXIST when one of that name exists. */
 int sg_store_volume_add(sg_store_t *store, const sg_volume_record_t *rec, sg_error_t **err);
-/* SG_ENOTFOUND when there is none of that name. */
+/* SG_ENOTFOUND when there is none of that name; SG_EEXIST when a stored
+ * endpoint mounts it. */
 int sg_store_volume_delete(sg_store_t *store, const char *name, sg_error_t **err);
 /* Every volume, in name order. */
 int sg_store_volume_each(sg_store_t *store, void (*cb)(void *ud, const sg_volume_record_t *rec), void *ud,

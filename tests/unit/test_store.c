@@ -668,9 +668,25 @@ static void test_volumes(void **state) {
   assert_int_not_equal(sg_store_volume_delete(f->store, "hf-cache", &err), 0);
   assert_int_equal(err->status, SG_ENOTFOUND);
   sg_error_free(err);
+  err = NULL;
   t = volumes_text(f);
   assert_string_equal(t, "weights:1048576:2000;");
   free(t);
+
+  /* A stored endpoint that mounts it keeps it (whatever the loop knew). */
+  sg_endpoint_record_t ep = {"reader", "{\"name\":\"reader\",\"volumes\":[{\"name\":\"weights\",\"path\":\"/w\"}]}", 1,
+                             10, 10};
+  sg_endpoint_record_t other = {"other", "{\"name\":\"other\",\"env\":{\"weights\":\"x\"}}", 1, 10, 10};
+  assert_int_equal(sg_store_endpoint_insert(f->store, &ep, &err), 0);
+  assert_int_equal(sg_store_endpoint_insert(f->store, &other, &err), 0);
+  assert_int_not_equal(sg_store_volume_delete(f->store, "weights", &err), 0);
+  assert_int_equal(err->status, SG_EEXIST);
+  assert_non_null(strstr(err->message, "\"reader\""));
+  assert_null(strstr(err->message, "other"));
+  sg_error_free(err);
+  err = NULL;
+  assert_int_equal(sg_store_endpoint_delete(f->store, "reader", &err), 0);
+  assert_int_equal(sg_store_volume_delete(f->store, "weights", &err), 0);
 }
 
 static void test_reopen_keeps_data(void **state) {

@@ -152,7 +152,9 @@ static void vol_done(void *data) {
     if (j->err) {
       if (v)
         v->deleting = false;
-      if (req)
+      if (req && j->err->status == SG_EEXIST) /* an endpoint write before it mounts it */
+        sg_http_send_error(req, 409, "in_use", j->err->message, NULL);
+      else if (req)
         sg_http_send_sg_error(req, j->err);
     } else {
       sg_daemon_volume_forget(j->d, j->name);

@@ -45,37 +45,12 @@ int sg_store_secret_put(sg_store_t *s, const sg_secret_record_t *r, sg_error_t *
 
 /* *users gets the stored endpoints whose spec's env names secret `name`, as
  * "\"a\", \"b\"" (a new string), or NULL when none does. */
-static int secret_users(sg_store_t *s, const char *name, char **users, sg_error_t **err) {
-  *users = NULL;
-  cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s,
-              "SELECT DISTINCT e.name FROM endpoints e, json_each(e.spec, '$.env') j"
-              " WHERE json_valid(e.spec) AND j.type = 'object' AND json_extract(j.value, '$.secret') = ?"
-              " ORDER BY e.name",
-              &st, err) < 0)
-    return -SG_ESTORE;
-  sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-  sg_strbuf_t b = SG_STRBUF_INIT;
-  bool any = false;
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    sg_strbuf_appendf(&b, "%s\"%s\"", any ? ", " : "", (const char *)sqlite3_column_text(st, 0));
-    any = true;
-  }
-  cleanup_free char *text = sg_strbuf_steal(&b);
-  if (rc != SQLITE_DONE)
-    return fail(s, err, "find the users of a secret");
-  if (any)
-    *users = steal_pointer(&text);
-  return 0;
-}
-
 int sg_store_secret_delete(sg_store_t *s, const char *name, sg_error_t **err) {
   sg_assert_not_loop_thread();
   /* Checked here too, in the order of the store's writes: an endpoint
    * write accepted before this delete is in the table by now. */
   cleanup_free char *users = NULL;
-  if (secret_users(s, name, &users, err) < 0)
+  if (sg_store_spec_users(s, "$.env", "$.secret", name, &users, err) < 0)
     return -SG_ESTORE;
   if (users)
     return sg_make_error(err, SG_EEXIST, "secret \"%s\" is used by endpoint(s) %s: change or delete them first", name,

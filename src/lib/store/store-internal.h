@@ -79,4 +79,13 @@ struct sg_store {
   "  size_bytes INTEGER NOT NULL,"                                                                                     \
   "  created_ms INTEGER NOT NULL);"
 
+/* The stored endpoints whose spec names `name` as the member key_path of
+ * an object in the list (or object) list_path ("$.env" and "$.secret": the
+ * secrets an env takes; "$.volumes" and "$.name": the volumes mounted), as
+ * '"a", "b"' in *users (NULL: none). Run in a delete on the store thread,
+ * after every endpoint write accepted before it: what the loop's own check
+ * cannot see yet. */
+int sg_store_spec_users(sg_store_t *s, const char *list_path, const char *key_path, const char *name, char **users,
+                        sg_error_t **err);
+
 #endif

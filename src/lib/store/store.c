@@ -105,6 +105,35 @@ static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
   return sg_make_error(err, SG_ESTORE, "store: %s: %s", what, sqlite3_errmsg(db));
 }
 
+int sg_store_spec_users(sg_store_t *s, const char *list_path, const char *key_path, const char *name, char **users,
+                        sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  *users = NULL;
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(s->db,
+                         "SELECT DISTINCT e.name FROM endpoints e, json_each(e.spec, ?1) j"
+                         " WHERE json_valid(e.spec) AND j.type = 'object' AND json_extract(j.value, ?2) = ?3"
+                         " ORDER BY e.name",
+                         -1, &st, NULL) != SQLITE_OK)
+    return db_error(s->db, err, "prepare");
+  sqlite3_bind_text(st, 1, list_path, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, key_path, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, name, -1, SQLITE_TRANSIENT);
+  sg_strbuf_t b = SG_STRBUF_INIT;
+  bool any = false;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    sg_strbuf_appendf(&b, "%s\"%s\"", any ? ", " : "", (const char *)sqlite3_column_text(st, 0));
+    any = true;
+  }
+  cleanup_free char *text = sg_strbuf_steal(&b);
+  if (rc != SQLITE_DONE)
+    return db_error(s->db, err, "find the endpoints that use a name");
+  if (any)
+    *users = steal_pointer(&text);
+  return 0;
+}
+
 static int exec(sqlite3 *db, const char *sql, sg_error_t **err) {
   char *msg = NULL;
   if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {

@@ -39,6 +39,14 @@ int sg_store_volume_add(sg_store_t *s, const sg_volume_record_t *r, sg_error_t *
 
 int sg_store_volume_delete(sg_store_t *s, const char *name, sg_error_t **err) {
   sg_assert_not_loop_thread();
+  /* Checked here too, in the order of the store's writes: an endpoint
+   * write accepted before this delete is in the table by now. */
+  cleanup_free char *users = NULL;
+  if (sg_store_spec_users(s, "$.volumes", "$.name", name, &users, err) < 0)
+    return -SG_ESTORE;
+  if (users)
+    return sg_make_error(err, SG_EEXIST, "volume \"%s\" is mounted by endpoint(s) %s: change or delete them first",
+                         name, users);
   cleanup_stmt sqlite3_stmt *st = NULL;
   if (prepare(s, "DELETE FROM volumes WHERE name = ?", &st, err) < 0)
     return -SG_ESTORE;
