@@ -25,8 +25,6 @@ int sg_store_secret_put(sg_store_t *store, const sg_secret_record_t *rec, sg_err
 /* SG_ENOTFOUND when absent; SG_EEXIST, naming them, while a stored
  * endpoint's spec references it in env. */
 int sg_store_secret_delete(sg_store_t *store, const char *name, sg_error_t **err);
-/* 1 when secret name is stored, 0 when not. */
-int sg_store_secret_exists(sg_store_t *store, const char *name, sg_error_t **err);
 /* Calls cb for every secret (sealed value included), in name order. */
 int sg_store_secret_load(sg_store_t *store, void (*cb)(void *ud, const sg_secret_record_t *rec), void *ud,
                          sg_error_t **err);

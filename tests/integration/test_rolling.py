@@ -1,10 +1,13 @@
 """Updates without dropped requests: rolling replacement, live changes,
 draining, PATCH (JSON merge patch), versions and rollback."""
 
+import os
+import shutil
+import tempfile
 import threading
 import unittest
 
-from harness import ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, unique_name, wait_for
+from harness import ECHO_WORKER, RFC3339_MS, SgpudTestCase, echo_spec, error_of, unique_name, wait_for
 
 
 class Load:
@@ -285,6 +288,27 @@ class VersionsTest(SgpudTestCase):
         self.create(echo_spec(name))
         body = self.assertOk(self.sg.api("GET", "/v1/endpoints/%s/versions" % name))
         self.assertEqual([v["version"] for v in body["versions"]], [1])
+
+    def test_rollback_is_checked_as_a_put_is(self):
+        # version 1 runs a command that is gone by the time of the rollback
+        d = tempfile.mkdtemp(prefix="sgpu-it-rb-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.chmod(d, 0o755)
+        command = os.path.join(d, "worker")
+        shutil.copy(ECHO_WORKER, command)
+        name = unique_name("rb-gone")
+        self.create(echo_spec(name, command=[command]))
+        self.sg.update(name, echo_spec(name))
+        os.unlink(command)
+        resp = self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 1})
+        self.assertError(resp, 422, "invalid_field", "command")
+        self.assertIn(command, error_of(resp)["message"])
+        self.assertEqual(self.sg.get(name)["version"], 2)
+        # with the command back, the same rollback goes through
+        shutil.copy(ECHO_WORKER, command)
+        ep = self.assertOk(self.sg.api("POST", "/v1/endpoints/%s/rollback" % name, {"version": 1}))
+        self.assertEqual(ep["version"], 3)
+        self.assertEqual(ep["command"], [command])
 
 
 if __name__ == "__main__":

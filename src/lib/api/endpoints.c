@@ -13,7 +13,6 @@
 #include "auth/keys.h"
 #include "api-internal.h"
 #include "logs/logs.h"
-#include "sgpu/secrets-store.h"
 #include "sgpu/util.h"
 
 /* The writes in flight for one endpoint name. */
@@ -58,8 +57,9 @@ static void writes_release(struct sg_ep_write *w) {
   free(w);
 }
 
-/* OP_ROLLBACK is an update whose spec the store thread reads: the kept
- * version `from`, validated again, stored as the new version. */
+/* OP_ROLLBACK writes nothing: the store thread reads the kept version
+ * `from`, and the loop then puts it as a PUT would (update_to): the same
+ * checks against this daemon, and a new version. */
 enum op { OP_CREATE, OP_UPDATE, OP_DELETE, OP_ROLLBACK };
 
 typedef struct ep_job {
@@ -91,38 +91,13 @@ static char *spec_text(const sg_spec_t *spec) {
   return text;
 }
 
-/* Store thread: the spec of the kept version j->from, checked as it would
- * be if sent now (a runtime may have gone since). */
-static bool rollback_spec(sg_store_t *store, ep_job_t *j) {
-  cleanup_free char *text = sg_store_endpoint_version(store, j->name, j->from, &j->err);
-  if (!text)
-    return false;
-  j->spec = sg_spec_parse(text, strlen(text), &j->err);
-  if (!j->spec)
-    return false;
-  /* The secrets its env names, as sg_api_validate_spec checks a new spec's
-   * on the loop: here, in the order of the store's writes. */
-  for (size_t i = 0; i < j->spec->n_env; i++) {
-    const char *secret = j->spec->env_secrets[i];
-    int r = secret ? sg_store_secret_exists(store, secret, &j->err) : 1;
-    if (r < 0)
-      return false;
-    if (r == 0) {
-      cleanup_free char *field = xasprintf("env.%s", j->spec->env_keys[i]);
-      sg_make_field_error(&j->err, field, "no secret named \"%s\" (create it with PUT /v1/secrets/%s first)", secret,
-                          secret);
-      return false;
-    }
-  }
-  j->text = spec_text(j->spec);
-  return true;
-}
-
 /* Store thread. */
 static void job_work(sg_store_t *store, void *data) {
   ep_job_t *j = data;
-  if (j->op == OP_ROLLBACK && !rollback_spec(store, j))
+  if (j->op == OP_ROLLBACK) {
+    j->text = sg_store_endpoint_version(store, j->name, j->from, &j->err);
     return;
+  }
   sg_endpoint_record_t rec = {j->name, j->text, j->version, j->created, j->updated};
   if (j->op == OP_CREATE)
     sg_store_endpoint_insert(store, &rec, &j->err);
@@ -137,6 +112,28 @@ static void not_found(sg_http_req_t *req, const char *name) {
   sg_http_send_error(req, 404, "not_found", msg, NULL);
 }
 
+static void update_to(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep, json_t *body);
+
+/* Loop: the kept spec of a rollback is read; it is put as a PUT would be. */
+static void rollback_to(ep_job_t *j, sg_endpoint_t *ep) {
+  sg_http_req_t *req = j->req;
+  if (!req) {
+    job_free(j);
+    return;
+  }
+  if (!ep) {
+    not_found(req, j->name);
+    job_free(j);
+    return;
+  }
+  cleanup_json json_t *body = json_loads(j->text, 0, NULL);
+  if (!json_is_object(body))
+    sg_http_send_error(req, 500, "store_error", "the kept spec is not a JSON object", NULL);
+  else
+    update_to(j->d, req, ep, body);
+  job_free(j);
+}
+
 /* Loop: applies a stored write to live state and answers. */
 static void job_done(void *data) {
   ep_job_t *j = data;
@@ -146,8 +143,11 @@ static void job_done(void *data) {
     sg_http_set_close_cb(req, NULL, NULL);
   if (j->op == OP_CREATE)
     j->w->creating = false;
-  writes_release(j->w);
+  if (j->w)
+    writes_release(j->w);
   sg_endpoint_t *ep = j->op == OP_CREATE ? NULL : sg_daemon_find_endpoint(d, j->name);
+  if (j->op == OP_ROLLBACK && !j->err)
+    return rollback_to(j, ep);
   if (j->err && j->err->status == SG_ENOTFOUND && req && !(j->op == OP_ROLLBACK && ep))
     not_found(req, j->name);
   else if (j->err && req)
@@ -282,7 +282,8 @@ static void patch(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
 }
 
 /* POST /v1/endpoints/{name}/rollback {"version": N}: a new version with
- * the spec of kept version N (read and checked on the store thread). */
+ * the spec of kept version N (read on the store thread, then put and
+ * checked as a PUT is). */
 void sg_api_endpoint_rollback(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t *ep) {
   if (!sg_http_method_is(req, "POST"))
     return sg_http_method_not_allowed(req, "POST");
@@ -298,10 +299,6 @@ void sg_api_endpoint_rollback(sg_daemon_t *d, sg_http_req_t *req, sg_endpoint_t 
   j->op = OP_ROLLBACK;
   j->from = (int)json_integer_value(v);
   j->name = xstrdup(ep->name);
-  j->w = writes_hold(d, ep->name, ep->version);
-  j->version = ++j->w->version;
-  j->created = ep->created_wall;
-  j->updated = sg_wall_ms();
   submit(d, req, j);
 }
 

@@ -83,17 +83,3 @@ int sg_store_secret_load(sg_store_t *s, void (*cb)(void *ud, const sg_secret_rec
     return fail(s, err, "read secrets");
   return 0;
 }
-
-int sg_store_secret_exists(sg_store_t *s, const char *name, sg_error_t **err) {
-  sg_assert_not_loop_thread();
-  cleanup_stmt sqlite3_stmt *st = NULL;
-  if (prepare(s, "SELECT 1 FROM secrets WHERE name = ?", &st, err) < 0)
-    return -SG_ESTORE;
-  sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW)
-    return 1;
-  if (rc == SQLITE_DONE)
-    return 0;
-  return fail(s, err, "find a secret");
-}
