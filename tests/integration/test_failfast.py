@@ -98,6 +98,23 @@ class FailFastTest(SgpudTestCase):
         msg = self.refused(echo_spec(unique_name("ff-nobare"), command=["no-such-command-sgpu-it"]), "command[0]")
         self.assertIn("PATH", msg)
 
+    def test_a_command_the_workers_user_cannot_run_is_refused(self):
+        if os.geteuid() != 0:
+            self.skipTest("sgpud runs workers as another user only when it runs as root")
+        d = tempfile.mkdtemp(prefix="sgpu-it-ff-private-")  # 0700: root's alone
+        self.addCleanup(shutil.rmtree, d, True)
+        command = os.path.join(d, "worker")
+        shutil.copy(ECHO_WORKER, command)
+        os.chmod(command, 0o755)
+        msg = self.refused(echo_spec(unique_name("ff-private"), command=[command]), "command[0]")
+        self.assertIn("cannot be run by the workers' user", msg)
+        self.assertIn(command, msg)
+        # once the directory may be searched, the same spec is created and serves
+        os.chmod(d, 0o755)
+        name = unique_name("ff-private")
+        self.create(echo_spec(name, command=[command]))
+        self.assertOk(self.sg.invoke(name, "/infer", body=b"x", timeout=60))
+
     def test_bare_command_is_looked_up_in_path(self):
         # sgpud's PATH: python3 becomes the absolute path found, shown in GET
         name = unique_name("ff-python")

@@ -16,16 +16,21 @@
  *   command): a bare name is looked up in the worker's PATH (the spec's env
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
  *   found; the file must exist, be a regular file and be executable by
- *   someone. A remote runtime's command runs on another node: it must be an
- *   absolute path there, which is not checked here.
+ *   the user the runtime runs workers as (the kernel's answer for that
+ *   user: modes, ACLs and every directory on the way). A remote runtime's
+ *   command runs on another node: it must be an absolute path there, which
+ *   is not checked here.
  * - async.protocol "runpod" on a remote runtime: its workers run on other
  *   nodes and must reach sgpud, which a loopback or wildcard listen address
  *   without config advertise_url does not give them. */
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "api-internal.h"
 #include "sgpu/images-store.h"
@@ -120,6 +125,48 @@ static char *path_lookup(const char *name, const char *path) {
   }
 }
 
+struct exec_probe {
+  const sg_run_as_t *user;
+  const char *path;
+  int result; /* 0, or the errno of the user's access to path */
+};
+
+/* Thread: takes the user's ids and asks the kernel whether it may execute
+ * p->path. Raw system calls change the calling thread's credentials only
+ * (glibc's wrappers would change every thread's), and the thread ends with
+ * them. */
+static void *exec_probe(void *arg) {
+  struct exec_probe *p = arg;
+  if (syscall(SYS_setgroups, (size_t)p->user->n_groups, p->user->groups) != 0 ||
+      syscall(SYS_setresgid, p->user->gid, p->user->gid, p->user->gid) != 0 ||
+      syscall(SYS_setresuid, p->user->uid, p->user->uid, p->user->uid) != 0) {
+    p->result = -1; /* not known: the check is skipped */
+    return NULL;
+  }
+  p->result = access(p->path, X_OK) == 0 ? 0 : errno;
+  return NULL;
+}
+
+/* Whether the runtime's worker user may execute path: 0, or a field error.
+ * Checked only when sgpud runs workers as another user than itself. */
+static int check_user_may_run(const sg_runtime_ops_t *rt, const char *path, sg_error_t **err) {
+  const sg_run_as_t *user = rt->user ? rt->user() : NULL;
+  if (!user || user->uid == geteuid())
+    return 0;
+  struct exec_probe p = {user, path, -1};
+  pthread_t t;
+  if (pthread_create(&t, NULL, exec_probe, &p) != 0)
+    return 0;
+  pthread_join(t, NULL);
+  if (p.result <= 0)
+    return 0;
+  return sg_make_field_error(err, "command[0]", "\"%s\" cannot be run by the workers' user %s (uid %u): %s", path,
+                             user->name, (unsigned)user->uid,
+                             p.result == EACCES ? "no execute permission on it or search permission on a directory "
+                                                  "of its path"
+                                                : strerror(p.result));
+}
+
 static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t **err) {
   if (spec->n_command == 0 || (spec->image && (rt->caps & SG_RUNTIME_IMAGES)))
     return 0; /* the image's entrypoint, or a command inside the image */
@@ -140,7 +187,7 @@ static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t
                                  arg0, path);
     free(spec->command[0]);
     spec->command[0] = found;
-    return 0;
+    return check_user_may_run(rt, found, err);
   }
   int why;
   if (!executable_file(arg0, &why))
@@ -150,7 +197,7 @@ static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t
                                : why == EISDIR  ? "is a directory"
                                : why == ENOTDIR ? "does not exist (a component of its path is not a directory)"
                                                 : strerror(why));
-  return 0;
+  return check_user_may_run(rt, arg0, err);
 }
 
 static int check_protocol(sg_daemon_t *d, const sg_runtime_ops_t *rt, const sg_spec_t *spec, sg_error_t **err) {
