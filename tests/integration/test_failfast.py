@@ -105,12 +105,14 @@ class FailFastTest(SgpudTestCase):
         self.addCleanup(shutil.rmtree, d, True)
         command = os.path.join(d, "worker")
         shutil.copy(ECHO_WORKER, command)
-        os.chmod(command, 0o755)
+        os.chmod(command, 0o700)  # executable by root only
         msg = self.refused(echo_spec(unique_name("ff-private"), command=[command]), "command[0]")
         self.assertIn("cannot be run by the workers' user", msg)
         self.assertIn(command, msg)
-        # once the directory may be searched, the same spec is created and serves
-        os.chmod(d, 0o755)
+        # executable by everyone, the same spec is created and serves: the
+        # directory the user cannot search does not matter (the runtime opens
+        # the command before it takes the user's ids)
+        os.chmod(command, 0o755)
         name = unique_name("ff-private")
         self.create(echo_spec(name, command=[command]))
         self.assertOk(self.sg.invoke(name, "/infer", body=b"x", timeout=60))

@@ -16,8 +16,9 @@
  *   command): a bare name is looked up in the worker's PATH (the spec's env
  *   PATH, else sgpud's, which the worker inherits) and replaced by the path
  *   found; the file must exist, be a regular file and be executable by
- *   the user the runtime runs workers as (the kernel's answer for that
- *   user: modes, ACLs and every directory on the way). A remote runtime's
+ *   the user the runtime runs workers as (the kernel's answer for that user
+ *   about the file itself, which the runtime opens before it takes the
+ *   user's ids: its directories need not be searchable). A remote runtime's
  *   command runs on another node: it must be an absolute path there, which
  *   is not checked here.
  * - async.protocol "runpod" on a remote runtime: its workers run on other
@@ -25,6 +26,7 @@
  *   without config advertise_url does not give them. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <string.h>
@@ -127,44 +129,46 @@ static char *path_lookup(const char *name, const char *path) {
 
 struct exec_probe {
   const sg_run_as_t *user;
-  const char *path;
-  int result; /* 0, or the errno of the user's access to path */
+  int fd;     /* the command, opened O_PATH by sgpud's own user */
+  int result; /* 0, the errno of the user's access, or -1: not known */
 };
 
 /* Thread: takes the user's ids and asks the kernel whether it may execute
- * p->path. Raw system calls change the calling thread's credentials only
- * (glibc's wrappers would change every thread's), and the thread ends with
- * them. */
+ * the file p->fd is. Raw system calls change the calling thread's
+ * credentials only (glibc's wrappers would change every thread's), and the
+ * thread ends with them. */
 static void *exec_probe(void *arg) {
   struct exec_probe *p = arg;
   if (syscall(SYS_setgroups, (size_t)p->user->n_groups, p->user->groups) != 0 ||
       syscall(SYS_setresgid, p->user->gid, p->user->gid, p->user->gid) != 0 ||
-      syscall(SYS_setresuid, p->user->uid, p->user->uid, p->user->uid) != 0) {
-    p->result = -1; /* not known: the check is skipped */
+      syscall(SYS_setresuid, p->user->uid, p->user->uid, p->user->uid) != 0)
     return NULL;
-  }
-  p->result = access(p->path, X_OK) == 0 ? 0 : errno;
+  if (syscall(SYS_faccessat2, p->fd, "", X_OK, AT_EMPTY_PATH) == 0)
+    p->result = 0;
+  else if (errno != ENOSYS && errno != EINVAL) /* an older kernel: not known */
+    p->result = errno;
   return NULL;
 }
 
 /* Whether the runtime's worker user may execute path: 0, or a field error.
- * Checked only when sgpud runs workers as another user than itself. */
+ * As the process runtime does, the file is opened with sgpud's ids and only
+ * the file itself is checked with the user's. Checked only when workers run
+ * as another user than sgpud's. */
 static int check_user_may_run(const sg_runtime_ops_t *rt, const char *path, sg_error_t **err) {
   const sg_run_as_t *user = rt->user ? rt->user() : NULL;
   if (!user || user->uid == geteuid())
     return 0;
-  struct exec_probe p = {user, path, -1};
+  struct exec_probe p = {user, open(path, O_PATH | O_CLOEXEC), -1};
   pthread_t t;
-  if (pthread_create(&t, NULL, exec_probe, &p) != 0)
-    return 0;
-  pthread_join(t, NULL);
+  if (p.fd >= 0 && pthread_create(&t, NULL, exec_probe, &p) == 0)
+    pthread_join(t, NULL);
+  if (p.fd >= 0)
+    close(p.fd);
   if (p.result <= 0)
     return 0;
   return sg_make_field_error(err, "command[0]", "\"%s\" cannot be run by the workers' user %s (uid %u): %s", path,
                              user->name, (unsigned)user->uid,
-                             p.result == EACCES ? "no execute permission on it or search permission on a directory "
-                                                  "of its path"
-                                                : strerror(p.result));
+                             p.result == EACCES ? "it has no execute permission for that user" : strerror(p.result));
 }
 
 static int check_command(const sg_runtime_ops_t *rt, sg_spec_t *spec, sg_error_t **err) {
