@@ -21,7 +21,8 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import ECHO_WORKER, HERE, REPO, RUN_ID, SgpudTestCase, echo_spec, unique_name, wait_for
+from harness import (ECHO_WORKER, HERE, REPO, RUN_ID, SgpudTestCase, echo_spec, error_of, unique_name,
+                     wait_for)
 from test_oci import TOOLS, Registry, _sh, crun_works
 
 IMAGE_SCRIPT = os.path.join(HERE, "oci-image.sh")
@@ -195,14 +196,21 @@ class ProcessWorkerUserTest(SgpudTestCase):
             if env:
                 got = self.assertOk(sg.invoke(name, "/env", timeout=30))
                 self.assertEqual(got["MODEL"], "uid=%d" % want.pw_uid)
-        # A file the user may not execute still fails, with the reason.
+        # A file the user may not execute is refused at create, naming the user...
         secret = os.path.join(private, "root-only")
         shutil.copy(ECHO_WORKER, secret)
         os.chmod(secret, 0o700)
         name = unique_name("private")
-        spec = echo_spec(name, env={"SGPU_IT_RUN": RUN_ID}, workers={"min": 1})
+        spec = echo_spec(name, env={"SGPU_IT_RUN": RUN_ID}, workers={"min": 0})
         spec["command"] = [secret]
+        resp = sg.api("POST", "/v1/endpoints", spec)
+        self.assertError(resp, 422, "invalid_field", "command[0]")
+        self.assertIn(want.pw_name, error_of(resp)["message"])
+        # ... and one that became so after the create fails at start, with the reason.
+        os.chmod(secret, 0o755)
         self.create(spec, sg=sg)
+        os.chmod(secret, 0o700)
+        self.assertEqual(sg.invoke(name, "/infer", body=b"x", timeout=30).status, 503)
         wait_for(lambda: "run_as" in (sg.api("GET", "/v1/endpoints/%s" % name).body["status"].get("last_error") or ""),
                  30, message="last_error naming run_as")
 
