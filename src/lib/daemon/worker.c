@@ -393,8 +393,13 @@ static json_t *cold_start_json(const sg_worker_t *w) {
   if (ph.container_ms < 0 && w->running_mono && ph.pull_ms >= 0 && ph.rootfs_ms >= 0)
     ph.container_ms = w->running_mono - w->started_mono - ph.pull_ms - ph.rootfs_ms;
   int64_t probe = -1;
-  if (w->ready_mono && ph.pull_ms >= 0 && ph.rootfs_ms >= 0 && ph.container_ms >= 0)
+  if (w->ready_mono && ph.pull_ms >= 0 && ph.rootfs_ms >= 0 && ph.container_ms >= 0) {
     probe = w->ready_mono - w->started_mono - ph.pull_ms - ph.rootfs_ms - ph.container_ms;
+    /* The phases are whole milliseconds, each rounded on its own: their
+     * sum may pass the total by a millisecond when the probe took less. */
+    if (probe < 0)
+      probe = 0;
+  }
 #define MS(x) ((x) >= 0 ? json_integer(x) : json_null())
   return json_pack("{s:o, s:o, s:o, s:o, s:o}", "pull_ms", MS(ph.pull_ms), "rootfs_ms", MS(ph.rootfs_ms),
                    "container_ms", MS(ph.container_ms), "probe_ms", MS(probe), "total_ms",
