@@ -20,6 +20,11 @@ void sg_store_close(sg_store_t *store);
  * many rows keeps its index pages in memory). */
 void sg_store_set_cache(sg_store_t *store, int64_t bytes);
 
+/* The tables of what an endpoint spec names by name. */
+typedef enum { SG_STORE_SECRETS, SG_STORE_VOLUMES } sg_store_named_t;
+/* 1 when table holds a row called name, 0 when not, or -SG_ESTORE. */
+int sg_store_named_exists(sg_store_t *store, sg_store_named_t table, const char *name, sg_error_t **err);
+
 /* Opens a read-only connection (SQLITE_OPEN_READONLY) to the existing
  * database at path, for queries off the event loop: in WAL mode readers run
  * beside the writers and see the last commit when their read begins. */

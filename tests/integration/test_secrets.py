@@ -3,6 +3,8 @@ getting the value in its environment, and the value (and registry passwords)
 never shown by a route, a log line, a metric or the database files."""
 
 import glob
+import http.client
+import json
 import os
 import secrets as pysecrets
 import sqlite3
@@ -29,6 +31,43 @@ class SecretsTest(SgpudTestCase):
         self.assertOk(resp, status)
         self.addCleanup(lambda: self.sg.api("DELETE", "/v1/secrets/%s" % name))
         return resp.body
+
+    def together(self, *requests):
+        """Sends each (method, path, body) on its own connection before reading any
+        answer, so that sgpud takes them in one turn of its loop; returns the
+        answers' statuses, in the same order."""
+        conns = []
+        for method, path, body in requests:
+            c = http.client.HTTPConnection("127.0.0.1", self.sg.port, timeout=30)
+            c.request(method, path, body=json.dumps(body) if body is not None else None,
+                      headers={"Authorization": "Bearer " + self.sg.key, "Content-Type": "application/json"})
+            conns.append(c)
+        statuses = []
+        for c in conns:
+            resp = c.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+            c.close()
+        return statuses
+
+    def test_no_endpoint_is_stored_naming_a_secret_deleted_beside_it(self):
+        # A delete and a create naming the secret, sent together: the create's
+        # check on the loop may run before the delete is done, so the store
+        # thread checks again in the order of its writes. Whichever comes
+        # first, no endpoint may be left naming a secret that is gone.
+        for _ in range(8):
+            secret = unique_name("race")
+            self.put_secret(secret, "v")
+            name = unique_name("sec-race")
+            spec = echo_spec(name, env={"MODEL": {"secret": secret}}, workers={"min": 0, "max": 1})
+            deleted, created = self.together(("DELETE", "/v1/secrets/%s" % secret, None),
+                                              ("POST", "/v1/endpoints", spec))
+            self.addCleanup(self.sg.try_delete, name)
+            if deleted == 200:
+                self.assertEqual(created, 422, "an endpoint was stored naming the deleted secret %s" % secret)
+                self.assertNotIn(name, self.sg.list_names())
+            else:
+                self.assertEqual((deleted, created), (409, 201))
 
     def test_key_file(self):
         path = os.path.join(self.sg.data_dir, "secret.key")

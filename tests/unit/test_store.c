@@ -673,6 +673,10 @@ static void test_volumes(void **state) {
   assert_string_equal(t, "weights:1048576:2000;");
   free(t);
 
+  assert_int_equal(sg_store_named_exists(f->store, SG_STORE_VOLUMES, "weights", &err), 1);
+  assert_int_equal(sg_store_named_exists(f->store, SG_STORE_VOLUMES, "hf-cache", &err), 0);
+  assert_int_equal(sg_store_named_exists(f->store, SG_STORE_SECRETS, "weights", &err), 0);
+
   /* A stored endpoint that mounts it keeps it (whatever the loop knew). */
   sg_endpoint_record_t ep = {"reader", "{\"name\":\"reader\",\"volumes\":[{\"name\":\"weights\",\"path\":\"/w\"}]}", 1,
                              10, 10};

@@ -91,6 +91,37 @@ static char *spec_text(const sg_spec_t *spec) {
   return text;
 }
 
+/* Store thread: the secrets and named volumes the spec names are stored.
+ * The loop checked them against its copies, which a delete changes only once
+ * it is done; here, in the order of the store's writes, a delete accepted
+ * before this write has run. */
+static bool names_stored(sg_store_t *store, ep_job_t *j) {
+  const sg_spec_t *spec = j->spec;
+  for (size_t i = 0; i < spec->n_env; i++) {
+    const char *secret = spec->env_secrets[i];
+    int r = secret ? sg_store_named_exists(store, SG_STORE_SECRETS, secret, &j->err) : 1;
+    if (r < 0)
+      return false;
+    if (r == 0) {
+      cleanup_free char *field = xasprintf("env.%s", spec->env_keys[i]);
+      sg_make_field_error(&j->err, field, "no secret named \"%s\" (it was deleted meanwhile)", secret);
+      return false;
+    }
+  }
+  for (size_t i = 0; i < spec->n_volumes; i++) {
+    const char *volume = spec->volumes[i].name;
+    int r = volume ? sg_store_named_exists(store, SG_STORE_VOLUMES, volume, &j->err) : 1;
+    if (r < 0)
+      return false;
+    if (r == 0) {
+      cleanup_free char *field = xasprintf("volumes[%zu].name", i);
+      sg_make_field_error(&j->err, field, "no volume named \"%s\" (it was deleted meanwhile)", volume);
+      return false;
+    }
+  }
+  return true;
+}
+
 /* Store thread. */
 static void job_work(sg_store_t *store, void *data) {
   ep_job_t *j = data;
@@ -98,6 +129,8 @@ static void job_work(sg_store_t *store, void *data) {
     j->text = sg_store_endpoint_version(store, j->name, j->from, &j->err);
     return;
   }
+  if ((j->op == OP_CREATE || j->op == OP_UPDATE) && !names_stored(store, j))
+    return;
   sg_endpoint_record_t rec = {j->name, j->text, j->version, j->created, j->updated};
   if (j->op == OP_CREATE)
     sg_store_endpoint_insert(store, &rec, &j->err);

@@ -105,6 +105,22 @@ static int db_error(sqlite3 *db, sg_error_t **err, const char *what) {
   return sg_make_error(err, SG_ESTORE, "store: %s: %s", what, sqlite3_errmsg(db));
 }
 
+int sg_store_named_exists(sg_store_t *s, sg_store_named_t table, const char *name, sg_error_t **err) {
+  sg_assert_not_loop_thread();
+  cleanup_stmt sqlite3_stmt *st = NULL;
+  const char *sql =
+      table == SG_STORE_SECRETS ? "SELECT 1 FROM secrets WHERE name = ?" : "SELECT 1 FROM volumes WHERE name = ?";
+  if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+    return db_error(s->db, err, "prepare");
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    return 1;
+  if (rc == SQLITE_DONE)
+    return 0;
+  return db_error(s->db, err, table == SG_STORE_SECRETS ? "find a secret" : "find a volume");
+}
+
 int sg_store_spec_users(sg_store_t *s, const char *list_path, const char *key_path, const char *name, char **users,
                         sg_error_t **err) {
   sg_assert_not_loop_thread();
